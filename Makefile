@@ -1,0 +1,22 @@
+# TR7 metering: `make test` sets up a fresh Debian machine and runs every check.
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: setup test lint bench demo packages clean
+
+setup:
+	bash scripts/bootstrap.sh
+
+lint: setup
+	$(BIN)/ruff check .
+
+# pytest exits 5 when it collected no test: that is a failure here, as any non-zero exit.
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -ra
+
+bench: setup
+	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

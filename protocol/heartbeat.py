@@ -1,0 +1,147 @@
+"""Heartbeat JWS (RFC 7515 compact, EdDSA/Ed25519): signing and strict verification (heartbeat-v1.md §2).
+
+Hand-written rather than delegated to a JOSE library on purpose: the spec fixes the header to
+exactly three members and forbids taking the algorithm from the message, which general JOSE
+libraries allow; tests prove interoperability with joserfc and PyJWT in both directions.
+"""
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from protocol.errors import ProtocolError
+from protocol.keys import AgentKey
+from protocol.payload import validate_payload
+from protocol.strictjson import loads_strict
+from protocol.timefmt import parse_time
+
+TYP = "tr7-heartbeat+json"
+ZERO_HASH = "0" * 64
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str, rule: str) -> bytes:
+    """Unpadded base64url, canonical only (no padding, no stray bits), per RFC 7515 §2."""
+    if "=" in text or "+" in text or "/" in text:
+        raise ProtocolError(rule, "not unpadded base64url")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(rule, "not base64url") from exc
+    if b64url_encode(raw) != text:
+        raise ProtocolError(rule, "non-canonical base64url")
+    return raw
+
+
+def token_digest(token: str) -> str:
+    """Lowercase hex SHA-256 of the ASCII bytes of a whole compact JWS (the `prev` of the next one)."""
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A heartbeat whose structure has been checked (and, from verify_heartbeat, its signature)."""
+
+    token: str
+    kid: str
+    seq: int
+    prev: str
+    time: int  # epoch seconds, UTC
+    interval: int
+    polls: list[dict[str, Any]]
+    observations: list[dict[str, Any]]
+    digest: str = field(default="")
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return {
+            "v": 1, "agent": self.kid, "seq": self.seq, "prev": self.prev,
+            "time": self.time, "interval": self.interval,
+            "polls": self.polls, "observations": self.observations,
+        }
+
+
+def _split(token: str) -> tuple[str, str, str]:
+    if not isinstance(token, str) or not token.isascii():
+        raise ProtocolError("jws.format", "a compact JWS is ASCII text")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ProtocolError("jws.format", f"a compact JWS has 3 parts, this one {len(parts)}")
+    return parts[0], parts[1], parts[2]
+
+
+def _check_header(header_b64: str) -> str:
+    header = loads_strict(b64url_decode(header_b64, "jws.header"), "jws.header")
+    if not isinstance(header, dict) or set(header) != {"alg", "kid", "typ"}:
+        members = sorted(header) if isinstance(header, dict) else type(header).__name__
+        raise ProtocolError("jws.header", f"header must have exactly alg, kid, typ; has {members}")
+    if header["alg"] != "EdDSA":
+        raise ProtocolError("jws.header", f"alg must be EdDSA, not {header['alg']!r}")
+    if header["typ"] != TYP:
+        raise ProtocolError("jws.header", f"typ must be {TYP}, not {header['typ']!r}")
+    kid = header["kid"]
+    if not isinstance(kid, str) or len(kid) != 32 or kid.strip("0123456789abcdef"):
+        raise ProtocolError("jws.header", "kid must be 32 lowercase hex characters")
+    return kid
+
+
+def parse_unverified(token: str) -> Heartbeat:
+    """Check format, header and payload of a heartbeat without checking its signature."""
+    header_b64, payload_b64, sig_b64 = _split(token)
+    kid = _check_header(header_b64)
+    payload = loads_strict(b64url_decode(payload_b64, "payload"), "payload")
+    validate_payload(payload, kid)
+    if len(b64url_decode(sig_b64, "jws.signature")) != 64:
+        raise ProtocolError("signature", "an Ed25519 signature has 64 bytes")
+    return Heartbeat(
+        token=token, kid=kid, seq=payload["seq"], prev=payload["prev"],
+        time=parse_time(payload["time"], "payload.time"), interval=payload["interval"],
+        polls=payload["polls"], observations=payload["observations"], digest=token_digest(token),
+    )
+
+
+KeyLookup = Mapping[str, Ed25519PublicKey] | Callable[[str], Ed25519PublicKey | None]
+
+
+def verify_heartbeat(token: str, keys: KeyLookup) -> Heartbeat:
+    """Strictly verify one heartbeat: format, exact header, payload schema, then the signature."""
+    hb = parse_unverified(token)
+    key = keys.get(hb.kid) if isinstance(keys, Mapping) else keys(hb.kid)
+    if key is None:
+        raise ProtocolError("kid.unknown", f"no enrolled key with kid {hb.kid}")
+    header_b64, payload_b64, sig_b64 = token.split(".")
+    try:
+        key.verify(b64url_decode(sig_b64, "jws.signature"), f"{header_b64}.{payload_b64}".encode("ascii"))
+    except InvalidSignature as exc:
+        raise ProtocolError("signature", f"signature does not verify with key {hb.kid}") from exc
+    return hb
+
+
+def sign_heartbeat(key: AgentKey, payload: Mapping[str, Any]) -> str:
+    """Sign a payload (validated first: an agent never emits what a verifier would reject)."""
+    validate_payload(payload, key.kid)
+    header = json.dumps({"alg": "EdDSA", "kid": key.kid, "typ": TYP}, separators=(",", ":"))
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    signing_input = f"{b64url_encode(header.encode('ascii'))}.{b64url_encode(body)}"
+    return f"{signing_input}.{b64url_encode(key.sign(signing_input.encode('ascii')))}"
+
+
+def check_key_window(hb: Heartbeat, enrolled_at: int, revoked_at: int | None) -> None:
+    """Reject a heartbeat outside [enrolled_at, revoked_at) of its key (heartbeat-v1.md §4).
+
+    The revocation instant itself is outside: like every period in billing-v1.md, `[from, to)`.
+    """
+    if hb.time < enrolled_at:
+        raise ProtocolError("key.window", "time is before the key's enrolment")
+    if revoked_at is not None and hb.time >= revoked_at:
+        raise ProtocolError("key.window", "time is at or after the key's revocation")

@@ -1,0 +1,108 @@
+"""Ed25519 agent keys: generation, 0600 storage, `kid`, base64 public keys (heartbeat-v1.md §1)."""
+
+import base64
+import binascii
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from protocol.errors import ProtocolError
+
+_RAW = serialization.Encoding.Raw
+_RAW_PUB = serialization.PublicFormat.Raw
+
+
+def raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(_RAW, _RAW_PUB)
+
+
+def kid_of(public_raw: bytes) -> str:
+    """Lowercase hex of the first 16 bytes of SHA-256(raw 32-byte public key)."""
+    if len(public_raw) != 32:
+        raise ProtocolError("key", f"an Ed25519 public key has 32 bytes, not {len(public_raw)}")
+    return hashlib.sha256(public_raw).hexdigest()[:32]
+
+
+def public_key_b64(key: Ed25519PublicKey) -> str:
+    return base64.b64encode(raw_public(key)).decode("ascii")
+
+
+def load_public_key_b64(text: str) -> Ed25519PublicKey:
+    """Standard alphabet, padded, exactly 32 bytes."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError, AttributeError) as exc:
+        raise ProtocolError("key", "public key is not standard padded base64") from exc
+    if len(raw) != 32 or base64.b64encode(raw).decode() != text.strip():
+        raise ProtocolError("key", "public key must be base64 of exactly 32 raw bytes")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+@dataclass(frozen=True)
+class AgentKey:
+    """An Ed25519 key pair with its wire identity."""
+
+    private: Ed25519PrivateKey
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+    @property
+    def public_raw(self) -> bytes:
+        return raw_public(self.public)
+
+    @property
+    def kid(self) -> str:
+        return kid_of(self.public_raw)
+
+    @property
+    def public_b64(self) -> str:
+        return base64.b64encode(self.public_raw).decode("ascii")
+
+    @classmethod
+    def generate(cls) -> "AgentKey":
+        return cls(Ed25519PrivateKey.generate())
+
+    def sign(self, data: bytes) -> bytes:
+        return self.private.sign(data)
+
+
+def save_private_key(key: AgentKey, path: Path) -> None:
+    """Write PKCS#8 PEM with mode 0600 from the first byte (never world-readable, even briefly)."""
+    pem = key.private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_private_key(path: Path) -> AgentKey:
+    """Load a PEM Ed25519 private key; refuse one readable by group or others."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ProtocolError("key", f"{path} has mode {mode:o}; a private key must be 0600")
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ProtocolError("key", f"{path} does not hold an Ed25519 private key")
+    return AgentKey(key)
+
+
+def load_or_create_private_key(path: Path) -> tuple[AgentKey, bool]:
+    """Return the key at ``path``, creating it when missing; the flag says whether it was created."""
+    if path.exists():
+        return load_private_key(path), False
+    key = AgentKey.generate()
+    save_private_key(key, path)
+    return key, True

@@ -1,0 +1,110 @@
+"""Schema of the heartbeat payload (heartbeat-v1.md §2): exact members, exact types, clear errors."""
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from protocol.errors import ProtocolError
+from protocol.timefmt import parse_time
+
+PLATFORMS = frozenset({"vmware", "hyperv", "kvm", "proxmox", "aws", "azure"})
+STATES = frozenset({"running", "stopped", "paused", "suspended", "unknown"})
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+# Integers are bounded so that every implementation (and SQL BIGINT) can hold them.
+MAX_INT = 2**63 - 1
+
+_TOP = frozenset({"v", "agent", "seq", "prev", "time", "interval", "polls", "observations"})
+_POLL = frozenset({"adapter", "platform", "ok", "error"})
+_OBS = frozenset({"instance", "adapter", "vm", "host", "state", "capacity"})
+_CAP = frozenset({"bundle", "bandwidth_mbps", "vservices"})
+
+
+def _fail(rule: str, msg: str) -> None:
+    raise ProtocolError(rule, msg)
+
+
+def _is_int(v: Any) -> bool:
+    # bool is a subclass of int in Python but not an integer in JSON.
+    return type(v) is int and 0 <= v <= MAX_INT
+
+
+def _exact(obj: Any, members: frozenset[str], rule: str) -> None:
+    if not isinstance(obj, dict):
+        _fail(rule, f"must be an object, not {type(obj).__name__}")
+    if obj.keys() != members:
+        missing = sorted(members - obj.keys())
+        unknown = sorted(obj.keys() - members)
+        _fail(rule, f"members wrong (missing {missing}, unknown {unknown})")
+
+
+def _check_capacity(cap: Any, rule: str) -> None:
+    if cap is None:
+        return
+    if not isinstance(cap, dict):
+        _fail(rule, "must be an object or null")
+    unknown = cap.keys() - _CAP
+    if unknown:
+        _fail(rule, f"unknown members {sorted(unknown)}")
+    if "bundle" in cap and not isinstance(cap["bundle"], str):
+        _fail(rule + ".bundle", "must be a string")
+    for name in ("bandwidth_mbps", "vservices"):
+        if name in cap and not _is_int(cap[name]):
+            _fail(f"{rule}.{name}", "must be a non-negative integer")
+
+
+def validate_payload(p: Mapping[str, Any], kid: str) -> None:
+    """Raise ProtocolError naming the first member that breaks §2; return None when it holds."""
+    _exact(p, _TOP, "payload")
+    if type(p["v"]) is not int or p["v"] != 1:
+        _fail("payload.v", "must be the integer 1")
+    if p["agent"] != kid:
+        _fail("payload.agent", "must equal the header's kid")
+    seq = p["seq"]
+    if not _is_int(seq) or seq < 1:
+        _fail("payload.seq", "must be an integer >= 1")
+    prev = p["prev"]
+    if not isinstance(prev, str) or not _HEX64_RE.match(prev):
+        _fail("payload.prev", "must be 64 lowercase hex characters")
+    if seq == 1 and prev != "0" * 64:
+        _fail("payload.prev", "must be 64 zeros when seq is 1")
+    parse_time(p["time"], "payload.time")
+    interval = p["interval"]
+    if type(interval) is not int or not 1 <= interval <= 86400:
+        _fail("payload.interval", "must be an integer from 1 to 86400")
+    polls = p["polls"]
+    if not isinstance(polls, list):
+        _fail("payload.polls", "must be an array")
+    names: set[str] = set()
+    for i, poll in enumerate(polls):
+        rule = f"payload.polls[{i}]"
+        _exact(poll, _POLL, rule)
+        if not isinstance(poll["adapter"], str) or not poll["adapter"]:
+            _fail(rule + ".adapter", "must be a non-empty string")
+        if poll["adapter"] in names:
+            _fail(rule + ".adapter", f"adapter {poll['adapter']!r} listed twice")
+        names.add(poll["adapter"])
+        if poll["platform"] not in PLATFORMS:
+            _fail(rule + ".platform", f"must be one of {sorted(PLATFORMS)}")
+        if type(poll["ok"]) is not bool:
+            _fail(rule + ".ok", "must be a boolean")
+        if poll["error"] is not None and not isinstance(poll["error"], str):
+            _fail(rule + ".error", "must be a string or null")
+    observations = p["observations"]
+    if not isinstance(observations, list):
+        _fail("payload.observations", "must be an array")
+    for i, obs in enumerate(observations):
+        rule = f"payload.observations[{i}]"
+        _exact(obs, _OBS, rule)
+        inst = obs["instance"]
+        if not isinstance(inst, str) or not INSTANCE_RE.match(inst):
+            _fail(rule + ".instance", "must be 1..64 characters of [A-Za-z0-9._:-]")
+        if obs["adapter"] not in names:
+            _fail(rule + ".adapter", "must name one of polls[].adapter")
+        if not isinstance(obs["vm"], str):
+            _fail(rule + ".vm", "must be a string")
+        if obs["host"] is not None and not isinstance(obs["host"], str):
+            _fail(rule + ".host", "must be a string or null")
+        if obs["state"] not in STATES:
+            _fail(rule + ".state", f"must be one of {sorted(STATES)}")
+        _check_capacity(obs["capacity"], rule + ".capacity")

@@ -1,0 +1,35 @@
+"""Strict JSON decoding for signed objects: duplicate names, NaN and Infinity are errors."""
+
+import json
+from typing import Any
+
+from protocol.errors import ProtocolError
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"duplicate member name {name!r}")
+            seen.add(name)
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+
+
+def loads_strict(data: bytes, rule: str) -> Any:
+    """Decode UTF-8 JSON text, refusing duplicate member names and non-standard constants."""
+    try:
+        text = data.decode("utf-8")
+        return _DECODER.decode(text)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(rule, "not UTF-8") from exc
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise ProtocolError(rule, f"not strict JSON: {exc}") from exc

@@ -1,0 +1,57 @@
+"""UTC time on the wire: RFC 3339 `YYYY-MM-DDTHH:MM:SSZ` strings, epoch seconds, months."""
+
+import calendar
+import re
+from datetime import UTC, datetime
+
+from protocol.errors import ProtocolError
+
+_TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z$")
+_MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def parse_time(text: str, rule: str = "time") -> int:
+    """Parse the strict wire form into epoch seconds (no fraction, only `Z`)."""
+    m = _TIME_RE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ProtocolError(rule, f"not a UTC time of the form YYYY-MM-DDTHH:MM:SSZ: {text!r}")
+    y, mo, d, h, mi, s = (int(g) for g in m.groups())
+    try:
+        # Leap seconds (:60) are refused: they have no epoch second of their own.
+        datetime(y, mo, d, h, mi, s)
+    except ValueError as exc:
+        raise ProtocolError(rule, f"not a valid calendar time: {text!r}") from exc
+    return calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+
+
+def format_time(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_month(text: str) -> tuple[int, int]:
+    m = _MONTH_RE.match(text) if isinstance(text, str) else None
+    if m is None or not 1 <= int(m.group(2)) <= 12:
+        raise ProtocolError("month", f"not a month of the form YYYY-MM: {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def month_bounds(month: str) -> tuple[int, int]:
+    """[start, end) of a month as epoch seconds."""
+    y, mo = parse_month(month)
+    start = calendar.timegm((y, mo, 1, 0, 0, 0, 0, 0, 0))
+    ny, nm = (y + 1, 1) if mo == 12 else (y, mo + 1)
+    return start, calendar.timegm((ny, nm, 1, 0, 0, 0, 0, 0, 0))
+
+
+def month_of(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m")
+
+
+def previous_month(month: str) -> str:
+    y, mo = parse_month(month)
+    return f"{y - 1}-12" if mo == 1 else f"{y}-{mo - 1:02d}"
+
+
+def next_month(month: str) -> str:
+    y, mo = parse_month(month)
+    return f"{y + 1}-01" if mo == 12 else f"{y}-{mo + 1:02d}"
