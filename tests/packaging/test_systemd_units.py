@@ -1,0 +1,63 @@
+"""The shipped systemd units are hardened (exposure <= 1.5) and pass `systemd-analyze verify`."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
+NAMES = ["tr7-agent.service", "tr7-collector.service"]
+
+
+def _exposure(unit: Path) -> float:
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True, text=True, check=False,
+    )
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout + out.stderr)
+    assert m, out.stdout + out.stderr
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unit_exposure_is_at_most_1_5(name: str) -> None:
+    assert _exposure(UNITS / name) <= 1.5
+
+
+def test_exposure_check_would_catch_a_weakened_unit(tmp_path: Path) -> None:
+    # Guard against a check that cannot fail: strip the hardening and the score must rise.
+    text = (UNITS / "tr7-agent.service").read_text()
+    weak = "\n".join(line for line in text.splitlines()
+                     if not re.match(r"(Protect|Private|Restrict|SystemCall|Capability)", line))
+    unit = tmp_path / "tr7-agent.service"
+    unit.write_text(weak)
+    assert _exposure(unit) > 1.5
+
+
+def test_units_verify(tmp_path: Path) -> None:
+    # verify needs the unit's executables and the system targets: lay them out in a root.
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "bin").mkdir()
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    shutil.copy("/bin/kill", root / "bin/kill")
+    for exe in ("tr7-agent", "tr7-collector"):
+        (root / "usr/bin" / exe).write_text("#!/bin/sh\n")
+        (root / "usr/bin" / exe).chmod(0o755)
+    for name in NAMES:
+        shutil.copy(UNITS / name, root / "etc/systemd/system" / name)
+    out = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *NAMES],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stderr.strip() == ""
+
+
+def test_agent_unit_integrates_with_the_service_manager() -> None:
+    text = (UNITS / "tr7-agent.service").read_text()
+    for line in ("Type=notify", "Restart=on-failure", "StateDirectory=tr7-agent", "ProtectSystem=strict"):
+        assert line in text
+    assert re.search(r"^WatchdogSec=\S+", text, re.M)
+    assert re.search(r"^LoadCredential=\S+", text, re.M)
