@@ -20,7 +20,7 @@ from protocol.errors import ProtocolError
 from protocol.keys import AgentKey
 from protocol.payload import validate_payload
 from protocol.strictjson import loads_strict
-from protocol.timefmt import parse_time
+from protocol.timefmt import format_time, parse_time
 
 TYP = "tr7-heartbeat+json"
 ZERO_HASH = "0" * 64
@@ -64,9 +64,10 @@ class Heartbeat:
 
     @property
     def payload(self) -> dict[str, Any]:
+        """The payload as on the wire (``time`` back in its RFC 3339 form, not epoch seconds)."""
         return {
             "v": 1, "agent": self.kid, "seq": self.seq, "prev": self.prev,
-            "time": self.time, "interval": self.interval,
+            "time": format_time(self.time), "interval": self.interval,
             "polls": self.polls, "observations": self.observations,
         }
 

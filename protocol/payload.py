@@ -9,8 +9,9 @@ from protocol.timefmt import parse_time
 
 PLATFORMS = frozenset({"vmware", "hyperv", "kvm", "proxmox", "aws", "azure"})
 STATES = frozenset({"running", "stopped", "paused", "suspended", "unknown"})
-INSTANCE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+# \Z, not $: `$` also matches before a trailing newline, which the wire forbids.
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
 # Integers are bounded so that every implementation (and SQL BIGINT) can hold them.
 MAX_INT = 2**63 - 1
 

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 from protocol.errors import ProtocolError
 
-_TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z$")
-_MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+# ASCII digits only and \Z, not $: `$` would accept a trailing newline, `\d` non-ASCII digits.
+_TIME_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
+_MONTH_RE = re.compile(r"([0-9]{4})-([0-9]{2})\Z")
 
 
 def parse_time(text: str, rule: str = "time") -> int:
