@@ -1,0 +1,45 @@
+// vcsim for the TR7 adapter tests: a govmomi VPX simulator on 127.0.0.1, URL printed as JSON.
+package main
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"flag"
+	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/vmware/govmomi/simulator"
+)
+
+func main() {
+	vms := flag.Int("vm", 4, "virtual machines (all in one cluster)")
+	hosts := flag.Int("host", 2, "ESXi hosts in the cluster")
+	user := flag.String("user", "tr7", "login user name")
+	pass := flag.String("pass", "secret", "login password")
+	useTLS := flag.Bool("tls", false, "serve https with a self-signed certificate")
+	flag.Parse()
+
+	model := simulator.VPX()
+	model.Host, model.ClusterHost, model.Machine = 0, *hosts, *vms
+	if err := model.Create(); err != nil {
+		panic(err)
+	}
+	defer model.Remove()
+	model.Service.Listen = &url.URL{Host: "127.0.0.1:0", User: url.UserPassword(*user, *pass)}
+	if *useTLS {
+		model.Service.TLS = new(tls.Config)
+	}
+	server := model.Service.NewServer()
+	defer server.Close()
+	out := map[string]string{"url": server.URL.Scheme + "://" + server.URL.Host + server.URL.Path}
+	if *useTLS {
+		out["cert"], _ = server.CertificateFile()
+	}
+	_ = json.NewEncoder(os.Stdout).Encode(out)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+}
