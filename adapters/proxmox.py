@@ -1,0 +1,253 @@
+"""Proxmox VE adapter: QEMU VMs of a cluster through the PVE JSON API (proxmoxer, https backend)."""
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import proxmoxer
+import requests
+from pydantic import Field, field_validator, model_validator
+
+from adapters.base import (
+    Adapter,
+    AdapterConfig,
+    AdapterError,
+    AuthError,
+    ConfigError,
+    Observation,
+    PollResult,
+    UnreachableError,
+)
+from adapters.credentials import SecretError
+from adapters.tr7meta import ProblemLog, parse_notes, recognise
+
+log = logging.getLogger("tr7.adapters.proxmox")
+
+# QMP run states (qmpstatus of status/current) of a VM whose QEMU process runs. States where the
+# guest's vCPUs are halted (migration ends, snapshots, I/O errors, start with -S) count as paused.
+QMP_STATES = {
+    "running": "running",
+    "paused": "paused", "prelaunch": "paused", "io-error": "paused", "debug": "paused",
+    "inmigrate": "paused", "postmigrate": "paused", "finish-migrate": "paused",
+    "save-vm": "paused", "restore-vm": "paused",
+    "suspended": "suspended",  # guest suspend-to-RAM (S3)
+}
+
+
+class ProxmoxConfig(AdapterConfig):
+    """A Proxmox VE cluster (or single node), read through its API on port 8006."""
+
+    platform: Literal["proxmox"] = Field(description="proxmox")
+    url: str = Field(description="API endpoint of any cluster node, e.g. https://pve.example:8006")
+    token_id: str | None = Field(
+        default=None, description="API token id USER@REALM!TOKENID (preferred over username/password)")
+    token_secret: str | None = Field(default=None, description="API token secret (UUID), inline")
+    token_secret_file: str | None = Field(
+        default=None, description="File holding the API token secret (relative: $CREDENTIALS_DIRECTORY)")
+    username: str | None = Field(default=None, description="USER@REALM for ticket login, if no token")
+    password: str | None = Field(default=None, description="Password of username, inline")
+    password_file: str | None = Field(
+        default=None, description="File holding the password (relative: $CREDENTIALS_DIRECTORY)")
+    verify_tls: bool = Field(default=True, description="Verify the API's TLS certificate")
+    ca_file: str | None = Field(
+        default=None, description="PEM CA that signed the API certificate (e.g. pve-root-ca.pem)")
+    workers: int = Field(default=8, ge=1, le=32, description="VM configs read concurrently per poll")
+
+    @field_validator("url")
+    @classmethod
+    def _https_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("url must be https://HOST[:PORT]")
+        if parts.path.rstrip("/") not in ("", "/api2/json") or parts.query:
+            raise ValueError("url must be https://HOST[:PORT] without a path")
+        return v
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> "ProxmoxConfig":
+        if (self.token_id is None) == (self.username is None):
+            raise ValueError("give token_id (with token_secret or token_secret_file) or username, not both")
+        if self.token_id is not None:
+            if "!" not in self.token_id or "@" not in self.token_id.split("!", 1)[0]:
+                raise ValueError("token_id must look like USER@REALM!TOKENID")
+            if self.token_secret is None and self.token_secret_file is None:
+                raise ValueError("token_id needs token_secret or token_secret_file")
+        elif self.password is None and self.password_file is None:
+            raise ValueError("username needs password or password_file")
+        if self.ca_file is not None and not self.verify_tls:
+            raise ValueError("ca_file is only used when verify_tls is true")
+        return self
+
+
+def _convert(exc: Exception, what: str) -> AdapterError:
+    """Vendor/transport exception -> AdapterError (the one place that knows requests/proxmoxer)."""
+    if isinstance(exc, AdapterError):
+        return exc
+    if isinstance(exc, proxmoxer.AuthenticationError):
+        return AuthError("authentication failed", f"{what}: {exc}")
+    if isinstance(exc, proxmoxer.ResourceException):
+        if exc.status_code == 401:
+            return AuthError("authentication failed", f"{what}: {exc}")
+        if exc.status_code == 403:
+            return AuthError("permission denied", f"{what}: {exc}")
+        if exc.status_code >= 595:  # pveproxy could not reach the node it proxies to
+            return UnreachableError(f"{what}: node unreachable ({exc.status_code})", str(exc))
+        return AdapterError(f"{what}: HTTP {exc.status_code}", str(exc))
+    if isinstance(exc, requests.exceptions.SSLError):
+        return UnreachableError("TLS verification failed", f"{what}: {exc}")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return UnreachableError("timeout", f"{what}: {exc}")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return UnreachableError("connection failed", f"{what}: {exc}")
+    return AdapterError(f"{what}: {type(exc).__name__}", f"{what}: {exc}")
+
+
+def _malformed(data: Any) -> bool:
+    # proxmoxer's serializer turns an undecodable body into {"errors": <raw bytes>}
+    return isinstance(data, dict) and isinstance(data.get("errors"), bytes)
+
+
+class ProxmoxAdapter(Adapter):
+    platform = "proxmox"
+    Config = ProxmoxConfig
+    config: ProxmoxConfig
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__(config)
+        self.problems = ProblemLog(config.name)
+        self._api: Any = None
+
+    def _connect(self) -> Any:
+        if self._api is not None:
+            return self._api
+        c = self.config
+        parts = urlsplit(c.url)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        verify: bool | str = c.ca_file if (c.verify_tls and c.ca_file) else c.verify_tls
+        common: dict[str, Any] = {"backend": "https", "service": "PVE", "verify_ssl": verify,
+                                  "timeout": c.timeout}
+        try:
+            if c.token_id is not None:
+                user, token_name = c.token_id.split("!", 1)
+                secret = c.secret(c.token_secret, c.token_secret_file, "token_secret")
+                api = proxmoxer.ProxmoxAPI(host, user=user, token_name=token_name, token_value=secret,
+                                           **common)
+            else:
+                password = c.secret(c.password, c.password_file, "password")
+                # ticket login happens here (POST /access/ticket); proxmoxer renews it hourly
+                api = proxmoxer.ProxmoxAPI(host, user=c.username, password=password, **common)
+        except SecretError as exc:
+            raise ConfigError(str(exc)) from exc
+        except Exception as exc:
+            raise _convert(exc, "login") from exc
+        self._api = api
+        return api
+
+    def poll(self) -> PollResult:
+        deadline = time.monotonic() + self.config.timeout
+        api = self._connect()
+        try:
+            resources = api.cluster.resources.get(type="vm")
+        except Exception as exc:
+            err = _convert(exc, "cluster/resources")
+            if isinstance(err, AuthError):
+                self._api = None  # a ticket may have expired: log in again next poll
+            raise err from exc
+        if not isinstance(resources, list) or not all(isinstance(r, dict) for r in resources):
+            raise AdapterError("cluster/resources: malformed response")
+        # Only QEMU VMs are appliances (LXC cannot run one); templates are never instances.
+        candidates = [r for r in resources if r.get("type") == "qemu" and not r.get("template")
+                      and r.get("node") and r.get("vmid") is not None]
+        errors: list[str] = []
+        observations: list[Observation] = []
+        if candidates:
+            self._read_all(api, candidates, deadline, observations, errors)
+        observations.sort(key=lambda o: o.vm)
+        return PollResult(observations=observations, error=_summary(errors))
+
+    def _read_all(self, api: Any, candidates: list[dict[str, Any]], deadline: float,
+                  observations: list[Observation], errors: list[str]) -> None:
+        pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix=f"pve-{self.name}")
+        try:
+            futures = {pool.submit(self._read_vm, api, r): r for r in candidates}
+            done, not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            # requests still in flight end within their own timeout; nobody waits for them
+            pool.shutdown(wait=False, cancel_futures=True)
+        failed: dict[str, list[str]] = {}  # node -> reasons, one error line per node
+        for fut in done:
+            exc = fut.exception()
+            if exc is not None:
+                err = _convert(exc, f"{futures[fut]['node']}/{futures[fut]['vmid']}")
+                failed.setdefault(str(futures[fut]["node"]), []).append(err.reason)
+                log.warning("adapter %s: %s", self.name, err.diagnostic)
+                continue
+            obs, err_text = fut.result()
+            if obs is not None:
+                observations.append(obs)
+            if err_text:
+                errors.append(err_text)
+        for node, reasons in sorted(failed.items()):
+            errors.append(f"node {node}: {len(reasons)} VM config(s) unread: {reasons[0]}")
+        if not_done:
+            errors.append(f"{len(not_done)} VM config(s) unread within the {self.config.timeout:g}s timeout")
+
+    def _read_vm(self, api: Any, r: dict[str, Any]) -> tuple[Observation | None, str | None]:
+        node, vmid = str(r["node"]), str(r["vmid"])
+        vm = f"{node}/{vmid}"
+        qemu = api.nodes(node).qemu(vmid)
+        try:
+            cfg = qemu.config.get()
+        except Exception as exc:
+            raise _convert(exc, f"{vm} config") from exc
+        if not isinstance(cfg, dict) or _malformed(cfg):
+            raise AdapterError("malformed config response", f"{vm} config: malformed response")
+        if cfg.get("template"):
+            return None, None
+        found = recognise(parse_notes(str(cfg.get("description") or "")), vm, self.problems)
+        if found is None:
+            return None, None
+        instance, capacity = found
+        state, err = self._state(qemu, vm, r, cfg)
+        return Observation(instance=instance, vm=vm, host=node, state=state, capacity=capacity), err
+
+    def _state(self, qemu: Any, vm: str, r: dict[str, Any], cfg: dict[str, Any]) -> tuple[str, str | None]:
+        status = r.get("status")
+        if status == "stopped":
+            # hibernated (suspend to disk): stopped with a saved vmstate and the "suspended" lock
+            return ("suspended" if r.get("lock") == "suspended" or cfg.get("vmstate") else "stopped"), None
+        if status != "running":
+            return "unknown", None
+        # cluster/resources says "running" also for paused guests: ask QEMU (qmpstatus)
+        try:
+            cur = qemu.status.current.get()
+        except Exception as exc:
+            err = _convert(exc, f"{vm} status")
+            log.warning("adapter %s: %s", self.name, err.diagnostic)
+            return "running", f"{vm}: status unread ({err.reason})"
+        qmp = cur.get("qmpstatus") if isinstance(cur, dict) and not _malformed(cur) else None
+        if qmp is None:
+            return "running", None
+        mapped = QMP_STATES.get(str(qmp))
+        if mapped is None:
+            self.problems.warn(vm, f"qmpstatus {qmp!r} not mapped; state unknown")
+            return "unknown", None
+        return mapped, None
+
+    def close(self) -> None:
+        api, self._api = self._api, None
+        session = getattr(api, "_store", {}).get("session") if api is not None else None
+        if session is not None:
+            session.close()
+
+
+def _summary(errors: list[str]) -> str | None:
+    if not errors:
+        return None
+    text = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
+    return text[:500]
+
+
+ADAPTER = ProxmoxAdapter
