@@ -1,0 +1,23 @@
+"""Billing rules of billing-v1.md as pure functions: catalog, activity, coverage, pricing, adjustments."""
+
+from billing.activity import Activity
+from billing.adjust import adjustment_lines, same_invoice, same_usage, with_adjustments
+from billing.bill import bill
+from billing.catalog import Catalog, load_catalog
+from billing.compute import BillingResult, compute
+from billing.errors import CatalogError, PricingError
+
+__all__ = [
+    "Activity",
+    "BillingResult",
+    "Catalog",
+    "CatalogError",
+    "PricingError",
+    "adjustment_lines",
+    "bill",
+    "compute",
+    "load_catalog",
+    "same_invoice",
+    "same_usage",
+    "with_adjustments",
+]

@@ -1,0 +1,90 @@
+"""Late data after close (billing-v1.md §6) and document comparison (order carries no meaning, §7)."""
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from billing.money import money_text
+
+LINE_ID = ("customer", "license", "instance", "bundle", "bandwidth_mbps", "vservices", "price")
+ROW_ID = ("customer", "pack", "price")
+
+
+def _index(items: Sequence[Mapping[str, Any]], ident: tuple[str, ...]) -> dict[tuple, Mapping[str, Any]]:
+    out: dict[tuple, Mapping[str, Any]] = {}
+    for item in items:
+        if item.get("adjusts") is not None:
+            continue  # a month's own result carries no adjustment lines; never re-adjust one
+        out[tuple(item[k] for k in ident)] = item
+    return out
+
+
+def _diff(current: Sequence[Mapping[str, Any]], frozen: Sequence[Mapping[str, Any]],
+          ident: tuple[str, ...], counts: tuple[str, ...], month: str) -> list[dict[str, Any]]:
+    cur, old = _index(current, ident), _index(frozen, ident)
+    out: list[dict[str, Any]] = []
+    for key in sorted(cur.keys() | old.keys(), key=lambda k: json.dumps(k)):
+        a, b = cur.get(key), old.get(key)
+        diff = {c: (a[c] if a else 0) - (b[c] if b else 0) for c in counts}
+        # The difference of the amounts, not the amount of the difference: frozen + adjustments
+        # then equals the current result to the cent, whatever the half-up rounding did.
+        amount = Decimal(a["amount"] if a else 0) - Decimal(b["amount"] if b else 0)
+        if all(v == 0 for v in diff.values()) and amount == 0:
+            continue
+        out.append({**dict(zip(ident, key, strict=True)), **diff, "amount": money_text(amount),
+                    "adjusts": month})
+    return out
+
+
+def adjustment_lines(current: Mapping[str, Any], frozen: Mapping[str, Any], month: str) -> dict[str, Any]:
+    """Adjustment lines and device-day rows of a closed month: current minus frozen, zeros omitted."""
+    lines = _diff(current["lines"], frozen["lines"], LINE_ID, ("quantity",), month)
+    rows = _diff(current["device_days"], frozen["device_days"], ROW_ID, ("device_days", "months"), month)
+    order = ("customer", "license", "instance", "bundle", "bandwidth_mbps", "vservices", "quantity",
+             "price", "amount", "adjusts")
+    row_order = ("customer", "pack", "device_days", "months", "price", "amount", "adjusts")
+    return {"lines": [{k: line[k] for k in order} for line in lines],
+            "device_days": [{k: row[k] for k in row_order} for row in rows]}
+
+
+def with_adjustments(invoice: Mapping[str, Any], adjustments: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The first open month's invoice with the adjustment lines and rows of closed months added."""
+    lines = [dict(x) for x in invoice["lines"]]
+    rows = [dict(x) for x in invoice["device_days"]]
+    for adj in adjustments:
+        lines.extend(dict(x) for x in adj["lines"])
+        rows.extend(dict(x) for x in adj["device_days"])
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for item in (*lines, *rows):
+        totals[item["customer"]] += Decimal(item["amount"])
+    return {**invoice, "lines": lines, "device_days": rows,
+            "totals": {c: money_text(totals[c]) for c in sorted(totals)},
+            "total": money_text(sum(totals.values(), Decimal(0)))}
+
+
+def _bag(items: Sequence[Any]) -> Counter[str]:
+    return Counter(json.dumps(x, sort_keys=True, separators=(",", ":")) for x in items)
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any], as_sets: tuple[str, ...]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        if k in as_sets:
+            if not isinstance(a[k], list) or not isinstance(b[k], list) or _bag(a[k]) != _bag(b[k]):
+                return False
+        elif _bag([a[k]]) != _bag([b[k]]):
+            return False
+    return True
+
+
+def same_invoice(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Equal invoices: lines and device-day rows compared as sets (their order carries no meaning)."""
+    return _same(a, b, ("lines", "device_days"))
+
+
+def same_usage(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Equal usage documents: rows, unlicensed instances and chains compared as sets."""
+    return _same(a, b, ("rows", "unlicensed", "chains"))

@@ -1,0 +1,150 @@
+"""Full recomputation of a month from heartbeats: month filter, chain quarantine, activity, compute.
+
+Given compact JWS strings in bulk, parsing is spread over forked worker processes. Each worker
+counts observations per (instance, hour) rather than collecting sets, so that the heartbeats the
+chain analysis quarantines afterwards (over the whole month, §3) can be subtracted exactly; the
+result is a function of the set of heartbeats, never of their order or of how they were split.
+"""
+
+import multiprocessing
+import os
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+from billing.activity import HOUR, Activity, capacity_key
+from billing.catalog import Catalog, load_catalog
+from billing.compute import BillingResult, compute
+from protocol.chain import analyze
+from protocol.errors import ProtocolError
+from protocol.heartbeat import Heartbeat, parse_unverified
+from protocol.timefmt import month_bounds
+
+PARALLEL_MIN = 20_000  # below this, forking costs more than it saves
+
+Counts = dict[str, dict[Any, int]]
+
+
+def _count(hb: Heartbeat, seen: Counts, run: Counts, decl: dict[str, Counts], only: Collection[str],
+           delta: int) -> None:
+    t = hb.time
+    h = t - t % HOUR
+    for o in hb.observations:
+        inst = o["instance"]
+        d = seen.get(inst)
+        if d is None:
+            d = seen[inst] = {}
+        d[h] = d.get(h, 0) + delta
+        if o["state"] == "running":
+            d = run.get(inst)
+            if d is None:
+                d = run[inst] = {}
+            d[h] = d.get(h, 0) + delta
+        cap = o["capacity"]
+        if cap is not None and inst in only:
+            d = decl.setdefault(inst, {}).setdefault(capacity_key(cap), {})  # type: ignore[arg-type]
+            d[t] = d.get(t, 0) + delta
+
+
+def _worker(tokens: list[str], lo: int, hi: int, m0: int, m1: int, only: Collection[str], conn: Any) -> None:
+    try:
+        meta: list[tuple] = []
+        seen: Counts = {}
+        run: Counts = {}
+        decl: dict[str, Counts] = {}
+        for i in range(lo, hi):
+            hb = parse_unverified(tokens[i])
+            if m0 <= hb.time < m1:
+                meta.append((i, hb.kid, hb.seq, hb.prev, hb.time, hb.interval, hb.digest))
+                _count(hb, seen, run, decl, only, 1)
+        conn.send(("ok", meta, seen, run, decl))
+    except ProtocolError as exc:
+        conn.send(("protocol", exc.rule, exc.detail))
+    except BaseException as exc:  # the parent must hear of any failure, or it would wait forever
+        conn.send(("error", repr(exc)))
+    finally:
+        conn.close()
+
+
+def _merge(into: Counts, part: Counts) -> None:
+    for key, sub in part.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = sub
+        else:
+            for k, v in sub.items():
+                mine[k] = mine.get(k, 0) + v
+
+
+def _parallel(tokens: list[str], workers: int, m0: int, m1: int, only: Collection[str],
+              anchors: Mapping[str, Heartbeat] | None) -> tuple[Activity, list[dict[str, object]]]:
+    ctx = multiprocessing.get_context("fork")  # the children read the token list without copying it
+    step = -(-len(tokens) // workers)
+    procs = []
+    for w in range(workers):
+        parent, child = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker, args=(tokens, w * step, min(len(tokens), (w + 1) * step),
+                                              m0, m1, only, child), daemon=True)
+        p.start()
+        child.close()
+        procs.append((p, parent))
+    results = []
+    for p, conn in procs:
+        results.append(conn.recv())
+        p.join()
+    seen: Counts = {}
+    run: Counts = {}
+    decl: dict[str, Counts] = {}
+    meta: list[tuple] = []
+    for res in results:
+        if res[0] == "protocol":
+            raise ProtocolError(res[1], res[2])
+        if res[0] != "ok":
+            raise RuntimeError(f"billing worker failed: {res[1]}")
+        meta.extend(res[1])
+        _merge(seen, res[2])
+        _merge(run, res[3])
+        for inst, caps in res[4].items():
+            _merge(decl.setdefault(inst, {}), caps)
+    light = [Heartbeat("", kid, seq, prev, t, iv, [], [], digest)
+             for _, kid, seq, prev, t, iv, digest in meta]
+    analysis = analyze(light, anchors)
+    for i, *_rest, digest in meta:
+        if digest in analysis.quarantined:  # every copy counted, every copy taken back
+            _count(parse_unverified(tokens[i]), seen, run, decl, only, -1)
+    act = Activity(
+        active={inst: {h for h, n in d.items() if n > 0} for inst, d in run.items()},
+        seen={inst: {h for h, n in d.items() if n > 0} for inst, d in seen.items()},
+        declared={inst: {k: sorted(t for t, n in times.items() if n > 0) for k, times in caps.items()}
+                  for inst, caps in decl.items()},
+        declared_for=only)
+    return act, analysis.chains_json()
+
+
+def _workers(requested: int | None, n: int) -> int:
+    if requested is not None:
+        return max(1, requested)
+    if n < PARALLEL_MIN:
+        return 1
+    return min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def bill(heartbeats: Iterable[Heartbeat | str], catalog: Catalog | Mapping[str, Any], month: str,
+         anchors: Mapping[str, Heartbeat] | None = None, *, workers: int | None = None) -> BillingResult:
+    """Bill a month from its heartbeats (Heartbeat objects or compact JWS strings, unverified here:
+    the caller has verified signatures). Deterministic whatever the order, duplicates or workers."""
+    cat = load_catalog(catalog)
+    m0, m1 = month_bounds(month)
+    only = frozenset(lic.instance for lic in cat.licenses if lic.model == "fixed")
+    items = heartbeats if isinstance(heartbeats, list) else list(heartbeats)
+    n = _workers(workers, len(items))
+    if n > 1 and items and all(isinstance(x, str) for x in items):
+        act, chains = _parallel(items, n, m0, m1, only, anchors)  # type: ignore[arg-type]
+        return compute(act, cat, month, chains)
+    beats = [x if isinstance(x, Heartbeat) else parse_unverified(x) for x in items]
+    beats = [hb for hb in beats if m0 <= hb.time < m1]
+    analysis = analyze(beats, anchors)
+    act = Activity(declared_for=only)
+    for hb in beats:
+        if hb.digest not in analysis.quarantined:
+            act.add_heartbeat(hb)
+    return compute(act, cat, month, analysis.chains_json())

@@ -1,0 +1,189 @@
+"""Billing-v1.md §2-§5 and §7: hour classes, coverage, pricing, device-days, usage and invoice documents."""
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from billing.activity import HOUR, Activity
+from billing.catalog import Catalog, License, Period
+from billing.money import money_text, round_half_up
+from billing.pricing import OverUse, Pricer
+from protocol.timefmt import month_bounds
+
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class BillingResult:
+    usage: dict[str, Any]
+    invoice: dict[str, Any]
+
+
+def hour_range(start: int, end: int | None, m0: int, m1: int) -> range:
+    """The month's hours that belong to [start, end), i.e. overlap it."""
+    lo = max(m0, start - start % HOUR)
+    hi = m1 if end is None else min(m1, -(-end // HOUR) * HOUR)
+    return range(lo, max(lo, hi), HOUR)
+
+
+def _hours_of(periods: Iterable[Period], m0: int, m1: int) -> set[int]:
+    out: set[int] = set()
+    for s, e in periods:
+        out.update(hour_range(s, e, m0, m1))
+    return out
+
+
+def bridged_hours(active: set[int], seen: set[int], m1: int, max_hours: int) -> set[int]:
+    """Maximal runs of at most max_hours unknown hours whose neighbours are both active, in the month."""
+    out: set[int] = set()
+    for h in active:
+        run: list[int] = []
+        n = h + HOUR
+        while n < m1 and n not in seen and len(run) <= max_hours:
+            run.append(n)
+            n += HOUR
+        if run and len(run) <= max_hours and n < m1 and n in active:
+            out.update(run)
+    return out
+
+
+def _ordered(licenses: list[License]) -> list[License]:
+    """Decision order (§3): fixed before payg; then latest start; ties the greatest id."""
+    by_id = sorted(licenses, key=lambda lic: lic.id, reverse=True)
+    return sorted(by_id, key=lambda lic: (lic.model != "fixed", -lic.start))
+
+
+def _assigned_days(lic: License, downgraded: tuple[Period, ...], m0: int, m1: int) -> int:
+    count = 0
+    for d in range(m0, m1, DAY):
+        if d >= (lic.end if lic.end is not None else m1 + DAY) or d + DAY <= lic.start:
+            continue  # the day does not belong to the license period
+        if any(s <= d and (e is None or e >= d + DAY) for s, e in downgraded):
+            continue  # wholly inside a downgraded period
+        count += 1
+    return count
+
+
+class _Month:
+    """One computation: accumulates rows, lines and device-days while walking the instances."""
+
+    def __init__(self, activity: Activity, catalog: Catalog, month: str) -> None:
+        self.activity, self.catalog, self.month = activity, catalog, month
+        self.m0, self.m1 = m0, m1 = month_bounds(month)
+        self.platform = _hours_of(((p.valid_from, p.valid_to) for p in catalog.platform_licenses), m0, m1)
+        self.down = {cid: _hours_of(c.downgraded, m0, m1) for cid, c in catalog.customers.items()}
+        self.licenses = [lic for lic in catalog.licenses
+                         if lic.start < m1 and (lic.end is None or lic.end > m0)]
+        self.ranges = {lic.id: hour_range(lic.start, lic.end, m0, m1) for lic in self.licenses}
+        self.by_inst: dict[str, list[License]] = defaultdict(list)
+        for lic in self.licenses:
+            self.by_inst[lic.instance].append(lic)
+        self.rows = {lic.id: {"instance": lic.instance, "license": lic.id, "customer": lic.customer,
+                              "active_hours": 0, "bridged_hours": 0, "unknown_hours": 0,
+                              "fixed_hours": 0, "payg_hours": 0, "flags": set()}
+                     for lic in self.licenses}
+        self.lines: dict[tuple, int] = defaultdict(int)
+        self.active_days: dict[str, set[int]] = defaultdict(set)
+        self.unlicensed: dict[str, int] = {}
+        self.pricer = Pricer(catalog)
+        self.overuse = OverUse(catalog, self.pricer)
+
+    def instance(self, inst: str) -> None:
+        m0, m1 = self.m0, self.m1
+        active = {h for h in self.activity.active.get(inst, ()) if m0 <= h < m1}
+        seen = {h for h in self.activity.seen.get(inst, ()) if m0 <= h < m1} | active
+        bridged: set[int] = set()
+        if self.catalog.gap_mode == "bridge" and active:
+            bridged = bridged_hours(active, seen, m1, self.catalog.max_hours)
+        lics = self.by_inst.get(inst, [])
+        for lic in lics:
+            r, row = self.ranges[lic.id], self.rows[lic.id]
+            row["active_hours"] = len(active.intersection(r))
+            row["bridged_hours"] = len(bridged.intersection(r))
+            row["unknown_hours"] = len(r) - len(seen.intersection(r)) - row["bridged_hours"]
+        billed = active | bridged
+        if not billed:
+            return
+        order = [(lic, self.ranges[lic.id]) for lic in _ordered(lics)]
+        fixed: dict[int, License] = {}
+        unlicensed = 0
+        for h in billed:
+            lic = next((lic for lic, r in order if r.start <= h < r.stop), None)
+            if lic is None:
+                unlicensed += 1
+            elif lic.model == "fixed":
+                self.rows[lic.id]["fixed_hours"] += 1
+                fixed[h] = lic
+            else:
+                self._payg(inst, lic, h)
+        if unlicensed:
+            self.unlicensed[inst] = unlicensed
+        if fixed:
+            declared = self.activity.declared.get(inst)
+            if declared:
+                for lid in self.overuse.flagged(fixed, declared):
+                    self.rows[lid]["flags"].add("over_capacity")
+
+    def _payg(self, inst: str, lic: License, h: int) -> None:
+        if h in self.down[lic.customer]:
+            return  # a downgraded PAYG hour is not billed and not counted
+        row = self.rows[lic.id]
+        row["payg_hours"] += 1
+        if h not in self.platform:
+            row["flags"].add("no_platform_license")
+        if lic.unit == "device_day":
+            self.active_days[lic.id].add(h - (h - self.m0) % DAY)
+            return
+        entry, rate = self.pricer.hour(lic, h)
+        self.lines[(lic.customer, lic.id, inst, entry.bundle, entry.bandwidth_mbps or 0,
+                    entry.vservices or 0, rate.text)] += 1
+
+    def device_days(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = defaultdict(int)
+        for lic in self.licenses:
+            if lic.model != "payg" or lic.unit != "device_day":
+                continue
+            assert lic.pack is not None
+            if lic.day_counts == "assigned":
+                days = _assigned_days(lic, self.catalog.customers[lic.customer].downgraded, self.m0, self.m1)
+            else:
+                days = len(self.active_days.get(lic.id, ()))
+            out[(lic.customer, lic.pack)] += days
+        return out
+
+
+def _totals(lines: list[dict[str, Any]], rows: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for item in (*lines, *rows):
+        totals[item["customer"]] += Decimal(item["amount"])
+    return ({c: money_text(totals[c]) for c in sorted(totals)},
+            money_text(sum(totals.values(), Decimal(0))))
+
+
+def compute(activity: Activity, catalog: Catalog, month: str, chains: list[dict[str, Any]]) -> BillingResult:
+    """The month's usage and invoice (billing-v1.md §7 shapes) from its activity; raises PricingError."""
+    m = _Month(activity, catalog, month)
+    for inst in sorted(set(activity.active) | set(activity.seen) | set(m.by_inst)):
+        m.instance(inst)
+    lines = [{"customer": c, "license": lid, "instance": inst, "bundle": bundle, "bandwidth_mbps": bw,
+              "vservices": vs, "quantity": q, "price": price,
+              "amount": money_text(round_half_up(q * Decimal(price))), "adjusts": None}
+             for (c, lid, inst, bundle, bw, vs, price), q in sorted(m.lines.items(), key=lambda kv: kv[0])]
+    device_days = []
+    for (customer, pack), days in sorted(m.device_days().items()):
+        if days == 0:
+            continue  # no row for a pack without counted days
+        rate = catalog.monthly[pack]
+        months = -(-days // 31)
+        device_days.append({"customer": customer, "pack": pack, "device_days": days, "months": months,
+                            "price": rate.text, "amount": money_text(round_half_up(months * rate.price))})
+    totals, total = _totals(lines, device_days)
+    rows = [{**row, "flags": sorted(row["flags"])} for _, row in sorted(m.rows.items())]
+    usage = {"provider": catalog.provider, "month": month, "rows": rows,
+             "unlicensed": [{"instance": i, "hours": n} for i, n in sorted(m.unlicensed.items())],
+             "chains": list(chains)}
+    invoice = {"provider": catalog.provider, "month": month, "currency": catalog.currency,
+               "lines": lines, "device_days": device_days, "totals": totals, "total": total}
+    return BillingResult(usage, invoice)
