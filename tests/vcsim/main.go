@@ -18,7 +18,8 @@ func main() {
 	hosts := flag.Int("host", 2, "ESXi hosts in the cluster")
 	user := flag.String("user", "tr7", "login user name")
 	pass := flag.String("pass", "secret", "login password")
-	useTLS := flag.Bool("tls", false, "serve https with a self-signed certificate")
+	certFile := flag.String("cert", "", "serve https with this PEM certificate chain (and -key)")
+	keyFile := flag.String("key", "", "PEM private key of -cert")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -28,15 +29,16 @@ func main() {
 	}
 	defer model.Remove()
 	model.Service.Listen = &url.URL{Host: "127.0.0.1:0", User: url.UserPassword(*user, *pass)}
-	if *useTLS {
-		model.Service.TLS = new(tls.Config)
+	if *certFile != "" {
+		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			panic(err)
+		}
+		model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
 	server := model.Service.NewServer()
 	defer server.Close()
 	out := map[string]string{"url": server.URL.Scheme + "://" + server.URL.Host + server.URL.Path}
-	if *useTLS {
-		out["cert"], _ = server.CertificateFile()
-	}
 	_ = json.NewEncoder(os.Stdout).Encode(out)
 
 	sig := make(chan os.Signal, 1)

@@ -40,7 +40,6 @@ def build() -> Path:
 class Vcsim:
     proc: subprocess.Popen[bytes]
     url: str
-    cert: str | None
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -51,11 +50,13 @@ class Vcsim:
             self.proc.wait()
 
 
-def start(vms: int = 4, hosts: int = 2, tls: bool = False, timeout: float = 900) -> Vcsim:
-    """Start a VPX simulator on 127.0.0.1:<free port> with `vms` VMs in one cluster of `hosts`."""
+def start(vms: int = 4, hosts: int = 2, tls: tuple[str, str] | None = None,
+          timeout: float = 900) -> Vcsim:
+    """Start a VPX simulator on 127.0.0.1:<free port> with `vms` VMs in one cluster of `hosts`;
+    `tls` = (certificate chain PEM file, key PEM file) serves https."""
     args = [str(build()), "-vm", str(vms), "-host", str(hosts), "-user", USER, "-pass", PASSWORD]
     if tls:
-        args.append("-tls")
+        args += ["-cert", tls[0], "-key", tls[1]]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
@@ -64,7 +65,7 @@ def start(vms: int = 4, hosts: int = 2, tls: bool = False, timeout: float = 900)
         proc.kill()
         raise RuntimeError(f"vcsim did not start (exit {proc.poll()})")
     info = json.loads(line)
-    return Vcsim(proc, info["url"], info.get("cert"))
+    return Vcsim(proc, info["url"])
 
 
 def connect(url: str) -> Any:

@@ -1,0 +1,234 @@
+"""The vSphere adapter against a real govmomi simulator (vcsim) driven through pyvmomi."""
+
+import importlib.util
+import logging
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from pydantic import ValidationError
+from pyVmomi import vim
+
+from adapters.base import AuthError, Capacity, UnreachableError
+from adapters.registry import adapter_class
+from adapters.vmware import ADAPTER, VMwareConfig
+
+
+def _load_helper() -> Any:
+    # tests/ is not a package; load the shared simulator helper (also used by bench/) by path
+    name = "tr7_tests_vcsim"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "vsphere" / "vcsim.py")
+        assert spec and spec.loader
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+vcsim = _load_helper()
+
+
+def make(url: str, name: str = "vc", **kw: Any) -> Any:
+    kw.setdefault("password", vcsim.PASSWORD)
+    return ADAPTER(ADAPTER.Config(name=name, platform="vmware", url=url, username=vcsim.USER, **kw))
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Any]:
+    server = vcsim.start(vms=8, hosts=2)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def inv(sim: Any) -> Iterator[dict[str, Any]]:
+    """The inventory the tests rely on, tagged the ways an operator would tag it."""
+    si = vcsim.connect(sim.url)
+    vms = vcsim.all_vms(si)
+    vcsim.tag(vms[0], instance="tr7-full", bundle="enterprise", bandwidth_mbps="1000", vservices="16")
+    cfm = si.content.customFieldsManager
+    keys = {n: cfm.AddCustomFieldDef(name=n, moType=vim.VirtualMachine).key
+            for n in ("tr7.instance", "tr7.bundle", "owner")}
+    cfm.SetField(entity=vms[1], key=keys["tr7.instance"], value="tr7-attr")
+    cfm.SetField(entity=vms[1], key=keys["tr7.bundle"], value="standard")
+    cfm.SetField(entity=vms[1], key=keys["owner"], value="ops")
+    vcsim.tag(vms[2], instance="not valid!")
+    vcsim.tag(vms[3], instance="tr7-badbw", bandwidth_mbps="fast")
+    # vms[4] is untagged
+    vcsim.wait(vms[5].PowerOffVM_Task())
+    vcsim.tag(vms[5], instance="tr7-template")
+    vms[5].MarkAsTemplate()
+    cfm.SetField(entity=vms[6], key=keys["tr7.instance"], value="tr7-from-attr")
+    vcsim.tag(vms[6], instance="tr7-from-guestinfo")
+    yield {"si": si, "vms": vms}
+    vcsim.disconnect(si)
+
+
+def by_instance(result: Any) -> dict[str, Any]:
+    return {o.instance: o for o in result.observations}
+
+
+def test_registry_finds_the_adapter() -> None:
+    assert adapter_class("vmware") is ADAPTER
+    assert ADAPTER.platform == "vmware"
+    for name, field in VMwareConfig.model_fields.items():
+        assert field.description, name  # the agent's commented sample is generated from these
+
+
+def test_tagged_vms_are_observed_with_uuid_host_and_capacity(sim: Any, inv: dict[str, Any]) -> None:
+    vms = inv["vms"]
+    result = make(sim.url).poll()
+    assert result.error is None
+    seen = by_instance(result)
+    assert set(seen) == {"tr7-full", "tr7-attr", "tr7-badbw", "tr7-from-guestinfo"}
+    full = seen["tr7-full"]
+    assert full.vm == vms[0].config.instanceUuid
+    assert full.host == vms[0].runtime.host.name
+    assert full.host.startswith("DC0_C0_H")
+    assert full.state == "running"
+    assert full.capacity == Capacity(bundle="enterprise", bandwidth_mbps=1000, vservices=16)
+    assert seen["tr7-attr"].vm == vms[1].config.instanceUuid
+    assert seen["tr7-attr"].capacity == Capacity(bundle="standard")
+    # a non-integer bandwidth is left out, the instance is still observed
+    assert seen["tr7-badbw"].capacity is None
+    assert seen["tr7-badbw"].vm == vms[3].config.instanceUuid
+
+
+def test_guestinfo_wins_over_custom_attribute(sim: Any, inv: dict[str, Any]) -> None:
+    seen = by_instance(make(sim.url).poll())
+    assert seen["tr7-from-guestinfo"].vm == inv["vms"][6].config.instanceUuid
+    assert "tr7-from-attr" not in seen
+
+
+def test_template_is_never_an_instance(sim: Any, inv: dict[str, Any]) -> None:
+    assert inv["vms"][5].config.template is True
+    vm_ids = {o.vm for o in make(sim.url).poll().observations}
+    assert inv["vms"][5].config.instanceUuid not in vm_ids
+
+
+def test_malformed_values_logged_once_across_polls(sim: Any, inv: dict[str, Any],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    adapter = make(sim.url, name="vc-log")
+    with caplog.at_level(logging.WARNING, logger="tr7.adapters"):
+        first = adapter.poll()
+        second = adapter.poll()
+    assert by_instance(first).keys() == by_instance(second).keys()
+    bad_id = [r for r in caplog.records if "not valid!" in r.getMessage()]
+    bad_bw = [r for r in caplog.records if "'fast'" in r.getMessage()]
+    assert len(bad_id) == 1 and "skipped" in bad_id[0].getMessage()
+    assert len(bad_bw) == 1 and "tr7.bandwidth_mbps" in bad_bw[0].getMessage()
+    assert inv["vms"][2].config.instanceUuid in bad_id[0].getMessage()
+
+
+def test_power_state_changes_between_polls(sim: Any, inv: dict[str, Any]) -> None:
+    vm = inv["vms"][0]
+    adapter = make(sim.url, name="vc-power")
+
+    def state() -> str:
+        return by_instance(adapter.poll())["tr7-full"].state
+
+    assert state() == "running"
+    vcsim.wait(vm.SuspendVM_Task())
+    assert state() == "suspended"
+    vcsim.wait(vm.PowerOnVM_Task())
+    assert state() == "running"
+    vcsim.wait(vm.PowerOffVM_Task())
+    assert state() == "stopped"
+    vcsim.wait(vm.PowerOnVM_Task())
+    assert state() == "running"
+
+
+def test_session_expiry_logs_in_again(sim: Any, inv: dict[str, Any]) -> None:
+    adapter = make(sim.url, name="vc-session")
+    assert "tr7-full" in by_instance(adapter.poll())
+    old = adapter._content.sessionManager.currentSession.key
+    # the vCenter admin (another client) kills our session between two polls
+    inv["si"].content.sessionManager.TerminateSession([old])
+    result = adapter.poll()
+    assert result.error is None and "tr7-full" in by_instance(result)
+    assert adapter._content.sessionManager.currentSession.key != old
+    adapter.close()
+
+
+def test_wrong_password_is_auth_error(sim: Any) -> None:
+    with pytest.raises(AuthError) as err:
+        make(sim.url, password="wrong").poll()
+    assert "login refused" in str(err.value)
+
+
+def test_password_file(sim: Any, inv: dict[str, Any], tmp_path: Path) -> None:
+    secret = tmp_path / "vc.pw"
+    secret.write_text(vcsim.PASSWORD + "\n")
+    result = make(sim.url, password=None, password_file=str(secret)).poll()
+    assert "tr7-full" in by_instance(result)
+
+
+def test_unreachable_endpoint(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on any more
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UnreachableError) as err:
+        make(f"http://127.0.0.1:{port}/sdk", timeout=5).poll()
+    assert f"127.0.0.1:{port}" in err.value.diagnostic
+    assert "refused" in err.value.diagnostic
+
+
+def test_config_rejects_mistakes() -> None:
+    base = {"name": "vc", "platform": "vmware", "url": "https://vc.example/sdk", "username": "u"}
+    with pytest.raises(ValidationError):
+        VMwareConfig(**base)  # no password at all
+    with pytest.raises(ValidationError):
+        VMwareConfig(**base, password="p", password_file="f")
+    with pytest.raises(ValidationError):
+        VMwareConfig(**base, password="p", verify_ssl=False)  # typo: unknown key
+    with pytest.raises(ValidationError):
+        VMwareConfig(**{**base, "url": "vc.example"}, password="p")
+    assert VMwareConfig(**base, password="p").verify_tls is True
+
+
+def test_tls_verification(tmp_path: Path) -> None:
+    ca = trustme.CA()  # a private CA, as the VMCA of a vCenter is
+    cert, key, ca_file = tmp_path / "vc.pem", tmp_path / "vc.key", tmp_path / "ca.pem"
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.private_key_pem.write_to_path(str(key))
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = vcsim.start(vms=1, hosts=1, tls=(str(cert), str(key)))
+    try:
+        assert server.url.startswith("https://")
+        with pytest.raises(UnreachableError) as err:
+            make(server.url).poll()  # the private CA is not in the system store
+        assert "ca_file" in err.value.diagnostic
+        assert make(server.url, ca_file=str(ca_file)).poll().error is None
+        assert make(server.url, verify_tls=False).poll().error is None
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_thousands_of_vms_in_one_poll() -> None:
+    server = vcsim.start(vms=3000, hosts=8)
+    try:
+        si = vcsim.connect(server.url)
+        vms = vcsim.all_vms(si)
+        tagged = vms[::3]
+        for i, vm in enumerate(tagged):
+            vcsim.tag(vm, instance=f"tr7-{i:04d}", vservices=str(i % 7))
+        vcsim.wait(tagged[1].PowerOffVM_Task())
+        expect_host = tagged[2].runtime.host.name
+        result = make(server.url).poll()
+        seen = by_instance(result)
+        assert result.error is None and len(vms) == 3000
+        assert set(seen) == {f"tr7-{i:04d}" for i in range(len(tagged))}
+        assert len({o.vm for o in seen.values()}) == len(tagged)
+        assert len({o.host for o in seen.values()}) == 8
+        assert seen["tr7-0001"].state == "stopped" and seen["tr7-0000"].state == "running"
+        assert seen["tr7-0002"].host == expect_host
+        assert seen["tr7-0005"].capacity == Capacity(vservices=5)
+        vcsim.disconnect(si)
+    finally:
+        server.stop()
