@@ -1,0 +1,82 @@
+"""`tr7-agent`: run | check | enroll | status | export | config sample."""
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+from agent import __version__, logs
+
+DEFAULT_CONFIG = Path("/etc/tr7-agent/agent.toml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tr7-agent", description="Signs heartbeats of running TR7 appliances.")
+    p.add_argument("--version", action="version", version=f"tr7-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file (TOML)")
+        return s
+
+    cmd("run", "the service: poll, sign, spool, ship")
+    s = cmd("check", "poll every adapter once and print what was seen (signs nothing)")
+    s.add_argument("--json", action="store_true")
+    s = cmd("enroll", "create the key pair if missing and register it with the collector")
+    s.add_argument("--token", required=True, help="one-time enrolment token from the collector")
+    s = cmd("status", "key, chain, spool, rejected heartbeats, clock events, collector reachability")
+    s.add_argument("--json", action="store_true")
+    s = cmd("export", "write unshipped heartbeats to a file (sites without a network path)")
+    s.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("config", help="configuration helpers")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    csub.add_parser("sample", help="print a commented sample configuration")
+    return p
+
+
+def _exit(code: int) -> None:
+    """Exit even when an adapter thread hangs in a vendor SDK (executor threads are joined at exit)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    if any(t.name.startswith("poll") and t.is_alive() for t in threading.enumerate()):
+        os._exit(code)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logs.setup()
+    if args.command == "config":
+        from agent.sample import sample
+
+        sys.stdout.write(sample())
+        return
+    from agent.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    from agent import commands
+
+    if args.command == "run":
+        from agent.service import Service
+
+        _exit(Service(config).serve())
+    elif args.command == "check":
+        _exit(commands.check(config, args.json))
+    elif args.command == "enroll":
+        _exit(commands.enroll(config, args.token))
+    elif args.command == "status":
+        _exit(commands.status(config, args.json))
+    elif args.command == "export":
+        _exit(commands.export(config, args.out))
+
+
+if __name__ == "__main__":
+    main()

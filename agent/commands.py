@@ -1,0 +1,151 @@
+"""The one-shot commands: check, enroll, status, export."""
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent.config import Config
+from agent.poller import Poller
+from agent.service import StartupError, check_state_dir
+from agent.shipper import make_client
+from agent.spool import Spool, SpoolError
+from protocol.errors import ProtocolError
+from protocol.keys import load_or_create_private_key, load_private_key
+
+
+def check(config: Config, as_json: bool) -> int:
+    """Poll every adapter once; sign nothing. Exit 1 when any adapter failed."""
+    poller = Poller(config.adapters)
+    try:
+        outcome = poller.poll_all()
+    finally:
+        poller.close()
+    if as_json:
+        print(json.dumps({"polls": outcome.polls, "observations": outcome.observations}, indent=2))
+    else:
+        rows = [("ADAPTER", "PLATFORM", "OK", "INSTANCES", "SECONDS", "ERROR")]
+        for a in outcome.adapters:
+            rows.append((a.name, a.platform, "yes" if a.ok else "NO", str(len(a.observations)),
+                         f"{a.seconds:.2f}", a.diagnostic or a.error or ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[5])
+        for o in outcome.observations:
+            print(f"  {o['adapter']}: {o['instance']} vm={o['vm']} host={o['host']} state={o['state']}")
+    return 0 if all(a.ok for a in outcome.adapters) else 1
+
+
+def enroll(config: Config, token: str) -> int:
+    settings = config.agent
+    if not settings.collector:
+        print(f"{config.path}: [agent] collector is required to enroll", file=sys.stderr)
+        return 2
+    try:
+        check_state_dir(settings.state_dir)
+        key, created = load_or_create_private_key(settings.key_path)
+    except (StartupError, ProtocolError, OSError) as exc:
+        print(f"enroll: {exc}", file=sys.stderr)
+        return 1
+    body = {"token": token, "name": settings.agent_name, "public_key": key.public_b64}
+    try:
+        with make_client(settings) as client:
+            resp = client.post(settings.collector + "/v1/agents/enroll", json=body)
+    except httpx.HTTPError as exc:
+        print(f"enroll: collector {settings.collector} unreachable: {exc}", file=sys.stderr)
+        return 1
+    if resp.status_code != 200:
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except ValueError:
+            detail = resp.text
+        print(f"enroll refused by the collector (HTTP {resp.status_code}): {detail}", file=sys.stderr)
+        return 1
+    answer = resp.json()
+    if answer.get("kid") != key.kid:
+        print(f"enroll: the collector answered kid {answer.get('kid')!r}, ours is {key.kid}", file=sys.stderr)
+        return 1
+    record = {"kid": key.kid, "provider": answer.get("provider"), "enrolled_at": answer.get("enrolled_at"),
+              "collector": settings.collector, "name": settings.agent_name}
+    tmp = settings.state_dir / "enrollment.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, settings.state_dir / "enrollment.json")
+    print(f"enrolled: kid {key.kid} provider {record['provider']} at {record['enrolled_at']}"
+          f"{' (new key created)' if created else ''}")
+    return 0
+
+
+def _collector_health(config: Config) -> dict[str, Any]:
+    url = config.agent.collector
+    if not url:
+        return {"url": None, "reachable": False, "detail": "no collector configured"}
+    try:
+        with make_client(config.agent, timeout=5.0) as client:
+            resp = client.get(url + "/healthz")
+        return {"url": url, "reachable": resp.status_code == 200, "detail": f"HTTP {resp.status_code}"}
+    except (httpx.HTTPError, OSError) as exc:
+        return {"url": url, "reachable": False, "detail": str(exc) or type(exc).__name__}
+
+
+def status(config: Config, as_json: bool) -> int:
+    settings = config.agent
+    out: dict[str, Any] = {"kid": None, "enrolled": None, "last_seq": 0}
+    code = 0
+    try:
+        key = load_private_key(settings.key_path) if settings.key_path.exists() else None
+    except (ProtocolError, OSError, ValueError) as exc:
+        key, out["key_error"], code = None, str(exc), 1
+    if key is not None:
+        out["kid"] = key.kid
+    enrollment = settings.state_dir / "enrollment.json"
+    out["enrolled"] = json.loads(enrollment.read_text()) if enrollment.exists() else None
+    if settings.spool_path.exists():
+        try:
+            spool = Spool(settings.spool_path)
+            try:
+                out.update(spool.stats())
+                out["last_seq"] = spool.head(key.kid).seq if key else 0
+            finally:
+                spool.close()
+        except SpoolError as exc:
+            out["spool_error"], code = str(exc), 1
+    else:
+        out.update({"last_poll": None, "last_shipped_seq": None, "spool_depth": 0,
+                    "oldest_unshipped_age_s": None, "spool_bytes": 0,
+                    "rejected": {"count": 0, "reasons": {}}, "clock_events": []})
+    out["collector"] = _collector_health(config)
+    if as_json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k:24} {v if not isinstance(v, dict | list) else json.dumps(v)}")
+    return code
+
+
+def export(config: Config, out: Path) -> int:
+    """Write unshipped heartbeats, one compact JWS a line in seq order; the spool keeps them."""
+    try:
+        spool = Spool(config.agent.spool_path)
+    except SpoolError as exc:
+        print(f"export: {exc}", file=sys.stderr)
+        return 1
+    tmp = out.with_name(out.name + ".tmp")
+    n = 0
+    try:
+        with open(tmp, "w", encoding="ascii", newline="\n") as f:
+            for token in spool.unshipped():
+                f.write(token + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as exc:
+        print(f"export: cannot write {out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    finally:
+        spool.close()
+    print(f"exported {n} unshipped heartbeats to {out} (they stay in the spool until shipped)")
+    return 0

@@ -1,0 +1,192 @@
+"""Agent configuration: TOML parsed with tomllib, validated by pydantic, errors naming key and line."""
+
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from adapters.base import AdapterConfig, AdapterError
+from adapters.registry import adapter_class
+
+MIN_INTERVAL = 60
+MAX_INTERVAL = 3600
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run; the CLI prints it and exits 2."""
+
+
+class AgentSettings(BaseModel):
+    """The `[agent]` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    collector: str | None = Field(
+        default=None,
+        description="Collector base URL, e.g. https://collector.example.net; leave out on a site "
+        "without a network path and move heartbeats with `tr7-agent export`")
+    state_dir: Path = Field(
+        default=Path("/var/lib/tr7-agent"),
+        description="Directory of the private key (agent.key) and the spool (spool.db)")
+    # Declared before `interval` so its validator can see it.
+    allow_short_interval: bool = Field(
+        default=False, description="Allow intervals below 60 s (tests and demos only)")
+    interval: int = Field(
+        default=300, ge=1, le=MAX_INTERVAL,
+        description="Poll interval in seconds, 60 .. 3600; polls fire at multiples of it since the epoch")
+    name: str | None = Field(
+        default=None, min_length=1, description="Agent name shown by the collector (default: host name)")
+    metrics_listen: str | None = Field(
+        default=None, description="host:port of the Prometheus metrics endpoint (off when left out)")
+    ca_file: str | None = Field(
+        default=None, description="PEM bundle to verify the collector's TLS certificate (default: system)")
+    token_file: str | None = Field(
+        default=None, description="File holding a bearer token for the collector, if it requires one "
+        "(relative names are looked up in $CREDENTIALS_DIRECTORY)")
+    spool_limit_mb: int = Field(
+        default=512, ge=1, description="Spool size (MiB) above which an alarm is raised; unshipped "
+        "heartbeats are never deleted")
+
+    @field_validator("collector")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/") if v else v
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$", v):
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        return v
+
+    @field_validator("interval")
+    @classmethod
+    def _short(cls, v: int, info: ValidationInfo) -> int:
+        if v < MIN_INTERVAL and not info.data.get("allow_short_interval", False):
+            raise ValueError(f"interval {v} is below {MIN_INTERVAL} s; "
+                             "set allow_short_interval = true for tests and demos")
+        return v
+
+    @property
+    def agent_name(self) -> str:
+        return self.name or socket.gethostname()
+
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / "agent.key"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.state_dir / "spool.db"
+
+
+@dataclass
+class Config:
+    path: Path
+    agent: AgentSettings
+    adapters: list[AdapterConfig] = field(default_factory=list)
+
+
+def _table_lines(text: str) -> list[tuple[str, int, int]]:
+    """(table name, index among same-name array tables, line number) of every header line."""
+    out: list[tuple[str, int, int]] = []
+    counts: dict[str, int] = {}
+    for no, line in enumerate(text.splitlines(), 1):
+        m = re.match(r"^\s*(\[\[?)\s*([A-Za-z0-9_.-]+)\s*\]\]?", line)
+        if m:
+            name = m.group(2)
+            idx = counts.get(name, 0)
+            counts[name] = idx + 1
+            out.append((name, idx, no))
+    return out
+
+
+def find_line(text: str, table: str, index: int, key: str | None) -> int | None:
+    """Line of ``key`` inside the ``index``-th ``[table]``/``[[table]]``, else of the header.
+
+    tomllib reports no positions for valid documents, so the line is found in the text itself;
+    simple `key = value` lines cover what a configuration file holds.
+    """
+    lines = text.splitlines()
+    heads = _table_lines(text)
+    for i, (name, idx, no) in enumerate(heads):
+        if name == table and idx == index:
+            end = heads[i + 1][2] - 1 if i + 1 < len(heads) else len(lines)
+            if key is not None:
+                pat = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+                for n in range(no, end):
+                    if pat.match(lines[n]):
+                        return n + 1
+            return no
+    return None
+
+
+def _fail(path: Path, text: str, table: str, index: int, loc: tuple[Any, ...], msg: str) -> ConfigError:
+    key = str(loc[0]) if loc else None
+    line = find_line(text, table, index, key)
+    where = f"{path}:{line}" if line else str(path)
+    name = f"[[{table}]] #{index + 1}" if table == "adapters" else f"[{table}]"
+    dotted = ".".join(str(p) for p in loc) if loc else "(table)"
+    return ConfigError(f"{where}: {name} {dotted}: {msg}")
+
+
+def _errors(exc: ValidationError, path: Path, text: str, table: str, index: int) -> ConfigError:
+    first = exc.errors()[0]
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return _fail(path, text, table, index, tuple(first["loc"]), msg)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate; every error names the file, the line and the key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    unknown = set(doc) - {"agent", "adapters"}
+    if unknown:
+        key = sorted(unknown)[0]
+        line = next((n for n, ln in enumerate(text.splitlines(), 1)
+                     if re.match(rf"^\s*\[*\s*{re.escape(key)}\b", ln)), None)
+        raise ConfigError(f"{path}:{line or '?'}: unknown table or key {key!r} "
+                          "(only [agent] and [[adapters]])")
+    agent_doc = doc.get("agent", {})
+    if not isinstance(agent_doc, dict):
+        raise ConfigError(f"{path}: agent must be a table [agent]")
+    try:
+        agent = AgentSettings.model_validate(agent_doc)
+    except ValidationError as exc:
+        raise _errors(exc, path, text, "agent", 0) from exc
+    tables = doc.get("adapters", [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"{path}: adapters must be array tables [[adapters]]")
+    adapters: list[AdapterConfig] = []
+    seen: set[str] = set()
+    for i, table in enumerate(tables):
+        platform = table.get("platform")
+        if not isinstance(platform, str):
+            raise _fail(path, text, "adapters", i, ("platform",), "missing or not a string")
+        try:
+            cls = adapter_class(platform)
+        except AdapterError as exc:
+            raise _fail(path, text, "adapters", i, ("platform",), exc.reason) from exc
+        try:
+            cfg = cls.Config.model_validate(table)
+        except ValidationError as exc:
+            raise _errors(exc, path, text, "adapters", i) from exc
+        if cfg.name in seen:
+            raise _fail(path, text, "adapters", i, ("name",), f"adapter name {cfg.name!r} used twice")
+        seen.add(cfg.name)
+        adapters.append(cfg)
+    return Config(path=path, agent=agent, adapters=adapters)

@@ -1,0 +1,29 @@
+"""Structured logs to stderr: one `key=value` line per event, journald-friendly (no timestamps:
+journald adds its own; set TR7_LOG_TIME=1 to add them when running outside systemd)."""
+
+import logging
+import os
+import sys
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        head = f"level={record.levelname.lower()} logger={record.name}"
+        if os.environ.get("TR7_LOG_TIME"):
+            head = f"time={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {head}"
+        line = f"{head} {msg}"
+        if record.exc_info:
+            line += " exc=" + repr(self.formatException(record.exc_info))
+        return line
+
+
+def setup(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("TR7_LOG_LEVEL", level).upper())
+    # APScheduler logs every run at INFO: too chatty at a 1 s interval, its warnings still show.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,251 @@
+"""`tr7-agent run`: clock-aligned polls (APScheduler), the spool, the shipper thread, signals,
+sd_notify readiness and watchdog, metrics."""
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from agent import sdnotify
+from agent.config import Config, ConfigError, load_config
+from agent.metrics import Metrics
+from agent.poller import Poller
+from agent.shipper import Shipper
+from agent.spool import ClockBehind, Spool, SpoolError
+from protocol.errors import ProtocolError
+from protocol.keys import AgentKey, load_private_key
+from protocol.timefmt import format_time
+
+log = logging.getLogger("tr7.agent")
+
+
+class StartupError(Exception):
+    """The service cannot start (no key, unusable state dir or spool): exit 1."""
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """Fail now, loudly, rather than run 'healthy but idle' on a directory we cannot write."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = state_dir / ".write-probe"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(f"state directory {state_dir} is not writable: {exc.strerror or exc}") from exc
+
+
+def load_key(config: Config) -> AgentKey:
+    path = config.agent.key_path
+    if not path.exists():
+        raise StartupError(f"no agent key at {path}: run `tr7-agent enroll --config {config.path} "
+                           "--token TOKEN` first")
+    try:
+        return load_private_key(path)
+    except (ProtocolError, OSError, ValueError) as exc:
+        raise StartupError(f"cannot load the agent key {path}: {exc}") from exc
+
+
+def aligned_start(interval: int, now: float) -> datetime:
+    """The next multiple of ``interval`` seconds since the epoch."""
+    return datetime.fromtimestamp((int(now) // interval + 1) * interval, UTC)
+
+
+class Service:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.stop = threading.Event()
+        self.reload_requested = threading.Event()
+        self.fatal: BaseException | None = None
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.ship_stop = threading.Event()
+        self.ship_thread: threading.Thread | None = None
+        self.over_limit = False
+
+    # ---- start-up -------------------------------------------------------------------------
+    def start(self) -> None:
+        settings = self.config.agent
+        check_state_dir(settings.state_dir)
+        self.key = load_key(self.config)
+        if not (settings.state_dir / "enrollment.json").exists():
+            log.warning("event=not_enrolled kid=%s hint='heartbeats of an unenrolled key are rejected'",
+                        self.key.kid)
+        try:
+            self.spool = Spool(settings.spool_path)
+        except SpoolError as exc:
+            raise StartupError(str(exc)) from exc
+        self.poller = Poller(self.config.adapters)
+        if settings.metrics_listen:
+            self.metrics.serve(settings.metrics_listen)
+        self._start_shipper()
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.scheduler.start()
+        self._schedule(settings.interval)
+        head = self.spool.head(self.key.kid)
+        log.info("event=started kid=%s seq=%d interval=%d adapters=%d collector=%s", self.key.kid, head.seq,
+                 settings.interval, len(self.config.adapters), settings.collector or "none")
+
+    def _schedule(self, interval: int) -> None:
+        trigger = IntervalTrigger(seconds=interval, start_date=aligned_start(interval, time.time()),
+                                  timezone=UTC)
+        # max_instances=1: a slow poll pushes the next one to a later slot, never runs beside it;
+        # coalesce: runs missed while suspended become one; a run late by up to one interval still
+        # happens (it signs the slot it belongs to).
+        self.scheduler.add_job(self.poll_job, trigger, id="poll", replace_existing=True, max_instances=1,
+                               coalesce=True, misfire_grace_time=interval)
+
+    def _start_shipper(self) -> None:
+        settings = self.config.agent
+        if not settings.collector:
+            log.warning("event=no_collector hint='heartbeats stay in the spool; use tr7-agent export'")
+            return
+        self.ship_stop = threading.Event()
+        shipper = Shipper(settings, Spool(settings.spool_path), self.metrics)
+        self.ship_thread = threading.Thread(target=shipper.run, name="shipper", daemon=True,
+                                            args=(self.ship_stop, self.wake, self._die))
+        self.ship_thread.start()
+
+    def _stop_shipper(self, timeout: float) -> None:
+        if self.ship_thread is not None:
+            self.ship_stop.set()
+            self.wake.set()
+            self.ship_thread.join(timeout)
+            self.ship_thread = None
+
+    # ---- the poll ---------------------------------------------------------------------------
+    def _die(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+        self.metrics.fatal.set(1)
+        log.critical("event=fatal reason=%r", str(exc))
+        self.stop.set()
+
+    def _clock_event(self, when: int, last: int) -> None:
+        self.metrics.clock_jumps.inc()
+        detail = {"now": format_time(int(time.time())), "poll": format_time(when), "last": format_time(last)}
+        log.warning("event=clock_backwards poll=%s last_heartbeat=%s action=skip", detail["poll"],
+                    detail["last"])
+        self.spool.record_event("clock_backwards", json.dumps(detail))
+
+    def poll_job(self) -> None:
+        with self.lock:
+            poller, interval = self.poller, self.config.agent.interval
+        when = int(time.time()) // interval * interval
+        try:
+            head = self.spool.head(self.key.kid)
+            if head.time is not None and when <= head.time:
+                # Never sign a time before the previous one: skip this slot (documented choice).
+                self._clock_event(when, head.time)
+                return
+            outcome = poller.poll_all()
+            for a in outcome.adapters:
+                self.metrics.polls.labels(a.name).inc()
+                self.metrics.poll_seconds.labels(a.name).observe(a.seconds)
+                self.metrics.instances.labels(a.name).set(len(a.observations))
+                if not a.ok:
+                    self.metrics.poll_failures.labels(a.name).inc()
+            try:
+                seq, _ = self.spool.append(self.key, when, interval, outcome.polls, outcome.observations)
+            except ClockBehind as exc:
+                self._clock_event(exc.when, exc.last)
+                return
+            self.metrics.signed.inc()
+            self.metrics.last_poll.set(when)
+            self.wake.set()
+            log.info("event=heartbeat seq=%d time=%s observations=%d failed=%d", seq, format_time(when),
+                     len(outcome.observations), sum(1 for a in outcome.adapters if not a.ok))
+            self._gauges()
+        except Exception as exc:  # a spool that cannot commit (disk full, I/O error) is fatal
+            self._die(exc)
+
+    def _gauges(self) -> None:
+        stats = self.spool.stats()
+        self.metrics.depth.set(stats["spool_depth"])
+        self.metrics.oldest.set(stats["oldest_unshipped_age_s"] or 0)
+        self.metrics.spool_bytes.set(stats["spool_bytes"])
+        over = stats["spool_bytes"] > self.config.agent.spool_limit_mb * 1024 * 1024
+        self.metrics.spool_alarm.set(1 if over else 0)
+        if over:
+            # Unshipped heartbeats are evidence: never deleted, only alarmed about.
+            log.error("event=spool_over_limit bytes=%d limit_mb=%d depth=%d", stats["spool_bytes"],
+                      self.config.agent.spool_limit_mb, stats["spool_depth"])
+
+    # ---- reload -----------------------------------------------------------------------------
+    def reload(self) -> None:
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error("event=reload_failed reason=%r action='keeping the running configuration'", str(exc))
+            return
+        old = self.config
+        if new.agent.state_dir != old.agent.state_dir:
+            log.error("event=reload_refused reason='state_dir cannot change without a restart'")
+            return
+        poller = Poller(new.adapters)
+        with self.lock:
+            old_poller, self.poller, self.config = self.poller, poller, new
+        old_poller.close()
+        if new.agent.interval != old.agent.interval:
+            self._schedule(new.agent.interval)
+        ship_keys = ("collector", "token_file", "ca_file", "interval")
+        if any(getattr(new.agent, k) != getattr(old.agent, k) for k in ship_keys):
+            self._stop_shipper(30)
+            self._start_shipper()
+        if new.agent.metrics_listen != old.agent.metrics_listen:
+            log.warning("event=reload_partial reason='metrics_listen changes need a restart'")
+        log.info("event=reloaded adapters=%d interval=%d", len(new.adapters), new.agent.interval)
+
+    # ---- main loop --------------------------------------------------------------------------
+    def serve(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: (self.reload_requested.set(), self.stop.set()))
+        try:
+            self.start()
+        except (StartupError, SpoolError) as exc:
+            self.metrics.fatal.set(1)
+            log.critical("event=startup_failed reason=%r", str(exc))
+            return 1
+        sdnotify.notify(f"READY=1\nSTATUS=polling every {self.config.agent.interval}s")
+        wd = sdnotify.watchdog_interval()
+        while True:
+            self.stop.wait(min(wd, 5.0) if wd else 5.0)
+            if self.reload_requested.is_set() and self.fatal is None:
+                self.reload_requested.clear()
+                self.stop.clear()
+                sdnotify.notify("RELOADING=1")
+                self.reload()
+                sdnotify.notify("READY=1")
+                continue
+            if self.stop.is_set():
+                break
+            if wd:
+                sdnotify.notify("WATCHDOG=1")
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        sdnotify.notify("STOPPING=1")
+        # wait=True: the poll in flight finishes and its transaction commits before we exit.
+        self.scheduler.shutdown(wait=True)
+        self._stop_shipper(10)
+        self.poller.close()
+        self.spool.close()
+        if self.fatal is not None:
+            log.critical("event=stopped reason=%r exit=1", str(self.fatal))
+            return 1
+        log.info("event=stopped exit=0")
+        return 0
+

@@ -1,0 +1,144 @@
+"""Ship spooled heartbeats to the collector (heartbeat-v1.md §4): batches in seq order, gzip,
+keep-alive, backoff with jitter, Retry-After; delete only what has a durable answer."""
+
+import email.utils
+import gzip
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from adapters.credentials import read_secret
+from agent.config import AgentSettings
+from agent.metrics import Metrics
+from agent.spool import Row, Spool
+
+log = logging.getLogger("tr7.agent.shipper")
+MAX_LINES = 5000
+MAX_RETRY_AFTER = 3600.0
+STATUSES = frozenset({"accepted", "duplicate", "rejected"})
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date, RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return min(max(0.0, when - (time.time() if now is None else now)), MAX_RETRY_AFTER)
+
+
+def make_client(settings: AgentSettings, timeout: float = 30.0) -> httpx.Client:
+    headers = {"User-Agent": "tr7-agent"}
+    if settings.token_file:
+        token = read_secret(None, settings.token_file, "agent.token_file")
+        headers["Authorization"] = f"Bearer {token}"
+    verify: str | bool = settings.ca_file or True
+    return httpx.Client(verify=verify, timeout=timeout, headers=headers)
+
+
+class Shipper:
+    def __init__(self, settings: AgentSettings, spool: Spool, metrics: Metrics | None = None,
+                 client: httpx.Client | None = None) -> None:
+        assert settings.collector, "a shipper needs a collector URL"
+        self.url = settings.collector + "/v1/heartbeats"
+        self.spool = spool
+        self.metrics = metrics
+        self.client = client or make_client(settings)
+        self.failures = 0
+        # No point in backing off longer than a poll interval (capped at 5 min): the collector
+        # coming back should drain the spool within about one interval.
+        self.max_backoff = float(min(300, max(1, settings.interval)))
+        self.base = min(1.0, self.max_backoff)
+
+    def _backoff(self) -> float:
+        self.failures += 1
+        if self.metrics:
+            self.metrics.ship_failures.inc()
+        ceiling = min(self.max_backoff, self.base * 2 ** min(self.failures - 1, 16))
+        # "Equal jitter": never hammer (at least half the step), yet agents spread out.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def _outcomes(self, rows: list[Row], resp: httpx.Response) -> list[tuple[Row, str, str | None]] | None:
+        try:
+            results = resp.json()["results"]
+        except (ValueError, KeyError, TypeError):
+            log.error("event=bad_response reason='200 without a results array'")
+            return None
+        if not isinstance(results, list) or len(results) != len(rows):
+            log.error("event=bad_response reason='results do not match lines' lines=%d results=%s",
+                      len(rows), len(results) if isinstance(results, list) else "?")
+            return None
+        out: list[tuple[Row, str, str | None]] = []
+        for row, res in zip(rows, results, strict=True):
+            status = res.get("status") if isinstance(res, dict) else None
+            # An answer for another seq means the collector and we disagree on the lines: trust none.
+            if status not in STATUSES or res.get("seq", row.seq) != row.seq:
+                log.error("event=bad_response reason='unexpected result' seq=%d result=%r", row.seq, res)
+                return None
+            out.append((row, status, res.get("reason")))
+        return out
+
+    def ship_once(self) -> float | None:
+        """One request. Returns None when the spool is empty, 0 to go on at once, else seconds to wait."""
+        rows = self.spool.batch(MAX_LINES)
+        if not rows:
+            self.failures = 0
+            return None
+        body = gzip.compress("\n".join(r.token for r in rows).encode("ascii"), compresslevel=6)
+        headers = {"Content-Type": "text/plain; charset=us-ascii", "Content-Encoding": "gzip"}
+        try:
+            resp = self.client.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            delay = self._backoff()
+            log.warning("event=ship_failed reason=%r lines=%d retry_in=%.1f", str(exc) or type(exc).__name__,
+                        len(rows), delay)
+            return delay
+        if resp.status_code == 200:
+            outcomes = self._outcomes(rows, resp)
+            if outcomes is None:
+                return self._backoff()
+            self.spool.settle(outcomes)  # SpoolError propagates: the service stops loudly
+            self.failures = 0
+            rejected = [(r.seq, reason) for r, status, reason in outcomes if status == "rejected"]
+            for seq, reason in rejected:
+                log.error("event=heartbeat_rejected seq=%d reason=%r", seq, reason)
+            if self.metrics:
+                self.metrics.shipped.inc(len(outcomes) - len(rejected))
+                self.metrics.rejected.inc(len(rejected))
+            log.info("event=shipped lines=%d rejected=%d last_seq=%d", len(rows), len(rejected), rows[-1].seq)
+            return 0.0
+        wait = retry_after(resp.headers.get("Retry-After"))
+        if wait is not None:
+            self.failures += 1
+            if self.metrics:
+                self.metrics.ship_failures.inc()
+        else:
+            wait = self._backoff()
+        detail = resp.text[:200].replace("\n", " ")
+        log.warning("event=ship_refused status=%d detail=%r retry_in=%.1f", resp.status_code, detail, wait)
+        return wait
+
+    def run(self, stop: threading.Event, wake: threading.Event,
+            on_fatal: Callable[[BaseException], None]) -> None:
+        """Thread body: ship until the spool is empty, then sleep until woken by a new heartbeat."""
+        try:
+            while not stop.is_set():
+                delay = self.ship_once()
+                if delay is None:
+                    wake.wait()
+                    wake.clear()
+                elif delay > 0:
+                    stop.wait(delay)
+        except Exception as exc:
+            on_fatal(exc)
+        finally:
+            self.client.close()

@@ -1,0 +1,216 @@
+"""The durable spool: SQLite (WAL, synchronous=FULL) holding the chain head and unshipped heartbeats.
+
+One transaction allocates `seq`, computes `prev`, signs and inserts: a crash at any point either
+leaves the heartbeat committed (and the head advanced) or leaves nothing, so the chain continues
+with no reused and no skipped `seq`. A signature made inside a transaction that rolled back never
+left the process, so its `seq` being signed again later is not a fork.
+"""
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol.heartbeat import ZERO_HASH, sign_heartbeat, token_digest
+from protocol.keys import AgentKey
+from protocol.timefmt import format_time
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chain (kid TEXT PRIMARY KEY, seq INTEGER NOT NULL, digest TEXT NOT NULL,
+                                  time INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, kid TEXT NOT NULL,
+                                  seq INTEGER NOT NULL, time INTEGER NOT NULL, signed_at REAL NOT NULL,
+                                  token TEXT NOT NULL, UNIQUE (kid, seq));
+CREATE TABLE IF NOT EXISTS rejected (id INTEGER PRIMARY KEY, kid TEXT NOT NULL, seq INTEGER NOT NULL,
+                                     token TEXT NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
+                                   kind TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class SpoolError(Exception):
+    """The spool cannot be used (corrupt, unwritable, disk full): the agent must stop loudly."""
+
+
+class ClockBehind(Exception):
+    """The poll instant is not after the previous heartbeat's time: nothing was signed."""
+
+    def __init__(self, when: int, last: int) -> None:
+        super().__init__(f"poll instant {format_time(when)} is not after the last heartbeat's "
+                         f"{format_time(last)}")
+        self.when, self.last = when, last
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int
+    digest: str
+    time: int | None
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    kid: str
+    seq: int
+    token: str
+
+
+def _wrap(exc: sqlite3.Error, path: Path, what: str) -> SpoolError:
+    return SpoolError(f"spool {path}: {what}: {exc}")
+
+
+class Spool:
+    """One connection to spool.db; use one instance per thread."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        # Test seam: called with a stage name inside the signing transaction.
+        self.fault: Callable[[str], None] | None = None
+        try:
+            if readonly:
+                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                          check_same_thread=False)
+            else:
+                self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+                mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode != "wal":
+                    raise SpoolError(f"spool {path}: cannot use WAL journal mode (got {mode})")
+                self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            check = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise SpoolError(f"spool {path} is corrupt: {check}")
+            if not readonly:
+                self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise _wrap(exc, path, "cannot open") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _stage(self, name: str) -> None:
+        if self.fault is not None:
+            self.fault(name)
+
+    def head(self, kid: str) -> Head:
+        row = self.db.execute("SELECT seq, digest, time FROM chain WHERE kid = ?", (kid,)).fetchone()
+        return Head(*row) if row else Head(0, ZERO_HASH, None)
+
+    def append(self, key: AgentKey, when: int, interval: int, polls: list[dict[str, Any]],
+               observations: list[dict[str, Any]]) -> tuple[int, str]:
+        """Sign the next heartbeat of ``key`` and commit it with the new chain head, atomically."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                head = self.head(key.kid)
+                if head.time is not None and when <= head.time:
+                    raise ClockBehind(when, head.time)
+                seq = head.seq + 1
+                self._stage("allocated")
+                payload = {"v": 1, "agent": key.kid, "seq": seq, "prev": head.digest,
+                           "time": format_time(when), "interval": interval, "polls": polls,
+                           "observations": observations}
+                token = sign_heartbeat(key, payload)
+                self._stage("signed")
+                self.db.execute("INSERT INTO spool (kid, seq, time, signed_at, token) VALUES (?,?,?,?,?)",
+                                (key.kid, seq, when, time.time(), token))
+                self.db.execute(
+                    "INSERT INTO chain (kid, seq, digest, time) VALUES (?,?,?,?) ON CONFLICT (kid) "
+                    "DO UPDATE SET seq = excluded.seq, digest = excluded.digest, time = excluded.time",
+                    (key.kid, seq, token_digest(token), when))
+                self._set("last_poll", str(when))
+                self._stage("inserted")
+                self.db.execute("COMMIT")
+                return seq, token
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _wrap(exc, self.path, "cannot commit a heartbeat") from exc
+
+    def _set(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                        "DO UPDATE SET value = excluded.value", (key, value))
+
+    def get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def record_event(self, kind: str, detail: str) -> None:
+        try:
+            self.db.execute("INSERT INTO events (at, kind, detail) VALUES (?,?,?)",
+                            (int(time.time()), kind, detail))
+        except sqlite3.Error as exc:
+            raise _wrap(exc, self.path, "cannot record an event") from exc
+
+    def batch(self, limit: int = 5000, max_bytes: int = 16 * 1024 * 1024) -> list[Row]:
+        """The oldest unshipped rows, at most ``limit`` lines and ``max_bytes`` of body (§4)."""
+        rows: list[Row] = []
+        size = 0
+        for r in self.db.execute("SELECT id, kid, seq, token FROM spool ORDER BY id LIMIT ?", (limit,)):
+            size += len(r[3]) + 1
+            if rows and size > max_bytes:
+                break
+            rows.append(Row(*r))
+        return rows
+
+    def unshipped(self) -> Iterable[str]:
+        for (token,) in self.db.execute("SELECT token FROM spool ORDER BY id"):
+            yield token
+
+    def settle(self, outcomes: list[tuple[Row, str, str | None]]) -> None:
+        """Apply the collector's answers in one transaction: delete accepted/duplicate, set aside
+        rejected (a rejected heartbeat is never resent)."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                shipped = 0
+                for row, status, reason in outcomes:
+                    if status == "rejected":
+                        self.db.execute("INSERT OR REPLACE INTO rejected (id, kid, seq, token, reason, at) "
+                                        "VALUES (?,?,?,?,?,?)",
+                                        (row.id, row.kid, row.seq, row.token, reason or "", int(time.time())))
+                    else:
+                        shipped = max(shipped, row.seq)
+                    self.db.execute("DELETE FROM spool WHERE id = ?", (row.id,))
+                if shipped:
+                    self._set("last_shipped_seq", str(shipped))
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _wrap(exc, self.path, "cannot record shipping outcomes") from exc
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(f"{self.path}{suffix}")
+        return total
+
+    def stats(self) -> dict[str, Any]:
+        depth, oldest = self.db.execute("SELECT count(*), min(signed_at) FROM spool").fetchone()
+        reasons = self.db.execute("SELECT reason, count(*) FROM rejected GROUP BY reason").fetchall()
+        events = self.db.execute("SELECT at, kind, detail FROM events ORDER BY id DESC LIMIT 20").fetchall()
+        last_poll = self.get("last_poll")
+        shipped = self.get("last_shipped_seq")
+        return {
+            "last_poll": format_time(int(last_poll)) if last_poll else None,
+            "last_shipped_seq": int(shipped) if shipped else None,
+            "spool_depth": depth,
+            "oldest_unshipped_age_s": round(time.time() - oldest, 1) if oldest else None,
+            "spool_bytes": self.size_bytes(),
+            "rejected": {"count": sum(n for _, n in reasons), "reasons": dict(reasons)},
+            "clock_events": [{"at": format_time(at), "kind": k, "detail": json.loads(d) if d[:1] == "{"
+                              else d} for at, k, d in events],
+        }

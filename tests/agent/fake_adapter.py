@@ -1,0 +1,35 @@
+"""A fake `kvm` adapter for the agent's tests: N instances, optional delay or failure."""
+
+import time
+
+from pydantic import Field
+
+from adapters.base import Adapter, AdapterConfig, AdapterError, Capacity, Observation, PollResult
+
+
+class FakeConfig(AdapterConfig):
+    instances: int = Field(default=2, ge=0, description="How many TR7 instances to report")
+    delay: float = Field(default=0.0, ge=0, description="Seconds each poll sleeps")
+    fail: str | None = Field(default=None, description="Raise AdapterError with this reason")
+    prefix: str = Field(default="tr7-", description="Instance id prefix")
+
+
+class FakeAdapter(Adapter):
+    platform = "kvm"
+    Config = FakeConfig
+
+    def poll(self) -> PollResult:
+        cfg = self.config
+        assert isinstance(cfg, FakeConfig)
+        if cfg.delay:
+            time.sleep(cfg.delay)
+        if cfg.fail:
+            raise AdapterError(cfg.fail, f"diagnostic: {cfg.fail}")
+        return PollResult([
+            Observation(instance=f"{cfg.prefix}{i:05d}", vm=f"00000000-0000-4000-8000-{i:012d}",
+                        host="host-a", state="running",
+                        capacity=Capacity(bundle="standard", bandwidth_mbps=1000, vservices=4))
+            for i in range(cfg.instances)])
+
+
+ADAPTER = FakeAdapter
