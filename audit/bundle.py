@@ -1,0 +1,158 @@
+"""The audit bundle of heartbeat-v1.md §6: file names, deterministic writing and reading back."""
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HEARTBEATS = "heartbeats.jws"
+ANCHORS = "anchors.jws"
+CHECKPOINT = "checkpoint"
+COLLECTOR_PUB = "collector.pub"
+AGENTS = "agents.json"
+CATALOG = "catalog.json"
+USAGE = "usage.json"
+INVOICE = "invoice.json"
+MANIFEST = "manifest.json"
+CLOSED_DIR = "closed"
+CLOSED_CHECKPOINT = f"{CLOSED_DIR}/{CHECKPOINT}"
+CLOSED_USAGE = f"{CLOSED_DIR}/{USAGE}"
+CLOSED_INVOICE = f"{CLOSED_DIR}/{INVOICE}"
+
+# Every bundle holds these; closed/ files only for a closed month.
+REQUIRED = (HEARTBEATS, ANCHORS, CHECKPOINT, COLLECTOR_PUB, AGENTS, CATALOG, USAGE, INVOICE)
+CLOSED_FILES = (CLOSED_CHECKPOINT, CLOSED_USAGE, CLOSED_INVOICE)
+AGENT_MEMBERS = ("kid", "public_key", "name", "enrolled_at", "revoked_at")
+
+
+class BundleError(Exception):
+    """The directory cannot be written as, or read as, an audit bundle."""
+
+
+@dataclass
+class ClosedState:
+    """What a month close froze: the checkpoint signed at close and the documents over its s lines."""
+
+    checkpoint: str
+    usage: dict[str, Any]
+    invoice: dict[str, Any]
+
+
+def dumps_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, 2-space indent, UTF-8 as is, trailing newline."""
+    return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def jws_lines_text(tokens: Sequence[str]) -> str:
+    """One compact JWS per line, each line ending in LF; an empty file for no token."""
+    for t in tokens:
+        if not t or "\n" in t or "\r" in t:
+            raise BundleError("a JWS line must be non-empty and hold no line break")
+    return "".join(t + "\n" for t in tokens)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _note_text(note: str) -> str:
+    # A signed note always ends with a newline (C2SP signed-note); never add a second one.
+    return note if note.endswith("\n") else note + "\n"
+
+
+def write_bundle(
+    out_dir: Path,
+    *,
+    provider: str,
+    month: str,
+    leaves: Sequence[str],
+    anchors: Sequence[str],
+    checkpoint: str,
+    collector_vkey: str,
+    agents: list[dict[str, Any]],
+    catalog: Mapping[str, Any],
+    usage: Mapping[str, Any],
+    invoice: Mapping[str, Any],
+    closed: ClosedState | None = None,
+    created: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle into ``out_dir`` (created if needed) and return it.
+
+    Refuses a non-empty directory unless ``overwrite``: a bundle is evidence and mixing it with
+    stray files would make it fail its own manifest check.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise BundleError(f"{out_dir} exists and is not a directory")
+        if any(out_dir.iterdir()) and not overwrite:
+            raise BundleError(f"{out_dir} is not empty; refusing to write a bundle into it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    agent_rows = []
+    for a in agents:
+        missing = [m for m in AGENT_MEMBERS if m not in a]
+        if missing:
+            raise BundleError(f"agent entry lacks {missing}")
+        agent_rows.append({m: a[m] for m in AGENT_MEMBERS})
+    agent_rows.sort(key=lambda a: a["kid"])
+    files: dict[str, str] = {
+        HEARTBEATS: jws_lines_text(leaves),
+        ANCHORS: jws_lines_text(anchors),
+        CHECKPOINT: _note_text(checkpoint),
+        COLLECTOR_PUB: collector_vkey.strip() + "\n",
+        AGENTS: dumps_json(agent_rows),
+        CATALOG: dumps_json(catalog),
+        USAGE: dumps_json(usage),
+        INVOICE: dumps_json(invoice),
+    }
+    if closed is not None:
+        files[CLOSED_CHECKPOINT] = _note_text(closed.checkpoint)
+        files[CLOSED_USAGE] = dumps_json(closed.usage)
+        files[CLOSED_INVOICE] = dumps_json(closed.invoice)
+    if overwrite:
+        # Old closed/ files of a previous export would otherwise linger unlisted.
+        for name in CLOSED_FILES:
+            if name not in files:
+                (out_dir / name).unlink(missing_ok=True)
+    digests: dict[str, str] = {}
+    for rel, text in files.items():
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = text.encode("utf-8")
+        path.write_bytes(data)
+        digests[rel] = hashlib.sha256(data).hexdigest()
+    if created is None:
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    manifest = {"provider": provider, "month": month, "created": created, "files": digests}
+    (out_dir / MANIFEST).write_text(dumps_json(manifest), encoding="utf-8")
+    return out_dir
+
+
+def read_jws_lines(path: Path) -> list[str]:
+    """Lines of a .jws file without their LF; a final line without LF still counts."""
+    text = path.read_bytes().decode("ascii", errors="replace")
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def list_files(root: Path) -> list[str]:
+    """Relative POSIX paths of every regular file (and anything else) below ``root``."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_dir() and not p.is_symlink():
+            continue
+        out.append(p.relative_to(root).as_posix())
+    return out
+

@@ -1,0 +1,280 @@
+"""The verifier's individual checks: agents, JWS lines (in parallel), chains, billing recomputation."""
+
+import json
+import multiprocessing
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from audit import bundle as B
+from audit.recompute import bill_heartbeats, describe_diff
+from billing import CatalogError, same_invoice, same_usage
+from protocol.chain import analyze
+from protocol.errors import ProtocolError
+from protocol.heartbeat import Heartbeat, check_key_window, verify_heartbeat
+from protocol.keys import kid_of, load_public_key_b64, raw_public
+from protocol.timefmt import month_bounds, parse_time
+
+Add = Callable[..., None]
+CHUNK = 2_000
+
+
+@dataclass(frozen=True)
+class Finding:
+    file: str
+    line: int | None
+    rule: str
+    message: str
+    severity: str = "error"  # "error" fails verification; "finding" (gaps, forks) does not
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.rule}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "rule": self.rule, "message": self.message,
+                "severity": self.severity}
+
+
+@dataclass
+class Report:
+    path: str
+    provider: str = ""
+    month: str = ""
+    lines: int = 0
+    checkpoint: dict[str, Any] | None = None
+    chains: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def notes(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity != "error"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bundle": self.path, "ok": self.ok, "provider": self.provider, "month": self.month,
+                "lines": self.lines, "checkpoint": self.checkpoint, "chains": self.chains,
+                "findings": [f.to_json() for f in self.findings]}
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    public_key: str
+    name: str
+    enrolled_at: int
+    revoked_at: int | None
+
+
+def load_agents(add: Add, rows: Any) -> dict[str, AgentInfo]:
+    """agents.json: every key's kid must be the kid of its public key (a swapped key shows here)."""
+    out: dict[str, AgentInfo] = {}
+    if rows is None:
+        return out
+    if not isinstance(rows, list):
+        add(B.AGENTS, None, "agents.format", "agents.json must be an array")
+        return out
+    for i, row in enumerate(rows):
+        where = f"entry {i}"
+        try:
+            if not isinstance(row, dict) or set(row) != set(B.AGENT_MEMBERS):
+                raise ProtocolError("agents.format", f"members must be exactly {list(B.AGENT_MEMBERS)}")
+            kid = row["kid"]
+            where = f"entry {i} (kid {kid})"
+            if kid_of(raw_public(load_public_key_b64(row["public_key"]))) != kid:
+                raise ProtocolError("agents.kid", "kid is not the kid of public_key")
+            if kid in out:
+                raise ProtocolError("agents.duplicate", "kid listed twice")
+            revoked = row["revoked_at"]
+            out[kid] = AgentInfo(row["public_key"], str(row["name"]),
+                                 parse_time(row["enrolled_at"], "agents.format"),
+                                 None if revoked is None else parse_time(revoked, "agents.format"))
+        except ProtocolError as exc:
+            rule = exc.rule if exc.rule.startswith("agents.") else "agents.format"
+            add(B.AGENTS, None, rule, f"{where}: {exc.detail}")
+    return out
+
+
+# Worker state, set once per process (fork or spawn) so chunks carry only lines.
+_KEYS: dict[str, Any] = {}
+_AGENTS: dict[str, AgentInfo] = {}
+_WINDOW: tuple[int, int, bool] = (0, 0, False)
+
+
+def _init(agents: dict[str, AgentInfo], window: tuple[int, int, bool]) -> None:
+    global _WINDOW
+    _AGENTS.clear()
+    _AGENTS.update(agents)
+    _KEYS.clear()
+    _KEYS.update({kid: load_public_key_b64(a.public_key) for kid, a in agents.items()})
+    _WINDOW = window
+
+
+Result = tuple[int, Heartbeat | None, list[tuple[str, str]]]
+
+
+def _verify_chunk(job: tuple[int, list[bytes]]) -> list[Result]:
+    start, lines = job
+    m0, m1, anchors = _WINDOW
+    out: list[Result] = []
+    for i, raw in enumerate(lines, start):
+        problems: list[tuple[str, str]] = []
+        try:
+            hb: Heartbeat | None = verify_heartbeat(raw.decode("ascii"), _KEYS)
+        except UnicodeDecodeError:
+            hb, problems = None, [("jws.format", "a compact JWS is ASCII text")]
+        except ProtocolError as exc:
+            hb, problems = None, [(exc.rule, exc.detail)]
+        if hb is not None:
+            a = _AGENTS[hb.kid]
+            try:
+                check_key_window(hb, a.enrolled_at, a.revoked_at)
+            except ProtocolError as exc:
+                problems.append((exc.rule, f"{exc.detail} (key {a.name})"))
+            if anchors and hb.time >= m0:
+                problems.append(("anchor.month", "an anchor must be from before the month"))
+            elif not anchors and not m0 <= hb.time < m1:
+                problems.append(("leaf.month", "time is outside the bundle's month"))
+        out.append((i, hb, problems))
+    return out
+
+
+def verify_lines(add: Add, rel: str, lines: Sequence[bytes], agents: dict[str, AgentInfo], month: str,
+                 progress: Callable[[str, int, int], None] | None, workers: int,
+                 anchors: bool = False) -> dict[int, Heartbeat]:
+    """Strictly verify each line (signature, enrolment window, month); return the good ones by index."""
+    m0, m1 = month_bounds(month) if month else (0, 2**62)
+    jobs = [(s, list(lines[s:s + CHUNK])) for s in range(0, len(lines), CHUNK)]
+    good: dict[int, Heartbeat] = {}
+    seen: dict[str, int] = {}
+    done = 0
+
+    def consume(results: list[Result]) -> None:
+        nonlocal done
+        for i, hb, problems in results:
+            for rule, msg in problems:
+                add(rel, i + 1, rule, msg)
+            if hb is None or problems:
+                continue
+            key = hb.kid if anchors else hb.digest
+            if key in seen:
+                what = "second anchor for key" if anchors else "the same JWS already on line"
+                add(rel, i + 1, "anchor.duplicate" if anchors else "leaf.duplicate",
+                    f"{what} {seen[key] + 1 if not anchors else hb.kid}")
+                continue
+            seen[key] = i
+            good[i] = hb
+        done += len(results)
+        if progress is not None:
+            progress(rel, done, len(lines))
+
+    if workers <= 1 or len(jobs) <= 1:
+        _init(agents, (m0, m1, anchors))
+        for job in jobs:
+            consume(_verify_chunk(job))
+    else:
+        with multiprocessing.get_context().Pool(workers, _init, (agents, (m0, m1, anchors))) as pool:
+            for results in pool.imap(_verify_chunk, jobs):
+                consume(results)
+    return good
+
+
+def check_chains(add: Add, good: dict[int, Heartbeat], anchors: list[Heartbeat],
+                 agents: dict[str, AgentInfo]) -> list[dict[str, Any]]:
+    """§3 chain rules over the verified lines: gaps, forks, breaks and clock alerts are findings."""
+    analysis = analyze(good.values(), {hb.kid: hb for hb in anchors})
+    where: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for i, hb in good.items():
+        where[(hb.kid, hb.seq)].append(i + 1)
+    chains = []
+    for kid, rep in sorted(analysis.reports.items()):
+        name = agents[kid].name if kid in agents else kid
+        for lo, hi in rep.gaps:
+            add(B.HEARTBEATS, None, "chain.gap", f"{name} ({kid}): seq {lo}..{hi} missing", "finding")
+        for s in rep.forks:
+            lines = where[(kid, s)]
+            add(B.HEARTBEATS, lines[0], "chain.fork",
+                f"{name} ({kid}): seq {s} signed {len(lines)} times (lines {lines}); all quarantined",
+                "finding")
+        for s in rep.breaks:
+            add(B.HEARTBEATS, where[(kid, s)][0], "chain.break",
+                f"{name} ({kid}): seq {s} prev is not the hash of seq {s - 1}; quarantined", "finding")
+        for s in rep.clock_back:
+            add(B.HEARTBEATS, where[(kid, s)][0], "chain.clock",
+                f"{name} ({kid}): seq {s} time is before its predecessor's", "finding")
+        chains.append({**rep.to_json(), "name": name, "clock_back": rep.clock_back})
+    return chains
+
+
+def _load(root: Path, rel: str, present: set[str]) -> Any:
+    if rel not in present:
+        return None
+    try:
+        return json.loads((root / rel).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None  # already reported as json.format by the caller's first read
+
+
+def check_invoice_arithmetic(add: Add, rel: str, invoice: Any) -> None:
+    """Each amount is quantity x price rounded half up; totals sum the lines and device-day rows."""
+    cent = Decimal("0.01")
+    try:
+        totals: dict[str, Decimal] = defaultdict(Decimal)
+        for n, line in enumerate(invoice["lines"], 1):
+            want = (Decimal(line["quantity"]) * Decimal(line["price"])).quantize(cent, ROUND_HALF_UP)
+            if Decimal(line["amount"]) != want:
+                add(rel, None, "invoice.arithmetic",
+                    f"lines[{n - 1}] ({line['license']}): amount {line['amount']} is not "
+                    f"{line['quantity']} x {line['price']} = {want}")
+            totals[line["customer"]] += Decimal(line["amount"])
+        for row in invoice["device_days"]:
+            totals[row["customer"]] += Decimal(row["amount"])
+        for cust, total in sorted(totals.items()):
+            stored = invoice["totals"].get(cust)
+            if stored is None or Decimal(stored) != total:
+                add(rel, None, "invoice.arithmetic", f"totals[{cust}] is {stored}, its rows sum to {total}")
+        if Decimal(invoice["total"]) != sum(totals.values(), Decimal(0)):
+            add(rel, None, "invoice.arithmetic", f"total {invoice['total']} is not the sum of the rows")
+    except (KeyError, TypeError, AttributeError, InvalidOperation) as exc:
+        add(rel, None, "invoice.format", f"not an invoice of billing-v1.md §7: {exc!r}")
+
+
+def compare_billing(add: Add, root: Path, beats: list[Heartbeat], anchors: list[Heartbeat], catalog: Any,
+                    month: str, usage_rel: str, invoice_rel: str, prefix: str, present: set[str]) -> None:
+    """Recompute billing-v1.md over ``beats`` and catalog.json; the stored documents must equal it."""
+    if catalog is None:
+        return
+    try:
+        usage, invoice = bill_heartbeats(beats, anchors, catalog, month)
+    except CatalogError as exc:
+        add(B.CATALOG, None, "catalog.invalid", str(exc))
+        return
+    except ValueError as exc:
+        add(invoice_rel, None, f"{prefix}.error", f"billing-v1.md gives no invoice: {exc}")
+        return
+    src = "recomputed from heartbeats.jws" + (" (first s lines)" if prefix == "closed" else "")
+    stored_u, stored_i = _load(root, usage_rel, present), _load(root, invoice_rel, present)
+    if stored_u is not None and not _same(same_usage, stored_u, usage):
+        add(usage_rel, None, f"{prefix}.usage", f"differs from the usage {src}, anchors.jws and "
+            f"catalog.json: " + "; ".join(describe_diff(stored_u, usage)))
+    if stored_i is not None:
+        check_invoice_arithmetic(add, invoice_rel, stored_i)
+        if not _same(same_invoice, stored_i, invoice):
+            add(invoice_rel, None, f"{prefix}.invoice", f"differs from the invoice {src} and "
+                f"catalog.json: " + "; ".join(describe_diff(stored_i, invoice)))
+
+
+def _same(fn: Callable[[Any, Any], bool], stored: Any, computed: Any) -> bool:
+    try:
+        return bool(fn(stored, computed))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False

@@ -1,0 +1,93 @@
+"""`tr7-audit`: verify or summarise an audit bundle offline (heartbeat-v1.md §6)."""
+
+import argparse
+import json
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+
+from audit.bundle import BundleError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _version() -> str:
+    try:
+        return version("tr7-meter")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class _Progress:
+    """Progress on stderr, at most a few times a second, only for long files."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.quiet or total < 5_000:
+            return
+        now = time.monotonic()
+        if done < total and now - self.last < 0.5:
+            return
+        self.last = now
+        self.shown = True
+        end = "\n" if done >= total else ""
+        print(f"\rverifying {stage}: {done}/{total} ({100 * done // total}%)", end=end, file=sys.stderr,
+              flush=True)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from audit.verify import verify_bundle
+
+    started = time.monotonic()
+    report = verify_bundle(args.dir, progress=_Progress(args.quiet), workers=args.workers)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+        return EXIT_OK if report.ok else EXIT_FAILED
+    for f in report.errors:
+        print(f)
+    if not args.quiet:
+        for f in report.notes:
+            print(f"{f} [finding, not a failure]")
+    verdict = "OK" if report.ok else f"FAILED ({len(report.errors)} failures)"
+    if not args.quiet:
+        print(f"{args.dir}: {report.lines} heartbeats, {len(report.notes)} findings: {verdict} "
+              f"in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _show(args: argparse.Namespace) -> int:
+    from audit.show import summary
+
+    sys.stdout.write(summary(args.dir))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tr7-audit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tr7-audit {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="check every rule of heartbeat-v1.md §6; exit 0 only if all hold")
+    v.add_argument("dir")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--quiet", action="store_true", help="print failures only, no progress or findings")
+    v.add_argument("--workers", type=int, default=None, help="processes for signatures (default: auto)")
+    v.set_defaults(func=_verify)
+    s = sub.add_parser("show", help="summarise the bundle's documents: customers, chains, checkpoints")
+    s.add_argument("dir")
+    s.set_defaults(func=_show)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BundleError as exc:
+        print(f"tr7-audit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The generated bundle verifies through the real console script; findings do not fail it."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from audit.bundle import BundleError
+from audit.simulate import Scenario, make_bundle
+from audit.verify import verify_bundle
+
+
+def test_generated_bundle_verifies_via_function(pristine: Path, scenario: Scenario) -> None:
+    report = verify_bundle(pristine)
+    assert report.errors == [], [str(f) for f in report.errors]
+    assert report.ok and report.lines == len(scenario.leaves)
+    assert report.checkpoint is not None and report.checkpoint["size"] == len(scenario.leaves)
+
+
+def test_gaps_and_forks_are_findings_with_exit_0(pristine: Path, scenario: Scenario, cli) -> None:
+    res = cli("verify", str(pristine))
+    assert res.returncode == 0, res.stdout + res.stderr
+    (lo, hi), = scenario.expected["gaps"]["cloud-agent"]
+    fork_seq, = scenario.expected["forks"]["lab-agent"]
+    assert f"chain.gap: cloud-agent ({scenario.agent('cloud-agent').key.kid}): seq {lo}..{hi} missing" \
+        in res.stdout
+    fork_lines = [x for x in res.stdout.splitlines() if "chain.fork" in x]
+    assert len(fork_lines) == 1 and f"seq {fork_seq} signed 2 times" in fork_lines[0]
+    assert fork_lines[0].startswith("heartbeats.jws:")
+    assert "OK" in res.stderr
+
+
+def test_json_report_names_findings_with_seqs(pristine: Path, scenario: Scenario, cli) -> None:
+    res = cli("verify", str(pristine), "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["ok"] is True and doc["month"] == scenario.month and doc["provider"] == scenario.provider
+    assert {f["severity"] for f in doc["findings"]} == {"finding"}
+    chains = {c["name"]: c for c in doc["chains"]}
+    assert chains["cloud-agent"]["gaps"] == scenario.expected["gaps"]["cloud-agent"]
+    assert chains["lab-agent"]["forks"] == scenario.expected["forks"]["lab-agent"]
+    assert chains["dc1-agent"]["gaps"] == chains["dc1-agent"]["forks"] == chains["dc1-agent"]["breaks"] == []
+    fork = next(f for f in doc["findings"] if f["rule"] == "chain.fork")
+    assert fork["file"] == "heartbeats.jws" and isinstance(fork["line"], int)
+
+
+def test_quiet_prints_nothing_on_success(pristine: Path, cli) -> None:
+    res = cli("verify", "--quiet", str(pristine))
+    assert res.returncode == 0 and res.stdout == "" and res.stderr == ""
+
+
+def test_not_a_bundle_is_exit_2(tmp_path: Path, cli) -> None:
+    missing = cli("verify", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "not a directory" in missing.stderr
+    empty = cli("verify", str(tmp_path))
+    assert empty.returncode == 2 and "not an audit bundle" in empty.stderr
+    assert cli("show", str(tmp_path)).returncode == 2
+
+
+def test_version(cli) -> None:
+    res = cli("--version")
+    assert res.returncode == 0 and res.stdout.startswith("tr7-audit ")
+
+
+def test_show_prints_per_customer_amounts(pristine: Path, scenario: Scenario, cli) -> None:
+    res = cli("show", str(pristine))
+    assert res.returncode == 0, res.stderr
+    invoice = json.loads((pristine / "invoice.json").read_text())
+    for cust, total in invoice["totals"].items():
+        assert any(line.strip().startswith(f"{cust} ") and f"total {total} EUR" in line
+                   for line in res.stdout.splitlines()), (cust, total, res.stdout)
+    assert f"invoice total: {invoice['total']} EUR" in res.stdout
+    assert "unlicensed TR7-X99" in res.stdout
+    assert "lab-agent" in res.stdout and f"forks {scenario.expected['forks']['lab-agent']}" in res.stdout
+    assert f"size {len(scenario.leaves)}" in res.stdout and "month closed" in res.stdout
+
+
+def test_writer_is_deterministic_and_refuses_non_empty_dir(pristine: Path, scenario: Scenario,
+                                                           tmp_path: Path) -> None:
+    again = make_bundle(scenario, tmp_path / "again", close_at_size=len(scenario.leaves) - 40)
+    for name in ("manifest.json", "heartbeats.jws", "checkpoint", "closed/invoice.json"):
+        assert (again / name).read_bytes() == (pristine / name).read_bytes(), name
+    with pytest.raises(BundleError, match="not empty"):
+        make_bundle(scenario, again)
+    make_bundle(scenario, again, overwrite=True)  # this time without closed/
+    assert not (again / "closed" / "checkpoint").exists()
+    assert verify_bundle(again).ok
