@@ -1,0 +1,1 @@
+"""tr7-collector: verified ingest, transparency log, hour aggregates, billing, audit export, API."""

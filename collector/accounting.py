@@ -1,0 +1,200 @@
+"""Bills of a provider's month: current estimate, close (freeze), adjustments, full recomputation."""
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from collector import evidence, registry, tlog
+from collector import schema as s
+from collector.settings import Settings
+from protocol.heartbeat import parse_unverified
+from protocol.timefmt import month_bounds, next_month, parse_month
+
+
+class AccountingError(Exception):
+    """A bill or close the collector refuses, with the reason for the operator."""
+
+
+@dataclass
+class Closed:
+    month: str
+    size: int
+    checkpoint: str
+    catalog_id: int
+    usage: dict[str, Any]
+    invoice: dict[str, Any]
+    billed: dict[str, Any]
+
+
+def closed(conn: Connection, provider: str, month: str) -> Closed | None:
+    r = conn.execute(
+        sa.select(s.closes).where(s.closes.c.provider == provider, s.closes.c.month == month)
+    ).first()
+    if r is None:
+        return None
+    return Closed(
+        r.month,
+        int(r.size),
+        r.checkpoint,
+        int(r.catalog_id),
+        json.loads(r.usage),
+        json.loads(r.invoice),
+        json.loads(r.billed),
+    )
+
+
+def catalog_for(conn: Connection, provider: str, month: str) -> tuple[int, dict[str, Any]]:
+    """A closed month keeps the catalog it was closed with (late data adjusts usage, not prices)."""
+    c = closed(conn, provider, month)
+    if c is not None:
+        return c.catalog_id, registry.catalog_by_id(conn, c.catalog_id)
+    latest = registry.latest_catalog(conn, provider)
+    if latest is None:
+        raise AccountingError(f"no catalog applied for provider {provider!r} (tr7-collector apply FILE)")
+    return latest
+
+
+def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The month's own usage and invoice over all its current leaves, from the aggregates."""
+    from billing import compute, load_catalog
+
+    parse_month(month)
+    _cid, doc = catalog_for(conn, provider, month)
+    analysis = evidence.chain_analysis(conn, provider, month)
+    act = evidence.activity(conn, provider, month, analysis.quarantined)
+    result = compute(act, load_catalog(doc), month, analysis.chains_json())
+    return _plain(result.usage), _plain(result.invoice)
+
+
+def full_result(
+    conn: Connection,
+    provider: str,
+    month: str,
+    size: int | None = None,
+    catalog: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """billing.bill over the stored JWS themselves (the first ``size`` leaves): the reference result."""
+    from billing import bill, load_catalog
+
+    doc = catalog if catalog is not None else catalog_for(conn, provider, month)[1]
+    hbs = [parse_unverified(t) for t in tlog.leaf_tokens(conn, provider, month, size)]
+    anchors = {r.kid: parse_unverified(r.jws) for r in evidence.anchor_rows(conn, provider, month)}
+    result = bill(hbs, load_catalog(doc), month, anchors=anchors)
+    return _plain(result.usage), _plain(result.invoice)
+
+
+def _canon(doc: dict[str, Any]) -> dict[str, Any]:
+    # Order of lines and rows carries no meaning (billing-v1.md §7): compare top-level lists as sets.
+    return {
+        k: sorted(json.dumps(x, sort_keys=True) for x in v) if isinstance(v, list) else v
+        for k, v in doc.items()
+    }
+
+
+def same_docs(a: tuple[dict[str, Any], ...], b: tuple[dict[str, Any], ...]) -> bool:
+    return [_canon(x) for x in a] == [_canon(x) for x in b]
+
+
+def _plain(doc: Any) -> dict[str, Any]:
+    if hasattr(doc, "to_json"):
+        doc = doc.to_json()
+    return json.loads(json.dumps(doc))
+
+
+def _closed_months(conn: Connection, provider: str) -> set[str]:
+    return set(conn.execute(sa.select(s.closes.c.month).where(s.closes.c.provider == provider)).scalars())
+
+
+def first_open_after(month: str, closed_months: set[str]) -> str:
+    m = next_month(month)
+    while m in closed_months:
+        m = next_month(m)
+    return m
+
+
+def adjustments_for(
+    conn: Connection, provider: str, month: str
+) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(closed month M, its current invoice, adjustment lines) for each M billed on open ``month``."""
+    from billing import adjustment_lines
+
+    done = _closed_months(conn, provider)
+    out = []
+    for m in sorted(done):
+        if m >= month or first_open_after(m, done) != month:
+            continue
+        base = conn.execute(
+            sa.select(s.baselines.c.invoice).where(
+                s.baselines.c.provider == provider, s.baselines.c.month == m
+            )
+        ).scalar_one()
+        current = own_result(conn, provider, m)[1]
+        adj = adjustment_lines(current, json.loads(base), m)
+        out.append((m, current, _plain(adj)))
+    return out
+
+
+def invoice(conn: Connection, provider: str, month: str) -> dict[str, Any]:
+    """What `bill` shows: a closed month's billed invoice, else the estimate with adjustment lines."""
+    from billing import with_adjustments
+
+    c = closed(conn, provider, month)
+    if c is not None:
+        return c.billed
+    own = own_result(conn, provider, month)[1]
+    adjs = [adj for _m, _cur, adj in adjustments_for(conn, provider, month)]
+    return _plain(with_adjustments(own, adjs)) if adjs else own
+
+
+def close(
+    conn: Connection,
+    settings: Settings,
+    provider: str,
+    month: str,
+    force: bool = False,
+    now: int | None = None,
+) -> Closed:
+    """Freeze usage, invoice, log size and a signed checkpoint; run inside one write transaction."""
+    from billing import with_adjustments
+
+    now = int(time.time()) if now is None else now
+    if month_bounds(month)[1] > now and not force:
+        raise AccountingError(f"{month} has not ended yet (use --force to close it anyway)")
+    if closed(conn, provider, month) is not None:
+        raise AccountingError(f"{month} is already closed for {provider}")
+    cid, _doc = catalog_for(conn, provider, month)
+    # Lock the log's counter row: no heartbeat of the month is appended while we read it.
+    size = tlog.lock_log(conn, provider, month)
+    usage, own = own_result(conn, provider, month)
+    adjs = adjustments_for(conn, provider, month)
+    billed = _plain(with_adjustments(own, [a for _m, _c, a in adjs])) if adjs else own
+    note = tlog.checkpoint(conn, settings, provider, month, size)
+    conn.execute(
+        s.closes.insert().values(
+            provider=provider,
+            month=month,
+            size=size,
+            checkpoint=note,
+            catalog_id=cid,
+            usage=json.dumps(usage),
+            invoice=json.dumps(own),
+            billed=json.dumps(billed),
+            closed_at=now,
+        )
+    )
+    _set_baseline(conn, provider, month, own, now)
+    for m, current, _adj in adjs:
+        _set_baseline(conn, provider, m, current, now)  # these adjustments are now invoiced
+    return Closed(month, size, note, cid, usage, own, billed)
+
+
+def _set_baseline(conn: Connection, provider: str, month: str, inv: dict[str, Any], now: int) -> None:
+    b = s.baselines.c
+    conn.execute(s.baselines.delete().where(b.provider == provider, b.month == month))
+    conn.execute(
+        s.baselines.insert().values(provider=provider, month=month, invoice=json.dumps(inv), set_at=now)
+    )

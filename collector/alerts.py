@@ -1,0 +1,134 @@
+"""Alerts and agent health: forks, breaks, clock going back, clones, unlicensed, over-capacity, silence."""
+
+from collections import defaultdict
+from itertools import combinations
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from collector import accounting, evidence
+from collector import schema as s
+from protocol.timefmt import format_time, month_bounds
+
+SILENT_INTERVALS = 3  # an agent is silent after 3 of its poll intervals without a heartbeat
+
+
+def _last_beats(conn: Connection, provider: str) -> dict[str, Any]:
+    L = s.leaves.c
+    top = (
+        sa.select(L.kid, sa.func.max(L.time).label("time"))
+        .where(L.provider == provider)
+        .group_by(L.kid)
+        .subquery()
+    )
+    q = sa.select(L.kid, L.time, L.seq, L.interval).join(
+        top, sa.and_(L.kid == top.c.kid, L.time == top.c.time)
+    )
+    out: dict[str, Any] = {}
+    for r in conn.execute(q.where(L.provider == provider)):
+        if r.kid not in out or r.seq > out[r.kid].seq:
+            out[r.kid] = r
+    return out
+
+
+def agent_health(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
+    analysis = evidence.chain_analysis(conn, provider, month)
+    last = _last_beats(conn, provider)
+    out = []
+    for a in conn.execute(
+        sa.select(s.agents).where(s.agents.c.provider == provider).order_by(s.agents.c.kid)
+    ):
+        rep = analysis.reports.get(a.kid)
+        lb = last.get(a.kid)
+        silent = a.revoked_at is None and (lb is None or now - lb.time > SILENT_INTERVALS * lb.interval)
+        out.append(
+            {
+                "kid": a.kid,
+                "name": a.name,
+                "enrolled_at": format_time(a.enrolled_at),
+                "revoked_at": None if a.revoked_at is None else format_time(a.revoked_at),
+                "last_heartbeat": None if lb is None else format_time(lb.time),
+                "last_seq": None if lb is None else lb.seq,
+                "silent": silent,
+                "chain": None if rep is None else {**rep.to_json(), "clock_back": rep.clock_back},
+                "healthy": not silent and (rep is None or not (rep.forks or rep.breaks or rep.clock_back)),
+            }
+        )
+    return out
+
+
+def clones(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
+    """One instance id seen on two different vms in the same hour."""
+    m0, m1 = month_bounds(month)
+    d = s.days.c
+    dup = (
+        sa.select(d.day, d.instance)
+        .where(d.provider == provider, d.day >= m0, d.day < m1)
+        .group_by(d.day, d.instance)
+        .having(sa.func.count() > 1)
+        .subquery()
+    )
+    rows = conn.execute(
+        sa.select(d.day, d.instance, d.vm, d.seen)
+        .join(dup, sa.and_(d.day == dup.c.day, d.instance == dup.c.instance))
+        .where(d.provider == provider)
+    )
+    per: dict[tuple[int, str], list[tuple[str, int]]] = defaultdict(list)
+    for r in rows:
+        per[(r.day, r.instance)].append((r.vm, r.seen))
+    out = []
+    for (day, inst), vms in sorted(per.items()):
+        for (va, ba), (vb, bb) in combinations(sorted(vms), 2):
+            both = ba & bb
+            for h in range(24):
+                if both >> h & 1:
+                    out.append(
+                        {
+                            "type": "clone",
+                            "instance": inst,
+                            "hour": format_time(day + h * 3600),
+                            "vms": [va, vb],
+                        }
+                    )
+    return out
+
+
+def alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for a in agent_health(conn, provider, month, now):
+        ch = a["chain"] or {}
+        for kind, seqs in (
+            ("fork", ch.get("forks", [])),
+            ("break", ch.get("breaks", [])),
+            ("clock_back", ch.get("clock_back", [])),
+        ):
+            out += [{"type": kind, "agent": a["kid"], "name": a["name"], "seq": q} for q in seqs]
+        if a["silent"]:
+            out.append(
+                {
+                    "type": "silent_agent",
+                    "agent": a["kid"],
+                    "name": a["name"],
+                    "last_heartbeat": a["last_heartbeat"],
+                }
+            )
+    out += clones(conn, provider, month)
+    try:
+        usage, _inv = accounting.own_result(conn, provider, month)
+    except accounting.AccountingError:
+        return out  # no catalog yet: licensing alerts need one
+    out += [
+        {"type": "unlicensed", "instance": u["instance"], "hours": u["hours"]} for u in usage["unlicensed"]
+    ]
+    for row in usage["rows"]:
+        if "over_capacity" in row["flags"]:
+            out.append(
+                {
+                    "type": "over_capacity",
+                    "instance": row["instance"],
+                    "license": row["license"],
+                    "customer": row["customer"],
+                }
+            )
+    return out

@@ -1,0 +1,208 @@
+"""tr7-collector: serve, migrate, apply, agent, token, bill, close, export, import."""
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from collector import accounting, db, registry
+from collector.settings import ENV_DATA_DIR, ENV_DB, Settings, SetupError
+from protocol.errors import ProtocolError
+from protocol.timefmt import parse_month, parse_time
+
+_DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> int:
+    m = _DURATION_RE.match(text.strip())
+    if not m or int(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration like 24h, 30m, 7d: {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def utc_time(text: str) -> int:
+    try:
+        return parse_time(text)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def month_arg(text: str) -> str:
+    try:
+        parse_month(text)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help=f"key and default SQLite database (env {ENV_DATA_DIR})")
+    common.add_argument("--db", help=f"sqlite:///PATH or postgresql://... (env {ENV_DB})")
+    common.add_argument(
+        "--origin", help="collector origin (note name), fixed at first use; default host name"
+    )
+    p = argparse.ArgumentParser(prog="tr7-collector", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("serve", parents=[common], help="run the HTTP API")
+    sp.add_argument(
+        "--listen", default=None, help="HOST:PORT (default 127.0.0.1:8080, env TR7_COLLECTOR_LISTEN)"
+    )
+    sp.add_argument("--workers", type=int, default=1)
+    sub.add_parser("migrate", parents=[common], help="create or upgrade the schema")
+    sp = sub.add_parser("apply", parents=[common], help="apply a provider's catalog (JSON or YAML)")
+    sp.add_argument("file", type=Path)
+    ag = sub.add_parser("agent", help="agent keys").add_subparsers(dest="agent_cmd", required=True)
+    sp = ag.add_parser("add", parents=[common])
+    sp.add_argument("--provider", required=True)
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--public-key", required=True)
+    sp.add_argument("--enrolled-at", type=utc_time)
+    sp = ag.add_parser("revoke", parents=[common])
+    sp.add_argument("kid")
+    sp.add_argument("--at", type=utc_time)
+    sp = ag.add_parser("list", parents=[common])
+    sp.add_argument("--provider")
+    sp = ag.add_parser("token", parents=[common], help="one-time enrolment token")
+    sp.add_argument("--provider", required=True)
+    sp.add_argument("--ttl", type=duration, default=86400)
+    tk = sub.add_parser("token", help="API bearer tokens").add_subparsers(dest="token_cmd", required=True)
+    sp = tk.add_parser("add", parents=[common])
+    who = sp.add_mutually_exclusive_group(required=True)
+    who.add_argument("--provider")
+    who.add_argument("--vendor", action="store_true")
+    sp.add_argument("--role", choices=registry.ROLES, default="viewer")
+    for name in ("bill", "close", "export"):
+        sp = sub.add_parser(name, parents=[common])
+        sp.add_argument("--provider", required=True)
+        sp.add_argument("--month", required=True, type=month_arg)
+        if name == "bill":
+            sp.add_argument("--format", choices=("json", "csv", "pdf"), default="json")
+            sp.add_argument("--out", type=Path)
+        if name == "close":
+            sp.add_argument("--force", action="store_true")
+        if name == "export":
+            sp.add_argument("--out", type=Path, required=True)
+            sp.add_argument("--overwrite", action="store_true")
+    sp = sub.add_parser("import", parents=[common], help="ingest a file of JWS lines (tr7-agent export)")
+    sp.add_argument("file", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.resolve(args.data_dir, args.db, args.origin)
+        return _run(args, settings)
+    except (SetupError, registry.RegistryError, accounting.AccountingError, PermissionError) as exc:
+        print(f"tr7-collector: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from billing.errors import CatalogError, PricingError
+
+        if isinstance(exc, CatalogError | PricingError):
+            print(f"tr7-collector: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.cmd == "serve":
+        from collector.server import serve
+
+        return serve(settings, args.listen, args.workers)
+    engine = settings.open()
+    now = int(time.time())
+    if args.cmd == "migrate":
+        print(f"schema up to date on {engine.url.render_as_string(hide_password=True)}")
+        return 0
+    if args.cmd == "apply":
+        doc = registry.read_catalog_file(args.file)
+        pid, changes = db.write_tx(engine, lambda c: registry.apply_catalog(c, doc))
+        print(f"provider {pid}: " + ("no change" if not changes else f"{len(changes)} change(s)"))
+        for line in changes:
+            print(f"  {line}")
+        return 0
+    if args.cmd == "agent":
+        return _agent(args, engine, now)
+    if args.cmd == "token":
+        provider = None if args.vendor else args.provider
+        role = "vendor" if args.vendor else args.role
+        print(db.write_tx(engine, lambda c: registry.new_api_token(c, provider, role, now)))
+        return 0
+    if args.cmd == "import":
+        from collector.ingest import ingest_lines
+
+        lines = [ln.strip() for ln in args.file.read_text(encoding="ascii").splitlines() if ln.strip()]
+        counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+        for i in range(0, len(lines), 5000):
+            for r in ingest_lines(engine, lines[i : i + 5000]):
+                counts[r["status"]] += 1
+                if r["status"] == "rejected":
+                    print(f"line {i + 1}: seq {r['seq']}: rejected: {r['reason']}", file=sys.stderr)
+        print(json.dumps(counts))
+        return 0 if counts["rejected"] == 0 else 2
+    if args.cmd == "bill":
+        return _bill(args, engine)
+    if args.cmd == "close":
+        c = db.write_tx(
+            engine, lambda conn: accounting.close(conn, settings, args.provider, args.month, args.force)
+        )
+        print(f"closed {args.provider} {args.month} at log size {c.size}; total {c.billed.get('total')}")
+        return 0
+    if args.cmd == "export":
+        from collector.export import export
+
+        path, agrees = db.write_tx(
+            engine, lambda c: export(c, settings, args.provider, args.month, args.out, args.overwrite)
+        )
+        if not agrees:
+            print(
+                "tr7-collector: aggregates disagree with the full recomputation; bundle holds the latter",
+                file=sys.stderr,
+            )
+        print(path)
+        return 0 if agrees else 3
+    raise AssertionError(args.cmd)
+
+
+def _agent(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[no-untyped-def]
+    if args.agent_cmd == "add":
+        at = args.enrolled_at if args.enrolled_at is not None else now
+        kid = db.write_tx(
+            engine, lambda c: registry.add_agent(c, args.provider, args.name, args.public_key, at)
+        )
+        print(kid)
+    elif args.agent_cmd == "revoke":
+        at = args.at if args.at is not None else now
+        db.write_tx(engine, lambda c: registry.revoke_agent(c, args.kid, at))
+        print(f"revoked {args.kid}")
+    elif args.agent_cmd == "list":
+        with db.read_conn(engine) as c:
+            print(json.dumps(registry.list_agents(c, args.provider), indent=2))
+    elif args.agent_cmd == "token":
+        print(db.write_tx(engine, lambda c: registry.new_enroll_token(c, args.provider, args.ttl, now)))
+    return 0
+
+
+def _bill(args: argparse.Namespace, engine) -> int:  # type: ignore[no-untyped-def]
+    with db.read_conn(engine) as c:
+        inv = accounting.invoice(c, args.provider, args.month)
+    if args.format == "json":
+        data = (json.dumps(inv, indent=2, sort_keys=True) + "\n").encode()
+    else:
+        from collector import render
+
+        data = render.csv_bytes(inv) if args.format == "csv" else render.pdf_bytes(inv)
+    if args.out is None:
+        sys.stdout.buffer.write(data)
+    else:
+        args.out.write_bytes(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Engines for SQLite and PostgreSQL, write transactions that serialise, and Alembic migrations."""
+
+import contextlib
+import fcntl
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+T = TypeVar("T")
+MIGRATIONS = Path(__file__).parent / "migrations"
+_PG_MIGRATE_LOCK = 0x7472_3763  # advisory lock id: "tr7c"
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://` and `postgres://` mean psycopg 3 here (SQLAlchemy would pick psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            # Autocommit at the driver so that our own BEGIN below is the only one.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            # Writers take the database lock up front: no deadlock between two upgrading readers,
+            # and leaf index allocation is serialised across processes.
+            mode = "DEFERRED" if conn.get_execution_options().get("readonly") else "IMMEDIATE"
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True  # a concurrent writer inserted the same unique row first: redo, it is now a duplicate
+    if isinstance(exc, OperationalError | DBAPIError):
+        text = str(exc.orig if hasattr(exc, "orig") else exc).lower()
+        return any(s in text for s in ("deadlock", "could not serialize", "database is locked", "busy"))
+    return False
+
+
+def write_tx(engine: Engine, fn: Callable[[Connection], T], attempts: int = 8) -> T:
+    """Run ``fn`` in one write transaction, retrying it whole on a unique-key race or deadlock."""
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                return fn(conn)
+        except Exception as exc:
+            if attempt == attempts - 1 or not _retryable(exc):
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def read_conn(engine: Engine) -> Iterator[Connection]:
+    with engine.connect().execution_options(readonly=True) as conn, conn.begin():
+        yield conn
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    return cfg
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Several collector processes may start together on one database: migrate one at a time."""
+    if is_sqlite(engine):
+        db_path = engine.url.database
+        if not db_path or db_path == ":memory:":
+            yield
+            return
+        with open(db_path + ".migrate.lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_MIGRATE_LOCK})")
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_MIGRATE_LOCK})")
+            conn.commit()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the latest Alembic revision (creates it on an empty database)."""
+    with _migration_lock(engine):
+        cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()

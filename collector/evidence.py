@@ -1,0 +1,203 @@
+"""What billing reads from the store: chain rows, anchors, and Activity rebuilt from the aggregates.
+
+Quarantine (forks, breaks) is decided over the whole month on the small `leaves` columns; the
+(instance, hour) cells a quarantined leaf touched are then rebuilt from the JWS of the other
+leaves of those hours only, so the aggregates never have to be rewritten.
+"""
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from billing.activity import Activity, CapacityKey, capacity_key
+from collector import schema as s
+from protocol.chain import ChainAnalysis, analyze
+from protocol.heartbeat import Heartbeat, parse_unverified
+from protocol.timefmt import month_bounds, previous_month
+
+HOUR = 3600
+DAY = 86400
+_L = s.leaves.c
+
+
+def _light(r: Any) -> Heartbeat:
+    # Chain rules only read kid, seq, prev, time and digest: no need to parse the JWS.
+    return Heartbeat(
+        token="",
+        kid=r.kid,
+        seq=r.seq,
+        prev=r.prev,
+        time=r.time,
+        interval=r.interval,
+        polls=[],
+        observations=[],
+        digest=r.digest,
+    )
+
+
+def chain_rows(conn: Connection, provider: str, month: str, size: int | None = None) -> list[Heartbeat]:
+    q = sa.select(_L.kid, _L.seq, _L.prev, _L.time, _L.interval, _L.digest).where(
+        _L.provider == provider, _L.month == month
+    )
+    if size is not None:
+        q = q.where(_L.idx < size)
+    return [_light(r) for r in conn.execute(q.order_by(_L.idx))]
+
+
+def anchor_rows(conn: Connection, provider: str, month: str) -> list[Any]:
+    """Each key's last accepted heartbeat of the month before: highest seq, first logged on a tie."""
+    prev = previous_month(month)
+    top = (
+        sa.select(_L.kid, sa.func.max(_L.seq).label("seq"))
+        .where(_L.provider == provider, _L.month == prev)
+        .group_by(_L.kid)
+        .subquery()
+    )
+    q = (
+        sa.select(_L.kid, _L.seq, _L.prev, _L.time, _L.interval, _L.digest, _L.jws, _L.idx)
+        .join(top, sa.and_(_L.kid == top.c.kid, _L.seq == top.c.seq))
+        .where(_L.provider == provider, _L.month == prev)
+        .order_by(_L.idx)
+    )
+    out: dict[str, Any] = {}
+    for r in conn.execute(q):
+        out.setdefault(r.kid, r)
+    return [out[k] for k in sorted(out)]
+
+
+def anchors(conn: Connection, provider: str, month: str) -> dict[str, Heartbeat]:
+    return {r.kid: _light(r) for r in anchor_rows(conn, provider, month)}
+
+
+def chain_analysis(conn: Connection, provider: str, month: str, size: int | None = None) -> ChainAnalysis:
+    return analyze(chain_rows(conn, provider, month, size), anchors(conn, provider, month))
+
+
+@cache
+def _hours_of(bits: int) -> tuple[int, ...]:
+    return tuple(h * HOUR for h in range(24) if bits >> h & 1)
+
+
+@dataclass
+class Rebuilt:
+    """Cells rebuilt after quarantine: instance -> hours, and their declared capacities."""
+
+    hours: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    declared: dict[str, dict[CapacityKey, list[int]]] = field(default_factory=dict)
+
+
+class _Declared(Mapping[str, Mapping[CapacityKey, Sequence[int]]]):
+    """instance -> capacity -> observation times, read from `capacities` on first use per instance."""
+
+    def __init__(self, conn: Connection, provider: str, month: str, rebuilt: "Rebuilt") -> None:
+        self._conn, self._provider = conn, provider
+        self._m0, self._m1 = month_bounds(month)
+        self._cache: dict[str, dict[CapacityKey, list[int]]] = {}
+        self._rebuilt = rebuilt
+
+    def __getitem__(self, inst: str) -> Mapping[CapacityKey, Sequence[int]]:
+        if inst not in self._cache:
+            c = s.capacities.c
+            out: dict[CapacityKey, list[int]] = defaultdict(list)
+            skip_hours = self._rebuilt.hours.get(inst, set())
+            for r in self._conn.execute(
+                sa.select(c.day, c.cap, c.offsets).where(
+                    c.provider == self._provider, c.instance == inst, c.day >= self._m0, c.day < self._m1
+                )
+            ):
+                key = capacity_key(json.loads(r.cap))
+                for off in {int(x) for x in r.offsets.split(",")}:
+                    t = r.day + off
+                    if t - t % HOUR not in skip_hours:
+                        out[key].append(t)
+            for key, times in self._rebuilt.declared.get(inst, {}).items():
+                out[key].extend(times)
+            self._cache[inst] = {k: sorted(v) for k, v in out.items()}
+        return self._cache[inst]
+
+    def __iter__(self) -> Iterator[str]:
+        c = s.capacities.c
+        q = (
+            sa.select(c.instance)
+            .distinct()
+            .where(c.provider == self._provider, c.day >= self._m0, c.day < self._m1)
+        )
+        return iter(sorted(self._conn.execute(q).scalars()))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def activity(conn: Connection, provider: str, month: str, quarantined: set[str]) -> Activity:
+    """Activity of the month from the day bitmaps, with quarantined leaves' cells rebuilt."""
+    m0, m1 = month_bounds(month)
+    active: dict[str, set[int]] = defaultdict(set)
+    seen: dict[str, set[int]] = defaultdict(set)
+    d = s.days.c
+    for r in conn.execute(
+        sa.select(d.day, d.instance, d.active, d.seen).where(d.provider == provider, d.day >= m0, d.day < m1)
+    ):
+        day = r.day
+        if r.active:
+            active[r.instance].update(day + h for h in _hours_of(r.active))
+        seen[r.instance].update(day + h for h in _hours_of(r.seen))
+    rebuilt = _rebuild(conn, provider, month, quarantined, active, seen) if quarantined else Rebuilt()
+    act = Activity(active={k: v for k, v in active.items() if v}, seen={k: v for k, v in seen.items() if v})
+    act.declared = _Declared(conn, provider, month, rebuilt)
+    return act
+
+
+def _rebuild(
+    conn: Connection,
+    provider: str,
+    month: str,
+    quarantined: set[str],
+    active: dict[str, set[int]],
+    seen: dict[str, set[int]],
+) -> Rebuilt:
+    """Recompute the cells quarantined leaves touched from the remaining leaves of those hours."""
+    bad = [
+        parse_unverified(t)
+        for t in conn.execute(
+            sa.select(_L.jws).where(
+                _L.provider == provider, _L.month == month, _L.digest.in_(sorted(quarantined))
+            )
+        ).scalars()
+    ]
+    cells: dict[int, set[str]] = defaultdict(set)  # hour -> instances to rebuild
+    for hb in bad:
+        for o in hb.observations:
+            cells[hb.time - hb.time % HOUR].add(o["instance"])
+    out = Rebuilt()
+    for hour, insts in cells.items():
+        for inst in insts:
+            active[inst].discard(hour)
+            seen[inst].discard(hour)
+            out.hours[inst].add(hour)
+        rows = conn.execute(
+            sa.select(_L.jws, _L.digest).where(
+                _L.provider == provider, _L.month == month, _L.time >= hour, _L.time < hour + HOUR
+            )
+        ).all()
+        for r in rows:
+            if r.digest in quarantined:
+                continue
+            hb = parse_unverified(r.jws)
+            for o in hb.observations:
+                inst = o["instance"]
+                if inst not in insts:
+                    continue
+                seen[inst].add(hour)
+                if o["state"] == "running":
+                    active[inst].add(hour)
+                if o["capacity"] is not None:
+                    out.declared.setdefault(inst, {}).setdefault(capacity_key(o["capacity"]), []).append(
+                        hb.time
+                    )
+    return out

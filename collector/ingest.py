@@ -1,0 +1,211 @@
+"""Verified, idempotent ingest (heartbeat-v1.md §4): per-line outcomes, one durable transaction.
+
+The log append (leaf index per provider-month), the dedup key (unique digest) and the hour
+aggregates are written in ONE transaction that first locks the log's counter row, so several
+collector processes on one database never hand out a leaf index twice; a unique-key race with
+another process rolls the whole batch back and redoes it, when the line is then a duplicate.
+"""
+
+import base64
+import json
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from collector import schema as s
+from collector.db import is_sqlite, write_tx
+from collector.tlog import lock_log
+from protocol.errors import ProtocolError
+from protocol.heartbeat import Heartbeat, check_key_window, parse_unverified, verify_heartbeat
+from protocol.keys import load_public_key_b64
+from protocol.merkle import leaf_hash
+from protocol.timefmt import month_of
+
+MAX_FUTURE = 300  # seconds a heartbeat may be ahead of the collector's clock at receipt
+
+
+@dataclass
+class _Agent:
+    provider: str
+    key: Ed25519PublicKey
+    enrolled_at: int
+    revoked_at: int | None
+
+
+def _load_agents(engine: Engine, kids: set[str]) -> dict[str, _Agent]:
+    out: dict[str, _Agent] = {}
+    if not kids:
+        return out
+    with engine.connect() as conn:
+        for r in conn.execute(sa.select(s.agents).where(s.agents.c.kid.in_(sorted(kids)))):
+            out[r.kid] = _Agent(r.provider, load_public_key_b64(r.public_key), r.enrolled_at, r.revoked_at)
+    return out
+
+
+def _header_kid(token: str) -> str | None:
+    # Only to batch the key lookup; the strict parse happens in verify_heartbeat.
+    try:
+        head = token.split(".", 1)[0]
+        return json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))).get("kid")
+    except Exception:
+        return None
+
+
+def cap_key(cap: dict[str, Any]) -> str:
+    return json.dumps(cap, sort_keys=True, separators=(",", ":"))
+
+
+DAY = 86400
+
+
+def aggregate(
+    hbs: Sequence[Heartbeat],
+) -> tuple[dict[tuple[int, str, str], list[int]], dict[tuple[int, str, str], list[int]]]:
+    """(day, instance, vm) -> [active bits, seen bits]; (day, instance, capacity) -> time offsets."""
+    bits: dict[tuple[int, str, str], list[int]] = {}
+    caps: dict[tuple[int, str, str], list[int]] = defaultdict(list)
+    for hb in hbs:
+        day = hb.time - hb.time % DAY
+        bit = 1 << ((hb.time - day) // 3600)
+        for obs in hb.observations:
+            k = (day, obs["instance"], obs["vm"])
+            b = bits.get(k)
+            if b is None:
+                b = bits[k] = [0, 0]
+            b[1] |= bit
+            if obs["state"] == "running":
+                b[0] |= bit
+            if obs["capacity"] is not None:
+                caps[(day, obs["instance"], cap_key(obs["capacity"]))].append(hb.time - day)
+    return bits, caps
+
+
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    return (sqlite.insert if is_sqlite(conn.engine) else postgresql.insert)(table)
+
+
+def upsert_aggregates(conn: Connection, provider: str, hbs: Sequence[Heartbeat]) -> None:
+    bits, caps = aggregate(hbs)
+    if bits:
+        ins = _insert(conn, s.days)
+        stmt = ins.on_conflict_do_update(
+            index_elements=["provider", "day", "instance", "vm"],
+            set_={
+                "active": s.days.c.active.op("|")(ins.excluded.active),
+                "seen": s.days.c.seen.op("|")(ins.excluded.seen),
+            },
+        )
+        conn.execute(
+            stmt,
+            [
+                {"provider": provider, "day": d, "instance": i, "vm": v, "active": a, "seen": n}
+                for (d, i, v), (a, n) in sorted(bits.items())
+            ],
+        )
+    if caps:
+        ins = _insert(conn, s.capacities)
+        stmt = ins.on_conflict_do_update(
+            index_elements=["provider", "day", "instance", "cap"],
+            set_={"offsets": s.capacities.c.offsets + "," + ins.excluded.offsets},
+        )
+        conn.execute(
+            stmt,
+            [
+                {
+                    "provider": provider,
+                    "day": d,
+                    "instance": i,
+                    "cap": c,
+                    "offsets": ",".join(map(str, sorted(set(offs)))),
+                }
+                for (d, i, c), offs in sorted(caps.items())
+            ],
+        )
+
+
+def _append(conn: Connection, provider: str, month: str, cands: list[Heartbeat], now: int) -> set[str]:
+    """Append the not-yet-logged heartbeats of one log; return the digests appended."""
+    size = lock_log(conn, provider, month)
+    digests = [hb.digest for hb in cands]
+    known = set(conn.execute(sa.select(s.leaves.c.digest).where(s.leaves.c.digest.in_(digests))).scalars())
+    new = [hb for hb in cands if hb.digest not in known]
+    if not new:
+        return set()
+    conn.execute(
+        s.leaves.insert(),
+        [
+            {
+                "provider": provider,
+                "month": month,
+                "idx": size + i,
+                "digest": hb.digest,
+                "leaf_hash": leaf_hash(hb.token.encode("ascii")),
+                "kid": hb.kid,
+                "seq": hb.seq,
+                "prev": hb.prev,
+                "time": hb.time,
+                "interval": hb.interval,
+                "received_at": now,
+                "jws": hb.token,
+            }
+            for i, hb in enumerate(new)
+        ],
+    )
+    conn.execute(
+        s.logs.update()
+        .where(s.logs.c.provider == provider, s.logs.c.month == month)
+        .values(size=size + len(new))
+    )
+    upsert_aggregates(conn, provider, new)
+    return {hb.digest for hb in new}
+
+
+def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -> list[dict[str, Any]]:
+    """Verify and durably log a batch; one result per line, in order."""
+    now = int(time.time()) if now is None else now
+    agents = _load_agents(engine, {k for k in map(_header_kid, lines) if isinstance(k, str)})
+    results: list[dict[str, Any]] = []
+    ok: dict[int, tuple[str, Heartbeat]] = {}
+    groups: dict[tuple[str, str], dict[str, Heartbeat]] = defaultdict(dict)
+    for n, line in enumerate(lines):
+        try:
+            hb = verify_heartbeat(line, lambda kid: agents[kid].key if kid in agents else None)
+            agent = agents[hb.kid]
+            check_key_window(hb, agent.enrolled_at, agent.revoked_at)
+            if hb.time > now + MAX_FUTURE:
+                raise ProtocolError("time.future", f"time is more than {MAX_FUTURE} s ahead of the collector")
+        except ProtocolError as exc:
+            results.append({"seq": _seq_or_none(line), "status": "rejected", "reason": str(exc)})
+            continue
+        results.append({"seq": hb.seq, "status": "pending"})
+        ok[n] = (agent.provider, hb)
+        groups[(agent.provider, month_of(hb.time))].setdefault(hb.digest, hb)
+
+    def tx(conn: Connection) -> set[str]:
+        appended: set[str] = set()
+        for provider, month in sorted(groups):  # a fixed lock order: no deadlock between batches
+            appended |= _append(conn, provider, month, list(groups[(provider, month)].values()), now)
+        return appended
+
+    appended = write_tx(engine, tx) if groups else set()
+    for n, (_provider, hb) in ok.items():
+        if hb.digest in appended:
+            appended.discard(hb.digest)  # a second copy in the same batch is a duplicate
+            results[n]["status"] = "accepted"
+        else:
+            results[n]["status"] = "duplicate"
+    return results
+
+
+def _seq_or_none(line: str) -> int | None:
+    try:
+        return parse_unverified(line).seq
+    except ProtocolError:
+        return None

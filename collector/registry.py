@@ -1,0 +1,226 @@
+"""Providers, catalogs (desired state + history), agent keys, enrolment and API tokens."""
+
+import hashlib
+import json
+import secrets
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import yaml
+from sqlalchemy.engine import Connection
+
+from collector import schema as s
+from protocol.errors import ProtocolError
+from protocol.keys import kid_of, load_public_key_b64, raw_public
+from protocol.timefmt import format_time
+
+ROLES = ("admin", "viewer", "auditor")
+
+
+class RegistryError(Exception):
+    """A command or request that the registry refuses, with a message for the operator."""
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _plain(obj: Any) -> Any:
+    # YAML turns unquoted RFC 3339 times into datetimes; the catalog wants the wire strings back.
+    if isinstance(obj, datetime):
+        return format_time(int(obj.timestamp()))
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def read_catalog_file(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    doc = _plain(yaml.safe_load(text)) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{path}: a catalog is an object")
+    return doc
+
+
+def ensure_provider(conn: Connection, pid: str, name: str | None = None, currency: str | None = None) -> None:
+    row = conn.execute(sa.select(s.providers).where(s.providers.c.id == pid)).first()
+    if row is None:
+        conn.execute(
+            s.providers.insert().values(id=pid, name=name, currency=currency, created_at=int(time.time()))
+        )
+    elif name is not None and (row.name, row.currency) != (name, currency):
+        conn.execute(s.providers.update().where(s.providers.c.id == pid).values(name=name, currency=currency))
+
+
+def latest_catalog(conn: Connection, provider: str) -> tuple[int, dict[str, Any]] | None:
+    row = conn.execute(
+        sa.select(s.catalogs.c.id, s.catalogs.c.doc)
+        .where(s.catalogs.c.provider == provider)
+        .order_by(s.catalogs.c.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else (int(row.id), json.loads(row.doc))
+
+
+def catalog_by_id(conn: Connection, cid: int) -> dict[str, Any]:
+    return json.loads(conn.execute(sa.select(s.catalogs.c.doc).where(s.catalogs.c.id == cid)).scalar_one())
+
+
+def _by(items: Any, key: Any) -> dict[Any, Any]:
+    return {key(x): x for x in (items or [])}
+
+
+def catalog_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """Human lines: what applying ``new`` over ``old`` adds, changes and removes."""
+    old = old or {}
+    out: list[str] = []
+    kinds = [
+        ("customer", "customers", lambda x: x["id"]),
+        ("license", "licenses", lambda x: x["id"]),
+        ("platform license", "platform_licenses", lambda x: x["id"]),
+        ("hourly rate", ("rates", "hourly"), lambda x: f"{x['bundle']}/{x['max_bandwidth_mbps']}"),
+        ("monthly rate", ("rates", "monthly"), lambda x: x["pack"]),
+    ]
+    for label, path, key in kinds:
+
+        def get(doc: dict[str, Any], path: Any = path) -> Any:
+            return (doc.get(path[0]) or {}).get(path[1]) if isinstance(path, tuple) else doc.get(path)
+
+        a, b = _by(get(old), key), _by(get(new), key)
+        out += [f"{label} {k}: added" for k in sorted(b.keys() - a.keys())]
+        out += [f"{label} {k}: changed" for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
+        out += [f"{label} {k}: removed" for k in sorted(a.keys() - b.keys())]
+    for member in ("provider", "policy", "bundles"):
+        if old and old.get(member) != new.get(member):
+            out.append(f"{member}: changed")
+    return out
+
+
+def apply_catalog(conn: Connection, doc: dict[str, Any]) -> tuple[str, list[str]]:
+    """Validate ``doc`` (billing.load_catalog names the failing field) and make it the desired state."""
+    from billing import load_catalog
+
+    load_catalog(doc)  # raises billing.CatalogError
+    pid = doc["provider"]["id"]
+    ensure_provider(conn, pid, doc["provider"].get("name"), doc["provider"].get("currency"))
+    prev = latest_catalog(conn, pid)
+    changes = catalog_changes(prev[1] if prev else None, doc)
+    if prev is None or prev[1] != doc:
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        conn.execute(
+            s.catalogs.insert().values(
+                provider=pid, applied_at=int(time.time()), digest=digest(text), doc=text
+            )
+        )
+    return pid, changes
+
+
+# --- agents --------------------------------------------------------------------------------
+
+
+def add_agent(conn: Connection, provider: str, name: str, public_key: str, enrolled_at: int) -> str:
+    try:
+        kid = kid_of(raw_public(load_public_key_b64(public_key)))
+    except ProtocolError as exc:
+        raise RegistryError(str(exc)) from exc
+    row = conn.execute(sa.select(s.agents).where(s.agents.c.kid == kid)).first()
+    if row is not None:
+        if row.provider != provider:
+            raise RegistryError(f"key {kid} is already enrolled for provider {row.provider}")
+        return kid
+    ensure_provider(conn, provider)
+    conn.execute(
+        s.agents.insert().values(
+            kid=kid, provider=provider, name=name, public_key=public_key.strip(), enrolled_at=enrolled_at
+        )
+    )
+    return kid
+
+
+def revoke_agent(conn: Connection, kid: str, at: int) -> None:
+    row = conn.execute(sa.select(s.agents).where(s.agents.c.kid == kid)).first()
+    if row is None:
+        raise RegistryError(f"no agent with kid {kid}")
+    if row.revoked_at is not None and row.revoked_at <= at:
+        return  # an earlier revocation stands: revoking is never undone by a later date
+    conn.execute(s.agents.update().where(s.agents.c.kid == kid).values(revoked_at=at))
+
+
+def agent_json(row: Any) -> dict[str, Any]:
+    return {
+        "kid": row.kid,
+        "provider": row.provider,
+        "name": row.name,
+        "public_key": row.public_key,
+        "enrolled_at": format_time(row.enrolled_at),
+        "revoked_at": None if row.revoked_at is None else format_time(row.revoked_at),
+    }
+
+
+def list_agents(conn: Connection, provider: str | None = None) -> list[dict[str, Any]]:
+    q = sa.select(s.agents).order_by(s.agents.c.provider, s.agents.c.kid)
+    if provider is not None:
+        q = q.where(s.agents.c.provider == provider)
+    return [agent_json(r) for r in conn.execute(q)]
+
+
+def new_enroll_token(conn: Connection, provider: str, ttl: int, now: int) -> str:
+    ensure_provider(conn, provider)
+    token = "tr7e_" + secrets.token_urlsafe(32)
+    conn.execute(
+        s.enroll_tokens.insert().values(
+            digest=digest(token), provider=provider, created_at=now, expires_at=now + ttl
+        )
+    )
+    return token
+
+
+def enroll(conn: Connection, token: str, name: str, public_key: str, now: int) -> dict[str, Any]:
+    """Redeem a one-time token; the same key with the same token again gets the same answer."""
+    try:
+        kid = kid_of(raw_public(load_public_key_b64(public_key)))
+    except ProtocolError as exc:
+        raise RegistryError(str(exc)) from exc
+    q = sa.select(s.enroll_tokens).where(s.enroll_tokens.c.digest == digest(token))
+    if not is_sqlite_conn(conn):
+        q = q.with_for_update()
+    row = conn.execute(q).first()
+    if row is None:
+        raise PermissionError("unknown enrolment token")
+    if row.used_at is not None:
+        if row.kid == kid:
+            agent = conn.execute(sa.select(s.agents).where(s.agents.c.kid == kid)).first()
+            if agent is not None:
+                return {"kid": kid, "provider": agent.provider, "enrolled_at": format_time(agent.enrolled_at)}
+        raise PermissionError("enrolment token already used")
+    if now >= row.expires_at:
+        raise PermissionError("enrolment token expired")
+    existing = conn.execute(sa.select(s.agents).where(s.agents.c.kid == kid)).first()
+    if existing is not None:
+        raise PermissionError("this key is already enrolled")
+    add_agent(conn, row.provider, name, public_key, now)
+    conn.execute(
+        s.enroll_tokens.update().where(s.enroll_tokens.c.digest == row.digest).values(used_at=now, kid=kid)
+    )
+    return {"kid": kid, "provider": row.provider, "enrolled_at": format_time(now)}
+
+
+def is_sqlite_conn(conn: Connection) -> bool:
+    return conn.engine.dialect.name == "sqlite"
+
+
+def new_api_token(conn: Connection, provider: str | None, role: str, now: int) -> str:
+    if provider is not None:
+        if role not in ROLES:
+            raise RegistryError(f"role must be one of {', '.join(ROLES)}")
+        ensure_provider(conn, provider)
+    token = "tr7_" + secrets.token_urlsafe(32)
+    conn.execute(
+        s.api_tokens.insert().values(digest=digest(token), provider=provider, role=role, created_at=now)
+    )
+    return token

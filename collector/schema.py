@@ -1,0 +1,160 @@
+"""The collector's tables (SQLAlchemy Core), the same on SQLite and PostgreSQL.
+
+Times are epoch seconds (BIGINT, UTC). Raw evidence (`leaves.jws`) is written once and never
+updated; everything billing reads at scale is in the small `leaves` columns and the hour
+aggregates (`hours`, `capacities`).
+"""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+BIG = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite rowid aliasing wants INTEGER
+
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+providers = sa.Table(
+    "providers",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("name", sa.String),
+    sa.Column("currency", sa.String),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# Every catalog ever applied, whole; the latest row of a provider is its desired state.
+catalogs = sa.Table(
+    "catalogs",
+    metadata,
+    sa.Column("id", BIG, primary_key=True, autoincrement=True),
+    sa.Column("provider", sa.String, nullable=False, index=True),
+    sa.Column("applied_at", sa.BigInteger, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+)
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("kid", sa.String(32), primary_key=True),
+    sa.Column("provider", sa.String, nullable=False, index=True),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("public_key", sa.String, nullable=False),
+    sa.Column("enrolled_at", sa.BigInteger, nullable=False),
+    sa.Column("revoked_at", sa.BigInteger),
+)
+
+# Enrolment tokens and API tokens are stored as SHA-256 digests only: shown once, never readable.
+enroll_tokens = sa.Table(
+    "enroll_tokens",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("provider", sa.String, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("used_at", sa.BigInteger),
+    sa.Column("kid", sa.String(32)),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("provider", sa.String),  # NULL = the vendor
+    sa.Column("role", sa.String, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# One counter row per (provider, month) log: locking it serialises leaf index allocation.
+logs = sa.Table(
+    "logs",
+    metadata,
+    sa.Column("provider", sa.String, primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+)
+
+leaves = sa.Table(
+    "leaves",
+    metadata,
+    sa.Column("provider", sa.String, primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),  # the dedup key
+    sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("kid", sa.String(32), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("prev", sa.String(64), nullable=False),
+    sa.Column("time", sa.BigInteger, nullable=False),
+    sa.Column("interval", sa.Integer, nullable=False),
+    sa.Column("received_at", sa.BigInteger, nullable=False),
+    sa.Column("jws", sa.Text, nullable=False),
+    sa.Index("ix_leaves_kid_month", "kid", "month", "seq"),
+    sa.Index("ix_leaves_pm_time", "provider", "month", "time"),
+)
+
+# Hour aggregate, one row per (provider, UTC day, instance, vm): bit h of `active` / `seen` is the
+# hour h of that day (24 bits). 2,000 instances x 1 month = 60,000 rows, updated with bitwise OR.
+# Keeping the vm makes the clone alert (one instance on two vms in one hour) a query.
+days = sa.Table(
+    "days",
+    metadata,
+    sa.Column("provider", sa.String, primary_key=True),
+    sa.Column("day", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("instance", sa.String, primary_key=True),
+    sa.Column("vm", sa.String, primary_key=True),
+    sa.Column("active", sa.BigInteger, nullable=False),
+    sa.Column("seen", sa.BigInteger, nullable=False),
+)
+
+# Declared capacities: one row per (provider, day, instance, capacity), the observation times as
+# offsets in the day, comma separated (billing reads them only for instances with fixed hours).
+capacities = sa.Table(
+    "capacities",
+    metadata,
+    sa.Column("provider", sa.String, primary_key=True),
+    sa.Column("day", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("instance", sa.String, primary_key=True),
+    sa.Column("cap", sa.String, primary_key=True),  # canonical JSON of the capacity object
+    sa.Column("offsets", sa.Text, nullable=False),
+)
+
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column("provider", sa.String, primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("root", sa.LargeBinary(32), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+closes = sa.Table(
+    "closes",
+    metadata,
+    sa.Column("provider", sa.String, primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("checkpoint", sa.Text, nullable=False),
+    sa.Column("catalog_id", sa.BigInteger, nullable=False),
+    sa.Column("usage", sa.Text, nullable=False),
+    sa.Column("invoice", sa.Text, nullable=False),  # the month's own result (audit bundle closed/)
+    sa.Column("billed", sa.Text, nullable=False),  # what was invoiced: own result + adjustment lines
+    sa.Column("closed_at", sa.BigInteger, nullable=False),
+)
+
+# What has been invoiced so far for a month: its frozen invoice, replaced by its current one
+# each time its adjustment lines are frozen into a later month's close.
+baselines = sa.Table(
+    "baselines",
+    metadata,
+    sa.Column("provider", sa.String, primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("invoice", sa.Text, nullable=False),
+    sa.Column("set_at", sa.BigInteger, nullable=False),
+)

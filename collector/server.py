@@ -1,0 +1,180 @@
+"""The HTTP API (FastAPI): ingest, enrolment, health, log proofs; the read API is in readapi.py."""
+
+import os
+import time
+import zlib
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from collector import db, readapi, registry, tlog
+from collector.ingest import ingest_lines
+from collector.settings import ENV_DATA_DIR, ENV_DB, ENV_ORIGIN, Settings
+from protocol.merkle import MerkleError
+from protocol.timefmt import parse_month
+
+MAX_LINES = 5000
+MAX_BYTES = 16 * 1024 * 1024
+
+
+class EnrollRequest(BaseModel):
+    token: str
+    name: str
+    public_key: str
+
+
+class EnrollResponse(BaseModel):
+    kid: str
+    provider: str
+    enrolled_at: str
+
+
+async def _read_body(request: Request) -> bytes:
+    """The uncompressed body, refused past 16 MiB (compressed or not) without buffering more."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise HTTPException(415, f"unsupported Content-Encoding {encoding!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BYTES:
+        raise HTTPException(413, f"request body larger than {MAX_BYTES} bytes")
+    chunks, total = [], 0
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
+    out_total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > MAX_BYTES:
+            raise HTTPException(413, f"request body larger than {MAX_BYTES} bytes")
+        if inflater is None:
+            chunks.append(chunk)
+            continue
+        try:
+            data = inflater.decompress(chunk, MAX_BYTES + 1 - out_total)
+        except zlib.error as exc:
+            raise HTTPException(400, f"body is not valid gzip: {exc}") from exc
+        out_total += len(data)
+        if out_total > MAX_BYTES or inflater.unconsumed_tail:
+            raise HTTPException(413, f"uncompressed body larger than {MAX_BYTES} bytes")
+        chunks.append(data)
+    if inflater is not None and not inflater.eof:
+        raise HTTPException(400, "body is a truncated gzip stream")
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    engine = settings.open(migrate=False)
+    app = FastAPI(title="TR7 metering collector", version="1")
+    app.state.settings = settings
+    app.state.engine = engine
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/heartbeats")
+    async def heartbeats(request: Request) -> dict[str, Any]:
+        ctype = request.headers.get("content-type", "text/plain").split(";")[0].strip().lower()
+        if ctype != "text/plain":
+            raise HTTPException(415, "Content-Type must be text/plain")
+        body = await _read_body(request)
+        try:
+            text = body.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise HTTPException(400, "body must be US-ASCII compact JWS lines") from exc
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the final LF ends the last line, it does not start an empty one
+        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+        if not lines:
+            raise HTTPException(400, "no heartbeat in the body")
+        if len(lines) > MAX_LINES:
+            raise HTTPException(413, f"at most {MAX_LINES} heartbeats per request, got {len(lines)}")
+        results = await run_in_threadpool(ingest_lines, engine, lines, int(time.time()))
+        return {"results": results}
+
+    @app.post("/v1/agents/enroll", response_model=EnrollResponse)
+    def enroll(req: EnrollRequest) -> Any:
+        try:
+            return db.write_tx(
+                engine, lambda c: registry.enroll(c, req.token, req.name, req.public_key, int(time.time()))
+            )
+        except PermissionError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=403)
+        except registry.RegistryError as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    @app.get("/v1/log/{provider}/{month}/checkpoint", response_class=PlainTextResponse)
+    def checkpoint(provider: str, month: str, scope: readapi.ScopeDep) -> str:
+        _log_access(scope, provider, month)
+        return db.write_tx(engine, lambda c: tlog.checkpoint(c, settings, provider, month))
+
+    @app.get("/v1/log/{provider}/{month}/inclusion")
+    def inclusion(
+        provider: str, month: str, scope: readapi.ScopeDep, index: int = Query(ge=0), size: int = Query(ge=1)
+    ) -> dict[str, Any]:
+        _log_access(scope, provider, month)
+        with db.read_conn(engine) as c:
+            try:
+                return {
+                    "index": index,
+                    "size": size,
+                    "hashes": tlog.inclusion(c, provider, month, index, size),
+                }
+            except MerkleError as exc:
+                raise HTTPException(400, str(exc)) from exc
+
+    @app.get("/v1/log/{provider}/{month}/consistency")
+    def consistency(
+        provider: str,
+        month: str,
+        scope: readapi.ScopeDep,
+        from_: int = Query(ge=0, alias="from"),
+        to: int = Query(ge=0),
+    ) -> dict[str, Any]:
+        _log_access(scope, provider, month)
+        with db.read_conn(engine) as c:
+            try:
+                return {"from": from_, "to": to, "hashes": tlog.consistency(c, provider, month, from_, to)}
+            except MerkleError as exc:
+                raise HTTPException(400, str(exc)) from exc
+
+    app.include_router(readapi.router)
+    return app
+
+
+def _log_access(scope: "readapi.Scope", provider: str, month: str) -> None:
+    try:
+        parse_month(month)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    scope.require_provider(provider)
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes: settings come from the environment set by `serve`."""
+    return create_app(
+        Settings.resolve(os.environ.get(ENV_DATA_DIR), os.environ.get(ENV_DB), os.environ.get(ENV_ORIGIN))
+    )
+
+
+def serve(settings: Settings, listen: str | None, workers: int) -> int:
+    import uvicorn
+
+    settings.open()  # key, origin and migrations before any worker starts
+    listen = listen or os.environ.get("TR7_COLLECTOR_LISTEN") or "127.0.0.1:8080"
+    host, _, port = listen.rpartition(":")
+    os.environ[ENV_DATA_DIR] = str(settings.data_dir.resolve())
+    os.environ[ENV_DB] = settings.db_url
+    os.environ[ENV_ORIGIN] = settings.origin
+    uvicorn.run(
+        "collector.server:app_from_env",
+        factory=True,
+        host=host.strip("[]") or "127.0.0.1",
+        port=int(port),
+        workers=max(1, workers),
+        log_level="info",
+        access_log=False,
+    )
+    return 0

@@ -1,0 +1,98 @@
+"""The per (provider, month) Merkle log: leaf hashes from the store, signed checkpoints, proofs."""
+
+import base64
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from collector import schema as s
+from collector.db import is_sqlite
+from collector.settings import Settings
+from protocol.merkle import consistency_proof, inclusion_proof, root_hash
+from protocol.note import Checkpoint, NoteSigner, sign_checkpoint
+
+
+def signer(settings: Settings) -> NoteSigner:
+    return NoteSigner(settings.origin, settings.key.private)
+
+
+def log_origin(settings: Settings, provider: str, month: str) -> str:
+    return f"{settings.origin}/{provider}/{month}"
+
+
+def log_size(conn: Connection, provider: str, month: str) -> int:
+    size = conn.execute(
+        sa.select(s.logs.c.size).where(s.logs.c.provider == provider, s.logs.c.month == month)
+    ).scalar()
+    return int(size or 0)
+
+
+def lock_log(conn: Connection, provider: str, month: str) -> int:
+    """Create the log's counter row if needed and lock it for this transaction; return its size."""
+    ins = (sqlite.insert if is_sqlite(conn.engine) else postgresql.insert)(s.logs)
+    conn.execute(
+        ins.on_conflict_do_nothing(index_elements=["provider", "month"]).values(
+            provider=provider, month=month, size=0
+        )
+    )
+    q = sa.select(s.logs.c.size).where(s.logs.c.provider == provider, s.logs.c.month == month)
+    if not is_sqlite(conn.engine):
+        q = q.with_for_update()  # SQLite: BEGIN IMMEDIATE already holds the database write lock
+    return int(conn.execute(q).scalar_one())
+
+
+def leaf_hashes(conn: Connection, provider: str, month: str, size: int | None = None) -> list[bytes]:
+    q = sa.select(s.leaves.c.leaf_hash).where(s.leaves.c.provider == provider, s.leaves.c.month == month)
+    if size is not None:
+        q = q.where(s.leaves.c.idx < size)
+    return [bytes(h) for h in conn.execute(q.order_by(s.leaves.c.idx)).scalars()]
+
+
+def leaf_tokens(conn: Connection, provider: str, month: str, size: int | None = None) -> list[str]:
+    q = sa.select(s.leaves.c.jws).where(s.leaves.c.provider == provider, s.leaves.c.month == month)
+    if size is not None:
+        q = q.where(s.leaves.c.idx < size)
+    return list(conn.execute(q.order_by(s.leaves.c.idx)).scalars())
+
+
+def checkpoint(
+    conn: Connection, settings: Settings, provider: str, month: str, size: int | None = None
+) -> str:
+    """The signed checkpoint at ``size`` (default: the current size), stored once per size.
+
+    Ed25519 signatures are deterministic, so re-signing the same text gives the same note; the
+    row only saves recomputing the root.
+    """
+    if size is None:
+        size = log_size(conn, provider, month)
+    note = conn.execute(
+        sa.select(s.checkpoints.c.note).where(
+            s.checkpoints.c.provider == provider, s.checkpoints.c.month == month, s.checkpoints.c.size == size
+        )
+    ).scalar()
+    if note is not None:
+        return str(note)
+    hashes = leaf_hashes(conn, provider, month, size)
+    root = root_hash(hashes)
+    note = sign_checkpoint(Checkpoint(log_origin(settings, provider, month), size, root), signer(settings))
+    if not conn.get_execution_options().get("readonly"):
+        conn.execute(
+            s.checkpoints.insert().values(
+                provider=provider, month=month, size=size, root=root, note=note, created_at=int(time.time())
+            )
+        )
+    return note
+
+
+def b64(h: bytes) -> str:
+    return base64.b64encode(h).decode("ascii")
+
+
+def inclusion(conn: Connection, provider: str, month: str, index: int, size: int) -> list[str]:
+    return [b64(h) for h in inclusion_proof(leaf_hashes(conn, provider, month, size), index, size)]
+
+
+def consistency(conn: Connection, provider: str, month: str, old: int, new: int) -> list[str]:
+    return [b64(h) for h in consistency_proof(leaf_hashes(conn, provider, month, new), old, new)]
