@@ -1,0 +1,186 @@
+"""KVM/QEMU adapter: a read-only libvirt connection, `<tr7:license>` domain metadata per domain."""
+
+import contextlib
+import xml.etree.ElementTree as ET
+from typing import Any, Literal
+
+import libvirt
+from pydantic import Field, field_validator
+
+from adapters.base import (
+    Adapter,
+    AdapterConfig,
+    AdapterError,
+    AuthError,
+    ConfigError,
+    Observation,
+    PollResult,
+    UnreachableError,
+)
+from adapters.tr7meta import KEYS, ProblemLog, recognise
+
+NAMESPACE = "urn:tr7:metering:1"
+STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "unknown",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",  # blocked on a resource: still a running guest
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "stopped",  # being shut down
+    libvirt.VIR_DOMAIN_SHUTOFF: "stopped",
+    libvirt.VIR_DOMAIN_CRASHED: "stopped",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+AUTH_CODES = {libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED,
+              libvirt.VIR_ERR_AUTH_UNAVAILABLE, libvirt.VIR_ERR_OPERATION_DENIED,
+              libvirt.VIR_ERR_ACCESS_DENIED}
+CONFIG_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_XML_ERROR,
+                libvirt.VIR_ERR_XML_DETAIL,
+                libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_NO_SUPPORT}
+GONE_CODES = {libvirt.VIR_ERR_NO_DOMAIN}  # undefined between listAllDomains and our read
+
+
+def _quiet(_ctx: Any, _err: Any) -> None:
+    """libvirt prints every error to stderr by default; we convert and log them ourselves."""
+
+
+libvirt.registerErrorHandler(_quiet, None)
+
+
+class KVMConfig(AdapterConfig):
+    """One libvirt daemon (local or remote) polled read-only."""
+
+    platform: Literal["kvm"] = Field(default="kvm", description="kvm")
+    uri: str = Field(default="qemu:///system",
+                     description="libvirt connection URI: qemu:///system (local), "
+                                 "qemu+ssh://user@host/system or qemu+tls://host/system (remote); "
+                                 "opened read-only")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if ":" not in v or not v.strip():
+            raise ValueError("uri must be a libvirt URI such as qemu:///system")
+        return v
+
+
+def _convert(exc: libvirt.libvirtError, uri: str, doing: str) -> AdapterError:
+    code = exc.get_error_code()
+    text = exc.get_error_message() or str(exc)
+    diagnostic = f"{uri}: {doing}: {text}"
+    if code in AUTH_CODES:
+        return AuthError("access denied", diagnostic + " (is the agent user in the libvirt group?)")
+    if code in CONFIG_CODES:
+        return ConfigError(f"cannot use {uri}", diagnostic)
+    if code == libvirt.VIR_ERR_SYSTEM_ERROR or exc.get_error_domain() == libvirt.VIR_FROM_RPC:
+        return UnreachableError("unreachable", diagnostic + " (is libvirtd running and its read-only "
+                                                            "socket reachable?)")
+    return AdapterError(f"libvirt error {code}", diagnostic)
+
+
+class KVMAdapter(Adapter):
+    """Finds TR7 appliances among the domains of one libvirt connection."""
+
+    platform = "kvm"
+    Config = KVMConfig
+    config: KVMConfig
+
+    def __init__(self, config: KVMConfig) -> None:
+        super().__init__(config)
+        self.problems = ProblemLog(config.name)
+        self._conn: libvirt.virConnect | None = None
+
+    def _connection(self) -> libvirt.virConnect:
+        if self._conn is not None:
+            try:
+                if self._conn.isAlive():
+                    return self._conn
+            except libvirt.libvirtError:
+                pass
+            self._drop()
+        try:
+            # read-only: the agent only lists; libvirtd allows this to the libvirt group (or polkit)
+            self._conn = libvirt.openReadOnly(self.config.uri)
+        except libvirt.libvirtError as exc:
+            raise _convert(exc, self.config.uri, "cannot connect") from exc
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):  # already dead
+                conn.close()
+
+    def close(self) -> None:
+        self._drop()
+
+    def poll(self) -> PollResult:
+        conn = self._connection()
+        try:
+            return self._collect(conn)
+        except libvirt.libvirtError as exc:
+            try:
+                alive = bool(conn.isAlive())
+            except libvirt.libvirtError:
+                alive = False
+            if alive:
+                raise _convert(exc, self.config.uri, "poll failed") from exc
+        # the connection died under us (libvirtd restart, ssh drop): reconnect once
+        self._drop()
+        conn = self._connection()
+        try:
+            return self._collect(conn)
+        except libvirt.libvirtError as exc:
+            self._drop()
+            raise _convert(exc, self.config.uri, "poll failed after reconnecting") from exc
+
+    def _collect(self, conn: libvirt.virConnect) -> PollResult:
+        host = conn.getHostname()
+        observations = []
+        for dom in conn.listAllDomains(0):
+            obs = self._observation(dom, host)
+            if obs is not None:
+                observations.append(obs)
+        return PollResult(observations=observations)
+
+    def _observation(self, dom: libvirt.virDomain, host: str) -> Observation | None:
+        uuid = dom.UUIDString()
+        try:
+            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in {libvirt.VIR_ERR_NO_DOMAIN_METADATA, *GONE_CODES}:
+                return None  # not ours (or gone)
+            raise
+        meta = self._parse(xml, uuid)
+        if meta is None:
+            return None
+        found = recognise(meta, uuid, self.problems)
+        if found is None:
+            return None
+        try:
+            state_code = dom.state()[0]
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in GONE_CODES:
+                return None
+            raise
+        instance, capacity = found
+        return Observation(instance=instance, vm=uuid, host=host,
+                           state=STATES.get(state_code, "unknown"), capacity=capacity)
+
+    def _parse(self, xml: str, uuid: str) -> dict[str, str] | None:
+        """`<license instance=".." bundle=".." .../>` -> {"tr7.instance": .., ...}."""
+        try:
+            elem = ET.fromstring(xml)
+        except ET.ParseError as exc:
+            self.problems.warn(uuid, f"{NAMESPACE} metadata is not XML ({exc}); VM skipped")
+            return None
+        if elem.tag.rsplit("}", 1)[-1] != "license":
+            self.problems.warn(uuid, f"{NAMESPACE} metadata element is <{elem.tag}>, not <license>; "
+                                     "VM skipped")
+            return None
+        if "instance" not in elem.attrib:
+            self.problems.warn(uuid, "<tr7:license> has no instance attribute; VM skipped")
+            return None
+        return {key: elem.attrib[key[4:]] for key in KEYS if key[4:] in elem.attrib}
+
+
+ADAPTER = KVMAdapter

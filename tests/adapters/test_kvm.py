@@ -1,0 +1,153 @@
+"""The KVM adapter against libvirt's real test:/// driver (node XML written per test)."""
+
+import importlib.util
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+from pydantic import ValidationError
+
+from adapters.base import AdapterError, Capacity, ConfigError, UnreachableError
+from adapters.kvm import ADAPTER, KVMConfig
+from adapters.registry import adapter_class
+
+
+def _load_helper() -> Any:
+    # tests/ is not a package; load the node XML helper (also used by bench/) by path
+    name = "tr7_tests_nodexml"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "libvirt" / "nodexml.py")
+        assert spec and spec.loader
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+nodexml = _load_helper()
+Dom = nodexml.Dom
+
+
+def adapter(uri: str, name: str = "kvm") -> Any:
+    return ADAPTER(ADAPTER.Config(name=name, platform="kvm", uri=uri))
+
+
+def by_instance(result: Any) -> dict[str, Any]:
+    return {o.instance: o for o in result.observations}
+
+
+def test_registry_and_config() -> None:
+    assert adapter_class("kvm") is ADAPTER and ADAPTER.platform == "kvm"
+    assert KVMConfig(name="k").uri == "qemu:///system"
+    for name, field in KVMConfig.model_fields.items():
+        assert field.description, name
+    with pytest.raises(ValidationError):
+        KVMConfig(name="k", url="qemu:///system")  # unknown key (typo) is refused
+    with pytest.raises(ValidationError):
+        KVMConfig(name="k", platform="vmware")
+
+
+def test_domains_with_metadata_are_observed(tmp_path: Path) -> None:
+    full = Dom("appliance", license={"instance": "tr7-kvm-1", "bundle": "pro", "bandwidth_mbps": "500",
+                                     "vservices": "4"})
+    bare = Dom("bare-tr7", license={"instance": "tr7-kvm-2"})
+    plain = Dom("webserver")  # no metadata at all
+    other = Dom("other-ns", raw_metadata='<app:info xmlns:app="urn:example:app" instance="tr7-not-ours"/>')
+    uri = nodexml.write_node(tmp_path / "node.xml", [full, bare, plain, other])
+    result = adapter(uri).poll()
+    assert result.error is None
+    seen = by_instance(result)
+    assert set(seen) == {"tr7-kvm-1", "tr7-kvm-2"}
+    assert seen["tr7-kvm-1"].vm == full.uuid
+    assert seen["tr7-kvm-1"].capacity == Capacity(bundle="pro", bandwidth_mbps=500, vservices=4)
+    assert seen["tr7-kvm-2"].vm == bare.uuid and seen["tr7-kvm-2"].capacity is None
+    conn = libvirt.openReadOnly(uri)
+    assert seen["tr7-kvm-1"].host == conn.getHostname()
+    conn.close()
+
+
+@pytest.mark.parametrize(("runstate", "state"), [
+    (libvirt.VIR_DOMAIN_NOSTATE, "unknown"),
+    (libvirt.VIR_DOMAIN_RUNNING, "running"),
+    (libvirt.VIR_DOMAIN_BLOCKED, "running"),
+    (libvirt.VIR_DOMAIN_PAUSED, "paused"),
+    (libvirt.VIR_DOMAIN_SHUTDOWN, "stopped"),
+    (libvirt.VIR_DOMAIN_SHUTOFF, "stopped"),
+    (libvirt.VIR_DOMAIN_CRASHED, "stopped"),
+    (libvirt.VIR_DOMAIN_PMSUSPENDED, "suspended"),
+])
+def test_every_libvirt_state(tmp_path: Path, runstate: int, state: str) -> None:
+    uri = nodexml.write_node(tmp_path / "node.xml", [Dom("d", state=runstate, license={"instance": "tr7-s"})])
+    conn = libvirt.openReadOnly(uri)
+    assert conn.lookupByName("d").state()[0] == runstate  # the simulator really is in that state
+    conn.close()
+    assert by_instance(adapter(uri).poll())["tr7-s"].state == state
+
+
+def test_malformed_values_logged_once_across_polls(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad_id = Dom("bad-id", license={"instance": "has spaces!"})
+    bad_bw = Dom("bad-bw", license={"instance": "tr7-bw", "bandwidth_mbps": "1Gbit", "vservices": "3"})
+    no_id = Dom("no-id", license={"bundle": "pro"})
+    uri = nodexml.write_node(tmp_path / "node.xml", [bad_id, bad_bw, no_id])
+    kvm = adapter(uri, name="kvm-log")
+    with caplog.at_level(logging.WARNING, logger="tr7.adapters"):
+        results = [kvm.poll(), kvm.poll()]
+    for result in results:
+        assert set(by_instance(result)) == {"tr7-bw"}
+        assert by_instance(result)["tr7-bw"].capacity == Capacity(vservices=3)  # bandwidth left out
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if bad_id.uuid in m and "has spaces!" in m]) == 1
+    assert len([m for m in messages if bad_bw.uuid in m and "1Gbit" in m]) == 1
+    assert len([m for m in messages if no_id.uuid in m and "no instance" in m]) == 1
+    assert len(messages) == 3
+
+
+def test_zero_domains(tmp_path: Path) -> None:
+    result = adapter(nodexml.write_node(tmp_path / "node.xml", [])).poll()
+    assert result.observations == [] and result.error is None
+
+
+def test_two_thousand_domains(tmp_path: Path) -> None:
+    doms = [Dom(f"vm{i:04d}", state=(libvirt.VIR_DOMAIN_RUNNING if i % 4 else libvirt.VIR_DOMAIN_SHUTOFF),
+                license={"instance": f"tr7-{i:04d}"} if i % 2 == 0 else None) for i in range(2000)]
+    kvm = adapter(nodexml.write_node(tmp_path / "node.xml", doms))
+    seen = by_instance(kvm.poll())
+    assert len(seen) == 1000
+    assert {o.vm for o in seen.values()} == {d.uuid for d in doms if d.license}
+    assert seen["tr7-0000"].state == "stopped" and seen["tr7-0002"].state == "running"
+
+
+def test_reconnects_when_the_connection_died(tmp_path: Path) -> None:
+    uri = nodexml.write_node(tmp_path / "node.xml", [Dom("d", license={"instance": "tr7-r"})])
+    kvm = adapter(uri)
+    assert "tr7-r" in by_instance(kvm.poll())
+    kvm._conn.close()  # what a libvirtd restart does to our end of the connection
+    assert "tr7-r" in by_instance(kvm.poll())
+    kvm.close()
+
+
+def test_unreachable_daemon_is_unreachable_error() -> None:
+    with socket.socket() as s:  # a port nobody listens on any more
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"qemu+tcp://127.0.0.1:{port}/system"
+    with pytest.raises(UnreachableError) as err:
+        adapter(uri).poll()
+    assert uri in err.value.diagnostic and "refused" in err.value.diagnostic.lower()
+
+
+def test_missing_local_socket_is_unreachable_error(tmp_path: Path) -> None:
+    uri = f"qemu:///system?socket={tmp_path / 'no-libvirt-sock'}"
+    with pytest.raises(UnreachableError) as err:
+        adapter(uri).poll()
+    assert "libvirtd running" in err.value.diagnostic
+
+
+def test_broken_test_node_file_is_config_error(tmp_path: Path) -> None:
+    (tmp_path / "node.xml").write_text("<node><domain")
+    with pytest.raises(ConfigError) as err:
+        adapter(f"test://{tmp_path / 'node.xml'}").poll()
+    assert isinstance(err.value, AdapterError) and "node.xml" in err.value.diagnostic
