@@ -4,6 +4,7 @@ Decisions where the spec is silent (also in docs/protocol-decisions.md):
 - Gaps are counted from the anchor's seq (the key's last heartbeat of the month before) when
   one is known, else from the month's lowest seq; seqs before that are not this month's gap.
 - `time` going back is checked between consecutive present, unforked seqs (anchor included).
+- A heartbeat of the month with the anchor's seq but another JWS is a fork (quarantined).
 """
 
 from collections import defaultdict
@@ -63,6 +64,10 @@ def analyze_key(
     report = ChainReport(kid, seqs[0], seqs[-1])
     quarantined: set[str] = set()
     forked = {s for s in seqs if len(by_seq[s]) > 1}
+    if anchor is not None and anchor.seq in by_seq and anchor.digest not in by_seq[anchor.seq]:
+        # This month reuses the seq of last month's final heartbeat with another JWS: a fork
+        # across the boundary (a restored snapshot); this month's copies count for nothing.
+        forked.add(anchor.seq)
     report.forks = sorted(forked)
     for s in report.forks:
         quarantined.update(by_seq[s])

@@ -124,3 +124,20 @@ def test_late_arrival_is_recomputed_over_the_whole_set(agent_key, make_payload, 
         agent_key, seq=3, prev=hb2.digest, time=format_time(hb2.time + 1), observations=[]))
     second = analyze(_hbs([*tokens, late3]))
     assert second.quarantined == {token_digest(tokens[2]), token_digest(late3)}
+
+
+def test_reusing_the_anchor_seq_is_a_fork_across_the_boundary(agent_key, chain):
+    october = chain(agent_key, 10, start="2026-10-31T23:15:00Z")
+    anchor = parse_unverified(october[-1])
+    # A host restored from an October snapshot signs seq 10 again, in November.
+    restored = chain(agent_key, 3, start_seq=10, prev=token_digest(october[-2]), start="2026-11-01T01:00:00Z")
+    result = analyze(_hbs(restored), {agent_key.kid: anchor})
+    report = result.reports[agent_key.kid]
+    assert report.forks == [10]
+    assert result.quarantined == {token_digest(restored[0])}
+    assert report.breaks == []  # seq 11 follows a forked seq: not judged
+    # The anchor itself passed again alongside the month is the same JWS, not a fork.
+    same = analyze(_hbs([october[-1], *chain(agent_key, 1, start_seq=11, prev=anchor.digest,
+                                                   start="2026-11-01T00:00:00Z")]),
+                   {agent_key.kid: anchor})
+    assert same.reports[agent_key.kid].forks == [] and same.quarantined == set()
