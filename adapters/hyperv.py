@@ -1,0 +1,284 @@
+"""Hyper-V adapter: one PowerShell run over WinRM (pywinrm) lists every VM of a host or cluster."""
+
+import base64
+import json
+import logging
+import math
+import re
+import time
+import xml.etree.ElementTree as ET
+from typing import Any, Literal
+
+import requests
+import winrm.exceptions as wex
+from pydantic import Field, field_validator, model_validator
+from winrm.protocol import Protocol
+
+from adapters.base import (
+    Adapter,
+    AdapterConfig,
+    AdapterError,
+    AuthError,
+    ConfigError,
+    Observation,
+    PollResult,
+    UnreachableError,
+)
+from adapters.credentials import SecretError
+from adapters.tr7meta import ProblemLog, parse_notes, recognise
+
+log = logging.getLogger("tr7.adapters.hyperv")
+
+# Microsoft.HyperV.PowerShell.VMState: name -> (number, heartbeat state). Transitions map to what
+# the guest does meanwhile: Starting/Stopping/Reset still execute, Saving has halted vCPUs.
+# "...Critical" variants (storage lost) keep the base state's mapping.
+VM_STATES: dict[str, tuple[int, str]] = {
+    "Other": (1, "unknown"), "Running": (2, "running"), "Off": (3, "stopped"),
+    "Stopping": (4, "running"), "Saved": (6, "suspended"), "Paused": (9, "paused"),
+    "Starting": (10, "running"), "Reset": (11, "running"), "Saving": (32773, "suspended"),
+    "Pausing": (32776, "paused"), "Resuming": (32777, "running"), "FastSaved": (32779, "suspended"),
+    "FastSaving": (32780, "suspended"), "ForceShutdown": (32781, "stopped"),
+    "ForceReboot": (32782, "running"), "Hibernated": (32783, "suspended"),
+    "ComponentServicing": (32784, "unknown"), "RunningCritical": (32785, "running"),
+    "OffCritical": (32786, "stopped"), "StoppingCritical": (32787, "running"),
+    "SavedCritical": (32788, "suspended"), "PausedCritical": (32789, "paused"),
+    "StartingCritical": (32790, "running"), "ResetCritical": (32791, "running"),
+    "SavingCritical": (32792, "suspended"), "PausingCritical": (32793, "paused"),
+    "ResumingCritical": (32794, "running"), "FastSavedCritical": (32795, "suspended"),
+    "FastSavingCritical": (32796, "suspended"),
+}
+_BY_NAME = {k.lower(): v[1] for k, v in VM_STATES.items()}
+_BY_NUMBER = {v[0]: v[1] for v in VM_STATES.values()}
+
+# The JSON is sent base64-encoded UTF-8: the shell's console code page (437 by default) would
+# mangle non-ASCII Notes, and base64 is immune to BOMs and line wrapping. Arrays are wrapped in
+# @() and the Array type data removed against ConvertTo-Json's single-object and {"value":...} quirks.
+_SCRIPT = """$ErrorActionPreference='Stop';$ProgressPreference='SilentlyContinue'
+Remove-TypeData System.Array -ErrorAction SilentlyContinue
+$errs=@();$vms=@()
+{get_vms}
+$sel=@($vms|Select-Object @{{n='Id';e={{$_.Id.ToString()}}}},Name,@{{n='State';e={{$_.State.ToString()}}}},\
+Notes,ComputerName,IsClustered)
+$j=ConvertTo-Json -InputObject @{{vms=$sel;errors=@($errs)}} -Compress -Depth 4
+[Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($j))"""
+# One host: any failure fails the poll. A cluster: a node that is down or refuses is a partial error.
+_LOCAL = "$vms=@(Get-VM)"
+_CLUSTER = ("$all=@(Get-ClusterNode)\n"
+            "foreach($d in @($all|?{$_.State -ne 'Up'})){$errs+=\"$($d.Name): cluster node $($d.State)\"}\n"
+            "foreach($n in @($all|?{$_.State -eq 'Up'}|%{$_.Name})){try{$vms+=@(Get-VM -ComputerName $n)}"
+            "catch{$errs+=\"${n}: $($_.Exception.Message)\"}}")
+
+
+def build_script(cluster: bool) -> str:
+    return _SCRIPT.format(get_vms=_CLUSTER if cluster else _LOCAL)
+
+
+def powershell_command(script: str) -> str:
+    encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+    return f"powershell.exe -NoProfile -NonInteractive -EncodedCommand {encoded}"
+
+
+class HyperVConfig(AdapterConfig):
+    """A Hyper-V host (or failover cluster) reached through WinRM over HTTPS."""
+
+    platform: Literal["hyperv"] = Field(description="hyperv")
+    url: str = Field(description="WinRM HTTPS listener, e.g. https://hv1.example:5986/wsman")
+    username: str = Field(description="Account in 'Hyper-V Administrators' (DOMAIN\\user or user@domain)")
+    password: str | None = Field(default=None, description="Password, inline")
+    password_file: str | None = Field(
+        default=None, description="File holding the password (relative: $CREDENTIALS_DIRECTORY)")
+    transport: Literal["ntlm", "kerberos", "basic", "credssp"] = Field(
+        default="ntlm", description="WinRM authentication: ntlm, kerberos, basic or credssp")
+    verify_tls: bool = Field(default=True, description="Verify the listener's TLS certificate")
+    ca_file: str | None = Field(default=None, description="PEM CA that signed the listener's certificate")
+    cluster: bool = Field(
+        default=False, description="Ask every node of the failover cluster (Get-ClusterNode), not one host")
+
+    @field_validator("url")
+    @classmethod
+    def _https_url(cls, v: str) -> str:
+        if not re.match(r"(?i)^https://[^/\s]+(/wsman/?)?$", v):
+            raise ValueError("url must be https://HOST[:PORT][/wsman] (HTTP listeners are not supported)")
+        return v if v.rstrip("/").lower().endswith("/wsman") else v.rstrip("/") + "/wsman"
+
+    @model_validator(mode="after")
+    def _check(self) -> "HyperVConfig":
+        if self.password is None and self.password_file is None and self.transport != "kerberos":
+            raise ValueError(f"transport {self.transport} needs password or password_file")
+        if self.ca_file is not None and not self.verify_tls:
+            raise ValueError("ca_file is only used when verify_tls is true")
+        return self
+
+
+def _convert(exc: Exception) -> AdapterError:
+    """pywinrm/requests exception -> AdapterError (the only place that knows them)."""
+    if isinstance(exc, AdapterError):
+        return exc
+    if isinstance(exc, wex.InvalidCredentialsError | wex.AuthenticationError):
+        return AuthError("authentication failed", str(exc))
+    if isinstance(exc, wex.WSManFaultError):
+        reason = " ".join((exc.reason or "").split())
+        if exc.wsman_fault_code == 5 or (exc.fault_subcode or "").endswith("AccessDenied"):
+            return AuthError(f"access denied: {reason}"[:200], str(exc))
+        return AdapterError(f"WS-Management fault: {reason}"[:200], str(exc))
+    if isinstance(exc, wex.WinRMTransportError):
+        return AdapterError(f"HTTP {exc.code} from WinRM", f"{exc.message}: {exc.response_text[:500]}")
+    if isinstance(exc, wex.WinRMError) and "not installed" in str(exc):
+        return ConfigError(str(exc))
+    if isinstance(exc, requests.exceptions.SSLError):
+        return UnreachableError("TLS verification failed", str(exc))
+    if isinstance(exc, requests.exceptions.Timeout):
+        return UnreachableError("timeout", str(exc))
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return UnreachableError("connection failed", str(exc))
+    return AdapterError(f"WinRM: {type(exc).__name__}", str(exc))
+
+
+def decode_clixml(data: bytes) -> str:
+    """The Error-stream text of PowerShell's `#< CLIXML` stderr (progress records are dropped)."""
+    text = data.decode("utf-8", errors="replace")
+    if not text.startswith("#< CLIXML"):
+        return text.strip()
+    out: list[str] = []
+    for chunk in re.findall(r"<Objs.*?</Objs>", text, re.S):
+        try:
+            root = ET.fromstring(chunk)
+        except ET.ParseError:
+            continue
+        out += [el.text or "" for el in root.iter() if el.tag.endswith("}S") and el.get("S") == "Error"]
+    msg = re.sub(r"_x([0-9A-Fa-f]{4})_", lambda m: chr(int(m.group(1), 16)), "".join(out))
+    return msg.strip()
+
+
+def map_state(value: Any) -> str:
+    if isinstance(value, bool):
+        return "unknown"
+    if isinstance(value, int):
+        return _BY_NUMBER.get(value, "unknown")
+    if isinstance(value, str):
+        v = value.strip()
+        return _BY_NUMBER.get(int(v), "unknown") if v.isdigit() else _BY_NAME.get(v.lower(), "unknown")
+    return "unknown"
+
+
+def parse_output(stdout: bytes) -> tuple[list[dict[str, Any]], list[str]]:
+    """Decode the script's base64 JSON; tolerate ConvertTo-Json's shapes (object, null, {"value"})."""
+    lines = [ln.strip() for ln in stdout.decode("ascii", errors="replace").splitlines() if ln.strip()]
+    if not lines:
+        return [], []  # nothing at all: no VM (PowerShell prints nothing for an empty pipeline)
+    try:
+        doc = json.loads(base64.b64decode(lines[-1], validate=True).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AdapterError("malformed script output", f"{exc}: {lines[-1][:200]!r}") from exc
+    if isinstance(doc, dict) and "vms" in doc:
+        vms, errs = doc.get("vms"), doc.get("errors")
+    else:
+        vms, errs = doc, None  # a bare ConvertTo-Json of the VMs
+    if isinstance(vms, dict) and isinstance(vms.get("value"), list) and "Count" in vms:
+        vms = vms["value"]  # Windows PowerShell 5.1 serialising an ETS-wrapped array
+    if vms is None:
+        vms = []
+    elif isinstance(vms, dict):
+        vms = [vms]  # a single VM comes out as an object, not an array
+    if not isinstance(vms, list) or not all(isinstance(v, dict) for v in vms):
+        raise AdapterError("malformed script output", f"vms is {type(vms).__name__}")
+    errors = [errs] if isinstance(errs, str) else [str(e) for e in errs or [] if e]
+    return vms, errors
+
+
+class HyperVAdapter(Adapter):
+    platform = "hyperv"
+    Config = HyperVConfig
+    config: HyperVConfig
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__(config)
+        self.problems = ProblemLog(config.name)
+        self.script = build_script(self.config.cluster)
+
+    def _protocol(self) -> Protocol:
+        c = self.config
+        try:
+            password = c.secret(c.password, c.password_file, "password")
+        except SecretError as exc:
+            raise ConfigError(str(exc)) from exc
+        # pywinrm wants whole seconds with operation < read; the poll's deadline bounds the total
+        read = max(2, min(30, math.ceil(c.timeout)))
+        try:
+            return Protocol(
+                c.url, transport=c.transport, username=c.username, password=password,
+                server_cert_validation="validate" if c.verify_tls else "ignore",
+                ca_trust_path=c.ca_file if c.ca_file else None,  # None: never from the environment
+                read_timeout_sec=read, operation_timeout_sec=max(1, min(20, read - 1)),
+                proxy=None,  # never an environment proxy for a hypervisor's management port
+            )
+        except Exception as exc:
+            raise _convert(exc) from exc
+
+    def run(self) -> tuple[bytes, bytes, int]:
+        """Run the script once: open shell, command, receive until done, signal, delete shell."""
+        deadline = time.monotonic() + self.config.timeout
+        proto = self._protocol()
+        shell_id = command_id = None
+        try:
+            shell_id = proto.open_shell(noprofile=True)
+            command_id = proto.run_command(shell_id, powershell_command(self.script))
+            out: list[bytes] = []
+            err: list[bytes] = []
+            while True:
+                try:
+                    stdout, stderr, code, done = proto.get_command_output_raw(shell_id, command_id)
+                except wex.WinRMOperationTimeoutError:
+                    stdout, stderr, code, done = b"", b"", -1, False  # long poll ended empty: ask again
+                out.append(stdout)
+                err.append(stderr)
+                if done:
+                    return b"".join(out), b"".join(err), code
+                if time.monotonic() > deadline:
+                    raise UnreachableError("timeout", f"script unfinished after {self.config.timeout:g}s")
+        except Exception as exc:
+            raise _convert(exc) from exc
+        finally:
+            self._cleanup(proto, shell_id, command_id)
+
+    def _cleanup(self, proto: Protocol, shell_id: str | None, command_id: str | None) -> None:
+        # best effort: a failure here must not hide the poll's own outcome
+        try:
+            if shell_id and command_id:
+                proto.cleanup_command(shell_id, command_id)
+            if shell_id:
+                proto.close_shell(shell_id)
+        except Exception as exc:  # the shell expires on the server anyway
+            log.debug("adapter %s: shell cleanup failed: %s", self.name, exc)
+        finally:
+            proto.transport.close_session()
+
+    def poll(self) -> PollResult:
+        stdout, stderr, code = self.run()
+        message = decode_clixml(stderr) if stderr else ""
+        if code != 0 or message:
+            first = message.splitlines()[0] if message else f"PowerShell exited with code {code}"
+            if re.search(r"required permission|access is denied|unauthorized", message, re.I):
+                raise AuthError(f"permission denied: {first}"[:200], message)
+            raise AdapterError(f"PowerShell failed: {first}"[:200], message or first)
+        vms, errors = parse_output(stdout)
+        observations = []
+        for v in vms:
+            vm_id = str(v.get("Id") or "").strip().lower()
+            if not vm_id:
+                self.problems.warn(f"name={v.get('Name')!r}", "VM without Id; skipped")
+                continue
+            found = recognise(parse_notes(v.get("Notes") if isinstance(v.get("Notes"), str) else None),
+                              vm_id, self.problems)
+            if found is None:
+                continue
+            instance, capacity = found
+            host = v.get("ComputerName")
+            observations.append(Observation(instance=instance, vm=vm_id, state=map_state(v.get("State")),
+                                            host=str(host) if host else None, capacity=capacity))
+        observations.sort(key=lambda o: o.vm)
+        error = "; ".join(errors)[:500] if errors else None
+        return PollResult(observations=observations, error=error)
+
+
+ADAPTER = HyperVAdapter

@@ -1,0 +1,270 @@
+"""The Hyper-V adapter against the WS-Management simulator: script, states, quirks, failures, TLS."""
+
+import json
+import logging
+import sys
+import uuid
+from typing import Any
+
+import pytest
+import trustme
+from pydantic import ValidationError
+
+from adapters.base import AdapterError, AuthError, Capacity, UnreachableError
+from adapters.hyperv import HyperVAdapter, HyperVConfig, decode_clixml
+from adapters.registry import adapter_class
+
+wsman_sim: Any = sys.modules["wsman_sim"]  # loaded by conftest.py
+
+
+def vm(name: str, state: Any, notes: str | None, host: str = "HV1") -> dict[str, Any]:
+    return {"Id": str(uuid.uuid5(uuid.NAMESPACE_DNS, name)), "Name": name, "State": state, "Notes": notes,
+            "ComputerName": host, "IsClustered": host != "HV1"}
+
+
+def vmid(name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, name))
+
+
+# Get-VM's State as the script sends it (names), and as numbers (older scripts, PowerShell 7 enums)
+STATES = [
+    ("Running", "running"), (2, "running"), ("Off", "stopped"), (3, "stopped"), ("Paused", "paused"),
+    (9, "paused"), ("Saved", "suspended"), (6, "suspended"), ("Starting", "running"),
+    ("Stopping", "running"), ("Saving", "suspended"), (32776, "paused"), ("Resuming", "running"),
+    ("Reset", "running"), ("FastSaved", "suspended"), ("Hibernated", "suspended"),
+    ("RunningCritical", "running"), ("OffCritical", "stopped"), ("Other", "unknown"),
+    ("ComponentServicing", "unknown"), (12345, "unknown"), ("Warp", "unknown"), (None, "unknown"),
+]
+
+
+def host_vms() -> list[dict[str, Any]]:
+    return [
+        vm("edge-a", "Running", "TR7 edge\r\ntr7.instance: TR7-A\r\ntr7.bundle: ent\r\n"
+                                "tr7.bandwidth_mbps: 1000\r\ntr7.vservices: 8"),
+        vm("web01", "Running", "IIS front end"),
+        vm("db01", "Off", None),
+        vm("edge-bad", "Running", "tr7.instance: not valid!"),
+        vm("edge-bw", "Running", "tr7.instance: TR7-BW\ntr7.bandwidth_mbps: 1Gbit\ntr7.bundle: entreprise-é"),
+    ]
+
+
+def seen(result: Any) -> set[tuple[Any, ...]]:
+    return {(o.instance, o.vm, o.host, o.state, o.capacity) for o in result.observations}
+
+
+def test_registry_finds_the_module() -> None:
+    assert adapter_class("hyperv") is HyperVAdapter
+
+
+def test_recognition_over_one_powershell_run(wsman: Any, make_adapter: Any) -> None:
+    wsman.state.vms = host_vms()
+    result = make_adapter().poll()
+    assert result.error is None
+    assert seen(result) == {
+        ("TR7-A", vmid("edge-a"), "HV1", "running", Capacity("ent", 1000, 8)),
+        # non-ASCII Notes survive (base64 UTF-8); the bad bandwidth is left out of capacity
+        ("TR7-BW", vmid("edge-bw"), "HV1", "running", Capacity(bundle="entreprise-é")),
+    }
+    [script] = wsman.state.scripts  # exactly one PowerShell invocation per poll
+    assert "Get-VM" in script and "ConvertTo-Json" in script and "Get-ClusterNode" not in script
+    # the whole WinRS lifecycle, and the shell is deleted afterwards
+    acts = wsman.state.actions
+    assert acts[:2] == ["Create", "Command"] and acts[-2:] == ["Signal", "Delete"]
+    assert set(acts[2:-2]) == {"Receive"} and not wsman.state.open_shells
+
+
+@pytest.mark.parametrize(("state", "expected"), STATES)
+def test_every_state(wsman: Any, make_adapter: Any, state: Any, expected: str) -> None:
+    wsman.state.vms = [vm("x", state, "tr7.instance: TR7-X")]
+    [obs] = make_adapter().poll().observations
+    assert obs.state == expected
+
+
+def test_malformed_values_logged_once_across_polls(wsman: Any, make_adapter: Any,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    wsman.state.vms = host_vms()
+    adapter = make_adapter()
+    with caplog.at_level(logging.WARNING, logger="tr7.adapters"):
+        adapter.poll()
+        adapter.poll()
+    bad = [r for r in caplog.records if vmid("edge-bad") in r.getMessage()]
+    bw = [r for r in caplog.records if vmid("edge-bw") in r.getMessage()]
+    assert len(bad) == 1 and "skipped" in bad[0].getMessage()
+    assert len(bw) == 1 and "bandwidth_mbps" in bw[0].getMessage()
+
+
+def test_wrong_password_is_auth_error(wsman: Any, make_adapter: Any) -> None:
+    with pytest.raises(AuthError):
+        make_adapter(password="wrong").poll()
+
+
+def test_password_file_from_credentials_directory(wsman: Any, make_adapter: Any, tmp_path: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "hv-password").write_text(wsman.state.password + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert make_adapter(password=None, password_file="hv-password").poll().error is None
+
+
+def test_closed_port_is_unreachable(make_adapter: Any, closed_port: int) -> None:
+    with pytest.raises(UnreachableError):
+        make_adapter(url=f"https://127.0.0.1:{closed_port}/wsman").poll()
+
+
+def test_soap_fault_is_an_adapter_error_with_its_reason(wsman: Any, make_adapter: Any) -> None:
+    reason = ("The WS-Management service cannot process the request. "
+              "The maximum number of concurrent shells has been exceeded.")
+    wsman.state.fault = (500, "w:QuotaLimit", reason, 2150859173)
+    with pytest.raises(AdapterError, match="concurrent shells") as info:
+        make_adapter().poll()
+    assert not isinstance(info.value, AuthError | UnreachableError)
+
+
+def test_access_denied_fault_is_auth_error(wsman: Any, make_adapter: Any) -> None:
+    wsman.state.fault = (500, "w:AccessDenied", "Access is denied.", 5)
+    with pytest.raises(AuthError):
+        make_adapter().poll()
+
+
+def test_permission_error_from_powershell_is_auth_error(wsman: Any, make_adapter: Any) -> None:
+    msg = ("You do not have the required permission to complete this task. Contact the administrator "
+           "of the authorization policy for the computer 'HV1'.")
+    wsman.state.exit_code, wsman.state.stderr = 1, wsman_sim.clixml_error(msg)
+    with pytest.raises(AuthError) as info:
+        make_adapter().poll()
+    assert "required permission" in str(info.value) and "_x000D_" not in info.value.diagnostic
+    assert not wsman.state.open_shells
+
+
+def test_nonzero_exit_is_an_adapter_error_with_the_decoded_message(wsman: Any, make_adapter: Any) -> None:
+    wsman.state.exit_code = 1
+    msg = "Hyper-V was unable to find a virtual machine management service."
+    wsman.state.stderr = wsman_sim.clixml_error(msg)
+    with pytest.raises(AdapterError, match="unable to find a virtual machine management service"):
+        make_adapter().poll()
+
+
+def test_clixml_decoding_drops_progress_and_escapes() -> None:
+    assert decode_clixml(wsman_sim.PROGRESS) == ""
+    assert decode_clixml(wsman_sim.clixml_error("a_x0009_b")).startswith("Get-VM : a\tb\r\nAt line:4")
+
+
+def test_malformed_json_is_an_adapter_error(wsman: Any, make_adapter: Any) -> None:
+    wsman.state.output_json = '{"vms":[{"Id":"1","Name":'
+    with pytest.raises(AdapterError, match="malformed"):
+        make_adapter().poll()
+
+
+def test_non_base64_output_is_an_adapter_error(wsman: Any, make_adapter: Any) -> None:
+    wsman.state.raw_stdout = b"WARNING: something unexpected\r\n"
+    with pytest.raises(AdapterError, match="malformed"):
+        make_adapter().poll()
+
+
+ONE = vm("solo", "Running", "tr7.instance: TR7-SOLO")
+
+
+@pytest.mark.parametrize("output", [
+    json.dumps({"vms": ONE, "errors": []}),  # ConvertTo-Json: one VM is an object, not an array
+    json.dumps(ONE),  # a bare single object
+    json.dumps([ONE]),  # a bare array
+    json.dumps({"vms": {"value": [ONE], "Count": 1}, "errors": None}),  # PS 5.1 ETS-wrapped array
+])
+def test_single_vm_shapes(wsman: Any, make_adapter: Any, output: str) -> None:
+    wsman.state.output_json = output
+    assert [o.instance for o in make_adapter().poll().observations] == ["TR7-SOLO"]
+
+
+@pytest.mark.parametrize("output", ["", json.dumps({"vms": None, "errors": []}),
+                                    json.dumps({"vms": [], "errors": []})])
+def test_zero_vms(wsman: Any, make_adapter: Any, output: str) -> None:
+    wsman.state.output_json = output
+    result = make_adapter().poll()
+    assert result.observations == [] and result.error is None
+
+
+def test_zero_vms_from_the_simulated_host(wsman: Any, make_adapter: Any) -> None:
+    result = make_adapter().poll()
+    assert result.observations == [] and result.error is None
+
+
+def test_thousands_of_vms_over_several_receives(wsman: Any, make_adapter: Any) -> None:
+    wsman.state.vms = [vm(f"vm{i}", "Running" if i % 2 else 3,
+                          f"owner: team{i}\ntr7.instance: TR7-{i:05d}" if i % 10 == 0 else f"plain {i}")
+                       for i in range(5000)]
+    result = make_adapter().poll()
+    assert result.error is None
+    assert sorted(o.instance for o in result.observations) == [f"TR7-{i:05d}" for i in range(0, 5000, 10)]
+    assert {o.state for o in result.observations} == {"stopped"}  # every 10th is even: numeric Off
+    assert wsman.state.actions.count("Receive") > 1  # the output came in several chunks
+
+
+def test_cluster_of_two_nodes(wsman: Any, make_adapter: Any) -> None:
+    wsman.state.vms = [*host_vms(), vm("edge-c", "Saved", "tr7.instance: TR7-C", host="HV2")]
+    assert {o.host for o in make_adapter().poll().observations} == {"HV1"}  # one host: HV1 only
+    result = make_adapter(cluster=True).poll()
+    assert result.error is None
+    assert {(o.instance, o.host, o.state) for o in result.observations} == {
+        ("TR7-A", "HV1", "running"), ("TR7-BW", "HV1", "running"), ("TR7-C", "HV2", "suspended")}
+    script = wsman.state.scripts[-1]
+    assert "Get-ClusterNode" in script and "Get-VM -ComputerName" in script
+
+
+def test_cluster_node_down_is_a_partial_error(wsman: Any, make_adapter: Any) -> None:
+    wsman.state.vms = [*host_vms(), vm("edge-c", "Running", "tr7.instance: TR7-C", host="HV2")]
+    wsman.state.down_nodes.add("HV2")
+    result = make_adapter(cluster=True).poll()
+    assert result.error is not None and "HV2" in result.error
+    assert {o.instance for o in result.observations} == {"TR7-A", "TR7-BW"}
+
+
+def test_operation_timeouts_are_retried(wsman: Any, make_adapter: Any) -> None:
+    wsman.state.vms = host_vms()
+    wsman.state.receive_timeouts = 2
+    assert len(make_adapter().poll().observations) == 2
+
+
+def test_a_hanging_command_times_out_and_the_shell_is_deleted(wsman: Any, make_adapter: Any) -> None:
+    wsman.state.hang = True
+    with pytest.raises(UnreachableError, match="timeout"):
+        make_adapter(timeout=1).poll()
+    assert "Delete" in wsman.state.actions and not wsman.state.open_shells
+
+
+def test_tls_verified_by_default(wsman: Any, make_adapter: Any) -> None:
+    with pytest.raises(UnreachableError, match="TLS"):
+        make_adapter(ca_file=None).poll()
+
+
+def test_tls_with_another_ca_fails(wsman: Any, make_adapter: Any, tmp_path: Any) -> None:
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    with pytest.raises(UnreachableError, match="TLS"):
+        make_adapter(ca_file=str(other)).poll()
+
+
+def test_ca_file_makes_tls_pass_and_verify_off_skips_it(wsman: Any, make_adapter: Any) -> None:
+    wsman.state.vms = host_vms()
+    assert len(make_adapter().poll().observations) == 2
+    assert len(make_adapter(ca_file=None, verify_tls=False).poll().observations) == 2
+
+
+@pytest.mark.parametrize("bad", [
+    {"url": "http://hv1:5985/wsman"},
+    {"url": "https://hv1:5986/other"},
+    {"transport": "plaintext"},
+    {"password": None},
+    {"verify_tls": False},  # with ca_file
+    {"colour": "blue"},
+])
+def test_config_rejects(bad: dict[str, Any]) -> None:
+    cfg = {"name": "h", "platform": "hyperv", "url": "https://hv1:5986/wsman", "username": "u",
+           "password": "p", "ca_file": "/etc/ca.pem"} | bad
+    with pytest.raises(ValidationError):
+        HyperVConfig(**{k: v for k, v in cfg.items() if v is not None})
+
+
+def test_config_defaults_and_url_normalised() -> None:
+    c = HyperVConfig(name="h", platform="hyperv", url="https://hv1.example:5986", username="u", password="p")
+    assert c.url == "https://hv1.example:5986/wsman"
+    assert (c.transport, c.verify_tls, c.cluster) == ("ntlm", True, False)
+    assert all(f.description for f in HyperVConfig.model_fields.values())
