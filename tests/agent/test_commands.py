@@ -1,0 +1,86 @@
+"""check, enroll, status, export through the real console script."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import AGENT, agent_env, enrolled_agent, run_cli, write_config
+
+from protocol.heartbeat import parse_unverified
+from protocol.keys import load_private_key
+
+
+def test_check_json_shape_and_failure_exit(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(tmp_path / "s")},
+                       [{"name": "good", "platform": "kvm", "instances": 2},
+                        {"name": "bad", "platform": "kvm", "fail": "connection refused"},
+                        {"name": "slow", "platform": "kvm", "delay": 30, "timeout": 0.5}])
+    res = run_cli("check", "--config", str(cfg), "--json")
+    assert res.returncode == 1
+    out = json.loads(res.stdout)
+    assert set(out) == {"polls", "observations"}
+    assert out["polls"] == [
+        {"adapter": "good", "platform": "kvm", "ok": True, "error": None},
+        {"adapter": "bad", "platform": "kvm", "ok": False, "error": "connection refused"},
+        {"adapter": "slow", "platform": "kvm", "ok": False, "error": "timeout after 0.5s"}]
+    assert [o["instance"] for o in out["observations"]] == ["tr7-00000", "tr7-00001"]
+    assert set(out["observations"][0]) == {"instance", "adapter", "vm", "host", "state", "capacity"}
+    assert not (tmp_path / "s" / "spool.db").exists()  # check signs and spools nothing
+    ok = write_config(tmp_path / "b.toml", {}, [{"name": "good", "platform": "kvm"}])
+    res = run_cli("check", "--config", str(ok))
+    assert res.returncode == 0 and "good" in res.stdout and "tr7-00001" in res.stdout
+
+
+def test_enroll_idempotent_and_reused_token_refused(tmp_path: Path, make_collector) -> None:
+    collector = make_collector(tokens=["tok-1"])
+    cfg = enrolled_agent(tmp_path, collector, token="tok-1")
+    key_file = tmp_path / "state-a" / "agent.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    kid = load_private_key(key_file).kid
+    again = run_cli("enroll", "--config", str(cfg), "--token", "tok-1")
+    assert again.returncode == 0, again.stderr
+    assert load_private_key(key_file).kid == kid  # same key kept
+    assert collector.query("SELECT kid FROM agents") == [(kid,)]
+    other = write_config(tmp_path / "b.toml", {"collector": collector.url, "state_dir": str(tmp_path / "b")},
+                         [])
+    res = run_cli("enroll", "--config", str(other), "--token", "tok-1")
+    assert res.returncode == 1
+    assert "enrolment token already used by another key" in res.stderr
+    res = run_cli("enroll", "--config", str(other), "--token", "nope")
+    assert res.returncode == 1 and "unknown or expired" in res.stderr
+
+
+def test_status_and_export_without_collector(tmp_path: Path, make_collector) -> None:
+    collector = make_collector()
+    cfg = enrolled_agent(tmp_path, collector)
+    collector.kill()  # no network path: heartbeats stay in the spool
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], env=agent_env(),
+                            stderr=subprocess.DEVNULL)
+    state = tmp_path / "state-a"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
+            if st["spool_depth"] >= 3:
+                break
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.returncode == 0
+    st = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
+    for field in ("kid", "last_poll", "last_seq", "last_shipped_seq", "spool_depth", "oldest_unshipped_age_s",
+                  "spool_bytes", "rejected", "clock_events", "collector"):
+        assert field in st
+    assert st["kid"] == load_private_key(state / "agent.key").kid
+    assert st["collector"]["reachable"] is False and st["last_shipped_seq"] is None
+    assert st["spool_depth"] == st["last_seq"] >= 3 and st["oldest_unshipped_age_s"] > 0
+    out = tmp_path / "export.jws"
+    res = run_cli("export", "--config", str(cfg), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    lines = out.read_text().splitlines()
+    assert [parse_unverified(t).seq for t in lines] == list(range(1, st["last_seq"] + 1))
+    # Export does not delete: the spool still holds them for shipping later.
+    st2 = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
+    assert st2["spool_depth"] == st["spool_depth"]

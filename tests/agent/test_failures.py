@@ -1,0 +1,108 @@
+"""Loud failures: disk full, unwritable state dir, corrupt spool, missing key. Never healthy-but-idle."""
+
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, write_config
+
+from agent.spool import Spool
+from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
+from protocol.keys import AgentKey, save_private_key
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    mounted: list[Path] = []
+
+    def do(name: str, options: str) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)], check=True)
+        mounted.append(d)
+        return d
+
+    yield do
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def _config(tmp_path: Path, state: Path, instances: int = 3) -> Path:
+    # No collector: nothing ships, so the spool only grows.
+    return write_config(tmp_path / "agent.toml",
+                        {"state_dir": str(state), "interval": 1, "allow_short_interval": True},
+                        [{"name": "lab", "platform": "kvm", "instances": instances}])
+
+
+def test_disk_full_stops_loudly_and_loses_nothing(tmp_path: Path, mount) -> None:
+    state = mount("state", "size=512k,mode=0700")
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    cfg = _config(tmp_path, state, instances=300)  # ~70 kB a heartbeat: full after a few polls
+    res = run_cli("run", "--config", str(cfg), timeout=120)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "event=fatal" in res.stderr and "disk is full" in res.stderr
+    logged = [int(line.split("seq=")[1].split()[0]) for line in res.stderr.splitlines()
+              if "event=heartbeat " in line]
+    assert logged, "some heartbeats were committed before the disk filled"
+    db = sqlite3.connect(f"file:{state / 'spool.db'}?mode=ro", uri=True)
+    tokens = [t for (t,) in db.execute("SELECT token FROM spool ORDER BY seq")]
+    head = db.execute("SELECT seq, digest FROM chain").fetchone()
+    db.close()
+    prev = ZERO_HASH
+    for i, tok in enumerate(tokens, 1):
+        hb = parse_unverified(tok)
+        assert (hb.seq, hb.prev) == (i, prev)
+        prev = token_digest(tok)
+    # Every heartbeat reported as committed is still there, and the head is the last of them.
+    assert len(tokens) == max(logged) and head == (len(tokens), prev)
+
+
+def test_read_only_state_dir(tmp_path: Path, mount) -> None:
+    state = mount("ro", "size=64k,ro")
+    res = run_cli("run", "--config", str(_config(tmp_path, state)))
+    assert res.returncode == 1
+    assert f"state directory {state} is not writable: Read-only file system" in res.stderr
+
+
+def test_state_dir_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    res = run_cli("run", "--config", str(_config(tmp_path, tmp_path / "file" / "state")))
+    assert res.returncode == 1 and "is not writable" in res.stderr
+
+
+def test_missing_key_says_enroll(tmp_path: Path) -> None:
+    res = run_cli("run", "--config", str(_config(tmp_path, tmp_path / "s")))
+    assert res.returncode == 1 and "run `tr7-agent enroll" in res.stderr
+
+
+def test_corrupt_spool_file(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    (state / "spool.db").write_bytes(b"this is not an SQLite database at all" * 200)
+    cfg = _config(tmp_path, state)
+    res = run_cli("run", "--config", str(cfg))
+    assert res.returncode == 1 and "file is not a database" in res.stderr
+    assert run_cli("status", "--config", str(cfg), "--json").returncode == 1
+
+
+def test_corrupt_page_inside_spool(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    key = AgentKey.generate()
+    save_private_key(key, state / "agent.key")
+    spool = Spool(state / "spool.db")
+    polls = [{"adapter": "lab", "platform": "kvm", "ok": True, "error": None}]
+    for i in range(40):
+        spool.append(key, 1_790_000_000 + i, 60, polls, [])
+    spool.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    spool.close()
+    data = bytearray((state / "spool.db").read_bytes())
+    page = 4096
+    data[2 * page + 8: 3 * page] = b"\xa5" * (page - 8)  # scribble over a b-tree page
+    (state / "spool.db").write_bytes(bytes(data))
+    res = run_cli("run", "--config", str(_config(tmp_path, state)))
+    assert res.returncode == 1
+    assert "event=startup_failed" in res.stderr and "spool.db is corrupt" in res.stderr

@@ -1,0 +1,95 @@
+"""Shipping: durable answers only, Retry-After honoured, rejected heartbeats set aside, not resent."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+from conftest import AGENT, agent_env, enrolled_agent, run_cli, spool_rows
+
+from agent.config import AgentSettings
+from agent.shipper import Shipper, retry_after
+from agent.spool import Spool
+from protocol.keys import load_private_key
+
+POLLS = [{"adapter": "lab", "platform": "kvm", "ok": True, "error": None}]
+
+
+def _spool_with(tmp_path: Path, collector, n: int) -> tuple[Spool, AgentSettings]:
+    cfg = enrolled_agent(tmp_path, collector, interval=60, allow_short_interval=False)
+    state = tmp_path / "state-a"
+    key = load_private_key(state / "agent.key")
+    spool = Spool(state / "spool.db")
+    now = int(time.time()) + 1
+    for i in range(n):
+        spool.append(key, now + i, 60, POLLS, [])
+    settings = AgentSettings(collector=collector.url, state_dir=state, interval=60)
+    assert cfg.exists()
+    return spool, settings
+
+
+def test_retry_after_is_honoured_and_nothing_deleted(tmp_path: Path, make_collector) -> None:
+    collector = make_collector(extra=["--fail-first", "2", "--retry-after", "7"])
+    spool, settings = _spool_with(tmp_path, collector, 3)
+    shipper = Shipper(settings, spool)
+    assert shipper.ship_once() == 7.0
+    assert shipper.ship_once() == 7.0
+    assert spool.stats()["spool_depth"] == 3
+    assert shipper.ship_once() == 0.0
+    assert spool.stats()["spool_depth"] == 0 and shipper.ship_once() is None
+    assert collector.query("SELECT seq FROM heartbeats ORDER BY seq") == [(1,), (2,), (3,)]
+
+
+def test_retry_after_http_date() -> None:
+    assert retry_after("120") == 120.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480 - 30) == 30.0
+    assert retry_after("soon") is None and retry_after(None) is None
+
+
+def test_broken_connection_keeps_everything(tmp_path: Path, make_collector) -> None:
+    collector = make_collector()
+    spool, settings = _spool_with(tmp_path, collector, 2)
+    collector.kill()
+    shipper = Shipper(settings, spool)
+    delay = shipper.ship_once()
+    assert delay is not None and delay > 0
+    assert spool.stats()["spool_depth"] == 2
+
+
+def test_mismatched_answer_deletes_nothing(tmp_path: Path, make_collector) -> None:
+    collector = make_collector()
+    spool, settings = _spool_with(tmp_path, collector, 2)
+    transport = httpx.MockTransport(lambda req: httpx.Response(200, json={"results": [
+        {"seq": 1, "status": "accepted"}]}))
+    shipper = Shipper(settings, spool, client=httpx.Client(transport=transport))
+    delay = shipper.ship_once()
+    assert delay is not None and delay > 0
+    assert spool.stats()["spool_depth"] == 2
+
+
+def test_rejected_set_aside_not_resent_and_shown(tmp_path: Path, make_collector) -> None:
+    collector = make_collector(extra=["--reject-seq", "2"])
+    cfg = enrolled_agent(tmp_path, collector)
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], env=agent_env(),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if collector.query("SELECT count(*) FROM heartbeats")[0][0] >= 5:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "event=heartbeat_rejected seq=2" in err
+    # The rejected line reached the collector exactly once: never resent in a loop.
+    assert collector.query("SELECT count(*) FROM received WHERE status = 'rejected'") == [(1,)]
+    state = tmp_path / "state-a"
+    assert spool_rows(state, "SELECT seq FROM rejected") == [(2,)]
+    status = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
+    assert status["rejected"]["count"] == 1
+    assert "test.reject" in next(iter(status["rejected"]["reasons"]))
+    accepted = [s for (s,) in collector.query("SELECT seq FROM heartbeats ORDER BY seq")]
+    assert 2 not in accepted and accepted[:2] == [1, 3]

@@ -1,0 +1,131 @@
+"""Crash consistency of the spool: one transaction allocates seq, signs and inserts."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from agent.spool import ClockBehind, Row, Spool
+from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
+from protocol.keys import AgentKey, save_private_key
+
+POLLS = [{"adapter": "lab", "platform": "kvm", "ok": True, "error": None}]
+T0 = 1_790_000_000
+
+
+class Crash(Exception):
+    pass
+
+
+def _chain_ok(tokens: list[str]) -> list[int]:
+    """Assert the tokens form one unbroken chain from seq 1; return the seqs."""
+    prev = ZERO_HASH
+    seqs = []
+    for i, tok in enumerate(tokens, 1):
+        hb = parse_unverified(tok)
+        assert hb.seq == i and hb.prev == prev, f"chain broken at {i}"
+        prev = token_digest(tok)
+        seqs.append(hb.seq)
+    return seqs
+
+
+@pytest.mark.parametrize("stage", ["allocated", "signed", "inserted"])
+def test_exception_inside_transaction_reuses_nothing_skips_nothing(tmp_path: Path, stage: str) -> None:
+    key = AgentKey.generate()
+    spool = Spool(tmp_path / "spool.db")
+    spool.append(key, T0, 60, POLLS, [])
+
+    def boom(s: str) -> None:
+        if s == stage:
+            raise Crash(s)
+
+    spool.fault = boom
+    with pytest.raises(Crash):
+        spool.append(key, T0 + 60, 60, POLLS, [])
+    spool.fault = None
+    assert spool.head(key.kid).seq == 1
+    spool.append(key, T0 + 120, 60, POLLS, [])
+    spool.close()
+    again = Spool(tmp_path / "spool.db")
+    assert _chain_ok(list(again.unshipped())) == [1, 2]
+
+
+CRASHER = """
+import os, sys
+from pathlib import Path
+from agent.spool import Spool
+from protocol.keys import load_private_key
+key = load_private_key(Path(sys.argv[1]))
+spool = Spool(Path(sys.argv[2]))
+stage, at = sys.argv[3], int(sys.argv[4])
+polls = [{"adapter": "lab", "platform": "kvm", "ok": True, "error": None}]
+for n in range(5):
+    spool.fault = (lambda s: os._exit(9) if s == stage else None) if n == at else None
+    spool.append(key, 1_790_000_000 + 60 * (spool.head(key.kid).seq + 1), 60, polls, [])
+"""
+
+
+@pytest.mark.parametrize("stage", ["allocated", "signed", "inserted"])
+def test_process_killed_inside_transaction(tmp_path: Path, stage: str) -> None:
+    """A real crash (os._exit: no rollback, no cleanup) at each point of the transaction."""
+    key = AgentKey.generate()
+    save_private_key(key, tmp_path / "agent.key")
+    for at in (0, 2):
+        res = subprocess.run([sys.executable, "-c", textwrap.dedent(CRASHER), str(tmp_path / "agent.key"),
+                              str(tmp_path / "spool.db"), stage, str(at)], cwd=ROOT, capture_output=True)
+        assert res.returncode == 9, res.stderr
+    spool = Spool(tmp_path / "spool.db")
+    tokens = list(spool.unshipped())
+    # First run dies at its 1st append (0 committed), second at its 3rd (2 committed).
+    assert _chain_ok(tokens) == [1, 2]
+    assert spool.head(key.kid).seq == 2 and spool.head(key.kid).digest == token_digest(tokens[-1])
+
+
+def test_head_survives_shipping(tmp_path: Path) -> None:
+    """Shipped rows are deleted; the head is kept apart, so the chain continues after a full drain."""
+    key = AgentKey.generate()
+    spool = Spool(tmp_path / "spool.db")
+    for i in range(3):
+        spool.append(key, T0 + 60 * i, 60, POLLS, [])
+    rows = spool.batch()
+    spool.settle([(r, "accepted", None) for r in rows])
+    assert spool.batch() == []
+    seq, token = spool.append(key, T0 + 180, 60, POLLS, [])
+    assert seq == 4 and parse_unverified(token).prev == token_digest(rows[-1].token)
+
+
+def test_clock_behind_signs_nothing(tmp_path: Path) -> None:
+    key = AgentKey.generate()
+    spool = Spool(tmp_path / "spool.db")
+    spool.append(key, T0, 60, POLLS, [])
+    for when in (T0 - 60, T0):
+        with pytest.raises(ClockBehind):
+            spool.append(key, when, 60, POLLS, [])
+    assert spool.head(key.kid).seq == 1
+
+
+def test_settle_sets_rejected_aside(tmp_path: Path) -> None:
+    key = AgentKey.generate()
+    spool = Spool(tmp_path / "spool.db")
+    for i in range(3):
+        spool.append(key, T0 + 60 * i, 60, POLLS, [])
+    rows = spool.batch()
+    spool.settle([(rows[0], "accepted", None), (rows[1], "rejected", "kid.unknown: x"),
+                  (rows[2], "duplicate", None)])
+    stats = spool.stats()
+    assert stats["spool_depth"] == 0 and stats["last_shipped_seq"] == 3
+    assert stats["rejected"] == {"count": 1, "reasons": {"kid.unknown: x": 1}}
+
+
+def test_batch_respects_byte_limit(tmp_path: Path) -> None:
+    key = AgentKey.generate()
+    spool = Spool(tmp_path / "spool.db")
+    for i in range(5):
+        spool.append(key, T0 + 60 * i, 60, POLLS, [])
+    size = len(spool.batch()[0].token) + 1
+    rows = spool.batch(max_bytes=2 * size)
+    assert [r.seq for r in rows] == [1, 2] and all(isinstance(r, Row) for r in rows)
+    assert [r.seq for r in spool.batch(limit=3)] == [1, 2, 3]
