@@ -1,0 +1,184 @@
+"""Each tampering makes `tr7-audit verify` fail, naming the file and the rule that catch it.
+
+The forger edits files and then rewrites manifest.json (which anyone can), unless the test is
+about the manifest itself; only the collector key holder can sign checkpoints.
+"""
+
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audit.recompute import log_root
+from audit.simulate import Scenario
+from audit.verify import verify_bundle
+from protocol.heartbeat import sign_heartbeat
+from protocol.note import Checkpoint, NoteSigner, sign_checkpoint
+
+
+def failures(root: Path) -> set[tuple[str, str]]:
+    report = verify_bundle(root)
+    assert not report.ok
+    return {(f.file, f.rule) for f in report.errors}
+
+
+def lines_of(root: Path, rel: str = "heartbeats.jws") -> list[str]:
+    return (root / rel).read_text().splitlines()
+
+
+def payload(token: str, forge) -> dict:
+    return json.loads(forge.unb64url(token.split(".")[1]))
+
+
+def test_edited_observation_fails_its_signature(bundle: Path, forge, cli) -> None:
+    lines = lines_of(bundle)
+    k = next(i for i, t in enumerate(lines) if "stopped" in json.dumps(payload(t, forge)))
+    h, _, s = lines[k].split(".")
+    p = payload(lines[k], forge)
+    for o in p["observations"]:
+        o["state"] = "running"  # the billable lie
+    lines[k] = f"{h}.{forge.b64url(json.dumps(p, separators=(',', ':')).encode())}.{s}"
+    (bundle / "heartbeats.jws").write_text("".join(x + "\n" for x in lines))
+    forge.rehash(bundle)
+    res = cli("verify", str(bundle))
+    assert res.returncode == 1
+    assert f"heartbeats.jws:{k + 1}: signature: " in res.stdout
+    assert "heartbeats.jws: log.root: " in res.stdout
+
+
+def test_dropped_line(bundle: Path, forge) -> None:
+    forge.edit_lines(bundle, "heartbeats.jws", lambda ls: ls[:500] + ls[501:])
+    forge.rehash(bundle)
+    assert {("heartbeats.jws", "log.size"), ("heartbeats.jws", "log.root")} <= failures(bundle)
+
+
+def test_reordered_lines(bundle: Path, forge) -> None:
+    forge.edit_lines(bundle, "heartbeats.jws", lambda ls: [ls[1], ls[0], *ls[2:]])
+    forge.rehash(bundle)
+    got = failures(bundle)
+    assert ("heartbeats.jws", "log.root") in got and ("heartbeats.jws", "log.size") not in got
+
+
+def test_swapped_key_in_agents_json(bundle: Path, forge, scenario: Scenario) -> None:
+    other = scenario.agent("cloud-agent").key.public_b64
+    forge.edit_json(bundle, "agents.json",
+                    lambda rows: rows[0].update(public_key=other))  # keeps its kid
+    forge.rehash(bundle)
+    got = failures(bundle)
+    assert ("agents.json", "agents.kid") in got and ("heartbeats.jws", "kid.unknown") in got
+
+
+def test_checkpoint_signed_by_another_key(bundle: Path, forge, scenario: Scenario) -> None:
+    impostor = NoteSigner(scenario.collector_name, Ed25519PrivateKey.generate())
+    cp = Checkpoint(scenario.origin, len(scenario.leaves), log_root(scenario.leaves))
+    (bundle / "checkpoint").write_text(sign_checkpoint(cp, impostor))
+    forge.rehash(bundle)
+    assert ("checkpoint", "checkpoint.signature") in failures(bundle)
+
+
+def test_checkpoint_with_edited_root(bundle: Path, forge) -> None:
+    text = (bundle / "checkpoint").read_text().split("\n")
+    text[2] = forge.b64url(bytes(32)).replace("-", "+").replace("_", "/") + "="
+    (bundle / "checkpoint").write_text("\n".join(text))
+    forge.rehash(bundle)
+    assert ("checkpoint", "checkpoint.signature") in failures(bundle)
+
+
+def test_edited_invoice_amount(bundle: Path, forge, cli) -> None:
+    forge.edit_json(bundle, "invoice.json", lambda inv: inv["lines"][0].update(amount="1.00"))
+    forge.rehash(bundle)
+    got = failures(bundle)
+    assert ("invoice.json", "billing.invoice") in got and ("invoice.json", "invoice.arithmetic") in got
+    res = cli("verify", "--quiet", str(bundle))
+    assert res.returncode == 1 and res.stdout.startswith("invoice.json: ")
+
+
+def test_edited_catalog_rate(bundle: Path, forge) -> None:
+    forge.edit_json(bundle, "catalog.json", lambda c: c["rates"]["hourly"][0].update(price="0.0100"))
+    forge.rehash(bundle)
+    report = verify_bundle(bundle)
+    bad = [f for f in report.errors if (f.file, f.rule) == ("invoice.json", "billing.invoice")]
+    assert bad and "catalog.json" in bad[0].message and '"price":"0.0100"' in bad[0].message
+
+
+def test_wrong_manifest_hash(bundle: Path, forge) -> None:
+    forge.edit_json(bundle, "manifest.json", lambda m: m["files"].update({"agents.json": "0" * 64}))
+    assert failures(bundle) == {("agents.json", "manifest.hash")}
+
+
+def test_line_resigned_by_another_enrolled_key(bundle: Path, forge, scenario: Scenario) -> None:
+    dc1, cloud = scenario.agent("dc1-agent"), scenario.agent("cloud-agent")
+    lines = lines_of(bundle)
+    k = max(i for i, t in enumerate(lines) if payload(t, forge)["agent"] == dc1.key.kid)
+    p = payload(lines[k], forge)
+    p["agent"] = cloud.key.kid  # a valid signature by an enrolled key, but not what was logged
+    lines[k] = sign_heartbeat(cloud.key, p)
+    (bundle / "heartbeats.jws").write_text("".join(x + "\n" for x in lines))
+    forge.rehash(bundle)
+    got = failures(bundle)
+    assert ("heartbeats.jws", "log.root") in got
+    assert ("heartbeats.jws", "signature") not in got
+
+
+def test_closed_invoice_edited(bundle: Path, forge) -> None:
+    forge.edit_json(bundle, "closed/invoice.json", lambda inv: inv["device_days"][0].update(months=1))
+    forge.rehash(bundle)
+    assert ("closed/invoice.json", "closed.invoice") in failures(bundle)
+
+
+def test_closed_checkpoint_not_a_prefix_root(bundle: Path, forge, scenario: Scenario) -> None:
+    """Even the collector itself cannot rewrite the log after close: the prefix roots disagree."""
+    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
+    s = len(scenario.leaves) - 40
+    rewritten = scenario.leaves[1:s + 1]  # same size, other history
+    (bundle / "closed/checkpoint").write_text(
+        sign_checkpoint(Checkpoint(scenario.origin, s, log_root(rewritten)), signer))
+    forge.rehash(bundle)
+    assert failures(bundle) == {("closed/checkpoint", "closed.root")}
+
+
+def test_heartbeat_outside_enrolment_window(bundle: Path, forge, scenario: Scenario, cli) -> None:
+    kid = scenario.agent("cloud-agent").key.kid
+    forge.edit_json(bundle, "agents.json", lambda rows: next(r for r in rows if r["kid"] == kid).update(
+        revoked_at="2026-10-30T00:00:00Z"))
+    forge.rehash(bundle)
+    assert ("heartbeats.jws", "key.window") in failures(bundle)
+    res = cli("verify", str(bundle))
+    window = [x for x in res.stdout.splitlines() if ": key.window: " in x]
+    assert res.returncode == 1 and len(window) == 2 * 24 * 6  # two days of 10-minute heartbeats
+
+
+def test_extra_unlisted_file(bundle: Path, cli) -> None:
+    (bundle / "closed" / "note.txt").write_text("pay no attention\n")
+    res = cli("verify", str(bundle))
+    assert res.returncode == 1 and "closed/note.txt: manifest.unlisted: " in res.stdout
+
+
+def test_leaf_outside_the_month_even_if_collector_signed(bundle: Path, forge, scenario: Scenario) -> None:
+    dc1 = scenario.agent("dc1-agent")
+    late = sign_heartbeat(dc1.key, {"v": 1, "agent": dc1.key.kid, "seq": 99999, "prev": "a" * 64,
+                                    "time": "2026-11-01T00:00:05Z", "interval": 600, "polls": [],
+                                    "observations": []})
+    leaves = [*scenario.leaves, late]
+    (bundle / "heartbeats.jws").write_text("".join(x + "\n" for x in leaves))
+    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
+    (bundle / "checkpoint").write_text(
+        sign_checkpoint(Checkpoint(scenario.origin, len(leaves), log_root(leaves)), signer))
+    forge.rehash(bundle)
+    report = verify_bundle(bundle)
+    got = [(f.file, f.line, f.rule) for f in report.errors]
+    assert got == [("heartbeats.jws", len(leaves), "leaf.month")]
+
+
+def test_edited_usage_hours(bundle: Path, forge) -> None:
+    forge.edit_json(bundle, "usage.json", lambda u: u["rows"][0].update(active_hours=1))
+    forge.rehash(bundle)
+    assert failures(bundle) == {("usage.json", "billing.usage")}
+
+
+def test_parallel_and_serial_verification_agree(bundle: Path, forge) -> None:
+    forge.edit_lines(bundle, "heartbeats.jws", lambda ls: [*ls[:3000], ls[3000][:-4] + "AAAA", *ls[3001:]])
+    forge.rehash(bundle)
+    serial, parallel = verify_bundle(bundle, workers=1), verify_bundle(bundle, workers=2)
+    assert serial.findings == parallel.findings and serial.chains == parallel.chains
+    assert ("heartbeats.jws", 3001, "signature") in [(f.file, f.line, f.rule) for f in serial.errors]
