@@ -1,0 +1,141 @@
+"""End to end: heartbeats over HTTP -> bill -> close -> late heartbeats -> adjustments -> export -> audit."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from audit.simulate import build_scenario
+from billing import same_invoice, same_usage
+from collector import accounting, db, registry
+from collector.export import export
+from collector.ingest import ingest_lines
+from protocol.timefmt import month_bounds, month_of, previous_month
+
+H = 3600
+
+
+def _months() -> tuple[str, str]:
+    """Two months that have ended (so no heartbeat is in the future whatever the clock says)."""
+    n = previous_month(month_of(int(time.time())))
+    return previous_month(n), n
+
+
+def _post(client, lines):
+    r = client.post(
+        "/v1/heartbeats", content="".join(x + "\n" for x in lines), headers={"Content-Type": "text/plain"}
+    )
+    assert r.status_code == 200, r.text
+    return [x["status"] for x in r.json()["results"]]
+
+
+def _audit(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "audit.cli", "verify", "--quiet", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_bill_close_late_adjust_export_verify(client, settings, tools, tmp_path):
+    m, n = _months()
+    m0, n0 = month_bounds(m)[0], month_bounds(n)[0]
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a = tools.Agent()
+    tools.enrol(settings, "acme", a, m0 - 30 * 86400)
+    # 3 days of M at 30-minute polls; day 3 is spooled and only delivered after the close.
+    beats = [a.beat(m0 + i * 1800, {"TR7-0001": "running", "TR7-0099": "running"}) for i in range(3 * 48)]
+    on_time, late = beats[:96], beats[96:]
+    assert set(_post(client, on_time)) == {"accepted"}
+    with db.read_conn(settings.engine) as c:
+        inv = accounting.invoice(c, "acme", m)
+        assert same_invoice(inv, accounting.full_result(c, "acme", m)[1])
+    assert [(x["instance"], x["quantity"], x["amount"]) for x in inv["lines"]] == [("TR7-0001", 48, "2.16")]
+
+    closed = db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", m))
+    assert closed.size == 96 and closed.billed["total"] == "2.16"
+    with pytest.raises(accounting.AccountingError, match="already closed"):
+        db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", m))
+
+    assert set(_post(client, late)) == {"accepted"}  # a closed month's log still grows
+    assert set(_post(client, [a.beat(n0 + 600, {"TR7-0001": "running"})])) == {"accepted"}
+    with db.read_conn(settings.engine) as c:
+        assert accounting.invoice(c, "acme", m)["total"] == "2.16"  # frozen
+        inv_n = accounting.invoice(c, "acme", n)
+    adj = [x for x in inv_n["lines"] if x["adjusts"] == m]
+    own = [x for x in inv_n["lines"] if x["adjusts"] is None]
+    assert [(x["quantity"], x["amount"]) for x in adj] == [(24, "1.08")]
+    assert [(x["quantity"], x["amount"]) for x in own] == [(1, "0.05")]
+    assert inv_n["total"] == "1.13"
+
+    # Closing N freezes the adjustment; a further late heartbeat of M adjusts only the remainder.
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", n))
+    assert set(_post(client, [a.beat(m0 + 3 * 86400 + 600, {"TR7-0001": "running"})])) == {"accepted"}
+    with db.read_conn(settings.engine) as c:
+        assert accounting.invoice(c, "acme", n)["total"] == "1.13"
+        later = accounting.invoice(c, "acme", month_of(int(time.time())))
+    assert [(x["quantity"], x["adjusts"]) for x in later["lines"]] == [(1, m)]
+
+    out = tmp_path / "bundle"
+    _path, agrees = db.write_tx(settings.engine, lambda c: export(c, settings, "acme", m, out))
+    assert agrees
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert "closed/checkpoint" in files and len((out / "heartbeats.jws").read_text().splitlines()) == 145
+    assert json.loads((out / "closed/invoice.json").read_text())["total"] == "2.16"
+    assert all(x["adjusts"] is None for x in json.loads((out / "invoice.json").read_text())["lines"])
+    r = _audit(out)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(out, bad)
+    inv_doc = json.loads((bad / "invoice.json").read_text())
+    inv_doc["total"] = "0.01"
+    (bad / "invoice.json").write_text(json.dumps(inv_doc))
+    assert _audit(bad).returncode == 1
+    bad2 = tmp_path / "tampered2"
+    shutil.copytree(out, bad2)
+    lines = (bad2 / "heartbeats.jws").read_text().splitlines()
+    (bad2 / "heartbeats.jws").write_text("\n".join(lines[:-1]) + "\n")
+    assert _audit(bad2).returncode == 1
+
+
+def test_close_refuses_an_open_month_unless_forced(settings, tools):
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    now = month_of(int(time.time()))
+    with pytest.raises(accounting.AccountingError, match="has not ended"):
+        db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", now))
+    c = db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", now, force=True))
+    assert c.size == 0
+
+
+def test_aggregates_equal_full_recomputation_with_fork_gap_and_overuse(settings, tmp_path):
+    m, _ = _months()
+    sc = build_scenario(month=m, interval=1200)
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, sc.catalog))
+    for ag in sc.agents:
+        db.write_tx(
+            settings.engine,
+            lambda c, ag=ag: registry.add_agent(c, sc.provider, ag.name, ag.key.public_b64, ag.enrolled_at),
+        )
+    assert {r["status"] for r in ingest_lines(settings.engine, sc.anchors)} == {"accepted"}
+    for i in range(0, len(sc.leaves), 2000):
+        assert {r["status"] for r in ingest_lines(settings.engine, sc.leaves[i : i + 2000])} == {"accepted"}
+    with db.read_conn(settings.engine) as c:
+        agg = accounting.own_result(c, sc.provider, m)
+        full = accounting.full_result(c, sc.provider, m)
+    assert same_usage(agg[0], full[0]) and same_invoice(agg[1], full[1])
+    chains = {ch["agent"]: ch for ch in agg[0]["chains"]}
+    lab, cloud = sc.agent("lab-agent"), sc.agent("cloud-agent")
+    assert chains[lab.key.kid]["forks"] == sc.expected["forks"]["lab-agent"]
+    assert chains[cloud.key.kid]["gaps"] == sc.expected["gaps"]["cloud-agent"]
+    assert any("over_capacity" in r["flags"] for r in agg[0]["rows"])
+    # and the scenario's own reference bundle agrees with ours
+    from audit.recompute import bill_lines
+
+    ref_usage, ref_inv = bill_lines(sc.leaves, sc.anchors, sc.catalog, m)
+    assert same_usage(agg[0], ref_usage) and same_invoice(agg[1], ref_inv)

@@ -1,0 +1,150 @@
+"""POST /v1/heartbeats: per-line outcomes, 4xx for bad requests, idempotency, nothing stored wrongly."""
+
+import gzip
+import time
+
+import sqlalchemy as sa
+
+from collector import schema as s
+
+H = 3600
+
+
+def _post(client, lines, **kw):
+    body = "".join(line + "\n" for line in lines).encode()
+    return client.post(
+        "/v1/heartbeats", content=body, headers={"Content-Type": "text/plain; charset=us-ascii"}, **kw
+    )
+
+
+def _count(settings, table=s.leaves) -> int:
+    with settings.engine.connect() as c:
+        return int(c.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def test_accept_then_duplicate_and_replay_is_idempotent(client, settings, tools):
+    a = tools.Agent()
+    now = int(time.time())
+    tools.enrol(settings, "acme", a, now - 10 * H)
+    batch = [a.beat(now - 3 * H + i * 600, {"TR7-1": "running"}) for i in range(5)]
+    r = _post(client, batch)
+    assert r.status_code == 200
+    assert [x["status"] for x in r.json()["results"]] == ["accepted"] * 5
+    assert [x["seq"] for x in r.json()["results"]] == [1, 2, 3, 4, 5]
+    again = _post(client, [*batch, batch[0]])
+    assert [x["status"] for x in again.json()["results"]] == ["duplicate"] * 6
+    assert _count(settings) == 5
+    with settings.engine.connect() as c:
+        assert sorted(c.execute(sa.select(s.leaves.c.idx)).scalars()) == [0, 1, 2, 3, 4]
+
+
+def test_same_line_twice_in_one_batch(client, settings, tools):
+    a = tools.Agent()
+    now = int(time.time())
+    tools.enrol(settings, "acme", a, now - H)
+    t = a.beat(now - 60, {"TR7-1": "running"})
+    r = _post(client, [t, t])
+    assert [x["status"] for x in r.json()["results"]] == ["accepted", "duplicate"]
+    assert _count(settings) == 1
+
+
+def test_rejections_name_the_rule_and_store_nothing(client, settings, tools):
+    now = int(time.time())
+    good, stranger, late_enrolled, revoked = (
+        tools.Agent("g"),
+        tools.Agent("x"),
+        tools.Agent("l"),
+        tools.Agent("r"),
+    )
+    tools.enrol(settings, "acme", good, now - 10 * H)
+    tools.enrol(settings, "acme", late_enrolled, now - H)
+    tools.enrol(settings, "acme", revoked, now - 10 * H)
+    from collector import db, registry
+
+    db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, revoked.kid, now - 2 * H))
+    ok = good.beat(now - 100, {"TR7-1": "running"})
+    h, p, sig = good.beat(now - 50).split(".")
+    forged = f"{h}.{p}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BA'}"
+    future = good.beat(now + 400)
+    unknown = stranger.beat(now - 100)
+    before = late_enrolled.beat(now - 2 * H)
+    after_revocation = revoked.beat(now - H)
+    garbage = "not-a-jws"
+    r = _post(client, [ok, forged, future, unknown, before, after_revocation, garbage])
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert [x["status"] for x in res] == ["accepted"] + ["rejected"] * 6
+    reasons = [x["reason"] for x in res[1:]]
+    assert reasons[0].startswith("signature")
+    assert reasons[1].startswith("time.future")
+    assert reasons[2].startswith("kid.unknown")
+    assert reasons[3].startswith("key.window") and "enrolment" in reasons[3]
+    assert reasons[4].startswith("key.window") and "revocation" in reasons[4]
+    assert reasons[5].startswith("jws.format")
+    assert _count(settings) == 1
+    with settings.engine.connect() as c:
+        assert set(c.execute(sa.select(s.days.c.instance)).scalars()) == {"TR7-1"}
+
+
+def test_payload_that_breaks_the_schema_is_rejected(client, settings, tools):
+    import base64
+    import json
+
+    a = tools.Agent()
+    now = int(time.time())
+    tools.enrol(settings, "acme", a, now - H)
+    h, p, _ = a.beat(now - 10).split(".")
+    payload = json.loads(base64.urlsafe_b64decode(p + "=="))
+    payload["extra"] = 1
+    body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+    signing_input = f"{h}.{body}"
+    sig = base64.urlsafe_b64encode(a.key.sign(signing_input.encode())).rstrip(b"=").decode()
+    r = _post(client, [f"{signing_input}.{sig}"])
+    assert r.json()["results"][0]["status"] == "rejected"
+    assert r.json()["results"][0]["reason"].startswith("payload")
+    assert _count(settings) == 0
+
+
+def test_bad_requests_are_4xx_never_500(client, settings, tools):
+    a = tools.Agent()
+    now = int(time.time())
+    tools.enrol(settings, "acme", a, now - H)
+    hdr = {"Content-Type": "text/plain"}
+    assert client.post("/v1/heartbeats", content="é\n".encode(), headers=hdr).status_code == 400
+    assert client.post("/v1/heartbeats", content=b"", headers=hdr).status_code == 400
+    assert (
+        client.post("/v1/heartbeats", content=b"x", headers={"Content-Type": "application/json"}).status_code
+        == 415
+    )
+    gz = {"Content-Type": "text/plain", "Content-Encoding": "gzip"}
+    assert client.post("/v1/heartbeats", content=b"not gzip", headers=gz).status_code == 400
+    too_many = ("x\n" * 5001).encode()
+    assert client.post("/v1/heartbeats", content=too_many, headers=hdr).status_code == 413
+    huge = b"a" * (16 * 1024 * 1024 + 1)
+    assert client.post("/v1/heartbeats", content=huge, headers=hdr).status_code == 413
+    bomb = gzip.compress(b"a" * (16 * 1024 * 1024 + 10))  # small on the wire, too big inflated
+    assert client.post("/v1/heartbeats", content=bomb, headers=gz).status_code == 413
+    assert _count(settings) == 0
+    # a gzip body within limits is fine
+    ok = gzip.compress((a.beat(now - 5, {"TR7-1": "running"}) + "\n").encode())
+    r = client.post("/v1/heartbeats", content=ok, headers=gz)
+    assert r.status_code == 200 and r.json()["results"][0]["status"] == "accepted"
+
+
+def test_leaf_index_is_per_provider_month(client, settings, tools):
+    a, b = tools.Agent("a"), tools.Agent("b")
+    tools.enrol(settings, "acme", a, 0)
+    tools.enrol(settings, "other", b, 0)
+    from protocol.timefmt import parse_time
+
+    t_oct, t_nov = parse_time("2026-10-31T23:50:00Z"), parse_time("2026-11-01T00:10:00Z")
+    r = _post(client, [a.beat(t_oct), a.beat(t_nov), b.beat(t_nov), b.beat(t_nov + 60)])
+    assert [x["status"] for x in r.json()["results"]] == ["accepted"] * 4
+    with settings.engine.connect() as c:
+        rows = sorted(c.execute(sa.select(s.leaves.c.provider, s.leaves.c.month, s.leaves.c.idx)).all())
+    assert [tuple(r) for r in rows] == [
+        ("acme", "2026-10", 0),
+        ("acme", "2026-11", 0),
+        ("other", "2026-11", 0),
+        ("other", "2026-11", 1),
+    ]
