@@ -1,0 +1,163 @@
+"""The service: sd_notify readiness and watchdog, SIGTERM, SIGHUP reload, clock going backwards."""
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import AGENT, agent_env, enrolled_agent, run_cli, write_config
+
+from agent import service as service_mod
+from agent.config import load_config
+from agent.poller import Poller
+from agent.service import Service, aligned_start, load_key
+from agent.spool import Spool
+from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
+from protocol.keys import AgentKey, save_private_key
+
+
+def _wait(pred, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, abstract: bool) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 1,
+                                             "allow_short_interval": True}, [])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        name = f"tr7-agent-test-{time.monotonic_ns()}"
+        sock.bind("\0" + name)
+        addr = "@" + name
+    else:
+        addr = str(tmp_path / "notify.sock")
+        sock.bind(addr)
+    sock.settimeout(30)
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env=agent_env(NOTIFY_SOCKET=addr, WATCHDOG_USEC="400000"))
+    got: list[str] = []
+    try:
+        while "WATCHDOG=1" not in got:
+            got += sock.recv(4096).decode().split("\n")
+        assert got[0] == "READY=1"
+        proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in got:
+            got += sock.recv(4096).decode().split("\n")
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        sock.close()
+
+
+def test_sigterm_finishes_poll_in_flight(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 1,
+                                             "allow_short_interval": True},
+                       [{"name": "slow", "platform": "kvm", "delay": 1.5, "timeout": 10}])
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env=agent_env())
+    _wait(lambda: (state / "spool.db").exists())
+    time.sleep(1.6)  # a poll has started and sleeps inside the adapter
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "event=heartbeat seq=1" in err  # the poll in flight was signed and committed
+    spool = Spool(state / "spool.db")
+    assert len(list(spool.unshipped())) == err.count("event=heartbeat ")
+
+
+def test_sighup_reload_keeps_key_and_chain(tmp_path: Path, make_collector) -> None:
+    collector = make_collector()
+    cfg = enrolled_agent(tmp_path, collector)
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env=agent_env())
+    count = lambda: collector.query("SELECT count(*) FROM heartbeats")[0][0]  # noqa: E731
+    try:
+        _wait(lambda: count() >= 3)
+        text = cfg.read_text().replace('name = "lab"', 'name = "lab2"').replace("instances = 3",
+                                                                                 "instances = 5")
+        cfg.write_text(text)
+        proc.send_signal(signal.SIGHUP)
+        _wait(lambda: any("lab2" in json.dumps(parse_unverified(t).polls)
+                          for (t,) in collector.query("SELECT token FROM heartbeats")))
+        n = count()
+        _wait(lambda: count() >= n + 2)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "event=reloaded" in err
+    rows = collector.query("SELECT kid, token FROM heartbeats ORDER BY seq")
+    assert len({kid for kid, _ in rows}) == 1
+    prev = ZERO_HASH
+    for i, (_, tok) in enumerate(rows, 1):
+        hb = parse_unverified(tok)
+        assert (hb.seq, hb.prev) == (i, prev)
+        prev = token_digest(tok)
+    names = [parse_unverified(t).polls[0]["adapter"] for _, t in rows]
+    assert names[0] == "lab" and names[-1] == "lab2"
+    assert len(parse_unverified(rows[-1][1]).observations) == 5
+
+
+def test_bad_config_on_sighup_keeps_running(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 1,
+                                             "allow_short_interval": True},
+                       [{"name": "l", "platform": "kvm"}])
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env=agent_env())
+    try:
+        _wait(lambda: (state / "spool.db").exists())
+        cfg.write_text(cfg.read_text() + "bogus = 1\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(2.5)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "event=reload_failed" in err and "bogus" in err and proc.returncode == 0
+
+
+def test_clock_backwards_skips_and_shows_in_status(tmp_path: Path, fake_registry: None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    cfg_path = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 60},
+                            [{"name": "l", "platform": "kvm"}])
+    service = Service(load_config(cfg_path))
+    service.key = load_key(service.config)
+    service.spool = Spool(state / "spool.db")
+    service.poller = Poller(service.config.adapters)
+    now = [1_790_000_030.0]
+    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    service.poll_job()
+    now[0] -= 3600  # the clock jumps an hour back
+    service.poll_job()
+    now[0] += 3600 + 60
+    service.poll_job()
+    assert service.fatal is None
+    times = [parse_unverified(t).time for t in service.spool.unshipped()]
+    assert times == [1_789_999_980, 1_790_000_040]
+    st = json.loads(run_cli("status", "--config", str(cfg_path), "--json").stdout)
+    assert [e["kind"] for e in st["clock_events"]] == ["clock_backwards"]
+    assert st["clock_events"][0]["detail"]["last"] == "2026-09-21T14:13:00Z"
+
+
+def test_aligned_start() -> None:
+    assert aligned_start(300, 1_790_000_001.5).timestamp() == 1_790_000_100
+    assert aligned_start(60, 1_790_000_041).timestamp() == 1_790_000_100
+    assert aligned_start(60, 1_790_000_040).timestamp() == 1_790_000_100
