@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from spnego.channel_bindings import GssChannelBindings
 
 from adapters.hyperv import HyperVAdapter, HyperVConfig
 
@@ -54,7 +57,12 @@ def wsman(ca: trustme.CA, ca_file: str) -> Iterator[RunningWsman]:
     handler = type("Handler", (wsman_sim.WsmanHandler,), {"state": state})
     server = wsman_sim.QuietServer(("127.0.0.1", 0), handler)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    leaf.configure_cert(ctx)
+    # NTLM channel binding (RFC 5929 tls-server-end-point), as HTTP.sys checks with EPA on
+    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    state.channel_bindings = GssChannelBindings(
+        application_data=b"tls-server-end-point:" + cert.fingerprint(hashes.SHA256()))
     # handshake in the handler thread, so a slow or refusing client never blocks accept()
     server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -77,6 +85,15 @@ def make_adapter(wsman: RunningWsman) -> Callable[..., HyperVAdapter]:
         return HyperVAdapter(HyperVConfig(**cfg))
 
     return make
+
+
+@pytest.fixture
+def ntlm_users(wsman: RunningWsman, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator accepts NTLM (in Negotiate) for its account, from pyspnego's credential file."""
+    domain, _, user = wsman.state.username.partition("\\")
+    (tmp_path / "ntlm-users").write_text(f"{domain}:{user}:{wsman.state.password}\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(tmp_path / "ntlm-users"))
+    wsman.state.auth = "negotiate"
 
 
 @pytest.fixture

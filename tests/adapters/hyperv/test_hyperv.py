@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trustme
 from pydantic import ValidationError
+from spnego.channel_bindings import GssChannelBindings
 
 from adapters.base import AdapterError, AuthError, Capacity, UnreachableError
 from adapters.hyperv import HyperVAdapter, HyperVConfig, decode_clixml
@@ -268,3 +269,18 @@ def test_config_defaults_and_url_normalised() -> None:
     assert c.url == "https://hv1.example:5986/wsman"
     assert (c.transport, c.verify_tls, c.cluster) == ("ntlm", True, False)
     assert all(f.description for f in HyperVConfig.model_fields.values())
+
+
+def test_ntlm_the_default_transport(wsman: Any, make_adapter: Any, ntlm_users: None) -> None:
+    wsman.state.vms = host_vms()
+    result = make_adapter(transport=None).poll()  # default: ntlm, with channel binding over TLS
+    assert {o.instance for o in result.observations} == {"TR7-A", "TR7-BW"}
+    with pytest.raises(AuthError):
+        make_adapter(transport=None, password="wrong").poll()
+
+
+def test_ntlm_refused_when_channel_binding_differs(wsman: Any, make_adapter: Any, ntlm_users: None) -> None:
+    # as HTTP.sys with Extended Protection: a response bound to another certificate is refused
+    wsman.state.channel_bindings = GssChannelBindings(application_data=b"tls-server-end-point:" + b"\0" * 32)
+    with pytest.raises(AuthError):
+        make_adapter(transport=None).poll()

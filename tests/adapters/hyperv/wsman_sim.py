@@ -12,6 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from xml.sax.saxutils import escape
 
+import spnego
+from spnego.channel_bindings import GssChannelBindings
+
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
     "a": "http://schemas.xmlsoap.org/ws/2004/08/addressing",
@@ -55,6 +58,8 @@ class WsmanState:
     fault: tuple[int, str, str, int] | None = None  # (http status, subcode, reason, wsman code) at Create
     receive_timeouts: int = 0  # OperationTimeout faults before the output
     hang: bool = False  # the command never finishes
+    auth: str = "basic"  # "basic", or "negotiate": NTLM inside Negotiate, as a domain WinRM listener
+    channel_bindings: GssChannelBindings | None = None  # tls-server-end-point of the server certificate
     # what the client did
     scripts: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
@@ -126,18 +131,41 @@ class WsmanHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _authorised(self) -> bool:
+        """Basic per request; NTLM per connection (this handler object lives as long as the connection)."""
         auth = self.headers.get("Authorization", "")
-        if not auth.startswith("Basic "):
+        if self.state.auth == "basic":
+            if not auth.startswith("Basic "):
+                return False
+            user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            return (user, password) == (self.state.username, self.state.password)
+        if getattr(self, "ntlm_done", False) and not auth:
+            return True
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "negotiate" or not token:
             return False
-        user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
-        return (user, password) == (self.state.username, self.state.password)
+        raw = base64.b64decode(token)
+        if raw[8:9] == b"\x01":  # NEGOTIATE_MESSAGE: start a context, answer the challenge
+            self.ntlm = spnego.server(protocol="ntlm", service="http",
+                                      channel_bindings=self.state.channel_bindings)
+            challenge = self.ntlm.step(raw) or b""
+            self.challenge = "Negotiate " + base64.b64encode(challenge).decode()
+            return False
+        try:  # AUTHENTICATE_MESSAGE: verifies the NTLMv2 response (password from NTLM_USER_FILE) and CBT
+            self.ntlm.step(raw)
+        except Exception:
+            return False
+        self.ntlm_done = bool(self.ntlm.complete)
+        return self.ntlm_done
 
     def do_POST(self) -> None:
         data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         if self.path != "/wsman":
             return self._send(404, b"")
+        self.challenge = ""
         if not self._authorised():
-            return self._send(401, b"", {"WWW-Authenticate": 'Basic realm="WSMAN"'})
+            basic = 'Basic realm="WSMAN"'
+            offer = self.challenge or ("Negotiate" if self.state.auth == "negotiate" else basic)
+            return self._send(401, b"", {"WWW-Authenticate": offer})
         root = ET.fromstring(data)
         action = root.findtext("s:Header/a:Action", "", NS)
         msg_id = root.findtext("s:Header/a:MessageID", "", NS)
