@@ -228,3 +228,15 @@ def test_four_parts_is_not_a_compact_jws(agent_key, make_payload):
 
 def test_zero_hash_constant_is_64_zeros():
     assert ZERO_HASH == "0" * 64
+
+
+def test_lone_surrogate_escape_is_not_text(agent_key, make_payload, forge):
+    # json.dumps escapes it as \ud800: valid JSON syntax, but no Unicode string (RFC 8259 §8.2).
+    p = _obs(make_payload(agent_key), host="esx\ud800")
+    _reject(forge(agent_key, _header(agent_key), p), agent_key, "payload")
+
+
+def test_surrogate_pair_escape_is_accepted(agent_key, make_payload, forge):
+    p = _obs(make_payload(agent_key), host="esx-\U0001f600")
+    hb = verify_heartbeat(forge(agent_key, _header(agent_key), p), {agent_key.kid: agent_key.public})
+    assert hb.observations[0]["host"] == "esx-\U0001f600"
