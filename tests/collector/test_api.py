@@ -1,0 +1,109 @@
+"""Enrolment tokens, bearer-token tenancy, and the log's checkpoint and proofs over HTTP."""
+
+import base64
+import time
+
+import pytest
+
+from collector import db, registry
+from collector.tlog import signer
+from protocol.keys import AgentKey
+from protocol.merkle import MerkleError, leaf_hash, verify_consistency, verify_inclusion
+from protocol.note import NoteVerifier, verify_checkpoint
+from protocol.timefmt import month_bounds, month_of, previous_month
+
+
+def _token(settings, provider, role="viewer"):
+    return db.write_tx(settings.engine, lambda c: registry.new_api_token(c, provider, role, int(time.time())))
+
+
+def _auth(tok):
+    return {"Authorization": f"Bearer {tok}"}
+
+
+def test_enrolment_token_single_use_idempotent_and_expiring(client, settings):
+    now = int(time.time())
+    tok = db.write_tx(settings.engine, lambda c: registry.new_enroll_token(c, "acme", 3600, now))
+    key, other = AgentKey.generate(), AgentKey.generate()
+    r = client.post("/v1/agents/enroll", json={"token": tok, "name": "dc1", "public_key": key.public_b64})
+    assert r.status_code == 200
+    assert r.json()["kid"] == key.kid and r.json()["provider"] == "acme"
+    again = client.post("/v1/agents/enroll", json={"token": tok, "name": "dc1", "public_key": key.public_b64})
+    assert again.status_code == 200 and again.json() == r.json()
+    reused = client.post(
+        "/v1/agents/enroll", json={"token": tok, "name": "x", "public_key": other.public_b64}
+    )
+    assert reused.status_code == 403 and "used" in reused.json()["detail"]
+    expired = db.write_tx(settings.engine, lambda c: registry.new_enroll_token(c, "acme", 60, now - 3600))
+    r = client.post("/v1/agents/enroll", json={"token": expired, "name": "x", "public_key": other.public_b64})
+    assert r.status_code == 403 and "expired" in r.json()["detail"]
+    r = client.post("/v1/agents/enroll", json={"token": "nope", "name": "x", "public_key": other.public_b64})
+    assert r.status_code == 403
+    r = client.post("/v1/agents/enroll", json={"token": tok, "name": "x", "public_key": "bad"})
+    assert r.status_code in (400, 403)
+    with db.read_conn(settings.engine) as c:
+        assert [a["kid"] for a in registry.list_agents(c)] == [key.kid]
+
+
+def test_tenancy_provider_tokens_and_vendor(client, settings, tools):
+    for p in ("acme", "beta"):
+        db.write_tx(settings.engine, lambda c, p=p: registry.apply_catalog(c, tools.catalog(p)))
+    now = int(time.time())
+    a, b = tools.Agent("a"), tools.Agent("b")
+    tools.enrol(settings, "acme", a, now - 7200)
+    tools.enrol(settings, "beta", b, now - 7200)
+    body = "\n".join([a.beat(now - 60, {"TR7-0001": "running"}), b.beat(now - 60, {"TR7-0002": "running"})])
+    assert (
+        client.post("/v1/heartbeats", content=body, headers={"Content-Type": "text/plain"}).status_code == 200
+    )
+    acme, vendor = _token(settings, "acme"), _token(settings, None, "vendor")
+    month = month_of(now)
+    assert client.get("/v1/providers").status_code == 401
+    assert client.get("/v1/providers", headers=_auth("forged")).status_code == 401
+    assert [p["id"] for p in client.get("/v1/providers", headers=_auth(acme)).json()] == ["acme"]
+    assert [p["id"] for p in client.get("/v1/providers", headers=_auth(vendor)).json()] == ["acme", "beta"]
+    for path in ("customers", "licenses", "instances", "agents", "alerts", f"invoices/{month}"):
+        assert client.get(f"/v1/providers/beta/{path}", headers=_auth(acme)).status_code == 403, path
+        assert client.get(f"/v1/providers/acme/{path}", headers=_auth(acme)).status_code == 200, path
+    assert client.get(f"/v1/log/beta/{month}/checkpoint", headers=_auth(acme)).status_code == 403
+    inst = client.get("/v1/providers/beta/instances", headers=_auth(vendor)).json()
+    assert [i["instance"] for i in inst["instances"]] == ["TR7-0002"]
+    assert client.get(f"/v1/providers/beta/invoices/{month}", headers=_auth(vendor)).status_code == 403
+    lic = client.get("/v1/providers/beta/licenses", headers=_auth(vendor))
+    assert lic.status_code == 200 and "price" not in lic.text and "amount" not in lic.text
+    inv = client.get(f"/v1/providers/acme/invoices/{month}", headers=_auth(acme)).json()
+    assert inv["provider"] == "acme" and inv["lines"][0]["instance"] == "TR7-0001"
+    agents = client.get("/v1/providers/acme/agents", headers=_auth(acme)).json()["agents"]
+    assert [x["kid"] for x in agents] == [a.kid] and agents[0]["last_heartbeat"] is not None
+
+
+def test_checkpoint_and_proofs_verify(client, settings, tools):
+    month = previous_month(month_of(int(time.time())))
+    m0 = month_bounds(month)[0]
+    a = tools.Agent()
+    tools.enrol(settings, "acme", a, m0 - 86400)
+    beats = [a.beat(m0 + 86400 + i * 60) for i in range(7)]
+    client.post("/v1/heartbeats", content="\n".join(beats[:3]), headers={"Content-Type": "text/plain"})
+    auth = _auth(_token(settings, "acme", "auditor"))
+    verifier = NoteVerifier.from_vkey(signer(settings).verifier_key())
+    old = verify_checkpoint(client.get(f"/v1/log/acme/{month}/checkpoint", headers=auth).text, verifier)
+    assert old.size == 3 and old.origin == f"collector.test/acme/{month}"
+    client.post("/v1/heartbeats", content="\n".join(beats[3:]), headers={"Content-Type": "text/plain"})
+    new = verify_checkpoint(client.get(f"/v1/log/acme/{month}/checkpoint", headers=auth).text, verifier)
+    assert new.size == 7
+    for i in range(7):
+        r = client.get(f"/v1/log/acme/{month}/inclusion", params={"index": i, "size": 7}, headers=auth).json()
+        verify_inclusion(
+            leaf_hash(beats[i].encode()), i, 7, [base64.b64decode(h) for h in r["hashes"]], new.root
+        )
+    r = client.get(f"/v1/log/acme/{month}/consistency", params={"from": 3, "to": 7}, headers=auth).json()
+    verify_consistency(3, 7, old.root, new.root, [base64.b64decode(h) for h in r["hashes"]])
+    bad = client.get(f"/v1/log/acme/{month}/inclusion", params={"index": 9, "size": 7}, headers=auth)
+    assert bad.status_code == 400
+    proof = client.get(f"/v1/log/acme/{month}/inclusion", params={"index": 0, "size": 7}, headers=auth).json()
+    with pytest.raises(MerkleError):  # the proof of leaf 0 does not prove leaf 1
+        verify_inclusion(
+            leaf_hash(beats[1].encode()), 0, 7, [base64.b64decode(h) for h in proof["hashes"]], new.root
+        )
+    assert client.get("/healthz").status_code == 200
+    assert "/v1/heartbeats" in client.get("/openapi.json").json()["paths"]
