@@ -113,3 +113,26 @@ def row(usage: dict[str, Any], license_id: str) -> dict[str, Any]:
 def kit() -> SimpleNamespace:
     return SimpleNamespace(T=T, Agent=Agent, obs=obs, cap=cap, lic=lic, catalog=catalog, hourly=hourly,
                            row=row, MONTH=MONTH)
+
+
+@pytest.fixture(scope="session")
+def pool() -> tuple[list[Heartbeat], list[str], dict[str, Any]]:
+    """A small month with every rule in play, a fork and a break: (heartbeats, their tokens, catalog)."""
+    a, b = Agent(), Agent()
+    beats: list[Heartbeat] = []
+    for k in range(16):
+        t = T("2 06:10") + k * 2700  # every 45 min: some hours twice, none skipped
+        state = "stopped" if k in (5, 6) else "running"
+        if k not in (9, 10, 11):  # a's hours around k=10 are unknown: bridged under max_hours 3
+            beats.append(a.beat(t, obs("P", state, {"bundle": "pro", "bandwidth_mbps": 500}),
+                                obs("F", "running", {"bundle": "pro" if k == 12 else "basic"}), obs("U")))
+        beats.append(b.beat(t + 300, obs("D"), *([obs("P", "paused")] if k % 4 == 0 else [])))
+    twin = Agent()
+    twin.key = a.key
+    beats.append(twin.beat(T("3 01:10"), obs("P"), obs("U"), seq=4, prev=beats[5].digest))  # a fork
+    beats.append(b.beat(T("3 02:10"), obs("D"), prev="ef" * 32))  # a break
+    cat = catalog(lic("SL-P", "P", capacity=[cap("2026-10-01T00:00:00Z", "basic", 100, 5), cap("2 12:30")]),
+                  lic("SL-F", "F", "fixed", capacity=[cap("2026-10-01T00:00:00Z", "basic", 100, 5)]),
+                  lic("SL-D", "D", unit="device_day", capacity=[], pack="professional", day_counts="active"),
+                  bridge=3)
+    return beats, [hb.token for hb in beats], cat
