@@ -52,6 +52,9 @@ HEADER_CASES: list[tuple[str, Callable[[AgentKey], dict[str, Any]]]] = [
     ("typ_missing", lambda k: _header(k, typ=None)),
     ("typ_wrong", lambda k: _header(k, typ="JWT")),
     ("kid_missing", lambda k: _header(k, kid=None)),
+    ("kid_uppercase", lambda k: _header(k, kid=k.kid.upper())),
+    ("kid_not_a_string", lambda k: _header(k, kid=1)),
+    ("header_not_an_object", lambda k: ["EdDSA"]),  # type: ignore[return-value]
 ]
 
 
