@@ -110,7 +110,7 @@ class HyperVConfig(AdapterConfig):
         return self
 
 
-def _convert(exc: Exception) -> AdapterError:
+def _convert(exc: Exception, transport: str = "ntlm") -> AdapterError:
     """pywinrm/requests exception -> AdapterError (the only place that knows them)."""
     if isinstance(exc, AdapterError):
         return exc
@@ -124,7 +124,7 @@ def _convert(exc: Exception) -> AdapterError:
     if isinstance(exc, wex.WinRMTransportError):
         return AdapterError(f"HTTP {exc.code} from WinRM", f"{exc.message}: {exc.response_text[:500]}")
     if isinstance(exc, wex.WinRMError) and "not installed" in str(exc):
-        return ConfigError(str(exc))
+        return ConfigError(f"transport {transport} needs: pip install 'pywinrm[{transport}]'", str(exc))
     if isinstance(exc, requests.exceptions.SSLError):
         return UnreachableError("TLS verification failed", str(exc))
     if isinstance(exc, requests.exceptions.Timeout):
@@ -237,7 +237,7 @@ class HyperVAdapter(Adapter):
                 if time.monotonic() > deadline:
                     raise UnreachableError("timeout", f"script unfinished after {self.config.timeout:g}s")
         except Exception as exc:
-            raise _convert(exc) from exc
+            raise _convert(exc, self.config.transport) from exc
         finally:
             self._cleanup(proto, shell_id, command_id)
 

@@ -11,7 +11,7 @@ import trustme
 from pydantic import ValidationError
 from spnego.channel_bindings import GssChannelBindings
 
-from adapters.base import AdapterError, AuthError, Capacity, UnreachableError
+from adapters.base import AdapterError, AuthError, Capacity, ConfigError, UnreachableError
 from adapters.hyperv import HyperVAdapter, HyperVConfig, decode_clixml
 from adapters.registry import adapter_class
 
@@ -284,3 +284,13 @@ def test_ntlm_refused_when_channel_binding_differs(wsman: Any, make_adapter: Any
     wsman.state.channel_bindings = GssChannelBindings(application_data=b"tls-server-end-point:" + b"\0" * 32)
     with pytest.raises(AuthError):
         make_adapter(transport=None).poll()
+
+
+@pytest.mark.parametrize(("transport", "flag"), [("credssp", "HAVE_CREDSSP"), ("kerberos", "HAVE_KERBEROS")])
+def test_transport_without_its_package_is_a_config_error(wsman: Any, make_adapter: Any,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          transport: str, flag: str) -> None:
+    # pywinrm's optional extras (requests-credssp, pykerberos) absent: say what to install
+    monkeypatch.setattr(f"winrm.transport.{flag}", False)
+    with pytest.raises(ConfigError, match=rf"pywinrm\[{transport}\]"):
+        make_adapter(transport=transport).poll()
