@@ -191,12 +191,14 @@ def _agent(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[n
 def _bill(args: argparse.Namespace, engine) -> int:  # type: ignore[no-untyped-def]
     with db.read_conn(engine) as c:
         inv = accounting.invoice(c, args.provider, args.month)
+        latest = registry.latest_catalog(c, args.provider)
+    names = {x["id"]: x.get("name", x["id"]) for x in (latest[1].get("customers", []) if latest else [])}
     if args.format == "json":
         data = (json.dumps(inv, indent=2, sort_keys=True) + "\n").encode()
     else:
         from collector import render
 
-        data = render.csv_bytes(inv) if args.format == "csv" else render.pdf_bytes(inv)
+        data = render.csv_bytes(inv) if args.format == "csv" else render.pdf_bytes(inv, names)
     if args.out is None:
         sys.stdout.buffer.write(data)
     else:

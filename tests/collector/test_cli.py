@@ -1,0 +1,123 @@
+"""tr7-collector commands as an operator runs them (subprocess), on SQLite and PostgreSQL."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from protocol.keys import AgentKey
+from protocol.timefmt import format_time, month_bounds, month_of, previous_month
+
+
+def run(data: Path, db_url: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "TR7_COLLECTOR_DATA_DIR": str(data),
+        "TR7_COLLECTOR_DB": db_url,
+        "TR7_COLLECTOR_ORIGIN": "cli.test",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "collector.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    if ok:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def test_first_command_creates_key_and_default_sqlite(tmp_path):
+    data = tmp_path / "data"
+    r = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "migrate", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    key = data / "collector.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert (data / "collector.db").exists()
+    before = key.read_bytes()
+    subprocess.run(
+        [sys.executable, "-m", "collector.cli", "migrate", "--data-dir", str(data)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert key.read_bytes() == before  # never replaced
+
+
+def test_operator_workflow(tmp_path, db_url, tools):
+    data = tmp_path / "data"
+    cat = tools.catalog()
+    f = tmp_path / "catalog.json"
+    f.write_text(json.dumps(cat))
+    r = run(data, db_url, "apply", str(f))
+    assert "customer c1: added" in r.stdout and "license SL-1: added" in r.stdout
+    assert "no change" in run(data, db_url, "apply", str(f)).stdout
+    cat["licenses"][0]["end"] = "2030-01-01T00:00:00Z"
+    cat["customers"].append({"id": "c2", "name": "Zweite AG", "downgraded": []})
+    cat["rates"]["hourly"][0]["price"] = "0.0500"
+    y = tmp_path / "catalog.yaml"
+    y.write_text(yaml.safe_dump(cat))
+    out = run(data, db_url, "apply", str(y)).stdout
+    assert (
+        "customer c2: added" in out
+        and "license SL-1: changed" in out
+        and "hourly rate pro/1000: changed" in out
+    )
+    cat["licenses"][0]["model"] = "rental"
+    f.write_text(json.dumps(cat))
+    bad = run(data, db_url, "apply", str(f), ok=False)
+    assert bad.returncode == 1 and "licenses[0].model" in bad.stderr
+
+    key = AgentKey.generate()
+    m = previous_month(month_of(int(time.time())))
+    m0 = month_bounds(m)[0]
+    kid = run(
+        data,
+        db_url,
+        "agent",
+        "add",
+        "--provider",
+        "acme",
+        "--name",
+        "dc1",
+        "--public-key",
+        key.public_b64,
+        "--enrolled-at",
+        format_time(m0 - 86400),
+    ).stdout.strip()
+    assert kid == key.kid
+    agent = tools.Agent("dc1", key)
+    jws = tmp_path / "spool.jws"
+    jws.write_text("".join(agent.beat(m0 + i * 1200, {"TR7-0001": "running"}) + "\n" for i in range(30)))
+    assert json.loads(run(data, db_url, "import", str(jws)).stdout)["accepted"] == 30
+    assert json.loads(run(data, db_url, "import", str(jws)).stdout)["duplicate"] == 30
+    inv = json.loads(run(data, db_url, "bill", "--provider", "acme", "--month", m).stdout)
+    assert inv["lines"][0]["quantity"] == 10 and inv["lines"][0]["amount"] == "0.50"
+    csv_text = run(data, db_url, "bill", "--provider", "acme", "--month", m, "--format", "csv").stdout
+    assert csv_text.splitlines()[0].startswith("kind,customer,license") and "0.50" in csv_text
+    pdf = tmp_path / "inv.pdf"
+    run(data, db_url, "bill", "--provider", "acme", "--month", m, "--format", "pdf", "--out", str(pdf))
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+    open_month = month_of(int(time.time()))
+    r = run(data, db_url, "close", "--provider", "acme", "--month", open_month, ok=False)
+    assert r.returncode == 1 and "not ended" in r.stderr
+    assert "at log size 30" in run(data, db_url, "close", "--provider", "acme", "--month", m).stdout
+    run(data, db_url, "export", "--provider", "acme", "--month", m, "--out", str(tmp_path / "b"))
+    assert (tmp_path / "b" / "closed" / "checkpoint").exists()
+
+    run(data, db_url, "agent", "revoke", kid, "--at", format_time(m0))
+    listed = json.loads(run(data, db_url, "agent", "list").stdout)
+    assert listed[0]["revoked_at"] == format_time(m0)
+    tok = run(data, db_url, "agent", "token", "--provider", "acme", "--ttl", "2h").stdout.strip()
+    assert tok.startswith("tr7e_")
+    api = run(data, db_url, "token", "add", "--provider", "acme", "--role", "auditor").stdout.strip()
+    vendor = run(data, db_url, "token", "add", "--vendor").stdout.strip()
+    assert api.startswith("tr7_") and vendor.startswith("tr7_") and api != vendor
