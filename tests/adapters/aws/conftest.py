@@ -56,7 +56,7 @@ class MotoServer:
     def post(self, path: str, body: bytes = b"") -> None:
         urllib.request.urlopen(urllib.request.Request(self.url + path, data=body, method="POST",
                                                       headers={"Content-Type": "text/plain"}),
-                               timeout=10).read()
+                               timeout=120).read()
 
     def reset(self) -> None:
         self.post("/moto-api/reset")
