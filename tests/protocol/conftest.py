@@ -8,6 +8,7 @@ import pytest
 
 from protocol.heartbeat import ZERO_HASH, b64url_encode, sign_heartbeat, token_digest
 from protocol.keys import AgentKey
+from protocol.timefmt import format_time, parse_time
 
 
 @pytest.fixture
@@ -60,8 +61,7 @@ def forge() -> Callable[..., str]:
 
 @pytest.fixture
 def chain() -> Callable[..., list[str]]:
-    """chain(key, n, start_seq=1, prev=64 zeros, start=epoch, step=300) -> n linked heartbeats."""
-    from protocol.timefmt import format_time, parse_time
+    """chain(key, n, start_seq=1, prev=64 zeros, start=time, step=300 s) -> n linked heartbeats."""
 
     def _chain(key: AgentKey, n: int, start_seq: int = 1, prev: str = ZERO_HASH,
                start: str = "2026-11-01T00:00:00Z", step: int = 300) -> list[str]:

@@ -99,6 +99,17 @@ def test_unknown_signatures_are_ignored(signer):
     assert both == (text, [NAME, "witness.example.org/w1"])
 
 
+def test_sixteen_signatures_are_accepted_and_the_count_is_bounded(signer):
+    text = "many cosigners\n"
+    witnesses = [NoteSigner(f"w{i}.example", Ed25519PrivateKey.generate()) for i in range(16)]
+    note = signer.sign(text) + "".join(w.signature_line(text) for w in witnesses)
+    names = open_note(note, [w.verifier() for w in witnesses] + [signer.verifier()])[1]
+    assert sorted(names) == sorted([NAME] + [w.name for w in witnesses])
+    flood = signer.sign(text) + witnesses[0].signature_line(text) * 100
+    with pytest.raises(NoteError):
+        open_note(flood, [signer.verifier()])
+
+
 def test_a_bad_signature_by_a_known_key_rejects_the_note(signer):
     witness = NoteSigner("witness.example.org/w1", Ed25519PrivateKey.generate())
     text = "head\n"
