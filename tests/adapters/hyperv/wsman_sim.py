@@ -3,6 +3,7 @@
 import base64
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -117,6 +118,11 @@ class WsmanHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "Microsoft-HTTPAPI/2.0"
     state: WsmanState
+
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go out as two writes: without NODELAY, Nagle + delayed ACK add 40 ms
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -2,6 +2,7 @@
 
 import json
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -69,6 +70,7 @@ class PveState:
     resources_body: bytes | None = None  # raw body instead of the JSON list (malformed JSON)
     resources_delay: float = 0.0
     node_delay: dict[str, float] = field(default_factory=dict)
+    latency: float = 0.0  # seconds added to every per-VM call, as a real pveproxy round trip (bench)
     status_errors: set[str] = field(default_factory=set)  # "node/vmid" whose status/current fails
     requests: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -84,6 +86,11 @@ class PveHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as pveproxy
     server_version = "pve-api-daemon/3.0"
     state: PveState
+
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go out as two writes: without NODELAY, Nagle + delayed ACK add 40 ms
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -158,8 +165,8 @@ class PveHandler(BaseHTTPRequestHandler):
 
     def _qemu(self, node: str, vmid: str, rest: str) -> None:
         st = self.state
-        if node in st.node_delay:
-            time.sleep(st.node_delay[node])
+        if node in st.node_delay or st.latency:
+            time.sleep(st.node_delay.get(node, 0.0) + st.latency)
         if node in st.node_errors:
             status, reason = st.node_errors[node]
             return self._send(status, None, reason)
