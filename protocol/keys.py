@@ -79,7 +79,10 @@ def save_private_key(key: AgentKey, path: Path) -> None:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A stale temp file from a crash keeps its old mode under O_CREAT; remove it and create anew,
+    # exclusively and without following a symlink planted there.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, pem)
         os.fsync(fd)

@@ -105,3 +105,13 @@ def test_public_key_base64_rejects_malformed(text):
     with pytest.raises(ProtocolError) as info:
         load_public_key_b64(text)
     assert info.value.rule == "key"
+
+
+def test_a_stale_world_readable_temp_file_does_not_leak_its_mode(tmp_path):
+    path = tmp_path / "agent.key"
+    stale = tmp_path / "agent.key.tmp"
+    stale.write_text("left over by a crash")
+    stale.chmod(0o644)
+    save_private_key(AgentKey.generate(), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    load_private_key(path)
