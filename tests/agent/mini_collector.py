@@ -9,6 +9,8 @@ import argparse
 import base64
 import gzip
 import json
+import random
+import socket
 import sqlite3
 import threading
 import time
@@ -41,6 +43,7 @@ class State:
         self.reject_seqs = set(args.reject_seq)
         self.fail_first = args.fail_first
         self.retry_after = args.retry_after
+        self.lose_answers = args.lose_answers
 
     def enroll(self, body: dict) -> tuple[int, dict]:
         try:
@@ -134,7 +137,14 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 if self.headers.get("Content-Encoding") == "gzip":
                     raw = gzip.decompress(raw)
                 lines = [ln for ln in raw.decode("ascii").split("\n") if ln]
-                self._send(*state.ingest(lines))
+                answer = state.ingest(lines)
+                if answer[0] == 200 and random.random() < state.lose_answers:
+                    # As if the collector died after committing: the agent must resend, and hear
+                    # `duplicate` for what was already accepted.
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self._send(*answer)
             else:
                 self._send(404, {"detail": "not found"})
 
@@ -151,6 +161,8 @@ def main() -> None:
     p.add_argument("--fail-first", type=int, default=0,
                    help="answer 503 + Retry-After to the first N ingests")
     p.add_argument("--retry-after", type=int, default=1)
+    p.add_argument("--lose-answers", type=float, default=0.0,
+                   help="probability of committing an ingest and then dropping the connection unanswered")
     args = p.parse_args()
     ThreadingHTTPServer.allow_reuse_address = True
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(State(args)))
