@@ -195,6 +195,9 @@ class HyperVAdapter(Adapter):
         super().__init__(config)
         self.problems = ProblemLog(config.name)
         self.script = build_script(self.config.cluster)
+        if self.config.cluster and self.config.transport == "ntlm":
+            log.warning("adapter %s: cluster = true with NTLM: other nodes refuse the second hop unless "
+                        "credentials can be delegated (credssp, or Kerberos delegation)", self.name)
 
     def _protocol(self) -> Protocol:
         c = self.config

@@ -294,3 +294,8 @@ def test_transport_without_its_package_is_a_config_error(wsman: Any, make_adapte
     monkeypatch.setattr(f"winrm.transport.{flag}", False)
     with pytest.raises(ConfigError, match=rf"pywinrm\[{transport}\]"):
         make_adapter(transport=transport).poll()
+
+
+def test_unreadable_password_file_is_a_config_error(wsman: Any, make_adapter: Any, tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match="password"):
+        make_adapter(password=None, password_file=str(tmp_path / "missing")).poll()

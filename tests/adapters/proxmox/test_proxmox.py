@@ -8,7 +8,7 @@ import pytest
 import trustme
 from pydantic import ValidationError
 
-from adapters.base import AdapterError, AuthError, Capacity, UnreachableError
+from adapters.base import AdapterError, AuthError, Capacity, ConfigError, UnreachableError
 from adapters.proxmox import ProxmoxAdapter, ProxmoxConfig
 from adapters.registry import adapter_class
 
@@ -236,3 +236,19 @@ def test_config_rejects(bad: dict[str, Any]) -> None:
 
 def test_every_config_field_is_described() -> None:
     assert all(f.description for f in ProxmoxConfig.model_fields.values())
+
+
+def test_expired_ticket_fails_once_then_logs_in_again(pve: Any, make_adapter: Any) -> None:
+    pve.state.vms = cluster()
+    adapter = make_adapter(token_id=None, token_secret=None, username="tr7@pve", password="s3cret")
+    assert adapter.poll().error is None
+    pve.state.tickets.clear()  # the cluster forgot the ticket (expired, or pve-cluster restarted)
+    with pytest.raises(AuthError):
+        adapter.poll()
+    assert seen(adapter.poll()) == EXPECTED
+    assert pve.state.requests.count(("POST", "/api2/json/access/ticket")) == 2
+
+
+def test_unreadable_secret_file_is_a_config_error(pve: Any, make_adapter: Any, tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match="token_secret"):
+        make_adapter(token_secret=None, token_secret_file=str(tmp_path / "missing")).poll()
