@@ -111,7 +111,7 @@ class _Declared(Mapping[str, Mapping[CapacityKey, Sequence[int]]]):
                     c.provider == self._provider, c.instance == inst, c.day >= self._m0, c.day < self._m1
                 )
             ):
-                key = capacity_key(json.loads(r.cap))
+                key: CapacityKey = tuple(json.loads(r.cap))  # type: ignore[assignment]
                 for off in {int(x) for x in r.offsets.split(",")}:
                     t = r.day + off
                     if t - t % HOUR not in skip_hours:

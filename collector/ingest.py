@@ -59,7 +59,8 @@ def _header_kid(token: str) -> str | None:
 
 
 def cap_key(cap: dict[str, Any]) -> str:
-    return json.dumps(cap, sort_keys=True, separators=(",", ":"))
+    """Stored form of a declared capacity: JSON [bundle, bandwidth_mbps, vservices], null = absent."""
+    return json.dumps([cap.get("bundle"), cap.get("bandwidth_mbps"), cap.get("vservices")])
 
 
 DAY = 86400
@@ -71,6 +72,7 @@ def aggregate(
     """(day, instance, vm) -> [active bits, seen bits]; (day, instance, capacity) -> time offsets."""
     bits: dict[tuple[int, str, str], list[int]] = {}
     caps: dict[tuple[int, str, str], list[int]] = defaultdict(list)
+    keys: dict[tuple[Any, ...], str] = {}  # one capacity is declared thousands of times: encode it once
     for hb in hbs:
         day = hb.time - hb.time % DAY
         bit = 1 << ((hb.time - day) // 3600)
@@ -82,8 +84,13 @@ def aggregate(
             b[1] |= bit
             if obs["state"] == "running":
                 b[0] |= bit
-            if obs["capacity"] is not None:
-                caps[(day, obs["instance"], cap_key(obs["capacity"]))].append(hb.time - day)
+            cap = obs["capacity"]
+            if cap is not None:
+                ck = (cap.get("bundle"), cap.get("bandwidth_mbps"), cap.get("vservices"))
+                key = keys.get(ck)
+                if key is None:
+                    key = keys[ck] = cap_key(cap)
+                caps[(day, obs["instance"], key)].append(hb.time - day)
     return bits, caps
 
 

@@ -119,7 +119,7 @@ capacities = sa.Table(
     sa.Column("provider", sa.String, primary_key=True),
     sa.Column("day", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("instance", sa.String, primary_key=True),
-    sa.Column("cap", sa.String, primary_key=True),  # canonical JSON of the capacity object
+    sa.Column("cap", sa.String, primary_key=True),  # JSON [bundle, bandwidth_mbps, vservices]
     sa.Column("offsets", sa.Text, nullable=False),
 )
 

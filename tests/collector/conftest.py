@@ -1,68 +1,20 @@
 """Fixtures: a database per test on SQLite and on a real PostgreSQL, a collector, agents that sign."""
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from collector import db, registry
+from collector.pgtemp import PgCluster, new_database
 from collector.server import create_app
 from collector.settings import Settings
 from protocol.heartbeat import ZERO_HASH, sign_heartbeat, token_digest
 from protocol.keys import AgentKey
 from protocol.timefmt import format_time
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PgCluster:
-    """A throwaway PostgreSQL cluster (Debian's binaries, run as `postgres`), unix socket only."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="tr7-pg-"))
-        self.port = _free_port()
-        shutil.chown(self.dir, "postgres", "postgres")
-        self._pg("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
-        self._pg(
-            "pg_ctl",
-            "-D",
-            str(self.dir / "data"),
-            "-l",
-            str(self.dir / "log"),
-            "-w",
-            "start",
-            "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses='' -c fsync=off -c max_connections=200",
-        )
-        self.admin_url = f"postgresql://postgres@/postgres?host={self.dir}&port={self.port}"
-
-    def _pg(self, tool: str, *args: str) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(PG_BIN / tool), *args],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=self.dir,
-        )
-
-    def stop(self) -> None:
-        self._pg("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -78,20 +30,11 @@ def pg_admin_url() -> Iterator[str]:
         cluster.stop()
 
 
-def new_pg_database(admin_url: str) -> str:
-    name = "tr7_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(admin_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    base, _, query = admin_url.partition("?")
-    base = base.rsplit("/", 1)[0]
-    return f"{base}/{name}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'collector.db'}"
-    return new_pg_database(request.getfixturevalue("pg_admin_url"))
+    return new_database(request.getfixturevalue("pg_admin_url"))
 
 
 @pytest.fixture
@@ -201,5 +144,5 @@ def tools() -> Any:
     T.Agent = Agent  # type: ignore[attr-defined]
     T.enrol = staticmethod(enrol)  # type: ignore[attr-defined]
     T.catalog = staticmethod(catalog)  # type: ignore[attr-defined]
-    T.new_pg_database = staticmethod(new_pg_database)  # type: ignore[attr-defined]
+    T.new_pg_database = staticmethod(new_database)  # type: ignore[attr-defined]
     return T
