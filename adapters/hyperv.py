@@ -61,11 +61,12 @@ $sel=@($vms|Select-Object @{{n='Id';e={{$_.Id.ToString()}}}},Name,@{{n='State';e
 Notes,ComputerName,IsClustered)
 $j=ConvertTo-Json -InputObject @{{vms=$sel;errors=@($errs)}} -Compress -Depth 4
 [Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($j))"""
-# One host: any failure fails the poll. A cluster: a node that is down or refuses is a partial error.
+# One host: any failure fails the poll. A cluster: a node that is down or refuses is a partial error;
+# Paused (drained) and Joining nodes are asked too, as they may still run VMs.
 _LOCAL = "$vms=@(Get-VM)"
 _CLUSTER = ("$all=@(Get-ClusterNode)\n"
-            "foreach($d in @($all|?{$_.State -ne 'Up'})){$errs+=\"$($d.Name): cluster node $($d.State)\"}\n"
-            "foreach($n in @($all|?{$_.State -eq 'Up'}|%{$_.Name})){try{$vms+=@(Get-VM -ComputerName $n)}"
+            "foreach($d in @($all|?{$_.State -eq 'Down'})){$errs+=\"$($d.Name): cluster node $($d.State)\"}\n"
+            "foreach($n in @($all|?{$_.State -ne 'Down'}|%{$_.Name})){try{$vms+=@(Get-VM -ComputerName $n)}"
             "catch{$errs+=\"${n}: $($_.Exception.Message)\"}}")
 
 

@@ -299,3 +299,11 @@ def test_transport_without_its_package_is_a_config_error(wsman: Any, make_adapte
 def test_unreadable_password_file_is_a_config_error(wsman: Any, make_adapter: Any, tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match="password"):
         make_adapter(password=None, password_file=str(tmp_path / "missing")).poll()
+
+
+def test_docs_show_the_script_the_adapter_runs() -> None:
+    from pathlib import Path
+
+    from adapters.hyperv import build_script
+    page = (Path(__file__).parents[3] / "docs/adapters/hyperv.md").read_text()
+    assert build_script(True) in page and "$vms=@(Get-VM)" in page
