@@ -82,10 +82,11 @@ def powershell_command(script: str) -> str:
 class HyperVConfig(AdapterConfig):
     """A Hyper-V host (or failover cluster) reached through WinRM over HTTPS."""
 
-    platform: Literal["hyperv"] = Field(description="hyperv")
+    platform: Literal["hyperv"] = Field(description="This adapter: hyperv")
     url: str = Field(description="WinRM HTTPS listener, e.g. https://hv1.example:5986/wsman")
     username: str = Field(description="Account in 'Hyper-V Administrators' (DOMAIN\\user or user@domain)")
-    password: str | None = Field(default=None, description="Password, inline")
+    password: str | None = Field(
+        default=None, description="Password, inline (prefer password_file; optional with kerberos)")
     password_file: str | None = Field(
         default=None, description="File holding the password (relative: $CREDENTIALS_DIRECTORY)")
     transport: Literal["ntlm", "kerberos", "basic", "credssp"] = Field(

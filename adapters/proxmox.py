@@ -39,15 +39,17 @@ QMP_STATES = {
 class ProxmoxConfig(AdapterConfig):
     """A Proxmox VE cluster (or single node), read through its API on port 8006."""
 
-    platform: Literal["proxmox"] = Field(description="proxmox")
+    platform: Literal["proxmox"] = Field(description="This adapter: proxmox")
     url: str = Field(description="API endpoint of any cluster node, e.g. https://pve.example:8006")
     token_id: str | None = Field(
         default=None, description="API token id USER@REALM!TOKENID (preferred over username/password)")
-    token_secret: str | None = Field(default=None, description="API token secret (UUID), inline")
+    token_secret: str | None = Field(
+        default=None, description="API token secret (UUID), inline (prefer token_secret_file)")
     token_secret_file: str | None = Field(
         default=None, description="File holding the API token secret (relative: $CREDENTIALS_DIRECTORY)")
     username: str | None = Field(default=None, description="USER@REALM for ticket login, if no token")
-    password: str | None = Field(default=None, description="Password of username, inline")
+    password: str | None = Field(
+        default=None, description="Password of username, inline (prefer password_file)")
     password_file: str | None = Field(
         default=None, description="File holding the password (relative: $CREDENTIALS_DIRECTORY)")
     verify_tls: bool = Field(default=True, description="Verify the API's TLS certificate")
