@@ -25,9 +25,10 @@ def anchor_map(anchors: Iterable[Heartbeat]) -> dict[str, Heartbeat]:
 
 
 def bill_heartbeats(
-    heartbeats: Sequence[Heartbeat], anchors: Iterable[Heartbeat], catalog: Mapping[str, Any], month: str
+    heartbeats: Sequence[Heartbeat | str], anchors: Iterable[Heartbeat], catalog: Mapping[str, Any],
+    month: str,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """billing-v1.md over verified heartbeats: (usage, invoice) as plain JSON documents."""
+    """billing-v1.md over verified heartbeats (or their lines): (usage, invoice) as JSON documents."""
     result = bill(list(heartbeats), load_catalog(catalog), month, anchors=anchor_map(anchors))
     return to_json_doc(result.usage), to_json_doc(result.invoice)
 
@@ -36,9 +37,7 @@ def bill_lines(
     leaves: Sequence[str], anchors: Sequence[str], catalog: Mapping[str, Any], month: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Billing over JWS lines the caller trusts (a collector's own log, a simulation)."""
-    return bill_heartbeats(
-        [parse_unverified(t) for t in leaves], [parse_unverified(t) for t in anchors], catalog, month
-    )
+    return bill_heartbeats(list(leaves), [parse_unverified(t) for t in anchors], catalog, month)
 
 
 def to_json_doc(doc: Any) -> dict[str, Any]:

@@ -180,6 +180,13 @@ def _agents(seed: int, m0: int) -> list[SimAgent]:
     return [dc1, lab, cloud]
 
 
+def _extra_agents(seed: int, m0: int, n: int) -> list[SimAgent]:
+    return [SimAgent(f"extra-{a:02d}", AgentKey(_key(seed, f"extra-{a}")), m0 - 30 * DAY, {"kvm": "kvm"},
+                     [SimInstance(f"TR7-E{a:02d}{j}", "kvm", f"e{a:02d}{j}-vm", f"node{a}",
+                                  lambda t: "running") for j in range(3)], offset=(5 + a) % 50)
+            for a in range(n)]
+
+
 def _payload(agent: SimAgent, seq: int, prev: str, t: int, interval: int, failed: set[str]) -> dict[str, Any]:
     polls = [{"adapter": n, "platform": p, "ok": n not in failed, "error": "timeout" if n in failed else None}
              for n, p in sorted(agent.adapters.items())]
@@ -196,13 +203,17 @@ def _payload(agent: SimAgent, seq: int, prev: str, t: int, interval: int, failed
 
 def build_scenario(
     month: str = "2026-10", seed: int = 7, interval: int = 600, days: int | None = None,
-    gaps: dict[str, Any] | None = None,
+    gaps: dict[str, Any] | None = None, extra_agents: int = 0,
 ) -> Scenario:
-    """Build the month; ``days`` limits heartbeats to the first days (the catalog stays whole)."""
+    """Build the month; ``days`` limits heartbeats to the first days (the catalog stays whole).
+
+    ``extra_agents`` adds plain agents (three running PAYG instances each, customer c4) to scale
+    the log up for benchmarks, e.g. 7 extra agents at a 60 s interval give about 450,000 lines.
+    """
     m0, m1 = month_bounds(month)
     end = m1 if days is None else min(m1, m0 + days * DAY)
     rng = random.Random(seed)
-    agents = _agents(seed, m0)
+    agents = _agents(seed, m0) + _extra_agents(seed, m0, extra_agents)
     lab, cloud = agents[1], agents[2]
     gap_window = (m0 + 13 * DAY + 10 * HOUR, m0 + 13 * DAY + 12 * HOUR)  # cloud-agent uplink down
     fork_at = m0 + 21 * DAY + 8 * HOUR  # lab-agent host restored from a snapshot
@@ -243,9 +254,18 @@ def build_scenario(
             expected["gaps"][agent.name] = [[dropped[0], dropped[-1]]]
     timed.sort(key=lambda x: (x[0], x[1]))
     leaves = [tok for _, _, tok in timed] + late  # the fork's copy arrives late, at the end
+    catalog = _catalog(m0, month, gaps or {"mode": "evidence"})
+    if extra_agents:
+        catalog["customers"].append({"id": "c4", "name": "Delta Hosting SE", "downgraded": []})
+        catalog["licenses"] += [
+            {"id": f"SL-{i.instance}", "customer": "c4", "instance": i.instance, "model": "payg",
+             "unit": "hour", "start": format_time(m0), "end": None,
+             "capacity": [{"from": format_time(m0), "bundle": "pro", "bandwidth_mbps": 1000,
+                           "vservices": 10}]}
+            for a in agents[3:] for i in a.instances]
     return Scenario(
         month=month, provider=PROVIDER, agents=agents, leaves=leaves, anchors=anchors,
-        catalog=_catalog(m0, month, gaps or {"mode": "evidence"}),
+        catalog=catalog,
         collector_key=_key(seed, "collector"), expected=expected,
     )
 

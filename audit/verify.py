@@ -86,18 +86,22 @@ def _check_manifest(ctx: _Ctx) -> None:
                 ctx.add(rel, None, "bundle.missing", "closed/ must hold checkpoint, usage.json, invoice.json")
 
 
-def _read_lines(ctx: _Ctx, rel: str) -> list[bytes]:
+def _read_lines(ctx: _Ctx, rel: str) -> tuple[list[str], list[bytes]]:
+    """A .jws file's lines (as text, for verification) and their RFC 9162 leaf hashes (of the bytes)."""
     if not ctx.has(rel):
-        return []
+        return [], []
     raw = (ctx.root / rel).read_bytes()
     if not raw:
-        return []
-    lines = raw.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
+        return [], []
+    blines = raw.split(b"\n")
+    del raw
+    if blines[-1] == b"":
+        blines.pop()
     else:
-        ctx.add(rel, len(lines), "jws.format", "the last line lacks its LF")
-    return lines
+        ctx.add(rel, len(blines), "jws.format", "the last line lacks its LF")
+    hashes = [leaf_hash(b) for b in blines]
+    # Non-ASCII bytes become U+FFFD, which JWS verification then rejects with its line number.
+    return [b.decode("ascii", "replace") for b in blines], hashes
 
 
 def _checkpoint(ctx: _Ctx, rel: str, verifier: NoteVerifier | None, rule: str) -> Checkpoint | None:
@@ -136,7 +140,7 @@ def _check_log(ctx: _Ctx, cp: Checkpoint | None, hashes: list[bytes]) -> None:
 
 
 def _check_closed(ctx: _Ctx, verifier: NoteVerifier | None, cp: Checkpoint | None,
-                  hashes: list[bytes], good: dict[int, Heartbeat], anchors: list[Heartbeat],
+                  hashes: list[bytes], tokens: list[tuple[int, str]], anchors: list[Heartbeat],
                   catalog: Any) -> None:
     closed = _checkpoint(ctx, B.CLOSED_CHECKPOINT, verifier, "closed")
     if closed is None:
@@ -151,7 +155,9 @@ def _check_closed(ctx: _Ctx, verifier: NoteVerifier | None, cp: Checkpoint | Non
         ctx.add(B.CLOSED_CHECKPOINT, None, "closed.root",
                 f"root is not the Merkle root of the first {s} lines: the log was rewritten after close")
         return
-    beats = [hb for i, hb in sorted(good.items()) if i < s]
+    beats = [t for i, t in tokens if i < s]
+    if ctx.progress is not None:
+        ctx.progress("closed/ billing", 0, len(beats))
     checks.compare_billing(ctx.add, ctx.root, beats, anchors, catalog, ctx.month,
                            B.CLOSED_USAGE, B.CLOSED_INVOICE, "closed", ctx.present)
 
@@ -169,24 +175,27 @@ def verify_bundle(path: Path | str, progress: Progress | None = None, workers: i
     agents = checks.load_agents(ctx.add, _load_json(ctx, B.AGENTS))
     verifier = _collector(ctx)
     cp = _checkpoint(ctx, B.CHECKPOINT, verifier, "checkpoint")
-    lines = _read_lines(ctx, B.HEARTBEATS)
-    hashes = [leaf_hash(x) for x in lines]
+    lines, hashes = _read_lines(ctx, B.HEARTBEATS)
     ctx.report.lines = len(lines)
     if cp is not None:
         ctx.report.checkpoint = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex()}
     _check_log(ctx, cp, hashes)
     good = checks.verify_lines(ctx.add, B.HEARTBEATS, lines, agents, ctx.month, progress,
                                workers if workers is not None else _default_workers(len(lines)))
-    anchor_lines = _read_lines(ctx, B.ANCHORS)
+    anchor_lines, _ = _read_lines(ctx, B.ANCHORS)
     anchors = list(checks.verify_lines(ctx.add, B.ANCHORS, anchor_lines, agents, ctx.month, None, 1,
                                        anchors=True).values())
     ctx.report.chains = checks.check_chains(ctx.add, good, anchors, agents)
     catalog = _load_json(ctx, B.CATALOG)
-    beats = [hb for _, hb in sorted(good.items())]
+    # Billing gets the verified lines as text: it parses them in parallel with little memory.
+    tokens = [(i, lines[i]) for i in sorted(good)]
+    del lines, good
     if ctx.month:
-        checks.compare_billing(ctx.add, root, beats, anchors, catalog, ctx.month,
+        if progress is not None:
+            progress("billing", 0, len(tokens))
+        checks.compare_billing(ctx.add, root, [t for _, t in tokens], anchors, catalog, ctx.month,
                                B.USAGE, B.INVOICE, "billing", ctx.present)
-        _check_closed(ctx, verifier, cp, hashes, good, anchors, catalog)
+        _check_closed(ctx, verifier, cp, hashes, tokens, anchors, catalog)
     return ctx.report
 
 
