@@ -55,7 +55,8 @@ class ProxmoxConfig(AdapterConfig):
     verify_tls: bool = Field(default=True, description="Verify the API's TLS certificate")
     ca_file: str | None = Field(
         default=None, description="PEM CA that signed the API certificate (e.g. pve-root-ca.pem)")
-    workers: int = Field(default=8, ge=1, le=32, description="VM configs read concurrently per poll")
+    # at most 10: the size of the requests connection pool per host
+    workers: int = Field(default=8, ge=1, le=10, description="VM configs read concurrently per poll (1..10)")
 
     @field_validator("url")
     @classmethod
