@@ -1,6 +1,5 @@
 """Loud failures: disk full, unwritable state dir, corrupt spool, missing key. Never healthy-but-idle."""
 
-import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,10 +45,10 @@ def test_disk_full_stops_loudly_and_loses_nothing(tmp_path: Path, mount) -> None
     logged = [int(line.split("seq=")[1].split()[0]) for line in res.stderr.splitlines()
               if "event=heartbeat " in line]
     assert logged, "some heartbeats were committed before the disk filled"
-    db = sqlite3.connect(f"file:{state / 'spool.db'}?mode=ro", uri=True)
-    tokens = [t for (t,) in db.execute("SELECT token FROM spool ORDER BY seq")]
-    head = db.execute("SELECT seq, digest FROM chain").fetchone()
-    db.close()
+    spool = Spool(state / "spool.db", readonly=True)  # in place, on the still-full file system
+    tokens = list(spool.unshipped())
+    head = spool.db.execute("SELECT seq, digest FROM chain").fetchone()
+    spool.close()
     prev = ZERO_HASH
     for i, tok in enumerate(tokens, 1):
         hb = parse_unverified(tok)
