@@ -129,8 +129,10 @@ class ProxmoxAdapter(Adapter):
         parts = urlsplit(c.url)
         host = parts.netloc.rsplit("@", 1)[-1]
         verify: bool | str = c.ca_file if (c.verify_tls and c.ca_file) else c.verify_tls
+        # The API is on the management network: environment proxies (set for the collector) must
+        # not apply; None entries stop requests from filling them in from HTTPS_PROXY/ALL_PROXY.
         common: dict[str, Any] = {"backend": "https", "service": "PVE", "verify_ssl": verify,
-                                  "timeout": c.timeout}
+                                  "timeout": c.timeout, "proxies": {"http": None, "https": None, "all": None}}
         try:
             if c.token_id is not None:
                 user, token_name = c.token_id.split("!", 1)
@@ -145,6 +147,9 @@ class ProxmoxAdapter(Adapter):
             raise ConfigError(str(exc)) from exc
         except Exception as exc:
             raise _convert(exc, "login") from exc
+        # per-request environment settings would override the session's: no proxies, no
+        # REQUESTS_CA_BUNDLE, no .netrc; only what the config says
+        api._store["session"].trust_env = False
         self._api = api
         return api
 

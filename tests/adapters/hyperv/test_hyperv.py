@@ -307,3 +307,13 @@ def test_docs_show_the_script_the_adapter_runs() -> None:
     from adapters.hyperv import build_script
     page = (Path(__file__).parents[3] / "docs/adapters/hyperv.md").read_text()
     assert build_script(True) in page and "$vms=@(Get-VM)" in page
+
+
+def test_environment_proxy_is_not_used(wsman: Any, make_adapter: Any, closed_port: int,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{closed_port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    wsman.state.vms = host_vms()
+    assert len(make_adapter().poll().observations) == 2

@@ -252,3 +252,17 @@ def test_expired_ticket_fails_once_then_logs_in_again(pve: Any, make_adapter: An
 def test_unreadable_secret_file_is_a_config_error(pve: Any, make_adapter: Any, tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match="token_secret"):
         make_adapter(token_secret=None, token_secret_file=str(tmp_path / "missing")).poll()
+
+
+@pytest.mark.parametrize("login", ["token", "password"])
+def test_environment_proxy_is_not_used(pve: Any, make_adapter: Any, closed_port: int,
+                                       monkeypatch: pytest.MonkeyPatch, login: str) -> None:
+    # an agent host may export HTTPS_PROXY for other traffic; the PVE API is reached directly
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{closed_port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    pve.state.vms = cluster()
+    extra = {} if login == "token" else {"token_id": None, "token_secret": None, "username": "tr7@pve",
+                                         "password": "s3cret"}
+    assert seen(make_adapter(**extra).poll()) == EXPECTED
