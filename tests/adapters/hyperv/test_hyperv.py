@@ -317,3 +317,14 @@ def test_environment_proxy_is_not_used(wsman: Any, make_adapter: Any, closed_por
     monkeypatch.delenv("no_proxy", raising=False)
     wsman.state.vms = host_vms()
     assert len(make_adapter().poll().observations) == 2
+
+
+def test_docs_sample_table_is_valid() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    page = (Path(__file__).parents[3] / "docs/adapters/hyperv.md").read_text()
+    [block] = re.findall(r"```toml\n(.*?)```", page, re.S)
+    [table] = tomllib.loads(block)["adapters"]
+    assert HyperVConfig.model_validate(table).username == "EXAMPLE\\tr7-meter"

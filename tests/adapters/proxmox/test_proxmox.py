@@ -266,3 +266,14 @@ def test_environment_proxy_is_not_used(pve: Any, make_adapter: Any, closed_port:
     extra = {} if login == "token" else {"token_id": None, "token_secret": None, "username": "tr7@pve",
                                          "password": "s3cret"}
     assert seen(make_adapter(**extra).poll()) == EXPECTED
+
+
+def test_docs_sample_table_is_valid() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    page = (Path(__file__).parents[3] / "docs/adapters/proxmox.md").read_text()
+    [block] = re.findall(r"```toml\n(.*?)```", page, re.S)
+    [table] = tomllib.loads(block)["adapters"]
+    assert ProxmoxConfig.model_validate(table).token_id == "tr7-meter@pve!metering"
