@@ -13,6 +13,7 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from adapters.credentials import SecretError
 from agent import sdnotify
 from agent.config import Config, ConfigError, load_config
 from agent.metrics import Metrics
@@ -73,7 +74,7 @@ class Service:
         self.wake = threading.Event()
         self.ship_stop = threading.Event()
         self.ship_thread: threading.Thread | None = None
-        self.over_limit = False
+        self.last_activity = time.monotonic()
 
     # ---- start-up -------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,6 +142,7 @@ class Service:
         self.spool.record_event("clock_backwards", json.dumps(detail))
 
     def poll_job(self) -> None:
+        self.last_activity = time.monotonic()
         with self.lock:
             poller, interval = self.poller, self.config.agent.interval
         when = int(time.time()) // interval * interval
@@ -168,6 +170,7 @@ class Service:
             log.info("event=heartbeat seq=%d time=%s observations=%d failed=%d", seq, format_time(when),
                      len(outcome.observations), sum(1 for a in outcome.adapters if not a.ok))
             self._gauges()
+            self.last_activity = time.monotonic()
         except Exception as exc:  # a spool that cannot commit (disk full, I/O error) is fatal
             self._die(exc)
 
@@ -215,7 +218,7 @@ class Service:
         signal.signal(signal.SIGHUP, lambda *_: (self.reload_requested.set(), self.stop.set()))
         try:
             self.start()
-        except (StartupError, SpoolError) as exc:
+        except (StartupError, SpoolError, SecretError, OSError) as exc:
             self.metrics.fatal.set(1)
             log.critical("event=startup_failed reason=%r", str(exc))
             return 1
@@ -232,9 +235,16 @@ class Service:
                 continue
             if self.stop.is_set():
                 break
-            if wd:
+            if wd and self._alive():
                 sdnotify.notify("WATCHDOG=1")
         return self.shutdown()
+
+    def _alive(self) -> bool:
+        """Whether polls still happen: a scheduler that stopped firing must not be kept alive by
+        a main thread that merely runs, so the watchdog pings only while polls are on time."""
+        settings = self.config.agent
+        slack = 2 * settings.interval + max((a.timeout for a in self.config.adapters), default=0) + 60
+        return time.monotonic() - self.last_activity < slack
 
     def shutdown(self) -> int:
         sdnotify.notify("STOPPING=1")
