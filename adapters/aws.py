@@ -279,9 +279,10 @@ class AwsAdapter(Adapter):
         per_region = "; ".join(f"region {r}: {failures[r].reason}" for r in sorted(failures))
         if len(failures) < len(regions):
             return PollResult(observations=observations, error=per_region)
-        first = failures[sorted(failures)[0]]
-        same = all(f.reason == first.reason for f in failures.values())
-        raise type(first)(first.reason if same else per_region, per_region)
+        kinds = {type(f) for f in failures.values()}
+        reasons = {f.reason for f in failures.values()}
+        kind = kinds.pop() if len(kinds) == 1 else AdapterError
+        raise kind(reasons.pop() if len(reasons) == 1 else per_region, per_region)
 
     def close(self) -> None:
         for client in self._clients.values():

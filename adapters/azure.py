@@ -1,0 +1,263 @@
+"""Azure adapter: TR7 instances are VMs tagged `tr7.instance`, listed with power state per subscription."""
+
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Annotated, Any, ClassVar, Literal
+
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.identity import (
+    CertificateCredential,
+    ClientSecretCredential,
+    DefaultAzureCredential,
+    ManagedIdentityCredential,
+)
+from azure.mgmt.compute import ComputeManagementClient
+from pydantic import Field, StringConstraints, model_validator
+
+from adapters.base import (
+    Adapter,
+    AdapterConfig,
+    AdapterError,
+    AuthError,
+    ConfigError,
+    Observation,
+    PollResult,
+    ThrottledError,
+    UnreachableError,
+)
+from adapters.credentials import SecretError
+from adapters.tr7meta import ProblemLog, recognise
+
+# Azure power state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/azure.md.
+STATES = {
+    "running": "running",
+    "starting": "unknown",  # booting: not serving yet
+    "stopping": "stopped",
+    "stopped": "stopped",  # OS shut down, still allocated: the appliance does not run
+    "deallocating": "stopped",
+    "deallocated": "stopped",
+}
+GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+TRANSPORT_FAILURES = ("SSL", "CERTIFICATE_VERIFY_FAILED", "Connection refused", "Failed to establish",
+                      "Max retries exceeded", "timed out", "Name or service not known", "Connection aborted")
+RETRIES = 4  # per request; 429 answers are retried after their Retry-After
+
+
+class AzureConfig(AdapterConfig):
+    subscriptions: list[Annotated[str, StringConstraints(pattern=GUID)]] = Field(
+        min_length=1, description="Subscription ids (GUIDs) whose virtual machines are listed")
+    tenant_id: str | None = Field(
+        default=None, description="Directory (tenant) id of the service principal")
+    client_id: str | None = Field(
+        default=None, description="Application (client) id of the service principal, or of a "
+                                  "user-assigned managed identity when no secret or certificate is given")
+    client_secret: str | None = Field(
+        default=None, description="Service principal secret (prefer client_secret_file)")
+    client_secret_file: str | None = Field(
+        default=None, description="File holding the secret; relative names are looked up in "
+                                  "$CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+    certificate_file: str | None = Field(
+        default=None, description="PEM file with the service principal's certificate and private key")
+    identity: Literal["managed", "default"] = Field(
+        default="managed",
+        description='Without secret or certificate: "managed" = this VM\'s managed identity; "default" = '
+                    "DefaultAzureCredential (environment, workload identity, managed identity, Azure CLI)")
+    authority_host: str = Field(
+        default="login.microsoftonline.com",
+        description="Entra ID host: login.microsoftonline.us (US Gov), login.chinacloudapi.cn (China)")
+    resource_manager_url: str = Field(
+        default="https://management.azure.com", pattern=r"^https://",
+        description="Azure Resource Manager: https://management.usgovcloudapi.net (US Gov), "
+                    "https://management.chinacloudapi.cn (China)")
+    ca_file: str | None = Field(
+        default=None, description="PEM bundle trusted instead of the system CAs, for both Entra ID and ARM "
+                                  "(TLS-inspecting proxy, Azure Stack Hub)")
+
+    @model_validator(mode="after")
+    def _one_way_to_sign_in(self) -> "AzureConfig":
+        secret = self.client_secret is not None or self.client_secret_file is not None
+        if secret and self.certificate_file is not None:
+            raise ValueError("give a client secret or a certificate_file, not both")
+        if (secret or self.certificate_file) and not (self.tenant_id and self.client_id):
+            raise ValueError("a service principal needs tenant_id and client_id")
+        return self
+
+
+def _short(exc: Exception) -> str:
+    """First line of an SDK message: azure-identity adds pages of troubleshooting text."""
+    text = str(getattr(exc, "message", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def convert(exc: Exception, signing_in: bool = False) -> AdapterError:
+    """An azure-core/azure-identity exception as the AdapterError the agent reports."""
+    if isinstance(exc, AdapterError):
+        return exc
+    if signing_in and isinstance(exc, ClientAuthenticationError):
+        # msal turns a transport failure into a token error: tell "could not reach" from "refused"
+        if any(m in str(exc) for m in TRANSPORT_FAILURES):
+            return UnreachableError(f"Entra ID unreachable: {_short(exc)}", str(exc))
+        return AuthError(f"Azure sign-in refused: {_short(exc)}", str(exc))
+    if isinstance(exc, HttpResponseError) and exc.status_code:
+        status, error = exc.status_code, getattr(exc, "error", None)
+        code = getattr(error, "code", None) or exc.reason or ""
+        message = getattr(error, "message", None) or _short(exc)
+        reason = f"ARM {status} {code}: {message}"[:300]
+        if status in (401, 403):
+            return AuthError(reason, str(exc))
+        if status == 429:
+            return ThrottledError(f"ARM throttled (429) after {RETRIES + 1} attempts", str(exc))
+        if status == 404:
+            return ConfigError(reason, str(exc))
+        return AdapterError(reason, str(exc))
+    if isinstance(exc, ClientAuthenticationError):
+        return AuthError(f"Azure sign-in refused: {_short(exc)}", str(exc))
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return UnreachableError(f"Azure endpoint unreachable: {_short(exc)}", str(exc))
+    if isinstance(exc, AzureError | ValueError):
+        return AdapterError(f"Azure: {_short(exc)}", str(exc))
+    return AdapterError(f"Azure: unexpected {type(exc).__name__}: {exc}"[:300], repr(exc))
+
+
+class AzureAdapter(Adapter):
+    platform: ClassVar[str] = "azure"
+    Config: ClassVar[type[AdapterConfig]] = AzureConfig
+    config: AzureConfig
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__(config)
+        self.problems = ProblemLog(config.name)
+        self._credential: TokenCredential | None = None
+        self._clients: dict[str, ComputeManagementClient] = {}
+
+    def _transport_options(self) -> dict[str, Any]:
+        # connection_verify reaches the requests transport of both SDKs: no REQUESTS_CA_BUNDLE needed
+        opts: dict[str, Any] = {"connection_timeout": min(10.0, self.config.timeout),
+                                "read_timeout": min(60.0, self.config.timeout)}
+        if self.config.ca_file:
+            opts["connection_verify"] = self.config.ca_file
+        return opts
+
+    def credential(self) -> TokenCredential:
+        if self._credential is None:
+            cfg = self.config
+            try:
+                secret = cfg.secret(cfg.client_secret, cfg.client_secret_file, "client_secret")
+            except SecretError as exc:
+                raise ConfigError(str(exc)) from exc
+            # msal would ask login.microsoftonline.com to vouch for an authority it does not know
+            # (Azure Stack Hub, private test servers); for the well-known clouds it never asks anyway
+            sign_in = {"authority": cfg.authority_host, "disable_instance_discovery": True,
+                       **self._transport_options()}
+            try:
+                if secret is not None:
+                    self._credential = ClientSecretCredential(cfg.tenant_id, cfg.client_id, secret, **sign_in)
+                elif cfg.certificate_file is not None:
+                    self._credential = CertificateCredential(
+                        cfg.tenant_id, cfg.client_id, certificate_path=cfg.certificate_file, **sign_in)
+                elif cfg.identity == "managed":
+                    self._credential = ManagedIdentityCredential(client_id=cfg.client_id,
+                                                                 **self._transport_options())
+                else:
+                    self._credential = DefaultAzureCredential(
+                        authority=cfg.authority_host, managed_identity_client_id=cfg.client_id,
+                        exclude_interactive_browser_credential=True, **self._transport_options())
+            except (ValueError, OSError) as exc:
+                raise ConfigError(f"Azure credential: {exc}") from exc
+        return self._credential
+
+    def scope(self) -> str:
+        return self.config.resource_manager_url.rstrip("/") + "/.default"
+
+    def sign_in(self) -> None:
+        """Get (or reuse) the ARM token once, before the subscriptions are listed in parallel: one
+        sign-in per token lifetime, and a refusal fails the whole poll with one clear reason."""
+        try:
+            self.credential().get_token(self.scope())
+        except (AzureError, ValueError) as exc:
+            raise convert(exc, signing_in=True) from exc
+
+    def client(self, subscription: str) -> ComputeManagementClient:
+        if subscription not in self._clients:
+            arm = self.config.resource_manager_url.rstrip("/")
+            self._clients[subscription] = ComputeManagementClient(
+                self.credential(), subscription, base_url=arm, credential_scopes=[self.scope()],
+                retry_total=RETRIES, retry_backoff_max=20, timeout=self.config.timeout,
+                **self._transport_options())
+        return self._clients[subscription]
+
+    def poll_subscription(self, subscription: str) -> list[Observation]:
+        out = []
+        # statusOnly=true: the list answer carries each VM's instanceView statuses (power state),
+        # so one request per page of VMs instead of one per VM
+        for vm in self.client(subscription).virtual_machines.list_all(status_only="true"):
+            obs = self.observe(vm)
+            if obs is not None:
+                out.append(obs)
+        return out
+
+    def observe(self, vm: Any) -> Observation | None:
+        props = vm.properties
+        vm_id = (props.vm_id if props else None) or vm.id
+        found = recognise(dict(vm.tags or {}), vm_id, self.problems)
+        if found is None:
+            return None
+        instance, capacity = found
+        power = None
+        statuses = props.instance_view.statuses if props and props.instance_view else None
+        for status in statuses or []:
+            if (status.code or "").startswith("PowerState/"):
+                power = status.code.split("/", 1)[1].lower()
+        return Observation(instance=instance, vm=vm_id, host=vm.location,
+                           state=STATES.get(power or "", "unknown"), capacity=capacity)
+
+    def poll(self) -> PollResult:
+        subscriptions = list(dict.fromkeys(self.config.subscriptions))
+        self.sign_in()
+        for sub in subscriptions:
+            self.client(sub)
+        failures: dict[str, AdapterError] = {}
+        observations: list[Observation] = []
+        pool = ThreadPoolExecutor(max_workers=min(len(subscriptions), 8),
+                                  thread_name_prefix=f"azure-{self.name}")
+        try:
+            futures = {pool.submit(self.poll_subscription, s): s for s in subscriptions}
+            done, late = wait(futures, timeout=self.config.timeout)
+            for fut in late:
+                failures[futures[fut]] = UnreachableError(
+                    f"ARM gave no answer within {self.config.timeout:g}s")
+            for fut in done:
+                try:
+                    observations.extend(fut.result())
+                except Exception as exc:  # converted at the boundary, per subscription
+                    failures[futures[fut]] = convert(exc)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        observations.sort(key=lambda o: (o.instance, o.vm))
+        if not failures:
+            return PollResult(observations=observations)
+        per_sub = "; ".join(f"subscription {s}: {failures[s].reason}" for s in sorted(failures))
+        if len(failures) < len(subscriptions):
+            return PollResult(observations=observations, error=per_sub)
+        kinds = {type(f) for f in failures.values()}
+        reasons = {f.reason for f in failures.values()}
+        kind = kinds.pop() if len(kinds) == 1 else AdapterError
+        raise kind(reasons.pop() if len(reasons) == 1 else per_sub, per_sub)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        credential, self._credential = self._credential, None
+        close = getattr(credential, "close", None)
+        if close is not None:
+            close()
+
+
+ADAPTER = AzureAdapter

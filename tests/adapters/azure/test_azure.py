@@ -1,0 +1,200 @@
+"""The Azure adapter, unmodified SDKs, against a TLS Entra ID + ARM test server."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from pydantic import ValidationError
+
+from adapters.azure import AzureAdapter, AzureConfig
+from adapters.base import AdapterError, AuthError, Capacity, ConfigError, Observation, UnreachableError
+
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+CLIENT = "11111111-2222-3333-4444-555555555555"
+SECRET = "s3cret~value"
+SUB_A = "aaaaaaaa-0000-4000-8000-000000000001"
+SUB_B = "bbbbbbbb-0000-4000-8000-000000000002"
+LIST = "/subscriptions/{}/providers/Microsoft.Compute/virtualMachines"
+
+
+@pytest.fixture
+def sp(arm: Any) -> Any:
+    """The server with a service principal and two subscriptions."""
+    arm.clients[CLIENT] = SECRET
+    arm.add_subscription(SUB_A)
+    arm.add_subscription(SUB_B)
+    return arm
+
+
+def adapter(arm: Any, **kw: Any) -> AzureAdapter:
+    kw.setdefault("subscriptions", [SUB_A, SUB_B])
+    if "certificate_file" not in kw and "identity" not in kw:
+        kw.setdefault("tenant_id", TENANT)
+        kw.setdefault("client_id", CLIENT)
+        kw.setdefault("client_secret", SECRET)
+    kw.setdefault("authority_host", arm.url)
+    kw.setdefault("resource_manager_url", arm.url)
+    kw.setdefault("ca_file", str(arm.ca_file))
+    return AzureAdapter(AzureConfig(name="azure-test", platform="azure", timeout=60, **kw))
+
+
+def by_vm(result: Any) -> dict[str, Observation]:
+    return {o.vm: o for o in result.observations}
+
+
+def test_tagged_vms_of_two_subscriptions_across_pages(sp: Any) -> None:
+    sp.subscriptions[SUB_A].page_size = 2
+    a = [sp.add_vm(SUB_A, f"fw{i}", tags={"tr7.instance": f"fw-{i}", "tr7.bundle": "pro",
+                                          "tr7.bandwidth_mbps": "1000", "tr7.vservices": "16"})
+         for i in range(3)]
+    sp.add_vm(SUB_A, "web1", tags={"env": "prod"})
+    sp.add_vm(SUB_A, "web2")
+    b = sp.add_vm(SUB_B, "edge", tags={"tr7.instance": "fw-b"}, location="northeurope", power="deallocated")
+
+    result = adapter(sp).poll()
+
+    assert result.error is None
+    cap = Capacity("pro", 1000, 16)
+    assert by_vm(result) == {
+        a[0]: Observation("fw-0", a[0], "westeurope", "running", cap),
+        a[1]: Observation("fw-1", a[1], "westeurope", "running", cap),
+        a[2]: Observation("fw-2", a[2], "westeurope", "running", cap),
+        b: Observation("fw-b", b, "northeurope", "stopped", None),
+    }
+    # 5 VMs in pages of 2 = 3 pages (nextLink followed), no per-VM instance-view call
+    assert sp.count(LIST.format(SUB_A)) == 3 and sp.count(LIST.format(SUB_B)) == 1
+    assert len(sp.requests) == 2 + 4  # OpenID discovery + one token, then the list pages
+
+
+def test_power_states(sp: Any) -> None:
+    powers = ["running", "starting", "stopping", "stopped", "deallocating", "deallocated", "unknown", None]
+    ids = {p: sp.add_vm(SUB_A, f"vm-{p}", tags={"tr7.instance": f"fw-{p}"}, power=p) for p in powers}
+    states = {vm: o.state for vm, o in by_vm(adapter(sp, subscriptions=[SUB_A]).poll()).items()}
+    assert {p: states[ids[p]] for p in powers} == {
+        "running": "running", "starting": "unknown", "stopping": "stopped", "stopped": "stopped",
+        "deallocating": "stopped", "deallocated": "stopped", "unknown": "unknown", None: "unknown"}
+
+
+def test_state_changes_between_polls_reuse_the_token(sp: Any) -> None:
+    vm = sp.add_vm(SUB_A, "fw", tags={"tr7.instance": "fw-1"})
+    ad = adapter(sp, subscriptions=[SUB_A])
+    assert ad.poll().observations[0].state == "running"
+    sp.set_power(SUB_A, vm, "deallocated")
+    assert ad.poll().observations[0].state == "stopped"
+    sp.set_power(SUB_A, vm, "running")
+    assert ad.poll().observations[0].state == "running"
+    assert sp.count(f"/{TENANT}/oauth2/v2.0/token") == 1
+
+
+def test_throttled_list_is_retried_after_retry_after(sp: Any) -> None:
+    vm = sp.add_vm(SUB_A, "fw", tags={"tr7.instance": "fw-1"})
+    sp.subscriptions[SUB_A].throttle = 1
+    result = adapter(sp, subscriptions=[SUB_A]).poll()
+    assert result.error is None and set(by_vm(result)) == {vm}
+    assert sp.count(LIST.format(SUB_A)) == 2  # the 429, then the retry that succeeded
+
+
+def test_wrong_secret_is_an_auth_error(sp: Any) -> None:
+    with pytest.raises(AuthError) as err:
+        adapter(sp, client_secret="wrong").poll()
+    assert "AADSTS7000215" in err.value.reason and "subscription" not in err.value.reason
+
+
+def test_arm_401_is_an_auth_error(sp: Any) -> None:
+    ad = adapter(sp)
+    ad.poll()
+    sp.tokens.clear()  # ARM no longer accepts the cached token
+    with pytest.raises(AuthError, match="ARM 401 InvalidAuthenticationToken"):
+        ad.poll()
+
+
+def test_a_failing_subscription_keeps_the_other(sp: Any) -> None:
+    vm = sp.add_vm(SUB_B, "fw", tags={"tr7.instance": "fw-b"})
+    sp.subscriptions[SUB_A].fail_status = 403
+    result = adapter(sp).poll()
+    assert set(by_vm(result)) == {vm}
+    assert result.error == (f"subscription {SUB_A}: ARM 403 AuthorizationFailed: The client does not have "
+                            "authorization to perform action 'Microsoft.Compute/virtualMachines/read'")
+
+
+def test_unknown_subscription_and_server_errors(sp: Any) -> None:
+    vm = sp.add_vm(SUB_B, "fw", tags={"tr7.instance": "fw-b"})
+    missing = "cccccccc-0000-4000-8000-000000000003"
+    result = adapter(sp, subscriptions=[SUB_B, missing]).poll()
+    assert set(by_vm(result)) == {vm}
+    assert result.error is not None and result.error.startswith(f"subscription {missing}: ARM 404")
+    sp.subscriptions[SUB_B].fail_status = 500
+    with pytest.raises(AdapterError) as err:  # every subscription failed: the whole poll did
+        adapter(sp, subscriptions=[SUB_B, missing]).poll()
+    assert err.value.reason == (f"subscription {SUB_B}: ARM 500 InternalServerError: boom; "
+                                f"subscription {missing}: ARM 404 SubscriptionNotFound: "
+                                f"The subscription '{missing}' could not be found.")
+
+
+def test_unreachable_arm(sp: Any, closed_port: int) -> None:
+    with pytest.raises(UnreachableError, match="unreachable"):
+        adapter(sp, resource_manager_url=f"https://127.0.0.1:{closed_port}").poll()
+
+
+def test_untrusted_tls_is_unreachable_not_refused(sp: Any) -> None:
+    with pytest.raises(UnreachableError, match="CERTIFICATE_VERIFY_FAILED"):
+        adapter(sp, ca_file=None).poll()
+
+
+def test_certificate_credential(sp: Any, tmp_path: Path) -> None:
+    # Entra ID signs client assertions with RS256: the certificate's key is RSA
+    cert = trustme.CA(key_type=trustme.KeyType.RSA).issue_cert("tr7-metering", key_type=trustme.KeyType.RSA)
+    pem = tmp_path / "sp.pem"
+    pem.write_bytes(cert.private_key_and_cert_chain_pem.bytes())
+    sp.clients["99999999-2222-3333-4444-555555555555"] = ""  # the server wants a signed assertion
+    vm = sp.add_vm(SUB_A, "fw", tags={"tr7.instance": "fw-1"})
+    ad = adapter(sp, subscriptions=[SUB_A], tenant_id=TENANT,
+                 client_id="99999999-2222-3333-4444-555555555555", certificate_file=str(pem))
+    assert set(by_vm(ad.poll())) == {vm}
+
+
+def test_managed_identity(sp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{sp.url}/msi/token")  # App Service's identity endpoint
+    monkeypatch.setenv("IDENTITY_HEADER", sp.identity_header)
+    vm = sp.add_vm(SUB_A, "fw", tags={"tr7.instance": "fw-1"})
+    assert set(by_vm(adapter(sp, subscriptions=[SUB_A], identity="managed").poll())) == {vm}
+    assert sp.count("/msi/token") == 1 and sp.count(f"/{TENANT}/") == 0
+
+
+def test_secret_from_credentials_directory(sp: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "azure-secret").write_text(SECRET + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    vm = sp.add_vm(SUB_A, "fw", tags={"tr7.instance": "fw-1"})
+    ad = adapter(sp, subscriptions=[SUB_A], client_secret=None, client_secret_file="azure-secret")
+    assert set(by_vm(ad.poll())) == {vm}
+    with pytest.raises(ConfigError, match="cannot read secret file"):
+        adapter(sp, client_secret=None, client_secret_file="missing").poll()
+
+
+def test_malformed_tags_are_logged_once(sp: Any, caplog: pytest.LogCaptureFixture) -> None:
+    bad = sp.add_vm(SUB_A, "bad", tags={"tr7.instance": "has spaces"})
+    odd = sp.add_vm(SUB_A, "odd", tags={"tr7.instance": "fw-odd", "tr7.vservices": "-3", "tr7.bundle": "std"})
+    ad = adapter(sp, subscriptions=[SUB_A])
+    with caplog.at_level(logging.WARNING, logger="tr7.adapters"):
+        first, second = ad.poll(), ad.poll()
+    assert by_vm(first) == by_vm(second) == {
+        odd: Observation("fw-odd", odd, "westeurope", "running", Capacity(bundle="std"))}
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tr7.adapters"]
+    assert len([w for w in warnings if bad in w]) == 1
+    assert len([w for w in warnings if odd in w and "tr7.vservices" in w]) == 1
+
+
+def test_config_schema() -> None:
+    ok = AzureConfig(name="a", platform="azure", subscriptions=[SUB_A])
+    assert ok.identity == "managed" and ok.resource_manager_url == "https://management.azure.com"
+    for bad in ({"subscriptions": []}, {"subscriptions": ["not-a-guid"]},
+                {"subscriptions": [SUB_A], "client_secret": "x"},
+                {"subscriptions": [SUB_A], "tenant_id": TENANT, "client_id": CLIENT, "client_secret": "x",
+                 "certificate_file": "/x.pem"},
+                {"subscriptions": [SUB_A], "resource_manager_url": "http://arm"},
+                {"subscriptions": [SUB_A], "region": "westeurope"}):
+        with pytest.raises(ValidationError):
+            AzureConfig(name="a", platform="azure", **bad)
+    assert all(f.description for f in AzureConfig.model_fields.values())
