@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trustme
 from pydantic import ValidationError
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from adapters.base import AuthError, Capacity, UnreachableError
 from adapters.registry import adapter_class
@@ -39,7 +39,8 @@ def make(url: str, name: str = "vc", **kw: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[Any]:
-    server = vcsim.start(vms=8, hosts=2)
+    # pages of 3 objects: every poll below needs ContinueRetrievePropertiesEx to see everything
+    server = vcsim.start(vms=8, hosts=2, page=3)
     yield server
     server.stop()
 
@@ -77,6 +78,21 @@ def test_registry_finds_the_adapter() -> None:
     assert ADAPTER.platform == "vmware"
     for name, field in VMwareConfig.model_fields.items():
         assert field.description, name  # the agent's commented sample is generated from these
+
+
+def test_simulator_pages_like_vcenter(sim: Any, inv: dict[str, Any]) -> None:
+    """Guard: the paging the tests rely on is real (a simulator that ignored it would hide bugs)."""
+    pc = vmodl.query.PropertyCollector
+    content = inv["si"].content
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    spec = pc.FilterSpec(propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])], objectSet=[
+        pc.ObjectSpec(obj=view, skip=True, selectSet=[
+            pc.TraversalSpec(name="v", type=vim.view.ContainerView, path="view", skip=False)])])
+    first = content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions(maxObjects=100))
+    assert len(first.objects) == 3 and first.token
+    rest = content.propertyCollector.ContinueRetrievePropertiesEx(first.token)
+    assert len(rest.objects) == 3
+    view.DestroyView()
 
 
 def test_tagged_vms_are_observed_with_uuid_host_and_capacity(sim: Any, inv: dict[str, Any]) -> None:
@@ -211,7 +227,7 @@ def test_tls_verification(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_thousands_of_vms_in_one_poll() -> None:
-    server = vcsim.start(vms=3000, hosts=8)
+    server = vcsim.start(vms=3000, hosts=8)  # 1000-object pages: RetrievePropertiesEx + 2 Continue
     try:
         si = vcsim.connect(server.url)
         vms = vcsim.all_vms(si)

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/simulator/vpx"
 )
 
 func main() {
@@ -20,6 +21,7 @@ func main() {
 	pass := flag.String("pass", "secret", "login password")
 	certFile := flag.String("cert", "", "serve https with this PEM certificate chain (and -key)")
 	keyFile := flag.String("key", "", "PEM private key of -cert")
+	flag.IntVar(&pageCap, "page", 0, "PropertyCollector page size cap (0: honour maxObjects only)")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -28,6 +30,9 @@ func main() {
 		panic(err)
 	}
 	defer model.Remove()
+	pc := &PagingCollector{}
+	pc.Self = vpx.ServiceContent.PropertyCollector
+	simulator.Map.Put(pc)
 	model.Service.Listen = &url.URL{Host: "127.0.0.1:0", User: url.UserPassword(*user, *pass)}
 	if *certFile != "" {
 		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)

@@ -50,11 +50,13 @@ class Vcsim:
             self.proc.wait()
 
 
-def start(vms: int = 4, hosts: int = 2, tls: tuple[str, str] | None = None,
+def start(vms: int = 4, hosts: int = 2, tls: tuple[str, str] | None = None, page: int = 0,
           timeout: float = 900) -> Vcsim:
     """Start a VPX simulator on 127.0.0.1:<free port> with `vms` VMs in one cluster of `hosts`;
-    `tls` = (certificate chain PEM file, key PEM file) serves https."""
-    args = [str(build()), "-vm", str(vms), "-host", str(hosts), "-user", USER, "-pass", PASSWORD]
+    `tls` = (certificate chain PEM file, key PEM file) serves https; `page` caps the objects per
+    RetrievePropertiesEx page (maxObjects is always honoured, as vCenter does)."""
+    args = [str(build()), "-vm", str(vms), "-host", str(hosts), "-user", USER, "-pass", PASSWORD,
+            "-page", str(page)]
     if tls:
         args += ["-cert", tls[0], "-key", tls[1]]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
