@@ -75,6 +75,7 @@ class Service:
         self.ship_stop = threading.Event()
         self.ship_thread: threading.Thread | None = None
         self.last_activity = time.monotonic()
+        self.terminating = False
 
     # ---- start-up -------------------------------------------------------------------------
     def start(self) -> None:
@@ -213,8 +214,13 @@ class Service:
 
     # ---- main loop --------------------------------------------------------------------------
     def serve(self) -> int:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        def terminate(*_: object) -> None:
+            self.terminating = True
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, terminate)
+        signal.signal(signal.SIGINT, terminate)
+        # `stop` doubles as the main loop's wake-up; `terminating` says whether to leave it.
         signal.signal(signal.SIGHUP, lambda *_: (self.reload_requested.set(), self.stop.set()))
         try:
             self.start()
@@ -226,7 +232,7 @@ class Service:
         wd = sdnotify.watchdog_interval()
         while True:
             self.stop.wait(min(wd, 5.0) if wd else 5.0)
-            if self.reload_requested.is_set() and self.fatal is None:
+            if self.reload_requested.is_set() and self.fatal is None and not self.terminating:
                 self.reload_requested.clear()
                 self.stop.clear()
                 sdnotify.notify("RELOADING=1")
