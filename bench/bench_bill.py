@@ -1,0 +1,186 @@
+"""Bill 2,000 instances x 1 month from the collector's hour aggregates vs the full recomputation.
+
+Prints the ratio (goal >= 50x); never asserts a time. Usage:
+    .venv/bin/python bench/bench_bill.py [--instances 2000] [--interval 1800] [--db URL]
+"""
+
+import argparse
+import base64
+import json
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from billing import compute, load_catalog
+from collector import accounting, db, evidence, registry
+from collector.ingest import ingest_lines
+from collector.settings import Settings
+from protocol.heartbeat import ZERO_HASH, token_digest
+from protocol.keys import AgentKey
+from protocol.timefmt import format_time, month_bounds
+
+MONTH = "2026-09"
+PER_AGENT = 50
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def sign_chain(args: tuple[int, int, int]) -> list[str]:
+    """One agent's month of heartbeats (signed directly: a generator, not the thing measured)."""
+    ai, n_inst, interval = args
+    key = AgentKey.generate() if ai < 0 else AgentKey(_key(ai))
+    m0, m1 = month_bounds(MONTH)
+    head = b64(
+        json.dumps(
+            {"alg": "EdDSA", "kid": key.kid, "typ": "tr7-heartbeat+json"}, separators=(",", ":")
+        ).encode()
+    )
+    out, prev = [], ZERO_HASH
+    for seq, t in enumerate(range(m0 + ai % interval, m1, interval), start=1):
+        obs = [
+            {
+                "instance": f"TR7-{ai:03d}-{j:02d}",
+                "adapter": "a",
+                "vm": f"vm-{ai}-{j}",
+                "host": "h",
+                "state": "running" if (t // 3600 + j) % 11 else "stopped",
+                "capacity": {"bundle": "pro", "bandwidth_mbps": 500},
+            }
+            for j in range(n_inst)
+        ]
+        payload = {
+            "v": 1,
+            "agent": key.kid,
+            "seq": seq,
+            "prev": prev,
+            "time": format_time(t),
+            "interval": interval,
+            "polls": [{"adapter": "a", "platform": "kvm", "ok": True, "error": None}],
+            "observations": obs,
+        }
+        si = f"{head}.{b64(json.dumps(payload, separators=(',', ':')).encode())}"
+        tok = f"{si}.{b64(key.sign(si.encode()))}"
+        out.append(tok)
+        prev = token_digest(tok)
+    return out
+
+
+def _key(ai: int):  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"bench-{ai}".encode()).digest())
+
+
+def _ingest(args: tuple[str, str, list[str]]) -> int:
+    data_dir, url, lines = args
+    engine = Settings(Path(data_dir), url, "bench").engine
+    n = 0
+    for i in range(0, len(lines), 2000):
+        n += sum(r["status"] == "accepted" for r in ingest_lines(engine, lines[i : i + 2000]))
+    return n
+
+
+def catalog(n_agents: int) -> dict:
+    lic = [
+        {
+            "id": f"SL-{a}-{j}",
+            "customer": f"c{a % 20}",
+            "instance": f"TR7-{a:03d}-{j:02d}",
+            "model": "payg",
+            "unit": "hour",
+            "start": "2026-01-01T00:00:00Z",
+            "end": None,
+            "capacity": [
+                {"from": "2026-01-01T00:00:00Z", "bundle": "pro", "bandwidth_mbps": 500, "vservices": 10}
+            ],
+        }
+        for a in range(n_agents)
+        for j in range(PER_AGENT)
+    ]
+    return {
+        "provider": {"id": "acme", "name": "Acme", "currency": "EUR"},
+        "policy": {"gaps": {"mode": "evidence"}},
+        "bundles": ["basic", "pro"],
+        "platform_licenses": [{"id": "PL-1", "valid_from": "2026-01-01T00:00:00Z", "valid_to": None}],
+        "customers": [{"id": f"c{i}", "name": f"Customer {i}", "downgraded": []} for i in range(20)],
+        "licenses": lic,
+        "rates": {
+            "hourly": [{"bundle": "pro", "max_bandwidth_mbps": 1000, "price": "0.0450"}],
+            "monthly": [],
+        },
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--instances", type=int, default=2000)
+    ap.add_argument("--interval", type=int, default=1800, help="agents' poll interval, seconds")
+    ap.add_argument("--db", help="database URL (default: SQLite in a temp dir)")
+    args = ap.parse_args()
+    n_agents = max(1, args.instances // PER_AGENT)
+    tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-bill-"))
+    try:
+        st = Settings(tmp / "data", args.db or f"sqlite:///{tmp / 'collector.db'}", "bench")
+        engine = st.open()
+        db.write_tx(engine, lambda c: registry.apply_catalog(c, catalog(n_agents)))
+        t = time.perf_counter()
+        with ProcessPoolExecutor() as pool:
+            chains = list(pool.map(sign_chain, [(a, PER_AGENT, args.interval) for a in range(n_agents)]))
+        for a, _chain in enumerate(chains):
+            kid_key = AgentKey(_key(a))
+            db.write_tx(
+                engine, lambda c, k=kid_key, a=a: registry.add_agent(c, "acme", f"a{a}", k.public_b64, 0)
+            )
+        lines = [x for ch in chains for x in ch]
+        print(
+            f"generated {len(lines)} heartbeats x {PER_AGENT} observations in {time.perf_counter() - t:.1f} s"
+        )
+        t = time.perf_counter()
+        parts = [lines[i::2] for i in range(2)]
+        with ProcessPoolExecutor(2) as pool:
+            accepted = sum(pool.map(_ingest, [(str(st.data_dir), st.db_url, p) for p in parts]))
+        print(f"ingested {accepted} in {time.perf_counter() - t:.1f} s")
+        with db.read_conn(engine) as c:
+            t = time.perf_counter()
+            agg = accounting.own_result(c, "acme", MONTH)
+            t_agg = time.perf_counter() - t
+            # Where the time of the aggregate path goes: the store's part vs billing.compute itself.
+            t = time.perf_counter()
+            analysis = evidence.chain_analysis(c, "acme", MONTH)
+            act = evidence.activity(c, "acme", MONTH, analysis.quarantined)
+            t_read = time.perf_counter() - t
+            t = time.perf_counter()
+            compute(act, load_catalog(registry.latest_catalog(c, "acme")[1]), MONTH, analysis.chains_json())
+            t_compute = time.perf_counter() - t
+            t = time.perf_counter()
+            full = accounting.full_result(c, "acme", MONTH)
+            t_full = time.perf_counter() - t
+        same = accounting.same_docs(agg, full)
+        print(
+            f"instances={n_agents * PER_AGENT} interval={args.interval}s heartbeats={len(lines)} "
+            f"db={engine.dialect.name}"
+        )
+        print(
+            f"bill from aggregates: {t_agg:.2f} s; full recomputation: {t_full:.2f} s; "
+            f"ratio {t_full / t_agg:.1f}x (goal >= 50x); identical results: {same}"
+        )
+        print(
+            f"  aggregate path = reading aggregates + chain rules {t_read:.2f} s "
+            f"+ billing.compute {t_compute:.2f} s (shared by both paths)"
+        )
+        return 0 if same else 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Ingest throughput over HTTP (heartbeats of 50 observations, batches of 500, concurrent clients)
+against the raw Ed25519 verification rate measured in the same run, on SQLite and PostgreSQL.
+
+Prints the ratios (goal >= 0.5); never asserts a time. Usage:
+    .venv/bin/python bench/bench_ingest.py [--heartbeats 6000] [--clients 4] [--workers N]
+"""
+
+import argparse
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+
+from collector import db, registry
+from collector.pgtemp import PgCluster, new_database
+from collector.settings import Settings
+from protocol.heartbeat import ZERO_HASH, sign_heartbeat, token_digest
+from protocol.keys import AgentKey
+from protocol.timefmt import format_time
+
+OBS = 50
+BATCH = 500
+
+
+def make_heartbeats(n: int, n_agents: int) -> tuple[list[AgentKey], list[str]]:
+    keys = [AgentKey.generate() for _ in range(n_agents)]
+    t0 = int(time.time()) - 20 * 86400
+    lines = []
+    per = n // n_agents
+    for a, key in enumerate(keys):
+        prev = ZERO_HASH
+        for seq in range(1, per + 1):
+            obs = [
+                {
+                    "instance": f"TR7-{a:02d}-{j:02d}",
+                    "adapter": "a",
+                    "vm": f"vm-{a}-{j}",
+                    "host": "esx1",
+                    "state": "running",
+                    "capacity": {"bundle": "pro", "bandwidth_mbps": 500, "vservices": 10},
+                }
+                for j in range(OBS)
+            ]
+            payload = {
+                "v": 1,
+                "agent": key.kid,
+                "seq": seq,
+                "prev": prev,
+                "time": format_time(t0 + seq * 60),
+                "interval": 60,
+                "polls": [{"adapter": "a", "platform": "vmware", "ok": True, "error": None}],
+                "observations": obs,
+            }
+            tok = sign_heartbeat(key, payload)
+            prev = token_digest(tok)
+            lines.append(tok)
+    return keys, lines
+
+
+def raw_verify_rate(keys: list[AgentKey], lines: list[str]) -> float:
+    """Ed25519 signature checks alone (no parsing, no storage), one core."""
+    by_kid = {k.kid: k.public for k in keys}
+    kids = [k.kid for k in keys for _ in range(len(lines) // len(keys))]
+    t = time.perf_counter()
+    for kid, line in zip(kids, lines, strict=True):
+        h, p, s = line.split(".")
+        by_kid[kid].verify(base64.urlsafe_b64decode(s + "=="), f"{h}.{p}".encode())
+    return len(lines) / (time.perf_counter() - t)
+
+
+def _port() -> int:
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return int(so.getsockname()[1])
+
+
+def run_backend(
+    name: str, url: str, tmp: Path, keys: list[AgentKey], lines: list[str], clients: int, workers: int
+) -> float:
+    st = Settings(tmp / f"data-{name}", url, "bench")
+    engine = st.open()
+    for i, k in enumerate(keys):
+        db.write_tx(engine, lambda c, k=k, i=i: registry.add_agent(c, "acme", f"a{i}", k.public_b64, 0))
+    engine.dispose()
+    port = _port()
+    log = (tmp / f"{name}.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "serve",
+            "--data-dir",
+            str(st.data_dir),
+            "--db",
+            url,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        batches = ["\n".join(lines[i : i + BATCH]) for i in range(0, len(lines), BATCH)]
+
+        def post(body: str) -> int:
+            with httpx.Client(timeout=600) as http:
+                r = http.post(base + "/v1/heartbeats", content=body, headers={"Content-Type": "text/plain"})
+                r.raise_for_status()
+                return sum(x["status"] == "accepted" for x in r.json()["results"])
+
+        t = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            accepted = sum(pool.map(post, batches))
+        elapsed = time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()
+    if accepted != len(lines):
+        print(f"  {name}: only {accepted} of {len(lines)} accepted (see {tmp / name}.log)")
+    return len(lines) / elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--heartbeats", type=int, default=6000)
+    ap.add_argument("--agents", type=int, default=12)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-ingest-"))
+    cluster = None
+    try:
+        keys, lines = make_heartbeats(args.heartbeats, args.agents)
+        raw = raw_verify_rate(keys, lines)
+        print(
+            f"{len(lines)} heartbeats x {OBS} observations, batches of {BATCH}, {args.clients} clients, "
+            f"{args.workers} collector workers, {os.cpu_count()} cores"
+        )
+        print(f"raw Ed25519 verification (1 core): {raw:,.0f}/s")
+        cluster = PgCluster()
+        for name, url in (
+            ("sqlite", f"sqlite:///{tmp / 'collector.db'}"),
+            ("postgresql", new_database(cluster.admin_url)),
+        ):
+            rate = run_backend(name, url, tmp, keys, lines, args.clients, args.workers)
+            print(f"ingest over HTTP, {name}: {rate:,.0f}/s  ratio {rate / raw:.2f} (goal >= 0.5)")
+        return 0
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
