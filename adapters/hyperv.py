@@ -118,6 +118,9 @@ def _convert(exc: Exception, transport: str = "ntlm") -> AdapterError:
         return exc
     if isinstance(exc, wex.InvalidCredentialsError | wex.AuthenticationError):
         return AuthError("authentication failed", str(exc))
+    if type(exc).__module__.startswith("requests_credssp"):
+        # AuthenticationException / NTStatusException: CredSSP refused (bad password, no delegation)
+        return AuthError("authentication failed (CredSSP)", f"{type(exc).__name__}: {exc}")
     if isinstance(exc, wex.WSManFaultError):
         reason = " ".join((exc.reason or "").split())
         if exc.wsman_fault_code == 5 or (exc.fault_subcode or "").endswith("AccessDenied"):

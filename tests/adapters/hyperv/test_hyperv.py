@@ -328,3 +328,14 @@ def test_docs_sample_table_is_valid() -> None:
     [block] = re.findall(r"```toml\n(.*?)```", page, re.S)
     [table] = tomllib.loads(block)["adapters"]
     assert HyperVConfig.model_validate(table).username == "EXAMPLE\\tr7-meter"
+
+
+def test_credssp_delegates_the_password(wsman: Any, make_adapter: Any, ntlm_users: None) -> None:
+    # the transport that lets a cluster node query the others (second hop): TLS, NTLM, credentials
+    wsman.state.auth = "credssp"
+    wsman.state.vms = host_vms()
+    assert len(make_adapter(transport="credssp").poll().observations) == 2
+    [creds] = wsman.state.delegated
+    assert (creds.username, creds.password) == ("tr7-meter", wsman.state.password)
+    with pytest.raises(AuthError):
+        make_adapter(transport="credssp", password="wrong").poll()

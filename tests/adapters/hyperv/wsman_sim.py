@@ -59,12 +59,13 @@ class WsmanState:
     fault: tuple[int, str, str, int] | None = None  # (http status, subcode, reason, wsman code) at Create
     receive_timeouts: int = 0  # OperationTimeout faults before the output
     hang: bool = False  # the command never finishes
-    auth: str = "basic"  # "basic", or "negotiate": NTLM inside Negotiate, as a domain WinRM listener
+    auth: str = "basic"  # "basic", "negotiate" (NTLM inside Negotiate, as a domain listener), "credssp"
     channel_bindings: GssChannelBindings | None = None  # tls-server-end-point of the server certificate
     # what the client did
     scripts: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     open_shells: set[str] = field(default_factory=set)
+    delegated: list[Any] = field(default_factory=list)  # CredSSP TSCredentials received
     commands: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -147,6 +148,8 @@ class WsmanHandler(BaseHTTPRequestHandler):
         if getattr(self, "ntlm_done", False) and not auth:
             return True
         scheme, _, token = auth.partition(" ")
+        if self.state.auth == "credssp":
+            return self._credssp(scheme, token)
         if scheme.lower() != "negotiate" or not token:
             return False
         raw = base64.b64decode(token)
@@ -163,14 +166,33 @@ class WsmanHandler(BaseHTTPRequestHandler):
         self.ntlm_done = bool(self.ntlm.complete)
         return self.ntlm_done
 
+    def _credssp(self, scheme: str, token: str) -> bool:
+        """CredSSP [MS-CSSP]: TLS, then NTLM inside it, then the delegated password; per connection."""
+        if scheme.lower() != "credssp" or not token:
+            return False
+        ctx = getattr(self, "credssp", None)
+        if ctx is None or ctx.complete:
+            ctx = self.credssp = spnego.server(protocol="credssp", service="HTTP")
+        try:
+            out = ctx.step(base64.b64decode(token))
+        except Exception:
+            self.credssp = None
+            return False  # refused: 401 without a token, as Windows answers a bad password
+        if ctx.complete:
+            self.ntlm_done = True
+            self.state.delegated.append(ctx.get_extra_info("client_credential"))
+            return True
+        self.challenge = "CredSSP " + base64.b64encode(out or b"").decode()
+        return False
+
     def do_POST(self) -> None:
         data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         if self.path != "/wsman":
             return self._send(404, b"")
         self.challenge = ""
         if not self._authorised():
-            basic = 'Basic realm="WSMAN"'
-            offer = self.challenge or ("Negotiate" if self.state.auth == "negotiate" else basic)
+            offers = {"negotiate": "Negotiate", "credssp": "CredSSP", "basic": 'Basic realm="WSMAN"'}
+            offer = self.challenge or offers[self.state.auth]
             return self._send(401, b"", {"WWW-Authenticate": offer})
         root = ET.fromstring(data)
         action = root.findtext("s:Header/a:Action", "", NS)
