@@ -1,0 +1,64 @@
+"""Alerts over the read API: fork, break, clock going back, clone, unlicensed, over-capacity, silence."""
+
+import time
+
+from collector import db, registry
+from protocol.timefmt import format_time, month_bounds, month_of, previous_month
+
+
+def test_alerts_and_agent_health(client, settings, tools):
+    m = previous_month(month_of(int(time.time())))
+    m0 = month_bounds(m)[0]
+    fixed = {
+        "id": "SL-F",
+        "customer": "c1",
+        "instance": "TR7-0003",
+        "model": "fixed",
+        "unit": "hour",
+        "start": "2026-01-01T00:00:00Z",
+        "end": None,
+        "capacity": [{"from": "2026-01-01T00:00:00Z", "bundle": "basic", "bandwidth_mbps": 100}],
+    }
+    cat = tools.catalog()
+    cat["licenses"].append(fixed)
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, cat))
+    a, b, quiet = tools.Agent("a"), tools.Agent("b"), tools.Agent("quiet")
+    for ag in (a, b, quiet):
+        tools.enrol(settings, "acme", ag, m0 - 86400)
+    h = m0 + 5 * 3600
+    lines = [
+        a.beat(h + 60, {"TR7-0001": "running"}, vm="vm-a"),
+        b.beat(h + 120, {"TR7-0001": "running"}, vm="vm-b"),  # same instance, other vm, same hour
+        b.beat(h + 180, {"TR7-0002": "running"}),  # no license
+        b.beat(h + 240, {"TR7-0003": "running"}, capacity={"bundle": "pro", "bandwidth_mbps": 100}),
+    ]
+    # a's host restored from a snapshot: seq 2 signed twice with different content (fork) ...
+    seq2_prev, seq2 = a.prev, a.seq
+    lines.append(a.beat(h + 600, {"TR7-0001": "running"}, vm="vm-a"))
+    a.seq, a.prev = seq2, seq2_prev
+    lines.append(a.beat(h + 660, {"TR7-0001": "stopped"}, vm="vm-a"))
+    # ... then one whose prev does not match (break), then one whose time goes back
+    lines.append(a.beat(h + 700, {"TR7-0001": "running"}, vm="vm-a"))
+    a.prev = "f" * 64
+    lines.append(a.beat(h + 900, {"TR7-0001": "running"}, vm="vm-a"))
+    lines.append(a.beat(h + 800, {"TR7-0001": "running"}, vm="vm-a"))
+    r = client.post("/v1/heartbeats", content="\n".join(lines), headers={"Content-Type": "text/plain"})
+    assert {x["status"] for x in r.json()["results"]} == {"accepted"}
+    tok = db.write_tx(
+        settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", int(time.time()))
+    )
+    auth = {"Authorization": f"Bearer {tok}"}
+    found = client.get("/v1/providers/acme/alerts", params={"month": m}, headers=auth).json()["alerts"]
+    kinds = {x["type"] for x in found}
+    assert kinds == {"fork", "break", "clock_back", "clone", "unlicensed", "over_capacity", "silent_agent"}
+    clone = next(x for x in found if x["type"] == "clone")
+    assert clone["instance"] == "TR7-0001" and clone["vms"] == ["vm-a", "vm-b"]
+    assert clone["hour"] == format_time(h)
+    assert next(x for x in found if x["type"] == "unlicensed")["instance"] == "TR7-0002"
+    assert next(x for x in found if x["type"] == "over_capacity")["license"] == "SL-F"
+    assert {x["agent"] for x in found if x["type"] == "silent_agent"} >= {quiet.kid}
+    assert next(x for x in found if x["type"] == "fork")["seq"] == 2
+    health = client.get("/v1/providers/acme/agents", params={"month": m}, headers=auth).json()["agents"]
+    by = {x["kid"]: x for x in health}
+    assert by[quiet.kid]["last_heartbeat"] is None and by[quiet.kid]["silent"]
+    assert not by[a.kid]["healthy"] and by[a.kid]["chain"]["forks"] == [2]
