@@ -88,20 +88,20 @@ def _check_manifest(ctx: _Ctx) -> None:
 
 def _read_lines(ctx: _Ctx, rel: str) -> tuple[list[str], list[bytes]]:
     """A .jws file's lines (as text, for verification) and their RFC 9162 leaf hashes (of the bytes)."""
+    lines: list[str] = []
+    hashes: list[bytes] = []
     if not ctx.has(rel):
-        return [], []
-    raw = (ctx.root / rel).read_bytes()
-    if not raw:
-        return [], []
-    blines = raw.split(b"\n")
-    del raw
-    if blines[-1] == b"":
-        blines.pop()
-    else:
-        ctx.add(rel, len(blines), "jws.format", "the last line lacks its LF")
-    hashes = [leaf_hash(b) for b in blines]
-    # Non-ASCII bytes become U+FFFD, which JWS verification then rejects with its line number.
-    return [b.decode("ascii", "replace") for b in blines], hashes
+        return lines, hashes
+    with (ctx.root / rel).open("rb") as f:  # streamed: a month's log can be hundreds of MB
+        for raw in f:
+            if raw.endswith(b"\n"):
+                raw = raw[:-1]
+            else:
+                ctx.add(rel, len(lines) + 1, "jws.format", "the last line lacks its LF")
+            hashes.append(leaf_hash(raw))
+            # Non-ASCII bytes become U+FFFD, which JWS verification then rejects on its line.
+            lines.append(raw.decode("ascii", "replace"))
+    return lines, hashes
 
 
 def _checkpoint(ctx: _Ctx, rel: str, verifier: NoteVerifier | None, rule: str) -> Checkpoint | None:
