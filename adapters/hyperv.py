@@ -84,9 +84,10 @@ class HyperVConfig(AdapterConfig):
 
     platform: Literal["hyperv"] = Field(description="This adapter: hyperv")
     url: str = Field(description="WinRM HTTPS listener, e.g. https://hv1.example:5986/wsman")
-    username: str = Field(description="Account in 'Hyper-V Administrators' (DOMAIN\\user or user@domain)")
+    username: str = Field(
+        description="Account in 'Hyper-V Administrators': DOMAIN\\user, or user@REALM with kerberos")
     password: str | None = Field(
-        default=None, description="Password, inline (prefer password_file; optional with kerberos)")
+        default=None, description="Password, inline (prefer password_file; none with kerberos)")
     password_file: str | None = Field(
         default=None, description="File holding the password (relative: $CREDENTIALS_DIRECTORY)")
     transport: Literal["ntlm", "kerberos", "basic", "credssp"] = Field(
@@ -105,7 +106,12 @@ class HyperVConfig(AdapterConfig):
 
     @model_validator(mode="after")
     def _check(self) -> "HyperVConfig":
-        if self.password is None and self.password_file is None and self.transport != "kerberos":
+        has_password = self.password is not None or self.password_file is not None
+        if self.transport == "kerberos" and has_password:
+            # pywinrm's Kerberos takes the ticket from the credential cache (or MIT's client
+            # keytab, KRB5_CLIENT_KTNAME); a password here would be silently ignored
+            raise ValueError("transport kerberos uses a ticket cache or KRB5_CLIENT_KTNAME, not a password")
+        if not has_password and self.transport != "kerberos":
             raise ValueError(f"transport {self.transport} needs password or password_file")
         if self.ca_file is not None and not self.verify_tls:
             raise ValueError("ca_file is only used when verify_tls is true")

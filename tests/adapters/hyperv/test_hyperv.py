@@ -254,6 +254,7 @@ def test_ca_file_makes_tls_pass_and_verify_off_skips_it(wsman: Any, make_adapter
     {"url": "https://hv1:5986/other"},
     {"transport": "plaintext"},
     {"password": None},
+    {"transport": "kerberos"},  # with a password, which Kerberos would ignore
     {"verify_tls": False},  # with ca_file
     {"colour": "blue"},
 ])
@@ -262,6 +263,12 @@ def test_config_rejects(bad: dict[str, Any]) -> None:
            "password": "p", "ca_file": "/etc/ca.pem"} | bad
     with pytest.raises(ValidationError):
         HyperVConfig(**{k: v for k, v in cfg.items() if v is not None})
+
+
+def test_kerberos_config_takes_no_password() -> None:
+    c = HyperVConfig(name="h", platform="hyperv", url="https://hv1.example.com:5986/wsman",
+                     username="tr7-meter@EXAMPLE.COM", transport="kerberos")
+    assert c.password is None and c.password_file is None
 
 
 def test_config_defaults_and_url_normalised() -> None:
@@ -293,7 +300,10 @@ def test_transport_without_its_package_is_a_config_error(wsman: Any, make_adapte
     # pywinrm's optional extras (requests-credssp, pykerberos) absent: say what to install
     monkeypatch.setattr(f"winrm.transport.{flag}", False)
     with pytest.raises(ConfigError, match=rf"pywinrm\[{transport}\]"):
-        make_adapter(transport=transport).poll()
+        if transport == "kerberos":
+            make_adapter(transport=transport, password=None).poll()
+        else:
+            make_adapter(transport=transport).poll()
 
 
 def test_unreadable_password_file_is_a_config_error(wsman: Any, make_adapter: Any, tmp_path: Any) -> None:
