@@ -43,7 +43,8 @@ def _verify(args: argparse.Namespace) -> int:
     from audit.verify import verify_bundle
 
     started = time.monotonic()
-    report = verify_bundle(args.dir, progress=_Progress(args.quiet), workers=args.workers)
+    report = verify_bundle(args.dir, progress=_Progress(args.quiet), workers=args.workers,
+                           collector_key=args.collector_key)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
         return EXIT_OK if report.ok else EXIT_FAILED
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("dir")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--quiet", action="store_true", help="print failures only, no progress or findings")
+    v.add_argument("--collector-key", metavar="VKEY",
+                   help="the collector's note verifier key as published; collector.pub must equal it")
     v.add_argument("--workers", type=int, default=None, help="processes for signatures (default: auto)")
     v.set_defaults(func=_verify)
     s = sub.add_parser("show", help="summarise the bundle's documents: customers, chains, checkpoints")

@@ -118,14 +118,19 @@ def _checkpoint(ctx: _Ctx, rel: str, verifier: NoteVerifier | None, rule: str) -
     return cp
 
 
-def _collector(ctx: _Ctx) -> NoteVerifier | None:
+def _collector(ctx: _Ctx, pinned: str | None) -> NoteVerifier | None:
     if not ctx.has(B.COLLECTOR_PUB):
         return None
     try:
-        return NoteVerifier.from_vkey((ctx.root / B.COLLECTOR_PUB).read_text(encoding="utf-8").strip())
+        verifier = NoteVerifier.from_vkey((ctx.root / B.COLLECTOR_PUB).read_text(encoding="utf-8").strip())
     except (NoteError, UnicodeDecodeError) as exc:
         ctx.add(B.COLLECTOR_PUB, 1, "collector.key", f"not a note verifier key: {exc}")
         return None
+    if pinned is not None and verifier.vkey() != pinned.strip():
+        # Whoever can rewrite the bundle can replace collector.pub too; only a key known out of
+        # band proves the checkpoints are the collector's.
+        ctx.add(B.COLLECTOR_PUB, 1, "collector.pinned", f"{verifier.vkey()} is not the expected {pinned}")
+    return verifier
 
 
 def _check_log(ctx: _Ctx, cp: Checkpoint | None, hashes: list[bytes]) -> None:
@@ -162,8 +167,13 @@ def _check_closed(ctx: _Ctx, verifier: NoteVerifier | None, cp: Checkpoint | Non
                            B.CLOSED_USAGE, B.CLOSED_INVOICE, "closed", ctx.present)
 
 
-def verify_bundle(path: Path | str, progress: Progress | None = None, workers: int | None = None) -> Report:
-    """Verify a bundle directory; raise BundleError when it is not a bundle at all."""
+def verify_bundle(path: Path | str, progress: Progress | None = None, workers: int | None = None,
+                  collector_key: str | None = None) -> Report:
+    """Verify a bundle directory; raise BundleError when it is not a bundle at all.
+
+    ``collector_key``: the collector's verifier key as published out of band; when given,
+    collector.pub must be exactly it.
+    """
     root = Path(path)
     if not root.is_dir():
         raise B.BundleError(f"{root} is not a directory")
@@ -173,7 +183,7 @@ def verify_bundle(path: Path | str, progress: Progress | None = None, workers: i
     _check_manifest(ctx)
     ctx.report.provider, ctx.report.month = ctx.provider, ctx.month
     agents = checks.load_agents(ctx.add, _load_json(ctx, B.AGENTS))
-    verifier = _collector(ctx)
+    verifier = _collector(ctx, collector_key)
     cp = _checkpoint(ctx, B.CHECKPOINT, verifier, "checkpoint")
     lines, hashes = _read_lines(ctx, B.HEARTBEATS)
     ctx.report.lines = len(lines)

@@ -182,3 +182,19 @@ def test_parallel_and_serial_verification_agree(bundle: Path, forge) -> None:
     serial, parallel = verify_bundle(bundle, workers=1), verify_bundle(bundle, workers=2)
     assert serial.findings == parallel.findings and serial.chains == parallel.chains
     assert ("heartbeats.jws", 3001, "signature") in [(f.file, f.line, f.rule) for f in serial.errors]
+
+
+def test_replaced_collector_key_is_caught_only_by_pinning(bundle: Path, pristine: Path, forge,
+                                                          scenario: Scenario, cli) -> None:
+    """A forger with a key of their own re-signs everything; the pinned published key exposes it."""
+    published = NoteSigner(scenario.collector_name, scenario.collector_key).verifier_key()
+    forger = NoteSigner(scenario.collector_name, Ed25519PrivateKey.generate())
+    (bundle / "collector.pub").write_text(forger.verifier_key() + "\n")
+    for rel, size in (("checkpoint", len(scenario.leaves)), ("closed/checkpoint", len(scenario.leaves) - 40)):
+        cp = Checkpoint(scenario.origin, size, log_root(scenario.leaves[:size]))
+        (bundle / rel).write_text(sign_checkpoint(cp, forger))
+    forge.rehash(bundle)
+    assert verify_bundle(bundle).ok  # self-consistent: the bundle alone cannot tell
+    res = cli("verify", "--quiet", "--collector-key", published, str(bundle))
+    assert res.returncode == 1 and res.stdout.startswith("collector.pub:1: collector.pinned: ")
+    assert cli("verify", "--quiet", "--collector-key", published, str(pristine)).returncode == 0
