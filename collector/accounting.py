@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from collector import evidence, registry, tlog
 from collector import schema as s
+from collector.accounts.store import overlay
 from collector.settings import Settings
 from protocol.heartbeat import parse_unverified
 from protocol.timefmt import month_bounds, next_month, parse_month
@@ -51,11 +52,12 @@ def catalog_for(conn: Connection, provider: str, month: str) -> tuple[int, dict[
     """A closed month keeps the catalog it was closed with (late data adjusts usage, not prices)."""
     c = closed(conn, provider, month)
     if c is not None:
-        return c.catalog_id, registry.catalog_by_id(conn, c.catalog_id)
+        return c.catalog_id, overlay(conn, provider, registry.catalog_by_id(conn, c.catalog_id))
     latest = registry.latest_catalog(conn, provider)
     if latest is None:
         raise AccountingError(f"no catalog applied for provider {provider!r} (tr7-collector apply FILE)")
-    return latest
+    # Downgraded periods recorded by collector.accounts join the customers' lists (billing-v1.md §8).
+    return latest[0], overlay(conn, provider, latest[1])
 
 
 def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]]:

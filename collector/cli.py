@@ -156,9 +156,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.cmd == "export":
         from collector.export import export
 
-        path, agrees = db.write_tx(
-            engine, lambda c: export(c, settings, args.provider, args.month, args.out, args.overwrite)
-        )
+        # A read snapshot: the full recomputation can take a while and must not block ingest.
+        with db.read_conn(engine) as c:
+            path, agrees = export(c, settings, args.provider, args.month, args.out, args.overwrite)
         if not agrees:
             print(
                 "tr7-collector: aggregates disagree with the full recomputation; bundle holds the latter",

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from collector import db, readapi, registry, tlog
+from collector import db, readapi, registry, tlog, web
 from collector.ingest import ingest_lines
 from collector.settings import ENV_DATA_DIR, ENV_DB, ENV_ORIGIN, Settings
 from protocol.merkle import MerkleError
@@ -141,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
                 raise HTTPException(400, str(exc)) from exc
 
     app.include_router(readapi.router)
+    web.register(app)  # dashboards, accounts and entitlement (collector/web, collector/accounts)
     return app
 
 

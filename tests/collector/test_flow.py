@@ -82,7 +82,8 @@ def test_bill_close_late_adjust_export_verify(client, settings, tools, tmp_path)
     assert [(x["quantity"], x["adjusts"]) for x in later["lines"]] == [(1, m)]
 
     out = tmp_path / "bundle"
-    _path, agrees = db.write_tx(settings.engine, lambda c: export(c, settings, "acme", m, out))
+    with db.read_conn(settings.engine) as c:
+        _path, agrees = export(c, settings, "acme", m, out)
     assert agrees
     files = json.loads((out / "manifest.json").read_text())["files"]
     assert "closed/checkpoint" in files and len((out / "heartbeats.jws").read_text().splitlines()) == 145

@@ -1,0 +1,147 @@
+"""Account routes (payment failed / paid / state), the entitlement API and the periodic tick."""
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from collector import db, registry
+from collector import schema as s
+from collector.accounts import entitlement, mail, store
+from collector.accounts import machine as m
+from collector.readapi import Scope, ScopeDep
+from protocol.timefmt import format_time
+
+router = APIRouter(prefix="/v1")
+ENV_TICK = "TR7_ACCOUNTS_TICK"  # seconds between ticks in the server; 0 turns the job off
+
+
+class FailureRequest(BaseModel):
+    email: str | None = None  # where the reminders go; kept from the last failure when absent
+
+
+def mailer() -> store.Mailer:
+    return mail.smtp_mailer(mail.SmtpSettings.from_env())
+
+
+def account_json(acc: m.Account, email: str | None, now: int) -> dict[str, Any]:
+    nxt = acc.next_reminder_at()
+    return {
+        "state": m.effective(acc, now),
+        "since": format_time(acc.since) if acc.since else None,
+        "overdue_since": None if acc.overdue_since is None else format_time(acc.overdue_since),
+        "downgrade_at": None
+        if acc.downgrade_at is None or acc.state != m.OVERDUE
+        else format_time(acc.downgrade_at),
+        "next_reminder_at": None if nxt is None else format_time(nxt),
+        "reminders": acc.reminders,
+        "email": email,
+    }
+
+
+def require_customer(c: Any, provider: str, customer: str) -> None:
+    latest = registry.latest_catalog(c, provider)
+    if latest is None or customer not in {x["id"] for x in latest[1].get("customers", [])}:
+        raise HTTPException(404, f"no customer {customer} in the catalog of {provider}")
+
+
+def require_admin(scope: Scope, provider: str) -> None:
+    if scope.vendor or scope.role != "admin":
+        raise HTTPException(403, "recording payments needs a provider admin")
+    scope.require_provider(provider)
+
+
+def record(engine: Any, provider: str, customer: str, kind: str, email: str | None, now: int) -> m.Account:
+    def tx(c: Any) -> m.Account:
+        require_customer(c, provider, customer)
+        if kind == "failed":
+            return store.payment_failed(c, provider, customer, now, email, mailer())
+        return store.paid(c, provider, customer, now, mailer())
+
+    return db.write_tx(engine, tx)
+
+
+@router.post("/providers/{provider}/customers/{customer}/payment-failed")
+def payment_failed(
+    provider: str, customer: str, request: Request, scope: ScopeDep, body: FailureRequest | None = None
+) -> dict[str, Any]:
+    require_admin(scope, provider)
+    now = int(time.time())
+    email = body.email if body else None
+    acc = record(request.app.state.engine, provider, customer, "failed", email, now)
+    return {"provider": provider, "customer": customer, **account_json(acc, email, now)}
+
+
+@router.post("/providers/{provider}/customers/{customer}/paid")
+def paid(provider: str, customer: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
+    require_admin(scope, provider)
+    now = int(time.time())
+    acc = record(request.app.state.engine, provider, customer, "paid", None, now)
+    return {"provider": provider, "customer": customer, **account_json(acc, None, now)}
+
+
+@router.get("/providers/{provider}/customers/{customer}/account")
+def account(provider: str, customer: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
+    scope.require_provider(provider)
+    now = int(time.time())
+    with db.read_conn(request.app.state.engine) as c:
+        require_customer(c, provider, customer)
+        acc, email = store.load(c, provider, customer)
+        events = store.events(c, provider, customer)
+    return {"provider": provider, "customer": customer, **account_json(acc, email, now), "events": events}
+
+
+@router.get("/entitlements/{instance}")
+def entitlements(instance: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
+    """Any API token: a provider's token answers from its own catalog only, so an instance of
+    another provider reads as `no_license` and nothing leaks across tenants."""
+    now = int(time.time())
+    with db.read_conn(request.app.state.engine) as c:
+        pids = (
+            c.execute(sa.select(s.providers.c.id).where(scope.provider_filter(s.providers.c.id)))
+            .scalars()
+            .all()
+        )
+        docs, accs = [], {}
+        for p in pids:
+            latest = registry.latest_catalog(c, p)
+            if latest is not None:
+                docs.append(latest[1])
+                accs.update({(p, cust): a for cust, (a, _e) in store.states(c, p).items()})
+    return entitlement.decide(instance, docs, accs, now)
+
+
+def tick_once(engine: Any, now: int | None = None) -> list[tuple[str, str, m.Action]]:
+    now = int(time.time()) if now is None else now
+    return db.write_tx(engine, lambda c: store.tick_all(c, now, mailer()))
+
+
+def install_tick(app: FastAPI) -> None:
+    """Run the tick every TR7_ACCOUNTS_TICK seconds (default 300) while the server runs."""
+    every = int(os.environ.get(ENV_TICK, "300") or 0)
+    if every <= 0:
+        return
+    inner = app.router.lifespan_context
+
+    async def loop() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a failed tick is retried at the next one
+                await run_in_threadpool(tick_once, app.state.engine)
+            await asyncio.sleep(every)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> Any:
+        task = asyncio.create_task(loop())
+        try:
+            async with inner(a) as state:
+                yield state
+        finally:
+            task.cancel()
+
+    app.router.lifespan_context = lifespan

@@ -1,0 +1,135 @@
+"""Sign-in (user accounts or API tokens), server-side sessions, CSRF tokens and role checks."""
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from fastapi import HTTPException, Request
+from sqlalchemy.engine import Connection
+
+from collector import db, registry
+from collector import schema as s
+from collector.readapi import Scope
+from collector.web.tables import web_sessions, web_users
+
+COOKIE = "tr7_session"
+LOGIN_COOKIE = "tr7_login_csrf"  # double-submit token for the sign-in form, before any session
+SESSION_TTL = 12 * 3600
+ROLES = ("admin", "viewer", "auditor", "vendor")
+_N, _R, _P = 2**14, 8, 1  # scrypt cost: about 16 MiB and tens of milliseconds per check
+
+
+class LoginRequired(Exception):
+    """No valid session: the page handler redirects to the sign-in form."""
+
+
+@dataclass(frozen=True)
+class WebSession:
+    scope: Scope
+    who: str
+    csrf: str
+
+    def require_role(self, *roles: str) -> None:
+        if self.scope.role not in roles:
+            raise HTTPException(403, f"this page needs the role {' or '.join(roles)}")
+
+
+def hash_password(password: str, salt: bytes | None = None, n: int = _N, r: int = _R, p: int = _P) -> str:
+    salt = salt or secrets.token_bytes(16)
+    dk = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32, maxmem=64 * 1024 * 1024)
+    b64 = base64.b64encode
+    return f"scrypt${n}${r}${p}${b64(salt).decode()}${b64(dk).decode()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        _alg, n, r, p, salt, _dk = stored.split("$")
+        again = hash_password(password, base64.b64decode(salt), int(n), int(r), int(p))
+    except ValueError:
+        return False
+    return hmac.compare_digest(again, stored)
+
+
+def add_user(
+    conn: Connection, provider: str | None, role: str, username: str, password: str, now: int
+) -> None:
+    if role not in ROLES:
+        raise registry.RegistryError(f"role must be one of {', '.join(ROLES)}")
+    if (role == "vendor") != (provider is None):
+        raise registry.RegistryError("the vendor role has no provider; every other role needs one")
+    if len(password) < 8:
+        raise registry.RegistryError("a password has at least 8 characters")
+    if provider is not None:
+        registry.ensure_provider(conn, provider)
+    if conn.execute(sa.select(web_users.c.username).where(web_users.c.username == username)).first():
+        raise registry.RegistryError(f"user {username} exists")
+    conn.execute(
+        web_users.insert().values(
+            username=username, provider=provider, role=role, password=hash_password(password), created_at=now
+        )
+    )
+
+
+def authenticate(conn: Connection, username: str, password: str, token: str) -> tuple[Scope, str] | None:
+    """(scope, who) for valid credentials: a user name and password, or an API token."""
+    if token.strip():
+        row = conn.execute(
+            sa.select(s.api_tokens).where(s.api_tokens.c.digest == registry.digest(token.strip()))
+        ).first()
+        if row is None:
+            return None
+        return Scope(row.provider, row.role), f"token {row.digest[:8]}"
+    row = conn.execute(sa.select(web_users).where(web_users.c.username == username)).first()
+    if row is None:
+        check_password(password, hash_password("timing-equaliser"))  # same work as a wrong password
+        return None
+    if not check_password(password, row.password):
+        return None
+    return Scope(row.provider, row.role), row.username
+
+
+def open_session(conn: Connection, scope: Scope, who: str, now: int) -> str:
+    sid = secrets.token_urlsafe(32)
+    conn.execute(web_sessions.delete().where(web_sessions.c.expires_at < now))
+    conn.execute(
+        web_sessions.insert().values(
+            digest=registry.digest(sid),
+            provider=scope.provider,
+            role=scope.role,
+            who=who,
+            csrf=secrets.token_urlsafe(24),
+            created_at=now,
+            expires_at=now + SESSION_TTL,
+        )
+    )
+    return sid
+
+
+def close_session(conn: Connection, sid: str) -> None:
+    conn.execute(web_sessions.delete().where(web_sessions.c.digest == registry.digest(sid)))
+
+
+def current(request: Request) -> WebSession:
+    """The session of the request (dependency of every page); no session: sign in first."""
+    sid = request.cookies.get(COOKIE)
+    if not sid:
+        raise LoginRequired()
+    with db.read_conn(request.app.state.engine) as c:
+        row = c.execute(sa.select(web_sessions).where(web_sessions.c.digest == registry.digest(sid))).first()
+    if row is None or row.expires_at <= int(time.time()):
+        raise LoginRequired()
+    return WebSession(Scope(row.provider, row.role), row.who, row.csrf)
+
+
+def check_csrf(expected: str, given: str | None) -> None:
+    """Every form POST carries the session's token; a cross-site form cannot read it."""
+    if not given or not hmac.compare_digest(expected.encode(), given.encode()):
+        raise HTTPException(403, "missing or wrong CSRF token")
+
+
+def secure(request: Request) -> bool:
+    return request.url.scheme == "https"

@@ -1,0 +1,42 @@
+"""Shared pieces of the page modules: templates, the session dependency, month and tenancy checks."""
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from collector import db
+from collector.web.auth import WebSession, current
+from protocol.timefmt import month_of, parse_month
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+SessionDep = Annotated[WebSession, Depends(current)]
+
+
+def month_param(month: str | None) -> str:
+    if not month:
+        return month_of(int(time.time()))
+    try:
+        parse_month(month)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    return month
+
+
+def provider_page(sess: WebSession, provider: str) -> str:
+    """Provider pages show amounts: the vendor has its own view, a provider only its own pages."""
+    if sess.scope.vendor:
+        raise HTTPException(403, "the vendor sees the vendor view, never a provider's amounts")
+    return sess.scope.require_provider(provider)
+
+
+def conn(request: Request) -> Any:
+    return db.read_conn(request.app.state.engine)
+
+
+def render(request: Request, name: str, sess: WebSession | None, **ctx: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, {"sess": sess, **ctx})

@@ -1,0 +1,201 @@
+"""What the pages show, read from the collector's tables; billing results cached per store state."""
+
+import threading
+from collections import OrderedDict, defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from billing.compute import bridged_hours
+from collector import accounting, alerts, registry
+from collector import schema as s
+from collector.accounts import machine as m
+from collector.accounts import store as acc_store
+from protocol.timefmt import format_time, month_bounds
+
+HOUR, DAY = 3600, 86400
+_cache: "OrderedDict[tuple[Any, ...], Any]" = OrderedDict()
+_lock = threading.Lock()
+
+
+def state_key(conn: Connection, provider: str) -> tuple[Any, ...]:
+    """Changes whenever a bill of the provider can: a leaf, a catalog, a close, a downgrade."""
+    logs = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(s.logs.c.size), 0), sa.func.count()).where(
+            s.logs.c.provider == provider
+        )
+    ).one()
+    cat = conn.execute(
+        sa.select(sa.func.max(s.catalogs.c.id)).where(s.catalogs.c.provider == provider)
+    ).scalar()
+    closes = conn.execute(
+        sa.select(sa.func.count()).select_from(s.closes).where(s.closes.c.provider == provider)
+    ).scalar()
+    periods = acc_store.periods(conn, provider)
+    return (
+        provider,
+        int(logs[0]),
+        int(logs[1]),
+        cat,
+        closes,
+        tuple(sorted((k, tuple(v)) for k, v in periods.items())),
+    )
+
+
+def _cached(key: tuple[Any, ...], fn: Any) -> Any:
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    value = fn()
+    with _lock:
+        _cache[key] = value
+        while len(_cache) > 64:
+            _cache.popitem(last=False)
+    return value
+
+
+def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(usage, invoice as billed: estimate with adjustment lines), None without a catalog."""
+
+    def compute() -> Any:
+        try:
+            usage, _own = accounting.own_result(conn, provider, month)
+            return usage, accounting.invoice(conn, provider, month)
+        except accounting.AccountingError:
+            return None
+
+    return _cached(("results", month, *state_key(conn, provider)), compute)
+
+
+def health(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
+    # Silence depends on the clock: the cached answer is at most a minute old.
+    key = ("health", month, now // 60, *state_key(conn, provider))
+    return _cached(key, lambda: alerts.agent_health(conn, provider, month, now))
+
+
+def catalog(conn: Connection, provider: str) -> dict[str, Any]:
+    latest = registry.latest_catalog(conn, provider)
+    return {} if latest is None else latest[1]
+
+
+def hour_sets(
+    conn: Connection, provider: str, month: str, instances: list[str] | None = None
+) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+    """instance -> active hours, instance -> seen hours (epoch of each hour), from the day bitmaps."""
+    m0, m1 = month_bounds(month)
+    d = s.days.c
+    q = sa.select(d.instance, d.day, d.active, d.seen).where(d.provider == provider, d.day >= m0, d.day < m1)
+    if instances is not None:
+        q = q.where(d.instance.in_(instances))
+    active: dict[str, set[int]] = defaultdict(set)
+    seen: dict[str, set[int]] = defaultdict(set)
+    for r in conn.execute(q):
+        for h in range(24):
+            if r.seen >> h & 1:
+                seen[r.instance].add(r.day + h * HOUR)
+            if r.active >> h & 1:
+                active[r.instance].add(r.day + h * HOUR)
+    return active, seen
+
+
+def heatmap(month: str, active: set[int], seen: set[int], bridge_max: int) -> list[dict[str, Any]]:
+    """One row per day, 24 cells each: active / inactive / unknown / bridged."""
+    m0, m1 = month_bounds(month)
+    bridged = bridged_hours(active, seen, m1, bridge_max) if bridge_max else set()
+    rows = []
+    for day in range(m0, m1, DAY):
+        cells = []
+        for h in range(day, day + DAY, HOUR):
+            cls = (
+                "active"
+                if h in active
+                else "inactive"
+                if h in seen
+                else "bridged"
+                if h in bridged
+                else "unknown"
+            )
+            cells.append({"hour": format_time(h), "cls": cls})
+        rows.append({"day": format_time(day)[:10], "cells": cells})
+    return rows
+
+
+def bridge_max(doc: dict[str, Any]) -> int:
+    gaps = (doc.get("policy") or {}).get("gaps") or {}
+    return int(gaps.get("max_hours", 0)) if gaps.get("mode") == "bridge" else 0
+
+
+def running_now(conn: Connection, provider: str, now: int) -> list[str]:
+    """Instances active in the current or the previous clock hour (heartbeats come every few minutes)."""
+    out: set[str] = set()
+    d = s.days.c
+    for t in (now, now - HOUR):
+        day, bit = t - t % DAY, (t % DAY) // HOUR
+        q = sa.select(d.instance).where(d.provider == provider, d.day == day, d.active.op("&")(1 << bit) != 0)
+        out.update(conn.execute(q).scalars())
+    return sorted(out)
+
+
+def active_hours(conn: Connection, provider: str, month: str) -> dict[str, int]:
+    """instance -> active hours in the month (an hour on two vms counts once)."""
+    m0, m1 = month_bounds(month)
+    d = s.days.c
+    merged: dict[tuple[str, int], int] = defaultdict(int)
+    for r in conn.execute(
+        sa.select(d.instance, d.day, d.active).where(
+            d.provider == provider, d.day >= m0, d.day < m1, d.active != 0
+        )
+    ):
+        merged[(r.instance, r.day)] |= r.active
+    out: dict[str, int] = defaultdict(int)
+    for (inst, _day), bits in merged.items():
+        out[inst] += bits.bit_count()
+    return dict(out)
+
+
+def provider_alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
+    """The collector's alerts (from cached pieces) plus overdue and downgraded accounts."""
+    out: list[dict[str, Any]] = []
+    for a in health(conn, provider, month, now):
+        ch = a["chain"] or {}
+        for kind in ("forks", "breaks", "clock_back"):
+            out += [
+                {"type": kind.rstrip("s") if kind != "clock_back" else kind, "agent": a["name"], "seq": q}
+                for q in ch.get(kind, [])
+            ]
+        if a["silent"]:
+            out.append({"type": "silent_agent", "agent": a["name"], "last_heartbeat": a["last_heartbeat"]})
+    out += [
+        {"type": "clone", "instance": c["instance"], "hour": c["hour"], "vms": c["vms"]}
+        for c in alerts.clones(conn, provider, month)
+    ]
+    res = results(conn, provider, month)
+    if res is not None:
+        usage = res[0]
+        out += [
+            {"type": "unlicensed", "instance": u["instance"], "hours": u["hours"]}
+            for u in usage["unlicensed"]
+        ]
+        for row in usage["rows"]:
+            for flag in row["flags"]:
+                out.append(
+                    {
+                        "type": flag,
+                        "instance": row["instance"],
+                        "license": row["license"],
+                        "customer": row["customer"],
+                    }
+                )
+    for cust, (acc, _email) in sorted(acc_store.states(conn, provider).items()):
+        state = m.effective(acc, now)
+        if state != m.ACTIVE:
+            out.append(
+                {
+                    "type": f"account_{state}",
+                    "customer": cust,
+                    "since": format_time(acc.overdue_since or acc.since),
+                }
+            )
+    return out

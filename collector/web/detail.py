@@ -1,0 +1,213 @@
+"""Instance page (state and vm timeline, capacities, evidence drill-down) and the agents page."""
+
+import json
+import time
+from collections import defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
+
+from collector import schema as s
+from collector.web import data
+from collector.web.common import SessionDep, conn, month_param, provider_page
+from collector.web.common import render as page
+from protocol.heartbeat import parse_unverified
+from protocol.timefmt import format_time, month_bounds, month_of, parse_time
+
+router = APIRouter(prefix="/ui")
+L = s.leaves.c
+
+
+def _intervals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of equal hour classes: the state timeline."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        for cell in row["cells"]:
+            if out and out[-1]["cls"] == cell["cls"]:
+                out[-1]["hours"] += 1
+            else:
+                out.append({"cls": cell["cls"], "from": cell["hour"], "hours": 1})
+    return out
+
+
+@router.get("/p/{provider}/instances/{instance}")
+def instance_page(
+    provider: str, instance: str, request: Request, sess: SessionDep, month: str | None = None
+) -> Response:
+    provider_page(sess, provider)
+    month = month_param(month)
+    m0, m1 = month_bounds(month)
+    d, cap = s.days.c, s.capacities.c
+    with conn(request) as c:
+        doc = data.catalog(c, provider)
+        active, seen = data.hour_sets(c, provider, month, [instance])
+        vms: dict[str, list[str]] = defaultdict(list)
+        for r in c.execute(
+            sa.select(d.day, d.vm)
+            .where(d.provider == provider, d.instance == instance, d.day >= m0, d.day < m1)
+            .order_by(d.day, d.vm)
+        ):
+            vms[r.vm].append(format_time(r.day)[:10])
+        declared: dict[str, list[int]] = defaultdict(list)
+        for r in c.execute(
+            sa.select(cap.day, cap.cap, cap.offsets).where(
+                cap.provider == provider, cap.instance == instance, cap.day >= m0, cap.day < m1
+            )
+        ):
+            declared[r.cap] += [r.day + int(x) for x in r.offsets.split(",")]
+    lics = [x for x in doc.get("licenses", []) if x["instance"] == instance]
+    if not lics and not seen:
+        raise HTTPException(404, f"no instance {instance} in {provider}'s catalog or evidence")
+    rows = data.heatmap(month, active.get(instance, set()), seen.get(instance, set()), data.bridge_max(doc))
+    caps = [
+        {
+            "bundle": k[0],
+            "bandwidth_mbps": k[1],
+            "vservices": k[2],
+            "first": format_time(min(t)),
+            "last": format_time(max(t)),
+            "count": len(t),
+        }
+        for k, t in ((json.loads(key), times) for key, times in sorted(declared.items()))
+    ]
+    seen_hours = sorted(seen.get(instance, set()))
+    return page(
+        request,
+        "instance.html",
+        sess,
+        provider=provider,
+        month=month,
+        instance=instance,
+        rows=rows,
+        timeline=_intervals(rows),
+        licenses=lics,
+        declared=caps,
+        vms=[{"vm": v, "days": len(ds), "first": ds[0], "last": ds[-1]} for v, ds in sorted(vms.items())],
+        hours=[format_time(h) for h in seen_hours[-48:]],
+        pick=format_time(seen_hours[-1]) if seen_hours else None,
+    )
+
+
+def _hour_leaves(c: Any, provider: str, t0: int, t1: int) -> list[Any]:
+    return c.execute(
+        sa.select(L.kid, L.seq, L.time, L.received_at, L.jws)
+        .where(L.provider == provider, L.month == month_of(t0), L.time >= t0, L.time < t1)
+        .order_by(L.time, L.kid, L.seq)
+    ).all()
+
+
+@router.get("/p/{provider}/instances/{instance}/evidence")
+def evidence(provider: str, instance: str, hour: str, request: Request, sess: SessionDep) -> Response:
+    """The signed heartbeats of one hour that observed the instance, with their JWS lines."""
+    provider_page(sess, provider)
+    try:
+        h0 = parse_time(hour)
+    except Exception as exc:
+        raise HTTPException(400, "hour is an RFC 3339 UTC time like 2026-10-03T22:00:00Z") from exc
+    h0 -= h0 % 3600
+    with conn(request) as c:
+        names = dict(
+            c.execute(sa.select(s.agents.c.kid, s.agents.c.name).where(s.agents.c.provider == provider)).all()
+        )
+        rows = _hour_leaves(c, provider, h0, h0 + 3600)
+    beats = []
+    for r in rows:
+        hb = parse_unverified(r.jws)
+        obs = [o for o in hb.observations if o["instance"] == instance]
+        if obs:
+            beats.append(
+                {
+                    "agent": names.get(r.kid, r.kid),
+                    "kid": r.kid,
+                    "seq": r.seq,
+                    "time": format_time(r.time),
+                    "lag": r.received_at - r.time,
+                    "obs": obs,
+                    "jws": r.jws,
+                }
+            )
+    return page(
+        request,
+        "evidence.html",
+        sess,
+        provider=provider,
+        instance=instance,
+        hour=format_time(h0),
+        beats=beats,
+    )
+
+
+@router.get("/p/{provider}/instances/{instance}/agents")
+def instance_agents(
+    provider: str, instance: str, request: Request, sess: SessionDep, month: str | None = None
+) -> Response:
+    """Which agents saw the instance, day by day (from the first seen hour of each day): a fragment
+    loaded on demand, since it parses heartbeats."""
+    provider_page(sess, provider)
+    month = month_param(month)
+    with conn(request) as c:
+        _active, seen = data.hour_sets(c, provider, month, [instance])
+        names = dict(
+            c.execute(sa.select(s.agents.c.kid, s.agents.c.name).where(s.agents.c.provider == provider)).all()
+        )
+        first: dict[int, int] = {}
+        for h in sorted(seen.get(instance, set())):
+            first.setdefault(h - h % 86400, h)
+        days = []
+        for day, h in sorted(first.items()):
+            kids = {
+                r.kid
+                for r in _hour_leaves(c, provider, h, h + 3600)
+                if any(o["instance"] == instance for o in parse_unverified(r.jws).observations)
+            }
+            days.append({"day": format_time(day)[:10], "agents": sorted(names.get(k, k) for k in kids)})
+    return page(request, "instance_agents.html", sess, days=days)
+
+
+@router.get("/p/{provider}/agents")
+def agents_page(provider: str, request: Request, sess: SessionDep, month: str | None = None) -> Response:
+    provider_page(sess, provider)
+    month, now = month_param(month), int(time.time())
+    with conn(request) as c:
+        health = data.health(c, provider, month, now)
+        lag = {
+            r.kid: r
+            for r in c.execute(
+                sa.select(
+                    L.kid,
+                    sa.func.max(L.received_at - L.time).label("max"),
+                    sa.func.avg(L.received_at - L.time).label("avg"),
+                )
+                .where(L.provider == provider, L.month == month)
+                .group_by(L.kid)
+            )
+        }
+        polls: dict[str, Any] = {}
+        for a in health:
+            if a["last_seq"] is not None:
+                jws = c.execute(
+                    sa.select(L.jws, L.received_at, L.time)
+                    .where(L.provider == provider, L.kid == a["kid"], L.seq == a["last_seq"])
+                    .limit(1)
+                ).first()
+                if jws is not None:
+                    polls[a["kid"]] = (parse_unverified(jws.jws).polls, jws.received_at - jws.time)
+    rows = []
+    for a in health:
+        ch = a["chain"] or {}
+        lg = lag.get(a["kid"])
+        rows.append(
+            {
+                **a,
+                "gaps": ch.get("gaps", []),
+                "forks": ch.get("forks", []),
+                "breaks": ch.get("breaks", []),
+                "polls": polls.get(a["kid"], ([], None))[0],
+                "last_lag": polls.get(a["kid"], ([], None))[1],
+                "max_lag": None if lg is None else int(lg.max),
+                "avg_lag": None if lg is None else round(float(lg.avg)),
+            }
+        )
+    return page(request, "agents.html", sess, provider=provider, month=month, agents=rows)

@@ -1,0 +1,227 @@
+"""Sign-in, overview, customer page (heatmap, chart, estimate, invoices) and account actions."""
+
+import json
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+
+from collector import db, render
+from collector import schema as s
+from collector.accounts import api as acc_api
+from collector.accounts import store as acc_store
+from collector.web import auth, data
+from collector.web.common import SessionDep, conn, month_param, provider_page
+from collector.web.common import render as page
+from protocol.timefmt import month_bounds
+
+router = APIRouter(prefix="/ui")
+
+
+@router.get("/login")
+def login_form(request: Request, error: str | None = None) -> Response:
+    token = request.cookies.get(auth.LOGIN_COOKIE) or auth.secrets.token_urlsafe(24)
+    resp = page(request, "login.html", None, login_csrf=token, error=error)
+    resp.set_cookie(auth.LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=auth.secure(request))
+    return resp
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    csrf: str = Form(""),
+    username: str = Form(""),
+    password: str = Form(""),
+    token: str = Form(""),
+) -> Response:
+    auth.check_csrf(request.cookies.get(auth.LOGIN_COOKIE, ""), csrf)
+    engine = request.app.state.engine
+    with conn(request) as c:
+        found = auth.authenticate(c, username, password, token)
+    if found is None:
+        return RedirectResponse("/ui/login?error=1", status_code=303)
+    scope, who = found
+    sid = db.write_tx(engine, lambda c: auth.open_session(c, scope, who, int(time.time())))
+    resp = RedirectResponse("/ui/", status_code=303)
+    resp.set_cookie(
+        auth.COOKIE, sid, max_age=auth.SESSION_TTL, httponly=True, samesite="lax", secure=auth.secure(request)
+    )
+    resp.delete_cookie(auth.LOGIN_COOKIE)
+    return resp
+
+
+@router.post("/logout")
+def logout(request: Request, sess: SessionDep, csrf: str = Form("")) -> Response:
+    auth.check_csrf(sess.csrf, csrf)
+    db.write_tx(request.app.state.engine, lambda c: auth.close_session(c, request.cookies[auth.COOKIE]))
+    resp = RedirectResponse("/ui/login", status_code=303)
+    resp.delete_cookie(auth.COOKIE)
+    return resp
+
+
+@router.get("/")
+def home(sess: SessionDep) -> Response:
+    if sess.scope.vendor:
+        return RedirectResponse("/ui/vendor", status_code=303)
+    return RedirectResponse(f"/ui/p/{sess.scope.provider}", status_code=303)
+
+
+@router.get("/p/{provider}")
+def overview(provider: str, request: Request, sess: SessionDep, month: str | None = None) -> Response:
+    provider_page(sess, provider)
+    month, now = month_param(month), int(time.time())
+    with conn(request) as c:
+        doc = data.catalog(c, provider)
+        res = data.results(c, provider, month)
+        hours = data.active_hours(c, provider, month)
+        running = data.running_now(c, provider, now)
+        found = data.provider_alerts(c, provider, month, now)
+        accounts = acc_store.states(c, provider)
+    totals = res[1]["totals"] if res else {}
+    customers = [
+        {
+            "id": cu["id"],
+            "name": cu.get("name", cu["id"]),
+            "amount": totals.get(cu["id"], "0.00"),
+            "state": acc_api.account_json(accounts[cu["id"]][0], None, now)["state"]
+            if cu["id"] in accounts
+            else "active",
+        }
+        for cu in doc.get("customers", [])
+    ]
+    return page(
+        request,
+        "overview.html",
+        sess,
+        provider=provider,
+        month=month,
+        customers=customers,
+        currency=(res[1]["currency"] if res else ""),
+        total=(res[1]["total"] if res else None),
+        running=running,
+        active_hours=sum(hours.values()),
+        instances=len(hours),
+        alerts=found,
+    )
+
+
+def _customer(doc: dict[str, Any], customer: str) -> dict[str, Any]:
+    for cu in doc.get("customers", []):
+        if cu["id"] == customer:
+            return cu
+    raise HTTPException(404, f"no customer {customer}")
+
+
+@router.get("/p/{provider}/customers/{customer}")
+def customer_page(
+    provider: str, customer: str, request: Request, sess: SessionDep, month: str | None = None
+) -> Response:
+    provider_page(sess, provider)
+    month, now = month_param(month), int(time.time())
+    with conn(request) as c:
+        doc = data.catalog(c, provider)
+        cu = _customer(doc, customer)
+        lics = [x for x in doc.get("licenses", []) if x["customer"] == customer]
+        insts = sorted({x["instance"] for x in lics})
+        active, seen = data.hour_sets(c, provider, month, insts)
+        res = data.results(c, provider, month)
+        acc, email = acc_store.load(c, provider, customer)
+        events = acc_store.events(c, provider, customer)
+        closed = (
+            c.execute(
+                sa.select(s.closes.c.month)
+                .where(s.closes.c.provider == provider)
+                .order_by(s.closes.c.month.desc())
+            )
+            .scalars()
+            .all()
+        )
+    bmax = data.bridge_max(doc)
+    m0, m1 = month_bounds(month)
+    daily = [0] * ((m1 - m0) // data.DAY)
+    for hs in active.values():
+        for h in hs:
+            daily[(h - m0) // data.DAY] += 1
+    inv = res[1] if res else None
+    return page(
+        request,
+        "customer.html",
+        sess,
+        provider=provider,
+        month=month,
+        customer=cu,
+        licenses=lics,
+        heatmaps=[
+            {
+                "instance": i,
+                "rows": data.heatmap(month, active.get(i, set()), seen.get(i, set()), bmax),
+                "active": len(active.get(i, set())),
+            }
+            for i in insts
+        ],
+        chart=json.dumps({"labels": [f"{d + 1}" for d in range(len(daily))], "values": daily}),
+        lines=[x for x in inv["lines"] if x["customer"] == customer] if inv else [],
+        device_days=[x for x in inv["device_days"] if x["customer"] == customer] if inv else [],
+        estimate=(inv["totals"].get(customer, "0.00") if inv else None),
+        currency=(inv["currency"] if inv else ""),
+        closed=closed,
+        account=acc_api.account_json(acc, email, now),
+        events=events,
+    )
+
+
+@router.post("/p/{provider}/customers/{customer}/account")
+def account_action(
+    provider: str,
+    customer: str,
+    request: Request,
+    sess: SessionDep,
+    csrf: str = Form(""),
+    action: str = Form(""),
+    email: str = Form(""),
+) -> Response:
+    auth.check_csrf(sess.csrf, csrf)
+    provider_page(sess, provider)
+    sess.require_role("admin")
+    if action not in ("failed", "paid"):
+        raise HTTPException(400, "action is failed or paid")
+    acc_api.record(request.app.state.engine, provider, customer, action, email or None, int(time.time()))
+    return RedirectResponse(f"/ui/p/{provider}/customers/{customer}", status_code=303)
+
+
+def customer_invoice(inv: dict[str, Any], customer: str) -> dict[str, Any]:
+    """The provider's invoice cut down to one customer (what that customer is sent)."""
+    total = inv["totals"].get(customer, "0.00")
+    return {
+        **inv,
+        "lines": [x for x in inv["lines"] if x["customer"] == customer],
+        "device_days": [x for x in inv["device_days"] if x["customer"] == customer],
+        "totals": {customer: total} if customer in inv["totals"] else {},
+        "total": total,
+    }
+
+
+@router.get("/p/{provider}/invoices/{month}.{fmt}")
+def invoice_file(
+    provider: str, month: str, fmt: str, request: Request, sess: SessionDep, customer: str | None = None
+) -> Response:
+    provider_page(sess, provider)
+    month = month_param(month)
+    if fmt not in ("pdf", "csv"):
+        raise HTTPException(404, "pdf or csv")
+    with conn(request) as c:
+        res = data.results(c, provider, month)
+        doc = data.catalog(c, provider)
+    if res is None:
+        raise HTTPException(404, f"no catalog for {provider}")
+    inv = res[1]
+    if customer is not None:
+        _customer(doc, customer)
+        inv = customer_invoice(inv, customer)
+    names = {x["id"]: x.get("name", x["id"]) for x in doc.get("customers", [])}
+    body = render.pdf_bytes(inv, names) if fmt == "pdf" else render.csv_bytes(inv)
+    name = f"invoice-{provider}-{month}{'-' + customer if customer else ''}.{fmt}"
+    media = "application/pdf" if fmt == "pdf" else "text/csv; charset=utf-8"
+    return Response(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})

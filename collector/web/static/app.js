@@ -1,0 +1,22 @@
+// Hours chart (Chart.js, vendored) and on-demand fragments; no inline script, the CSP forbids it.
+document.addEventListener("DOMContentLoaded", () => {
+  const data = document.getElementById("chart-data");
+  const canvas = document.getElementById("hours-chart");
+  if (data && canvas && window.Chart) {
+    const d = JSON.parse(data.textContent);
+    new window.Chart(canvas, {
+      type: "bar",
+      data: {labels: d.labels, datasets: [{label: "active hours per day", data: d.values, backgroundColor: "#2e9d57"}]},
+      options: {animation: false, maintainAspectRatio: false, scales: {y: {beginAtZero: true}}},
+    });
+    canvas.dataset.rendered = "1";
+  }
+  document.querySelectorAll("[data-fragment]").forEach((btn) => {
+    btn.addEventListener("click", async () => {
+      const target = document.getElementById(btn.dataset.target);
+      target.textContent = "loading…";
+      const resp = await fetch(btn.dataset.fragment, {credentials: "same-origin"});
+      target.innerHTML = await resp.text();
+    });
+  });
+});

@@ -1,0 +1,191 @@
+"""Planner (PAYG vs fixed term), auditor view (checkpoints, bundles, verification), vendor view."""
+
+import io
+import tarfile
+import tempfile
+import time
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import Response
+
+from collector import db
+from collector import schema as s
+from collector.export import export
+from collector.readapi import strip_money
+from collector.web import auth, data
+from collector.web.common import SessionDep, conn, month_param, provider_page
+from collector.web.common import render as page
+
+router = APIRouter(prefix="/ui")
+
+
+def _money(text: str | None) -> Decimal | None:
+    if not text:
+        return None
+    try:
+        v = Decimal(text.strip())
+    except InvalidOperation as exc:
+        raise HTTPException(400, f"not an amount: {text!r}") from exc
+    if not v.is_finite() or v < 0:
+        raise HTTPException(400, "the fixed price is a positive amount")
+    return v
+
+
+def plan(
+    usage: dict[str, Any], invoice: dict[str, Any], customer: str, fixed: Decimal | None
+) -> list[dict[str, Any]]:
+    """Per hourly PAYG license: metered hours, PAYG cost, and the fixed-term comparison."""
+    out = []
+    for row in (r for r in usage["rows"] if r["customer"] == customer):
+        lines = [x for x in invoice["lines"] if x["license"] == row["license"] and not x.get("adjusts")]
+        if not lines:
+            continue
+        cost = sum((Decimal(x["amount"]) for x in lines), Decimal("0"))
+        price = max(Decimal(x["price"]) for x in lines)  # the dearest capacity of the month
+        item: dict[str, Any] = {
+            "license": row["license"],
+            "instance": row["instance"],
+            "hours": row["payg_hours"],
+            "price": str(price),
+            "payg": str(cost),
+        }
+        if fixed is not None:
+            item["fixed"] = str(fixed)
+            item["break_even"] = int((fixed / price).to_integral_value(ROUND_CEILING)) if price else None
+            item["cheaper"] = "fixed" if fixed < cost else "payg"
+        out.append(item)
+    return out
+
+
+@router.get("/p/{provider}/planner/{customer}")
+def planner(
+    provider: str,
+    customer: str,
+    request: Request,
+    sess: SessionDep,
+    month: str | None = None,
+    fixed_price: str | None = None,
+) -> Response:
+    provider_page(sess, provider)
+    sess.require_role("admin", "viewer")
+    month = month_param(month)
+    fixed = _money(fixed_price)
+    with conn(request) as c:
+        doc = data.catalog(c, provider)
+        res = data.results(c, provider, month)
+    if customer not in {x["id"] for x in doc.get("customers", [])} or res is None:
+        raise HTTPException(404, f"no customer {customer}")
+    items = plan(res[0], res[1], customer, fixed)
+    return page(
+        request,
+        "planner.html",
+        sess,
+        provider=provider,
+        customer=customer,
+        month=month,
+        items=items,
+        fixed_price=fixed_price or "",
+        currency=res[1]["currency"],
+    )
+
+
+@router.get("/p/{provider}/audit")
+def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
+    provider_page(sess, provider)
+    sess.require_role("admin", "auditor")
+    with conn(request) as c:
+        logs = c.execute(
+            sa.select(s.logs).where(s.logs.c.provider == provider).order_by(s.logs.c.month.desc())
+        ).all()
+        cps = c.execute(
+            sa.select(
+                s.checkpoints.c.month, s.checkpoints.c.size, s.checkpoints.c.note, s.checkpoints.c.created_at
+            )
+            .where(s.checkpoints.c.provider == provider)
+            .order_by(s.checkpoints.c.size)
+        ).all()
+        closed = dict(
+            c.execute(
+                sa.select(s.closes.c.month, s.closes.c.size).where(s.closes.c.provider == provider)
+            ).all()
+        )
+    months = []
+    for lg in logs:
+        mine = [x for x in cps if x.month == lg.month]
+        months.append(
+            {
+                "month": lg.month,
+                "size": lg.size,
+                "closed_at_size": closed.get(lg.month),
+                "checkpoints": [{"size": x.size, "note": x.note} for x in mine],
+            }
+        )
+    return page(request, "audit.html", sess, provider=provider, months=months)
+
+
+def _bundle(request: Request, provider: str, month: str, tmp: Path) -> tuple[Path, bool]:
+    settings = request.app.state.settings
+    return db.write_tx(
+        request.app.state.engine, lambda c: export(c, settings, provider, month, tmp / "bundle")
+    )
+
+
+@router.get("/p/{provider}/audit/{month}/bundle.tar.gz")
+def bundle(provider: str, month: str, request: Request, sess: SessionDep) -> Response:
+    provider_page(sess, provider)
+    sess.require_role("admin", "auditor")
+    month = month_param(month)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _agrees = _bundle(request, provider, month, Path(tmp))
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(path, arcname=f"{provider}-{month}")
+    name = f"audit-{provider}-{month}.tar.gz"
+    return Response(
+        buf.getvalue(),
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.post("/p/{provider}/audit/{month}/verify")
+def verify(provider: str, month: str, request: Request, sess: SessionDep, csrf: str = Form("")) -> Response:
+    """Export the month's bundle and run the auditor's verifier on it, as a third party would."""
+    auth.check_csrf(sess.csrf, csrf)
+    provider_page(sess, provider)
+    sess.require_role("admin", "auditor")
+    month = month_param(month)
+    from audit.verify import verify_bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, agrees = _bundle(request, provider, month, Path(tmp))
+        report = verify_bundle(path, workers=1).to_json()
+    return page(request, "verify.html", sess, provider=provider, month=month, report=report, agrees=agrees)
+
+
+@router.get("/vendor")
+def vendor(request: Request, sess: SessionDep, month: str | None = None) -> Response:
+    """Hours and licenses of every provider; strip_money keeps prices out whatever the catalog holds."""
+    if not sess.scope.vendor:
+        sess.require_role("vendor")
+    month, now = month_param(month), int(time.time())
+    rows = []
+    with conn(request) as c:
+        for p in c.execute(sa.select(s.providers).order_by(s.providers.c.id)):
+            hours = data.active_hours(c, p.id, month)
+            doc = data.catalog(c, p.id)
+            rows.append(
+                {
+                    "id": p.id,
+                    "name": p.name,
+                    "instances": len(hours),
+                    "active_hours": sum(hours.values()),
+                    "running": len(data.running_now(c, p.id, now)),
+                    "licenses": strip_money(doc.get("licenses", [])),
+                }
+            )
+    return page(request, "vendor.html", sess, month=month, providers=rows)
