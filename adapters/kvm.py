@@ -1,6 +1,7 @@
 """KVM/QEMU adapter: a read-only libvirt connection, `<tr7:license>` domain metadata per domain."""
 
 import contextlib
+import threading
 import xml.etree.ElementTree as ET
 from typing import Any, Literal
 
@@ -37,6 +38,11 @@ CONFIG_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_ARG, libvirt
                 libvirt.VIR_ERR_XML_DETAIL,
                 libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_NO_SUPPORT}
 GONE_CODES = {libvirt.VIR_ERR_NO_DOMAIN}  # undefined between listAllDomains and our read
+# Remote connections: a probe every 5 s, closed after 3 unanswered ones. Without keepalive a call
+# to a frozen daemon or across a dead network path blocks until TCP gives up (many minutes).
+KEEPALIVE = (5, 3)
+_loop_lock = threading.Lock()
+_loop_started = False
 
 
 def _quiet(_ctx: Any, _err: Any) -> None:
@@ -44,6 +50,21 @@ def _quiet(_ctx: Any, _err: Any) -> None:
 
 
 libvirt.registerErrorHandler(_quiet, None)
+
+
+def _event_loop() -> None:
+    """Keepalive and close notifications need libvirt's event loop: one daemon thread per process."""
+    global _loop_started
+    with _loop_lock:
+        if not _loop_started:
+            libvirt.virEventRegisterDefaultImpl()
+            threading.Thread(target=_run_events, name="libvirt-events", daemon=True).start()
+            _loop_started = True
+
+
+def _run_events() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
 
 
 class KVMConfig(AdapterConfig):
@@ -88,6 +109,7 @@ class KVMAdapter(Adapter):
         super().__init__(config)
         self.problems = ProblemLog(config.name)
         self._conn: libvirt.virConnect | None = None
+        self._close_reason: int | None = None  # set by libvirt when it closes the connection
 
     def _connection(self) -> libvirt.virConnect:
         if self._conn is not None:
@@ -97,17 +119,29 @@ class KVMAdapter(Adapter):
             except libvirt.libvirtError:
                 pass
             self._drop()
+        _event_loop()
         try:
             # read-only: the agent only lists; libvirtd allows this to the libvirt group (or polkit)
-            self._conn = libvirt.openReadOnly(self.config.uri)
+            conn = libvirt.openReadOnly(self.config.uri)
         except libvirt.libvirtError as exc:
             raise _convert(exc, self.config.uri, "cannot connect") from exc
-        return self._conn
+        self._close_reason = None
+        with contextlib.suppress(libvirt.libvirtError):  # local drivers (test:///) have no keepalive
+            conn.setKeepAlive(*KEEPALIVE)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.registerCloseCallback(self._closed, None)
+        self._conn = conn
+        return conn
+
+    def _closed(self, _conn: Any, reason: int, _opaque: Any) -> None:
+        self._close_reason = reason
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):  # already dead
+            with contextlib.suppress(libvirt.libvirtError):  # local driver, or already dead
+                conn.unregisterCloseCallback()
+            with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
 
     def close(self) -> None:
@@ -124,6 +158,11 @@ class KVMAdapter(Adapter):
                 alive = False
             if alive:
                 raise _convert(exc, self.config.uri, "poll failed") from exc
+            if self._close_reason == libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE:
+                # the daemon (or the path to it) is hung: reconnecting now would block on it
+                self._drop()
+                raise UnreachableError("no answer", f"{self.config.uri}: libvirtd stopped answering "
+                                       "(keepalive timeout); reconnecting at the next poll") from exc
         # the connection died under us (libvirtd restart, ssh drop): reconnect once
         self._drop()
         conn = self._connection()

@@ -1,9 +1,10 @@
-"""The KVM adapter against libvirt's real test:/// driver (node XML written per test)."""
+"""The KVM adapter against libvirt's test:/// driver, in process and behind a real libvirtd."""
 
 import importlib.util
 import logging
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,23 +12,24 @@ import libvirt
 import pytest
 from pydantic import ValidationError
 
+import adapters.kvm as kvm_module
 from adapters.base import AdapterError, Capacity, ConfigError, UnreachableError
 from adapters.kvm import ADAPTER, KVMConfig
 from adapters.registry import adapter_class
 
 
-def _load_helper() -> Any:
-    # tests/ is not a package; load the node XML helper (also used by bench/) by path
-    name = "tr7_tests_nodexml"
+def _load_helper(name: str, file: str) -> Any:
+    # tests/ is not a package; load the helpers (nodexml is also used by bench/) by path
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "libvirt" / "nodexml.py")
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "libvirt" / file)
         assert spec and spec.loader
         sys.modules[name] = module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     return sys.modules[name]
 
 
-nodexml = _load_helper()
+nodexml = _load_helper("tr7_tests_nodexml", "nodexml.py")
+daemon = _load_helper("tr7_tests_libvirtd", "daemon.py")
 Dom = nodexml.Dom
 
 
@@ -151,3 +153,49 @@ def test_broken_test_node_file_is_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         adapter(f"test://{tmp_path / 'node.xml'}").poll()
     assert isinstance(err.value, AdapterError) and "node.xml" in err.value.diagnostic
+
+
+@pytest.fixture
+def libvirtd(tmp_path: Path) -> Iterator[Any]:
+    d = daemon.Libvirtd(tmp_path / "libvirtd").start()
+    yield d
+    d.stop()
+
+
+def test_through_a_real_libvirtd_and_its_restart(tmp_path: Path, libvirtd: Any) -> None:
+    dom = Dom("remote", state=libvirt.VIR_DOMAIN_PAUSED, license={"instance": "tr7-remote", "vservices": "2"})
+    nodexml.write_node(tmp_path / "node.xml", [dom])
+    kvm = adapter(libvirtd.uri(tmp_path / "node.xml"))  # test driver behind the remote protocol
+    seen = by_instance(kvm.poll())
+    assert seen["tr7-remote"].vm == dom.uuid and seen["tr7-remote"].state == "paused"
+    assert seen["tr7-remote"].capacity == Capacity(vservices=2)
+    # libvirtd restarts between two polls (package upgrade): the next poll reconnects by itself
+    libvirtd.stop()
+    libvirtd.start()
+    assert "tr7-remote" in by_instance(kvm.poll())
+    # libvirtd is down: the poll fails clearly; once it is back, polls work again
+    libvirtd.stop()
+    with pytest.raises(UnreachableError) as err:
+        kvm.poll()
+    assert "libvirtd running" in err.value.diagnostic
+    libvirtd.start()
+    assert "tr7-remote" in by_instance(kvm.poll())
+    kvm.close()
+
+
+@pytest.mark.timeout(120)  # without keepalive the frozen daemon would block the poll for good
+def test_frozen_daemon_fails_the_poll_instead_of_hanging(tmp_path: Path, libvirtd: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kvm_module, "KEEPALIVE", (1, 1))
+    nodexml.write_node(tmp_path / "node.xml", [Dom("d", license={"instance": "tr7-f"})])
+    kvm = adapter(libvirtd.uri(tmp_path / "node.xml"))
+    assert "tr7-f" in by_instance(kvm.poll())
+    libvirtd.freeze()
+    try:
+        with pytest.raises(UnreachableError) as err:
+            kvm.poll()
+        assert "keepalive" in err.value.diagnostic
+    finally:
+        libvirtd.thaw()
+    assert "tr7-f" in by_instance(kvm.poll())
+    kvm.close()
