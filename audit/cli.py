@@ -19,24 +19,27 @@ def _version() -> str:
 
 
 class _Progress:
-    """Progress on stderr, at most a few times a second, only for long files."""
+    """Progress on stderr for long files: one line per stage, rewritten at most twice a second."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.last = 0.0
-        self.shown = False
+        self.stage = ""
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if self.quiet or total < 5_000:
             return
         now = time.monotonic()
-        if done < total and now - self.last < 0.5:
+        if stage == self.stage and done < total and now - self.last < 0.5:
             return
-        self.last = now
-        self.shown = True
-        end = "\n" if done >= total else ""
-        print(f"\rverifying {stage}: {done}/{total} ({100 * done // total}%)", end=end, file=sys.stderr,
-              flush=True)
+        if stage != self.stage and self.stage:
+            print(file=sys.stderr)
+        self.stage, self.last = stage, now
+        pct = 100 * done // total
+        print(f"\r{stage}: {done}/{total} lines ({pct}%)", end="", file=sys.stderr, flush=True)
+        if done >= total:
+            print(file=sys.stderr)
+            self.stage = ""
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -161,10 +161,17 @@ def _check_closed(ctx: _Ctx, verifier: NoteVerifier | None, cp: Checkpoint | Non
                 f"root is not the Merkle root of the first {s} lines: the log was rewritten after close")
         return
     beats = [t for i, t in tokens if i < s]
-    if ctx.progress is not None:
-        ctx.progress("closed/ billing", 0, len(beats))
-    checks.compare_billing(ctx.add, ctx.root, beats, anchors, catalog, ctx.month,
-                           B.CLOSED_USAGE, B.CLOSED_INVOICE, "closed", ctx.present)
+    _stage(ctx.progress, "recomputing closed/ billing", len(beats), lambda: checks.compare_billing(
+        ctx.add, ctx.root, beats, anchors, catalog, ctx.month,
+        B.CLOSED_USAGE, B.CLOSED_INVOICE, "closed", ctx.present))
+
+
+def _stage(progress: Progress | None, stage: str, total: int, fn: Callable[[], None]) -> None:
+    if progress is not None:
+        progress(stage, 0, total)
+    fn()
+    if progress is not None:
+        progress(stage, total, total)
 
 
 def verify_bundle(path: Path | str, progress: Progress | None = None, workers: int | None = None,
@@ -201,10 +208,9 @@ def verify_bundle(path: Path | str, progress: Progress | None = None, workers: i
     tokens = [(i, lines[i]) for i in sorted(good)]
     del lines, good
     if ctx.month:
-        if progress is not None:
-            progress("billing", 0, len(tokens))
-        checks.compare_billing(ctx.add, root, [t for _, t in tokens], anchors, catalog, ctx.month,
-                               B.USAGE, B.INVOICE, "billing", ctx.present)
+        _stage(progress, "recomputing billing", len(tokens), lambda: checks.compare_billing(
+            ctx.add, root, [t for _, t in tokens], anchors, catalog, ctx.month,
+            B.USAGE, B.INVOICE, "billing", ctx.present))
         _check_closed(ctx, verifier, cp, hashes, tokens, anchors, catalog)
     return ctx.report
 
