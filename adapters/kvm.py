@@ -70,7 +70,7 @@ def _run_events() -> None:
 class KVMConfig(AdapterConfig):
     """One libvirt daemon (local or remote) polled read-only."""
 
-    platform: Literal["kvm"] = Field(default="kvm", description="kvm")
+    platform: Literal["kvm"] = Field(default="kvm", description="This adapter: kvm")
     uri: str = Field(default="qemu:///system",
                      description="libvirt connection URI: qemu:///system (local), "
                                  "qemu+ssh://user@host/system or qemu+tls://host/system (remote); "

@@ -44,7 +44,7 @@ ENVELOPE = (('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
 class VMwareConfig(AdapterConfig):
     """One vCenter Server (or standalone ESXi host) polled through the vSphere Web Services API."""
 
-    platform: Literal["vmware"] = Field(default="vmware", description="vmware")
+    platform: Literal["vmware"] = Field(default="vmware", description="This adapter: vmware")
     url: str = Field(description="SDK endpoint, e.g. https://vcenter.example/sdk (http:// only for "
                                  "simulators)")
     username: str = Field(min_length=1, description="vCenter user with a read-only role, e.g. "
@@ -274,26 +274,32 @@ class VMwareAdapter(Adapter):
             raise UnreachableError(f"HTTP {resp.status}",
                                    f"{self.config.url}: HTTP {resp.status} {resp.reason}")
         parser = ET.XMLPullParser(events=("end",))
-        token = fault = detail = None
-        while chunk := resp.read(1 << 16):
-            parser.feed(gunzip.decompress(chunk) if gunzip else chunk)
+        root = None
+
+        def drain() -> None:
+            nonlocal root
             for _, el in parser.read_events():
+                root = el  # the last element to end is the envelope
                 if el.tag == V + "objects":
                     objects.append(_read_object(el))
-                    el.clear()  # keep memory bounded by one object, not the page
-                elif el.tag == V + "token":
-                    token = el.text
-                elif el.tag == "faultstring":
-                    fault = el.text
-                elif el.tag == "detail" and len(el):
-                    detail = (el[0].get(XSI_TYPE) or el[0].tag).rsplit("}", 1)[-1].rsplit(":", 1)[-1]
+                    el.clear()  # memory bounded by one object, not by the page
+
+        while chunk := resp.read(1 << 16):
+            parser.feed(gunzip.decompress(chunk) if gunzip else chunk)
+            drain()
         parser.close()
+        drain()
+        if root is None:
+            raise AdapterError("malformed SOAP response", f"{self.config.url}: empty answer")
+        fault = root.find(".//detail/*")
         if resp.status == 500 or fault is not None:
-            if detail in ("NotAuthenticated", "NotAuthenticatedFault"):
+            name = (fault.get(XSI_TYPE) or fault.tag) if fault is not None else "unknown"
+            name = name.rsplit("}", 1)[-1].rsplit(":", 1)[-1].removesuffix("Fault")
+            if name == "NotAuthenticated":
                 raise _SessionExpired()
-            raise AdapterError(f"vSphere fault {detail or 'unknown'}",
-                               f"{self.config.url}: {detail}: {fault}")
-        return token
+            raise AdapterError(f"vSphere fault {name}",
+                               f"{self.config.url}: {name}: {root.findtext('.//faultstring')}")
+        return root.findtext(f".//{V}returnval/{V}token")
 
     def _observe(self, objects: list[Obj]) -> PollResult:
         hosts: dict[str, str] = {}

@@ -13,7 +13,8 @@ import trustme
 from pydantic import ValidationError
 from pyVmomi import vim, vmodl
 
-from adapters.base import AuthError, Capacity, UnreachableError
+import adapters.vmware as vmware
+from adapters.base import AdapterError, AuthError, Capacity, UnreachableError
 from adapters.registry import adapter_class
 from adapters.vmware import ADAPTER, VMwareConfig
 
@@ -167,6 +168,18 @@ def test_session_expiry_logs_in_again(sim: Any, inv: dict[str, Any]) -> None:
     result = adapter.poll()
     assert result.error is None and "tr7-full" in by_instance(result)
     assert adapter._content.sessionManager.currentSession.key != old
+    adapter.close()
+
+
+def test_soap_fault_of_the_retrieval_is_an_adapter_error(sim: Any, inv: dict[str, Any]) -> None:
+    """The retrieval's answer is parsed by hand: a real vcsim SOAP fault must come out as a clean
+    AdapterError naming the fault (here: a view that does not exist)."""
+    adapter = make(sim.url, name="vc-fault")
+    adapter.poll()
+    with pytest.raises(AdapterError) as err:
+        adapter._retrieve(vmware._spec_xml("no-such-view", None))
+    assert err.value.reason == "vSphere fault ManagedObjectNotFound"
+    assert "deleted" in err.value.diagnostic  # vcsim's faultstring
     adapter.close()
 
 
