@@ -136,7 +136,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.cmd == "import":
         from collector.ingest import ingest_lines
 
-        lines = [ln.strip() for ln in args.file.read_text(encoding="ascii").splitlines() if ln.strip()]
+        text = args.file.read_bytes().decode("ascii", errors="replace")  # non-ASCII lines get rejected
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
         for i in range(0, len(lines), 5000):
             for r in ingest_lines(engine, lines[i : i + 5000]):
