@@ -157,7 +157,9 @@ def main() -> None:
     args = ap.parse_args()
     path, meta = generate(args.agents, args.instances, args.days, args.interval)
     t0 = time.perf_counter()
-    tokens = path.read_text().splitlines()
+    tokens = path.read_bytes().decode("ascii").split("\n")
+    if tokens and not tokens[-1]:
+        tokens.pop()
     print(f"loaded {len(tokens)} heartbeats from {path.name} in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
     cat = catalog(args.instances, args.days)
