@@ -142,3 +142,4 @@ class Shipper:
             on_fatal(exc)
         finally:
             self.client.close()
+            self.spool.close()
