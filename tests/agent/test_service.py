@@ -161,3 +161,25 @@ def test_aligned_start() -> None:
     assert aligned_start(300, 1_790_000_001.5).timestamp() == 1_790_000_100
     assert aligned_start(60, 1_790_000_041).timestamp() == 1_790_000_100
     assert aligned_start(60, 1_790_000_040).timestamp() == 1_790_000_100
+
+
+def test_heartbeat_written_with_no_instances_and_failed_adapter(tmp_path: Path, fake_registry: None,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    cfg_path = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 300},
+                            [{"name": "empty", "platform": "kvm", "instances": 0},
+                             {"name": "down", "platform": "kvm", "fail": "host unreachable"}])
+    service = Service(load_config(cfg_path))
+    service.key = load_key(service.config)
+    service.spool = Spool(state / "spool.db")
+    service.poller = Poller(service.config.adapters)
+    monkeypatch.setattr(service_mod.time, "time", lambda: 1_790_000_123.9)
+    service.poll_job()
+    [token] = list(service.spool.unshipped())
+    hb = parse_unverified(token)
+    assert hb.time == 1_790_000_100 and hb.interval == 300 and hb.seq == 1  # the slot, not "now"
+    assert hb.observations == []
+    assert hb.polls == [{"adapter": "empty", "platform": "kvm", "ok": True, "error": None},
+                        {"adapter": "down", "platform": "kvm", "ok": False, "error": "host unreachable"}]
