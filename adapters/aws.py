@@ -1,6 +1,7 @@
 """AWS EC2 adapter: TR7 instances are EC2 instances tagged `tr7.instance`, polled per region."""
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any, ClassVar, Literal
@@ -51,6 +52,7 @@ AUTH_CODES = {"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "S
 THROTTLE_CODES = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
                   "RequestThrottled", "SlowDown"}
 MAX_ATTEMPTS = 5
+DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the partial result
 PAGE_SIZE = 1000  # the largest page EC2 allows: 5,000 instances in 5 requests per region
 TAG_FILTER = [{"Name": "tag-key", "Values": ["tr7.instance"]}]
 
@@ -58,22 +60,23 @@ TAG_FILTER = [{"Name": "tag-key", "Values": ["tr7.instance"]}]
 class AwsConfig(AdapterConfig):
     regions: list[str] | Literal["all"] = Field(
         min_length=1,
-        description='Regions to poll, e.g. ["eu-west-1", "us-east-1"], or "all" for every region '
+        description='Regions to poll, e.g. ["eu-west-1", "us-east-1"], or "all" for every region\n'
                     "enabled in the account (ec2:DescribeRegions at each poll)")
     profile: str | None = Field(
         default=None,
-        description="Named profile of ~/.aws/credentials or ~/.aws/config; unset = the standard chain "
-                    "(environment, shared files, instance or container role)")
+        description="Named profile of ~/.aws/credentials or ~/.aws/config; unset = the standard\n"
+                    "chain (environment, shared files, instance or container role)")
     role_arn: str | None = Field(
         default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
-        description="Role to assume with sts:AssumeRole (meters another account); refreshed before "
-                    "its credentials expire")
+        description="Role to assume with sts:AssumeRole, e.g. arn:aws:iam::123456789012:role/tr7-metering\n"
+                    "(meters another account); re-assumed before its credentials expire")
     external_id: str | None = Field(
         default=None, min_length=2, max_length=1224,
         description="ExternalId the role's trust policy requires, if any")
     endpoint_url: str | None = Field(
         default=None, pattern=r"^https?://",
-        description="Endpoint for EC2 and STS instead of AWS's public one (private endpoint, test server)")
+        description="Endpoint for EC2 and STS instead of AWS's regional ones\n"
+                    "(a private endpoint without private DNS, a test server)")
 
     @model_validator(mode="after")
     def _external_id_needs_role(self) -> "AwsConfig":
@@ -246,6 +249,8 @@ class AwsAdapter(Adapter):
             raise convert(exc, "credentials") from exc
 
     def poll(self) -> PollResult:
+        # the agent abandons a poll at `timeout`: answer before it, with the late regions named
+        deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
         self._credentials_ready()
         regions = self.regions()
         for region in regions:
@@ -256,12 +261,13 @@ class AwsAdapter(Adapter):
         pool = ThreadPoolExecutor(max_workers=min(len(regions), 16), thread_name_prefix=f"aws-{self.name}")
         try:
             futures = {pool.submit(self.poll_region, r): r for r in regions}
-            done, late = wait(futures, timeout=self.config.timeout)
+            done, late = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            limit = f"the {self.config.timeout:g}s poll timeout"
             for fut in late:
-                region, limit = futures[fut], f"{self.config.timeout:g}s"
+                region = futures[fut]
                 if region in self._throttled:
                     failures[region] = ThrottledError(
-                        f"EC2 throttled ({self._throttled[region]}), still retrying after {limit}")
+                        f"EC2 throttled ({self._throttled[region]}), still retrying at {limit}")
                 else:
                     failures[region] = UnreachableError(f"EC2 gave no answer within {limit}")
             for fut in done:

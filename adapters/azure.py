@@ -1,5 +1,6 @@
 """Azure adapter: TR7 instances are VMs tagged `tr7.instance`, listed with power state per subscription."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -47,6 +48,7 @@ GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 TRANSPORT_FAILURES = ("SSL", "CERTIFICATE_VERIFY_FAILED", "Connection refused", "Failed to establish",
                       "Max retries exceeded", "timed out", "Name or service not known", "Connection aborted")
 RETRIES = 4  # per request; 429 answers are retried after their Retry-After
+DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the partial result
 
 
 class AzureConfig(AdapterConfig):
@@ -55,29 +57,30 @@ class AzureConfig(AdapterConfig):
     tenant_id: str | None = Field(
         default=None, description="Directory (tenant) id of the service principal")
     client_id: str | None = Field(
-        default=None, description="Application (client) id of the service principal, or of a "
+        default=None, description="Application (client) id of the service principal, or of a\n"
                                   "user-assigned managed identity when no secret or certificate is given")
     client_secret: str | None = Field(
         default=None, description="Service principal secret (prefer client_secret_file)")
     client_secret_file: str | None = Field(
-        default=None, description="File holding the secret; relative names are looked up in "
+        default=None, description="File holding the secret; relative names are looked up in\n"
                                   "$CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
     certificate_file: str | None = Field(
         default=None, description="PEM file with the service principal's certificate and private key")
     identity: Literal["managed", "default"] = Field(
         default="managed",
-        description='Without secret or certificate: "managed" = this VM\'s managed identity; "default" = '
-                    "DefaultAzureCredential (environment, workload identity, managed identity, Azure CLI)")
+        description='Without secret or certificate: "managed" = the managed identity of the agent\'s VM;\n'
+                    '"default" = DefaultAzureCredential (environment, workload identity, managed\n'
+                    "identity, Azure CLI)")
     authority_host: str = Field(
         default="login.microsoftonline.com",
         description="Entra ID host: login.microsoftonline.us (US Gov), login.chinacloudapi.cn (China)")
     resource_manager_url: str = Field(
         default="https://management.azure.com", pattern=r"^https://",
-        description="Azure Resource Manager: https://management.usgovcloudapi.net (US Gov), "
+        description="Azure Resource Manager: https://management.usgovcloudapi.net (US Gov),\n"
                     "https://management.chinacloudapi.cn (China)")
     ca_file: str | None = Field(
-        default=None, description="PEM bundle trusted instead of the system CAs, for both Entra ID and ARM "
-                                  "(TLS-inspecting proxy, Azure Stack Hub)")
+        default=None, description="PEM bundle trusted instead of the system CAs, for both Entra ID\n"
+                                  "and ARM (TLS-inspecting proxy, Azure Stack Hub)")
 
     @model_validator(mode="after")
     def _one_way_to_sign_in(self) -> "AzureConfig":
@@ -205,7 +208,9 @@ class AzureAdapter(Adapter):
     def observe(self, vm: Any) -> Observation | None:
         props = vm.properties
         vm_id = (props.vm_id if props else None) or vm.id
-        found = recognise(dict(vm.tags or {}), vm_id, self.problems)
+        # Azure tag names are case-insensitive (a portal user may type TR7.Instance): fold ours
+        tags = {(k.lower() if k.lower().startswith("tr7.") else k): v for k, v in (vm.tags or {}).items()}
+        found = recognise(tags, vm_id, self.problems)
         if found is None:
             return None
         instance, capacity = found
@@ -218,6 +223,8 @@ class AzureAdapter(Adapter):
                            state=STATES.get(power or "", "unknown"), capacity=capacity)
 
     def poll(self) -> PollResult:
+        # the agent abandons a poll at `timeout`: answer before it, with the late subscriptions named
+        deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
         subscriptions = list(dict.fromkeys(self.config.subscriptions))
         self.sign_in()
         for sub in subscriptions:
@@ -228,10 +235,10 @@ class AzureAdapter(Adapter):
                                   thread_name_prefix=f"azure-{self.name}")
         try:
             futures = {pool.submit(self.poll_subscription, s): s for s in subscriptions}
-            done, late = wait(futures, timeout=self.config.timeout)
+            done, late = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
             for fut in late:
                 failures[futures[fut]] = UnreachableError(
-                    f"ARM gave no answer within {self.config.timeout:g}s")
+                    f"ARM gave no answer within the {self.config.timeout:g}s poll timeout")
             for fut in done:
                 try:
                     observations.extend(fut.result())

@@ -207,4 +207,5 @@ def test_a_region_throttled_past_the_timeout_does_not_stall_the_poll(moto: Any, 
     result = ad.poll()
     assert set(by_vm(result)) == {vm}
     prefix = "region us-east-1: EC2 throttled (RequestLimitExceeded)"
-    assert result.error in (f"{prefix}, still retrying after 1.5s", f"{prefix} after 5 attempts")
+    assert result.error in (f"{prefix}, still retrying at the 1.5s poll timeout",
+                            f"{prefix} after 5 attempts")

@@ -28,6 +28,7 @@ class Subscription:
     page_size: int = 1000
     fail_status: int | None = None  # answer every list call with this status
     throttle: int = 0  # answer the next N list calls 429 with Retry-After
+    delay: float = 0.0  # seconds before answering a list call (a slow or hung region of ARM)
 
 
 def vm(name: str, *, tags: dict[str, str] | None = None, power: str | None = "running",
@@ -175,6 +176,8 @@ class ArmServer:
                     self._send(404, {"error": {"code": "SubscriptionNotFound", "message":
                                                f"The subscription '{sub_id}' could not be found."}})
                     return
+                if sub.delay:
+                    time.sleep(sub.delay)
                 if sub.throttle > 0:
                     with arm.lock:
                         sub.throttle -= 1

@@ -51,6 +51,7 @@ def test_tagged_vms_of_two_subscriptions_across_pages(sp: Any) -> None:
          for i in range(3)]
     sp.add_vm(SUB_A, "web1", tags={"env": "prod"})
     sp.add_vm(SUB_A, "web2")
+    c = sp.add_vm(SUB_A, "typed-in-portal", tags={"TR7.Instance": "fw-c", "Tr7.VServices": "4"})
     b = sp.add_vm(SUB_B, "edge", tags={"tr7.instance": "fw-b"}, location="northeurope", power="deallocated")
 
     result = adapter(sp).poll()
@@ -62,8 +63,9 @@ def test_tagged_vms_of_two_subscriptions_across_pages(sp: Any) -> None:
         a[1]: Observation("fw-1", a[1], "westeurope", "running", cap),
         a[2]: Observation("fw-2", a[2], "westeurope", "running", cap),
         b: Observation("fw-b", b, "northeurope", "stopped", None),
+        c: Observation("fw-c", c, "westeurope", "running", Capacity(vservices=4)),  # tag names: any case
     }
-    # 5 VMs in pages of 2 = 3 pages (nextLink followed), no per-VM instance-view call
+    # 6 VMs in pages of 2 = 3 pages (nextLink followed), no per-VM instance-view call
     assert sp.count(LIST.format(SUB_A)) == 3 and sp.count(LIST.format(SUB_B)) == 1
     assert len(sp.requests) == 2 + 4  # OpenID discovery + one token, then the list pages
 
@@ -117,6 +119,15 @@ def test_a_failing_subscription_keeps_the_other(sp: Any) -> None:
     assert set(by_vm(result)) == {vm}
     assert result.error == (f"subscription {SUB_A}: ARM 403 AuthorizationFailed: The client does not have "
                             "authorization to perform action 'Microsoft.Compute/virtualMachines/read'")
+
+
+def test_a_hung_subscription_is_reported_before_the_agent_gives_up(sp: Any) -> None:
+    vm = sp.add_vm(SUB_B, "fw", tags={"tr7.instance": "fw-b"})
+    sp.subscriptions[SUB_A].delay = 8
+    ad = AzureAdapter(adapter(sp).config.model_copy(update={"timeout": 2.0}))
+    result = ad.poll()
+    assert set(by_vm(result)) == {vm}
+    assert result.error == f"subscription {SUB_A}: ARM gave no answer within the 2s poll timeout"
 
 
 def test_unknown_subscription_and_server_errors(sp: Any) -> None:
