@@ -26,13 +26,27 @@ class PgCluster:
         self.port = _free_port()  # only names the socket file; unique per cluster
         shutil.chown(self.dir, "postgres", "postgres")
         self._pg("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
-        self._pg("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w", "start", "-o",
-                 f"-p {self.port} -k {self.dir} -c listen_addresses='' -c fsync=off -c max_connections=200")
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.dir / "data"),
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "start",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses='' -c fsync=off -c max_connections=200",
+        )
         self.admin_url = f"postgresql://postgres@/postgres?host={self.dir}&port={self.port}"
 
     def _pg(self, tool: str, *args: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / tool), *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.dir)
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(PG_BIN / tool), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.dir,
+        )
 
     def stop(self) -> None:
         self._pg("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "stop")

@@ -156,6 +156,17 @@ def alert_list(provider: str, request: Request, scope: ScopeDep, month: str | No
     return {"provider": provider, "month": month, "alerts": found}
 
 
+@router.get("/providers/{provider}/invoices")
+def invoice_months(provider: str, request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
+    """Months with evidence or a close, newest first, with whether each is closed."""
+    scope.require_money()
+    p = scope.require_provider(provider)
+    with _conn(request) as c:
+        logged = set(c.execute(sa.select(s.logs.c.month).where(s.logs.c.provider == p)).scalars())
+        done = set(c.execute(sa.select(s.closes.c.month).where(s.closes.c.provider == p)).scalars())
+    return [{"month": m, "closed": m in done} for m in sorted(logged | done, reverse=True)]
+
+
 @router.get("/providers/{provider}/invoices/{month}")
 def invoice(provider: str, month: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
     scope.require_money()

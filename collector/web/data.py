@@ -32,9 +32,17 @@ def state_key(conn: Connection, provider: str) -> tuple[Any, ...]:
     closes = conn.execute(
         sa.select(sa.func.count()).select_from(s.closes).where(s.closes.c.provider == provider)
     ).scalar()
+    agents = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(s.agents.c.revoked_at), 0)).where(
+            s.agents.c.provider == provider
+        )
+    ).one()
     periods = acc_store.periods(conn, provider)
+    # The engine URL: one process may hold several databases (tests do).
     return (
+        conn.engine.url.render_as_string(hide_password=True),
         provider,
+        tuple(agents),
         int(logs[0]),
         int(logs[1]),
         cat,

@@ -62,7 +62,7 @@ def test_tenancy_provider_tokens_and_vendor(client, settings, tools):
     assert client.get("/v1/providers", headers=_auth("forged")).status_code == 401
     assert [p["id"] for p in client.get("/v1/providers", headers=_auth(acme)).json()] == ["acme"]
     assert [p["id"] for p in client.get("/v1/providers", headers=_auth(vendor)).json()] == ["acme", "beta"]
-    for path in ("customers", "licenses", "instances", "agents", "alerts", f"invoices/{month}"):
+    for path in ("customers", "licenses", "instances", "agents", "alerts", "invoices", f"invoices/{month}"):
         assert client.get(f"/v1/providers/beta/{path}", headers=_auth(acme)).status_code == 403, path
         assert client.get(f"/v1/providers/acme/{path}", headers=_auth(acme)).status_code == 200, path
     assert client.get(f"/v1/log/beta/{month}/checkpoint", headers=_auth(acme)).status_code == 403
@@ -71,6 +71,9 @@ def test_tenancy_provider_tokens_and_vendor(client, settings, tools):
     assert client.get(f"/v1/providers/beta/invoices/{month}", headers=_auth(vendor)).status_code == 403
     lic = client.get("/v1/providers/beta/licenses", headers=_auth(vendor))
     assert lic.status_code == 200 and "price" not in lic.text and "amount" not in lic.text
+    assert client.get("/v1/providers/acme/invoices", headers=_auth(acme)).json() == [
+        {"month": month, "closed": False}
+    ]
     inv = client.get(f"/v1/providers/acme/invoices/{month}", headers=_auth(acme)).json()
     assert inv["provider"] == "acme" and inv["lines"][0]["instance"] == "TR7-0001"
     agents = client.get("/v1/providers/acme/agents", headers=_auth(acme)).json()["agents"]
