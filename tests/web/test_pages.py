@@ -1,0 +1,172 @@
+"""Pages in-process: sign-in, cookie flags, CSRF, roles, tenancy, heatmap, planner, audit, vendor."""
+
+import re
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from collector import db
+from collector.ingest import ingest_lines
+from collector.server import create_app
+from collector.web import auth
+from protocol.timefmt import parse_time
+
+USERS = {
+    "ann": ("acme", "admin"),
+    "vic": ("acme", "viewer"),
+    "aud": ("acme", "auditor"),
+    "ven": (None, "vendor"),
+    "bob": ("beta", "admin"),
+}
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def world(settings: Any, tools: Any) -> Any:
+    tools.apply(settings, tools.catalog())
+    tools.apply(settings, tools.catalog("beta", ["z1"], licenses=[]))
+    for name, (prov, role) in USERS.items():
+        db.write_tx(settings.engine, lambda c, p=prov, r=role, n=name: auth.add_user(c, p, r, n, PASSWORD, 0))
+    agent = tools.Agent()
+    tools.enrol(settings, "acme", agent, parse_time("2026-09-01T00:00:00Z"))
+    t0 = parse_time("2026-10-01T00:00:00Z")
+    # Running on days 1-3 except 02:00-04:00 of day 2 (stopped), nothing after day 3.
+    lines = [
+        agent.beat(t0 + h * 3600 + 60, {"TR7-0001": "stopped" if 26 <= h < 28 else "running"})
+        for h in range(72)
+    ]
+    assert all(r["status"] == "accepted" for r in ingest_lines(settings.engine, lines))
+    return settings
+
+
+def login(client: TestClient, user: str, password: str = PASSWORD) -> str:
+    page = client.get("/ui/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    r = client.post(
+        "/ui/login", data={"csrf": csrf, "username": user, "password": password}, follow_redirects=False
+    )
+    assert r.status_code == 303
+    return r.headers.get("set-cookie", "")
+
+
+def session_csrf(client: TestClient, path: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', client.get(path).text).group(1)
+
+
+def test_login_sets_strict_cookie_and_wrong_password_fails(client: TestClient, world: Any) -> None:
+    assert client.get("/ui/p/acme", follow_redirects=False).headers["location"] == "/ui/login"
+    cookie = login(client, "ann")
+    assert "tr7_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
+    assert "Secure" not in cookie  # plain http in this test
+    assert client.get("/ui/p/acme").status_code == 200
+    with TestClient(create_app(world)) as other:
+        other.get("/ui/login")
+        csrf = session_csrf(other, "/ui/login")
+        r = other.post(
+            "/ui/login",
+            data={"csrf": csrf, "username": "ann", "password": "wrong password"},
+            follow_redirects=False,
+        )
+        assert r.headers["location"] == "/ui/login?error=1" and "tr7_session" not in r.headers.get(
+            "set-cookie", ""
+        )
+        assert other.get("/ui/p/acme", follow_redirects=False).status_code == 303
+
+
+def test_cookie_is_secure_over_https(world: Any) -> None:
+    with TestClient(create_app(world), base_url="https://testserver") as c:
+        assert "Secure" in login(c, "ann")
+
+
+def test_sign_in_with_api_token(client: TestClient, world: Any, tools: Any) -> None:
+    tok = tools.token(world, "acme", "viewer")
+    page = client.get("/ui/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    r = client.post("/ui/login", data={"csrf": csrf, "token": tok}, follow_redirects=False)
+    assert r.status_code == 303 and client.get("/ui/p/acme").status_code == 200
+
+
+def test_csrf_is_checked_on_every_form(client: TestClient, world: Any) -> None:
+    client.get("/ui/login")
+    assert client.post("/ui/login", data={"username": "ann", "password": PASSWORD}).status_code == 403
+    login(client, "ann")
+    path = "/ui/p/acme/customers/c1/account"
+    assert client.post(path, data={"action": "failed"}).status_code == 403
+    assert client.post(path, data={"action": "failed", "csrf": "forged"}).status_code == 403
+    assert client.post("/ui/logout", data={}).status_code == 403
+    assert client.post("/ui/p/acme/audit/2026-10/verify", data={}).status_code == 403
+    token = session_csrf(client, "/ui/p/acme/customers/c1?month=2026-10")
+    r = client.post(path, data={"action": "failed", "csrf": token, "email": "ap@c1.example"})
+    assert r.status_code == 200 and "overdue" in r.text
+    assert "account_overdue" in client.get("/ui/p/acme?month=2026-10").text
+
+
+def test_roles(client: TestClient, world: Any) -> None:
+    login(client, "vic")
+    assert client.get("/ui/p/acme/planner/c1?month=2026-10").status_code == 200
+    assert client.get("/ui/p/acme/audit").status_code == 403
+    token = session_csrf(client, "/ui/p/acme/customers/c1?month=2026-10")
+    r = client.post("/ui/p/acme/customers/c1/account", data={"action": "failed", "csrf": token})
+    assert r.status_code == 403  # only an admin records payments
+    with TestClient(create_app(world)) as aud:
+        login(aud, "aud")
+        assert aud.get("/ui/p/acme/audit").status_code == 200
+        assert aud.get("/ui/p/acme/planner/c1").status_code == 403
+
+
+def test_tenancy(client: TestClient, world: Any) -> None:
+    login(client, "bob")
+    for path in (
+        "/ui/p/acme",
+        "/ui/p/acme/customers/c1",
+        "/ui/p/acme/instances/TR7-0001",
+        "/ui/p/acme/agents",
+        "/ui/p/acme/invoices/2026-10.pdf?customer=c1",
+        "/ui/p/acme/audit/2026-10/bundle.tar.gz",
+        "/ui/p/acme/instances/TR7-0001/evidence?hour=2026-10-01T05:00:00Z",
+        "/ui/vendor",
+    ):
+        assert client.get(path).status_code == 403, path
+    assert client.get("/ui/p/beta/customers/z1").status_code == 200
+
+
+def test_heatmap_classes_and_evidence(client: TestClient, world: Any) -> None:
+    login(client, "ann")
+    html = client.get("/ui/p/acme/customers/c1?month=2026-10").text
+
+    def cls(hour: str) -> str:
+        return re.search(rf'class="cell (\w+)" data-hour="{hour}"', html).group(1)
+
+    assert cls("2026-10-01T05:00:00Z") == "active"
+    assert cls("2026-10-02T02:00:00Z") == "inactive"
+    assert cls("2026-10-05T10:00:00Z") == "unknown"
+    ev = client.get("/ui/p/acme/instances/TR7-0001/evidence?hour=2026-10-02T03:00:00Z").text
+    assert ev.count('<pre class="jws">') == 1 and "stopped" in ev
+    agents = client.get("/ui/p/acme/agents?month=2026-10").text
+    assert "a1 (kvm)" in agents and "gaps 0" in agents
+
+
+def test_planner_break_even(client: TestClient, world: Any) -> None:
+    login(client, "ann")
+    html = client.get("/ui/p/acme/planner/c1?month=2026-10&fixed_price=2.25").text
+    row = re.search(r'<tr data-license="SL-1">(.*?)</tr>', html, re.S).group(1)
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    # 70 running hours at 0.0450 = 3.15; 2.25 / 0.0450 = 50 hours to break even.
+    assert cells == ["SL-1", "TR7-0001", "70", "0.0450", "3.15", "2.25", "50", "fixed"]
+
+
+def test_audit_bundle_verifies(client: TestClient, world: Any) -> None:
+    login(client, "aud")
+    assert client.get("/ui/p/acme/audit/2026-10/bundle.tar.gz").content[:2] == b"\x1f\x8b"
+    token = session_csrf(client, "/ui/p/acme/audit")
+    r = client.post("/ui/p/acme/audit/2026-10/verify", data={"csrf": token})
+    assert r.status_code == 200 and "VERIFIED: 72 heartbeat lines" in r.text
+
+
+def test_vendor_sees_hours_never_prices(client: TestClient, world: Any) -> None:
+    login(client, "ven")
+    html = client.get("/ui/vendor?month=2026-10").text
+    assert 'data-provider="acme"' in html and ">70<" in html and "SL-1" in html
+    assert "0.0450" not in html and "EUR" not in html
+    assert client.get("/ui/p/acme").status_code == 403
