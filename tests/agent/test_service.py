@@ -183,3 +183,37 @@ def test_heartbeat_written_with_no_instances_and_failed_adapter(tmp_path: Path, 
     assert hb.observations == []
     assert hb.polls == [{"adapter": "empty", "platform": "kvm", "ok": True, "error": None},
                         {"adapter": "down", "platform": "kvm", "ok": False, "error": "host unreachable"}]
+
+
+def test_sighup_new_interval_reschedules_on_its_grid(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 1,
+                                             "allow_short_interval": True},
+                       [{"name": "l", "platform": "kvm"}])
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env=agent_env())
+
+    def beats() -> list:
+        if not (state / "spool.db").exists():
+            return []
+        spool = Spool(state / "spool.db", readonly=True)
+        try:
+            return [parse_unverified(t) for t in spool.unshipped()]
+        finally:
+            spool.close()
+
+    try:
+        _wait(lambda: len(beats()) >= 2)
+        cfg.write_text(cfg.read_text().replace("interval = 1", "interval = 2"))
+        proc.send_signal(signal.SIGHUP)
+        _wait(lambda: sum(1 for hb in beats() if hb.interval == 2) >= 2)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    hbs = beats()
+    assert [hb.seq for hb in hbs] == list(range(1, len(hbs) + 1))
+    assert all(hb.time % 2 == 0 for hb in hbs if hb.interval == 2)
+    assert [hb.interval for hb in hbs] == sorted(hb.interval for hb in hbs)  # 1 s ones, then 2 s ones
