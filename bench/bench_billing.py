@@ -14,6 +14,7 @@ import hashlib
 import json
 import multiprocessing
 import random
+import resource
 import sys
 import time
 import uuid
@@ -148,6 +149,12 @@ def catalog(instances: int, days: int) -> dict[str, object]:
                       "monthly": [{"pack": "professional", "price": "12.00"}]}}
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its waited-for children (bill()'s workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=50)
@@ -164,9 +171,11 @@ def main() -> None:
           file=sys.stderr)
     cat = catalog(args.instances, args.days)
 
+    cpu0 = _cpu()
     t0 = time.perf_counter()
     result = bill(tokens, cat, MONTH)
     elapsed = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
 
     t0 = time.perf_counter()
     for tok in tokens:  # baseline: the least any reader must do, decode every payload
@@ -178,6 +187,8 @@ def main() -> None:
     print(f"heartbeats:        {n}  ({obs} observations)")
     print(f"billing.bill:      {elapsed:.1f} s  ({n / elapsed:,.0f} heartbeats/s, "
           f"{obs / elapsed:,.0f} observations/s)")
+    print(f"CPU time:          {cpu:.1f} s in this process and its workers "
+          f"(CPU / wall = {cpu / elapsed:.2f}; under 2 means the cores were shared or idle)")
     print(f"target:            {TARGET_S:.0f} s  -> {'OK' if elapsed < TARGET_S else 'OVER'} "
           f"({elapsed / TARGET_S:.0%} of the target)")
     print(f"baseline (b64+json.loads, 1 process): {baseline:.1f} s;  "

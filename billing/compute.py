@@ -1,13 +1,13 @@
 """Billing-v1.md §2-§5 and §7: hour classes, coverage, pricing, device-days, usage and invoice documents."""
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from billing.activity import HOUR, Activity
-from billing.catalog import Catalog, License, Period
+from billing.catalog import Catalog, License, Period, load_catalog
 from billing.money import money_text, round_half_up
 from billing.pricing import OverUse, Pricer
 from protocol.timefmt import month_bounds
@@ -162,8 +162,10 @@ def _totals(lines: list[dict[str, Any]], rows: list[dict[str, Any]]) -> tuple[di
             money_text(sum(totals.values(), Decimal(0))))
 
 
-def compute(activity: Activity, catalog: Catalog, month: str, chains: list[dict[str, Any]]) -> BillingResult:
+def compute(activity: Activity, catalog: Catalog | Mapping[str, Any], month: str,
+            chains: list[dict[str, Any]]) -> BillingResult:
     """The month's usage and invoice (billing-v1.md §7 shapes) from its activity; raises PricingError."""
+    catalog = load_catalog(catalog)
     m = _Month(activity, catalog, month)
     for inst in sorted(set(activity.active) | set(activity.seen) | set(m.by_inst)):
         m.instance(inst)
