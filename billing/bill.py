@@ -8,6 +8,7 @@ result is a function of the set of heartbeats, never of their order or of how th
 
 import multiprocessing
 import os
+import threading
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from operator import itemgetter
@@ -125,8 +126,8 @@ def _parallel(tokens: list[str], workers: int, m0: int, m1: int, only: Collectio
 def _workers(requested: int | None, n: int) -> int:
     if requested is not None:
         return max(1, requested)
-    if n < PARALLEL_MIN:
-        return 1
+    if n < PARALLEL_MIN or threading.active_count() > 1:
+        return 1  # forking a threaded process (a web server) risks locks held by other threads
     return min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
