@@ -1,0 +1,218 @@
+"""End to end in Chromium (Playwright): a real collector process holding a simulated month.
+
+Screenshots of every main page go to tests/web/screenshots/ (gitignored) or $TR7_WEB_ARTIFACTS.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from audit.simulate import build_scenario
+from collector import db, registry
+from collector.ingest import ingest_lines
+from collector.settings import Settings
+from collector.web import auth
+
+PASSWORD = "correct horse battery"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = Path(os.environ.get("TR7_WEB_ARTIFACTS") or Path(__file__).parent / "screenshots")
+
+
+def _seed(settings: Settings) -> None:
+    sc = build_scenario(month="2026-10")
+    eng = settings.engine
+    db.write_tx(eng, lambda c: registry.apply_catalog(c, sc.catalog))
+    for a in sc.agents:
+        db.write_tx(
+            eng, lambda c, a=a: registry.add_agent(c, "acme", a.name, a.key.public_b64, a.enrolled_at)
+        )
+    lines = sc.anchors + sc.leaves
+    for i in range(0, len(lines), 5000):
+        ingest_lines(eng, lines[i : i + 5000])
+    beta = {
+        **sc.catalog,
+        "provider": {"id": "beta", "name": "Beta MSP", "currency": "EUR"},
+        "customers": [{"id": "z1", "name": "Zulu Secret Ltd", "downgraded": []}],
+        "licenses": [],
+    }
+    db.write_tx(eng, lambda c: registry.apply_catalog(c, beta))
+    for name, prov, role in (("ann", "acme", "admin"), ("ven", None, "vendor"), ("bob", "beta", "admin")):
+        db.write_tx(eng, lambda c, n=name, p=prov, r=role: auth.add_user(c, p, r, n, PASSWORD, 0))
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    settings = Settings(tmp / "data", f"sqlite:///{tmp / 'collector.db'}", "collector.e2e")
+    settings.open()
+    _seed(settings)
+    settings.engine.dispose()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "TR7_COLLECTOR_DATA_DIR": str(settings.data_dir),
+        "TR7_COLLECTOR_DB": settings.db_url,
+        "TR7_COLLECTOR_ORIGIN": "collector.e2e",
+        "TR7_ACCOUNTS_TICK": "0",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "collector.server:app_from_env",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=Path(__file__).parents[2],
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "the collector exited"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def signed_in(browser: Browser, base_url: str, user: str) -> Page:
+    page = browser.new_context(
+        base_url=base_url, viewport={"width": 1300, "height": 900}, accept_downloads=True
+    ).new_page()
+    page.goto("/ui/login")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    return page
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def pdf_text(data: bytes) -> str:
+    """The text of a PDF's (deflated) content streams, enough to find the strings it draws."""
+    out = []
+    for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
+        try:
+            out.append(zlib.decompress(m.group(1)).decode("latin-1"))
+        except zlib.error:
+            out.append(m.group(1).decode("latin-1"))
+    return "\n".join(out)
+
+
+def cell(page: Page, instance: str, hour: str) -> str:
+    loc = page.locator(f'table.heat[data-instance="{instance}"] td[data-hour="{hour}"]')
+    return loc.get_attribute("class") or ""
+
+
+def test_admin_walks_overview_customer_instance_agents(
+    browser: Browser, base_url: str, tmp_path: Path
+) -> None:
+    page = signed_in(browser, base_url, "ann")
+    assert page.url.endswith("/ui/p/acme")
+    page.goto("/ui/p/acme?month=2026-10")
+    assert page.locator("#customers tr[data-customer=c1]").count() == 1
+    types = set(page.locator("#alerts tr[data-type]").evaluate_all("rows => rows.map(r => r.dataset.type)"))
+    assert {"fork", "unlicensed", "over_capacity"} <= types  # the simulated month holds each of them
+    shot(page, "overview")
+
+    page.click("text=Alpine Logistics AG")
+    page.wait_for_selector("#hours-chart[data-rendered='1']")
+    assert page.url.endswith("/ui/p/acme/customers/c1?month=2026-10")
+    assert "active" in cell(page, "TR7-A01", "2026-10-05T10:00:00Z")
+    assert "inactive" in cell(page, "TR7-A02", "2026-10-03T22:00:00Z")  # Saturday night: stopped
+    assert "unknown" in cell(page, "TR7-A02", "2026-10-27T10:00:00Z")  # vanished on the 27th
+    shot(page, "customer")
+
+    with page.expect_download() as dl:
+        page.click("#pdf")
+    data = Path(dl.value.path()).read_bytes()
+    assert data.startswith(b"%PDF-")
+    assert "Alpine Logistics AG" in pdf_text(data)
+
+    page.goto("/ui/p/acme/customers/c2?month=2026-10")
+    assert "unknown" in cell(page, "TR7-B02", "2026-10-15T10:00:00Z")
+
+    page.goto("/ui/p/acme/instances/TR7-A02?month=2026-10")
+    assert page.locator("#declared tr").count() >= 3  # basic, and pro during the over-use
+    page.click("text=Show agents per day")
+    page.wait_for_selector("#agents-per-day")
+    assert "dc1-agent" in page.inner_text("#agents-per-day")
+    shot(page, "instance")
+    page.click("text=Signed heartbeats of that hour")
+    assert page.locator("pre.jws").count() >= 1
+    shot(page, "evidence")
+
+    page.goto("/ui/p/acme/agents?month=2026-10")
+    row = page.inner_text("#agents tr[data-kid]:has-text('cloud-agent')")
+    assert "gaps 1" in row
+    shot(page, "agents")
+
+    page.goto("/ui/p/acme/planner/c1?month=2026-10&fixed_price=20")
+    assert page.locator("#plan tr[data-license]").count() >= 1
+    shot(page, "planner")
+    page.goto("/ui/p/acme/audit")
+    shot(page, "audit")
+
+
+def test_another_providers_customer_is_forbidden(browser: Browser, base_url: str) -> None:
+    page = signed_in(browser, base_url, "ann")
+    resp = page.goto("/ui/p/beta/customers/z1")
+    assert resp is not None and resp.status == 403
+    assert "Zulu Secret" not in page.content()
+    bob = signed_in(browser, base_url, "bob")
+    assert bob.goto("/ui/p/acme/customers/c1").status == 403
+
+
+def test_vendor_view(browser: Browser, base_url: str) -> None:
+    page = signed_in(browser, base_url, "ven")
+    assert page.url.endswith("/ui/vendor")
+    page.goto("/ui/vendor?month=2026-10")
+    assert page.locator("#providers tr[data-provider]").count() == 2
+    assert "0.0450" not in page.content()
+    shot(page, "vendor")
