@@ -121,3 +121,29 @@ def test_operator_workflow(tmp_path, db_url, tools):
     api = run(data, db_url, "token", "add", "--provider", "acme", "--role", "auditor").stdout.strip()
     vendor = run(data, db_url, "token", "add", "--vendor").stdout.strip()
     assert api.startswith("tr7_") and vendor.startswith("tr7_") and api != vendor
+
+
+def test_concurrent_first_start_migrates_once(tmp_path, db_url):
+    env = {**os.environ, "TR7_COLLECTOR_DB": db_url, "TR7_COLLECTOR_ORIGIN": "cli.test"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "collector.cli", "migrate", "--data-dir", str(tmp_path / f"d{i}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(3)
+    ]
+    for p in procs:
+        _out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+    import sqlalchemy as sa
+    from alembic.script import ScriptDirectory
+
+    from collector.db import alembic_config, make_engine
+
+    head = ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()
+    engine = make_engine(db_url)
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
+    engine.dispose()
