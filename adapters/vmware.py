@@ -101,32 +101,38 @@ def _convert(exc: BaseException, url: str) -> AdapterError:
     return AdapterError(f"unexpected {type(exc).__name__}", f"{url}: {type(exc).__name__}: {exc}")
 
 
-def _items(val: ET.Element, key: str, value: str) -> list[tuple[str | None, str | None]]:
-    return [(item.findtext(V + key), item.findtext(V + value)) for item in val]
-
-
 Obj = tuple[str | None, str, dict[str, Any], list[str]]  # type, moid, properties, missing faults
+_OBJ, _PROPSET, _MISSING, _NAME, _VAL = (V + t for t in ("obj", "propSet", "missingSet", "name", "val"))
+_ARRAYS = {"config.extraConfig": "value", "customValue": "value", "field": "name"}  # -> (key, X) pairs
 
 
 def _read_object(oc: ET.Element) -> Obj:
-    """One <objects> element -> (type, moid, {property: python value}, [missing-property faults])."""
-    obj = oc.find(V + "obj")
+    """One <objects> element -> (type, moid, {property: python value}, [missing-property faults]).
+
+    Children are walked directly (no ElementPath): this runs once per VM on every poll."""
+    kind: str | None = None
+    moid = ""
     props: dict[str, Any] = {}
-    for ps in oc.iterfind(V + "propSet"):
-        name, val = ps.findtext(V + "name"), ps.find(V + "val")
-        if val is None or name is None:
-            continue
-        if name in ("config.extraConfig", "customValue"):
-            props[name] = _items(val, "key", "value")
-        elif name == "field":
-            props[name] = _items(val, "key", "name")
-        else:
-            props[name] = val.text
-    faults = [(f.get(XSI_TYPE) or "?").rsplit(":", 1)[-1]
-              for f in oc.iterfind(f"{V}missingSet/{V}fault/{V}fault")]
-    if obj is None:
-        return None, "", props, faults
-    return obj.get("type"), obj.text or "", props, faults
+    faults: list[str] = []
+    for child in oc:
+        if child.tag == _PROPSET:
+            name = val = None
+            for c in child:
+                if c.tag == _NAME:
+                    name = c.text
+                elif c.tag == _VAL:
+                    val = c
+            if name is None or val is None:
+                continue
+            second = _ARRAYS.get(name)
+            props[name] = ([(item.findtext(V + "key"), item.findtext(V + second)) for item in val]
+                           if second else val.text)
+        elif child.tag == _OBJ:
+            kind, moid = child.get("type"), child.text or ""
+        elif child.tag == _MISSING:
+            fault = child.find(f"{V}fault/{V}fault")
+            faults.append(((fault.get(XSI_TYPE) if fault is not None else None) or "?").rsplit(":", 1)[-1])
+    return kind, moid, props, faults
 
 
 def _spec_xml(view: str, cfm: str | None) -> str:
