@@ -81,6 +81,7 @@ def test_rejections_name_the_rule_and_store_nothing(client, settings, tools):
     assert reasons[3].startswith("key.window") and "enrolment" in reasons[3]
     assert reasons[4].startswith("key.window") and "revocation" in reasons[4]
     assert reasons[5].startswith("jws.format")
+    assert "seq" not in res[6] and res[1]["seq"] == 2 and res[3]["seq"] == 1
     assert _count(settings) == 1
     with settings.engine.connect() as c:
         assert set(c.execute(sa.select(s.days.c.instance)).scalars()) == {"TR7-1"}
