@@ -1,4 +1,4 @@
-"""`tr7-agent`: run | check | enroll | status | export | config sample."""
+"""`tr7-agent`: run | check | enroll | status | export | config sample | config validate."""
 
 import argparse
 import logging
@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="configuration helpers")
     csub = c.add_subparsers(dest="config_command", required=True)
     csub.add_parser("sample", help="print a commented sample configuration")
+    v = csub.add_parser("validate", help="check a configuration file; exit 0 only when it can run")
+    v.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file (TOML)")
     return p
 
 
@@ -50,7 +52,7 @@ def _exit(code: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logs.setup()
-    if args.command == "config":
+    if args.command == "config" and args.config_command == "sample":
         from agent.sample import sample
 
         sys.stdout.write(sample())
@@ -64,6 +66,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     from agent import commands
 
+    if args.command == "config":
+        # Used by the package's post-install script: only a configuration that can poll
+        # something is "valid", so a fresh install with the commented sample never starts.
+        if not config.adapters:
+            print(f"configuration error: {args.config}: no [[adapters]] table: nothing to poll",
+                  file=sys.stderr)
+            sys.exit(2)
+        print(f"{args.config}: ok ({len(config.adapters)} adapters, interval {config.agent.interval} s)")
+        return
     if args.command == "run":
         from agent.service import Service
 
