@@ -5,6 +5,7 @@ from collections import OrderedDict, defaultdict
 from typing import Any
 
 import sqlalchemy as sa
+from markupsafe import Markup
 from sqlalchemy.engine import Connection
 
 from billing.compute import bridged_hours
@@ -108,25 +109,24 @@ def hour_sets(
     return active, seen
 
 
+CODES = {"active": "a", "inactive": "i", "unknown": "u", "bridged": "b"}
+
+
 def heatmap(month: str, active: set[int], seen: set[int], bridge_max: int) -> list[dict[str, Any]]:
-    """One row per day, 24 cells each: active / inactive / unknown / bridged."""
+    """One row per day, 24 cells each: active / inactive / unknown / bridged.
+
+    Cells are pre-rendered (class letters, no per-cell attributes): a customer page holds a month
+    for each of its instances, tens of thousands of cells; the hour is the row's day + the column.
+    """
     m0, m1 = month_bounds(month)
     bridged = bridged_hours(active, seen, m1, bridge_max) if bridge_max else set()
     rows = []
     for day in range(m0, m1, DAY):
-        cells = []
+        codes = []
         for h in range(day, day + DAY, HOUR):
-            cls = (
-                "active"
-                if h in active
-                else "inactive"
-                if h in seen
-                else "bridged"
-                if h in bridged
-                else "unknown"
-            )
-            cells.append({"hour": format_time(h), "cls": cls})
-        rows.append({"day": format_time(day)[:10], "cells": cells})
+            codes.append("a" if h in active else "i" if h in seen else "b" if h in bridged else "u")
+        html = "".join(f'<td class="{c}"></td>' for c in codes)
+        rows.append({"day": format_time(day)[:10], "codes": codes, "html": Markup(html)})
     return rows
 
 

@@ -20,15 +20,20 @@ router = APIRouter(prefix="/ui")
 L = s.leaves.c
 
 
+NAMES = {"a": "active", "i": "inactive", "u": "unknown", "b": "bridged"}
+
+
 def _intervals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Runs of equal hour classes: the state timeline."""
     out: list[dict[str, Any]] = []
     for row in rows:
-        for cell in row["cells"]:
-            if out and out[-1]["cls"] == cell["cls"]:
+        for h, code in enumerate(row["codes"]):
+            if out and out[-1]["cls"] == code:
                 out[-1]["hours"] += 1
             else:
-                out.append({"cls": cell["cls"], "from": cell["hour"], "hours": 1})
+                out.append(
+                    {"cls": code, "name": NAMES[code], "from": f"{row['day']}T{h:02d}:00:00Z", "hours": 1}
+                )
     return out
 
 
@@ -189,7 +194,12 @@ def agents_page(provider: str, request: Request, sess: SessionDep, month: str | 
             if a["last_seq"] is not None:
                 jws = c.execute(
                     sa.select(L.jws, L.received_at, L.time)
-                    .where(L.provider == provider, L.kid == a["kid"], L.seq == a["last_seq"])
+                    .where(
+                        L.provider == provider,
+                        L.kid == a["kid"],
+                        L.month == a["last_heartbeat"][:7],  # the (kid, month, seq) index, whole
+                        L.seq == a["last_seq"],
+                    )
                     .limit(1)
                 ).first()
                 if jws is not None:

@@ -146,8 +146,10 @@ def pdf_text(data: bytes) -> str:
 
 
 def cell(page: Page, instance: str, hour: str) -> str:
-    loc = page.locator(f'table.heat[data-instance="{instance}"] td[data-hour="{hour}"]')
-    return loc.get_attribute("class") or ""
+    """The class of one heatmap cell: the row is the day, the column the hour."""
+    row = page.locator(f'table.heat[data-instance="{instance}"] tr[data-day="{hour[:10]}"]')
+    code = row.locator("td").nth(int(hour[11:13])).get_attribute("class") or ""
+    return {"a": "active", "i": "inactive", "u": "unknown", "b": "bridged"}[code]
 
 
 def test_admin_walks_overview_customer_instance_agents(
@@ -164,9 +166,9 @@ def test_admin_walks_overview_customer_instance_agents(
     page.click("text=Alpine Logistics AG")
     page.wait_for_selector("#hours-chart[data-rendered='1']")
     assert page.url.endswith("/ui/p/acme/customers/c1?month=2026-10")
-    assert "active" in cell(page, "TR7-A01", "2026-10-05T10:00:00Z")
-    assert "inactive" in cell(page, "TR7-A02", "2026-10-03T22:00:00Z")  # Saturday night: stopped
-    assert "unknown" in cell(page, "TR7-A02", "2026-10-27T10:00:00Z")  # vanished on the 27th
+    assert cell(page, "TR7-A01", "2026-10-05T10:00:00Z") == "active"
+    assert cell(page, "TR7-A02", "2026-10-03T22:00:00Z") == "inactive"  # Saturday night: stopped
+    assert cell(page, "TR7-A02", "2026-10-27T10:00:00Z") == "unknown"  # vanished on the 27th
     shot(page, "customer")
 
     with page.expect_download() as dl:
@@ -176,7 +178,7 @@ def test_admin_walks_overview_customer_instance_agents(
     assert "Alpine Logistics AG" in pdf_text(data)
 
     page.goto("/ui/p/acme/customers/c2?month=2026-10")
-    assert "unknown" in cell(page, "TR7-B02", "2026-10-15T10:00:00Z")
+    assert cell(page, "TR7-B02", "2026-10-15T10:00:00Z") == "unknown"
 
     page.goto("/ui/p/acme/instances/TR7-A02?month=2026-10")
     assert page.locator("#declared tr").count() >= 3  # basic, and pro during the over-use

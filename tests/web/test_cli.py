@@ -50,7 +50,9 @@ def test_accounts_replay(settings: Any, tools: Any, capsys: Any, tmp_path: Path)
     )
     assert json.loads(capsys.readouterr().out)["downgrade_at"] == "2026-10-20T00:00:00Z"
     assert accounts_main([*base, "--now", "2026-10-20T00:00:00Z", "tick"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["acme/c1: downgraded"]  # a first tick at day 15: no stale reminders
+    assert capsys.readouterr().out.splitlines() == [
+        "acme/c1: downgraded"
+    ]  # a first tick at day 15: no stale reminders
     assert (
         accounts_main(
             [*base, "--now", "2026-10-21T00:00:00Z", "show", "--provider", "acme", "--customer", "c1"]

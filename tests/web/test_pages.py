@@ -136,7 +136,10 @@ def test_heatmap_classes_and_evidence(client: TestClient, world: Any) -> None:
     html = client.get("/ui/p/acme/customers/c1?month=2026-10").text
 
     def cls(hour: str) -> str:
-        return re.search(rf'class="cell (\w+)" data-hour="{hour}"', html).group(1)
+        row = re.search(rf'<tr data-day="{hour[:10]}">(.*?)</tr>', html).group(1)
+        return {"a": "active", "i": "inactive", "u": "unknown", "b": "bridged"}[
+            re.findall(r'<td class="(\w)">', row)[int(hour[11:13])]
+        ]
 
     assert cls("2026-10-01T05:00:00Z") == "active"
     assert cls("2026-10-02T02:00:00Z") == "inactive"

@@ -20,3 +20,11 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   });
 });
+// Heatmap cells carry no attributes (a page holds tens of thousands): the tooltip is computed.
+document.addEventListener("mouseover", (ev) => {
+  const td = ev.target.closest && ev.target.closest("table.heat td");
+  if (!td || td.title) return;
+  const names = {a: "active", i: "inactive", u: "unknown", b: "bridged"};
+  const hour = String(td.cellIndex - 1).padStart(2, "0");
+  td.title = `${td.parentElement.dataset.day}T${hour}:00Z ${names[td.className] || ""}`;
+});
