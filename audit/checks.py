@@ -107,10 +107,10 @@ def load_agents(add: Add, rows: Any) -> dict[str, AgentInfo]:
 # Worker state, set once per process (fork or spawn) so chunks carry only lines.
 _KEYS: dict[str, Any] = {}
 _AGENTS: dict[str, AgentInfo] = {}
-_WINDOW: tuple[int, int, bool] = (0, 0, False)
+_WINDOW: tuple[int, int, bool, bool] = (0, 0, False, False)
 
 
-def _init(agents: dict[str, AgentInfo], window: tuple[int, int, bool]) -> None:
+def _init(agents: dict[str, AgentInfo], window: tuple[int, int, bool, bool]) -> None:
     global _WINDOW
     _AGENTS.clear()
     _AGENTS.update(agents)
@@ -124,7 +124,7 @@ Result = tuple[int, Heartbeat | None, list[tuple[str, str]]]
 
 def _verify_chunk(job: tuple[int, list[str]]) -> list[Result]:
     start, lines = job
-    m0, m1, anchors = _WINDOW
+    m0, m1, anchors, light = _WINDOW
     out: list[Result] = []
     for i, raw in enumerate(lines, start):
         problems: list[tuple[str, str]] = []
@@ -142,15 +142,17 @@ def _verify_chunk(job: tuple[int, list[str]]) -> list[Result]:
                 problems.append(("anchor.month", "an anchor must be from before the month"))
             elif not anchors and not m0 <= hb.time < m1:
                 problems.append(("leaf.month", "time is outside the bundle's month"))
-        # Chains need only the header fields; billing re-reads the verified lines itself. Sending
-        # back light heartbeats keeps the parent's memory and unpickling small for big logs.
-        out.append((i, None if hb is None else replace(hb, token="", polls=[], observations=[]), problems))
+        # For big logs, chains get light heartbeats (header fields) and billing re-reads the lines
+        # itself in parallel: the parent's memory and unpickling stay small.
+        if hb is not None:
+            hb = replace(hb, token="", polls=[], observations=[]) if light else replace(hb, token="")
+        out.append((i, hb, problems))
     return out
 
 
 def verify_lines(add: Add, rel: str, lines: Sequence[str], agents: dict[str, AgentInfo], month: str,
                  progress: Callable[[str, int, int], None] | None, workers: int,
-                 anchors: bool = False) -> dict[int, Heartbeat]:
+                 anchors: bool = False, light: bool = False) -> dict[int, Heartbeat]:
     """Strictly verify each line (signature, enrolment window, month); return the good ones by index."""
     m0, m1 = month_bounds(month) if month else (0, 2**62)
     jobs = [(s, list(lines[s:s + CHUNK])) for s in range(0, len(lines), CHUNK)]
@@ -178,11 +180,11 @@ def verify_lines(add: Add, rel: str, lines: Sequence[str], agents: dict[str, Age
             progress(rel, done, len(lines))
 
     if workers <= 1 or len(jobs) <= 1:
-        _init(agents, (m0, m1, anchors))
+        _init(agents, (m0, m1, anchors, light))
         for job in jobs:
             consume(_verify_chunk(job))
     else:
-        with multiprocessing.get_context().Pool(workers, _init, (agents, (m0, m1, anchors))) as pool:
+        with multiprocessing.get_context().Pool(workers, _init, (agents, (m0, m1, anchors, light))) as pool:
             for results in pool.imap(_verify_chunk, jobs):
                 consume(results)
     return good
@@ -248,8 +250,9 @@ def check_invoice_arithmetic(add: Add, rel: str, invoice: Any) -> None:
         add(rel, None, "invoice.format", f"not an invoice of billing-v1.md §7: {exc!r}")
 
 
-def compare_billing(add: Add, root: Path, beats: list[str], anchors: list[Heartbeat], catalog: Any,
-                    month: str, usage_rel: str, invoice_rel: str, prefix: str, present: set[str]) -> None:
+def compare_billing(add: Add, root: Path, beats: list[Heartbeat] | list[str], anchors: list[Heartbeat],
+                    catalog: Any, month: str, usage_rel: str, invoice_rel: str, prefix: str,
+                    present: set[str]) -> None:
     """Recompute billing-v1.md over ``beats`` and catalog.json; the stored documents must equal it."""
     if catalog is None:
         return

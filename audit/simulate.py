@@ -62,6 +62,7 @@ class Scenario:
     anchors: list[str]
     catalog: dict[str, Any]
     collector_key: Ed25519PrivateKey
+    interval: int = 600
     collector_name: str = COLLECTOR_NAME
     expected: dict[str, Any] = field(default_factory=dict)  # gap/fork seqs per agent name
 
@@ -266,7 +267,7 @@ def build_scenario(
     return Scenario(
         month=month, provider=PROVIDER, agents=agents, leaves=leaves, anchors=anchors,
         catalog=catalog,
-        collector_key=_key(seed, "collector"), expected=expected,
+        collector_key=_key(seed, "collector"), interval=interval, expected=expected,
     )
 
 

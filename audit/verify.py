@@ -13,9 +13,11 @@ from audit.checks import Finding, Report
 from protocol.heartbeat import Heartbeat
 from protocol.merkle import leaf_hash, root_hash
 from protocol.note import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
-from protocol.timefmt import month_bounds
+from protocol.timefmt import month_bounds, parse_time
 
 Progress = Callable[[str, int, int], None]
+# Above this many lines, keep only light heartbeats in memory (a full one costs about 2 KB).
+LIGHT_ABOVE = 100_000
 
 __all__ = ["Finding", "Report", "verify_bundle"]
 
@@ -65,6 +67,10 @@ def _check_manifest(ctx: _Ctx) -> None:
     except ValueError:
         ctx.add(B.MANIFEST, None, "manifest.format", f"month {ctx.month!r} is not YYYY-MM")
         ctx.month = ""
+    try:
+        parse_time(manifest.get("created"), "manifest.format")
+    except ValueError:
+        ctx.add(B.MANIFEST, None, "manifest.format", "created is not a UTC time YYYY-MM-DDTHH:MM:SSZ")
     listed: dict[str, Any] = manifest["files"]
     for rel in on_disk:
         if rel not in listed:
@@ -145,7 +151,7 @@ def _check_log(ctx: _Ctx, cp: Checkpoint | None, hashes: list[bytes]) -> None:
 
 
 def _check_closed(ctx: _Ctx, verifier: NoteVerifier | None, cp: Checkpoint | None,
-                  hashes: list[bytes], tokens: list[tuple[int, str]], anchors: list[Heartbeat],
+                  hashes: list[bytes], tokens: list[tuple[int, Any]], anchors: list[Heartbeat],
                   catalog: Any) -> None:
     closed = _checkpoint(ctx, B.CLOSED_CHECKPOINT, verifier, "closed")
     if closed is None:
@@ -197,15 +203,20 @@ def verify_bundle(path: Path | str, progress: Progress | None = None, workers: i
     if cp is not None:
         ctx.report.checkpoint = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex()}
     _check_log(ctx, cp, hashes)
+    light = len(lines) > LIGHT_ABOVE
     good = checks.verify_lines(ctx.add, B.HEARTBEATS, lines, agents, ctx.month, progress,
-                               workers if workers is not None else _default_workers(len(lines)))
+                               workers if workers is not None else _default_workers(len(lines)), light=light)
     anchor_lines, _ = _read_lines(ctx, B.ANCHORS)
     anchors = list(checks.verify_lines(ctx.add, B.ANCHORS, anchor_lines, agents, ctx.month, None, 1,
                                        anchors=True).values())
     ctx.report.chains = checks.check_chains(ctx.add, good, anchors, agents)
     catalog = _load_json(ctx, B.CATALOG)
-    # Billing gets the verified lines as text: it parses them in parallel with little memory.
-    tokens = [(i, lines[i]) for i in sorted(good)]
+    cat_provider = catalog.get("provider") if isinstance(catalog, dict) else None
+    if isinstance(cat_provider, dict) and cat_provider.get("id") != ctx.provider:
+        ctx.add(B.CATALOG, None, "catalog.provider",
+                f"provider id {cat_provider.get('id')!r} is not the bundle's {ctx.provider!r}")
+    # Billing gets the verified heartbeats, or for big logs their lines (parsed again, in parallel).
+    tokens: list[tuple[int, Any]] = [(i, lines[i] if light else good[i]) for i in sorted(good)]
     del lines, good
     if ctx.month:
         _stage(progress, "recomputing billing", len(tokens), lambda: checks.compare_billing(

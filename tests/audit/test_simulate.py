@@ -3,7 +3,8 @@
 import json
 from pathlib import Path
 
-from audit.simulate import Scenario, build_scenario
+from audit.simulate import Scenario, build_scenario, make_bundle
+from audit.verify import verify_bundle
 from protocol.heartbeat import parse_unverified, verify_heartbeat
 
 
@@ -59,3 +60,12 @@ def test_extra_agents_scale_the_log() -> None:
     big = build_scenario(days=1, interval=3600, extra_agents=2)
     assert len(big.agents) == 5 and len(big.leaves) == len(small.leaves) + 2 * 24
     assert sum(lic["customer"] == "c4" for lic in big.catalog["licenses"]) == 6
+
+
+def test_default_scenario_bundle_verifies(tmp_path: Path) -> None:
+    scenario = build_scenario()
+    assert scenario.interval == 600 and len(scenario.leaves) > 13_000
+    root = make_bundle(scenario, tmp_path / "default", close_at_size=len(scenario.leaves) // 2)
+    report = verify_bundle(root)
+    assert report.ok, [str(f) for f in report.errors]
+    assert {f.rule for f in report.notes} == {"chain.gap", "chain.fork"}

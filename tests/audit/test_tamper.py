@@ -145,7 +145,7 @@ def test_heartbeat_outside_enrolment_window(bundle: Path, forge, scenario: Scena
     assert ("heartbeats.jws", "key.window") in failures(bundle)
     res = cli("verify", str(bundle))
     window = [x for x in res.stdout.splitlines() if ": key.window: " in x]
-    assert res.returncode == 1 and len(window) == 2 * 24 * 6  # two days of 10-minute heartbeats
+    assert res.returncode == 1 and len(window) == 2 * 24 * 3600 // scenario.interval  # two days' worth
 
 
 def test_extra_unlisted_file(bundle: Path, cli) -> None:
@@ -198,3 +198,28 @@ def test_replaced_collector_key_is_caught_only_by_pinning(bundle: Path, pristine
     res = cli("verify", "--quiet", "--collector-key", published, str(bundle))
     assert res.returncode == 1 and res.stdout.startswith("collector.pub:1: collector.pinned: ")
     assert cli("verify", "--quiet", "--collector-key", published, str(pristine)).returncode == 0
+
+
+def test_edited_anchor(bundle: Path, forge) -> None:
+    def edit(lines: list[str]) -> list[str]:
+        h, p, s = lines[0].split(".")
+        body = json.loads(forge.unb64url(p))
+        body["seq"] += 1
+        return [f"{h}.{forge.b64url(json.dumps(body, separators=(',', ':')).encode())}.{s}", *lines[1:]]
+
+    forge.edit_lines(bundle, "anchors.jws", edit)
+    forge.rehash(bundle)
+    assert ("anchors.jws", "signature") in failures(bundle)
+
+
+def test_same_jws_logged_twice(bundle: Path, forge, scenario: Scenario) -> None:
+    leaves = [*scenario.leaves, scenario.leaves[7]]
+    (bundle / "heartbeats.jws").write_text("".join(x + "\n" for x in leaves))
+    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
+    (bundle / "checkpoint").write_text(
+        sign_checkpoint(Checkpoint(scenario.origin, len(leaves), log_root(leaves)), signer))
+    forge.rehash(bundle)
+    report = verify_bundle(bundle)
+    got = [(f.file, f.line, f.rule) for f in report.errors]
+    assert got == [("heartbeats.jws", len(leaves), "leaf.duplicate")]
+    assert "line 8" in report.errors[0].message
