@@ -228,4 +228,5 @@ def verify_bundle(path: Path | str, progress: Progress | None = None, workers: i
 
 def _default_workers(n: int) -> int:
     # Process start-up and pickling only pay off for big logs; use every core the host offers.
-    return 1 if n < 20_000 else max(1, min(os.cpu_count() or 1, 8))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 if n < 20_000 else max(1, min(cores, 8))
