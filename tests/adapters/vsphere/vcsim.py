@@ -44,7 +44,7 @@ class Vcsim:
     def stop(self) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=120)  # removing thousands of VM directories takes a while
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
