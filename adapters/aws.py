@@ -140,7 +140,7 @@ class AwsAdapter(Adapter):
         self.boto_config = BotoConfig(
             retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},
             connect_timeout=min(10.0, self.config.timeout),
-            read_timeout=min(30.0, self.config.timeout),
+            read_timeout=self.config.timeout,  # a 1,000-instance page can be slow; the deadline bounds it
             max_pool_connections=4,
             user_agent_extra="tr7-agent",
         )
@@ -175,8 +175,9 @@ class AwsAdapter(Adapter):
         return self._session
 
     def _assume(self, sts: Any) -> dict[str, str]:
+        session_name = re.sub(r"[^\w+=,.@-]", "-", f"tr7-{self.name}", flags=re.ASCII)[:64]
         args: dict[str, Any] = {"RoleArn": self.config.role_arn, "DurationSeconds": 3600,
-                                "RoleSessionName": re.sub(r"[^\w+=,.@-]", "-", f"tr7-{self.name}")[:64]}
+                                "RoleSessionName": session_name}
         if self.config.external_id:
             args["ExternalId"] = self.config.external_id
         try:

@@ -169,8 +169,8 @@ class AzureAdapter(Adapter):
                                                                  **self._transport_options())
                 else:
                     self._credential = DefaultAzureCredential(
-                        authority=cfg.authority_host, managed_identity_client_id=cfg.client_id,
-                        exclude_interactive_browser_credential=True, **self._transport_options())
+                        managed_identity_client_id=cfg.client_id, exclude_interactive_browser_credential=True,
+                        **sign_in)
             except (ValueError, OSError) as exc:
                 raise ConfigError(f"Azure credential: {exc}") from exc
         return self._credential

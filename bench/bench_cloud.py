@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=5000)
     parser.add_argument("--untagged", type=int, default=1000, help="VMs without tr7.instance, to filter out")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress while it runs
     bench_aws(args.instances, args.untagged)
     bench_azure(args.instances, args.untagged)
 

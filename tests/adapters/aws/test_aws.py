@@ -2,6 +2,8 @@
 
 import json
 import logging
+import re
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -209,3 +211,12 @@ def test_a_region_throttled_past_the_timeout_does_not_stall_the_poll(moto: Any, 
     prefix = "region us-east-1: EC2 throttled (RequestLimitExceeded)"
     assert result.error in (f"{prefix}, still retrying at the 1.5s poll timeout",
                             f"{prefix} after 5 attempts")
+
+
+def test_documented_sample_tables_are_valid() -> None:
+    doc = (Path(__file__).parents[3] / "docs/adapters/aws.md").read_text()
+    tables = [t for block in re.findall(r"```toml\n(.*?)```", doc, re.S)
+              for t in tomllib.loads(block)["adapters"]]
+    assert len(tables) == 2
+    for table in tables:
+        AwsConfig.model_validate(table)

@@ -1,6 +1,8 @@
 """The Azure adapter, unmodified SDKs, against a TLS Entra ID + ARM test server."""
 
 import logging
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +176,15 @@ def test_managed_identity(sp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert sp.count("/msi/token") == 1 and sp.count(f"/{TENANT}/") == 0
 
 
+def test_default_credential_chain_from_environment(sp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+    monkeypatch.setenv("AZURE_CLIENT_ID", CLIENT)
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", SECRET)
+    vm = sp.add_vm(SUB_A, "fw", tags={"tr7.instance": "fw-1"})
+    assert set(by_vm(adapter(sp, subscriptions=[SUB_A], identity="default").poll())) == {vm}
+    assert sp.count(f"/{TENANT}/oauth2/v2.0/token") == 1
+
+
 def test_secret_from_credentials_directory(sp: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "azure-secret").write_text(SECRET + "\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
@@ -209,3 +220,12 @@ def test_config_schema() -> None:
         with pytest.raises(ValidationError):
             AzureConfig(name="a", platform="azure", **bad)
     assert all(f.description for f in AzureConfig.model_fields.values())
+
+
+def test_documented_sample_tables_are_valid() -> None:
+    doc = (Path(__file__).parents[3] / "docs/adapters/azure.md").read_text()
+    tables = [t for block in re.findall(r"```toml\n(.*?)```", doc, re.S)
+              for t in tomllib.loads(block)["adapters"]]
+    assert len(tables) == 3
+    for table in tables:
+        AzureConfig.model_validate(table)
