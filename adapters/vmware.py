@@ -28,7 +28,7 @@ from adapters.tr7meta import ProblemLog, recognise
 
 # vim25/6.5: every property read here exists since vSphere 4, and vCenter 6.5 .. 8.x accept it.
 # Pinned (no vimServiceVersions.xml negotiation) because pyVmomi's negotiation has no timeout.
-API_VERSION, SOAP_ACTION = "vim.version.version11", "urn:vim25/6.5"
+API_VERSION = "vim.version.version11"
 PAGE_SIZE = 1000  # objects per RetrievePropertiesEx page; vCenter may return fewer
 STATES = {"poweredOn": "running", "poweredOff": "stopped", "suspended": "suspended"}
 VM_PROPS = ("config.instanceUuid", "config.template", "config.extraConfig", "customValue",
@@ -271,7 +271,7 @@ class VMwareAdapter(Adapter):
     def _call(self, conn: http.client.HTTPConnection, path: str, body: str, objects: list[Obj]) -> str | None:
         """POST one PropertyCollector call; append its objects, return the paging token."""
         conn.request("POST", path, (ENVELOPE[0] + body + ENVELOPE[1]).encode(), {
-            "Cookie": self._stub.cookie, "SOAPAction": SOAP_ACTION, "Accept-Encoding": "gzip",
+            "Cookie": self._stub.cookie, "SOAPAction": self._stub.versionId, "Accept-Encoding": "gzip",
             "Content-Type": "text/xml; charset=utf-8"})
         resp = conn.getresponse()
         gunzip = zlib.decompressobj(wbits=31) if resp.getheader("Content-Encoding") == "gzip" else None
