@@ -151,8 +151,12 @@ class AwsAdapter(Adapter):
     # -- sessions and clients (created in the polling thread: boto3 sessions are not thread-safe)
 
     def _home_region(self) -> str:
+        """Where STS and DescribeRegions are called: the first listed region, else the profile's or
+        AWS_REGION's (GovCloud and China accounts need theirs), else us-east-1."""
         regions = self.config.regions
-        return regions[0] if isinstance(regions, list) else "us-east-1"
+        if isinstance(regions, list):
+            return regions[0]
+        return self._source_session().region_name or "us-east-1"
 
     def _source_session(self) -> boto3.Session:
         try:

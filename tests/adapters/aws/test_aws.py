@@ -220,3 +220,17 @@ def test_documented_sample_tables_are_valid() -> None:
     assert len(tables) == 2
     for table in tables:
         AwsConfig.model_validate(table)
+
+
+def test_all_regions_are_listed_from_the_configured_home_region(moto: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config").write_text("[profile gov]\nregion = us-gov-west-1\n")
+    (tmp_path / "credentials").write_text(
+        "[gov]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = x\n")
+    [vm] = moto.launch(moto.ec2("us-gov-west-1"), 1, {"tr7.instance": "fw-gov"})
+    seen: list[str] = []
+    ad = adapter(moto, profile="gov", regions="all")
+    ad.client("us-gov-west-1").meta.events.register(
+        "before-send.ec2.DescribeRegions", lambda request, **_: seen.append(request.url))
+    assert set(by_vm(ad.poll())) == {vm}
+    assert len(seen) == 1  # DescribeRegions went to the profile's region, not us-east-1
