@@ -48,6 +48,7 @@ GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 TRANSPORT_FAILURES = ("SSL", "CERTIFICATE_VERIFY_FAILED", "Connection refused", "Failed to establish",
                       "Max retries exceeded", "timed out", "Name or service not known", "Connection aborted")
 RETRIES = 4  # per request; 429 answers are retried after their Retry-After
+RECHECK_MAX = 50  # instance-view calls per subscription and poll when the list lacks a power state
 DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the partial result
 
 
@@ -90,6 +91,14 @@ class AzureConfig(AdapterConfig):
         if (secret or self.certificate_file) and not (self.tenant_id and self.client_id):
             raise ValueError("a service principal needs tenant_id and client_id")
         return self
+
+
+def _power(instance_view: Any) -> str | None:
+    """The `PowerState/<x>` status of an instance view, lowercased; None when there is none."""
+    for status in (instance_view.statuses if instance_view else None) or []:
+        if (status.code or "").startswith("PowerState/"):
+            return str(status.code.split("/", 1)[1].lower())
+    return None
 
 
 def _short(exc: Exception) -> str:
@@ -197,15 +206,30 @@ class AzureAdapter(Adapter):
 
     def poll_subscription(self, subscription: str) -> list[Observation]:
         out = []
+        rechecks = RECHECK_MAX
+        client = self.client(subscription)
         # statusOnly=true: the list answer carries each VM's instanceView statuses (power state),
         # so one request per page of VMs instead of one per VM
-        for vm in self.client(subscription).virtual_machines.list_all(status_only="true"):
-            obs = self.observe(vm)
+        for vm in client.virtual_machines.list_all(status_only="true"):
+            obs = self.observe(vm, _power(vm.properties.instance_view if vm.properties else None))
+            if obs is not None and obs.state == "unknown" and vm.id and rechecks > 0:
+                # Microsoft: statusOnly may rarely miss a power state; ask that VM's instance view
+                rechecks -= 1
+                obs = self._recheck(client, vm, obs)
             if obs is not None:
                 out.append(obs)
         return out
 
-    def observe(self, vm: Any) -> Observation | None:
+    def _recheck(self, client: ComputeManagementClient, vm: Any, obs: Observation) -> Observation:
+        parts = vm.id.split("/")  # /subscriptions/{s}/resourceGroups/{rg}/providers/.../{name}
+        try:
+            power = _power(client.virtual_machines.instance_view(parts[4], parts[-1]))
+        except (AzureError, IndexError) as exc:
+            self.problems.warn(obs.vm, f"power state unavailable ({_short(exc)}); reported unknown")
+            return obs
+        return self.observe(vm, power) or obs
+
+    def observe(self, vm: Any, power: str | None) -> Observation | None:
         props = vm.properties
         vm_id = (props.vm_id if props else None) or vm.id
         # Azure tag names are case-insensitive (a portal user may type TR7.Instance): fold ours
@@ -214,11 +238,6 @@ class AzureAdapter(Adapter):
         if found is None:
             return None
         instance, capacity = found
-        power = None
-        statuses = props.instance_view.statuses if props and props.instance_view else None
-        for status in statuses or []:
-            if (status.code or "").startswith("PowerState/"):
-                power = status.code.split("/", 1)[1].lower()
         return Observation(instance=instance, vm=vm_id, host=vm.location,
                            state=STATES.get(power or "", "unknown"), capacity=capacity)
 

@@ -87,6 +87,15 @@ class ArmServer:
             if entry["properties"]["vmId"] == vm_id:
                 entry["properties"]["instanceView"]["statuses"][-1]["code"] = f"PowerState/{power}"
 
+    def hide_power(self, sub_id: str, vm_id: str) -> None:
+        """Make the list answer miss this VM's power state (as ARM rarely does); its own
+        instanceView still has it."""
+        for entry in self.subscriptions[sub_id].vms:
+            if entry["properties"]["vmId"] == vm_id:
+                view = entry["properties"]["instanceView"]
+                entry["instanceView_full"] = {"statuses": list(view["statuses"])}
+                view["statuses"] = view["statuses"][:1]
+
     def count(self, prefix: str) -> int:
         with self.lock:
             return sum(1 for _, path in self.requests if path.startswith(prefix))
@@ -130,6 +139,8 @@ class ArmServer:
                     self._managed_identity(query)
                 elif len(parts) == 5 and parts[0] == "subscriptions" and url.path.endswith(LIST_PATH):
                     self._list(parts[1], query)
+                elif len(parts) == 9 and parts[0] == "subscriptions" and parts[-1] == "instanceView":
+                    self._instance_view(parts[1], parts[3], parts[7])
                 else:
                     self._send(404, {"error": {"code": "NotFound", "message": f"no route {url.path}"}})
 
@@ -165,11 +176,24 @@ class ArmServer:
                 self._send(200, {"access_token": arm.issue_token(), "token_type": "Bearer",
                                  "expires_on": str(int(time.time()) + 3600), "resource": query["resource"]})
 
-            def _list(self, sub_id: str, query: dict[str, str]) -> None:
+            def _authorized(self) -> bool:
                 token = self.headers.get("Authorization", "").removeprefix("Bearer ")
                 if token not in arm.tokens:
                     self._send(401, {"error": {"code": "InvalidAuthenticationToken",
                                                "message": "The access token is invalid."}})
+                return token in arm.tokens
+
+            def _instance_view(self, sub_id: str, group: str, name: str) -> None:
+                if not self._authorized():
+                    return
+                for entry in arm.subscriptions.get(sub_id, Subscription()).vms:
+                    if entry["id"] == f"/subscriptions/{sub_id}/resourceGroups/{group}{LIST_PATH}/{name}":
+                        self._send(200, entry.get("instanceView_full") or entry["properties"]["instanceView"])
+                        return
+                self._send(404, {"error": {"code": "ResourceNotFound", "message": f"{name} not found"}})
+
+            def _list(self, sub_id: str, query: dict[str, str]) -> None:
+                if not self._authorized():
                     return
                 sub = arm.subscriptions.get(sub_id)
                 if sub is None:
@@ -193,7 +217,8 @@ class ArmServer:
                     self._send(sub.fail_status, {"error": {"code": "InternalServerError", "message": "boom"}})
                     return
                 start = int(query.get("$skiptoken", "0"))
-                items = sub.vms[start:start + sub.page_size]
+                items = [{k: v for k, v in e.items() if k != "instanceView_full"}
+                         for e in sub.vms[start:start + sub.page_size]]
                 if query.get("statusOnly") != "true":  # the model alone: no power state
                     items = [{**v, "properties": {k: p for k, p in v["properties"].items()
                                                   if k != "instanceView"}} for v in items]
