@@ -1,4 +1,4 @@
-"""What the pages show, read from the collector's tables; billing results cached per store state."""
+"""What the pages show, read from the collector's tables; billing results cached (stale-while-revalidate)."""
 
 import threading
 from collections import OrderedDict, defaultdict
@@ -9,7 +9,7 @@ from markupsafe import Markup
 from sqlalchemy.engine import Connection
 
 from billing.compute import bridged_hours
-from collector import accounting, alerts, registry
+from collector import accounting, alerts, db, registry
 from collector import schema as s
 from collector.accounts import machine as m
 from collector.accounts import store as acc_store
@@ -39,9 +39,7 @@ def state_key(conn: Connection, provider: str) -> tuple[Any, ...]:
         )
     ).one()
     periods = acc_store.periods(conn, provider)
-    # The engine URL: one process may hold several databases (tests do).
     return (
-        conn.engine.url.render_as_string(hide_password=True),
         provider,
         tuple(agents),
         int(logs[0]),
@@ -52,36 +50,77 @@ def state_key(conn: Connection, provider: str) -> tuple[Any, ...]:
     )
 
 
-def _cached(key: tuple[Any, ...], fn: Any) -> Any:
+class _Entry:
+    __slots__ = ("state", "value")
+
+    def __init__(self, state: tuple[Any, ...], value: Any) -> None:
+        self.state, self.value = state, value
+
+
+_refreshing: set[tuple[Any, ...]] = set()
+
+
+def _store(slot: tuple[Any, ...], state: tuple[Any, ...], value: Any) -> None:
     with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    value = fn()
-    with _lock:
-        _cache[key] = value
+        _cache[slot] = _Entry(state, value)
+        _cache.move_to_end(slot)
         while len(_cache) > 64:
             _cache.popitem(last=False)
+
+
+def _refresh(engine: Any, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Any) -> None:
+    try:
+        with db.read_conn(engine) as c:  # one snapshot: the state read is the state computed
+            _store(slot, (*state_key(c, slot[2]), *extra), fn(c))
+    finally:
+        with _lock:
+            _refreshing.discard(slot)
+
+
+def _cached(conn: Connection, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Any) -> Any:
+    """Stale-while-revalidate: agents ship every few minutes, so the store changes all the time and
+    a month's bill takes seconds at 2,000 instances. A page gets the last result at once while one
+    background thread per slot recomputes it; only the very first request of a slot waits."""
+    state = (*state_key(conn, slot[2]), *extra)
+    with _lock:
+        entry = _cache.get(slot)
+        if entry is not None:
+            _cache.move_to_end(slot)
+            if entry.state != state and slot not in _refreshing:
+                _refreshing.add(slot)
+                threading.Thread(target=_refresh, args=(conn.engine, slot, extra, fn), daemon=True).start()
+            return entry.value
+    value = fn(conn)
+    _store(slot, state, value)
     return value
 
 
 def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(usage, invoice as billed: estimate with adjustment lines), None without a catalog."""
 
-    def compute() -> Any:
+    def compute(c: Connection) -> Any:
         try:
-            usage, _own = accounting.own_result(conn, provider, month)
-            return usage, accounting.invoice(conn, provider, month)
+            usage, _own = accounting.own_result(c, provider, month)
+            return usage, accounting.invoice(c, provider, month)
         except accounting.AccountingError:
             return None
 
-    return _cached(("results", month, *state_key(conn, provider)), compute)
+    return _cached(conn, ("results", _db(conn), provider, month), (), compute)
 
 
 def health(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
-    # Silence depends on the clock: the cached answer is at most a minute old.
-    key = ("health", month, now // 60, *state_key(conn, provider))
-    return _cached(key, lambda: alerts.agent_health(conn, provider, month, now))
+    # Silence depends on the clock: the answer is recomputed at least once a minute.
+    return _cached(
+        conn,
+        ("health", _db(conn), provider, month),
+        (now // 60,),
+        lambda c: alerts.agent_health(c, provider, month, now),
+    )
+
+
+def _db(conn: Connection) -> str:
+    # One process may hold several databases (tests do).
+    return conn.engine.url.render_as_string(hide_password=True)
 
 
 def catalog(conn: Connection, provider: str) -> dict[str, Any]:

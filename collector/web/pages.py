@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
-from collector import db, render
+from collector import accounting, db, render
 from collector import schema as s
 from collector.accounts import api as acc_api
 from collector.accounts import store as acc_store
@@ -212,11 +212,11 @@ def invoice_file(
     if fmt not in ("pdf", "csv"):
         raise HTTPException(404, "pdf or csv")
     with conn(request) as c:
-        res = data.results(c, provider, month)
         doc = data.catalog(c, provider)
-    if res is None:
-        raise HTTPException(404, f"no catalog for {provider}")
-    inv = res[1]
+        try:  # a download is computed now, never served from the dashboards' cache
+            inv = accounting.invoice(c, provider, month)
+        except accounting.AccountingError as exc:
+            raise HTTPException(404, str(exc)) from exc
     if customer is not None:
         _customer(doc, customer)
         inv = customer_invoice(inv, customer)
