@@ -211,8 +211,9 @@ class AzureAdapter(Adapter):
         # statusOnly=true: the list answer carries each VM's instanceView statuses (power state),
         # so one request per page of VMs instead of one per VM
         for vm in client.virtual_machines.list_all(status_only="true"):
-            obs = self.observe(vm, _power(vm.properties.instance_view if vm.properties else None))
-            if obs is not None and obs.state == "unknown" and vm.id and rechecks > 0:
+            power = _power(vm.properties.instance_view if vm.properties else None)
+            obs = self.observe(vm, power)
+            if obs is not None and power is None and vm.id and rechecks > 0:
                 # Microsoft: statusOnly may rarely miss a power state; ask that VM's instance view
                 rechecks -= 1
                 obs = self._recheck(client, vm, obs)
