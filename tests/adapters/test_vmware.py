@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from pyVmomi import vim, vmodl
 
 import adapters.vmware as vmware
-from adapters.base import AdapterError, AuthError, Capacity, UnreachableError
+from adapters.base import AdapterError, AuthError, Capacity, ConfigError, UnreachableError
 from adapters.registry import adapter_class
 from adapters.vmware import ADAPTER, VMwareConfig
 
@@ -194,6 +194,15 @@ def test_password_file(sim: Any, inv: dict[str, Any], tmp_path: Path) -> None:
     secret.write_text(vcsim.PASSWORD + "\n")
     result = make(sim.url, password=None, password_file=str(secret)).poll()
     assert "tr7-full" in by_instance(result)
+
+
+def test_unreadable_secret_or_ca_is_config_error(sim: Any, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        make(sim.url, password=None, password_file=str(tmp_path / "missing.pw")).poll()
+    assert "missing.pw" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        make("https://127.0.0.1:1/sdk", ca_file=str(tmp_path / "missing-ca.pem")).poll()
+    assert "missing-ca.pem" in str(err.value)
 
 
 def test_unreachable_endpoint(tmp_path: Path) -> None:
