@@ -1,6 +1,7 @@
 """Bills of a provider's month: current estimate, close (freeze), adjustments, full recomputation."""
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from collector import schema as s
 from collector.accounts.store import overlay
 from collector.settings import Settings
 from protocol.heartbeat import parse_unverified
-from protocol.timefmt import month_bounds, next_month, parse_month
+from protocol.timefmt import month_bounds, next_month, parse_month, previous_month
 
 
 class AccountingError(Exception):
@@ -65,11 +66,35 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
     from billing import compute, load_catalog
 
     parse_month(month)
-    _cid, doc = catalog_for(conn, provider, month)
+    cid, doc = catalog_for(conn, provider, month)
+    # The result only changes when either log (this month's, or the month before's for anchors)
+    # grows or the catalog changes: the read API's alerts and invoices reuse it until then.
+    key = (
+        conn.engine.url.render_as_string(),
+        provider,
+        month,
+        tlog.log_size(conn, provider, month),
+        tlog.log_size(conn, provider, previous_month(month)),
+        cid,
+    )
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None:
+        return json.loads(hit[0]), json.loads(hit[1])
     analysis = evidence.chain_analysis(conn, provider, month)
     act = evidence.activity(conn, provider, month, analysis.quarantined)
     result = compute(act, load_catalog(doc), month, analysis.chains_json())
-    return _plain(result.usage), _plain(result.invoice)
+    usage, inv = _plain(result.usage), _plain(result.invoice)
+    with _cache_lock:
+        _cache[key] = (json.dumps(usage), json.dumps(inv))
+        while len(_cache) > _CACHE_SIZE:
+            _cache.pop(next(iter(_cache)))
+    return usage, inv
+
+
+_CACHE_SIZE = 32
+_cache: dict[tuple[Any, ...], tuple[str, str]] = {}
+_cache_lock = threading.Lock()
 
 
 def full_result(
