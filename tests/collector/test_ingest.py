@@ -6,6 +6,7 @@ import time
 import sqlalchemy as sa
 
 from collector import schema as s
+from protocol.timefmt import month_bounds, month_of, previous_month
 
 H = 3600
 
@@ -24,9 +25,9 @@ def _count(settings, table=s.leaves) -> int:
 
 def test_accept_then_duplicate_and_replay_is_idempotent(client, settings, tools):
     a = tools.Agent()
-    now = int(time.time())
-    tools.enrol(settings, "acme", a, now - 10 * H)
-    batch = [a.beat(now - 3 * H + i * 600, {"TR7-1": "running"}) for i in range(5)]
+    base = month_bounds(previous_month(month_of(int(time.time()))))[0] + 86400  # all in one month
+    tools.enrol(settings, "acme", a, base - 10 * H)
+    batch = [a.beat(base + i * 600, {"TR7-1": "running"}) for i in range(5)]
     r = _post(client, batch)
     assert r.status_code == 200
     assert [x["status"] for x in r.json()["results"]] == ["accepted"] * 5
