@@ -3,7 +3,7 @@
 import os
 import time
 import zlib
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -24,6 +24,31 @@ class EnrollRequest(BaseModel):
     token: str
     name: str
     public_key: str
+
+
+class LineResult(BaseModel):
+    seq: int | None = None  # left out when the line has no readable seq
+    status: Literal["accepted", "duplicate", "rejected"]
+    reason: str | None = None
+
+
+class IngestResponse(BaseModel):
+    results: list[LineResult]
+
+
+_JWS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "text/plain": {
+                "schema": {
+                    "type": "string",
+                    "description": "compact JWS heartbeats, one per line (at most 5,000, 16 MiB)",
+                }
+            }
+        },
+    }
+}
 
 
 class EnrollResponse(BaseModel):
@@ -73,7 +98,12 @@ def create_app(settings: Settings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/v1/heartbeats")
+    @app.post(
+        "/v1/heartbeats",
+        response_model=IngestResponse,
+        response_model_exclude_none=True,
+        openapi_extra=_JWS_BODY,
+    )
     async def heartbeats(request: Request) -> dict[str, Any]:
         ctype = request.headers.get("content-type", "text/plain").split(";")[0].strip().lower()
         if ctype != "text/plain":
