@@ -1,5 +1,6 @@
 """What the pages show, read from the collector's tables; billing results cached (stale-while-revalidate)."""
 
+import functools
 import threading
 from collections import OrderedDict, defaultdict
 from typing import Any
@@ -77,7 +78,7 @@ def _refresh(engine: Any, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Any
             _refreshing.discard(slot)
 
 
-def _cached(conn: Connection, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Any) -> Any:
+def cached(conn: Connection, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Any) -> Any:
     """Stale-while-revalidate: agents ship every few minutes, so the store changes all the time and
     a month's bill takes seconds at 2,000 instances. A page gets the last result at once while one
     background thread per slot recomputes it; only the very first request of a slot waits."""
@@ -105,20 +106,20 @@ def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any]
         except accounting.AccountingError:
             return None
 
-    return _cached(conn, ("results", _db(conn), provider, month), (), compute)
+    return cached(conn, ("results", db_id(conn), provider, month), (), compute)
 
 
 def health(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
     # Silence depends on the clock: the answer is recomputed at least once a minute.
-    return _cached(
+    return cached(
         conn,
-        ("health", _db(conn), provider, month),
+        ("health", db_id(conn), provider, month),
         (now // 60,),
         lambda c: alerts.agent_health(c, provider, month, now),
     )
 
 
-def _db(conn: Connection) -> str:
+def db_id(conn: Connection) -> str:
     # One process may hold several databases (tests do).
     return conn.engine.url.render_as_string(hide_password=True)
 
@@ -128,23 +129,30 @@ def catalog(conn: Connection, provider: str) -> dict[str, Any]:
     return {} if latest is None else latest[1]
 
 
+@functools.cache
+def _offsets(bits: int) -> tuple[int, ...]:
+    return tuple(h * HOUR for h in range(24) if bits >> h & 1)
+
+
 def hour_sets(
     conn: Connection, provider: str, month: str, instances: list[str] | None = None
 ) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     """instance -> active hours, instance -> seen hours (epoch of each hour), from the day bitmaps."""
     m0, m1 = month_bounds(month)
     d = s.days.c
-    q = sa.select(d.instance, d.day, d.active, d.seen).where(d.provider == provider, d.day >= m0, d.day < m1)
+    q = sa.select(d.instance, d.day, d.active, d.seen).where(d.provider == provider)
     if instances is not None:
-        q = q.where(d.instance.in_(instances))
+        # The days' primary key is (provider, day, instance, vm): listing the days lets the
+        # database look each (day, instance) up instead of scanning the month.
+        q = q.where(d.day.in_(month_days(month)), d.instance.in_(instances))
+    else:
+        q = q.where(d.day >= m0, d.day < m1)
     active: dict[str, set[int]] = defaultdict(set)
     seen: dict[str, set[int]] = defaultdict(set)
-    for r in conn.execute(q):
-        for h in range(24):
-            if r.seen >> h & 1:
-                seen[r.instance].add(r.day + h * HOUR)
-            if r.active >> h & 1:
-                active[r.instance].add(r.day + h * HOUR)
+    for inst, day, act, bits in conn.execute(q):  # unpacked: Row attribute access is slow
+        seen[inst].update(day + off for off in _offsets(bits))
+        if act:
+            active[inst].update(day + off for off in _offsets(act))
     return active, seen
 
 
@@ -186,20 +194,37 @@ def running_now(conn: Connection, provider: str, now: int) -> list[str]:
 
 
 def active_hours(conn: Connection, provider: str, month: str) -> dict[str, int]:
-    """instance -> active hours in the month (an hour on two vms counts once)."""
+    """instance -> active hours in the month (an hour on two vms counts once); cached like bills."""
+    return cached(
+        conn, ("hours", db_id(conn), provider, month), (), lambda c: _active_hours(c, provider, month)
+    )
+
+
+def _active_hours(conn: Connection, provider: str, month: str) -> dict[str, int]:
     m0, m1 = month_bounds(month)
     d = s.days.c
     merged: dict[tuple[str, int], int] = defaultdict(int)
-    for r in conn.execute(
+    for inst, day, bits in conn.execute(
         sa.select(d.instance, d.day, d.active).where(
             d.provider == provider, d.day >= m0, d.day < m1, d.active != 0
         )
     ):
-        merged[(r.instance, r.day)] |= r.active
+        merged[(inst, day)] |= bits
     out: dict[str, int] = defaultdict(int)
     for (inst, _day), bits in merged.items():
         out[inst] += bits.bit_count()
     return dict(out)
+
+
+def month_days(month: str) -> list[int]:
+    m0, m1 = month_bounds(month)
+    return list(range(m0, m1, DAY))
+
+
+def clones(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
+    return cached(
+        conn, ("clones", db_id(conn), provider, month), (), lambda c: alerts.clones(c, provider, month)
+    )
 
 
 def provider_alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
@@ -216,7 +241,7 @@ def provider_alerts(conn: Connection, provider: str, month: str, now: int) -> li
             out.append({"type": "silent_agent", "agent": a["name"], "last_heartbeat": a["last_heartbeat"]})
     out += [
         {"type": "clone", "instance": c["instance"], "hour": c["hour"], "vms": c["vms"]}
-        for c in alerts.clones(conn, provider, month)
+        for c in clones(conn, provider, month)
     ]
     res = results(conn, provider, month)
     if res is not None:

@@ -9,12 +9,13 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
+from collector import alerts
 from collector import schema as s
 from collector.web import data
 from collector.web.common import SessionDep, conn, month_param, provider_page
 from collector.web.common import render as page
 from protocol.heartbeat import parse_unverified
-from protocol.timefmt import format_time, month_bounds, month_of, parse_time
+from protocol.timefmt import format_time, month_of, parse_time
 
 router = APIRouter(prefix="/ui")
 L = s.leaves.c
@@ -43,7 +44,6 @@ def instance_page(
 ) -> Response:
     provider_page(sess, provider)
     month = month_param(month)
-    m0, m1 = month_bounds(month)
     d, cap = s.days.c, s.capacities.c
     with conn(request) as c:
         doc = data.catalog(c, provider)
@@ -51,14 +51,14 @@ def instance_page(
         vms: dict[str, list[str]] = defaultdict(list)
         for r in c.execute(
             sa.select(d.day, d.vm)
-            .where(d.provider == provider, d.instance == instance, d.day >= m0, d.day < m1)
+            .where(d.provider == provider, d.day.in_(data.month_days(month)), d.instance == instance)
             .order_by(d.day, d.vm)
         ):
             vms[r.vm].append(format_time(r.day)[:10])
         declared: dict[str, list[int]] = defaultdict(list)
         for r in c.execute(
             sa.select(cap.day, cap.cap, cap.offsets).where(
-                cap.provider == provider, cap.instance == instance, cap.day >= m0, cap.day < m1
+                cap.provider == provider, cap.day.in_(data.month_days(month)), cap.instance == instance
             )
         ):
             declared[r.cap] += [r.day + int(x) for x in r.offsets.split(",")]
@@ -171,39 +171,36 @@ def instance_agents(
     return page(request, "instance_agents.html", sess, days=days)
 
 
-@router.get("/p/{provider}/agents")
-def agents_page(provider: str, request: Request, sess: SessionDep, month: str | None = None) -> Response:
-    provider_page(sess, provider)
-    month, now = month_param(month), int(time.time())
-    with conn(request) as c:
-        health = data.health(c, provider, month, now)
-        lag = {
-            r.kid: r
-            for r in c.execute(
-                sa.select(
-                    L.kid,
-                    sa.func.max(L.received_at - L.time).label("max"),
-                    sa.func.avg(L.received_at - L.time).label("avg"),
-                )
-                .where(L.provider == provider, L.month == month)
-                .group_by(L.kid)
+def agent_rows(c: Any, provider: str, month: str, now: int) -> list[dict[str, Any]]:
+    """Health, adapters' last outcome and spool lag per agent (cached: it reads the month's chain)."""
+    health = alerts.agent_health(c, provider, month, now)
+    lag = {
+        r.kid: r
+        for r in c.execute(
+            sa.select(
+                L.kid,
+                sa.func.max(L.received_at - L.time).label("max"),
+                sa.func.avg(L.received_at - L.time).label("avg"),
             )
-        }
-        polls: dict[str, Any] = {}
-        for a in health:
-            if a["last_seq"] is not None:
-                jws = c.execute(
-                    sa.select(L.jws, L.received_at, L.time)
-                    .where(
-                        L.provider == provider,
-                        L.kid == a["kid"],
-                        L.month == a["last_heartbeat"][:7],  # the (kid, month, seq) index, whole
-                        L.seq == a["last_seq"],
-                    )
-                    .limit(1)
-                ).first()
-                if jws is not None:
-                    polls[a["kid"]] = (parse_unverified(jws.jws).polls, jws.received_at - jws.time)
+            .where(L.provider == provider, L.month == month)
+            .group_by(L.kid)
+        )
+    }
+    polls: dict[str, Any] = {}
+    for a in health:
+        if a["last_seq"] is not None:
+            jws = c.execute(
+                sa.select(L.jws, L.received_at, L.time)
+                .where(
+                    L.provider == provider,
+                    L.kid == a["kid"],
+                    L.month == a["last_heartbeat"][:7],  # the (kid, month, seq) index, whole
+                    L.seq == a["last_seq"],
+                )
+                .limit(1)
+            ).first()
+            if jws is not None:
+                polls[a["kid"]] = (parse_unverified(jws.jws).polls, jws.received_at - jws.time)
     rows = []
     for a in health:
         ch = a["chain"] or {}
@@ -219,5 +216,19 @@ def agents_page(provider: str, request: Request, sess: SessionDep, month: str | 
                 "max_lag": None if lg is None else int(lg.max),
                 "avg_lag": None if lg is None else round(float(lg.avg)),
             }
+        )
+    return rows
+
+
+@router.get("/p/{provider}/agents")
+def agents_page(provider: str, request: Request, sess: SessionDep, month: str | None = None) -> Response:
+    provider_page(sess, provider)
+    month, now = month_param(month), int(time.time())
+    with conn(request) as c:
+        rows = data.cached(
+            c,
+            ("agents", data.db_id(c), provider, month),
+            (now // 60,),
+            lambda cc: agent_rows(cc, provider, month, now),
         )
     return page(request, "agents.html", sess, provider=provider, month=month, agents=rows)
