@@ -137,11 +137,11 @@ def test_a_failing_subscription_keeps_the_other(sp: Any) -> None:
 
 def test_a_hung_subscription_is_reported_before_the_agent_gives_up(sp: Any) -> None:
     vm = sp.add_vm(SUB_B, "fw", tags={"tr7.instance": "fw-b"})
-    sp.subscriptions[SUB_A].delay = 8
-    ad = AzureAdapter(adapter(sp).config.model_copy(update={"timeout": 2.0}))
+    sp.subscriptions[SUB_A].delay = 12
+    ad = AzureAdapter(adapter(sp).config.model_copy(update={"timeout": 5.0}))
     result = ad.poll()
     assert set(by_vm(result)) == {vm}
-    assert result.error == f"subscription {SUB_A}: ARM gave no answer within the 2s poll timeout"
+    assert result.error == f"subscription {SUB_A}: ARM gave no answer within the 5s poll timeout"
 
 
 def test_unknown_subscription_and_server_errors(sp: Any) -> None:
