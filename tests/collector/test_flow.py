@@ -140,3 +140,10 @@ def test_aggregates_equal_full_recomputation_with_fork_gap_and_overuse(settings,
 
     ref_usage, ref_inv = bill_lines(sc.leaves, sc.anchors, sc.catalog, m)
     assert same_usage(agg[0], ref_usage) and same_invoice(agg[1], ref_inv)
+    # its bundle (anchors from the month before, a fork, a gap) passes the offline auditor
+    with db.read_conn(settings.engine) as c:
+        _path, agrees = export(c, settings, sc.provider, m, tmp_path / "bundle")
+    assert agrees
+    assert sorted((tmp_path / "bundle" / "anchors.jws").read_text().split()) == sorted(sc.anchors)
+    r = _audit(tmp_path / "bundle")
+    assert r.returncode == 0, r.stdout + r.stderr
