@@ -1,6 +1,7 @@
 """Pages in-process: sign-in, cookie flags, CSRF, roles, tenancy, heatmap, planner, audit, vendor."""
 
 import re
+import time
 from typing import Any
 
 import pytest
@@ -173,3 +174,36 @@ def test_vendor_sees_hours_never_prices(client: TestClient, world: Any) -> None:
     assert 'data-provider="acme"' in html and ">70<" in html and "SL-1" in html
     assert "0.0450" not in html and "EUR" not in html
     assert client.get("/ui/p/acme").status_code == 403
+
+
+def test_reminders_show_on_the_customer_page(client: TestClient, world: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("TR7_SMTP_HOST", raising=False)
+    from collector.accounts import store
+    from collector.accounts.mail import SmtpSettings, smtp_mailer
+
+    t0 = parse_time("2026-10-05T00:00:00Z")
+    mailer = smtp_mailer(SmtpSettings.from_env())  # no TR7_SMTP_HOST here: recorded as not sent
+    db.write_tx(world.engine, lambda c: store.payment_failed(c, "acme", "c1", t0, "ap@c1.example", mailer))
+    db.write_tx(world.engine, lambda c: store.tick_all(c, t0 + 7 * 86400, mailer))
+    login(client, "vic")
+    html = client.get("/ui/p/acme/customers/c1?month=2026-10").text
+    assert "reminder 2" in html and "not sent: TR7_SMTP_HOST is not set" in html
+    assert client.get("/ui/p/acme/customers/c1?month=2026-10").text.count("payment_failed") == 1
+
+
+def test_dashboards_follow_new_heartbeats(client: TestClient, world: Any, tools: Any) -> None:
+    login(client, "ann")
+
+    def hours() -> int:
+        html = client.get("/ui/p/acme?month=2026-10").text
+        return int(re.search(r'id="active-hours">[^<]*<b>(\d+)</b>', html).group(1))
+
+    assert hours() == 70
+    agent = tools.Agent("second")
+    tools.enrol(world, "acme", agent, parse_time("2026-09-01T00:00:00Z"))
+    t = parse_time("2026-10-10T00:00:00Z")
+    ingest_lines(world.engine, [agent.beat(t + h * 3600, {"TR7-0001": "running"}) for h in range(5)])
+    deadline = time.monotonic() + 30
+    while hours() != 75:  # served from the last result while it is recomputed in the background
+        assert time.monotonic() < deadline, "the overview never caught up with the new heartbeats"
+        time.sleep(0.2)
