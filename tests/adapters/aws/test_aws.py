@@ -235,3 +235,27 @@ def test_all_regions_are_listed_from_the_configured_home_region(moto: Any, tmp_p
         "before-send.ec2.DescribeRegions", lambda request, **_: seen.append(request.url))
     assert set(by_vm(ad.poll())) == {vm}
     assert len(seen) == 1  # DescribeRegions went to the profile's region, not us-east-1
+
+
+def test_through_the_agents_config_and_poller(moto: Any, tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.poller import Poller
+
+    [vm] = moto.launch(moto.ec2("eu-west-1"), 1, {"tr7.instance": "fw-agent", "tr7.vservices": "2"})
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'[agent]\nstate_dir = "{tmp_path}"\n\n'
+                    f'[[adapters]]\nname = "aws-eu"\nplatform = "aws"\nregions = ["eu-west-1"]\n'
+                    f'endpoint_url = "{moto.url}"\n\n'
+                    f'[[adapters]]\nname = "aws-half"\nplatform = "aws"\n'
+                    f'regions = ["eu-west-1", "xx-fail-1"]\n'
+                    f'endpoint_url = "{moto.url}"\n')
+    poller = Poller(load_config(conf).adapters)
+    try:
+        outcome = poller.poll_all()
+    finally:
+        poller.close()
+    assert outcome.polls[0] == {"adapter": "aws-eu", "platform": "aws", "ok": True, "error": None}
+    assert outcome.polls[1]["ok"] is False and outcome.polls[1]["error"].startswith("region xx-fail-1: ")
+    wire = {"instance": "fw-agent", "vm": vm, "host": "eu-west-1/eu-west-1a", "state": "running",
+            "capacity": {"vservices": 2}}
+    assert outcome.observations == [{**wire, "adapter": "aws-eu"}, {**wire, "adapter": "aws-half"}]

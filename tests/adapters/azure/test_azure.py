@@ -241,3 +241,29 @@ def test_documented_sample_tables_are_valid() -> None:
     assert len(tables) == 3
     for table in tables:
         AzureConfig.model_validate(table)
+
+
+def test_through_the_agents_config_and_poller(sp: Any, tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.poller import Poller
+
+    vm = sp.add_vm(SUB_B, "fw", tags={"tr7.instance": "fw-agent"}, power="deallocated")
+    sp.subscriptions[SUB_A].fail_status = 403
+    (tmp_path / "azure.secret").write_text(SECRET + "\n")
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'[agent]\nstate_dir = "{tmp_path}"\n\n'
+                    f'[[adapters]]\nname = "azure-prod"\nplatform = "azure"\n'
+                    f'subscriptions = ["{SUB_A}", "{SUB_B}"]\ntenant_id = "{TENANT}"\n'
+                    f'client_id = "{CLIENT}"\nclient_secret_file = "{tmp_path / "azure.secret"}"\n'
+                    f'authority_host = "{sp.url}"\nresource_manager_url = "{sp.url}"\n'
+                    f'ca_file = "{sp.ca_file}"\n')
+    poller = Poller(load_config(conf).adapters)
+    try:
+        outcome = poller.poll_all()
+    finally:
+        poller.close()
+    [poll] = outcome.polls
+    assert poll["ok"] is False
+    assert poll["error"].startswith(f"subscription {SUB_A}: ARM 403 AuthorizationFailed")
+    assert outcome.observations == [{"instance": "fw-agent", "adapter": "azure-prod", "vm": vm,
+                                     "host": "westeurope", "state": "stopped", "capacity": None}]
