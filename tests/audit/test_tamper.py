@@ -223,3 +223,11 @@ def test_same_jws_logged_twice(bundle: Path, forge, scenario: Scenario) -> None:
     got = [(f.file, f.line, f.rule) for f in report.errors]
     assert got == [("heartbeats.jws", len(leaves), "leaf.duplicate")]
     assert "line 8" in report.errors[0].message
+
+
+def test_removed_document(bundle: Path, forge, cli) -> None:
+    (bundle / "usage.json").unlink()
+    res = cli("verify", str(bundle))
+    assert res.returncode == 1 and "usage.json: manifest.missing: " in res.stdout
+    forge.rehash(bundle)  # hiding the removal from the manifest does not help
+    assert failures(bundle) == {("usage.json", "bundle.missing")}

@@ -28,6 +28,9 @@ def test_gaps_and_forks_are_findings_with_exit_0(pristine: Path, scenario: Scena
     assert len(fork_lines) == 1 and f"seq {fork_seq} signed 2 times" in fork_lines[0]
     assert fork_lines[0].startswith("heartbeats.jws:")
     assert "OK" in res.stderr
+    # Progress of the long stages goes to stderr, never into the report on stdout.
+    assert f"heartbeats.jws: {len(scenario.leaves)}/{len(scenario.leaves)} lines (100%)" in res.stderr
+    assert "recomputing billing" in res.stderr and "lines (" not in res.stdout
 
 
 def test_json_report_names_findings_with_seqs(pristine: Path, scenario: Scenario, cli) -> None:
