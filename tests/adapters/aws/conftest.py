@@ -1,5 +1,6 @@
 """Fixtures: a real moto server in its own process, reset between tests, and clients to seed it."""
 
+import json
 import re
 import socket
 import subprocess
@@ -57,6 +58,12 @@ class MotoServer:
         urllib.request.urlopen(urllib.request.Request(self.url + path, data=body, method="POST",
                                                       headers={"Content-Type": "text/plain"}),
                                timeout=120).read()
+
+    def data(self) -> dict[str, Any]:
+        """moto's model instances (e.g. the STS sessions it handed out)."""
+        with urllib.request.urlopen(self.url + "/moto-api/data.json", timeout=120) as answer:
+            out: dict[str, Any] = json.loads(answer.read())
+        return out
 
     def reset(self) -> None:
         self.post("/moto-api/reset")

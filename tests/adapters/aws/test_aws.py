@@ -79,6 +79,9 @@ def test_assumed_role_meters_the_other_account(moto: Any) -> None:
     assert set(by_vm(adapter(moto).poll())) == {own}
     assumed = adapter(moto, role_arn=OTHER_ROLE, external_id="msp-42")
     assert set(by_vm(assumed.poll())) == {theirs}
+    # what STS was asked: the role, the ExternalId its trust policy checks, a recognisable session
+    sessions = [r for r in moto.data()["sts"]["AssumedRole"] if r["session_name"] == "tr7-aws-test"]
+    assert [(r["role_arn"], r["external_id"]) for r in sessions] == [(OTHER_ROLE, "msp-42")]
 
 
 def test_assumed_role_credentials_are_refreshed_before_expiry(moto: Any) -> None:
