@@ -18,6 +18,10 @@ test: setup
 bench: setup
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# The whole pipeline on real simulators (docs/demo.md); DEMO_ARGS=--no-wait stops at the end.
+demo: setup
+	$(BIN)/python -m scripts.demo $(DEMO_ARGS)
+
 packages: setup
 	bash packaging/build.sh
 
