@@ -58,6 +58,7 @@ def test_stop_start_terminate_between_polls(moto: Any) -> None:
     assert states == {keep: "running", stop: "stopped", kill: "stopped"}
 
     eu.start_instances(InstanceIds=[stop])
+    ad.close()  # the agent's reload: the next poll builds new clients
     states = {vm: o.state for vm, o in by_vm(ad.poll()).items()}
     assert states == {keep: "running", stop: "running", kill: "stopped"}
 

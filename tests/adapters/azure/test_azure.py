@@ -102,6 +102,9 @@ def test_state_changes_between_polls_reuse_the_token(sp: Any) -> None:
     sp.set_power(SUB_A, vm, "running")
     assert ad.poll().observations[0].state == "running"
     assert sp.count(f"/{TENANT}/oauth2/v2.0/token") == 1
+    ad.close()  # the agent's reload: a new credential signs in again
+    assert ad.poll().observations[0].state == "running"
+    assert sp.count(f"/{TENANT}/oauth2/v2.0/token") == 2
 
 
 def test_throttled_list_is_retried_after_retry_after(sp: Any) -> None:
