@@ -59,6 +59,7 @@ class _Entry:
 
 
 _refreshing: set[tuple[Any, ...]] = set()
+_first: dict[tuple[Any, ...], threading.Event] = {}  # slots being computed for the first time
 
 
 def _store(slot: tuple[Any, ...], state: tuple[Any, ...], value: Any) -> None:
@@ -91,9 +92,36 @@ def cached(conn: Connection, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: 
                 _refreshing.add(slot)
                 threading.Thread(target=_refresh, args=(conn.engine, slot, extra, fn), daemon=True).start()
             return entry.value
-    value = fn(conn)
-    _store(slot, state, value)
+        first = _first.get(slot)
+        mine = first is None
+        if mine:
+            first = _first[slot] = threading.Event()
+    if not mine:
+        # Another request (or the start-up warm-up) is computing this slot: wait for it once.
+        first.wait(timeout=300)
+        with _lock:
+            entry = _cache.get(slot)
+        if entry is not None:
+            return entry.value
+    try:
+        value = fn(conn)
+        _store(slot, state, value)
+    finally:
+        if mine:
+            with _lock:
+                _first.pop(slot, None)
+            first.set()
     return value
+
+
+def warm(engine: Any, month: str, now: int) -> None:
+    """Compute what the overview needs for every provider (run in a thread at server start)."""
+    with db.read_conn(engine) as c:
+        for provider in c.execute(sa.select(s.providers.c.id)).scalars().all():
+            results(c, provider, month)
+            active_hours(c, provider, month)
+            clones(c, provider, month)
+            health(c, provider, month, now)
 
 
 def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
