@@ -258,6 +258,8 @@ class AwsAdapter(Adapter):
         deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
         self._credentials_ready()
         regions = self.regions()
+        if not regions:  # "all" in an account where DescribeRegions lists none
+            return PollResult()
         for region in regions:
             self.client(region)
         self._throttled.clear()
