@@ -218,3 +218,19 @@ def test_vendor_view(browser: Browser, base_url: str) -> None:
     assert page.locator("#providers tr[data-provider]").count() == 2
     assert "0.0450" not in page.content()
     shot(page, "vendor")
+
+
+def test_admin_records_a_payment_failure_through_the_form(browser: Browser, base_url: str) -> None:
+    page = signed_in(browser, base_url, "ann")
+    page.goto("/ui/p/acme/customers/c3?month=2026-10")
+    page.fill("#payment-failed input[name=email]", "ap@coastal.example")
+    page.click("#payment-failed button")
+    assert page.url.endswith("/ui/p/acme/customers/c3")
+    assert "overdue" in page.inner_text("#account-state")
+    assert "payment_failed" in page.inner_text("#account-events")
+    shot(page, "account")
+    page.goto("/ui/p/acme?month=2026-10")
+    assert page.locator("#alerts tr[data-type=account_overdue]").count() == 1
+    page.goto("/ui/p/acme/customers/c3")
+    page.click("#paid button")
+    assert "active" in page.inner_text("#account-state")
