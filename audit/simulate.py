@@ -9,8 +9,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audit.bundle import ClosedState, write_bundle
+from audit.recompute import bill_lines, sign_log_checkpoint
 from protocol.heartbeat import ZERO_HASH, sign_heartbeat, token_digest
 from protocol.keys import AgentKey
+from protocol.note import NoteSigner
 from protocol.timefmt import format_time, month_bounds, previous_month
 
 HOUR = 3600
@@ -69,6 +72,11 @@ class Scenario:
     @property
     def origin(self) -> str:
         return f"{self.collector_name}/{self.provider}/{self.month}"
+
+    @property
+    def signer(self) -> NoteSigner:
+        """The collector's checkpoint signer (deterministic: Ed25519 signatures are)."""
+        return NoteSigner(self.collector_name, self.collector_key)
 
     def agent(self, name: str) -> SimAgent:
         return next(a for a in self.agents if a.name == name)
@@ -274,11 +282,7 @@ def build_scenario(
 def make_bundle(scenario: Scenario, out_dir: Path, close_at_size: int | None = None,
                 overwrite: bool = False) -> Path:
     """Bill the scenario, sign its checkpoint(s) and write the audit bundle (closed/ when asked)."""
-    from audit.bundle import ClosedState, write_bundle
-    from audit.recompute import bill_lines, sign_log_checkpoint
-    from protocol.note import NoteSigner
-
-    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
+    signer = scenario.signer
     usage, invoice = bill_lines(scenario.leaves, scenario.anchors, scenario.catalog, scenario.month)
     closed = None
     if close_at_size is not None:
