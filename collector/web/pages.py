@@ -18,6 +18,7 @@ from collector.web.common import render as page
 from protocol.timefmt import month_bounds
 
 router = APIRouter(prefix="/ui")
+MAX_HEATMAPS = 50
 
 
 @router.get("/login")
@@ -125,6 +126,8 @@ def customer_page(
         cu = _customer(doc, customer)
         lics = [x for x in doc.get("licenses", []) if x["customer"] == customer]
         insts = sorted({x["instance"] for x in lics})
+        # Heatmaps for the first instances only: a month is 744 cells each (instance pages have all).
+        shown = insts[:MAX_HEATMAPS]
         active, seen = data.hour_sets(c, provider, month, insts)
         res = data.results(c, provider, month)
         acc, email = acc_store.load(c, provider, customer)
@@ -159,8 +162,9 @@ def customer_page(
                 "rows": data.heatmap(month, active.get(i, set()), seen.get(i, set()), bmax),
                 "active": len(active.get(i, set())),
             }
-            for i in insts
+            for i in shown
         ],
+        hidden=len(insts) - len(shown),
         chart=json.dumps({"labels": [f"{d + 1}" for d in range(len(daily))], "values": daily}),
         lines=[x for x in inv["lines"] if x["customer"] == customer] if inv else [],
         device_days=[x for x in inv["device_days"] if x["customer"] == customer] if inv else [],
