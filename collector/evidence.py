@@ -128,13 +128,12 @@ def activity(conn: Connection, provider: str, month: str, quarantined: set[str])
     active: dict[str, set[int]] = defaultdict(set)
     seen: dict[str, set[int]] = defaultdict(set)
     d = s.days.c
-    for r in conn.execute(
-        sa.select(d.day, d.instance, d.active, d.seen).where(d.provider == provider, d.day >= m0, d.day < m1)
-    ):
-        day = r.day
-        if r.active:
-            active[r.instance].update(day + h for h in _hours_of(r.active))
-        seen[r.instance].update(day + h for h in _hours_of(r.seen))
+    q = sa.select(d.day, d.instance, d.active, d.seen).where(d.provider == provider, d.day >= m0, d.day < m1)
+    for day, inst, a_bits, s_bits in conn.execute(q).tuples():
+        add = day.__add__  # map() over a bound method: the hot loop of a 2,000-instance month
+        if a_bits:
+            active[inst].update(map(add, _hours_of(a_bits)))
+        seen[inst].update(map(add, _hours_of(s_bits)))
     rebuilt = _rebuild(conn, provider, month, quarantined, active, seen) if quarantined else Rebuilt()
     act = Activity(active={k: v for k, v in active.items() if v}, seen={k: v for k, v in seen.items() if v})
     act.declared = _Declared(conn, provider, month, rebuilt)
