@@ -129,7 +129,7 @@ def activity(conn: Connection, provider: str, month: str, quarantined: set[str])
     seen: dict[str, set[int]] = defaultdict(set)
     d = s.days.c
     q = sa.select(d.day, d.instance, d.active, d.seen).where(d.provider == provider, d.day >= m0, d.day < m1)
-    for day, inst, a_bits, s_bits in conn.execute(q).tuples():
+    for day, inst, a_bits, s_bits in conn.execute(q):
         add = day.__add__  # map() over a bound method: the hot loop of a 2,000-instance month
         if a_bits:
             active[inst].update(map(add, _hours_of(a_bits)))
