@@ -29,11 +29,17 @@ stage() {  # stage NAME EXTRAS: a venv for /opt/tr7-NAME built in build/stage-NA
   export TR7_STAGE=$stage
 }
 
+package() {  # package NAME: nfpm does not expand variables in file sources, so fill them in here
+  sed -e "s|\${TR7_STAGE}|$TR7_STAGE|g" -e "s|\${TR7_VERSION}|$TR7_VERSION|g" \
+    "packaging/nfpm-$1.yaml" > "build/nfpm-$1.yaml"
+  for fmt in deb rpm; do "$NFPM" package -f "build/nfpm-$1.yaml" -p "$fmt" -t "$OUT" >&2; done
+}
+
 stage agent "[all]"
 "$TR7_STAGE/opt/tr7-agent/bin/python" -m agent.cli config sample > "$TR7_STAGE/agent.toml"
-for fmt in deb rpm; do "$NFPM" package -f packaging/nfpm-agent.yaml -p "$fmt" -t "$OUT" >&2; done
+package agent
 
 stage collector ""
 cp packaging/collector/collector.env "$TR7_STAGE/collector.env"
-for fmt in deb rpm; do "$NFPM" package -f packaging/nfpm-collector.yaml -p "$fmt" -t "$OUT" >&2; done
+package collector
 ls -1 "$OUT"

@@ -1,0 +1,89 @@
+"""The .deb packages install into a fresh Debian root and behave like infrastructure packages.
+
+Slow on purpose (a few minutes): it builds both packages with packaging/build.sh (nfpm) and
+installs them with dpkg into a minimal Debian 12 made by debootstrap from Debian's mirror.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MIRROR = os.environ.get("TR7_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+pytestmark = pytest.mark.slow
+
+
+def run(*cmd: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("dist")
+    run("env", f"OUT={out}", "bash", REPO / "packaging/build.sh")
+    found = {p.name.split("_")[0]: p for p in out.glob("*.deb")}
+    assert set(found) == {"tr7-agent", "tr7-collector"}, found
+    assert len(list(out.glob("*.rpm"))) == 2
+    return found
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("debootstrap") is None:
+        pytest.fail("debootstrap is missing: scripts/apt-packages.txt must install it")
+    target = tmp_path_factory.mktemp("debian") / "root"
+    run("debootstrap", "--variant=minbase", "--include=python3,libvirt0", "bookworm", target, MIRROR)
+    return target
+
+
+def chroot(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run("chroot", root, *cmd, check=check)
+
+
+def install(root: Path, deb: Path) -> None:
+    shutil.copy(deb, root / "tmp" / deb.name)
+    chroot(root, "dpkg", "-i", f"/tmp/{deb.name}")
+
+
+def test_install_upgrade_remove_purge(debs: dict[str, Path], root: Path) -> None:
+    install(root, debs["tr7-agent"])
+    install(root, debs["tr7-collector"])
+
+    # Commands run from the installed tree (/opt virtualenvs on the distribution's python3).
+    assert chroot(root, "tr7-agent", "--version").stdout.startswith("tr7-agent ")
+    sample = chroot(root, "tr7-agent", "config", "sample").stdout
+    assert "[agent]" in sample and "[[adapters]]" in sample
+    assert chroot(root, "tr7-audit", "--version").returncode == 0
+    assert "serve" in chroot(root, "tr7-collector", "--help").stdout
+    assert os.readlink(root / "usr/bin/tr7-agent") == "/opt/tr7-agent/bin/tr7-agent"
+    assert (root / "opt/tr7-agent/bin/python").resolve().name.startswith("python3")
+
+    # System users from sysusers.d, config readable by the service group only, secrets 0700.
+    assert chroot(root, "getent", "passwd", "tr7-agent").returncode == 0
+    assert chroot(root, "getent", "passwd", "tr7-collector").returncode == 0
+    conf = root / "etc/tr7-agent/agent.toml"
+    assert conf.stat().st_mode & 0o777 == 0o640
+    assert (root / "etc/tr7-agent/credentials").stat().st_mode & 0o777 == 0o700
+    assert (root / "usr/lib/systemd/system/tr7-agent.service").exists()
+
+    # Upgrade (reinstall) keeps an edited config, the key and the spool.
+    conf.write_text(conf.read_text() + "\n# edited by the operator\n")
+    state = root / "var/lib/tr7-agent"
+    state.mkdir(exist_ok=True)
+    (state / "agent.key").write_text("key")
+    install(root, debs["tr7-agent"])
+    assert conf.read_text().endswith("# edited by the operator\n")
+    assert (state / "agent.key").exists()
+
+    # Removal keeps configuration and state; purge deletes them.
+    chroot(root, "dpkg", "-r", "tr7-agent")
+    assert not (root / "opt/tr7-agent").exists()
+    assert conf.exists() and (state / "agent.key").exists()
+    chroot(root, "dpkg", "-P", "tr7-agent")
+    assert not conf.exists() and not state.exists()
