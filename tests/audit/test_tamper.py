@@ -231,3 +231,16 @@ def test_removed_document(bundle: Path, forge, cli) -> None:
     assert res.returncode == 1 and "usage.json: manifest.missing: " in res.stdout
     forge.rehash(bundle)  # hiding the removal from the manifest does not help
     assert failures(bundle) == {("usage.json", "bundle.missing")}
+
+
+def test_big_log_path_reports_the_same(bundle: Path, forge, monkeypatch) -> None:
+    """Above LIGHT_ABOVE lines billing re-reads the lines instead of keeping heartbeats: same verdicts."""
+    import audit.verify
+
+    forge.edit_json(bundle, "closed/usage.json", lambda u: u["rows"][0].update(active_hours=1))
+    forge.rehash(bundle)
+    full = verify_bundle(bundle)
+    monkeypatch.setattr(audit.verify, "LIGHT_ABOVE", 0)
+    light = verify_bundle(bundle)
+    assert full.findings == light.findings
+    assert ("closed/usage.json", "closed.usage") in {(f.file, f.rule) for f in light.errors}
