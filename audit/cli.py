@@ -67,7 +67,14 @@ def _verify(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from audit.show import summary
 
-    sys.stdout.write(summary(args.dir))
+    try:
+        text = summary(args.dir)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # show reads the documents as stored; a damaged one is verify's business to explain.
+        print(f"tr7-audit: cannot summarise {args.dir}: malformed document ({exc!r}); run verify",
+              file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(text)
     return EXIT_OK
 
 

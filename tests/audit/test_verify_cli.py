@@ -88,3 +88,9 @@ def test_writer_is_deterministic_and_refuses_non_empty_dir(pristine: Path, scena
     make_bundle(scenario, again, overwrite=True)  # this time without closed/
     assert not (again / "closed" / "checkpoint").exists()
     assert verify_bundle(again).ok
+
+
+def test_show_on_a_damaged_document_says_so(bundle: Path, cli) -> None:
+    (bundle / "invoice.json").write_text('{"lines": [{"customer": "c1"}]}\n')
+    res = cli("show", str(bundle))
+    assert res.returncode == 1 and "malformed document" in res.stderr and "Traceback" not in res.stderr
