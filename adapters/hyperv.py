@@ -29,22 +29,24 @@ from adapters.tr7meta import ProblemLog, parse_notes, recognise
 
 log = logging.getLogger("tr7.adapters.hyperv")
 
-# Microsoft.HyperV.PowerShell.VMState: name -> (number, heartbeat state). Transitions map to what
-# the guest does meanwhile: Starting/Stopping/Reset still execute, Saving has halted vCPUs.
+# Microsoft.HyperV.PowerShell.VMState: name -> (number, heartbeat state). One rule on every
+# platform (docs/protocol-decisions.md, "States across platforms"): only a settled running VM is
+# `running`; coming up (Starting, Resuming) is `unknown`, going down maps to where it goes
+# (Stopping -> stopped, Saving -> suspended, Pausing -> paused); a reset stays powered on.
 # "...Critical" variants (storage lost) keep the base state's mapping.
 VM_STATES: dict[str, tuple[int, str]] = {
     "Other": (1, "unknown"), "Running": (2, "running"), "Off": (3, "stopped"),
-    "Stopping": (4, "running"), "Saved": (6, "suspended"), "Paused": (9, "paused"),
-    "Starting": (10, "running"), "Reset": (11, "running"), "Saving": (32773, "suspended"),
-    "Pausing": (32776, "paused"), "Resuming": (32777, "running"), "FastSaved": (32779, "suspended"),
+    "Stopping": (4, "stopped"), "Saved": (6, "suspended"), "Paused": (9, "paused"),
+    "Starting": (10, "unknown"), "Reset": (11, "running"), "Saving": (32773, "suspended"),
+    "Pausing": (32776, "paused"), "Resuming": (32777, "unknown"), "FastSaved": (32779, "suspended"),
     "FastSaving": (32780, "suspended"), "ForceShutdown": (32781, "stopped"),
     "ForceReboot": (32782, "running"), "Hibernated": (32783, "suspended"),
     "ComponentServicing": (32784, "unknown"), "RunningCritical": (32785, "running"),
-    "OffCritical": (32786, "stopped"), "StoppingCritical": (32787, "running"),
+    "OffCritical": (32786, "stopped"), "StoppingCritical": (32787, "stopped"),
     "SavedCritical": (32788, "suspended"), "PausedCritical": (32789, "paused"),
-    "StartingCritical": (32790, "running"), "ResetCritical": (32791, "running"),
+    "StartingCritical": (32790, "unknown"), "ResetCritical": (32791, "running"),
     "SavingCritical": (32792, "suspended"), "PausingCritical": (32793, "paused"),
-    "ResumingCritical": (32794, "running"), "FastSavedCritical": (32795, "suspended"),
+    "ResumingCritical": (32794, "unknown"), "FastSavedCritical": (32795, "suspended"),
     "FastSavingCritical": (32796, "suspended"),
 }
 _BY_NAME = {k.lower(): v[1] for k, v in VM_STATES.items()}

@@ -30,8 +30,8 @@ def vmid(name: str) -> str:
 # Get-VM's State as the script sends it (names), and as numbers (older scripts, PowerShell 7 enums)
 STATES = [
     ("Running", "running"), (2, "running"), ("Off", "stopped"), (3, "stopped"), ("Paused", "paused"),
-    (9, "paused"), ("Saved", "suspended"), (6, "suspended"), ("Starting", "running"),
-    ("Stopping", "running"), ("Saving", "suspended"), (32776, "paused"), ("Resuming", "running"),
+    (9, "paused"), ("Saved", "suspended"), (6, "suspended"), ("Starting", "unknown"),
+    ("Stopping", "stopped"), ("Saving", "suspended"), (32776, "paused"), ("Resuming", "unknown"),
     ("Reset", "running"), ("FastSaved", "suspended"), ("Hibernated", "suspended"),
     ("RunningCritical", "running"), ("OffCritical", "stopped"), ("Other", "unknown"),
     ("ComponentServicing", "unknown"), (12345, "unknown"), ("Warp", "unknown"), (None, "unknown"),
