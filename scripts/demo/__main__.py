@@ -175,9 +175,9 @@ def demo(args: argparse.Namespace, procs: Processes, say: Progress) -> dict[str,
     return summary
 
 
-def closing_words(s: dict[str, Any], waiting: bool) -> None:
+def closing_words(s: dict[str, Any], seconds: float, waiting: bool) -> None:
     d = s["dir"]
-    print("\n== TR7 metering demo: done")
+    print(f"\n== TR7 metering demo: done in {seconds:.0f} s")
     print(f"   closed month {s['closed_month']}: total {s['closed_total']} EUR "
           f"for {len(s['closed_customers'])} customers")
     print(f"   invoice PDF:   {s['invoice_pdf']}")
@@ -186,7 +186,7 @@ def closing_words(s: dict[str, Any], waiting: bool) -> None:
           f"{s['live_shipped']} live heartbeats")
     print(f"   collector:     {s['collector_url']}  (data dir {d}/collector)")
     if s.get("web_user"):
-        print(f"   web pages:     {s['collector_url']}/login  user demo, password in {d}/web-password")
+        print(f"   web pages:     {s['collector_url']}/ui/login  user demo, password in {d}/web-password")
     print(f"   read API:      curl -H \"Authorization: Bearer $(cat {d}/api-token)\" "
           f"{s['collector_url']}/v1/providers/{catalog.PROVIDER}/alerts?month={s['closed_month']}")
     print(f"   CLI:           .venv/bin/tr7-collector bill --data-dir {d}/collector --provider "
@@ -202,14 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     def _term(_sig: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
+    # Explicitly: a shell starting the demo in the background would leave SIGINT ignored.
     signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
     started = time.monotonic()
     say = Progress(STEPS)
     try:
         summary = demo(args, procs, say)
         say.done()
-        closing_words(summary, not args.no_wait)
-        print(f"   ({time.monotonic() - started:.0f} s)", flush=True)
+        closing_words(summary, time.monotonic() - started, not args.no_wait)
         if not args.no_wait:
             collector = next(p for label, p, _ in procs.procs if label == "tr7-collector serve")
             collector.wait()

@@ -105,6 +105,15 @@ def test_live_agent_hours_are_in_the_current_month(demo: Demo) -> None:
     assert "demo-live-agent" in {a["name"] for a in agents}
 
 
+def test_web_user_printed_at_the_end_exists(demo: Demo) -> None:
+    demo_dir, p = demo
+    assert "user demo, password in" in p.stdout and (demo_dir / "web-password").read_text().strip()
+    users = subprocess.run([sys.executable, "-m", "collector.web", "--data-dir", str(demo_dir / "collector"),
+                            "user", "list"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert users.returncode == 0, users.stderr
+    assert "demo\tdemo-msp\tadmin" in users.stdout
+
+
 def test_refuses_to_wipe_a_directory_it_did_not_create(tmp_path: Path) -> None:
     mine = tmp_path / "notes.txt"
     mine.write_text("keep me")
