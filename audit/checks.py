@@ -217,13 +217,19 @@ def check_chains(add: Add, good: dict[int, Heartbeat], anchors: list[Heartbeat],
     return chains
 
 
-def _load(root: Path, rel: str, present: set[str]) -> Any:
+def _load_doc(add: Add, root: Path, rel: str, present: set[str], prefix: str) -> dict[str, Any] | None:
+    """A stored billing document, or None (reported) when absent, not JSON or not an object."""
     if rel not in present:
         return None
     try:
-        return json.loads((root / rel).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None  # already reported as json.format by the caller's first read
+        doc = json.loads((root / rel).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        add(rel, None, "json.format", f"not valid UTF-8 JSON: {exc}")
+        return None
+    if not isinstance(doc, dict):
+        add(rel, None, f"{prefix}.format", "not a JSON object")
+        return None
+    return doc
 
 
 def check_invoice_arithmetic(add: Add, rel: str, invoice: Any) -> None:
@@ -254,6 +260,10 @@ def compare_billing(add: Add, root: Path, beats: list[Heartbeat] | list[str], an
                     catalog: Any, month: str, usage_rel: str, invoice_rel: str, prefix: str,
                     present: set[str]) -> None:
     """Recompute billing-v1.md over ``beats`` and catalog.json; the stored documents must equal it."""
+    stored_u = _load_doc(add, root, usage_rel, present, prefix)
+    stored_i = _load_doc(add, root, invoice_rel, present, prefix)
+    if stored_i is not None:
+        check_invoice_arithmetic(add, invoice_rel, stored_i)
     if catalog is None:
         return
     try:
@@ -265,15 +275,12 @@ def compare_billing(add: Add, root: Path, beats: list[Heartbeat] | list[str], an
         add(invoice_rel, None, f"{prefix}.error", f"billing-v1.md gives no invoice: {exc}")
         return
     src = "recomputed from heartbeats.jws" + (" (first s lines)" if prefix == "closed" else "")
-    stored_u, stored_i = _load(root, usage_rel, present), _load(root, invoice_rel, present)
     if stored_u is not None and not _same(same_usage, stored_u, usage):
         add(usage_rel, None, f"{prefix}.usage", f"differs from the usage {src}, anchors.jws and "
             f"catalog.json: " + "; ".join(describe_diff(stored_u, usage)))
-    if stored_i is not None:
-        check_invoice_arithmetic(add, invoice_rel, stored_i)
-        if not _same(same_invoice, stored_i, invoice):
-            add(invoice_rel, None, f"{prefix}.invoice", f"differs from the invoice {src} and "
-                f"catalog.json: " + "; ".join(describe_diff(stored_i, invoice)))
+    if stored_i is not None and not _same(same_invoice, stored_i, invoice):
+        add(invoice_rel, None, f"{prefix}.invoice", f"differs from the invoice {src} and "
+            f"catalog.json: " + "; ".join(describe_diff(stored_i, invoice)))
 
 
 def _same(fn: Callable[[Any, Any], bool], stored: Any, computed: Any) -> bool:

@@ -244,3 +244,15 @@ def test_big_log_path_reports_the_same(bundle: Path, forge, monkeypatch) -> None
     light = verify_bundle(bundle)
     assert full.findings == light.findings
     assert ("closed/usage.json", "closed.usage") in {(f.file, f.rule) for f in light.errors}
+
+
+def test_garbage_documents_are_reported_not_crashed_on(bundle: Path, forge) -> None:
+    for rel, junk in (("usage.json", "[]"), ("invoice.json", '"x"'), ("catalog.json", "{}"),
+                      ("agents.json", '{"kid": 1}'), ("closed/invoice.json", "{"), ("anchors.jws", "\n\n"),
+                      ("checkpoint", "\u00e9")):
+        (bundle / rel).write_text(junk + "\n")
+    forge.rehash(bundle)
+    got = failures(bundle)
+    for rel in ("usage.json", "invoice.json", "catalog.json", "agents.json", "closed/invoice.json",
+                "anchors.jws", "checkpoint"):
+        assert rel in {f for f, _ in got}, rel
