@@ -39,11 +39,9 @@ class _Agent:
     revoked_at: int | None
 
 
-def _load_agents(engine: Engine, kids: set[str]) -> dict[str, _Agent]:
+def _load_agents(conn: Connection, kids: set[str]) -> dict[str, _Agent]:
     out: dict[str, _Agent] = {}
-    if not kids:
-        return out
-    with read_conn(engine) as conn:
+    if kids:
         for r in conn.execute(sa.select(s.agents).where(s.agents.c.kid.in_(sorted(kids)))):
             out[r.kid] = _Agent(r.provider, load_public_key_b64(r.public_key), r.enrolled_at, r.revoked_at)
     return out
@@ -174,23 +172,23 @@ def _append(conn: Connection, provider: str, month: str, cands: list[Heartbeat],
     return {hb.digest for hb in new}
 
 
-def _logged(engine: Engine, lines: Sequence[str]) -> dict[str, int]:
+def _logged(conn: Connection, lines: Sequence[str]) -> dict[str, int]:
     """Lines already in a log (by digest), with their seq: replays skip parsing and verification."""
     digests = {token_digest(ln): ln for ln in lines if ln.isascii()}
     if not digests:
         return {}
-    with read_conn(engine) as conn:
-        rows = conn.execute(
-            sa.select(s.leaves.c.digest, s.leaves.c.seq).where(s.leaves.c.digest.in_(list(digests)))
-        )
-        return {digests[r.digest]: int(r.seq) for r in rows}
+    rows = conn.execute(
+        sa.select(s.leaves.c.digest, s.leaves.c.seq).where(s.leaves.c.digest.in_(list(digests)))
+    )
+    return {digests[r.digest]: int(r.seq) for r in rows}
 
 
 def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -> list[dict[str, Any]]:
     """Verify and durably log a batch; one result per line, in order."""
     now = int(time.time()) if now is None else now
-    agents = _load_agents(engine, {k for k in map(_header_kid, lines) if isinstance(k, str)})
-    logged = _logged(engine, lines)
+    with read_conn(engine) as conn:
+        agents = _load_agents(conn, {k for k in map(_header_kid, lines) if isinstance(k, str)})
+        logged = _logged(conn, lines)
     results: list[dict[str, Any]] = []
     ok: dict[int, tuple[str, Heartbeat]] = {}
     groups: dict[tuple[str, str], dict[str, Heartbeat]] = defaultdict(dict)
