@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections import OrderedDict
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from billing import load_catalog
 from collector import db, registry
 from collector import schema as s
 from collector.accounts import entitlement, mail, store
@@ -97,6 +99,22 @@ def account(provider: str, customer: str, request: Request, scope: ScopeDep) -> 
     return {"provider": provider, "customer": customer, **account_json(acc, email, now), "events": events}
 
 
+_loaded: "OrderedDict[tuple[str, int], Any]" = OrderedDict()  # parsed catalogs by (database, id)
+
+
+def _catalog(c: Any, provider: str) -> Any:
+    """The provider's latest catalog, validated once per catalog version (appliances ask often)."""
+    cid = c.execute(sa.select(sa.func.max(s.catalogs.c.id)).where(s.catalogs.c.provider == provider)).scalar()
+    if cid is None:
+        return None
+    key = (c.engine.url.render_as_string(hide_password=True), int(cid))
+    if key not in _loaded:
+        _loaded[key] = load_catalog(registry.catalog_by_id(c, int(cid)))
+        while len(_loaded) > 32:
+            _loaded.popitem(last=False)
+    return _loaded[key]
+
+
 @router.get("/entitlements/{instance}")
 def entitlements(instance: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
     """Any API token: a provider's token answers from its own catalog only, so an instance of
@@ -108,13 +126,13 @@ def entitlements(instance: str, request: Request, scope: ScopeDep) -> dict[str, 
             .scalars()
             .all()
         )
-        docs, accs = [], {}
+        cats, accs = [], {}
         for p in pids:
-            latest = registry.latest_catalog(c, p)
-            if latest is not None:
-                docs.append(latest[1])
+            cat = _catalog(c, p)
+            if cat is not None and any(lic.instance == instance for lic in cat.licenses):
+                cats.append(cat)
                 accs.update({(p, cust): a for cust, (a, _e) in store.states(c, p).items()})
-    return entitlement.decide(instance, docs, accs, now)
+    return entitlement.decide(instance, cats, accs, now)
 
 
 def tick_once(engine: Any, now: int | None = None) -> list[tuple[str, str, m.Action]]:

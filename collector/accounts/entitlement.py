@@ -20,11 +20,12 @@ def _in(start: int, end: int | None, now: int) -> bool:
 
 
 def decide(
-    instance: str, catalogs: list[dict[str, Any]], accounts: dict[tuple[str, str], m.Account], now: int
+    instance: str, catalogs: list[Any], accounts: dict[tuple[str, str], m.Account], now: int
 ) -> dict[str, Any]:
-    """``catalogs``: the latest catalog of each provider the caller may see; ``accounts`` by
-    (provider, customer). A fixed-term license in force is not touched by a downgrade (that only
-    stops PAYG services), but every license needs its provider's platform license in force."""
+    """``catalogs``: the latest catalog (document or loaded) of each provider the caller may see;
+    ``accounts`` by (provider, customer). A fixed-term license in force is not touched by a
+    downgrade (that only stops PAYG services), but every license needs its provider's platform
+    license in force."""
     answer: dict[str, Any] = {
         "instance": instance,
         "entitled": False,

@@ -133,3 +133,24 @@ def test_payment_api_roles_and_tenancy(client: Any, settings: Any, tools: Any) -
         == 403
     )
     assert post("acme/customers/c1/paid", admin).json()["state"] == "active"
+
+
+def test_audit_bundle_carries_the_downgrade_and_verifies(settings: Any, tools: Any, tmp_path: Any) -> None:
+    import json
+
+    from audit.verify import verify_bundle
+    from collector.export import export
+
+    _month_of_beats(settings, tools)
+    eng = settings.engine
+    db.write_tx(eng, lambda c: store.payment_failed(c, "acme", "c1", T0))
+    db.write_tx(eng, lambda c: store.tick_all(c, T0 + 15 * DAY))
+    db.write_tx(eng, lambda c: store.paid(c, "acme", "c1", T0 + 20 * DAY))
+    path, agrees = db.write_tx(eng, lambda c: export(c, settings, "acme", "2026-10", tmp_path / "bundle"))
+    assert agrees
+    catalog = json.loads(next(path.rglob("catalog.json")).read_text())
+    assert catalog["customers"][0]["downgraded"] == [["2026-10-20T00:00:00Z", "2026-10-25T00:00:00Z"]]
+    invoice = json.loads(next(p for p in path.rglob("invoice.json") if "closed" not in p.parts).read_text())
+    assert invoice["total"] == "28.08"
+    report = verify_bundle(path, workers=1)
+    assert report.ok, [f.to_json() for f in report.errors]
