@@ -114,12 +114,17 @@ def demo(args: argparse.Namespace, procs: Processes, say: Progress) -> dict[str,
     say(f"Replay of {prev}: signed heartbeats of three simulated agents through POST /v1/heartbeats")
     for name, akid in replay.enrol(sc, data):
         say.info(f"tr7-collector agent add --name {name}: {akid}")
+    on_time, late = replay.split_late(sc)
     t0 = time.monotonic()
-    counts = replay.send(sc, url)
+    counts = replay.send(on_time, url)
     say.info(f"{sum(counts.values())} heartbeats sent in {time.monotonic() - t0:.1f} s: "
              + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     say.info(cli("tr7-collector", "close", "--data-dir", data, "--provider", catalog.PROVIDER,
                  "--month", prev).strip())
+    counts = replay.send(late, url)
+    say.info(f"{sum(counts.values())} late heartbeats of {prev} (dc1-agent's last 6 hours) sent after "
+             f"the close: {counts['accepted']} accepted; they become adjustment lines on {current}")
+    summary["late"] = counts["accepted"]
 
     say(f"Invoice of the closed month {prev}")
     names = {c["id"]: c["name"] for c in doc["customers"]}

@@ -7,7 +7,8 @@ from typing import Any
 import httpx
 
 from audit.simulate import Scenario, build_scenario
-from protocol.timefmt import format_time
+from protocol.heartbeat import parse_unverified
+from protocol.timefmt import format_time, month_bounds
 from scripts.demo.catalog import PROVIDER
 from scripts.demo.run import DemoError, cli
 
@@ -32,9 +33,23 @@ def enrol(sc: Scenario, data_dir: str) -> list[tuple[str, str]]:
     return out
 
 
-def send(sc: Scenario, collector_url: str) -> Counter[str]:
-    """POST the anchors (the month before's last heartbeats) then the month's log, in batches."""
-    lines = list(sc.anchors) + list(sc.leaves)
+def split_late(sc: Scenario, agent: str = "dc1-agent", hours: int = 6) -> tuple[list[str], list[str]]:
+    """(on time, late): one agent's heartbeats of the month's last hours arrive after the close.
+
+    That agent's uplink was down at month-end; its spool delivers them once the month is closed,
+    so they become adjustment lines on the current month's invoice (billing-v1.md §6).
+    """
+    kid = sc.agent(agent).key.kid
+    cut = month_bounds(sc.month)[1] - hours * 3600
+    on_time, late = [], []
+    for tok in [*sc.anchors, *sc.leaves]:
+        hb = parse_unverified(tok)
+        (late if hb.kid == kid and hb.time >= cut and tok not in sc.anchors else on_time).append(tok)
+    return on_time, late
+
+
+def send(lines: list[str], collector_url: str) -> Counter[str]:
+    """POST the lines in batches of the collector's maximum; any rejected line fails the demo."""
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     with httpx.Client(base_url=collector_url, timeout=120) as client:

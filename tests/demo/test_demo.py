@@ -91,6 +91,10 @@ def test_live_agent_hours_are_in_the_current_month(demo: Demo) -> None:
     assert summary["live_shipped"] >= 3
     estimate = json.loads(_collector(demo_dir, "bill", "--provider", "demo-msp", "--month",
                                      summary["current_month"]))
+    # dc1-agent's last 6 hours of the closed month arrived after the close: billed now, as adjustments
+    adjust = {ln["instance"]: ln["quantity"] for ln in estimate["lines"] if ln["adjusts"] is not None}
+    assert {ln["adjusts"] for ln in estimate["lines"] if ln["adjusts"]} == {summary["closed_month"]}
+    assert adjust["TR7-A01"] == 6 and summary["late"] == 36
     hours = {ln["instance"]: ln["quantity"] for ln in estimate["lines"] if ln["adjusts"] is None}
     assert set(hours) == LIVE_RUNNING_PAYG  # the fixed-term one and the unlicensed one are not priced
     assert all(q >= 1 for q in hours.values())
