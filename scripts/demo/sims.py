@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from scripts.demo.run import BIN, ROOT, DemoError, Processes, http_ok, wait_until
+from scripts.demo.run import BIN, ROOT, DemoError, Processes, Progress, http_ok, wait_until
 
 TR7_NS = "urn:tr7:metering:1"
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
@@ -125,6 +125,9 @@ def start_vcsim(procs: Processes, demo: Path) -> tuple[str, str]:
     """(url, note): the simulator's SDK URL, or "" and why it is left out."""
     try:
         helper = _vcsim_helper()
+        if not helper.BIN.exists():
+            Progress.info("building the vSphere simulator from tests/vcsim with Debian's Go "
+                          "(a few minutes, once)")
         helper.build()
     except subprocess.CalledProcessError as exc:
         err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
