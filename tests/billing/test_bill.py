@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing import Activity, bill, compute, load_catalog
+from protocol.errors import ProtocolError
 
 
 def test_only_the_months_heartbeats_count(kit):
@@ -106,3 +107,12 @@ def test_result_depends_on_the_set_of_heartbeats_only(pool, data):
     dups = data.draw(st.lists(st.integers(0, len(beats) - 1), max_size=10))
     shuffled = [beats[i] for i in order] + [beats[i] for i in dups]
     assert bill(shuffled, cat, "2026-11") == expected
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_malformed_line_is_a_protocol_error(pool, workers):
+    _, tokens, cat = pool
+    bad = tokens[3].replace(".", "..", 1)
+    with pytest.raises(ProtocolError) as err:
+        bill([*tokens, bad], cat, "2026-11", workers=workers)
+    assert err.value.rule == "jws.format"
