@@ -1,4 +1,4 @@
-"""tr7-collector: serve, migrate, apply, agent, token, bill, close, export, import."""
+"""tr7-collector: serve, migrate, apply, agent, token, bill, close, export, import, user, account."""
 
 import argparse
 import json
@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--overwrite", action="store_true")
     sp = sub.add_parser("import", parents=[common], help="ingest a file of JWS lines (tr7-agent export)")
     sp.add_argument("file", type=Path)
+    from collector.accounts.__main__ import add_account_commands
+    from collector.web.__main__ import add_user_parser
+
+    add_user_parser(sub, [common])  # web sign-in accounts (collector/web)
+    acc = sub.add_parser("account", help="customer accounts: payment failed/paid, reminders, downgrade")
+    add_account_commands(acc.add_subparsers(dest="account_cmd", required=True), [common])
     return p
 
 
@@ -128,6 +134,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.cmd == "agent":
         return _agent(args, engine, now)
+    if args.cmd in ("user", "account"):
+        from collector.accounts.__main__ import run_account
+        from collector.web.__main__ import run_user
+
+        return run_user(args, engine) if args.cmd == "user" else run_account(args, engine)
     if args.cmd == "token":
         provider = None if args.vendor else args.provider
         role = "vendor" if args.vendor else args.role

@@ -1,10 +1,11 @@
-"""python -m collector.web user add|list: web sign-in accounts (the tr7-collector CLI's companion)."""
+"""`tr7-collector user add|list` (also `python -m collector.web user …`): web sign-in accounts."""
 
 import argparse
 import getpass
 import os
 import sys
 import time
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -14,34 +15,45 @@ from collector.web import auth
 from collector.web.tables import web_users
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m collector.web", description=__doc__)
-    p.add_argument("--data-dir")
-    p.add_argument("--db")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    user = sub.add_parser("user").add_subparsers(dest="user_cmd", required=True)
-    add = user.add_parser("add", help="password from $TR7_WEB_PASSWORD, else asked on the terminal")
+def add_user_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """The `user` command, for tr7-collector's parser and this module's own."""
+    user = sub.add_parser("user", help="web sign-in accounts").add_subparsers(dest="user_cmd", required=True)
+    add = user.add_parser(
+        "add", parents=parents, help="password from $TR7_WEB_PASSWORD, else asked on the terminal"
+    )
     who = add.add_mutually_exclusive_group(required=True)
     who.add_argument("--provider")
     who.add_argument("--vendor", action="store_true")
     add.add_argument("--role", choices=auth.ROLES, required=True)
     add.add_argument("--username", required=True)
-    user.add_parser("list")
+    user.add_parser("list", parents=parents)
+
+
+def run_user(args: argparse.Namespace, engine: Any) -> int:
+    """Raises registry.RegistryError for a refused user (tr7-collector prints it)."""
+    if args.user_cmd == "list":
+        with db.read_conn(engine) as c:
+            for r in c.execute(sa.select(web_users).order_by(web_users.c.username)):
+                print(f"{r.username}\t{r.provider or '(vendor)'}\t{r.role}")
+        return 0
+    password = os.environ.get("TR7_WEB_PASSWORD") or getpass.getpass(f"password for {args.username}: ")
+    provider = None if args.vendor else args.provider
+    db.write_tx(
+        engine, lambda c: auth.add_user(c, provider, args.role, args.username, password, int(time.time()))
+    )
+    print(f"user {args.username} added ({args.role}{' of ' + provider if provider else ''})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir")
+    common.add_argument("--db")
+    p = argparse.ArgumentParser(prog="python -m collector.web", description=__doc__)
+    add_user_parser(p.add_subparsers(dest="cmd", required=True), [common])
     args = p.parse_args(argv)
     try:
-        engine = Settings.resolve(args.data_dir, args.db).open()
-        if args.user_cmd == "list":
-            with db.read_conn(engine) as c:
-                for r in c.execute(sa.select(web_users).order_by(web_users.c.username)):
-                    print(f"{r.username}\t{r.provider or '(vendor)'}\t{r.role}")
-            return 0
-        password = os.environ.get("TR7_WEB_PASSWORD") or getpass.getpass(f"password for {args.username}: ")
-        provider = None if args.vendor else args.provider
-        db.write_tx(
-            engine, lambda c: auth.add_user(c, provider, args.role, args.username, password, int(time.time()))
-        )
-        print(f"user {args.username} added ({args.role}{' of ' + provider if provider else ''})")
-        return 0
+        return run_user(args, Settings.resolve(args.data_dir, args.db).open())
     except (SetupError, registry.RegistryError) as exc:
         print(f"collector.web: {exc}", file=sys.stderr)
         return 1
