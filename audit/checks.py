@@ -94,10 +94,11 @@ def load_agents(add: Add, rows: Any) -> dict[str, AgentInfo]:
                 raise ProtocolError("agents.kid", "kid is not the kid of public_key")
             if kid in out:
                 raise ProtocolError("agents.duplicate", "kid listed twice")
-            revoked = row["revoked_at"]
-            out[kid] = AgentInfo(row["public_key"], str(row["name"]),
-                                 parse_time(row["enrolled_at"], "agents.format"),
-                                 None if revoked is None else parse_time(revoked, "agents.format"))
+            enrolled = parse_time(row["enrolled_at"], "agents.format")
+            revoked = None if row["revoked_at"] is None else parse_time(row["revoked_at"], "agents.format")
+            if revoked is not None and revoked <= enrolled:
+                raise ProtocolError("agents.format", "revoked_at is not after enrolled_at")
+            out[kid] = AgentInfo(row["public_key"], str(row["name"]), enrolled, revoked)
         except ProtocolError as exc:
             rule = exc.rule if exc.rule.startswith("agents.") else "agents.format"
             add(B.AGENTS, None, rule, f"{where}: {exc.detail}")
