@@ -207,3 +207,19 @@ def test_dashboards_follow_new_heartbeats(client: TestClient, world: Any, tools:
     while hours() != 75:  # served from the last result while it is recomputed in the background
         assert time.monotonic() < deadline, "the overview never caught up with the new heartbeats"
         time.sleep(0.2)
+
+
+def test_bridged_hours_in_the_heatmap(client: TestClient, world: Any, tools: Any) -> None:
+    tools.apply(world, tools.catalog(policy={"gaps": {"mode": "bridge", "max_hours": 2}}))
+    agent = tools.Agent("bridge")
+    tools.enrol(world, "acme", agent, parse_time("2026-09-01T00:00:00Z"))
+    t = parse_time("2026-10-10T00:00:00Z")
+    # Active at 00:00 and 03:00, nothing at 01:00 and 02:00: a 2-hour gap the policy bridges.
+    ingest_lines(
+        world.engine,
+        [agent.beat(t + 60, {"TR7-0001": "running"}), agent.beat(t + 3 * 3600 + 60, {"TR7-0001": "running"})],
+    )
+    login(client, "ann")
+    html = client.get("/ui/p/acme/instances/TR7-0001?month=2026-10").text
+    row = re.search(r'<tr data-day="2026-10-10">(.*?)</tr>', html).group(1)
+    assert re.findall(r'<td class="(\w)">', row)[:5] == ["a", "b", "b", "a", "u"]
