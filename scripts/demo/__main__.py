@@ -170,12 +170,15 @@ def demo(args: argparse.Namespace, procs: Processes, say: Progress) -> dict[str,
     summary["current_total"] = estimate["total"]
 
     password = secrets.token_urlsafe(12)
-    p = cli_full("python", "-m", "collector.web", "--data-dir", data, "user", "add",
-                 "--provider", catalog.PROVIDER, "--role", "admin", "--username", "demo",
-                 env={"TR7_WEB_PASSWORD": password})
+    # The data dir through the environment: every version of the command reads it there.
+    p = cli_full("python", "-m", "collector.web", "user", "add", "--provider", catalog.PROVIDER,
+                 "--role", "admin", "--username", "demo",
+                 env={"TR7_WEB_PASSWORD": password, "TR7_COLLECTOR_DATA_DIR": data})
     summary["web_user"] = p.returncode == 0
     if p.returncode == 0:
         (demo_dir / "web-password").write_text(password + "\n")
+    else:
+        say.info(f"web sign-in user not created (exit {p.returncode}): {(p.stderr or p.stdout).strip()}")
     (demo_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -200,8 +203,18 @@ def closing_words(s: dict[str, Any], seconds: float, waiting: bool) -> None:
         print("\nThe collector keeps running; press Ctrl-C to stop it and the simulators.", flush=True)
 
 
+# Settings of the caller's own collector or AWS account must not leak into the demo (its point is
+# SQLite in its own directory, and simulators that accept any key).
+SCRUBBED = ("TR7_COLLECTOR_DB", "TR7_COLLECTOR_DATA_DIR", "TR7_COLLECTOR_ORIGIN", "TR7_COLLECTOR_LISTEN",
+            "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CA_BUNDLE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2",
+            "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    for name in SCRUBBED:
+        os.environ.pop(name, None)
     procs = Processes()
 
     def _term(_sig: int, _frame: Any) -> None:
