@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,36 @@ def test_refuses_to_wipe_a_directory_it_did_not_create(tmp_path: Path) -> None:
     assert p.returncode == 1
     assert "demo FAILED at step 1/9" in p.stderr and "is not a demo directory" in p.stderr
     assert mine.read_text() == "keep me"
+
+
+def test_without_no_wait_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.demo", "--dir", str(tmp_path / "d"), "--no-vcsim",
+                             "--interval", "2", "--polls", "1"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "press Ctrl-C" in line:
+                break
+        text = "".join(seen)
+        assert "press Ctrl-C" in text, text[-3000:]
+        collector = re.search(r"collector:\s+(http://127\.0\.0\.1:\d+)", text)
+        moto = re.search(r"moto EC2: (http://127\.0\.0\.1:\d+)", text)
+        assert collector and moto
+        assert httpx.get(collector.group(1) + "/healthz", timeout=10).status_code == 200
+        assert httpx.get(collector.group(1) + "/ui/login", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+        rest = proc.stdout.read()
+        assert "stopped tr7-collector serve, moto_server" in rest
+        for url in (collector.group(1) + "/healthz", moto.group(1) + "/moto-api/"):
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(url, timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
