@@ -101,7 +101,7 @@ def demo(args: argparse.Namespace, procs: Processes, say: Progress) -> dict[str,
              f"{len(doc['rates']['hourly'])} hourly rates in EUR")
     say.info(out.splitlines()[0] if out else "applied")
 
-    say("Live agent: enrol with a one-time token, check the three adapters")
+    say("Live agent: enrol with a one-time token, check its adapters")
     config = live.write_config(demo_dir, env, url, args.interval)
     kid = live.enrol(demo_dir, config, data, say)
     summary["live_kid"] = kid
@@ -112,6 +112,11 @@ def demo(args: argparse.Namespace, procs: Processes, say: Progress) -> dict[str,
     live.status(demo_dir, config, say)
 
     say(f"Replay of {prev}: signed heartbeats of three simulated agents through POST /v1/heartbeats")
+    gaps = "; ".join(f"{a}: seq {r[0][0]}..{r[0][1]} never delivered" for a, r in sc.expected["gaps"].items())
+    forks = "; ".join(f"{a}: seq {', '.join(map(str, r))} signed twice"
+                      for a, r in sc.expected["forks"].items())
+    say.info(f"audit.simulate: {len(sc.agents)} agents at a {sc.interval} s interval, {len(sc.leaves)} "
+             f"heartbeats; gap ({gaps}); fork ({forks})")
     for name, akid in replay.enrol(sc, data):
         say.info(f"tr7-collector agent add --name {name}: {akid}")
     on_time, late = replay.split_late(sc)
