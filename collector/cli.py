@@ -107,10 +107,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tr7-collector: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
+        from sqlalchemy.exc import OperationalError
+
         from billing.errors import CatalogError, PricingError
 
         if isinstance(exc, CatalogError | PricingError):
             print(f"tr7-collector: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, OperationalError):
+            # An unreachable or refusing database is an operator's problem, not a crash: one line.
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            print(f"tr7-collector: database unavailable: {reason}", file=sys.stderr)
             return 1
         raise
 
