@@ -12,6 +12,7 @@ STATES = frozenset({"running", "stopped", "paused", "suspended", "unknown"})
 # \Z, not $: `$` also matches before a trailing newline, which the wire forbids.
 INSTANCE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_INSTANCE_FULL = re.compile(r"[A-Za-z0-9._:-]{1,64}").fullmatch  # the same as INSTANCE_RE
 # Integers are bounded so that every implementation (and SQL BIGINT) can hold them.
 MAX_INT = 2**63 - 1
 
@@ -54,6 +55,47 @@ def _check_capacity(cap: Any, rule: str) -> None:
             _fail(f"{rule}.{name}", "must be a non-negative integer")
 
 
+def _check_poll(poll: Any, rule: str, names: set[str]) -> None:
+    _exact(poll, _POLL, rule)
+    if not isinstance(poll["adapter"], str) or not poll["adapter"]:
+        _fail(rule + ".adapter", "must be a non-empty string")
+    if poll["adapter"] in names:
+        _fail(rule + ".adapter", f"adapter {poll['adapter']!r} listed twice")
+    if not isinstance(poll["platform"], str) or poll["platform"] not in PLATFORMS:
+        _fail(rule + ".platform", f"must be one of {sorted(PLATFORMS)}")
+    if type(poll["ok"]) is not bool:
+        _fail(rule + ".ok", "must be a boolean")
+    if poll["error"] is not None and not isinstance(poll["error"], str):
+        _fail(rule + ".error", "must be a string or null")
+
+
+def _check_observation(obs: Any, rule: str, names: set[str]) -> None:
+    """Every rule on one observation, in order; raises on the first that fails."""
+    _exact(obs, _OBS, rule)
+    inst = obs["instance"]
+    if not isinstance(inst, str) or not INSTANCE_RE.match(inst):
+        _fail(rule + ".instance", "must be 1..64 characters of [A-Za-z0-9._:-]")
+    if not isinstance(obs["adapter"], str) or obs["adapter"] not in names:
+        _fail(rule + ".adapter", "must name one of polls[].adapter")
+    if not isinstance(obs["vm"], str):
+        _fail(rule + ".vm", "must be a string")
+    if obs["host"] is not None and not isinstance(obs["host"], str):
+        _fail(rule + ".host", "must be a string or null")
+    if not isinstance(obs["state"], str) or obs["state"] not in STATES:
+        _fail(rule + ".state", f"must be one of {sorted(STATES)}")
+    _check_capacity(obs["capacity"], rule + ".capacity")
+
+
+def _cap_ok(cap: Any) -> bool:
+    """A quick sufficient test (exact types, as JSON decodes them); _check_capacity decides the rest."""
+    if type(cap) is not dict or not cap.keys() <= _CAP:
+        return False
+    b = cap.get("bundle", "")
+    w = cap.get("bandwidth_mbps", 0)
+    n = cap.get("vservices", 0)
+    return type(b) is str and type(w) is int and type(n) is int and 0 <= w <= MAX_INT and 0 <= n <= MAX_INT
+
+
 def validate_payload(p: Mapping[str, Any], kid: str) -> None:
     """Raise ProtocolError naming the first member that breaks §2; return None when it holds."""
     _exact(p, _TOP, "payload")
@@ -78,34 +120,38 @@ def validate_payload(p: Mapping[str, Any], kid: str) -> None:
         _fail("payload.polls", "must be an array")
     names: set[str] = set()
     for i, poll in enumerate(polls):
-        rule = f"payload.polls[{i}]"
-        _exact(poll, _POLL, rule)
-        if not isinstance(poll["adapter"], str) or not poll["adapter"]:
-            _fail(rule + ".adapter", "must be a non-empty string")
-        if poll["adapter"] in names:
-            _fail(rule + ".adapter", f"adapter {poll['adapter']!r} listed twice")
+        _check_poll(poll, f"payload.polls[{i}]", names)
         names.add(poll["adapter"])
-        if poll["platform"] not in PLATFORMS:
-            _fail(rule + ".platform", f"must be one of {sorted(PLATFORMS)}")
-        if type(poll["ok"]) is not bool:
-            _fail(rule + ".ok", "must be a boolean")
-        if poll["error"] is not None and not isinstance(poll["error"], str):
-            _fail(rule + ".error", "must be a string or null")
     observations = p["observations"]
     if not isinstance(observations, list):
         _fail("payload.observations", "must be an array")
+    # The hot loop of verification (thousands of observations a second): one quick test per
+    # observation that implies every rule of _check_observation; only an observation that does
+    # not pass it is checked rule by rule, which then names the failing rule (or passes it).
+    instance_ok = _INSTANCE_FULL
+    states, obs_members = STATES, _OBS
     for i, obs in enumerate(observations):
-        rule = f"payload.observations[{i}]"
-        _exact(obs, _OBS, rule)
-        inst = obs["instance"]
-        if not isinstance(inst, str) or not INSTANCE_RE.match(inst):
-            _fail(rule + ".instance", "must be 1..64 characters of [A-Za-z0-9._:-]")
-        if obs["adapter"] not in names:
-            _fail(rule + ".adapter", "must name one of polls[].adapter")
-        if not isinstance(obs["vm"], str):
-            _fail(rule + ".vm", "must be a string")
-        if obs["host"] is not None and not isinstance(obs["host"], str):
-            _fail(rule + ".host", "must be a string or null")
-        if obs["state"] not in STATES:
-            _fail(rule + ".state", f"must be one of {sorted(STATES)}")
-        _check_capacity(obs["capacity"], rule + ".capacity")
+        if not (
+            type(obs) is dict
+            and obs.keys() == obs_members
+            and type(inst := obs["instance"]) is str
+            and instance_ok(inst)
+            and type(ad := obs["adapter"]) is str
+            and ad in names
+            and type(obs["vm"]) is str
+            and (type(host := obs["host"]) is str or host is None)
+            and type(st := obs["state"]) is str
+            and st in states
+            and ((cap := obs["capacity"]) is None or _cap_ok(cap))
+        ):
+            _check_observation(obs, f"payload.observations[{i}]", names)
+
+
+def member_count(p: Mapping[str, Any]) -> int:
+    """Members of all objects of a payload validate_payload accepted (see strictjson.loads_counted)."""
+    n = len(_TOP) + len(_POLL) * len(p["polls"]) + len(_OBS) * len(p["observations"])
+    for obs in p["observations"]:
+        cap = obs["capacity"]
+        if cap is not None:
+            n += len(cap)
+    return n

@@ -23,9 +23,13 @@ def _no_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+# Same grammar, but objects built in C without a Python call each: see loads_counted.
+_PLAIN = json.JSONDecoder(parse_constant=_no_constant)
 # A `\uD800`-`\uDFFF` escape may decode to a lone surrogate, which is no Unicode text (RFC 8259
 # §8.2, I-JSON): it would fail later when stored or re-encoded, so it is refused here.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# Whitespace that may stand between a member name and its ':' (then the count would miss it).
+_SPACES = (" ", "\n", "\t", "\r")
 
 
 def loads_strict(data: bytes, rule: str) -> Any:
@@ -43,3 +47,32 @@ def loads_strict(data: bytes, rule: str) -> Any:
         raise ProtocolError(rule, "a string holds a lone UTF-16 surrogate") from exc
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise ProtocolError(rule, f"not strict JSON: {exc}") from exc
+
+
+def loads_counted(data: bytes, rule: str) -> tuple[Any, int | None]:
+    """Like loads_strict, but may leave the duplicate check to the caller, who knows the schema.
+
+    Returns ``(obj, names)``. When ``names`` is None, ``obj`` came from loads_strict (exact).
+    Otherwise ``names`` is how often '":' occurs in the text, and the caller must compare it
+    with the number of members of all objects decoded (``sum(len(o))``): when they differ it
+    must decide with loads_strict. Why equality proves no name is repeated: when no quote is
+    followed by whitespace, every member name's closing quote is followed at once by ':', so
+    '":' occurs at least once per name written, and the decoded objects hold one member per
+    distinct name; other occurrences (a string that starts or holds '":') only add to the count
+    and send the caller to loads_strict for nothing. The object hook of loads_strict costs a
+    Python call per object; this does not: a third of the parse of 50 observations.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(rule, "not UTF-8") from exc
+    if "\\" in text:  # an escape may hide a lone surrogate: loads_strict looks for those
+        return loads_strict(data, rule), None
+    for space in _SPACES:
+        if space in text and '"' + space in text:
+            return loads_strict(data, rule), None
+    try:
+        return _PLAIN.decode(text), text.count('":')
+    except ValueError:
+        # Not JSON (or NaN): loads_strict raises, naming the first fault exactly as it always did.
+        return loads_strict(data, rule), None
