@@ -2,7 +2,6 @@
 
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -35,6 +34,7 @@ from adapters.base import (
     ThrottledError,
     UnreachableError,
 )
+from adapters.fanout import poll_scopes
 from adapters.tr7meta import ProblemLog, recognise
 
 # EC2 state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/aws.md.
@@ -263,39 +263,15 @@ class AwsAdapter(Adapter):
         for region in regions:
             self.client(region)
         self._throttled.clear()
-        failures: dict[str, AdapterError] = {}
-        observations: list[Observation] = []
-        pool = ThreadPoolExecutor(max_workers=min(len(regions), 16), thread_name_prefix=f"aws-{self.name}")
-        try:
-            futures = {pool.submit(self.poll_region, r): r for r in regions}
-            done, late = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-            limit = f"the {self.config.timeout:g}s poll timeout"
-            for fut in late:
-                region = futures[fut]
-                if region in self._throttled:
-                    failures[region] = ThrottledError(
-                        f"EC2 throttled ({self._throttled[region]}), still retrying at {limit}")
-                else:
-                    failures[region] = UnreachableError(f"EC2 gave no answer within {limit}")
-            for fut in done:
-                region = futures[fut]
-                try:
-                    observations.extend(fut.result())
-                except Exception as exc:  # converted at the boundary, per region
-                    failures[region] = convert(exc)
-        finally:
-            # a late region keeps its thread until botocore's own timeouts end it; never block on it
-            pool.shutdown(wait=False, cancel_futures=True)
-        observations.sort(key=lambda o: (o.instance, o.vm))
-        if not failures:
-            return PollResult(observations=observations)
-        per_region = "; ".join(f"region {r}: {failures[r].reason}" for r in sorted(failures))
-        if len(failures) < len(regions):
-            return PollResult(observations=observations, error=per_region)
-        kinds = {type(f) for f in failures.values()}
-        reasons = {f.reason for f in failures.values()}
-        kind = kinds.pop() if len(kinds) == 1 else AdapterError
-        raise kind(reasons.pop() if len(reasons) == 1 else per_region, per_region)
+        limit = f"the {self.config.timeout:g}s poll timeout"
+
+        def late(region: str) -> AdapterError:
+            if region in self._throttled:
+                return ThrottledError(f"EC2 throttled ({self._throttled[region]}), still retrying at {limit}")
+            return UnreachableError(f"EC2 gave no answer within {limit}")
+
+        return poll_scopes(regions, self.poll_region, label="region", deadline=deadline, workers=16,
+                           thread_name=f"aws-{self.name}", convert=convert, late=late)
 
     def close(self) -> None:
         for client in self._clients.values():

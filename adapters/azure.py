@@ -1,7 +1,6 @@
 """Azure adapter: TR7 instances are VMs tagged `tr7.instance`, listed with power state per subscription."""
 
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Annotated, Any, ClassVar, Literal
 
 from azure.core.credentials import TokenCredential
@@ -33,6 +32,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
+from adapters.fanout import poll_scopes
 from adapters.tr7meta import ProblemLog, recognise
 
 # Azure power state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/azure.md.
@@ -249,33 +249,11 @@ class AzureAdapter(Adapter):
         self.sign_in()
         for sub in subscriptions:
             self.client(sub)
-        failures: dict[str, AdapterError] = {}
-        observations: list[Observation] = []
-        pool = ThreadPoolExecutor(max_workers=min(len(subscriptions), 8),
-                                  thread_name_prefix=f"azure-{self.name}")
-        try:
-            futures = {pool.submit(self.poll_subscription, s): s for s in subscriptions}
-            done, late = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-            for fut in late:
-                failures[futures[fut]] = UnreachableError(
-                    f"ARM gave no answer within the {self.config.timeout:g}s poll timeout")
-            for fut in done:
-                try:
-                    observations.extend(fut.result())
-                except Exception as exc:  # converted at the boundary, per subscription
-                    failures[futures[fut]] = convert(exc)
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-        observations.sort(key=lambda o: (o.instance, o.vm))
-        if not failures:
-            return PollResult(observations=observations)
-        per_sub = "; ".join(f"subscription {s}: {failures[s].reason}" for s in sorted(failures))
-        if len(failures) < len(subscriptions):
-            return PollResult(observations=observations, error=per_sub)
-        kinds = {type(f) for f in failures.values()}
-        reasons = {f.reason for f in failures.values()}
-        kind = kinds.pop() if len(kinds) == 1 else AdapterError
-        raise kind(reasons.pop() if len(reasons) == 1 else per_sub, per_sub)
+        limit = f"the {self.config.timeout:g}s poll timeout"
+        return poll_scopes(
+            subscriptions, self.poll_subscription, label="subscription", deadline=deadline, workers=8,
+            thread_name=f"azure-{self.name}", convert=convert,
+            late=lambda _sub: UnreachableError(f"ARM gave no answer within {limit}"))
 
     def close(self) -> None:
         for client in self._clients.values():

@@ -1,0 +1,52 @@
+"""Polling several scopes of one endpoint (regions, subscriptions) so one failure hides no other."""
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+
+from adapters.base import AdapterError, Observation, PollResult
+
+
+def poll_scopes(
+    scopes: Sequence[str],
+    poll_one: Callable[[str], list[Observation]],
+    *,
+    label: str,
+    deadline: float,
+    workers: int,
+    thread_name: str,
+    convert: Callable[[Exception], AdapterError],
+    late: Callable[[str], AdapterError],
+) -> PollResult:
+    """Poll every scope concurrently until ``deadline`` (a time.monotonic() instant).
+
+    Observations of the scopes that answered are kept; the others are named in
+    ``PollResult.error`` as "<label> <scope>: <reason>". Only when every scope failed does the
+    poll raise: the common error type (or AdapterError when they differ).
+    """
+    failures: dict[str, AdapterError] = {}
+    observations: list[Observation] = []
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(scopes), workers)), thread_name_prefix=thread_name)
+    try:
+        futures = {pool.submit(poll_one, s): s for s in scopes}
+        done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        for fut in pending:
+            failures[futures[fut]] = late(futures[fut])
+        for fut in done:
+            try:
+                observations.extend(fut.result())
+            except Exception as exc:  # converted at the boundary, per scope
+                failures[futures[fut]] = convert(exc)
+    finally:
+        # a late scope keeps its thread until the SDK's own timeouts end it; never block on it
+        pool.shutdown(wait=False, cancel_futures=True)
+    observations.sort(key=lambda o: (o.instance, o.vm))
+    if not failures:
+        return PollResult(observations=observations)
+    per_scope = "; ".join(f"{label} {s}: {failures[s].reason}" for s in sorted(failures))
+    if len(failures) < len(scopes):
+        return PollResult(observations=observations, error=per_scope)
+    kinds = {type(f) for f in failures.values()}
+    reasons = {f.reason for f in failures.values()}
+    kind = kinds.pop() if len(kinds) == 1 else AdapterError
+    raise kind(reasons.pop() if len(reasons) == 1 else per_scope, per_scope)
