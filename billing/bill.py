@@ -52,18 +52,38 @@ def _worker(tokens: list[str], lo: int, hi: int, m0: int, m1: int, only: Collect
         meta: list[tuple] = []
         hours: Hours = {}
         decl: dict[str, Counts] = {}
+        kids: dict[str, str] = {}  # one object per kid, so the result pickles each kid once
         for i in range(lo, hi):
             hb = parse_unverified(tokens[i])
             if m0 <= hb.time < m1:
-                meta.append((i, hb.kid, hb.seq, hb.prev, hb.time, hb.interval, hb.digest))
+                kid = kids.setdefault(hb.kid, hb.kid)
+                meta.append((i, kid, hb.seq, hb.prev, hb.time, hb.interval, hb.digest))
                 _count(hb, hours, decl, only, 1)
-        conn.send(("ok", meta, hours, decl))
+        conn.send(("ok", meta, _by_instance(hours), decl))
     except ProtocolError as exc:
         conn.send(("protocol", exc.rule, exc.detail))
     except BaseException as exc:  # the parent must hear of any failure, or it would wait forever
         conn.send(("error", repr(exc)))
     finally:
         conn.close()
+
+
+Cells = dict[str, tuple[dict[int, int], dict[int, int]]]  # instance -> (seen counts, running counts)
+
+
+def _by_instance(hours: Hours) -> Cells:
+    """Regroup per instance: an instance is usually watched by one agent, so one worker, and the
+    parent then merges whole instances instead of every (hour, instance) cell."""
+    out: Cells = {}
+    for h, c in hours.items():
+        for (state, inst), n in c.items():
+            cell = out.get(inst)
+            if cell is None:
+                cell = out[inst] = ({}, {})
+            cell[0][h] = cell[0].get(h, 0) + n
+            if state == "running":
+                cell[1][h] = cell[1].get(h, 0) + n
+    return out
 
 
 def _merge(into: Counts, part: Counts) -> None:
@@ -92,7 +112,7 @@ def _parallel(tokens: list[str], workers: int, m0: int, m1: int, only: Collectio
     for p, conn in procs:
         results.append(conn.recv())
         p.join()
-    hours: Hours = {}
+    cells: Cells = {}
     decl: dict[str, Counts] = {}
     meta: list[tuple] = []
     for res in results:
@@ -101,7 +121,14 @@ def _parallel(tokens: list[str], workers: int, m0: int, m1: int, only: Collectio
         if res[0] != "ok":
             raise RuntimeError(f"billing worker failed: {res[1]}")
         meta.extend(res[1])
-        _merge(hours, res[2])
+        for inst, (seen_n, run_n) in res[2].items():
+            mine = cells.get(inst)
+            if mine is None:
+                cells[inst] = (seen_n, run_n)
+            else:  # watched by agents on both sides of the split
+                for into, part in zip(mine, (seen_n, run_n), strict=True):
+                    for h, n in part.items():
+                        into[h] = into.get(h, 0) + n
         for inst, caps in res[3].items():
             _merge(decl.setdefault(inst, {}), caps)
     light = [Heartbeat("", kid, seq, prev, t, iv, [], [], digest)
@@ -109,15 +136,16 @@ def _parallel(tokens: list[str], workers: int, m0: int, m1: int, only: Collectio
     analysis = analyze(light, anchors)
     for i, *_rest, digest in meta:
         if digest in analysis.quarantined:  # every copy counted, every copy taken back
-            _count(parse_unverified(tokens[i]), hours, decl, only, -1)
-    active: dict[str, set[int]] = {}
-    seen: dict[str, set[int]] = {}
-    for h, c in hours.items():
-        for (state, inst), n in c.items():
-            if n > 0:
-                seen.setdefault(inst, set()).add(h)
-                if state == "running":
-                    active.setdefault(inst, set()).add(h)
+            hb = parse_unverified(tokens[i])
+            h = hb.time - hb.time % HOUR
+            for o in hb.observations:
+                cell = cells[o["instance"]]
+                cell[0][h] -= 1
+                if o["state"] == "running":
+                    cell[1][h] -= 1
+            _count(hb, {}, decl, only, -1)
+    seen = {inst: {h for h, n in c[0].items() if n > 0} for inst, c in cells.items()}
+    active = {inst: {h for h, n in c[1].items() if n > 0} for inst, c in cells.items()}
     declared = {inst: {k: sorted(t for t, n in times.items() if n > 0) for k, times in caps.items()}
                 for inst, caps in decl.items()}
     return Activity(active, seen, declared, declared_for=only), analysis.chains_json()

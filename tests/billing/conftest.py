@@ -129,10 +129,14 @@ def pool() -> tuple[list[Heartbeat], list[str], dict[str, Any]]:
         beats.append(b.beat(t + 300, obs("D"), *([obs("P", "paused")] if k % 4 == 0 else [])))
     twin = Agent()
     twin.key = a.key
-    beats.append(twin.beat(T("3 01:10"), obs("P"), obs("U"), seq=4, prev=beats[5].digest))  # a fork
+    beats.append(b.beat(T("3 01:30"), obs("G", "running", {"bundle": "basic"})))
+    # A fork; its over-use of G's fixed term must not count, as nothing of a quarantined heartbeat.
+    beats.append(twin.beat(T("3 01:10"), obs("P"), obs("U"), obs("G", "running", {"bundle": "enterprise"}),
+                           seq=4, prev=beats[5].digest))
     beats.append(b.beat(T("3 02:10"), obs("D"), prev="ef" * 32))  # a break
     cat = catalog(lic("SL-P", "P", capacity=[cap("2026-10-01T00:00:00Z", "basic", 100, 5), cap("2 12:30")]),
                   lic("SL-F", "F", "fixed", capacity=[cap("2026-10-01T00:00:00Z", "basic", 100, 5)]),
+                  lic("SL-G", "G", "fixed", capacity=[cap("2026-10-01T00:00:00Z", "basic", 100, 5)]),
                   lic("SL-D", "D", unit="device_day", capacity=[], pack="professional", day_counts="active"),
                   bridge=3)
     return beats, [hb.token for hb in beats], cat
