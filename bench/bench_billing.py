@@ -189,7 +189,7 @@ def main() -> None:
           f"{obs / elapsed:,.0f} observations/s)")
     print(f"CPU time:          {cpu:.1f} s in this process and its workers "
           f"(CPU / wall = {cpu / elapsed:.2f}; under 2 means the cores were shared or idle)")
-    print(f"on 2 free cores:   about {cpu / 2:.0f} s (CPU time / 2; an estimate, the work is split in two)")
+    print(f"2 free cores:      at best {cpu / 2:.0f} s (CPU time / 2: a lower bound, some work is serial)")
     print(f"target:            {TARGET_S:.0f} s  -> {'OK' if elapsed < TARGET_S else 'OVER'} "
           f"({elapsed / TARGET_S:.0%} of the target)")
     print(f"baseline (b64+json.loads, 1 process): {baseline:.1f} s;  "
