@@ -1,0 +1,1 @@
+"""Alembic revision files, applied in order by `tr7-collector migrate`."""
