@@ -104,7 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         response_model_exclude_none=True,
         openapi_extra=_JWS_BODY,
     )
-    async def heartbeats(request: Request) -> dict[str, Any]:
+    async def heartbeats(request: Request) -> JSONResponse:
         ctype = request.headers.get("content-type", "text/plain").split(";")[0].strip().lower()
         if ctype != "text/plain":
             raise HTTPException(415, "Content-Type must be text/plain")
@@ -122,7 +122,9 @@ def create_app(settings: Settings) -> FastAPI:
         if len(lines) > MAX_LINES:
             raise HTTPException(413, f"at most {MAX_LINES} heartbeats per request, got {len(lines)}")
         results = await run_in_threadpool(ingest_lines, engine, lines, int(time.time()))
-        return {"results": results}
+        # Rendered directly: results already have IngestResponse's shape (no None members), and
+        # validating then encoding 5,000 models costs more than the HTTP layer itself.
+        return JSONResponse({"results": results})
 
     @app.post("/v1/agents/enroll", response_model=EnrollResponse)
     def enroll(req: EnrollRequest) -> Any:

@@ -86,16 +86,6 @@ def _check_observation(obs: Any, rule: str, names: set[str]) -> None:
     _check_capacity(obs["capacity"], rule + ".capacity")
 
 
-def _cap_ok(cap: Any) -> bool:
-    """A quick sufficient test (exact types, as JSON decodes them); _check_capacity decides the rest."""
-    if type(cap) is not dict or not cap.keys() <= _CAP:
-        return False
-    b = cap.get("bundle", "")
-    w = cap.get("bandwidth_mbps", 0)
-    n = cap.get("vservices", 0)
-    return type(b) is str and type(w) is int and type(n) is int and 0 <= w <= MAX_INT and 0 <= n <= MAX_INT
-
-
 def validate_payload(p: Mapping[str, Any], kid: str) -> None:
     """Raise ProtocolError naming the first member that breaks §2; return None when it holds."""
     _exact(p, _TOP, "payload")
@@ -129,7 +119,7 @@ def validate_payload(p: Mapping[str, Any], kid: str) -> None:
     # observation that implies every rule of _check_observation; only an observation that does
     # not pass it is checked rule by rule, which then names the failing rule (or passes it).
     instance_ok = _INSTANCE_FULL
-    states, obs_members = STATES, _OBS
+    states, obs_members, cap_members = STATES, _OBS, _CAP
     for i, obs in enumerate(observations):
         if not (
             type(obs) is dict
@@ -142,7 +132,18 @@ def validate_payload(p: Mapping[str, Any], kid: str) -> None:
             and (type(host := obs["host"]) is str or host is None)
             and type(st := obs["state"]) is str
             and st in states
-            and ((cap := obs["capacity"]) is None or _cap_ok(cap))
+            and (
+                (cap := obs["capacity"]) is None
+                or (
+                    type(cap) is dict
+                    and cap.keys() <= cap_members
+                    and type(cap.get("bundle", "")) is str
+                    and type(w := cap.get("bandwidth_mbps", 0)) is int
+                    and 0 <= w <= MAX_INT
+                    and type(n := cap.get("vservices", 0)) is int
+                    and 0 <= n <= MAX_INT
+                )
+            )
         ):
             _check_observation(obs, f"payload.observations[{i}]", names)
 

@@ -1,0 +1,32 @@
+"""The hour aggregates an ingest batch writes: one capacity however its members are ordered."""
+
+from collector.ingest import aggregate, cap_key
+from protocol.heartbeat import Heartbeat
+
+DAY = 86400
+
+
+def _hb(t: int, *obs: dict) -> Heartbeat:
+    return Heartbeat(
+        token="", kid="k", seq=1, prev="0" * 64, time=t, interval=60, polls=[], observations=list(obs)
+    )
+
+
+def _obs(inst: str, state: str, cap: dict | None) -> dict:
+    return {
+        "instance": inst, "adapter": "a", "vm": "vm-" + inst, "host": None, "state": state, "capacity": cap,
+    }
+
+
+def test_member_order_of_a_capacity_does_not_split_it() -> None:
+    day = 20_000 * DAY
+    one = {"bundle": "pro", "bandwidth_mbps": 100, "vservices": 2}
+    other_order = {"vservices": 2, "bandwidth_mbps": 100, "bundle": "pro"}
+    partial = {"bundle": "pro"}
+    bits, caps = aggregate([
+        _hb(day + 60, _obs("A", "running", one), _obs("B", "stopped", partial)),
+        _hb(day + 3 * 3600, _obs("A", "running", other_order), _obs("B", "running", None)),
+    ])
+    assert bits == {(day, "A", "vm-A"): [1 | 8, 1 | 8], (day, "B", "vm-B"): [8, 1 | 8]}
+    assert caps == {(day, "A", cap_key(one)): [60, 3 * 3600], (day, "B", cap_key(partial)): [60]}
+    assert cap_key(partial) == '["pro", null, null]'
