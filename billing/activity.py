@@ -2,6 +2,7 @@
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from protocol.heartbeat import Heartbeat
 
@@ -21,6 +22,9 @@ class Activity:
     - ``seen``: instance -> hour starts with any observation
     - ``declared``: instance -> capacity key -> observation times declaring it (capacity not null).
       Only read for instances with fixed hours, so a lazy Mapping works.
+    - ``active_bits`` / ``seen_bits`` (optional, e.g. filled straight from day bitmaps): instance ->
+      int bitset, bit i = the hour starting at ``bits_base + i * HOUR``. An instance's hours are the
+      union of both forms; billing.compute works on bitsets, so this form skips a conversion.
     """
 
     active: dict[str, set[int]] = field(default_factory=dict)
@@ -28,6 +32,18 @@ class Activity:
     declared: Mapping[str, Mapping[CapacityKey, Sequence[int]]] = field(default_factory=dict)
     # Record `declared` only for these instances (None: all); over-use needs it only under fixed licenses.
     declared_for: Collection[str] | None = None
+    active_bits: dict[str, int] = field(default_factory=dict)
+    seen_bits: dict[str, int] = field(default_factory=dict)
+    bits_base: int | None = None  # an hour start; required when the bitsets are used
+
+    def instances(self) -> set[str]:
+        return {*self.active, *self.seen, *self.active_bits, *self.seen_bits}
+
+    def month_masks(self, inst: str, month: "MonthBits") -> tuple[int, int]:
+        """(active, seen) of one instance as bitsets of the month's hours; seen includes active."""
+        a = month.mask(self.active.get(inst)) | month.shifted(self.active_bits.get(inst), self.bits_base)
+        s = month.mask(self.seen.get(inst)) | month.shifted(self.seen_bits.get(inst), self.bits_base)
+        return a, s | a
 
     def add_heartbeat(self, hb: Heartbeat) -> None:
         """Add one heartbeat's observations; the caller has filtered by month and quarantine."""
@@ -58,3 +74,35 @@ class Activity:
         for hb in heartbeats:
             act.add_heartbeat(hb)
         return act
+
+
+class MonthBits:
+    """Bitsets of one month's hours: bit i is the hour starting at ``m0 + i * HOUR``."""
+
+    def __init__(self, m0: int, m1: int) -> None:
+        self.m0, self.m1, self.n = m0, m1, (m1 - m0) // HOUR
+        self.full = (1 << self.n) - 1
+        self._bit = {m0 + i * HOUR: 1 << i for i in range(self.n)}
+
+    def mask(self, hours: Collection[int] | None) -> int:
+        """Hour starts to a bitset; hours outside the month are dropped."""
+        if not hours:
+            return 0
+        if not isinstance(hours, set | frozenset):
+            hours = set(hours)
+        return sum(map(self._bit.get, hours, repeat(0)))  # distinct bits: the sum is their union
+
+    def shifted(self, bits: int | None, base: int | None) -> int:
+        """A bitset based at hour start ``base`` re-based on this month."""
+        if not bits:
+            return 0
+        if base is None or base % HOUR:
+            raise ValueError("Activity.bits_base must be an hour start when bitsets are given")
+        k = (self.m0 - base) // HOUR
+        return (bits >> k if k >= 0 else bits << -k) & self.full
+
+    def period(self, start: int, end: int | None) -> int:
+        """The month's hours that belong to [start, end), i.e. overlap it."""
+        lo = max(0, (start - self.m0) // HOUR)
+        hi = self.n if end is None else min(self.n, -(-(end - self.m0) // HOUR))
+        return ((1 << (hi - lo)) - 1) << lo if hi > lo else 0

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from billing.activity import HOUR, Activity
+from billing.activity import HOUR, Activity, MonthBits
 from billing.catalog import Catalog, License, Period, load_catalog
 from billing.money import money_text, round_half_up
 from billing.pricing import OverUse, Pricer
 from protocol.timefmt import month_bounds
 
 DAY = 86400
+DAY_BITS = (1 << 24) - 1  # one UTC day of hour bits
 
 
 @dataclass(frozen=True)
@@ -28,13 +29,6 @@ def hour_range(start: int, end: int | None, m0: int, m1: int) -> range:
     return range(lo, max(lo, hi), HOUR)
 
 
-def _hours_of(periods: Iterable[Period], m0: int, m1: int) -> set[int]:
-    out: set[int] = set()
-    for s, e in periods:
-        out.update(hour_range(s, e, m0, m1))
-    return out
-
-
 def bridged_hours(active: set[int], seen: set[int], m1: int, max_hours: int) -> set[int]:
     """Maximal runs of at most max_hours unknown hours whose neighbours are both active, in the month."""
     out: set[int] = set()
@@ -46,6 +40,30 @@ def bridged_hours(active: set[int], seen: set[int], m1: int, max_hours: int) -> 
             n += HOUR
         if run and len(run) <= max_hours and n < m1 and n in active:
             out.update(run)
+    return out
+
+
+def bridged_mask(active: int, seen: int, n: int, max_hours: int) -> int:
+    """`bridged_hours` on bitsets of the month's n hours (seen includes active): loops over runs."""
+    out = 0
+    x = ~seen & ((1 << n) - 1)  # the unknown hours
+    while x:
+        low = x & -x
+        carry = x + low  # the run of unknown hours starting at low carries into the hour after it
+        run = x & ~carry
+        x &= carry
+        first = low.bit_length() - 1
+        after = first + run.bit_count()
+        if after - first <= max_hours and first > 0 and after < n \
+                and active >> (first - 1) & 1 and active >> after & 1:
+            out |= run
+    return out
+
+
+def _mask_of(periods: Iterable[Period], bits: MonthBits) -> int:
+    out = 0
+    for s, e in periods:
+        out |= bits.period(s, e)
     return out
 
 
@@ -67,16 +85,22 @@ def _assigned_days(lic: License, downgraded: tuple[Period, ...], m0: int, m1: in
 
 
 class _Month:
-    """One computation: accumulates rows, lines and device-days while walking the instances."""
+    """One computation: accumulates rows, lines and device-days while walking the instances.
+
+    Hours are bitsets (billing.activity.MonthBits): classes, coverage and decisions are mask
+    operations and counts are bit counts, so the work per instance does not grow with its hours."""
 
     def __init__(self, activity: Activity, catalog: Catalog, month: str) -> None:
         self.activity, self.catalog, self.month = activity, catalog, month
         self.m0, self.m1 = m0, m1 = month_bounds(month)
-        self.platform = _hours_of(((p.valid_from, p.valid_to) for p in catalog.platform_licenses), m0, m1)
-        self.down = {cid: _hours_of(c.downgraded, m0, m1) for cid, c in catalog.customers.items()}
+        self.bits = bits = MonthBits(m0, m1)
+        self.platform = 0
+        for p in catalog.platform_licenses:
+            self.platform |= bits.period(p.valid_from, p.valid_to)
+        self.down = {cid: _mask_of(c.downgraded, bits) for cid, c in catalog.customers.items()}
         self.licenses = [lic for lic in catalog.licenses
                          if lic.start < m1 and (lic.end is None or lic.end > m0)]
-        self.ranges = {lic.id: hour_range(lic.start, lic.end, m0, m1) for lic in self.licenses}
+        self.masks = {lic.id: bits.period(lic.start, lic.end) for lic in self.licenses}
         self.by_inst: dict[str, list[License]] = defaultdict(list)
         for lic in self.licenses:
             self.by_inst[lic.instance].append(lic)
@@ -91,54 +115,55 @@ class _Month:
         self.overuse = OverUse(catalog, self.pricer)
 
     def instance(self, inst: str) -> None:
-        m0, m1 = self.m0, self.m1
-        active = {h for h in self.activity.active.get(inst, ()) if m0 <= h < m1}
-        seen = {h for h in self.activity.seen.get(inst, ()) if m0 <= h < m1} | active
-        bridged: set[int] = set()
+        active, seen = self.activity.month_masks(inst, self.bits)
+        bridged = 0
         if self.catalog.gap_mode == "bridge" and active:
-            bridged = bridged_hours(active, seen, m1, self.catalog.max_hours)
+            bridged = bridged_mask(active, seen, self.bits.n, self.catalog.max_hours)
         lics = self.by_inst.get(inst, [])
         for lic in lics:
-            r, row = self.ranges[lic.id], self.rows[lic.id]
-            row["active_hours"] = len(active.intersection(r))
-            row["bridged_hours"] = len(bridged.intersection(r))
-            row["unknown_hours"] = len(r) - len(seen.intersection(r)) - row["bridged_hours"]
-        billed = active | bridged
-        if not billed:
+            r, row = self.masks[lic.id], self.rows[lic.id]
+            row["active_hours"] = (active & r).bit_count()
+            row["bridged_hours"] = (bridged & r).bit_count()
+            row["unknown_hours"] = r.bit_count() - (seen & r).bit_count() - row["bridged_hours"]
+        left = active | bridged  # the billed hours not decided yet
+        if not left:
             return
-        order = [(lic, self.ranges[lic.id]) for lic in _ordered(lics)]
-        fixed: dict[int, License] = {}
-        unlicensed = 0
-        for h in billed:
-            lic = next((lic for lic, r in order if r.start <= h < r.stop), None)
-            if lic is None:
-                unlicensed += 1
-            elif lic.model == "fixed":
-                self.rows[lic.id]["fixed_hours"] += 1
-                fixed[h] = lic
+        fixed: list[tuple[License, int]] = []
+        for lic in _ordered(lics) if len(lics) > 1 else lics:
+            mine = left & self.masks[lic.id]
+            if not mine:
+                continue
+            left ^= mine
+            if lic.model == "fixed":
+                self.rows[lic.id]["fixed_hours"] += mine.bit_count()
+                fixed.append((lic, mine))
             else:
-                self._payg(inst, lic, h)
-        if unlicensed:
-            self.unlicensed[inst] = unlicensed
+                self._payg(inst, lic, mine)
+        if left:
+            self.unlicensed[inst] = left.bit_count()
         if fixed:
             declared = self.activity.declared.get(inst)
             if declared:
-                for lid in self.overuse.flagged(fixed, declared):
+                for lid in self.overuse.flagged_bits(fixed, declared, self.m0, self.bits.n):
                     self.rows[lid]["flags"].add("over_capacity")
 
-    def _payg(self, inst: str, lic: License, h: int) -> None:
-        if h in self.down[lic.customer]:
-            return  # a downgraded PAYG hour is not billed and not counted
+    def _payg(self, inst: str, lic: License, mine: int) -> None:
+        pay = mine & ~self.down[lic.customer]  # a downgraded PAYG hour is not billed and not counted
+        if not pay:
+            return
         row = self.rows[lic.id]
-        row["payg_hours"] += 1
-        if h not in self.platform:
+        row["payg_hours"] += pay.bit_count()
+        if pay & ~self.platform:
             row["flags"].add("no_platform_license")
         if lic.unit == "device_day":
-            self.active_days[lic.id].add(h - (h - self.m0) % DAY)
+            days = self.active_days[lic.id]
+            for d in range(self.bits.n // 24):
+                if pay >> (24 * d) & DAY_BITS:
+                    days.add(self.m0 + d * DAY)
             return
-        entry, rate = self.pricer.hour(lic, h)
-        self.lines[(lic.customer, lic.id, inst, entry.bundle, entry.bandwidth_mbps or 0,
-                    entry.vservices or 0, rate.text)] += 1
+        for entry, rate, count in self.pricer.priced_hours(lic, pay, self.m0, self.bits.n):
+            self.lines[(lic.customer, lic.id, inst, entry.bundle, entry.bandwidth_mbps or 0,
+                        entry.vservices or 0, rate.text)] += count
 
     def device_days(self) -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = defaultdict(int)
@@ -167,7 +192,7 @@ def compute(activity: Activity, catalog: Catalog | Mapping[str, Any], month: str
     """The month's usage and invoice (billing-v1.md §7 shapes) from its activity; raises PricingError."""
     catalog = load_catalog(catalog)
     m = _Month(activity, catalog, month)
-    for inst in sorted(set(activity.active) | set(activity.seen) | set(m.by_inst)):
+    for inst in sorted(activity.instances() | set(m.by_inst)):
         m.instance(inst)
     lines = [{"customer": c, "license": lid, "instance": inst, "bundle": bundle, "bandwidth_mbps": bw,
               "vservices": vs, "quantity": q, "price": price,

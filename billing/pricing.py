@@ -72,6 +72,34 @@ class Pricer:
         assert best is not None
         return best
 
+    def priced_hours(self, lic: License, pay: int, m0: int, n: int) -> list[tuple[CapacityEntry, Rate, int]]:
+        """PAYG hours of bitset ``pay`` (bit i = hour m0 + i*HOUR) counted by the entry pricing them.
+
+        Walks the entries' spans, not the hours: an hour wholly inside one entry's span is priced at
+        that entry; only hours where the entry changes mid-hour (or before the first entry: an
+        error) go through `hour` one by one."""
+        froms = self.froms(lic)
+        m1 = m0 + n * HOUR
+        out: list[tuple[CapacityEntry, Rate, int]] = []
+        left = pay
+        for k in range(max(0, bisect_right(froms, m0) - 1), len(froms)):
+            if not left or froms[k] >= m1:
+                break
+            end = froms[k + 1] if k + 1 < len(froms) else m1
+            lo, hi = max(0, -(-(froms[k] - m0) // HOUR)), min(n, (min(end, m1) - m0) // HOUR)
+            mine = left & (((1 << (hi - lo)) - 1) << lo) if hi > lo else 0
+            if mine:
+                left ^= mine
+                seg = self._segment.get((lic.id, k))
+                if seg is None:
+                    seg = self._segment[(lic.id, k)] = self._priced(lic, k)
+                out.append((*seg, mine.bit_count()))
+        while left:
+            low = left & -left
+            left ^= low
+            out.append((*self.hour(lic, m0 + (low.bit_length() - 1) * HOUR), 1))
+        return out
+
 
 class OverUse:
     """Fixed-term over-use: a declared capacity above the entry in force at the observation's time."""
@@ -97,6 +125,27 @@ class OverUse:
         items = declared.items() if hasattr(declared, "items") else ()
         for key, times in items:
             self._scan(key, times, fixed_hours, out)
+        return out
+
+    def flagged_bits(self, fixed: list[tuple[License, int]], declared: object, m0: int, n: int) -> set[str]:
+        """`flagged` with the fixed hours as disjoint bitsets per license (bit i = hour m0 + i*HOUR)."""
+        out: set[str] = set()
+        items = declared.items() if hasattr(declared, "items") else ()
+        for key, times in items:
+            # Only licenses with an entry below this declaration can be over-used by it.
+            cand = [(lic, mask) for lic, mask in fixed
+                    if lic.id not in out and any(self.above(key, e) for e in lic.capacity)]
+            for t in times if cand else ():
+                i = (t - m0) // HOUR
+                if not 0 <= i < n:
+                    continue
+                for lic, mask in cand:
+                    if mask >> i & 1:
+                        if lic.id not in out:
+                            k = bisect_right(self._pricer.froms(lic), t) - 1
+                            if k >= 0 and self.above(key, lic.capacity[k]):
+                                out.add(lic.id)
+                        break
         return out
 
     def _scan(self, key: CapacityKey, times: Sequence[int], fixed_hours: dict[int, License],
