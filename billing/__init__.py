@@ -2,10 +2,10 @@
 
 from billing.activity import Activity
 from billing.adjust import adjustment_lines, same_invoice, same_usage, with_adjustments
-from billing.recompute import bill
 from billing.catalog import Catalog, load_catalog
 from billing.compute import BillingResult, compute
 from billing.errors import CatalogError, PricingError
+from billing.recompute import bill
 
 __all__ = [
     "Activity",
