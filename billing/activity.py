@@ -83,6 +83,7 @@ class MonthBits:
         self.m0, self.m1, self.n = m0, m1, (m1 - m0) // HOUR
         self.full = (1 << self.n) - 1
         self._bit = {m0 + i * HOUR: 1 << i for i in range(self.n)}
+        self._all = frozenset(self._bit)
 
     def mask(self, hours: Collection[int] | None) -> int:
         """Hour starts to a bitset; hours outside the month are dropped."""
@@ -90,6 +91,8 @@ class MonthBits:
             return 0
         if not isinstance(hours, set | frozenset):
             hours = set(hours)
+        if 2 * len(hours) > self.n:  # dense (an instance up most of the month): add up the gaps
+            return self.full ^ sum(map(self._bit.__getitem__, self._all.difference(hours)))
         return sum(map(self._bit.get, hours, repeat(0)))  # distinct bits: the sum is their union
 
     def shifted(self, bits: int | None, base: int | None) -> int:

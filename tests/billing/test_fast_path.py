@@ -89,6 +89,14 @@ HALF_HOURS = st.integers(-8, 120).map(lambda k: M0 + k * 1800) | st.integers(142
 HOURS = st.integers(-3, 60) | st.integers(700, 723)
 
 
+def _hours(draw) -> set[int]:
+    """Some hours in and around the month; or, as often, all the month's hours but those."""
+    hours = {M0 + k * H for k in draw(st.sets(HOURS, max_size=40))}
+    if draw(st.booleans()):
+        hours = set(range(M0, M1, H)).symmetric_difference(hours)
+    return hours
+
+
 @st.composite
 def scenarios(draw) -> tuple[Activity, dict, Activity]:
     insts = ["A", "B", "C"]
@@ -129,8 +137,7 @@ def scenarios(draw) -> tuple[Activity, dict, Activity]:
     }
     act = Activity()
     for inst in insts:
-        act.seen[inst] = {M0 + k * H for k in draw(st.sets(HOURS, max_size=40))}
-        act.active[inst] = {M0 + k * H for k in draw(st.sets(HOURS, max_size=40))}
+        act.seen[inst], act.active[inst] = _hours(draw), _hours(draw)
     keys = st.tuples(st.sampled_from(["basic", "pro", "gold", None]), st.sampled_from([None, 300, 800]),
                      st.none())
     act.declared = {inst: {draw(keys): draw(st.lists(HALF_HOURS.map(lambda t: t + 59), max_size=8))}
