@@ -9,7 +9,6 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -67,11 +66,6 @@ def chain_analysis(conn: Connection, provider: str, month: str, size: int | None
     return analyze(chain_rows(conn, provider, month, size), anchors(conn, provider, month))
 
 
-@cache
-def _hours_of(bits: int) -> tuple[int, ...]:
-    return tuple(h * HOUR for h in range(24) if bits >> h & 1)
-
-
 @dataclass
 class Rebuilt:
     """Cells rebuilt after quarantine: instance -> hours, and their declared capacities."""
@@ -125,17 +119,19 @@ class _Declared(Mapping[str, Mapping[CapacityKey, Sequence[int]]]):
 def activity(conn: Connection, provider: str, month: str, quarantined: set[str]) -> Activity:
     """Activity of the month from the day bitmaps, with quarantined leaves' cells rebuilt."""
     m0, m1 = month_bounds(month)
-    active: dict[str, set[int]] = defaultdict(set)
-    seen: dict[str, set[int]] = defaultdict(set)
+    # Per instance, one int per month (bit i = hour m0 + i*HOUR): a day's 24-bit map shifts in.
+    active: dict[str, int] = defaultdict(int)
+    seen: dict[str, int] = defaultdict(int)
     d = s.days.c
     q = sa.select(d.day, d.instance, d.active, d.seen).where(d.provider == provider, d.day >= m0, d.day < m1)
     for day, inst, a_bits, s_bits in conn.execute(q):
-        add = day.__add__  # map() over a bound method: the hot loop of a 2,000-instance month
+        k = (day - m0) // HOUR
         if a_bits:
-            active[inst].update(map(add, _hours_of(a_bits)))
-        seen[inst].update(map(add, _hours_of(s_bits)))
+            active[inst] |= a_bits << k
+        seen[inst] |= s_bits << k
     rebuilt = _rebuild(conn, provider, month, quarantined, active, seen) if quarantined else Rebuilt()
-    act = Activity(active={k: v for k, v in active.items() if v}, seen={k: v for k, v in seen.items() if v})
+    act = Activity(active_bits={k: v for k, v in active.items() if v},
+                   seen_bits={k: v for k, v in seen.items() if v}, bits_base=m0)
     act.declared = _Declared(conn, provider, month, rebuilt)
     return act
 
@@ -145,10 +141,11 @@ def _rebuild(
     provider: str,
     month: str,
     quarantined: set[str],
-    active: dict[str, set[int]],
-    seen: dict[str, set[int]],
+    active: dict[str, int],
+    seen: dict[str, int],
 ) -> Rebuilt:
     """Recompute the cells quarantined leaves touched from the remaining leaves of those hours."""
+    m0 = month_bounds(month)[0]
     bad = [
         parse_unverified(t)
         for t in conn.execute(
@@ -163,9 +160,10 @@ def _rebuild(
             cells[hb.time - hb.time % HOUR].add(o["instance"])
     out = Rebuilt()
     for hour, insts in cells.items():
+        bit = 1 << (hour - m0) // HOUR
         for inst in insts:
-            active[inst].discard(hour)
-            seen[inst].discard(hour)
+            active[inst] &= ~bit
+            seen[inst] &= ~bit
             out.hours[inst].add(hour)
         rows = conn.execute(
             sa.select(_L.jws, _L.digest).where(
@@ -180,9 +178,9 @@ def _rebuild(
                 inst = o["instance"]
                 if inst not in insts:
                     continue
-                seen[inst].add(hour)
+                seen[inst] |= bit
                 if o["state"] == "running":
-                    active[inst].add(hour)
+                    active[inst] |= bit
                 if o["capacity"] is not None:
                     out.declared.setdefault(inst, {}).setdefault(capacity_key(o["capacity"]), []).append(
                         hb.time
