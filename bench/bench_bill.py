@@ -5,8 +5,6 @@ Prints the ratio (goal >= 50x); never asserts a time. Usage:
 """
 
 import argparse
-import base64
-import json
 import shutil
 import sys
 import tempfile
@@ -16,69 +14,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._agentmonth import agent_key, sign_agent_month
 from billing import Activity, compute, load_catalog
 from billing.activity import MonthBits
 from collector import accounting, db, evidence, registry
 from collector.ingest import ingest_lines
 from collector.settings import Settings
-from protocol.heartbeat import ZERO_HASH, token_digest
 from protocol.keys import AgentKey
-from protocol.timefmt import format_time, month_bounds
+from protocol.timefmt import month_bounds
 
 MONTH = "2026-09"
 PER_AGENT = 50
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def sign_chain(args: tuple[int, int, int]) -> list[str]:
-    """One agent's month of heartbeats (signed directly: a generator, not the thing measured)."""
+    """One agent's month of heartbeats (a generator, not the thing measured)."""
     ai, n_inst, interval = args
-    key = AgentKey.generate() if ai < 0 else AgentKey(_key(ai))
-    m0, m1 = month_bounds(MONTH)
-    head = b64(
-        json.dumps(
-            {"alg": "EdDSA", "kid": key.kid, "typ": "tr7-heartbeat+json"}, separators=(",", ":")
-        ).encode()
-    )
-    out, prev = [], ZERO_HASH
-    for seq, t in enumerate(range(m0 + ai % interval, m1, interval), start=1):
-        obs = [
-            {
-                "instance": f"TR7-{ai:03d}-{j:02d}",
-                "adapter": "a",
-                "vm": f"vm-{ai}-{j}",
-                "host": "h",
-                "state": "running" if (t // 3600 + j) % 11 else "stopped",
-                "capacity": {"bundle": "pro", "bandwidth_mbps": 500},
-            }
-            for j in range(n_inst)
-        ]
-        payload = {
-            "v": 1,
-            "agent": key.kid,
-            "seq": seq,
-            "prev": prev,
-            "time": format_time(t),
-            "interval": interval,
-            "polls": [{"adapter": "a", "platform": "kvm", "ok": True, "error": None}],
-            "observations": obs,
-        }
-        si = f"{head}.{b64(json.dumps(payload, separators=(',', ':')).encode())}"
-        tok = f"{si}.{b64(key.sign(si.encode()))}"
-        out.append(tok)
-        prev = token_digest(tok)
-    return out
-
-
-def _key(ai: int):  # type: ignore[no-untyped-def]
-    import hashlib
-
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"bench-{ai}".encode()).digest())
+    key = AgentKey.generate() if ai < 0 else agent_key("bench", ai)
+    return sign_agent_month(key, MONTH, ai, n_inst, interval, ai % interval)
 
 
 def _ingest(args: tuple[str, str, list[str]]) -> int:
@@ -146,7 +99,7 @@ def main() -> int:
         with ProcessPoolExecutor() as pool:
             chains = list(pool.map(sign_chain, [(a, PER_AGENT, args.interval) for a in range(n_agents)]))
         for a, _chain in enumerate(chains):
-            kid_key = AgentKey(_key(a))
+            kid_key = agent_key("bench", a)
             db.write_tx(
                 engine, lambda c, k=kid_key, a=a: registry.add_agent(c, "acme", f"a{a}", k.public_b64, 0)
             )

@@ -8,8 +8,6 @@ ratios to the /healthz baseline of the same run; never asserts a time. Usage:
 """
 
 import argparse
-import base64
-import json
 import os
 import re
 import shutil
@@ -27,64 +25,25 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._agentmonth import agent_key, sign_agent_month  # noqa: E402
 from collector import db, registry  # noqa: E402
 from collector.ingest import ingest_lines  # noqa: E402
 from collector.settings import Settings  # noqa: E402
-from protocol.heartbeat import ZERO_HASH, token_digest  # noqa: E402
 from protocol.keys import AgentKey  # noqa: E402
-from protocol.timefmt import format_time, month_bounds  # noqa: E402
 
 MONTH = "2026-10"
 PER_AGENT = 50
 PER_CUSTOMER = 10
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _key(ai: int) -> AgentKey:
-    import hashlib
-
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    return AgentKey(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"pages-{ai}".encode()).digest()))
+    return agent_key("pages", ai)
 
 
 def sign_chain(args: tuple[int, int]) -> list[str]:
-    """One agent's month (a generator, not what is measured): instance j stops 1 hour in 11."""
+    """One agent's month (a generator, not what is measured)."""
     ai, interval = args
-    key = _key(ai)
-    m0, m1 = month_bounds(MONTH)
-    head = _b64(json.dumps({"alg": "EdDSA", "kid": key.kid, "typ": "tr7-heartbeat+json"}).encode())
-    out, prev = [], ZERO_HASH
-    for seq, t in enumerate(range(m0 + 7 + ai % 60, m1, interval), start=1):
-        obs = [
-            {
-                "instance": f"TR7-{ai:03d}-{j:02d}",
-                "adapter": "a",
-                "vm": f"vm-{ai}-{j}",
-                "host": "h",
-                "state": "running" if (t // 3600 + j) % 11 else "stopped",
-                "capacity": {"bundle": "pro", "bandwidth_mbps": 500},
-            }
-            for j in range(PER_AGENT)
-        ]
-        payload = {
-            "v": 1,
-            "agent": key.kid,
-            "seq": seq,
-            "prev": prev,
-            "time": format_time(t),
-            "interval": interval,
-            "polls": [{"adapter": "a", "platform": "kvm", "ok": True, "error": None}],
-            "observations": obs,
-        }
-        si = f"{head}.{_b64(json.dumps(payload, separators=(',', ':')).encode())}"
-        tok = f"{si}.{_b64(key.sign(si.encode()))}"
-        out.append(tok)
-        prev = token_digest(tok)
-    return out
+    return sign_agent_month(_key(ai), MONTH, ai, PER_AGENT, interval, 7 + ai % 60)
 
 
 def catalog(n_agents: int) -> dict:
