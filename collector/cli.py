@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--overwrite", action="store_true")
     sp = sub.add_parser("import", parents=[common], help="ingest a file of JWS lines (tr7-agent export)")
     sp.add_argument("file", type=Path)
-    from collector.accounts.__main__ import add_account_commands
-    from collector.web.__main__ import add_user_parser
+    from collector.accounts.cli import add_account_commands
+    from collector.web.cli import add_user_parser
 
     add_user_parser(sub, [common])  # web sign-in accounts (collector/web)
     acc = sub.add_parser("account", help="customer accounts: payment failed/paid, reminders, downgrade")
@@ -142,8 +142,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.cmd == "agent":
         return _agent(args, engine, now)
     if args.cmd in ("user", "account"):
-        from collector.accounts.__main__ import run_account
-        from collector.web.__main__ import run_user
+        from collector.accounts.cli import run_account
+        from collector.web.cli import run_user
 
         return run_user(args, engine) if args.cmd == "user" else run_account(args, engine)
     if args.cmd == "token":

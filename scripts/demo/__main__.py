@@ -175,10 +175,8 @@ def demo(args: argparse.Namespace, procs: Processes, say: Progress) -> dict[str,
     summary["current_total"] = estimate["total"]
 
     password = secrets.token_urlsafe(12)
-    # The data dir through the environment: every version of the command reads it there.
-    p = cli_full("python", "-m", "collector.web", "user", "add", "--provider", catalog.PROVIDER,
-                 "--role", "admin", "--username", "demo",
-                 env={"TR7_WEB_PASSWORD": password, "TR7_COLLECTOR_DATA_DIR": data})
+    p = cli_full("tr7-collector", "user", "add", "--data-dir", data, "--provider", catalog.PROVIDER,
+                 "--role", "admin", "--username", "demo", env={"TR7_WEB_PASSWORD": password})
     summary["web_user"] = p.returncode == 0
     if p.returncode == 0:
         (demo_dir / "web-password").write_text(password + "\n")

@@ -3,7 +3,6 @@
 import csv
 import io
 import json
-import os
 import re
 import signal
 import subprocess
@@ -114,11 +113,7 @@ def test_live_agent_hours_are_in_the_current_month(demo: Demo) -> None:
 def test_web_user_printed_at_the_end_exists(demo: Demo) -> None:
     demo_dir, p = demo
     assert "user demo, password in" in p.stdout and (demo_dir / "web-password").read_text().strip()
-    users = subprocess.run([sys.executable, "-m", "collector.web", "user", "list"], capture_output=True,
-                           text=True, timeout=60, cwd=ROOT,
-                           env={**os.environ, "TR7_COLLECTOR_DATA_DIR": str(demo_dir / "collector")})
-    assert users.returncode == 0, users.stderr
-    assert "demo\tdemo-msp\tadmin" in users.stdout
+    assert "demo\tdemo-msp\tadmin" in _collector(demo_dir, "user", "list")
 
 
 def test_refuses_to_wipe_a_directory_it_did_not_create(tmp_path: Path) -> None:

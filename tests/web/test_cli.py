@@ -1,4 +1,4 @@
-"""`tr7-collector user …` and `tr7-collector account …` (and their python -m twins) with --now replays."""
+"""`tr7-collector user …` and `tr7-collector account …` with --now replays."""
 
 import json
 from typing import Any
@@ -6,10 +6,8 @@ from typing import Any
 import pytest
 
 from collector import db
-from collector.accounts.__main__ import main as accounts_main
 from collector.cli import main as collector_main
 from collector.web import auth
-from collector.web.__main__ import main as web_main
 
 
 def test_user_add_and_sign_in(settings: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
@@ -29,9 +27,9 @@ def test_user_add_and_sign_in(settings: Any, monkeypatch: pytest.MonkeyPatch, ca
         "--username",
         "x",
     ]
-    assert web_main(vendor_with_provider) == 1
+    assert collector_main(vendor_with_provider) == 1
     assert "vendor role has no provider" in capsys.readouterr().err
-    assert web_main(["user", "add", *where, "--vendor", "--role", "vendor", "--username", "ven"]) == 0
+    assert collector_main(["user", "add", *where, "--vendor", "--role", "vendor", "--username", "ven"]) == 0
     capsys.readouterr()
     assert collector_main(["user", "list", *where]) == 0
     assert capsys.readouterr().out.splitlines() == ["aud\tacme\tauditor", "ven\t(vendor)\tvendor"]
@@ -66,7 +64,7 @@ def test_accounts_replay(settings: Any, tools: Any, capsys: Any) -> None:
         "acme/c1: downgraded"
     ]  # a first tick at day 15: no stale reminders
     show = ["show", *where, "--now", "2026-10-21T00:00:00Z", "--provider", "acme", "--customer", "c1"]
-    assert accounts_main(show) == 0
+    assert collector_main(["account", *show]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["state"] == "downgraded" and shown["reminders"] == 4
     assert collector_main(["account", "paid", *where, "--provider", "acme", "--customer", "nobody"]) == 1

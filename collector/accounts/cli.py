@@ -1,11 +1,10 @@
-"""`tr7-collector account tick|payment-failed|paid|show` (also `python -m collector.accounts …`).
+"""`tr7-collector account tick|payment-failed|paid|show`: customer accounts (billing-v1.md §8).
 
 Every command takes --now (RFC 3339 UTC) to act at an explicit time, for replays and tests.
 """
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
@@ -13,7 +12,6 @@ from fastapi import HTTPException
 
 from collector import db, registry
 from collector.accounts import api, store
-from collector.settings import Settings, SetupError
 from protocol.errors import ProtocolError
 from protocol.timefmt import parse_time
 
@@ -55,21 +53,3 @@ def run_account(args: argparse.Namespace, engine: Any) -> int:
         out = {**api.account_json(acc, email, now), "events": store.events(c, args.provider, args.customer)}
     print(json.dumps(out, indent=2))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir")
-    common.add_argument("--db")
-    p = argparse.ArgumentParser(prog="python -m collector.accounts", description=__doc__)
-    add_account_commands(p.add_subparsers(dest="account_cmd", required=True), [common])
-    args = p.parse_args(argv)
-    try:
-        return run_account(args, Settings.resolve(args.data_dir, args.db).open())
-    except (SetupError, registry.RegistryError) as exc:
-        print(f"collector.accounts: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,16 +1,14 @@
-"""`tr7-collector user add|list` (also `python -m collector.web user …`): web sign-in accounts."""
+"""`tr7-collector user add|list`: web sign-in accounts."""
 
 import argparse
 import getpass
 import os
-import sys
 import time
 from typing import Any
 
 import sqlalchemy as sa
 
-from collector import db, registry
-from collector.settings import Settings, SetupError
+from collector import db
 from collector.web import auth
 from collector.web.tables import web_users
 
@@ -43,21 +41,3 @@ def run_user(args: argparse.Namespace, engine: Any) -> int:
     )
     print(f"user {args.username} added ({args.role}{' of ' + provider if provider else ''})")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir")
-    common.add_argument("--db")
-    p = argparse.ArgumentParser(prog="python -m collector.web", description=__doc__)
-    add_user_parser(p.add_subparsers(dest="cmd", required=True), [common])
-    args = p.parse_args(argv)
-    try:
-        return run_user(args, Settings.resolve(args.data_dir, args.db).open())
-    except (SetupError, registry.RegistryError) as exc:
-        print(f"collector.web: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
