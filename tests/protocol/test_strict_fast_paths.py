@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError
+from protocol.fastpayload import decode_payload
 from protocol.heartbeat import TYP, b64url_decode, b64url_encode, verify_heartbeat
 from protocol.keys import AgentKey
 from protocol.payload import validate_payload
@@ -49,9 +50,11 @@ def _reference(body: bytes) -> str | None:
 
 def _outcome(body: bytes) -> str | None:
     try:
-        verify_heartbeat(_token(body), KEYS)
+        hb = verify_heartbeat(_token(body), KEYS)
     except ProtocolError as exc:
         return exc.rule
+    # Accepted: what the fast paths decoded is exactly what the plain decoder reads.
+    assert hb.payload == loads_strict(body, "payload")
     return None
 
 
@@ -95,9 +98,10 @@ def test_a_repeat_and_a_schema_fault_report_the_repeat_first() -> None:
 
 
 json_text = st.recursive(
-    st.none() | st.booleans() | st.integers(0, 10) | st.sampled_from(["", ":", "a:", ":a", "running", "a"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["v", "vm", ":", "a"]), inner,
-                                                               max_size=3),
+    st.none() | st.booleans() | st.integers(-3, 10) | st.sampled_from([2**63 - 1, 2**63, 10**30, 1.0, -0.0])
+    | st.sampled_from(["", ":", "a:", ":a", "running", "a"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["v", "vm", ":", "a", "bundle", "bandwidth_mbps", "vservices"]), inner, max_size=3),
     max_leaves=8,
 )
 
@@ -105,10 +109,13 @@ json_text = st.recursive(
 @given(
     base=st.sampled_from([_payload(), _payload(vm=":", capacity=None), _payload(host=None, capacity={})]),
     edits=st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(
-        [b'"v":1,', b'"vm":":",', b'":":', b" ", b'"a":', b',"":1', b'"vservices":1,', b"{", b"}", b'":']
+        [b'"v":1,', b'"vm":":",', b'":":', b" ", b'"a":', b',"":1', b'"vservices":1,', b"{", b"}", b'":',
+         # numbers and bytes where a typed decoder could be laxer than the plain one
+         b"1e0", b"0", b"01", b".0", b"-", b"true", b"null", b"\t", b"\\u0041", b"\xc3\xa9", b"\xc0\xaf",
+         b"\xff", b"\xe2\x82", b"\xed\xa0\x80", b"\x00", b"\x7f", b"]", b"[", b'"', b","]
     )), max_size=3),
 )
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 def test_fast_path_decides_as_the_reference(base: dict[str, Any], edits: list[tuple[int, bytes]]) -> None:
     body = _compact(base)
     for pos, piece in edits:
@@ -153,3 +160,59 @@ def test_b64url_decode_accepts_exactly_the_canonical_texts(text: str) -> None:
         assert exc.rule == "r"
         got = None
     assert got == expected
+
+
+def test_the_typed_fast_path_takes_what_agents_send_and_declines_the_rest() -> None:
+    # It must take compact agent payloads (else it saves nothing) and leave odd text to the reference.
+    body = _compact(_payload(vm="Web Server 01", host=None))
+    assert decode_payload(body, KEY.kid) is not None
+    for odd in (body.replace(b'"vm":', b'"vm" :', 1), body.replace(b"Web", b"W\\u0065b", 1),
+                body.replace(b'"v":1,', b'"v":1,"v":1,', 1), body.replace(b'"v":1,', b'"v":1,"x":1,', 1)):
+        assert decode_payload(odd, KEY.kid) is None
+    # A payload the schema refuses is declined, never rejected: the reference names the rule.
+    assert decode_payload(_compact(_payload(state="flying")), KEY.kid) is None
+    assert _outcome(_compact(_payload(state="flying"))) == "payload.observations[0].state"
+
+
+def _set(path: str, value: Any) -> bytes:
+    p = _payload()
+    *parents, last = path.split(".")
+    target: Any = p
+    for name in parents:
+        target = target[int(name)] if name.isdigit() else target[name]
+    target[last] = value
+    return _compact(p)
+
+
+EDGES = [
+    ("v", [2, 1.0, True, "1"]), ("seq", [0, -1, 2**63, 1.5, True]), ("interval", [0, 86401, 1.0]),
+    ("prev", ["A" * 64, "0" * 63, None]), ("time", ["2026-11-01T00:00:00+00:00", "2026-02-30T00:00:00Z"]),
+    ("agent", ["0" * 32]), ("polls.0.adapter", ["", 1]), ("polls.0.platform", ["vsphere", None]),
+    ("polls.0.ok", [1, "true", None]), ("polls.0.error", [1, False]),
+    ("observations.0.instance", ["", "a" * 65, "a b", "\u00e9", 1]), ("observations.0.adapter", ["b", None]),
+    ("observations.0.vm", [1, None]), ("observations.0.host", [1, False]),
+    ("observations.0.state", ["Running", "", None]), ("observations.0.capacity", [[], "pro", 1]),
+    ("observations.0.capacity.bundle", [1, None, True]),
+    ("observations.1.capacity.bandwidth_mbps", [-1, 2**63, 1.0, True, "1", None]),
+    ("observations.1.capacity.vservices", [-1, 2**63, 0.5, False, None]),
+]
+
+
+@pytest.mark.parametrize("path,value", [(p, v) for p, values in EDGES for v in values])
+def test_every_typed_member_at_its_edge_is_refused_by_both_paths(path: str, value: Any) -> None:
+    # One value just outside each member's type or range: a typed decoder laxer than protocol.payload
+    # on any of them would let a heartbeat in that an auditor's verifier refuses.
+    body = _set(path, value)
+    assert _reference(body) is not None
+    assert _outcome(body) == _reference(body)
+
+
+def test_the_edges_themselves_are_accepted() -> None:
+    for path, value in [("seq", 2**63 - 1), ("interval", 86400), ("observations.0.instance", "a" * 64),
+                        ("observations.1.capacity.vservices", 2**63 - 1), ("observations.0.capacity", {}),
+                        ("observations.0.host", None), ("polls.0.error", "timeout")]:
+        body = _set(path, value)
+        if path == "seq":  # not the first of a chain: any prev
+            body = body.replace(b'"prev":"' + b"0" * 64, b'"prev":"' + b"a" * 64, 1)
+        assert _outcome(body) is None, path
+        assert decode_payload(body, KEY.kid) is not None, path
