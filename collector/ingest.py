@@ -17,11 +17,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from collector import schema as s
-from collector.db import is_sqlite, read_conn, write_tx
+from collector.db import read_conn, write_tx
 from collector.tlog import lock_log
 from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, check_key_window, token_digest, verify_heartbeat
@@ -104,63 +103,51 @@ def aggregate(
     return bits, caps
 
 
-def _insert(conn: Connection, table: sa.Table) -> Any:
-    return (sqlite.insert if is_sqlite(conn.engine) else postgresql.insert)(table)
+# Straight to the driver's executemany, with statements written once per dialect: SQLAlchemy's
+# per-row parameter processing cost as much as the database's own work for these rows (none of
+# the columns needs a type conversion). Both dialects share the SQL; only the marks differ.
+_UPSERTS = {
+    "leaves": ("INSERT INTO {t} ({cols}) VALUES ({marks})", (
+        "provider", "month", "idx", "digest", "leaf_hash", "kid", "seq", "prev", "time", "interval",
+        "received_at", "jws")),
+    "days": ("INSERT INTO {t} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET "
+             "{active} = {t}.{active} | excluded.{active}, {seen} = {t}.{seen} | excluded.{seen}",
+             ("provider", "day", "instance", "vm", "active", "seen")),
+    "capacities": ("INSERT INTO {t} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET "
+                   "{offsets} = {t}.{offsets} || ',' || excluded.{offsets}",
+                   ("provider", "day", "instance", "cap", "offsets")),
+}
+
+
+@cache
+def _sql_for(table: str, paramstyle: str, quote: Any) -> str:
+    template, cols = _UPSERTS[table]
+    q = {c: quote(c) for c in cols}
+    key = ", ".join(quote(c) for c in (c.name for c in s.metadata.tables[table].primary_key))
+    mark = "?" if paramstyle == "qmark" else "%s"
+    return template.format(
+        t=quote(table), cols=", ".join(q.values()), marks=", ".join([mark] * len(cols)), key=key, **q
+    )
+
+
+def _sql(conn: Connection, table: str) -> str:
+    return _sql_for(table, conn.dialect.paramstyle, conn.dialect.identifier_preparer.quote)
 
 
 def upsert_aggregates(conn: Connection, provider: str, hbs: Sequence[Heartbeat]) -> None:
     bits, caps = aggregate(hbs)
     if bits:
-        ins = _insert(conn, s.days)
-        stmt = ins.on_conflict_do_update(
-            index_elements=["provider", "day", "instance", "vm"],
-            set_={
-                "active": s.days.c.active.op("|")(ins.excluded.active),
-                "seen": s.days.c.seen.op("|")(ins.excluded.seen),
-            },
-        )
-        conn.execute(
-            stmt,
-            [
-                {"provider": provider, "day": d, "instance": i, "vm": v, "active": a, "seen": n}
-                for (d, i, v), (a, n) in sorted(bits.items())
-            ],
+        conn.exec_driver_sql(
+            _sql(conn, "days"), [(provider, d, i, v, a, n) for (d, i, v), (a, n) in sorted(bits.items())]
         )
     if caps:
-        ins = _insert(conn, s.capacities)
-        stmt = ins.on_conflict_do_update(
-            index_elements=["provider", "day", "instance", "cap"],
-            set_={"offsets": s.capacities.c.offsets + "," + ins.excluded.offsets},
-        )
-        conn.execute(
-            stmt,
+        conn.exec_driver_sql(
+            _sql(conn, "capacities"),
             [
-                {
-                    "provider": provider,
-                    "day": d,
-                    "instance": i,
-                    "cap": c,
-                    "offsets": ",".join(map(str, sorted(set(offs)))),
-                }
+                (provider, d, i, c, ",".join(map(str, sorted(set(offs)))))
                 for (d, i, c), offs in sorted(caps.items())
             ],
         )
-
-
-_LEAF_COLUMNS = ("provider", "month", "idx", "digest", "leaf_hash", "kid", "seq", "prev", "time", "interval",
-                 "received_at", "jws")
-
-
-@cache
-def _leaf_insert_sql(dialect: str, paramstyle: str, quoted: tuple[str, ...]) -> str:
-    mark = "?" if paramstyle == "qmark" else "%s"
-    return f"INSERT INTO leaves ({', '.join(quoted)}) VALUES ({', '.join([mark] * len(quoted))})"
-
-
-def _leaf_insert(conn: Connection) -> str:
-    d = conn.dialect
-    quote = d.identifier_preparer.quote
-    return _leaf_insert_sql(d.name, d.paramstyle, tuple(quote(c) for c in _LEAF_COLUMNS))
 
 
 def _append(conn: Connection, provider: str, month: str, cands: list[Heartbeat], now: int) -> set[str]:
@@ -171,10 +158,8 @@ def _append(conn: Connection, provider: str, month: str, cands: list[Heartbeat],
     new = [hb for hb in cands if hb.digest not in known]
     if not new:
         return set()
-    # Straight to the driver's executemany: SQLAlchemy's per-row parameter processing cost as
-    # much as SQLite's own work for these rows (the columns need no type conversion).
     conn.exec_driver_sql(
-        _leaf_insert(conn),
+        _sql(conn, "leaves"),
         [
             (provider, month, size + i, hb.digest, leaf_hash(hb.token.encode("ascii")), hb.kid, hb.seq,
              hb.prev, hb.time, hb.interval, now, hb.token)
@@ -190,15 +175,18 @@ def _append(conn: Connection, provider: str, month: str, cands: list[Heartbeat],
     return {hb.digest for hb in new}
 
 
-def _logged(conn: Connection, lines: Sequence[str]) -> dict[str, int]:
-    """Lines already in a log (by digest), with their seq: replays skip parsing and verification."""
-    digests = {token_digest(ln): ln for ln in lines if ln.isascii()}
-    if not digests:
-        return {}
+def _logged(conn: Connection, lines: Sequence[str]) -> tuple[dict[str, int], dict[str, str]]:
+    """Lines already in a log (by digest), with their seq: replays skip parsing and verification.
+
+    Also returns each ASCII line's digest, which verification then does not compute again."""
+    digest_of = {ln: token_digest(ln) for ln in lines if ln.isascii()}
+    if not digest_of:
+        return {}, {}
+    line_of = {d: ln for ln, d in digest_of.items()}
     rows = conn.execute(
-        sa.select(s.leaves.c.digest, s.leaves.c.seq).where(s.leaves.c.digest.in_(list(digests)))
+        sa.select(s.leaves.c.digest, s.leaves.c.seq).where(s.leaves.c.digest.in_(list(line_of)))
     )
-    return {digests[r.digest]: int(r.seq) for r in rows}
+    return {line_of[r.digest]: int(r.seq) for r in rows}, digest_of
 
 
 def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -> list[dict[str, Any]]:
@@ -208,7 +196,8 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
         # A key signs every line with the same header: read each distinct header once.
         heads = {ln[: ln.find(".")] for ln in lines}
         agents = _load_agents(conn, {k for k in map(_header_kid, heads) if isinstance(k, str)})
-        logged = _logged(conn, lines)
+        logged, digest_of = _logged(conn, lines)
+    keys = {kid: a.key for kid, a in agents.items()}
     results: list[dict[str, Any]] = []
     ok: dict[int, tuple[str, Heartbeat]] = {}
     groups: dict[tuple[str, str], dict[str, Heartbeat]] = defaultdict(dict)
@@ -219,7 +208,7 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
             results.append({"seq": seq, "status": "duplicate"})
             continue
         try:
-            hb = verify_heartbeat(line, lambda kid: agents[kid].key if kid in agents else None)
+            hb = verify_heartbeat(line, keys, digest_of.get(line, ""))
             agent = agents[hb.kid]
             check_key_window(hb, agent.enrolled_at, agent.revoked_at)
             if hb.time > now + MAX_FUTURE:

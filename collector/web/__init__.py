@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector.accounts import api as accounts_api
 from collector.web import auth, data, detail, pages, tools
@@ -31,18 +32,43 @@ def register(app: FastAPI) -> None:
     def _login(request: Request, _exc: auth.LoginRequired) -> Response:
         return RedirectResponse("/ui/login", status_code=303)
 
-    @app.middleware("http")
-    async def _headers(request: Request, call_next):  # type: ignore[no-untyped-def]
-        resp = await call_next(request)
-        if request.url.path.startswith("/ui"):
-            resp.headers.setdefault("Content-Security-Policy", CSP)
-            resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-            resp.headers.setdefault("Referrer-Policy", "same-origin")
-            resp.headers.setdefault("Cache-Control", "no-store")
-        return resp
+    app.add_middleware(_PageHeaders)
 
     accounts_api.install_tick(app)
     _warm_at_start(app)
+
+
+_PAGE_HEADERS = {
+    b"content-security-policy": CSP.encode(),
+    b"x-content-type-options": b"nosniff",
+    b"referrer-policy": b"same-origin",
+    b"cache-control": b"no-store",
+}
+
+
+class _PageHeaders:
+    """Security headers on /ui responses (kept when a page set its own).
+
+    Plain ASGI rather than @app.middleware("http"): that one (BaseHTTPMiddleware) wraps every
+    request, and so every 5 MB heartbeat batch, in extra tasks and memory streams for nothing.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/ui"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in _PAGE_HEADERS.items() if k not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _warm_at_start(app: FastAPI) -> None:
