@@ -1,6 +1,7 @@
 """Fixtures: a collector database, an in-process app, a local SMTP server, signing agents."""
 
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,14 +9,11 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from fastapi.testclient import TestClient
 
-from collector import db, registry
-from collector.server import create_app
 from collector.settings import Settings
-from protocol.heartbeat import ZERO_HASH, sign_heartbeat, token_digest
-from protocol.keys import AgentKey
-from protocol.timefmt import format_time
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests/_seed.py
+from tests import _seed as seed
 
 
 def free_port() -> int:
@@ -24,61 +22,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Agent:
-    """Signs a chain of heartbeats like tr7-agent (seq, prev)."""
-
-    def __init__(self, name: str = "agent") -> None:
-        self.name, self.key = name, AgentKey.generate()
-        self.seq, self.prev = 1, ZERO_HASH
-
-    def beat(self, t: int, instances: dict[str, str], capacity: dict[str, Any] | None = None) -> str:
-        obs = [
-            {"instance": i, "adapter": "a1", "vm": f"vm-{i}", "host": "h1", "state": st, "capacity": capacity}
-            for i, st in sorted(instances.items())
-        ]
-        payload = {
-            "v": 1,
-            "agent": self.key.kid,
-            "seq": self.seq,
-            "prev": self.prev,
-            "time": format_time(t),
-            "interval": 3600,
-            "polls": [{"adapter": "a1", "platform": "kvm", "ok": True, "error": None}],
-            "observations": obs,
-        }
-        token = sign_heartbeat(self.key, payload)
-        self.seq, self.prev = self.seq + 1, token_digest(token)
-        return token
-
-
-def catalog(provider: str = "acme", customers: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "provider": {"id": provider, "name": provider.title(), "currency": "EUR"},
-        "policy": {"gaps": {"mode": "evidence"}},
-        "bundles": ["basic", "pro"],
-        "platform_licenses": [{"id": "PL-1", "valid_from": "2026-01-01T00:00:00Z", "valid_to": None}],
-        "customers": [{"id": c, "name": f"Customer {c}", "downgraded": []} for c in (customers or ["c1"])],
-        "licenses": [
-            {
-                "id": "SL-1",
-                "customer": "c1",
-                "instance": "TR7-0001",
-                "model": "payg",
-                "unit": "hour",
-                "start": "2026-01-01T00:00:00Z",
-                "end": None,
-                "capacity": [
-                    {"from": "2026-01-01T00:00:00Z", "bundle": "pro", "bandwidth_mbps": 500, "vservices": 10}
-                ],
-            },
-        ],
-        "rates": {
-            "hourly": [{"bundle": "pro", "max_bandwidth_mbps": 1000, "price": "0.0450"}],
-            "monthly": [],
-        },
-    }
-    doc.update(extra)
-    return doc
+class Agent(seed.Agent):
+    interval = 3600  # the pages' tests poll hourly
 
 
 @pytest.fixture(autouse=True)
@@ -89,30 +34,11 @@ def _no_background_tick(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    st = Settings(tmp_path / "data", f"sqlite:///{tmp_path / 'collector.db'}", "collector.test")
-    st.open()
-    yield st
-    st.engine.dispose()
+    with seed.opened(tmp_path) as st:
+        yield st
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-def apply(settings: Settings, doc: dict[str, Any]) -> None:
-    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, doc))
-
-
-def enrol(settings: Settings, provider: str, agent: Agent, at: int) -> None:
-    db.write_tx(
-        settings.engine, lambda c: registry.add_agent(c, provider, agent.name, agent.key.public_b64, at)
-    )
-
-
-def token(settings: Settings, provider: str | None, role: str) -> str:
-    return db.write_tx(settings.engine, lambda c: registry.new_api_token(c, provider, role, 0))
+client = seed.client  # the shared fixture
 
 
 class Mailbox:
@@ -154,10 +80,10 @@ def tools() -> Any:
 
     for name, obj in {
         "Agent": Agent,
-        "catalog": catalog,
-        "apply": apply,
-        "enrol": enrol,
-        "token": token,
+        "catalog": seed.catalog,
+        "apply": seed.apply,
+        "enrol": seed.enrol,
+        "token": seed.token,
         "free_port": free_port,
     }.items():
         setattr(T, name, staticmethod(obj) if name != "Agent" else obj)
