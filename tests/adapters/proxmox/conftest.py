@@ -1,12 +1,7 @@
 """Fixtures: a PVE API simulator on 127.0.0.1 over TLS signed by a test CA, and adapter factories."""
 
-import importlib.util
-import socket
-import ssl
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,59 +10,22 @@ import trustme
 
 from adapters.proxmox import ProxmoxAdapter, ProxmoxConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository: tests/_tls.py
+from tests import _tls
 
-def _load(name: str) -> Any:
-    # --import-mode=importlib puts no test dir on sys.path: load the sibling module by path
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-pve_sim = _load("pve_sim")
-
-
-@dataclass
-class RunningPve:
-    url: str
-    state: Any
-    ca_file: str
-
-
-@pytest.fixture(scope="session")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="session")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("pve-ca") / "pve-root-ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
+ca, ca_file, closed_port = _tls.ca, _tls.ca_file, _tls.closed_port  # the shared fixtures
+pve_sim = _tls.load_sibling(__file__, "pve_sim")
 
 
 @pytest.fixture
-def pve(ca: trustme.CA, ca_file: str) -> Iterator[RunningPve]:
-    state = pve_sim.PveState()
-    handler = type("Handler", (pve_sim.PveHandler,), {"state": state})
-    server = pve_sim.QuietServer(("127.0.0.1", 0), handler)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
-    # handshake in the handler thread, so a slow or refusing client never blocks accept()
-    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield RunningPve(f"https://127.0.0.1:{server.server_address[1]}", state, ca_file)
-    finally:
-        server.shutdown()
-        server.server_close()
+def pve(ca: trustme.CA, ca_file: str) -> Iterator[_tls.RunningSim]:
+    leaf = _tls.issue_leaf(ca)
+    with _tls.run_sim(pve_sim.QuietServer, pve_sim.PveHandler, pve_sim.PveState(), leaf, ca_file) as sim:
+        yield sim
 
 
 @pytest.fixture
-def make_adapter(pve: RunningPve) -> Callable[..., ProxmoxAdapter]:
+def make_adapter(pve: _tls.RunningSim) -> Callable[..., ProxmoxAdapter]:
     user, _, rest = pve.state.token.partition("!")
     token_name, _, secret = rest.partition("=")
 
@@ -80,11 +38,3 @@ def make_adapter(pve: RunningPve) -> Callable[..., ProxmoxAdapter]:
         return ProxmoxAdapter(ProxmoxConfig(**cfg))
 
     return make
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A port on 127.0.0.1 with nobody listening (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
