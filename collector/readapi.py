@@ -1,7 +1,8 @@
-"""Read API with bearer tokens; tenancy is decided here only: `resolve_scope` + `Scope.provider_filter`.
+"""Read API with bearer tokens; tenancy and roles are decided here: `resolve_scope`, `Scope.provider_filter`.
 
 A provider token (admin, viewer, auditor) sees its own provider; the vendor token sees every
-provider's hours, licenses and agents but never a price or an amount.
+provider's hours, licenses and agents but never a price or an amount. What each role may call is
+the table of collector/roles.py, checked in `resolve_scope` for every route that takes a token.
 """
 
 import time
@@ -11,9 +12,11 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Connection
+from starlette.routing import compile_path
 
-from collector import accounting, alerts, db, registry
+from collector import accounting, alerts, db, registry, roles
 from collector import schema as s
 from protocol.timefmt import format_time, month_bounds, month_of, parse_month
 
@@ -40,23 +43,43 @@ class Scope:
         """The one query filter for lists across providers."""
         return sa.true() if self.provider is None else column == self.provider
 
-    def require_money(self) -> None:
-        if self.vendor:
-            raise HTTPException(403, "the vendor token never sees prices or amounts")
+    def require(self, permission: str) -> None:
+        if not roles.allows(self.role, permission):
+            raise HTTPException(403, roles.denial(permission))
 
 
-def resolve_scope(request: Request) -> Scope:
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+# Declared as a security scheme, so OpenAPI marks every route that takes a token (and the table's
+# test lists them from there).
+BEARER = HTTPBearer(auto_error=False, description="an API token of `tr7-collector token add`")
+_ROUTES = [(m, compile_path(path)[0], path, perm) for (m, path), perm in roles.API_ROUTES.items()]
+
+
+def route_permission(method: str, path: str) -> tuple[str, str | None]:
+    """(template, permission) of a request path; matched here rather than read from the router,
+    so routes of any module and router count alike."""
+    for m, regex, template, permission in _ROUTES:
+        if m == method and regex.match(path):
+            return template, permission
+    return path, None
+
+
+def resolve_scope(
+    request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+) -> Scope:
+    if bearer is None:
         raise HTTPException(401, "bearer token required", headers={"WWW-Authenticate": "Bearer"})
     with db.read_conn(request.app.state.engine) as c:
         row = c.execute(
-            sa.select(s.api_tokens).where(s.api_tokens.c.digest == registry.digest(token.strip()))
+            sa.select(s.api_tokens).where(s.api_tokens.c.digest == registry.digest(bearer.credentials))
         ).first()
     if row is None:
         raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
-    return Scope(row.provider, row.role)
+    scope = Scope(row.provider, row.role)
+    template, permission = route_permission(request.method, request.url.path)
+    if permission is None:  # fail closed: a new route is nobody's until it has a row
+        raise HTTPException(403, f"no role may use {request.method} {template} (not in collector/roles.py)")
+    scope.require(permission)
+    return scope
 
 
 ScopeDep = Annotated[Scope, Depends(resolve_scope)]
@@ -159,7 +182,6 @@ def alert_list(provider: str, request: Request, scope: ScopeDep, month: str | No
 @router.get("/providers/{provider}/invoices")
 def invoice_months(provider: str, request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
     """Months with evidence or a close, newest first, with whether each is closed."""
-    scope.require_money()
     p = scope.require_provider(provider)
     with _conn(request) as c:
         logged = set(c.execute(sa.select(s.logs.c.month).where(s.logs.c.provider == p)).scalars())
@@ -169,7 +191,6 @@ def invoice_months(provider: str, request: Request, scope: ScopeDep) -> list[dic
 
 @router.get("/providers/{provider}/invoices/{month}")
 def invoice(provider: str, month: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
-    scope.require_money()
     month = _month(month)
     with _conn(request) as c:
         try:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from fastapi import HTTPException, Request
 from sqlalchemy.engine import Connection
 
-from collector import db, registry
+from collector import db, registry, roles
 from collector import schema as s
 from collector.readapi import Scope
 from collector.web.tables import web_sessions, web_users
@@ -19,7 +19,7 @@ from collector.web.tables import web_sessions, web_users
 COOKIE = "tr7_session"
 LOGIN_COOKIE = "tr7_login_csrf"  # double-submit token for the sign-in form, before any session
 SESSION_TTL = 12 * 3600
-ROLES = ("admin", "viewer", "auditor", "vendor")
+ROLES = roles.ROLES
 _N, _R, _P = 2**14, 8, 1  # scrypt cost: about 16 MiB and tens of milliseconds per check
 
 
@@ -33,9 +33,13 @@ class WebSession:
     who: str
     csrf: str
 
-    def require_role(self, *roles: str) -> None:
-        if self.scope.role not in roles:
-            raise HTTPException(403, f"this page needs the role {' or '.join(roles)}")
+    def require(self, permission: str) -> None:
+        """The role -> permission table of collector/roles.py, as for bearer tokens."""
+        self.scope.require(permission)
+
+    def require_role(self, *allowed: str) -> None:
+        if self.scope.role not in allowed:
+            raise HTTPException(403, f"this page needs the role {' or '.join(allowed)}")
 
 
 def hash_password(password: str, salt: bytes | None = None, n: int = _N, r: int = _R, p: int = _P) -> str:

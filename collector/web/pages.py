@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
-from collector import accounting, db, render
+from collector import accounting, db, render, roles
 from collector import schema as s
 from collector.accounts import api as acc_api
 from collector.accounts import store as acc_store
@@ -188,7 +188,7 @@ def account_action(
 ) -> Response:
     auth.check_csrf(sess.csrf, csrf)
     provider_page(sess, provider)
-    sess.require_role("admin")
+    sess.require(roles.PAYMENTS)
     if action not in ("failed", "paid"):
         raise HTTPException(400, "action is failed or paid")
     acc_api.record(request.app.state.engine, provider, customer, action, email or None, int(time.time()))

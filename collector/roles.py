@@ -1,0 +1,53 @@
+"""Who may do what: the one role -> permission table of the bearer-token API and the web pages."""
+
+ROLES = ("admin", "viewer", "auditor", "vendor")  # the vendor role is the one without a provider
+
+# Permissions: what a route needs, never a role name, so a role changes in one row below.
+USAGE = "usage"  # hours, instances, agents, alerts, customers, licenses (no price), entitlements
+INVOICES = "invoices"  # invoices, prices and amounts
+LOG = "log"  # transparency log: signed checkpoints, inclusion and consistency proofs
+AUDIT = "audit"  # audit page, bundle export and verification (bundles carry the invoice)
+PAYMENTS = "payments"  # record a customer's payment failed / paid
+PLANNER = "planner"  # the price planner page
+ALL_PROVIDERS = "all-providers"  # the vendor's overview page of every provider
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "admin": frozenset({USAGE, INVOICES, LOG, AUDIT, PAYMENTS, PLANNER}),
+    "viewer": frozenset({USAGE, INVOICES, PLANNER}),
+    "auditor": frozenset({USAGE, INVOICES, LOG, AUDIT}),
+    # hours and licenses of every provider, never a price or an amount (so no AUDIT: bundles
+    # hold invoices); the log only tells sizes and hashes, as before roles meant anything
+    "vendor": frozenset({USAGE, LOG, ALL_PROVIDERS}),
+}
+
+# Every route that takes a bearer token (readapi.ScopeDep), by (method, path template). A route
+# missing here is refused to every role, and tests/collector/test_roles.py fails on it.
+API_ROUTES: dict[tuple[str, str], str] = {
+    ("GET", "/v1/providers"): USAGE,
+    ("GET", "/v1/providers/{provider}/customers"): USAGE,
+    ("GET", "/v1/providers/{provider}/licenses"): USAGE,
+    ("GET", "/v1/providers/{provider}/instances"): USAGE,
+    ("GET", "/v1/providers/{provider}/agents"): USAGE,
+    ("GET", "/v1/providers/{provider}/alerts"): USAGE,
+    ("GET", "/v1/providers/{provider}/customers/{customer}/account"): USAGE,
+    ("GET", "/v1/entitlements/{instance}"): USAGE,
+    ("GET", "/v1/providers/{provider}/invoices"): INVOICES,
+    ("GET", "/v1/providers/{provider}/invoices/{month}"): INVOICES,
+    ("GET", "/v1/log/{provider}/{month}/checkpoint"): LOG,
+    ("GET", "/v1/log/{provider}/{month}/inclusion"): LOG,
+    ("GET", "/v1/log/{provider}/{month}/consistency"): LOG,
+    ("POST", "/v1/providers/{provider}/customers/{customer}/payment-failed"): PAYMENTS,
+    ("POST", "/v1/providers/{provider}/customers/{customer}/paid"): PAYMENTS,
+}
+
+def allows(role: str, permission: str) -> bool:
+    return permission in PERMISSIONS.get(role, frozenset())
+
+
+def roles_with(permission: str) -> tuple[str, ...]:
+    return tuple(r for r in ROLES if permission in PERMISSIONS[r])
+
+
+def denial(permission: str) -> str:
+    """The 403 detail: which roles would have been let in."""
+    return f"{permission} needs the role {' or '.join(roles_with(permission))}"
