@@ -7,10 +7,11 @@ another process rolls the whole batch back and redoes it, when the line is then 
 """
 
 import base64
+import dataclasses
 import json
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
@@ -69,38 +70,57 @@ def cap_key(cap: dict[str, Any]) -> str:
 DAY = 86400
 
 
-def aggregate(
-    hbs: Sequence[Heartbeat],
+# What the hour aggregates need of one observation: instance, vm, running, capacity key or None.
+Cell = tuple[str, str, bool, str | None]
+
+
+class _CapacityKeys(dict[tuple[Any, ...], str]):
+    """One capacity is declared thousands of times: encode it once. Keyed by its items as written
+    (one C call); two orders of one capacity just share the encoded form."""
+
+    def __missing__(self, items: tuple[Any, ...]) -> str:
+        key = self[items] = cap_key(dict(items))
+        return key
+
+
+def cells_of(hb: Heartbeat, keys: _CapacityKeys) -> list[Cell]:
+    return [
+        (o["instance"], o["vm"], o["state"] == "running",
+         None if (cap := o["capacity"]) is None else keys[tuple(cap.items())])
+        for o in hb.observations
+    ]
+
+
+def aggregate_cells(
+    items: Iterable[tuple[int, list[Cell]]],
 ) -> tuple[dict[tuple[int, str, str], list[int]], dict[tuple[int, str, str], list[int]]]:
     """(day, instance, vm) -> [active bits, seen bits]; (day, instance, capacity) -> time offsets."""
     bits: dict[tuple[int, str, str], list[int]] = {}
     caps: dict[tuple[int, str, str], list[int]] = defaultdict(list)
-    # One capacity is declared thousands of times: encode it once. Keyed by its items as
-    # written (one C call); two orders of one capacity just share the encoded form.
-    keys: dict[tuple[Any, ...], str] = {}
     get_bits = bits.get
-    for hb in hbs:
-        t = hb.time
+    for t, cells in items:
         day = t - t % DAY
         off = t - day
         bit = 1 << (off // 3600)
-        for obs in hb.observations:
-            inst = obs["instance"]
-            k = (day, inst, obs["vm"])
+        for inst, vm, running, key in cells:
+            k = (day, inst, vm)
             b = get_bits(k)
             if b is None:
                 b = bits[k] = [0, 0]
             b[1] |= bit
-            if obs["state"] == "running":
+            if running:
                 b[0] |= bit
-            cap = obs["capacity"]
-            if cap is not None:
-                ck = tuple(cap.items())
-                key = keys.get(ck)
-                if key is None:
-                    key = keys[ck] = cap_key(cap)
+            if key is not None:
                 caps[(day, inst, key)].append(off)
     return bits, caps
+
+
+def aggregate(
+    hbs: Sequence[Heartbeat],
+) -> tuple[dict[tuple[int, str, str], list[int]], dict[tuple[int, str, str], list[int]]]:
+    """aggregate_cells over whole heartbeats."""
+    keys = _CapacityKeys()
+    return aggregate_cells((hb.time, cells_of(hb, keys)) for hb in hbs)
 
 
 # Straight to the driver's executemany, with statements written once per dialect: SQLAlchemy's
@@ -134,8 +154,9 @@ def _sql(conn: Connection, table: str) -> str:
     return _sql_for(table, conn.dialect.paramstyle, conn.dialect.identifier_preparer.quote)
 
 
-def upsert_aggregates(conn: Connection, provider: str, hbs: Sequence[Heartbeat]) -> None:
-    bits, caps = aggregate(hbs)
+def upsert_aggregates(conn: Connection, provider: str, items: Iterable[tuple[int, list[Cell]]]) -> None:
+    """OR the hours of (time, cells) items into `days`, add their capacity offsets to `capacities`."""
+    bits, caps = aggregate_cells(items)
     if bits:
         conn.exec_driver_sql(
             _sql(conn, "days"), [(provider, d, i, v, a, n) for (d, i, v), (a, n) in sorted(bits.items())]
@@ -150,7 +171,10 @@ def upsert_aggregates(conn: Connection, provider: str, hbs: Sequence[Heartbeat])
         )
 
 
-def _append(conn: Connection, provider: str, month: str, cands: list[Heartbeat], now: int) -> set[str]:
+def _append(
+    conn: Connection, provider: str, month: str, cands: list[Heartbeat], cells: Mapping[str, list[Cell]],
+    now: int,
+) -> set[str]:
     """Append the not-yet-logged heartbeats of one log; return the digests appended."""
     size = lock_log(conn, provider, month)
     digests = [hb.digest for hb in cands]
@@ -171,7 +195,7 @@ def _append(conn: Connection, provider: str, month: str, cands: list[Heartbeat],
         .where(s.logs.c.provider == provider, s.logs.c.month == month)
         .values(size=size + len(new))
     )
-    upsert_aggregates(conn, provider, new)
+    upsert_aggregates(conn, provider, [(hb.time, cells[hb.digest]) for hb in new])
     return {hb.digest for hb in new}
 
 
@@ -198,9 +222,11 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
         agents = _load_agents(conn, {k for k in map(_header_kid, heads) if isinstance(k, str)})
         logged, digest_of = _logged(conn, lines)
     keys = {kid: a.key for kid, a in agents.items()}
+    cap_keys = _CapacityKeys()
     results: list[dict[str, Any]] = []
     ok: dict[int, tuple[str, Heartbeat]] = {}
     groups: dict[tuple[str, str], dict[str, Heartbeat]] = defaultdict(dict)
+    cells: dict[str, list[Cell]] = {}
     for n, line in enumerate(lines):
         seq = logged.get(line)
         if seq is not None:
@@ -217,13 +243,17 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
             results.append(_rejected(line, exc))
             continue
         results.append({"seq": hb.seq, "status": "pending"})
+        # Only the cells are kept, not the decoded payload: holding 500 payloads' dicts until the
+        # commit made decoding them twice as slow (fresh memory for every batch).
+        cells[hb.digest] = cells_of(hb, cap_keys)
+        hb = dataclasses.replace(hb, polls=[], observations=[])
         ok[n] = (agent.provider, hb)
         groups[(agent.provider, _month_of_day(hb.time - hb.time % DAY))].setdefault(hb.digest, hb)
 
     def tx(conn: Connection) -> set[str]:
         appended: set[str] = set()
         for provider, month in sorted(groups):  # a fixed lock order: no deadlock between batches
-            appended |= _append(conn, provider, month, list(groups[(provider, month)].values()), now)
+            appended |= _append(conn, provider, month, list(groups[(provider, month)].values()), cells, now)
         return appended
 
     appended = write_tx(engine, tx) if groups else set()
