@@ -8,12 +8,9 @@ ratios to the /healthz baseline of the same run; never asserts a time. Usage:
 """
 
 import argparse
-import os
 import re
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +27,7 @@ from collector import db, registry  # noqa: E402
 from collector.ingest import ingest_lines  # noqa: E402
 from collector.settings import Settings  # noqa: E402
 from protocol.keys import AgentKey  # noqa: E402
+from tests._serve import serve_collector  # noqa: E402
 
 MONTH = "2026-10"
 PER_AGENT = 50
@@ -98,12 +96,6 @@ def seed(st: Settings, n_agents: int, interval: int) -> int:
     return n, token  # type: ignore[return-value]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--instances", type=int, default=2000)
@@ -112,7 +104,6 @@ def main() -> int:
     args = ap.parse_args()
     n_agents = max(1, args.instances // PER_AGENT)
     tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-pages-"))
-    proc = None
     try:
         st = Settings(tmp / "data", f"sqlite:///{tmp / 'collector.db'}", "bench")
         t = time.perf_counter()
@@ -120,39 +111,7 @@ def main() -> int:
         print(
             f"seeded {n_agents * PER_AGENT} instances, {lines} heartbeats in {time.perf_counter() - t:.0f} s"
         )
-        port = free_port()
-        env = {
-            **os.environ,
-            "TR7_COLLECTOR_DATA_DIR": str(st.data_dir),
-            "TR7_COLLECTOR_DB": st.db_url,
-            "TR7_COLLECTOR_ORIGIN": "bench",
-            "TR7_ACCOUNTS_TICK": "0",
-        }
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "collector.server:app_from_env",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            cwd=ROOT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, timeout=120) as c:
-            for _ in range(300):
-                try:
-                    if c.get("/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+        with serve_collector(st, wait=300) as base, httpx.Client(base_url=base, timeout=120) as c:
             csrf = re.search(r'name="csrf" value="([^"]+)"', c.get("/ui/login").text).group(1)  # type: ignore[union-attr]
             c.post("/ui/login", data={"csrf": csrf, "token": token})
             m = f"?month={MONTH}"
@@ -190,9 +149,6 @@ def main() -> int:
         print("goal: p95 under 300 ms per page (machine-dependent; compare the ratios between runs)")
         return 0
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

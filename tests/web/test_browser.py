@@ -5,14 +5,10 @@ Screenshots of every main page go to tests/web/screenshots/ (gitignored) or $TR7
 
 import os
 import re
-import subprocess
-import sys
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
@@ -21,6 +17,7 @@ from collector import db, registry
 from collector.ingest import ingest_lines
 from collector.settings import Settings
 from collector.web import auth
+from tests._serve import serve_collector  # tests/web/conftest.py puts the repository on sys.path
 
 PASSWORD = "correct horse battery"
 CHROMIUM_ARGS = [
@@ -65,49 +62,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings.open()
     _seed(settings)
     settings.engine.dispose()
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "TR7_COLLECTOR_DATA_DIR": str(settings.data_dir),
-        "TR7_COLLECTOR_DB": settings.db_url,
-        "TR7_COLLECTOR_ORIGIN": "collector.e2e",
-        "TR7_ACCOUNTS_TICK": "0",
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "collector.server:app_from_env",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        cwd=Path(__file__).parents[2],
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, "the collector exited"
-            time.sleep(0.1)
+    with serve_collector(settings) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
