@@ -150,3 +150,23 @@ def test_leaf_index_is_per_provider_month(client, settings, tools):
         ("other", "2026-11", 0),
         ("other", "2026-11", 1),
     ]
+
+
+def test_evidence_is_stored_byte_for_byte_and_compressed_on_postgresql(client, settings, tools):
+    # Raw evidence is kept exactly; on PostgreSQL its TOAST compression is lz4 (migration 0003).
+    a = tools.Agent()
+    now = int(time.time())
+    tools.enrol(settings, "acme", a, now - H)
+    line = a.beat(now - 60, {f"TR7-{i:04d}": "running" for i in range(60)})
+    assert len(line) > 4000  # past PostgreSQL's TOAST threshold
+    assert [x["status"] for x in _post(client, [line]).json()["results"]] == ["accepted"]
+    with settings.engine.connect() as c:
+        assert c.execute(sa.select(s.leaves.c.jws)).scalar_one() == line
+        if c.dialect.name == "postgresql":
+            method = c.execute(sa.text(
+                "SELECT attcompression FROM pg_attribute"
+                " WHERE attrelid = 'leaves'::regclass AND attname = 'jws'"
+            )).scalar_one()
+            assert method == "l"
+            stored, length = c.execute(sa.text("SELECT pg_column_size(jws), length(jws) FROM leaves")).one()
+            assert stored < length / 2
