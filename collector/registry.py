@@ -215,7 +215,11 @@ def is_sqlite_conn(conn: Connection) -> bool:
 
 
 def new_api_token(conn: Connection, provider: str | None, role: str, now: int) -> str:
-    if provider is not None:
+    """A bearer token, shown once and stored hashed: a provider's (admin, viewer, auditor) or the vendor's."""
+    if provider is None:
+        if role != "vendor":
+            raise RegistryError("a token without a provider is the vendor's (role vendor)")
+    else:
         if role not in ROLES:
             raise RegistryError(f"role must be one of {', '.join(ROLES)}")
         ensure_provider(conn, provider)

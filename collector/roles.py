@@ -5,6 +5,7 @@ ROLES = ("admin", "viewer", "auditor", "vendor")  # the vendor role is the one w
 # Permissions: what a route needs, never a role name, so a role changes in one row below.
 USAGE = "usage"  # hours, instances, agents, alerts, customers, licenses (no price), entitlements
 INVOICES = "invoices"  # invoices, prices and amounts
+ACCOUNTS = "accounts"  # a customer's account: payment state, reminders, billing e-mail
 LOG = "log"  # transparency log: signed checkpoints, inclusion and consistency proofs
 AUDIT = "audit"  # audit page, bundle export and verification (bundles carry the invoice)
 PAYMENTS = "payments"  # record a customer's payment failed / paid
@@ -12,11 +13,12 @@ PLANNER = "planner"  # the price planner page
 ALL_PROVIDERS = "all-providers"  # the vendor's overview page of every provider
 
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({USAGE, INVOICES, LOG, AUDIT, PAYMENTS, PLANNER}),
-    "viewer": frozenset({USAGE, INVOICES, PLANNER}),
-    "auditor": frozenset({USAGE, INVOICES, LOG, AUDIT}),
+    "admin": frozenset({USAGE, INVOICES, ACCOUNTS, LOG, AUDIT, PAYMENTS, PLANNER}),
+    "viewer": frozenset({USAGE, INVOICES, ACCOUNTS, PLANNER}),
+    "auditor": frozenset({USAGE, INVOICES, ACCOUNTS, LOG, AUDIT}),
     # hours and licenses of every provider, never a price or an amount (so no AUDIT: bundles
-    # hold invoices); the log only tells sizes and hashes, as before roles meant anything
+    # hold invoices) nor a provider's dealings with its customers (ACCOUNTS: payment state and
+    # billing e-mail); the log only tells sizes and hashes
     "vendor": frozenset({USAGE, LOG, ALL_PROVIDERS}),
 }
 
@@ -29,7 +31,7 @@ API_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/providers/{provider}/instances"): USAGE,
     ("GET", "/v1/providers/{provider}/agents"): USAGE,
     ("GET", "/v1/providers/{provider}/alerts"): USAGE,
-    ("GET", "/v1/providers/{provider}/customers/{customer}/account"): USAGE,
+    ("GET", "/v1/providers/{provider}/customers/{customer}/account"): ACCOUNTS,
     ("GET", "/v1/entitlements/{instance}"): USAGE,
     ("GET", "/v1/providers/{provider}/invoices"): INVOICES,
     ("GET", "/v1/providers/{provider}/invoices/{month}"): INVOICES,

@@ -37,10 +37,6 @@ class WebSession:
         """The role -> permission table of collector/roles.py, as for bearer tokens."""
         self.scope.require(permission)
 
-    def require_role(self, *allowed: str) -> None:
-        if self.scope.role not in allowed:
-            raise HTTPException(403, f"this page needs the role {' or '.join(allowed)}")
-
 
 def hash_password(password: str, salt: bytes | None = None, n: int = _N, r: int = _R, p: int = _P) -> str:
     salt = salt or secrets.token_bytes(16)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import Response
 
-from collector import db
+from collector import db, roles
 from collector import schema as s
 from collector.export import export
 from collector.readapi import strip_money
@@ -71,7 +71,7 @@ def planner(
     fixed_price: str | None = None,
 ) -> Response:
     provider_page(sess, provider)
-    sess.require_role("admin", "viewer")
+    sess.require(roles.PLANNER)
     month = month_param(month)
     fixed = _money(fixed_price)
     with conn(request) as c:
@@ -96,7 +96,7 @@ def planner(
 @router.get("/p/{provider}/audit")
 def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
     provider_page(sess, provider)
-    sess.require_role("admin", "auditor")
+    sess.require(roles.AUDIT)
     with conn(request) as c:
         logs = c.execute(
             sa.select(s.logs).where(s.logs.c.provider == provider).order_by(s.logs.c.month.desc())
@@ -137,7 +137,7 @@ def _bundle(request: Request, provider: str, month: str, tmp: Path) -> tuple[Pat
 @router.get("/p/{provider}/audit/{month}/bundle.tar.gz")
 def bundle(provider: str, month: str, request: Request, sess: SessionDep) -> Response:
     provider_page(sess, provider)
-    sess.require_role("admin", "auditor")
+    sess.require(roles.AUDIT)
     month = month_param(month)
     with tempfile.TemporaryDirectory() as tmp:
         path, _agrees = _bundle(request, provider, month, Path(tmp))
@@ -157,7 +157,7 @@ def verify(provider: str, month: str, request: Request, sess: SessionDep, csrf: 
     """Export the month's bundle and run the auditor's verifier on it, as a third party would."""
     auth.check_csrf(sess.csrf, csrf)
     provider_page(sess, provider)
-    sess.require_role("admin", "auditor")
+    sess.require(roles.AUDIT)
     month = month_param(month)
     from audit.verify import verify_bundle
 
@@ -171,7 +171,7 @@ def verify(provider: str, month: str, request: Request, sess: SessionDep, csrf: 
 def vendor(request: Request, sess: SessionDep, month: str | None = None) -> Response:
     """Hours and licenses of every provider; strip_money keeps prices out whatever the catalog holds."""
     if not sess.scope.vendor:
-        sess.require_role("vendor")
+        sess.require(roles.ALL_PROVIDERS)
     month, now = month_param(month), int(time.time())
     rows = []
     with conn(request) as c:
