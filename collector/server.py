@@ -196,7 +196,7 @@ def app_from_env() -> FastAPI:
 
 
 def tune_gc() -> None:
-    """Fewer, cheaper cyclic-GC passes in a serving process (docs/performance.md).
+    """Fewer, cheaper cyclic-GC passes in a serving process (see docs/protocol-decisions.md).
 
     A batch of 500 heartbeats decodes ~75,000 dicts and lists that live until the batch commits;
     with the default thresholds they trigger gen-2 passes over every object of FastAPI, SQLAlchemy

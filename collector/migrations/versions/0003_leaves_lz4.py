@@ -1,7 +1,8 @@
-"""PostgreSQL: the stored JWS text is TOAST-compressed with lz4 instead of pglz (docs/performance.md).
+"""PostgreSQL: the stored JWS text is TOAST-compressed with lz4 instead of pglz.
 
-Measured on 3,000 heartbeats of 50 observations (9.4 kB of JWS each): pglz 61 us per inserted row
-and 1,541 bytes stored, lz4 16 us and 1,693 bytes, no compression 39 us and 9,403 bytes. The
+Why (also in docs/protocol-decisions.md, "Verification and ingest performance"): measured on
+3,000 heartbeats of 50 observations (9.4 kB of JWS each), pglz took 61 us per inserted row
+and stored 1,541 bytes, lz4 16 us and 1,693 bytes, no compression 39 us and 9,403 bytes. The
 server's CPU is shared with the collector processes, so this is ingest throughput. Values already
 stored keep their pglz form (both are read transparently). Nothing to do on SQLite, which does not
 compress; a PostgreSQL built without lz4 keeps pglz, with a notice in the log.
