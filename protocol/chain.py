@@ -7,10 +7,13 @@ Decisions where the spec is silent (also in docs/protocol-decisions.md):
 - A heartbeat of the month with the anchor's seq but another JWS is a fork (quarantined).
 """
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
+from operator import itemgetter
+from typing import NamedTuple
 
 from protocol.heartbeat import Heartbeat
 
@@ -44,13 +47,8 @@ class ChainAnalysis:
 
 
 def _gaps(seqs: list[int], start: int) -> list[list[int]]:
-    gaps: list[list[int]] = []
-    last = start
-    for s in seqs:
-        if s > last + 1:
-            gaps.append([last + 1, s - 1])
-        last = max(last, s)
-    return gaps
+    """Missing seqs between ``start`` (at most seqs[0]) and the sorted, distinct ``seqs``."""
+    return [[a + 1, b - 1] for a, b in pairwise([start, *seqs]) if b > a + 1]
 
 
 def analyze_key(
@@ -90,15 +88,86 @@ def analyze_key(
     return report, quarantined
 
 
-def analyze(beats: Iterable[Heartbeat], anchors: Mapping[str, Heartbeat] | None = None) -> ChainAnalysis:
-    """Analyse every key's chain in a set of heartbeats (a month's log), with month-boundary anchors."""
-    per_key: dict[str, list[Heartbeat]] = defaultdict(list)
-    for hb in beats:
-        per_key[hb.kid].append(hb)
+class Link(NamedTuple):
+    """What the chain rules read of a heartbeat (a plain tuple of these five works as well)."""
+
+    kid: str
+    seq: int
+    prev: str
+    time: int
+    digest: str
+
+
+def _linear_key(
+    kid: str, chain: list[Link], anchor: Heartbeat | None
+) -> tuple[ChainReport, set[str]] | None:
+    """analyze_key's result in one pass over the seq-sorted beats, or None when a seq repeats.
+
+    Without a repeated seq nothing is forked except, maybe, the anchor's seq; a break is then a
+    beat whose prev is not the digest of the beat just before it with seq - 1, and time going back
+    is checked between neighbours of the sorted list (the anchor inserted at its place).
+    """
+    chain.sort(key=_SEQ)
+    seqs = [link[1] for link in chain]
+    if len(set(seqs)) != len(seqs):
+        return None  # a fork or a duplicate: the general rules decide
+    report = ChainReport(kid, seqs[0], seqs[-1])
+    quarantined: set[str] = set()
+    start = seqs[0]
+    anchor_at = -1
+    if anchor is not None:
+        if anchor.seq < start:
+            start = anchor.seq
+        i = bisect_left(seqs, anchor.seq)
+        if i < len(seqs) and seqs[i] == anchor.seq:
+            if chain[i][4] != anchor.digest:
+                # The month reuses the anchor's seq with another JWS: a fork across the boundary;
+                # that copy counts for nothing and takes no part in breaks or the clock.
+                report.forks = [anchor.seq]
+                quarantined.add(chain[i][4])
+                chain = chain[:i] + chain[i + 1 :]
+        else:
+            chain = [*chain[:i], (kid, anchor.seq, anchor.prev, anchor.time, anchor.digest), *chain[i:]]
+            anchor_at = i  # the anchor is a predecessor only: never reported itself
+    report.gaps = _gaps(seqs, start)
+    breaks, clock_back = report.breaks, report.clock_back
+    if chain:
+        _k, p_seq, _p, p_time, p_digest = chain[0]
+        for j in range(1, len(chain)):
+            _k, seq, prev, t, digest = chain[j]
+            if j != anchor_at:
+                if seq == p_seq + 1 and prev != p_digest:
+                    breaks.append(seq)
+                    quarantined.add(digest)
+                if t < p_time:
+                    clock_back.append(seq)
+            p_seq, p_time, p_digest = seq, t, digest
+    return report, quarantined
+
+
+_SEQ = itemgetter(1)
+
+
+def analyze_links(
+    links: Iterable[Link | tuple[str, int, str, int, str]], anchors: Mapping[str, Heartbeat] | None = None
+) -> ChainAnalysis:
+    """analyze() over (kid, seq, prev, time, digest) tuples, e.g. a store's rows read as they are."""
+    per_key: dict[str, list[Link]] = defaultdict(list)
+    for link in links:
+        per_key[link[0]].append(link)  # type: ignore[arg-type]
     anchors = anchors or {}
     reports: dict[str, ChainReport] = {}
     quarantined: set[str] = set()
-    for kid, hbs in per_key.items():
-        reports[kid], q = analyze_key(kid, hbs, anchors.get(kid))
+    for kid, chain in per_key.items():
+        anchor = anchors.get(kid)
+        done = _linear_key(kid, chain, anchor)
+        if done is None:
+            done = analyze_key(kid, [Link(*link) for link in chain], anchor)  # type: ignore[misc]
+        reports[kid], q = done
         quarantined |= q
     return ChainAnalysis(reports, quarantined)
+
+
+def analyze(beats: Iterable[Heartbeat], anchors: Mapping[str, Heartbeat] | None = None) -> ChainAnalysis:
+    """Analyse every key's chain in a set of heartbeats (a month's log), with month-boundary anchors."""
+    return analyze_links(((hb.kid, hb.seq, hb.prev, hb.time, hb.digest) for hb in beats), anchors)
