@@ -85,9 +85,10 @@ def _object(v: Any, path: str, required: set[str], optional: frozenset[str] = fr
     for name in v:
         if name not in required and name not in optional:
             raise CatalogError(_at(path, str(name)), "unknown member")
-    for name in sorted(required):
-        if name not in v:
-            raise CatalogError(_at(path, name), "missing")
+    if not v.keys() >= required:
+        for name in sorted(required):
+            if name not in v:
+                raise CatalogError(_at(path, name), "missing")
     return v
 
 
@@ -113,11 +114,17 @@ def _opt_int(obj: Mapping, name: str, path: str) -> int | None:
     return _int(obj[name], _at(path, name)) if name in obj else None
 
 
-def _time(v: Any, path: str, nullable: bool = False) -> int | None:
+def _time(v: Any, path: str, nullable: bool = False, seen: dict[str, int] | None = None) -> int | None:
+    """``seen``: the times already parsed in this catalog (licenses repeat the same few)."""
     if v is None and nullable:
         return None
+    if seen is not None and type(v) is str and v in seen:
+        return seen[v]
     try:
-        return parse_time(v, path)
+        t = parse_time(v, path)
+        if seen is not None:
+            seen[v] = t
+        return t
     except ProtocolError:
         raise CatalogError(path, "must be a UTC time YYYY-MM-DDTHH:MM:SSZ"
                            + (" or null" if nullable else "")) from None
@@ -197,12 +204,12 @@ def _customers(v: Any) -> dict[str, Customer]:
     return out
 
 
-def _capacity(v: Any, path: str, bundles: tuple[str, ...]) -> tuple[CapacityEntry, ...]:
+def _capacity(v: Any, path: str, bundles: tuple[str, ...], seen: dict[str, int]) -> tuple[CapacityEntry, ...]:
     entries: list[CapacityEntry] = []
     for i, e in enumerate(_list(v, path)):
         epath = _at(path, i)
         _object(e, epath, {"from"}, frozenset({"bundle", "bandwidth_mbps", "vservices"}))
-        start = _time(e["from"], _at(epath, "from"))
+        start = _time(e["from"], _at(epath, "from"), seen=seen)
         assert start is not None
         if entries and start <= entries[-1].start:
             raise CatalogError(_at(epath, "from"), "capacity entries must be sorted by from, strictly")
@@ -220,7 +227,7 @@ _LICENSE = {"id", "customer", "instance", "model", "unit", "start", "end", "capa
 
 
 def _license(lic: Any, path: str, customers: Mapping[str, Customer], bundles: tuple[str, ...],
-             packs: Mapping[str, Rate]) -> License:
+             packs: Mapping[str, Rate], seen: dict[str, int]) -> License:
     _object(lic, path, _LICENSE, frozenset({"pack", "day_counts"}))
     lid = _str(lic["id"], _at(path, "id"))
     customer = _str(lic["customer"], _at(path, "customer"))
@@ -231,11 +238,11 @@ def _license(lic: Any, path: str, customers: Mapping[str, Customer], bundles: tu
         raise CatalogError(_at(path, "instance"), "must be 1..64 characters of [A-Za-z0-9._:-]")
     model = _enum(lic["model"], _at(path, "model"), ("payg", "fixed"))
     unit = _enum(lic["unit"], _at(path, "unit"), ("hour", "device_day"))
-    start = _time(lic["start"], _at(path, "start"))
+    start = _time(lic["start"], _at(path, "start"), seen=seen)
     assert start is not None
-    end = _time(lic["end"], _at(path, "end"), nullable=True)
+    end = _time(lic["end"], _at(path, "end"), nullable=True, seen=seen)
     _period(start, end, _at(path, "end"))
-    capacity = _capacity(lic["capacity"], _at(path, "capacity"), bundles)
+    capacity = _capacity(lic["capacity"], _at(path, "capacity"), bundles, seen)
     pack = day_counts = None
     if unit == "device_day":
         for name in ("pack", "day_counts"):
@@ -306,7 +313,8 @@ def load_catalog(obj: Mapping[str, Any] | Catalog) -> Catalog:
     customers = _customers(top["customers"])
     hourly, monthly = _rates(top["rates"], bundles)
     items = _list(top["licenses"], "licenses")
-    licenses = tuple(_license(lic, _at("licenses", i), customers, bundles, monthly)
+    seen: dict[str, int] = {}
+    licenses = tuple(_license(lic, _at("licenses", i), customers, bundles, monthly, seen)
                      for i, lic in enumerate(items))
     _unique([lic.id for lic in licenses], "licenses", "license id")
     return Catalog(provider, name, currency, gap_mode, max_hours, bundles, tuple(platform), customers,
