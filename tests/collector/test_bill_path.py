@@ -1,0 +1,81 @@
+"""The bill from the aggregates equals the full recomputation on breaks, boundary forks and clock jumps."""
+
+import gc
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from collector import accounting, db, registry
+from collector.ingest import ingest_lines
+from protocol.timefmt import month_bounds
+
+MONTH = "2026-03"
+HOUR = 3600
+
+
+def _month_with_a_break_and_a_boundary_fork(settings, tools) -> tuple[str, str]:
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a, b = tools.Agent("a"), tools.Agent("b")
+    for ag in (a, b):
+        tools.enrol(settings, "acme", ag, 0)
+    m0 = month_bounds(MONTH)[0]
+    run = {"TR7-0001": "running"}
+    lines = [a.beat(m0 - 2 * HOUR, run), a.beat(m0 - HOUR, run)]  # February: the anchors
+    lines += [b.beat(m0 - 3 * HOUR, run), b.beat(m0 - 2 * HOUR, run)]
+    b_anchor_prev = b.prev
+    lines.append(b.beat(m0 - HOUR, run))
+    for h in range(6):
+        lines.append(a.beat(m0 + h * HOUR + 60, run))
+    a.prev = "e" * 64  # a beat that links to nothing: a break, its hour rebuilt from the others
+    lines.append(a.beat(m0 + 6 * HOUR + 60, run))
+    lines.append(a.beat(m0 + 6 * HOUR + 120, run))
+    lines.append(a.beat(m0 + 5 * HOUR, run))  # the clock goes back an hour
+    lines.append(a.beat(m0 + 9 * HOUR + 60, run))
+    # A restored snapshot of b signs February's last seq again, in March, and goes on from it.
+    b.seq, b.prev = 3, b_anchor_prev
+    for h in range(3):
+        lines.append(b.beat(m0 + (12 + h) * HOUR + 60, {"TR7-0001": "running", "TR7-0002": "stopped"}))
+    statuses = {r["status"] for r in ingest_lines(settings.engine, lines)}
+    assert statuses == {"accepted"}
+    return a.kid, b.kid
+
+
+def test_aggregates_equal_the_full_recomputation(settings, tools):
+    a, b = _month_with_a_break_and_a_boundary_fork(settings, tools)
+    with db.read_conn(settings.engine) as c:
+        agg = accounting.own_result(c, "acme", MONTH)
+        full = accounting.full_result(c, "acme", MONTH)
+    assert accounting.same_docs(agg, full)
+    chains = {ch["agent"]: ch for ch in agg[0]["chains"]}
+    assert chains[a]["breaks"] == [9] and chains[a]["forks"] == []
+    assert chains[b]["forks"] == [3] and chains[b]["first_seq"] == 3 and chains[b]["gaps"] == []
+    # Hour 6 keeps the unbroken beat of that hour; b's forked seq 3 adds nothing, its 4 and 5 do.
+    row = next(r for r in agg[0]["rows"] if r["license"] == "SL-1")
+    assert row["active_hours"] == 6 + 1 + 1 + 2
+
+
+def test_a_bill_leaves_the_garbage_collector_as_it_found_it(settings, tools):
+    _month_with_a_break_and_a_boundary_fork(settings, tools)
+    assert gc.isenabled()
+    try:
+        gc.disable()
+        with db.read_conn(settings.engine) as c:
+            accounting.own_result(c, "acme", MONTH)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+    def bill(provider: str) -> str:
+        with db.read_conn(settings.engine) as c:
+            try:
+                return accounting.own_result(c, provider, MONTH)[1]["total"]
+            except accounting.AccountingError:
+                return "refused"
+
+    with ThreadPoolExecutor(4) as pool:
+        totals = list(pool.map(bill, ["acme", "nobody"] * 6))
+    assert totals[1::2] == ["refused"] * 6 and len(set(totals[::2])) == 1
+    assert gc.isenabled()
+    with db.read_conn(settings.engine) as c, pytest.raises(accounting.AccountingError):
+        accounting.own_result(c, "nobody", MONTH)
+    assert gc.isenabled()
