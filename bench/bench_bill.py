@@ -18,6 +18,7 @@ from bench._agentmonth import agent_key, sign_agent_month
 from billing import Activity, compute, load_catalog
 from billing.activity import MonthBits
 from collector import accounting, db, evidence, registry
+from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
 from collector.settings import Settings
 from protocol.keys import AgentKey
@@ -89,6 +90,7 @@ def main() -> int:
     ap.add_argument("--interval", type=int, default=1800, help="agents' poll interval, seconds")
     ap.add_argument("--db", help="database URL (default: SQLite in a temp dir)")
     args = ap.parse_args()
+    tune_gc()  # the GC policy of every tr7-collector process: both paths run under it
     n_agents = max(1, args.instances // PER_AGENT)
     tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-bill-"))
     try:
@@ -117,26 +119,24 @@ def main() -> int:
             t = time.perf_counter()
             agg = accounting.own_result(c, "acme", MONTH)
             t_agg = time.perf_counter() - t
-            # Where the time of the aggregate path goes: the store's part vs billing.compute itself,
-            # with cyclic GC deferred as own_result does it.
-            with accounting._gc_deferred():
-                t = time.perf_counter()
-                analysis = evidence.chain_analysis(c, "acme", MONTH)
-                act = evidence.activity(c, "acme", MONTH, analysis.quarantined)
-                t_read = time.perf_counter() - t
-                doc = registry.latest_catalog(c, "acme")[1]
-                t = time.perf_counter()
-                cat = load_catalog(doc)
-                t_cat = time.perf_counter() - t
-                t = time.perf_counter()
-                result = compute(act, cat, MONTH, analysis.chains_json())
-                t_compute = time.perf_counter() - t
-                # The same hours as bitsets (Activity.active_bits/seen_bits): what compute costs when
-                # the collector hands over its day bitmaps without expanding them into sets of hours.
-                bits = as_bitsets(act)
-                t = time.perf_counter()
-                same_bits = compute(bits, cat, MONTH, analysis.chains_json()) == result
-                t_bits = time.perf_counter() - t
+            # Where the time of the aggregate path goes: the store's part vs billing.compute itself.
+            t = time.perf_counter()
+            analysis = evidence.chain_analysis(c, "acme", MONTH)
+            act = evidence.activity(c, "acme", MONTH, analysis.quarantined)
+            t_read = time.perf_counter() - t
+            doc = registry.latest_catalog(c, "acme")[1]
+            t = time.perf_counter()
+            cat = load_catalog(doc)
+            t_cat = time.perf_counter() - t
+            t = time.perf_counter()
+            result = compute(act, cat, MONTH, analysis.chains_json())
+            t_compute = time.perf_counter() - t
+            # The same hours as bitsets (Activity.active_bits/seen_bits): what compute costs when
+            # the collector hands over its day bitmaps without expanding them into sets of hours.
+            bits = as_bitsets(act)
+            t = time.perf_counter()
+            same_bits = compute(bits, cat, MONTH, analysis.chains_json()) == result
+            t_bits = time.perf_counter() - t
             t = time.perf_counter()
             full = accounting.full_result(c, "acme", MONTH)
             t_full = time.perf_counter() - t

@@ -1,11 +1,8 @@
 """Bills of a provider's month: current estimate, close (freeze), adjustments, full recomputation."""
 
-import gc
 import json
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,11 +63,6 @@ def catalog_for(conn: Connection, provider: str, month: str) -> tuple[int, dict[
 
 def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The month's own usage and invoice over all its current leaves, from the aggregates."""
-    with _gc_deferred():
-        return _own_result(conn, provider, month)
-
-
-def _own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]]:
     from billing import compute, load_catalog
 
     parse_month(month)
@@ -103,32 +95,6 @@ def _own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, 
 _CACHE_SIZE = 32
 _cache: dict[tuple[Any, ...], tuple[str, str]] = {}
 _cache_lock = threading.Lock()
-_gc_lock = threading.Lock()
-_gc_users = 0
-_gc_was_enabled = False
-
-
-@contextmanager
-def _gc_deferred() -> Iterator[None]:
-    """No cyclic-GC passes while a bill is computed (threads nest; the first one in restores it).
-
-    A month's evidence is ~200,000 short-lived row tuples: each 700 allocations start a GC pass, and
-    the full passes they trigger walk the whole process heap (0.1 s in the bill benchmark) to find
-    no cycle, since the rows are freed by reference counting. The deferred pass runs afterwards.
-    """
-    global _gc_users, _gc_was_enabled
-    with _gc_lock:
-        if _gc_users == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_users += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_users -= 1
-            if _gc_users == 0 and _gc_was_enabled:
-                gc.enable()
 
 
 def full_result(

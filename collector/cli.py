@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from collector import accounting, db, registry
+from collector.gctune import tune_gc
 from collector.settings import ENV_DATA_DIR, ENV_DB, Settings, SetupError
 from protocol.errors import ProtocolError
 from protocol.timefmt import parse_month, parse_time
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_gc()  # after the imports: they are frozen out of collection
     try:
         settings = Settings.resolve(args.data_dir, args.db, args.origin)
         return _run(args, settings)

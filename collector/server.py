@@ -1,6 +1,5 @@
 """The HTTP API (FastAPI): ingest, enrolment, health, log proofs; the read API is in readapi.py."""
 
-import gc
 import os
 import time
 import zlib
@@ -12,6 +11,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from collector import db, readapi, registry, tlog, web
+from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
 from collector.settings import ENV_DATA_DIR, ENV_DB, ENV_ORIGIN, Settings
 from protocol.merkle import MerkleError
@@ -193,19 +193,6 @@ def app_from_env() -> FastAPI:
     )
     tune_gc()
     return app
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper cyclic-GC passes in a serving process (see docs/protocol-decisions.md).
-
-    A batch of 500 heartbeats decodes ~75,000 dicts and lists that live until the batch commits;
-    with the default thresholds they trigger gen-2 passes over every object of FastAPI, SQLAlchemy
-    and pydantic as well, measured at ~80 us per heartbeat (a fifth of ingest's CPU). Objects made
-    at start-up are frozen out of collection, and a pass runs after 50,000 net container
-    allocations instead of 700: cycles still get collected, a batch later at most.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 10)
 
 
 def serve(settings: Settings, listen: str | None, workers: int) -> int:

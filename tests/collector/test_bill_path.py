@@ -1,9 +1,6 @@
 """The bill from the aggregates equals the full recomputation on breaks, boundary forks and clock jumps."""
 
-import gc
-from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 
 from collector import accounting, db, registry
 from collector.ingest import ingest_lines
@@ -52,30 +49,3 @@ def test_aggregates_equal_the_full_recomputation(settings, tools):
     # Hour 6 keeps the unbroken beat of that hour; b's forked seq 3 adds nothing, its 4 and 5 do.
     row = next(r for r in agg[0]["rows"] if r["license"] == "SL-1")
     assert row["active_hours"] == 6 + 1 + 1 + 2
-
-
-def test_a_bill_leaves_the_garbage_collector_as_it_found_it(settings, tools):
-    _month_with_a_break_and_a_boundary_fork(settings, tools)
-    assert gc.isenabled()
-    try:
-        gc.disable()
-        with db.read_conn(settings.engine) as c:
-            accounting.own_result(c, "acme", MONTH)
-        assert not gc.isenabled()
-    finally:
-        gc.enable()
-
-    def bill(provider: str) -> str:
-        with db.read_conn(settings.engine) as c:
-            try:
-                return accounting.own_result(c, provider, MONTH)[1]["total"]
-            except accounting.AccountingError:
-                return "refused"
-
-    with ThreadPoolExecutor(4) as pool:
-        totals = list(pool.map(bill, ["acme", "nobody"] * 6))
-    assert totals[1::2] == ["refused"] * 6 and len(set(totals[::2])) == 1
-    assert gc.isenabled()
-    with db.read_conn(settings.engine) as c, pytest.raises(accounting.AccountingError):
-        accounting.own_result(c, "nobody", MONTH)
-    assert gc.isenabled()
