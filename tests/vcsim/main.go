@@ -22,7 +22,11 @@ func main() {
 	certFile := flag.String("cert", "", "serve https with this PEM certificate chain (and -key)")
 	keyFile := flag.String("key", "", "PEM private key of -cert")
 	flag.IntVar(&pageCap, "page", 0, "PropertyCollector page size cap (0: honour maxObjects only)")
+	flag.StringVar(&denyPrefix, "deny", "", "refuse the properties of VMs whose name starts with this "+
+		"(missingSet NoPermission, as vCenter for a VM without System.Read)")
+	denyList := flag.String("deny-path", "", "with -deny: refuse only these comma-separated properties")
 	flag.Parse()
+	setDenyPaths(*denyList)
 
 	model := simulator.VPX()
 	model.Host, model.ClusterHost, model.Machine = 0, *hosts, *vms

@@ -53,8 +53,19 @@ func (pc *PagingCollector) limit(asked int32) int {
 func (pc *PagingCollector) RetrievePropertiesEx(ctx *simulator.Context, r *types.RetrievePropertiesEx) soap.HasFault {
 	body := pc.PropertyCollector.RetrievePropertiesEx(ctx, r).(*methods.RetrievePropertiesExBody)
 	if body.Res != nil && body.Res.Returnval != nil {
+		deny(ctx, r.SpecSet, body.Res.Returnval.Objects)
 		res := pc.page(body.Res.Returnval.Objects, pc.limit(r.Options.MaxObjects))
 		body.Res.Returnval = &res
+	}
+	return body
+}
+
+// RetrieveProperties (pyVmomi's property reads) refuses like RetrievePropertiesEx; the embedded
+// one would call the embedded RetrievePropertiesEx and bypass deny.
+func (pc *PagingCollector) RetrieveProperties(ctx *simulator.Context, r *types.RetrieveProperties) soap.HasFault {
+	body := pc.PropertyCollector.RetrieveProperties(ctx, r).(*methods.RetrievePropertiesBody)
+	if body.Res != nil {
+		deny(ctx, r.SpecSet, body.Res.Returnval)
 	}
 	return body
 }
