@@ -101,19 +101,21 @@ def _convert(exc: BaseException, url: str) -> AdapterError:
     return AdapterError(f"unexpected {type(exc).__name__}", f"{url}: {type(exc).__name__}: {exc}")
 
 
-Obj = tuple[str | None, str, dict[str, Any], list[str]]  # type, moid, properties, missing faults
+Fault = tuple[str, str, str | None]  # missingSet entry: property path, fault type, privilegeId
+Obj = tuple[str | None, str, dict[str, Any], list[Fault]]  # type, moid, properties, missing properties
 _OBJ, _PROPSET, _MISSING, _NAME, _VAL = (V + t for t in ("obj", "propSet", "missingSet", "name", "val"))
+_PATH, _FAULT, _PRIVILEGE = V + "path", f"{V}fault/{V}fault", V + "privilegeId"
 _ARRAYS = {"config.extraConfig": "value", "customValue": "value", "field": "name"}  # -> (key, X) pairs
 
 
 def _read_object(oc: ET.Element) -> Obj:
-    """One <objects> element -> (type, moid, {property: python value}, [missing-property faults]).
+    """One <objects> element -> (type, moid, {property: python value}, [(path, fault, privilege)]).
 
     Children are walked directly (no ElementPath): this runs once per VM on every poll."""
     kind: str | None = None
     moid = ""
     props: dict[str, Any] = {}
-    faults: list[str] = []
+    faults: list[Fault] = []
     for child in oc:
         if child.tag == _PROPSET:
             name = val = None
@@ -130,8 +132,10 @@ def _read_object(oc: ET.Element) -> Obj:
         elif child.tag == _OBJ:
             kind, moid = child.get("type"), child.text or ""
         elif child.tag == _MISSING:
-            fault = child.find(f"{V}fault/{V}fault")
-            faults.append(((fault.get(XSI_TYPE) if fault is not None else None) or "?").rsplit(":", 1)[-1])
+            fault = child.find(_FAULT)
+            name = ((fault.get(XSI_TYPE) if fault is not None else None) or "?").rsplit(":", 1)[-1]
+            privilege = fault.findtext(_PRIVILEGE) if fault is not None else None
+            faults.append((child.findtext(_PATH) or "?", name, privilege))
     return kind, moid, props, faults
 
 
@@ -148,6 +152,19 @@ def _spec_xml(view: str, cfm: str | None) -> str:
     if cfm:
         spec += f'<objectSet><obj type="CustomFieldsManager">{escape(cfm)}</obj></objectSet>'
     return spec + "</specSet>"
+
+
+def _fault_names(faults: list[Fault]) -> list[str]:
+    """Distinct "NoPermission System.Read" texts of missingSet faults, in order."""
+    return list(dict.fromkeys(f"{name} {priv}" if priv else name for _, name, priv in faults))
+
+
+def _refusals(faults: list[Fault]) -> str:
+    """"NoPermission System.Read on config.template, customValue": which fault refused which paths."""
+    paths: dict[str, list[str]] = {}
+    for path, name, priv in faults:
+        paths.setdefault(f"{name} {priv}" if priv else name, []).append(path)
+    return "; ".join(f"{fault} on {', '.join(p)}" for fault, p in paths.items())
 
 
 class VMwareAdapter(Adapter):
@@ -311,21 +328,33 @@ class VMwareAdapter(Adapter):
         hosts: dict[str, str] = {}
         fields: dict[str | None, str | None] = {}
         vms: list[tuple[str, dict[str, Any]]] = []
+        refused: dict[str, None] = {}  # distinct "Fault privilege" texts of the VMs not read, in order
         unreadable = 0
+        partial: list[str] = []
         for kind, moid, props, faults in objects:
-            if "NotAuthenticated" in faults:
+            if faults and any(f[1] == "NotAuthenticated" for f in faults):
                 raise _SessionExpired()
             if kind == "VirtualMachine":
-                unreadable += bool(faults)
+                if faults:
+                    # a VM with any property refused is not reported at all: its id, tags or power
+                    # state may be the missing part, and a guess would bill or drop the wrong hours
+                    unreadable += 1
+                    refused.update(dict.fromkeys(_fault_names(faults)))
+                    self.problems.warn(moid, f"{_refusals(faults)}; not reported while refused")
+                    continue
                 vms.append((moid, props))
             elif kind == "HostSystem":
                 hosts[moid] = props.get("name") or moid
             elif kind == "CustomFieldsManager":
                 fields = dict(props.get("field") or [])
+                if faults:  # without the names, VMs tagged by custom attribute would vanish silently
+                    partial.append(f"custom attribute names could not be read: {_refusals(faults)}")
         observations = [obs for moid, props in vms
                         if (obs := self._observation(moid, props, hosts, fields)) is not None]
-        error = f"{unreadable} VMs could not be read (permission?)" if unreadable else None
-        return PollResult(observations=observations, error=error)
+        if unreadable:
+            what = "1 VM" if unreadable == 1 else f"{unreadable} VMs"
+            partial.insert(0, f"{what} could not be read: {', '.join(refused)}")
+        return PollResult(observations=observations, error="; ".join(partial) or None)
 
     def _observation(self, moid: str, props: dict[str, Any], hosts: dict[str, str],
                      fields: dict[str | None, str | None]) -> Observation | None:
