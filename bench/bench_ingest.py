@@ -9,7 +9,8 @@ What is compared, all measured in this run on this machine:
   against the raw rate on as many cores as it has workers (the goal, >= 0.5) and, for
   comparison with earlier runs, on 1 core.
 - the collector's CPU per heartbeat (its processes only, not the database server's nor the
-  clients'), as a multiple of one raw check: the cost that does not depend on what else runs.
+  clients'), as a multiple of one raw check: the cost that does not depend on what else runs;
+  and the clients' CPU per heartbeat, which the raw rate does not have to share its cores with.
 Never asserts a time. Usage:
     .venv/bin/python bench/bench_ingest.py [--heartbeats 6000] [--clients 4] [--workers N]
 """
@@ -144,8 +145,8 @@ def _port() -> int:
 
 def run_backend(
     name: str, url: str, tmp: Path, keys: list[AgentKey], lines: list[str], clients: int, workers: int
-) -> tuple[float, float | None]:
-    """(heartbeats accepted per second, collector CPU seconds per heartbeat or None)."""
+) -> tuple[float, float | None, float]:
+    """(accepted per second, collector CPU s per heartbeat or None, clients' CPU s per heartbeat)."""
     st = Settings(tmp / f"data-{name}", url, "bench")
     engine = st.open()
     for i, k in enumerate(keys):
@@ -188,11 +189,13 @@ def run_backend(
                 return sum(x["status"] == "accepted" for x in r.json()["results"])
 
         cpu0 = _cpu_seconds(proc.pid)
+        mine = time.process_time()  # the clients run in this process
         t = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             accepted = sum(pool.map(post, batches))
         elapsed = time.perf_counter() - t
         cpu1 = _cpu_seconds(proc.pid)
+        mine = time.process_time() - mine
     finally:
         proc.terminate()
         proc.wait(60)
@@ -200,7 +203,7 @@ def run_backend(
     if accepted != len(lines):
         print(f"  {name}: only {accepted} of {len(lines)} accepted (see {tmp / name}.log)")
     cpu = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / len(lines)
-    return len(lines) / elapsed, cpu
+    return len(lines) / elapsed, cpu, mine / len(lines)
 
 
 def main() -> int:
@@ -229,10 +232,10 @@ def main() -> int:
             ("sqlite", f"sqlite:///{tmp / 'collector.db'}"),
             ("postgresql", new_database(cluster.admin_url)),
         ):
-            rate, cpu = run_backend(name, url, tmp, keys, lines, args.clients, args.workers)
-            cost = ""
+            rate, cpu, client_cpu = run_backend(name, url, tmp, keys, lines, args.clients, args.workers)
+            cost = f"; clients' CPU {client_cpu * 1e6:,.0f} us/heartbeat (same cores)"
             if cpu is not None:
-                cost = f"; collector CPU {cpu * 1e6:,.0f} us/heartbeat = {cpu * raw1:.1f} x raw"
+                cost = f"; collector CPU {cpu * 1e6:,.0f} us/heartbeat = {cpu * raw1:.1f} x raw" + cost
             print(
                 f"ingest over HTTP, {name}: {rate:,.0f}/s = {rate / raw_w:.2f} of raw on {args.workers} "
                 f"cores (goal >= 0.5), {rate / raw1:.2f} of raw on 1 core{cost}"
