@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from typing import Any, Literal
 
 import libvirt
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from adapters.base import (
     Adapter,
@@ -18,6 +18,7 @@ from adapters.base import (
     PollResult,
     UnreachableError,
 )
+from adapters.credentials import SecretError
 from adapters.tr7meta import KEYS, ProblemLog, recognise
 
 NAMESPACE = "urn:tr7:metering:1"
@@ -31,9 +32,11 @@ STATES = {
     libvirt.VIR_DOMAIN_CRASHED: "stopped",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
 }
-AUTH_CODES = {libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED,
-              libvirt.VIR_ERR_AUTH_UNAVAILABLE, libvirt.VIR_ERR_OPERATION_DENIED,
-              libvirt.VIR_ERR_ACCESS_DENIED}
+AUTH_CODES = {libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED, libvirt.VIR_ERR_AUTH_UNAVAILABLE}
+DENIED_CODES = {libvirt.VIR_ERR_OPERATION_DENIED, libvirt.VIR_ERR_ACCESS_DENIED}
+# What the auth callback can answer: SASL's user name and password (digest-md5, scram, plain).
+CREDENTIALS = {libvirt.VIR_CRED_AUTHNAME: "a user name", libvirt.VIR_CRED_PASSPHRASE: "a password"}
+GROUP_HINT = "is the agent user in the libvirt group?"
 CONFIG_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_XML_ERROR,
                 libvirt.VIR_ERR_XML_DETAIL,
                 libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_NO_SUPPORT}
@@ -75,6 +78,12 @@ class KVMConfig(AdapterConfig):
                      description="libvirt connection URI: qemu:///system (local), "
                                  "qemu+ssh://user@host/system or qemu+tls://host/system (remote); "
                                  "opened read-only")
+    username: str | None = Field(default=None, min_length=1,
+                                 description="SASL user name, for a daemon with auth_tcp/auth_tls = \"sasl\" "
+                                             "(not needed for local sockets, ssh or plain TLS)")
+    password: str | None = Field(default=None, description="SASL password (prefer password_file)")
+    password_file: str | None = Field(default=None, description="File holding the SASL password; a relative "
+                                      "name is looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential)")
 
     @field_validator("uri")
     @classmethod
@@ -83,13 +92,23 @@ class KVMConfig(AdapterConfig):
             raise ValueError("uri must be a libvirt URI such as qemu:///system")
         return v
 
+    @model_validator(mode="after")
+    def _credentials(self) -> "KVMConfig":
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if (self.username is None) != (self.password is None and self.password_file is None):
+            raise ValueError("username and password (or password_file) go together")
+        return self
 
-def _convert(exc: libvirt.libvirtError, uri: str, doing: str) -> AdapterError:
+
+def _convert(exc: libvirt.libvirtError, uri: str, doing: str, auth_hint: str = GROUP_HINT) -> AdapterError:
     code = exc.get_error_code()
     text = exc.get_error_message() or str(exc)
     diagnostic = f"{uri}: {doing}: {text}"
     if code in AUTH_CODES:
-        return AuthError("access denied", diagnostic + " (is the agent user in the libvirt group?)")
+        return AuthError("authentication failed", f"{diagnostic} ({auth_hint})")
+    if code in DENIED_CODES:
+        return AuthError("access denied", f"{diagnostic} ({GROUP_HINT})")
     if code in CONFIG_CODES:
         return ConfigError(f"cannot use {uri}", diagnostic)
     if code == libvirt.VIR_ERR_SYSTEM_ERROR or exc.get_error_domain() == libvirt.VIR_FROM_RPC:
@@ -120,11 +139,34 @@ class KVMAdapter(Adapter):
                 pass
             self._drop()
         _event_loop()
+        cfg = self.config
+        try:
+            password = cfg.secret(cfg.password, cfg.password_file, "password")
+        except SecretError as exc:
+            raise ConfigError(str(exc)) from exc
+        answers = {libvirt.VIR_CRED_AUTHNAME: cfg.username, libvirt.VIR_CRED_PASSPHRASE: password}
+        missing: list[str] = []
+
+        def answer(creds: list[list[Any]], _opaque: Any) -> int:
+            # SASL needs a callback (openReadOnly has none: "No worthy mechs"); libvirt's default one
+            # would prompt on the terminal. Answer from the config or fail; libvirt asks only for what
+            # an auth.conf (?authfile= in the URI, LIBVIRT_AUTH_FILE) did not already give.
+            for cred in creds:
+                if answers.get(cred[0]) is None:
+                    missing.append(CREDENTIALS.get(cred[0], f"credential type {cred[0]}"))
+                else:
+                    cred[4] = answers[cred[0]]
+            return -1 if missing else 0
+
         try:
             # read-only: the agent only lists; libvirtd allows this to the libvirt group (or polkit)
-            conn = libvirt.openReadOnly(self.config.uri)
+            conn = libvirt.openAuth(cfg.uri, [list(CREDENTIALS), answer, None], libvirt.VIR_CONNECT_RO)
         except libvirt.libvirtError as exc:
-            raise _convert(exc, self.config.uri, "cannot connect") from exc
+            if missing:
+                raise AuthError("authentication failed", f"{cfg.uri}: cannot connect: libvirtd asks for "
+                                f"{' and '.join(missing)}; set username and password_file") from exc
+            hint = "wrong username or password?" if cfg.username else GROUP_HINT
+            raise _convert(exc, cfg.uri, "cannot connect", hint) from exc
         self._close_reason = None
         with contextlib.suppress(libvirt.libvirtError):  # local drivers (test:///) have no keepalive
             conn.setKeepAlive(*KEEPALIVE)

@@ -1,4 +1,4 @@
-"""A private libvirtd (Debian's libvirt-daemon) serving libvirt's test driver on a unix socket."""
+"""A private libvirtd (Debian's libvirt-daemon) serving libvirt's test driver on a unix socket or TCP."""
 
 import os
 import signal
@@ -11,15 +11,38 @@ from pathlib import Path
 class Libvirtd:
     """libvirtd with its sockets in `root`; no hypervisor driver is loaded (LIBVIRT_DRIVER_DIR
     points at an empty directory), so clients reach the built-in test driver through the real
-    remote protocol: `test+unix:///abs/node.xml?socket=<root>/libvirt-sock-ro`."""
+    remote protocol: `test+unix:///abs/node.xml?socket=<root>/libvirt-sock-ro`.
 
-    def __init__(self, root: Path) -> None:
+    With `sasl_users` ({name: password}) it also listens on 127.0.0.1 TCP with `auth_tcp = "sasl"`:
+    DIGEST-MD5 against a sasldb in `root` (libvirt refuses a SASL mechanism without a security layer
+    on plain TCP, which rules out SCRAM and PLAIN), its own sasl2 config through SASL_CONF_PATH."""
+
+    def __init__(self, root: Path, sasl_users: dict[str, str] | None = None) -> None:
         self.root = root
         (root / "drivers").mkdir(parents=True, exist_ok=True)
-        (root / "libvirtd.conf").write_text(
-            f'unix_sock_dir = "{root}"\nauth_unix_ro = "none"\nauth_unix_rw = "none"\n'
-            'listen_tcp = 0\nlisten_tls = 0\nlog_outputs = "1:stderr"\n')
+        conf = (f'unix_sock_dir = "{root}"\nauth_unix_ro = "none"\nauth_unix_rw = "none"\n'
+                'listen_tls = 0\nlog_outputs = "1:stderr"\n')
+        self.env = {**os.environ, "LIBVIRT_DRIVER_DIR": str(root / "drivers")}
+        self.port: int | None = None
+        if sasl_users is None:
+            conf += "listen_tcp = 0\n"
+        else:
+            self.port = _free_port()
+            conf += (f'listen_tcp = 1\nlisten_addr = "127.0.0.1"\ntcp_port = "{self.port}"\n'
+                     'auth_tcp = "sasl"\n')
+            self._sasldb(sasl_users)
+        (root / "libvirtd.conf").write_text(conf)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _sasldb(self, users: dict[str, str]) -> None:
+        # libvirtd's SASL application name is "libvirt": it reads <SASL_CONF_PATH>/libvirt.conf
+        (self.root / "sasl2").mkdir(exist_ok=True)
+        db = self.root / "passwd.db"
+        (self.root / "sasl2" / "libvirt.conf").write_text(f"mech_list: digest-md5\nsasldb_path: {db}\n")
+        self.env["SASL_CONF_PATH"] = str(self.root / "sasl2")
+        for user, password in users.items():
+            subprocess.run(["saslpasswd2", "-c", "-p", "-a", "libvirt", "-f", str(db), user],
+                           input=password.encode(), env=self.env, check=True, capture_output=True)
 
     @property
     def socket(self) -> Path:
@@ -28,13 +51,17 @@ class Libvirtd:
     def uri(self, node_xml: Path) -> str:
         return f"test+unix://{node_xml.resolve()}?socket={self.socket}"
 
+    def tcp_uri(self, node_xml: Path) -> str:
+        assert self.port is not None, "started without sasl_users: no TCP listener"
+        return f"test+tcp://127.0.0.1:{self.port}{node_xml.resolve()}"
+
     def start(self) -> "Libvirtd":
         self.socket.unlink(missing_ok=True)
-        env = {**os.environ, "LIBVIRT_DRIVER_DIR": str(self.root / "drivers")}
+        listen = [] if self.port is None else ["--listen"]  # listen_tcp is ignored without it
         self.proc = subprocess.Popen(
-            ["/usr/sbin/libvirtd", "--config", str(self.root / "libvirtd.conf"),
+            ["/usr/sbin/libvirtd", *listen, "--config", str(self.root / "libvirtd.conf"),
              "--pid-file", str(self.root / "libvirtd.pid")],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(self.root / "libvirtd.log", "ab"))  # noqa: SIM115
+            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.root / "libvirtd.log", "ab"))  # noqa: SIM115
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -42,10 +69,13 @@ class Libvirtd:
             try:
                 with socket.socket(socket.AF_UNIX) as s:
                     s.connect(str(self.socket))
+                if self.port is not None:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return self
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError("libvirtd did not open its socket")
+        self.stop()  # do not leave it running behind a failed fixture
+        raise RuntimeError("libvirtd did not open its socket(s)")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -66,3 +96,9 @@ class Libvirtd:
     def thaw(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
