@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from billing.activity import Activity, CapacityKey, capacity_key
+from collector import chainsql
 from collector import schema as s
 from protocol.chain import ChainAnalysis, Link, analyze_links
 from protocol.heartbeat import Heartbeat, parse_unverified
@@ -70,6 +71,14 @@ def anchors(conn: Connection, provider: str, month: str) -> dict[str, Heartbeat]
 
 
 def chain_analysis(conn: Connection, provider: str, month: str, size: int | None = None) -> ChainAnalysis:
+    """The chain rules over the month's leaves, run by the database (collector/chainsql.py)."""
+    return chainsql.chain_analysis(conn, provider, month, anchors(conn, provider, month), size)
+
+
+def chain_analysis_rows(
+    conn: Connection, provider: str, month: str, size: int | None = None
+) -> ChainAnalysis:
+    """The reference: every leaf's chain columns read and protocol.chain.analyze_links run over them."""
     return analyze_links(chain_rows(conn, provider, month, size), anchors(conn, provider, month))
 
 

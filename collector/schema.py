@@ -95,6 +95,9 @@ leaves = sa.Table(
     sa.Column("jws", sa.Text, nullable=False),
     sa.Index("ix_leaves_kid_month", "kid", "month", "seq"),
     sa.Index("ix_leaves_pm_time", "provider", "month", "time"),
+    # Covers the chain rules run by the database (collector/chainsql.py): a key's leaves in seq
+    # order and each leaf's predecessor found without reading the rows (which hold the JWS).
+    sa.Index("ix_leaves_chain", "provider", "month", "kid", "seq", "time", "prev", "digest", "idx"),
 )
 
 # Hour aggregate, one row per (provider, UTC day, instance, vm): bit h of `active` / `seen` is the

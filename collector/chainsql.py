@@ -1,0 +1,147 @@
+"""The chain rules (protocol/chain.py) run by the database: only each key's exceptional leaves come back.
+
+Per key, one aggregate row (lowest and highest seq, number of leaves) and the leaves that are not
+plainly linked to a present predecessor: the first, the first after a gap (with the seq and time
+of the predecessor that is present), a break (prev is not the digest of seq - 1), time going back.
+From those the one-pass rules of `_linear_key` are reproduced exactly. A key with a repeated seq
+(a fork), an anchor at or above its first seq, or anything the rows do not plainly describe is
+read whole and goes through `protocol.chain.analyze_links`, which stays the reference.
+"""
+
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from collector import schema as s
+from protocol.chain import ChainAnalysis, ChainReport, Link, analyze_links
+from protocol.heartbeat import Heartbeat
+
+_LV = s.leaves
+
+
+def _tuples(conn: Connection, q: sa.Select[Any]) -> list[tuple[Any, ...]]:
+    # The driver's tuples: building SQLAlchemy Rows would cost more than the query itself here.
+    result = conn.execute(q)
+    try:
+        return cast(list[tuple[Any, ...]], result.cursor.fetchall())
+    finally:
+        result.close()
+
+
+def _scope(t: sa.Table | Any, provider: str, month: str, size: int | None) -> list[Any]:
+    out = [t.c.provider == provider, t.c.month == month]
+    if size is not None:
+        out.append(t.c.idx < size)
+    return out
+
+
+def _summary_query(provider: str, month: str, size: int | None) -> sa.Select[Any]:
+    L = _LV.c
+    return (
+        sa.select(L.kid, sa.func.min(L.seq), sa.func.max(L.seq), sa.func.count())
+        .where(*_scope(_LV, provider, month, size))
+        .group_by(L.kid)
+    )
+
+
+def _exceptions_query(provider: str, month: str, size: int | None) -> sa.Select[Any]:
+    """Leaves whose seq - 1 is absent, whose prev is not its digest, or whose time is before its time."""
+    a, b, c = _LV.alias("a"), _LV.alias("b"), _LV.alias("c")
+    before = [
+        c.c.provider == a.c.provider, c.c.month == a.c.month, c.c.kid == a.c.kid, c.c.seq < a.c.seq,
+        *([c.c.idx < size] if size is not None else []),
+    ]
+    # The present predecessor of a leaf after a gap (none for the first): only looked up for those.
+    gap_seq = sa.select(sa.func.max(c.c.seq)).where(*before).scalar_subquery()
+    gap_time = sa.select(c.c.time).where(*before).order_by(c.c.seq.desc()).limit(1).scalar_subquery()
+    missing = b.c.seq.is_(None)
+    join_on = sa.and_(
+        b.c.provider == a.c.provider, b.c.month == a.c.month, b.c.kid == a.c.kid, b.c.seq == a.c.seq - 1,
+        *([b.c.idx < size] if size is not None else []),
+    )
+    return (
+        sa.select(
+            a.c.kid, a.c.seq, a.c.prev, a.c.time, a.c.digest, b.c.digest, b.c.time,
+            sa.case((missing, gap_seq), else_=None), sa.case((missing, gap_time), else_=None),
+        )
+        .select_from(a.outerjoin(b, join_on))
+        .where(*_scope(a, provider, month, size))
+        .where(sa.or_(missing, a.c.prev != b.c.digest, a.c.time < b.c.time))
+    )
+
+
+def _key_report(
+    kid: str, lo: int, hi: int, count: int, rows: list[tuple[Any, ...]], anchor: Heartbeat | None
+) -> tuple[ChainReport, set[str]] | None:
+    """`_linear_key`'s result from the key's exceptional rows, or None when they do not plainly suffice."""
+    rows.sort(key=lambda r: r[1])
+    if not rows or rows[0][1] != lo or rows[0][5] is not None or rows[0][7] is not None:
+        return None  # the first leaf must come back, alone without any predecessor
+    if anchor is not None and anchor.seq >= lo:
+        return None  # the anchor's seq reused or inside the month: the general rules decide
+    report = ChainReport(kid, lo, hi)
+    quarantined: set[str] = set()
+    missing = 0
+    last_seq = None
+    for _k, seq, prev, t, digest, p_digest, p_time, gap_seq, gap_time in rows:
+        if seq == last_seq:
+            return None  # a repeated seq
+        last_seq = seq
+        if p_digest is not None:  # seq - 1 is present: a break or the clock going back
+            if prev != p_digest:
+                report.breaks.append(seq)
+                quarantined.add(digest)
+            if t < p_time:
+                report.clock_back.append(seq)
+        elif gap_seq is not None:  # after a gap: never a break, the clock checked against gap_seq
+            if gap_seq >= seq - 1:
+                return None
+            report.gaps.append([gap_seq + 1, seq - 1])
+            missing += seq - 1 - gap_seq
+            if t < gap_time:
+                report.clock_back.append(seq)
+        elif seq != lo:
+            return None
+        elif anchor is not None:  # the first leaf, after last month's final heartbeat
+            if anchor.seq < seq - 1:
+                report.gaps.append([anchor.seq + 1, seq - 1])
+            elif prev != anchor.digest:
+                report.breaks.append(seq)
+                quarantined.add(digest)
+            if t < anchor.time:
+                report.clock_back.append(seq)
+    if count != hi - lo + 1 - missing:
+        return None  # some seq is there more than once (a fork): read the key whole
+    report.gaps.sort()
+    return report, quarantined
+
+
+def chain_analysis(
+    conn: Connection, provider: str, month: str, anchors: Mapping[str, Heartbeat], size: int | None = None
+) -> ChainAnalysis:
+    """protocol.chain.analyze_links over the month's (first ``size``) leaves, run mostly by the database."""
+    rows_of: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for row in _tuples(conn, _exceptions_query(provider, month, size)):
+        rows_of[row[0]].append(row)
+    reports: dict[str, ChainReport] = {}
+    quarantined: set[str] = set()
+    general: list[str] = []
+    for kid, lo, hi, count in _tuples(conn, _summary_query(provider, month, size)):
+        done = _key_report(kid, lo, hi, count, rows_of.get(kid, []), anchors.get(kid))
+        if done is None:
+            general.append(kid)
+            continue
+        reports[kid], q = done
+        quarantined |= q
+    if general:
+        L = _LV.c
+        q = sa.select(L.kid, L.seq, L.prev, L.time, L.digest).where(
+            *_scope(_LV, provider, month, size), L.kid.in_(general)
+        )
+        rest = analyze_links(cast(list[Link], _tuples(conn, q.order_by(L.idx))), anchors)
+        reports.update(rest.reports)
+        quarantined |= rest.quarantined
+    return ChainAnalysis(reports, quarantined)
