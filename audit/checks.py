@@ -1,25 +1,23 @@
-"""The verifier's individual checks: agents, JWS lines (in parallel), chains, billing recomputation."""
+"""The verifier's individual checks: findings, agents, chains, billing recomputation."""
 
 import json
-import multiprocessing
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from audit import bundle as B
-from audit.recompute import bill_heartbeats, describe_diff
-from billing import CatalogError, same_invoice, same_usage
-from protocol.chain import analyze
+from audit.recompute import describe_diff, to_json_doc
+from billing import Activity, CatalogError, compute, load_catalog, same_invoice, same_usage
+from protocol.chain import ChainAnalysis
 from protocol.errors import ProtocolError
-from protocol.heartbeat import Heartbeat, check_key_window, verify_heartbeat
+from protocol.heartbeat import Heartbeat
 from protocol.keys import kid_of, load_public_key_b64, raw_public
-from protocol.timefmt import month_bounds, parse_time
+from protocol.timefmt import parse_time
 
 Add = Callable[..., None]
-CHUNK = 2_000
 
 
 @dataclass(frozen=True)
@@ -105,96 +103,10 @@ def load_agents(add: Add, rows: Any) -> dict[str, AgentInfo]:
     return out
 
 
-# Worker state, set once per process (fork or spawn) so chunks carry only lines.
-_KEYS: dict[str, Any] = {}
-_AGENTS: dict[str, AgentInfo] = {}
-_WINDOW: tuple[int, int, bool, bool] = (0, 0, False, False)
-
-
-def _init(agents: dict[str, AgentInfo], window: tuple[int, int, bool, bool]) -> None:
-    global _WINDOW
-    _AGENTS.clear()
-    _AGENTS.update(agents)
-    _KEYS.clear()
-    _KEYS.update({kid: load_public_key_b64(a.public_key) for kid, a in agents.items()})
-    _WINDOW = window
-
-
-Result = tuple[int, Heartbeat | None, list[tuple[str, str]]]
-
-
-def _verify_chunk(job: tuple[int, list[str]]) -> list[Result]:
-    start, lines = job
-    m0, m1, anchors, light = _WINDOW
-    out: list[Result] = []
-    for i, raw in enumerate(lines, start):
-        problems: list[tuple[str, str]] = []
-        try:
-            hb: Heartbeat | None = verify_heartbeat(raw, _KEYS)
-        except ProtocolError as exc:
-            hb, problems = None, [(exc.rule, exc.detail)]
-        if hb is not None:
-            a = _AGENTS[hb.kid]
-            try:
-                check_key_window(hb, a.enrolled_at, a.revoked_at)
-            except ProtocolError as exc:
-                problems.append((exc.rule, f"{exc.detail} (key {a.name})"))
-            if anchors and hb.time >= m0:
-                problems.append(("anchor.month", "an anchor must be from before the month"))
-            elif not anchors and not m0 <= hb.time < m1:
-                problems.append(("leaf.month", "time is outside the bundle's month"))
-        # For big logs, chains get light heartbeats (header fields) and billing re-reads the lines
-        # itself in parallel: the parent's memory and unpickling stay small.
-        if hb is not None:
-            hb = replace(hb, token="", polls=[], observations=[]) if light else replace(hb, token="")
-        out.append((i, hb, problems))
-    return out
-
-
-def verify_lines(add: Add, rel: str, lines: Sequence[str], agents: dict[str, AgentInfo], month: str,
-                 progress: Callable[[str, int, int], None] | None, workers: int,
-                 anchors: bool = False, light: bool = False) -> dict[int, Heartbeat]:
-    """Strictly verify each line (signature, enrolment window, month); return the good ones by index."""
-    m0, m1 = month_bounds(month) if month else (0, 2**62)
-    jobs = [(s, list(lines[s:s + CHUNK])) for s in range(0, len(lines), CHUNK)]
-    good: dict[int, Heartbeat] = {}
-    seen: dict[str, int] = {}
-    done = 0
-
-    def consume(results: list[Result]) -> None:
-        nonlocal done
-        for i, hb, problems in results:
-            for rule, msg in problems:
-                add(rel, i + 1, rule, msg)
-            if hb is None or problems:
-                continue
-            key = hb.kid if anchors else hb.digest
-            if key in seen:
-                what = "second anchor for key" if anchors else "the same JWS already on line"
-                add(rel, i + 1, "anchor.duplicate" if anchors else "leaf.duplicate",
-                    f"{what} {seen[key] + 1 if not anchors else hb.kid}")
-                continue
-            seen[key] = i
-            good[i] = hb
-        done += len(results)
-        if progress is not None:
-            progress(rel, done, len(lines))
-
-    if workers <= 1 or len(jobs) <= 1:
-        _init(agents, (m0, m1, anchors, light))
-        for job in jobs:
-            consume(_verify_chunk(job))
-    else:
-        with multiprocessing.get_context().Pool(workers, _init, (agents, (m0, m1, anchors, light))) as pool:
-            for results in pool.imap(_verify_chunk, jobs):
-                consume(results)
-    return good
-
-
-def check_chains(add: Add, good: dict[int, Heartbeat], anchors: list[Heartbeat],
+def check_chains(add: Add, good: dict[int, Heartbeat], analysis: ChainAnalysis,
                  agents: dict[str, AgentInfo]) -> list[dict[str, Any]]:
-    """§3 chain rules over the verified lines: gaps, forks, breaks and clock alerts are findings."""
-    analysis = analyze(good.values(), {hb.kid: hb for hb in anchors})
+    """§3 chain rules over the verified lines (``analysis`` of ``good`` with the anchors): gaps, forks,
+    breaks and clock alerts are findings."""
     where: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, hb in good.items():
         where[(hb.kid, hb.seq)].append(i + 1)
@@ -257,10 +169,11 @@ def check_invoice_arithmetic(add: Add, rel: str, invoice: Any) -> None:
         add(rel, None, "invoice.format", f"not an invoice of billing-v1.md §7: {exc!r}")
 
 
-def compare_billing(add: Add, root: Path, beats: list[Heartbeat] | list[str], anchors: list[Heartbeat],
+def compare_billing(add: Add, root: Path, evidence: Callable[[], tuple[Activity, list[dict[str, Any]]]],
                     catalog: Any, month: str, usage_rel: str, invoice_rel: str, prefix: str,
                     present: set[str]) -> None:
-    """Recompute billing-v1.md over ``beats`` and catalog.json; the stored documents must equal it."""
+    """Recompute billing-v1.md over catalog.json and ``evidence()`` (the verified lines' activity and
+    chains, quarantine applied); the stored documents must equal it."""
     stored_u = _load_doc(add, root, usage_rel, present, prefix)
     stored_i = _load_doc(add, root, invoice_rel, present, prefix)
     if stored_i is not None:
@@ -268,7 +181,10 @@ def compare_billing(add: Add, root: Path, beats: list[Heartbeat] | list[str], an
     if catalog is None:
         return
     try:
-        usage, invoice = bill_heartbeats(beats, anchors, catalog, month)
+        cat = load_catalog(catalog)
+        activity, chains = evidence()
+        result = compute(activity, cat, month, chains)
+        usage, invoice = to_json_doc(result.usage), to_json_doc(result.invoice)
     except CatalogError as exc:
         add(B.CATALOG, None, "catalog.invalid", str(exc))
         return

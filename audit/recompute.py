@@ -1,11 +1,14 @@
 """Recomputation shared by bundle writers and the verifier: log checkpoints and billing over lines."""
 
 import json
+from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
-from billing import bill, load_catalog
+from billing import Activity, bill, load_catalog
+from billing.activity import HOUR, CapacityKey, capacity_key
 from protocol.heartbeat import Heartbeat, parse_unverified
 from protocol.merkle import leaf_hash, root_hash
 from protocol.note import Checkpoint, NoteSigner, sign_checkpoint
@@ -38,6 +41,87 @@ def bill_lines(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Billing over JWS lines the caller trusts (a collector's own log, a simulation)."""
     return bill_heartbeats(list(leaves), [parse_unverified(t) for t in anchors], catalog, month)
+
+
+Cells = dict[str, tuple[dict[int, int], dict[int, int]]]  # instance -> hour -> (seen, running) counts
+Decl = dict[str, dict[CapacityKey, dict[int, int]]]  # instance -> capacity -> time -> count
+_STATE_INSTANCE = itemgetter("state", "instance")
+
+
+def tally_heartbeat(hb: Heartbeat, cells: Cells, decl: Decl, only: Collection[str], delta: int) -> None:
+    """Count one heartbeat's observations (delta 1) or take them back (-1), as billing.Activity reads them.
+
+    Counts rather than sets, so that heartbeats the chain rules quarantine once the whole log is
+    known can be subtracted exactly (an hour stays seen while another heartbeat saw it)."""
+    t = hb.time
+    h = t - t % HOUR
+    for (state, inst), n in Counter(map(_STATE_INSTANCE, hb.observations)).items():
+        cell = cells.get(inst)
+        if cell is None:
+            cell = cells[inst] = ({}, {})
+        cell[0][h] = cell[0].get(h, 0) + n * delta
+        if state == "running":
+            cell[1][h] = cell[1].get(h, 0) + n * delta
+    if only:
+        for o in hb.observations:
+            cap = o["capacity"]
+            if cap is not None and o["instance"] in only:
+                d = decl.setdefault(o["instance"], {}).setdefault(capacity_key(cap), {})
+                d[t] = d.get(t, 0) + delta
+
+
+_BITS = bytes.maketrans(b"\x00\x01", b"01")
+
+
+class Tally:
+    """Observation counts of a month per instance and hour (arrays: 4 bytes an hour), and capacities."""
+
+    def __init__(self, m0: int) -> None:
+        self.m0 = m0
+        self.n = 31 * 24  # hours of the longest month; a shorter one leaves the end at zero
+        self.cells: dict[str, tuple[array, array]] = {}
+        self.decl: Decl = {}
+
+    def merge(self, cells: Cells, decl: Decl) -> None:
+        m0 = self.m0
+        for inst, (seen_n, run_n) in cells.items():
+            mine = self.cells.get(inst)
+            if mine is None:
+                mine = self.cells[inst] = (array("i", bytes(4 * self.n)), array("i", bytes(4 * self.n)))
+            for into, part in zip(mine, (seen_n, run_n), strict=True):
+                for h, k in part.items():
+                    into[(h - m0) // HOUR] += k
+        for inst, caps in decl.items():
+            mine_c = self.decl.setdefault(inst, {})
+            for key, times in caps.items():
+                into_t = mine_c.setdefault(key, {})
+                for t, k in times.items():
+                    into_t[t] = into_t.get(t, 0) + k
+
+
+def _bits(counts: list[array]) -> int:
+    """Bit i set where the counts at hour i add up to more than zero."""
+    total = counts[0] if len(counts) == 1 else [sum(x) for x in zip(*counts, strict=True)]
+    return int(bytes(c > 0 for c in total).translate(_BITS)[::-1], 2)
+
+
+def tally_activity(tallies: Sequence[Tally], only: Collection[str]) -> Activity:
+    """billing.Activity of the heartbeats counted in the tallies together (some may be subtractions)."""
+    m0 = tallies[0].m0
+    seen: dict[str, int] = {}
+    active: dict[str, int] = {}
+    for inst in sorted({i for t in tallies for i in t.cells}):
+        parts = [t.cells[inst] for t in tallies if inst in t.cells]
+        seen[inst] = _bits([p[0] for p in parts])
+        active[inst] = _bits([p[1] for p in parts])
+    declared: dict[str, dict[CapacityKey, list[int]]] = {}
+    for inst in {i for t in tallies for i in t.decl}:
+        times: dict[CapacityKey, Counter] = {}
+        for t in tallies:
+            for key, part in t.decl.get(inst, {}).items():
+                times.setdefault(key, Counter()).update(part)
+        declared[inst] = {k: sorted(x for x, n in c.items() if n > 0) for k, c in times.items()}
+    return Activity(declared=declared, declared_for=only, active_bits=active, seen_bits=seen, bits_base=m0)
 
 
 def to_json_doc(doc: Any) -> dict[str, Any]:

@@ -10,14 +10,16 @@ from typing import Any
 from audit import bundle as B
 from audit import checks
 from audit.checks import Finding, Report
-from protocol.heartbeat import Heartbeat
-from protocol.merkle import leaf_hash, root_hash
+from audit.lines import Lines, read_line, verify_lines
+from audit.recompute import Tally, tally_activity, tally_heartbeat
+from billing import Activity, load_catalog
+from protocol.chain import ChainAnalysis, analyze
+from protocol.heartbeat import Heartbeat, parse_unverified
+from protocol.merkle import root_hash
 from protocol.note import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
 from protocol.timefmt import month_bounds, parse_time
 
 Progress = Callable[[str, int, int], None]
-# Above this many lines, keep only light heartbeats in memory (a full one costs about 2 KB).
-LIGHT_ABOVE = 100_000
 
 __all__ = ["Finding", "Report", "verify_bundle"]
 
@@ -92,24 +94,6 @@ def _check_manifest(ctx: _Ctx) -> None:
                 ctx.add(rel, None, "bundle.missing", "closed/ must hold checkpoint, usage.json, invoice.json")
 
 
-def _read_lines(ctx: _Ctx, rel: str) -> tuple[list[str], list[bytes]]:
-    """A .jws file's lines (as text, for verification) and their RFC 9162 leaf hashes (of the bytes)."""
-    lines: list[str] = []
-    hashes: list[bytes] = []
-    if not ctx.has(rel):
-        return lines, hashes
-    with (ctx.root / rel).open("rb") as f:  # streamed: a month's log can be hundreds of MB
-        for raw in f:
-            if raw.endswith(b"\n"):
-                raw = raw[:-1]
-            else:
-                ctx.add(rel, len(lines) + 1, "jws.format", "the last line lacks its LF")
-            hashes.append(leaf_hash(raw))
-            # Non-ASCII bytes become U+FFFD, which JWS verification then rejects on its line.
-            lines.append(raw.decode("ascii", "replace"))
-    return lines, hashes
-
-
 def _checkpoint(ctx: _Ctx, rel: str, verifier: NoteVerifier | None, rule: str) -> Checkpoint | None:
     if verifier is None or not ctx.has(rel):
         return None
@@ -150,12 +134,61 @@ def _check_log(ctx: _Ctx, cp: Checkpoint | None, hashes: list[bytes]) -> None:
                 "Merkle root of the lines differs from the checkpoint's root")
 
 
-def _check_closed(ctx: _Ctx, verifier: NoteVerifier | None, cp: Checkpoint | None,
-                  hashes: list[bytes], tokens: list[tuple[int, Any]], anchors: list[Heartbeat],
-                  catalog: Any) -> None:
+def _closed_size(ctx: _Ctx, verifier: NoteVerifier | None) -> int | None:
+    """closed/checkpoint's size when it verifies (its findings come later, from _check_closed)."""
+    if verifier is None or not ctx.has(B.CLOSED_CHECKPOINT):
+        return None
+    try:
+        return verify_checkpoint((ctx.root / B.CLOSED_CHECKPOINT).read_bytes(), verifier).size
+    except NoteError:
+        return None
+
+
+def _fixed_instances(ctx: _Ctx) -> frozenset[str]:
+    """Instances under a fixed license: the only ones whose declared capacities billing reads.
+
+    Read quietly and early (the workers tally for billing); a catalog that does not load is
+    reported by the billing check, which then computes nothing."""
+    try:
+        cat = load_catalog(json.loads((ctx.root / B.CATALOG).read_text(encoding="utf-8")))
+    except Exception:  # any failure is reported later, where billing loads the catalog
+        return frozenset()
+    return frozenset(lic.instance for lic in cat.licenses if lic.model == "fixed")
+
+
+class _Billing:
+    """billing-v1.md's input recomputed from the workers' tallies, minus what the chain rules quarantine."""
+
+    def __init__(self, ctx: _Ctx, lines: Lines, anchors: list[Heartbeat], only: frozenset[str]) -> None:
+        self.ctx, self.lines, self.anchors, self.only = ctx, lines, anchors, only
+
+    def activity(self, analysis: ChainAnalysis, below: int | None) -> Callable[[], tuple[Activity, list]]:
+        def build() -> tuple[Activity, list]:
+            lines = self.lines
+            assert lines.head is not None and lines.tail is not None
+            tallies = [lines.head] if below is not None else [lines.head, lines.tail]
+            taken = [i for i, hb in lines.good.items() if hb.digest in analysis.quarantined]
+            taken += [i for i, digest in lines.copies if digest in analysis.quarantined]
+            taken = [i for i in taken if below is None or i < below]
+            if taken:  # rare (forks, breaks): re-read those lines and take every copy back
+                minus = Tally(lines.head.m0)
+                for i in sorted(taken):
+                    cells: dict = {}
+                    decl: dict = {}
+                    hb = parse_unverified(read_line(self.ctx.root / B.HEARTBEATS, lines, i))
+                    tally_heartbeat(hb, cells, decl, self.only, -1)
+                    minus.merge(cells, decl)
+                tallies.append(minus)
+            return tally_activity(tallies, self.only), analysis.chains_json()
+        return build
+
+
+def _check_closed(ctx: _Ctx, verifier: NoteVerifier | None, cp: Checkpoint | None, lines: Lines,
+                  billing: _Billing, catalog: Any) -> None:
     closed = _checkpoint(ctx, B.CLOSED_CHECKPOINT, verifier, "closed")
     if closed is None:
         return
+    hashes = lines.hashes
     if cp is not None and closed.origin != cp.origin:
         ctx.add(B.CLOSED_CHECKPOINT, None, "closed.origin", "origin differs from the current checkpoint's")
     s = closed.size
@@ -166,9 +199,10 @@ def _check_closed(ctx: _Ctx, verifier: NoteVerifier | None, cp: Checkpoint | Non
         ctx.add(B.CLOSED_CHECKPOINT, None, "closed.root",
                 f"root is not the Merkle root of the first {s} lines: the log was rewritten after close")
         return
-    beats = [t for i, t in tokens if i < s]
-    _stage(ctx.progress, "recomputing closed/ billing", len(beats), lambda: checks.compare_billing(
-        ctx.add, ctx.root, beats, anchors, catalog, ctx.month,
+    assert s == lines.split, "the workers tallied the lines before another closed size"
+    analysis = analyze([hb for i, hb in lines.good.items() if i < s], {hb.kid: hb for hb in billing.anchors})
+    _stage(ctx.progress, "recomputing closed/ billing", s, lambda: checks.compare_billing(
+        ctx.add, ctx.root, billing.activity(analysis, s), catalog, ctx.month,
         B.CLOSED_USAGE, B.CLOSED_INVOICE, "closed", ctx.present))
 
 
@@ -198,32 +232,39 @@ def verify_bundle(path: Path | str, progress: Progress | None = None, workers: i
     agents = checks.load_agents(ctx.add, _load_json(ctx, B.AGENTS))
     verifier = _collector(ctx, collector_key)
     cp = _checkpoint(ctx, B.CHECKPOINT, verifier, "checkpoint")
-    lines, hashes = _read_lines(ctx, B.HEARTBEATS)
-    ctx.report.lines = len(lines)
+    split = _closed_size(ctx, verifier)
+    only = _fixed_instances(ctx) if ctx.month else None
+    lines = verify_lines(ctx.add, B.HEARTBEATS, _path(ctx, B.HEARTBEATS), agents, ctx.month, progress,
+                         workers if workers is not None else _default_workers, only=only, split=split)
+    ctx.report.lines = lines.count
     if cp is not None:
         ctx.report.checkpoint = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex()}
-    _check_log(ctx, cp, hashes)
-    light = len(lines) > LIGHT_ABOVE
-    good = checks.verify_lines(ctx.add, B.HEARTBEATS, lines, agents, ctx.month, progress,
-                               workers if workers is not None else _default_workers(len(lines)), light=light)
-    anchor_lines, _ = _read_lines(ctx, B.ANCHORS)
-    anchors = list(checks.verify_lines(ctx.add, B.ANCHORS, anchor_lines, agents, ctx.month, None, 1,
-                                       anchors=True).values())
-    ctx.report.chains = checks.check_chains(ctx.add, good, anchors, agents)
+    _check_log(ctx, cp, lines.hashes)
+    for finding in lines.findings:
+        ctx.add(*finding)
+    anchor_lines = verify_lines(ctx.add, B.ANCHORS, _path(ctx, B.ANCHORS), agents, ctx.month, None, 1,
+                                anchors=True)
+    for finding in anchor_lines.findings:
+        ctx.add(*finding)
+    anchors = list(anchor_lines.good.values())
+    analysis = analyze(lines.good.values(), {hb.kid: hb for hb in anchors})
+    ctx.report.chains = checks.check_chains(ctx.add, lines.good, analysis, agents)
     catalog = _load_json(ctx, B.CATALOG)
     cat_provider = catalog.get("provider") if isinstance(catalog, dict) else None
     if isinstance(cat_provider, dict) and cat_provider.get("id") != ctx.provider:
         ctx.add(B.CATALOG, None, "catalog.provider",
                 f"provider id {cat_provider.get('id')!r} is not the bundle's {ctx.provider!r}")
-    # Billing gets the verified heartbeats, or for big logs their lines (parsed again, in parallel).
-    tokens: list[tuple[int, Any]] = [(i, lines[i] if light else good[i]) for i in sorted(good)]
-    del lines, good
-    if ctx.month:
-        _stage(progress, "recomputing billing", len(tokens), lambda: checks.compare_billing(
-            ctx.add, root, [t for _, t in tokens], anchors, catalog, ctx.month,
+    if only is not None:
+        billing = _Billing(ctx, lines, anchors, only)
+        _stage(progress, "recomputing billing", len(lines.good), lambda: checks.compare_billing(
+            ctx.add, root, billing.activity(analysis, None), catalog, ctx.month,
             B.USAGE, B.INVOICE, "billing", ctx.present))
-        _check_closed(ctx, verifier, cp, hashes, tokens, anchors, catalog)
+        _check_closed(ctx, verifier, cp, lines, billing, catalog)
     return ctx.report
+
+
+def _path(ctx: _Ctx, rel: str) -> Path | None:
+    return ctx.root / rel if ctx.has(rel) else None
 
 
 def _default_workers(n: int) -> int:

@@ -233,17 +233,33 @@ def test_removed_document(bundle: Path, forge, cli) -> None:
     assert failures(bundle) == {("usage.json", "bundle.missing")}
 
 
-def test_big_log_path_reports_the_same(bundle: Path, forge, monkeypatch) -> None:
-    """Above LIGHT_ABOVE lines billing re-reads the lines instead of keeping heartbeats: same verdicts."""
-    import audit.verify
+def test_chunking_does_not_change_the_report(bundle: Path, forge, monkeypatch) -> None:
+    """Lines are verified and tallied in chunks, split at closed/'s size: any chunking, same verdicts."""
+    import audit.lines
 
     forge.edit_json(bundle, "closed/usage.json", lambda u: u["rows"][0].update(active_hours=1))
     forge.rehash(bundle)
-    full = verify_bundle(bundle)
-    monkeypatch.setattr(audit.verify, "LIGHT_ABOVE", 0)
-    light = verify_bundle(bundle)
-    assert full.findings == light.findings
-    assert ("closed/usage.json", "closed.usage") in {(f.file, f.rule) for f in light.errors}
+    whole = verify_bundle(bundle, workers=1)
+    monkeypatch.setattr(audit.lines, "CHUNK", 97)  # chunks that straddle closed/'s size
+    for workers in (1, 2):
+        chunked = verify_bundle(bundle, workers=workers)
+        assert chunked.findings == whole.findings and chunked.chains == whole.chains
+    assert ("closed/usage.json", "closed.usage") in {(f.file, f.rule) for f in whole.errors}
+
+
+def test_repeated_quarantined_line_is_taken_back_every_time(bundle: Path, forge, scenario: Scenario) -> None:
+    """A forked heartbeat logged twice counts for nothing, both copies: only the repetition fails."""
+    fork = next(f for f in verify_bundle(bundle).findings if f.rule == "chain.fork")
+    assert fork.line is not None
+    leaves = [*scenario.leaves, scenario.leaves[fork.line - 1]]
+    (bundle / "heartbeats.jws").write_text("".join(x + "\n" for x in leaves))
+    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
+    (bundle / "checkpoint").write_text(
+        sign_checkpoint(Checkpoint(scenario.origin, len(leaves), log_root(leaves)), signer))
+    forge.rehash(bundle)
+    report = verify_bundle(bundle)
+    got = [(f.file, f.line, f.rule) for f in report.errors]
+    assert got == [("heartbeats.jws", len(leaves), "leaf.duplicate")]
 
 
 def test_garbage_documents_are_reported_not_crashed_on(bundle: Path, forge) -> None:

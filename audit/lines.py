@@ -1,0 +1,186 @@
+"""A .jws file's lines verified in parallel chunks read from the file, reduced to what later checks need."""
+
+import multiprocessing
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from audit.recompute import Cells, Decl, Tally, tally_heartbeat
+from protocol.errors import ProtocolError
+from protocol.heartbeat import Heartbeat, check_key_window, verify_heartbeat
+from protocol.keys import load_public_key_b64
+from protocol.merkle import leaf_hash
+from protocol.timefmt import month_bounds
+
+Add = Callable[..., None]
+CHUNK = 2_000
+
+
+@dataclass
+class Lines:
+    """The verified lines of one file: light heartbeats by index, leaf hashes, hour tallies."""
+
+    count: int = 0
+    good: dict[int, Heartbeat] = field(default_factory=dict)  # header fields only, no observations
+    hashes: list[bytes] = field(default_factory=list)
+    findings: list[tuple[str, int, str, str]] = field(default_factory=list)  # of the lines, in order
+    copies: list[tuple[int, str]] = field(default_factory=list)  # (index, digest) of repeated good lines
+    offsets: array = field(default_factory=lambda: array("q"))  # where each line starts (and the end)
+    # Observations of the good lines per instance and hour, before and from ``split`` (closed/ size).
+    split: int | None = None
+    head: Tally | None = None
+    tail: Tally | None = None
+
+
+# Worker state, set once per process (fork or spawn) so that a job is four integers.
+_KEYS: dict[str, Any] = {}
+_AGENTS: dict[str, Any] = {}
+_SETUP: dict[str, Any] = {}
+_FILE: list[BinaryIO] = []
+
+
+def _init(path: str, agents: dict[str, Any], window: tuple[int, int, bool],
+          only: frozenset[str] | None) -> None:
+    _AGENTS.clear()
+    _AGENTS.update(agents)
+    _KEYS.clear()
+    _KEYS.update({kid: load_public_key_b64(a.public_key) for kid, a in agents.items()})
+    _SETUP.update(path=path, window=window, only=only)
+    for f in _FILE:
+        f.close()
+    _FILE[:] = [open(path, "rb")]  # noqa: SIM115 - kept open for every chunk of this process
+
+
+Problems = list[tuple[str, str]]
+Result = tuple[list[bytes], list[tuple[int, Heartbeat | None, Problems]], Cells, Decl]
+
+
+def _verify_chunk(job: tuple[int, int, int, int]) -> Result:
+    start, offset, end, count = job
+    m0, m1, anchors = _SETUP["window"]
+    only = _SETUP["only"]
+    f = _FILE[0]
+    f.seek(offset)
+    raws = f.read(end - offset).split(b"\n")[:count]  # the last line may lack its LF
+    hashes = [leaf_hash(raw) for raw in raws]
+    out: list[tuple[int, Heartbeat | None, Problems]] = []
+    cells: Cells = {}
+    decl: Decl = {}
+    kids: dict[str, str] = {}  # one string per kid, so a chunk's result pickles each kid once
+    for i, raw in enumerate(raws, start):
+        problems: Problems = []
+        try:
+            # Non-ASCII bytes become U+FFFD, which JWS verification then rejects on its line.
+            hb: Heartbeat | None = verify_heartbeat(raw.decode("ascii", "replace"), _KEYS)
+        except ProtocolError as exc:
+            hb, problems = None, [(exc.rule, exc.detail)]
+        if hb is not None:
+            a = _AGENTS[hb.kid]
+            try:
+                check_key_window(hb, a.enrolled_at, a.revoked_at)
+            except ProtocolError as exc:
+                problems.append((exc.rule, f"{exc.detail} (key {a.name})"))
+            if anchors and hb.time >= m0:
+                problems.append(("anchor.month", "an anchor must be from before the month"))
+            elif not anchors and not m0 <= hb.time < m1:
+                problems.append(("leaf.month", "time is outside the bundle's month"))
+            if only is not None and not problems:
+                # Billing's input is counted here, in the worker: the parent never holds observations.
+                tally_heartbeat(hb, cells, decl, only, 1)
+            kid = kids.setdefault(hb.kid, hb.kid)
+            hb = replace(hb, token="", kid=kid, polls=[], observations=[])
+        out.append((i, hb, problems))
+    return hashes, out, cells, decl
+
+
+def _scan(add: Add, rel: str, path: Path) -> array:
+    """Start offsets of the lines and the end of the file; a last line without LF is reported."""
+    offsets = array("q", [0])
+    pos = 0
+    last = b"\n"
+    with path.open("rb") as f:  # streamed: a month's log can be hundreds of MB
+        for raw in f:
+            pos += len(raw)
+            offsets.append(pos)
+            last = raw
+    if not last.endswith(b"\n"):
+        add(rel, len(offsets) - 1, "jws.format", "the last line lacks its LF")
+    return offsets
+
+
+def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], month: str,
+                 progress: Callable[[str, int, int], None] | None, workers: Callable[[int], int] | int,
+                 anchors: bool = False, only: frozenset[str] | None = None,
+                 split: int | None = None) -> Lines:
+    """Strictly verify each line (signature, enrolment window, month); keep the good ones, light.
+
+    ``only`` (the instances whose capacities billing reads; None: no billing) makes the workers
+    tally the good lines' observations, before and from the line index ``split``. A last line
+    without LF is reported at once; the lines' own findings are returned, in line order.
+    """
+    res = Lines(split=split)
+    m0, m1 = month_bounds(month) if month else (0, 2**62)
+    if only is not None:
+        res.head, res.tail = Tally(m0), Tally(m0)
+    if path is None:
+        return res
+    res.offsets = offsets = _scan(add, rel, path)
+    n = res.count = len(offsets) - 1
+    at = split
+    bounds = sorted({*range(0, n, CHUNK), *([at] if at is not None and 0 < at < n else [])})
+    ends = [*bounds[1:], n] if bounds else []
+    jobs = [(s, offsets[s], offsets[e], e - s) for s, e in zip(bounds, ends, strict=True)]
+    seen: dict[str, int] = {}
+    kids: dict[str, str] = {}
+    done = 0
+
+    def consume(result: Result) -> None:
+        nonlocal done
+        hashes, results, cells, decl = result
+        res.hashes += hashes
+        if res.head is not None and results:
+            tally = res.head if at is None or results[0][0] < at else res.tail
+            assert tally is not None
+            tally.merge(cells, decl)
+        for i, hb, problems in results:
+            for rule, msg in problems:
+                res.findings.append((rel, i + 1, rule, msg))
+            if hb is None or problems:
+                continue
+            key = hb.kid if anchors else hb.digest
+            if key in seen:
+                what = "second anchor for key" if anchors else "the same JWS already on line"
+                res.findings.append((rel, i + 1, "anchor.duplicate" if anchors else "leaf.duplicate",
+                                     f"{what} {seen[key] + 1 if not anchors else hb.kid}"))
+                res.copies.append((i, hb.digest))  # counted in the tally like the first: taken back alike
+                continue
+            seen[key] = i
+            res.good[i] = replace(hb, kid=kids.setdefault(hb.kid, hb.kid))
+        done += len(results)
+        if progress is not None:
+            progress(rel, done, n)
+
+    count = workers(n) if callable(workers) else workers
+    setup = (str(path), agents, (m0, m1, anchors), only)
+    if count <= 1 or len(jobs) <= 1:
+        _init(*setup)
+        try:
+            for job in jobs:
+                consume(_verify_chunk(job))
+        finally:
+            _FILE.pop().close()
+    else:
+        with multiprocessing.get_context().Pool(count, _init, setup) as pool:
+            for result in pool.imap(_verify_chunk, jobs):
+                consume(result)
+    return res
+
+
+def read_line(path: Path, lines: Lines, i: int) -> str:
+    """Line i (0-based) of the file again, without its LF."""
+    with path.open("rb") as f:
+        f.seek(lines.offsets[i])
+        raw = f.read(lines.offsets[i + 1] - lines.offsets[i])
+    return raw.removesuffix(b"\n").decode("ascii", "replace")
