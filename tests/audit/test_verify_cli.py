@@ -47,6 +47,18 @@ def test_json_report_names_findings_with_seqs(pristine: Path, scenario: Scenario
     assert fork["file"] == "heartbeats.jws" and isinstance(fork["line"], int)
 
 
+def test_json_report_names_each_failure_with_file_line_and_rule(bundle: Path, forge, cli) -> None:
+    """heartbeat-v1.md §6: each failure is named with its file, line and rule, in --json too."""
+    forge.edit_lines(bundle, "heartbeats.jws", lambda ls: [*ls[:99], ls[99][:-4] + "AAAA", *ls[100:]])
+    forge.rehash(bundle)
+    res = cli("verify", str(bundle), "--json")
+    assert res.returncode == 1, res.stderr
+    errors = [f for f in json.loads(res.stdout)["findings"] if f["severity"] == "error"]
+    named = {(f["file"], f["line"], f["rule"]) for f in errors}
+    assert ("heartbeats.jws", 100, "signature") in named
+    assert ("heartbeats.jws", None, "log.root") in named  # a whole-file rule has no line
+
+
 def test_quiet_prints_nothing_on_success(pristine: Path, cli) -> None:
     res = cli("verify", "--quiet", str(pristine))
     assert res.returncode == 0 and res.stdout == "" and res.stderr == ""
