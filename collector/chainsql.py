@@ -31,7 +31,7 @@ def _tuples(conn: Connection, q: sa.Select[Any]) -> list[tuple[Any, ...]]:
         result.close()
 
 
-def _scope(t: sa.Table | Any, provider: str, month: str, size: int | None) -> list[Any]:
+def _scope(t: sa.FromClause, provider: str, month: str, size: int | None) -> list[Any]:
     out = [t.c.provider == provider, t.c.month == month]
     if size is not None:
         out.append(t.c.idx < size)
