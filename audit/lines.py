@@ -3,11 +3,11 @@
 import multiprocessing
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from audit.recompute import Cells, Decl, Tally, tally_heartbeat
+from audit.recompute import Cells, Decl, Hours, Tally, cells_of, tally_heartbeat
 from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, check_key_window, verify_heartbeat
 from protocol.keys import load_public_key_b64
@@ -54,6 +54,8 @@ def _init(path: str, agents: dict[str, Any], window: tuple[int, int, bool],
 
 
 Problems = list[tuple[str, str]]
+# The light heartbeats' polls and observations: one shared empty list (never appended to).
+_NONE: list[Any] = []
 Result = tuple[list[bytes], list[tuple[int, Heartbeat | None, Problems]], Cells, Decl]
 
 
@@ -66,7 +68,7 @@ def _verify_chunk(job: tuple[int, int, int, int]) -> Result:
     raws = f.read(end - offset).split(b"\n")[:count]  # the last line may lack its LF
     hashes = [leaf_hash(raw) for raw in raws]
     out: list[tuple[int, Heartbeat | None, Problems]] = []
-    cells: Cells = {}
+    hours: Hours = {}
     decl: Decl = {}
     kids: dict[str, str] = {}  # one string per kid, so a chunk's result pickles each kid once
     for i, raw in enumerate(raws, start):
@@ -88,11 +90,11 @@ def _verify_chunk(job: tuple[int, int, int, int]) -> Result:
                 problems.append(("leaf.month", "time is outside the bundle's month"))
             if only is not None and not problems:
                 # Billing's input is counted here, in the worker: the parent never holds observations.
-                tally_heartbeat(hb, cells, decl, only, 1)
-            kid = kids.setdefault(hb.kid, hb.kid)
-            hb = replace(hb, token="", kid=kid, polls=[], observations=[])
+                tally_heartbeat(hb, hours, decl, only, 1)
+            hb = Heartbeat("", kids.setdefault(hb.kid, hb.kid), hb.seq, hb.prev, hb.time, hb.interval,
+                           _NONE, _NONE, hb.digest)
         out.append((i, hb, problems))
-    return hashes, out, cells, decl
+    return hashes, out, cells_of(hours), decl
 
 
 def _scan(add: Add, rel: str, path: Path) -> array:
@@ -157,7 +159,9 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
                 res.copies.append((i, hb.digest))  # counted in the tally like the first: taken back alike
                 continue
             seen[key] = i
-            res.good[i] = replace(hb, kid=kids.setdefault(hb.kid, hb.kid))
+            kid = kids.setdefault(hb.kid, hb.kid)  # one string per kid across chunks too
+            res.good[i] = hb if kid is hb.kid else Heartbeat(
+                "", kid, hb.seq, hb.prev, hb.time, hb.interval, _NONE, _NONE, hb.digest)
         done += len(results)
         if progress is not None:
             progress(rel, done, n)

@@ -45,29 +45,44 @@ def bill_lines(
 
 Cells = dict[str, tuple[dict[int, int], dict[int, int]]]  # instance -> hour -> (seen, running) counts
 Decl = dict[str, dict[CapacityKey, dict[int, int]]]  # instance -> capacity -> time -> count
+Hours = dict[int, Counter]  # hour -> Counter of (state, instance): counted in C, the hot loop
 _STATE_INSTANCE = itemgetter("state", "instance")
 
 
-def tally_heartbeat(hb: Heartbeat, cells: Cells, decl: Decl, only: Collection[str], delta: int) -> None:
+def tally_heartbeat(hb: Heartbeat, hours: Hours, decl: Decl, only: Collection[str], delta: int) -> None:
     """Count one heartbeat's observations (delta 1) or take them back (-1), as billing.Activity reads them.
 
     Counts rather than sets, so that heartbeats the chain rules quarantine once the whole log is
     known can be subtracted exactly (an hour stays seen while another heartbeat saw it)."""
     t = hb.time
     h = t - t % HOUR
-    for (state, inst), n in Counter(map(_STATE_INSTANCE, hb.observations)).items():
-        cell = cells.get(inst)
-        if cell is None:
-            cell = cells[inst] = ({}, {})
-        cell[0][h] = cell[0].get(h, 0) + n * delta
-        if state == "running":
-            cell[1][h] = cell[1].get(h, 0) + n * delta
+    c = hours.get(h)
+    if c is None:
+        c = hours[h] = Counter()
+    if delta > 0:
+        c.update(map(_STATE_INSTANCE, hb.observations))
+    else:
+        c.subtract(map(_STATE_INSTANCE, hb.observations))
     if only:
         for o in hb.observations:
             cap = o["capacity"]
             if cap is not None and o["instance"] in only:
                 d = decl.setdefault(o["instance"], {}).setdefault(capacity_key(cap), {})
                 d[t] = d.get(t, 0) + delta
+
+
+def cells_of(hours: Hours) -> Cells:
+    """The counts regrouped per instance (what Tally.merge takes): fewer, bigger pieces to send and merge."""
+    out: Cells = {}
+    for h, c in hours.items():
+        for (state, inst), n in c.items():
+            cell = out.get(inst)
+            if cell is None:
+                cell = out[inst] = ({}, {})
+            cell[0][h] = cell[0].get(h, 0) + n
+            if state == "running":
+                cell[1][h] = cell[1].get(h, 0) + n
+    return out
 
 
 _BITS = bytes.maketrans(b"\x00\x01", b"01")

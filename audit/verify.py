@@ -11,7 +11,7 @@ from audit import bundle as B
 from audit import checks
 from audit.checks import Finding, Report
 from audit.lines import Lines, read_line, verify_lines
-from audit.recompute import Tally, tally_activity, tally_heartbeat
+from audit.recompute import Tally, cells_of, tally_activity, tally_heartbeat
 from billing import Activity, load_catalog
 from protocol.chain import ChainAnalysis, analyze
 from protocol.heartbeat import Heartbeat, parse_unverified
@@ -173,11 +173,11 @@ class _Billing:
             if taken:  # rare (forks, breaks): re-read those lines and take every copy back
                 minus = Tally(lines.head.m0)
                 for i in sorted(taken):
-                    cells: dict = {}
+                    hours: dict = {}
                     decl: dict = {}
                     hb = parse_unverified(read_line(self.ctx.root / B.HEARTBEATS, lines, i))
-                    tally_heartbeat(hb, cells, decl, self.only, -1)
-                    minus.merge(cells, decl)
+                    tally_heartbeat(hb, hours, decl, self.only, -1)
+                    minus.merge(cells_of(hours), decl)
                 tallies.append(minus)
             return tally_activity(tallies, self.only), analysis.chains_json()
         return build
