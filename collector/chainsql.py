@@ -1,9 +1,9 @@
 """The chain rules (protocol/chain.py) run by the database: only each key's exceptional leaves come back.
 
-Per key, one aggregate row (lowest and highest seq, number of leaves) and the leaves that are not
-plainly linked to a present predecessor: the first, the first after a gap (with the seq and time
-of the predecessor that is present), a break (prev is not the digest of seq - 1), time going back.
-From those the one-pass rules of `_linear_key` are reproduced exactly. A key with a repeated seq
+Per key, only the leaves that are not plainly linked to a present predecessor come back: the
+first (with the key's number of leaves and highest seq), the first after a gap (with the seq and
+time of the predecessor that is present), a break (prev is not the digest of seq - 1), time
+going back. From those the one-pass rules of `_linear_key` are reproduced exactly. A key with a repeated seq
 (a fork), an anchor at or above its first seq, or anything the rows do not plainly describe is
 read whole and goes through `protocol.chain.analyze_links`, which stays the reference.
 """
@@ -34,38 +34,41 @@ def _tuples(conn: Connection, q: sa.Select[Any]) -> list[tuple[Any, ...]]:
 def _scope(t: sa.FromClause, provider: str, month: str, size: int | None) -> list[Any]:
     out = [t.c.provider == provider, t.c.month == month]
     if size is not None:
-        out.append(t.c.idx < size)
+        out.append(_below(t, size))
     return out
 
 
-def _summary_query(provider: str, month: str, size: int | None) -> sa.Select[Any]:
-    L = _LV.c
-    return (
-        sa.select(L.kid, sa.func.min(L.seq), sa.func.max(L.seq), sa.func.count())
-        .where(*_scope(_LV, provider, month, size))
-        .group_by(L.kid)
-    )
+def _below(t: sa.FromClause, size: int) -> Any:
+    # idx + 0: a filter on the covering index's entries, never a range of the primary key (SQLite
+    # would take it for a log's first `size` leaves, and read every row for its chain columns).
+    return t.c.idx + 0 < size
 
 
 def _exceptions_query(provider: str, month: str, size: int | None) -> sa.Select[Any]:
     """Leaves whose seq - 1 is absent, whose prev is not its digest, or whose time is before its time."""
     a, b, c = _LV.alias("a"), _LV.alias("b"), _LV.alias("c")
-    before = [
-        c.c.provider == a.c.provider, c.c.month == a.c.month, c.c.kid == a.c.kid, c.c.seq < a.c.seq,
-        *([c.c.idx < size] if size is not None else []),
-    ]
+    key = [c.c.provider == a.c.provider, c.c.month == a.c.month, c.c.kid == a.c.kid]
+    if size is not None:
+        key.append(_below(c, size))
+    before = [*key, c.c.seq < a.c.seq]
     # The present predecessor of a leaf after a gap (none for the first): only looked up for those.
     gap_seq = sa.select(sa.func.max(c.c.seq)).where(*before).scalar_subquery()
     gap_time = sa.select(c.c.time).where(*before).order_by(c.c.seq.desc()).limit(1).scalar_subquery()
+    # The key's number of leaves and highest seq, only on its first leaf: one range of the index.
+    low = sa.select(sa.func.min(c.c.seq)).where(*key).scalar_subquery()
+    first = sa.and_(b.c.seq.is_(None), a.c.seq == low)
+    count = sa.select(sa.func.count()).where(*key).scalar_subquery()
+    high = sa.select(sa.func.max(c.c.seq)).where(*key).scalar_subquery()
     missing = b.c.seq.is_(None)
     join_on = sa.and_(
         b.c.provider == a.c.provider, b.c.month == a.c.month, b.c.kid == a.c.kid, b.c.seq == a.c.seq - 1,
-        *([b.c.idx < size] if size is not None else []),
+        *([_below(b, size)] if size is not None else []),
     )
     return (
         sa.select(
             a.c.kid, a.c.seq, a.c.prev, a.c.time, a.c.digest, b.c.digest, b.c.time,
             sa.case((missing, gap_seq), else_=None), sa.case((missing, gap_time), else_=None),
+            sa.case((first, count), else_=None), sa.case((first, high), else_=None),
         )
         .select_from(a.outerjoin(b, join_on))
         .where(*_scope(a, provider, month, size))
@@ -74,11 +77,12 @@ def _exceptions_query(provider: str, month: str, size: int | None) -> sa.Select[
 
 
 def _key_report(
-    kid: str, lo: int, hi: int, count: int, rows: list[tuple[Any, ...]], anchor: Heartbeat | None
+    kid: str, rows: list[tuple[Any, ...]], anchor: Heartbeat | None
 ) -> tuple[ChainReport, set[str]] | None:
     """`_linear_key`'s result from the key's exceptional rows, or None when they do not plainly suffice."""
     rows.sort(key=lambda r: r[1])
-    if not rows or rows[0][1] != lo or rows[0][5] is not None or rows[0][7] is not None:
+    lo, count, hi = rows[0][1], rows[0][9], rows[0][10]
+    if count is None or hi is None or rows[0][5] is not None or rows[0][7] is not None:
         return None  # the first leaf must come back, alone without any predecessor
     if anchor is not None and anchor.seq >= lo:
         return None  # the anchor's seq reused or inside the month: the general rules decide
@@ -86,7 +90,7 @@ def _key_report(
     quarantined: set[str] = set()
     missing = 0
     last_seq = None
-    for _k, seq, prev, t, digest, p_digest, p_time, gap_seq, gap_time in rows:
+    for _k, seq, prev, t, digest, p_digest, p_time, gap_seq, gap_time, _n, _hi in rows:
         if seq == last_seq:
             return None  # a repeated seq
         last_seq = seq
@@ -129,8 +133,8 @@ def chain_analysis(
     reports: dict[str, ChainReport] = {}
     quarantined: set[str] = set()
     general: list[str] = []
-    for kid, lo, hi, count in _tuples(conn, _summary_query(provider, month, size)):
-        done = _key_report(kid, lo, hi, count, rows_of.get(kid, []), anchors.get(kid))
+    for kid, rows in rows_of.items():
+        done = _key_report(kid, rows, anchors.get(kid))
         if done is None:
             general.append(kid)
             continue
