@@ -156,7 +156,8 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
                 what = "second anchor for key" if anchors else "the same JWS already on line"
                 res.findings.append((rel, i + 1, "anchor.duplicate" if anchors else "leaf.duplicate",
                                      f"{what} {seen[key] + 1 if not anchors else hb.kid}"))
-                res.copies.append((i, hb.digest))  # counted in the tally like the first: taken back alike
+                if not anchors:
+                    res.copies.append((i, hb.digest))  # tallied like the first copy: taken back alike
                 continue
             seen[key] = i
             kid = kids.setdefault(hb.kid, hb.kid)  # one string per kid across chunks too
