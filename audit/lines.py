@@ -136,6 +136,7 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
     jobs = [(s, offsets[s], offsets[e], e - s) for s, e in zip(bounds, ends, strict=True)]
     seen: dict[str, int] = {}
     kids: dict[str, str] = {}
+    last: dict[str, str] = {}  # each key's last digest so far
     done = 0
 
     def consume(result: Result) -> None:
@@ -161,8 +162,12 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
                 continue
             seen[key] = i
             kid = kids.setdefault(hb.kid, hb.kid)  # one string per kid across chunks too
-            res.good[i] = hb if kid is hb.kid else Heartbeat(
-                "", kid, hb.seq, hb.prev, hb.time, hb.interval, _NONE, _NONE, hb.digest)
+            # A chain's prev is its predecessor's digest: share that string (a third of the memory).
+            before = last.get(kid)
+            prev = before if before == hb.prev else hb.prev
+            res.good[i] = hb if kid is hb.kid and prev is hb.prev else Heartbeat(
+                "", kid, hb.seq, prev, hb.time, hb.interval, _NONE, _NONE, hb.digest)
+            last[kid] = hb.digest
         done += len(results)
         if progress is not None:
             progress(rel, done, n)
