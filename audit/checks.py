@@ -73,6 +73,10 @@ class AgentInfo:
     revoked_at: int | None
 
 
+# A weak key (protocol.keys.check_public_raw) is named as such: its heartbeats prove nothing.
+_AGENT_RULES = {"key.weak": "agents.weak_key"}
+
+
 def load_agents(add: Add, rows: Any) -> dict[str, AgentInfo]:
     """agents.json: every key's kid must be the kid of its public key (a swapped key shows here)."""
     out: dict[str, AgentInfo] = {}
@@ -98,7 +102,7 @@ def load_agents(add: Add, rows: Any) -> dict[str, AgentInfo]:
                 raise ProtocolError("agents.format", "revoked_at is not after enrolled_at")
             out[kid] = AgentInfo(row["public_key"], str(row["name"]), enrolled, revoked)
         except ProtocolError as exc:
-            rule = exc.rule if exc.rule.startswith("agents.") else "agents.format"
+            rule = exc.rule if exc.rule.startswith("agents.") else _AGENT_RULES.get(exc.rule, "agents.format")
             add(B.AGENTS, None, rule, f"{where}: {exc.detail}")
     return out
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 
 from protocol.errors import ProtocolError
 
@@ -31,15 +32,36 @@ def public_key_b64(key: Ed25519PublicKey) -> str:
     return base64.b64encode(raw_public(key)).decode("ascii")
 
 
+def check_public_raw(raw: bytes) -> Ed25519PublicKey:
+    """An Ed25519 public key that only its private key's holder can sign for, else ProtocolError.
+
+    RFC 8032 verification (OpenSSL's, any JOSE library's) accepts any point that decodes; under a
+    small-order key such as the identity, ``R = identity, S = 0`` verifies for every message, so
+    anyone could sign as that agent, and a mixed-order key lets cofactored and cofactorless
+    verifiers disagree on one signature. A generated key is always a canonical point of the
+    prime-order subgroup: libsodium's check (canonical, on the curve, not of small order, in
+    the prime-order subgroup) refuses every other key, at enrolment and in an audit bundle.
+    """
+    if len(raw) != 32:
+        raise ProtocolError("key", f"an Ed25519 public key has 32 bytes, not {len(raw)}")
+    if not crypto_core_ed25519_is_valid_point(raw):
+        raise ProtocolError(
+            "key.weak",
+            "public key is not a canonical Ed25519 point of prime order (a small-order, mixed-order "
+            "or non-canonical key lets others forge its signatures)",
+        )
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def load_public_key_b64(text: str) -> Ed25519PublicKey:
-    """Standard alphabet, padded, exactly 32 bytes."""
+    """Standard alphabet, padded, exactly 32 bytes, a key no one else can sign for (check_public_raw)."""
     try:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError, AttributeError) as exc:
         raise ProtocolError("key", "public key is not standard padded base64") from exc
     if len(raw) != 32 or base64.b64encode(raw).decode() != text.strip():
         raise ProtocolError("key", "public key must be base64 of exactly 32 raw bytes")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return check_public_raw(raw)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from protocol.errors import ProtocolError
+from protocol.keys import check_public_raw
+
 ALG_ED25519 = 0x01
 EM_DASH = "\u2014"
 # c2sp.org/signed-note: verifiers MUST accept at least 16 signatures; bound the work per note.
@@ -86,7 +89,11 @@ class NoteVerifier:
         raw = _b64decode_strict(key_b64, "verifier key")
         if len(raw) != 33 or raw[0] != ALG_ED25519:
             raise NoteError("a verifier key must be 0x01 followed by a 32-byte Ed25519 public key")
-        verifier = cls(name, Ed25519PublicKey.from_public_bytes(raw[1:]))
+        try:
+            key = check_public_raw(raw[1:])
+        except ProtocolError as exc:
+            raise NoteError(f"verifier key: {exc.detail}") from exc
+        verifier = cls(name, key)
         if verifier.key_id.hex() != hex_id:
             raise NoteError("the key id of the verifier key does not match its name and key")
         return verifier

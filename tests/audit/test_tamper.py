@@ -4,6 +4,7 @@ The forger edits files and then rewrites manifest.json (which anyone can), unles
 about the manifest itself; only the collector key holder can sign checkpoints.
 """
 
+import base64
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from audit.recompute import log_root
 from audit.simulate import Scenario
 from audit.verify import verify_bundle
 from protocol.heartbeat import sign_heartbeat
+from protocol.keys import kid_of
 from protocol.note import Checkpoint, NoteSigner, sign_checkpoint
 
 
@@ -272,3 +274,31 @@ def test_garbage_documents_are_reported_not_crashed_on(bundle: Path, forge) -> N
     for rel in ("usage.json", "invoice.json", "catalog.json", "agents.json", "closed/invoice.json",
                 "anchors.jws", "checkpoint"):
         assert rel in {f for f, _ in got}, rel
+
+
+def test_weak_agent_key_logged_by_a_careless_collector(bundle: Path, forge, scenario: Scenario, cli) -> None:
+    # A collector that enrolled the identity point as a key, then logged a line that anyone could
+    # have "signed" (R = identity, S = 0) and honestly signed its checkpoint: the evidence is worthless.
+    weak = bytes([1]) + bytes(31)
+    kid = kid_of(weak)
+    agent = {"kid": kid, "public_key": base64.b64encode(weak).decode(), "name": "weak",
+             "enrolled_at": "2026-09-01T00:00:00Z", "revoked_at": None}
+    forge.edit_json(bundle, "agents.json", lambda rows: rows.append(agent))
+    head = {"alg": "EdDSA", "kid": kid, "typ": "tr7-heartbeat+json"}
+    body = {"v": 1, "agent": kid, "seq": 1, "prev": "0" * 64, "time": "2026-10-20T12:00:00Z",
+            "interval": 600, "polls": [{"adapter": "a", "platform": "kvm", "ok": True, "error": None}],
+            "observations": [{"instance": "TR7-0001", "adapter": "a", "vm": "u", "host": None,
+                              "state": "running", "capacity": None}]}
+    line = ".".join(forge.b64url(json.dumps(x, separators=(",", ":")).encode()) for x in (head, body))
+    line += "." + forge.b64url(weak + bytes(32))
+    leaves = [*scenario.leaves, line]
+    (bundle / "heartbeats.jws").write_text("".join(x + "\n" for x in leaves))
+    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
+    (bundle / "checkpoint").write_text(
+        sign_checkpoint(Checkpoint(scenario.origin, len(leaves), log_root(leaves)), signer))
+    forge.rehash(bundle)
+    got = failures(bundle)
+    assert ("agents.json", "agents.weak_key") in got and ("heartbeats.jws", "kid.unknown") in got
+    res = cli("verify", str(bundle))
+    assert res.returncode == 1 and f"agents.json: agents.weak_key: entry {len(scenario.agents)} (kid {kid})" \
+        in res.stdout
