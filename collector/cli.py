@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", parents=[common], help="create or upgrade the schema")
     sp = sub.add_parser("apply", parents=[common], help="apply a provider's catalog (JSON or YAML)")
     sp.add_argument("file", type=Path)
+    sp.add_argument(
+        "--retroactive",
+        action="store_true",
+        help="a deliberate correction: accept changes that reprice hours already billed in open months",
+    )
     ag = sub.add_parser("agent", help="agent keys").add_subparsers(dest="agent_cmd", required=True)
     sp = ag.add_parser("add", parents=[common])
     sp.add_argument("--provider", required=True)
@@ -136,7 +141,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.cmd == "apply":
         doc = registry.read_catalog_file(args.file)
-        pid, changes = db.write_tx(engine, lambda c: registry.apply_catalog(c, doc))
+        try:
+            pid, changes = db.write_tx(
+                engine, lambda c: registry.apply_catalog(c, doc, retroactive=args.retroactive, now=now)
+            )
+        except registry.RetroactiveChange as exc:
+            print(f"provider {exc.provider}: {len(exc.changes)} change(s), refused")
+            for change in exc.changes:
+                print(f"  {change}")
+            print(f"tr7-collector: {exc}", file=sys.stderr)
+            return 2
         print(f"provider {pid}: " + ("no change" if not changes else f"{len(changes)} change(s)"))
         for line in changes:
             print(f"  {line}")

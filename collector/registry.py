@@ -13,6 +13,7 @@ import yaml
 from sqlalchemy.engine import Connection
 
 from collector import schema as s
+from collector.catalogdiff import billed_past, changes
 from protocol.errors import ProtocolError
 from protocol.keys import kid_of, load_public_key_b64, raw_public
 from protocol.timefmt import format_time
@@ -71,53 +72,57 @@ def catalog_by_id(conn: Connection, cid: int) -> dict[str, Any]:
     return json.loads(conn.execute(sa.select(s.catalogs.c.doc).where(s.catalogs.c.id == cid)).scalar_one())
 
 
-def _by(items: Any, key: Any) -> dict[Any, Any]:
-    return {key(x): x for x in (items or [])}
-
-
 def catalog_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     """Human lines: what applying ``new`` over ``old`` adds, changes and removes."""
-    old = old or {}
-    out: list[str] = []
-    kinds = [
-        ("customer", "customers", lambda x: x["id"]),
-        ("license", "licenses", lambda x: x["id"]),
-        ("platform license", "platform_licenses", lambda x: x["id"]),
-        ("hourly rate", ("rates", "hourly"), lambda x: f"{x['bundle']}/{x['max_bandwidth_mbps']}"),
-        ("monthly rate", ("rates", "monthly"), lambda x: x["pack"]),
-    ]
-    for label, path, key in kinds:
-
-        def get(doc: dict[str, Any], path: Any = path) -> Any:
-            return (doc.get(path[0]) or {}).get(path[1]) if isinstance(path, tuple) else doc.get(path)
-
-        a, b = _by(get(old), key), _by(get(new), key)
-        out += [f"{label} {k}: added" for k in sorted(b.keys() - a.keys())]
-        out += [f"{label} {k}: changed" for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
-        out += [f"{label} {k}: removed" for k in sorted(a.keys() - b.keys())]
-    for member in ("provider", "policy", "bundles"):
-        if old and old.get(member) != new.get(member):
-            out.append(f"{member}: changed")
-    return out
+    return [c.line for c in changes(old, new)]
 
 
-def apply_catalog(conn: Connection, doc: dict[str, Any]) -> tuple[str, list[str]]:
-    """Validate ``doc`` (billing.load_catalog names the failing field) and make it the desired state."""
+class RetroactiveChange(RegistryError):
+    """Applying the catalog would reprice hours already billed in an open month (refused)."""
+
+    def __init__(self, provider: str, changes: list[Any]) -> None:
+        self.provider, self.changes = provider, changes
+        retro = [c for c in changes if c.retroactive]
+        months = sorted({m for c in retro for m in c.months})
+        super().__init__(
+            f"provider {provider}: {len(retro)} change(s) would reprice hours already billed in "
+            f"open month(s) {', '.join(months)}; nothing stored. To change something from now on, "
+            "keep the past as it is (append a capacity entry with a later `from`, end a license "
+            "or start a new one from now, leave rates, policy, bundles and currency alone until "
+            "the month is closed); to correct the billed history on purpose, apply again with "
+            "--retroactive"
+        )
+
+
+def apply_catalog(
+    conn: Connection, doc: dict[str, Any], *, retroactive: bool = False, now: int | None = None
+) -> tuple[str, list[str]]:
+    """Validate ``doc`` (billing.load_catalog names the failing field) and make it the desired state.
+
+    Returns the provider and one line per change. A change that alters the billing facts in force
+    at an instant already billed in an open month (collector.catalogdiff) raises
+    RetroactiveChange, storing nothing, unless ``retroactive`` says it is a deliberate correction;
+    the stored version then records it. The first catalog of a provider is never retroactive.
+    """
     from billing import load_catalog
 
     load_catalog(doc)  # raises billing.CatalogError
     pid = doc["provider"]["id"]
-    ensure_provider(conn, pid, doc["provider"].get("name"), doc["provider"].get("currency"))
+    now = int(time.time()) if now is None else now
     prev = latest_catalog(conn, pid)
-    changes = catalog_changes(prev[1] if prev else None, doc)
+    found = changes(prev[1] if prev else None, doc, billed_past(conn, pid, now) if prev else None)
+    is_retro = any(c.retroactive for c in found)
+    if is_retro and not retroactive:
+        raise RetroactiveChange(pid, found)
+    ensure_provider(conn, pid, doc["provider"].get("name"), doc["provider"].get("currency"))
     if prev is None or prev[1] != doc:
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         conn.execute(
             s.catalogs.insert().values(
-                provider=pid, applied_at=int(time.time()), digest=digest(text), doc=text
+                provider=pid, applied_at=now, digest=digest(text), doc=text, retroactive=is_retro
             )
         )
-    return pid, changes
+    return pid, [str(c) for c in found]
 
 
 # --- agents --------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ providers = sa.Table(
 )
 
 # Every catalog ever applied, whole; the latest row of a provider is its desired state.
+# `retroactive`: applied with --retroactive, a deliberate correction of hours already billed in
+# an open month (collector/catalogdiff.py); migration 0005.
 catalogs = sa.Table(
     "catalogs",
     metadata,
@@ -35,6 +37,7 @@ catalogs = sa.Table(
     sa.Column("applied_at", sa.BigInteger, nullable=False),
     sa.Column("digest", sa.String(64), nullable=False),
     sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("retroactive", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 agents = sa.Table(
