@@ -121,8 +121,8 @@ def catalog(
     return doc
 
 
-def apply(settings: Settings, doc: dict[str, Any]) -> None:
-    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, doc))
+def apply(settings: Settings, doc: dict[str, Any], retroactive: bool = False) -> None:
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, doc, retroactive=retroactive))
 
 
 def enrol(settings: Settings, provider: str, agent: Agent, at: int) -> None:

@@ -64,7 +64,7 @@ def test_operator_workflow(tmp_path, db_url, tools):
     cat["rates"]["hourly"][0]["price"] = "0.0500"
     y = tmp_path / "catalog.yaml"
     y.write_text(yaml.safe_dump(cat))
-    out = run(data, db_url, "apply", str(y)).stdout
+    out = run(data, db_url, "apply", str(y), "--retroactive").stdout  # the rate reprices this month
     assert (
         "customer c2: added" in out
         and "license SL-1: changed" in out

@@ -210,7 +210,8 @@ def test_dashboards_follow_new_heartbeats(client: TestClient, world: Any, tools:
 
 
 def test_bridged_hours_in_the_heatmap(client: TestClient, world: Any, tools: Any) -> None:
-    tools.apply(world, tools.catalog(policy={"gaps": {"mode": "bridge", "max_hours": 2}}))
+    # The policy has no validity period: it reprices the open months, a deliberate correction here.
+    tools.apply(world, tools.catalog(policy={"gaps": {"mode": "bridge", "max_hours": 2}}), retroactive=True)
     agent = tools.Agent("bridge")
     tools.enrol(world, "acme", agent, parse_time("2026-09-01T00:00:00Z"))
     t = parse_time("2026-10-10T00:00:00Z")
