@@ -164,9 +164,17 @@ def _get(doc: dict[str, Any], path: Any) -> Any:
     return (doc.get(path[0]) or {}).get(path[1]) if isinstance(path, tuple) else doc.get(path)
 
 
-def changes(old: dict[str, Any] | None, new: dict[str, Any], past: Past | None = None) -> list[Change]:
+def changes(
+    old: dict[str, Any] | None,
+    new: dict[str, Any],
+    past: Past | None = None,
+    view: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> list[Change]:
     """Every change of ``new`` over ``old`` (added, changed, removed), each classified against
     ``past`` (None, or no ``old``: nothing is retroactive). Both documents are valid catalogs.
+
+    ``view``: what billing reads of a stored document (the accounts' downgraded periods added,
+    collector.accounts.store.overlay): the facts are compared on it, the lines on the documents.
     """
     from billing import load_catalog
 
@@ -175,7 +183,7 @@ def changes(old: dict[str, Any] | None, new: dict[str, Any], past: Past | None =
         for label, path, key in _kinds():
             out += [Change(f"{label} {k}: added") for k in sorted(_by(_get(new, path), key))]
         return out
-    a_cat, b_cat = load_catalog(old), load_catalog(new)
+    a_cat, b_cat = (load_catalog(view(d) if view else d) for d in (old, new))
     hours = past.spans(HOUR) if past else []
     days = past.spans(DAY) if past else []
     every = tuple(m for m, _a, _b in hours)

@@ -110,7 +110,12 @@ def apply_catalog(
     pid = doc["provider"]["id"]
     now = int(time.time()) if now is None else now
     prev = latest_catalog(conn, pid)
-    found = changes(prev[1] if prev else None, doc, billed_past(conn, pid, now) if prev else None)
+    if prev is None:
+        found = changes(None, doc)
+    else:
+        from collector.accounts.store import overlay  # billing reads the catalog through it
+
+        found = changes(prev[1], doc, billed_past(conn, pid, now), lambda d: overlay(conn, pid, d))
     is_retro = any(c.retroactive for c in found)
     if is_retro and not retroactive:
         raise RetroactiveChange(pid, found)

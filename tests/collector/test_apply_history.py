@@ -200,6 +200,26 @@ def test_downgrades_and_platform_licenses_in_the_past(settings, tools):
     assert _apply(settings, pl)[1] == ["platform license PL-1: changed"]
 
 
+def test_downgrades_recorded_by_accounts_are_billing_facts_already(settings, tools):
+    from collector.accounts.store import account_periods
+
+    cat = _seed(settings, tools)
+    period = (parse_time("2026-11-03T00:00:00Z"), parse_time("2026-11-05T00:00:00Z"))
+    db.write_tx(
+        settings.engine,
+        lambda c: c.execute(
+            account_periods.insert().values(provider="acme", customer="c1", start=period[0], end=period[1])
+        ),
+    )
+    written = copy.deepcopy(cat)  # the catalog now says what billing already applied
+    written["customers"][0]["downgraded"] = [[format_time(period[0]), format_time(period[1])]]
+    assert _apply(settings, written)[1] == ["customer c1: changed"]
+    longer = copy.deepcopy(written)
+    longer["customers"][0]["downgraded"][0][1] = "2026-11-06T00:00:00Z"
+    (change,) = _refused(settings, longer, [NOV])
+    assert "2026-11-05T00:00:00Z" in change.why
+
+
 def test_a_change_inside_a_closed_month_only_is_accepted(settings, tools):
     cat = _seed(settings, tools, month=OCT)
     db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", OCT, now=NOW))
