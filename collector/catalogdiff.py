@@ -135,14 +135,25 @@ def _license_points(lic: Any) -> list[int | None]:
     return [] if lic is None else [lic.start, lic.end, *(e.start for e in lic.capacity)]
 
 
+_FACTS = ("customer", "instance", "model", "unit", "pack", "day_counts", "capacity")
+_CAPACITY = ("bundle", "bandwidth_mbps", "vservices")
+
+
+def _show(name: str, v: Any) -> str:
+    if name != "capacity" or v is None:
+        return repr(v)
+    return "{" + ", ".join(f"{n}: {x}" for n, x in zip(_CAPACITY, v, strict=True) if x is not None) + "}"
+
+
 def _describe(before: Any, after: Any, t: int) -> str:
     when = format_time(t)
     if before is None:
         return f"in force at {when} (it was not)"
     if after is None:
         return f"no longer in force at {when}"
-    names = ("customer", "instance", "model", "unit", "pack", "day_counts", "capacity")
-    diff = [f"{n} {x!r} -> {y!r}" for n, x, y in zip(names, before, after, strict=True) if x != y]
+    diff = [
+        f"{n} {_show(n, x)} -> {_show(n, y)}" for n, x, y in zip(_FACTS, before, after, strict=True) if x != y
+    ]
     return f"at {when}: " + ", ".join(diff)
 
 
@@ -184,6 +195,8 @@ def changes(
             out += [Change(f"{label} {k}: added") for k in sorted(_by(_get(new, path), key))]
         return out
     a_cat, b_cat = (load_catalog(view(d) if view else d) for d in (old, new))
+    a_lic, b_lic = ({x.id: x for x in c.licenses} for c in (a_cat, b_cat))
+    a_pl, b_pl = ({x.id: x for x in c.platform_licenses} for c in (a_cat, b_cat))
     hours = past.spans(HOUR) if past else []
     days = past.spans(DAY) if past else []
     every = tuple(m for m, _a, _b in hours)
@@ -193,8 +206,7 @@ def changes(
         if not hours:
             return (), ""
         if label == "license":
-            lo = next((x for x in a_cat.licenses if x.id == k), None)
-            ln = next((x for x in b_cat.licenses if x.id == k), None)
+            lo, ln = a_lic.get(k), b_lic.get(k)
             daily = any(x is not None and x.unit == "device_day" for x in (lo, ln))
             fo, fn = _license_at(lo), _license_at(ln)
             months, t = _first_difference(
@@ -202,8 +214,7 @@ def changes(
             )
             return tuple(months), "" if t is None else _describe(fo(t), fn(t), t)
         if label == "platform license":
-            po = next((x for x in a_cat.platform_licenses if x.id == k), None)
-            pn = next((x for x in b_cat.platform_licenses if x.id == k), None)
+            po, pn = a_pl.get(k), b_pl.get(k)
 
             def valid(p: Any) -> Callable[[int], bool]:
                 return lambda t: p is not None and _in(t, p.valid_from, p.valid_to)

@@ -87,10 +87,10 @@ class RetroactiveChange(RegistryError):
         super().__init__(
             f"provider {provider}: {len(retro)} change(s) would reprice hours already billed in "
             f"open month(s) {', '.join(months)}; nothing stored. To change something from now on, "
-            "keep the past as it is (append a capacity entry with a later `from`, end a license "
-            "or start a new one from now, leave rates, policy, bundles and currency alone until "
-            "the month is closed); to correct the billed history on purpose, apply again with "
-            "--retroactive"
+            "keep the past as it is: append a capacity entry from the next whole hour or later, "
+            "end a license and start a new one from then, leave rates, policy, bundles and "
+            "currency alone until the month is closed. To correct the billed history on purpose, "
+            "apply again with --retroactive"
         )
 
 
