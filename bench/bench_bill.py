@@ -2,6 +2,7 @@
 
 Prints the ratio (goal >= 50x); never asserts a time. Usage:
     .venv/bin/python bench/bench_bill.py [--instances 2000] [--interval 1800] [--db URL]
+On SQLite and on a throwaway PostgreSQL cluster unless --db names one database.
 """
 
 import argparse
@@ -20,6 +21,7 @@ from billing.activity import MonthBits
 from collector import accounting, db, evidence, registry
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
+from collector.pgtemp import PgCluster, new_database
 from collector.settings import Settings
 from protocol.keys import AgentKey
 from protocol.timefmt import month_bounds
@@ -88,87 +90,103 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--instances", type=int, default=2000)
     ap.add_argument("--interval", type=int, default=1800, help="agents' poll interval, seconds")
-    ap.add_argument("--db", help="database URL (default: SQLite in a temp dir)")
+    ap.add_argument("--db", help="database URL (default: SQLite in a temp dir, then a throwaway PostgreSQL)")
     args = ap.parse_args()
     tune_gc()  # the GC policy of every tr7-collector process: both paths run under it
     n_agents = max(1, args.instances // PER_AGENT)
     tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-bill-"))
+    cluster = None
     try:
-        st = Settings(tmp / "data", args.db or f"sqlite:///{tmp / 'collector.db'}", "bench")
-        engine = st.open()
-        db.write_tx(engine, lambda c: registry.apply_catalog(c, catalog(n_agents)))
         t = time.perf_counter()
         with ProcessPoolExecutor() as pool:
             chains = list(pool.map(sign_chain, [(a, PER_AGENT, args.interval) for a in range(n_agents)]))
-        for a, _chain in enumerate(chains):
-            kid_key = agent_key("bench", a)
-            db.write_tx(
-                engine, lambda c, k=kid_key, a=a: registry.add_agent(c, "acme", f"a{a}", k.public_b64, 0)
-            )
         lines = [x for ch in chains for x in ch]
         print(
             f"generated {len(lines)} heartbeats x {PER_AGENT} observations in {time.perf_counter() - t:.1f} s"
         )
-        t = time.perf_counter()
-        parts = [lines[i::2] for i in range(2)]
-        with ProcessPoolExecutor(2) as pool:
-            accepted = sum(pool.map(_ingest, [(str(st.data_dir), st.db_url, p) for p in parts]))
-        print(f"ingested {accepted} in {time.perf_counter() - t:.1f} s")
-        with db.read_conn(engine) as c:
-            accounting._cache.clear()  # the timed call computes the bill: nothing reused from before
-            t = time.perf_counter()
-            agg = accounting.own_result(c, "acme", MONTH)
-            t_agg = time.perf_counter() - t
-            # Where the time of the aggregate path goes: the store's part vs billing.compute itself.
-            t = time.perf_counter()
-            analysis = evidence.chain_analysis(c, "acme", MONTH)
-            t_chain = time.perf_counter() - t
-            t = time.perf_counter()
-            act = evidence.activity(c, "acme", MONTH, analysis.quarantined)
-            t_days = time.perf_counter() - t
-            # The reference the database's chain rules replace: every leaf read, analyze_links run.
-            t = time.perf_counter()
-            same_chains = evidence.chain_analysis_rows(c, "acme", MONTH) == analysis
-            t_rows = time.perf_counter() - t
-            doc = registry.latest_catalog(c, "acme")[1]
-            t = time.perf_counter()
-            cat = load_catalog(doc)
-            t_cat = time.perf_counter() - t
-            t = time.perf_counter()
-            result = compute(act, cat, MONTH, analysis.chains_json())
-            t_compute = time.perf_counter() - t
-            # The same hours as bitsets (Activity.active_bits/seen_bits): what compute costs when
-            # the collector hands over its day bitmaps without expanding them into sets of hours.
-            bits = as_bitsets(act)
-            t = time.perf_counter()
-            same_bits = compute(bits, cat, MONTH, analysis.chains_json()) == result
-            t_bits = time.perf_counter() - t
-            t = time.perf_counter()
-            full = accounting.full_result(c, "acme", MONTH)
-            t_full = time.perf_counter() - t
-        same = accounting.same_docs(agg, full)
-        print(
-            f"instances={n_agents * PER_AGENT} interval={args.interval}s heartbeats={len(lines)} "
-            f"db={engine.dialect.name}"
-        )
-        print(
-            f"bill from aggregates: {t_agg:.2f} s; full recomputation: {t_full:.2f} s; "
-            f"ratio {t_full / t_agg:.1f}x (goal >= 50x); identical results: {same}"
-        )
-        print(
-            f"  aggregate path = chain rules {t_chain:.3f} s + day bitmaps {t_days:.3f} s "
-            f"+ catalog {t_cat:.3f} s + billing.compute {t_compute:.3f} s "
-            "(catalog and compute shared by both paths)"
-        )
-        print(
-            f"  chain rules run by the database {t_chain:.3f} s, every leaf read + analyze_links "
-            f"{t_rows:.3f} s; same analysis: {same_chains}"
-        )
-        print(f"  billing.compute from the activity as read {t_compute:.2f} s, from its hours as bitsets "
-              f"{t_bits:.2f} s; same result: {same_bits}")
-        return 0 if same and same_bits and same_chains else 1
+        if args.db:
+            urls = [args.db]
+        else:
+            # Both engines by default: PostgreSQL plans its queries by statistics, SQLite does not,
+            # and a plan that is fast on one can be slow on the other (collector/chainsql.py).
+            cluster = PgCluster()
+            urls = [f"sqlite:///{tmp / 'collector.db'}", new_database(cluster.admin_url)]
+        ok = True
+        for i, url in enumerate(urls):
+            ok &= bench_db(Settings(tmp / f"data{i}", url, "bench"), n_agents, args.interval, lines)
+        return 0 if ok else 1
     finally:
+        if cluster is not None:
+            cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_db(st: Settings, n_agents: int, interval: int, lines: list[str]) -> bool:
+    """Ingest the month into one database, then time both paths; whether their results agree."""
+    engine = st.open()
+    db.write_tx(engine, lambda c: registry.apply_catalog(c, catalog(n_agents)))
+    for a in range(n_agents):
+        kid_key = agent_key("bench", a)
+        db.write_tx(engine, lambda c, k=kid_key, a=a: registry.add_agent(c, "acme", f"a{a}", k.public_b64, 0))
+    t = time.perf_counter()
+    parts = [lines[i::2] for i in range(2)]
+    with ProcessPoolExecutor(2) as pool:
+        accepted = sum(pool.map(_ingest, [(str(st.data_dir), st.db_url, p) for p in parts]))
+    print(f"ingested {accepted} in {time.perf_counter() - t:.1f} s")
+    with db.read_conn(engine) as c:
+        accounting._cache.clear()  # the timed call computes the bill: nothing reused from before
+        t = time.perf_counter()
+        agg = accounting.own_result(c, "acme", MONTH)
+        t_agg = time.perf_counter() - t
+        # Where the time of the aggregate path goes: the store's part vs billing.compute itself.
+        t = time.perf_counter()
+        analysis = evidence.chain_analysis(c, "acme", MONTH)
+        t_chain = time.perf_counter() - t
+        t = time.perf_counter()
+        act = evidence.activity(c, "acme", MONTH, analysis.quarantined)
+        t_days = time.perf_counter() - t
+        # The reference the database's chain rules replace: every leaf read, analyze_links run.
+        t = time.perf_counter()
+        same_chains = evidence.chain_analysis_rows(c, "acme", MONTH) == analysis
+        t_rows = time.perf_counter() - t
+        doc = registry.latest_catalog(c, "acme")[1]
+        t = time.perf_counter()
+        cat = load_catalog(doc)
+        t_cat = time.perf_counter() - t
+        t = time.perf_counter()
+        result = compute(act, cat, MONTH, analysis.chains_json())
+        t_compute = time.perf_counter() - t
+        # The same hours as bitsets (Activity.active_bits/seen_bits): what compute costs when
+        # the collector hands over its day bitmaps without expanding them into sets of hours.
+        bits = as_bitsets(act)
+        t = time.perf_counter()
+        same_bits = compute(bits, cat, MONTH, analysis.chains_json()) == result
+        t_bits = time.perf_counter() - t
+        t = time.perf_counter()
+        full = accounting.full_result(c, "acme", MONTH)
+        t_full = time.perf_counter() - t
+    same = accounting.same_docs(agg, full)
+    print(
+        f"instances={n_agents * PER_AGENT} interval={interval}s heartbeats={len(lines)} "
+        f"db={engine.dialect.name}"
+    )
+    print(
+        f"bill from aggregates: {t_agg:.2f} s; full recomputation: {t_full:.2f} s; "
+        f"ratio {t_full / t_agg:.1f}x (goal >= 50x); identical results: {same}"
+    )
+    print(
+        f"  aggregate path = chain rules {t_chain:.3f} s + day bitmaps {t_days:.3f} s "
+        f"+ catalog {t_cat:.3f} s + billing.compute {t_compute:.3f} s "
+        "(catalog and compute shared by both paths)"
+    )
+    print(
+        f"  chain rules run by the database {t_chain:.3f} s, every leaf read + analyze_links "
+        f"{t_rows:.3f} s; same analysis: {same_chains}"
+    )
+    print(f"  billing.compute from the activity as read {t_compute:.2f} s, from its hours as bitsets "
+          f"{t_bits:.2f} s; same result: {same_bits}")
+    engine.dispose()
+    return same and same_bits and same_chains
 
 
 if __name__ == "__main__":
