@@ -14,8 +14,15 @@ ever *accepts* or *declines*, never rejects. It accepts only what the reference 
 - the rules across members (agent = kid, prev of seq 1, adapters, time) are checked here too.
 Anything else (escapes, odd whitespace, any failure at all) declines, and the caller runs the
 reference path, which then accepts or names the rule exactly as it always did.
+
+decode_payload_shared (the collector's ingest, below) does the same with the observations array
+decoded once per distinct text, through a bounded memo, into immutable shared values.
 """
 
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from operator import attrgetter
 from typing import Annotated, Any, Literal, TypedDict
 
 import msgspec
@@ -89,3 +96,179 @@ def decode_payload(raw: bytes, kid: str) -> tuple[dict[str, Any], int] | None:
         return p, parse_time(p["time"], "payload.time")
     except ProtocolError:
         return None
+
+
+# --- The collector's ingest: the observations array decoded once per distinct text --------------
+#
+# An agent's consecutive heartbeats usually carry byte-identical `observations` arrays (the same
+# instances in the same states, poll after poll). decode_payload_shared decodes the top level
+# with that array left as a msgspec.Raw span, and the span's exact bytes key a bounded
+# per-process LRU memo of its typed decode (Observations: frozen, shared by every heartbeat that
+# carries those bytes, so nothing may change it; the collector needs only its hour cells).
+#
+# Soundness: like decode_payload it only accepts or declines, and accepts only what the reference
+# path accepts, with the same types and ranges and the same rules across members. The memo key
+# is the whole span, so a hit stands for a text that decoded, every type and range checked, when
+# it was first seen (msgspec checks a Raw span's JSON syntax but not its UTF-8; the typed decode
+# of a miss does; tests hold both). The '":' count is the same proof as above, in two parts: a
+# memoised array's own count equals its members (else it is never memoised), and the rest of the
+# text must count exactly the top level's and the polls' members. The span starts with '[' and
+# ends with ']', so no '":' straddles its edges: the rest counts the whole text's count minus the
+# array's, and when the array is the last member (as agents write it) the text before it alone
+# (no second pass over the array's bytes).
+
+_CapStr = str | msgspec.UnsetType
+_CapInt = _Count | msgspec.UnsetType
+
+
+class Capacity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A declared capacity; an absent member is msgspec.UNSET."""
+
+    bundle: _CapStr = msgspec.UNSET
+    bandwidth_mbps: _CapInt = msgspec.UNSET
+    vservices: _CapInt = msgspec.UNSET
+
+
+class Observation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    instance: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}\Z")]
+    adapter: str
+    vm: str
+    host: str | None
+    state: Literal["running", "stopped", "paused", "suspended", "unknown"]
+    capacity: Capacity | None
+
+
+class _Top(msgspec.Struct, forbid_unknown_fields=True):
+    v: Literal[1]
+    agent: str
+    seq: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+    prev: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
+    time: str
+    interval: Annotated[int, msgspec.Meta(ge=1, le=86400)]
+    polls: list[_Poll]
+    observations: msgspec.Raw
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # eq=False: hashed and compared by identity (cheap)
+class Observations:
+    """A checked `observations` array: immutable, shared by every heartbeat with the same bytes."""
+
+    items: tuple[Observation, ...]
+    adapters: frozenset[str]  # every observation's adapter
+
+
+_TOP_DECODER = msgspec.json.Decoder(_Top)
+_OBS_DECODER = msgspec.json.Decoder(tuple[Observation, ...])
+_TOP_MEMBERS = len(_Top.__struct_fields__)
+_POLL_MEMBERS = len(_Poll.__annotations__)
+_OBS_MEMBERS = len(Observation.__struct_fields__)
+# Memo bound, in bytes of array text; a decoded array takes about three times its text again.
+MEMO_BUDGET = 16 << 20
+_memo: OrderedDict[bytes, Observations] = OrderedDict()
+_memo_size = 0
+_memo_lock = threading.Lock()  # a collector may verify in several threads
+
+
+def _decode_observations(key: bytes) -> Observations | None:
+    """The typed decode of one array text, or None when it might not hold every rule."""
+    if key[:1] != b"[" or key[-1:] != b"]":
+        return None
+    try:
+        items = _OBS_DECODER.decode(key)
+    except Exception:  # msgspec.DecodeError, UnicodeDecodeError, RecursionError: all decline
+        return None
+    members = _OBS_MEMBERS * len(items) + sum(
+        map(_CAP_MEMBERS.__getitem__, filter(None, map(_capacity, items)))
+    )
+    if key.count(b'":') != members:  # an unknown or repeated name (or a '":' inside a string)
+        return None
+    return Observations(items, frozenset(map(_adapter, items)))
+
+
+class _CapMembers(dict[Capacity, int]):
+    """Members a capacity has (those not UNSET), by capacity: one capacity is declared again and
+    again, so its count is a dict look-up. Bounded: cleared when it grows past 4,096."""
+
+    def __missing__(self, cap: Capacity) -> int:
+        if len(self) >= 4096:
+            self.clear()
+        n = self[cap] = sum(getattr(cap, f) is not msgspec.UNSET for f in Capacity.__struct_fields__)
+        return n
+
+
+_CAP_MEMBERS = _CapMembers()
+_capacity = attrgetter("capacity")
+_adapter = attrgetter("adapter")
+
+
+def _observations(key: bytes) -> Observations | None:
+    global _memo_size
+    with _memo_lock:
+        hit = _memo.get(key)
+        if hit is not None:
+            _memo.move_to_end(key)
+            return hit
+    obs = _decode_observations(key)
+    if obs is not None and len(key) <= MEMO_BUDGET:
+        with _memo_lock:
+            if key not in _memo:
+                _memo[key] = obs
+                _memo_size += len(key)
+                while _memo_size > MEMO_BUDGET:
+                    _memo_size -= len(_memo.popitem(last=False)[0])
+    return obs
+
+
+def clear_memo() -> None:
+    """Forget every memoised array (tests)."""
+    global _memo_size
+    with _memo_lock:
+        _memo.clear()
+        _memo_size = 0
+
+
+def decode_payload_shared(raw: bytes, kid: str) -> tuple[dict[str, Any], int, Observations] | None:
+    """({seq, prev, interval, polls}, time as epoch seconds, shared observations) when the payload
+    certainly holds every rule of §2, else None: accepts exactly what decode_payload accepts."""
+    if b"\\" in raw:
+        return None
+    for space in _WHITESPACE:
+        if space in raw and b'"' + space in raw:
+            return None
+    try:
+        p = _TOP_DECODER.decode(raw)
+    except Exception:
+        return None
+    key = bytes(p.observations)
+    obs = _observations(key)
+    if obs is None:
+        return None
+    polls = p.polls
+    top = _TOP_MEMBERS + _POLL_MEMBERS * len(polls)
+    end = len(raw) - 1
+    if raw.endswith(key, 0, end):
+        quotes = raw.count(b'":', 0, end - len(key))  # the array's own equal its members
+    else:
+        quotes = raw.count(b'":') - key.count(b'":')  # the array's own, where it stands
+    if quotes != top or p.agent != kid or (p.seq == 1 and p.prev != _ZERO):
+        return None
+    names = {poll["adapter"] for poll in polls}
+    if len(names) != len(polls) or not obs.adapters <= names:
+        return None
+    try:
+        epoch = parse_time(p.time, "payload.time")
+    except ProtocolError:
+        return None
+    return {"seq": p.seq, "prev": p.prev, "interval": p.interval, "polls": polls}, epoch, obs
+
+
+def observations_of(observations: list[dict[str, Any]]) -> Observations:
+    """The Observations of an array the reference path accepted (no check: it holds every rule)."""
+    items = tuple(
+        Observation(
+            o["instance"], o["adapter"], o["vm"], o["host"], o["state"],
+            None if (c := o["capacity"]) is None else Capacity(**c),
+        )
+        for o in observations
+    )
+    return Observations(items, frozenset(o.adapter for o in items))

@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protocol.errors import ProtocolError
-from protocol.fastpayload import decode_payload
+from protocol.fastpayload import Observations, decode_payload, decode_payload_shared, observations_of
 from protocol.keys import AgentKey
 from protocol.payload import member_count, validate_payload
 from protocol.strictjson import loads_counted, loads_strict
@@ -130,15 +130,40 @@ def _parse(token: str, digest: str = "") -> tuple[Heartbeat, bytes]:
         payload, epoch = fast
     else:
         payload, epoch = _reference_payload(raw, kid)
+    return _heartbeat(token, kid, payload, epoch, payload["observations"], digest), _signature(sig_b64)
+
+
+def _parse_shared(token: str, digest: str = "") -> tuple[Heartbeat, Observations, bytes]:
+    """_parse with the observations as a shared Observations (memoised by their bytes): the same
+    checks in the same order, so the same outcome and, on a rejection, the same rule."""
+    header_b64, payload_b64, sig_b64 = _split(token)
+    kid = _check_header(header_b64)
+    raw = b64url_decode(payload_b64, "payload")
+    fast = decode_payload_shared(raw, kid)
+    if fast is not None:
+        payload, epoch, obs = fast
+    else:
+        payload, epoch = _reference_payload(raw, kid)
+        obs = observations_of(payload["observations"])
+    return _heartbeat(token, kid, payload, epoch, [], digest), obs, _signature(sig_b64)
+
+
+def _signature(sig_b64: str) -> bytes:
     sig = b64url_decode(sig_b64, "jws.signature")
     if len(sig) != 64:
         raise ProtocolError("signature", "an Ed25519 signature has 64 bytes")
-    hb = Heartbeat(
+    return sig
+
+
+def _heartbeat(
+    token: str, kid: str, payload: Mapping[str, Any], epoch: int, observations: list[dict[str, Any]],
+    digest: str,
+) -> Heartbeat:
+    return Heartbeat(
         token=token, kid=kid, seq=payload["seq"], prev=payload["prev"], time=epoch,
-        interval=payload["interval"], polls=payload["polls"], observations=payload["observations"],
+        interval=payload["interval"], polls=payload["polls"], observations=observations,
         digest=digest or token_digest(token),
     )
-    return hb, sig
 
 
 def _reference_payload(raw: bytes, kid: str) -> tuple[dict[str, Any], int]:
@@ -168,15 +193,30 @@ def verify_heartbeat(token: str, keys: KeyLookup, digest: str = "") -> Heartbeat
 
     ``digest`` may pass token_digest(token) when the caller computed it already."""
     hb, sig = _parse(token, digest)
-    key = keys.get(hb.kid) if isinstance(keys, Mapping) else keys(hb.kid)
+    _verify_signature(token, hb.kid, sig, keys)
+    return hb
+
+
+def verify_heartbeat_shared(token: str, keys: KeyLookup, digest: str = "") -> tuple[Heartbeat, Observations]:
+    """verify_heartbeat for the collector's ingest: accepts and rejects exactly what it does, with
+    the same rule, but returns the observations apart, as an immutable Observations shared by
+    every heartbeat whose `observations` text is byte-identical (decoded once per distinct text,
+    see protocol.fastpayload). The Heartbeat's own `observations` list is EMPTY (and its
+    `payload` therefore incomplete): read them from the Observations."""
+    hb, obs, sig = _parse_shared(token, digest)
+    _verify_signature(token, hb.kid, sig, keys)
+    return hb, obs
+
+
+def _verify_signature(token: str, kid: str, sig: bytes, keys: KeyLookup) -> None:
+    key = keys.get(kid) if isinstance(keys, Mapping) else keys(kid)
     if key is None:
-        raise ProtocolError("kid.unknown", f"no enrolled key with kid {hb.kid}")
+        raise ProtocolError("kid.unknown", f"no enrolled key with kid {kid}")
     try:
         # The signing input is the token up to its last '.' (_parse checked there are two).
         key.verify(sig, token[: token.rindex(".")].encode("ascii"))
     except InvalidSignature as exc:
-        raise ProtocolError("signature", f"signature does not verify with key {hb.kid}") from exc
-    return hb
+        raise ProtocolError("signature", f"signature does not verify with key {kid}") from exc
 
 
 def sign_heartbeat(key: AgentKey, payload: Mapping[str, Any]) -> str:

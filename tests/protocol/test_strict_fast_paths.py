@@ -9,13 +9,15 @@ import binascii
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol import fastpayload
 from protocol.errors import ProtocolError
-from protocol.fastpayload import decode_payload
-from protocol.heartbeat import TYP, b64url_decode, b64url_encode, verify_heartbeat
+from protocol.fastpayload import clear_memo, decode_payload
+from protocol.heartbeat import TYP, b64url_decode, b64url_encode, verify_heartbeat, verify_heartbeat_shared
 from protocol.keys import AgentKey
 from protocol.payload import validate_payload
 from protocol.strictjson import loads_strict
@@ -216,3 +218,202 @@ def test_the_edges_themselves_are_accepted() -> None:
             body = body.replace(b'"prev":"' + b"0" * 64, b'"prev":"' + b"a" * 64, 1)
         assert _outcome(body) is None, path
         assert decode_payload(body, KEY.kid) is not None, path
+
+
+# --- The collector's path: observations memoised by their exact bytes (verify_heartbeat_shared) ---
+
+
+def _shared(body: bytes) -> str | None:
+    """The rule verify_heartbeat_shared rejects with, or None; on acceptance, what it returns is
+    exactly what the plain decoder reads (the observations through the shared Observations)."""
+    try:
+        hb, obs = verify_heartbeat_shared(_token(body), KEYS)
+    except ProtocolError as exc:
+        return exc.rule
+    plain = loads_strict(body, "payload")
+    assert hb.observations == []
+    assert [msgspec.to_builtins(o) for o in obs.items] == plain["observations"]
+    assert {**hb.payload, "observations": plain["observations"]} == plain
+    return None
+
+
+def _twice(body: bytes) -> str | None:
+    """The outcome on a cold memo and on a warm one (a hit when the array was memoised)."""
+    clear_memo()
+    cold = _shared(body)
+    assert _shared(body) == cold
+    return cold
+
+
+def _array(body: bytes) -> bytes:
+    start = body.index(b'"observations":') + len(b'"observations":')
+    return body[start : body.rindex(b"]") + 1]
+
+
+def test_the_shared_path_memoises_the_array_and_shares_one_immutable_value() -> None:
+    clear_memo()
+    p = _payload()
+    one, two = _compact(p), _compact({**p, "seq": 2, "prev": "a" * 64, "time": "2026-11-01T00:01:00Z"})
+    _, a = verify_heartbeat_shared(_token(one), KEYS)
+    _, b = verify_heartbeat_shared(_token(two), KEYS)
+    assert a is b and fastpayload._memo.get(_array(one)) is a
+    with pytest.raises((AttributeError, TypeError)):
+        a.items[0].state = "stopped"  # type: ignore[misc]
+    with pytest.raises((AttributeError, TypeError)):
+        a.items = ()  # type: ignore[misc]
+    assert isinstance(a.items, tuple) and isinstance(a.adapters, frozenset)
+
+
+TOP_EDITS = [  # the memoised array under a top level that the reference refuses
+    (b'{"v":1,', b'{"v":1,"v":1,'), (b'{"v":1,', b'{"v":1,"x":1,'), (b'{"v":1,', b'{"v":2,'),
+    (b'"ok":true,', b'"ok":true,"ok":true,'), (b'"ok":true,', b'"ok":true,"x":null,'),
+    (b'"adapter":"a","platform"', b'"adapter":"b","platform"'),  # its observations name "a"
+    (b'"interval":300,', b'"interval":0,'), (b'"interval":300,', b'"interval":300,"observations":[],'),
+    (b'"v":1,', b'"v":1,"observations":[{"instance":"x"}],'), (b'"time":"2026', b'"time":"2O26'),
+    (b'"seq":1,', b'"seq":1,"seq":2,'),
+]
+
+
+@pytest.mark.parametrize("old,new", TOP_EDITS)
+def test_a_memoised_array_under_another_top_level_is_judged_as_the_reference(
+    old: bytes, new: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = _compact(_payload())
+    clear_memo()
+    assert _shared(body) is None and _array(body) in fastpayload._memo  # memoised
+    # From here on the array is never decoded again: whenever it is looked up, it is a hit.
+    monkeypatch.setattr(fastpayload, "_decode_observations", lambda key: pytest.fail("a miss"))
+    edited = body.replace(old, new, 1)
+    assert edited != body
+    assert _reference(edited) is not None
+    assert _shared(edited) == _reference(edited)  # a hit, yet refused with the reference's rule
+    assert _shared(body) is None
+
+
+INNER_EDITS = [  # arrays the memo must never hold: repeated or unknown names inside
+    (b'"vm":"vm-1",', b'"vm":"vm-1","vm":"vm-1",'), (b'"vm":"vm-1",', b'"vm":"vm-1","x":1,'),
+    (b'"vservices":2}', b'"vservices":2,"vservices":2}'), (b'"vservices":2}', b'"vservices":2,"x":2}'),
+    (b'"state":"running",', b'"state":"x","state":"running",'),
+    (b'"capacity":{', b'"capacity":{"bundle":1,'),
+]
+
+
+@pytest.mark.parametrize("old,new", INNER_EDITS)
+def test_an_array_with_a_repeated_or_unknown_name_is_never_memoised(old: bytes, new: bytes) -> None:
+    body = _compact(_payload())
+    clear_memo()
+    assert _shared(body) is None  # the clean array is memoised first
+    edited = body.replace(old, new, 1)
+    for _ in range(2):  # the second time would be a hit, had the first been memoised
+        assert _reference(edited) is not None
+        assert _shared(edited) == _reference(edited)
+        assert _array(edited) not in fastpayload._memo
+    assert _shared(body) is None
+
+
+def test_a_hit_then_an_array_one_byte_apart() -> None:
+    p = _payload()
+    body = _compact(p)
+    for old, new in [(b'"running"', b'"runninh"'), (b'"vm-1"', b'"vm-2"'), (b'100', b'101'), (b'100', b'1e2'),
+                     (b'"TR7-1"', b'"TR7 1"'), (b'"vm-1"', b'"vm-\xff"'), (b'"vm-1"', b'"vm-\xed"'),
+                     (b'2}', b'2]'), (b'"h"', b'"\xc3\xa9"'), (b'"host":"h"', b'"host":nul')]:
+        clear_memo()
+        assert _shared(body) is None
+        edited = body.replace(old, new, 1)
+        assert edited != body and len(_array(edited)) == len(_array(body)) + len(new) - len(old)
+        assert _shared(edited) == _reference(edited), (old, new)
+        assert _shared(edited) == _reference(edited), (old, new)  # and once more, maybe a hit now
+        assert _shared(body) is None
+
+
+def test_the_array_anywhere_in_the_payload() -> None:
+    # Agents write observations last; elsewhere the whole text is counted (the other branch).
+    p = _payload()
+    rest = _compact(p)[1:].split(b',"observations":')[0]
+    body = b'{"observations":' + _compact(p["observations"]) + b"," + rest + b"}"
+    assert loads_strict(body, "payload") == p
+    assert _twice(body) is None
+    for old, new in [(b'"v":1,', b'"v":1,"v":1,'), (b'"vm":"vm-1",', b'"vm":"vm-1","vm":"vm-1",'),
+                     (b'"observations":', b'"observations":[],"observations":')]:
+        edited = body.replace(old, new, 1)
+        assert _twice(edited) == _reference(edited) == "payload"
+
+
+def test_msgspec_checks_a_raw_spans_json_syntax_but_not_its_utf8() -> None:
+    # What the memo relies on: a Raw span is valid JSON (else the top level fails to decode) and
+    # its UTF-8 is checked by the typed decode of a miss (the span is the memo's whole key).
+    good = _compact(_payload())
+    assert bytes(fastpayload._TOP_DECODER.decode(good).observations) == _array(good)
+    for old, new in [(b"100", b"01"), (b"100", b"1e"), (b'"host":"h"', b'"host":nul'), (b"}]", b"},]"),
+                     (b'"vm":', b'"vm"'), (b'"h"', b'"\x01"'), (b"100", b"NaN"), (b"}]", b"}")]:
+        bad = good.replace(old, new, 1)
+        with pytest.raises(msgspec.DecodeError):
+            fastpayload._TOP_DECODER.decode(bad)
+    lax = good.replace(b'"h"', b'"\xff"', 1)
+    assert bytes(fastpayload._TOP_DECODER.decode(lax).observations) == _array(lax)  # not checked here
+    with pytest.raises(msgspec.DecodeError):
+        fastpayload._OBS_DECODER.decode(_array(lax))  # but here
+    assert _twice(lax) == _reference(lax) == "payload"
+
+
+def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_memo()
+    monkeypatch.setattr(fastpayload, "MEMO_BUDGET", 3 * len(_array(_compact(_payload(vm="vm-000")))))
+    for i in range(20):
+        assert _shared(_compact(_payload(vm=f"vm-{i:03d}"))) is None
+        assert fastpayload._memo_size <= fastpayload.MEMO_BUDGET
+        assert fastpayload._memo_size == sum(map(len, fastpayload._memo))
+    assert len(fastpayload._memo) == 3
+    clear_memo()
+
+
+@given(
+    base=st.sampled_from([_payload(), _payload(vm=":", capacity=None), _payload(host=None, capacity={})]),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(
+        [b'"v":1,', b'"vm":":",', b'":":', b" ", b'"a":', b',"":1', b'"vservices":1,', b"{", b"}", b'":',
+         b"1e0", b"0", b"01", b".0", b"-", b"true", b"null", b"\t", b"\\u0041", b"\xc3\xa9", b"\xc0\xaf",
+         b"\xff", b"\xe2\x82", b"\xed\xa0\x80", b"\x00", b"\x7f", b"]", b"[", b'"', b",",
+         b'"observations":[],', b'"capacity":null,', b'"bundle":"x",']
+    )), max_size=3),
+    warm=st.booleans(),
+    top_only=st.booleans(),
+)
+@settings(max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
+def test_the_shared_path_decides_as_the_reference(
+    base: dict[str, Any], edits: list[tuple[int, bytes]], warm: bool, top_only: bool
+) -> None:
+    # warm: the unedited payload went first, so an edit outside its array meets a memo hit;
+    # top_only: every edit lands before the array (the array's bytes stay those memoised).
+    body = _compact(base)
+    clear_memo()
+    if warm:
+        assert _shared(body) is None
+    for pos, piece in edits:
+        if top_only:  # just after a '{' or ',' before the array: a repeated name keeps the JSON valid
+            cuts = [i + 1 for i in range(body.rindex(b'"observations":')) if body[i : i + 1] in b",{"]
+            pos = cuts[pos % len(cuts)]
+        else:
+            pos %= len(body) + 1
+        body = body[:pos] + piece + body[pos:]
+    expected = _reference(body)
+    assert _shared(body) == expected
+    assert _shared(body) == expected  # again: a hit if it was memoised
+    assert _outcome(body) == expected
+
+
+@pytest.mark.parametrize("path,value", [(p, v) for p, values in EDGES for v in values])
+def test_every_typed_member_at_its_edge_is_refused_by_the_shared_path(path: str, value: Any) -> None:
+    body = _set(path, value)
+    assert _twice(body) == _reference(body) is not None
+
+
+def test_the_shared_path_takes_the_edges_and_what_the_reference_alone_accepts() -> None:
+    for path, value in [("interval", 86400), ("observations.0.instance", "a" * 64),
+                        ("observations.0.capacity", {}), ("observations.1.capacity.vservices", 2**63 - 1),
+                        ("observations.0.host", None)]:
+        assert _twice(_set(path, value)) is None, path
+    # Declined by the fast path (a space after a quote, an escape), accepted by the reference:
+    body = _compact(_payload(vm="Web Server 01"))
+    for odd in (body.replace(b'"vm":', b'"vm" :', 1), body.replace(b"Web", b"W\\u0065b", 1)):
+        assert fastpayload.decode_payload_shared(odd, KEY.kid) is None
+        assert _twice(odd) is None
