@@ -7,7 +7,6 @@ another process rolls the whole batch back and redoes it, when the line is then 
 """
 
 import base64
-import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.engine import Connection, Engine
@@ -24,7 +24,8 @@ from collector import schema as s
 from collector.db import read_conn, write_tx
 from collector.tlog import lock_log
 from protocol.errors import ProtocolError
-from protocol.heartbeat import Heartbeat, check_key_window, token_digest, verify_heartbeat
+from protocol.fastpayload import Capacity, Observations
+from protocol.heartbeat import Heartbeat, check_key_window, token_digest, verify_heartbeat_shared
 from protocol.keys import load_public_key_b64
 from protocol.merkle import leaf_hash
 from protocol.timefmt import month_of
@@ -74,12 +75,17 @@ DAY = 86400
 Cell = tuple[str, str, bool, str | None]
 
 
-class _CapacityKeys(dict[tuple[Any, ...], str]):
+class _CapacityKeys(dict[Any, str]):
     """One capacity is declared thousands of times: encode it once. Keyed by its items as written
-    (one C call); two orders of one capacity just share the encoded form."""
+    (one C call) or by its decoded Capacity (hashable, frozen); either order of one capacity, and
+    either form, encodes to the same key."""
 
-    def __missing__(self, items: tuple[Any, ...]) -> str:
-        key = self[items] = cap_key(dict(items))
+    def __missing__(self, k: Any) -> str:
+        if isinstance(k, Capacity):
+            cap = {n: v for n in Capacity.__struct_fields__ if (v := getattr(k, n)) is not msgspec.UNSET}
+        else:
+            cap = dict(k)
+        key = self[k] = cap_key(cap)
         return key
 
 
@@ -91,17 +97,36 @@ def cells_of(hb: Heartbeat, keys: _CapacityKeys) -> list[Cell]:
     ]
 
 
+def cells_of_observations(obs: Observations, keys: _CapacityKeys) -> tuple[Cell, ...]:
+    """cells_of for a shared Observations (protocol.heartbeat.verify_heartbeat_shared)."""
+    return tuple([
+        (o.instance, o.vm, o.state == "running", None if (cap := o.capacity) is None else keys[cap])
+        for o in obs.items
+    ])
+
+
 def aggregate_cells(
-    items: Iterable[tuple[int, list[Cell]]],
+    items: Iterable[tuple[int, Sequence[Cell]]],
 ) -> tuple[dict[tuple[int, str, str], list[int]], dict[tuple[int, str, str], list[int]]]:
-    """(day, instance, vm) -> [active bits, seen bits]; (day, instance, capacity) -> time offsets."""
-    bits: dict[tuple[int, str, str], list[int]] = {}
-    caps: dict[tuple[int, str, str], list[int]] = defaultdict(list)
-    get_bits = bits.get
+    """(day, instance, vm) -> [active bits, seen bits]; (day, instance, capacity) -> time offsets.
+
+    Items that share one cells object (heartbeats with the same observations text) in one hour
+    of one day are ORed once: only their time offsets are kept apart."""
+    groups: dict[tuple[int, int, int], tuple[Sequence[Cell], list[int]]] = {}
     for t, cells in items:
         day = t - t % DAY
         off = t - day
-        bit = 1 << (off // 3600)
+        # id() is safe: each cells object is held by its group while groups is alive
+        g = groups.get((day, off // 3600, id(cells)))
+        if g is None:
+            groups[(day, off // 3600, id(cells))] = (cells, [off])
+        else:
+            g[1].append(off)
+    bits: dict[tuple[int, str, str], list[int]] = {}
+    caps: dict[tuple[int, str, str], list[int]] = defaultdict(list)
+    get_bits = bits.get
+    for (day, hour, _), (cells, offs) in groups.items():
+        bit = 1 << hour
         for inst, vm, running, key in cells:
             k = (day, inst, vm)
             b = get_bits(k)
@@ -111,7 +136,7 @@ def aggregate_cells(
             if running:
                 b[0] |= bit
             if key is not None:
-                caps[(day, inst, key)].append(off)
+                caps[(day, inst, key)].extend(offs)
     return bits, caps
 
 
@@ -154,7 +179,9 @@ def _sql(conn: Connection, table: str) -> str:
     return _sql_for(table, conn.dialect.paramstyle, conn.dialect.identifier_preparer.quote)
 
 
-def upsert_aggregates(conn: Connection, provider: str, items: Iterable[tuple[int, list[Cell]]]) -> None:
+def upsert_aggregates(
+    conn: Connection, provider: str, items: Iterable[tuple[int, Sequence[Cell]]]
+) -> None:
     """OR the hours of (time, cells) items into `days`, add their capacity offsets to `capacities`."""
     bits, caps = aggregate_cells(items)
     if bits:
@@ -172,7 +199,7 @@ def upsert_aggregates(conn: Connection, provider: str, items: Iterable[tuple[int
 
 
 def _append(
-    conn: Connection, provider: str, month: str, cands: list[Heartbeat], cells: Mapping[str, list[Cell]],
+    conn: Connection, provider: str, month: str, cands: list[Heartbeat], cells: Mapping[str, Sequence[Cell]],
     now: int,
 ) -> set[str]:
     """Append the not-yet-logged heartbeats of one log; return the digests appended."""
@@ -226,7 +253,11 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
     results: list[dict[str, Any]] = []
     ok: dict[int, tuple[str, Heartbeat]] = {}
     groups: dict[tuple[str, str], dict[str, Heartbeat]] = defaultdict(dict)
-    cells: dict[str, list[Cell]] = {}
+    cells: dict[str, Sequence[Cell]] = {}
+    # One cells tuple per distinct observations text in the batch (an agent's consecutive
+    # heartbeats share one Observations): computed once, and ORed once per hour by the aggregate.
+    cells_by_obs: dict[Observations, tuple[Cell, ...]] = {}
+    cells_by_value: dict[tuple[Cell, ...], tuple[Cell, ...]] = {}
     for n, line in enumerate(lines):
         seq = logged.get(line)
         if seq is not None:
@@ -234,7 +265,7 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
             results.append({"seq": seq, "status": "duplicate"})
             continue
         try:
-            hb = verify_heartbeat(line, keys, digest_of.get(line, ""))
+            hb, obs = verify_heartbeat_shared(line, keys, digest_of.get(line, ""))
             agent = agents[hb.kid]
             check_key_window(hb, agent.enrolled_at, agent.revoked_at)
             if hb.time > now + MAX_FUTURE:
@@ -244,9 +275,13 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
             continue
         results.append({"seq": hb.seq, "status": "pending"})
         # Only the cells are kept, not the decoded payload: holding 500 payloads' dicts until the
-        # commit made decoding them twice as slow (fresh memory for every batch).
-        cells[hb.digest] = cells_of(hb, cap_keys)
-        hb = dataclasses.replace(hb, polls=[], observations=[])
+        # commit made decoding them twice as slow (fresh memory for every batch). The shared
+        # Observations are immutable; hb's own observations list is empty.
+        c = cells_by_obs.get(obs)
+        if c is None:
+            # Equal cells (another text, e.g. only a host changed) share one tuple too.
+            c = cells_by_obs[obs] = cells_by_value.setdefault(c := cells_of_observations(obs, cap_keys), c)
+        cells[hb.digest] = c
         ok[n] = (agent.provider, hb)
         groups[(agent.provider, _month_of_day(hb.time - hb.time % DAY))].setdefault(hb.digest, hb)
 
