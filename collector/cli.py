@@ -6,6 +6,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from collector import accounting, db, registry
 from collector.gctune import tune_gc
@@ -39,14 +40,23 @@ def month_arg(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help=f"key and default SQLite database (env {ENV_DATA_DIR})")
-    common.add_argument("--db", help=f"sqlite:///PATH or postgresql://... (env {ENV_DB})")
-    common.add_argument(
-        "--origin", help="collector origin (note name), fixed at first use; default host name"
+def _add_common(parser: argparse.ArgumentParser, default: Any) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--data-dir", default=default, help=f"key and default SQLite database (env {ENV_DATA_DIR})"
     )
-    p = argparse.ArgumentParser(prog="tr7-collector", description=__doc__)
+    parser.add_argument("--db", default=default, help=f"sqlite:///PATH or postgresql://... (env {ENV_DB})")
+    parser.add_argument(
+        "--origin", default=default, help="collector origin (note name), fixed at first use; default host"
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The common options go before or after the command (`tr7-collector --data-dir D apply F` and
+    # `tr7-collector apply --data-dir D F`). A subcommand's defaults would overwrite what the main
+    # parser read, so its copies default to SUPPRESS: absent there, the main parser's value stays.
+    common = _add_common(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
+    p = _add_common(argparse.ArgumentParser(prog="tr7-collector", description=__doc__), None)
     sub = p.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("serve", parents=[common], help="run the HTTP API")
     sp.add_argument(
