@@ -21,7 +21,9 @@ def _free_port() -> int:
 class PgCluster:
     """initdb + pg_ctl in a temp dir; unix socket in that dir only (no TCP listener)."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        # Tests need no durability (fsync=off is much faster); a benchmark of durable ingest does,
+        # as SQLite's synchronous=FULL has it, or it would measure a promise PostgreSQL does not keep.
         self.dir = Path(tempfile.mkdtemp(prefix="tr7-pg-"))
         self.port = _free_port()  # only names the socket file; unique per cluster
         shutil.chown(self.dir, "postgres", "postgres")
@@ -35,7 +37,8 @@ class PgCluster:
             "-w",
             "start",
             "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses='' -c fsync=off -c max_connections=200",
+            f"-p {self.port} -k {self.dir} -c listen_addresses='' -c fsync={'on' if durable else 'off'} "
+            "-c max_connections=200",
         )
         self.admin_url = f"postgresql://postgres@/postgres?host={self.dir}&port={self.port}"
 
