@@ -279,8 +279,9 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
         # Observations are immutable; hb's own observations list is empty.
         c = cells_by_obs.get(obs)
         if c is None:
+            c = cells_of_observations(obs, cap_keys)
             # Equal cells (another text, e.g. only a host changed) share one tuple too.
-            c = cells_by_obs[obs] = cells_by_value.setdefault(c := cells_of_observations(obs, cap_keys), c)
+            c = cells_by_obs[obs] = cells_by_value.setdefault(c, c)
         cells[hb.digest] = c
         ok[n] = (agent.provider, hb)
         groups[(agent.provider, _month_of_day(hb.time - hb.time % DAY))].setdefault(hb.digest, hb)
