@@ -15,6 +15,8 @@ What is compared, all measured in this run on this machine:
 - the collector's CPU per heartbeat (its processes only, not the database server's nor the
   clients'), as a multiple of one raw check: the cost that does not depend on what else runs;
   and the clients' CPU per heartbeat, which the raw rate does not have to share its cores with.
+Both databases are durable, as the collector promises before its 200: SQLite with
+synchronous=FULL, the throwaway PostgreSQL with fsync on.
 Never asserts a time. Usage:
     .venv/bin/python bench/bench_ingest.py [--heartbeats 6000] [--clients 4] [--workers N]
 """
@@ -272,7 +274,7 @@ def main() -> int:
         )
         strict = strict_verify_rate(keys, lines)
         print(f"protocol.verify_heartbeat (1 core): {strict:,.0f}/s = {strict / raw1:.2f} of raw on 1 core")
-        cluster = PgCluster()
+        cluster = PgCluster(durable=True)  # fsync on: durable, as SQLite (synchronous=FULL)
         for name, url_of in (
             ("sqlite", lambda w: f"sqlite:///{tmp / f'collector-{w}.db'}"),
             ("postgresql", lambda w: new_database(cluster.admin_url)),
