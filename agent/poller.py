@@ -7,7 +7,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.base import Adapter, AdapterConfig, AdapterError, PollResult
+from adapters.base import Adapter, AdapterConfig, AdapterError, Observation, PollResult
 from adapters.registry import adapter_class
 from protocol.errors import ProtocolError
 from protocol.payload import validate_payload
@@ -47,10 +47,17 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
+def _order(o: Observation) -> tuple[str, str]:
+    return o.vm, o.instance
+
+
 def _checked(cfg: AdapterConfig, result: PollResult) -> tuple[list[dict[str, Any]], str | None]:
     """Wire-form observations; an adapter that yields something §2 forbids fails alone, so one bad
     adapter never stops the heartbeat of the others."""
-    obs = [o.to_json(cfg.name) for o in result.observations]
+    # In one stable order (vm, then instance): SDKs list VMs in an order they do not promise
+    # (libvirt's, vSphere's property collector), and an unchanged poll then signs the same
+    # `observations` text again, which the collector decodes once (protocol/fastpayload.py).
+    obs = [o.to_json(cfg.name) for o in sorted(result.observations, key=_order)]
     probe = {"v": 1, "agent": _PROBE_KID, "seq": 1, "prev": "0" * 64, "time": "2000-01-01T00:00:00Z",
              "interval": 60, "polls": [{"adapter": cfg.name, "platform": cfg.platform, "ok": True,
                                         "error": None}], "observations": obs}
