@@ -3,10 +3,13 @@ hour: the `days` and `capacities` rows are those a plain per-heartbeat, per-obse
 
 import json
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
+from collector import ingest
 from collector import schema as s
 from collector.ingest import ingest_lines
 from protocol.fastpayload import clear_memo
@@ -102,3 +105,24 @@ def test_shared_observations_aggregate_as_the_plain_pass(settings, tools) -> Non
     assert got_bits == bits
     assert got_caps == caps
     assert len({d for d, _, _ in bits}) == 2
+
+
+def test_threads_verify_in_turns_and_a_failure_frees_the_turn(settings, tools, monkeypatch) -> None:
+    signers = [_Signer() for _ in range(4)]
+    base = 20_000 * DAY
+    for n, sig in enumerate(signers):
+        tools.enrol(settings, "acme", tools.Agent(f"t{n}", sig.key), base - DAY)
+    batches = [[sig.beat(base + i * 60, [_obs(f"I{n}")]) for i in range(150)]
+               for n, sig in enumerate(signers)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda b: ingest_lines(settings.engine, b, now=base + DAY), batches))
+    assert all(r["status"] == "accepted" for res in results for r in res)
+
+    def broken(*args: Any, **kw: Any) -> None:
+        raise RuntimeError("not a ProtocolError")
+
+    monkeypatch.setattr(ingest, "verify_heartbeat_shared", broken)
+    with pytest.raises(RuntimeError):
+        ingest_lines(settings.engine, [signers[0].beat(base + DAY - 1, [])], now=base + DAY)
+    assert ingest._VERIFYING.acquire(blocking=False)  # released on the way out
+    ingest._VERIFYING.release()
