@@ -8,7 +8,6 @@ another process rolls the whole batch back and redoes it, when the line is then 
 
 import base64
 import json
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,13 +31,6 @@ from protocol.merkle import leaf_hash
 from protocol.timefmt import month_of
 
 MAX_FUTURE = 300  # seconds a heartbeat may be ahead of the collector's clock at receipt
-# The threads of one collector process (the server runs each request's ingest in a thread pool)
-# verify one at a time, _VERIFY_CHUNK lines a turn. Each line's base64, SHA-256 and Ed25519 C
-# calls release the GIL; with several threads verifying, every release handed the GIL to another
-# thread and back (futex wake-ups and context switches), ~30-90 us of CPU a heartbeat with 4
-# threads. The database work is not under it.
-_VERIFYING = threading.Lock()
-_VERIFY_CHUNK = 64
 
 
 @dataclass
@@ -266,42 +258,33 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
     # heartbeats share one Observations): computed once, and ORed once per hour by the aggregate.
     cells_by_obs: dict[Observations, tuple[Cell, ...]] = {}
     cells_by_value: dict[tuple[Cell, ...], tuple[Cell, ...]] = {}
-    _VERIFYING.acquire()
-    try:
-        for n, line in enumerate(lines):
-            if n and n % _VERIFY_CHUNK == 0:
-                _VERIFYING.release()  # another thread's turn, maybe
-                _VERIFYING.acquire()
-            seq = logged.get(line)
-            if seq is not None:
-                # Byte-identical to a logged leaf, verified when it was accepted: an agent's retry.
-                results.append({"seq": seq, "status": "duplicate"})
-                continue
-            try:
-                hb, obs = verify_heartbeat_shared(line, keys, digest_of.get(line, ""))
-                agent = agents[hb.kid]
-                check_key_window(hb, agent.enrolled_at, agent.revoked_at)
-                if hb.time > now + MAX_FUTURE:
-                    raise ProtocolError(
-                        "time.future", f"time is more than {MAX_FUTURE} s ahead of the collector"
-                    )
-            except ProtocolError as exc:
-                results.append(_rejected(line, exc))
-                continue
-            results.append({"seq": hb.seq, "status": "pending"})
-            # Only the cells are kept, not the decoded payload: holding 500 payloads' dicts until
-            # the commit made decoding them twice as slow (fresh memory for every batch). The
-            # shared Observations are immutable; hb's own observations list is empty.
-            c = cells_by_obs.get(obs)
-            if c is None:
-                c = cells_of_observations(obs, cap_keys)
-                # Equal cells (another text, e.g. only a host changed) share one tuple too.
-                c = cells_by_obs[obs] = cells_by_value.setdefault(c, c)
-            cells[hb.digest] = c
-            ok[n] = (agent.provider, hb)
-            groups[(agent.provider, _month_of_day(hb.time - hb.time % DAY))].setdefault(hb.digest, hb)
-    finally:
-        _VERIFYING.release()
+    for n, line in enumerate(lines):
+        seq = logged.get(line)
+        if seq is not None:
+            # Byte-identical to a logged leaf, verified when it was accepted: an agent's retry.
+            results.append({"seq": seq, "status": "duplicate"})
+            continue
+        try:
+            hb, obs = verify_heartbeat_shared(line, keys, digest_of.get(line, ""))
+            agent = agents[hb.kid]
+            check_key_window(hb, agent.enrolled_at, agent.revoked_at)
+            if hb.time > now + MAX_FUTURE:
+                raise ProtocolError("time.future", f"time is more than {MAX_FUTURE} s ahead of the collector")
+        except ProtocolError as exc:
+            results.append(_rejected(line, exc))
+            continue
+        results.append({"seq": hb.seq, "status": "pending"})
+        # Only the cells are kept, not the decoded payload: holding 500 payloads' dicts until the
+        # commit made decoding them twice as slow (fresh memory for every batch). The shared
+        # Observations are immutable; hb's own observations list is empty.
+        c = cells_by_obs.get(obs)
+        if c is None:
+            c = cells_of_observations(obs, cap_keys)
+            # Equal cells (another text, e.g. only a host changed) share one tuple too.
+            c = cells_by_obs[obs] = cells_by_value.setdefault(c, c)
+        cells[hb.digest] = c
+        ok[n] = (agent.provider, hb)
+        groups[(agent.provider, _month_of_day(hb.time - hb.time % DAY))].setdefault(hb.digest, hb)
 
     def tx(conn: Connection) -> set[str]:
         appended: set[str] = set()
