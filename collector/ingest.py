@@ -8,6 +8,7 @@ another process rolls the whole batch back and redoes it, when the line is then 
 
 import base64
 import json
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +31,7 @@ from protocol.keys import load_public_key_b64
 from protocol.merkle import leaf_hash
 from protocol.timefmt import month_of
 
+log = logging.getLogger(__name__)
 MAX_FUTURE = 300  # seconds a heartbeat may be ahead of the collector's clock at receipt
 
 
@@ -45,7 +47,15 @@ def _load_agents(conn: Connection, kids: set[str]) -> dict[str, _Agent]:
     out: dict[str, _Agent] = {}
     if kids:
         for r in conn.execute(sa.select(s.agents).where(s.agents.c.kid.in_(sorted(kids)))):
-            out[r.kid] = _Agent(r.provider, load_public_key_b64(r.public_key), r.enrolled_at, r.revoked_at)
+            try:
+                key = load_public_key_b64(r.public_key)
+            except ProtocolError as exc:
+                # A weak key enrolled before enrolment refused them: anyone can sign for it, so
+                # its lines are rejected as from an unknown key (kid.unknown), never a 500.
+                log.error("event=weak_agent_key kid=%s provider=%s reason=%r: revoke it and re-enrol",
+                          r.kid, r.provider, exc.detail)
+                continue
+            out[r.kid] = _Agent(r.provider, key, r.enrolled_at, r.revoked_at)
     return out
 
 

@@ -1,16 +1,20 @@
 """A weak agent key (small-order, mixed-order, non-canonical) is never enrolled: HTTP and CLI."""
 
 import base64
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
 from nacl.bindings import crypto_core_ed25519_add
 
 from collector import db, registry
-from protocol.keys import AgentKey
+from collector import schema as s
+from protocol.keys import AgentKey, kid_of
+from protocol.timefmt import format_time
 
 IDENTITY = bytes([1]) + bytes(31)
 ORDER4 = bytes(32)
@@ -48,3 +52,30 @@ def test_agent_add_refuses_a_weak_key(tmp_path: Path, db_url: str) -> None:
     r = subprocess.run([sys.executable, "-m", "collector.cli", "agent", "list"], capture_output=True,
                        text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "[]"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_a_weak_key_already_stored_rejects_its_lines_never_a_500(client, settings, caplog) -> None:
+    # A database from before enrolment refused weak keys may hold one: under the identity point
+    # anyone "signs" with R = identity, S = 0, so such a line must not be logged or billed.
+    kid = kid_of(IDENTITY)
+    with settings.engine.begin() as conn:
+        conn.execute(s.agents.insert().values(kid=kid, provider="acme", name="old", enrolled_at=0,
+                                              public_key=base64.b64encode(IDENTITY).decode()))
+    head = {"alg": "EdDSA", "kid": kid, "typ": "tr7-heartbeat+json"}
+    body = {"v": 1, "agent": kid, "seq": 1, "prev": "0" * 64, "time": format_time(int(time.time())),
+            "interval": 300, "polls": [{"adapter": "a", "platform": "kvm", "ok": True, "error": None}],
+            "observations": [{"instance": "TR7-0001", "adapter": "a", "vm": "u", "host": None,
+                              "state": "running", "capacity": None}]}
+    line = ".".join(_b64url(json.dumps(x, separators=(",", ":")).encode()) for x in (head, body))
+    line += "." + _b64url(IDENTITY + bytes(32))
+    r = client.post("/v1/heartbeats", content=line, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 200
+    assert r.json()["results"] == [{"seq": 1, "status": "rejected",
+                                    "reason": f"kid.unknown: no enrolled key with kid {kid}"}]
+    assert any("weak_agent_key" in m for m in caplog.messages)
+    with settings.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(s.leaves)).scalar_one() == 0
