@@ -32,6 +32,15 @@ def payload(token: str, forge) -> dict:
     return json.loads(forge.unb64url(token.split(".")[1]))
 
 
+def logged_and_signed(bundle: Path, forge, scenario: Scenario, leaves: list[str]) -> None:
+    """What only the collector can do: log ``leaves`` and sign their checkpoint with its key."""
+    (bundle / "heartbeats.jws").write_text("".join(x + "\n" for x in leaves))
+    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
+    (bundle / "checkpoint").write_text(
+        sign_checkpoint(Checkpoint(scenario.origin, len(leaves), log_root(leaves)), signer))
+    forge.rehash(bundle)
+
+
 def test_edited_observation_fails_its_signature(bundle: Path, forge, cli) -> None:
     lines = lines_of(bundle)
     k = next(i for i, t in enumerate(lines) if "stopped" in json.dumps(payload(t, forge)))
@@ -162,11 +171,7 @@ def test_leaf_outside_the_month_even_if_collector_signed(bundle: Path, forge, sc
                                     "time": "2026-11-01T00:00:05Z", "interval": 600, "polls": [],
                                     "observations": []})
     leaves = [*scenario.leaves, late]
-    (bundle / "heartbeats.jws").write_text("".join(x + "\n" for x in leaves))
-    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
-    (bundle / "checkpoint").write_text(
-        sign_checkpoint(Checkpoint(scenario.origin, len(leaves), log_root(leaves)), signer))
-    forge.rehash(bundle)
+    logged_and_signed(bundle, forge, scenario, leaves)
     report = verify_bundle(bundle)
     got = [(f.file, f.line, f.rule) for f in report.errors]
     assert got == [("heartbeats.jws", len(leaves), "leaf.month")]
@@ -216,11 +221,7 @@ def test_edited_anchor(bundle: Path, forge) -> None:
 
 def test_same_jws_logged_twice(bundle: Path, forge, scenario: Scenario) -> None:
     leaves = [*scenario.leaves, scenario.leaves[7]]
-    (bundle / "heartbeats.jws").write_text("".join(x + "\n" for x in leaves))
-    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
-    (bundle / "checkpoint").write_text(
-        sign_checkpoint(Checkpoint(scenario.origin, len(leaves), log_root(leaves)), signer))
-    forge.rehash(bundle)
+    logged_and_signed(bundle, forge, scenario, leaves)
     report = verify_bundle(bundle)
     got = [(f.file, f.line, f.rule) for f in report.errors]
     assert got == [("heartbeats.jws", len(leaves), "leaf.duplicate")]
@@ -254,11 +255,7 @@ def test_repeated_quarantined_line_is_taken_back_every_time(bundle: Path, forge,
     fork = next(f for f in verify_bundle(bundle).findings if f.rule == "chain.fork")
     assert fork.line is not None
     leaves = [*scenario.leaves, scenario.leaves[fork.line - 1]]
-    (bundle / "heartbeats.jws").write_text("".join(x + "\n" for x in leaves))
-    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
-    (bundle / "checkpoint").write_text(
-        sign_checkpoint(Checkpoint(scenario.origin, len(leaves), log_root(leaves)), signer))
-    forge.rehash(bundle)
+    logged_and_signed(bundle, forge, scenario, leaves)
     report = verify_bundle(bundle)
     got = [(f.file, f.line, f.rule) for f in report.errors]
     assert got == [("heartbeats.jws", len(leaves), "leaf.duplicate")]
@@ -292,11 +289,7 @@ def test_weak_agent_key_logged_by_a_careless_collector(bundle: Path, forge, scen
     line = ".".join(forge.b64url(json.dumps(x, separators=(",", ":")).encode()) for x in (head, body))
     line += "." + forge.b64url(weak + bytes(32))
     leaves = [*scenario.leaves, line]
-    (bundle / "heartbeats.jws").write_text("".join(x + "\n" for x in leaves))
-    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
-    (bundle / "checkpoint").write_text(
-        sign_checkpoint(Checkpoint(scenario.origin, len(leaves), log_root(leaves)), signer))
-    forge.rehash(bundle)
+    logged_and_signed(bundle, forge, scenario, leaves)
     got = failures(bundle)
     assert ("agents.json", "agents.weak_key") in got and ("heartbeats.jws", "kid.unknown") in got
     res = cli("verify", str(bundle))
