@@ -85,30 +85,18 @@ DAY = 86400
 Cell = tuple[str, str, bool, str | None]
 
 
-class _CapacityKeys(dict[Any, str]):
-    """One capacity is declared thousands of times: encode it once. Keyed by its items as written
-    (one C call) or by its decoded Capacity (hashable, frozen); either order of one capacity, and
-    either form, encodes to the same key."""
+class _CapacityKeys(dict[Capacity, str]):
+    """One capacity is declared thousands of times: encode it once. Keyed by the decoded Capacity
+    (frozen, hashable), so the order its members were written in does not split it."""
 
-    def __missing__(self, k: Any) -> str:
-        if isinstance(k, Capacity):
-            cap = {n: v for n in Capacity.__struct_fields__ if (v := getattr(k, n)) is not msgspec.UNSET}
-        else:
-            cap = dict(k)
-        key = self[k] = cap_key(cap)
+    def __missing__(self, cap: Capacity) -> str:
+        members = {n: v for n in Capacity.__struct_fields__ if (v := getattr(cap, n)) is not msgspec.UNSET}
+        key = self[cap] = cap_key(members)
         return key
 
 
-def cells_of(hb: Heartbeat, keys: _CapacityKeys) -> list[Cell]:
-    return [
-        (o["instance"], o["vm"], o["state"] == "running",
-         None if (cap := o["capacity"]) is None else keys[tuple(cap.items())])
-        for o in hb.observations
-    ]
-
-
 def cells_of_observations(obs: Observations, keys: _CapacityKeys) -> tuple[Cell, ...]:
-    """cells_of for a shared Observations (protocol.heartbeat.verify_heartbeat_shared)."""
+    """What the hour aggregates need of each observation of a shared Observations."""
     return tuple([
         (o.instance, o.vm, o.state == "running", None if (cap := o.capacity) is None else keys[cap])
         for o in obs.items
@@ -148,14 +136,6 @@ def aggregate_cells(
             if key is not None:
                 caps[(day, inst, key)].extend(offs)
     return bits, caps
-
-
-def aggregate(
-    hbs: Sequence[Heartbeat],
-) -> tuple[dict[tuple[int, str, str], list[int]], dict[tuple[int, str, str], list[int]]]:
-    """aggregate_cells over whole heartbeats."""
-    keys = _CapacityKeys()
-    return aggregate_cells((hb.time, cells_of(hb, keys)) for hb in hbs)
 
 
 # Straight to the driver's executemany, with statements written once per dialect: SQLAlchemy's
