@@ -72,11 +72,6 @@ def catalog_by_id(conn: Connection, cid: int) -> dict[str, Any]:
     return json.loads(conn.execute(sa.select(s.catalogs.c.doc).where(s.catalogs.c.id == cid)).scalar_one())
 
 
-def catalog_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """Human lines: what applying ``new`` over ``old`` adds, changes and removes."""
-    return [c.line for c in changes(old, new)]
-
-
 class RetroactiveChange(RegistryError):
     """Applying the catalog would reprice hours already billed in an open month (refused)."""
 
