@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.engine import Connection, Engine
 
+from collector import jwsstore
 from collector import schema as s
 from collector.db import read_conn, write_tx
 from collector.tlog import lock_log
@@ -199,11 +200,12 @@ def _append(
     new = [hb for hb in cands if hb.digest not in known]
     if not new:
         return set()
+    dialect = conn.dialect.name
     conn.exec_driver_sql(
         _sql(conn, "leaves"),
         [
             (provider, month, size + i, hb.digest, leaf_hash(hb.token.encode("ascii")), hb.kid, hb.seq,
-             hb.prev, hb.time, hb.interval, now, hb.token)
+             hb.prev, hb.time, hb.interval, now, jwsstore.pack(dialect, hb.token))
             for i, hb in enumerate(new)
         ],
     )

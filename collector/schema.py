@@ -1,11 +1,13 @@
 """The collector's tables (SQLAlchemy Core), the same on SQLite and PostgreSQL.
 
 Times are epoch seconds (BIGINT, UTC). Raw evidence (`leaves.jws`) is written once and never
-updated; everything billing reads at scale is in the small `leaves` columns and the hour
-aggregates (`hours`, `capacities`).
+updated (on SQLite as an LZ4 frame of the exact text: collector/jwsstore.py); everything billing
+reads at scale is in the small `leaves` columns and the hour aggregates (`days`, `capacities`).
 """
 
 import sqlalchemy as sa
+
+from collector.jwsstore import StoredJws
 
 metadata = sa.MetaData()
 BIG = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite rowid aliasing wants INTEGER
@@ -95,7 +97,7 @@ leaves = sa.Table(
     sa.Column("time", sa.BigInteger, nullable=False),
     sa.Column("interval", sa.Integer, nullable=False),
     sa.Column("received_at", sa.BigInteger, nullable=False),
-    sa.Column("jws", sa.Text, nullable=False),
+    sa.Column("jws", StoredJws, nullable=False),
     sa.Index("ix_leaves_kid_month", "kid", "month", "seq"),
     sa.Index("ix_leaves_pm_time", "provider", "month", "time"),
     # Covers the chain rules run by the database (collector/chainsql.py): a key's leaves in seq
