@@ -14,11 +14,12 @@ What is compared, all measured in this run on this machine:
   comparison with earlier runs, on 1 core.
 - the collector's CPU per heartbeat (its processes only, not the database server's nor the
   clients'), as a multiple of one raw check: the cost that does not depend on what else runs;
-  and the clients' CPU per heartbeat, which the raw rate does not have to share its cores with.
+  and, on the same cores but not the raw rate's, the clients' CPU per heartbeat (one keep-alive
+  client, made before the clock) and PostgreSQL's (its postmaster and backends).
 Both databases are durable, as the collector promises before its 200: SQLite with
 synchronous=FULL, the throwaway PostgreSQL with fsync on.
 Never asserts a time. Usage:
-    .venv/bin/python bench/bench_ingest.py [--heartbeats 6000] [--clients 4] [--workers N]
+    .venv/bin/python bench/bench_ingest.py [--heartbeats 24000] [--clients 4] [--workers N]
 """
 
 import argparse
@@ -187,9 +188,11 @@ def _port() -> int:
 
 
 def run_backend(
-    name: str, url: str, tmp: Path, keys: list[AgentKey], lines: list[str], clients: int, workers: int
-) -> tuple[float, float | None, float]:
-    """(accepted per second, collector CPU s per heartbeat or None, clients' CPU s per heartbeat)."""
+    name: str, url: str, tmp: Path, keys: list[AgentKey], lines: list[str], clients: int, workers: int,
+    db_pid: int | None = None,
+) -> tuple[float, float | None, float, float | None]:
+    """(accepted per second, collector CPU s per heartbeat or None, clients' CPU s per heartbeat,
+    the database server's CPU s per heartbeat or None: PostgreSQL's postmaster and backends)."""
     st = Settings(tmp / f"data-{name}", url, "bench")
     engine = st.open()
     for i, k in enumerate(keys):
@@ -235,12 +238,14 @@ def run_backend(
             return sum(x["status"] == "accepted" for x in r.json()["results"])
 
         cpu0 = _cpu_seconds(proc.pid)
+        db0 = None if db_pid is None else _cpu_seconds(db_pid)
         mine = time.process_time()  # the clients run in this process
         t = time.perf_counter()
         with http, ThreadPoolExecutor(clients) as pool:
             accepted = sum(pool.map(post, batches))
         elapsed = time.perf_counter() - t
         cpu1 = _cpu_seconds(proc.pid)
+        db1 = None if db_pid is None else _cpu_seconds(db_pid)
         mine = time.process_time() - mine
     finally:
         proc.terminate()
@@ -249,12 +254,14 @@ def run_backend(
     if accepted != len(lines):
         print(f"  {name}: only {accepted} of {len(lines)} accepted (see {tmp / name}.log)")
     cpu = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / len(lines)
-    return len(lines) / elapsed, cpu, mine / len(lines)
+    db_cpu = None if db0 is None or db1 is None else (db1 - db0) / len(lines)
+    return len(lines) / elapsed, cpu, mine / len(lines), db_cpu
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--heartbeats", type=int, default=6000)
+    # 24,000: each ingest run lasts a few seconds (at 6,000, about one: ±15% from run to run)
+    ap.add_argument("--heartbeats", type=int, default=24_000)
     ap.add_argument("--agents", type=int, default=12)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -278,15 +285,19 @@ def main() -> int:
         strict = strict_verify_rate(keys, lines)
         print(f"protocol.verify_heartbeat (1 core): {strict:,.0f}/s = {strict / raw1:.2f} of raw on 1 core")
         cluster = PgCluster(durable=True)  # fsync on: durable, as SQLite (synchronous=FULL)
-        for name, url_of in (
-            ("sqlite", lambda w: f"sqlite:///{tmp / f'collector-{w}.db'}"),
-            ("postgresql", lambda w: new_database(cluster.admin_url)),
+        pg_pid = int((cluster.dir / "data" / "postmaster.pid").read_text().split()[0])
+        for name, url_of, db_pid in (
+            ("sqlite", lambda w: f"sqlite:///{tmp / f'collector-{w}.db'}", None),
+            ("postgresql", lambda w: new_database(cluster.admin_url), pg_pid),
         ):
             for workload, batch in (("steady", lines), ("varying", varying)):
-                rate, cpu, client_cpu = run_backend(
-                    f"{name}-{workload}", url_of(workload), tmp, keys, batch, args.clients, args.workers
+                rate, cpu, client_cpu, db_cpu = run_backend(
+                    f"{name}-{workload}", url_of(workload), tmp, keys, batch, args.clients, args.workers,
+                    db_pid,
                 )
                 cost = f"; clients' CPU {client_cpu * 1e6:,.0f} us/heartbeat (same cores)"
+                if db_cpu is not None:
+                    cost += f"; PostgreSQL server's CPU {db_cpu * 1e6:,.0f} us/heartbeat (same cores)"
                 if cpu is not None:
                     cost = f"; collector CPU {cpu * 1e6:,.0f} us/heartbeat = {cpu * raw1:.1f} x raw" + cost
                 print(
