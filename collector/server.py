@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from collector import db, readapi, registry, tlog, web
+from collector.bodylines import LineSplitter, NotAscii
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
 from collector.settings import ENV_DATA_DIR, ENV_DB, ENV_ORIGIN, Settings
@@ -58,35 +59,46 @@ class EnrollResponse(BaseModel):
     enrolled_at: str
 
 
-async def _read_body(request: Request) -> bytes:
-    """The uncompressed body, refused past 16 MiB (compressed or not) without buffering more."""
+async def _read_lines(request: Request) -> list[str]:
+    """The uncompressed body's lines, refused past 16 MiB (compressed or not) without buffering
+    more; split as they stream in (collector/bodylines.py). The checks keep their order of old:
+    size, then gzip, then US-ASCII (a non-ASCII byte stops the splitting, not the reading)."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
         raise HTTPException(415, f"unsupported Content-Encoding {encoding!r}")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BYTES:
         raise HTTPException(413, f"request body larger than {MAX_BYTES} bytes")
-    chunks, total = [], 0
+    splitter: LineSplitter | None = LineSplitter()
+    total = 0
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
     out_total = 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > MAX_BYTES:
             raise HTTPException(413, f"request body larger than {MAX_BYTES} bytes")
-        if inflater is None:
-            chunks.append(chunk)
-            continue
-        try:
-            data = inflater.decompress(chunk, MAX_BYTES + 1 - out_total)
-        except zlib.error as exc:
-            raise HTTPException(400, f"body is not valid gzip: {exc}") from exc
-        out_total += len(data)
-        if out_total > MAX_BYTES or inflater.unconsumed_tail:
-            raise HTTPException(413, f"uncompressed body larger than {MAX_BYTES} bytes")
-        chunks.append(data)
+        data = chunk
+        if inflater is not None:
+            try:
+                data = inflater.decompress(chunk, MAX_BYTES + 1 - out_total)
+            except zlib.error as exc:
+                raise HTTPException(400, f"body is not valid gzip: {exc}") from exc
+            out_total += len(data)
+            if out_total > MAX_BYTES or inflater.unconsumed_tail:
+                raise HTTPException(413, f"uncompressed body larger than {MAX_BYTES} bytes")
+        if splitter is not None:
+            try:
+                splitter.feed(data)
+            except NotAscii:
+                splitter = None
     if inflater is not None and not inflater.eof:
         raise HTTPException(400, "body is a truncated gzip stream")
-    return b"".join(chunks)
+    try:
+        if splitter is None:
+            raise NotAscii
+        return splitter.close()
+    except NotAscii as exc:
+        raise HTTPException(400, "body must be US-ASCII compact JWS lines") from exc
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -109,15 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
         ctype = request.headers.get("content-type", "text/plain").split(";")[0].strip().lower()
         if ctype != "text/plain":
             raise HTTPException(415, "Content-Type must be text/plain")
-        body = await _read_body(request)
-        try:
-            text = body.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise HTTPException(400, "body must be US-ASCII compact JWS lines") from exc
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()  # the final LF ends the last line, it does not start an empty one
-        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+        lines = await _read_lines(request)
         if not lines:
             raise HTTPException(400, "no heartbeat in the body")
         if len(lines) > MAX_LINES:

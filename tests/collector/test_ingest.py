@@ -125,6 +125,8 @@ def test_bad_requests_are_4xx_never_500(client, settings, tools):
     assert client.post("/v1/heartbeats", content=too_many, headers=hdr).status_code == 413
     huge = b"a" * (16 * 1024 * 1024 + 1)
     assert client.post("/v1/heartbeats", content=huge, headers=hdr).status_code == 413
+    # size is judged before the characters: a non-ASCII byte early in a huge body is still a 413
+    assert client.post("/v1/heartbeats", content=b"\xe9" + huge, headers=hdr).status_code == 413
     bomb = gzip.compress(b"a" * (16 * 1024 * 1024 + 10))  # small on the wire, too big inflated
     assert client.post("/v1/heartbeats", content=bomb, headers=gz).status_code == 413
     assert _count(settings) == 0
@@ -132,6 +134,10 @@ def test_bad_requests_are_4xx_never_500(client, settings, tools):
     ok = gzip.compress((a.beat(now - 5, {"TR7-1": "running"}) + "\n").encode())
     r = client.post("/v1/heartbeats", content=ok, headers=gz)
     assert r.status_code == 200 and r.json()["results"][0]["status"] == "accepted"
+    # CRLF ends a line as LF does, and the last line needs no end (chunking: test_bodylines.py)
+    crlf = a.beat(now - 4, {"TR7-1": "running"}) + "\r\n" + a.beat(now - 3, {"TR7-1": "running"})
+    r = client.post("/v1/heartbeats", content=crlf.encode(), headers=hdr)
+    assert [x["status"] for x in r.json()["results"]] == ["accepted", "accepted"]
 
 
 def test_leaf_index_is_per_provider_month(client, settings, tools):
