@@ -265,6 +265,7 @@ def main() -> int:
     ap.add_argument("--agents", type=int, default=12)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--backends", default="sqlite,postgresql", help="which of sqlite,postgresql to run")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-ingest-"))
     cluster = None
@@ -290,6 +291,8 @@ def main() -> int:
             ("sqlite", lambda w: f"sqlite:///{tmp / f'collector-{w}.db'}", None),
             ("postgresql", lambda w: new_database(cluster.admin_url), pg_pid),
         ):
+            if name not in args.backends.split(","):
+                continue
             for workload, batch in (("steady", lines), ("varying", varying)):
                 rate, cpu, client_cpu, db_cpu = run_backend(
                     f"{name}-{workload}", url_of(workload), tmp, keys, batch, args.clients, args.workers,
