@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATE_LOCK = 0x7472_3763  # advisory lock id: "tr7c"
 
@@ -93,7 +95,10 @@ class _WriterGate:
             return
         with self._thread:
             if self._pid != os.getpid():  # a forked child shares the parent's lock: open its own
-                self._fd, self._pid = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
+                self._fd, self._pid = self._open(), os.getpid()
+            if self._fd < 0:  # no gate here: SQLite's own lock still serialises the writers
+                yield
+                return
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             self._owner = threading.get_ident()
             try:
@@ -101,6 +106,22 @@ class _WriterGate:
             finally:
                 self._owner = None
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _open(self) -> int:
+        # Read-only is enough for flock, and mode 0644 lets the service and an operator's command
+        # run as another user share it; made by root, it goes to the database's owner, as SQLite
+        # does with its -wal and -shm files.
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError as exc:
+            log.warning("event=writer_gate_unavailable path=%s error=%r: writers wait in SQLite's "
+                        "busy handler instead", self._path, exc)
+            return -1
+        with contextlib.suppress(OSError):
+            if os.geteuid() == 0:
+                st = os.stat(self._path.removesuffix(".write.lock"))
+                os.fchown(fd, st.st_uid, st.st_gid)
+        return fd
 
 
 _GATES: dict[str, _WriterGate] = {}

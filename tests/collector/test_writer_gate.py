@@ -58,3 +58,15 @@ def test_the_gate_is_reentrant_in_one_thread(tmp_path: Path) -> None:
         pass
     # and released: a write still goes through
     db.write_tx(engine, lambda c: c.exec_driver_sql("CREATE TABLE t (x INT)"))
+
+
+def test_without_the_gate_file_writes_still_go_through(tmp_path: Path, caplog) -> None:
+    # e.g. a directory the service cannot create files in: SQLite's own lock is then the only one
+    path = tmp_path / "c.db"
+    (tmp_path / "c.db.write.lock").symlink_to(tmp_path / "missing" / "x")
+    engine = db.make_engine(f"sqlite:///{path}")
+    db.write_tx(engine, lambda c: c.exec_driver_sql("CREATE TABLE t (x INT)"))
+    db.write_tx(engine, lambda c: c.exec_driver_sql("INSERT INTO t VALUES (1)"))
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM t")).scalar_one() == 1
+    assert "writer_gate_unavailable" in caplog.text
