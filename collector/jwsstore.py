@@ -18,7 +18,7 @@ from sqlalchemy.engine import Dialect
 def pack(dialect_name: str, text: str) -> str | bytes:
     """The stored form of one JWS line for a database dialect."""
     if dialect_name == "sqlite":
-        return bytes(lz4.frame.compress(text.encode("ascii")))
+        return lz4.frame.compress(text.encode("ascii"))
     return text
 
 
@@ -26,7 +26,7 @@ def unpack(value: str | bytes | memoryview) -> str:
     """The JWS text of a stored value, whichever form it was written in."""
     if isinstance(value, str):
         return value
-    return bytes(lz4.frame.decompress(bytes(value))).decode("ascii")
+    return lz4.frame.decompress(value).decode("ascii")
 
 
 class StoredJws(sa.types.TypeDecorator[str]):

@@ -94,11 +94,11 @@ async def _read_lines(request: Request) -> list[str]:
     if inflater is not None and not inflater.eof:
         raise HTTPException(400, "body is a truncated gzip stream")
     try:
-        if splitter is None:
-            raise NotAscii
-        return splitter.close()
-    except NotAscii as exc:
-        raise HTTPException(400, "body must be US-ASCII compact JWS lines") from exc
+        if splitter is not None:
+            return splitter.close()
+    except NotAscii:
+        pass
+    raise HTTPException(400, "body must be US-ASCII compact JWS lines")
 
 
 def create_app(settings: Settings) -> FastAPI:
