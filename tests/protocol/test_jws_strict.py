@@ -4,6 +4,7 @@ Each forged token carries a valid signature by the enrolled key, so the rejectio
 come from the rule under test.
 """
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from protocol.errors import ProtocolError
-from protocol.heartbeat import TYP, ZERO_HASH, b64url_encode, sign_heartbeat, verify_heartbeat
+from protocol.heartbeat import TYP, ZERO_HASH, _split, b64url_encode, sign_heartbeat, verify_heartbeat
 from protocol.keys import AgentKey
 
 Payload = dict[str, Any]
@@ -243,3 +244,16 @@ def test_surrogate_pair_escape_is_accepted(agent_key, make_payload, forge):
     p = _obs(make_payload(agent_key), host="esx-\U0001f600")
     hb = verify_heartbeat(forge(agent_key, _header(agent_key), p), {agent_key.kid: agent_key.public})
     assert hb.observations[0]["host"] == "esx-\U0001f600"
+
+
+def test_the_three_part_split_is_str_split_exactly() -> None:
+    # Every text of up to 7 characters of 'a' and '.': the same parts, or the same rule and count.
+    for n in range(8):
+        for chars in itertools.product("a.", repeat=n):
+            token = "".join(chars)
+            parts = token.split(".")
+            if len(parts) == 3:
+                assert _split(token) == tuple(parts)
+            else:
+                with pytest.raises(ProtocolError, match=f"jws.format.*this one {len(parts)}$"):
+                    _split(token)
