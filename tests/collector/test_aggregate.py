@@ -15,7 +15,8 @@ def _obs(inst: str, state: str, cap: dict | None) -> dict:
 def aggregate(*beats: tuple[int, list[dict]]) -> tuple[dict, dict]:
     """The batch's aggregates as ingest computes them: shared observations, their cells, the OR."""
     keys = _CapacityKeys()
-    return aggregate_cells((t, cells_of_observations(observations_of(obs), keys)) for t, obs in beats)
+    bits, caps = aggregate_cells((t, cells_of_observations(observations_of(obs), keys)) for t, obs in beats)
+    return bits, {k: [o for offs in lists for o in offs] for k, lists in caps.items()}
 
 
 def test_member_order_of_a_capacity_does_not_split_it() -> None:
