@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 
 from protocol.errors import ProtocolError
-from protocol.heartbeat import TYP, ZERO_HASH, _split, b64url_encode, sign_heartbeat, verify_heartbeat
+from protocol.heartbeat import (
+    TYP,
+    ZERO_HASH,
+    _split,
+    b64url_decode,
+    b64url_encode,
+    sign_heartbeat,
+    verify_heartbeat,
+)
 from protocol.keys import AgentKey
 
 Payload = dict[str, Any]
@@ -257,3 +265,14 @@ def test_the_three_part_split_is_str_split_exactly() -> None:
             else:
                 with pytest.raises(ProtocolError, match=f"jws.format.*this one {len(parts)}$"):
                     _split(token)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("abé", "not base64url"), ("a", "not base64url"), ("ab=", "not unpadded base64url"),
+    ("ab+c", "not unpadded base64url"), ("ab", "non-canonical base64url"),
+    ("ab*c", "non-canonical base64url"),
+])
+def test_base64url_refusals_name_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ProtocolError, match=f"{message}$"):
+        b64url_decode(text, "payload")
+    assert b64url_decode("YWI", "payload") == b"ab"
