@@ -230,8 +230,9 @@ def run_backend(
 
         # One client, made before the clock: a client made per batch cost ~17 ms of CPU (its TLS
         # context), 35 us a heartbeat taken from the collector's cores. A new connection per batch:
-        # a kept-alive one stays with the worker that accepted it, and a 3-1 split of 4 clients
-        # over 2 workers made whole runs slower (varying: 3,700 against 6,100/s).
+        # a kept-alive one stays with the worker that accepted it for the whole run, and with them
+        # runs were bimodal (varying, PostgreSQL: 3,700 or 6,100/s), as an uneven split of 4 clients
+        # over 2 workers would make them; with a connection per batch they stay within ~20%.
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=0)
         http = httpx.Client(timeout=600, limits=limits)
 
