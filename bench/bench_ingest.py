@@ -14,8 +14,9 @@ What is compared, all measured in this run on this machine:
   comparison with earlier runs, on 1 core.
 - the collector's CPU per heartbeat (its processes only, not the database server's nor the
   clients'), as a multiple of one raw check: the cost that does not depend on what else runs;
-  and, on the same cores but not the raw rate's, the clients' CPU per heartbeat (one keep-alive
-  client, made before the clock) and PostgreSQL's (its postmaster and backends).
+  and, on the same cores but not the raw rate's, the clients' CPU per heartbeat (one client
+  made before the clock, a new connection per batch) and PostgreSQL's (its postmaster and
+  backends).
 Both databases are durable, as the collector promises before its 200: SQLite with
 synchronous=FULL, the throwaway PostgreSQL with fsync on.
 Never asserts a time. Usage:
