@@ -106,9 +106,9 @@ def cells_of_observations(obs: Observations, keys: _CapacityKeys) -> tuple[Cell,
 
 def aggregate_cells(
     items: Iterable[tuple[int, Sequence[Cell]]],
-) -> tuple[dict[tuple[int, str, str], list[int]], dict[tuple[int, str, str], list[list[int]]]]:
-    """(day, instance, vm) -> [active bits, seen bits]; (day, instance, capacity) -> the lists of
-    time offsets it was declared at (one per group below, shared by every instance of the group).
+) -> tuple[dict[tuple[int, str, str], list[int]], dict[tuple[int, str, str, int], list[list[int]]]]:
+    """(day, instance, vm) -> [active bits, seen bits]; (day, instance, capacity, hour) -> the lists
+    of time offsets it was declared at (one per group below, shared by every instance of the group).
 
     Items that share one cells object (heartbeats with the same observations text) in one hour
     of one day are ORed once: only their time offsets are kept apart."""
@@ -123,7 +123,7 @@ def aggregate_cells(
         else:
             g[1].append(off)
     bits: dict[tuple[int, str, str], list[int]] = {}
-    caps: dict[tuple[int, str, str], list[list[int]]] = defaultdict(list)
+    caps: dict[tuple[int, str, str, int], list[list[int]]] = defaultdict(list)
     get_bits = bits.get
     for (day, hour, _), (cells, offs) in groups.items():
         bit = 1 << hour
@@ -136,7 +136,7 @@ def aggregate_cells(
             if running:
                 b[0] |= bit
             if key is not None:
-                caps[(day, inst, key)].append(offs)
+                caps[(day, inst, key, hour)].append(offs)
     return bits, caps
 
 
@@ -157,7 +157,7 @@ _UPSERTS = {
              ("provider", "day", "instance", "vm", "active", "seen")),
     "capacities": ("INSERT INTO {t} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET "
                    "{offsets} = {t}.{offsets} || ',' || excluded.{offsets}",
-                   ("provider", "day", "instance", "cap", "offsets")),
+                   ("provider", "day", "instance", "cap", "hour", "offsets")),
 }
 
 
@@ -190,12 +190,12 @@ def upsert_aggregates(
         # (50 observations a heartbeat made it ~3 us a heartbeat).
         texts: dict[tuple[int, ...], str] = {}
         rows = []
-        for (d, i, c), lists in sorted(caps.items()):
+        for (d, i, c, h), lists in sorted(caps.items()):
             ids = tuple(map(id, lists))  # safe: caps holds every list while texts is alive
             text = texts.get(ids)
             if text is None:
                 text = texts[ids] = offsets_text(lists)
-            rows.append((provider, d, i, c, text))
+            rows.append((provider, d, i, c, h, text))
         conn.exec_driver_sql(_sql(conn, "capacities"), rows)
 
 

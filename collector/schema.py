@@ -119,8 +119,10 @@ days = sa.Table(
     sa.Column("seen", sa.BigInteger, nullable=False),
 )
 
-# Declared capacities: one row per (provider, day, instance, capacity), the observation times as
-# offsets in the day, comma separated (billing reads them only for instances with fixed hours).
+# Declared capacities: one row per (provider, day, instance, capacity, hour), the observation times
+# as offsets in the day, comma separated (billing reads them only for instances with fixed hours).
+# A row per hour, not per day: every ingest appends to the rows it touches, and a day-long row
+# (1,440 offsets by midnight) was rewritten whole by each heartbeat (migration 0006).
 capacities = sa.Table(
     "capacities",
     metadata,
@@ -128,6 +130,7 @@ capacities = sa.Table(
     sa.Column("day", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("instance", sa.String, primary_key=True),
     sa.Column("cap", sa.String, primary_key=True),  # JSON [bundle, bandwidth_mbps, vservices]
+    sa.Column("hour", sa.SmallInteger, primary_key=True, autoincrement=False),  # offsets // 3600
     sa.Column("offsets", sa.Text, nullable=False),
 )
 

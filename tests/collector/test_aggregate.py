@@ -29,5 +29,9 @@ def test_member_order_of_a_capacity_does_not_split_it() -> None:
         (day + 3 * 3600, [_obs("A", "running", other_order), _obs("B", "running", None)]),
     )
     assert bits == {(day, "A", "vm-A"): [1 | 8, 1 | 8], (day, "B", "vm-B"): [8, 1 | 8]}
-    assert caps == {(day, "A", cap_key(one)): [60, 3 * 3600], (day, "B", cap_key(partial)): [60]}
+    assert caps == {
+        (day, "A", cap_key(one), 0): [60],
+        (day, "A", cap_key(one), 3): [3 * 3600],
+        (day, "B", cap_key(partial), 0): [60],
+    }
     assert cap_key(partial) == '["pro", null, null]'

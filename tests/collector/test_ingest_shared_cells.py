@@ -57,7 +57,7 @@ def _expected(batches: list[Batch]) -> tuple[dict[Any, list[int]], dict[Any, str
                 c = o["capacity"]
                 if c is not None:
                     key = json.dumps([c.get("bundle"), c.get("bandwidth_mbps"), c.get("vservices")])
-                    offs[(day, o["instance"], key)].add(t - day)
+                    offs[(day, o["instance"], key, (t - day) // H)].add(t - day)
         for k, v in offs.items():
             caps[k].append(",".join(map(str, sorted(v))))
     return bits, {k: ",".join(v) for k, v in caps.items()}
@@ -99,7 +99,7 @@ def test_shared_observations_aggregate_as_the_plain_pass(settings, tools) -> Non
     bits, caps = _expected(batches)
     with settings.engine.connect() as c:
         got_bits = {(r.day, r.instance, r.vm): [r.active, r.seen] for r in c.execute(sa.select(s.days))}
-        got_caps = {(r.day, r.instance, r.cap): r.offsets for r in c.execute(sa.select(s.capacities))}
+        got_caps = {(r.day, r.instance, r.cap, r.hour): r.offsets for r in c.execute(sa.select(s.capacities))}
     assert got_bits == bits
     assert got_caps == caps
     assert len({d for d, _, _ in bits}) == 2

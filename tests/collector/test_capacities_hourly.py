@@ -1,0 +1,76 @@
+"""Declared capacities are kept a row per hour (migration 0006): what ingest writes, and an old
+database's day rows split into the same rows by the upgrade and merged back by the downgrade."""
+
+import sqlalchemy as sa
+
+from collector import db
+from collector import schema as s
+from collector.ingest import ingest_lines
+
+H, DAY = 3600, 86400
+T0 = 20_000 * DAY + 22 * H  # two hours before midnight: rows on two days
+PRO = {"bundle": "pro", "bandwidth_mbps": 100, "vservices": 2}
+
+
+def _ingest(settings, tools) -> None:
+    agent = tools.Agent("a")
+    tools.enrol(settings, "acme", agent, T0 - DAY)
+    # Two requests, 20 minutes apart each beat: hours 22 and 23, then 0 and 1 of the next day;
+    # the second request appends to the rows of hour 23 the first one wrote.
+    beats = [agent.beat(T0 + k * 1200, {"TR7-A": "running"}, capacity=PRO) for k in range(12)]
+    for part in (beats[:5], beats[5:]):
+        assert {r["status"] for r in ingest_lines(settings.engine, part, now=T0 + DAY)} == {"accepted"}
+
+
+def _rows(settings) -> list[tuple]:
+    with settings.engine.connect() as c:
+        cols = [c_ for c_ in s.capacities.c if c_.name != "offsets"]
+        rows = c.execute(sa.select(s.capacities).order_by(*cols)).all()
+    return [(r.day - T0 + T0 % DAY, r.instance, r.hour, sorted(map(int, r.offsets.split(",")))) for r in rows]
+
+
+def test_ingest_keeps_a_row_per_hour(settings, tools) -> None:
+    _ingest(settings, tools)
+    m = [20 * 60 * k for k in range(3)]  # 0, 20, 40 minutes into an hour
+    assert _rows(settings) == [
+        (0, "TR7-A", 22, [22 * H + x for x in m]),
+        (0, "TR7-A", 23, [23 * H + x for x in m]),
+        (DAY, "TR7-A", 0, m),
+        (DAY, "TR7-A", 1, [H + x for x in m]),
+    ]
+
+
+def _migrate(settings, target: str) -> None:
+    from alembic import command
+
+    cfg = db.alembic_config(settings.engine.url.render_as_string(hide_password=False))
+    with settings.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        (command.upgrade if target == "head" else command.downgrade)(cfg, target)
+        conn.commit()
+
+
+def test_migration_0006_splits_day_rows_and_downgrade_merges_them(settings, tools) -> None:
+    _ingest(settings, tools)
+    hourly = _rows(settings)
+    _migrate(settings, "0005_catalogs_retroactive")
+    with settings.engine.connect() as c:
+        cols = {x["name"] for x in sa.inspect(c).get_columns("capacities")}
+        days = {r.day: r.offsets for r in c.execute(sa.text("SELECT day, offsets FROM capacities"))}
+    assert "hour" not in cols
+    # One row a day, as revisions before 0006 kept them: every offset of the day, ascending.
+    assert {d - T0 + T0 % DAY: o for d, o in days.items()} == {
+        0: ",".join(str(h * H + 1200 * k) for h in (22, 23) for k in range(3)),
+        DAY: ",".join(str(h * H + 1200 * k) for h in (0, 1) for k in range(3)),
+    }
+    _migrate(settings, "head")
+    assert _rows(settings) == hourly
+    # Ingest goes on appending to the migrated rows (same key, same primary key name on PostgreSQL).
+    agent = tools.Agent("b")
+    tools.enrol(settings, "acme", agent, T0 - DAY)
+    line = agent.beat(T0 + 23 * 60, {"TR7-A": "running"}, capacity=PRO)
+    assert ingest_lines(settings.engine, [line], now=T0 + DAY)[0]["status"] == "accepted"
+    assert _rows(settings)[0] == (0, "TR7-A", 22, [22 * H, 22 * H + 1200, 22 * H + 23 * 60, 22 * H + 2400])
+    if settings.engine.dialect.name == "postgresql":
+        with settings.engine.connect() as c:
+            assert sa.inspect(c).get_pk_constraint("capacities")["name"] == "capacities_pkey"
