@@ -53,14 +53,15 @@ BATCH = 500
 
 
 def make_heartbeats(
-    n: int, n_agents: int, keys: list[AgentKey] | None = None, varying: bool = False
+    n: int, n_agents: int, keys: list[AgentKey] | None = None, varying: bool = False,
+    t0: int | None = None,
 ) -> tuple[list[AgentKey], list[str]]:
     """``per`` heartbeats of each agent, one a minute. Steady (the default): the same instances in
     the same states poll after poll, as real agents send, so consecutive ``observations`` arrays
     are byte-identical; ``varying``: every observation's host changes with seq (no two arrays
     alike, so no memo of them can hit; the hour cells are the same)."""
     keys = keys or [AgentKey.generate() for _ in range(n_agents)]
-    t0 = int(time.time()) - 20 * 86400
+    t0 = int(time.time()) - 20 * 86400 if t0 is None else t0  # seq 1 is at t0 + 60
     lines = []
     per = n // n_agents
     for a, key in enumerate(keys):

@@ -1,0 +1,104 @@
+"""Ingest cost through one day: CPU per heartbeat in each sixth of the day against the first sixth,
+on SQLite and PostgreSQL (ratios of one run; never asserts a time).
+
+Many agents polling every minute, their heartbeats interleaved in batches of 500 as they reach a
+collector together: every batch touches the hour aggregates of every instance. The work of a
+heartbeat should not grow with how much of the day (or of the log) is already stored. It did
+while declared capacities were kept a row per day (before migration 0006): each batch rewrote
+rows that grew to 1,440 offsets by midnight. Goal: the last sixth within 1.25x of the first.
+
+In process (no HTTP: bench_ingest.py measures that); the collector's CPU is this process's, and
+on PostgreSQL the server's own CPU is added (same cores). Usage:
+    .venv/bin/python bench/bench_ingest_day.py [--agents 40] [--backends sqlite,postgresql]
+"""
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_ingest import BATCH, OBS, _cpu_seconds, make_heartbeats
+
+from collector import db, registry
+from collector.gctune import tune_gc
+from collector.ingest import ingest_lines
+from collector.pgtemp import PgCluster, new_database
+from collector.settings import Settings
+
+DAY = 86400
+PARTS = 6
+
+
+def interleaved(n_agents: int) -> tuple[list, list[str]]:
+    """A day of heartbeats, one a minute from midnight, of every agent, in time order."""
+    now = int(time.time())
+    t0 = now - now % DAY - 10 * DAY - 60  # the first heartbeat (seq 1) at midnight
+    keys, lines = make_heartbeats(n_agents * 1440, n_agents, t0=t0)
+    return keys, [lines[a * 1440 + m] for m in range(1440) for a in range(n_agents)]
+
+
+def run(name: str, url: str, tmp: Path, keys: list, lines: list[str], db_pid: int | None) -> list[float]:
+    """CPU seconds per heartbeat (collector + database server) in each sixth of the day."""
+    st = Settings(tmp / f"data-{name}", url, "bench")
+    engine = st.open()
+    for i, k in enumerate(keys):
+        db.write_tx(engine, lambda c, k=k, i=i: registry.add_agent(c, "acme", f"a{i}", k.public_b64, 0))
+    per = len(lines) // PARTS
+    out = []
+    for p in range(PARTS):
+        part = lines[p * per : (p + 1) * per]
+        c0, s0 = time.process_time(), None if db_pid is None else _cpu_seconds(db_pid)
+        for i in range(0, len(part), BATCH):
+            results = ingest_lines(engine, part[i : i + BATCH])
+            assert all(r["status"] == "accepted" for r in results), results[:3]
+        cpu = time.process_time() - c0
+        if s0 is not None:
+            cpu += (_cpu_seconds(db_pid) or s0) - s0  # type: ignore[arg-type]
+        out.append(cpu / len(part))
+    engine.dispose()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", type=int, default=40)
+    ap.add_argument("--backends", default="sqlite,postgresql", help="which of sqlite,postgresql to run")
+    args = ap.parse_args()
+    tune_gc()
+    tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-day-"))
+    cluster = None
+    try:
+        keys, lines = interleaved(args.agents)
+        print(f"{args.agents} agents x {OBS} instances, a heartbeat a minute for a day: {len(lines):,} "
+              f"heartbeats in batches of {BATCH}, agents interleaved")
+        backends = args.backends.split(",")
+        if "postgresql" in backends:
+            cluster = PgCluster(durable=True)
+        for name in ("sqlite", "postgresql"):
+            if name not in backends:
+                continue
+            if name == "sqlite":
+                url, pid = f"sqlite:///{tmp / 'day.db'}", None
+            else:
+                assert cluster is not None
+                url = new_database(cluster.admin_url)
+                pid = int((cluster.dir / "data" / "postmaster.pid").read_text().split()[0])
+            costs = run(name, url, tmp, keys, lines, pid)
+            who = "collector + PostgreSQL server" if pid else "collector"
+            print(f"{name}: {who} CPU per heartbeat by sixth of the day (us): "
+                  + " ".join(f"{c * 1e6:,.0f}" for c in costs))
+            print(f"{name}: last sixth / first sixth = {costs[-1] / costs[0]:.2f} (goal <= 1.25)")
+        return 0
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
