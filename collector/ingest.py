@@ -149,31 +149,52 @@ def offsets_text(lists: Sequence[list[int]]) -> str:
 # per-row parameter processing cost as much as the database's own work for these rows (none of
 # the columns needs a type conversion). Both dialects share the SQL; only the marks differ.
 _UPSERTS = {
-    "leaves": ("INSERT INTO {t} ({cols}) VALUES ({marks})", (
+    "leaves": ("INSERT INTO {t} ({cols}) {source}", (
         "provider", "month", "idx", "digest", "leaf_hash", "kid", "seq", "prev", "time", "interval",
         "received_at", "jws")),
-    "days": ("INSERT INTO {t} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET "
+    "days": ("INSERT INTO {t} ({cols}) {source} ON CONFLICT ({key}) DO UPDATE SET "
              "{active} = {t}.{active} | excluded.{active}, {seen} = {t}.{seen} | excluded.{seen}",
              ("provider", "day", "instance", "vm", "active", "seen")),
-    "capacities": ("INSERT INTO {t} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET "
+    "capacities": ("INSERT INTO {t} ({cols}) {source} ON CONFLICT ({key}) DO UPDATE SET "
                    "{offsets} = {t}.{offsets} || ',' || excluded.{offsets}",
                    ("provider", "day", "instance", "cap", "hour", "offsets")),
+}
+# On PostgreSQL the aggregates go as ONE statement over column arrays, not one per row: measured
+# on 2,000-row batches of `days`, 9 -> 6 us of the server's CPU and 7 -> 3 us of ours a row; a
+# batch of interleaved agents upserts ~8 such rows a heartbeat. Their keys are distinct within a
+# statement (ON CONFLICT requires it) and the rows keep their sorted order (the lock order).
+# Not `leaves`: arrays of 10 kB texts cost more than a row each (client 15 -> 200 us a row).
+_ARRAY_TYPES = {
+    "days": ("text", "bigint", "text", "text", "bigint", "bigint"),
+    "capacities": ("text", "bigint", "text", "text", "smallint", "text"),
 }
 
 
 @cache
-def _sql_for(table: str, paramstyle: str, quote: Any) -> str:
+def _sql_for(table: str, dialect: str, paramstyle: str, quote: Any) -> str:
     template, cols = _UPSERTS[table]
     q = {c: quote(c) for c in cols}
     key = ", ".join(quote(c) for c in (c.name for c in s.metadata.tables[table].primary_key))
-    mark = "?" if paramstyle == "qmark" else "%s"
-    return template.format(
-        t=quote(table), cols=", ".join(q.values()), marks=", ".join([mark] * len(cols)), key=key, **q
-    )
+    names = ", ".join(q.values())
+    if dialect == "postgresql" and table in _ARRAY_TYPES:
+        arrays = ", ".join(f"%s::{t}[]" for t in _ARRAY_TYPES[table])
+        source = f"SELECT {names} FROM unnest({arrays}) WITH ORDINALITY AS u({names}, n) ORDER BY n"
+    else:
+        mark = "?" if paramstyle == "qmark" else "%s"
+        source = f"VALUES ({', '.join([mark] * len(cols))})"
+    return template.format(t=quote(table), cols=names, source=source, key=key, **q)
 
 
 def _sql(conn: Connection, table: str) -> str:
-    return _sql_for(table, conn.dialect.paramstyle, conn.dialect.identifier_preparer.quote)
+    d = conn.dialect
+    return _sql_for(table, d.name, d.paramstyle, d.identifier_preparer.quote)
+
+
+def _upsert(conn: Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    if conn.dialect.name == "postgresql" and table in _ARRAY_TYPES:
+        conn.exec_driver_sql(_sql(conn, table), tuple(map(list, zip(*rows, strict=True))))
+    else:
+        conn.exec_driver_sql(_sql(conn, table), rows)
 
 
 def upsert_aggregates(
@@ -182,9 +203,7 @@ def upsert_aggregates(
     """OR the hours of (time, cells) items into `days`, add their capacity offsets to `capacities`."""
     bits, caps = aggregate_cells(items)
     if bits:
-        conn.exec_driver_sql(
-            _sql(conn, "days"), [(provider, d, i, v, a, n) for (d, i, v), (a, n) in sorted(bits.items())]
-        )
+        _upsert(conn, "days", [(provider, d, i, v, a, n) for (d, i, v), (a, n) in sorted(bits.items())])
     if caps:
         # The instances of one group share its offset lists: their text is made once, not per row
         # (50 observations a heartbeat made it ~3 us a heartbeat).
@@ -196,7 +215,7 @@ def upsert_aggregates(
             if text is None:
                 text = texts[ids] = offsets_text(lists)
             rows.append((provider, d, i, c, h, text))
-        conn.exec_driver_sql(_sql(conn, "capacities"), rows)
+        _upsert(conn, "capacities", rows)
 
 
 def _append(
