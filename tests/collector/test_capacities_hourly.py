@@ -74,3 +74,25 @@ def test_migration_0006_splits_day_rows_and_downgrade_merges_them(settings, tool
     if settings.engine.dialect.name == "postgresql":
         with settings.engine.connect() as c:
             assert sa.inspect(c).get_pk_constraint("capacities")["name"] == "capacities_pkey"
+
+
+def test_split_by_hour_orders_and_dedups_what_old_ingest_appended() -> None:
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import collector
+
+    path = Path(collector.__file__).parent / "migrations" / "versions" / "0006_capacities_hourly.py"
+    spec = importlib.util.spec_from_file_location("m0006", path)
+    assert spec is not None and spec.loader is not None
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    key = {"provider": "acme", "day": T0 - T0 % DAY, "instance": "TR7-A", "cap": "[]"}
+    # Two batches appended: the second overlaps the first (a same-second beat of another agent).
+    rows = [SimpleNamespace(**key, offsets="60,3599,3600,7300,3600,120,60")]
+    assert [(r["hour"], r["offsets"]) for r in m.split_by_hour(iter(rows))] == [
+        (0, "60,120,3599"), (1, "3600"), (2, "7300"),
+    ]
+    merged = m.merge_hours(iter([SimpleNamespace(**key, offsets=o) for o in ("3600", "60,120")]))
+    assert [r["offsets"] for r in merged] == ["60,120,3600"]
