@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from collector import jwsstore
 from collector import schema as s
 from collector.db import read_conn, write_tx
+from collector.tiles import write_tiles
 from collector.tlog import lock_log
 from protocol.errors import ProtocolError
 from protocol.fastpayload import Capacity, Observations
@@ -230,14 +231,16 @@ def _append(
     if not new:
         return set()
     dialect = conn.dialect.name
+    hashes = [leaf_hash(hb.token.encode("ascii")) for hb in new]
     conn.exec_driver_sql(
         _sql(conn, "leaves"),
         [
-            (provider, month, size + i, hb.digest, leaf_hash(hb.token.encode("ascii")), hb.kid, hb.seq,
-             hb.prev, hb.time, hb.interval, now, jwsstore.pack(dialect, hb.token))
+            (provider, month, size + i, hb.digest, hashes[i], hb.kid, hb.seq, hb.prev, hb.time,
+             hb.interval, now, jwsstore.pack(dialect, hb.token))
             for i, hb in enumerate(new)
         ],
     )
+    write_tiles(conn, provider, month, size, hashes)
     conn.execute(
         s.logs.update()
         .where(s.logs.c.provider == provider, s.logs.c.month == month)

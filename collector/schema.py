@@ -105,6 +105,17 @@ leaves = sa.Table(
     sa.Index("ix_leaves_chain", "provider", "month", "kid", "seq", "time", "prev", "digest", "idx"),
 )
 
+# The hash of each complete 256-leaf subtree of a log (collector/tiles.py), written with the leaves
+# that complete it: checkpoints and proofs read size/256 of these, not every leaf (migration 0007).
+tiles = sa.Table(
+    "tiles",
+    metadata,
+    sa.Column("provider", sa.String, primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),  # leaves 256 idx ..
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+)
+
 # Hour aggregate, one row per (provider, UTC day, instance, vm): bit h of `active` / `seen` is the
 # hour h of that day (24 bits). 2,000 instances x 1 month = 60,000 rows, updated with bitwise OR.
 # Keeping the vm makes the clone alert (one instance on two vms in one hour) a query.

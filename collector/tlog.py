@@ -10,7 +10,8 @@ from sqlalchemy.engine import Connection
 from collector import schema as s
 from collector.db import is_sqlite
 from collector.settings import Settings
-from protocol.merkle import consistency_proof, inclusion_proof, root_hash
+from collector.tiles import StoredTree
+from protocol.merkle import MerkleError, consistency_proof, inclusion_proof
 from protocol.note import Checkpoint, NoteSigner, sign_checkpoint
 
 
@@ -43,11 +44,12 @@ def lock_log(conn: Connection, provider: str, month: str) -> int:
     return int(conn.execute(q).scalar_one())
 
 
-def leaf_hashes(conn: Connection, provider: str, month: str, size: int | None = None) -> list[bytes]:
-    q = sa.select(s.leaves.c.leaf_hash).where(s.leaves.c.provider == provider, s.leaves.c.month == month)
-    if size is not None:
-        q = q.where(s.leaves.c.idx < size)
-    return [bytes(h) for h in conn.execute(q.order_by(s.leaves.c.idx)).scalars()]
+def tree(conn: Connection, provider: str, month: str, size: int) -> StoredTree:
+    """The log's first ``size`` leaves as a Merkle tree; a size past the log's is refused."""
+    have = log_size(conn, provider, month)
+    if not 0 <= size <= have:
+        raise MerkleError(f"tree size {size} outside 0..{have}")
+    return StoredTree(conn, provider, month, size)
 
 
 def leaf_tokens(conn: Connection, provider: str, month: str, size: int | None = None) -> list[str]:
@@ -74,8 +76,7 @@ def checkpoint(
     ).scalar()
     if note is not None:
         return str(note)
-    hashes = leaf_hashes(conn, provider, month, size)
-    root = root_hash(hashes)
+    root = tree(conn, provider, month, size).root()
     note = sign_checkpoint(Checkpoint(log_origin(settings, provider, month), size, root), signer(settings))
     if not conn.get_execution_options().get("readonly"):
         conn.execute(
@@ -91,8 +92,8 @@ def b64(h: bytes) -> str:
 
 
 def inclusion(conn: Connection, provider: str, month: str, index: int, size: int) -> list[str]:
-    return [b64(h) for h in inclusion_proof(leaf_hashes(conn, provider, month, size), index, size)]
+    return [b64(h) for h in inclusion_proof(tree(conn, provider, month, size), index, size)]
 
 
 def consistency(conn: Connection, provider: str, month: str, old: int, new: int) -> list[str]:
-    return [b64(h) for h in consistency_proof(leaf_hashes(conn, provider, month, new), old, new)]
+    return [b64(h) for h in consistency_proof(tree(conn, provider, month, new), old, new)]

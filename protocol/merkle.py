@@ -2,6 +2,7 @@
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -48,18 +49,32 @@ def root_hash(leaf_hashes: Sequence[bytes]) -> bytes:
     return level[0]
 
 
-def _range_root(leaf_hashes: Sequence[bytes], lo: int, hi: int) -> bytes:
-    return root_hash(leaf_hashes[lo:hi])
+class RangeRoots(Protocol):
+    """A tree of ``len()`` leaves that computes MTH(D[lo:hi]) itself, e.g. from stored subtree
+    hashes (collector/tiles.py): proofs then need not read every leaf hash."""
+
+    def __len__(self) -> int: ...
+
+    def range_root(self, lo: int, hi: int) -> bytes: ...
 
 
-def _check_size(leaf_hashes: Sequence[bytes], size: int | None) -> int:
+Leaves = Sequence[bytes] | RangeRoots
+
+
+def _range_root(leaf_hashes: Leaves, lo: int, hi: int) -> bytes:
+    if isinstance(leaf_hashes, Sequence):
+        return root_hash(leaf_hashes[lo:hi])
+    return leaf_hashes.range_root(lo, hi)
+
+
+def _check_size(leaf_hashes: Leaves, size: int | None) -> int:
     n = len(leaf_hashes) if size is None else size
     if not 0 <= n <= len(leaf_hashes):
         raise MerkleError(f"tree size {n} outside 0..{len(leaf_hashes)}")
     return n
 
 
-def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, size: int | None = None) -> list[bytes]:
+def inclusion_proof(leaf_hashes: Leaves, index: int, size: int | None = None) -> list[bytes]:
     """PATH(index, D[size]) of RFC 9162 §2.1.3.1, leaf-side first.
 
     Each sibling subtree is hashed once, so one proof costs O(size) hashes in total.
@@ -82,7 +97,7 @@ def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, size: int | None =
 
 
 def consistency_proof(
-    leaf_hashes: Sequence[bytes], old_size: int, new_size: int | None = None
+    leaf_hashes: Leaves, old_size: int, new_size: int | None = None
 ) -> list[bytes]:
     """PROOF(old_size, D[new_size]) of RFC 9162 §2.1.4.1; empty when old_size is 0 or equal."""
     n = _check_size(leaf_hashes, new_size)

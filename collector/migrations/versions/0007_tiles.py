@@ -1,0 +1,67 @@
+"""tiles: the hash of every complete 256-leaf subtree of each log, backfilled from `leaves`.
+
+Why (also in docs/collector.md, "Storage"): a checkpoint, an inclusion proof and a consistency
+proof each read every leaf hash of the month and hashed them all, ~2 s at a million leaves and,
+on SQLite, through table pages that hold the JWS; a checkpoint did it holding the write lock.
+With the tiles they read size/256 tile hashes and at most a few tiles' worth of leaf hashes.
+Ingest writes the tiles it completes (collector/tiles.py). `leaves` is not touched.
+"""
+
+import logging
+
+import sqlalchemy as sa
+from alembic import op
+
+from collector.tiles import TILE
+from protocol.merkle import root_hash
+
+revision = "0007_tiles"
+down_revision = "0006_capacities_hourly"
+branch_labels = None
+depends_on = None
+
+log = logging.getLogger("alembic.runtime.migration")
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    if "tiles" in sa.inspect(bind).get_table_names():
+        return  # a new database: revision 0001 created the schema module as it is now
+    meta = sa.MetaData()
+    tiles = sa.Table(
+        "tiles",
+        meta,
+        sa.Column("provider", sa.String, primary_key=True),
+        sa.Column("month", sa.String(7), primary_key=True),
+        sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    )
+    tiles.create(bind)
+    leaves = sa.Table("leaves", meta, autoload_with=bind)
+    logs = bind.execute(sa.text("SELECT provider, month, size FROM logs ORDER BY provider, month")).all()
+    for provider, month, size in logs:
+        whole = int(size) // TILE
+        if not whole:
+            continue
+        log.info("tiles: %s %s, %d leaves", provider, month, int(size))
+        q = (
+            sa.select(leaves.c.leaf_hash)
+            .where(leaves.c.provider == provider, leaves.c.month == month, leaves.c.idx < whole * TILE)
+            .order_by(leaves.c.idx)
+            .execution_options(yield_per=TILE * 64)
+        )
+        hashes: list[bytes] = []
+        rows: list[dict] = []
+        for h in bind.execute(q).scalars():
+            hashes.append(bytes(h))
+            if len(hashes) == TILE:
+                rows.append({"provider": provider, "month": month, "idx": len(rows),
+                             "hash": root_hash(hashes)})
+                hashes = []
+        if len(rows) != whole:  # leaf indexes are 0..size-1 by construction; say so if not
+            raise RuntimeError(f"log {provider} {month}: {size} leaves counted, fewer stored")
+        bind.execute(tiles.insert(), rows)
+
+
+def downgrade() -> None:
+    op.drop_table("tiles")
