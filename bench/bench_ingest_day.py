@@ -6,6 +6,7 @@ collector together: every batch touches the hour aggregates of every instance. T
 heartbeat should not grow with how much of the day (or of the log) is already stored. It did
 while declared capacities were kept a row per day (before migration 0006): each batch rewrote
 rows that grew to 1,440 offsets by midnight. Goal: the last sixth within 1.25x of the first.
+Then the log's root at the day's size, from the stored 256-leaf tiles against every leaf hash.
 
 In process (no HTTP: bench_ingest.py measures that); the collector's CPU is this process's, and
 on PostgreSQL the server's own CPU is added (same cores). Usage:
@@ -22,13 +23,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import sqlalchemy as sa
 from bench_ingest import BATCH, OBS, _cpu_seconds, make_heartbeats
 
-from collector import db, registry
+from collector import db, registry, tiles, tlog
+from collector import schema as s
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
 from collector.pgtemp import PgCluster, new_database
 from collector.settings import Settings
+from protocol.merkle import root_hash
 
 DAY = 86400
 PARTS = 6
@@ -61,6 +65,17 @@ def run(
         cpu = time.process_time() - c0
         server = 0.0 if s0 is None else (_cpu_seconds(db_pid) or s0) - s0  # type: ignore[arg-type]
         out.append((cpu / len(part), server / len(part)))
+    with db.read_conn(engine) as c:
+        month, size = c.execute(sa.select(s.logs.c.month, s.logs.c.size)).one()
+        t = time.perf_counter()
+        plain = root_hash(tiles.leaf_hashes(c, "acme", month, 0, size))
+        every = time.perf_counter() - t
+        t = time.perf_counter()
+        tiled = tlog.tree(c, "acme", month, size).root()
+        tiled_s = time.perf_counter() - t
+    assert plain == tiled
+    print(f"{name}: the log's root at {size:,} leaves: {every * 1e3:,.1f} ms from every leaf hash, "
+          f"{tiled_s * 1e3:,.1f} ms from the stored tiles ({every / tiled_s:,.0f}x)")
     engine.dispose()
     return out
 
