@@ -62,3 +62,24 @@ def test_alerts_and_agent_health(client, settings, tools):
     by = {x["kid"]: x for x in health}
     assert by[quiet.kid]["last_heartbeat"] is None and by[quiet.kid]["silent"]
     assert not by[a.kid]["healthy"] and by[a.kid]["chain"]["forks"] == [2]
+
+
+def test_last_heartbeat_is_the_latest_of_any_month(settings, tools):
+    from collector import alerts
+    from collector.ingest import ingest_lines
+
+    m = previous_month(month_of(int(time.time())))
+    m0, m1 = month_bounds(m)
+    a = tools.Agent("a")
+    before = month_bounds(previous_month(m))[0]
+    tools.enrol(settings, "acme", a, before - 86400)
+    # The latest time is in the later month even though a beat of the earlier month came after it
+    # (and carries the highest seq): the key's latest month, then its latest time in that month.
+    times = [before + 3600, m0 + 7200, m0 + 3600, before + 7200]
+    lines = [a.beat(t, {}) for t in times]
+
+    assert {r["status"] for r in ingest_lines(settings.engine, lines, now=m1)} == {"accepted"}
+    with db.read_conn(settings.engine) as c:
+        (health,) = alerts.agent_health(c, "acme", m, m0 + 7200 + 600)
+    assert health["last_heartbeat"] == format_time(m0 + 7200) and health["last_seq"] == 2
+    assert not health["silent"]
