@@ -25,7 +25,7 @@ from collector import jwsstore
 from collector import schema as s
 from collector.db import read_conn, write_tx
 from collector.tiles import write_tiles
-from collector.tlog import lock_log
+from collector.tlog import lock_log_state
 from protocol.errors import ProtocolError
 from protocol.fastpayload import Capacity, Observations
 from protocol.heartbeat import Heartbeat, check_key_window, token_digest, verify_heartbeat_shared
@@ -224,7 +224,7 @@ def _append(
     now: int,
 ) -> set[str]:
     """Append the not-yet-logged heartbeats of one log; return the digests appended."""
-    size = lock_log(conn, provider, month)
+    size, peaks = lock_log_state(conn, provider, month)
     digests = [hb.digest for hb in cands]
     known = set(conn.execute(sa.select(s.leaves.c.digest).where(s.leaves.c.digest.in_(digests))).scalars())
     new = [hb for hb in cands if hb.digest not in known]
@@ -240,11 +240,11 @@ def _append(
             for i, hb in enumerate(new)
         ],
     )
-    write_tiles(conn, provider, month, size, hashes)
+    peaks = write_tiles(conn, provider, month, size, hashes, peaks)
     conn.execute(
         s.logs.update()
         .where(s.logs.c.provider == provider, s.logs.c.month == month)
-        .values(size=size + len(new))
+        .values(size=size + len(new), tile_peaks=peaks)
     )
     upsert_aggregates(conn, provider, [(hb.time, cells[hb.digest]) for hb in new])
     return {hb.digest for hb in new}

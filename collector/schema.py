@@ -81,6 +81,10 @@ logs = sa.Table(
     sa.Column("provider", sa.String, primary_key=True),
     sa.Column("month", sa.String(7), primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False),
+    # The log size, then the peaks (protocol.merkle.MerkleAccumulator) of its last, partial
+    # 256-leaf tile, so the ingest that completes it need not read its first leaves back
+    # (collector/tiles.py); NULL or for another size: they are read back.
+    sa.Column("tile_peaks", sa.LargeBinary, nullable=True),
 )
 
 leaves = sa.Table(

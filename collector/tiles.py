@@ -1,7 +1,8 @@
 """The log's stored 256-leaf subtree hashes ("tiles"): roots and proofs without reading every leaf.
 
 Tile i is MTH(D[256 i : 256 i + 256]), the root of a perfect subtree, written by the ingest
-transaction that completes it. RFC 9162's tree splits a range at the largest power of two below
+transaction that completes it; the log's row keeps the peaks of its partial tile, so that
+ingest never reads leaves back. RFC 9162's tree splits a range at the largest power of two below
 its size, so a range of whole, aligned tiles hashes exactly as the tree over those tile hashes:
 a checkpoint at size n reads n / 256 tile hashes plus the leaf hashes of the last partial tile,
 and a proof also the leaves of the tile holding its index or its old size, instead of all n.
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from collector import schema as s
-from protocol.merkle import MerkleError, node_hash, root_hash
+from protocol.merkle import HASH_SIZE, MerkleAccumulator, MerkleError, node_hash, root_hash
 
 TILE = 256
 _L, _T = s.leaves.c, s.tiles.c
@@ -25,21 +26,37 @@ def leaf_hashes(conn: Connection, provider: str, month: str, lo: int, hi: int) -
     return [bytes(h) for h in conn.execute(q).scalars()]
 
 
-def write_tiles(conn: Connection, provider: str, month: str, size: int, new: list[bytes]) -> None:
-    """Store the tiles that leaves size.. (hashes ``new``, just appended) complete."""
-    first, last = size // TILE, (size + len(new)) // TILE
-    if first == last:
-        return
-    start = first * TILE  # a tile begun by earlier batches: its first leaves are read back
-    hashes = (leaf_hashes(conn, provider, month, start, size) if start < size else []) + new
-    conn.execute(
-        s.tiles.insert(),
-        [
-            {"provider": provider, "month": month, "idx": t,
-             "hash": root_hash(hashes[(t - first) * TILE : (t - first + 1) * TILE])}
-            for t in range(first, last)
-        ],
-    )
+def write_tiles(
+    conn: Connection, provider: str, month: str, size: int, new: list[bytes], state: bytes | None
+) -> bytes:
+    """Store the tiles that leaves size.. (hashes ``new``, just appended) complete; return the
+    state of the partial tile after them: the log size it is for, then its accumulator's peaks.
+
+    ``state`` is read with the log's row; when it is for another size (NULL before revision
+    0007, or a process of an older version appended meanwhile) the partial tile's leaves are
+    read back. A tile that such a process completed is missing and computed when read."""
+    part = size % TILE
+    peaks = state[8:] if state and len(state) >= 8 and int.from_bytes(state[:8], "big") == size else None
+    if peaks is not None and len(peaks) == HASH_SIZE * part.bit_count():
+        acc = MerkleAccumulator(part, [peaks[i : i + HASH_SIZE] for i in range(0, len(peaks), HASH_SIZE)])
+    else:
+        acc = MerkleAccumulator.from_hashes(leaf_hashes(conn, provider, month, size - part, size))
+    rows = []
+    tile = size // TILE
+    for h in new:
+        acc.append(h)
+        if acc.size == TILE:
+            rows.append({"provider": provider, "month": month, "idx": tile, "hash": acc.root()})
+            tile += 1
+            acc = MerkleAccumulator()
+    if rows:
+        conn.execute(s.tiles.insert(), rows)
+    return tile_state(size + len(new), acc)
+
+
+def tile_state(size: int, acc: MerkleAccumulator) -> bytes:
+    """`logs.tile_peaks`: the log size (8 bytes, big-endian), then the partial tile's peaks."""
+    return size.to_bytes(8, "big") + b"".join(acc.peaks)
 
 
 class StoredTree:

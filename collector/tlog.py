@@ -32,16 +32,24 @@ def log_size(conn: Connection, provider: str, month: str) -> int:
 
 def lock_log(conn: Connection, provider: str, month: str) -> int:
     """Create the log's counter row if needed and lock it for this transaction; return its size."""
+    return lock_log_state(conn, provider, month)[0]
+
+
+def lock_log_state(conn: Connection, provider: str, month: str) -> tuple[int, bytes | None]:
+    """lock_log, and the peaks of the log's partial tile (collector/tiles.py)."""
     ins = (sqlite.insert if is_sqlite(conn.engine) else postgresql.insert)(s.logs)
     conn.execute(
         ins.on_conflict_do_nothing(index_elements=["provider", "month"]).values(
-            provider=provider, month=month, size=0
+            provider=provider, month=month, size=0, tile_peaks=bytes(8)
         )
     )
-    q = sa.select(s.logs.c.size).where(s.logs.c.provider == provider, s.logs.c.month == month)
+    q = sa.select(s.logs.c.size, s.logs.c.tile_peaks).where(
+        s.logs.c.provider == provider, s.logs.c.month == month
+    )
     if not is_sqlite(conn.engine):
         q = q.with_for_update()  # SQLite: BEGIN IMMEDIATE already holds the database write lock
-    return int(conn.execute(q).scalar_one())
+    size, peaks = conn.execute(q).one()
+    return int(size), None if peaks is None else bytes(peaks)
 
 
 def tree(conn: Connection, provider: str, month: str, size: int) -> StoredTree:

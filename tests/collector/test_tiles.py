@@ -1,6 +1,7 @@
 """Roots and proofs from stored tiles (collector/tiles.py) are those of the plain list of leaf
 hashes (protocol.merkle) at sizes around tile boundaries: with tiles written by batches that
-split tiles, by ingest itself, by migration 0007's backfill, and with tiles missing."""
+split tiles (from the partial tile's stored state, or from its leaves when the state is missing
+or for another size), by ingest itself, by migration 0007's backfill, and with tiles missing."""
 
 import hashlib
 import random
@@ -11,31 +12,37 @@ import sqlalchemy as sa
 from collector import db, tlog
 from collector import schema as s
 from collector.ingest import ingest_lines
-from collector.tiles import TILE, StoredTree, write_tiles
-from protocol.merkle import MerkleError, consistency_proof, inclusion_proof, root_hash
+from collector.tiles import TILE, StoredTree, tile_state, write_tiles
+from protocol.merkle import MerkleAccumulator, MerkleError, consistency_proof, inclusion_proof, root_hash
 
 MONTH = "2026-11"
 N = 5 * TILE + 20
 SIZES = [0, 1, 2, 255, 256, 257, 511, 512, 513, 768, 1024, 1025, 1280, N - 1, N]
 
 
+def _leaf(i: int, h: bytes) -> dict:
+    return {"provider": "acme", "month": MONTH, "idx": i, "digest": f"{i:064x}", "leaf_hash": h,
+            "kid": "k", "seq": i + 1, "prev": "p", "time": 0, "interval": 60, "received_at": 0, "jws": "x"}
+
+
 def _log(settings, n: int = N, seed: int = 0) -> list[bytes]:
-    """n synthetic leaves appended in batches of random sizes, each writing its tiles as ingest does."""
+    """n synthetic leaves appended in batches of random sizes, each writing its tiles as ingest does:
+    with the partial tile's state of the batch before, or without (its leaves read back)."""
     rnd = random.Random(seed)
     hashes = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(n)]
 
     def tx(c: sa.Connection) -> None:
-        size = 0
+        size, state = 0, None
         while size < n:
             k = min(n - size, rnd.choice([1, 7, 100, 255, 256, 300, 600]))
-            c.execute(s.leaves.insert(), [
-                {"provider": "acme", "month": MONTH, "idx": i, "digest": f"{i:064x}", "leaf_hash": hashes[i],
-                 "kid": "k", "seq": i + 1, "prev": "p", "time": 0, "interval": 60, "received_at": 0, "jws": "x"}
-                for i in range(size, size + k)
-            ])
-            write_tiles(c, "acme", MONTH, size, hashes[size : size + k])
+            c.execute(s.leaves.insert(), [_leaf(i, hashes[i]) for i in range(size, size + k)])
+            # A state for another size (an older collector appended meanwhile) with as many peaks
+            # as this size's partial tile has: it must not be trusted.
+            stale = (size + 1).to_bytes(8, "big") + b"\x07" * 32 * (size % TILE).bit_count()
+            given = rnd.choice([state, state, None, stale])
+            state = write_tiles(c, "acme", MONTH, size, hashes[size : size + k], given)
             size += k
-        c.execute(s.logs.insert().values(provider="acme", month=MONTH, size=n))
+        c.execute(s.logs.insert().values(provider="acme", month=MONTH, size=n, tile_peaks=state))
 
     db.write_tx(settings.engine, tx)
     return hashes
@@ -47,9 +54,11 @@ def _check_all(settings, hashes: list[bytes]) -> None:
             tree = tlog.tree(c, "acme", MONTH, size)
             assert tree.root() == root_hash(hashes[:size]), size
             for index in {0, size // 2, size - 1, 255, 256, 700} & set(range(size)):
-                assert inclusion_proof(tree, index, size) == inclusion_proof(hashes, index, size), (index, size)
+                got = inclusion_proof(tree, index, size)
+                assert got == inclusion_proof(hashes, index, size), (index, size)
             for old in {0, 1, 100, 256, 300, 512, size - 1, size} & set(range(size + 1)):
-                assert consistency_proof(tree, old, size) == consistency_proof(hashes, old, size), (old, size)
+                got = consistency_proof(tree, old, size)
+                assert got == consistency_proof(hashes, old, size), (old, size)
 
 
 def test_tiles_give_the_roots_and_proofs_of_the_leaf_list(settings) -> None:
@@ -83,9 +92,13 @@ def test_ingest_writes_tiles_and_migration_0007_backfills_them(settings, tools) 
         assert {r["status"] for r in ingest_lines(settings.engine, part, now=t0 + 86400)} == {"accepted"}
     with db.read_conn(settings.engine) as c:
         month = c.execute(sa.select(s.logs.c.month)).scalar_one()
-        leaves = [bytes(h) for h in c.execute(sa.select(s.leaves.c.leaf_hash).order_by(s.leaves.c.idx)).scalars()]
+        q = sa.select(s.leaves.c.leaf_hash).order_by(s.leaves.c.idx)
+        leaves = [bytes(h) for h in c.execute(q).scalars()]
         tiles = c.execute(sa.select(s.tiles.c.idx, s.tiles.c.hash)).all()
+        state = c.execute(sa.select(s.logs.c.tile_peaks)).scalar_one()
     assert tiles == [(0, root_hash(leaves[:TILE]))]
+    # The log's row holds the partial tile's state: its size and its 50 leaves' peaks (32 + 16 + 2).
+    assert bytes(state) == tile_state(TILE + 50, MerkleAccumulator.from_hashes(leaves[TILE:]))
     note = db.write_tx(settings.engine, lambda c: tlog.checkpoint(c, settings, "acme", month))
     assert note.split("\n")[2] == __import__("base64").b64encode(root_hash(leaves)).decode()
 
@@ -99,3 +112,4 @@ def test_ingest_writes_tiles_and_migration_0007_backfills_them(settings, tools) 
             assert ("tiles" in sa.inspect(conn).get_table_names()) == (target == "head")
     with db.read_conn(settings.engine) as c:
         assert c.execute(sa.select(s.tiles.c.idx, s.tiles.c.hash)).all() == tiles
+        assert bytes(c.execute(sa.select(s.logs.c.tile_peaks)).scalar_one()) == bytes(state)

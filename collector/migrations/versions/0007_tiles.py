@@ -4,7 +4,8 @@ Why (also in docs/collector.md, "Storage"): a checkpoint, an inclusion proof and
 proof each read every leaf hash of the month and hashed them all, ~2 s at a million leaves and,
 on SQLite, through table pages that hold the JWS; a checkpoint did it holding the write lock.
 With the tiles they read size/256 tile hashes and at most a few tiles' worth of leaf hashes.
-Ingest writes the tiles it completes (collector/tiles.py). `leaves` is not touched.
+Ingest writes the tiles it completes (collector/tiles.py) and keeps the peaks of the partial
+tile in `logs.tile_peaks`, so it never reads leaves back. `leaves` is not touched.
 """
 
 import logging
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from collector.tiles import TILE
-from protocol.merkle import root_hash
+from protocol.merkle import MerkleAccumulator
 
 revision = "0007_tiles"
 down_revision = "0006_capacities_hourly"
@@ -27,6 +28,7 @@ def upgrade() -> None:
     bind = op.get_bind()
     if "tiles" in sa.inspect(bind).get_table_names():
         return  # a new database: revision 0001 created the schema module as it is now
+    op.add_column("logs", sa.Column("tile_peaks", sa.LargeBinary, nullable=True))
     meta = sa.MetaData()
     tiles = sa.Table(
         "tiles",
@@ -38,30 +40,36 @@ def upgrade() -> None:
     )
     tiles.create(bind)
     leaves = sa.Table("leaves", meta, autoload_with=bind)
-    logs = bind.execute(sa.text("SELECT provider, month, size FROM logs ORDER BY provider, month")).all()
-    for provider, month, size in logs:
-        whole = int(size) // TILE
-        if not whole:
-            continue
+    logs = sa.Table("logs", meta, autoload_with=bind)
+    for provider, month, size in bind.execute(
+        sa.select(logs.c.provider, logs.c.month, logs.c.size).order_by(logs.c.provider, logs.c.month)
+    ).all():
         log.info("tiles: %s %s, %d leaves", provider, month, int(size))
         q = (
             sa.select(leaves.c.leaf_hash)
-            .where(leaves.c.provider == provider, leaves.c.month == month, leaves.c.idx < whole * TILE)
+            .where(leaves.c.provider == provider, leaves.c.month == month, leaves.c.idx < size)
             .order_by(leaves.c.idx)
             .execution_options(yield_per=TILE * 64)
         )
-        hashes: list[bytes] = []
-        rows: list[dict] = []
+        acc, rows, n = MerkleAccumulator(), [], 0
         for h in bind.execute(q).scalars():
-            hashes.append(bytes(h))
-            if len(hashes) == TILE:
-                rows.append({"provider": provider, "month": month, "idx": len(rows),
-                             "hash": root_hash(hashes)})
-                hashes = []
-        if len(rows) != whole:  # leaf indexes are 0..size-1 by construction; say so if not
-            raise RuntimeError(f"log {provider} {month}: {size} leaves counted, fewer stored")
-        bind.execute(tiles.insert(), rows)
+            acc.append(bytes(h))
+            n += 1
+            if acc.size == TILE:
+                rows.append({"provider": provider, "month": month, "idx": len(rows), "hash": acc.root()})
+                acc = MerkleAccumulator()
+        if n != size:  # leaf indexes are 0..size-1 by construction; say so if not
+            raise RuntimeError(f"log {provider} {month}: size {size}, {n} leaves stored")
+        if rows:
+            bind.execute(tiles.insert(), rows)
+        # As collector/tiles.py keeps it: the size, then the partial tile's peaks.
+        state = int(size).to_bytes(8, "big") + b"".join(acc.peaks)
+        bind.execute(
+            logs.update().where(logs.c.provider == provider, logs.c.month == month).values(tile_peaks=state)
+        )
 
 
 def downgrade() -> None:
     op.drop_table("tiles")
+    with op.batch_alter_table("logs") as batch:
+        batch.drop_column("tile_peaks")
