@@ -14,7 +14,7 @@ on PostgreSQL the server's own CPU is added (same cores). Usage:
 """
 
 import argparse
-import shutil
+import contextlib
 import sys
 import tempfile
 import time
@@ -86,22 +86,18 @@ def main() -> int:
     ap.add_argument("--backends", default="sqlite,postgresql", help="which of sqlite,postgresql to run")
     args = ap.parse_args()
     tune_gc()
-    tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-day-"))
-    cluster = None
-    try:
-        keys, lines = interleaved(args.agents)
-        print(f"{args.agents} agents x {OBS} instances, a heartbeat a minute for a day: {len(lines):,} "
-              f"heartbeats in batches of {BATCH}, agents interleaved")
-        backends = args.backends.split(",")
-        if "postgresql" in backends:
-            cluster = PgCluster(durable=True)
-        for name in ("sqlite", "postgresql"):
-            if name not in backends:
-                continue
+    backends = args.backends.split(",")
+    keys, lines = interleaved(args.agents)
+    print(f"{args.agents} agents x {OBS} instances, a heartbeat a minute for a day: {len(lines):,} "
+          f"heartbeats in batches of {BATCH}, agents interleaved")
+    with tempfile.TemporaryDirectory(prefix="tr7-bench-day-") as d, contextlib.ExitStack() as stack:
+        tmp = Path(d)
+        for name in (b for b in ("sqlite", "postgresql") if b in backends):
             if name == "sqlite":
                 url, pid = f"sqlite:///{tmp / 'day.db'}", None
             else:
-                assert cluster is not None
+                cluster = PgCluster(durable=True)
+                stack.callback(cluster.stop)
                 url = new_database(cluster.admin_url)
                 pid = int((cluster.dir / "data" / "postmaster.pid").read_text().split()[0])
             split = run(name, url, tmp, keys, lines, pid)
@@ -112,11 +108,7 @@ def main() -> int:
             if pid:
                 print(f"{name}: of which the server's: " + " ".join(f"{d * 1e6:,.0f}" for _, d in split))
             print(f"{name}: last sixth / first sixth = {costs[-1] / costs[0]:.2f} (goal <= 1.25)")
-        return 0
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
