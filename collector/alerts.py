@@ -17,22 +17,32 @@ SILENT_INTERVALS = 3  # an agent is silent after 3 of its poll intervals without
 def _last_beats(conn: Connection, provider: str) -> dict[str, Any]:
     """Each key's heartbeat with the latest time (the highest seq on a tie).
 
-    A leaf's month is its time's, so a key's latest time is in its latest month: that month is
-    read from the (kid, month, seq) index, then only the key's leaves of that month are scanned.
-    A group-by over all the provider's leaves read every month ever logged, on every request.
+    A leaf's month is its time's, so a key's latest time is in its latest month: each key's
+    latest month comes from the (kid, month, seq) index, then one group-by per such month (one,
+    mostly) reads only those keys' leaves of it. A group-by over all the provider's leaves read
+    every month ever logged, on every request.
     """
-    L = s.leaves.c
+    L, A = s.leaves.c, s.agents.c
+    latest = sa.select(sa.func.max(L.month)).where(L.kid == A.kid).scalar_subquery()
+    kids_of: dict[str, list[str]] = defaultdict(list)
+    for kid, month in conn.execute(sa.select(A.kid, latest).where(A.provider == provider)):
+        if month is not None:
+            kids_of[month].append(kid)
     out: dict[str, Any] = {}
-    for kid in conn.execute(sa.select(s.agents.c.kid).where(s.agents.c.provider == provider)).scalars():
-        month = conn.execute(sa.select(sa.func.max(L.month)).where(L.kid == kid)).scalar()
-        last = None if month is None else conn.execute(
-            sa.select(L.kid, L.time, L.seq, L.interval)
-            .where(L.provider == provider, L.month == month, L.kid == kid)
-            .order_by(L.time.desc(), L.seq.desc())
-            .limit(1)
-        ).first()
-        if last is not None:
-            out[kid] = last
+    for month, kids in sorted(kids_of.items()):
+        where = (L.provider == provider, L.month == month)
+        top = (
+            sa.select(L.kid, sa.func.max(L.time).label("time"))
+            .where(*where, L.kid.in_(kids))
+            .group_by(L.kid)
+            .subquery()
+        )
+        q = sa.select(L.kid, L.time, L.seq, L.interval).join(
+            top, sa.and_(L.kid == top.c.kid, L.time == top.c.time)
+        )
+        for r in conn.execute(q.where(*where)):
+            if r.kid not in out or r.seq > out[r.kid].seq:
+                out[r.kid] = r
     return out
 
 

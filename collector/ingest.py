@@ -224,7 +224,7 @@ def _append(
     now: int,
 ) -> set[str]:
     """Append the not-yet-logged heartbeats of one log; return the digests appended."""
-    size, peaks = lock_log_state(conn, provider, month)
+    size, partial = lock_log_state(conn, provider, month)
     digests = [hb.digest for hb in cands]
     known = set(conn.execute(sa.select(s.leaves.c.digest).where(s.leaves.c.digest.in_(digests))).scalars())
     new = [hb for hb in cands if hb.digest not in known]
@@ -240,11 +240,11 @@ def _append(
             for i, hb in enumerate(new)
         ],
     )
-    peaks = write_tiles(conn, provider, month, size, hashes, peaks)
+    partial = write_tiles(conn, provider, month, size, hashes, partial)
     conn.execute(
         s.logs.update()
         .where(s.logs.c.provider == provider, s.logs.c.month == month)
-        .values(size=size + len(new), tile_peaks=peaks)
+        .values(size=size + len(new), tile_peaks=partial)
     )
     upsert_aggregates(conn, provider, [(hb.time, cells[hb.digest]) for hb in new])
     return {hb.digest for hb in new}

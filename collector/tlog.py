@@ -36,7 +36,7 @@ def lock_log(conn: Connection, provider: str, month: str) -> int:
 
 
 def lock_log_state(conn: Connection, provider: str, month: str) -> tuple[int, bytes | None]:
-    """lock_log, and the peaks of the log's partial tile (collector/tiles.py)."""
+    """lock_log, and the state of the log's partial tile (collector/tiles.py write_tiles)."""
     ins = (sqlite.insert if is_sqlite(conn.engine) else postgresql.insert)(s.logs)
     conn.execute(
         ins.on_conflict_do_nothing(index_elements=["provider", "month"]).values(
@@ -48,8 +48,8 @@ def lock_log_state(conn: Connection, provider: str, month: str) -> tuple[int, by
     )
     if not is_sqlite(conn.engine):
         q = q.with_for_update()  # SQLite: BEGIN IMMEDIATE already holds the database write lock
-    size, peaks = conn.execute(q).one()
-    return int(size), None if peaks is None else bytes(peaks)
+    size, partial = conn.execute(q).one()
+    return int(size), None if partial is None else bytes(partial)
 
 
 def tree(conn: Connection, provider: str, month: str, size: int) -> StoredTree:
