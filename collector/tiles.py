@@ -8,11 +8,13 @@ a checkpoint at size n reads n / 256 tile hashes plus the leaf hashes of the las
 and a proof also the leaves of the tile holding its index or its old size, instead of all n.
 """
 
+from collections.abc import Iterable
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from collector import schema as s
-from protocol.merkle import HASH_SIZE, MerkleAccumulator, MerkleError, node_hash, root_hash
+from protocol.merkle import EMPTY_ROOT, HASH_SIZE, MerkleAccumulator, MerkleError, node_hash, root_hash
 
 TILE = 256
 _L, _T = s.leaves.c, s.tiles.c
@@ -41,17 +43,27 @@ def write_tiles(
         acc = MerkleAccumulator(part, [peaks[i : i + HASH_SIZE] for i in range(0, len(peaks), HASH_SIZE)])
     else:
         acc = MerkleAccumulator.from_hashes(leaf_hashes(conn, provider, month, size - part, size))
-    rows = []
-    tile = size // TILE
-    for h in new:
+    done, acc = fold(acc, size // TILE, new)
+    if done:
+        conn.execute(
+            s.tiles.insert(), [{"provider": provider, "month": month, "idx": t, "hash": h} for t, h in done]
+        )
+    return tile_state(size + len(new), acc)
+
+
+def fold(
+    acc: MerkleAccumulator, tile: int, hashes: Iterable[bytes]
+) -> tuple[list[tuple[int, bytes]], MerkleAccumulator]:
+    """Append leaf hashes to tile ``tile``'s accumulator: the (index, hash) of every tile they
+    complete, and the accumulator of the partial tile after them."""
+    done = []
+    for h in hashes:
         acc.append(h)
         if acc.size == TILE:
-            rows.append({"provider": provider, "month": month, "idx": tile, "hash": acc.root()})
+            done.append((tile, acc.root()))
             tile += 1
             acc = MerkleAccumulator()
-    if rows:
-        conn.execute(s.tiles.insert(), rows)
-    return tile_state(size + len(new), acc)
+    return done, acc
 
 
 def tile_state(size: int, acc: MerkleAccumulator) -> bytes:
@@ -98,4 +110,4 @@ class StoredTree:
         return node_hash(self.range_root(lo, lo + k), self.range_root(lo + k, hi))
 
     def root(self) -> bytes:
-        return root_hash([]) if self._size == 0 else self.range_root(0, self._size)
+        return EMPTY_ROOT if self._size == 0 else self.range_root(0, self._size)

@@ -13,7 +13,7 @@ import logging
 import sqlalchemy as sa
 from alembic import op
 
-from collector.tiles import TILE
+from collector.tiles import TILE, fold, tile_state
 from protocol.merkle import MerkleAccumulator
 
 revision = "0007_tiles"
@@ -51,21 +51,17 @@ def upgrade() -> None:
             .order_by(leaves.c.idx)
             .execution_options(yield_per=TILE * 64)
         )
-        acc, rows, n = MerkleAccumulator(), [], 0
-        for h in bind.execute(q).scalars():
-            acc.append(bytes(h))
-            n += 1
-            if acc.size == TILE:
-                rows.append({"provider": provider, "month": month, "idx": len(rows), "hash": acc.root()})
-                acc = MerkleAccumulator()
+        done, acc = fold(MerkleAccumulator(), 0, (bytes(h) for h in bind.execute(q).scalars()))
+        n = len(done) * TILE + acc.size
         if n != size:  # leaf indexes are 0..size-1 by construction; say so if not
             raise RuntimeError(f"log {provider} {month}: size {size}, {n} leaves stored")
-        if rows:
-            bind.execute(tiles.insert(), rows)
-        # As collector/tiles.py keeps it: the size, then the partial tile's peaks.
-        state = int(size).to_bytes(8, "big") + b"".join(acc.peaks)
+        if done:
+            bind.execute(tiles.insert(), [{"provider": provider, "month": month, "idx": t, "hash": h}
+                                          for t, h in done])
         bind.execute(
-            logs.update().where(logs.c.provider == provider, logs.c.month == month).values(tile_peaks=state)
+            logs.update()
+            .where(logs.c.provider == provider, logs.c.month == month)
+            .values(tile_peaks=tile_state(int(size), acc))
         )
 
 
