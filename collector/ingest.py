@@ -159,6 +159,11 @@ _UPSERTS = {
     "capacities": ("INSERT INTO {t} ({cols}) {source} ON CONFLICT ({key}) DO UPDATE SET "
                    "{offsets} = {t}.{offsets} || ',' || excluded.{offsets}",
                    ("provider", "day", "instance", "cap", "hour", "offsets")),
+    "spool_lag": ("INSERT INTO {t} ({cols}) {source} ON CONFLICT ({key}) DO UPDATE SET "
+                  "{beats} = {t}.{beats} + excluded.{beats}, {lag_sum} = {t}.{lag_sum} + excluded.{lag_sum}, "
+                  "{lag_max} = CASE WHEN excluded.{lag_max} > {t}.{lag_max} THEN excluded.{lag_max} "
+                  "ELSE {t}.{lag_max} END",
+                  ("provider", "month", "kid", "beats", "lag_sum", "lag_max")),
 }
 # On PostgreSQL the aggregates go as ONE statement over column arrays, not one per row: measured
 # on 2,000-row batches of `days`, 9 -> 6 us of the server's CPU and 7 -> 3 us of ours a row; a
@@ -247,7 +252,23 @@ def _append(
         .values(size=size + len(new), tile_peaks=partial)
     )
     upsert_aggregates(conn, provider, [(hb.time, cells[hb.digest]) for hb in new])
+    _upsert(conn, "spool_lag", spool_lag_rows(provider, month, new, now))
     return {hb.digest for hb in new}
+
+
+def spool_lag_rows(provider: str, month: str, new: Sequence[Heartbeat], now: int) -> list[tuple[Any, ...]]:
+    """`spool_lag` rows of heartbeats appended at ``now``: per key, their count, lag sum and max."""
+    per: dict[str, list[int]] = {}
+    for hb in new:
+        lag = now - hb.time
+        p = per.get(hb.kid)
+        if p is None:
+            per[hb.kid] = [1, lag, lag]
+        else:
+            p[0] += 1
+            p[1] += lag
+            p[2] = max(p[2], lag)
+    return [(provider, month, kid, *p) for kid, p in sorted(per.items())]
 
 
 def _logged(conn: Connection, lines: Sequence[str]) -> tuple[dict[str, int], dict[str, str]]:

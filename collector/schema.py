@@ -120,6 +120,21 @@ tiles = sa.Table(
     sa.Column("hash", sa.LargeBinary(32), nullable=False),
 )
 
+# Spool lag per (provider, month, agent key): the leaves appended, the sum and the maximum of their
+# received_at - time, kept by ingest so the agents page need not read the month's rows (which hold
+# the JWS). The leaves of a log add up to its size; where they do not (an older collector appended
+# meanwhile), readers fall back to the leaves (collector/web/detail.py, migration 0008).
+spool_lag = sa.Table(
+    "spool_lag",
+    metadata,
+    sa.Column("provider", sa.String, primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("kid", sa.String(32), primary_key=True),
+    sa.Column("beats", sa.BigInteger, nullable=False),
+    sa.Column("lag_sum", sa.BigInteger, nullable=False),
+    sa.Column("lag_max", sa.BigInteger, nullable=False),
+)
+
 # Hour aggregate, one row per (provider, UTC day, instance, vm): bit h of `active` / `seen` is the
 # hour h of that day (24 bits). 2,000 instances x 1 month = 60,000 rows, updated with bitwise OR.
 # Keeping the vm makes the clone alert (one instance on two vms in one hour) a query.

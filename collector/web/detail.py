@@ -171,21 +171,33 @@ def instance_agents(
     return page(request, "instance_agents.html", sess, days=days)
 
 
-def agent_rows(c: Any, provider: str, month: str, now: int) -> list[dict[str, Any]]:
-    """Health, adapters' last outcome and spool lag per agent (cached: it reads the month's chain)."""
-    health = alerts.agent_health(c, provider, month, now)
-    lag = {
-        r.kid: r
+def spool_lags(c: Any, provider: str, month: str) -> dict[str, tuple[int, int]]:
+    """Each key's (max, mean rounded) of received_at - time over the month's leaves: from the
+    `spool_lag` rows ingest keeps, or from the leaves when those rows do not add up to the log's
+    size (an older collector appended without them)."""
+    Lag = s.spool_lag.c
+    size = sa.select(s.logs.c.size).where(s.logs.c.provider == provider, s.logs.c.month == month)
+    rows = c.execute(
+        sa.select(Lag.kid, Lag.beats, Lag.lag_sum, Lag.lag_max, size.scalar_subquery().label("size"))
+        .where(Lag.provider == provider, Lag.month == month)
+    ).all()
+    if rows and sum(r.beats for r in rows) == rows[0].size:
+        return {r.kid: (int(r.lag_max), round(r.lag_sum / r.beats)) for r in rows}
+    lag = L.received_at - L.time
+    return {
+        r.kid: (int(r.max), round(float(r.avg)))
         for r in c.execute(
-            sa.select(
-                L.kid,
-                sa.func.max(L.received_at - L.time).label("max"),
-                sa.func.avg(L.received_at - L.time).label("avg"),
-            )
+            sa.select(L.kid, sa.func.max(lag).label("max"), sa.func.avg(lag).label("avg"))
             .where(L.provider == provider, L.month == month)
             .group_by(L.kid)
         )
     }
+
+
+def agent_rows(c: Any, provider: str, month: str, now: int) -> list[dict[str, Any]]:
+    """Health, adapters' last outcome and spool lag per agent (cached: it reads the month's chain)."""
+    health = alerts.agent_health(c, provider, month, now)
+    lag = spool_lags(c, provider, month)
     polls: dict[str, Any] = {}
     for a in health:
         if a["last_seq"] is not None:
@@ -204,7 +216,7 @@ def agent_rows(c: Any, provider: str, month: str, now: int) -> list[dict[str, An
     rows = []
     for a in health:
         ch = a["chain"] or {}
-        lg = lag.get(a["kid"])
+        lg = lag.get(a["kid"], (None, None))
         rows.append(
             {
                 **a,
@@ -213,8 +225,8 @@ def agent_rows(c: Any, provider: str, month: str, now: int) -> list[dict[str, An
                 "breaks": ch.get("breaks", []),
                 "polls": polls.get(a["kid"], ([], None))[0],
                 "last_lag": polls.get(a["kid"], ([], None))[1],
-                "max_lag": None if lg is None else int(lg.max),
-                "avg_lag": None if lg is None else round(float(lg.avg)),
+                "max_lag": lg[0],
+                "avg_lag": lg[1],
             }
         )
     return rows
