@@ -1,6 +1,9 @@
-"""A heartbeat request body split into its lines as it streams in (US-ASCII, LF or CRLF ends)."""
+"""A heartbeat request body inflated (gzip) and split into its lines as it streams in."""
 
+import zlib
 from collections.abc import Iterable
+
+_GZIP = 16 + zlib.MAX_WBITS
 
 
 class NotAscii(ValueError):
@@ -56,3 +59,45 @@ def split_lines(chunks: Iterable[bytes]) -> list[str]:
     for chunk in chunks:
         splitter.feed(chunk)
     return splitter.close()
+
+
+class BadGzip(ValueError):
+    """The body is not a complete gzip stream."""
+
+
+class TooLarge(ValueError):
+    """The inflated body is longer than the limit."""
+
+
+class Gunzip:
+    """Inflate a gzip body as it streams in, member after member (RFC 1952 §2.2: a gzip file is
+    a series of members, which `zcat` and `gzip.decompress` read whole), at most ``limit`` bytes
+    out in all. Anything after a member that is not another member is an error, not ignored."""
+
+    def __init__(self, limit: int) -> None:
+        self._left = limit
+        self._member: zlib._Decompress | None = None  # the member being read, None between them
+        self._members = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = []
+        while chunk:
+            if self._member is None:
+                self._member = zlib.decompressobj(_GZIP)
+                self._members += 1
+            try:
+                data = self._member.decompress(chunk, self._left + 1)  # max_length 0 = unlimited
+            except zlib.error as exc:
+                raise BadGzip(str(exc)) from exc
+            self._left -= len(data)
+            if self._left < 0 or self._member.unconsumed_tail:
+                raise TooLarge
+            out.append(data)
+            if not self._member.eof:
+                break
+            chunk, self._member = self._member.unused_data, None
+        return b"".join(out)
+
+    def close(self) -> None:
+        if self._member is not None or not self._members:
+            raise BadGzip("truncated")

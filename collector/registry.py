@@ -4,6 +4,7 @@ import hashlib
 import json
 import secrets
 import time
+import unicodedata
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,28 @@ def read_catalog_file(path: Path) -> dict[str, Any]:
     return doc
 
 
+def check_provider_id(pid: str) -> None:
+    """A provider id goes into its logs' origin, `<collector origin>/<provider id>/<YYYY-MM>`
+    (heartbeat-v1.md §5: one line of a signed note), and into URL paths: a new one must be
+    non-empty, without whitespace, control or other non-printing characters, or '/'."""
+    bad = [ch for ch in pid if ch.isspace() or ch == "/" or _control(ch)]
+    if not pid or bad:
+        raise RegistryError(
+            f"provider id {pid!r}: " + ("empty" if not pid else f"holds {bad[0]!r}")
+            + "; use letters, digits and punctuation other than '/'"
+        )
+
+
+def _control(ch: str) -> bool:
+    return unicodedata.category(ch).startswith("C")  # control, format, surrogate, unassigned
+
+
 def ensure_provider(conn: Connection, pid: str, name: str | None = None, currency: str | None = None) -> None:
+    if not pid or any(map(_control, pid)):
+        check_provider_id(pid)  # before any query (PostgreSQL refuses a NUL in text): it raises
     row = conn.execute(sa.select(s.providers).where(s.providers.c.id == pid)).first()
     if row is None:
+        check_provider_id(pid)  # only new ones: an existing provider keeps working as it is
         conn.execute(
             s.providers.insert().values(id=pid, name=name, currency=currency, created_at=int(time.time()))
         )

@@ -2,16 +2,17 @@
 
 import os
 import time
-import zlib
 from typing import Any, Literal
 
+import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from collector import db, readapi, registry, tlog, web
-from collector.bodylines import LineSplitter, NotAscii
+from collector import schema as s
+from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
 from collector.settings import ENV_DATA_DIR, ENV_DB, ENV_ORIGIN, Settings
@@ -71,8 +72,7 @@ async def _read_lines(request: Request) -> list[str]:
         raise HTTPException(413, f"request body larger than {MAX_BYTES} bytes")
     splitter: LineSplitter | None = LineSplitter()
     total = 0
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
-    out_total = 0
+    inflater = Gunzip(MAX_BYTES) if encoding == "gzip" else None
     async for chunk in request.stream():
         total += len(chunk)
         if total > MAX_BYTES:
@@ -80,19 +80,21 @@ async def _read_lines(request: Request) -> list[str]:
         data = chunk
         if inflater is not None:
             try:
-                data = inflater.decompress(chunk, MAX_BYTES + 1 - out_total)
-            except zlib.error as exc:
+                data = inflater.feed(chunk)
+            except BadGzip as exc:
                 raise HTTPException(400, f"body is not valid gzip: {exc}") from exc
-            out_total += len(data)
-            if out_total > MAX_BYTES or inflater.unconsumed_tail:
-                raise HTTPException(413, f"uncompressed body larger than {MAX_BYTES} bytes")
+            except TooLarge as exc:
+                raise HTTPException(413, f"uncompressed body larger than {MAX_BYTES} bytes") from exc
         if splitter is not None:
             try:
                 splitter.feed(data)
             except NotAscii:
                 splitter = None
-    if inflater is not None and not inflater.eof:
-        raise HTTPException(400, "body is a truncated gzip stream")
+    if inflater is not None:
+        try:
+            inflater.close()
+        except BadGzip as exc:
+            raise HTTPException(400, "body is a truncated gzip stream") from exc
     try:
         if splitter is not None:
             return splitter.close()
@@ -144,14 +146,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v1/log/{provider}/{month}/checkpoint", response_class=PlainTextResponse)
     def checkpoint(provider: str, month: str, scope: readapi.ScopeDep) -> str:
-        _log_access(scope, provider, month)
+        _log_access(engine, scope, provider, month)
         return db.write_tx(engine, lambda c: tlog.checkpoint(c, settings, provider, month))
 
     @app.get("/v1/log/{provider}/{month}/inclusion")
     def inclusion(
         provider: str, month: str, scope: readapi.ScopeDep, index: int = Query(ge=0), size: int = Query(ge=1)
     ) -> dict[str, Any]:
-        _log_access(scope, provider, month)
+        _log_access(engine, scope, provider, month)
         with db.read_conn(engine) as c:
             try:
                 return {
@@ -170,7 +172,7 @@ def create_app(settings: Settings) -> FastAPI:
         from_: int = Query(ge=0, alias="from"),
         to: int = Query(ge=0),
     ) -> dict[str, Any]:
-        _log_access(scope, provider, month)
+        _log_access(engine, scope, provider, month)
         with db.read_conn(engine) as c:
             try:
                 return {"from": from_, "to": to, "hashes": tlog.consistency(c, provider, month, from_, to)}
@@ -182,12 +184,17 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _log_access(scope: "readapi.Scope", provider: str, month: str) -> None:
+def _log_access(engine: Any, scope: "readapi.Scope", provider: str, month: str) -> None:
+    """The month is a month, the token may read the provider's logs, and the provider exists: a
+    checkpoint of an unknown provider's empty log is not signed (nor stored) for a plain GET."""
     try:
         parse_month(month)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
     scope.require_provider(provider)
+    with db.read_conn(engine) as c:
+        if c.execute(sa.select(s.providers.c.id).where(s.providers.c.id == provider)).first() is None:
+            raise HTTPException(404, f"no provider {provider!r}")
 
 
 def app_from_env() -> FastAPI:

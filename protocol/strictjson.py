@@ -47,6 +47,8 @@ def loads_strict(data: bytes, rule: str) -> Any:
         raise ProtocolError(rule, "a string holds a lone UTF-16 surrogate") from exc
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise ProtocolError(rule, f"not strict JSON: {exc}") from exc
+    except RecursionError as exc:  # ~1,000 nested arrays: the decoder recurses per level
+        raise ProtocolError(rule, "not strict JSON: nested too deeply") from exc
 
 
 def loads_counted(data: bytes, rule: str) -> tuple[Any, int | None]:
@@ -73,6 +75,6 @@ def loads_counted(data: bytes, rule: str) -> tuple[Any, int | None]:
             return loads_strict(data, rule), None
     try:
         return _PLAIN.decode(text), text.count('":')
-    except ValueError:
+    except (ValueError, RecursionError):
         # Not JSON (or NaN): loads_strict raises, naming the first fault exactly as it always did.
         return loads_strict(data, rule), None

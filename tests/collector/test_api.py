@@ -4,8 +4,10 @@ import base64
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from collector import db, registry
+from collector import schema as s
 from collector.tlog import signer
 from protocol.keys import AgentKey
 from protocol.merkle import MerkleError, leaf_hash, verify_consistency, verify_inclusion
@@ -66,6 +68,13 @@ def test_tenancy_provider_tokens_and_vendor(client, settings, tools):
         assert client.get(f"/v1/providers/beta/{path}", headers=_auth(acme)).status_code == 403, path
         assert client.get(f"/v1/providers/acme/{path}", headers=_auth(acme)).status_code == 200, path
     assert client.get(f"/v1/log/beta/{month}/checkpoint", headers=_auth(acme)).status_code == 403
+    # An unknown provider has no log to sign, whoever asks (a control character cannot be one)
+    for who in ("nobody", "a%0Ab", "a%09b"):
+        for tail in ("checkpoint", "inclusion?index=0&size=1", "consistency?from=0&to=0"):
+            r = client.get(f"/v1/log/{who}/{month}/{tail}", headers=_auth(vendor))
+            assert r.status_code == 404 and "no provider" in r.json()["detail"], (who, tail)
+    with db.read_conn(settings.engine) as c:
+        assert c.execute(sa.select(s.checkpoints.c.provider).distinct()).scalars().all() == []
     inst = client.get("/v1/providers/beta/instances", headers=_auth(vendor)).json()
     assert [i["instance"] for i in inst["instances"]] == ["TR7-0002"]
     assert client.get(f"/v1/providers/beta/invoices/{month}", headers=_auth(vendor)).status_code == 403
@@ -110,3 +119,15 @@ def test_checkpoint_and_proofs_verify(client, settings, tools):
         )
     assert client.get("/healthz").status_code == 200
     assert "/v1/heartbeats" in client.get("/openapi.json").json()["paths"]
+
+
+def test_a_new_provider_id_must_fit_a_log_origin(settings) -> None:
+    # `<collector origin>/<provider id>/<YYYY-MM>` is one line of a signed note (heartbeat-v1 §5)
+    for bad in ("", "a/b", "a b", "a\nb", "a\x00b", "a\u200bb", "\u2028"):
+        with pytest.raises(registry.RegistryError, match="provider id"):
+            db.write_tx(settings.engine, lambda c, p=bad: registry.new_enroll_token(c, p, 3600, 0))
+    for good in ("acme", "ACME-2.eu_west", "müller"):
+        assert db.write_tx(settings.engine, lambda c, p=good: registry.new_enroll_token(c, p, 3600, 0))
+    with db.read_conn(settings.engine) as c:
+        ids = sorted(c.execute(sa.select(s.providers.c.id)).scalars())
+    assert ids == ["ACME-2.eu_west", "acme", "müller"]

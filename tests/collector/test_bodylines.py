@@ -1,11 +1,14 @@
-"""The streamed line split gives exactly the lines of the whole-body split, however the body is chunked."""
+"""The streamed line split gives exactly the lines of the whole-body split, and the streamed gzip
+inflation the bytes of gzip.decompress (every member), however the body is chunked."""
 
+import gzip
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.bodylines import NotAscii, split_lines
+from collector.bodylines import BadGzip, Gunzip, NotAscii, TooLarge, split_lines
 
 
 def reference(body: bytes) -> list[str]:
@@ -42,3 +45,34 @@ def test_edges() -> None:
     assert split_lines([b"a\r", b"\n", b"b"]) == ["a", "b"]
     assert split_lines([b"a", b"b", b"c\r\n\r\n"]) == ["abc", ""]
     assert split_lines([b"a\r"]) == ["a"]
+
+
+@given(st.lists(st.binary(max_size=3000), min_size=1, max_size=4),
+       st.lists(st.integers(min_value=0, max_value=20_000), max_size=8), st.integers(0, 9))
+def test_gunzip_reads_every_member_of_a_gzip_body_however_chunked(
+    parts: list[bytes], cuts: list[int], level: int
+) -> None:
+    # A series of members is one gzip file (RFC 1952 §2.2), as zcat and gzip.decompress read it.
+    body = b"".join(gzip.compress(p, compresslevel=level) for p in parts)
+    inflater = Gunzip(16 * 1024 * 1024)
+    out = b"".join(inflater.feed(c) for c in chunked(body, cuts))
+    inflater.close()
+    assert out == gzip.decompress(body) == b"".join(parts)
+
+
+def _gunzip(body: bytes, limit: int = 1 << 20) -> bytes:
+    inflater = Gunzip(limit)
+    out = inflater.feed(body)
+    inflater.close()
+    return out
+
+
+def test_gunzip_refuses_what_is_not_whole_members_and_counts_the_limit_over_all() -> None:
+    one, two = gzip.compress(b"a\n"), gzip.compress(b"b\n" * 600)
+    assert _gunzip(one + two) == b"a\n" + b"b\n" * 600
+    for bad in (b"", b"not gzip", one + b"trailing", one + b"\x00" * 8, one + two[:-1], one[:5]):
+        with pytest.raises(BadGzip):
+            _gunzip(bad)
+    assert len(_gunzip(one + two, limit=1202)) == 1202
+    with pytest.raises(TooLarge):  # each member within it, both together past it
+        _gunzip(one + two, limit=1201)

@@ -7,6 +7,7 @@ import lz4.frame
 import sqlalchemy as sa
 
 from collector import schema as s
+from protocol.heartbeat import b64url_encode
 from protocol.timefmt import month_bounds, month_of, previous_month
 
 H = 3600
@@ -130,10 +131,23 @@ def test_bad_requests_are_4xx_never_500(client, settings, tools):
     bomb = gzip.compress(b"a" * (16 * 1024 * 1024 + 10))  # small on the wire, too big inflated
     assert client.post("/v1/heartbeats", content=bomb, headers=gz).status_code == 413
     assert _count(settings) == 0
-    # a gzip body within limits is fine
-    ok = gzip.compress((a.beat(now - 5, {"TR7-1": "running"}) + "\n").encode())
+    # a gzip body within limits is fine, each of its members (RFC 1952: a series of members)
+    two = [a.beat(now - i, {"TR7-1": "running"}) for i in (9, 8)]
+    ok = b"".join(gzip.compress((line + "\n").encode()) for line in two)
     r = client.post("/v1/heartbeats", content=ok, headers=gz)
-    assert r.status_code == 200 and r.json()["results"][0]["status"] == "accepted"
+    assert r.status_code == 200 and [x["status"] for x in r.json()["results"]] == ["accepted"] * 2
+    # bytes after the last member are not a member: refused, not ignored
+    late = gzip.compress((a.beat(now - 7, {"TR7-1": "running"}) + "\n").encode()) + b"junk"
+    assert client.post("/v1/heartbeats", content=late, headers=gz).status_code == 400
+    assert _count(settings) == 2
+    # JSON nested past the decoder's recursion limit (payload, then header) is that line's
+    # rejection, not a 500 for the whole batch
+    head, deep = two[0].split(".")[0], b64url_encode(b"[" * 5000 + b"]" * 5000)
+    deep_head = b64url_encode(b'{"a":' * 3000 + b"1" + b"}" * 3000)
+    for t, line in ((6, f"{head}.{deep}.{'A' * 86}"), (5, f"{deep_head}.{deep}.{'A' * 86}")):
+        r = _post(client, [line, a.beat(now - t, {"TR7-1": "running"})])
+        assert [x["status"] for x in r.json()["results"]] == ["rejected", "accepted"]
+        assert "nested too deeply" in r.json()["results"][0]["reason"]
     # CRLF ends a line as LF does, and the last line needs no end (chunking: test_bodylines.py)
     crlf = a.beat(now - 4, {"TR7-1": "running"}) + "\r\n" + a.beat(now - 3, {"TR7-1": "running"})
     r = client.post("/v1/heartbeats", content=crlf.encode(), headers=hdr)
