@@ -51,9 +51,18 @@ def closed(conn: Connection, provider: str, month: str) -> Closed | None:
 
 def catalog_for(conn: Connection, provider: str, month: str) -> tuple[int, dict[str, Any]]:
     """A closed month keeps the catalog it was closed with (late data adjusts usage, not prices)."""
-    c = closed(conn, provider, month)
-    if c is not None:
-        return c.catalog_id, overlay(conn, provider, registry.catalog_by_id(conn, c.catalog_id))
+    row = conn.execute(
+        sa.select(s.closes.c.catalog_id, s.closes.c.catalog_doc).where(
+            s.closes.c.provider == provider, s.closes.c.month == month
+        )
+    ).first()
+    if row is not None:
+        if row.catalog_doc is not None:
+            # As billed at the close: a downgrade recorded later that reaches back into the month
+            # changes neither the frozen documents nor what the bundle's catalog.json reproduces.
+            return int(row.catalog_id), json.loads(row.catalog_doc)
+        # Closed before migration 0009: its account periods as recorded now.
+        return int(row.catalog_id), overlay(conn, provider, registry.catalog_by_id(conn, row.catalog_id))
     latest = registry.latest_catalog(conn, provider)
     if latest is None:
         raise AccountingError(f"no catalog applied for provider {provider!r} (tr7-collector apply FILE)")
@@ -195,8 +204,10 @@ def close(
         raise AccountingError(f"{month} has not ended yet (use --force to close it anyway)")
     if closed(conn, provider, month) is not None:
         raise AccountingError(f"{month} is already closed for {provider}")
-    cid, _doc = catalog_for(conn, provider, month)
-    # Lock the log's counter row: no heartbeat of the month is appended while we read it.
+    cid, doc = catalog_for(conn, provider, month)
+    # Lock the logs' counter rows, the month before's first (ingest's lock order): no heartbeat of
+    # the month, nor of the month before (its anchors), is appended while we read them.
+    anchor_size = _lock_size(conn, provider, previous_month(month))
     size = tlog.lock_log(conn, provider, month)
     usage, own = own_result(conn, provider, month)
     adjs = adjustments_for(conn, provider, month)
@@ -213,12 +224,22 @@ def close(
             invoice=json.dumps(own),
             billed=json.dumps(billed),
             closed_at=now,
+            catalog_doc=json.dumps(doc, sort_keys=True),
+            anchor_size=anchor_size,
         )
     )
     _set_baseline(conn, provider, month, own, now)
     for m, current, _adj in adjs:
         _set_baseline(conn, provider, m, current, now)  # these adjustments are now invoiced
     return Closed(month, size, note, cid, usage, own, billed)
+
+
+def _lock_size(conn: Connection, provider: str, month: str) -> int:
+    """The size of a log, its counter row locked when it has one (none is made for an empty log)."""
+    q = sa.select(s.logs.c.size).where(s.logs.c.provider == provider, s.logs.c.month == month)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()  # SQLite: the write transaction already holds the database
+    return int(conn.execute(q).scalar() or 0)
 
 
 def _set_baseline(conn: Connection, provider: str, month: str, inv: dict[str, Any], now: int) -> None:

@@ -56,18 +56,23 @@ def chain_rows(conn: Connection, provider: str, month: str, size: int | None = N
 
 
 def anchor_rows(conn: Connection, provider: str, month: str) -> list[Any]:
-    """Each key's last accepted heartbeat of the month before: highest seq, first logged on a tie."""
+    """Each key's last accepted heartbeat of the month before: highest seq, first logged on a tie.
+
+    For a closed month, accepted by its close: among the month before's first `closes.anchor_size`
+    leaves. A heartbeat of the month before that arrives later is that month's late data; it does
+    not move the anchors the frozen documents were computed from (docs/protocol-decisions.md)."""
     prev = previous_month(month)
-    top = (
-        sa.select(_L.kid, sa.func.max(_L.seq).label("seq"))
-        .where(_L.provider == provider, _L.month == prev)
-        .group_by(_L.kid)
-        .subquery()
-    )
+    scope = [_L.provider == provider, _L.month == prev]
+    bound = conn.execute(
+        sa.select(s.closes.c.anchor_size).where(s.closes.c.provider == provider, s.closes.c.month == month)
+    ).scalar()
+    if bound is not None:
+        scope.append(_L.idx < bound)
+    top = sa.select(_L.kid, sa.func.max(_L.seq).label("seq")).where(*scope).group_by(_L.kid).subquery()
     q = (
         sa.select(_L.kid, _L.seq, _L.prev, _L.time, _L.interval, _L.digest, _L.jws, _L.idx)
         .join(top, sa.and_(_L.kid == top.c.kid, _L.seq == top.c.seq))
-        .where(_L.provider == provider, _L.month == prev)
+        .where(*scope)
         .order_by(_L.idx)
     )
     out: dict[str, Any] = {}

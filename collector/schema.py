@@ -187,6 +187,11 @@ closes = sa.Table(
     sa.Column("invoice", sa.Text, nullable=False),  # the month's own result (audit bundle closed/)
     sa.Column("billed", sa.Text, nullable=False),  # what was invoiced: own result + adjustment lines
     sa.Column("closed_at", sa.BigInteger, nullable=False),
+    # The inputs of the frozen documents, so that the month's bundle reproduces them for good
+    # (migration 0009; NULL in closes made before it): the catalog as billed, downgraded periods
+    # recorded by then included, and the size of the month before's log its anchors came from.
+    sa.Column("catalog_doc", sa.Text, nullable=True),
+    sa.Column("anchor_size", sa.BigInteger, nullable=True),
 )
 
 # What has been invoiced so far for a month: its frozen invoice, replaced by its current one

@@ -147,3 +147,74 @@ def test_aggregates_equal_full_recomputation_with_fork_gap_and_overuse(settings,
     assert sorted((tmp_path / "bundle" / "anchors.jws").read_text().split()) == sorted(sc.anchors)
     r = _audit(tmp_path / "bundle")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_closed_months_bundle_keeps_verifying_after_later_records(settings, tools, tmp_path):
+    """The frozen documents are recomputed from the bundle's catalog.json and anchors.jws: a
+    downgrade recorded after the close that reaches back into the month, and a late heartbeat of
+    the month before (it moves that month's last seq), change neither, nor bill adjustments."""
+    from collector.accounts import store
+
+    prev, m = _months()
+    p0, m0 = month_bounds(prev)[0], month_bounds(m)[0]
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a = tools.Agent()
+    tools.enrol(settings, "acme", a, p0 - 86400)
+    up = {"TR7-0001": "running"}
+    # seq 1-7 at the end of the month before, 8-10 spooled, 11-30 in the month (an hour apart)
+    early = [a.beat(m0 - 86400 + i * H, up) for i in range(7)]
+    spooled = [a.beat(m0 - 3 * H + i * H, up) for i in range(3)]
+    month = [a.beat(m0 + 20 * 86400 + i * H, up) for i in range(20)]
+    for lines in (early, month):
+        assert {r["status"] for r in ingest_lines(settings.engine, lines)} == {"accepted"}
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", m))
+    with db.read_conn(settings.engine) as c:
+        frozen = accounting.closed(c, "acme", m)
+    assert frozen.usage["chains"][0]["gaps"] == [[8, 10]] and frozen.invoice["total"] == "0.90"
+
+    # After the close: c1's payment failed on day 1 of the month; the tick on day 17 downgrades it
+    # from day 16 (15 days' grace); and the spooled heartbeats of the month before arrive.
+    db.write_tx(settings.engine, lambda c: store.payment_failed(c, "acme", "c1", m0 + 86400))
+    done = db.write_tx(settings.engine, lambda c: store.tick_all(c, m0 + 17 * 86400))
+    assert [(act.kind, act.at) for _p, _c, act in done if act.kind == "downgraded"] == [
+        ("downgraded", m0 + 16 * 86400)
+    ]
+    assert {r["status"] for r in ingest_lines(settings.engine, spooled)} == {"accepted"}
+
+    with db.read_conn(settings.engine) as c:
+        assert accounting.own_result(c, "acme", m) == (frozen.usage, frozen.invoice)
+        later = accounting.invoice(c, "acme", month_of(int(time.time())))
+        assert [x for x in later["lines"] if x["adjusts"] == m] == []
+        # the open month before still sees its own late data (its chain is whole now)
+        assert accounting.own_result(c, "acme", prev)[0]["chains"][0]["gaps"] == []
+        _path, agrees = export(c, settings, "acme", m, tmp_path / "bundle")
+    assert agrees
+    r = _audit(tmp_path / "bundle")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_migration_0009_keeps_closes_and_reads_old_ones_as_before(settings, tools):
+    import sqlalchemy as sa
+    from alembic import command
+
+    from collector import schema as s
+
+    prev, m = _months()
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a = tools.Agent()
+    tools.enrol(settings, "acme", a, month_bounds(prev)[0])
+    beats = [a.beat(month_bounds(m)[0] + i * H, {"TR7-0001": "running"}) for i in range(5)]
+    ingest_lines(settings.engine, beats)
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", m))
+    cfg = db.alembic_config(settings.engine.url.render_as_string(hide_password=False))
+    for step, target in ((command.downgrade, "0008_spool_lag"), (command.upgrade, "head")):
+        with settings.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, target)
+            conn.commit()
+    with db.read_conn(settings.engine) as c:
+        row = c.execute(sa.select(s.closes)).one()
+        assert (row.catalog_doc, row.anchor_size) == (None, None)  # not recorded before 0009
+        frozen = accounting.closed(c, "acme", m)
+        assert accounting.own_result(c, "acme", m) == (frozen.usage, frozen.invoice)
+        assert accounting.catalog_for(c, "acme", m)[1]["provider"]["id"] == "acme"
