@@ -15,6 +15,7 @@ from collector import schema as s
 from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
+from collector.requestguard import RefuseNul
 from collector.settings import ENV_DATA_DIR, ENV_DB, ENV_ORIGIN, Settings
 from protocol.merkle import MerkleError
 from protocol.timefmt import parse_month
@@ -180,6 +181,7 @@ def create_app(settings: Settings) -> FastAPI:
                 raise HTTPException(400, str(exc)) from exc
 
     app.include_router(readapi.router)
+    app.add_middleware(RefuseNul)
     web.register(app)  # dashboards, accounts and entitlement (collector/web, collector/accounts)
     return app
 

@@ -32,10 +32,15 @@ def format_time(epoch: int) -> str:
 
 
 def parse_month(text: str) -> tuple[int, int]:
+    """(year, month) of a `YYYY-MM` month from 0001-01 to 9999-11: the ones whose bounds are
+    times (month_bounds of 9999-12 ends in year 10000, which no datetime holds)."""
     m = _MONTH_RE.match(text) if isinstance(text, str) else None
     if m is None or not 1 <= int(m.group(2)) <= 12:
         raise ProtocolError("month", f"not a month of the form YYYY-MM: {text!r}")
-    return int(m.group(1)), int(m.group(2))
+    y, mo = int(m.group(1)), int(m.group(2))
+    if y == 0 or (y, mo) == (9999, 12):
+        raise ProtocolError("month", f"not a month from 0001-01 to 9999-11: {text!r}")
+    return y, mo
 
 
 def month_bounds(month: str) -> tuple[int, int]:
@@ -53,9 +58,9 @@ def month_of(epoch: int) -> str:
 
 def previous_month(month: str) -> str:
     y, mo = parse_month(month)
-    return f"{y - 1}-12" if mo == 1 else f"{y}-{mo - 1:02d}"
+    return f"{y - 1:04d}-12" if mo == 1 else f"{y:04d}-{mo - 1:02d}"
 
 
 def next_month(month: str) -> str:
     y, mo = parse_month(month)
-    return f"{y + 1}-01" if mo == 12 else f"{y}-{mo + 1:02d}"
+    return f"{y + 1:04d}-01" if mo == 12 else f"{y:04d}-{mo + 1:02d}"

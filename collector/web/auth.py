@@ -77,13 +77,18 @@ def add_user(
 def authenticate(conn: Connection, username: str, password: str, token: str) -> tuple[Scope, str] | None:
     """(scope, who) for valid credentials: a user name and password, or an API token."""
     if token.strip():
+        if "\x00" in token:
+            return None
         row = conn.execute(
             sa.select(s.api_tokens).where(s.api_tokens.c.digest == registry.digest(token.strip()))
         ).first()
         if row is None:
             return None
         return Scope(row.provider, row.role), f"token {row.digest[:8]}"
-    row = conn.execute(sa.select(web_users).where(web_users.c.username == username)).first()
+    # No user name holds a NUL, and PostgreSQL's text cannot even be compared with one.
+    row = None if "\x00" in username else conn.execute(
+        sa.select(web_users).where(web_users.c.username == username)
+    ).first()
     if row is None:
         check_password(password, hash_password("timing-equaliser"))  # same work as a wrong password
         return None

@@ -32,6 +32,9 @@ def _money(text: str | None) -> Decimal | None:
         raise HTTPException(400, f"not an amount: {text!r}") from exc
     if not v.is_finite() or v < 0:
         raise HTTPException(400, "the fixed price is a positive amount")
+    # 1e999999999 is finite, but dividing by a price overflowed the context: a 500
+    if v.adjusted() > 15 or v.as_tuple().exponent < -6:  # type: ignore[operator]
+        raise HTTPException(400, "the fixed price is an amount below 10^16 with at most 6 decimals")
     return v
 
 

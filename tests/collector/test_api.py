@@ -131,3 +131,32 @@ def test_a_new_provider_id_must_fit_a_log_origin(settings) -> None:
     with db.read_conn(settings.engine) as c:
         ids = sorted(c.execute(sa.select(s.providers.c.id)).scalars())
     assert ids == ["ACME-2.eu_west", "acme", "müller"]
+
+
+def test_nul_in_a_path_query_or_login_is_refused_not_a_500(client, settings) -> None:
+    # PostgreSQL's text cannot hold U+0000: it was a 500 wherever an id reached a query
+    vendor = _auth(_token(settings, None, "vendor"))
+    db.write_tx(settings.engine, lambda c: registry.ensure_provider(c, "acme"))
+    for path in ("/v1/log/a%00b/2026-11/checkpoint", "/v1/providers/acme/instances?month=2026-11%00",
+                 "/v1/providers/%00/customers", "/ui/p/acme/instances/%00"):
+        r = client.get(path, headers=vendor)
+        assert r.status_code == 400 and "NUL" in r.json()["detail"], path
+    from collector.web import auth
+
+    with db.read_conn(settings.engine) as c:
+        assert auth.authenticate(c, "admin\x00", "secret-password", "") is None
+        assert auth.authenticate(c, "", "", "tr7_\x00") is None
+
+
+def test_months_without_bounds_are_400_and_an_empty_logs_checkpoint_is_not_stored(client, settings) -> None:
+    vendor = _auth(_token(settings, None, "vendor"))
+    db.write_tx(settings.engine, lambda c: registry.ensure_provider(c, "acme"))
+    for month in ("0000-01", "9999-12"):
+        for path in (f"/v1/providers/acme/instances?month={month}", f"/v1/log/acme/{month}/checkpoint"):
+            assert client.get(path, headers=vendor).status_code == 400, path
+    verifier = NoteVerifier.from_vkey(signer(settings).verifier_key())
+    for month in ("0001-01", "2026-11", "9999-11"):
+        note = client.get(f"/v1/log/acme/{month}/checkpoint", headers=vendor)
+        assert verify_checkpoint(note.text, verifier).size == 0
+    with db.read_conn(settings.engine) as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(s.checkpoints)).scalar() == 0

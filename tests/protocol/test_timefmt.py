@@ -1,4 +1,4 @@
-"""protocol.timefmt.parse_time against the plain calendar rules, on every field's edges."""
+"""protocol.timefmt.parse_time against the plain calendar rules, on every field's edges; months."""
 
 import calendar
 import datetime as dt
@@ -8,7 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError
-from protocol.timefmt import format_time, month_of, parse_time
+from protocol.timefmt import (
+    format_time,
+    month_bounds,
+    month_of,
+    next_month,
+    parse_month,
+    parse_time,
+    previous_month,
+)
 
 
 def reference(y: int, mo: int, d: int, h: int, mi: int, s: int) -> int | None:
@@ -50,3 +58,17 @@ def test_leap_second_and_edges() -> None:
     assert parse_time("2024-02-29T23:59:59Z") == calendar.timegm((2024, 2, 29, 23, 59, 59, 0, 0, 0))
     with pytest.raises(ProtocolError, match="calendar"):
         parse_time("2100-02-29T00:00:00Z")
+
+
+@given(st.integers(0, 9999), st.integers(1, 12))
+def test_every_accepted_month_has_bounds_that_are_times(year: int, mo: int) -> None:
+    text = f"{year:04d}-{mo:02d}"
+    if year == 0 or (year, mo) == (9999, 12):  # its bounds are no datetime: refused, not a 500
+        with pytest.raises(ProtocolError, match="0001-01 to 9999-11"):
+            parse_month(text)
+        return
+    start, end = month_bounds(text)
+    assert format_time(start) == f"{text}-01T00:00:00Z" and month_of(start) == text == month_of(end - 1)
+    if (year, mo) != (1, 1):
+        assert next_month(previous_month(text)) == text
+    assert len(previous_month(text)) == len(next_month(text)) == 7  # four-digit years: 0999-12

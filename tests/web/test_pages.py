@@ -158,6 +158,9 @@ def test_planner_break_even(client: TestClient, world: Any) -> None:
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
     # 70 running hours at 0.0450 = 3.15; 2.25 / 0.0450 = 50 hours to break even.
     assert cells == ["SL-1", "TR7-0001", "70", "0.0450", "3.15", "2.25", "50", "fixed"]
+    # an amount no price divides within the decimal context is refused, not a 500
+    for bad in ("1e999999999", "1e-999999999", "-1", "NaN", "x"):
+        assert client.get(f"/ui/p/acme/planner/c1?month=2026-10&fixed_price={bad}").status_code == 400, bad
 
 
 def test_audit_bundle_verifies(client: TestClient, world: Any) -> None:
