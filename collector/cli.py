@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from collector import accounting, db, registry
+from collector import schema as s
 from collector.gctune import tune_gc
 from collector.settings import ENV_DATA_DIR, ENV_DB, Settings, SetupError
 from protocol.errors import ProtocolError
@@ -16,13 +19,17 @@ from protocol.timefmt import parse_month, parse_time
 
 _DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 366 * 86400
 
 
 def duration(text: str) -> int:
     m = _DURATION_RE.match(text.strip())
     if not m or int(m.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"not a duration like 24h, 30m, 7d: {text!r}")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if seconds > MAX_DURATION:  # the expiry must stay a database integer (and a sane one)
+        raise argparse.ArgumentTypeError(f"at most 366d: {text!r}")
+    return seconds
 
 
 def utc_time(text: str) -> int:
@@ -90,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     who = sp.add_mutually_exclusive_group(required=True)
     who.add_argument("--provider")
     who.add_argument("--vendor", action="store_true")
-    sp.add_argument("--role", choices=registry.ROLES, default="viewer")
+    sp.add_argument("--role", choices=registry.ROLES, help="with --provider (default viewer)")
     for name in ("bill", "close", "export"):
         sp = sub.add_parser(name, parents=[common])
         sp.add_argument("--provider", required=True)
@@ -173,21 +180,27 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_user(args, engine) if args.cmd == "user" else run_account(args, engine)
     if args.cmd == "token":
+        if args.vendor and args.role is not None:
+            raise registry.RegistryError("a vendor token has no role to choose: leave out --role")
         provider = None if args.vendor else args.provider
-        role = "vendor" if args.vendor else args.role
+        role = "vendor" if args.vendor else args.role or "viewer"
+        if provider is not None:
+            _known_provider(engine, provider)
         print(db.write_tx(engine, lambda c: registry.new_api_token(c, provider, role, now)))
         return 0
     if args.cmd == "import":
         from collector.ingest import ingest_lines
 
         text = args.file.read_bytes().decode("ascii", errors="replace")  # non-ASCII lines get rejected
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        numbered = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
         counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
-        for i in range(0, len(lines), 5000):
-            for r in ingest_lines(engine, lines[i : i + 5000]):
+        for i in range(0, len(numbered), 5000):
+            part = numbered[i : i + 5000]
+            for (n, _ln), r in zip(part, ingest_lines(engine, [ln for _n, ln in part]), strict=True):
                 counts[r["status"]] += 1
                 if r["status"] == "rejected":
-                    print(f"line {i + 1}: seq {r['seq']}: rejected: {r['reason']}", file=sys.stderr)
+                    # the file's own line number; a line with no readable seq has none in its result
+                    print(f"line {n}: seq {r.get('seq')}: rejected: {r['reason']}", file=sys.stderr)
         print(json.dumps(counts))
         return 0 if counts["rejected"] == 0 else 2
     if args.cmd == "bill":
@@ -214,6 +227,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(args.cmd)
 
 
+def _known_provider(engine, provider: str) -> None:  # type: ignore[no-untyped-def]
+    """A token for a provider the collector does not know is a typo (acmee, ACME), not a new
+    tenant: it made one, empty, whose agents' heartbeats nobody billed."""
+    with db.read_conn(engine) as c:
+        known = list(c.execute(sa.select(s.providers.c.id).order_by(s.providers.c.id)).scalars())
+    if provider not in known:
+        raise registry.RegistryError(
+            f"no provider {provider!r} (known: {', '.join(known) or 'none'}): apply its catalog first "
+            "(tr7-collector apply FILE) or add an agent for it (agent add)"
+        )
+
+
 def _agent(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[no-untyped-def]
     if args.agent_cmd == "add":
         at = args.enrolled_at if args.enrolled_at is not None else now
@@ -229,6 +254,7 @@ def _agent(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[n
         with db.read_conn(engine) as c:
             print(json.dumps(registry.list_agents(c, args.provider), indent=2))
     elif args.agent_cmd == "token":
+        _known_provider(engine, args.provider)
         print(db.write_tx(engine, lambda c: registry.new_enroll_token(c, args.provider, args.ttl, now)))
     return 0
 

@@ -148,11 +148,24 @@ def apply_catalog(
 # --- agents --------------------------------------------------------------------------------
 
 
+MAX_AGENT_NAME = 200
+
+
+def check_agent_name(name: str) -> None:
+    """An agent's name is shown on pages and written to every audit bundle's agents.json."""
+    if not name.strip() or len(name) > MAX_AGENT_NAME or any(map(_control, name)):
+        raise RegistryError(
+            f"agent name {name[:40]!r}: 1 to {MAX_AGENT_NAME} characters, not all spaces, "
+            "no control characters"
+        )
+
+
 def add_agent(conn: Connection, provider: str, name: str, public_key: str, enrolled_at: int) -> str:
     try:
         kid = kid_of(raw_public(load_public_key_b64(public_key)))
     except ProtocolError as exc:
         raise RegistryError(str(exc)) from exc
+    check_agent_name(name)
     row = conn.execute(sa.select(s.agents).where(s.agents.c.kid == kid)).first()
     if row is not None:
         if row.provider != provider:
@@ -173,6 +186,20 @@ def revoke_agent(conn: Connection, kid: str, at: int) -> None:
         raise RegistryError(f"no agent with kid {kid}")
     if row.revoked_at is not None and row.revoked_at <= at:
         return  # an earlier revocation stands: revoking is never undone by a later date
+    # Not before what the key already has in the log: those heartbeats were accepted and billed,
+    # and the audit bundle would then show them signed after the revocation (key.window), so the
+    # collector's own export would fail `tr7-audit verify`.
+    L = s.leaves.c
+    latest_month = sa.select(sa.func.max(L.month)).where(L.kid == kid).scalar_subquery()
+    latest = conn.execute(
+        sa.select(sa.func.max(L.time)).where(L.kid == kid, L.month == latest_month)
+    ).scalar()
+    if latest is not None and at <= latest:
+        raise RegistryError(
+            f"key {kid} has heartbeats logged up to {format_time(int(latest))}: a revocation at "
+            f"{format_time(at)} would turn accepted, billed evidence into verify errors; revoke at a "
+            "later time (or now)"
+        )
     conn.execute(s.agents.update().where(s.agents.c.kid == kid).values(revoked_at=at))
 
 
@@ -207,6 +234,8 @@ def new_enroll_token(conn: Connection, provider: str, ttl: int, now: int) -> str
 
 def enroll(conn: Connection, token: str, name: str, public_key: str, now: int) -> dict[str, Any]:
     """Redeem a one-time token; the same key with the same token again gets the same answer."""
+    if not token.isascii() or "\x00" in token:  # no token is (a lone surrogate cannot even be hashed)
+        raise PermissionError("unknown enrolment token")
     try:
         kid = kid_of(raw_public(load_public_key_b64(public_key)))
     except ProtocolError as exc:

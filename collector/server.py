@@ -2,12 +2,13 @@
 
 import os
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from collector import db, readapi, registry, tlog, web
@@ -15,19 +16,20 @@ from collector import schema as s
 from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
-from collector.requestguard import RefuseNul
+from collector.requestguard import LimitBody, RefuseNul
 from collector.settings import ENV_DATA_DIR, ENV_DB, ENV_ORIGIN, Settings
 from protocol.merkle import MerkleError
 from protocol.timefmt import parse_month
 
 MAX_LINES = 5000
 MAX_BYTES = 16 * 1024 * 1024
+MAX_OTHER_BODY = 1024 * 1024  # every other route: enrolment, forms, the account API
 
 
 class EnrollRequest(BaseModel):
-    token: str
-    name: str
-    public_key: str
+    token: Annotated[str, StringConstraints(max_length=200)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=registry.MAX_AGENT_NAME)]
+    public_key: Annotated[str, StringConstraints(max_length=200)]
 
 
 class LineResult(BaseModel):
@@ -181,6 +183,16 @@ def create_app(settings: Settings) -> FastAPI:
                 raise HTTPException(400, str(exc)) from exc
 
     app.include_router(readapi.router)
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad input: a lone surrogate in it made the answer
+        # unencodable (a 500), and a long one was sent back whole. Where and why is enough.
+        return JSONResponse(
+            {"detail": [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]},
+            status_code=422,
+        )
+
+    app.add_middleware(LimitBody, limit=MAX_OTHER_BODY, exempt=frozenset({"/v1/heartbeats"}))
     app.add_middleware(RefuseNul)
     web.register(app)  # dashboards, accounts and entitlement (collector/web, collector/accounts)
     return app

@@ -1,6 +1,7 @@
 """Enrolment tokens, bearer-token tenancy, and the log's checkpoint and proofs over HTTP."""
 
 import base64
+import json
 import time
 
 import pytest
@@ -160,3 +161,28 @@ def test_months_without_bounds_are_400_and_an_empty_logs_checkpoint_is_not_store
         assert verify_checkpoint(note.text, verifier).size == 0
     with db.read_conn(settings.engine) as c:
         assert c.execute(sa.select(sa.func.count()).select_from(s.checkpoints)).scalar() == 0
+
+
+def test_enrolment_refuses_odd_names_tokens_and_bodies_and_keeps_the_token(client, settings):
+    now = int(time.time())
+    tok = db.write_tx(settings.engine, lambda c: registry.new_enroll_token(c, "acme", 3600, now))
+    key = AgentKey.generate()
+
+    def enroll(**kw):
+        body = json.dumps({"token": tok, "name": "dc1", "public_key": key.public_b64, **kw})  # \ud800 escaped
+        return client.post("/v1/agents/enroll", content=body, headers={"Content-Type": "application/json"})
+
+    names = (("", 422), (" ", 400), ("n" * 201, 422), ("dc1\n", 400), ("a\x00b", 400), ("\ud800", 422))
+    for name, code in names:
+        assert enroll(name=name).status_code == code, name
+    for token in ("\ud800", "tr7e_\x00", "t" * 201):
+        assert enroll(token=token).status_code in (403, 422), token
+    big = b'{"token": "x", "name": "' + b"n" * (1024 * 1024) + b'", "public_key": "k"}'
+    r = client.post("/v1/agents/enroll", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    chunks = (b"x" * 65536 for _ in range(20))  # no Content-Length: counted as it streams
+    r = client.post("/v1/agents/enroll", content=chunks, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    with db.read_conn(settings.engine) as c:
+        assert registry.list_agents(c) == []
+    assert enroll(name="dc1 (kvm, rack 4)").status_code == 200  # the token was never spent

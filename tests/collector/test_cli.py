@@ -98,6 +98,11 @@ def test_operator_workflow(tmp_path, db_url, tools):
     jws.write_text("".join(agent.beat(m0 + i * 1200, {"TR7-0001": "running"}) + "\n" for i in range(30)))
     assert json.loads(run(data, db_url, "import", str(jws)).stdout)["accepted"] == 30
     assert json.loads(run(data, db_url, "import", str(jws)).stdout)["duplicate"] == 30
+    # a rejected line is named by its line in the file (the blank one before it counted)
+    bad_jws = tmp_path / "bad.jws"
+    bad_jws.write_text(jws.read_text().splitlines()[0] + "\n\nnot a jws\n")
+    r = run(data, db_url, "import", str(bad_jws), ok=False)
+    assert r.returncode == 2 and "line 3: seq None: rejected: jws" in r.stderr
     inv = json.loads(run(data, db_url, "bill", "--provider", "acme", "--month", m).stdout)
     assert inv["lines"][0]["quantity"] == 10 and inv["lines"][0]["amount"] == "0.50"
     csv_text = run(data, db_url, "bill", "--provider", "acme", "--month", m, "--format", "csv").stdout
@@ -113,14 +118,26 @@ def test_operator_workflow(tmp_path, db_url, tools):
     run(data, db_url, "export", "--provider", "acme", "--month", m, "--out", str(tmp_path / "b"))
     assert (tmp_path / "b" / "closed" / "checkpoint").exists()
 
-    run(data, db_url, "agent", "revoke", kid, "--at", format_time(m0))
+    # not back into what the key already logged (and billed): the bundle would fail verify
+    r = run(data, db_url, "agent", "revoke", kid, "--at", format_time(m0), ok=False)
+    assert r.returncode == 1 and f"logged up to {format_time(m0 + 29 * 1200)}" in r.stderr
+    run(data, db_url, "agent", "revoke", kid, "--at", format_time(m0 + 29 * 1200 + 1))
     listed = json.loads(run(data, db_url, "agent", "list").stdout)
-    assert listed[0]["revoked_at"] == format_time(m0)
+    assert listed[0]["revoked_at"] == format_time(m0 + 29 * 1200 + 1)
     tok = run(data, db_url, "agent", "token", "--provider", "acme", "--ttl", "2h").stdout.strip()
     assert tok.startswith("tr7e_")
     api = run(data, db_url, "token", "add", "--provider", "acme", "--role", "auditor").stdout.strip()
     vendor = run(data, db_url, "token", "add", "--vendor").stdout.strip()
     assert api.startswith("tr7_") and vendor.startswith("tr7_") and api != vendor
+    # typos are not new tenants; a vendor token has no role; a TTL stays a sane integer
+    for args, said in (
+        (("agent", "token", "--provider", "acmee"), "no provider 'acmee' (known: acme)"),
+        (("token", "add", "--provider", "ACME"), "no provider 'ACME' (known: acme)"),
+        (("token", "add", "--vendor", "--role", "admin"), "leave out --role"),
+        (("agent", "token", "--provider", "acme", "--ttl", "99999999999999999d"), "at most 366d"),
+    ):
+        r = run(data, db_url, *args, ok=False)
+        assert r.returncode in (1, 2) and said in r.stderr, (args, r.stderr)
 
 
 def test_concurrent_first_start_migrates_once(tmp_path, db_url):
