@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--provider")
     who.add_argument("--vendor", action="store_true")
     sp.add_argument("--role", choices=registry.ROLES, help="with --provider (default viewer)")
+    sp = tk.add_parser("list", parents=[common], help="ids (digest prefixes), providers, roles")
+    sp.add_argument("--provider")
+    sp = tk.add_parser("revoke", parents=[common], help="delete a token; ends web sessions opened with it")
+    sp.add_argument("id", help="its id from `token list` (at least 8 hex digits)")
     for name in ("bill", "close", "export"):
         sp = sub.add_parser(name, parents=[common])
         sp.add_argument("--provider", required=True)
@@ -180,14 +184,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_user(args, engine) if args.cmd == "user" else run_account(args, engine)
     if args.cmd == "token":
-        if args.vendor and args.role is not None:
-            raise registry.RegistryError("a vendor token has no role to choose: leave out --role")
-        provider = None if args.vendor else args.provider
-        role = "vendor" if args.vendor else args.role or "viewer"
-        if provider is not None:
-            _known_provider(engine, provider)
-        print(db.write_tx(engine, lambda c: registry.new_api_token(c, provider, role, now)))
-        return 0
+        return _token(args, engine, now)
     if args.cmd == "import":
         from collector.ingest import ingest_lines
 
@@ -225,6 +222,30 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(path)
         return 0 if agrees else 3
     raise AssertionError(args.cmd)
+
+
+def _token(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[no-untyped-def]
+    if args.token_cmd == "list":
+        with db.read_conn(engine) as c:
+            print(json.dumps(registry.list_api_tokens(c, args.provider), indent=2))
+        return 0
+    if args.token_cmd == "revoke":
+        from collector.web.auth import end_sessions_of_token
+
+        def revoke(c: Any) -> int:
+            return end_sessions_of_token(c, registry.revoke_api_token(c, args.id))
+
+        ended = db.write_tx(engine, revoke)
+        print(f"revoked token {args.id}; {ended} web session(s) opened with it ended")
+        return 0
+    if args.vendor and args.role is not None:
+        raise registry.RegistryError("a vendor token has no role to choose: leave out --role")
+    provider = None if args.vendor else args.provider
+    role = "vendor" if args.vendor else args.role or "viewer"
+    if provider is not None:
+        _known_provider(engine, provider)
+    print(db.write_tx(engine, lambda c: registry.new_api_token(c, provider, role, now)))
+    return 0
 
 
 def _known_provider(engine, provider: str) -> None:  # type: ignore[no-untyped-def]

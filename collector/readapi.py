@@ -126,7 +126,10 @@ def providers(request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
 @router.get("/providers/{provider}/customers")
 def customers(provider: str, request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
     with _conn(request) as c:
-        return list(_catalog(c, scope.require_provider(provider)).get("customers", []))
+        found = list(_catalog(c, scope.require_provider(provider)).get("customers", []))
+    # Downgraded periods are the provider's dealings with its customer (payment state), which the
+    # vendor never sees (collector/roles.py ACCOUNTS)
+    return [{k: v for k, v in x.items() if k != "downgraded"} for x in found] if scope.vendor else found
 
 
 @router.get("/providers/{provider}/licenses")

@@ -282,3 +282,34 @@ def new_api_token(conn: Connection, provider: str | None, role: str, now: int) -
         s.api_tokens.insert().values(digest=digest(token), provider=provider, role=role, created_at=now)
     )
     return token
+
+
+TOKEN_ID = 12  # hex digits of a token's digest that name it in `token list` and `token revoke`
+
+
+def list_api_tokens(conn: Connection, provider: str | None = None) -> list[dict[str, Any]]:
+    """The API tokens (never the tokens themselves: only their digests are stored)."""
+    t = s.api_tokens.c
+    q = sa.select(s.api_tokens).order_by(t.provider, t.created_at)
+    if provider is not None:
+        q = q.where(t.provider == provider)
+    return [
+        {"id": r.digest[:TOKEN_ID], "provider": r.provider, "role": r.role,
+         "created_at": format_time(r.created_at)}
+        for r in conn.execute(q)
+    ]
+
+
+def revoke_api_token(conn: Connection, ident: str) -> str:
+    """Delete the one token whose digest starts with ``ident`` (as `token list` shows it); its digest."""
+    ident = ident.strip().lower()
+    if len(ident) < 8 or any(ch not in "0123456789abcdef" for ch in ident):
+        raise RegistryError(f"token id {ident!r}: at least 8 hex digits, as `token list` shows them")
+    t = s.api_tokens.c
+    q = sa.select(t.digest).where(t.digest.startswith(ident, autoescape=True))
+    found = list(conn.execute(q).scalars())
+    if len(found) != 1:
+        raise RegistryError(f"token id {ident!r} matches {len(found)} tokens: give more digits" if found
+                            else f"no token with id {ident!r}")
+    conn.execute(s.api_tokens.delete().where(t.digest == found[0]))
+    return str(found[0])

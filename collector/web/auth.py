@@ -84,7 +84,7 @@ def authenticate(conn: Connection, username: str, password: str, token: str) -> 
         ).first()
         if row is None:
             return None
-        return Scope(row.provider, row.role), f"token {row.digest[:8]}"
+        return Scope(row.provider, row.role), f"token {row.digest[:TOKEN_WHO]}"
     # No user name holds a NUL, and PostgreSQL's text cannot even be compared with one.
     row = None if "\x00" in username else conn.execute(
         sa.select(web_users).where(web_users.c.username == username)
@@ -95,6 +95,16 @@ def authenticate(conn: Connection, username: str, password: str, token: str) -> 
     if not check_password(password, row.password):
         return None
     return Scope(row.provider, row.role), row.username
+
+
+TOKEN_WHO = 8  # hex digits of the token's digest a session opened with it records as its `who`
+
+
+def end_sessions_of_token(conn: Connection, token_digest: str) -> int:
+    """End the web sessions opened with a token (its revocation): how many there were."""
+    who = f"token {token_digest[:TOKEN_WHO]}"
+    done = conn.execute(web_sessions.delete().where(web_sessions.c.who == who))
+    return int(done.rowcount or 0)
 
 
 def open_session(conn: Connection, scope: Scope, who: str, now: int) -> str:

@@ -79,6 +79,9 @@ def test_tenancy_provider_tokens_and_vendor(client, settings, tools):
     inst = client.get("/v1/providers/beta/instances", headers=_auth(vendor)).json()
     assert [i["instance"] for i in inst["instances"]] == ["TR7-0002"]
     assert client.get(f"/v1/providers/beta/invoices/{month}", headers=_auth(vendor)).status_code == 403
+    cust = client.get("/v1/providers/beta/customers", headers=_auth(vendor)).json()
+    assert cust and all("downgraded" not in x for x in cust)  # payment state: the provider's own
+    assert "downgraded" in client.get("/v1/providers/acme/customers", headers=_auth(acme)).json()[0]
     lic = client.get("/v1/providers/beta/licenses", headers=_auth(vendor))
     assert lic.status_code == 200 and "price" not in lic.text and "amount" not in lic.text
     assert client.get("/v1/providers/acme/invoices", headers=_auth(acme)).json() == [
@@ -186,3 +189,16 @@ def test_enrolment_refuses_odd_names_tokens_and_bodies_and_keeps_the_token(clien
     with db.read_conn(settings.engine) as c:
         assert registry.list_agents(c) == []
     assert enroll(name="dc1 (kvm, rack 4)").status_code == 200  # the token was never spent
+
+
+def test_api_tokens_are_listed_by_id_and_revoked(client, settings) -> None:
+    tok = _token(settings, None, "vendor")
+    with db.read_conn(settings.engine) as c:
+        [row] = registry.list_api_tokens(c)
+    assert row["role"] == "vendor" and registry.digest(tok).startswith(row["id"]) and tok not in str(row)
+    for bad, said in (("abc", "at least 8 hex"), ("zzzzzzzz", "at least 8 hex"), ("00000000", "no token")):
+        with pytest.raises(registry.RegistryError, match=said):
+            db.write_tx(settings.engine, lambda c, b=bad: registry.revoke_api_token(c, b))
+    assert client.get("/v1/providers", headers=_auth(tok)).status_code == 200
+    db.write_tx(settings.engine, lambda c: registry.revoke_api_token(c, row["id"].upper()))
+    assert client.get("/v1/providers", headers=_auth(tok)).status_code == 401

@@ -86,6 +86,17 @@ def test_sign_in_with_api_token(client: TestClient, world: Any, tools: Any) -> N
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
     r = client.post("/ui/login", data={"csrf": csrf, "token": tok}, follow_redirects=False)
     assert r.status_code == 303 and client.get("/ui/p/acme").status_code == 200
+    # revoking the token ends the sessions opened with it, not only its bearer use
+    from collector import db, registry
+    from collector.cli import main as collector_main
+
+    with db.read_conn(world.engine) as c:
+        listed = registry.list_api_tokens(c, "acme")
+    ident = next(x["id"] for x in listed if registry.digest(tok).startswith(x["id"]))
+    assert collector_main(["token", "revoke", ident, "--data-dir", str(world.data_dir),
+                           "--db", world.db_url]) == 0
+    assert client.get("/ui/p/acme", follow_redirects=False).headers["location"] == "/ui/login"
+    assert client.get("/v1/providers", headers={"Authorization": f"Bearer {tok}"}).status_code == 401
 
 
 def test_csrf_is_checked_on_every_form(client: TestClient, world: Any) -> None:
