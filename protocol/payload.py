@@ -95,7 +95,7 @@ def validate_payload(p: Mapping[str, Any], kid: str) -> None:
         _fail("payload.agent", "must equal the header's kid")
     seq = p["seq"]
     if not _is_int(seq) or seq < 1:
-        _fail("payload.seq", "must be an integer >= 1")
+        _fail("payload.seq", "must be an integer from 1 to 2^63-1")
     prev = p["prev"]
     if not isinstance(prev, str) or not _HEX64_RE.match(prev):
         _fail("payload.prev", "must be 64 lowercase hex characters")
