@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -9,23 +10,30 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, HTTPException, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from billing import load_catalog
 from collector import db, registry
 from collector import schema as s
-from collector.accounts import entitlement, mail, store
+from collector.accounts import address, entitlement, mail, store
 from collector.accounts import machine as m
 from collector.readapi import Scope, ScopeDep
 from protocol.timefmt import format_time
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
 ENV_TICK = "TR7_ACCOUNTS_TICK"  # seconds between ticks in the server; 0 turns the job off
 
 
 class FailureRequest(BaseModel):
     email: str | None = None  # where the reminders go; kept from the last failure when absent
+
+    @field_validator("email")
+    @classmethod
+    def _one_address(cls, v: str | None) -> str | None:
+        # A 422 naming body.email before any transaction; the store checks again for the web and CLI.
+        return address.optional_email(v)
 
 
 def mailer() -> store.Mailer:
@@ -66,7 +74,10 @@ def record(engine: Any, provider: str, customer: str, kind: str, email: str | No
             return store.payment_failed(c, provider, customer, now, email, mailer())
         return store.paid(c, provider, customer, now, mailer())
 
-    return db.write_tx(engine, tx)
+    try:
+        return db.write_tx(engine, tx)
+    except address.InvalidEmail as exc:  # refused by the store: nothing was recorded
+        raise HTTPException(422, str(exc)) from exc
 
 
 @router.post("/providers/{provider}/customers/{customer}/payment-failed")
@@ -135,9 +146,33 @@ def entitlements(instance: str, request: Request, scope: ScopeDep) -> dict[str, 
     return entitlement.decide(instance, cats, accs, now)
 
 
-def tick_once(engine: Any, now: int | None = None) -> list[tuple[str, str, m.Action]]:
+def tick_once(
+    engine: Any, now: int | None = None, failed: list[tuple[str, str, str]] | None = None
+) -> list[tuple[str, str, m.Action]]:
+    """Tick every overdue account, each in its own write transaction.
+
+    One account that fails is logged (and added to ``failed`` as provider, customer, error) and
+    left for the next tick; the others are committed anyway. Committing account by account also
+    means the mails of an account that went through are never sent again because another
+    account failed later in the same tick.
+    """
     now = int(time.time()) if now is None else now
-    return db.write_tx(engine, lambda c: store.tick_all(c, now, mailer()))
+    send = mailer()
+    with db.read_conn(engine) as c:
+        keys = store.overdue(c)
+    done: list[tuple[str, str, m.Action]] = []
+    for provider, customer in keys:
+        try:
+            actions = db.write_tx(
+                engine, lambda c, p=provider, cu=customer: store.tick_account(c, p, cu, now, send)
+            )
+        except Exception as exc:
+            log.exception("event=account_tick_failed provider=%s customer=%s", provider, customer)
+            if failed is not None:
+                failed.append((provider, customer, f"{type(exc).__name__}: {exc}"))
+            continue
+        done += [(provider, customer, a) for a in actions]
+    return done
 
 
 def install_tick(app: FastAPI) -> None:

@@ -5,6 +5,7 @@ Every command takes --now (RFC 3339 UTC) to act at an explicit time, for replays
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -39,9 +40,12 @@ def add_account_commands(sub: Any, parents: list[argparse.ArgumentParser]) -> No
 def run_account(args: argparse.Namespace, engine: Any) -> int:
     now = int(time.time()) if args.now is None else args.now
     if args.account_cmd == "tick":
-        for provider, customer, act in api.tick_once(engine, now):
+        failed: list[tuple[str, str, str]] = []
+        for provider, customer, act in api.tick_once(engine, now, failed):
             print(f"{provider}/{customer}: {act.kind} {act.number or ''}".rstrip())
-        return 0
+        for provider, customer, error in failed:  # the others were recorded; exit 1 for cron
+            print(f"tr7-collector: {provider}/{customer}: tick failed: {error}", file=sys.stderr)
+        return 1 if failed else 0
     if args.account_cmd in ("payment-failed", "paid"):
         kind = "failed" if args.account_cmd == "payment-failed" else "paid"
         try:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 
 from collector.accounts import machine as m
+from collector.accounts.address import InvalidEmail, check_email
 from collector.accounts.store import Mailer
 from protocol.timefmt import format_time
 
@@ -71,13 +72,23 @@ def smtp_mailer(settings: SmtpSettings | None, timeout: float = 10.0) -> Mailer:
         if not to:
             return "not sent: no e-mail address on the account"
         try:
+            # An address stored before addresses were checked may hold a CR/LF (a header
+            # injection): refuse it here, and build the message before connecting, so that a
+            # bad header costs no connection either.
+            check_email(to)
+            msg = message(settings.sender, to, provider, customer, act, acc)
+        except InvalidEmail as exc:
+            return f"not sent: invalid address on the account ({exc})"
+        except ValueError as exc:  # another header refused by the email library (sender, subject)
+            return f"not sent: {type(exc).__name__}: {exc}"
+        try:
             with smtplib.SMTP(settings.host, settings.port, timeout=timeout) as smtp:
                 if settings.starttls:
                     smtp.starttls()
                 if settings.user:
                     smtp.login(settings.user, settings.password or "")
-                smtp.send_message(message(settings.sender, to, provider, customer, act, acc))
-        except (OSError, smtplib.SMTPException) as exc:
+                smtp.send_message(msg)
+        except (OSError, smtplib.SMTPException, ValueError) as exc:  # ValueError: refused by send_message
             return f"not sent: {type(exc).__name__}: {exc}"
         return f"sent to {to}"
 

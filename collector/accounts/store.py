@@ -1,6 +1,7 @@
 """Accounts in the collector's database, and the catalog overlay that makes billing follow them."""
 
 import copy
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from collector.accounts import machine as m
+from collector.accounts.address import optional_email
 from collector.schema import BIG, metadata
 from protocol.timefmt import format_time
 
@@ -48,6 +50,7 @@ account_events = sa.Table(
     sa.Index("ix_account_events_pc", "provider", "customer", "at"),
 )
 
+log = logging.getLogger(__name__)
 TABLES = (accounts, account_periods, account_events)
 # (provider, customer, address or None, action, account) -> what happened to the mail, for the UI
 Mailer = Callable[[str, str, str | None, m.Action, m.Account], str]
@@ -129,6 +132,9 @@ def payment_failed(
     email: str | None = None,
     mailer: Mailer | None = None,
 ) -> m.Account:
+    # Every way in (API, web form, CLI) stores the address through here: refuse a bad one before
+    # anything changes. An address stored before this check is kept as it is (the mailer refuses it).
+    email = optional_email(email)
     acc, old_email = load(conn, provider, customer, lock=True)
     acc, actions = m.tick(acc, now)
     acc, more = m.payment_failed(acc, now)
@@ -143,18 +149,44 @@ def paid(conn: Connection, provider: str, customer: str, now: int, mailer: Maile
     return acc
 
 
+def overdue(conn: Connection) -> list[tuple[str, str]]:
+    """(provider, customer) of every overdue account, the ones a tick has to look at."""
+    a = accounts.c
+    q = sa.select(a.provider, a.customer).where(a.state == m.OVERDUE).order_by(a.provider, a.customer)
+    return [(str(p), str(c)) for p, c in conn.execute(q).all()]
+
+
+def tick_account(
+    conn: Connection, provider: str, customer: str, now: int, mailer: Mailer | None = None
+) -> list[m.Action]:
+    """Run one account's state machine up to ``now`` (locked: a concurrent tick waits, then finds
+    nothing left to do); returns what happened."""
+    acc, email = load(conn, provider, customer, lock=True)
+    acc, actions = m.tick(acc, now)
+    if actions:
+        _apply(conn, provider, customer, acc, email, actions, mailer, now)
+    return actions
+
+
 def tick_all(conn: Connection, now: int, mailer: Mailer | None = None) -> list[tuple[str, str, m.Action]]:
-    """Run the state machine of every overdue account up to ``now``; returns what happened."""
+    """Run the state machine of every overdue account up to ``now``; returns what happened.
+
+    Each account runs in its own SAVEPOINT: one account that fails is rolled back and logged
+    alone, and every other provider's reminders and downgrades are still recorded (a failure
+    used to roll the whole tick back, re-sending its mails at every tick). The server's tick
+    (api.tick_once) goes further and commits each account on its own.
+    """
     done = []
-    keys = conn.execute(
-        sa.select(accounts.c.provider, accounts.c.customer).where(accounts.c.state == m.OVERDUE)
-    ).all()
-    for provider, customer in keys:
-        acc, email = load(conn, provider, customer, lock=True)
-        acc, actions = m.tick(acc, now)
-        if actions:
-            _apply(conn, provider, customer, acc, email, actions, mailer, now)
-            done += [(provider, customer, a) for a in actions]
+    for provider, customer in overdue(conn):
+        try:
+            with conn.begin_nested():
+                actions = tick_account(conn, provider, customer, now, mailer)
+        except Exception:
+            if conn.invalidated or not conn.in_transaction():
+                raise  # the connection itself is gone: nothing else can be recorded either
+            log.exception("event=account_tick_failed provider=%s customer=%s", provider, customer)
+            continue
+        done += [(provider, customer, a) for a in actions]
     return done
 
 
