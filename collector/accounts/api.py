@@ -143,7 +143,8 @@ def entitlements(instance: str, request: Request, scope: ScopeDep) -> dict[str, 
             if cat is not None and any(lic.instance == instance for lic in cat.licenses):
                 cats.append(cat)
                 accs.update({(p, cust): a for cust, (a, _e) in store.states(c, p).items()})
-    return entitlement.decide(instance, cats, accs, now)
+    answer = entitlement.decide(instance, cats, accs, now)
+    return entitlement.for_vendor(answer) if scope.vendor else answer
 
 
 def tick_once(

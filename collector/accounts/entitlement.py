@@ -57,3 +57,16 @@ def decide(
     else:
         answer.update(entitled=True, reason=OK)
     return answer
+
+
+# What the vendor sees: whether an instance is entitled and why, never a provider's dealings with
+# its customer (collector/roles.py ACCOUNTS): no account state or grace period, and a downgrade
+# for non-payment reads as the provider having suspended the license.
+PROVIDER_SUSPENDED = "provider_suspended"
+
+
+def for_vendor(answer: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in answer.items() if k not in ("account", "grace_until")}
+    if out.get("reason") == DOWNGRADED:
+        out["reason"] = PROVIDER_SUSPENDED
+    return out

@@ -96,6 +96,8 @@ def test_downgraded_account_loses_payg_not_fixed(client: Any, settings: Any, wor
     # No tick has run: the answer follows the clock all the same.
     down = ent(client, world["acme"], "TR7-0004")
     assert (down["entitled"], down["reason"], down["account"]) == (False, "account_downgraded", "downgraded")
+    v = ent(client, world["vendor"], "TR7-0004")  # the vendor: entitlement, not payment state
+    assert (v["entitled"], v["reason"]) == (False, "provider_suspended") and "account" not in v
     fixed = ent(client, world["acme"], "TR7-0005")
     assert (fixed["entitled"], fixed["reason"]) == (True, "ok")
     assert ent(client, world["acme"], "TR7-0001")["entitled"] is True  # c1 is not affected
@@ -112,6 +114,9 @@ def test_overdue_account_keeps_entitlement_during_grace(
         "overdue",
         format_time(failed + 15 * DAY),
     )
+    # the vendor sees the entitlement, not the provider's dealings with its customer
+    v = ent(client, world["vendor"], "TR7-0004")
+    assert v["entitled"] is True and "account" not in v and "grace_until" not in v
 
 
 def test_tenancy_and_auth(client: Any, world: dict[str, str]) -> None:
