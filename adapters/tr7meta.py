@@ -7,7 +7,7 @@ from adapters.base import Capacity
 
 log = logging.getLogger("tr7.adapters")
 
-INSTANCE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 KEYS = ("tr7.instance", "tr7.bundle", "tr7.bandwidth_mbps", "tr7.vservices")
 _NOTE_LINE = re.compile(r"^\s*(tr7\.[a-z_]+)\s*[:=]\s*(.*?)\s*$")
 

@@ -5,7 +5,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 CENT = Decimal("0.01")
 # Plain non-negative decimals only: no exponent, sign, NaN or Infinity can hide in a price.
-MONEY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+MONEY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\Z")  # \Z: "$" also matches before a final newline
 
 
 def round_half_up(value: Decimal) -> Decimal:

@@ -5,7 +5,6 @@ import json
 import secrets
 import time
 import unicodedata
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +29,23 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def _plain(obj: Any) -> Any:
-    # YAML turns unquoted RFC 3339 times into datetimes; the catalog wants the wire strings back.
-    if isinstance(obj, datetime):
-        return format_time(int(obj.timestamp()))
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    return obj
+class _CatalogYaml(yaml.SafeLoader):
+    """YAML as the same catalog as JSON (billing-v1.md §7): an unquoted time stays the text it
+    is, and the catalog's own check judges it. PyYAML's timestamp resolver read `2026-11-03
+    12:00:00` (no zone) as the host's local time and turned offsets and fractions into a UTC
+    time silently, where the same text in JSON is refused."""
+
+
+_CatalogYaml.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def read_catalog_file(path: Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
-    doc = _plain(yaml.safe_load(text)) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    yml = path.suffix.lower() in (".yaml", ".yml")
+    doc = yaml.load(text, Loader=_CatalogYaml) if yml else json.loads(text)
     if not isinstance(doc, dict):
         raise RegistryError(f"{path}: a catalog is an object")
     return doc

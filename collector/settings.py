@@ -16,7 +16,7 @@ ENV_DATA_DIR = "TR7_COLLECTOR_DATA_DIR"
 ENV_DB = "TR7_COLLECTOR_DB"
 ENV_ORIGIN = "TR7_COLLECTOR_ORIGIN"
 DEFAULT_DATA_DIR = "/var/lib/tr7-collector"
-_ORIGIN_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_ORIGIN_RE = re.compile(r"^[A-Za-z0-9._-]+\Z")  # \Z, not $: a final newline would end the note line
 
 
 class SetupError(Exception):

@@ -20,8 +20,8 @@ EM_DASH = "\u2014"
 MAX_SIGNATURES = 100
 MAX_NOTE_CHARS = 1 << 20
 _CONTROL_RE = re.compile(r"[\x00-\x09\x0b-\x1f]")
-_SIZE_RE = re.compile(r"^(0|[1-9][0-9]*)$")
-_HEX8_RE = re.compile(r"^[0-9a-f]{8}$")
+_SIZE_RE = re.compile(r"^(0|[1-9][0-9]*)\Z")
+_HEX8_RE = re.compile(r"^[0-9a-f]{8}\Z")
 
 
 class NoteError(ValueError):

@@ -14,9 +14,12 @@ from protocol.keys import AgentKey
 from protocol.timefmt import format_time, month_bounds, month_of, previous_month
 
 
-def run(data: Path, db_url: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+def run(
+    data: Path, db_url: str, *args: str, ok: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
+        **(env or {}),
         "TR7_COLLECTOR_DATA_DIR": str(data),
         "TR7_COLLECTOR_DB": db_url,
         "TR7_COLLECTOR_ORIGIN": "cli.test",
@@ -70,6 +73,15 @@ def test_operator_workflow(tmp_path, db_url, tools):
         and "license SL-1: changed" in out
         and "hourly rate pro/1000: changed" in out
     )
+    # YAML is the same catalog as JSON: an unquoted time is its text, judged as JSON's is (it was
+    # read as the host's local time), and an unquoted wire time is kept exactly
+    z = tmp_path / "zone.yaml"
+    z.write_text(y.read_text().replace("'2030-01-01T00:00:00Z'", "2030-01-01 12:00:00"))
+    assert "2030-01-01 12:00:00" in z.read_text()
+    r = run(data, db_url, "apply", str(z), "--retroactive", ok=False, env={"TZ": "Europe/Berlin"})
+    assert r.returncode == 1 and "licenses[0].end: must be a UTC time" in r.stderr
+    z.write_text(y.read_text().replace("'2030-01-01T00:00:00Z'", "2030-01-01T00:00:00Z"))
+    assert "no change" in run(data, db_url, "apply", str(z)).stdout
     cat["licenses"][0]["model"] = "rental"
     f.write_text(json.dumps(cat))
     bad = run(data, db_url, "apply", str(f), ok=False)
