@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,11 +27,17 @@ CLOSED_INVOICE = f"{CLOSED_DIR}/{INVOICE}"
 # Every bundle holds these; closed/ files only for a closed month.
 REQUIRED = (HEARTBEATS, ANCHORS, CHECKPOINT, COLLECTOR_PUB, AGENTS, CATALOG, USAGE, INVOICE)
 CLOSED_FILES = (CLOSED_CHECKPOINT, CLOSED_USAGE, CLOSED_INVOICE)
+# The only paths §6 lets a bundle hold (manifest.json, which lists the others, aside).
+LISTABLE = frozenset((*REQUIRED, *CLOSED_FILES))
 AGENT_MEMBERS = ("kid", "public_key", "name", "enrolled_at", "revoked_at")
 
 
 class BundleError(Exception):
     """The directory cannot be written as, or read as, an audit bundle."""
+
+
+class NotABundle(BundleError):
+    """A directory without a regular manifest.json: a failed check (exit 1), not a usage error."""
 
 
 @dataclass
@@ -147,8 +155,24 @@ def read_jws_lines(path: Path) -> list[str]:
     return lines
 
 
+def is_regular(root: Path, rel: str) -> bool:
+    """Whether ``root/rel`` is a regular file reached through real directories only.
+
+    lstat, so nothing is followed or opened: a symlink's target is no part of the bundle, reading
+    a FIFO blocks and /dev/zero never ends."""
+    path = root
+    try:
+        for part in rel.split("/")[:-1]:
+            path = path / part
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+        return stat.S_ISREG(os.lstat(root / rel).st_mode)
+    except OSError:
+        return False
+
+
 def list_files(root: Path) -> list[str]:
-    """Relative POSIX paths of every regular file (and anything else) below ``root``."""
+    """Relative POSIX paths of every entry below ``root`` but real directories (symlinks not followed)."""
     out = []
     for p in sorted(root.rglob("*")):
         if p.is_dir() and not p.is_symlink():

@@ -135,11 +135,16 @@ def check_chains(add: Add, good: dict[int, Heartbeat], analysis: ChainAnalysis,
 
 
 def _load_doc(add: Add, root: Path, rel: str, present: set[str], prefix: str) -> dict[str, Any] | None:
-    """A stored billing document, or None (reported) when absent, not JSON or not an object."""
+    """A stored billing document, or None (reported) when absent, not JSON or not an object.
+
+    ``present`` holds only regular files (audit.manifest): a FIFO or symlink is never opened."""
     if rel not in present:
         return None
     try:
         doc = json.loads((root / rel).read_text(encoding="utf-8"))
+    except OSError as exc:
+        add(rel, None, "file.unreadable", str(exc))
+        return None
     except (UnicodeDecodeError, ValueError) as exc:
         add(rel, None, "json.format", f"not valid UTF-8 JSON: {exc}")
         return None

@@ -7,9 +7,14 @@ import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 
-from audit.bundle import BundleError
+from audit.bundle import BundleError, NotABundle
 
+# heartbeat-v1.md §6: 0 only when every check holds, otherwise 1; 2 is this tool's own usage
+# error (bad arguments, DIR not a directory), never a verdict on the bundle.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_EXIT_HELP = ("exit status: 0 every check holds (findings allowed); 1 a check failed, including a "
+              "directory that holds no manifest.json; 2 command-line error (bad arguments, DIR is "
+              "not a directory)")
 
 
 def _version() -> str:
@@ -79,10 +84,11 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tr7-audit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tr7-audit", description=__doc__, epilog=_EXIT_HELP)
     parser.add_argument("--version", action="version", version=f"tr7-audit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("verify", help="check every rule of heartbeat-v1.md §6; exit 0 only if all hold")
+    v = sub.add_parser("verify", help="check every rule of heartbeat-v1.md §6; exit 0 only if all hold",
+                       epilog=_EXIT_HELP)
     v.add_argument("dir")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--quiet", action="store_true", help="print failures only, no progress or findings")
@@ -96,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
+    except NotABundle as exc:  # show only: verify reports it as a failed check
+        print(f"tr7-audit: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except BundleError as exc:
         print(f"tr7-audit: {exc}", file=sys.stderr)
         return EXIT_USAGE

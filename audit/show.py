@@ -10,18 +10,25 @@ from billing import adjustment_lines
 from protocol.note import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
 
 
+def _read(root: Path, rel: str) -> bytes:
+    """A file's bytes; a symlink, FIFO or device is refused unopened (see bundle.is_regular)."""
+    if not B.is_regular(root, rel):
+        raise OSError(f"{rel} is not a regular file")
+    return (root / rel).read_bytes()
+
+
 def _json(root: Path, rel: str) -> Any:
     try:
-        return json.loads((root / rel).read_text(encoding="utf-8"))
+        return json.loads(_read(root, rel).decode("utf-8"))
     except (OSError, ValueError):
         return None
 
 
 def _checkpoint_line(root: Path, rel: str) -> str:
     try:
-        verifier = NoteVerifier.from_vkey((root / B.COLLECTOR_PUB).read_text(encoding="utf-8").strip())
-        cp: Checkpoint = verify_checkpoint((root / rel).read_bytes(), verifier)
-    except (OSError, NoteError) as exc:
+        verifier = NoteVerifier.from_vkey(_read(root, B.COLLECTOR_PUB).decode("utf-8").strip())
+        cp: Checkpoint = verify_checkpoint(_read(root, rel), verifier)
+    except (OSError, NoteError, UnicodeDecodeError) as exc:
         return f"{rel}: does not verify ({exc})"
     return f"{rel}: origin {cp.origin}, size {cp.size}, root {cp.root.hex()} (signature ok)"
 
@@ -74,18 +81,20 @@ def _chains(usage: dict[str, Any], agents: Any) -> list[str]:
 def summary(path: Path | str) -> str:
     """The summary text of the stored documents (run verify to check them)."""
     root = Path(path)
-    if not (root / B.MANIFEST).is_file():
-        raise B.BundleError(f"{root} holds no {B.MANIFEST}: not an audit bundle")
+    if not root.is_dir():
+        raise B.BundleError(f"{root} is not a directory")
+    if not B.is_regular(root, B.MANIFEST):
+        raise B.NotABundle(f"{root} holds no regular {B.MANIFEST}: not an audit bundle")
     manifest = _json(root, B.MANIFEST) or {}
     usage = _json(root, B.USAGE) or {}
     invoice = _json(root, B.INVOICE) or {}
-    lines = len(B.read_jws_lines(root / B.HEARTBEATS)) if (root / B.HEARTBEATS).is_file() else 0
+    lines = len(B.read_jws_lines(root / B.HEARTBEATS)) if B.is_regular(root, B.HEARTBEATS) else 0
     out = [f"bundle {root}: provider {manifest.get('provider')}, month {manifest.get('month')}, "
            f"created {manifest.get('created')}",
            f"{lines} heartbeats; " + _checkpoint_line(root, B.CHECKPOINT), "", "customers:"]
     out += _customers(usage, invoice, _json(root, B.CATALOG))
     out += ["", "agent chains:", *_chains(usage, _json(root, B.AGENTS))]
-    if (root / B.CLOSED_CHECKPOINT).is_file():
+    if B.is_regular(root, B.CLOSED_CHECKPOINT):
         frozen = _json(root, B.CLOSED_INVOICE) or {}
         out += ["", "month closed: " + _checkpoint_line(root, B.CLOSED_CHECKPOINT),
                 f"  frozen total {frozen.get('total')}; current total {invoice.get('total')}"]

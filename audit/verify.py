@@ -11,13 +11,13 @@ from audit import bundle as B
 from audit import checks
 from audit.checks import Finding, Report
 from audit.lines import Lines, read_line, verify_lines
+from audit.manifest import check_manifest
 from audit.recompute import Tally, cells_of, tally_activity, tally_heartbeat
 from billing import Activity, load_catalog
 from protocol.chain import ChainAnalysis, analyze
 from protocol.heartbeat import Heartbeat, parse_unverified
 from protocol.merkle import root_hash
 from protocol.note import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
-from protocol.timefmt import month_bounds, parse_time
 
 Progress = Callable[[str, int, int], None]
 
@@ -33,6 +33,7 @@ class _Ctx:
     provider: str = ""
     month: str = ""
     present: set[str] = field(default_factory=set)
+    cache: dict[str, bytes | None] = field(default_factory=dict)
 
     def add(self, file: str, line: int | None, rule: str, message: str, severity: str = "error") -> None:
         self.report.findings.append(Finding(file, line, rule, message, severity))
@@ -40,79 +41,55 @@ class _Ctx:
     def has(self, rel: str) -> bool:
         return rel in self.present
 
+    def read(self, rel: str) -> bytes | None:
+        """A small file's bytes, read once; None when absent, not a regular file (see audit.manifest)
+        or unreadable (reported)."""
+        if not self.has(rel):
+            return None
+        if rel not in self.cache:
+            try:
+                self.cache[rel] = (self.root / rel).read_bytes()
+            except OSError as exc:
+                self.add(rel, None, "file.unreadable", str(exc))
+                self.cache[rel] = None
+        return self.cache[rel]
+
 
 def _load_json(ctx: _Ctx, rel: str) -> Any:
-    if not ctx.has(rel):
+    data = ctx.read(rel)
+    if data is None:
         return None
     try:
-        return json.loads((ctx.root / rel).read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         ctx.add(rel, None, "json.format", f"not valid UTF-8 JSON: {exc}")
         return None
 
 
-def _check_manifest(ctx: _Ctx) -> None:
-    on_disk = [rel for rel in B.list_files(ctx.root) if rel != B.MANIFEST]
-    ctx.present = {*on_disk, B.MANIFEST}
-    manifest = _load_json(ctx, B.MANIFEST)
-    ctx.present.discard(B.MANIFEST)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        ctx.add(B.MANIFEST, None, "manifest.format", "manifest.json must be an object with a files map")
-        return
-    for name in ("provider", "month", "created"):
-        if not isinstance(manifest.get(name), str):
-            ctx.add(B.MANIFEST, None, "manifest.format", f"manifest.json lacks the string {name}")
-    ctx.provider = manifest.get("provider") or ""
-    ctx.month = manifest.get("month") or ""
-    try:
-        month_bounds(ctx.month)
-    except ValueError:
-        ctx.add(B.MANIFEST, None, "manifest.format", f"month {ctx.month!r} is not YYYY-MM")
-        ctx.month = ""
-    try:
-        parse_time(manifest.get("created"), "manifest.format")
-    except ValueError:
-        ctx.add(B.MANIFEST, None, "manifest.format", "created is not a UTC time YYYY-MM-DDTHH:MM:SSZ")
-    listed: dict[str, Any] = manifest["files"]
-    for rel in on_disk:
-        if rel not in listed:
-            ctx.add(rel, None, "manifest.unlisted", "file is in the bundle but not in manifest.json")
-    for rel, digest in sorted(listed.items()):
-        if rel not in ctx.present:
-            ctx.add(rel, None, "manifest.missing", "listed in manifest.json but absent")
-        elif (ctx.root / rel).is_symlink() or not (ctx.root / rel).is_file():
-            ctx.add(rel, None, "manifest.format", "not a regular file")
-        elif B.sha256_file(ctx.root / rel) != digest:
-            ctx.add(rel, None, "manifest.hash", "SHA-256 differs from manifest.json")
-    for rel in B.REQUIRED:
-        if rel not in ctx.present and rel not in listed:
-            ctx.add(rel, None, "bundle.missing", "required file of heartbeat-v1.md §6 is absent")
-    closed = [rel for rel in B.CLOSED_FILES if rel in ctx.present]
-    if closed:
-        for rel in B.CLOSED_FILES:
-            if rel not in ctx.present and rel not in listed:
-                ctx.add(rel, None, "bundle.missing", "closed/ must hold checkpoint, usage.json, invoice.json")
-
-
 def _checkpoint(ctx: _Ctx, rel: str, verifier: NoteVerifier | None, rule: str) -> Checkpoint | None:
-    if verifier is None or not ctx.has(rel):
+    data = None if verifier is None else ctx.read(rel)
+    if verifier is None or data is None:
         return None
     try:
-        cp = verify_checkpoint((ctx.root / rel).read_bytes(), verifier)
+        cp = verify_checkpoint(data, verifier)
     except NoteError as exc:
         ctx.add(rel, None, f"{rule}.signature", f"does not verify against collector.pub: {exc}")
         return None
-    want = f"/{ctx.provider}/{ctx.month}"
-    if not cp.origin.endswith(want):
-        ctx.add(rel, None, f"{rule}.origin", f"origin {cp.origin!r} is not <collector>{want}")
+    # The collector signs with a key named after its origin (collector/tlog.py), and a provider id
+    # may hold "/": only the whole origin tells acme's log from the log of provider "evil/acme".
+    want = f"{verifier.name}/{ctx.provider}/{ctx.month}"
+    if cp.origin != want:
+        ctx.add(rel, None, f"{rule}.origin", f"origin {cp.origin!r} is not {want!r} "
+                "(<collector.pub key name>/<provider>/<month>)")
     return cp
 
 
 def _collector(ctx: _Ctx, pinned: str | None) -> NoteVerifier | None:
-    if not ctx.has(B.COLLECTOR_PUB):
+    data = ctx.read(B.COLLECTOR_PUB)
+    if data is None:
         return None
     try:
-        verifier = NoteVerifier.from_vkey((ctx.root / B.COLLECTOR_PUB).read_text(encoding="utf-8").strip())
+        verifier = NoteVerifier.from_vkey(data.decode("utf-8").strip())
     except (NoteError, UnicodeDecodeError) as exc:
         ctx.add(B.COLLECTOR_PUB, 1, "collector.key", f"not a note verifier key: {exc}")
         return None
@@ -136,10 +113,11 @@ def _check_log(ctx: _Ctx, cp: Checkpoint | None, hashes: list[bytes]) -> None:
 
 def _closed_size(ctx: _Ctx, verifier: NoteVerifier | None) -> int | None:
     """closed/checkpoint's size when it verifies (its findings come later, from _check_closed)."""
-    if verifier is None or not ctx.has(B.CLOSED_CHECKPOINT):
+    data = None if verifier is None else ctx.read(B.CLOSED_CHECKPOINT)
+    if verifier is None or data is None:
         return None
     try:
-        return verify_checkpoint((ctx.root / B.CLOSED_CHECKPOINT).read_bytes(), verifier).size
+        return verify_checkpoint(data, verifier).size
     except NoteError:
         return None
 
@@ -149,8 +127,11 @@ def _fixed_instances(ctx: _Ctx) -> frozenset[str]:
 
     Read quietly and early (the workers tally for billing); a catalog that does not load is
     reported by the billing check, which then computes nothing."""
+    data = ctx.read(B.CATALOG)
+    if data is None:
+        return frozenset()
     try:
-        cat = load_catalog(json.loads((ctx.root / B.CATALOG).read_text(encoding="utf-8")))
+        cat = load_catalog(json.loads(data.decode("utf-8")))
     except Exception:  # any failure is reported later, where billing loads the catalog
         return frozenset()
     return frozenset(lic.instance for lic in cat.licenses if lic.model == "fixed")
@@ -216,7 +197,9 @@ def _stage(progress: Progress | None, stage: str, total: int, fn: Callable[[], N
 
 def verify_bundle(path: Path | str, progress: Progress | None = None, workers: int | None = None,
                   collector_key: str | None = None) -> Report:
-    """Verify a bundle directory; raise BundleError when it is not a bundle at all.
+    """Verify a bundle directory; raise BundleError only when ``path`` is not a directory.
+
+    A directory without manifest.json is a failed check (heartbeat-v1.md §6: "otherwise exit 1").
 
     ``collector_key``: the collector's verifier key as published out of band; when given,
     collector.pub must be exactly it.
@@ -224,10 +207,11 @@ def verify_bundle(path: Path | str, progress: Progress | None = None, workers: i
     root = Path(path)
     if not root.is_dir():
         raise B.BundleError(f"{root} is not a directory")
-    if not (root / B.MANIFEST).is_file():
-        raise B.BundleError(f"{root} holds no {B.MANIFEST}: not an audit bundle")
     ctx = _Ctx(root, Report(str(root)), progress, workers)
-    _check_manifest(ctx)
+    manifest = check_manifest(ctx.add, root)
+    if manifest is None:
+        return ctx.report
+    ctx.provider, ctx.month, ctx.present = manifest.provider, manifest.month, manifest.present
     ctx.report.provider, ctx.report.month = ctx.provider, ctx.month
     agents = checks.load_agents(ctx.add, _load_json(ctx, B.AGENTS))
     verifier = _collector(ctx, collector_key)

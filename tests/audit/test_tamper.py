@@ -295,3 +295,27 @@ def test_weak_agent_key_logged_by_a_careless_collector(bundle: Path, forge, scen
     res = cli("verify", str(bundle))
     assert res.returncode == 1 and f"agents.json: agents.weak_key: entry {len(scenario.agents)} (kid {kid})" \
         in res.stdout
+
+
+def test_checkpoint_of_a_provider_whose_id_ends_like_ours(bundle: Path, forge, scenario: Scenario,
+                                                          cli) -> None:
+    """The collector's real checkpoints of provider "evil/acme" end in "/acme/<month>" too: heartbeat-v1.md
+    §5's origin is exactly <collector origin>/<provider id>/<month>, the collector origin being the
+    name of the key that signs."""
+    other = f"{scenario.collector_name}/evil/{scenario.provider}/{scenario.month}"
+    for rel, size in (("checkpoint", len(scenario.leaves)), ("closed/checkpoint", len(scenario.leaves) - 40)):
+        cp = Checkpoint(other, size, log_root(scenario.leaves[:size]))
+        (bundle / rel).write_text(sign_checkpoint(cp, scenario.signer))
+    forge.rehash(bundle)
+    assert failures(bundle) == {("checkpoint", "checkpoint.origin"), ("closed/checkpoint", "closed.origin")}
+    res = cli("verify", "--quiet", "--collector-key", scenario.signer.verifier_key(), str(bundle))
+    assert res.returncode == 1 and f"origin {other!r} is not " in res.stdout
+
+
+def test_checkpoint_origin_of_another_collector(bundle: Path, forge, scenario: Scenario) -> None:
+    other = f"other.example/{scenario.provider}/{scenario.month}"
+    cp = Checkpoint(other, len(scenario.leaves), log_root(scenario.leaves))
+    (bundle / "checkpoint").write_text(sign_checkpoint(cp, scenario.signer))
+    forge.rehash(bundle)
+    # closed/checkpoint keeps the honest origin, so the two now differ as well.
+    assert failures(bundle) == {("checkpoint", "checkpoint.origin"), ("closed/checkpoint", "closed.origin")}

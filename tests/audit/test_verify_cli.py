@@ -64,12 +64,19 @@ def test_quiet_prints_nothing_on_success(pristine: Path, cli) -> None:
     assert res.returncode == 0 and res.stdout == "" and res.stderr == ""
 
 
-def test_not_a_bundle_is_exit_2(tmp_path: Path, cli) -> None:
+def test_not_a_bundle_fails_and_a_missing_dir_is_a_usage_error(tmp_path: Path, cli) -> None:
+    """heartbeat-v1.md §6: exit 1 when a check fails, a directory without manifest.json included;
+    2 only for a command line that names no directory."""
     missing = cli("verify", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "not a directory" in missing.stderr
+    assert cli("show", str(tmp_path / "nowhere")).returncode == 2
+    assert cli("verify").returncode == 2
     empty = cli("verify", str(tmp_path))
-    assert empty.returncode == 2 and "not an audit bundle" in empty.stderr
-    assert cli("show", str(tmp_path)).returncode == 2
+    assert empty.returncode == 1 and "manifest.json: bundle.missing: " in empty.stdout
+    assert "not an audit bundle" in empty.stdout and "Traceback" not in empty.stderr
+    shown = cli("show", str(tmp_path))
+    assert shown.returncode == 1 and "not an audit bundle" in shown.stderr
+    assert "exit status: 0 every check holds" in cli("verify", "--help").stdout
 
 
 def test_version(cli) -> None:
