@@ -63,6 +63,11 @@ def _verify(args: argparse.Namespace) -> int:
         for f in report.notes:
             print(f"{f} [finding, not a failure]")
     verdict = "OK" if report.ok else f"FAILED ({len(report.errors)} failures)"
+    if not args.quiet and args.collector_key is None:
+        # The bundle's own collector.pub proves only that someone holding some key signed it.
+        print("note: collector.pub was not compared with the collector's published key "
+              "(--collector-key VKEY): a bundle re-signed with another key would also pass",
+              file=sys.stderr)
     if not args.quiet:
         print(f"{args.dir}: {report.lines} heartbeats, {len(report.notes)} findings: {verdict} "
               f"in {time.monotonic() - started:.1f}s", file=sys.stderr)

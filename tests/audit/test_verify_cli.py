@@ -31,6 +31,10 @@ def test_gaps_and_forks_are_findings_with_exit_0(pristine: Path, scenario: Scena
     # Progress of the long stages goes to stderr, never into the report on stdout.
     assert f"heartbeats.jws: {len(scenario.leaves)}/{len(scenario.leaves)} lines (100%)" in res.stderr
     assert "recomputing billing" in res.stderr and "lines (" not in res.stdout
+    # unpinned, the auditor is told what the bundle's own collector.pub cannot prove
+    assert "collector.pub was not compared" in res.stderr
+    key = (pristine / "collector.pub").read_text().strip()
+    assert "not compared" not in cli("verify", "--collector-key", key, str(pristine)).stderr
 
 
 def test_json_report_names_findings_with_seqs(pristine: Path, scenario: Scenario, cli) -> None:
