@@ -138,6 +138,11 @@ def _period(start: int, end: int | None, path: str) -> None:
 def _money(v: Any, path: str) -> Decimal:
     if not isinstance(v, str) or not MONEY_RE.match(v):
         raise CatalogError(path, "must be a decimal string such as \"0.0450\"")
+    whole, _, frac = v.partition(".")
+    # Within Decimal's 28 digits once multiplied by a month's hours and rounded to cents (a price
+    # of 30 digits raised InvalidOperation from the rounding).
+    if len(whole.lstrip("0")) > 12 or len(frac) > 10:
+        raise CatalogError(path, "at most 12 digits before the point and 10 after")
     return Decimal(v)
 
 

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from billing.activity import HOUR, CapacityKey
 from billing.catalog import CapacityEntry, Catalog, License, Rate
 from billing.errors import PricingError
+from protocol.timefmt import format_time
 
 
 def capacity_json(entry: CapacityEntry) -> dict[str, object]:
-    return {"from": entry.start, "bundle": entry.bundle, "bandwidth_mbps": entry.bandwidth_mbps,
+    return {"from": format_time(entry.start), "bundle": entry.bundle, "bandwidth_mbps": entry.bandwidth_mbps,
             "vservices": entry.vservices}
 
 

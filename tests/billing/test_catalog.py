@@ -93,6 +93,8 @@ CASES = [
     (["rates", "hourly", 0, "price"], "1e-2", "rates.hourly[0].price"),
     (["rates", "hourly", 0, "price"], "0.0450\n", "rates.hourly[0].price"),  # "$" let it through
     (["rates", "monthly", 0, "price"], "25.00\n", "rates.monthly[0].price"),
+    (["rates", "monthly", 0, "price"], "1" * 13, "rates.monthly[0].price"),
+    (["rates", "hourly", 0, "price"], "0." + "1" * 11, "rates.hourly[0].price"),
     (["rates", "hourly", 0, "bundle"], "gold", "rates.hourly[0].bundle"),
     (["rates", "hourly", 0, "max_bandwidth_mbps"], None, "rates.hourly[0].max_bandwidth_mbps"),
     (["rates", "hourly", 1], {"bundle": "pro", "max_bandwidth_mbps": 1000, "price": "1"}, "rates.hourly[1]"),

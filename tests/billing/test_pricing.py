@@ -48,6 +48,7 @@ def test_missing_rate_is_an_error_naming_license_and_capacity(kit):
         bill(kit.hourly(a, "X", "2 00:00", 1), cat, kit.MONTH)
     assert err.value.license == "SL-9" and err.value.capacity["bandwidth_mbps"] == 20000
     assert "SL-9" in str(err.value)
+    assert err.value.capacity["from"] == f"{kit.MONTH}-01T00:00:00Z"  # a time, not epoch seconds
 
 
 def test_missing_rate_matters_only_for_payg_hours(kit):
