@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from adapters.credentials import SecretError
 from agent.config import Config
 from agent.poller import Poller
 from agent.service import StartupError, check_state_dir
@@ -57,6 +58,9 @@ def enroll(config: Config, token: str) -> int:
     except httpx.HTTPError as exc:
         print(f"enroll: collector {settings.collector} unreachable: {exc}", file=sys.stderr)
         return 1
+    except (SecretError, OSError) as exc:  # the token or CA file named by the configuration
+        print(f"enroll: {exc}", file=sys.stderr)
+        return 1
     if resp.status_code != 200:
         try:
             detail = resp.json().get("detail", resp.text)
@@ -86,7 +90,7 @@ def _collector_health(config: Config) -> dict[str, Any]:
         with make_client(config.agent, timeout=5.0) as client:
             resp = client.get(url + "/healthz")
         return {"url": url, "reachable": resp.status_code == 200, "detail": f"HTTP {resp.status_code}"}
-    except (httpx.HTTPError, OSError) as exc:
+    except (httpx.HTTPError, OSError, SecretError) as exc:
         return {"url": url, "reachable": False, "detail": str(exc) or type(exc).__name__}
 
 

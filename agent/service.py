@@ -18,7 +18,7 @@ from agent import sdnotify
 from agent.config import Config, ConfigError, load_config
 from agent.metrics import Metrics
 from agent.poller import Poller
-from agent.shipper import Shipper
+from agent.shipper import Shipper, make_client
 from agent.spool import ClockBehind, Spool, SpoolError
 from protocol.errors import ProtocolError
 from protocol.keys import AgentKey, load_private_key
@@ -198,14 +198,22 @@ class Service:
         if new.agent.state_dir != old.agent.state_dir:
             log.error("event=reload_refused reason='state_dir cannot change without a restart'")
             return
+        ship_keys = ("collector", "token_file", "ca_file", "interval")
+        ship_changed = any(getattr(new.agent, k) != getattr(old.agent, k) for k in ship_keys)
+        if ship_changed and new.agent.collector:
+            try:  # the new token and CA files are read now, not in a shipper thread that dies
+                make_client(new.agent).close()
+            except (SecretError, OSError) as exc:
+                log.error("event=reload_failed reason=%r action='keeping the running configuration'",
+                          str(exc))
+                return
         poller = Poller(new.adapters)
         with self.lock:
             old_poller, self.poller, self.config = self.poller, poller, new
         old_poller.close()
         if new.agent.interval != old.agent.interval:
             self._schedule(new.agent.interval)
-        ship_keys = ("collector", "token_file", "ca_file", "interval")
-        if any(getattr(new.agent, k) != getattr(old.agent, k) for k in ship_keys):
+        if ship_changed:
             self._stop_shipper(30)
             self._start_shipper()
         if new.agent.metrics_listen != old.agent.metrics_listen:

@@ -8,10 +8,11 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
-from adapters.credentials import read_secret
+from adapters.credentials import SecretError, read_secret
 from agent.config import AgentSettings
 from agent.metrics import Metrics
 from agent.spool import Row, Spool
@@ -41,6 +42,9 @@ def make_client(settings: AgentSettings, timeout: float = 30.0) -> httpx.Client:
     if settings.token_file:
         token = read_secret(None, settings.token_file, "agent.token_file")
         headers["Authorization"] = f"Bearer {token}"
+    if settings.ca_file and not Path(settings.ca_file).is_file():
+        # httpx's own error is a bare "[Errno 2] No such file or directory" without the path
+        raise SecretError(f"agent.ca_file: {settings.ca_file}: no such file")
     verify: str | bool = settings.ca_file or True
     return httpx.Client(verify=verify, timeout=timeout, headers=headers)
 
@@ -58,6 +62,9 @@ class Shipper:
         # coming back should drain the spool within about one interval.
         self.max_backoff = float(min(300, max(1, settings.interval)))
         self.base = min(1.0, self.max_backoff)
+        # Lines a request may carry: halved on each 413 (a proxy in front of the collector may
+        # take less than its 5,000 lines / 16 MiB), so that the spool still drains.
+        self.batch_lines = MAX_LINES
 
     def _backoff(self) -> float:
         self.failures += 1
@@ -89,7 +96,7 @@ class Shipper:
 
     def ship_once(self) -> float | None:
         """One request. Returns None when the spool is empty, 0 to go on at once, else seconds to wait."""
-        rows = self.spool.batch(MAX_LINES)
+        rows = self.spool.batch(self.batch_lines)
         if not rows:
             self.failures = 0
             return None
@@ -116,14 +123,21 @@ class Shipper:
                 self.metrics.rejected.inc(len(rejected))
             log.info("event=shipped lines=%d rejected=%d last_seq=%d", len(rows), len(rejected), rows[-1].seq)
             return 0.0
-        wait = retry_after(resp.headers.get("Retry-After"))
-        if wait is not None:
-            self.failures += 1
-            if self.metrics:
-                self.metrics.ship_failures.inc()
-        else:
-            wait = self._backoff()
         detail = resp.text[:200].replace("\n", " ")
+        if resp.status_code == 413 and len(rows) > 1:
+            self.batch_lines = max(1, len(rows) // 2)
+            log.warning("event=ship_too_large status=413 lines=%d next_lines=%d detail=%r", len(rows),
+                        self.batch_lines, detail)
+            return 0.0
+        if resp.status_code == 413:
+            log.error("event=ship_too_large status=413 lines=1 seq=%d detail=%r hint='one heartbeat is "
+                      "larger than the collector or a proxy in front of it accepts'", rows[0].seq, detail)
+        # Retry-After may lengthen the backoff, never shorten it: a 0, or a date already past (our
+        # clock ahead of the server's), made the agent resend at once, over and over.
+        wait = self._backoff()
+        server = retry_after(resp.headers.get("Retry-After"))
+        if server is not None:
+            wait = max(wait, server)
         log.warning("event=ship_refused status=%d detail=%r retry_in=%.1f", resp.status_code, detail, wait)
         return wait
 

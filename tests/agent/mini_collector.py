@@ -44,6 +44,7 @@ class State:
         self.fail_first = args.fail_first
         self.retry_after = args.retry_after
         self.lose_answers = args.lose_answers
+        self.max_lines = args.max_lines
 
     def enroll(self, body: dict) -> tuple[int, dict]:
         try:
@@ -73,6 +74,8 @@ class State:
             self.db.execute("INSERT INTO requests VALUES (?)", (n + 1,))
             if n < self.fail_first:
                 return 503, {"detail": "busy"}, {"Retry-After": str(self.retry_after)}
+            if self.max_lines and len(lines) > self.max_lines:  # as a proxy with a smaller limit
+                return 413, {"detail": "request entity too large"}, {}
             agents = {k: (load_public_key_b64(p), at) for k, p, at in
                       self.db.execute("SELECT kid, public_key, enrolled_at FROM agents")}
             results = []
@@ -161,6 +164,7 @@ def main() -> None:
     p.add_argument("--fail-first", type=int, default=0,
                    help="answer 503 + Retry-After to the first N ingests")
     p.add_argument("--retry-after", type=int, default=1)
+    p.add_argument("--max-lines", type=int, default=0, help="answer 413 to a request of more lines")
     p.add_argument("--lose-answers", type=float, default=0.0,
                    help="probability of committing an ingest and then dropping the connection unanswered")
     args = p.parse_args()

@@ -132,6 +132,29 @@ def test_bad_config_on_sighup_keeps_running(tmp_path: Path) -> None:
     assert "event=reload_failed" in err and "bogus" in err and proc.returncode == 0
 
 
+def test_a_reload_naming_a_missing_ca_file_is_refused_not_fatal(tmp_path: Path, make_collector) -> None:
+    collector = make_collector()
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    agent = {"state_dir": str(state), "interval": 1, "allow_short_interval": True, "collector": collector.url}
+    cfg = write_config(tmp_path / "a.toml", agent, [{"name": "l", "platform": "kvm"}])
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env=agent_env())
+    try:
+        _wait(lambda: (state / "spool.db").exists())
+        adapters = [{"name": "l", "platform": "kvm"}]
+        write_config(cfg, {**agent, "ca_file": str(tmp_path / "gone.pem")}, adapters)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(2.5)
+        assert proc.poll() is None  # the shipper thread used to die on it, and the agent with it
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "event=reload_failed" in err and "gone.pem: no such file" in err and proc.returncode == 0
+    assert "Traceback" not in err
+
+
 def test_clock_backwards_skips_and_shows_in_status(tmp_path: Path, fake_registry: None,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     state = tmp_path / "s"

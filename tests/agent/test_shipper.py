@@ -41,6 +41,28 @@ def test_retry_after_is_honoured_and_nothing_deleted(tmp_path: Path, make_collec
     assert collector.query("SELECT seq FROM heartbeats ORDER BY seq") == [(1,), (2,), (3,)]
 
 
+def test_retry_after_never_shortens_the_backoff(tmp_path: Path, make_collector) -> None:
+    # "Retry-After: 0" (or a date already past, our clock being ahead) resent at once, in a loop
+    collector = make_collector(extra=["--fail-first", "3", "--retry-after", "0"])
+    spool, settings = _spool_with(tmp_path, collector, 2)
+    shipper = Shipper(settings, spool)
+    delays = [shipper.ship_once() for _ in range(3)]
+    assert all(d is not None and d >= shipper.base / 2 for d in delays), delays
+    assert shipper.failures == 3 and spool.stats()["spool_depth"] == 2
+    assert shipper.ship_once() == 0.0 and spool.stats()["spool_depth"] == 0
+
+
+def test_a_413_halves_the_batch_until_it_passes(tmp_path: Path, make_collector) -> None:
+    # A proxy in front of the collector may take fewer lines than the collector's 5,000
+    collector = make_collector(extra=["--max-lines", "3"])
+    spool, settings = _spool_with(tmp_path, collector, 13)
+    shipper = Shipper(settings, spool)
+    while (delay := shipper.ship_once()) is not None:
+        assert delay == 0.0  # split and resent at once, not backed off
+    assert shipper.batch_lines == 3 and spool.stats()["spool_depth"] == 0
+    assert collector.query("SELECT seq FROM heartbeats ORDER BY seq") == [(i,) for i in range(1, 14)]
+
+
 def test_retry_after_http_date() -> None:
     assert retry_after("120") == 120.0
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480 - 30) == 30.0
