@@ -207,7 +207,10 @@ def close(
     cid, doc = catalog_for(conn, provider, month)
     # Lock the logs' counter rows, the month before's first (ingest's lock order): no heartbeat of
     # the month, nor of the month before (its anchors), is appended while we read them.
-    anchor_size = _lock_size(conn, provider, previous_month(month))
+    # lock_log, not a plain SELECT ... FOR UPDATE: with no row yet for the month before, that
+    # locked nothing, and an ingest creating it could commit anchors this close then computed
+    # with but recorded as size 0 (a closed bundle that never verifies). The row is made empty.
+    anchor_size = tlog.lock_log(conn, provider, previous_month(month))
     size = tlog.lock_log(conn, provider, month)
     usage, own = own_result(conn, provider, month)
     adjs = adjustments_for(conn, provider, month)
@@ -232,14 +235,6 @@ def close(
     for m, current, _adj in adjs:
         _set_baseline(conn, provider, m, current, now)  # these adjustments are now invoiced
     return Closed(month, size, note, cid, usage, own, billed)
-
-
-def _lock_size(conn: Connection, provider: str, month: str) -> int:
-    """The size of a log, its counter row locked when it has one (none is made for an empty log)."""
-    q = sa.select(s.logs.c.size).where(s.logs.c.provider == provider, s.logs.c.month == month)
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update()  # SQLite: the write transaction already holds the database
-    return int(conn.execute(q).scalar() or 0)
 
 
 def _set_baseline(conn: Connection, provider: str, month: str, inv: dict[str, Any], now: int) -> None:

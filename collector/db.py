@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -154,7 +154,13 @@ def write_tx(engine: Engine, fn: Callable[[Connection], T], attempts: int = 8) -
 
 @contextlib.contextmanager
 def read_conn(engine: Engine) -> Iterator[Connection]:
-    with engine.connect().execution_options(readonly=True) as conn, conn.begin():
+    """A read-only transaction that sees one snapshot throughout: SQLite's deferred transaction
+    does; PostgreSQL's READ COMMITTED default does not (each statement sees new commits), and an
+    export read the anchors and the leaves at different moments: its bundle failed verify."""
+    options: dict[str, Any] = {"readonly": True}
+    if engine.dialect.name == "postgresql":
+        options["isolation_level"] = "REPEATABLE READ"
+    with engine.connect().execution_options(**options) as conn, conn.begin():
         yield conn
 
 

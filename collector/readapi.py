@@ -187,7 +187,9 @@ def invoice_months(provider: str, request: Request, scope: ScopeDep) -> list[dic
     """Months with evidence or a close, newest first, with whether each is closed."""
     p = scope.require_provider(provider)
     with _conn(request) as c:
-        logged = set(c.execute(sa.select(s.logs.c.month).where(s.logs.c.provider == p)).scalars())
+        # size > 0: a close makes an empty log row for the month before it (its anchors' lock)
+        q = sa.select(s.logs.c.month).where(s.logs.c.provider == p, s.logs.c.size > 0)
+        logged = set(c.execute(q).scalars())
         done = set(c.execute(sa.select(s.closes.c.month).where(s.closes.c.provider == p)).scalars())
     return [{"month": m, "closed": m in done} for m in sorted(logged | done, reverse=True)]
 

@@ -7,15 +7,18 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
 
 from collector import db
-from protocol.keys import AgentKey, load_or_create_private_key
+from collector import schema as s
+from protocol.keys import AgentKey, create_file_once, load_or_create_private_key
 
 ENV_DATA_DIR = "TR7_COLLECTOR_DATA_DIR"
 ENV_DB = "TR7_COLLECTOR_DB"
 ENV_ORIGIN = "TR7_COLLECTOR_ORIGIN"
 DEFAULT_DATA_DIR = "/var/lib/tr7-collector"
+IDENTITY = "collector_verifier_key"  # meta row: name+keyid+key of the key signing checkpoints
 _ORIGIN_RE = re.compile(r"^[A-Za-z0-9._-]+\Z")  # \Z, not $: a final newline would end the note line
 
 
@@ -51,7 +54,8 @@ class Settings:
         origin = self.origin_override or socket.gethostname() or "tr7-collector"
         if not _ORIGIN_RE.match(origin):
             raise SetupError(f"collector origin {origin!r} must be [A-Za-z0-9._-]+")
-        path.write_text(origin + "\n")
+        if not create_file_once((origin + "\n").encode(), path):  # another process was first
+            return self.origin
         return origin
 
     @cached_property
@@ -70,4 +74,24 @@ class Settings:
         _ = self.key, self.origin
         if migrate:
             db.migrate(self.engine)
+            db.write_tx(self.engine, self._claim_identity)
         return self.engine
+
+    def _claim_identity(self, conn: Connection) -> None:
+        """The database keeps the origin and verifier key its checkpoints are signed with, from the
+        first process that opens it, and refuses a data directory with others: hosts sharing one
+        PostgreSQL each made their own key, and a checkpoint one of them stored broke the audit
+        bundles the others exported (signed by a key not in their collector.pub)."""
+        from collector.tlog import signer  # tlog imports this module
+
+        mine = signer(self).verifier_key()
+        row = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY)).scalar()
+        if row is None:
+            conn.execute(s.meta.insert().values(key=IDENTITY, value=mine))  # a race: write_tx retries
+        elif row != mine:
+            raise SetupError(
+                f"this database's checkpoints are signed by collector key {row.split('+')[0]!r} "
+                f"({row}); the data directory {self.data_dir} holds another ({mine}): every collector "
+                "process on one database must share collector.key and origin (copy them from the "
+                "first host's data directory)"
+            )

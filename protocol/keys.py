@@ -4,6 +4,7 @@ import base64
 import binascii
 import hashlib
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,18 +100,36 @@ def save_private_key(key: AgentKey, path: Path) -> None:
     pem = key.private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    tmp = _written(pem, path)
+    os.replace(tmp, path)
+
+
+def _written(data: bytes, path: Path) -> Path:
+    """``data`` in a new 0600 file beside ``path``, synced: a name of this process's own (several
+    processes starting together on one data directory each wrote and renamed one shared temp
+    file, and one of them crashed), created exclusively, never through a planted symlink."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # A stale temp file from a crash keeps its old mode under O_CREAT; remove it and create anew,
-    # exclusively and without following a symlink planted there.
-    tmp.unlink(missing_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, pem)
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    return tmp
+
+
+def create_file_once(data: bytes, path: Path) -> bool:
+    """Write ``path`` whole unless it exists (then leave it): True if this call created it. The
+    file appears complete or not at all, and of processes racing, exactly one wins."""
+    tmp = _written(data, path)
+    try:
+        os.link(tmp, path)  # fails if another process got there first
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
 
 
 def load_private_key(path: Path) -> AgentKey:
@@ -129,5 +148,9 @@ def load_or_create_private_key(path: Path) -> tuple[AgentKey, bool]:
     if path.exists():
         return load_private_key(path), False
     key = AgentKey.generate()
-    save_private_key(key, path)
-    return key, True
+    pem = key.private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    if create_file_once(pem, path):
+        return key, True
+    return load_private_key(path), False  # another process created it meanwhile: theirs stands

@@ -102,7 +102,9 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
     sess.require(roles.AUDIT)
     with conn(request) as c:
         logs = c.execute(
-            sa.select(s.logs).where(s.logs.c.provider == provider).order_by(s.logs.c.month.desc())
+            sa.select(s.logs)
+            .where(s.logs.c.provider == provider, s.logs.c.size > 0)  # close makes an empty month before
+            .order_by(s.logs.c.month.desc())
         ).all()
         cps = c.execute(
             sa.select(
@@ -132,9 +134,10 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
 
 def _bundle(request: Request, provider: str, month: str, tmp: Path) -> tuple[Path, bool]:
     settings = request.app.state.settings
-    return db.write_tx(
-        request.app.state.engine, lambda c: export(c, settings, provider, month, tmp / "bundle")
-    )
+    # One read snapshot (db.read_conn), as `tr7-collector export`: a write transaction was READ
+    # COMMITTED on PostgreSQL (statements saw ingest's commits midway) and held SQLite's lock.
+    with db.read_conn(request.app.state.engine) as c:
+        return export(c, settings, provider, month, tmp / "bundle")
 
 
 @router.get("/p/{provider}/audit/{month}/bundle.tar.gz")

@@ -153,19 +153,31 @@ def test_operator_workflow(tmp_path, db_url, tools):
 
 
 def test_concurrent_first_start_migrates_once(tmp_path, db_url):
+    """Processes starting together on a fresh data directory and database: one key and origin
+    (each wrote and renamed one shared temp file, and one crashed), one migration; a data
+    directory with another key is then refused (its checkpoints would break the others' bundles)."""
     env = {**os.environ, "TR7_COLLECTOR_DB": db_url, "TR7_COLLECTOR_ORIGIN": "cli.test"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "migrate", "--data-dir", str(tmp_path / f"d{i}")],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+
+    def migrate(data: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "collector.cli", "migrate", "--data-dir", str(data)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
-        for i in range(3)
-    ]
+
+    procs = [migrate(tmp_path / "d") for _ in range(4)]
     for p in procs:
         _out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()
+    assert sorted(x.name for x in (tmp_path / "d").iterdir() if x.name.endswith(".tmp")) == []
+    other = migrate(tmp_path / "other")
+    _out, err = other.communicate(timeout=300)
+    assert other.returncode == 1 and "must share collector.key and origin" in err.decode()
+    import shutil
+
+    for name in ("collector.key", "origin"):  # as the operator copies them to a second host
+        shutil.copy(tmp_path / "d" / name, tmp_path / "other" / name)
+    again = migrate(tmp_path / "other")
+    assert again.communicate(timeout=300) and again.returncode == 0
     import sqlalchemy as sa
     from alembic.script import ScriptDirectory
 

@@ -218,3 +218,21 @@ def test_migration_0009_keeps_closes_and_reads_old_ones_as_before(settings, tool
         frozen = accounting.closed(c, "acme", m)
         assert accounting.own_result(c, "acme", m) == (frozen.usage, frozen.invoice)
         assert accounting.catalog_for(c, "acme", m)[1]["provider"]["id"] == "acme"
+
+
+def test_a_read_connection_sees_one_snapshot(settings, tools):
+    """export reads the log, the anchors and the leaves in several statements: an ingest that
+    commits meanwhile must not show in the later ones (PostgreSQL's READ COMMITTED did)."""
+    from collector import tlog
+
+    prev, m = _months()
+    a = tools.Agent()
+    tools.enrol(settings, "acme", a, month_bounds(prev)[0])
+    beats = [a.beat(month_bounds(m)[0] + i * H, {"TR7-0001": "running"}) for i in range(4)]
+    ingest_lines(settings.engine, beats[:2])
+    with db.read_conn(settings.engine) as c:
+        assert tlog.log_size(c, "acme", m) == 2
+        ingest_lines(settings.engine, beats[2:])  # commits in another connection
+        assert tlog.log_size(c, "acme", m) == 2 and len(tlog.leaf_tokens(c, "acme", m)) == 2
+    with db.read_conn(settings.engine) as c:
+        assert tlog.log_size(c, "acme", m) == 4
