@@ -117,7 +117,8 @@ def _customer(doc: dict[str, Any], customer: str) -> dict[str, Any]:
 
 @router.get("/p/{provider}/customers/{customer}")
 def customer_page(
-    provider: str, customer: str, request: Request, sess: SessionDep, month: str | None = None
+    provider: str, customer: str, request: Request, sess: SessionDep, month: str | None = None,
+    error: str | None = None,
 ) -> Response:
     provider_page(sess, provider)
     month, now = month_param(month), int(time.time())
@@ -173,7 +174,14 @@ def customer_page(
         closed=closed,
         account=acc_api.account_json(acc, email, now),
         events=events,
+        form_error=FORM_ERRORS.get(error or ""),
     )
+
+
+# What the account form's redirect may ask the page to say: a code, not a text (a link could
+# otherwise put any words on the provider's page).
+FORM_ERRORS = {"email": "Not recorded: the reminder e-mail must be one address such as ap@customer.example "
+                        "(no name, comment, list or spaces)."}
 
 
 @router.post("/p/{provider}/customers/{customer}/account")
@@ -191,7 +199,13 @@ def account_action(
     sess.require(roles.PAYMENTS)
     if action not in ("failed", "paid"):
         raise HTTPException(400, "action is failed or paid")
-    acc_api.record(request.app.state.engine, provider, customer, action, email or None, int(time.time()))
+    try:
+        acc_api.record(request.app.state.engine, provider, customer, action, email or None, int(time.time()))
+    except HTTPException as exc:
+        if exc.status_code != 422:
+            raise
+        # Back to the form with the reason shown there, not a JSON error page
+        return RedirectResponse(f"/ui/p/{provider}/customers/{customer}?error=email", status_code=303)
     return RedirectResponse(f"/ui/p/{provider}/customers/{customer}", status_code=303)
 
 
