@@ -24,6 +24,7 @@ from protocol.errors import ProtocolError
 from protocol.keys import AgentKey, load_private_key
 from protocol.timefmt import format_time
 
+CLOCK_STEP = 2.0  # seconds the wall clock may lag the monotonic one between two wakes (5 s)
 log = logging.getLogger("tr7.agent")
 
 
@@ -42,7 +43,7 @@ def check_state_dir(state_dir: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        probe.unlink()
+            probe.unlink(missing_ok=True)  # also when the write failed (a full disk): leave nothing
     except OSError as exc:
         raise StartupError(f"state directory {state_dir} is not writable: {exc.strerror or exc}") from exc
 
@@ -76,6 +77,8 @@ class Service:
         self.ship_thread: threading.Thread | None = None
         self.last_activity = time.monotonic()
         self.terminating = False
+        self.clock_back = 0.0  # seconds the wall clock stepped back, for the next poll to record
+        self.scheduler: BackgroundScheduler | None = None
 
     # ---- start-up -------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,12 +145,31 @@ class Service:
                     detail["last"])
         self.spool.record_event("clock_backwards", json.dumps(detail))
 
+    def watch_clock(self, wall: float, mono: float) -> tuple[float, float]:
+        """Called by the main loop at each wake with the clocks read at the last one. A wall clock
+        stepped back does not fire the scheduler at all (its next run is still in the future), so
+        the poll's own check never saw it: polls went silent until the clock caught up. Log it,
+        count it, re-align the slots to the new clock, and have the next poll record it."""
+        now_wall, now_mono = time.time(), time.monotonic()
+        back = (now_mono - mono) - (now_wall - wall)
+        if back > CLOCK_STEP:
+            self.metrics.clock_jumps.inc()
+            log.warning("event=clock_backwards back_seconds=%d action=reschedule", round(back))
+            self.clock_back += back
+            if self.scheduler is not None:
+                self._schedule(self.config.agent.interval)
+        return now_wall, now_mono
+
     def poll_job(self) -> None:
         self.last_activity = time.monotonic()
         with self.lock:
             poller, interval = self.poller, self.config.agent.interval
         when = int(time.time()) // interval * interval
         try:
+            back, self.clock_back = self.clock_back, 0.0
+            if back:  # recorded here, on the spool's own thread (see watch_clock)
+                self.spool.record_event("clock_backwards", json.dumps(
+                    {"now": format_time(int(time.time())), "back_seconds": round(back)}))
             head = self.spool.head(self.key.kid)
             if head.time is not None and when <= head.time:
                 # Never sign a time before the previous one: skip this slot (documented choice).
@@ -238,8 +260,10 @@ class Service:
             return 1
         sdnotify.notify(f"READY=1\nSTATUS=polling every {self.config.agent.interval}s")
         wd = sdnotify.watchdog_interval()
+        clocks = time.time(), time.monotonic()
         while True:
             self.stop.wait(min(wd, 5.0) if wd else 5.0)
+            clocks = self.watch_clock(*clocks)
             if self.reload_requested.is_set() and self.fatal is None and not self.terminating:
                 self.reload_requested.clear()
                 self.stop.clear()
@@ -263,7 +287,8 @@ class Service:
     def shutdown(self) -> int:
         sdnotify.notify("STOPPING=1")
         # wait=True: the poll in flight finishes and its transaction commits before we exit.
-        self.scheduler.shutdown(wait=True)
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
         self._stop_shipper(10)
         self.poller.close()
         self.spool.close()

@@ -181,6 +181,36 @@ def test_clock_backwards_skips_and_shows_in_status(tmp_path: Path, fake_registry
     assert st["clock_events"][0]["detail"]["last"] == "2026-09-21T14:13:00Z"
 
 
+def test_a_clock_stepped_back_between_polls_is_reported(tmp_path: Path, fake_registry: None,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real step back leaves the scheduler's next run in the future: no poll ran to notice it
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    cfg_path = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 60},
+                            [{"name": "l", "platform": "kvm"}])
+    service = Service(load_config(cfg_path))
+    service.key = load_key(service.config)
+    service.spool = Spool(state / "spool.db")
+    service.poller = Poller(service.config.adapters)
+    wall, mono = [1_790_000_030.0], [500.0]
+    monkeypatch.setattr(service_mod.time, "time", lambda: wall[0])
+    monkeypatch.setattr(service_mod.time, "monotonic", lambda: mono[0])
+    clocks = service.watch_clock(wall[0], mono[0])
+    wall[0] += 5.5
+    mono[0] += 5  # a wake 5 s later; the wall clock may drift a little: not a step
+    clocks = service.watch_clock(*clocks)
+    assert service.clock_back == 0.0 and service.metrics.clock_jumps._value.get() == 0
+    wall[0] -= 35
+    mono[0] += 5  # the wall clock stepped 40 s back between two wakes
+    service.watch_clock(*clocks)
+    assert round(service.clock_back) == 40 and service.metrics.clock_jumps._value.get() == 1
+    service.poll_job()  # the next poll records it
+    assert service.clock_back == 0.0
+    st = json.loads(run_cli("status", "--config", str(cfg_path), "--json").stdout)
+    assert [(e["kind"], e["detail"]["back_seconds"]) for e in st["clock_events"]] == [("clock_backwards", 40)]
+
+
 def test_aligned_start() -> None:
     assert aligned_start(300, 1_790_000_001.5).timestamp() == 1_790_000_100
     assert aligned_start(60, 1_790_000_041).timestamp() == 1_790_000_100
