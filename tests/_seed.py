@@ -134,3 +134,15 @@ def enrol(settings: Settings, provider: str, agent: Agent, at: int) -> None:
 def token(settings: Settings, provider: str | None, role: str, at: int = 0) -> str:
     """An API bearer token (role "vendor" with no provider for the vendor's)."""
     return db.write_tx(settings.engine, lambda c: registry.new_api_token(c, provider, role, at))
+
+
+def migrate_to(settings: Settings, target: str) -> None:
+    """Alembic to ``target`` on the settings' database (up for "head", down otherwise), as
+    `tr7-collector migrate` does: the migration tests' round trips."""
+    from alembic import command
+
+    cfg = db.alembic_config(settings.engine.url.render_as_string(hide_password=False))
+    with settings.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        (command.upgrade if target == "head" else command.downgrade)(cfg, target)
+        conn.commit()

@@ -155,8 +155,8 @@ def test_a_reload_naming_a_missing_ca_file_is_refused_not_fatal(tmp_path: Path, 
     assert "Traceback" not in err
 
 
-def test_clock_backwards_skips_and_shows_in_status(tmp_path: Path, fake_registry: None,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def _service_in_process(tmp_path: Path) -> tuple[Service, Path]:
+    """A Service with its key, spool and poller, polled by hand (no scheduler, no threads)."""
     state = tmp_path / "s"
     state.mkdir()
     save_private_key(AgentKey.generate(), state / "agent.key")
@@ -166,6 +166,12 @@ def test_clock_backwards_skips_and_shows_in_status(tmp_path: Path, fake_registry
     service.key = load_key(service.config)
     service.spool = Spool(state / "spool.db")
     service.poller = Poller(service.config.adapters)
+    return service, cfg_path
+
+
+def test_clock_backwards_skips_and_shows_in_status(tmp_path: Path, fake_registry: None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    service, cfg_path = _service_in_process(tmp_path)
     now = [1_790_000_030.0]
     monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
     service.poll_job()
@@ -184,15 +190,7 @@ def test_clock_backwards_skips_and_shows_in_status(tmp_path: Path, fake_registry
 def test_a_clock_stepped_back_between_polls_is_reported(tmp_path: Path, fake_registry: None,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # A real step back leaves the scheduler's next run in the future: no poll ran to notice it
-    state = tmp_path / "s"
-    state.mkdir()
-    save_private_key(AgentKey.generate(), state / "agent.key")
-    cfg_path = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 60},
-                            [{"name": "l", "platform": "kvm"}])
-    service = Service(load_config(cfg_path))
-    service.key = load_key(service.config)
-    service.spool = Spool(state / "spool.db")
-    service.poller = Poller(service.config.adapters)
+    service, cfg_path = _service_in_process(tmp_path)
     wall, mono = [1_790_000_030.0], [500.0]
     monkeypatch.setattr(service_mod.time, "time", lambda: wall[0])
     monkeypatch.setattr(service_mod.time, "monotonic", lambda: mono[0])

@@ -55,4 +55,5 @@ def tools() -> Any:
     T.enrol = staticmethod(enrol)  # type: ignore[attr-defined]
     T.catalog = staticmethod(catalog)  # type: ignore[attr-defined]
     T.new_pg_database = staticmethod(new_database)  # type: ignore[attr-defined]
+    T.migrate_to = staticmethod(_seed.migrate_to)  # type: ignore[attr-defined]
     return T

@@ -15,9 +15,8 @@ from collector.accounts import machine as m
 from collector.accounts import store
 from collector.cli import main as collector_main
 from collector.web import auth
-from tests import _seed
-from tests.collector import _mailbox
-from tests.collector._mailbox import T0, Mailbox
+from tests import _mailbox, _seed
+from tests._mailbox import T0, Mailbox
 
 smtp = _mailbox.smtp  # the local SMTP server fixture
 

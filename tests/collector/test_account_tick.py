@@ -15,9 +15,8 @@ from collector.accounts import api, store
 from collector.accounts import machine as m
 from collector.accounts.mail import SmtpSettings, smtp_mailer
 from collector.cli import main as collector_main
-from tests import _seed
-from tests.collector import _mailbox
-from tests.collector._mailbox import DAY, T0, Mailbox
+from tests import _mailbox, _seed
+from tests._mailbox import DAY, T0, Mailbox
 
 smtp = _mailbox.smtp  # the local SMTP server fixture
 

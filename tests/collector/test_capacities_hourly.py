@@ -3,7 +3,6 @@ database's day rows split into the same rows by the upgrade and merged back by t
 
 import sqlalchemy as sa
 
-from collector import db
 from collector import schema as s
 from collector.ingest import ingest_lines
 
@@ -40,20 +39,10 @@ def test_ingest_keeps_a_row_per_hour(settings, tools) -> None:
     ]
 
 
-def _migrate(settings, target: str) -> None:
-    from alembic import command
-
-    cfg = db.alembic_config(settings.engine.url.render_as_string(hide_password=False))
-    with settings.engine.connect() as conn:
-        cfg.attributes["connection"] = conn
-        (command.upgrade if target == "head" else command.downgrade)(cfg, target)
-        conn.commit()
-
-
 def test_migration_0006_splits_day_rows_and_downgrade_merges_them(settings, tools) -> None:
     _ingest(settings, tools)
     hourly = _rows(settings)
-    _migrate(settings, "0005_catalogs_retroactive")
+    tools.migrate_to(settings, "0005_catalogs_retroactive")
     with settings.engine.connect() as c:
         cols = {x["name"] for x in sa.inspect(c).get_columns("capacities")}
         days = {r.day: r.offsets for r in c.execute(sa.text("SELECT day, offsets FROM capacities"))}
@@ -63,7 +52,7 @@ def test_migration_0006_splits_day_rows_and_downgrade_merges_them(settings, tool
         0: ",".join(str(h * H + 1200 * k) for h in (22, 23) for k in range(3)),
         DAY: ",".join(str(h * H + 1200 * k) for h in (0, 1) for k in range(3)),
     }
-    _migrate(settings, "head")
+    tools.migrate_to(settings, "head")
     assert _rows(settings) == hourly
     # Ingest goes on appending to the migrated rows (same key, same primary key name on PostgreSQL).
     agent = tools.Agent("b")

@@ -195,7 +195,6 @@ def test_a_closed_months_bundle_keeps_verifying_after_later_records(settings, to
 
 def test_migration_0009_keeps_closes_and_reads_old_ones_as_before(settings, tools):
     import sqlalchemy as sa
-    from alembic import command
 
     from collector import schema as s
 
@@ -206,12 +205,8 @@ def test_migration_0009_keeps_closes_and_reads_old_ones_as_before(settings, tool
     beats = [a.beat(month_bounds(m)[0] + i * H, {"TR7-0001": "running"}) for i in range(5)]
     ingest_lines(settings.engine, beats)
     db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", m))
-    cfg = db.alembic_config(settings.engine.url.render_as_string(hide_password=False))
-    for step, target in ((command.downgrade, "0008_spool_lag"), (command.upgrade, "head")):
-        with settings.engine.connect() as conn:
-            cfg.attributes["connection"] = conn
-            step(cfg, target)
-            conn.commit()
+    for target in ("0008_spool_lag", "head"):
+        tools.migrate_to(settings, target)
     with db.read_conn(settings.engine) as c:
         row = c.execute(sa.select(s.closes)).one()
         assert (row.catalog_doc, row.anchor_size) == (None, None)  # not recorded before 0009

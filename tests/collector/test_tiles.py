@@ -82,8 +82,6 @@ def test_missing_tiles_are_computed_from_the_leaves(settings) -> None:
 
 
 def test_ingest_writes_tiles_and_migration_0007_backfills_them(settings, tools) -> None:
-    from alembic import command
-
     agent = tools.Agent("a")
     t0 = 1_796_083_200  # 2026-12-01
     tools.enrol(settings, "acme", agent, t0 - 86400)
@@ -102,12 +100,8 @@ def test_ingest_writes_tiles_and_migration_0007_backfills_them(settings, tools) 
     note = db.write_tx(settings.engine, lambda c: tlog.checkpoint(c, settings, "acme", month))
     assert note.split("\n")[2] == __import__("base64").b64encode(root_hash(leaves)).decode()
 
-    cfg = db.alembic_config(settings.engine.url.render_as_string(hide_password=False))
-    for step, target in ((command.downgrade, "0006_capacities_hourly"), (command.upgrade, "head")):
-        with settings.engine.connect() as conn:
-            cfg.attributes["connection"] = conn
-            step(cfg, target)
-            conn.commit()
+    for target in ("0006_capacities_hourly", "head"):
+        tools.migrate_to(settings, target)
         with settings.engine.connect() as conn:
             assert ("tiles" in sa.inspect(conn).get_table_names()) == (target == "head")
     with db.read_conn(settings.engine) as c:

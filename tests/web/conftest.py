@@ -2,17 +2,16 @@
 
 import socket
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from collector.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests/_seed.py
+from tests import _mailbox
 from tests import _seed as seed
 
 
@@ -41,34 +40,7 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
 client = seed.client  # the shared fixture
 
 
-class Mailbox:
-    """aiosmtpd handler keeping every message it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        from email import message_from_bytes
-
-        with self.lock:
-            self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
-    box = Mailbox()
-    port = free_port()
-    ctl = Controller(box, hostname="127.0.0.1", port=port)
-    ctl.start()
-    monkeypatch.setenv("TR7_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("TR7_SMTP_PORT", str(port))
-    monkeypatch.setenv("TR7_SMTP_FROM", "billing@acme.example")
-    try:
-        yield box
-    finally:
-        ctl.stop()
+smtp = _mailbox.smtp  # the local SMTP server fixture (tests/_mailbox.py)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A local SMTP server (aiosmtpd) for the account tests on both databases, and their start time."""
+"""A local SMTP server (aiosmtpd) keeping what it receives, for the account tests; their start time."""
 
 import socket
 import threading
