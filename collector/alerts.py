@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from billing import PricingError
 from collector import accounting, evidence
 from collector import schema as s
 from protocol.timefmt import format_time, month_bounds
@@ -73,24 +74,25 @@ def agent_health(conn: Connection, provider: str, month: str, now: int) -> list[
 
 
 def clones(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
-    """One instance id seen on two different vms in the same hour."""
+    """One instance id running on two different vms in the same hour (a stopped copy, such as a
+    powered-off clone or a restored backup, is not a second running instance)."""
     m0, m1 = month_bounds(month)
     d = s.days.c
     dup = (
         sa.select(d.day, d.instance)
-        .where(d.provider == provider, d.day >= m0, d.day < m1)
+        .where(d.provider == provider, d.day >= m0, d.day < m1, d.active != 0)
         .group_by(d.day, d.instance)
         .having(sa.func.count() > 1)
         .subquery()
     )
     rows = conn.execute(
-        sa.select(d.day, d.instance, d.vm, d.seen)
+        sa.select(d.day, d.instance, d.vm, d.active)
         .join(dup, sa.and_(d.day == dup.c.day, d.instance == dup.c.instance))
-        .where(d.provider == provider)
+        .where(d.provider == provider, d.active != 0)
     )
     per: dict[tuple[int, str], list[tuple[str, int]]] = defaultdict(list)
     for r in rows:
-        per[(r.day, r.instance)].append((r.vm, r.seen))
+        per[(r.day, r.instance)].append((r.vm, r.active))
     out = []
     for (day, inst), vms in sorted(per.items()):
         for (va, ba), (vb, bb) in combinations(sorted(vms), 2):
@@ -132,6 +134,12 @@ def alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[s
         usage, _inv = accounting.own_result(conn, provider, month)
     except accounting.AccountingError:
         return out  # no catalog yet: licensing alerts need one
+    except PricingError as exc:
+        # The month cannot be billed (billing-v1.md §4: no invoice rather than a wrong one): that is
+        # an alert itself, and the chain and clone alerts above still stand.
+        out.append({"type": "pricing_error", "license": exc.license, "capacity": exc.capacity,
+                    "detail": str(exc)})
+        return out
     out += [
         {"type": "unlicensed", "instance": u["instance"], "hours": u["hours"]} for u in usage["unlicensed"]
     ]

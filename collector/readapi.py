@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Connection
 from starlette.routing import compile_path
 
+from billing import PricingError
 from collector import accounting, alerts, db, registry, roles
 from collector import schema as s
 from protocol.timefmt import format_time, month_bounds, month_of, parse_month
@@ -202,3 +203,5 @@ def invoice(provider: str, month: str, request: Request, scope: ScopeDep) -> dic
             return accounting.invoice(c, scope.require_provider(provider), month)
         except accounting.AccountingError as exc:
             raise HTTPException(404, str(exc)) from exc
+        except PricingError as exc:  # the catalog cannot price the month: no invoice, not a wrong one
+            raise HTTPException(409, str(exc)) from exc

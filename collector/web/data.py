@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from markupsafe import Markup
 from sqlalchemy.engine import Connection
 
+from billing import PricingError
 from billing.compute import bridged_hours
 from collector import accounting, alerts, db, registry
 from collector import schema as s
@@ -131,8 +132,8 @@ def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any]
         try:
             usage, _own = accounting.own_result(c, provider, month)
             return usage, accounting.invoice(c, provider, month)
-        except accounting.AccountingError:
-            return None
+        except (accounting.AccountingError, PricingError):
+            return None  # no catalog, or one that cannot price the month (the alerts say which)
 
     return cached(conn, ("results", db_id(conn), provider, month), (), compute)
 

@@ -83,3 +83,36 @@ def test_last_heartbeat_is_the_latest_of_any_month(settings, tools):
         (health,) = alerts.agent_health(c, "acme", m, m0 + 7200 + 600)
     assert health["last_heartbeat"] == format_time(m0 + 7200) and health["last_seq"] == 2
     assert not health["silent"]
+
+
+def test_a_stopped_copy_is_no_clone_and_an_unpriceable_month_still_has_its_alerts(client, settings, tools):
+    m = previous_month(month_of(int(time.time())))
+    m0 = month_bounds(m)[0]
+    cat = tools.catalog()
+    cat["licenses"][0]["capacity"][0]["bandwidth_mbps"] = 5000  # no hourly rate goes that high
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, cat))
+    a, b = tools.Agent("a"), tools.Agent("b")
+    for ag in (a, b):
+        tools.enrol(settings, "acme", ag, m0 - 86400)
+    h = m0 + 5 * 3600
+    lines = [
+        a.beat(h + 60, {"TR7-0001": "running"}, vm="vm-a"),
+        b.beat(h + 120, {"TR7-0001": "stopped"}, vm="vm-b"),  # a powered-off clone: no clone alert
+        a.beat(h + 3600, {"TR7-0009": "stopped"}, vm="vm-c"),
+        b.beat(h + 3660, {"TR7-0009": "stopped"}, vm="vm-d"),  # both stopped: none either
+        a.beat(h + 7200, {"TR7-0001": "running"}, vm="vm-a"),
+        b.beat(h + 7260, {"TR7-0001": "running"}, vm="vm-b"),  # both running: the clone
+    ]
+    r = client.post("/v1/heartbeats", content="\n".join(lines), headers={"Content-Type": "text/plain"})
+    assert {x["status"] for x in r.json()["results"]} == {"accepted"}
+    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    auth = {"Authorization": f"Bearer {tok}"}
+    r = client.get("/v1/providers/acme/alerts", params={"month": m}, headers=auth)
+    assert r.status_code == 200
+    found = r.json()["alerts"]
+    clones = [(x["instance"], x["hour"]) for x in found if x["type"] == "clone"]
+    assert clones == [("TR7-0001", format_time(h + 7200))]
+    [priced] = [x for x in found if x["type"] == "pricing_error"]
+    assert priced["license"] == "SL-1" and "no rates.hourly entry" in priced["detail"]
+    r = client.get(f"/v1/providers/acme/invoices/{m}", headers=auth)
+    assert r.status_code == 409 and "no rates.hourly entry" in r.json()["detail"]
