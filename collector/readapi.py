@@ -192,7 +192,12 @@ def invoice_months(provider: str, request: Request, scope: ScopeDep) -> list[dic
         q = sa.select(s.logs.c.month).where(s.logs.c.provider == p, s.logs.c.size > 0)
         logged = set(c.execute(q).scalars())
         done = set(c.execute(sa.select(s.closes.c.month).where(s.closes.c.provider == p)).scalars())
-    return [{"month": m, "closed": m in done} for m in sorted(logged | done, reverse=True)]
+    # Late data of a closed month is billed on the first open month after it (billing-v1.md §6),
+    # which may hold no heartbeat of its own: its invoice exists all the same (up to this month).
+    current = month_of(int(time.time()))
+    landing = {accounting.first_open_after(m, done) for m in done}
+    months = logged | done | {m for m in landing if m <= current}
+    return [{"month": m, "closed": m in done} for m in sorted(months, reverse=True)]
 
 
 @router.get("/providers/{provider}/invoices/{month}")

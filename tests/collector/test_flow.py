@@ -231,3 +231,21 @@ def test_a_read_connection_sees_one_snapshot(settings, tools):
         assert tlog.log_size(c, "acme", m) == 2 and len(tlog.leaf_tokens(c, "acme", m)) == 2
     with db.read_conn(settings.engine) as c:
         assert tlog.log_size(c, "acme", m) == 4
+
+
+def test_the_month_adjustments_land_on_is_listed_without_heartbeats_of_its_own(client, settings, tools):
+    m, n = _months()
+    m0 = month_bounds(m)[0]
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a = tools.Agent()
+    tools.enrol(settings, "acme", a, m0 - 86400)
+    beats = [a.beat(m0 + i * 1800, {"TR7-0001": "running"}) for i in range(6)]
+    ingest_lines(settings.engine, beats[:2])
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", m))
+    ingest_lines(settings.engine, beats[2:])  # late: adjustment lines on n, which has no heartbeat
+    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    auth = {"Authorization": f"Bearer {tok}"}
+    listed = client.get("/v1/providers/acme/invoices", headers=auth).json()
+    assert {"month": n, "closed": False} in listed and {"month": m, "closed": True} in listed
+    inv = client.get(f"/v1/providers/acme/invoices/{n}", headers=auth).json()
+    assert [x["adjusts"] for x in inv["lines"]] == [m]
