@@ -104,6 +104,28 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
 _CACHE_SIZE = 32
 _cache: dict[tuple[Any, ...], tuple[str, str]] = {}
 _cache_lock = threading.Lock()
+_quarantine: dict[tuple[Any, ...], frozenset[str]] = {}
+
+
+def quarantined(conn: Connection, provider: str, month: str) -> frozenset[str]:
+    """The digests the chain rules quarantine in the month (forks, breaks), kept until either log
+    grows, as own_result's documents are."""
+    key = (
+        conn.engine.url.render_as_string(),
+        provider,
+        month,
+        tlog.log_size(conn, provider, month),
+        tlog.log_size(conn, provider, previous_month(month)),
+    )
+    with _cache_lock:
+        hit = _quarantine.get(key)
+    if hit is None:
+        hit = frozenset(evidence.chain_analysis(conn, provider, month).quarantined)
+        with _cache_lock:
+            _quarantine[key] = hit
+            while len(_quarantine) > _CACHE_SIZE:
+                _quarantine.pop(next(iter(_quarantine)))
+    return hit
 
 
 def full_result(

@@ -7,7 +7,7 @@ leaves of those hours only, so the aggregates never have to be rewritten.
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -166,6 +166,22 @@ def activity(conn: Connection, provider: str, month: str, quarantined: set[str])
                    seen_bits={k: v for k, v in seen.items() if v}, bits_base=m0)
     act.declared = _Declared(conn, provider, month, rebuilt)
     return act
+
+
+def without_quarantined(
+    conn: Connection, provider: str, month: str, quarantined: Collection[str],
+    active: dict[str, int], seen: dict[str, int],
+) -> None:
+    """Month bitsets (instance -> int, bit i = the hour m0 + i * HOUR, straight from the day
+    rows) as billing counts them: the cells quarantined leaves touched are rebuilt from the other
+    leaves of those hours, in place, for the instances in ``seen`` only. The read API and the
+    pages read the aggregates too, and counted the hours of a fork's copies (billing-v1.md §1)."""
+    if not quarantined:
+        return
+    a, s_ = defaultdict(int, active), defaultdict(int, seen)
+    _rebuild(conn, provider, month, set(quarantined), a, s_)
+    for inst in list(seen):
+        active[inst], seen[inst] = a[inst], s_[inst]
 
 
 def _rebuild(

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from starlette.routing import compile_path
 
 from billing import PricingError
-from collector import accounting, alerts, db, registry, roles
+from collector import accounting, alerts, db, evidence, registry, roles
 from collector import schema as s
 from protocol.timefmt import format_time, month_bounds, month_of, parse_month
 
@@ -141,22 +141,30 @@ def licenses(provider: str, request: Request, scope: ScopeDep) -> list[dict[str,
 
 @router.get("/providers/{provider}/instances")
 def instances(provider: str, request: Request, scope: ScopeDep, month: str | None = None) -> dict[str, Any]:
-    """Per instance, active and seen hours per UTC day of the month (from the hour aggregates)."""
+    """Per instance, active and seen hours per UTC day of the month (from the hour aggregates,
+    without the hours only quarantined heartbeats gave, as billing counts them)."""
     month = _month(month)
     m0, m1 = month_bounds(month)
     d = s.days.c
     per: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
+    active: dict[str, int] = defaultdict(int)
+    seen: dict[str, int] = defaultdict(int)
     with _conn(request) as c:
-        q = sa.select(d.instance, d.day, d.active, d.seen).where(
+        q = sa.select(d.instance, (d.day - m0) // 3600, d.active, d.seen).where(
             d.provider == scope.require_provider(provider), d.day >= m0, d.day < m1
         )
-        merged: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
-        for r in c.execute(q):
-            m = merged[(r.instance, r.day)]
-            m[0] |= r.active
-            m[1] |= r.seen
-    for (inst, day), (a, n) in sorted(merged.items()):
-        per[inst][format_time(day)[:10]] = {"active_hours": a.bit_count(), "seen_hours": n.bit_count()}
+        for inst, k, a, n in c.execute(q):  # month bitsets: bit i is the hour m0 + i h
+            active[inst] |= a << k
+            seen[inst] |= n << k
+        quarantined = accounting.quarantined(c, provider, month)
+        evidence.without_quarantined(c, provider, month, quarantined, active, seen)
+    for inst in sorted(seen):
+        for day in range(m0, m1, 86400):
+            k = (day - m0) // 3600
+            a, n = active[inst] >> k & 0xFFFFFF, seen[inst] >> k & 0xFFFFFF
+            if n:
+                day_text = format_time(day)[:10]
+                per[inst][day_text] = {"active_hours": a.bit_count(), "seen_hours": n.bit_count()}
     return {
         "provider": provider,
         "month": month,

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from billing import PricingError
 from billing.compute import bridged_hours
-from collector import accounting, alerts, db, registry
+from collector import accounting, alerts, db, evidence, registry
 from collector import schema as s
 from collector.accounts import machine as m
 from collector.accounts import store as acc_store
@@ -176,13 +176,35 @@ def hour_sets(
         q = q.where(d.day.in_(month_days(month)), d.instance.in_(instances))
     else:
         q = q.where(d.day >= m0, d.day < m1)
+    a_bits: dict[str, int] = defaultdict(int)
+    s_bits: dict[str, int] = defaultdict(int)
+    for inst, day, act, bits in conn.execute(q):  # unpacked: Row attribute access is slow
+        k = (day - m0) // HOUR
+        s_bits[inst] |= bits << k
+        a_bits[inst] |= act << k
+    # As billing counts them: not the hours only quarantined heartbeats (a fork's copies) gave
+    evidence.without_quarantined(
+        conn, provider, month, accounting.quarantined(conn, provider, month), a_bits, s_bits
+    )
     active: dict[str, set[int]] = defaultdict(set)
     seen: dict[str, set[int]] = defaultdict(set)
-    for inst, day, act, bits in conn.execute(q):  # unpacked: Row attribute access is slow
-        seen[inst].update(day + off for off in _offsets(bits))
-        if act:
-            active[inst].update(day + off for off in _offsets(act))
+    for inst, bits in s_bits.items():
+        seen[inst].update(_hours(m0, bits))
+        if a_bits[inst]:
+            active[inst].update(_hours(m0, a_bits[inst]))
     return active, seen
+
+
+def _hours(m0: int, bits: int) -> list[int]:
+    """The hour starts of a month bitset (bit i = m0 + i h), a day's 24 bits at a time."""
+    out: list[int] = []
+    day = m0
+    while bits:
+        if bits & 0xFFFFFF:
+            out.extend(day + off for off in _offsets(bits & 0xFFFFFF))
+        bits >>= 24
+        day += DAY
+    return out
 
 
 CODES = {"active": "a", "inactive": "i", "unknown": "u", "bridged": "b"}
@@ -230,19 +252,22 @@ def active_hours(conn: Connection, provider: str, month: str) -> dict[str, int]:
 
 
 def _active_hours(conn: Connection, provider: str, month: str) -> dict[str, int]:
+    """Every instance seen in the month (so its length counts instances seen, also those only
+    seen stopped), with its active hours, as billing counts them."""
     m0, m1 = month_bounds(month)
     d = s.days.c
-    merged: dict[tuple[str, int], int] = defaultdict(int)
-    for inst, day, bits in conn.execute(
-        sa.select(d.instance, d.day, d.active).where(
-            d.provider == provider, d.day >= m0, d.day < m1, d.active != 0
+    active: dict[str, int] = defaultdict(int)
+    seen: dict[str, int] = defaultdict(int)
+    for inst, k, a, n in conn.execute(
+        sa.select(d.instance, (d.day - m0) // HOUR, d.active, d.seen).where(
+            d.provider == provider, d.day >= m0, d.day < m1
         )
     ):
-        merged[(inst, day)] |= bits
-    out: dict[str, int] = defaultdict(int)
-    for (inst, _day), bits in merged.items():
-        out[inst] += bits.bit_count()
-    return dict(out)
+        active[inst] |= a << k
+        seen[inst] |= n << k
+    quarantined = accounting.quarantined(conn, provider, month)
+    evidence.without_quarantined(conn, provider, month, quarantined, active, seen)
+    return {inst: active[inst].bit_count() for inst, bits in seen.items() if bits}
 
 
 def month_days(month: str) -> list[int]:

@@ -3,6 +3,7 @@
 import time
 
 from collector import db, registry
+from collector.ingest import ingest_lines
 from protocol.timefmt import format_time, month_bounds, month_of, previous_month
 
 
@@ -116,3 +117,30 @@ def test_a_stopped_copy_is_no_clone_and_an_unpriceable_month_still_has_its_alert
     assert priced["license"] == "SL-1" and "no rates.hourly entry" in priced["detail"]
     r = client.get(f"/v1/providers/acme/invoices/{m}", headers=auth)
     assert r.status_code == 409 and "no rates.hourly entry" in r.json()["detail"]
+
+
+def test_hours_only_a_forks_copies_gave_are_not_active_on_the_api(client, settings, tools):
+    from collector import accounting
+
+    m = previous_month(month_of(int(time.time())))
+    m0 = month_bounds(m)[0]
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, m0 - 86400)
+    h = m0 + 10 * 3600
+    first = a.beat(h, {"TR7-0001": "running"})
+    seq2_prev, seq2 = a.prev, a.seq
+    copy1 = a.beat(h + 3600, {"TR7-0001": "running"})  # seq 2: the only evidence of 11:00 ...
+    a.seq, a.prev = seq2, seq2_prev
+    copy2 = a.beat(h + 3700, {"TR7-0001": "running"})  # ... signed twice (a restored snapshot)
+    rest = [a.beat(h + 7200 + 60 * i, {"TR7-0001": "running"}) for i in range(2)]
+    for batch in ([first, copy1], [copy2, *rest]):  # the copies arrive in different batches
+        ingest_lines(settings.engine, batch)
+    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    got = client.get("/v1/providers/acme/instances", params={"month": m},
+                     headers={"Authorization": f"Bearer {tok}"}).json()["instances"]
+    day = format_time(m0 + 10 * 3600)[:10]
+    assert got == [{"instance": "TR7-0001", "days": {day: {"active_hours": 2, "seen_hours": 2}}}]
+    with db.read_conn(settings.engine) as c:
+        usage, _inv = accounting.own_result(c, "acme", m)
+    assert usage["rows"][0]["active_hours"] == 2  # the bill counts 10:00 and 12:00, as the API
