@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 from billing import PricingError
 from collector import accounting, evidence
 from collector import schema as s
-from protocol.timefmt import format_time, month_bounds
+from protocol.timefmt import format_time, month_bounds, previous_month
 
 SILENT_INTERVALS = 3  # an agent is silent after 3 of its poll intervals without a heartbeat
 
@@ -110,6 +110,31 @@ def clones(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
     return out
 
 
+def forks_across_months(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
+    """Heartbeats of the month with a seq below its anchor's (the key's last of the month before)
+    that the month before also holds, as another JWS: a fork across the boundary (a host restored
+    from a snapshot taken last month). The chain rules see only the anchor, as an auditor's bundle
+    does, so only a reuse of the anchor's own seq is quarantined; this finds the rest, for the
+    alert (docs/protocol-decisions.md, "Chain analysis across the month boundary")."""
+    L = s.leaves.c
+    before = previous_month(month)
+    out = []
+    for kid, anchor in sorted(evidence.anchors(conn, provider, month).items()):
+        mine = sa.select(L.seq).where(L.provider == provider, L.month == month, L.kid == kid)
+        below = set(conn.execute(mine.where(L.seq < anchor.seq)).scalars())
+        if not below:
+            continue
+        again = conn.execute(
+            sa.select(L.seq).distinct().where(
+                L.provider == provider, L.month == before, L.kid == kid, L.seq.in_(sorted(below))
+            ).order_by(L.seq)
+        ).scalars().all()
+        if again:
+            out.append({"type": "fork_across_months", "agent": kid, "month_before": before,
+                        "seqs": [int(x) for x in again]})
+    return out
+
+
 def alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for a in agent_health(conn, provider, month, now):
@@ -129,6 +154,7 @@ def alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[s
                     "last_heartbeat": a["last_heartbeat"],
                 }
             )
+    out += forks_across_months(conn, provider, month)
     out += clones(conn, provider, month)
     try:
         usage, _inv = accounting.own_result(conn, provider, month)

@@ -144,3 +144,26 @@ def test_hours_only_a_forks_copies_gave_are_not_active_on_the_api(client, settin
     with db.read_conn(settings.engine) as c:
         usage, _inv = accounting.own_result(c, "acme", m)
     assert usage["rows"][0]["active_hours"] == 2  # the bill counts 10:00 and 12:00, as the API
+
+
+def test_a_fork_across_the_month_boundary_is_an_alert(client, settings, tools):
+    from collector import alerts
+
+    m = previous_month(month_of(int(time.time())))
+    m0 = month_bounds(m)[0]
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, m0 - 7 * 86400)
+    october = [a.beat(m0 - 3600 * (6 - i), {"TR7-0001": "running"}) for i in range(2)]
+    snapshot = a.seq, a.prev  # the host's snapshot, taken before seq 3
+    october += [a.beat(m0 - 3600 * (4 - i), {"TR7-0001": "running"}) for i in range(4)]  # seq 3..6
+    a.seq, a.prev = snapshot  # restored: seq 3 and 4 are signed again, in the month
+    month = [a.beat(m0 + 3600 * i, {"TR7-0001": "running"}) for i in range(2)]
+    # and, on another key, a clock going back across the boundary is no fork (its seq is only here)
+    b = tools.Agent("b")
+    tools.enrol(settings, "acme", b, m0 - 7 * 86400)
+    late = [b.beat(m0 + 300, {"TR7-0002": "running"}), b.beat(m0 - 300, {"TR7-0002": "running"})]
+    assert {r["status"] for r in ingest_lines(settings.engine, october + month + late)} == {"accepted"}
+    with db.read_conn(settings.engine) as c:
+        found = alerts.forks_across_months(c, "acme", m)
+    assert found == [{"type": "fork_across_months", "agent": a.kid, "month_before": previous_month(m),
+                      "seqs": [3, 4]}]
