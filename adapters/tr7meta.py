@@ -5,6 +5,8 @@ import re
 
 from adapters.base import Capacity
 
+MAX_INT = 2**63 - 1  # the largest integer heartbeat-v1 §2 takes
+
 log = logging.getLogger("tr7.adapters")
 
 INSTANCE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
@@ -39,9 +41,11 @@ def _int(value: str | None, key: str, vm: str, problems: ProblemLog) -> int | No
     if value is None or value == "":
         return None
     v = value.strip()
-    if v.isdigit() and v.isascii():
+    # Up to 2^63-1, as heartbeat-v1 §2 takes it: a larger one failed the whole heartbeat's
+    # check, and so every observation of the adapter, at every poll.
+    if v.isdigit() and v.isascii() and len(v) <= 19 and int(v) <= MAX_INT:
         return int(v)
-    problems.warn(vm, f"{key}={value!r} is not a non-negative integer; left out of capacity")
+    problems.warn(vm, f"{key}={value!r} is not an integer from 0 to 2^63-1; left out of capacity")
     return None
 
 
