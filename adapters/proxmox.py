@@ -2,7 +2,8 @@
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections import defaultdict, deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ from adapters.base import (
 from adapters.credentials import SecretError
 from adapters.tr7meta import ProblemLog, parse_notes, recognise
 
+DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the partial result (as aws, azure)
 log = logging.getLogger("tr7.adapters.proxmox")
 
 # QMP run states (qmpstatus of status/current) of a VM whose QEMU process runs. States where the
@@ -154,7 +156,7 @@ class ProxmoxAdapter(Adapter):
         return api
 
     def poll(self) -> PollResult:
-        deadline = time.monotonic() + self.config.timeout
+        deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
         api = self._connect()
         try:
             resources = api.cluster.resources.get(type="vm")
@@ -177,19 +179,43 @@ class ProxmoxAdapter(Adapter):
 
     def _read_all(self, api: Any, candidates: list[dict[str, Any]], deadline: float,
                   observations: list[Observation], errors: list[str]) -> None:
-        pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix=f"pve-{self.name}")
+        workers = self.config.workers
+        queues: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
+        for r in candidates:
+            queues[str(r["node"])].append(r)
+        # At most a share of the workers per node: a hung node held every worker with its own
+        # requests (each waits up to the timeout) and the healthy nodes' VMs went unread.
+        cap = max(1, workers // len(queues)) if len(queues) > 1 else workers
+        inflight: dict[str, int] = defaultdict(int)
+        futures: dict[Future[tuple[Observation | None, str | None]], dict[str, Any]] = {}
+        done: dict[Future[tuple[Observation | None, str | None]], dict[str, Any]] = {}
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"pve-{self.name}")
+
+        def fill() -> None:
+            for node, queue in queues.items():
+                while queue and inflight[node] < cap and len(futures) < workers:
+                    r = queue.popleft()
+                    futures[pool.submit(self._read_vm, api, r)] = r
+                    inflight[node] += 1
+
         try:
-            futures = {pool.submit(self._read_vm, api, r): r for r in candidates}
-            done, not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            fill()
+            while futures and (left := deadline - time.monotonic()) > 0:
+                finished, _ = wait(futures, timeout=left, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    r = done[fut] = futures.pop(fut)
+                    inflight[str(r["node"])] -= 1
+                fill()
         finally:
             # requests still in flight end within their own timeout; nobody waits for them
             pool.shutdown(wait=False, cancel_futures=True)
+        late: dict[str, int] = {node: len(q) + inflight[node] for node, q in queues.items()}
         failed: dict[str, list[str]] = {}  # node -> reasons, one error line per node
-        for fut in done:
+        for fut, r in done.items():
             exc = fut.exception()
             if exc is not None:
-                err = _convert(exc, f"{futures[fut]['node']}/{futures[fut]['vmid']}")
-                failed.setdefault(str(futures[fut]["node"]), []).append(err.reason)
+                err = _convert(exc, f"{r['node']}/{r['vmid']}")
+                failed.setdefault(str(r["node"]), []).append(err.reason)
                 log.warning("adapter %s: %s", self.name, err.diagnostic)
                 continue
             obs, err_text = fut.result()
@@ -199,8 +225,10 @@ class ProxmoxAdapter(Adapter):
                 errors.append(err_text)
         for node, reasons in sorted(failed.items()):
             errors.append(f"node {node}: {len(reasons)} VM config(s) unread: {reasons[0]}")
-        if not_done:
-            errors.append(f"{len(not_done)} VM config(s) unread within the {self.config.timeout:g}s timeout")
+        for node, n in sorted(late.items()):
+            if n:
+                errors.append(f"node {node}: {n} VM config(s) unread within the "
+                              f"{self.config.timeout:g}s timeout")
 
     def _read_vm(self, api: Any, r: dict[str, Any]) -> tuple[Observation | None, str | None]:
         node, vmid = str(r["node"]), str(r["vmid"])

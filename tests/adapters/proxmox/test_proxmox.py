@@ -170,6 +170,18 @@ def test_slow_node_times_out_as_partial_error(pve: Any, make_adapter: Any) -> No
     assert not any(o.host == "pve3" for o in result.observations)
 
 
+def test_a_hung_node_with_more_vms_than_workers_leaves_the_others_read(pve: Any, make_adapter: Any) -> None:
+    # each of its requests waits out the timeout: they held every worker, and nothing was read
+    hung = [SimVM("pve3", 100 + i, f"c{i}", description=f"tr7.instance: TR7-C{i}") for i in range(10)]
+    pve.state.vms = hung
+    pve.state.vms += [SimVM("pve1", 200, "a", description="tr7.instance: TR7-A"),
+                      SimVM("pve2", 300, "b", description="tr7.instance: TR7-B")]
+    pve.state.node_delay["pve3"] = 30
+    result = make_adapter(timeout=2).poll()
+    assert sorted(o.vm for o in result.observations) == ["pve1/200", "pve2/300"]
+    assert result.error == "node pve3: 10 VM config(s) unread within the 2s timeout"
+
+
 def test_resources_500_fails_the_poll(pve: Any, make_adapter: Any) -> None:
     pve.state.resources_status = 500
     with pytest.raises(AdapterError, match="HTTP 500"):
