@@ -21,7 +21,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 from botocore.parsers import ResponseParserError
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from adapters.base import (
     Adapter,
@@ -55,6 +55,7 @@ MAX_ATTEMPTS = 5
 DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the partial result
 PAGE_SIZE = 1000  # the largest page EC2 allows: 5,000 instances in 5 requests per region
 TAG_FILTER = [{"Name": "tag-key", "Values": ["tr7.instance"]}]
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+\Z")  # eu-west-1, us-gov-west-1, ap-southeast-3
 
 
 class AwsConfig(AdapterConfig):
@@ -77,6 +78,18 @@ class AwsConfig(AdapterConfig):
         default=None, pattern=r"^https?://",
         description="Endpoint for EC2 and STS instead of AWS's regional ones\n"
                     "(a private endpoint without private DNS, a test server)")
+
+    @field_validator("regions")
+    @classmethod
+    def _region_names(cls, v: list[str] | str) -> list[str] | str:
+        if isinstance(v, str):
+            return v
+        # A typo (eu-west1) raised botocore's InvalidRegionError at every poll, outside the
+        # conversion of vendor errors, and lost the valid regions' instances with it.
+        bad = [r for r in v if not _REGION_RE.match(r)]
+        if bad:
+            raise ValueError(f"not an AWS region name such as eu-west-1: {', '.join(map(repr, bad))}")
+        return list(dict.fromkeys(v))  # a region listed twice is polled once (each instance once)
 
     @model_validator(mode="after")
     def _external_id_needs_role(self) -> "AwsConfig":
@@ -260,8 +273,11 @@ class AwsAdapter(Adapter):
         regions = self.regions()
         if not regions:  # "all" in an account where DescribeRegions lists none
             return PollResult()
-        for region in regions:
-            self.client(region)
+        try:  # made here, one thread: creating clients from one session is not thread-safe
+            for region in regions:
+                self.client(region)
+        except (ClientError, BotoCoreError) as exc:
+            raise convert(exc, "EC2 client") from exc
         self._throttled.clear()
         limit = f"the {self.config.timeout:g}s poll timeout"
 

@@ -1,6 +1,7 @@
 """`tr7-agent config sample`: a commented configuration generated from the pydantic models."""
 
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,13 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
+def _placeholder(name: str, annotation: Any) -> Any:
+    """`"<name>"`, or `["<name>"]` for a key that takes a list (regions, subscriptions): filled in
+    as shown, a string there failed to load."""
+    kinds = [annotation, *typing.get_args(annotation)]
+    return [f"<{name}>"] if any(typing.get_origin(k) is list or k is list for k in kinds) else f"<{name}>"
+
+
 def _fields(model: type[BaseModel], comment_all: bool, fixed: dict[str, Any],
             examples: dict[str, str]) -> list[str]:
     lines: list[str] = []
@@ -43,9 +51,9 @@ def _fields(model: type[BaseModel], comment_all: bool, fixed: dict[str, Any],
         if name in fixed:
             value, commented = fixed[name], comment_all
         elif required:
-            value, commented = examples.get(name, f"<{name}>"), comment_all
+            value, commented = examples.get(name, _placeholder(name, info.annotation)), comment_all
         elif info.default is None:
-            value, commented = examples.get(name, f"<{name}>"), True
+            value, commented = examples.get(name, _placeholder(name, info.annotation)), True
         else:
             value = info.default if info.default_factory is None else info.default_factory()  # type: ignore[call-arg]
             commented = True

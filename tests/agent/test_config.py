@@ -72,6 +72,8 @@ def test_sample_is_valid_and_documents_every_key(tmp_path: Path) -> None:
         assert f"# {key} = " in res.stdout
     for platform in ("vmware", "kvm", "proxmox", "hyperv", "aws", "azure"):
         assert f'# platform = "{platform}"' in res.stdout
+    # list-valued keys are shown as lists: filled in as a string, the file failed to load
+    assert '# regions = ["<regions>"]' in res.stdout and '# subscriptions = ["<subscriptions>"]' in res.stdout
 
 
 def test_version() -> None:

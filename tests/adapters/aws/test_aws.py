@@ -188,9 +188,13 @@ def test_config_schema() -> None:
     assert ok.regions == "all"
     for bad in ({"regions": []}, {"regions": "some"}, {"regions": ["eu-west-1"], "external_id": "x1"},
                 {"regions": ["eu-west-1"], "role_arn": "tr7-metering"},
-                {"regions": ["eu-west-1"], "secret_key": "x"}):
+                {"regions": ["eu-west-1"], "secret_key": "x"}, {"regions": ["eu-west1"]},
+                {"regions": ["EU-WEST-1"]}, {"regions": ["eu-west-1\n"]}):
         with pytest.raises(ValidationError):
             AwsConfig(name="a", platform="aws", **bad)
+    # a typo failed every poll with botocore's raw InvalidRegionError; a repeat signed each twice
+    twice = AwsConfig(name="a", platform="aws", regions=["eu-west-1", "us-gov-west-1", "eu-west-1"])
+    assert twice.regions == ["eu-west-1", "us-gov-west-1"]
     assert all(f.description for f in AwsConfig.model_fields.values())
 
 
