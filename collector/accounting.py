@@ -78,14 +78,8 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
     cid, doc = catalog_for(conn, provider, month)
     # The result only changes when either log (this month's, or the month before's for anchors)
     # grows or the catalog changes: the read API's alerts and invoices reuse it until then.
-    key = (
-        conn.engine.url.render_as_string(),
-        provider,
-        month,
-        tlog.log_size(conn, provider, month),
-        tlog.log_size(conn, provider, previous_month(month)),
-        cid,
-    )
+    logs = _logs_key(conn, provider, month)
+    key = (*logs, cid)
     with _cache_lock:
         hit = _cache.get(key)
     if hit is not None:
@@ -96,6 +90,9 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
     texts = (json.dumps(_doc(result.usage)), json.dumps(_doc(result.invoice)))
     with _cache_lock:
         _cache[key] = texts
+        _quarantine[logs] = frozenset(analysis.quarantined)  # the pages' hours need it too
+        while len(_quarantine) > _CACHE_SIZE:
+            _quarantine.pop(next(iter(_quarantine)))
         while len(_cache) > _CACHE_SIZE:
             _cache.pop(next(iter(_cache)))
     return json.loads(texts[0]), json.loads(texts[1])
@@ -107,16 +104,21 @@ _cache_lock = threading.Lock()
 _quarantine: dict[tuple[Any, ...], frozenset[str]] = {}
 
 
-def quarantined(conn: Connection, provider: str, month: str) -> frozenset[str]:
-    """The digests the chain rules quarantine in the month (forks, breaks), kept until either log
-    grows, as own_result's documents are."""
-    key = (
+def _logs_key(conn: Connection, provider: str, month: str) -> tuple[Any, ...]:
+    """What a month's chain analysis depends on: its log and the month before's (anchors)."""
+    return (
         conn.engine.url.render_as_string(),
         provider,
         month,
         tlog.log_size(conn, provider, month),
         tlog.log_size(conn, provider, previous_month(month)),
     )
+
+
+def quarantined(conn: Connection, provider: str, month: str) -> frozenset[str]:
+    """The digests the chain rules quarantine in the month (forks, breaks), kept until either log
+    grows, as own_result's documents are (which records them as it computes)."""
+    key = _logs_key(conn, provider, month)
     with _cache_lock:
         hit = _quarantine.get(key)
     if hit is None:
