@@ -1,6 +1,7 @@
 """AWS EC2 adapter: TR7 instances are EC2 instances tagged `tr7.instance`, polled per region."""
 
 import re
+import threading
 import time
 from datetime import datetime
 from typing import Any, ClassVar, Literal
@@ -34,7 +35,7 @@ from adapters.base import (
     ThrottledError,
     UnreachableError,
 )
-from adapters.fanout import poll_scopes
+from adapters.fanout import poll_scopes, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # EC2 state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/aws.md.
@@ -150,6 +151,7 @@ class AwsAdapter(Adapter):
     def __init__(self, config: AdapterConfig) -> None:
         super().__init__(config)
         self.problems = ProblemLog(config.name)
+        self._setup_lock = threading.Lock()  # one poll's set-up at a time (fanout.within)
         self.boto_config = BotoConfig(
             retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},
             connect_timeout=min(10.0, self.config.timeout),
@@ -256,6 +258,18 @@ class AwsAdapter(Adapter):
         return Observation(instance=instance, vm=vm, host=f"{region}/{zone}" if zone else region,
                            state=state, capacity=capacity)
 
+    def _set_up(self) -> list[str]:
+        """Credentials, the regions, and their clients, made in one thread (creating clients from
+        one session is not thread-safe)."""
+        self._credentials_ready()
+        regions = self.regions()
+        try:
+            for region in regions:
+                self.client(region)
+        except (ClientError, BotoCoreError) as exc:
+            raise convert(exc, "EC2 client") from exc
+        return regions
+
     def _credentials_ready(self) -> None:
         """Resolve (or assume) credentials once up front: a refusal there fails every region alike."""
         try:
@@ -269,15 +283,10 @@ class AwsAdapter(Adapter):
     def poll(self) -> PollResult:
         # the agent abandons a poll at `timeout`: answer before it, with the late regions named
         deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
-        self._credentials_ready()
-        regions = self.regions()
+        regions = within(deadline, self._set_up, what="AWS credentials and regions", lock=self._setup_lock,
+                         thread_name=f"aws-{self.name}-setup")
         if not regions:  # "all" in an account where DescribeRegions lists none
             return PollResult()
-        try:  # made here, one thread: creating clients from one session is not thread-safe
-            for region in regions:
-                self.client(region)
-        except (ClientError, BotoCoreError) as exc:
-            raise convert(exc, "EC2 client") from exc
         self._throttled.clear()
         limit = f"the {self.config.timeout:g}s poll timeout"
 

@@ -1,5 +1,6 @@
 """Azure adapter: TR7 instances are VMs tagged `tr7.instance`, listed with power state per subscription."""
 
+import threading
 import time
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -32,7 +33,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import poll_scopes
+from adapters.fanout import poll_scopes, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # Azure power state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/azure.md.
@@ -145,6 +146,7 @@ class AzureAdapter(Adapter):
     def __init__(self, config: AdapterConfig) -> None:
         super().__init__(config)
         self.problems = ProblemLog(config.name)
+        self._setup_lock = threading.Lock()  # one poll's set-up at a time (fanout.within)
         self._credential: TokenCredential | None = None
         self._clients: dict[str, ComputeManagementClient] = {}
 
@@ -246,9 +248,14 @@ class AzureAdapter(Adapter):
         # the agent abandons a poll at `timeout`: answer before it, with the late subscriptions named
         deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
         subscriptions = list(dict.fromkeys(self.config.subscriptions))
-        self.sign_in()
-        for sub in subscriptions:
-            self.client(sub)
+
+        def set_up() -> None:
+            self.sign_in()
+            for sub in subscriptions:
+                self.client(sub)
+
+        within(deadline, set_up, what="Azure sign-in", lock=self._setup_lock,
+               thread_name=f"azure-{self.name}-setup")
         limit = f"the {self.config.timeout:g}s poll timeout"
         return poll_scopes(
             subscriptions, self.poll_subscription, label="subscription", deadline=deadline, workers=8,

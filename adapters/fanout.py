@@ -1,10 +1,14 @@
 """Polling several scopes of one endpoint (regions, subscriptions) so one failure hides no other."""
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import TypeVar
 
-from adapters.base import AdapterError, Observation, PollResult
+from adapters.base import AdapterError, Observation, PollResult, UnreachableError
+
+T = TypeVar("T")
 
 
 def poll_scopes(
@@ -50,3 +54,27 @@ def poll_scopes(
     reasons = {f.reason for f in failures.values()}
     kind = kinds.pop() if len(kinds) == 1 else AdapterError
     raise kind(reasons.pop() if len(reasons) == 1 else per_scope, per_scope)
+
+
+def within(deadline: float, step: Callable[[], T], *, what: str, lock: threading.Lock,
+           thread_name: str) -> T:
+    """Run a poll's set-up step (signing in, assuming a role, listing regions) by ``deadline``.
+
+    Those calls came before the scopes' deadline and retried on their own: against a frozen
+    endpoint a poll ran ~5x its timeout and the agent only said "previous poll still running".
+    A step that is late raises UnreachableError; its thread ends by the SDK's own timeouts, and
+    ``lock`` keeps the next poll's set-up from running beside it (an SDK session is not
+    thread-safe)."""
+    def locked() -> T:
+        with lock:
+            return step()
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+    try:
+        fut = pool.submit(locked)
+        done, _ = wait([fut], timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            raise UnreachableError(f"{what}: no answer within the poll timeout")
+        return fut.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -267,3 +267,23 @@ def test_through_the_agents_config_and_poller(moto: Any, tmp_path: Path) -> None
     wire = {"instance": "fw-agent", "vm": vm, "host": "eu-west-1/eu-west-1a", "state": "running",
             "capacity": {"vservices": 2}}
     assert outcome.observations == [{**wire, "adapter": "aws-eu"}, {**wire, "adapter": "aws-half"}]
+
+
+def test_a_silent_endpoint_ends_the_set_up_within_the_timeout(moto: Any) -> None:
+    # DescribeRegions ("all") and the role's sts:AssumeRole came before the regions' deadline and
+    # retried on their own: a poll against a frozen endpoint ran ~5x its timeout
+    import socket
+    import time
+
+    from adapters.base import UnreachableError
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        for extra in ({"regions": "all"}, {"role_arn": OTHER_ROLE}):
+            t0 = time.monotonic()
+            with pytest.raises(UnreachableError, match="no answer within the poll timeout"):
+                AwsAdapter(AwsConfig(name="aws-test", platform="aws", timeout=2, endpoint_url=url,
+                                     **{"regions": ["eu-west-1"], **extra})).poll()
+            assert time.monotonic() - t0 < 2.5, extra

@@ -270,3 +270,21 @@ def test_through_the_agents_config_and_poller(sp: Any, tmp_path: Path) -> None:
     assert poll["error"].startswith(f"subscription {SUB_A}: ARM 403 AuthorizationFailed")
     assert outcome.observations == [{"instance": "fw-agent", "adapter": "azure-prod", "vm": vm,
                                      "host": "westeurope", "state": "stopped", "capacity": None}]
+
+
+def test_a_silent_sign_in_endpoint_ends_the_poll_within_the_timeout(sp: Any) -> None:
+    # the token request came before the subscriptions' deadline and retried on its own (~5x)
+    import socket
+    import time
+
+    from adapters.base import UnreachableError
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        cfg = adapter(sp, authority_host=f"https://127.0.0.1:{silent.getsockname()[1]}").config
+        cfg = cfg.model_copy(update={"timeout": 2})
+        t0 = time.monotonic()
+        with pytest.raises(UnreachableError, match="Azure sign-in: no answer within the poll timeout"):
+            AzureAdapter(cfg).poll()
+        assert time.monotonic() - t0 < 2.5
