@@ -89,12 +89,8 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
     result = compute(act, load_catalog(doc), month, analysis.chains_json())
     texts = (json.dumps(_doc(result.usage)), json.dumps(_doc(result.invoice)))
     with _cache_lock:
-        _cache[key] = texts
-        _quarantine[logs] = frozenset(analysis.quarantined)  # the pages' hours need it too
-        while len(_quarantine) > _CACHE_SIZE:
-            _quarantine.pop(next(iter(_quarantine)))
-        while len(_cache) > _CACHE_SIZE:
-            _cache.pop(next(iter(_cache)))
+        _remember(_cache, key, texts)
+        _remember(_quarantine, logs, frozenset(analysis.quarantined))  # the pages' hours need it too
     return json.loads(texts[0]), json.loads(texts[1])
 
 
@@ -124,10 +120,15 @@ def quarantined(conn: Connection, provider: str, month: str) -> frozenset[str]:
     if hit is None:
         hit = frozenset(evidence.chain_analysis(conn, provider, month).quarantined)
         with _cache_lock:
-            _quarantine[key] = hit
-            while len(_quarantine) > _CACHE_SIZE:
-                _quarantine.pop(next(iter(_quarantine)))
+            _remember(_quarantine, key, hit)
     return hit
+
+
+def _remember(cache: dict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any) -> None:
+    """Store in one of the caches above (its lock held), dropping the oldest past _CACHE_SIZE."""
+    cache[key] = value
+    while len(cache) > _CACHE_SIZE:
+        cache.pop(next(iter(cache)))
 
 
 def full_result(

@@ -147,10 +147,10 @@ class _Declared(Mapping[str, Mapping[CapacityKey, Sequence[int]]]):
         return sum(1 for _ in self)
 
 
-def activity(conn: Connection, provider: str, month: str, quarantined: set[str]) -> Activity:
-    """Activity of the month from the day bitmaps, with quarantined leaves' cells rebuilt."""
+def month_bits(conn: Connection, provider: str, month: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Per instance, the month's active and seen hours straight from the day rows (every vm ORed):
+    one int per month, bit i = the hour m0 + i*HOUR (a day's 24-bit map shifted in)."""
     m0, m1 = month_bounds(month)
-    # Per instance, one int per month (bit i = hour m0 + i*HOUR): a day's 24-bit map shifts in.
     active: dict[str, int] = defaultdict(int)
     seen: dict[str, int] = defaultdict(int)
     d = s.days.c
@@ -161,6 +161,22 @@ def activity(conn: Connection, provider: str, month: str, quarantined: set[str])
         if a_bits:
             active[inst] |= a_bits << k
         seen[inst] |= s_bits << k
+    return active, seen
+
+
+def billed_bits(
+    conn: Connection, provider: str, month: str, quarantined: Collection[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """month_bits as billing counts them: without the hours only quarantined leaves gave."""
+    active, seen = month_bits(conn, provider, month)
+    without_quarantined(conn, provider, month, quarantined, active, seen)
+    return active, seen
+
+
+def activity(conn: Connection, provider: str, month: str, quarantined: set[str]) -> Activity:
+    """Activity of the month from the day bitmaps, with quarantined leaves' cells rebuilt."""
+    m0 = month_bounds(month)[0]
+    active, seen = month_bits(conn, provider, month)
     rebuilt = _rebuild(conn, provider, month, quarantined, active, seen) if quarantined else Rebuilt()
     act = Activity(active_bits={k: v for k, v in active.items() if v},
                    seen_bits={k: v for k, v in seen.items() if v}, bits_base=m0)

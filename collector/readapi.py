@@ -145,19 +145,10 @@ def instances(provider: str, request: Request, scope: ScopeDep, month: str | Non
     without the hours only quarantined heartbeats gave, as billing counts them)."""
     month = _month(month)
     m0, m1 = month_bounds(month)
-    d = s.days.c
     per: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
-    active: dict[str, int] = defaultdict(int)
-    seen: dict[str, int] = defaultdict(int)
     with _conn(request) as c:
-        q = sa.select(d.instance, (d.day - m0) // 3600, d.active, d.seen).where(
-            d.provider == scope.require_provider(provider), d.day >= m0, d.day < m1
-        )
-        for inst, k, a, n in c.execute(q):  # month bitsets: bit i is the hour m0 + i h
-            active[inst] |= a << k
-            seen[inst] |= n << k
-        quarantined = accounting.quarantined(c, provider, month)
-        evidence.without_quarantined(c, provider, month, quarantined, active, seen)
+        p = scope.require_provider(provider)
+        active, seen = evidence.billed_bits(c, p, month, accounting.quarantined(c, p, month))
     for inst in sorted(seen):
         for day in range(m0, m1, 86400):
             k = (day - m0) // 3600

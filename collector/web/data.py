@@ -254,19 +254,7 @@ def active_hours(conn: Connection, provider: str, month: str) -> dict[str, int]:
 def _active_hours(conn: Connection, provider: str, month: str) -> dict[str, int]:
     """Every instance seen in the month (so its length counts instances seen, also those only
     seen stopped), with its active hours, as billing counts them."""
-    m0, m1 = month_bounds(month)
-    d = s.days.c
-    active: dict[str, int] = defaultdict(int)
-    seen: dict[str, int] = defaultdict(int)
-    for inst, k, a, n in conn.execute(
-        sa.select(d.instance, (d.day - m0) // HOUR, d.active, d.seen).where(
-            d.provider == provider, d.day >= m0, d.day < m1
-        )
-    ):
-        active[inst] |= a << k
-        seen[inst] |= n << k
-    quarantined = accounting.quarantined(conn, provider, month)
-    evidence.without_quarantined(conn, provider, month, quarantined, active, seen)
+    active, seen = evidence.billed_bits(conn, provider, month, accounting.quarantined(conn, provider, month))
     return {inst: active[inst].bit_count() for inst, bits in seen.items() if bits}
 
 
