@@ -15,10 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 
-def pack(dialect_name: str, text: str) -> str | bytes:
-    """The stored form of one JWS line for a database dialect."""
+def pack(dialect_name: str, text: str, raw: bytes | None = None) -> str | bytes:
+    """The stored form of one JWS line for a database dialect (``raw``: its ASCII bytes, if the
+    caller has them already)."""
     if dialect_name == "sqlite":
-        return lz4.frame.compress(text.encode("ascii"))
+        return lz4.frame.compress(text.encode("ascii") if raw is None else raw)
     return text
 
 
