@@ -1,7 +1,7 @@
 """Alerts and agent health: forks, breaks, clock going back, clones, unlicensed, over-capacity, silence."""
 
 from collections import defaultdict
-from itertools import combinations
+from itertools import combinations, pairwise
 from typing import Any
 
 import sqlalchemy as sa
@@ -110,12 +110,18 @@ def clones(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
     return out
 
 
-def forks_across_months(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
-    """Heartbeats of the month with a seq below its anchor's (the key's last of the month before)
-    that the month before also holds, as another JWS: a fork across the boundary (a host restored
-    from a snapshot taken last month). The chain rules see only the anchor, as an auditor's bundle
-    does, so only a reuse of the anchor's own seq is quarantined; this finds the rest, for the
-    alert (docs/protocol-decisions.md, "Chain analysis across the month boundary")."""
+def across_months(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
+    """What the chain rules cannot see at the boundary with the month before, since they are given
+    only its anchor (the key's last heartbeat there), as an auditor's bundle is (§6):
+
+    - `fork_across_months`: seqs of the month below the anchor's that the month before also holds,
+      as another JWS (a host restored from a snapshot taken last month);
+    - `clock_back_across_months`: seqs of the month before signed right after a heartbeat of this
+      month (the clock went back over the boundary: seq 41 on the 1st at 00:00:30, seq 42 on the
+      31st at 23:59:50), which the month-by-month rules see only as a gap in each month.
+
+    Only the anchor's own seq reused is quarantined (docs/protocol-decisions.md, "Chain analysis
+    across the month boundary"); these are alerts."""
     L = s.leaves.c
     before = previous_month(month)
     out = []
@@ -123,15 +129,24 @@ def forks_across_months(conn: Connection, provider: str, month: str) -> list[dic
         mine = sa.select(L.seq).where(L.provider == provider, L.month == month, L.kid == kid)
         below = set(conn.execute(mine.where(L.seq < anchor.seq)).scalars())
         if not below:
-            continue
-        again = conn.execute(
+            continue  # the usual case: the month starts above its anchor
+        theirs = set(conn.execute(
             sa.select(L.seq).distinct().where(
-                L.provider == provider, L.month == before, L.kid == kid, L.seq.in_(sorted(below))
-            ).order_by(L.seq)
-        ).scalars().all()
-        if again:
+                L.provider == provider, L.month == before, L.kid == kid, L.seq >= min(below)
+            )
+        ).scalars())
+        forks = sorted(below & theirs)
+        if forks:
             out.append({"type": "fork_across_months", "agent": kid, "month_before": before,
-                        "seqs": [int(x) for x in again]})
+                        "seqs": [int(x) for x in forks]})
+        # Walk both months' seqs in order: a seq only the month before holds, right after one only
+        # this month holds, is where the time went back (a seq both hold is the fork above).
+        steps = sorted(below | theirs)
+        back = [q for p, q in pairwise(steps)
+                if p in below and p not in theirs and q in theirs and q not in below]
+        if back:
+            out.append({"type": "clock_back_across_months", "agent": kid, "month_before": before,
+                        "seqs": [int(x) for x in back]})
     return out
 
 
@@ -154,7 +169,7 @@ def alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[s
                     "last_heartbeat": a["last_heartbeat"],
                 }
             )
-    out += forks_across_months(conn, provider, month)
+    out += across_months(conn, provider, month)
     out += clones(conn, provider, month)
     try:
         usage, _inv = accounting.own_result(conn, provider, month)

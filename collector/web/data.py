@@ -269,10 +269,18 @@ def clones(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
     )
 
 
+def across_months(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
+    return cached(
+        conn, ("across_months", db_id(conn), provider, month), (),
+        lambda c: alerts.across_months(c, provider, month),
+    )
+
+
 def provider_alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
     """The collector's alerts (from cached pieces) plus overdue and downgraded accounts."""
     out: list[dict[str, Any]] = []
-    for a in health(conn, provider, month, now):
+    agents = health(conn, provider, month, now)
+    for a in agents:
         ch = a["chain"] or {}
         for kind in ("forks", "breaks", "clock_back"):
             out += [
@@ -281,6 +289,12 @@ def provider_alerts(conn: Connection, provider: str, month: str, now: int) -> li
             ]
         if a["silent"]:
             out.append({"type": "silent_agent", "agent": a["name"], "last_heartbeat": a["last_heartbeat"]})
+    names = {a["kid"]: a["name"] for a in agents}
+    out += [
+        {"type": x["type"], "agent": names.get(x["agent"], x["agent"]), "month_before": x["month_before"],
+         "seq": ", ".join(map(str, x["seqs"]))}
+        for x in across_months(conn, provider, month)
+    ]
     out += [
         {"type": "clone", "instance": c["instance"], "hour": c["hour"], "vms": c["vms"]}
         for c in clones(conn, provider, month)

@@ -146,7 +146,7 @@ def test_hours_only_a_forks_copies_gave_are_not_active_on_the_api(client, settin
     assert usage["rows"][0]["active_hours"] == 2  # the bill counts 10:00 and 12:00, as the API
 
 
-def test_a_fork_across_the_month_boundary_is_an_alert(client, settings, tools):
+def test_a_fork_and_a_clock_back_across_the_month_boundary_are_alerts(client, settings, tools):
     from collector import alerts
 
     m = previous_month(month_of(int(time.time())))
@@ -158,12 +158,27 @@ def test_a_fork_across_the_month_boundary_is_an_alert(client, settings, tools):
     october += [a.beat(m0 - 3600 * (4 - i), {"TR7-0001": "running"}) for i in range(4)]  # seq 3..6
     a.seq, a.prev = snapshot  # restored: seq 3 and 4 are signed again, in the month
     month = [a.beat(m0 + 3600 * i, {"TR7-0001": "running"}) for i in range(2)]
-    # and, on another key, a clock going back across the boundary is no fork (its seq is only here)
+    # On another key, the clock goes back across the boundary: seq 2 and 3 are in the month
+    # before although seq 1 is in the month (no fork: each seq is in one month only).
     b = tools.Agent("b")
     tools.enrol(settings, "acme", b, m0 - 7 * 86400)
-    late = [b.beat(m0 + 300, {"TR7-0002": "running"}), b.beat(m0 - 300, {"TR7-0002": "running"})]
-    assert {r["status"] for r in ingest_lines(settings.engine, october + month + late)} == {"accepted"}
-    with db.read_conn(settings.engine) as c:
-        found = alerts.forks_across_months(c, "acme", m)
-    assert found == [{"type": "fork_across_months", "agent": a.kid, "month_before": previous_month(m),
-                      "seqs": [3, 4]}]
+    late = [b.beat(m0 + 300, {"TR7-0002": "running"}), b.beat(m0 - 300, {"TR7-0002": "running"}),
+            b.beat(m0 - 240, {"TR7-0002": "running"}), b.beat(m0 + 360, {"TR7-0002": "running"})]
+    # A third key crosses the boundary forwards only: nothing to report.
+    c = tools.Agent("c")
+    tools.enrol(settings, "acme", c, m0 - 7 * 86400)
+    plain = [c.beat(m0 - 60, {"TR7-0003": "running"}), c.beat(m0 + 60, {"TR7-0003": "running"})]
+    results = ingest_lines(settings.engine, october + month + late + plain)
+    assert {r["status"] for r in results} == {"accepted"}
+    with db.read_conn(settings.engine) as conn:
+        found = alerts.across_months(conn, "acme", m)
+        everything = alerts.alerts(conn, "acme", m, int(time.time()))
+    want = sorted([
+        {"type": "fork_across_months", "agent": a.kid, "month_before": previous_month(m), "seqs": [3, 4]},
+        {"type": "clock_back_across_months", "agent": b.kid, "month_before": previous_month(m), "seqs": [2]},
+    ], key=lambda x: x["agent"])
+    assert found == want
+    assert all(x in everything for x in want)
+    # The month before is not blamed for the month after's boundary.
+    with db.read_conn(settings.engine) as conn:
+        assert alerts.across_months(conn, "acme", previous_month(m)) == []

@@ -238,3 +238,20 @@ def test_bridged_hours_in_the_heatmap(client: TestClient, world: Any, tools: Any
     html = client.get("/ui/p/acme/instances/TR7-0001?month=2026-10").text
     row = re.search(r'<tr data-day="2026-10-10">(.*?)</tr>', html).group(1)
     assert re.findall(r'<td class="(\w)">', row)[:5] == ["a", "b", "b", "a", "u"]
+
+
+def test_overview_lists_what_happened_across_the_month_boundary(
+    client: TestClient, world: Any, tools: Any
+) -> None:
+    agent = tools.Agent("skewed")
+    tools.enrol(world, "acme", agent, parse_time("2026-09-01T00:00:00Z"))
+    t0 = parse_time("2026-10-01T00:00:00Z")
+    # seq 1 on 1 October, then the clock goes back: seq 2 on 30 September
+    lines = [agent.beat(t0 + 30, {"TR7-0001": "running"}), agent.beat(t0 - 10, {"TR7-0001": "running"})]
+    assert all(r["status"] == "accepted" for r in ingest_lines(world.engine, lines))
+    login(client, "ann")
+    html = client.get("/ui/p/acme?month=2026-10").text
+    row = re.search(r'<tr class="alert" data-type="clock_back_across_months">(.*?)</tr>', html, re.S)
+    assert row is not None, "the overview does not show the clock going back across the boundary"
+    assert "agent: skewed" in row.group(1) and "month_before: 2026-09" in row.group(1)
+    assert "seq: 2" in row.group(1)
