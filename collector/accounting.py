@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from collector import evidence, registry, tlog
 from collector import schema as s
-from collector.accounts.store import overlay
+from collector.accounts.store import overlay, periods
 from collector.settings import Settings
 from protocol.heartbeat import parse_unverified
 from protocol.timefmt import month_bounds, next_month, parse_month, previous_month
@@ -77,9 +77,10 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
     parse_month(month)
     cid, doc = catalog_for(conn, provider, month)
     # The result only changes when either log (this month's, or the month before's for anchors)
-    # grows or the catalog changes: the read API's alerts and invoices reuse it until then.
+    # grows, the catalog changes or an account's downgraded periods do (catalog_for overlays them
+    # on the same catalog id): the read API's alerts and invoices reuse it until then.
     logs = _logs_key(conn, provider, month)
-    key = (*logs, cid)
+    key = (*logs, cid, tuple(sorted((c, tuple(p)) for c, p in periods(conn, provider).items())))
     with _cache_lock:
         hit = _cache.get(key)
     if hit is not None:

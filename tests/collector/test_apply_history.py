@@ -395,3 +395,25 @@ def test_cli_apply_refuses_retroactive_changes(tmp_path, db_url, tools):
     )
     for name in ("closed/usage.json", "closed/invoice.json", "closed/checkpoint", "invoice.json"):
         assert (after / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_the_served_bill_follows_a_downgrade_and_a_payment(settings, tools):
+    """The read API's invoice is cached by what it depends on: a downgrade recorded by the accounts
+    tick (or a payment ending one) is one of those, though the catalog id stays the same."""
+    from collector.accounts import store
+
+    _seed(settings, tools, hours=48)
+
+    def served():
+        with db.read_conn(settings.engine) as c:
+            return accounting.own_result(c, "acme", NOV)[1]["total"]
+
+    assert served() == "2.16"  # 48 h at 0.0450
+    m0 = month_bounds(NOV)[0]
+    db.write_tx(settings.engine, lambda c: store.payment_failed(c, "acme", "c1", m0 - 15 * 86400))
+    db.write_tx(settings.engine, lambda c: store.tick_all(c, m0 + 12 * H))  # downgraded from m0 on
+    with db.read_conn(settings.engine) as c:
+        assert accounting.full_result(c, "acme", NOV)[1]["total"] == served() == "0.00"
+    db.write_tx(settings.engine, lambda c: store.paid(c, "acme", "c1", m0 + 24 * H))
+    with db.read_conn(settings.engine) as c:
+        assert accounting.full_result(c, "acme", NOV)[1]["total"] == served() == "1.08"
