@@ -284,7 +284,12 @@ def _bill(args: argparse.Namespace, engine) -> int:  # type: ignore[no-untyped-d
     with db.read_conn(engine) as c:
         inv = accounting.invoice(c, args.provider, args.month)
         latest = registry.latest_catalog(c, args.provider)
-    names = {x["id"]: x.get("name", x["id"]) for x in (latest[1].get("customers", []) if latest else [])}
+        # Names as billed in the month (a closed month's frozen catalog), then the latest catalog's
+        docs = [accounting.catalog_for(c, args.provider, args.month)[1], latest[1] if latest else {}]
+    names: dict[str, str] = {}
+    for doc in docs:
+        for x in doc.get("customers", []):
+            names.setdefault(x["id"], x.get("name", x["id"]))
     if args.format == "json":
         data = (json.dumps(inv, indent=2, sort_keys=True) + "\n").encode()
     else:

@@ -2,8 +2,13 @@
 
 import csv
 import io
-from collections.abc import Mapping
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 COLUMNS = (
     "kind",
@@ -23,60 +28,126 @@ COLUMNS = (
 )
 
 
+# Catalog text (ids, bundle names) that a spreadsheet would run as a formula when the CSV is opened
+# (OWASP "CSV injection"): such a cell gets a leading apostrophe. Amounts are never touched (a
+# negative adjustment starts with '-'); the JSON invoice keeps every id exactly.
+_TEXT = ("customer", "license", "instance", "pack", "bundle")
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cells(row: dict[str, Any]) -> dict[str, Any]:
+    for k in _TEXT:
+        v = row.get(k)
+        if isinstance(v, str) and v.startswith(_FORMULA):
+            row[k] = "'" + v
+    return row
+
+
 def csv_bytes(invoice: Mapping[str, Any]) -> bytes:
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for line in invoice["lines"]:
-        w.writerow({"kind": "hours", **line})
+        w.writerow(_cells({"kind": "hours", **line}))
     for row in invoice["device_days"]:
-        w.writerow({"kind": "device_days", **row})
+        w.writerow(_cells({"kind": "device_days", **row}))
     for customer, total in sorted(invoice["totals"].items()):
-        w.writerow({"kind": "customer_total", "customer": customer, "amount": total})
+        w.writerow(_cells({"kind": "customer_total", "customer": customer, "amount": total}))
     w.writerow({"kind": "total", "amount": invoice["total"]})
     return out.getvalue().encode("utf-8")
 
 
-def _latin1(text: Any) -> str:
-    # The PDF core fonts are Latin-1; anything else is shown as '?' rather than failing the invoice.
-    return str("" if text is None else text).encode("latin-1", "replace").decode("latin-1")
+# A Unicode TrueType font for names in any script the font covers (Latin, Greek, Cyrillic,
+# typographic quotes and dashes): DejaVu Sans, which the packages depend on (Debian
+# fonts-dejavu-core, RPM dejavu-sans-fonts), or the TTF files TR7_PDF_FONT / TR7_PDF_FONT_BOLD
+# name (e.g. a Noto CJK font). Characters the font has no glyph for print as '?'.
+_FONTS = {
+    "": ("TR7_PDF_FONT", "DejaVuSans.ttf"),
+    "B": ("TR7_PDF_FONT_BOLD", "DejaVuSans-Bold.ttf"),
+}
+_FONT_DIRS = (
+    "/usr/share/fonts/truetype/dejavu",  # Debian, Ubuntu
+    "/usr/share/fonts/dejavu-sans-fonts",  # Fedora, RHEL 9
+    "/usr/share/fonts/dejavu",  # RHEL 8
+)
 
 
-def pdf_bytes(invoice: Mapping[str, Any], customer_names: Mapping[str, str] | None = None) -> bytes:
+def _font_file(style: str) -> str | None:
+    env, name = _FONTS[style]
+    given = os.environ.get(env)
+    if given:
+        if Path(given).is_file():
+            return given
+        log.warning("event=pdf_font_missing %s=%s: the default font is used", env, given)
+    for d in _FONT_DIRS:
+        if (Path(d) / name).is_file():
+            return str(Path(d) / name)
+    return None
+
+
+class _Text:
+    """Text as the PDF's font can show it: the TTF's glyphs, or Latin-1 with the core font."""
+
+    def __init__(self, pdf: Any) -> None:
+        regular = _font_file("")
+        if regular is None:
+            log.warning("event=pdf_font_missing: no DejaVuSans.ttf (install fonts-dejavu-core or set "
+                        "TR7_PDF_FONT); characters outside Latin-1 print as '?'")
+            self.family, self._cmap = "Helvetica", None
+            return
+        pdf.add_font("body", "", regular)
+        pdf.add_font("body", "B", _font_file("B") or regular)
+        self.family, self._cmap = "body", set(pdf.fonts["body"].cmap)
+
+    def __call__(self, text: Any) -> str:
+        s = str("" if text is None else text)
+        if self._cmap is None:
+            return s.encode("latin-1", "replace").decode("latin-1")
+        return "".join(c if ord(c) in self._cmap else "?" for c in s)
+
+
+def pdf_bytes(
+    invoice: Mapping[str, Any], customer_names: Mapping[str, str] | None = None,
+    customers: Sequence[str] | None = None,
+) -> bytes:
+    """One page per customer of the invoice (``customers``: these, even without a line)."""
     from fpdf import FPDF
 
     names = customer_names or {}
     pdf = FPDF(orientation="L", format="A4")
     pdf.set_auto_page_break(True, margin=15)
+    text = _Text(pdf)
     cur = invoice["currency"]
-    customers = sorted(
-        set(invoice["totals"])
-        | {x["customer"] for x in invoice["lines"]}
-        | {x["customer"] for x in invoice["device_days"]}
-    )
+    if customers is None:
+        customers = sorted(
+            set(invoice["totals"])
+            | {x["customer"] for x in invoice["lines"]}
+            | {x["customer"] for x in invoice["device_days"]}
+        )
     if not customers:
         customers = [""]
     widths = (34, 30, 38, 44, 24, 30, 30, 40)
     for cust in customers:
         pdf.add_page()
-        pdf.set_font("Helvetica", "B", 16)
+        pdf.set_font(text.family, "B", 16)
         pdf.cell(
             0,
             10,
-            _latin1(f"Invoice {invoice['month']} - {invoice['provider']}"),
+            text(f"Invoice {invoice['month']} - {invoice['provider']}"),
             new_x="LMARGIN",
             new_y="NEXT",
         )
-        pdf.set_font("Helvetica", "", 11)
-        pdf.cell(0, 7, _latin1(f"Customer: {names.get(cust, cust)} ({cust})"), new_x="LMARGIN", new_y="NEXT")
-        pdf.cell(0, 7, _latin1(f"Currency: {cur}"), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font(text.family, "", 11)
+        who = f"Customer: {names.get(cust, cust)} ({cust})" if cust else "No customer billed"
+        pdf.cell(0, 7, text(who), new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(0, 7, text(f"Currency: {cur}"), new_x="LMARGIN", new_y="NEXT")
         pdf.ln(3)
-        pdf.set_font("Helvetica", "B", 9)
+        pdf.set_font(text.family, "B", 9)
         head = ("License", "Instance", "Capacity / pack", "Quantity", "Unit", "Price", "Amount", "Adjusts")
         for w, h in zip(widths, head, strict=True):
             pdf.cell(w, 7, h, border=1)
         pdf.ln()
-        pdf.set_font("Helvetica", "", 9)
+        pdf.set_font(text.family, "", 9)
         for line in (x for x in invoice["lines"] if x["customer"] == cust):
             cap = f"{line['bundle']} {line['bandwidth_mbps']} Mbps {line['vservices']} vs"
             row = (
@@ -90,7 +161,7 @@ def pdf_bytes(invoice: Mapping[str, Any], customer_names: Mapping[str, str] | No
                 line["adjusts"] or "",
             )
             for w, v in zip(widths, row, strict=True):
-                pdf.cell(w, 6, _latin1(v), border=1)
+                pdf.cell(w, 6, text(v), border=1)
             pdf.ln()
         for r in (x for x in invoice["device_days"] if x["customer"] == cust):
             row = (
@@ -104,14 +175,14 @@ def pdf_bytes(invoice: Mapping[str, Any], customer_names: Mapping[str, str] | No
                 r.get("adjusts") or "",
             )
             for w, v in zip(widths, row, strict=True):
-                pdf.cell(w, 6, _latin1(v), border=1)
+                pdf.cell(w, 6, text(v), border=1)
             pdf.ln()
         pdf.ln(3)
-        pdf.set_font("Helvetica", "B", 11)
+        pdf.set_font(text.family, "B", 11)
         pdf.cell(
             0,
             8,
-            _latin1(f"Total {cust}: {invoice['totals'].get(cust, '0.00')} {cur}"),
+            text(f"Total {cust}: {invoice['totals'].get(cust, '0.00')} {cur}"),
             new_x="LMARGIN",
             new_y="NEXT",
         )

@@ -4,8 +4,6 @@ Screenshots of every main page go to tests/web/screenshots/ (gitignored) or $TR7
 """
 
 import os
-import re
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from collector import db, registry
 from collector.ingest import ingest_lines
 from collector.settings import Settings
 from collector.web import auth
+from tests._pdf import pdf_text
 from tests._serve import serve_collector  # tests/web/conftest.py puts the repository on sys.path
 
 PASSWORD = "correct horse battery"
@@ -88,17 +87,6 @@ def signed_in(browser: Browser, base_url: str, user: str) -> Page:
 def shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def pdf_text(data: bytes) -> str:
-    """The text of a PDF's (deflated) content streams, enough to find the strings it draws."""
-    out = []
-    for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
-        try:
-            out.append(zlib.decompress(m.group(1)).decode("latin-1"))
-        except zlib.error:
-            out.append(m.group(1).decode("latin-1"))
-    return "\n".join(out)
 
 
 def cell(page: Page, instance: str, hour: str) -> str:
