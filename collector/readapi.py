@@ -52,7 +52,12 @@ class Scope:
 # Declared as a security scheme, so OpenAPI marks every route that takes a token (and the table's
 # test lists them from there).
 BEARER = HTTPBearer(auto_error=False, description="an API token of `tr7-collector token add`")
-_ROUTES = [(m, compile_path(path)[0], path, perm) for (m, path), perm in roles.API_ROUTES.items()]
+# Templates as OpenAPI writes them; a customer id is free text and may hold a slash ("AT/1001",
+# sent as %2F), so its routes take the rest of the path as the id, as the routers declare it.
+_ROUTES = [
+    (m, compile_path(path.replace("{customer}", "{customer:path}"))[0], path, perm)
+    for (m, path), perm in roles.API_ROUTES.items()
+]
 
 
 def route_permission(method: str, path: str) -> tuple[str, str | None]:

@@ -56,8 +56,12 @@ def account_json(acc: m.Account, email: str | None, now: int) -> dict[str, Any]:
 
 
 def require_customer(c: Any, provider: str, customer: str) -> None:
+    """The customer is in the latest catalog, or has an account already: a customer dropped from
+    the catalog while overdue can still pay (its overdue alert would otherwise never clear)."""
     latest = registry.latest_catalog(c, provider)
-    if latest is None or customer not in {x["id"] for x in latest[1].get("customers", [])}:
+    if latest is not None and customer in {x["id"] for x in latest[1].get("customers", [])}:
+        return
+    if customer not in store.states(c, provider):
         raise HTTPException(404, f"no customer {customer} in the catalog of {provider}")
 
 
@@ -80,7 +84,7 @@ def record(engine: Any, provider: str, customer: str, kind: str, email: str | No
         raise HTTPException(422, str(exc)) from exc
 
 
-@router.post("/providers/{provider}/customers/{customer}/payment-failed")
+@router.post("/providers/{provider}/customers/{customer:path}/payment-failed")
 def payment_failed(
     provider: str, customer: str, request: Request, scope: ScopeDep, body: FailureRequest | None = None
 ) -> dict[str, Any]:
@@ -91,7 +95,7 @@ def payment_failed(
     return {"provider": provider, "customer": customer, **account_json(acc, email, now)}
 
 
-@router.post("/providers/{provider}/customers/{customer}/paid")
+@router.post("/providers/{provider}/customers/{customer:path}/paid")
 def paid(provider: str, customer: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
     require_admin(scope, provider)
     now = int(time.time())
@@ -99,7 +103,7 @@ def paid(provider: str, customer: str, request: Request, scope: ScopeDep) -> dic
     return {"provider": provider, "customer": customer, **account_json(acc, None, now)}
 
 
-@router.get("/providers/{provider}/customers/{customer}/account")
+@router.get("/providers/{provider}/customers/{customer:path}/account")
 def account(provider: str, customer: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
     scope.require_provider(provider)
     now = int(time.time())

@@ -3,6 +3,7 @@
 import time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
@@ -14,6 +15,9 @@ from protocol.timefmt import month_of, parse_month
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+# A catalog id in a URL (a path segment or a query value): every reserved character escaped, the
+# slash too (Jinja's urlencode keeps it). Customer ids are free text: "AT/1001", "R&D", "A+B".
+templates.env.filters["seg"] = lambda v: quote(str(v), safe="")
 SessionDep = Annotated[WebSession, Depends(current)]
 
 

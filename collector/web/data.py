@@ -15,7 +15,7 @@ from collector import accounting, alerts, db, evidence, registry
 from collector import schema as s
 from collector.accounts import machine as m
 from collector.accounts import store as acc_store
-from protocol.timefmt import format_time, month_bounds
+from protocol.timefmt import format_time, month_bounds, parse_time
 
 HOUR, DAY = 3600, 86400
 _cache: "OrderedDict[tuple[Any, ...], Any]" = OrderedDict()
@@ -125,17 +125,34 @@ def warm(engine: Any, month: str, now: int) -> None:
             health(c, provider, month, now)
 
 
-def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(usage, invoice as billed: estimate with adjustment lines), None without a catalog."""
+def _outcome(conn: Connection, provider: str, month: str) -> Any:
+    """(usage, invoice as billed), or the pricing_error alert of a catalog that cannot price the
+    month (billing-v1.md §4: no invoice rather than a wrong one), or None without a catalog."""
 
     def compute(c: Connection) -> Any:
         try:
             usage, _own = accounting.own_result(c, provider, month)
             return usage, accounting.invoice(c, provider, month)
-        except (accounting.AccountingError, PricingError):
-            return None  # no catalog, or one that cannot price the month (the alerts say which)
+        except accounting.AccountingError:
+            return None
+        except PricingError as exc:
+            return {"type": "pricing_error", "license": exc.license, "capacity": exc.capacity,
+                    "detail": str(exc)}
 
     return cached(conn, ("results", db_id(conn), provider, month), (), compute)
+
+
+def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(usage, invoice as billed: estimate with adjustment lines), None without a catalog or when
+    the month cannot be priced (pricing_error says why)."""
+    got = _outcome(conn, provider, month)
+    return got if isinstance(got, tuple) else None
+
+
+def pricing_error(conn: Connection, provider: str, month: str) -> dict[str, Any] | None:
+    """The alert of a catalog that cannot price the month, as the read API's /alerts has it."""
+    got = _outcome(conn, provider, month)
+    return got if isinstance(got, dict) else None
 
 
 def health(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
@@ -158,9 +175,41 @@ def catalog(conn: Connection, provider: str) -> dict[str, Any]:
     return {} if latest is None else latest[1]
 
 
+def month_catalog(conn: Connection, provider: str, month: str) -> dict[str, Any]:
+    """The catalog the month is billed with: a closed month's frozen one (a customer removed from
+    the catalog since is still on the pages of the months that billed it), else the latest."""
+    try:
+        return accounting.catalog_for(conn, provider, month)[1]
+    except accounting.AccountingError:
+        return {}
+
+
+def customer_names(*docs: dict[str, Any]) -> dict[str, str]:
+    """Customer id -> name, the first document that has the customer deciding."""
+    out: dict[str, str] = {}
+    for doc in docs:
+        for cu in doc.get("customers", []):
+            out.setdefault(cu["id"], cu.get("name", cu["id"]))
+    return out
+
+
 @functools.cache
 def _offsets(bits: int) -> tuple[int, ...]:
     return tuple(h * HOUR for h in range(24) if bits >> h & 1)
+
+
+def licensed_hours(hours: dict[str, set[int]], licenses: list[dict[str, Any]]) -> dict[str, set[int]]:
+    """The hours (epoch of each hour) that overlap a period of one of the licenses on their
+    instance, as billing-v1.md §1 matches an hour to a license: `[HH:00, HH+1:00)` and
+    `[start, end)` overlap, a null end being open."""
+    periods: dict[str, list[tuple[int, int | None]]] = defaultdict(list)
+    for lic in licenses:
+        end = lic.get("end")
+        periods[lic["instance"]].append((parse_time(lic["start"]), None if end is None else parse_time(end)))
+    return {
+        inst: {h for h in hs if any(h + HOUR > a and (b is None or h < b) for a, b in periods.get(inst, ()))}
+        for inst, hs in hours.items()
+    }
 
 
 def hour_sets(
@@ -300,6 +349,9 @@ def provider_alerts(conn: Connection, provider: str, month: str, now: int) -> li
         for c in clones(conn, provider, month)
     ]
     res = results(conn, provider, month)
+    problem = pricing_error(conn, provider, month)
+    if problem is not None:
+        out.append(problem)
     if res is not None:
         usage = res[0]
         out += [

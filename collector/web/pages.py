@@ -3,11 +3,13 @@
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
+from billing import PricingError
 from collector import accounting, db, render, roles
 from collector import schema as s
 from collector.accounts import api as acc_api
@@ -74,23 +76,28 @@ def overview(provider: str, request: Request, sess: SessionDep, month: str | Non
     provider_page(sess, provider)
     month, now = month_param(month), int(time.time())
     with conn(request) as c:
-        doc = data.catalog(c, provider)
+        doc = data.month_catalog(c, provider, month)
+        names = data.customer_names(doc, data.catalog(c, provider))
         res = data.results(c, provider, month)
         hours = data.active_hours(c, provider, month)
         running = data.running_now(c, provider, now)
         found = data.provider_alerts(c, provider, month, now)
         accounts = acc_store.states(c, provider)
     totals = res[1]["totals"] if res else {}
+    # The month's customers as billed, and any other customer a line of the month bills (an
+    # adjustment of a closed month for a customer the catalog has dropped since).
+    ids = [cu["id"] for cu in doc.get("customers", [])]
+    ids += sorted(set(totals) - set(ids))
     customers = [
         {
-            "id": cu["id"],
-            "name": cu.get("name", cu["id"]),
-            "amount": totals.get(cu["id"], "0.00"),
-            "state": acc_api.account_json(accounts[cu["id"]][0], None, now)["state"]
-            if cu["id"] in accounts
-            else "active",
+            "id": cid,
+            "name": names.get(cid, cid),
+            # None (shown as "–") when the month cannot be priced: not 0.00 (the alerts say why)
+            "amount": totals.get(cid, "0.00") if res else None,
+            "state": (acc_api.account_json(accounts[cid][0], None, now)["state"]
+                      if cid in accounts else "active"),
         }
-        for cu in doc.get("customers", [])
+        for cid in ids
     ]
     return page(
         request,
@@ -108,14 +115,15 @@ def overview(provider: str, request: Request, sess: SessionDep, month: str | Non
     )
 
 
-def _customer(doc: dict[str, Any], customer: str) -> dict[str, Any]:
-    for cu in doc.get("customers", []):
-        if cu["id"] == customer:
-            return cu
+def _customer(names: dict[str, str], customer: str, billed: Any = ()) -> dict[str, Any]:
+    """The customer of a page or download: in the month's catalog or the latest one, or billed by
+    a line of the month; 404 otherwise."""
+    if customer in names or customer in billed:
+        return {"id": customer, "name": names.get(customer, customer)}
     raise HTTPException(404, f"no customer {customer}")
 
 
-@router.get("/p/{provider}/customers/{customer}")
+@router.get("/p/{provider}/customers/{customer:path}")
 def customer_page(
     provider: str, customer: str, request: Request, sess: SessionDep, month: str | None = None,
     error: str | None = None,
@@ -123,14 +131,18 @@ def customer_page(
     provider_page(sess, provider)
     month, now = month_param(month), int(time.time())
     with conn(request) as c:
-        doc = data.catalog(c, provider)
-        cu = _customer(doc, customer)
+        doc = data.month_catalog(c, provider, month)
+        res = data.results(c, provider, month)
+        cu = _customer(data.customer_names(doc, data.catalog(c, provider)), customer,
+                       res[1]["totals"] if res else ())
         lics = [x for x in doc.get("licenses", []) if x["customer"] == customer]
         insts = sorted({x["instance"] for x in lics})
         # Heatmaps for the first instances only: a month is 744 cells each (instance pages have all).
         shown = insts[:MAX_HEATMAPS]
         active, seen = data.hour_sets(c, provider, month, insts)
-        res = data.results(c, provider, month)
+        # The customer's hours only: an instance's hours outside this customer's license periods
+        # are another customer's or unlicensed (the instance page shows all of them).
+        active, seen = data.licensed_hours(active, lics), data.licensed_hours(seen, lics)
         acc, email = acc_store.load(c, provider, customer)
         events = acc_store.events(c, provider, customer)
         closed = (
@@ -184,7 +196,7 @@ FORM_ERRORS = {"email": "Not recorded: the reminder e-mail must be one address s
                         "(no name, comment, list or spaces)."}
 
 
-@router.post("/p/{provider}/customers/{customer}/account")
+@router.post("/p/{provider}/customers/{customer:path}/account")
 def account_action(
     provider: str,
     customer: str,
@@ -205,8 +217,9 @@ def account_action(
         if exc.status_code != 422:
             raise
         # Back to the form with the reason shown there, not a JSON error page
-        return RedirectResponse(f"/ui/p/{provider}/customers/{customer}?error=email", status_code=303)
-    return RedirectResponse(f"/ui/p/{provider}/customers/{customer}", status_code=303)
+        return RedirectResponse(f"/ui/p/{provider}/customers/{quote(customer, safe='')}?error=email",
+                                status_code=303)
+    return RedirectResponse(f"/ui/p/{provider}/customers/{quote(customer, safe='')}", status_code=303)
 
 
 def customer_invoice(inv: dict[str, Any], customer: str) -> dict[str, Any]:
@@ -230,16 +243,31 @@ def invoice_file(
     if fmt not in ("pdf", "csv"):
         raise HTTPException(404, "pdf or csv")
     with conn(request) as c:
-        doc = data.catalog(c, provider)
+        names = data.customer_names(data.month_catalog(c, provider, month), data.catalog(c, provider))
         try:  # a download is computed now, never served from the dashboards' cache
             inv = accounting.invoice(c, provider, month)
         except accounting.AccountingError as exc:
             raise HTTPException(404, str(exc)) from exc
+        except PricingError as exc:
+            # billing-v1.md §4: no invoice rather than a wrong one (the overview's alert says so too)
+            raise HTTPException(409, f"the catalog cannot price {month}: {exc}") from exc
     if customer is not None:
-        _customer(doc, customer)
+        _customer(names, customer, inv["totals"])
         inv = customer_invoice(inv, customer)
-    names = {x["id"]: x.get("name", x["id"]) for x in doc.get("customers", [])}
-    body = render.pdf_bytes(inv, names) if fmt == "pdf" else render.csv_bytes(inv)
+    if fmt == "pdf":
+        body = render.pdf_bytes(inv, names, None if customer is None else [customer])
+    else:
+        body = render.csv_bytes(inv)
     name = f"invoice-{provider}-{month}{'-' + customer if customer else ''}.{fmt}"
     media = "application/pdf" if fmt == "pdf" else "text/csv; charset=utf-8"
-    return Response(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(body, media_type=media, headers={"Content-Disposition": attachment(name)})
+
+
+def attachment(filename: str) -> str:
+    """Content-Disposition of a download (RFC 6266): an ASCII `filename` for old clients and the
+    exact name as `filename*` (RFC 8187). A customer id is free text: a name outside Latin-1 in
+    the plain form made the header unencodable (a 500), and a slash, quote or semicolon in it
+    would end or escape the name."""
+    safe = "".join("_" if c in '/\\' else c for c in filename)
+    plain = "".join(c if " " <= c <= "~" and c not in '"\\;%' else "_" for c in safe)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(safe, safe='')}"

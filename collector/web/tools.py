@@ -64,7 +64,7 @@ def plan(
     return out
 
 
-@router.get("/p/{provider}/planner/{customer}")
+@router.get("/p/{provider}/planner/{customer:path}")
 def planner(
     provider: str,
     customer: str,
@@ -78,9 +78,9 @@ def planner(
     month = month_param(month)
     fixed = _money(fixed_price)
     with conn(request) as c:
-        doc = data.catalog(c, provider)
+        names = data.customer_names(data.month_catalog(c, provider, month), data.catalog(c, provider))
         res = data.results(c, provider, month)
-    if customer not in {x["id"] for x in doc.get("customers", [])} or res is None:
+    if res is None or (customer not in names and customer not in res[1]["totals"]):
         raise HTTPException(404, f"no customer {customer}")
     items = plan(res[0], res[1], customer, fixed)
     return page(

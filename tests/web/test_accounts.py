@@ -154,3 +154,18 @@ def test_audit_bundle_carries_the_downgrade_and_verifies(settings: Any, tools: A
     assert invoice["total"] == "28.08"
     report = verify_bundle(path, workers=1)
     assert report.ok, [f.to_json() for f in report.errors]
+
+
+def test_payments_for_a_slashed_id_and_for_a_customer_dropped_while_overdue(
+    client: Any, settings: Any, tools: Any
+) -> None:
+    tools.apply(settings, tools.catalog(customers=["c1", "AT/1001"]))
+    admin = {"Authorization": f"Bearer {tools.token(settings, 'acme', 'admin')}"}
+    r = client.post("/v1/providers/acme/customers/AT%2F1001/payment-failed", headers=admin)
+    assert r.status_code == 200 and r.json()["customer"] == "AT/1001" and r.json()["state"] == "overdue"
+    # The customer leaves the catalog while overdue: the payment can still be recorded (and the
+    # overdue alert end), a customer never seen stays unknown.
+    tools.apply(settings, tools.catalog(customers=["c1"]))
+    paid = client.post("/v1/providers/acme/customers/AT%2F1001/paid", headers=admin)
+    assert paid.json()["state"] == "active"
+    assert client.post("/v1/providers/acme/customers/nobody/paid", headers=admin).status_code == 404
