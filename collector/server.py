@@ -2,6 +2,7 @@
 
 import os
 import time
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarg
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
 from collector.requestguard import LimitBody, RefuseNul
-from collector.settings import ENV_DATA_DIR, ENV_DB, ENV_ORIGIN, Settings
+from collector.settings import ENV_DATA_DIR, ENV_DB, ENV_LISTEN, ENV_ORIGIN, Settings, SetupError, setting
 from protocol.merkle import MerkleError
 from protocol.timefmt import parse_month
 
@@ -214,7 +215,7 @@ def _log_access(engine: Any, scope: "readapi.Scope", provider: str, month: str) 
 def app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: settings come from the environment set by `serve`."""
     app = create_app(
-        Settings.resolve(os.environ.get(ENV_DATA_DIR), os.environ.get(ENV_DB), os.environ.get(ENV_ORIGIN))
+        Settings(Path(os.environ[ENV_DATA_DIR]), os.environ[ENV_DB], os.environ.get(ENV_ORIGIN) or None)
     )
     tune_gc()
     return app
@@ -223,9 +224,12 @@ def app_from_env() -> FastAPI:
 def serve(settings: Settings, listen: str | None, workers: int) -> int:
     import uvicorn
 
-    settings.open()  # key, origin and migrations before any worker starts
-    listen = listen or os.environ.get("TR7_COLLECTOR_LISTEN") or "127.0.0.1:8080"
+    listen = listen or setting(ENV_LISTEN) or "127.0.0.1:8080"
     host, _, port = listen.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise SetupError(f"listen address {listen!r} (--listen or {ENV_LISTEN}) must be HOST:PORT, "
+                         "e.g. 127.0.0.1:8080 or [::1]:8080")
+    settings.open()  # key, origin and migrations before any worker starts
     os.environ[ENV_DATA_DIR] = str(settings.data_dir.resolve())
     os.environ[ENV_DB] = settings.db_url
     os.environ[ENV_ORIGIN] = settings.origin

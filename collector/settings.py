@@ -17,6 +17,9 @@ from protocol.keys import AgentKey, create_file_once, load_or_create_private_key
 ENV_DATA_DIR = "TR7_COLLECTOR_DATA_DIR"
 ENV_DB = "TR7_COLLECTOR_DB"
 ENV_ORIGIN = "TR7_COLLECTOR_ORIGIN"
+ENV_LISTEN = "TR7_COLLECTOR_LISTEN"
+ENV_FILE = "TR7_COLLECTOR_ENV_FILE"
+DEFAULT_ENV_FILE = "/etc/tr7-collector/collector.env"  # the service's EnvironmentFile (packaged)
 DEFAULT_DATA_DIR = "/var/lib/tr7-collector"
 IDENTITY = "collector_verifier_key"  # meta row: name+keyid+key of the key signing checkpoints
 _ORIGIN_RE = re.compile(r"^[A-Za-z0-9._-]+\Z")  # \Z, not $: a final newline would end the note line
@@ -26,17 +29,51 @@ class SetupError(Exception):
     """The data directory or the database cannot be used as configured."""
 
 
+def env_file() -> dict[str, str]:
+    """The TR7_COLLECTOR_* settings of the service's environment file (TR7_COLLECTOR_ENV_FILE, by
+    default /etc/tr7-collector/collector.env), which operator commands run from a shell read too:
+    with the database set only there, they created an empty SQLite database of their own.
+
+    systemd's EnvironmentFile syntax, the part such a file uses: KEY=VALUE lines, `#` or `;`
+    comments, a value optionally in single or double quotes (no escapes, no continuation lines).
+    Hand-written rather than python-dotenv, whose syntax (export, interpolation) is not systemd's.
+    An unreadable file (an operator without the rights) counts as absent."""
+    try:
+        text = Path(os.environ.get(ENV_FILE) or DEFAULT_ENV_FILE).read_text()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    out = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;" or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if key.startswith("TR7_COLLECTOR_") and value:
+            out[key] = value
+    return out
+
+
+def setting(name: str) -> str | None:
+    """One setting from the environment, else from the service's environment file."""
+    return os.environ.get(name) or env_file().get(name)
+
+
 @dataclass
 class Settings:
     data_dir: Path
     db_url: str
     origin_override: str | None = None
+    db_defaulted: bool = False  # no --db nor TR7_COLLECTOR_DB: the SQLite file in the data dir
 
     @classmethod
     def resolve(cls, data_dir: str | None, db_url: str | None, origin: str | None = None) -> "Settings":
-        d = Path(data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
-        url = db_url or os.environ.get(ENV_DB) or f"sqlite:///{d.resolve() / 'collector.db'}"
-        return cls(d, url, origin or os.environ.get(ENV_ORIGIN))
+        d = Path(data_dir or setting(ENV_DATA_DIR) or DEFAULT_DATA_DIR)
+        url = db_url or setting(ENV_DB)
+        default = f"sqlite:///{d.resolve() / 'collector.db'}"
+        return cls(d, url or default, origin or setting(ENV_ORIGIN), db_defaulted=url is None)
 
     def ensure_dir(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -71,11 +108,26 @@ class Settings:
 
     def open(self, migrate: bool = True) -> Engine:
         """Key, origin and schema exist after this (the first command on an empty dir creates them)."""
+        self._refuse_a_second_database()
         _ = self.key, self.origin
         if migrate:
             db.migrate(self.engine)
             db.write_tx(self.engine, self._claim_identity)
         return self.engine
+
+    def _refuse_a_second_database(self) -> None:
+        """A data directory whose key exists but whose default SQLite file does not belongs to a
+        collector with its database elsewhere: a command that was not told where would make an
+        empty one beside it and report success (a catalog applied, a token made, a month closed
+        in a database the service never reads)."""
+        db_file = self.data_dir / "collector.db"
+        if self.db_defaulted and (self.data_dir / "collector.key").exists() and not db_file.exists():
+            raise SetupError(
+                f"{self.data_dir} holds a collector key but no database {db_file}: its collector "
+                f"keeps its database elsewhere ({ENV_DB}, e.g. in {DEFAULT_ENV_FILE} for the service). "
+                f"Pass --db URL or set {ENV_DB}; to start a new SQLite database here on purpose, "
+                f"pass --db sqlite:///{db_file.resolve()}"
+            )
 
     def _claim_identity(self, conn: Connection) -> None:
         """The database keeps the origin and verifier key its checkpoints are signed with, from the

@@ -36,3 +36,44 @@ def test_common_options_before_or_after_the_command(tmp_path: Path) -> None:
     both, unused = tmp_path / "both", tmp_path / "unused"
     assert agents("--data-dir", str(unused), "agent", "list", "--data-dir", str(both)).returncode == 0
     assert (both / "collector.db").exists() and not unused.exists()
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector.cli", *args], capture_output=True, text=True,
+                          check=False, env=env)
+
+
+def test_commands_use_the_database_of_the_services_environment_file(tmp_path: Path) -> None:
+    """The packaged service reads TR7_COLLECTOR_DB from /etc/tr7-collector/collector.env; an
+    operator's command in a shell, without --db, uses the same database (it made an empty SQLite
+    one of its own in the data dir)."""
+    import os
+
+    elsewhere = tmp_path / "service.db"
+    conf = tmp_path / "collector.env"
+    conf.write_text(f"# as packaged\nTR7_COLLECTOR_LISTEN=127.0.0.1:8080\nTR7_COLLECTOR_DB=\"sqlite:///{elsewhere}\"\n")
+    env = {**os.environ, "TR7_COLLECTOR_ENV_FILE": str(conf)}
+    data = tmp_path / "data"
+    assert _cli("--data-dir", str(data), "agent", "list", env=env).returncode == 0
+    assert elsewhere.exists() and not (data / "collector.db").exists()
+    # The environment (and --db) still come first.
+    mine = tmp_path / "mine.db"
+    out = _cli("--data-dir", str(data), "--db", f"sqlite:///{mine}", "agent", "list", env=env)
+    assert out.returncode == 0
+    assert mine.exists()
+
+
+def test_a_data_dir_with_a_key_but_no_database_is_not_given_a_new_one(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    service_db = f"sqlite:///{tmp_path / 'service.db'}"
+    assert _cli("--data-dir", str(data), "--db", service_db, "agent", "list").returncode == 0  # the service
+    out = _cli("--data-dir", str(data), "agent", "list")  # an operator who forgot where the database is
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"tr7-collector: {data} holds a collector key but no database"), out.stderr
+    assert "--db" in out.stderr and not (data / "collector.db").exists()
+
+
+def test_a_listen_address_without_a_port_is_one_line(tmp_path: Path) -> None:
+    out = _cli("serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "listen address '127.0.0.1'" in out.stderr and "HOST:PORT" in out.stderr
