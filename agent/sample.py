@@ -14,7 +14,7 @@ from agent.config import AgentSettings
 
 _EXAMPLES = {"collector": "https://collector.example.net", "metrics_listen": "127.0.0.1:9464",
              "name": "agent-dc1", "ca_file": "/etc/tr7-agent/collector-ca.pem",
-             "token_file": "collector-token"}
+             "token_file": "tr7_collector-token"}
 
 
 def _toml(value: Any) -> str:

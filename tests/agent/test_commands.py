@@ -84,3 +84,20 @@ def test_status_and_export_without_collector(tmp_path: Path, make_collector) -> 
     # Export does not delete: the spool still holds them for shipping later.
     st2 = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
     assert st2["spool_depth"] == st["spool_depth"]
+
+
+def test_unit_credential_names_work_from_a_shell(tmp_path: Path, make_collector) -> None:
+    """`tr7_<file>` names the file the unit loads from /etc/tr7-agent/credentials; `check` and
+    `enroll` run by the operator (no $CREDENTIALS_DIRECTORY) read the same file."""
+    collector = make_collector(tokens=["tok-1"])
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "collector-token").write_text("bearer-secret\n")
+    cfg = write_config(tmp_path / "a.toml", {"collector": collector.url, "state_dir": str(tmp_path / "s"),
+                                            "token_file": "tr7_collector-token"}, [])
+    without = run_cli("enroll", "--config", str(cfg), "--token", "tok-1",
+                      env=agent_env(TR7_AGENT_CREDENTIALS=str(tmp_path / "empty")))
+    assert without.returncode == 1 and "cannot read secret file tr7_collector-token" in without.stderr
+    res = run_cli("enroll", "--config", str(cfg), "--token", "tok-1",
+                  env=agent_env(TR7_AGENT_CREDENTIALS=str(creds)))
+    assert res.returncode == 0, res.stderr
