@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Build tr7-agent and tr7-collector as .deb and .rpm with nfpm: each a self-contained virtualenv
-# under /opt, made with the target distribution's own /usr/bin/python3 (this Debian's).
+# under /opt, made with /usr/bin/python3.11 (this Debian 12's python3), which the .deb and the
+# .rpm both require by that path. The .rpm is built here too: its compiled modules (libvirt-python
+# is built from source) need a glibc at least Debian 12's (2.36), e.g. Fedora 37+; for RHEL 9
+# (glibc 2.34) build on the target (README.md, "Quick start").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/dist}
 NFPM=${NFPM:-$ROOT/.venv/bin/nfpm}
-SYS_PY=${SYS_PY:-/usr/bin/python3}
+SYS_PY=${SYS_PY:-/usr/bin/python3.11}
 export TR7_VERSION
 TR7_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
 mkdir -p "$OUT" build

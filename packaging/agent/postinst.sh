@@ -7,14 +7,21 @@ if command -v systemd-sysusers >/dev/null 2>&1; then
 elif ! getent passwd tr7-agent >/dev/null; then
     useradd --system --home-dir /var/lib/tr7-agent --shell /usr/sbin/nologin tr7-agent || true
 fi
+# The state directory exists before the service first starts: `tr7-agent enroll` as the service
+# user writes the key there (the unit's StateDirectory= would make it only at the first start).
+if getent passwd tr7-agent >/dev/null; then
+    install -d -m 0700 -o tr7-agent -g tr7-agent /var/lib/tr7-agent
+fi
 chgrp tr7-agent /etc/tr7-agent/agent.toml 2>/dev/null || true
+if [ ! -e /etc/tr7-agent/agent.toml ]; then
+    echo "tr7-agent: configure it: install -m 0640 -g tr7-agent /usr/share/doc/tr7-agent/agent.toml.sample" \
+         "/etc/tr7-agent/agent.toml, edit it, then: systemctl enable --now tr7-agent" >&2
+fi
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload || true
     if /usr/bin/tr7-agent config validate --config /etc/tr7-agent/agent.toml >/dev/null 2>&1; then
         # Upgrade of a configured agent: restart it on the new code (key and spool are kept).
         systemctl try-restart tr7-agent.service || true
-    else
-        echo "tr7-agent: edit /etc/tr7-agent/agent.toml, then: systemctl enable --now tr7-agent" >&2
     fi
 fi
 exit 0

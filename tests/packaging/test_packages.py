@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def run(*cmd: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False)
+    # stdin closed, as under unattended upgrades: a dpkg prompt fails rather than waits
+    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False,
+                         stdin=subprocess.DEVNULL)
     if check and out.returncode != 0:
         raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     return out
@@ -38,7 +40,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("debootstrap") is None:
         pytest.fail("debootstrap is missing: scripts/apt-packages.txt must install it")
     target = tmp_path_factory.mktemp("debian") / "root"
-    run("debootstrap", "--variant=minbase", "--include=python3,libvirt0", "bookworm", target, MIRROR)
+    deps = "python3,libvirt0,fonts-dejavu-core"  # what the packages depend on
+    run("debootstrap", "--variant=minbase", f"--include={deps}", "bookworm", target, MIRROR)
     return target
 
 
@@ -64,20 +67,27 @@ def test_install_upgrade_remove_purge(debs: dict[str, Path], root: Path) -> None
     assert os.readlink(root / "usr/bin/tr7-agent") == "/opt/tr7-agent/bin/tr7-agent"
     assert (root / "opt/tr7-agent/bin/python").resolve().name.startswith("python3")
 
-    # System users from sysusers.d, config readable by the service group only, secrets 0700.
+    # System users from sysusers.d, secrets 0700, the state directory ready for `enroll` as the
+    # service user before the first start; the config is the operator's, made from the sample
+    # (the unit's ConditionPathExists keeps an unconfigured agent from starting).
     assert chroot(root, "getent", "passwd", "tr7-agent").returncode == 0
     assert chroot(root, "getent", "passwd", "tr7-collector").returncode == 0
     conf = root / "etc/tr7-agent/agent.toml"
-    assert conf.stat().st_mode & 0o777 == 0o640
+    assert not conf.exists()
     assert (root / "etc/tr7-agent/credentials").stat().st_mode & 0o777 == 0o700
     assert (root / "usr/lib/systemd/system/tr7-agent.service").exists()
-
-    # Upgrade (reinstall) keeps an edited config, the key and the spool.
-    conf.write_text(conf.read_text() + "\n# edited by the operator\n")
     state = root / "var/lib/tr7-agent"
-    state.mkdir(exist_ok=True)
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert chroot(root, "stat", "-c", "%U", "/var/lib/tr7-agent").stdout.strip() == "tr7-agent"
+    chroot(root, "install", "-m", "0640", "-g", "tr7-agent", "/usr/share/doc/tr7-agent/agent.toml.sample",
+           "/etc/tr7-agent/agent.toml")
+    assert "[agent]" in conf.read_text()
+
+    # Upgrade (reinstall), unattended: no conffile prompt; the edited config, key and spool kept.
+    conf.write_text(conf.read_text() + "\n# edited by the operator\n")
     (state / "agent.key").write_text("key")
     install(root, debs["tr7-agent"])
+    assert chroot(root, "dpkg-query", "-W", "-f", "${Status}", "tr7-agent").stdout == "install ok installed"
     assert conf.read_text().endswith("# edited by the operator\n")
     assert (state / "agent.key").exists()
 
