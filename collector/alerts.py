@@ -118,16 +118,31 @@ def across_months(conn: Connection, provider: str, month: str) -> list[dict[str,
       as another JWS (a host restored from a snapshot taken last month);
     - `clock_back_across_months`: seqs of the month before signed right after a heartbeat of this
       month (the clock went back over the boundary: seq 41 on the 1st at 00:00:30, seq 42 on the
-      31st at 23:59:50), which the month-by-month rules see only as a gap in each month.
+      31st at 23:59:50), which the month-by-month rules see only as a gap in each month;
+    - `break_across_months`: the heartbeat after the anchor does not chain to it, where the month
+      is closed and its anchor frozen (docs/protocol-decisions.md) while the month before's last
+      heartbeats came later: the rules, given the frozen anchor, see a gap.
 
-    Only the anchor's own seq reused is quarantined (docs/protocol-decisions.md, "Chain analysis
-    across the month boundary"); these are alerts."""
+    Against the month before's latest heartbeats, whatever the close froze. Only the anchor's own
+    seq reused is quarantined, by the rules (docs/protocol-decisions.md, "Chain analysis across
+    the month boundary"); these are alerts."""
     L = s.leaves.c
     before = previous_month(month)
+    given = evidence.anchors(conn, provider, month)  # what the month's chain rules are given
     out = []
-    for kid, anchor in sorted(evidence.anchors(conn, provider, month).items()):
+    for kid, anchor in sorted(evidence.anchors(conn, provider, month, latest=True).items()):
+        # A frozen anchor older than the latest: the rules judged neither the latest's own seq
+        # reused (a fork) nor the link after it (a break).
+        stale = kid not in given or given[kid].digest != anchor.digest
         mine = sa.select(L.seq).where(L.provider == provider, L.month == month, L.kid == kid)
-        below = set(conn.execute(mine.where(L.seq < anchor.seq)).scalars())
+        edge = L.seq <= anchor.seq if stale else L.seq < anchor.seq
+        below = set(conn.execute(mine.where(edge)).scalars())
+        if stale:
+            after = mine.where(L.seq == anchor.seq + 1, L.prev != anchor.digest)
+            broken = conn.execute(after).scalars().all()
+            if broken:
+                out.append({"type": "break_across_months", "agent": kid, "month_before": before,
+                            "seqs": [int(broken[0])]})
         if not below:
             continue  # the usual case: the month starts above its anchor
         theirs = set(conn.execute(

@@ -55,15 +55,16 @@ def chain_rows(conn: Connection, provider: str, month: str, size: int | None = N
     return cast(list[Link], _tuples(conn, q.order_by(_L.idx)))
 
 
-def anchor_rows(conn: Connection, provider: str, month: str) -> list[Any]:
+def anchor_rows(conn: Connection, provider: str, month: str, latest: bool = False) -> list[Any]:
     """Each key's last accepted heartbeat of the month before: highest seq, first logged on a tie.
 
     For a closed month, accepted by its close: among the month before's first `closes.anchor_size`
     leaves. A heartbeat of the month before that arrives later is that month's late data; it does
-    not move the anchors the frozen documents were computed from (docs/protocol-decisions.md)."""
+    not move the anchors the frozen documents were computed from (docs/protocol-decisions.md).
+    ``latest``: over all the month before's leaves, closed or not (the boundary alerts)."""
     prev = previous_month(month)
     scope = [_L.provider == provider, _L.month == prev]
-    bound = conn.execute(
+    bound = None if latest else conn.execute(
         sa.select(s.closes.c.anchor_size).where(s.closes.c.provider == provider, s.closes.c.month == month)
     ).scalar()
     if bound is not None:
@@ -81,8 +82,8 @@ def anchor_rows(conn: Connection, provider: str, month: str) -> list[Any]:
     return [out[k] for k in sorted(out)]
 
 
-def anchors(conn: Connection, provider: str, month: str) -> dict[str, Heartbeat]:
-    return {r.kid: cast(Heartbeat, r) for r in anchor_rows(conn, provider, month)}
+def anchors(conn: Connection, provider: str, month: str, latest: bool = False) -> dict[str, Heartbeat]:
+    return {r.kid: cast(Heartbeat, r) for r in anchor_rows(conn, provider, month, latest)}
 
 
 def chain_analysis(conn: Connection, provider: str, month: str, size: int | None = None) -> ChainAnalysis:

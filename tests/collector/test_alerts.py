@@ -182,3 +182,45 @@ def test_a_fork_and_a_clock_back_across_the_month_boundary_are_alerts(client, se
     # The month before is not blamed for the month after's boundary.
     with db.read_conn(settings.engine) as conn:
         assert alerts.across_months(conn, "acme", previous_month(m)) == []
+
+
+def test_a_break_behind_a_frozen_anchor_is_an_alert(client, settings, tools):
+    """The month before's last heartbeats arrive after the month is closed (its anchors frozen at
+    the close): the link from them to the month's first heartbeat is checked for the alert."""
+    from collector import accounting, alerts, evidence
+
+    m = previous_month(month_of(int(time.time())))
+    m0 = month_bounds(m)[0]
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, m0 - 7 * 86400)
+    on_time = [a.beat(m0 - 3600 * (6 - i), {"TR7-0001": "running"}) for i in range(3)]  # seq 1..3
+    late = [a.beat(m0 - 3600 * (3 - i), {"TR7-0001": "running"}) for i in range(2)]  # seq 4, 5
+    a.prev = "99" * 32  # seq 6 does not chain to seq 5
+    month = [a.beat(m0 + 3600 * i, {"TR7-0001": "running"}) for i in range(2)]  # seq 6, 7
+    assert {r["status"] for r in ingest_lines(settings.engine, on_time + month)} == {"accepted"}
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", m, now=int(time.time())))
+    assert {r["status"] for r in ingest_lines(settings.engine, late)} == {"accepted"}
+    with db.read_conn(settings.engine) as c:
+        rules = evidence.chain_analysis(c, "acme", m).reports[a.kid].to_json()
+        found = alerts.across_months(c, "acme", m)
+    assert rules["breaks"] == [] and rules["gaps"] == [[4, 5]]  # the frozen anchor is seq 3
+    assert found == [{"type": "break_across_months", "agent": a.kid, "month_before": previous_month(m),
+                      "seqs": [6]}]
+
+
+def test_no_boundary_alert_for_what_the_rules_see(client, settings, tools):
+    """An open month's anchor is the latest: its break is the rules' own (quarantined), not repeated."""
+    from collector import alerts, evidence
+
+    m = previous_month(month_of(int(time.time())))
+    m0 = month_bounds(m)[0]
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, m0 - 7 * 86400)
+    before = [a.beat(m0 - 3600 * (6 - i), {"TR7-0001": "running"}) for i in range(5)]
+    a.prev = "99" * 32
+    month = [a.beat(m0 + 3600 * i, {"TR7-0001": "running"}) for i in range(2)]
+    assert {r["status"] for r in ingest_lines(settings.engine, before + month)} == {"accepted"}
+    with db.read_conn(settings.engine) as c:
+        assert evidence.chain_analysis(c, "acme", m).reports[a.kid].to_json()["breaks"] == [6]
+        assert alerts.across_months(c, "acme", m) == []
