@@ -1,6 +1,5 @@
 """The verifier's individual checks: findings, agents, chains, billing recomputation."""
 
-import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from protocol.chain import ChainAnalysis
 from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat
 from protocol.keys import kid_of, load_public_key_b64, raw_public
+from protocol.strictjson import loads_strict
 from protocol.timefmt import parse_time
 
 Add = Callable[..., None]
@@ -141,12 +141,12 @@ def _load_doc(add: Add, root: Path, rel: str, present: set[str], prefix: str) ->
     if rel not in present:
         return None
     try:
-        doc = json.loads((root / rel).read_text(encoding="utf-8"))
+        doc = loads_strict((root / rel).read_bytes(), "json.format")  # duplicate names refused
     except OSError as exc:
         add(rel, None, "file.unreadable", str(exc))
         return None
-    except (UnicodeDecodeError, ValueError) as exc:
-        add(rel, None, "json.format", f"not valid UTF-8 JSON: {exc}")
+    except ProtocolError as exc:
+        add(rel, None, "json.format", f"not valid UTF-8 JSON: {exc.detail}")
         return None
     if not isinstance(doc, dict):
         add(rel, None, f"{prefix}.format", "not a JSON object")

@@ -1,12 +1,13 @@
 """The bundle's files against heartbeat-v1.md §6 and manifest.json: which files verify may read."""
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from audit import bundle as B
+from protocol.errors import ProtocolError
+from protocol.strictjson import loads_strict
 from protocol.timefmt import month_bounds, parse_time
 
 Add = Callable[..., None]
@@ -33,12 +34,12 @@ def _load(add: Add, root: Path) -> Any:
             "not read")
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads_strict(path.read_bytes(), "json.format")  # duplicate names refused
     except OSError as exc:
         add(B.MANIFEST, None, "file.unreadable", str(exc))
         return None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        add(B.MANIFEST, None, "json.format", f"not valid UTF-8 JSON: {exc}")
+    except ProtocolError as exc:
+        add(B.MANIFEST, None, "json.format", f"not valid UTF-8 JSON: {exc.detail}")
         return {}
 
 

@@ -20,7 +20,7 @@ def _read(root: Path, rel: str) -> bytes:
 def _json(root: Path, rel: str) -> Any:
     try:
         return json.loads(_read(root, rel).decode("utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

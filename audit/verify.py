@@ -1,6 +1,5 @@
 """Offline verification of an audit bundle: every check of heartbeat-v1.md §6, as findings."""
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,9 +14,11 @@ from audit.manifest import check_manifest
 from audit.recompute import Tally, cells_of, tally_activity, tally_heartbeat
 from billing import Activity, load_catalog
 from protocol.chain import ChainAnalysis, analyze
+from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, parse_unverified
 from protocol.merkle import root_hash
 from protocol.note import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
+from protocol.strictjson import loads_strict
 
 Progress = Callable[[str, int, int], None]
 
@@ -60,9 +61,11 @@ def _load_json(ctx: _Ctx, rel: str) -> Any:
     if data is None:
         return None
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        ctx.add(rel, None, "json.format", f"not valid UTF-8 JSON: {exc}")
+        # Strict (duplicate member names refused): with the last of two names winning, a bundle
+        # could say one thing to this verifier and another to a parser that keeps the first.
+        return loads_strict(data, "json.format")
+    except ProtocolError as exc:
+        ctx.add(rel, None, "json.format", f"not valid UTF-8 JSON: {exc.detail}")
         return None
 
 
@@ -131,7 +134,7 @@ def _fixed_instances(ctx: _Ctx) -> frozenset[str]:
     if data is None:
         return frozenset()
     try:
-        cat = load_catalog(json.loads(data.decode("utf-8")))
+        cat = load_catalog(loads_strict(data, "json.format"))
     except Exception:  # any failure is reported later, where billing loads the catalog
         return frozenset()
     return frozenset(lic.instance for lic in cat.licenses if lic.model == "fixed")

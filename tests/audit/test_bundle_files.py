@@ -103,3 +103,32 @@ def test_show_does_not_open_a_fifo(bundle: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "audit.cli", "show", str(bundle)], capture_output=True,
                          text=True, timeout=60, check=False, cwd=ROOT, preexec_fn=_limit_memory)
     assert res.returncode == 0 and "customers:" in res.stdout, res.stderr
+
+
+DOCUMENTS = ["manifest.json", "agents.json", "catalog.json", "usage.json", "invoice.json"]
+
+
+@pytest.mark.parametrize("rel", DOCUMENTS)
+def test_a_json_document_with_a_repeated_member_is_refused(bundle: Path, forge, rel: str) -> None:
+    """Whichever of two equal names a parser keeps, the bundle must say one thing: the last one
+    winning let a forger show another value to a parser that keeps the first."""
+    path = bundle / rel
+    text = path.read_text()
+    first = text.index('"', text.index("{")) if text.lstrip().startswith("{") else text.index('"')
+    name = text[first: text.index('"', first + 1) + 1]
+    path.write_text(text.replace("{", "{" + name + ": 0, ", 1))  # a copy of the object's first name
+    if rel != "manifest.json":
+        forge.rehash(bundle)
+    res = verify_cli(bundle)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert f"{rel}: json.format: not valid UTF-8 JSON: not strict JSON: duplicate member name" in res.stdout
+
+
+@pytest.mark.parametrize("rel", ["manifest.json", "catalog.json", "usage.json"])
+def test_a_json_document_nested_too_deeply_is_a_named_finding(bundle: Path, forge, rel: str) -> None:
+    (bundle / rel).write_text("[" * 100_000 + "]" * 100_000)
+    if rel != "manifest.json":
+        forge.rehash(bundle)
+    res = verify_cli(bundle)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert f"{rel}: json.format: not valid UTF-8 JSON: not strict JSON: nested too deeply" in res.stdout
