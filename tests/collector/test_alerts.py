@@ -146,13 +146,19 @@ def test_hours_only_a_forks_copies_gave_are_not_active_on_the_api(client, settin
     assert usage["rows"][0]["active_hours"] == 2  # the bill counts 10:00 and 12:00, as the API
 
 
-def test_a_fork_and_a_clock_back_across_the_month_boundary_are_alerts(client, settings, tools):
-    from collector import alerts
-
+def _last_month_agent(settings, tools):
+    """(last month, its first second, an agent enrolled a week before it) of a boundary test."""
     m = previous_month(month_of(int(time.time())))
     m0 = month_bounds(m)[0]
     a = tools.Agent("a")
     tools.enrol(settings, "acme", a, m0 - 7 * 86400)
+    return m, m0, a
+
+
+def test_a_fork_and_a_clock_back_across_the_month_boundary_are_alerts(client, settings, tools):
+    from collector import alerts
+
+    m, m0, a = _last_month_agent(settings, tools)
     october = [a.beat(m0 - 3600 * (6 - i), {"TR7-0001": "running"}) for i in range(2)]
     snapshot = a.seq, a.prev  # the host's snapshot, taken before seq 3
     october += [a.beat(m0 - 3600 * (4 - i), {"TR7-0001": "running"}) for i in range(4)]  # seq 3..6
@@ -189,11 +195,8 @@ def test_a_break_behind_a_frozen_anchor_is_an_alert(client, settings, tools):
     the close): the link from them to the month's first heartbeat is checked for the alert."""
     from collector import accounting, alerts, evidence
 
-    m = previous_month(month_of(int(time.time())))
-    m0 = month_bounds(m)[0]
     db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
-    a = tools.Agent("a")
-    tools.enrol(settings, "acme", a, m0 - 7 * 86400)
+    m, m0, a = _last_month_agent(settings, tools)
     on_time = [a.beat(m0 - 3600 * (6 - i), {"TR7-0001": "running"}) for i in range(3)]  # seq 1..3
     late = [a.beat(m0 - 3600 * (3 - i), {"TR7-0001": "running"}) for i in range(2)]  # seq 4, 5
     a.prev = "99" * 32  # seq 6 does not chain to seq 5
@@ -213,10 +216,7 @@ def test_no_boundary_alert_for_what_the_rules_see(client, settings, tools):
     """An open month's anchor is the latest: its break is the rules' own (quarantined), not repeated."""
     from collector import alerts, evidence
 
-    m = previous_month(month_of(int(time.time())))
-    m0 = month_bounds(m)[0]
-    a = tools.Agent("a")
-    tools.enrol(settings, "acme", a, m0 - 7 * 86400)
+    m, m0, a = _last_month_agent(settings, tools)
     before = [a.beat(m0 - 3600 * (6 - i), {"TR7-0001": "running"}) for i in range(5)]
     a.prev = "99" * 32
     month = [a.beat(m0 + 3600 * i, {"TR7-0001": "running"}) for i in range(2)]
