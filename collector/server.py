@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from collector import db, readapi, registry, tlog, web
 from collector import schema as s
-from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge
+from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge, TooManyLines
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
 from collector.requestguard import LimitBody, RefuseNul
@@ -74,7 +74,7 @@ async def _read_lines(request: Request) -> list[str]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BYTES:
         raise HTTPException(413, f"request body larger than {MAX_BYTES} bytes")
-    splitter: LineSplitter | None = LineSplitter()
+    splitter: LineSplitter | None = LineSplitter(MAX_LINES)
     total = 0
     inflater = Gunzip(MAX_BYTES) if encoding == "gzip" else None
     async for chunk in request.stream():
@@ -94,6 +94,8 @@ async def _read_lines(request: Request) -> list[str]:
                 splitter.feed(data)
             except NotAscii:
                 splitter = None
+            except TooManyLines as exc:
+                raise HTTPException(413, f"at most {MAX_LINES} heartbeats per request") from exc
     if inflater is not None:
         try:
             inflater.close()
@@ -104,6 +106,8 @@ async def _read_lines(request: Request) -> list[str]:
             return splitter.close()
     except NotAscii:
         pass
+    except TooManyLines as exc:
+        raise HTTPException(413, f"at most {MAX_LINES} heartbeats per request") from exc
     raise HTTPException(400, "body must be US-ASCII compact JWS lines")
 
 

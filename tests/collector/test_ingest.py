@@ -130,6 +130,9 @@ def test_bad_requests_are_4xx_never_500(client, settings, tools):
     assert client.post("/v1/heartbeats", content=b"\xe9" + huge, headers=hdr).status_code == 413
     bomb = gzip.compress(b"a" * (16 * 1024 * 1024 + 10))  # small on the wire, too big inflated
     assert client.post("/v1/heartbeats", content=bomb, headers=gz).status_code == 413
+    lfs = gzip.compress(b"\n" * (16 * 1024 * 1024 - 1), 9)  # 16 kB: 16.7 million empty lines
+    r = client.post("/v1/heartbeats", content=lfs, headers=gz)
+    assert r.status_code == 413 and r.json()["detail"] == "at most 5000 heartbeats per request"
     assert _count(settings) == 0
     # a gzip body within limits is fine, each of its members (RFC 1952: a series of members)
     two = [a.beat(now - i, {"TR7-1": "running"}) for i in (9, 8)]
