@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector.accounts import api as accounts_api
-from collector.web import auth, data, detail, pages, tools
+from collector.web import auth, data, detail, pages, throttle, tools
 from collector.web.common import HERE
 from protocol.timefmt import month_of
 
@@ -22,6 +22,7 @@ CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancest
 
 def register(app: FastAPI) -> None:
     """The one call in create_app: pages under /ui, static files, account and entitlement API."""
+    app.state.signin_throttle = throttle.SignInThrottle(checks=os.cpu_count() or 1)
     app.include_router(pages.router)
     app.include_router(detail.router)
     app.include_router(tools.router)

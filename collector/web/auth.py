@@ -1,6 +1,7 @@
 """Sign-in (user accounts or API tokens), server-side sessions, CSRF tokens and role checks."""
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -54,6 +55,13 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(again, stored)
 
 
+@functools.cache
+def _equaliser() -> str:
+    # Made once: hashing it at each unknown name cost a second scrypt, so an unknown name took
+    # twice as long to answer as a known one (a way to tell which names exist).
+    return hash_password("timing-equaliser")
+
+
 def add_user(
     conn: Connection, provider: str | None, role: str, username: str, password: str, now: int
 ) -> None:
@@ -61,8 +69,7 @@ def add_user(
         raise registry.RegistryError(f"role must be one of {', '.join(ROLES)}")
     if (role == "vendor") != (provider is None):
         raise registry.RegistryError("the vendor role has no provider; every other role needs one")
-    if len(password) < 8:
-        raise registry.RegistryError("a password has at least 8 characters")
+    _check_length(password)
     if provider is not None:
         registry.ensure_provider(conn, provider)
     if conn.execute(sa.select(web_users.c.username).where(web_users.c.username == username)).first():
@@ -72,6 +79,38 @@ def add_user(
             username=username, provider=provider, role=role, password=hash_password(password), created_at=now
         )
     )
+
+
+def _check_length(password: str) -> None:
+    if len(password) < 8:
+        raise registry.RegistryError("a password has at least 8 characters")
+
+
+def _ending_sessions_of(conn: Connection, username: str) -> int:
+    """A user's sessions ended (a new password, a removed account): how many there were."""
+    done = conn.execute(web_sessions.delete().where(web_sessions.c.who == username))
+    return int(done.rowcount or 0)
+
+
+def _require_user(conn: Connection, username: str) -> None:
+    if conn.execute(sa.select(web_users.c.username).where(web_users.c.username == username)).first() is None:
+        raise registry.RegistryError(f"no user {username} (tr7-collector user list)")
+
+
+def set_password(conn: Connection, username: str, password: str) -> int:
+    """A new password; the user's open sessions end (someone who had the old one may hold one)."""
+    _check_length(password)
+    _require_user(conn, username)
+    conn.execute(web_users.update().where(web_users.c.username == username)
+                 .values(password=hash_password(password)))
+    return _ending_sessions_of(conn, username)
+
+
+def remove_user(conn: Connection, username: str) -> int:
+    """Delete an account and end its sessions (a departed or compromised user)."""
+    _require_user(conn, username)
+    conn.execute(web_users.delete().where(web_users.c.username == username))
+    return _ending_sessions_of(conn, username)
 
 
 def authenticate(conn: Connection, username: str, password: str, token: str) -> tuple[Scope, str] | None:
@@ -90,7 +129,7 @@ def authenticate(conn: Connection, username: str, password: str, token: str) -> 
         sa.select(web_users).where(web_users.c.username == username)
     ).first()
     if row is None:
-        check_password(password, hash_password("timing-equaliser"))  # same work as a wrong password
+        check_password(password, _equaliser())  # one scrypt, as for a known name's wrong password
         return None
     if not check_password(password, row.password):
         return None

@@ -1,4 +1,4 @@
-"""`tr7-collector user add|list`: web sign-in accounts."""
+"""`tr7-collector user add|list|passwd|remove`: web sign-in accounts."""
 
 import argparse
 import getpass
@@ -25,6 +25,12 @@ def add_user_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     add.add_argument("--role", choices=auth.ROLES, required=True)
     add.add_argument("--username", required=True)
     user.add_parser("list", parents=parents)
+    passwd = user.add_parser(
+        "passwd", parents=parents, help="new password ($TR7_WEB_PASSWORD or asked); ends the user's sessions"
+    )
+    passwd.add_argument("--username", required=True)
+    remove = user.add_parser("remove", parents=parents, help="delete the account and end its sessions")
+    remove.add_argument("--username", required=True)
 
 
 def run_user(args: argparse.Namespace, engine: Any) -> int:
@@ -34,7 +40,15 @@ def run_user(args: argparse.Namespace, engine: Any) -> int:
             for r in c.execute(sa.select(web_users).order_by(web_users.c.username)):
                 print(f"{r.username}\t{r.provider or '(vendor)'}\t{r.role}")
         return 0
+    if args.user_cmd == "remove":
+        ended = db.write_tx(engine, lambda c: auth.remove_user(c, args.username))
+        print(f"user {args.username} removed ({ended} session(s) ended)")
+        return 0
     password = os.environ.get("TR7_WEB_PASSWORD") or getpass.getpass(f"password for {args.username}: ")
+    if args.user_cmd == "passwd":
+        ended = db.write_tx(engine, lambda c: auth.set_password(c, args.username, password))
+        print(f"password of {args.username} changed ({ended} session(s) ended)")
+        return 0
     provider = None if args.vendor else args.provider
     db.write_tx(
         engine, lambda c: auth.add_user(c, provider, args.role, args.username, password, int(time.time()))

@@ -14,7 +14,7 @@ from collector import accounting, db, render, roles
 from collector import schema as s
 from collector.accounts import api as acc_api
 from collector.accounts import store as acc_store
-from collector.web import auth, data
+from collector.web import auth, data, throttle
 from collector.web.common import SessionDep, conn, month_param, provider_page
 from collector.web.common import render as page
 from protocol.timefmt import month_bounds
@@ -41,10 +41,21 @@ def login(
 ) -> Response:
     auth.check_csrf(request.cookies.get(auth.LOGIN_COOKIE, ""), csrf)
     engine = request.app.state.engine
-    with conn(request) as c:
-        found = auth.authenticate(c, username, password, token)
+    address = request.client.host if request.client else ""
+    name = "token" if token.strip() else username
+    guard: throttle.SignInThrottle = request.app.state.signin_throttle
+    wait = guard.wait_for(address, name)
+    if wait:
+        return _refused(request, f"Too many failed sign-ins: try again in {-(-wait // 60)} minute(s).", wait)
+    try:
+        with guard.checking(), conn(request) as c:
+            found = auth.authenticate(c, username, password, token)
+    except throttle.Busy:
+        return _refused(request, "Too many sign-ins at once: try again in a few seconds.", 5)
     if found is None:
+        guard.failed(address, name)
         return RedirectResponse("/ui/login?error=1", status_code=303)
+    guard.succeeded(address, name)
     scope, who = found
     sid = db.write_tx(engine, lambda c: auth.open_session(c, scope, who, int(time.time())))
     resp = RedirectResponse("/ui/", status_code=303)
@@ -52,6 +63,15 @@ def login(
         auth.COOKIE, sid, max_age=auth.SESSION_TTL, httponly=True, samesite="lax", secure=auth.secure(request)
     )
     resp.delete_cookie(auth.LOGIN_COOKIE)
+    return resp
+
+
+def _refused(request: Request, message: str, retry_after: int) -> Response:
+    """The sign-in form again, with why, as a 429 that says when to retry."""
+    token = request.cookies.get(auth.LOGIN_COOKIE) or auth.secrets.token_urlsafe(24)
+    resp = page(request, "login.html", None, login_csrf=token, refused=message)
+    resp.status_code = 429
+    resp.headers["Retry-After"] = str(retry_after)
     return resp
 
 

@@ -69,3 +69,38 @@ def test_accounts_replay(settings: Any, tools: Any, capsys: Any) -> None:
     assert shown["state"] == "downgraded" and shown["reminders"] == 4
     assert collector_main(["account", "paid", *where, "--provider", "acme", "--customer", "nobody"]) == 1
     assert "no customer nobody" in capsys.readouterr().err
+
+
+def test_user_passwd_and_remove_end_the_users_sessions(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """A leaked password or a departed user: a new password, or no account, and no session left."""
+    where = ["--data-dir", str(settings.data_dir), "--db", settings.db_url]
+    monkeypatch.setenv("TR7_WEB_PASSWORD", "long enough secret")
+    assert collector_main(["user", "add", *where, "--provider", "acme", "--role", "admin", "--username",
+                           "ann"]) == 0
+
+    def session() -> str:
+        with db.read_conn(settings.engine) as c:
+            scope, who = auth.authenticate(c, "ann", "long enough secret", "")  # type: ignore[misc]
+        return db.write_tx(settings.engine, lambda c: auth.open_session(c, scope, who, 0))
+
+    sid = session()
+    monkeypatch.setenv("TR7_WEB_PASSWORD", "another long secret")
+    assert collector_main(["user", "passwd", *where, "--username", "ann"]) == 0
+    assert "1 session(s) ended" in capsys.readouterr().out
+    with db.read_conn(settings.engine) as c:
+        assert auth.authenticate(c, "ann", "long enough secret", "") is None
+        assert auth.authenticate(c, "ann", "another long secret", "") is not None
+        assert c.execute(auth.sa.select(auth.web_sessions).where(
+            auth.web_sessions.c.digest == auth.registry.digest(sid))).first() is None
+    with db.read_conn(settings.engine) as c:
+        scope, who = auth.authenticate(c, "ann", "another long secret", "")  # type: ignore[misc]
+    db.write_tx(settings.engine, lambda c: auth.open_session(c, scope, who, 0))
+    assert collector_main(["user", "remove", *where, "--username", "ann"]) == 0
+    assert "1 session(s) ended" in capsys.readouterr().out
+    with db.read_conn(settings.engine) as c:
+        assert auth.authenticate(c, "ann", "another long secret", "") is None
+        assert c.execute(auth.sa.select(auth.web_sessions)).first() is None
+    assert collector_main(["user", "remove", *where, "--username", "ann"]) == 1
+    assert "no user ann" in capsys.readouterr().err
