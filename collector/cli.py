@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from collector import accounting, db, registry
+from collector import accounting, backup, db, registry
 from collector import schema as s
 from collector.gctune import tune_gc
 from collector.settings import ENV_DATA_DIR, ENV_DB, Settings, SetupError
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--workers", type=int, default=1)
     sub.add_parser("migrate", parents=[common], help="create or upgrade the schema")
+    backup.add_parser(sub, [common])
     sp = sub.add_parser("apply", parents=[common], help="apply a provider's catalog (JSON or YAML)")
     sp.add_argument("file", type=Path)
     sp.add_argument(
@@ -155,6 +156,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from collector.server import serve
 
         return serve(settings, args.listen, args.workers)
+    if args.cmd == "backup":
+        for line in backup.backup(settings, args.out):
+            print(line)
+        return 0
     engine = settings.open()
     now = int(time.time())
     if args.cmd == "migrate":

@@ -196,11 +196,27 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
             conn.commit()
 
 
+class UnknownRevision(Exception):
+    """The database's schema revision is not one of this release's migrations (a newer one's)."""
+
+    def __init__(self, revision: str) -> None:
+        super().__init__(revision)
+        self.revision = revision
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the latest Alembic revision (creates it on an empty database)."""
+    from alembic.util.exc import CommandError
+
     with _migration_lock(engine):
         cfg = alembic_config(engine.url.render_as_string(hide_password=False))
         with engine.connect() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            try:
+                command.upgrade(cfg, "head")
+            except CommandError as exc:
+                current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+                if current is not None and "Can't locate revision" in str(exc):
+                    raise UnknownRevision(str(current)) from exc
+                raise
             conn.commit()

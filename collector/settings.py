@@ -109,11 +109,42 @@ class Settings:
     def open(self, migrate: bool = True) -> Engine:
         """Key, origin and schema exist after this (the first command on an empty dir creates them)."""
         self._refuse_a_second_database()
+        if not (self.data_dir / "collector.key").exists():
+            self._refuse_a_new_key()
         _ = self.key, self.origin
         if migrate:
-            db.migrate(self.engine)
+            try:
+                db.migrate(self.engine)
+            except db.UnknownRevision as exc:
+                raise SetupError(
+                    f"this database's schema is at revision {exc.revision!r}, which this tr7-collector "
+                    "does not know: a newer release migrated it. Run that release or a later one "
+                    "(a database is never migrated down: see docs/collector.md, Backup and restore)"
+                ) from exc
             db.write_tx(self.engine, self._claim_identity)
         return self.engine
+
+    def _refuse_a_new_key(self) -> None:
+        """A database whose checkpoints some key already signs gets no new key from a data dir that
+        lost its own (a new key was written, then every command refused, and the old key had to
+        be copied over the new one): the key is the one thing a backup must not miss."""
+        if self.db_defaulted and not (self.data_dir / "collector.db").exists():
+            return  # a new collector (or refused above)
+        try:
+            if not sa.inspect(self.engine).has_table(s.meta.name):
+                return
+            with db.read_conn(self.engine) as conn:
+                row = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY)).scalar()
+        except sa.exc.OperationalError:
+            return  # unreachable: the command's own use of the database says so
+        if row is not None:
+            raise SetupError(
+                f"{self.data_dir} has no collector.key, and this database's checkpoints are signed by "
+                f"collector key {row.split('+')[0]!r} ({row}): copy collector.key and origin from the "
+                "data directory that has them (another host on this database, or the backup: "
+                "docs/collector.md, Backup and restore). A new key could not sign for this database: "
+                "every bundle of its months would fail verification"
+            )
 
     def _refuse_a_second_database(self) -> None:
         """A data directory whose key exists but whose default SQLite file does not belongs to a

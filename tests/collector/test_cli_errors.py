@@ -1,9 +1,19 @@
 """Operator errors of `tr7-collector` are one clear line and exit 1, never a traceback."""
 
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import sqlalchemy as sa
+
+from collector import db
+from collector import schema as s
+from collector.ingest import ingest_lines
+from collector.settings import Settings
 
 
 def _closed_port() -> int:
@@ -77,3 +87,46 @@ def test_a_listen_address_without_a_port_is_one_line(tmp_path: Path) -> None:
     out = _cli("serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "listen address '127.0.0.1'" in out.stderr and "HOST:PORT" in out.stderr
+
+
+def test_backup_while_serving_then_restore_and_a_lost_key(tmp_path: Path, tools) -> None:
+    """`backup` copies every committed heartbeat (also those still in the -wal file) with the key
+    and origin; a data dir that lost its key gets no new one for a database that has one."""
+
+    data = tmp_path / "data"
+    url = f"sqlite:///{data / 'collector.db'}"
+    st = Settings(data, url, "collector.test")
+    st.open()
+    agent = tools.Agent()
+    tools.enrol(st, "acme", agent, 0)
+    now = int(time.time())
+    assert {r["status"] for r in ingest_lines(st.engine, [agent.beat(now - 60 * i, {"TR7-1": "running"})
+                                                         for i in range(30, 0, -1)])} == {"accepted"}
+    # the engine stays open (as the service does): the heartbeats are in collector.db-wal
+    assert (data / "collector.db-wal").stat().st_size > 0
+    out = _cli("backup", "--data-dir", str(data), "--db", url, "--out", str(tmp_path / "bk"))
+    assert out.returncode == 0, out.stderr
+    assert "key and origin:" in out.stdout
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    for name in ("collector.db", "collector.key", "origin"):
+        shutil.copy2(tmp_path / "bk" / name, restored / name)
+    back = Settings(restored, f"sqlite:///{restored / 'collector.db'}", None)
+    with db.read_conn(back.open()) as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(s.leaves)).scalar() == 30
+    assert _cli("backup", "--data-dir", str(data), "--db", url, "--out", str(tmp_path / "bk")).returncode == 1
+    # the key lost: refused before a new one is written
+    (restored / "collector.key").unlink()
+    lost = _cli("agent", "list", "--data-dir", str(restored))
+    assert lost.returncode == 1 and "has no collector.key" in lost.stderr and "Traceback" not in lost.stderr
+    assert not (restored / "collector.key").exists()
+
+
+def test_a_database_of_a_newer_release_is_refused_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert _cli("migrate", "--data-dir", str(data)).returncode == 0
+    with sqlite3.connect(data / "collector.db") as c:
+        c.execute("UPDATE alembic_version SET version_num = '0099_future'")
+    out = _cli("agent", "list", "--data-dir", str(data))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "revision '0099_future', which this tr7-collector does not know" in out.stderr

@@ -1,0 +1,65 @@
+"""`tr7-collector backup --out DIR`: the data directory's key and origin, and a consistent copy of
+the SQLite database taken while the service runs (PostgreSQL: pg_dump, named in the output)."""
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from collector import db
+from collector import schema as s
+from collector.settings import Settings, SetupError
+from protocol.timefmt import format_time
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "backup", parents=parents,
+        help="copy collector.key, origin and (SQLite) a consistent snapshot of the database to DIR",
+    )
+    p.add_argument("--out", type=Path, required=True, help="a new or empty directory")
+
+
+def backup(settings: Settings, out: Path) -> list[str]:
+    """Write the backup; returns what the operator should read (one line each)."""
+    if out.exists() and any(out.iterdir()):
+        raise SetupError(f"{out} is not empty: back up into a new directory")
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = settings.open(migrate=False)
+    notes = []
+    # The key first: without it no checkpoint of a past month can be verified again.
+    for name in ("collector.key", "origin"):
+        shutil.copy2(settings.data_dir / name, out / name)
+    os.chmod(out / "collector.key", 0o600)
+    with db.read_conn(engine) as conn:
+        logs = {f"{r.provider}/{r.month}": int(r.size) for r in conn.execute(sa.select(s.logs))}
+        revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    if db.is_sqlite(engine):
+        # SQLite's online backup: one read transaction, so a snapshot of every committed
+        # heartbeat, those still in the -wal file included (a copy of collector.db missed them).
+        src = sqlite3.connect(f"file:{engine.url.database}?mode=ro", uri=True)
+        dst = sqlite3.connect(out / "collector.db")
+        try:
+            with dst:
+                src.backup(dst)
+        finally:
+            dst.close()
+            src.close()
+        os.chmod(out / "collector.db", 0o600)
+        notes.append(f"database: {out / 'collector.db'} (restore: docs/collector.md, Backup and restore)")
+    else:
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=True)
+        notes.append(f"database: PostgreSQL is not copied by this command; run: pg_dump -Fc '{url}' "
+                     f"> {out / 'collector.pgdump'}")
+    meta = {"made_at": format_time(int(time.time())), "revision": revision, "logs": logs,
+            "database": engine.url.render_as_string(hide_password=True)}
+    (out / "backup.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    notes.insert(0, f"key and origin: {out / 'collector.key'}, {out / 'origin'} (keep a copy offline: "
+                    "without the key no bundle of a past month verifies)")
+    return notes
