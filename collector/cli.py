@@ -1,4 +1,5 @@
-"""tr7-collector: serve, migrate, apply, agent, token, bill, close, export, import, user, account."""
+"""tr7-collector: serve, migrate, apply, agent, token, bill, close, export, import, user, account;
+backup, key and accept-restore (collector/custody.py)."""
 
 import argparse
 import json
@@ -8,10 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
-from collector import accounting, backup, db, registry
-from collector import schema as s
+from collector import accounting, custody, db, registry
 from collector.gctune import tune_gc
 from collector.settings import ENV_DATA_DIR, ENV_DB, Settings, SetupError
 from protocol.errors import ProtocolError
@@ -71,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--workers", type=int, default=1)
     sub.add_parser("migrate", parents=[common], help="create or upgrade the schema")
-    backup.add_parser(sub, [common])
+    custody.add_parsers(sub, [common])
     sp = sub.add_parser("apply", parents=[common], help="apply a provider's catalog (JSON or YAML)")
     sp.add_argument("file", type=Path)
     sp.add_argument(
@@ -103,13 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--provider")
     sp = tk.add_parser("revoke", parents=[common], help="delete a token; ends web sessions opened with it")
     sp.add_argument("id", help="its id from `token list` (at least 8 hex digits)")
+    helps = {
+        "bill": "the month's invoice (open month: the estimate so far), as json, csv or pdf",
+        "close": "freeze the month: usage, invoice, log size and a signed checkpoint",
+        "export": "the month's audit bundle (heartbeat-v1.md §6) for tr7-audit verify",
+    }
     for name in ("bill", "close", "export"):
-        sp = sub.add_parser(name, parents=[common])
+        sp = sub.add_parser(name, parents=[common], help=helps[name])
         sp.add_argument("--provider", required=True)
         sp.add_argument("--month", required=True, type=month_arg)
         if name == "bill":
             sp.add_argument("--format", choices=("json", "csv", "pdf"), default="json")
-            sp.add_argument("--out", type=Path)
+            sp.add_argument("--out", type=Path, help="a file (default: standard output; pdf: not a terminal)")
         if name == "close":
             sp.add_argument("--force", action="store_true")
         if name == "export":
@@ -132,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.resolve(args.data_dir, args.db, args.origin)
         return _run(args, settings)
-    except (SetupError, registry.RegistryError, accounting.AccountingError, PermissionError) as exc:
+    except (SetupError, registry.RegistryError, accounting.AccountingError) as exc:
         print(f"tr7-collector: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file named on the command line: missing, unreadable, a directory
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tr7-collector: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except Exception as exc:
         from sqlalchemy.exc import OperationalError
@@ -156,10 +163,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from collector.server import serve
 
         return serve(settings, args.listen, args.workers)
-    if args.cmd == "backup":
-        for line in backup.backup(settings, args.out):
-            print(line)
-        return 0
+    if args.cmd in custody.COMMANDS:
+        return custody.run(args, settings)
     engine = settings.open()
     now = int(time.time())
     if args.cmd == "migrate":
@@ -254,15 +259,8 @@ def _token(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[n
 
 
 def _known_provider(engine, provider: str) -> None:  # type: ignore[no-untyped-def]
-    """A token for a provider the collector does not know is a typo (acmee, ACME), not a new
-    tenant: it made one, empty, whose agents' heartbeats nobody billed."""
     with db.read_conn(engine) as c:
-        known = list(c.execute(sa.select(s.providers.c.id).order_by(s.providers.c.id)).scalars())
-    if provider not in known:
-        raise registry.RegistryError(
-            f"no provider {provider!r} (known: {', '.join(known) or 'none'}): apply its catalog first "
-            "(tr7-collector apply FILE) or add an agent for it (agent add)"
-        )
+        registry.require_known_provider(c, provider)
 
 
 def _agent(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[no-untyped-def]
@@ -286,6 +284,8 @@ def _agent(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[n
 
 
 def _bill(args: argparse.Namespace, engine) -> int:  # type: ignore[no-untyped-def]
+    if args.format == "pdf" and args.out is None and sys.stdout.isatty():
+        raise registry.RegistryError("a PDF is not for the terminal: give --out FILE (or redirect it)")
     with db.read_conn(engine) as c:
         inv = accounting.invoice(c, args.provider, args.month)
         latest = registry.latest_catalog(c, args.provider)

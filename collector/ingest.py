@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.engine import Connection, Engine
 
-from collector import jwsstore
+from collector import highwater, jwsstore
 from collector import schema as s
 from collector.db import read_conn, write_tx
 from collector.tiles import write_tiles
@@ -243,14 +243,14 @@ def _leaf(token: str, cells: Sequence[Cell], dialect: str) -> _Leaf:
 def _append(
     conn: Connection, provider: str, month: str, cands: list[Heartbeat], leaves: Mapping[str, _Leaf],
     now: int,
-) -> set[str]:
-    """Append the not-yet-logged heartbeats of one log; return the digests appended."""
+) -> tuple[set[str], int]:
+    """Append the not-yet-logged heartbeats of one log; return the digests appended and its size."""
     size, partial = lock_log_state(conn, provider, month)
     digests = [hb.digest for hb in cands]
     known = set(conn.execute(sa.select(s.leaves.c.digest).where(s.leaves.c.digest.in_(digests))).scalars())
     new = [hb for hb in cands if hb.digest not in known]
     if not new:
-        return set()
+        return set(), size
     made = [leaves[hb.digest] for hb in new]
     hashes = [m.leaf_hash for m in made]
     conn.exec_driver_sql(
@@ -269,7 +269,7 @@ def _append(
     )
     upsert_aggregates(conn, provider, [(hb.time, m.cells) for hb, m in zip(new, made, strict=True)])
     _upsert(conn, "spool_lag", spool_lag_rows(provider, month, new, now))
-    return {hb.digest for hb in new}
+    return {hb.digest for hb in new}, size + len(new)
 
 
 def spool_lag_rows(provider: str, month: str, new: Sequence[Heartbeat], now: int) -> list[tuple[Any, ...]]:
@@ -349,13 +349,20 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
         ok[n] = (agent.provider, hb)
         groups[(agent.provider, _month_of_day(hb.time - hb.time % DAY))].setdefault(hb.digest, hb)
 
+    sizes: dict[str, int] = {}
+
     def tx(conn: Connection) -> set[str]:
         appended: set[str] = set()
+        sizes.clear()  # a retried transaction starts again
         for provider, month in sorted(groups):  # a fixed lock order: no deadlock between batches
-            appended |= _append(conn, provider, month, list(groups[(provider, month)].values()), leaves, now)
+            got, sizes[f"{provider}/{month}"] = _append(
+                conn, provider, month, list(groups[(provider, month)].values()), leaves, now
+            )
+            appended |= got
         return appended
 
     appended = write_tx(engine, tx) if groups else set()
+    highwater.note(engine, sizes)
     for n, (_provider, hb) in ok.items():
         if hb.digest in appended:
             appended.discard(hb.digest)  # a second copy in the same batch is a duplicate

@@ -43,9 +43,19 @@ _CatalogYaml.yaml_implicit_resolvers = {
 
 
 def read_catalog_file(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     yml = path.suffix.lower() in (".yaml", ".yml")
-    doc = yaml.load(text, Loader=_CatalogYaml) if yml else json.loads(text)
+    try:
+        doc = yaml.load(text, Loader=_CatalogYaml) if yml else json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}") from exc
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f":{where.line + 1}:{where.column + 1}" if where is not None else ""
+        raise RegistryError(f"{path}{at}: not YAML: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(doc, dict):
         raise RegistryError(f"{path}: a catalog is an object")
     return doc
@@ -65,6 +75,17 @@ def check_provider_id(pid: str) -> None:
 
 def _control(ch: str) -> bool:
     return unicodedata.category(ch).startswith("C")  # control, format, surrogate, unassigned
+
+
+def require_known_provider(conn: Connection, provider: str) -> None:
+    """A token or user for a provider the collector does not know is a typo (acmee, ACME), not a
+    new tenant: it made one, empty, whose agents' heartbeats nobody billed."""
+    known = list(conn.execute(sa.select(s.providers.c.id).order_by(s.providers.c.id)).scalars())
+    if provider not in known:
+        raise RegistryError(
+            f"no provider {provider!r} (known: {', '.join(known) or 'none'}): apply its catalog first "
+            "(tr7-collector apply FILE) or add an agent for it (agent add)"
+        )
 
 
 def ensure_provider(conn: Connection, pid: str, name: str | None = None, currency: str | None = None) -> None:

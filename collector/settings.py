@@ -106,8 +106,11 @@ class Settings:
         self.ensure_dir()
         return db.make_engine(self.db_url)
 
-    def open(self, migrate: bool = True) -> Engine:
-        """Key, origin and schema exist after this (the first command on an empty dir creates them)."""
+    def open(self, migrate: bool = True, highwater: bool = True) -> Engine:
+        """Key, origin and schema exist after this (the first command on an empty dir creates them).
+
+        ``highwater``: refuse a database whose logs are shorter than this data directory has seen
+        (collector/highwater.py), and record what the engine commits from now on."""
         self._refuse_a_second_database()
         if not (self.data_dir / "collector.key").exists():
             self._refuse_a_new_key()
@@ -122,7 +125,27 @@ class Settings:
                     "(a database is never migrated down: see docs/collector.md, Backup and restore)"
                 ) from exc
             db.write_tx(self.engine, self._claim_identity)
+        if highwater:
+            self._check_highwater(create=migrate)
         return self.engine
+
+    def _check_highwater(self, create: bool) -> None:
+        from collector import highwater as hw
+
+        try:
+            if create:
+                db.write_tx(self.engine, lambda c: hw.attach(self.engine, self.data_dir, c, create=True))
+            else:
+                with db.read_conn(self.engine) as conn:
+                    hw.attach(self.engine, self.data_dir, conn, create=False)
+        except hw.Rewound as exc:
+            raise SetupError(
+                f"the database is behind what {self.data_dir} has seen ({hw.describe(exc.shrunk)}): "
+                "restored from an older backup, or another copy? Heartbeats accepted since are not in "
+                "it (agents have dropped them), and checkpoints already signed for these logs describe "
+                "other trees. Restore a newer backup; or, to go on from this one knowingly, run "
+                "`tr7-collector accept-restore` (docs/collector.md, Backup and restore)"
+            ) from exc
 
     def _refuse_a_new_key(self) -> None:
         """A database whose checkpoints some key already signs gets no new key from a data dir that

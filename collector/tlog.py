@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from collector import highwater
 from collector import schema as s
 from collector.db import is_sqlite
 from collector.settings import Settings
@@ -86,6 +87,7 @@ def checkpoint(
         return str(note)
     root = tree(conn, provider, month, size).root()
     note = sign_checkpoint(Checkpoint(log_origin(settings, provider, month), size, root), signer(settings))
+    highwater.note(conn.engine, {f"{provider}/{month}": size})  # signed: never to be rewound
     # An empty log's note is signed on every request but not kept: a GET of any month of a provider
     # must not add rows (the empty root is the same constant, signing it costs ~50 us).
     if size and not conn.get_execution_options().get("readonly"):

@@ -14,6 +14,7 @@ from collector import db
 from collector import schema as s
 from collector.ingest import ingest_lines
 from collector.settings import Settings
+from protocol.timefmt import month_bounds, month_of, previous_month
 
 
 def _closed_port() -> int:
@@ -130,3 +131,63 @@ def test_a_database_of_a_newer_release_is_refused_in_one_line(tmp_path: Path) ->
     out = _cli("agent", "list", "--data-dir", str(data))
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert "revision '0099_future', which this tr7-collector does not know" in out.stderr
+
+
+def test_an_older_backup_restored_under_the_data_dir_is_refused_until_accepted(tmp_path: Path, tools) -> None:
+    """Heartbeats accepted after the backup would be lost and their leaf indexes signed again with
+    other content: the data directory remembers how far each log went."""
+    data = tmp_path / "data"
+    url = f"sqlite:///{data / 'collector.db'}"
+    st = Settings(data, url, "collector.test")
+    st.open()
+    agent = tools.Agent()
+    tools.enrol(st, "acme", agent, 0)
+    month = previous_month(month_of(int(time.time())))
+    t0 = month_bounds(month)[0] + 10 * 86400
+    beats = [agent.beat(t0 + 60 * i, {"TR7-1": "running"}) for i in range(40)]
+    ingest_lines(st.engine, beats[:20])
+    assert _cli("backup", "--data-dir", str(data), "--db", url, "--out", str(tmp_path / "bk")).returncode == 0
+    ingest_lines(st.engine, beats[20:])  # accepted after the backup
+    st.engine.dispose()
+    from collector import highwater
+
+    highwater._flush_all()  # what the process would write within a second, or at its exit
+    for extra in ("collector.db-wal", "collector.db-shm"):
+        (data / extra).unlink(missing_ok=True)
+    shutil.copy2(tmp_path / "bk" / "collector.db", data / "collector.db")
+    refused = _cli("agent", "list", "--data-dir", str(data))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "the database is behind what" in refused.stderr and "accept-restore" in refused.stderr
+    assert f"acme/{month}: 40 seen, 20 in the database" in refused.stderr
+    assert _cli("serve", "--data-dir", str(data), "--listen", "127.0.0.1:1").returncode == 1
+    accepted = _cli("accept-restore", "--data-dir", str(data))
+    assert accepted.returncode == 0 and f"acme/{month}: 40 seen, 20 in the database" in accepted.stdout
+    assert _cli("agent", "list", "--data-dir", str(data)).returncode == 0
+    assert _cli("accept-restore", "--data-dir", str(data)).stdout.startswith("the database holds every log")
+
+
+def test_typical_file_mistakes_are_one_line(tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    bad_json, bad_yaml = tmp_path / "bad.json", tmp_path / "bad.yaml"
+    bad_json.write_text("{bad")
+    bad_yaml.write_text("provider: [\n")
+    for args, said in (
+        (["apply", str(tmp_path / "catalog.yml")], "catalog.yml: No such file or directory"),
+        (["apply", str(bad_json)], "bad.json:1:2: not JSON: Expecting property name"),
+        (["apply", str(bad_yaml)], "bad.yaml:2:1: not YAML:"),
+        (["import", "/nonexistent.jws"], "/nonexistent.jws: No such file or directory"),
+    ):
+        out = _cli(*args, *data)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith("tr7-collector: ") and said in out.stderr, out.stderr
+
+
+def test_key_prints_the_verifier_key_bundles_carry(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    out = _cli("key", "--data-dir", str(data), "--origin", "collector.test")
+    assert out.returncode == 0
+    from protocol.note import NoteVerifier
+
+    assert NoteVerifier.from_vkey(out.stdout.strip()).name == "collector.test"  # what --collector-key takes
+    again = _cli("key", "--data-dir", str(data))
+    assert again.stdout == out.stdout  # the same key, kept in the data directory

@@ -1,5 +1,7 @@
-"""`tr7-collector backup --out DIR`: the data directory's key and origin, and a consistent copy of
-the SQLite database taken while the service runs (PostgreSQL: pg_dump, named in the output)."""
+"""Custody of the collector's key and evidence: `backup` (the key, origin and a consistent copy of
+the SQLite database taken while the service runs; PostgreSQL: pg_dump, named in the output),
+`key` (the verifier key to publish for auditors) and `accept-restore` (going on from an older
+backup, knowingly: collector/highwater.py)."""
 
 import argparse
 import json
@@ -12,18 +14,44 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from collector import db
+from collector import db, highwater
 from collector import schema as s
 from collector.settings import Settings, SetupError
 from protocol.timefmt import format_time
 
+COMMANDS = ("backup", "key", "accept-restore")
 
-def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+
+def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "backup", parents=parents,
         help="copy collector.key, origin and (SQLite) a consistent snapshot of the database to DIR",
     )
     p.add_argument("--out", type=Path, required=True, help="a new or empty directory")
+    sub.add_parser("key", parents=parents,
+                   help="the checkpoints' verifier key, to publish for auditors (tr7-audit --collector-key)")
+    sub.add_parser("accept-restore", parents=parents,
+                   help="go on from a database restored from an older backup (says what it lost)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.cmd == "backup":
+        for line in backup(settings, args.out):
+            print(line)
+    elif args.cmd == "key":
+        from collector.tlog import signer  # tlog imports settings, as this module does
+
+        settings.open()
+        print(signer(settings).verifier_key())
+    else:
+        engine = settings.open(highwater=False)
+        lost = db.write_tx(engine, lambda c: highwater.accept(engine, settings.data_dir, c))
+        if not lost:
+            print("the database holds every log as far as this data directory has seen: nothing lost")
+        else:
+            print(f"accepted; behind what was seen: {highwater.describe(lost)}. Tell the auditors of these "
+                  "months: checkpoints signed before describe other trees")
+    return 0
 
 
 def backup(settings: Settings, out: Path) -> list[str]:

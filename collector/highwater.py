@@ -1,0 +1,150 @@
+"""The log high-water mark: the largest size of each log this data directory has seen committed
+or signed, kept beside the key, so that a database restored from an older backup is refused
+rather than served.
+
+Why: after such a restore the collector started without a word; heartbeats it had answered
+`accepted` were gone (agents had dropped them from their spools), new ones took the same leaf
+indexes, and the same key signed a second, different tree at a size auditors already held, and
+closed a month again with another total. The database cannot tell (it is the old one); the
+data directory can. The mark is per database (`meta` row `database_id`, which a backup keeps),
+written at most once a second by each process (so the last second before a crash may be
+missing: the mark is a floor, it never refuses a database that holds what was seen).
+"""
+
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from collector import schema as s
+
+FILE = "highwater.json"
+DATABASE_ID = "database_id"  # meta row: a random id made with the schema, kept by backups
+FLUSH_EVERY = 1.0  # seconds between writes of one process
+
+
+class Rewound(Exception):
+    """The database's logs are shorter than this data directory has seen."""
+
+    def __init__(self, shrunk: dict[str, tuple[int, int]]) -> None:
+        super().__init__(shrunk)
+        self.shrunk = shrunk  # "provider/month" -> (seen, in the database)
+
+
+def database_id(conn: Connection, create: bool) -> str | None:
+    row = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == DATABASE_ID)).scalar()
+    if row is None and create:
+        row = secrets.token_hex(16)
+        conn.execute(s.meta.insert().values(key=DATABASE_ID, value=row))  # a race: write_tx retries
+    return None if row is None else str(row)
+
+
+def _sizes(conn: Connection) -> dict[str, int]:
+    return {f"{r.provider}/{r.month}": int(r.size) for r in conn.execute(sa.select(s.logs))}
+
+
+class _Mark:
+    """One data directory's marks of one database, as this process knows them."""
+
+    def __init__(self, data_dir: Path, db_id: str) -> None:
+        self.path = data_dir / FILE
+        self.db_id = db_id
+        self.pending: dict[str, int] = {}
+        self.last = 0.0
+        self.lock = threading.Lock()
+
+    def seen(self) -> dict[str, int]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        got = doc.get(self.db_id, {}) if isinstance(doc, dict) else {}
+        return {k: int(v) for k, v in got.items()} if isinstance(got, dict) else {}
+
+    def note(self, sizes: dict[str, int]) -> None:
+        with self.lock:
+            for k, v in sizes.items():
+                if v > self.pending.get(k, 0):
+                    self.pending[k] = v
+            due = time.monotonic() - self.last >= FLUSH_EVERY
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending, self.last = self.pending, {}, time.monotonic()
+        if pending:
+            self.write(pending, replace=False)
+
+    def write(self, sizes: dict[str, int], replace: bool) -> None:
+        """Merge (the larger size wins) or replace this database's marks, across processes."""
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                doc = json.loads(self.path.read_text())
+                doc = doc if isinstance(doc, dict) else {}
+            except (OSError, ValueError):
+                doc = {}
+            mine = {} if replace else dict(doc.get(self.db_id, {}))
+            for k, v in sizes.items():
+                mine[k] = max(int(mine.get(k, 0)), v)
+            doc[self.db_id] = mine
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(doc, sort_keys=True))
+            os.replace(tmp, self.path)
+
+
+_marks: "weakref.WeakKeyDictionary[Engine, _Mark]" = weakref.WeakKeyDictionary()
+
+
+def attach(engine: Engine, data_dir: Path, conn: Connection, create: bool) -> None:
+    """Check the database against the data directory's marks (Rewound if a log is shorter), then
+    record the engine's commits from now on. ``create``: make the database's id if it has none."""
+    db_id = database_id(conn, create)
+    if db_id is None:
+        return  # a database opened without migrating, made before this: marked once migrated
+    mark = _Mark(data_dir, db_id)
+    now = _sizes(conn)
+    shrunk = {k: (v, now.get(k, 0)) for k, v in mark.seen().items() if now.get(k, 0) < v}
+    if shrunk:
+        raise Rewound(shrunk)
+    _marks[engine] = mark
+    mark.note(now)
+
+
+def note(engine: Engine, sizes: dict[str, int]) -> None:
+    """Logs of ``engine`` committed (or signed) at these sizes ("provider/month" -> size)."""
+    mark = _marks.get(engine)
+    if mark is not None:
+        mark.note(sizes)
+
+
+def accept(engine: Engine, data_dir: Path, conn: Connection) -> dict[str, tuple[int, int]]:
+    """Take the database's sizes as the marks (an operator accepting a restore): what was lost."""
+    db_id = database_id(conn, create=True)
+    assert db_id is not None
+    mark = _Mark(data_dir, db_id)
+    now = _sizes(conn)
+    lost = {k: (v, now.get(k, 0)) for k, v in mark.seen().items() if now.get(k, 0) < v}
+    mark.write(now, replace=True)
+    return lost
+
+
+@atexit.register
+def _flush_all() -> None:
+    for mark in list(_marks.values()):
+        with contextlib.suppress(OSError):
+            mark.flush()
+
+
+def describe(shrunk: dict[str, tuple[int, int]]) -> str:
+    return ", ".join(f"{k}: {seen} seen, {now} in the database" for k, (seen, now) in sorted(shrunk.items()))
