@@ -106,6 +106,26 @@ class _Text:
         return "".join(c if ord(c) in self._cmap else "?" for c in s)
 
 
+CELL_SIZE, MIN_SIZE = 9.0, 6.0  # points
+
+
+def _fit(pdf: Any, family: str, width: float, value: str) -> None:
+    """A table cell whose text never runs into the next one: a smaller font down to MIN_SIZE,
+    then cut with an ellipsis (a long id printed over the hour count made the invoice unreadable)."""
+    room = width - 2 * pdf.c_margin
+    size = CELL_SIZE
+    pdf.set_font(family, "", size)
+    while pdf.get_string_width(value) > room and size > MIN_SIZE:
+        size -= 0.5
+        pdf.set_font(family, "", size)
+    if pdf.get_string_width(value) > room:
+        while value and pdf.get_string_width(value + "...") > room:
+            value = value[:-1]
+        value += "..."
+    pdf.cell(width, 6, value, border=1)
+    pdf.set_font(family, "", CELL_SIZE)
+
+
 def pdf_bytes(
     invoice: Mapping[str, Any], customer_names: Mapping[str, str] | None = None,
     customers: Sequence[str] | None = None,
@@ -126,7 +146,9 @@ def pdf_bytes(
         )
     if not customers:
         customers = [""]
-    widths = (34, 30, 38, 44, 24, 30, 30, 40)
+    # 270 mm of the 277 a landscape A4 has between its margins; the capacity column is the widest
+    # text ("enterprise 1000 Mbps 25 vs"), and any cell still too long shrinks to fit (_fit).
+    widths = (32, 30, 56, 36, 18, 28, 30, 40)
     for cust in customers:
         pdf.add_page()
         pdf.set_font(text.family, "B", 16)
@@ -161,7 +183,7 @@ def pdf_bytes(
                 line["adjusts"] or "",
             )
             for w, v in zip(widths, row, strict=True):
-                pdf.cell(w, 6, text(v), border=1)
+                _fit(pdf, text.family, w, text(v))
             pdf.ln()
         for r in (x for x in invoice["device_days"] if x["customer"] == cust):
             row = (
@@ -175,7 +197,7 @@ def pdf_bytes(
                 r.get("adjusts") or "",
             )
             for w, v in zip(widths, row, strict=True):
-                pdf.cell(w, 6, text(v), border=1)
+                _fit(pdf, text.family, w, text(v))
             pdf.ln()
         pdf.ln(3)
         pdf.set_font(text.family, "B", 11)
