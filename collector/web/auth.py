@@ -71,7 +71,7 @@ def add_user(
         raise registry.RegistryError("the vendor role has no provider; every other role needs one")
     _check_length(password)
     if provider is not None:
-        registry.ensure_provider(conn, provider)
+        registry.require_known_provider(conn, provider)
     if conn.execute(sa.select(web_users.c.username).where(web_users.c.username == username)).first():
         raise registry.RegistryError(f"user {username} exists")
     conn.execute(

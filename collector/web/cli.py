@@ -3,12 +3,13 @@
 import argparse
 import getpass
 import os
+import sys
 import time
 from typing import Any
 
 import sqlalchemy as sa
 
-from collector import db
+from collector import db, registry
 from collector.web import auth
 from collector.web.tables import web_users
 
@@ -33,6 +34,15 @@ def add_user_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     remove.add_argument("--username", required=True)
 
 
+def _password(username: str) -> str:
+    given = os.environ.get("TR7_WEB_PASSWORD")
+    if given:
+        return given
+    if not sys.stdin.isatty():
+        raise registry.RegistryError("no password: set TR7_WEB_PASSWORD, or run the command on a terminal")
+    return getpass.getpass(f"password for {username}: ")
+
+
 def run_user(args: argparse.Namespace, engine: Any) -> int:
     """Raises registry.RegistryError for a refused user (tr7-collector prints it)."""
     if args.user_cmd == "list":
@@ -44,7 +54,7 @@ def run_user(args: argparse.Namespace, engine: Any) -> int:
         ended = db.write_tx(engine, lambda c: auth.remove_user(c, args.username))
         print(f"user {args.username} removed ({ended} session(s) ended)")
         return 0
-    password = os.environ.get("TR7_WEB_PASSWORD") or getpass.getpass(f"password for {args.username}: ")
+    password = _password(args.username)
     if args.user_cmd == "passwd":
         ended = db.write_tx(engine, lambda c: auth.set_password(c, args.username, password))
         print(f"password of {args.username} changed ({ended} session(s) ended)")

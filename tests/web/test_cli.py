@@ -10,9 +10,14 @@ from collector.cli import main as collector_main
 from collector.web import auth
 
 
-def test_user_add_and_sign_in(settings: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+def test_user_add_and_sign_in(
+    settings: Any, tools: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
     where = ["--data-dir", str(settings.data_dir), "--db", settings.db_url]
     monkeypatch.setenv("TR7_WEB_PASSWORD", "long enough secret")
+    typo = ["user", "add", *where, "--provider", "acmee", "--role", "auditor", "--username", "aud"]
+    assert collector_main(typo) == 1 and "no provider 'acmee'" in capsys.readouterr().err  # not a new tenant
+    tools.apply(settings, tools.catalog())
     add = ["user", "add", *where, "--provider", "acme", "--role", "auditor", "--username", "aud"]
     assert collector_main(add) == 0
     assert collector_main(add) == 1 and "user aud exists" in capsys.readouterr().err
@@ -72,9 +77,10 @@ def test_accounts_replay(settings: Any, tools: Any, capsys: Any) -> None:
 
 
 def test_user_passwd_and_remove_end_the_users_sessions(
-    settings: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    settings: Any, tools: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     """A leaked password or a departed user: a new password, or no account, and no session left."""
+    tools.apply(settings, tools.catalog())
     where = ["--data-dir", str(settings.data_dir), "--db", settings.db_url]
     monkeypatch.setenv("TR7_WEB_PASSWORD", "long enough secret")
     assert collector_main(["user", "add", *where, "--provider", "acme", "--role", "admin", "--username",
