@@ -13,19 +13,10 @@ class SecretError(ValueError):
     pass
 
 
-def _outside_the_service(name: Path) -> Path | None:
-    """Where a credential name of the unit's is on disk when no $CREDENTIALS_DIRECTORY has it: the
-    operator's `tr7-agent check` and `enroll` from a shell read the file the service would get
-    (they failed on every `*_file` secret: `tr7_vc-password` exists only inside the service)."""
-    if len(name.parts) != 1 or not name.name.startswith(UNIT_PREFIX):
-        return None
-    path = Path(os.environ.get("TR7_AGENT_CREDENTIALS") or UNIT_DIR) / name.name[len(UNIT_PREFIX):]
-    return path if path.exists() else None
-
-
 def read_secret(value: str | None, file: str | None, what: str) -> str | None:
     """Return the secret; a relative ``file`` is looked up in $CREDENTIALS_DIRECTORY first, then
-    as a path, then (a name ``tr7_X``) as /etc/tr7-agent/credentials/X, which the unit loads.
+    as a path, then (a name ``tr7_X``) as /etc/tr7-agent/credentials/X, which the unit loads: the
+    operator's `tr7-agent check` and `enroll` from a shell read the file the service would get.
 
     Trailing newlines are stripped (files written by `echo` have one); other whitespace is kept.
     """
@@ -35,11 +26,18 @@ def read_secret(value: str | None, file: str | None, what: str) -> str | None:
         return value
     path = Path(file)
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not path.is_absolute() and creds and (Path(creds) / path).exists():
-        path = Path(creds) / path
-    elif not path.is_absolute() and not path.exists():
-        path = _outside_the_service(path) or path
+    tried = [path]
+    if not path.is_absolute() and creds:
+        tried.insert(0, Path(creds) / path)
+    if not path.is_absolute() and path.name.startswith(UNIT_PREFIX) and len(path.parts) == 1:
+        unit_dir = Path(os.environ.get("TR7_AGENT_CREDENTIALS") or UNIT_DIR)
+        tried.append(unit_dir / path.name[len(UNIT_PREFIX):])
+    found = next((p for p in tried if p.exists()), tried[0])
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
+        return found.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
-        raise SecretError(f"{what}: cannot read secret file {path}: {exc.strerror}") from exc
+        # Every place looked in: a missing tr7_<name> is a file to put in the credentials directory.
+        where = ", ".join(map(str, tried))
+        raise SecretError(
+            f"{what}: cannot read secret file {file} (looked for {where}): {exc.strerror}"
+        ) from exc

@@ -98,6 +98,7 @@ def test_unit_credential_names_work_from_a_shell(tmp_path: Path, make_collector)
     without = run_cli("enroll", "--config", str(cfg), "--token", "tok-1",
                       env=agent_env(TR7_AGENT_CREDENTIALS=str(tmp_path / "empty")))
     assert without.returncode == 1 and "cannot read secret file tr7_collector-token" in without.stderr
+    assert str(tmp_path / "empty" / "collector-token") in without.stderr  # where the file should go
     res = run_cli("enroll", "--config", str(cfg), "--token", "tok-1",
                   env=agent_env(TR7_AGENT_CREDENTIALS=str(creds)))
     assert res.returncode == 0, res.stderr
