@@ -150,7 +150,7 @@ def demo(args: argparse.Namespace, procs: Processes, say: Progress) -> dict[str,
         "--out", str(bundle))
     v = cli_full("tr7-audit", "verify", str(bundle))
     say.info(f"audit bundle: {bundle}")
-    say.info("$ tr7-audit verify " + str(bundle))
+    say.info("$ .venv/bin/tr7-audit verify " + str(bundle))
     # Keep the findings and the verdict; drop the progress lines of the long files.
     say.info("\n".join(ln for ln in (v.stdout + v.stderr).splitlines()
                        if ln.strip() and not re.search(r"\d+/\d+ lines \(\d+%\)$", ln)))

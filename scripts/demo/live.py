@@ -67,7 +67,7 @@ def enrol(demo: Path, config: Path, data_dir: str, say: Progress) -> str:
 
 def check(demo: Path, config: Path, say: Progress) -> None:
     p = cli_full("tr7-agent", "check", "--config", str(config), env=agent_env(demo), timeout=120)
-    say.info("$ tr7-agent check --config " + str(config))
+    say.info("$ .venv/bin/tr7-agent check --config " + str(config))
     say.info(p.stdout)
     if p.returncode != 0:
         raise DemoError(f"`tr7-agent check` exited {p.returncode} (an adapter failed)",
@@ -102,7 +102,7 @@ def run_polls(demo: Path, config: Path, interval: int, polls: int, procs: Proces
 
 def status(demo: Path, config: Path, say: Progress) -> dict[str, Any]:
     out = cli("tr7-agent", "status", "--config", str(config), env=agent_env(demo))
-    say.info("$ tr7-agent status --config " + str(config))
+    say.info("$ .venv/bin/tr7-agent status --config " + str(config))
     say.info(out)
     data: dict[str, Any] = json.loads(cli("tr7-agent", "status", "--config", str(config), "--json",
                                           env=agent_env(demo)))
