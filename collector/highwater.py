@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import threading
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from collector import schema as s
 
+log = logging.getLogger(__name__)
 FILE = "highwater.json"
 DATABASE_ID = "database_id"  # meta row: a random id made with the schema, kept by backups
 FLUSH_EVERY = 1.0  # seconds between writes of one process
@@ -61,6 +63,7 @@ class _Mark:
         self.pending: dict[str, int] = {}
         self.last = 0.0
         self.lock = threading.Lock()
+        self.warned = False
 
     def seen(self) -> dict[str, int]:
         try:
@@ -83,7 +86,14 @@ class _Mark:
         with self.lock:
             pending, self.pending, self.last = self.pending, {}, time.monotonic()
         if pending:
-            self.write(pending, replace=False)
+            try:
+                self.write(pending, replace=False)
+            except OSError as exc:
+                # A command run by a user who may read but not write the data directory: the mark
+                # stays where the service (which owns it) put it; nothing of the command fails.
+                if not self.warned:
+                    self.warned = True
+                    log.warning("event=highwater_not_written path=%s error=%r", self.path, exc)
 
     def write(self, sizes: dict[str, int], replace: bool) -> None:
         """Merge (the larger size wins) or replace this database's marks, across processes."""
