@@ -13,7 +13,7 @@ from collector import accounting, custody, db, registry
 from collector.gctune import tune_gc
 from collector.settings import ENV_DATA_DIR, ENV_DB, Settings, SetupError
 from protocol.errors import ProtocolError
-from protocol.timefmt import parse_month, parse_time
+from protocol.timefmt import format_time, parse_month, parse_time
 
 _DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -271,9 +271,9 @@ def _agent(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[n
         )
         print(kid)
     elif args.agent_cmd == "revoke":
-        at = args.at if args.at is not None else now
-        db.write_tx(engine, lambda c: registry.revoke_agent(c, args.kid, at))
-        print(f"revoked {args.kid}")
+        at = db.write_tx(engine, lambda c: registry.revoke_agent(c, args.kid, args.at, now))
+        ahead = f" (its last logged heartbeat is {at - 1 - now} s ahead of now)" if at > now else ""
+        print(f"revoked {args.kid} at {format_time(at)}{ahead}")
     elif args.agent_cmd == "list":
         with db.read_conn(engine) as c:
             print(json.dumps(registry.list_agents(c, args.provider), indent=2))

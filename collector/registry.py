@@ -203,12 +203,21 @@ def add_agent(conn: Connection, provider: str, name: str, public_key: str, enrol
     return kid
 
 
-def revoke_agent(conn: Connection, kid: str, at: int) -> None:
-    row = conn.execute(sa.select(s.agents).where(s.agents.c.kid == kid)).first()
+def revoke_agent(conn: Connection, kid: str, at: int | None, now: int) -> int:
+    """Revoke a key at ``at``, or (None) now or just after its last logged heartbeat if that is
+    later; returns the time it is revoked at.
+
+    The default is not plain `now`: heartbeats may be timed up to 300 s ahead, so whoever holds a
+    stolen key could keep one logged just ahead of now, and `revoke` at now was refused every time.
+    The row is locked first (PostgreSQL): an ingest in flight re-reads it under FOR SHARE
+    (collector/ingest.py), so either its lines are logged before this reads the log, or it sees
+    this revocation and rejects what comes after it."""
+    q = sa.select(s.agents).where(s.agents.c.kid == kid)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = conn.execute(q).first()
     if row is None:
         raise RegistryError(f"no agent with kid {kid}")
-    if row.revoked_at is not None and row.revoked_at <= at:
-        return  # an earlier revocation stands: revoking is never undone by a later date
     # Not before what the key already has in the log: those heartbeats were accepted and billed,
     # and the audit bundle would then show them signed after the revocation (key.window), so the
     # collector's own export would fail `tr7-audit verify`.
@@ -217,13 +226,18 @@ def revoke_agent(conn: Connection, kid: str, at: int) -> None:
     latest = conn.execute(
         sa.select(sa.func.max(L.time)).where(L.kid == kid, L.month == latest_month)
     ).scalar()
+    if at is None:
+        at = now if latest is None else max(now, int(latest) + 1)
+    if row.revoked_at is not None and row.revoked_at <= at:
+        return int(row.revoked_at)  # an earlier revocation stands: never undone by a later date
     if latest is not None and at <= latest:
         raise RegistryError(
             f"key {kid} has heartbeats logged up to {format_time(int(latest))}: a revocation at "
-            f"{format_time(at)} would turn accepted, billed evidence into verify errors; revoke at a "
-            "later time (or now)"
+            f"{format_time(at)} would turn accepted, billed evidence into verify errors; revoke after "
+            f"it (without --at: at once, or just after the last logged heartbeat)"
         )
     conn.execute(s.agents.update().where(s.agents.c.kid == kid).values(revoked_at=at))
+    return at
 
 
 def agent_json(row: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The hour aggregates an ingest batch writes: one capacity however its members are ordered."""
 
-from collector.ingest import _CapacityKeys, aggregate_cells, cap_key, cells_of_observations
+from collector.aggregates import CapacityKeys, aggregate_cells, cap_key, cells_of_observations
 from protocol.fastpayload import observations_of
 
 DAY = 86400
@@ -14,7 +14,7 @@ def _obs(inst: str, state: str, cap: dict | None) -> dict:
 
 def aggregate(*beats: tuple[int, list[dict]]) -> tuple[dict, dict]:
     """The batch's aggregates as ingest computes them: shared observations, their cells, the OR."""
-    keys = _CapacityKeys()
+    keys = CapacityKeys()
     bits, caps = aggregate_cells((t, cells_of_observations(observations_of(obs), keys)) for t, obs in beats)
     return bits, {k: [o for offs in lists for o in offs] for k, lists in caps.items()}
 

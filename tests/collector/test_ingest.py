@@ -64,7 +64,7 @@ def test_rejections_name_the_rule_and_store_nothing(client, settings, tools):
     tools.enrol(settings, "acme", revoked, now - 10 * H)
     from collector import db, registry
 
-    db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, revoked.kid, now - 2 * H))
+    db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, revoked.kid, now - 2 * H, now))
     ok = good.beat(now - 100, {"TR7-1": "running"})
     h, p, sig = good.beat(now - 50).split(".")
     forged = f"{h}.{p}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BA'}"
@@ -206,3 +206,52 @@ def test_evidence_is_stored_losslessly_and_compressed(client, settings, tools):
             assert method == "l"
             stored, length = c.execute(sa.text("SELECT pg_column_size(jws), length(jws) FROM leaves")).one()
             assert stored < length / 2
+
+
+def test_a_revocation_committed_during_verification_rejects_what_follows_it(settings, tools, monkeypatch):
+    """The key's window is read again in the write transaction: a revocation committed while the
+    batch was verified let lines timed after it be logged, and the month's bundle failed verify."""
+    from collector import db, ingest, registry
+    from collector import schema as s
+
+    now = int(time.time())
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, now - 10 * H)
+    lines = [a.beat(now - 600 + 60 * i, {"TR7-1": "running"}) for i in range(10)]
+    cut = now - 600 + 60 * 5  # lines 0..4 before it, 5..9 at or after it
+    real = ingest.write_tx
+
+    def revoked_meanwhile(engine, fn):
+        db.write_tx(engine, lambda c: registry.revoke_agent(c, a.kid, cut, now))  # another process
+        return real(engine, fn)
+
+    monkeypatch.setattr(ingest, "write_tx", revoked_meanwhile)
+    res = ingest.ingest_lines(settings.engine, lines, now)
+    assert [x["status"] for x in res] == ["accepted"] * 5 + ["rejected"] * 5
+    assert all(x["reason"] == "key.window: time is at or after the key's revocation" for x in res[5:])
+    assert [x["seq"] for x in res] == list(range(1, 11))
+    with db.read_conn(settings.engine) as c:
+        logged = sorted(c.execute(sa.select(s.leaves.c.seq).where(s.leaves.c.kid == a.kid)).scalars())
+    assert logged == [1, 2, 3, 4, 5]
+
+
+def test_revoke_without_a_time_is_never_refused(settings, tools):
+    """A key may sign up to 300 s ahead: holding one heartbeat just ahead of now kept `revoke` (at
+    now) refused for ever. Without --at it is revoked just after the last logged heartbeat."""
+    from collector import db, registry
+    from collector.ingest import ingest_lines
+
+    now = int(time.time())
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, now - H)
+
+    def status(t: int) -> str:
+        return ingest_lines(settings.engine, [a.beat(t, {"TR7-1": "running"})], now)[0]["status"]
+
+    assert status(now + 295) == "accepted"
+    at = db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, a.kid, None, now))
+    assert at == now + 296
+    assert status(now + 296) == "rejected"
+    b = tools.Agent("b")
+    tools.enrol(settings, "acme", b, now - H)
+    assert db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, b.kid, None, now)) == now
