@@ -58,6 +58,16 @@ def backup(settings: Settings, out: Path) -> list[str]:
     """Write the backup; returns what the operator should read (one line each)."""
     if out.exists() and any(out.iterdir()):
         raise SetupError(f"{out} is not empty: back up into a new directory")
+    # Nothing is made to be backed up: a data dir without its key, or a database without the
+    # schema, is an operator's mistake (a wrong --data-dir or --db), said in one line.
+    if not (settings.data_dir / "collector.key").exists():
+        raise SetupError(f"{settings.data_dir} holds no collector.key: not a collector's data directory "
+                         "(--data-dir)")
+    if settings.db_defaulted and not (settings.data_dir / "collector.db").exists():
+        raise SetupError(f"no database {settings.data_dir / 'collector.db'} (--db)")
+    if not sa.inspect(settings.engine).has_table(s.meta.name):
+        raise SetupError(f"{settings.engine.url.render_as_string(hide_password=True)} holds no collector "
+                         "schema: nothing to back up (--db)")
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = settings.open(migrate=False)
     notes = []

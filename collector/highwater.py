@@ -119,16 +119,36 @@ _marks: "weakref.WeakKeyDictionary[Engine, _Mark]" = weakref.WeakKeyDictionary()
 def attach(engine: Engine, data_dir: Path, conn: Connection, create: bool) -> None:
     """Check the database against the data directory's marks (Rewound if a log is shorter), then
     record the engine's commits from now on. ``create``: make the database's id if it has none."""
-    db_id = database_id(conn, create)
-    if db_id is None:
-        return  # a database opened without migrating, made before this: marked once migrated
-    mark = _Mark(data_dir, db_id)
+    db_id = database_id(conn, create=False)
+    # The marks first, then the database: read the other way round, another process's commit
+    # and mark in between made the database look a leaf behind (a false refusal).
+    marks = _marks_of(data_dir, db_id)
     now = _sizes(conn)
-    shrunk = {k: (v, now.get(k, 0)) for k, v in mark.seen().items() if now.get(k, 0) < v}
+    shrunk = {k: (v, now.get(k, 0)) for k, v in marks.items() if now.get(k, 0) < v}
     if shrunk:
         raise Rewound(shrunk)
+    if db_id is None:
+        db_id = database_id(conn, create)
+        if db_id is None:
+            return  # opened without migrating, before any process made the id: marked later
+    mark = _Mark(data_dir, db_id)
     _marks[engine] = mark
     mark.note(now)
+
+
+def _marks_of(data_dir: Path, db_id: str | None) -> dict[str, int]:
+    """The marks a database is held to. One without an id is a database from before marks, or a
+    backup of one restored (the id is what such a backup lacks): held to the marks of the one
+    database this data directory has known, if only one (with several, it cannot tell which)."""
+    if db_id is not None:
+        return _Mark(data_dir, db_id).seen()
+    try:
+        doc = json.loads((data_dir / FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or len(doc) != 1:
+        return {}
+    return _Mark(data_dir, next(iter(doc))).seen()
 
 
 def note(engine: Engine, sizes: dict[str, int]) -> None:
@@ -140,12 +160,12 @@ def note(engine: Engine, sizes: dict[str, int]) -> None:
 
 def accept(engine: Engine, data_dir: Path, conn: Connection) -> dict[str, tuple[int, int]]:
     """Take the database's sizes as the marks (an operator accepting a restore): what was lost."""
+    marks = _marks_of(data_dir, database_id(conn, create=False))
     db_id = database_id(conn, create=True)
     assert db_id is not None
-    mark = _Mark(data_dir, db_id)
     now = _sizes(conn)
-    lost = {k: (v, now.get(k, 0)) for k, v in mark.seen().items() if now.get(k, 0) < v}
-    mark.write(now, replace=True)
+    lost = {k: (v, now.get(k, 0)) for k, v in marks.items() if now.get(k, 0) < v}
+    _Mark(data_dir, db_id).write(now, replace=True)
     return lost
 
 

@@ -44,16 +44,16 @@ def login(
     address = request.client.host if request.client else ""
     name = "token" if token.strip() else username
     guard: throttle.SignInThrottle = request.app.state.signin_throttle
-    wait = guard.wait_for(address, name)
+    wait = guard.attempt(address, name)
     if wait:
         return _refused(request, f"Too many failed sign-ins: try again in {-(-wait // 60)} minute(s).", wait)
     try:
         with guard.checking(), conn(request) as c:
             found = auth.authenticate(c, username, password, token)
     except throttle.Busy:
+        guard.succeeded(address, name)  # not checked: not a failure
         return _refused(request, "Too many sign-ins at once: try again in a few seconds.", 5)
     if found is None:
-        guard.failed(address, name)
         return RedirectResponse("/ui/login?error=1", status_code=303)
     guard.succeeded(address, name)
     scope, who = found

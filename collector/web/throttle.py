@@ -31,8 +31,11 @@ class SignInThrottle:
         self._fails: dict[tuple[str, str | None], deque[float]] = {}
         self._checks = threading.BoundedSemaphore(max(1, checks))
 
-    def wait_for(self, address: str, username: str, now: float | None = None) -> int:
-        """Seconds before this address may try this user name again (0: now)."""
+    def attempt(self, address: str, username: str, now: float | None = None) -> int:
+        """Seconds before this address may try this user name again (0: now, and the attempt is
+        counted as a failure until ``succeeded`` takes it back). Counted before the password is
+        checked, not after: checked then counted, a burst of concurrent wrong passwords all
+        passed the check (40 for one name instead of 5)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             worst = 0.0
@@ -40,21 +43,23 @@ class SignInThrottle:
                 q = self._recent(key, now)
                 if q is not None and len(q) >= limit:
                     worst = max(worst, q[0] + WINDOW - now)
-            return int(worst) + 1 if worst > 0 else 0
-
-    def failed(self, address: str, username: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        with self._lock:
+            if worst > 0:
+                return int(worst) + 1
             for key in ((address, None), (address, username)):
                 q = self._fails.pop(key, None) or deque()
                 q.append(now)
                 self._fails[key] = q  # re-inserted: the dict's order is the least recently failed
             while len(self._fails) > MAX_KEYS:
                 del self._fails[next(iter(self._fails))]
+            return 0
 
     def succeeded(self, address: str, username: str) -> None:
+        """The attempt was not a failure: the name's count is cleared, the address's loses it."""
         with self._lock:
             self._fails.pop((address, username), None)
+            q = self._fails.get((address, None))
+            if q:
+                q.pop()
 
     @contextlib.contextmanager
     def checking(self) -> Iterator[None]:

@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -17,23 +18,29 @@ T0 = 1_000_000.0
 def test_counters_per_name_and_per_address_over_a_window() -> None:
     th = throttle.SignInThrottle(checks=1)
     for i in range(throttle.PER_NAME):
-        assert th.wait_for("10.0.0.1", "ann", T0 + i) == 0
-        th.failed("10.0.0.1", "ann", T0 + i)
-    assert th.wait_for("10.0.0.1", "ann", T0 + 10) == throttle.WINDOW - 10 + 1  # until the first expires
-    assert th.wait_for("10.0.0.2", "ann", T0 + 10) == 0  # another address: its own count
-    assert th.wait_for("10.0.0.1", "bob", T0 + 10) == 0  # another name: the address's count only
-    assert th.wait_for("10.0.0.1", "ann", T0 + throttle.WINDOW + 1) == 0  # the window passed
+        assert th.attempt("10.0.0.1", "ann", T0 + i) == 0  # counted as failures until succeeded
+    assert th.attempt("10.0.0.1", "ann", T0 + 10) == throttle.WINDOW - 10 + 1  # until the first expires
+    assert th.attempt("10.0.0.2", "ann", T0 + 10) == 0  # another address: its own count
+    assert th.attempt("10.0.0.1", "bob", T0 + 10) == 0  # another name: the address's count only
+    assert th.attempt("10.0.0.1", "ann", T0 + throttle.WINDOW + 1) == 0  # the window passed
     for i in range(throttle.PER_ADDRESS):  # one guess per name, from one address
-        assert th.wait_for("10.0.0.3", f"guess-{i}", T0 + 20) == 0
-        th.failed("10.0.0.3", f"guess-{i}", T0 + 20)
-    assert th.wait_for("10.0.0.3", "carol", T0 + 30) > 0  # the address used its allowance
-    th.succeeded("10.0.0.2", "ann")  # a success clears that name's count only
+        assert th.attempt("10.0.0.3", f"guess-{i}", T0 + 20) == 0
+    assert th.attempt("10.0.0.3", "carol", T0 + 30) > 0  # the address used its allowance
     fresh = throttle.SignInThrottle(checks=1)
     for _ in range(throttle.PER_NAME - 1):
-        fresh.failed("a", "ann", T0)
-    fresh.succeeded("a", "ann")
-    fresh.failed("a", "ann", T0)
-    assert fresh.wait_for("a", "ann", T0) == 0
+        fresh.attempt("a", "ann", T0)
+    assert fresh.attempt("a", "ann", T0) == 0
+    fresh.succeeded("a", "ann")  # a success clears that name's count
+    assert fresh.attempt("a", "ann", T0) == 0
+
+
+def test_a_burst_of_concurrent_attempts_gets_the_allowance_only() -> None:
+    """Counted before the password check: concurrent wrong passwords all passed a check made
+    before any of them was counted (40 checked for one name instead of 5)."""
+    th = throttle.SignInThrottle(checks=1)
+    with ThreadPoolExecutor(16) as pool:
+        waits = list(pool.map(lambda _: th.attempt("10.0.0.9", "ann", T0), range(64)))
+    assert waits.count(0) == throttle.PER_NAME
 
 
 def test_concurrent_checks_are_capped() -> None:
