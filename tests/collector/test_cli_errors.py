@@ -90,19 +90,30 @@ def test_a_listen_address_without_a_port_is_one_line(tmp_path: Path) -> None:
     assert "listen address '127.0.0.1'" in out.stderr and "HOST:PORT" in out.stderr
 
 
-def test_backup_while_serving_then_restore_and_a_lost_key(tmp_path: Path, tools) -> None:
-    """`backup` copies every committed heartbeat (also those still in the -wal file) with the key
-    and origin; a data dir that lost its key gets no new one for a database that has one."""
-
+def _opened(tmp_path: Path) -> tuple[Path, str, Settings]:
+    """A collector's data dir with its SQLite database, opened (key, origin, schema)."""
     data = tmp_path / "data"
     url = f"sqlite:///{data / 'collector.db'}"
     st = Settings(data, url, "collector.test")
     st.open()
+    return data, url, st
+
+
+def _month_of_beats(settings, tools, n: int):
     agent = tools.Agent()
-    tools.enrol(st, "acme", agent, 0)
-    now = int(time.time())
-    assert {r["status"] for r in ingest_lines(st.engine, [agent.beat(now - 60 * i, {"TR7-1": "running"})
-                                                         for i in range(30, 0, -1)])} == {"accepted"}
+    tools.enrol(settings, "acme", agent, 0)
+    month = previous_month(month_of(int(time.time())))
+    t0 = month_bounds(month)[0] + 10 * 86400
+    return month, [agent.beat(t0 + 60 * i, {"TR7-1": "running"}) for i in range(n)]
+
+
+def test_backup_while_serving_then_restore_and_a_lost_key(tmp_path: Path, tools) -> None:
+    """`backup` copies every committed heartbeat (also those still in the -wal file) with the key
+    and origin; a data dir that lost its key gets no new one for a database that has one."""
+
+    data, url, st = _opened(tmp_path)
+    _month, beats = _month_of_beats(st, tools, 30)
+    assert {r["status"] for r in ingest_lines(st.engine, beats)} == {"accepted"}
     # the engine stays open (as the service does): the heartbeats are in collector.db-wal
     assert (data / "collector.db-wal").stat().st_size > 0
     out = _cli("backup", "--data-dir", str(data), "--db", url, "--out", str(tmp_path / "bk"))
@@ -136,15 +147,8 @@ def test_a_database_of_a_newer_release_is_refused_in_one_line(tmp_path: Path) ->
 def test_an_older_backup_restored_under_the_data_dir_is_refused_until_accepted(tmp_path: Path, tools) -> None:
     """Heartbeats accepted after the backup would be lost and their leaf indexes signed again with
     other content: the data directory remembers how far each log went."""
-    data = tmp_path / "data"
-    url = f"sqlite:///{data / 'collector.db'}"
-    st = Settings(data, url, "collector.test")
-    st.open()
-    agent = tools.Agent()
-    tools.enrol(st, "acme", agent, 0)
-    month = previous_month(month_of(int(time.time())))
-    t0 = month_bounds(month)[0] + 10 * 86400
-    beats = [agent.beat(t0 + 60 * i, {"TR7-1": "running"}) for i in range(40)]
+    data, url, st = _opened(tmp_path)
+    month, beats = _month_of_beats(st, tools, 40)
     ingest_lines(st.engine, beats[:20])
     assert _cli("backup", "--data-dir", str(data), "--db", url, "--out", str(tmp_path / "bk")).returncode == 0
     ingest_lines(st.engine, beats[20:])  # accepted after the backup
@@ -193,23 +197,12 @@ def test_key_prints_the_verifier_key_bundles_carry(tmp_path: Path) -> None:
     assert again.stdout == out.stdout  # the same key, kept in the data directory
 
 
-def _month_of_beats(settings, tools, n: int):
-    agent = tools.Agent()
-    tools.enrol(settings, "acme", agent, 0)
-    month = previous_month(month_of(int(time.time())))
-    t0 = month_bounds(month)[0] + 10 * 86400
-    return month, [agent.beat(t0 + 60 * i, {"TR7-1": "running"}) for i in range(n)]
-
-
 def test_a_backup_from_before_the_marks_restored_is_held_to_them(tmp_path: Path, tools) -> None:
     """A backup taken before this release has no database id: restored, it is held to the marks of
     the one database the data directory knew (it passed as a new database before)."""
     from collector import highwater
 
-    data = tmp_path / "data"
-    url = f"sqlite:///{data / 'collector.db'}"
-    st = Settings(data, url, "collector.test")
-    st.open()
+    data, _url, st = _opened(tmp_path)
     month, beats = _month_of_beats(st, tools, 40)
     ingest_lines(st.engine, beats[:20])
     st.engine.dispose()
@@ -236,9 +229,7 @@ def test_a_commit_between_reading_the_marks_and_the_database_is_no_rewind(
     the database is never found behind them (it was, ~1 open in 1,000 under load)."""
     from collector import highwater
 
-    data = tmp_path / "data"
-    st = Settings(data, f"sqlite:///{data / 'collector.db'}", "collector.test")
-    st.open()
+    data, _url, st = _opened(tmp_path)
     _month, beats = _month_of_beats(st, tools, 20)
     ingest_lines(st.engine, beats[:10])
     highwater._flush_all()
