@@ -19,6 +19,7 @@ from starlette.routing import compile_path
 from billing import PricingError
 from collector import accounting, alerts, db, evidence, registry, roles
 from collector import schema as s
+from collector.accounts.store import overlay
 from protocol.timefmt import format_time, month_bounds, month_of, parse_month
 
 router = APIRouter(prefix="/v1")
@@ -129,10 +130,21 @@ def providers(request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
         return [{"id": r.id, "name": r.name, "currency": r.currency} for r in rows]
 
 
+def _known(c: Any, scope: "Scope", provider: str) -> str:
+    """The provider, readable by the token and known to the collector: an unknown one is a 404
+    on every route (some answered 200 with empty lists, which an integrator reads as "no data")."""
+    p = scope.require_provider(provider)
+    if c.execute(sa.select(s.providers.c.id).where(s.providers.c.id == p)).first() is None:
+        raise HTTPException(404, f"no provider {provider!r}")
+    return p
+
+
 @router.get("/providers/{provider}/customers")
 def customers(provider: str, request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
     with _conn(request) as c:
-        found = list(_catalog(c, scope.require_provider(provider)).get("customers", []))
+        p = scope.require_provider(provider)
+        # With the downgraded periods the accounts recorded, as billing applies them (§8)
+        found = list(overlay(c, p, _catalog(c, p)).get("customers", []))
     # Downgraded periods are the provider's dealings with its customer (payment state), which the
     # vendor never sees (collector/roles.py ACCOUNTS)
     return [{k: v for k, v in x.items() if k != "downgraded"} for x in found] if scope.vendor else found
@@ -152,7 +164,7 @@ def instances(provider: str, request: Request, scope: ScopeDep, month: str | Non
     m0, m1 = month_bounds(month)
     per: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
     with _conn(request) as c:
-        p = scope.require_provider(provider)
+        p = _known(c, scope, provider)
         active, seen = evidence.billed_bits(c, p, month, accounting.quarantined(c, p, month))
     for inst in sorted(seen):
         for day in range(m0, m1, 86400):
@@ -175,7 +187,7 @@ def agents(provider: str, request: Request, scope: ScopeDep, month: str | None =
         return {
             "provider": provider,
             "month": month,
-            "agents": alerts.agent_health(c, scope.require_provider(provider), month, int(time.time())),
+            "agents": alerts.agent_health(c, _known(c, scope, provider), month, int(time.time())),
         }
 
 
@@ -183,15 +195,15 @@ def agents(provider: str, request: Request, scope: ScopeDep, month: str | None =
 def alert_list(provider: str, request: Request, scope: ScopeDep, month: str | None = None) -> dict[str, Any]:
     month = _month(month)
     with _conn(request) as c:
-        found = alerts.alerts(c, scope.require_provider(provider), month, int(time.time()))
+        found = alerts.alerts(c, _known(c, scope, provider), month, int(time.time()))
     return {"provider": provider, "month": month, "alerts": found}
 
 
 @router.get("/providers/{provider}/invoices")
 def invoice_months(provider: str, request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
     """Months with evidence or a close, newest first, with whether each is closed."""
-    p = scope.require_provider(provider)
     with _conn(request) as c:
+        p = _known(c, scope, provider)
         # size > 0: a close makes an empty log row for the month before it (its anchors' lock)
         q = sa.select(s.logs.c.month).where(s.logs.c.provider == p, s.logs.c.size > 0)
         logged = set(c.execute(q).scalars())

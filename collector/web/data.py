@@ -345,7 +345,8 @@ def provider_alerts(conn: Connection, provider: str, month: str, now: int) -> li
         for x in across_months(conn, provider, month)
     ]
     out += [
-        {"type": "clone", "instance": c["instance"], "hour": c["hour"], "vms": c["vms"]}
+        {"type": "clone", "instance": c["instance"], "hour": c["hour"], "until": c["until"],
+         "hours": c["hours"], "vms": c["vms"]}
         for c in clones(conn, provider, month)
     ]
     res = results(conn, provider, month)

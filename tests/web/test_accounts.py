@@ -169,3 +169,14 @@ def test_payments_for_a_slashed_id_and_for_a_customer_dropped_while_overdue(
     paid = client.post("/v1/providers/acme/customers/AT%2F1001/paid", headers=admin)
     assert paid.json()["state"] == "active"
     assert client.post("/v1/providers/acme/customers/nobody/paid", headers=admin).status_code == 404
+
+
+def test_customers_route_lists_the_downgrades_billing_applies(client: Any, settings: Any, tools: Any) -> None:
+    tools.apply(settings, tools.catalog())
+    admin = {"Authorization": f"Bearer {tools.token(settings, 'acme', 'admin')}"}
+    db.write_tx(settings.engine, lambda c: store.payment_failed(c, "acme", "c1", T0))
+    db.write_tx(settings.engine, lambda c: store.tick_all(c, T0 + 16 * DAY))
+    (c1,) = client.get("/v1/providers/acme/customers", headers=admin).json()
+    assert c1["downgraded"] == [["2026-10-20T00:00:00Z", None]]  # 15 days after the failure
+    vendor = {"Authorization": f"Bearer {tools.token(settings, None, 'vendor')}"}
+    assert "downgraded" not in client.get("/v1/providers/acme/customers", headers=vendor).json()[0]
