@@ -3,6 +3,7 @@
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -51,6 +52,10 @@ def _exit(code: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        # A reload asked for while the service is still starting (imports take a second) would
+        # kill it silently (SIGHUP's default): ignored until the service installs its handler.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.setup()
     if args.command == "config" and args.config_command == "sample":
         from agent.sample import sample

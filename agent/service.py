@@ -1,6 +1,7 @@
 """`tr7-agent run`: clock-aligned polls (APScheduler), the spool, the shipper thread, signals,
 sd_notify readiness and watchdog, metrics."""
 
+import fcntl
 import json
 import logging
 import os
@@ -84,6 +85,7 @@ class Service:
     def start(self) -> None:
         settings = self.config.agent
         check_state_dir(settings.state_dir)
+        self._lock_state_dir(settings.state_dir)
         self.key = load_key(self.config)
         if not (settings.state_dir / "enrollment.json").exists():
             log.warning("event=not_enrolled kid=%s hint='heartbeats of an unenrolled key are rejected'",
@@ -102,6 +104,24 @@ class Service:
         head = self.spool.head(self.key.kid)
         log.info("event=started kid=%s seq=%d interval=%d adapters=%d collector=%s", self.key.kid, head.seq,
                  settings.interval, len(self.config.adapters), settings.collector or "none")
+
+    def _lock_state_dir(self, state_dir: Path) -> None:
+        """One agent per state directory: a second one (a unit and a hand-started copy) signed
+        into the same spool, and the loser of each slot logged and counted a clock going back
+        that never happened. The lock goes with the process (flock), so a crash leaves none."""
+        path = state_dir / "agent.lock"
+        self._lock_file = open(path, "a+")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock_file.seek(0)
+            other = self._lock_file.read().strip() or "?"
+            raise StartupError(f"another tr7-agent (pid {other}) runs on the state directory {state_dir}: "
+                               "one agent per state directory") from exc
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"{os.getpid()}\n")
+        self._lock_file.flush()
 
     def _schedule(self, interval: int) -> None:
         trigger = IntervalTrigger(seconds=interval, start_date=aligned_start(interval, time.time()),
@@ -175,7 +195,16 @@ class Service:
                 # Never sign a time before the previous one: skip this slot (documented choice).
                 self._clock_event(when, head.time)
                 return
-            outcome = poller.poll_all()
+            try:
+                outcome = poller.poll_all()
+            except RuntimeError:
+                # A reload closed this poller (its thread pool) while the slot began: poll with
+                # the new one; it killed the agent and lost the slot's heartbeat.
+                with self.lock:
+                    if self.poller is poller:
+                        raise
+                    poller = self.poller
+                outcome = poller.poll_all()
             for a in outcome.adapters:
                 self.metrics.polls.labels(a.name).inc()
                 self.metrics.poll_seconds.labels(a.name).observe(a.seconds)

@@ -121,6 +121,11 @@ class Shipper:
             if self.metrics:
                 self.metrics.shipped.inc(len(outcomes) - len(rejected))
                 self.metrics.rejected.inc(len(rejected))
+                # The spool gauges follow the shipping too, not only the next poll: after an
+                # outage they showed the old depth for up to an interval while `status` said 0.
+                stats = self.spool.stats()
+                self.metrics.depth.set(stats["spool_depth"])
+                self.metrics.oldest.set(stats["oldest_unshipped_age_s"] or 0)
             log.info("event=shipped lines=%d rejected=%d last_seq=%d", len(rows), len(rejected), rows[-1].seq)
             return 0.0
         detail = resp.text[:200].replace("\n", " ")

@@ -1,7 +1,9 @@
 """The HTTP API (FastAPI): ingest, enrolment, health, log proofs; the read API is in readapi.py."""
 
+import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +24,7 @@ from collector.settings import ENV_DATA_DIR, ENV_DB, ENV_LISTEN, ENV_ORIGIN, Set
 from protocol.merkle import MerkleError
 from protocol.timefmt import parse_month
 
+log = logging.getLogger(__name__)
 MAX_LINES = 5000
 MAX_BYTES = 16 * 1024 * 1024
 MAX_OTHER_BODY = 1024 * 1024  # every other route: enrolment, forms, the account API
@@ -111,6 +114,19 @@ async def _read_lines(request: Request) -> list[str]:
     raise HTTPException(400, "body must be US-ASCII compact JWS lines")
 
 
+def _log_ingest(request: Request, results: list[dict[str, Any]]) -> None:
+    """One line a request (access logging is off: it would be one a batch anyway), and the reasons
+    of rejected lines: the collector's log said nothing of what it refused, only the agent's did."""
+    counts = Counter(r["status"] for r in results)
+    peer = request.client.host if request.client else "-"
+    log.info("event=ingest peer=%s lines=%d accepted=%d duplicate=%d rejected=%d", peer, len(results),
+             counts["accepted"], counts["duplicate"], counts["rejected"])
+    if counts["rejected"]:
+        reasons = Counter(r["reason"] for r in results if r["status"] == "rejected")
+        log.warning("event=ingest_rejected peer=%s rejected=%d reasons=%r", peer, counts["rejected"],
+                    dict(reasons.most_common(5)))
+
+
 def create_app(settings: Settings) -> FastAPI:
     engine = settings.open(migrate=False)
     app = FastAPI(title="TR7 metering collector", version="1")
@@ -137,6 +153,7 @@ def create_app(settings: Settings) -> FastAPI:
         if len(lines) > MAX_LINES:
             raise HTTPException(413, f"at most {MAX_LINES} heartbeats per request, got {len(lines)}")
         results = await run_in_threadpool(ingest_lines, engine, lines, int(time.time()))
+        _log_ingest(request, results)
         # Rendered directly: results already have IngestResponse's shape (no None members), and
         # validating then encoding 5,000 models costs more than the HTTP layer itself.
         return JSONResponse({"results": results})
@@ -218,6 +235,8 @@ def _log_access(engine: Any, scope: "readapi.Scope", provider: str, month: str) 
 
 def app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: settings come from the environment set by `serve`."""
+    if not logging.getLogger().handlers:  # the collector's own lines (ingest, alerts) beside uvicorn's
+        logging.basicConfig(level=logging.INFO, format="level=%(levelname)s logger=%(name)s %(message)s")
     app = create_app(
         Settings(Path(os.environ[ENV_DATA_DIR]), os.environ[ENV_DB], os.environ.get(ENV_ORIGIN) or None)
     )

@@ -271,3 +271,63 @@ def test_sighup_new_interval_reschedules_on_its_grid(tmp_path: Path) -> None:
     assert [hb.seq for hb in hbs] == list(range(1, len(hbs) + 1))
     assert all(hb.time % 2 == 0 for hb in hbs if hb.interval == 2)
     assert [hb.interval for hb in hbs] == sorted(hb.interval for hb in hbs)  # 1 s ones, then 2 s ones
+
+
+def test_a_reload_that_closes_the_poller_as_a_slot_begins_is_not_fatal(
+    tmp_path: Path, fake_registry: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """poll_job takes the poller, then a reload swaps and closes it before poll_all submits:
+    the slot is polled with the new one (it raised 'cannot schedule new futures after shutdown',
+    and the agent died, losing the slot's heartbeat)."""
+    service, _cfg = _service_in_process(tmp_path)
+    old = service.poller
+    real = Poller.poll_all
+
+    def reload_in_between(self: Poller):
+        if self is old:
+            service.poller = Poller(service.config.adapters)  # what reload() does, under its lock
+            old.close()
+        return real(self)
+
+    monkeypatch.setattr(Poller, "poll_all", reload_in_between)
+    died = []
+    monkeypatch.setattr(service, "_die", died.append)
+    service.poll_job()
+    assert died == [] and len(list(service.spool.unshipped())) == 1
+
+
+def test_a_second_agent_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 60},
+                       [{"name": "l", "platform": "kvm"}])
+    first = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], env=agent_env(),
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(lambda: (state / "agent.lock").exists() and (state / "agent.lock").read_text().strip())
+        second = run_cli("run", "--config", str(cfg), timeout=60)
+        assert second.returncode == 1
+        assert f"another tr7-agent (pid {first.pid}) runs on the state directory" in second.stderr
+    finally:
+        first.terminate()
+        first.wait(30)
+
+
+def test_sighup_is_ignored_from_main_until_the_service_handles_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's start-up (imports, key, spool, adapters) runs before its handler exists: a
+    SIGHUP then killed the agent without a word (the default action). `run` ignores it first."""
+    from agent import cli
+
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(tmp_path / "s"), "interval": 60},
+                       [{"name": "l", "platform": "kvm"}])
+    seen = []
+    monkeypatch.setattr(Service, "serve", lambda self: seen.append(signal.getsignal(signal.SIGHUP)) or 0)
+    try:
+        with pytest.raises(SystemExit) as done:
+            cli.main(["run", "--config", str(cfg)])
+        assert done.value.code == 0 and seen == [signal.SIG_IGN]
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)

@@ -115,3 +115,19 @@ def test_rejected_set_aside_not_resent_and_shown(tmp_path: Path, make_collector)
     assert "test.reject" in next(iter(status["rejected"]["reasons"]))
     accepted = [s for (s,) in collector.query("SELECT seq FROM heartbeats ORDER BY seq")]
     assert 2 not in accepted and accepted[:2] == [1, 3]
+
+
+def test_the_spool_gauges_follow_the_shipping(tmp_path: Path, make_collector) -> None:
+    """After an outage the depth gauge showed the old depth until the next poll (5 min at the
+    default interval) while `status` said 0: shipping sets it too."""
+    from agent.metrics import Metrics
+
+    collector = make_collector(extra=["--fail-first", "1", "--retry-after", "1"])
+    spool, settings = _spool_with(tmp_path, collector, 3)
+    metrics = Metrics()
+    metrics.depth.set(3)  # as the last poll left it
+    shipper = Shipper(settings, spool, metrics)
+    shipper.ship_once()  # refused: nothing changes
+    assert metrics.depth._value.get() == 3
+    assert shipper.ship_once() == 0.0
+    assert metrics.depth._value.get() == 0 and metrics.oldest._value.get() == 0

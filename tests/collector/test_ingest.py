@@ -255,3 +255,17 @@ def test_revoke_without_a_time_is_never_refused(settings, tools):
     b = tools.Agent("b")
     tools.enrol(settings, "acme", b, now - H)
     assert db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, b.kid, None, now)) == now
+
+
+def test_each_request_is_logged_with_what_was_refused_and_why(client, settings, tools, caplog):
+    a = tools.Agent()
+    now = int(time.time())
+    tools.enrol(settings, "acme", a, now - H)
+    good = a.beat(now - 60, {"TR7-1": "running"})
+    with caplog.at_level("INFO", logger="collector.server"):
+        _post(client, [good, good, "not-a-jws", a.beat(now + 900, {})])
+    lines = [r.getMessage() for r in caplog.records if r.name == "collector.server"]
+    counted = "lines=4 accepted=1 duplicate=1 rejected=2"
+    assert any("event=ingest " in x and counted in x for x in lines), lines
+    rejected = next(x for x in lines if "event=ingest_rejected" in x)
+    assert "rejected=2" in rejected and "time.future" in rejected
