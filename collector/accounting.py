@@ -70,6 +70,15 @@ def catalog_for(conn: Connection, provider: str, month: str) -> tuple[int, dict[
     return latest[0], overlay(conn, provider, latest[1])
 
 
+def customer_names(*docs: dict[str, Any]) -> dict[str, str]:
+    """Customer id -> name, the first document that has the customer deciding."""
+    out: dict[str, str] = {}
+    for doc in docs:
+        for cu in doc.get("customers", []):
+            out.setdefault(cu["id"], cu.get("name", cu["id"]))
+    return out
+
+
 def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The month's own usage and invoice over all its current leaves, from the aggregates."""
     from billing import compute, load_catalog

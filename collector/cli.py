@@ -291,10 +291,7 @@ def _bill(args: argparse.Namespace, engine) -> int:  # type: ignore[no-untyped-d
         latest = registry.latest_catalog(c, args.provider)
         # Names as billed in the month (a closed month's frozen catalog), then the latest catalog's
         docs = [accounting.catalog_for(c, args.provider, args.month)[1], latest[1] if latest else {}]
-    names: dict[str, str] = {}
-    for doc in docs:
-        for x in doc.get("customers", []):
-            names.setdefault(x["id"], x.get("name", x["id"]))
+    names = accounting.customer_names(*docs)
     if args.format == "json":
         data = (json.dumps(inv, indent=2, sort_keys=True) + "\n").encode()
     else:

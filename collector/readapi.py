@@ -130,7 +130,7 @@ def providers(request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
         return [{"id": r.id, "name": r.name, "currency": r.currency} for r in rows]
 
 
-def _known(c: Any, scope: "Scope", provider: str) -> str:
+def known_provider(c: Any, scope: "Scope", provider: str) -> str:
     """The provider, readable by the token and known to the collector: an unknown one is a 404
     on every route (some answered 200 with empty lists, which an integrator reads as "no data")."""
     p = scope.require_provider(provider)
@@ -164,7 +164,7 @@ def instances(provider: str, request: Request, scope: ScopeDep, month: str | Non
     m0, m1 = month_bounds(month)
     per: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
     with _conn(request) as c:
-        p = _known(c, scope, provider)
+        p = known_provider(c, scope, provider)
         active, seen = evidence.billed_bits(c, p, month, accounting.quarantined(c, p, month))
     for inst in sorted(seen):
         for day in range(m0, m1, 86400):
@@ -187,7 +187,7 @@ def agents(provider: str, request: Request, scope: ScopeDep, month: str | None =
         return {
             "provider": provider,
             "month": month,
-            "agents": alerts.agent_health(c, _known(c, scope, provider), month, int(time.time())),
+            "agents": alerts.agent_health(c, known_provider(c, scope, provider), month, int(time.time())),
         }
 
 
@@ -195,7 +195,7 @@ def agents(provider: str, request: Request, scope: ScopeDep, month: str | None =
 def alert_list(provider: str, request: Request, scope: ScopeDep, month: str | None = None) -> dict[str, Any]:
     month = _month(month)
     with _conn(request) as c:
-        found = alerts.alerts(c, _known(c, scope, provider), month, int(time.time()))
+        found = alerts.alerts(c, known_provider(c, scope, provider), month, int(time.time()))
     return {"provider": provider, "month": month, "alerts": found}
 
 
@@ -203,7 +203,7 @@ def alert_list(provider: str, request: Request, scope: ScopeDep, month: str | No
 def invoice_months(provider: str, request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
     """Months with evidence or a close, newest first, with whether each is closed."""
     with _conn(request) as c:
-        p = _known(c, scope, provider)
+        p = known_provider(c, scope, provider)
         # size > 0: a close makes an empty log row for the month before it (its anchors' lock)
         q = sa.select(s.logs.c.month).where(s.logs.c.provider == p, s.logs.c.size > 0)
         logged = set(c.execute(q).scalars())

@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -15,7 +14,6 @@ from pydantic import BaseModel, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from collector import db, readapi, registry, tlog, web
-from collector import schema as s
 from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge, TooManyLines
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
@@ -227,10 +225,8 @@ def _log_access(engine: Any, scope: "readapi.Scope", provider: str, month: str) 
         parse_month(month)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
-    scope.require_provider(provider)
     with db.read_conn(engine) as c:
-        if c.execute(sa.select(s.providers.c.id).where(s.providers.c.id == provider)).first() is None:
-            raise HTTPException(404, f"no provider {provider!r}")
+        readapi.known_provider(c, scope, provider)
 
 
 def app_from_env() -> FastAPI:

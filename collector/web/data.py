@@ -184,15 +184,6 @@ def month_catalog(conn: Connection, provider: str, month: str) -> dict[str, Any]
         return {}
 
 
-def customer_names(*docs: dict[str, Any]) -> dict[str, str]:
-    """Customer id -> name, the first document that has the customer deciding."""
-    out: dict[str, str] = {}
-    for doc in docs:
-        for cu in doc.get("customers", []):
-            out.setdefault(cu["id"], cu.get("name", cu["id"]))
-    return out
-
-
 @functools.cache
 def _offsets(bits: int) -> tuple[int, ...]:
     return tuple(h * HOUR for h in range(24) if bits >> h & 1)

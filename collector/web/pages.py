@@ -97,7 +97,7 @@ def overview(provider: str, request: Request, sess: SessionDep, month: str | Non
     month, now = month_param(month), int(time.time())
     with conn(request) as c:
         doc = data.month_catalog(c, provider, month)
-        names = data.customer_names(doc, data.catalog(c, provider))
+        names = accounting.customer_names(doc, data.catalog(c, provider))
         res = data.results(c, provider, month)
         hours = data.active_hours(c, provider, month)
         running = data.running_now(c, provider, now)
@@ -153,7 +153,7 @@ def customer_page(
     with conn(request) as c:
         doc = data.month_catalog(c, provider, month)
         res = data.results(c, provider, month)
-        cu = _customer(data.customer_names(doc, data.catalog(c, provider)), customer,
+        cu = _customer(accounting.customer_names(doc, data.catalog(c, provider)), customer,
                        res[1]["totals"] if res else ())
         lics = [x for x in doc.get("licenses", []) if x["customer"] == customer]
         insts = sorted({x["instance"] for x in lics})
@@ -263,7 +263,7 @@ def invoice_file(
     if fmt not in ("pdf", "csv"):
         raise HTTPException(404, "pdf or csv")
     with conn(request) as c:
-        names = data.customer_names(data.month_catalog(c, provider, month), data.catalog(c, provider))
+        names = accounting.customer_names(data.month_catalog(c, provider, month), data.catalog(c, provider))
         try:  # a download is computed now, never served from the dashboards' cache
             inv = accounting.invoice(c, provider, month)
         except accounting.AccountingError as exc:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import Response
 
-from collector import db, roles
+from collector import accounting, db, roles
 from collector import schema as s
 from collector.export import export
 from collector.readapi import strip_money
@@ -78,7 +78,7 @@ def planner(
     month = month_param(month)
     fixed = _money(fixed_price)
     with conn(request) as c:
-        names = data.customer_names(data.month_catalog(c, provider, month), data.catalog(c, provider))
+        names = accounting.customer_names(data.month_catalog(c, provider, month), data.catalog(c, provider))
         res = data.results(c, provider, month)
     if res is None or (customer not in names and customer not in res[1]["totals"]):
         raise HTTPException(404, f"no customer {customer}")
