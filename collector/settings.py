@@ -160,7 +160,10 @@ class Settings:
                 row = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY)).scalar()
         except sa.exc.OperationalError:
             return  # unreachable: the command's own use of the database says so
-        if row is not None:
+        # Looked at again after the database: a process starting beside this one on the same new
+        # data dir writes the key before it claims the database, so a claim seen here with no key
+        # file even now is a key lost (read before, its claim made this refuse a sibling).
+        if row is not None and not (self.data_dir / "collector.key").exists():
             raise SetupError(
                 f"{self.data_dir} has no collector.key, and this database's checkpoints are signed by "
                 f"collector key {row.split('+')[0]!r} ({row}): copy collector.key and origin from the "

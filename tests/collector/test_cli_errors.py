@@ -257,3 +257,27 @@ def test_backup_of_nothing_makes_nothing(tmp_path: Path) -> None:
     out = _cli("backup", "--data-dir", str(empty), "--db", other, "--out", str(tmp_path / "bk"))
     assert out.returncode == 1 and "holds no collector schema" in out.stderr
     assert not (tmp_path / "bk").exists()
+
+
+def test_a_sibling_writing_the_key_while_this_one_looks_is_no_lost_key(tmp_path: Path, monkeypatch) -> None:
+    """Processes starting together on a new data dir: one writes the key, then claims the
+    database; another that saw no key file, then the claim, must look at the file again (it
+    refused as if the key were lost, about once in CI's runs on PostgreSQL)."""
+    import contextlib
+
+    from collector import settings as settings_mod
+
+    data, url, _st = _opened(tmp_path)
+    key = (data / "collector.key").read_bytes()
+    (data / "collector.key").unlink()  # as the sibling had not written it yet
+    real = settings_mod.db.read_conn
+
+    @contextlib.contextmanager
+    def sibling_writes_the_key_meanwhile(engine):
+        (data / "collector.key").write_bytes(key)
+        (data / "collector.key").chmod(0o600)
+        with real(engine) as conn:
+            yield conn
+
+    monkeypatch.setattr(settings_mod.db, "read_conn", sibling_writes_the_key_meanwhile)
+    Settings(data, url, "collector.test").open(migrate=False, highwater=False)
