@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from starlette.routing import compile_path
 
 from billing import PricingError
-from collector import accounting, alerts, db, evidence, registry, roles
+from collector import accounting, alerts, apimodels, db, evidence, registry, roles
 from collector import schema as s
 from collector.accounts.store import overlay
 from protocol.timefmt import format_time, month_bounds, month_of, parse_month
@@ -110,6 +110,11 @@ def _month(month: str | None) -> str:
     return month
 
 
+def _get(path: str) -> Any:
+    """A read route: its 200 body is plain JSON, documented by collector/apimodels.py's model."""
+    return router.get(path, response_model=None, responses=apimodels.documented(path))
+
+
 def _conn(request: Request) -> Any:
     return db.read_conn(request.app.state.engine)
 
@@ -121,7 +126,7 @@ def _catalog(c: Connection, provider: str) -> dict[str, Any]:
     return latest[1]
 
 
-@router.get("/providers")
+@_get("/providers")
 def providers(request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
     with _conn(request) as c:
         rows = c.execute(
@@ -139,7 +144,7 @@ def known_provider(c: Any, scope: "Scope", provider: str) -> str:
     return p
 
 
-@router.get("/providers/{provider}/customers")
+@_get("/providers/{provider}/customers")
 def customers(provider: str, request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
     with _conn(request) as c:
         p = scope.require_provider(provider)
@@ -150,13 +155,13 @@ def customers(provider: str, request: Request, scope: ScopeDep) -> list[dict[str
     return [{k: v for k, v in x.items() if k != "downgraded"} for x in found] if scope.vendor else found
 
 
-@router.get("/providers/{provider}/licenses")
+@_get("/providers/{provider}/licenses")
 def licenses(provider: str, request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
     with _conn(request) as c:
         return strip_money(list(_catalog(c, scope.require_provider(provider)).get("licenses", [])))
 
 
-@router.get("/providers/{provider}/instances")
+@_get("/providers/{provider}/instances")
 def instances(provider: str, request: Request, scope: ScopeDep, month: str | None = None) -> dict[str, Any]:
     """Per instance, active and seen hours per UTC day of the month (from the hour aggregates,
     without the hours only quarantined heartbeats gave, as billing counts them)."""
@@ -180,7 +185,7 @@ def instances(provider: str, request: Request, scope: ScopeDep, month: str | Non
     }
 
 
-@router.get("/providers/{provider}/agents")
+@_get("/providers/{provider}/agents")
 def agents(provider: str, request: Request, scope: ScopeDep, month: str | None = None) -> dict[str, Any]:
     month = _month(month)
     with _conn(request) as c:
@@ -191,7 +196,7 @@ def agents(provider: str, request: Request, scope: ScopeDep, month: str | None =
         }
 
 
-@router.get("/providers/{provider}/alerts")
+@_get("/providers/{provider}/alerts")
 def alert_list(provider: str, request: Request, scope: ScopeDep, month: str | None = None) -> dict[str, Any]:
     month = _month(month)
     with _conn(request) as c:
@@ -199,7 +204,7 @@ def alert_list(provider: str, request: Request, scope: ScopeDep, month: str | No
     return {"provider": provider, "month": month, "alerts": found}
 
 
-@router.get("/providers/{provider}/invoices")
+@_get("/providers/{provider}/invoices")
 def invoice_months(provider: str, request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
     """Months with evidence or a close, newest first, with whether each is closed."""
     with _conn(request) as c:
@@ -216,7 +221,7 @@ def invoice_months(provider: str, request: Request, scope: ScopeDep) -> list[dic
     return [{"month": m, "closed": m in done} for m in sorted(months, reverse=True)]
 
 
-@router.get("/providers/{provider}/invoices/{month}")
+@_get("/providers/{provider}/invoices/{month}")
 def invoice(provider: str, month: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
     month = _month(month)
     with _conn(request) as c:

@@ -1,14 +1,17 @@
 """Seeding shared by the collector and web tests: a signing agent, a catalog, enrolment, API tokens."""
 
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from starlette.routing import compile_path
 
-from collector import db, registry
+from collector import apimodels, db, registry
 from collector.server import create_app
 from collector.settings import Settings
 from protocol.heartbeat import ZERO_HASH, sign_heartbeat, token_digest
@@ -27,10 +30,29 @@ def opened(tmp: Path, db_url: str | None = None) -> Iterator[Settings]:
         st.engine.dispose()
 
 
+# The read routes' templates as patterns: every 200 answer a test receives from one of them is
+# checked against the model /openapi.json publishes for it (collector/apimodels.py).
+_DOCUMENTED = [(compile_path(path)[0], path) for path in apimodels.RESPONSES]
+checked: Counter[str] = Counter()  # answers checked per route, for the test that all were
+
+
+def _check_documented(response: httpx.Response) -> None:
+    request = response.request
+    if request.method != "GET" or response.status_code != 200:
+        return
+    for pattern, path in _DOCUMENTED:
+        if pattern.match(request.url.path):
+            apimodels.check(path, response.read())
+            checked[path] += 1
+            return
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    """The app in-process on the `settings` fixture of the conftest that imports this one."""
+    """The app in-process on the `settings` fixture of the conftest that imports this one; every
+    answer of a read route is checked against its published schema."""
     with TestClient(create_app(settings)) as c:
+        c.event_hooks["response"].append(_check_documented)
         yield c
 
 
