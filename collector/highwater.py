@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -65,13 +66,6 @@ class _Mark:
         self.lock = threading.Lock()
         self.warned = False
 
-    def seen(self) -> dict[str, int]:
-        try:
-            doc = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        got = doc.get(self.db_id, {}) if isinstance(doc, dict) else {}
-        return {k: int(v) for k, v in got.items()} if isinstance(got, dict) else {}
 
     def note(self, sizes: dict[str, int]) -> None:
         with self.lock:
@@ -119,10 +113,13 @@ _marks: "weakref.WeakKeyDictionary[Engine, _Mark]" = weakref.WeakKeyDictionary()
 def attach(engine: Engine, data_dir: Path, conn: Connection, create: bool) -> None:
     """Check the database against the data directory's marks (Rewound if a log is shorter), then
     record the engine's commits from now on. ``create``: make the database's id if it has none."""
+    # The marks first, then the database, whose snapshot its first statement fixes (SQLite's
+    # deferred transaction, PostgreSQL's REPEATABLE READ): another process's commit and mark
+    # between that statement and the file read made the database look a leaf behind (a false
+    # "restored from an older backup", ~1 open in 1,700 under ingest on PostgreSQL).
+    doc = _read(data_dir)
     db_id = database_id(conn, create=False)
-    # The marks first, then the database: read the other way round, another process's commit
-    # and mark in between made the database look a leaf behind (a false refusal).
-    marks = _marks_of(data_dir, db_id)
+    marks = _marks_in(doc, db_id)
     now = _sizes(conn)
     shrunk = {k: (v, now.get(k, 0)) for k, v in marks.items() if now.get(k, 0) < v}
     if shrunk:
@@ -136,19 +133,25 @@ def attach(engine: Engine, data_dir: Path, conn: Connection, create: bool) -> No
     mark.note(now)
 
 
-def _marks_of(data_dir: Path, db_id: str | None) -> dict[str, int]:
-    """The marks a database is held to. One without an id is a database from before marks, or a
-    backup of one restored (the id is what such a backup lacks): held to the marks of the one
-    database this data directory has known, if only one (with several, it cannot tell which)."""
-    if db_id is not None:
-        return _Mark(data_dir, db_id).seen()
+def _read(data_dir: Path) -> dict[str, Any]:
+    """The data directory's marks document (database id -> "provider/month" -> size), {} if none."""
     try:
         doc = json.loads((data_dir / FILE).read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(doc, dict) or len(doc) != 1:
-        return {}
-    return _Mark(data_dir, next(iter(doc))).seen()
+    return doc if isinstance(doc, dict) else {}
+
+
+def _marks_in(doc: dict[str, Any], db_id: str | None) -> dict[str, int]:
+    """The marks a database is held to. One without an id is a database from before marks, or a
+    backup of one restored (the id is what such a backup lacks): held to the marks of the one
+    database this data directory has known, if only one (with several, it cannot tell which)."""
+    if db_id is None:
+        if len(doc) != 1:
+            return {}
+        db_id = next(iter(doc))
+    got = doc.get(db_id, {})
+    return {k: int(v) for k, v in got.items()} if isinstance(got, dict) else {}
 
 
 def note(engine: Engine, sizes: dict[str, int]) -> None:
@@ -160,7 +163,8 @@ def note(engine: Engine, sizes: dict[str, int]) -> None:
 
 def accept(engine: Engine, data_dir: Path, conn: Connection) -> dict[str, tuple[int, int]]:
     """Take the database's sizes as the marks (an operator accepting a restore): what was lost."""
-    marks = _marks_of(data_dir, database_id(conn, create=False))
+    doc = _read(data_dir)
+    marks = _marks_in(doc, database_id(conn, create=False))
     db_id = database_id(conn, create=True)
     assert db_id is not None
     now = _sizes(conn)

@@ -247,6 +247,30 @@ def test_a_commit_between_reading_the_marks_and_the_database_is_no_rewind(
     fresh.open(migrate=False)  # read marks (10), then the database (20): no refusal
 
 
+def test_a_commit_after_the_snapshot_began_is_no_rewind(tmp_path: Path, tools, monkeypatch) -> None:
+    """The database's snapshot is fixed by the open's first statement (its id), not by reading
+    its sizes: another process's commit and mark right after that statement made a false
+    "restored from an older backup" (~1 open in 1,700 under ingest on PostgreSQL)."""
+    from collector import highwater
+
+    data, _url, st = _opened(tmp_path)
+    _month, beats = _month_of_beats(st, tools, 20)
+    ingest_lines(st.engine, beats[:10])
+    highwater._flush_all()
+    real = highwater.database_id
+
+    def then_another_process_commits(conn, create):
+        got = real(conn, create)
+        other = Settings(data, st.db_url, "collector.test")
+        ingest_lines(other.engine, beats[10:])
+        with other.engine.connect() as c:
+            highwater._Mark(data, got).write(highwater._sizes(c), replace=False)
+        return got
+
+    monkeypatch.setattr(highwater, "database_id", then_another_process_commits)
+    Settings(data, st.db_url, "collector.test").open(migrate=False)  # marks (10) read first: no refusal
+
+
 def test_backup_of_nothing_makes_nothing(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     out = _cli("backup", "--data-dir", str(empty), "--out", str(tmp_path / "bk"))
