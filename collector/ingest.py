@@ -138,16 +138,20 @@ def _revoked_since(conn: Connection, latest: Mapping[str, int]) -> dict[str, int
     time of its lines in the batch, to skip keys whose lines all stand). The batch's keys were
     read before verification, in another transaction: a revocation committed in between let
     lines timed after it be logged, and the month's bundle then failed `tr7-audit verify` for
-    good (key.window). PostgreSQL: FOR SHARE holds the rows against registry.revoke_agent's FOR
-    UPDATE until this transaction ends; SQLite: the write lock does."""
+    good (key.window). PostgreSQL: FOR SHARE holds every key's row of the batch, revoked or not,
+    against registry.revoke_agent's FOR UPDATE until this transaction ends (locking only the
+    rows already revoked left a key being revoked now unlocked: its revoke committed, then this
+    batch its lines timed after it); SQLite: the write lock does."""
     if not latest:
         return {}
-    q = sa.select(s.agents.c.kid, s.agents.c.revoked_at).where(
-        s.agents.c.kid.in_(sorted(latest)), s.agents.c.revoked_at.is_not(None)
-    )
+    q = sa.select(s.agents.c.kid, s.agents.c.revoked_at).where(s.agents.c.kid.in_(sorted(latest)))
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(read=True)
-    return {r.kid: int(r.revoked_at) for r in conn.execute(q) if int(r.revoked_at) <= latest[r.kid]}
+    return {
+        r.kid: int(r.revoked_at)
+        for r in conn.execute(q)
+        if r.revoked_at is not None and int(r.revoked_at) <= latest[r.kid]
+    }
 
 
 def _logged(conn: Connection, lines: Sequence[str]) -> tuple[dict[str, int], dict[str, str]]:

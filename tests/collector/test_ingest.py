@@ -235,6 +235,47 @@ def test_a_revocation_committed_during_verification_rejects_what_follows_it(sett
     assert logged == [1, 2, 3, 4, 5]
 
 
+def test_a_key_revoked_now_while_its_batch_commits_keeps_no_line_after_the_revocation(
+    settings, tools, monkeypatch
+):
+    """`agent revoke KID` (no --at) from another process while a batch of that key is in its write
+    transaction: the revoke waits for the batch and revokes after its lines, or the batch sees the
+    revocation and rejects what follows it. On PostgreSQL the key's row, not yet revoked, was not
+    locked: the revoke committed at once and the batch then logged lines timed after it, which
+    made the month's bundle fail `tr7-audit verify` for good (23 races in 40)."""
+    import threading
+
+    from collector import db, ingest, registry
+
+    now = int(time.time())
+    a = tools.Agent()
+    tools.enrol(settings, "acme", a, now - H)
+    before = [a.beat(now - 600 + 60 * i, {"TR7-1": "running"}) for i in range(3)]
+    assert {x["status"] for x in ingest.ingest_lines(settings.engine, before, now)} == {"accepted"}
+    ahead = [a.beat(now + 60 + 10 * i, {"TR7-1": "running"}) for i in range(4)]  # its clock runs ahead
+    real, got = ingest._append, {}
+
+    def operator_revokes_meanwhile(conn, *args, **kw):
+        if not got:
+            def revoke() -> None:
+                got["at"] = db.write_tx(
+                    settings.engine, lambda c: registry.revoke_agent(c, a.kid, None, int(time.time()))
+                )
+
+            got["thread"] = threading.Thread(target=revoke)
+            got["thread"].start()
+            got["thread"].join(1.5)  # waits on the batch's lock (it did not, on PostgreSQL)
+        return real(conn, *args, **kw)
+
+    monkeypatch.setattr(ingest, "_append", operator_revokes_meanwhile)
+    res = ingest.ingest_lines(settings.engine, ahead, now)
+    got["thread"].join()
+    with db.read_conn(settings.engine) as c:
+        times = c.execute(sa.select(s.leaves.c.time).where(s.leaves.c.kid == a.kid)).scalars().all()
+    assert max(times) < got["at"], (res, got["at"])
+    assert len(times) == 3 + sum(x["status"] == "accepted" for x in res)
+
+
 def test_revoke_without_a_time_is_never_refused(settings, tools):
     """A key may sign up to 300 s ahead: holding one heartbeat just ahead of now kept `revoke` (at
     now) refused for ever. Without --at it is revoked just after the last logged heartbeat."""
