@@ -207,16 +207,27 @@ class AzureAdapter(Adapter):
         return self._clients[subscription]
 
     def poll_subscription(self, subscription: str) -> list[Observation]:
+        client = self.client(subscription)
+        # Two lists, joined on the resource id (which ARM compares case-insensitively): the model
+        # (tags, vmId, location) and, with statusOnly=true, the instanceView statuses (power
+        # states). ARM's statusOnly answer has no tags and the plain one no instanceView: with the
+        # statusOnly list alone no VM was recognised, and the poll said "none running" (ok: true).
+        # Both page by nextLink: two requests per page of VMs, not one per VM.
+        models = [vm for vm in client.virtual_machines.list_all() if self.observe(vm, None) is not None]
+        if not models:
+            return []  # no TR7 VM in the subscription: its power states are not needed
+        powers: dict[str, str | None] = {}
+        for vm in client.virtual_machines.list_all(status_only="true"):
+            if vm.id:
+                powers[vm.id.lower()] = _power(vm.properties.instance_view if vm.properties else None)
         out = []
         rechecks = RECHECK_MAX
-        client = self.client(subscription)
-        # statusOnly=true: the list answer carries each VM's instanceView statuses (power state),
-        # so one request per page of VMs instead of one per VM
-        for vm in client.virtual_machines.list_all(status_only="true"):
-            power = _power(vm.properties.instance_view if vm.properties else None)
+        for vm in models:
+            power = powers.get((vm.id or "").lower())
             obs = self.observe(vm, power)
             if obs is not None and power is None and vm.id and rechecks > 0:
-                # Microsoft: statusOnly may rarely miss a power state; ask that VM's instance view
+                # Not in the status list (made between the two calls), or Microsoft's rare statusOnly
+                # answer without a power state: ask that VM's instance view
                 rechecks -= 1
                 obs = self._recheck(client, vm, obs)
             if obs is not None:

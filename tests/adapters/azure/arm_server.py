@@ -2,7 +2,8 @@
 
 It speaks the exact requests the unmodified SDKs make: msal's OpenID discovery and client-credentials
 token call (secret or certificate assertion), App Service managed identity, and ARM's
-`virtualMachines?statusOnly=true` list with nextLink paging, 401, 403, 429 + Retry-After and 5xx.
+`virtualMachines` lists (the model, or with statusOnly=true the statuses) with nextLink paging,
+401, 403, 429 + Retry-After and 5xx.
 """
 
 import json
@@ -33,7 +34,9 @@ class Subscription:
 
 def vm(name: str, *, tags: dict[str, str] | None = None, power: str | None = "running",
        location: str = "westeurope", sub: str = "sub", vm_id: str | None = None) -> dict[str, Any]:
-    """A VM as ARM returns it with statusOnly=true (model plus instanceView statuses)."""
+    """A VM as this server keeps it: the model and its instanceView statuses, of which a plain list
+    answers the model and a statusOnly=true list only the id, name, type and statuses (ARM's
+    statusOnly answer has no tags: a list call never gives both for a standalone VM)."""
     statuses = [{"code": "ProvisioningState/succeeded", "level": "Info",
                  "displayStatus": "Provisioning succeeded"}]
     if power is not None:
@@ -222,6 +225,9 @@ class ArmServer:
                 if query.get("statusOnly") != "true":  # the model alone: no power state
                     items = [{**v, "properties": {k: p for k, p in v["properties"].items()
                                                   if k != "instanceView"}} for v in items]
+                else:  # the statuses alone: no tags, no vmId, no location (nor any other model member)
+                    items = [{"id": v["id"], "name": v["name"], "type": v["type"],
+                              "properties": {"instanceView": v["properties"]["instanceView"]}} for v in items]
                 body: dict[str, Any] = {"value": items}
                 if start + sub.page_size < len(sub.vms):
                     next_query = {**query, "$skiptoken": str(start + sub.page_size)}

@@ -67,9 +67,10 @@ def test_tagged_vms_of_two_subscriptions_across_pages(sp: Any) -> None:
         b: Observation("fw-b", b, "northeurope", "stopped", None),
         c: Observation("fw-c", c, "westeurope", "running", Capacity(vservices=4)),  # tag names: any case
     }
-    # 6 VMs in pages of 2 = 3 pages (nextLink followed), no per-VM instance-view call
-    assert sp.count(LIST.format(SUB_A)) == 3 and sp.count(LIST.format(SUB_B)) == 1
-    assert len(sp.requests) == 2 + 4  # OpenID discovery + one token, then the list pages
+    # 6 VMs in pages of 2 = 3 pages (nextLink followed) of models, then 3 of statuses (the
+    # statusOnly answer has no tags, ARM's neither), no per-VM instance-view call
+    assert sp.count(LIST.format(SUB_A)) == 6 and sp.count(LIST.format(SUB_B)) == 2
+    assert len(sp.requests) == 2 + 8  # OpenID discovery + one token, then the list pages
 
 
 def test_power_states(sp: Any) -> None:
@@ -112,7 +113,15 @@ def test_throttled_list_is_retried_after_retry_after(sp: Any) -> None:
     sp.subscriptions[SUB_A].throttle = 1
     result = adapter(sp, subscriptions=[SUB_A]).poll()
     assert result.error is None and set(by_vm(result)) == {vm}
-    assert sp.count(LIST.format(SUB_A)) == 2  # the 429, then the retry that succeeded
+    assert sp.count(LIST.format(SUB_A)) == 3  # the 429, the retry that succeeded, the statuses
+
+
+def test_a_subscription_without_tr7_vms_is_listed_once(sp: Any) -> None:
+    """Its power states are not needed: the statusOnly list is not asked for."""
+    sp.add_vm(SUB_A, "web1", tags={"env": "prod"})
+    result = adapter(sp, subscriptions=[SUB_A]).poll()
+    assert result.error is None and result.observations == []
+    assert sp.count(LIST.format(SUB_A)) == 1
 
 
 def test_wrong_secret_is_an_auth_error(sp: Any) -> None:
