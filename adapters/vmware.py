@@ -32,7 +32,7 @@ API_VERSION = "vim.version.version11"
 PAGE_SIZE = 1000  # objects per RetrievePropertiesEx page; vCenter may return fewer
 STATES = {"poweredOn": "running", "poweredOff": "stopped", "suspended": "suspended"}
 VM_PROPS = ("config.instanceUuid", "config.template", "config.extraConfig", "customValue",
-            "runtime.powerState", "runtime.host")
+            "runtime.powerState", "runtime.connectionState", "runtime.host")
 V = "{urn:vim25}"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 ENVELOPE = (('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
@@ -381,6 +381,11 @@ class VMwareAdapter(Adapter):
         host_ref = props.get("runtime.host")
         host = hosts.get(host_ref, host_ref) if host_ref else None
         state = STATES.get(props.get("runtime.powerState") or "", "unknown")
+        if props.get("runtime.connectionState", "connected") != "connected":
+            # disconnected (its host stopped answering vCenter), orphaned, inaccessible, invalid:
+            # vCenter still shows the last power state it had, which is a guess now (a dead host's
+            # appliances were billed as running for as long as it stayed down)
+            state = "unknown"
         return Observation(instance=found[0], vm=uuid, host=host, state=state, capacity=found[1])
 
 

@@ -270,3 +270,24 @@ def test_thousands_of_vms_in_one_poll() -> None:
         vcsim.disconnect(si)
     finally:
         server.stop()
+
+
+def test_a_vm_whose_host_stopped_answering_is_unknown_not_running() -> None:
+    """vCenter marks the VMs of a host that stopped answering (crashed, powered off, cut off)
+    `disconnected` and keeps showing their last power state, poweredOn: that is a guess, and the
+    appliance was billed as running for as long as the host stayed down."""
+    server = vcsim.start(vms=2, hosts=1, disconnected=("DC0_C0_RP0_VM0",))
+    try:
+        si = vcsim.connect(server.url)
+        lost, alive = sorted(vcsim.all_vms(si), key=lambda vm: vm.name)
+        assert lost.name == "DC0_C0_RP0_VM0" and lost.runtime.connectionState == "disconnected"
+        assert lost.runtime.powerState == "poweredOn"
+        vcsim.tag(lost, instance="tr7-lost")
+        vcsim.tag(alive, instance="tr7-alive")
+        vcsim.disconnect(si)
+        result = make(server.url, name="vc-lost").poll()
+        assert result.error is None
+        states = {o.instance: o.state for o in result.observations}
+        assert states == {"tr7-lost": "unknown", "tr7-alive": "running"}
+    finally:
+        server.stop()

@@ -8,10 +8,12 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/simulator/vpx"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 func main() {
@@ -25,6 +27,9 @@ func main() {
 	flag.StringVar(&denyPrefix, "deny", "", "refuse the properties of VMs whose name starts with this "+
 		"(missingSet NoPermission, as vCenter for a VM without System.Read)")
 	denyList := flag.String("deny-path", "", "with -deny: refuse only these comma-separated properties")
+	lost := flag.String("disconnected", "", "comma-separated VM names whose runtime.connectionState is "+
+		"disconnected, as vCenter marks the VMs of a host that stopped answering (their powerState "+
+		"stays the last one known)")
 	flag.Parse()
 	setDenyPaths(*denyList)
 
@@ -34,6 +39,13 @@ func main() {
 		panic(err)
 	}
 	defer model.Remove()
+	for _, name := range strings.Split(*lost, ",") {
+		for _, e := range simulator.Map.All("VirtualMachine") {
+			if vm := e.(*simulator.VirtualMachine); name != "" && vm.Name == name {
+				vm.Runtime.ConnectionState = types.VirtualMachineConnectionStateDisconnected
+			}
+		}
+	}
 	pc := &PagingCollector{}
 	pc.Self = vpx.ServiceContent.PropertyCollector
 	simulator.Map.Put(pc)

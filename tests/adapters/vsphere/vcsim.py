@@ -51,15 +51,19 @@ class Vcsim:
 
 
 def start(vms: int = 4, hosts: int = 2, tls: tuple[str, str] | None = None, page: int = 0,
-          deny: str = "", deny_paths: tuple[str, ...] = (), timeout: float = 900) -> Vcsim:
+          deny: str = "", deny_paths: tuple[str, ...] = (), disconnected: tuple[str, ...] = (),
+          timeout: float = 900) -> Vcsim:
     """Start a VPX simulator on 127.0.0.1:<free port> with `vms` VMs in one cluster of `hosts`;
     `tls` = (certificate chain PEM file, key PEM file) serves https; `page` caps the objects per
     RetrievePropertiesEx page (maxObjects is always honoured, as vCenter does). `deny` refuses
     the properties of VMs whose name starts with it (renaming a VM grants or revokes), as vCenter
     does without System.Read: missingSet NoPermission entries, a NoPermission fault for pyVmomi's
-    single reads; `deny_paths` restricts that to these properties."""
+    single reads; `deny_paths` restricts that to these properties. `disconnected`: names of VMs
+    whose runtime.connectionState is disconnected (their host stopped answering vCenter), their
+    powerState left as it was."""
     args = [str(build()), "-vm", str(vms), "-host", str(hosts), "-user", USER, "-pass", PASSWORD,
-            "-page", str(page), "-deny", deny, "-deny-path", ",".join(deny_paths)]
+            "-page", str(page), "-deny", deny, "-deny-path", ",".join(deny_paths),
+            "-disconnected", ",".join(disconnected)]
     if tls:
         args += ["-cert", tls[0], "-key", tls[1]]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
