@@ -1,6 +1,7 @@
 """KVM/QEMU adapter: a read-only libvirt connection, `<tr7:license>` domain metadata per domain."""
 
 import contextlib
+import errno
 import threading
 import xml.etree.ElementTree as ET
 from typing import Any, Literal
@@ -111,6 +112,10 @@ def _convert(exc: libvirt.libvirtError, uri: str, doing: str, auth_hint: str = G
         return AuthError("access denied", f"{diagnostic} ({GROUP_HINT})")
     if code in CONFIG_CODES:
         return ConfigError(f"cannot use {uri}", diagnostic)
+    if code == libvirt.VIR_ERR_SYSTEM_ERROR and exc.get_int1() in (errno.EACCES, errno.EPERM):
+        # the socket is there but this user may not open it (unix_sock_ro_perms "0770"): the
+        # libvirt group, not a daemon to start
+        return AuthError("access denied", f"{diagnostic} ({GROUP_HINT})")
     if code == libvirt.VIR_ERR_SYSTEM_ERROR or exc.get_error_domain() == libvirt.VIR_FROM_RPC:
         return UnreachableError("unreachable", diagnostic + " (is libvirtd running and its read-only "
                                                             "socket reachable?)")

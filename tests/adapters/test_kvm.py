@@ -2,6 +2,7 @@
 
 import importlib.util
 import logging
+import os
 import socket
 import sys
 from collections.abc import Iterator
@@ -199,3 +200,39 @@ def test_frozen_daemon_fails_the_poll_instead_of_hanging(tmp_path: Path, libvirt
         libvirtd.thaw()
     assert "tr7-f" in by_instance(kvm.poll())
     kvm.close()
+
+
+def test_a_socket_the_agent_user_may_not_open_is_access_denied(tmp_path: Path) -> None:
+    """unix_sock_ro_perms "0770" and an agent user outside the libvirt group: the fix is the
+    group (access denied), not starting libvirtd (unreachable, as it was reported)."""
+    import subprocess
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(locked / "libvirt-sock-ro"))
+    sock.listen()
+    run = [sys.executable]
+    if os.geteuid() == 0:
+        # root opens any socket; without its capabilities (util-linux's setpriv) it is held to the
+        # modes as the agent's user is: a directory of another user, mode 0700
+        os.chown(locked, 65534, 65534)
+        locked.chmod(0o700)
+        run = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable]
+    else:
+        locked.chmod(0o000)
+    uri = f"qemu:///system?socket={locked}/libvirt-sock-ro"
+    code = (
+        "import sys; from adapters.kvm import ADAPTER; from adapters.base import AdapterError\n"
+        f"a = ADAPTER(ADAPTER.Config(name='k', platform='kvm', uri={uri!r}))\n"
+        "try:\n    a.poll()\n"
+        "except AdapterError as e:\n    print(type(e).__name__, e.reason, '|', e.diagnostic)\n"
+    )
+    try:
+        out = subprocess.run([*run, "-c", code], capture_output=True, text=True, timeout=60,
+                             cwd=Path(__file__).resolve().parents[2])
+    finally:
+        locked.chmod(0o700)
+        sock.close()
+    assert out.stdout.startswith("AuthError access denied |"), out.stdout + out.stderr
+    assert "Permission denied" in out.stdout and "libvirt group" in out.stdout
