@@ -8,6 +8,7 @@ import re
 import time
 import xml.etree.ElementTree as ET
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import requests
 import winrm.exceptions as wex
@@ -104,7 +105,15 @@ class HyperVConfig(AdapterConfig):
     def _https_url(cls, v: str) -> str:
         if not re.match(r"(?i)^https://[^/\s]+(/wsman/?)?$", v):
             raise ValueError("url must be https://HOST[:PORT][/wsman] (HTTP listeners are not supported)")
-        return v if v.rstrip("/").lower().endswith("/wsman") else v.rstrip("/") + "/wsman"
+        parts = urlsplit(v)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"url has a bad port: {exc}") from exc
+        # No port: WinRM's HTTPS listener's, 5986, as winrs and Enter-PSSession -UseSSL take it
+        # (the https default, 443, failed every poll with "connection failed")
+        netloc = parts.netloc if port is not None else f"{parts.netloc}:5986"
+        return f"https://{netloc}/wsman"
 
     @model_validator(mode="after")
     def _check(self) -> "HyperVConfig":

@@ -275,6 +275,11 @@ def test_config_defaults_and_url_normalised() -> None:
     c = HyperVConfig(name="h", platform="hyperv", url="https://hv1.example:5986", username="u", password="p")
     assert c.url == "https://hv1.example:5986/wsman"
     assert (c.transport, c.verify_tls, c.cluster) == ("ntlm", True, False)
+    # no port: WinRM's HTTPS listener's (5986), as winrs takes it; https's 443 failed every poll
+    for url, want in (("https://hv1.example", "https://hv1.example:5986/wsman"),
+                      ("https://[fd00::7]/wsman", "https://[fd00::7]:5986/wsman"),
+                      ("https://hv1.example:443", "https://hv1.example:443/wsman")):
+        assert HyperVConfig(name="h", platform="hyperv", url=url, username="u", password="p").url == want
     assert all(f.description for f in HyperVConfig.model_fields.values())
 
 
