@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", default=None, help="HOST:PORT (default 127.0.0.1:8080, env TR7_COLLECTOR_LISTEN)"
     )
     sp.add_argument("--workers", type=int, default=1)
+    sp.add_argument(
+        "--forwarded-allow-ips", default=None, metavar="ADDRESSES",
+        help="comma-separated addresses or networks of the proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are trusted (default 127.0.0.1, env TR7_COLLECTOR_FORWARDED_ALLOW_IPS)",
+    )
     sub.add_parser("migrate", parents=[common], help="create or upgrade the schema")
     custody.add_parsers(sub, [common])
     sp = sub.add_parser("apply", parents=[common], help="apply a provider's catalog (JSON or YAML)")
@@ -162,7 +167,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.cmd == "serve":
         from collector.server import serve
 
-        return serve(settings, args.listen, args.workers)
+        return serve(settings, args.listen, args.workers, args.forwarded_allow_ips)
     if args.cmd in custody.COMMANDS:
         return custody.run(args, settings)
     engine = settings.open()

@@ -8,7 +8,10 @@ indexes, and the same key signed a second, different tree at a size auditors alr
 closed a month again with another total. The database cannot tell (it is the old one); the
 data directory can. The mark is per database (`meta` row `database_id`, which a backup keeps),
 written at most once a second by each process (so the last second before a crash may be
-missing: the mark is a floor, it never refuses a database that holds what was seen).
+missing: the mark is a floor, it never refuses a database that holds what was seen), and every
+15 s each serving process reads the size of every log, whoever appended it (`observe`): several
+hosts on one PostgreSQL each keep a data directory, and a host's marks knew only its own
+commits, so a restore passed the host that had seen least.
 """
 
 import atexit
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 FILE = "highwater.json"
 DATABASE_ID = "database_id"  # meta row: a random id made with the schema, kept by backups
 FLUSH_EVERY = 1.0  # seconds between writes of one process
+WATCH_EVERY = 15.0  # seconds between a serving process's readings of every log's size (observe)
 
 
 class Rewound(Exception):
@@ -159,6 +163,27 @@ def note(engine: Engine, sizes: dict[str, int]) -> None:
     mark = _marks.get(engine)
     if mark is not None:
         mark.note(sizes)
+
+
+def observe(engine: Engine) -> None:
+    """Mark the size of every log in the database, whoever appended it, and write the marks now
+    (a serving process, every WATCH_EVERY s). Without it a host's marks held only what its own
+    processes committed (behind a load balancer, a fraction of each log) and stayed behind while
+    it was quiet (its last batches were marked at its next commit or its exit), so a restore
+    missing them was taken for the latest. A database found behind its marks here (restored
+    under a running service) is logged: the next start refuses it."""
+    mark = _marks.get(engine)
+    if mark is None:
+        return
+    doc = _read(mark.path.parent)
+    with engine.connect() as conn:
+        now = _sizes(conn)
+    shrunk = {k: (v, now.get(k, 0)) for k, v in _marks_in(doc, mark.db_id).items() if now.get(k, 0) < v}
+    if shrunk:
+        log.error("event=database_behind_marks %s: restored under the running service? Stop it, and "
+                  "see docs/collector.md, Backup and restore", describe(shrunk))
+    mark.note(now)
+    mark.flush()
 
 
 def accept(engine: Engine, data_dir: Path, conn: Connection) -> dict[str, tuple[int, int]]:

@@ -13,12 +13,21 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
-from collector import db, readapi, registry, tlog, web
+from collector import db, highwater, periodic, readapi, registry, tlog, web
 from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge, TooManyLines
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
 from collector.requestguard import LimitBody, RefuseNul
-from collector.settings import ENV_DATA_DIR, ENV_DB, ENV_LISTEN, ENV_ORIGIN, Settings, SetupError, setting
+from collector.settings import (
+    ENV_DATA_DIR,
+    ENV_DB,
+    ENV_LISTEN,
+    ENV_ORIGIN,
+    ENV_PROXIES,
+    Settings,
+    SetupError,
+    setting,
+)
 from protocol.merkle import MerkleError
 from protocol.timefmt import parse_month
 
@@ -130,6 +139,8 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="TR7 metering collector", version="1")
     app.state.settings = settings
     app.state.engine = engine
+    # every log's size into this data directory's marks, whoever appended it (collector/highwater.py)
+    periodic.run_every(app, highwater.WATCH_EVERY, lambda: highwater.observe(engine), "highwater")
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -240,7 +251,7 @@ def app_from_env() -> FastAPI:
     return app
 
 
-def serve(settings: Settings, listen: str | None, workers: int) -> int:
+def serve(settings: Settings, listen: str | None, workers: int, proxies: str | None = None) -> int:
     import uvicorn
 
     listen = listen or setting(ENV_LISTEN) or "127.0.0.1:8080"
@@ -260,5 +271,10 @@ def serve(settings: Settings, listen: str | None, workers: int) -> int:
         workers=max(1, workers),
         log_level="info",
         access_log=False,
+        # The client's address (sign-in throttling) and scheme (the cookie's Secure) come from
+        # X-Forwarded-For/-Proto of these proxies only; uvicorn trusts 127.0.0.1 by default, and a
+        # load balancer on another machine made every user one address (one attacker locked all
+        # of them out) and https sign-ins got a cookie without Secure
+        forwarded_allow_ips=proxies or setting(ENV_PROXIES) or None,
     )
     return 0

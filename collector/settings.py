@@ -18,6 +18,7 @@ ENV_DATA_DIR = "TR7_COLLECTOR_DATA_DIR"
 ENV_DB = "TR7_COLLECTOR_DB"
 ENV_ORIGIN = "TR7_COLLECTOR_ORIGIN"
 ENV_LISTEN = "TR7_COLLECTOR_LISTEN"
+ENV_PROXIES = "TR7_COLLECTOR_FORWARDED_ALLOW_IPS"  # uvicorn's forwarded_allow_ips
 ENV_FILE = "TR7_COLLECTOR_ENV_FILE"
 DEFAULT_ENV_FILE = "/etc/tr7-collector/collector.env"  # the service's EnvironmentFile (packaged)
 DEFAULT_DATA_DIR = "/var/lib/tr7-collector"

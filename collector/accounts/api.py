@@ -1,7 +1,5 @@
 """Account routes (payment failed / paid / state), the entitlement API and the periodic tick."""
 
-import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -11,10 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import BaseModel, field_validator
-from starlette.concurrency import run_in_threadpool
 
 from billing import load_catalog
-from collector import db, registry
+from collector import db, periodic, registry
 from collector import schema as s
 from collector.accounts import address, entitlement, mail, store
 from collector.accounts import machine as m
@@ -183,23 +180,7 @@ def tick_once(
 def install_tick(app: FastAPI) -> None:
     """Run the tick every TR7_ACCOUNTS_TICK seconds (default 300) while the server runs."""
     every = int(os.environ.get(ENV_TICK, "300") or 0)
-    if every <= 0:
-        return
-    inner = app.router.lifespan_context
-
-    async def loop() -> None:
-        while True:
-            with contextlib.suppress(Exception):  # a failed tick is retried at the next one
-                await run_in_threadpool(tick_once, app.state.engine)
-            await asyncio.sleep(every)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a: Any) -> Any:
-        task = asyncio.create_task(loop())
-        try:
-            async with inner(a) as state:
-                yield state
-        finally:
-            task.cancel()
-
-    app.router.lifespan_context = lifespan
+    if every > 0:
+        # tick_once logs each account that fails; a failure of the tick itself is logged by
+        # run_every, and the tick runs again at its next turn
+        periodic.run_every(app, every, lambda: tick_once(app.state.engine), "accounts_tick")

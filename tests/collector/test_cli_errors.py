@@ -170,6 +170,48 @@ def test_an_older_backup_restored_under_the_data_dir_is_refused_until_accepted(t
     assert _cli("accept-restore", "--data-dir", str(data)).stdout.startswith("the database holds every log")
 
 
+def test_every_host_marks_what_the_others_appended_and_refuses_their_loss(
+    tmp_path: Path, tools, monkeypatch
+) -> None:
+    """Hosts on one database, each with its data directory: a serving process reads every log's
+    size every WATCH_EVERY s, whoever appended it. A host's marks held only its own commits, so
+    after a restore the host that had seen least started without a word, took new heartbeats
+    into leaf indexes already signed, and the others then started too (a forked tree)."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from collector import highwater
+    from collector.server import create_app
+
+    data_a, url, st_a = _opened(tmp_path)
+    month, beats = _month_of_beats(st_a, tools, 40)
+    ingest_lines(st_a.engine, beats[:20])
+    backup = _cli("backup", "--data-dir", str(data_a), "--db", url, "--out", str(tmp_path / "bk"))
+    assert backup.returncode == 0, backup.stderr
+    data_b = tmp_path / "host-b"  # another host: the key and origin copied, as the docs say
+    data_b.mkdir()
+    for name in ("collector.key", "origin"):
+        shutil.copy2(data_a / name, data_b / name)
+    monkeypatch.setattr(highwater, "WATCH_EVERY", 0.05)
+    with TestClient(create_app(Settings(data_b, url, "collector.test"))):  # host B serves, idle
+        ingest_lines(st_a.engine, beats[20:])  # through host A only
+        marked = data_b / highwater.FILE
+        for _ in range(200):
+            marks = json.loads(marked.read_text()) if marked.exists() else {}
+            if any(m.get(f"acme/{month}") == 40 for m in marks.values()):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"host B never marked what host A appended: {marks}")
+    st_a.engine.dispose()
+    for extra in ("collector.db-wal", "collector.db-shm"):
+        (data_a / extra).unlink(missing_ok=True)
+    shutil.copy2(tmp_path / "bk" / "collector.db", data_a / "collector.db")  # the restore
+    refused = _cli("agent", "list", "--data-dir", str(data_b), "--db", url)
+    assert refused.returncode == 1 and f"acme/{month}: 40 seen, 20 in the database" in refused.stderr
+
+
 def test_typical_file_mistakes_are_one_line(tmp_path: Path) -> None:
     data = ["--data-dir", str(tmp_path / "data")]
     bad_json, bad_yaml = tmp_path / "bad.json", tmp_path / "bad.yaml"
@@ -305,3 +347,42 @@ def test_a_sibling_writing_the_key_while_this_one_looks_is_no_lost_key(tmp_path:
 
     monkeypatch.setattr(settings_mod.db, "read_conn", sibling_writes_the_key_meanwhile)
     Settings(data, url, "collector.test").open(migrate=False, highwater=False)
+
+
+def test_serve_trusts_the_forwarded_client_of_the_proxies_it_is_told(tmp_path: Path) -> None:
+    """A load balancer on another machine: uvicorn trusts X-Forwarded-For only from 127.0.0.1, so
+    every user was the balancer's address (one attacker's failures throttled everyone's sign-in)
+    and https sign-ins got a cookie without Secure. --forwarded-allow-ips names the proxies."""
+    import os
+    import socket
+
+    import httpx
+
+    def peer_seen(*extra: str) -> str:
+        with socket.socket() as so:
+            so.bind(("127.0.0.1", 0))
+            port = so.getsockname()[1]
+        log = tmp_path / f"serve{len(extra)}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "collector.cli", "serve", "--data-dir", str(tmp_path / "data"),
+                 "--listen", f"127.0.0.1:{port}", *extra],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TR7_ACCOUNTS_TICK": "0"})
+        try:
+            # from 127.0.0.2, a proxy that is not on 127.0.0.1
+            http = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=5)
+            for _ in range(300):
+                try:
+                    r = http.post(f"http://127.0.0.1:{port}/v1/heartbeats", content=b"x\n",
+                                  headers={"Content-Type": "text/plain", "X-Forwarded-For": "203.0.113.9"})
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert r.status_code == 200 and r.json()["results"][0]["status"] == "rejected"
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        return next(line for line in log.read_text().splitlines() if "event=ingest " in line)
+
+    assert "peer=127.0.0.2 " in peer_seen()
+    assert "peer=203.0.113.9 " in peer_seen("--forwarded-allow-ips", "127.0.0.2")
