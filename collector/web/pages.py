@@ -51,7 +51,7 @@ def login(
         with guard.checking(), conn(request) as c:
             found = auth.authenticate(c, username, password, token)
     except throttle.Busy:
-        guard.succeeded(address, name)  # not checked: not a failure
+        guard.not_checked(address, name)  # not checked: not a failure, nor a success
         return _refused(request, "Too many sign-ins at once: try again in a few seconds.", 5)
     if found is None:
         return RedirectResponse("/ui/login?error=1", status_code=303)

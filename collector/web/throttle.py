@@ -61,6 +61,16 @@ class SignInThrottle:
             if q:
                 q.pop()
 
+    def not_checked(self, address: str, username: str) -> None:
+        """The attempt was refused before its password was checked (Busy): it is taken back from
+        both counts, and the name's earlier failures stand (clearing them, as a success does,
+        let a name's failures be wiped by filling the checks from other addresses)."""
+        with self._lock:
+            for key in ((address, username), (address, None)):
+                q = self._fails.get(key)
+                if q:
+                    q.pop()
+
     @contextlib.contextmanager
     def checking(self) -> Iterator[None]:
         """One password check's slot (at most one per core run at once)."""

@@ -34,6 +34,18 @@ def test_counters_per_name_and_per_address_over_a_window() -> None:
     assert fresh.attempt("a", "ann", T0) == 0
 
 
+def test_an_attempt_refused_for_busy_checks_keeps_the_names_earlier_failures() -> None:
+    """Busy: taken back, not a success; clearing the name's count let its failures be wiped by
+    filling the password checks from other addresses."""
+    th = throttle.SignInThrottle(checks=1)
+    for _ in range(throttle.PER_NAME - 1):
+        th.attempt("a", "ann", T0)  # wrong passwords
+    assert th.attempt("a", "ann", T0) == 0  # this one finds every check busy
+    th.not_checked("a", "ann")
+    assert th.attempt("a", "ann", T0) == 0  # the last of the allowance, as before the busy one
+    assert th.attempt("a", "ann", T0) > 0
+
+
 def test_a_burst_of_concurrent_attempts_gets_the_allowance_only() -> None:
     """Counted before the password check: concurrent wrong passwords all passed a check made
     before any of them was counted (40 checked for one name instead of 5)."""
