@@ -281,6 +281,26 @@ class AwsAdapter(Adapter):
             raise convert(exc, "credentials") from exc
 
     def poll(self) -> PollResult:
+        # A failed poll forgets the session and clients: the next one reads the credentials again.
+        # They were kept for the adapter's life, so after a routine rotation (a new key in the
+        # shared credentials file, the old one deleted) every poll failed until a reload, while
+        # `tr7-agent check` and `aws sts get-caller-identity` said all was well.
+        try:
+            result = self._poll()
+        except AdapterError:
+            self._forget()
+            raise
+        if result.error is not None:
+            self._forget()
+        return result
+
+    def _forget(self) -> None:
+        # not closed: a late region's thread may still be paging with its client (closed when
+        # collected); the next set-up makes new ones in its own thread
+        self._clients = {}
+        self._session = None
+
+    def _poll(self) -> PollResult:
         # the agent abandons a poll at `timeout`: answer before it, with the late regions named
         deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
         regions = within(deadline, self._set_up, what="AWS credentials and regions", lock=self._setup_lock,

@@ -256,6 +256,24 @@ class AzureAdapter(Adapter):
                            state=STATES.get(power or "", "unknown"), capacity=capacity)
 
     def poll(self) -> PollResult:
+        # A failed poll forgets the credential and clients: the next one signs in again, reading
+        # client_secret_file again. The secret was read once, so after `az ad app credential
+        # reset` every poll failed (AADSTS7000215, once the cached token expired) until a reload.
+        try:
+            result = self._poll()
+        except AdapterError:
+            self._forget()
+            raise
+        if result.error is not None:
+            self._forget()
+        return result
+
+    def _forget(self) -> None:
+        # not closed: a late subscription's thread may still be listing with its client
+        self._clients = {}
+        self._credential = None
+
+    def _poll(self) -> PollResult:
         # the agent abandons a poll at `timeout`: answer before it, with the late subscriptions named
         deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
         subscriptions = list(dict.fromkeys(self.config.subscriptions))

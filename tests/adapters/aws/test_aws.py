@@ -128,6 +128,42 @@ def test_named_profile_is_used(moto: Any, tmp_path: Path, monkeypatch: pytest.Mo
         adapter(moto, profile="nope").poll()
 
 
+def test_a_rotated_access_key_is_read_again_after_a_failed_poll(
+    moto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new key in the shared credentials file and the old one deleted: the session kept the old
+    key, and every poll failed (AuthFailure) until the agent was reloaded."""
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto.url)
+    iam.create_user(UserName="meter")
+    iam.put_user_policy(UserName="meter", PolicyName="tr7-metering", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["ec2:DescribeInstances", "ec2:DescribeRegions"],
+                       "Resource": "*"}]}))
+    creds = tmp_path / "credentials"
+
+    def write(key: dict[str, str]) -> None:
+        creds.write_text(f"[metering]\naws_access_key_id = {key['AccessKeyId']}\n"
+                         f"aws_secret_access_key = {key['SecretAccessKey']}\n")
+
+    old = iam.create_access_key(UserName="meter")["AccessKey"]
+    write(old)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    [vm] = moto.launch(moto.ec2("eu-west-1"), 1, {"tr7.instance": "fw-r"})
+    moto.require_auth(True)
+    ad = adapter(moto, profile="metering", regions=["eu-west-1"])
+    assert set(by_vm(ad.poll())) == {vm}
+    moto.require_auth(False)  # the operator's rotation, with their own rights
+    new = iam.create_access_key(UserName="meter")["AccessKey"]
+    iam.delete_access_key(UserName="meter", AccessKeyId=old["AccessKeyId"])
+    write(new)
+    moto.require_auth(True)
+    with pytest.raises(AuthError):  # the key it had, refused: the whole poll fails alike
+        ad.poll()
+    assert set(by_vm(ad.poll())) == {vm}  # the file read again
+
+
 def test_bad_credentials_fail_the_whole_poll_with_a_clear_reason(moto: Any) -> None:
     moto.require_auth(True)
     with pytest.raises(AuthError) as err:

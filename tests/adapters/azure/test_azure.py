@@ -219,6 +219,24 @@ def test_secret_from_credentials_directory(sp: Any, tmp_path: Path, monkeypatch:
         adapter(sp, client_secret=None, client_secret_file="missing").poll()
 
 
+def test_a_rotated_client_secret_is_read_again_after_a_failed_poll(
+    sp: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`az ad app credential reset` and the new secret in client_secret_file: the secret was read
+    once, and every poll failed (AADSTS7000215) until the agent was reloaded."""
+    (tmp_path / "azure-secret").write_text(SECRET + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    vm = sp.add_vm(SUB_A, "fw", tags={"tr7.instance": "fw-1"})
+    ad = adapter(sp, subscriptions=[SUB_A], client_secret=None, client_secret_file="azure-secret")
+    assert set(by_vm(ad.poll())) == {vm}
+    sp.clients[CLIENT] = "rotated-" + SECRET  # the old secret is gone
+    (tmp_path / "azure-secret").write_text("rotated-" + SECRET + "\n")
+    sp.tokens.clear()  # the cached token expired
+    with pytest.raises(AuthError):
+        ad.poll()  # the token it had, refused
+    assert set(by_vm(ad.poll())) == {vm}  # signed in again with the file's new secret
+
+
 def test_malformed_tags_are_logged_once(sp: Any, caplog: pytest.LogCaptureFixture) -> None:
     bad = sp.add_vm(SUB_A, "bad", tags={"tr7.instance": "has spaces"})
     odd = sp.add_vm(SUB_A, "odd", tags={"tr7.instance": "fw-odd", "tr7.vservices": "-3", "tr7.bundle": "std"})
