@@ -5,6 +5,7 @@ import threading
 import time
 from datetime import datetime
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.session
@@ -77,8 +78,9 @@ class AwsConfig(AdapterConfig):
         description="ExternalId the role's trust policy requires, if any")
     endpoint_url: str | None = Field(
         default=None, pattern=r"^https?://",
-        description="Endpoint for EC2 and STS instead of AWS's regional ones\n"
-                    "(a private endpoint without private DNS, a test server)")
+        description="One endpoint for every call instead of AWS's regional ones: EC2 of every\n"
+                    "listed region and STS (a test server; or the EC2 VPC endpoint of the one\n"
+                    "region listed, without role_arn, when its private DNS is off)")
 
     @field_validator("regions")
     @classmethod
@@ -96,6 +98,14 @@ class AwsConfig(AdapterConfig):
     def _external_id_needs_role(self) -> "AwsConfig":
         if self.external_id is not None and self.role_arn is None:
             raise ValueError("external_id is only used with role_arn")
+        host = (urlsplit(self.endpoint_url).hostname or "") if self.endpoint_url else ""
+        if host.endswith((".amazonaws.com", ".amazonaws.com.cn")) and (
+            not isinstance(self.regions, list) or len(self.regions) != 1 or self.role_arn is not None
+        ):
+            # every call goes to endpoint_url: an AWS endpoint (a VPC interface endpoint) serves
+            # one service in one region, so other regions' calls and STS's AssumeRole failed there
+            raise ValueError("an AWS endpoint_url serves EC2 of one region: list only that region, "
+                             "without role_arn (or leave endpoint_url unset)")
         return self
 
 

@@ -232,6 +232,14 @@ def test_config_schema() -> None:
     twice = AwsConfig(name="a", platform="aws", regions=["eu-west-1", "us-gov-west-1", "eu-west-1"])
     assert twice.regions == ["eu-west-1", "us-gov-west-1"]
     assert all(f.description for f in AwsConfig.model_fields.values())
+    # every call goes to endpoint_url: an AWS endpoint serves EC2 of one region, never STS
+    vpce = "https://vpce-0abc-xyz.ec2.eu-west-1.vpce.amazonaws.com"
+    AwsConfig(name="a", platform="aws", regions=["eu-west-1"], endpoint_url=vpce)
+    for bad in ({"regions": "all"}, {"regions": ["eu-west-1", "us-east-1"]},
+                {"regions": ["eu-west-1"], "role_arn": OTHER_ROLE}):
+        with pytest.raises(ValidationError, match="serves EC2 of one region"):
+            AwsConfig(name="a", platform="aws", endpoint_url=vpce, **bad)
+    AwsConfig(name="a", platform="aws", regions="all", role_arn=OTHER_ROLE, endpoint_url="http://127.0.0.1:5000")
 
 
 def test_a_throttled_region_is_reported_not_waited_for(moto: Any, throttle_proxy: Any) -> None:
