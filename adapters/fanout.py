@@ -49,7 +49,10 @@ def poll_scopes(
         return PollResult(observations=observations)
     per_scope = "; ".join(f"{label} {s}: {failures[s].reason}" for s in sorted(failures))
     if len(failures) < len(scopes):
-        return PollResult(observations=observations, error=per_scope)
+        # the count first: a heartbeat's error is cut short (agent/poller.py), and it named only
+        # the first of 35 regions an organisation's policy denied
+        many = f"{len(failures)} of {len(scopes)} {label}s failed: " if len(failures) > 1 else ""
+        return PollResult(observations=observations, error=many + per_scope)
     kinds = {type(f) for f in failures.values()}
     reasons = {f.reason for f in failures.values()}
     kind = kinds.pop() if len(kinds) == 1 else AdapterError

@@ -26,7 +26,12 @@ def check(config: Config, as_json: bool) -> int:
     finally:
         poller.close()
     if as_json:
-        print(json.dumps({"polls": outcome.polls, "observations": outcome.observations}, indent=2))
+        doc: dict[str, object] = {"polls": outcome.polls, "observations": outcome.observations}
+        # the whole reason where the heartbeat's is cut short (every failed region of 35, say)
+        whole = {a.name: a.diagnostic for a in outcome.adapters if a.diagnostic}
+        if whole:
+            doc["diagnostics"] = whole
+        print(json.dumps(doc, indent=2))
     else:
         rows = [("ADAPTER", "PLATFORM", "OK", "INSTANCES", "SECONDS", "ERROR")]
         for a in outcome.adapters:

@@ -124,7 +124,9 @@ class Poller:
                 try:
                     result = fut.result(timeout=max(0.0, start + cfg.timeout - time.monotonic()))
                     obs, error = _checked(cfg, result)
-                    error = _short(error) if error is not None else None
+                    if error is not None and len(error) > MAX_REASON:
+                        # the heartbeat carries a short reason; the log and `check` the whole of it
+                        error, diagnostic = _short(error), error
                 except FutureTimeout:
                     error = f"timeout after {cfg.timeout:g}s"
                 except AdapterError as exc:

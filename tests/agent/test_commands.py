@@ -19,7 +19,8 @@ def test_check_json_shape_and_failure_exit(tmp_path: Path) -> None:
     res = run_cli("check", "--config", str(cfg), "--json")
     assert res.returncode == 1
     out = json.loads(res.stdout)
-    assert set(out) == {"polls", "observations"}
+    assert set(out) == {"polls", "observations", "diagnostics"}
+    assert set(out["diagnostics"]) <= {"bad", "slow"}  # the whole reason, where one was given
     assert out["polls"] == [
         {"adapter": "good", "platform": "kvm", "ok": True, "error": None},
         {"adapter": "bad", "platform": "kvm", "ok": False, "error": "connection refused"},
