@@ -8,6 +8,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 
 from audit.bundle import BundleError, NotABundle
+from audit.progress import StderrProgress
 
 # heartbeat-v1.md §6: 0 only when every check holds, otherwise 1; 2 is this tool's own usage
 # error (bad arguments, DIR not a directory), never a verdict on the bundle.
@@ -24,35 +25,11 @@ def _version() -> str:
         return "unknown"
 
 
-class _Progress:
-    """Progress on stderr for long files: one line per stage, rewritten at most twice a second."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.last = 0.0
-        self.stage = ""
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.quiet or total < 5_000:
-            return
-        now = time.monotonic()
-        if stage == self.stage and done < total and now - self.last < 0.5:
-            return
-        if stage != self.stage and self.stage:
-            print(file=sys.stderr)
-        self.stage, self.last = stage, now
-        pct = 100 * done // total
-        print(f"\r{stage}: {done}/{total} lines ({pct}%)", end="", file=sys.stderr, flush=True)
-        if done >= total:
-            print(file=sys.stderr)
-            self.stage = ""
-
-
 def _verify(args: argparse.Namespace) -> int:
     from audit.verify import verify_bundle
 
     started = time.monotonic()
-    report = verify_bundle(args.dir, progress=_Progress(args.quiet), workers=args.workers,
+    report = verify_bundle(args.dir, progress=StderrProgress(args.quiet), workers=args.workers,
                            collector_key=args.collector_key)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))

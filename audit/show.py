@@ -88,7 +88,7 @@ def summary(path: Path | str) -> str:
     manifest = _json(root, B.MANIFEST) or {}
     usage = _json(root, B.USAGE) or {}
     invoice = _json(root, B.INVOICE) or {}
-    lines = len(B.read_jws_lines(root / B.HEARTBEATS)) if B.is_regular(root, B.HEARTBEATS) else 0
+    lines = B.count_jws_lines(root / B.HEARTBEATS) if B.is_regular(root, B.HEARTBEATS) else 0
     out = [f"bundle {root}: provider {manifest.get('provider')}, month {manifest.get('month')}, "
            f"created {manifest.get('created')}",
            f"{lines} heartbeats; " + _checkpoint_line(root, B.CHECKPOINT), "", "customers:"]

@@ -13,7 +13,6 @@ from collector import evidence, registry, tlog
 from collector import schema as s
 from collector.accounts.store import overlay, periods
 from collector.settings import Settings
-from protocol.heartbeat import parse_unverified
 from protocol.timefmt import month_bounds, next_month, parse_month, previous_month
 
 
@@ -148,14 +147,13 @@ def full_result(
     size: int | None = None,
     catalog: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """billing.bill over the stored JWS themselves (the first ``size`` leaves): the reference result."""
-    from billing import bill, load_catalog
+    """billing-v1.md over the stored JWS themselves (the first ``size`` leaves): the reference
+    result, in bounded memory (collector/reference.py)."""
+    from collector import reference
 
     doc = catalog if catalog is not None else catalog_for(conn, provider, month)[1]
-    hbs = [parse_unverified(t) for t in tlog.leaf_tokens(conn, provider, month, size)]
-    anchors = {r.kid: parse_unverified(r.jws) for r in evidence.anchor_rows(conn, provider, month)}
-    result = bill(hbs, load_catalog(doc), month, anchors=anchors)
-    return _plain(result.usage), _plain(result.invoice)
+    size = tlog.log_size(conn, provider, month) if size is None else size
+    return reference.full_result(conn, provider, month, size, doc)
 
 
 def _canon(doc: dict[str, Any]) -> dict[str, Any]:

@@ -224,11 +224,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"closed {args.provider} {args.month} at log size {c.size}; total {c.billed.get('total')}")
         return 0
     if args.cmd == "export":
+        from audit.progress import StderrProgress
         from collector.export import export
 
         # A read snapshot: the full recomputation can take a while and must not block ingest.
         with db.read_conn(engine) as c:
-            path, agrees = export(c, settings, args.provider, args.month, args.out, args.overwrite)
+            path, agrees = export(c, settings, args.provider, args.month, args.out, args.overwrite,
+                                  progress=StderrProgress(quiet=False))
         if not agrees:
             print(
                 "tr7-collector: aggregates disagree with the full recomputation; bundle holds the latter",

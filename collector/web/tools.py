@@ -1,16 +1,20 @@
 """Planner (PAYG vs fixed term), auditor view (checkpoints, bundles, verification), vendor view."""
 
-import io
+import contextlib
+import shutil
 import tarfile
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Form, HTTPException, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
+from starlette.background import BackgroundTask
 
 from collector import accounting, db, roles
 from collector import schema as s
@@ -140,21 +144,48 @@ def _bundle(request: Request, provider: str, month: str, tmp: Path) -> tuple[Pat
         return export(c, settings, provider, month, tmp / "bundle")
 
 
+_EXPORTING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_export() -> Iterator[None]:
+    """One bundle at a time in a serving process: a big month's takes minutes of a core (and
+    ingest shares the process); a second request is told to come back, not queued."""
+    if not _EXPORTING.acquire(blocking=False):
+        raise HTTPException(
+            429, "an audit bundle is being made by this collector process: try again when it is done "
+            "(or run `tr7-collector export`)", headers={"Retry-After": "60"},
+        )
+    try:
+        yield
+    finally:
+        _EXPORTING.release()
+
+
 @router.get("/p/{provider}/audit/{month}/bundle.tar.gz")
 def bundle(provider: str, month: str, request: Request, sess: SessionDep) -> Response:
     provider_page(sess, provider)
     sess.require(roles.AUDIT)
     month = month_param(month)
-    with tempfile.TemporaryDirectory() as tmp:
-        path, _agrees = _bundle(request, provider, month, Path(tmp))
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            tar.add(path, arcname=f"{provider}-{month}")
+    # Written to disk and sent from there (removed once sent): built in memory, the archive and
+    # the bundle it came from held a big month's gigabytes in the server.
+    tmp = Path(tempfile.mkdtemp(prefix="tr7-bundle-"))
+    try:
+        with _one_export():
+            path, _agrees = _bundle(request, provider, month, tmp)
+            archive = tmp / "bundle.tar.gz"
+            with tarfile.open(archive, mode="w:gz") as tar:
+                tar.add(path, arcname=f"{provider}-{month}")
+            shutil.rmtree(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     name = f"audit-{provider}-{month}.tar.gz"
-    return Response(
-        buf.getvalue(),
+    return FileResponse(
+        archive,
         media_type="application/gzip",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True),
     )
 
 
@@ -167,7 +198,7 @@ def verify(provider: str, month: str, request: Request, sess: SessionDep, csrf: 
     month = month_param(month)
     from audit.verify import verify_bundle
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with _one_export(), tempfile.TemporaryDirectory() as tmp:
         path, agrees = _bundle(request, provider, month, Path(tmp))
         report = verify_bundle(path, workers=1).to_json()
     return page(request, "verify.html", sess, provider=provider, month=month, report=report, agrees=agrees)

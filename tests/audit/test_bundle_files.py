@@ -132,3 +132,14 @@ def test_a_json_document_nested_too_deeply_is_a_named_finding(bundle: Path, forg
     res = verify_cli(bundle)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
     assert f"{rel}: json.format: not valid UTF-8 JSON: not strict JSON: nested too deeply" in res.stdout
+
+
+def test_show_counts_heartbeat_lines_without_reading_the_file_whole(tmp_path) -> None:
+    """`tr7-audit show` read heartbeats.jws whole (twice its size in memory: 33 GB for a big
+    month); it counts lines in pieces, a last line without LF counted as before."""
+    from audit import bundle
+
+    f = tmp_path / "h.jws"
+    for data, lines in ((b"", 0), (b"a.b.c\n", 1), (b"a.b.c\nd.e.f", 2), (b"x\n" * 700_000, 700_000)):
+        f.write_bytes(data)
+        assert bundle.count_jws_lines(f) == lines

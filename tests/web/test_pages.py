@@ -2,6 +2,7 @@
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,12 +175,29 @@ def test_planner_break_even(client: TestClient, world: Any) -> None:
         assert client.get(f"/ui/p/acme/planner/c1?month=2026-10&fixed_price={bad}").status_code == 400, bad
 
 
-def test_audit_bundle_verifies(client: TestClient, world: Any) -> None:
+def test_audit_bundle_verifies(client: TestClient, world: Any, tmp_path: Path) -> None:
+    import io
+    import tarfile
+    import tempfile
+
+    from audit.verify import verify_bundle
+    from collector.web import tools
+
     login(client, "aud")
-    assert client.get("/ui/p/acme/audit/2026-10/bundle.tar.gz").content[:2] == b"\x1f\x8b"
+    before = set(Path(tempfile.gettempdir()).glob("tr7-bundle-*"))
+    r = client.get("/ui/p/acme/audit/2026-10/bundle.tar.gz")
+    assert r.status_code == 200 and r.content[:2] == b"\x1f\x8b"
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    assert verify_bundle(tmp_path / "acme-2026-10", workers=1).ok
+    assert set(Path(tempfile.gettempdir()).glob("tr7-bundle-*")) == before  # sent from disk, then removed
     token = session_csrf(client, "/ui/p/acme/audit")
     r = client.post("/ui/p/acme/audit/2026-10/verify", data={"csrf": token})
     assert r.status_code == 200 and "VERIFIED: 72 heartbeat lines" in r.text
+    with tools._EXPORTING:  # another bundle is being made by this process: not queued behind it
+        r = client.get("/ui/p/acme/audit/2026-10/bundle.tar.gz")
+        assert r.status_code == 429 and r.headers["retry-after"] == "60"
+        assert client.post("/ui/p/acme/audit/2026-10/verify", data={"csrf": token}).status_code == 429
 
 
 def test_vendor_sees_hours_never_prices(client: TestClient, world: Any) -> None:
