@@ -1,5 +1,6 @@
 """Alerts and agent health: forks, breaks, clock going back, clones, unlicensed, over-capacity, silence."""
 
+import re
 from collections import defaultdict
 from itertools import combinations, pairwise
 from typing import Any
@@ -82,6 +83,19 @@ def agent_health(conn: Connection, provider: str, month: str, now: int) -> list[
     return out
 
 
+# A Proxmox VM's `vm` is `node/vmid` (heartbeat-v1.md §2) and a VMID is unique in its cluster:
+# a live migration or an HA recovery moves `pve1/100` to `pve2/100`, and the hour it happens in
+# (or two, across an hour's edge) sees both. Those runs are not clones; a longer one is alerted,
+# as is any pair of other ids (no other platform's vm id has a '/').
+MIGRATION_HOURS = 2
+_PROXMOX_VM = re.compile(r"[^/]+/([0-9]+)")
+
+
+def _one_proxmox_vm(va: str, vb: str) -> bool:
+    a, b = _PROXMOX_VM.fullmatch(va), _PROXMOX_VM.fullmatch(vb)
+    return a is not None and b is not None and a.group(1) == b.group(1)
+
+
 def clones(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
     """One instance id running on two different vms in the same hour (a stopped copy, such as a
     powered-off clone or a restored backup, is not a second running instance): one alert per run
@@ -119,9 +133,10 @@ def clones(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
             if h is not None and h == prev + 3600:
                 prev = h
                 continue
-            out.append({"type": "clone", "instance": inst, "hour": format_time(start),
-                        "until": format_time(prev + 3600), "hours": (prev - start) // 3600 + 1,
-                        "vms": [va, vb]})
+            hours_long = (prev - start) // 3600 + 1
+            if not (hours_long <= MIGRATION_HOURS and _one_proxmox_vm(va, vb)):
+                out.append({"type": "clone", "instance": inst, "hour": format_time(start),
+                            "until": format_time(prev + 3600), "hours": hours_long, "vms": [va, vb]})
             if h is not None:
                 start = prev = h
     return sorted(out, key=lambda a: (a["hour"], a["instance"], a["vms"]))

@@ -261,3 +261,27 @@ def test_a_clone_running_for_hours_is_one_alert_per_run(client, settings, tools)
         {"type": "clone", "instance": "TR7-0001", "hour": format_time(start + 8 * 3600),
          "until": format_time(start + 9 * 3600), "hours": 1, "vms": ["vm-a", "vm-b"]},
     ]
+
+
+def test_a_proxmox_migration_is_no_clone_but_a_longer_overlap_is(client, settings, tools):
+    """Proxmox's vm is node/vmid, and a VMID is unique in its cluster: a live migration moves
+    pve1/100 to pve2/100 and its hour saw both (every migration was a clone alert). Two hours at
+    most; three hours of the same VMID on two nodes, or another vmid, is still a clone."""
+    from collector import alerts
+
+    m, m0, a = _last_month_agent(settings, tools)
+    start = m0 + 86400
+    beats = [a.beat(start + 60, {"TR7-0001": "running"}, vm="pve1/100"),
+             a.beat(start + 1800, {"TR7-0001": "running"}, vm="pve2/100")]  # migrated within the hour
+    b = tools.Agent("b")
+    tools.enrol(settings, "acme", b, m0 - 7 * 86400)
+    for h in range(3):  # the same VMID on two clusters' nodes for three hours: a copy
+        t = start + (10 + h) * 3600
+        beats += [a.beat(t + 60, {"TR7-0002": "running"}, vm="pve1/100"),
+                  b.beat(t + 120, {"TR7-0002": "running"}, vm="pve7/100")]
+    beats += [a.beat(start + 20 * 3600 + 60, {"TR7-0003": "running"}, vm="pve1/100"),
+              b.beat(start + 20 * 3600 + 120, {"TR7-0003": "running"}, vm="pve2/101")]  # another VM
+    assert {r["status"] for r in ingest_lines(settings.engine, beats)} == {"accepted"}
+    with db.read_conn(settings.engine) as c:
+        found = {(x["instance"], x["hours"]) for x in alerts.clones(c, "acme", m)}
+    assert found == {("TR7-0002", 3), ("TR7-0003", 1)}
