@@ -197,9 +197,14 @@ def across_months(conn: Connection, provider: str, month: str) -> list[dict[str,
     return out
 
 
-def alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
+def alerts(
+    conn: Connection, provider: str, month: str, now: int, *, health: list[dict[str, Any]] | None = None,
+    boundary: list[dict[str, Any]] | None = None, copies: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Every alert of the month. ``health``, ``boundary`` and ``copies``: agent_health,
+    across_months and clones as already computed (the read API passes the pages' cached ones)."""
     out: list[dict[str, Any]] = []
-    for a in agent_health(conn, provider, month, now):
+    for a in agent_health(conn, provider, month, now) if health is None else health:
         ch = a["chain"] or {}
         for kind, seqs in (
             ("fork", ch.get("forks", [])),
@@ -216,8 +221,8 @@ def alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[s
                     "last_heartbeat": a["last_heartbeat"],
                 }
             )
-    out += across_months(conn, provider, month)
-    out += clones(conn, provider, month)
+    out += across_months(conn, provider, month) if boundary is None else boundary
+    out += clones(conn, provider, month) if copies is None else copies
     try:
         usage, _inv = accounting.own_result(conn, provider, month)
     except accounting.AccountingError:
