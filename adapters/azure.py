@@ -83,6 +83,10 @@ class AzureConfig(AdapterConfig):
     ca_file: str | None = Field(
         default=None, description="PEM bundle trusted instead of the system CAs, for both Entra ID\n"
                                   "and ARM (TLS-inspecting proxy, Azure Stack Hub)")
+    api_version: str | None = Field(
+        default=None, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-[a-z]+)?$",
+        description="Microsoft.Compute api-version of the list calls; unset = the installed SDK's\n"
+                    "newest. Azure Stack Hub's 2020-09-01-hybrid profile needs 2020-06-01")
 
     @model_validator(mode="after")
     def _one_way_to_sign_in(self) -> "AzureConfig":
@@ -213,11 +217,12 @@ class AzureAdapter(Adapter):
         # states). ARM's statusOnly answer has no tags and the plain one no instanceView: with the
         # statusOnly list alone no VM was recognised, and the poll said "none running" (ok: true).
         # Both page by nextLink: two requests per page of VMs, not one per VM.
-        models = [vm for vm in client.virtual_machines.list_all() if self.observe(vm, None) is not None]
+        version = self._version()
+        models = [vm for vm in client.virtual_machines.list_all(**version) if self.observe(vm, None)]
         if not models:
             return []  # no TR7 VM in the subscription: its power states are not needed
         powers: dict[str, str | None] = {}
-        for vm in client.virtual_machines.list_all(status_only="true"):
+        for vm in client.virtual_machines.list_all(status_only="true", **version):
             if vm.id:
                 powers[vm.id.lower()] = _power(vm.properties.instance_view if vm.properties else None)
         out = []
@@ -234,10 +239,13 @@ class AzureAdapter(Adapter):
                 out.append(obs)
         return out
 
+    def _version(self) -> dict[str, str]:
+        return {} if self.config.api_version is None else {"api_version": self.config.api_version}
+
     def _recheck(self, client: ComputeManagementClient, vm: Any, obs: Observation) -> Observation:
         parts = vm.id.split("/")  # /subscriptions/{s}/resourceGroups/{rg}/providers/.../{name}
         try:
-            power = _power(client.virtual_machines.instance_view(parts[4], parts[-1]))
+            power = _power(client.virtual_machines.instance_view(parts[4], parts[-1], **self._version()))
         except (AzureError, IndexError) as exc:
             self.problems.warn(obs.vm, f"power state unavailable ({_short(exc)}); reported unknown")
             return obs

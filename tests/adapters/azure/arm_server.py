@@ -61,6 +61,7 @@ class ArmServer:
         self.subscriptions: dict[str, Subscription] = {}
         self.tokens: set[str] = set()
         self.requests: list[tuple[str, str]] = []
+        self.versions: list[tuple[str, str]] = []  # (path, api-version) of each GET
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -134,6 +135,7 @@ class ArmServer:
                 url = urlparse(self.path)
                 with arm.lock:
                     arm.requests.append(("GET", url.path))
+                    arm.versions.append((url.path, parse_qs(url.query).get("api-version", [""])[0]))
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 parts = url.path.strip("/").split("/")
                 if url.path.endswith("/v2.0/.well-known/openid-configuration"):

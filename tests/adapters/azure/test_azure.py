@@ -315,3 +315,17 @@ def test_a_silent_sign_in_endpoint_ends_the_poll_within_the_timeout(sp: Any) -> 
         with pytest.raises(UnreachableError, match="Azure sign-in: no answer within the poll timeout"):
             AzureAdapter(cfg).poll()
         assert time.monotonic() - t0 < 2.5
+
+
+def test_the_api_version_is_the_configured_one_on_every_page(sp: Any) -> None:
+    """Azure Stack Hub's profile serves Microsoft.Compute 2020-06-01, not the SDK's newest."""
+    sp.subscriptions[SUB_A].page_size = 2
+    vms = {sp.add_vm(SUB_A, f"fw{i}", tags={"tr7.instance": f"fw-{i}"}) for i in range(5)}
+    sp.add_vm(SUB_A, "gone", tags={"tr7.instance": "fw-x"}, power=None)  # read from its instance view
+    sp.versions.clear()
+    result = adapter(sp, subscriptions=[SUB_A], api_version="2020-06-01").poll()
+    assert vms <= set(by_vm(result))
+    arm = [v for path, v in sp.versions if path.startswith("/subscriptions/")]
+    assert len(arm) >= 7 and set(arm) == {"2020-06-01"}
+    with pytest.raises(ValidationError):
+        AzureConfig(name="a", platform="azure", subscriptions=[SUB_A], api_version="latest")
