@@ -152,6 +152,7 @@ class AzureAdapter(Adapter):
         self.problems = ProblemLog(config.name)
         self._setup_lock = threading.Lock()  # one poll's set-up at a time (fanout.within)
         self._credential: TokenCredential | None = None
+        self._throttled: dict[str, str] = {}  # subscription -> Retry-After of its last 429, this poll
         self._clients: dict[str, ComputeManagementClient] = {}
 
     def _transport_options(self) -> dict[str, Any]:
@@ -217,7 +218,7 @@ class AzureAdapter(Adapter):
         # states). ARM's statusOnly answer has no tags and the plain one no instanceView: with the
         # statusOnly list alone no VM was recognised, and the poll said "none running" (ok: true).
         # Both page by nextLink: two requests per page of VMs, not one per VM.
-        version = self._version()
+        version: dict[str, Any] = {**self._version(), "raw_response_hook": self._watch(subscription)}
         models = [vm for vm in client.virtual_machines.list_all(**version) if self.observe(vm, None)]
         if not models:
             return []  # no TR7 VM in the subscription: its power states are not needed
@@ -238,6 +239,14 @@ class AzureAdapter(Adapter):
             if obs is not None:
                 out.append(obs)
         return out
+
+    def _watch(self, subscription: str) -> Any:
+        """A hook on every answer ARM gives this subscription's lists: a 429 is remembered, to say
+        "throttled" rather than "no answer" when its Retry-After outlasts the poll."""
+        def hook(response: Any) -> None:
+            if response.http_response.status_code == 429:
+                self._throttled[subscription] = response.http_response.headers.get("Retry-After", "?")
+        return hook
 
     def _version(self) -> dict[str, str]:
         return {} if self.config.api_version is None else {"api_version": self.config.api_version}
@@ -294,10 +303,17 @@ class AzureAdapter(Adapter):
         within(deadline, set_up, what="Azure sign-in", lock=self._setup_lock,
                thread_name=f"azure-{self.name}-setup")
         limit = f"the {self.config.timeout:g}s poll timeout"
+        self._throttled.clear()
+
+        def late(sub: str) -> AdapterError:
+            if sub in self._throttled:
+                return ThrottledError(f"ARM throttled (429, Retry-After {self._throttled[sub]} s), "
+                                      f"still waiting at {limit}")
+            return UnreachableError(f"ARM gave no answer within {limit}")
+
         return poll_scopes(
             subscriptions, self.poll_subscription, label="subscription", deadline=deadline, workers=8,
-            thread_name=f"azure-{self.name}", convert=convert,
-            late=lambda _sub: UnreachableError(f"ARM gave no answer within {limit}"))
+            thread_name=f"azure-{self.name}", convert=convert, late=late)
 
     def close(self) -> None:
         for client in self._clients.values():

@@ -29,6 +29,7 @@ class Subscription:
     page_size: int = 1000
     fail_status: int | None = None  # answer every list call with this status
     throttle: int = 0  # answer the next N list calls 429 with Retry-After
+    retry_after: int = 1  # the Retry-After of those answers, seconds
     delay: float = 0.0  # seconds before answering a list call (a slow or hung region of ARM)
 
 
@@ -211,7 +212,7 @@ class ArmServer:
                     with arm.lock:
                         sub.throttle -= 1
                     self._send(429, {"error": {"code": "TooManyRequests", "message": "Rate limit reached"}},
-                               {"Retry-After": "1"})
+                               {"Retry-After": str(sub.retry_after)})
                     return
                 if sub.fail_status == 403:
                     self._send(403, {"error": {"code": "AuthorizationFailed", "message": (

@@ -39,7 +39,8 @@ def adapter(arm: Any, **kw: Any) -> AzureAdapter:
     kw.setdefault("authority_host", arm.url)
     kw.setdefault("resource_manager_url", arm.url)
     kw.setdefault("ca_file", str(arm.ca_file))
-    return AzureAdapter(AzureConfig(name="azure-test", platform="azure", timeout=60, **kw))
+    kw.setdefault("timeout", 60)
+    return AzureAdapter(AzureConfig(name="azure-test", platform="azure", **kw))
 
 
 def by_vm(result: Any) -> dict[str, Observation]:
@@ -329,3 +330,14 @@ def test_the_api_version_is_the_configured_one_on_every_page(sp: Any) -> None:
     assert len(arm) >= 7 and set(arm) == {"2020-06-01"}
     with pytest.raises(ValidationError):
         AzureConfig(name="a", platform="azure", subscriptions=[SUB_A], api_version="latest")
+
+
+def test_a_retry_after_longer_than_the_poll_is_throttling_not_silence(sp: Any) -> None:
+    """ARM answering 429 with Retry-After: 30 to a 3 s poll: the subscription was reported as
+    "ARM gave no answer", which reads as unreachable or hung."""
+    sp.add_vm(SUB_A, "fw", tags={"tr7.instance": "fw-a"})
+    b = sp.add_vm(SUB_B, "fw", tags={"tr7.instance": "fw-b"})
+    sp.subscriptions[SUB_A].throttle, sp.subscriptions[SUB_A].retry_after = 5, 30
+    result = adapter(sp, timeout=3).poll()
+    assert set(by_vm(result)) == {b}
+    assert f"subscription {SUB_A}: ARM throttled (429, Retry-After 30 s)" in (result.error or "")
