@@ -195,24 +195,37 @@ class AwsAdapter(Adapter):
             if self.config.role_arn is None:
                 self._session = source
             else:
-                sts = source.client("sts", region_name=self._home_region(),
-                                    endpoint_url=self.config.endpoint_url, config=self.boto_config)
+                # STS in the home region, else in the next listed one: an opt-in region not
+                # enabled answers RegionDisabledException, and listed first it failed every region
+                homes = list(dict.fromkeys([self._home_region(), *self.regions_listed()]))
+                clients = [source.client("sts", region_name=r, endpoint_url=self.config.endpoint_url,
+                                         config=self.boto_config) for r in homes]
                 core = botocore.session.Session()
                 core.get_component("credential_provider").insert_before(
-                    "env", _AssumeRoleProvider(lambda: self._assume(sts)))
+                    "env", _AssumeRoleProvider(lambda: self._assume(clients)))
                 self._session = boto3.Session(botocore_session=core)
         return self._session
 
-    def _assume(self, sts: Any) -> dict[str, str]:
+    def regions_listed(self) -> list[str]:
+        return list(self.config.regions) if isinstance(self.config.regions, list) else []
+
+    def _assume(self, clients: list[Any]) -> dict[str, str]:
         session_name = re.sub(r"[^\w+=,.@-]", "-", f"tr7-{self.name}", flags=re.ASCII)[:64]
         args: dict[str, Any] = {"RoleArn": self.config.role_arn, "DurationSeconds": 3600,
                                 "RoleSessionName": session_name}
         if self.config.external_id:
             args["ExternalId"] = self.config.external_id
-        try:
-            creds = sts.assume_role(**args)["Credentials"]
-        except (ClientError, BotoCoreError) as exc:
-            raise convert(exc, f"sts:AssumeRole {self.config.role_arn}") from exc
+        for i, sts in enumerate(clients):
+            try:
+                creds = sts.assume_role(**args)["Credentials"]
+                break
+            except ClientError as exc:
+                disabled = exc.response.get("Error", {}).get("Code") == "RegionDisabledException"
+                if disabled and i + 1 < len(clients):
+                    continue
+                raise convert(exc, f"sts:AssumeRole {self.config.role_arn}") from exc
+            except BotoCoreError as exc:
+                raise convert(exc, f"sts:AssumeRole {self.config.role_arn}") from exc
         expiry: datetime = creds["Expiration"]
         return {"access_key": creds["AccessKeyId"], "secret_key": creds["SecretAccessKey"],
                 "token": creds["SessionToken"], "expiry_time": expiry.isoformat()}

@@ -145,12 +145,26 @@ THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>
              b'<RequestID>throttle-proxy</RequestID></Response>')
 
 
+REGION_DISABLED = (
+    b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+    b"<Code>RegionDisabledException</Code><Message>STS is not activated in this region for account:"
+    b"123456789012. Your account administrator can activate STS in this region using the IAM Console."
+    b"</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+)
+AUTH_FAILURE = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>AuthFailure</Code><Message>'
+    b"AWS was not able to validate the provided access credentials</Message></Error></Errors>"
+    b"<RequestID>r</RequestID></Response>"
+)
+
+
 class ThrottleProxy:
     """An HTTP proxy in front of moto that answers RequestLimitExceeded for the regions in `throttle`
     (read from the SigV4 credential scope), as EC2 does to a caller over its request rate."""
 
     def __init__(self, upstream: str) -> None:
         self.throttle: set[str] = set()
+        self.disabled: set[str] = set()  # opt-in regions not enabled: STS and EC2 refuse there
         self.throttled_requests = 0
         host, port = upstream.removeprefix("http://").split(":")
         proxy = self
@@ -158,7 +172,14 @@ class ThrottleProxy:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                scope = re.search(r"Credential=[^/]+/\d{8}/([^/]+)/", self.headers.get("Authorization", ""))
+                auth = self.headers.get("Authorization", "")
+                scope = re.search(r"Credential=[^/]+/\d{8}/([^/]+)/([^/]+)/", auth)
+                if scope and scope.group(1) in proxy.disabled:
+                    if scope.group(2) == "sts":
+                        self._answer(403, REGION_DISABLED, "text/xml")
+                    else:
+                        self._answer(401, AUTH_FAILURE, "text/xml")
+                    return
                 if scope and scope.group(1) in proxy.throttle:
                     proxy.throttled_requests += 1
                     self._answer(503, THROTTLED, "text/xml")

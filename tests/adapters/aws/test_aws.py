@@ -331,3 +331,15 @@ def test_a_silent_endpoint_ends_the_set_up_within_the_timeout(moto: Any) -> None
                 AwsAdapter(AwsConfig(name="aws-test", platform="aws", timeout=2, endpoint_url=url,
                                      **{"regions": ["eu-west-1"], **extra})).poll()
             assert time.monotonic() - t0 < 2.5, extra
+
+
+def test_an_opt_in_region_listed_first_fails_alone_with_a_role(moto: Any, throttle_proxy: Any) -> None:
+    """STS was asked in the first listed region: one not enabled (RegionDisabledException) failed
+    the whole poll, where listed second it failed only itself, as the docs say."""
+    other = moto.ec2("eu-west-1", moto.assume(OTHER_ROLE))
+    [theirs] = moto.launch(other, 1, {"tr7.instance": "fw-theirs"})
+    throttle_proxy.disabled.add("ap-east-1")
+    result = adapter(moto, role_arn=OTHER_ROLE, regions=["ap-east-1", "eu-west-1"],
+                     endpoint_url=throttle_proxy.url).poll()
+    assert set(by_vm(result)) == {theirs}
+    assert (result.error or "").startswith("region ap-east-1: EC2 AuthFailure")
