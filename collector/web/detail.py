@@ -14,7 +14,8 @@ from collector import schema as s
 from collector.web import data
 from collector.web.common import SessionDep, conn, month_param, provider_page
 from collector.web.common import render as page
-from protocol.heartbeat import parse_unverified
+from protocol.errors import ProtocolError
+from protocol.heartbeat import b64url_decode, parse_unverified
 from protocol.timefmt import format_time, month_of, parse_time
 
 router = APIRouter(prefix="/ui")
@@ -161,14 +162,28 @@ def instance_agents(
         for h in sorted(seen.get(instance, set())):
             first.setdefault(h - h % 86400, h)
         days = []
+        needle = json.dumps(instance).encode()
         for day, h in sorted(first.items()):
             kids = {
                 r.kid
                 for r in _hour_leaves(c, provider, h, h + 3600)
-                if any(o["instance"] == instance for o in parse_unverified(r.jws).observations)
+                if _may_name(r.jws, needle)
+                and any(o["instance"] == instance for o in parse_unverified(r.jws).observations)
             }
             days.append({"day": format_time(day)[:10], "agents": sorted(names.get(k, k) for k in kids)})
     return page(request, "instance_agents.html", sess, days=days)
+
+
+def _may_name(jws: str, needle: bytes) -> bool:
+    """Whether a heartbeat's payload may observe the instance whose JSON string is ``needle``: a
+    payload without it and without any escape does not (decoding base64 costs ~2 us, parsing
+    the payload ~50: the fragment parsed every heartbeat of an hour a day, 3.8 s a click with 40
+    agents polling every minute). Any doubt is left to the parse."""
+    try:
+        payload = b64url_decode(jws.split(".")[1], "jws.payload")
+    except (IndexError, ProtocolError):
+        return True
+    return needle in payload or b"\\" in payload
 
 
 def spool_lags(c: Any, provider: str, month: str) -> dict[str, tuple[int, int]]:

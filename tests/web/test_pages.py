@@ -273,3 +273,34 @@ def test_overview_lists_what_happened_across_the_month_boundary(
     assert row is not None, "the overview does not show the clock going back across the boundary"
     assert "agent: skewed" in row.group(1) and "month_before: 2026-09" in row.group(1)
     assert "seq: 2" in row.group(1)
+
+
+def test_agents_that_saw_an_instance_skip_heartbeats_that_cannot_name_it(
+    client: TestClient, world: Any, tools: Any
+) -> None:
+    """The fragment parsed every heartbeat of an hour a day (3.8 s a click with 40 agents polling
+    every minute); a payload that does not hold the instance's JSON string, and no escape, is
+    skipped unparsed; one with an escape is parsed."""
+    import base64
+    import json
+
+    from collector.web import detail
+
+    b, other = tools.Agent("b"), tools.Agent("other")
+    for ag in (b, other):
+        tools.enrol(world, "acme", ag, parse_time("2026-09-01T00:00:00Z"))
+    t0 = parse_time("2026-10-01T00:00:00Z")
+    lines = [b.beat(t0 + 120, {"TR7-0001": "running", "TR7-0002": "running"}),
+             other.beat(t0 + 180, {"TR7-0002": "running"})]
+    assert all(r["status"] == "accepted" for r in ingest_lines(world.engine, lines))
+    login(client, "ann")
+    html = client.get("/ui/p/acme/instances/TR7-0001/agents?month=2026-10").text
+    assert "<td>2026-10-01</td><td>agent, b</td>" in html  # not "other", which saw TR7-0002 only
+
+    def jws(payload: bytes) -> str:
+        return "h." + base64.urlsafe_b64encode(payload).rstrip(b"=").decode() + ".s"
+
+    needle = json.dumps("TR7-0001").encode()
+    assert detail._may_name(jws(b'{"observations":[{"instance":"TR7-0001"}]}'), needle)
+    assert detail._may_name(jws(b'{"observations":[{"instance":"\\u0054R7-0001"}]}'), needle)  # escaped
+    assert not detail._may_name(jws(b'{"observations":[{"instance":"TR7-0002"}]}'), needle)
