@@ -36,7 +36,7 @@ from adapters.base import (
     ThrottledError,
     UnreachableError,
 )
-from adapters.fanout import poll_scopes, within
+from adapters.fanout import forgetting, poll_scopes, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # EC2 state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/aws.md.
@@ -304,18 +304,7 @@ class AwsAdapter(Adapter):
             raise convert(exc, "credentials") from exc
 
     def poll(self) -> PollResult:
-        # A failed poll forgets the session and clients: the next one reads the credentials again.
-        # They were kept for the adapter's life, so after a routine rotation (a new key in the
-        # shared credentials file, the old one deleted) every poll failed until a reload, while
-        # `tr7-agent check` and `aws sts get-caller-identity` said all was well.
-        try:
-            result = self._poll()
-        except AdapterError:
-            self._forget()
-            raise
-        if result.error is not None:
-            self._forget()
-        return result
+        return forgetting(self._poll, self._forget)  # credentials read again after a failed poll
 
     def _forget(self) -> None:
         # not closed: a late region's thread may still be paging with its client (closed when

@@ -33,7 +33,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import poll_scopes, within
+from adapters.fanout import forgetting, poll_scopes, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # Azure power state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/azure.md.
@@ -273,17 +273,7 @@ class AzureAdapter(Adapter):
                            state=STATES.get(power or "", "unknown"), capacity=capacity)
 
     def poll(self) -> PollResult:
-        # A failed poll forgets the credential and clients: the next one signs in again, reading
-        # client_secret_file again. The secret was read once, so after `az ad app credential
-        # reset` every poll failed (AADSTS7000215, once the cached token expired) until a reload.
-        try:
-            result = self._poll()
-        except AdapterError:
-            self._forget()
-            raise
-        if result.error is not None:
-            self._forget()
-        return result
+        return forgetting(self._poll, self._forget)  # credentials read again after a failed poll
 
     def _forget(self) -> None:
         # not closed: a late subscription's thread may still be listing with its client

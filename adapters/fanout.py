@@ -81,3 +81,18 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: threading
         return fut.result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def forgetting(poll: Callable[[], PollResult], forget: Callable[[], None]) -> PollResult:
+    """Run ``poll``; after a failed one (raised, or partial) call ``forget``, so that the next poll
+    builds its session again and reads its credentials again. Kept for an adapter's life, they
+    outlived a routine rotation (a new key or secret in its file, the old one deleted): every
+    poll failed until a reload, while `tr7-agent check` (a fresh adapter) said all was well."""
+    try:
+        result = poll()
+    except AdapterError:
+        forget()
+        raise
+    if result.error is not None:
+        forget()
+    return result

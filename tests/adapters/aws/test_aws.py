@@ -98,14 +98,20 @@ def test_assumed_role_credentials_are_refreshed_before_expiry(moto: Any) -> None
     assert creds.method == "tr7-assume-role"
 
 
-def test_named_profile_is_used(moto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _metering_user(moto: Any) -> Any:
+    """moto's IAM with the user `meter` holding the least-privilege policy of docs/adapters/aws.md
+    (enforced by moto once auth is on); returns the IAM client."""
     iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto.url)
     iam.create_user(UserName="meter")
-    # the least-privilege policy of docs/adapters/aws.md, enforced by moto once auth is on
     iam.put_user_policy(UserName="meter", PolicyName="tr7-metering", PolicyDocument=json.dumps({
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": ["ec2:DescribeInstances", "ec2:DescribeRegions"],
                        "Resource": "*"}]}))
+    return iam
+
+
+def test_named_profile_is_used(moto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    iam = _metering_user(moto)
     key = iam.create_access_key(UserName="meter")["AccessKey"]
     iam.create_user(UserName="nobody")  # no policy at all
     none = iam.create_access_key(UserName="nobody")["AccessKey"]
@@ -133,12 +139,7 @@ def test_a_rotated_access_key_is_read_again_after_a_failed_poll(
 ) -> None:
     """A new key in the shared credentials file and the old one deleted: the session kept the old
     key, and every poll failed (AuthFailure) until the agent was reloaded."""
-    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto.url)
-    iam.create_user(UserName="meter")
-    iam.put_user_policy(UserName="meter", PolicyName="tr7-metering", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["ec2:DescribeInstances", "ec2:DescribeRegions"],
-                       "Resource": "*"}]}))
+    iam = _metering_user(moto)
     creds = tmp_path / "credentials"
 
     def write(key: dict[str, str]) -> None:
