@@ -59,7 +59,7 @@ class Pricer:
         if k < 0:
             k = 0
             if j == 0:
-                raise PricingError(lic.id, None, f"no capacity entry in force in the hour at {h}")
+                raise PricingError(lic.id, None, f"no capacity entry in force in the hour {format_time(h)}")
         if j - k == 1:  # the whole hour lies in one entry's span: the common case, cached
             seg = self._segment.get((lic.id, k))
             if seg is None:

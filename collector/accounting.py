@@ -51,11 +51,14 @@ def closed(conn: Connection, provider: str, month: str) -> Closed | None:
 def catalog_for(conn: Connection, provider: str, month: str) -> tuple[int, dict[str, Any]]:
     """A closed month keeps the catalog it was closed with (late data adjusts usage, not prices)."""
     row = conn.execute(
-        sa.select(s.closes.c.catalog_id, s.closes.c.catalog_doc).where(
-            s.closes.c.provider == provider, s.closes.c.month == month
-        )
+        sa.select(s.closes.c.catalog_id, s.closes.c.catalog_doc, s.closes.c.amended_doc,
+                  s.closes.c.amended_at).where(s.closes.c.provider == provider, s.closes.c.month == month)
     ).first()
     if row is not None:
+        if row.amended_doc is not None:
+            # Amended for late heartbeats the close could not price (collector/amend.py); the id
+            # is the amendment's time, negative, so that results cached by catalog id see it.
+            return -int(row.amended_at), json.loads(row.amended_doc)
         if row.catalog_doc is not None:
             # As billed at the close: a downgrade recorded later that reaches back into the month
             # changes neither the frozen documents nor what the bundle's catalog.json reproduces.
@@ -191,7 +194,7 @@ def adjustments_for(
     conn: Connection, provider: str, month: str
 ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(closed month M, its current invoice, adjustment lines) for each M billed on open ``month``."""
-    from billing import adjustment_lines
+    from billing import PricingError, adjustment_lines
 
     done = _closed_months(conn, provider)
     out = []
@@ -203,7 +206,15 @@ def adjustments_for(
                 s.baselines.c.provider == provider, s.baselines.c.month == m
             )
         ).scalar_one()
-        current = own_result(conn, provider, m)[1]
+        try:
+            current = own_result(conn, provider, m)[1]
+        except PricingError as exc:
+            # Late heartbeats of m that the catalog m was closed with cannot price: say so, and
+            # the way out (it read as a fault of this month's catalog, which no apply changed)
+            raise PricingError(exc.license, exc.capacity, (
+                f"{exc.message}, in late heartbeats of {m}, which is closed and prices them with the "
+                f"catalog it was closed with; amend it: tr7-collector amend --provider {provider} "
+                f"--month {m} FILE")) from exc
         adj = adjustment_lines(current, json.loads(base), m)
         out.append((m, current, _plain(adj)))
     return out

@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             sp.add_argument("--out", type=Path, required=True)
             sp.add_argument("--overwrite", action="store_true")
+    sp = sub.add_parser(
+        "amend", parents=[common],
+        help="a closed month's catalog for its late heartbeats it cannot price (only what the close "
+             "did not see may change)",
+    )
+    sp.add_argument("--provider", required=True)
+    sp.add_argument("--month", required=True, type=month_arg)
+    sp.add_argument("file", type=Path)
     sp = sub.add_parser("import", parents=[common], help="ingest a file of JWS lines (tr7-agent export)")
     sp.add_argument("file", type=Path)
     from collector.accounts.cli import add_account_commands
@@ -190,6 +198,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"provider {pid}: " + ("no change" if not changes else f"{len(changes)} change(s)"))
         for line in changes:
             print(f"  {line}")
+        return 0
+    if args.cmd == "amend":
+        from collector.amend import amend_closed
+
+        doc = registry.read_catalog_file(args.file)
+        for line in db.write_tx(engine, lambda c: amend_closed(c, args.provider, args.month, doc, now)):
+            print(line)
         return 0
     if args.cmd == "agent":
         return _agent(args, engine, now)

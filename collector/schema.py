@@ -192,6 +192,10 @@ closes = sa.Table(
     # recorded by then included, and the size of the month before's log its anchors came from.
     sa.Column("catalog_doc", sa.Text, nullable=True),
     sa.Column("anchor_size", sa.BigInteger, nullable=True),
+    # The catalog as amended for the month's late heartbeats (`tr7-collector amend`, migration
+    # 0010): the frozen documents recomputed with it are unchanged; adjustments use it.
+    sa.Column("amended_doc", sa.Text, nullable=True),
+    sa.Column("amended_at", sa.BigInteger, nullable=True),
 )
 
 # What has been invoiced so far for a month: its frozen invoice, replaced by its current one

@@ -32,9 +32,9 @@ def state_key(conn: Connection, provider: str) -> tuple[Any, ...]:
     cat = conn.execute(
         sa.select(sa.func.max(s.catalogs.c.id)).where(s.catalogs.c.provider == provider)
     ).scalar()
-    closes = conn.execute(
-        sa.select(sa.func.count()).select_from(s.closes).where(s.closes.c.provider == provider)
-    ).scalar()
+    closes = tuple(conn.execute(  # an amended closed month's adjustments change too
+        sa.select(sa.func.count(), sa.func.max(s.closes.c.amended_at)).where(s.closes.c.provider == provider)
+    ).one())
     agents = conn.execute(
         sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(s.agents.c.revoked_at), 0)).where(
             s.agents.c.provider == provider

@@ -210,6 +210,7 @@ def test_migration_0009_keeps_closes_and_reads_old_ones_as_before(settings, tool
     with db.read_conn(settings.engine) as c:
         row = c.execute(sa.select(s.closes)).one()
         assert (row.catalog_doc, row.anchor_size) == (None, None)  # not recorded before 0009
+        assert (row.amended_doc, row.amended_at) == (None, None)  # 0010: never amended
         frozen = accounting.closed(c, "acme", m)
         assert accounting.own_result(c, "acme", m) == (frozen.usage, frozen.invoice)
         assert accounting.catalog_for(c, "acme", m)[1]["provider"]["id"] == "acme"

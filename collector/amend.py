@@ -1,0 +1,78 @@
+"""`tr7-collector amend`: a closed month's catalog amended for late heartbeats it cannot price.
+
+A closed month keeps the catalog it was closed with, also for the adjustment lines of its late
+heartbeats (docs/protocol-decisions.md). One late heartbeat in an hour that catalog cannot price
+(a capacity without a rate, an hour before a license's first capacity entry) made the next
+month's invoice an error (billing-v1.md §4: no invoice rather than a wrong one), its close
+impossible and the month's export too, with no way out: `apply` never reaches a closed month.
+
+An amendment may only price what the close did not see: the month's frozen documents,
+recomputed from the leaves the close had with the amended catalog, must come out unchanged.
+So the frozen invoice stands, the bundle's closed/ documents still verify against the amended
+catalog.json, and only the late heartbeats' hours gain the prices they lacked.
+"""
+
+import json
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from audit.recompute import describe_diff
+from billing import CatalogError, PricingError, load_catalog
+from collector import accounting, reference
+from collector import schema as s
+
+
+class AmendError(accounting.AccountingError):
+    """The amendment is refused; the message says why."""
+
+
+def amend_closed(conn: Connection, provider: str, month: str, doc: dict[str, Any],
+                 now: int | None = None) -> list[str]:
+    """Store ``doc`` as the closed month's catalog for its adjustments (in a write transaction);
+    returns what it changes for the month's current (late-data) documents, one line each."""
+    row = conn.execute(
+        sa.select(s.closes).where(s.closes.c.provider == provider, s.closes.c.month == month)
+    ).first()
+    if row is None:
+        raise AmendError(f"{month} is not closed for {provider}: its catalog is the latest one "
+                         "(tr7-collector apply)")
+    theirs = doc.get("provider", {}).get("id") if isinstance(doc.get("provider"), dict) else None
+    if theirs != provider:
+        raise AmendError(f"the catalog is provider {theirs!r}'s, not {provider!r}'s")
+    try:
+        load_catalog(doc)
+    except CatalogError as exc:
+        raise AmendError(str(exc)) from exc
+    frozen = (json.loads(row.usage), json.loads(row.invoice))
+    try:
+        again = reference.full_result(conn, provider, month, int(row.size), doc)
+    except PricingError as exc:
+        raise AmendError(f"the catalog cannot price what the close billed: {exc}") from exc
+    if not accounting.same_docs(again, frozen):
+        diffs = describe_diff(again[1], frozen[1]) or describe_diff(again[0], frozen[0])
+        raise AmendError(f"the catalog changes what {month} was closed with (only what the close did "
+                         f"not see may be priced): {'; '.join(diffs[:3])}")
+    before = _current(conn, provider, month)
+    now = int(time.time()) if now is None else now
+    conn.execute(
+        s.closes.update()
+        .where(s.closes.c.provider == provider, s.closes.c.month == month)
+        .values(amended_doc=json.dumps(doc, sort_keys=True, separators=(",", ":")), amended_at=now)
+    )
+    after = _current(conn, provider, month)
+    if isinstance(before, str) and not isinstance(after, str):
+        return [f"{month}'s late heartbeats are priced now: total {after['total']} (closed at "
+                f"{frozen[1]['total']})"]
+    if isinstance(after, str):
+        return [f"amended, but {month}'s late heartbeats still cannot be priced: {after}"]
+    return [f"amended; {month}'s current total {after['total']} (closed at {frozen[1]['total']})"]
+
+
+def _current(conn: Connection, provider: str, month: str) -> dict[str, Any] | str:
+    try:
+        return accounting.own_result(conn, provider, month)[1]
+    except PricingError as exc:
+        return str(exc)

@@ -1,0 +1,76 @@
+"""A closed month's late heartbeats its frozen catalog cannot price: named, and amended away.
+
+One late heartbeat in an hour the catalog of a closed month could not price blocked the next
+month's invoice and close and the closed month's export for good (no apply reaches a closed
+month's catalog). `tr7-collector amend` prices it, and may change nothing the close billed.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from audit.verify import verify_bundle
+from collector import accounting, db, registry
+from collector.export import export
+from collector.ingest import ingest_lines
+from protocol.timefmt import parse_time
+
+JAN, FEB = "2026-09", "2026-10"  # both ended
+
+
+def _licensed(tools) -> dict:
+    doc = tools.catalog()
+    doc["licenses"].append({**doc["licenses"][0], "id": "SL-2", "instance": "TR7-0002", "capacity": [
+        {"from": "2026-01-01T00:00:00Z", "bundle": "pro", "bandwidth_mbps": 2000, "vservices": 10}]})
+    return doc  # SL-2's capacity (pro, 2000 Mbps) has no hourly rate: the one rate stops at 1000
+
+
+def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector.cli", *args, "--data-dir", str(settings.data_dir),
+                           "--db", settings.db_url], capture_output=True, text=True, check=False)
+
+
+def test_a_late_heartbeat_the_closed_catalog_cannot_price_is_named_and_amended(
+    settings, tools, tmp_path: Path
+) -> None:
+    doc = _licensed(tools)
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, doc))
+    a, b = tools.Agent("a"), tools.Agent("b")
+    for ag in (a, b):
+        tools.enrol(settings, "acme", ag, parse_time("2026-08-01T00:00:00Z"))
+    j, f = parse_time("2026-09-01T00:00:00Z"), parse_time("2026-10-01T00:00:00Z")
+    ingest_lines(settings.engine, [a.beat(j + 3600, {"TR7-0001": "running"}),
+                                   a.beat(f + 3600, {"TR7-0001": "running"})])
+    closed = db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", JAN))
+    assert closed.billed["total"] == "0.05"
+    ingest_lines(settings.engine, [b.beat(j + 7200, {"TR7-0002": "running"})])  # late, another site
+
+    out = _cli(settings, "bill", "--provider", "acme", "--month", FEB)
+    assert out.returncode == 1 and "in late heartbeats of 2026-09, which is closed" in out.stderr
+    assert "tr7-collector amend --provider acme --month 2026-09" in out.stderr
+
+    changed = json.loads(json.dumps(doc))
+    changed["rates"]["hourly"][0]["price"] = "0.0500"  # reprices what the close billed: refused
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    out = _cli(settings, "amend", "--provider", "acme", "--month", JAN, str(tmp_path / "changed.json"))
+    assert out.returncode == 1 and "changes what 2026-09 was closed with" in out.stderr, out.stderr
+    out = _cli(settings, "amend", "--provider", "acme", "--month", FEB, str(tmp_path / "changed.json"))
+    assert out.returncode == 1 and "2026-10 is not closed" in out.stderr
+
+    fixed = json.loads(json.dumps(doc))
+    fixed["rates"]["hourly"].append({"bundle": "pro", "max_bandwidth_mbps": 5000, "price": "0.0900"})
+    (tmp_path / "fixed.json").write_text(json.dumps(fixed))
+    out = _cli(settings, "amend", "--provider", "acme", "--month", JAN, str(tmp_path / "fixed.json"))
+    assert out.returncode == 0 and "2026-09's late heartbeats are priced now" in out.stdout, out.stderr
+
+    with db.read_conn(settings.engine) as c:
+        feb = accounting.invoice(c, "acme", FEB)
+    late = [x for x in feb["lines"] if x["adjusts"] == JAN]
+    assert [(x["license"], x["quantity"], x["price"]) for x in late] == [("SL-2", 1, "0.0900")]
+    assert db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", FEB)).billed["lines"]
+    with db.read_conn(settings.engine) as c:
+        path, agrees = export(c, settings, "acme", JAN, tmp_path / "bundle")
+    report = verify_bundle(path, workers=1)
+    assert agrees and report.ok, [f.to_json() for f in report.errors]
+    assert json.loads((path / "catalog.json").read_text())["rates"]["hourly"][-1]["price"] == "0.0900"
