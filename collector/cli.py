@@ -289,7 +289,8 @@ def _agent(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[n
     if args.agent_cmd == "add":
         at = args.enrolled_at if args.enrolled_at is not None else now
         kid = db.write_tx(
-            engine, lambda c: registry.add_agent(c, args.provider, args.name, args.public_key, at)
+            engine, lambda c: registry.add_agent(c, args.provider, args.name, args.public_key, at,
+                                                 exact=args.enrolled_at is not None)
         )
         print(kid)
     elif args.agent_cmd == "revoke":

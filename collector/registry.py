@@ -183,7 +183,11 @@ def check_agent_name(name: str) -> None:
         )
 
 
-def add_agent(conn: Connection, provider: str, name: str, public_key: str, enrolled_at: int) -> str:
+def add_agent(
+    conn: Connection, provider: str, name: str, public_key: str, enrolled_at: int, exact: bool = False
+) -> str:
+    """Enrol a key (idempotent: a key already enrolled for the provider is its kid). ``exact``: the
+    caller named the enrolment time (`agent add --enrolled-at`), which an enrolled key keeps."""
     try:
         kid = kid_of(raw_public(load_public_key_b64(public_key)))
     except ProtocolError as exc:
@@ -193,6 +197,12 @@ def add_agent(conn: Connection, provider: str, name: str, public_key: str, enrol
     if row is not None:
         if row.provider != provider:
             raise RegistryError(f"key {kid} is already enrolled for provider {row.provider}")
+        if exact and int(row.enrolled_at) != enrolled_at:
+            # It answered with the kid and kept the old time: heartbeats signed before it stayed
+            # rejected while the operator believed them backdated
+            raise RegistryError(
+                f"key {kid} is already enrolled, at {format_time(int(row.enrolled_at))}: an enrolment "
+                f"time is never moved (the key's heartbeats were judged against it); enrol a new key")
         return kid
     ensure_provider(conn, provider)
     conn.execute(
@@ -227,7 +237,14 @@ def revoke_agent(conn: Connection, kid: str, at: int | None, now: int) -> int:
         sa.select(sa.func.max(L.time)).where(L.kid == kid, L.month == latest_month)
     ).scalar()
     if at is None:
-        at = now if latest is None else max(now, int(latest) + 1)
+        # after the enrolment too: a key enrolled for a later time and revoked now would get a
+        # window ending before it starts, which every bundle of the provider fails (agents.format)
+        at = max(now, int(row.enrolled_at) + 1, -1 if latest is None else int(latest) + 1)
+    elif at <= int(row.enrolled_at):
+        raise RegistryError(
+            f"key {kid} is enrolled at {format_time(int(row.enrolled_at))}: a revocation at "
+            f"{format_time(at)} would end its window before it begins, which every audit bundle of the "
+            f"provider rejects; revoke after it (without --at: at once, or just after the enrolment)")
     if row.revoked_at is not None and row.revoked_at <= at:
         return int(row.revoked_at)  # an earlier revocation stands: never undone by a later date
     if latest is not None and at <= latest:

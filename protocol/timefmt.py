@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 from protocol.errors import ProtocolError
 
 # ASCII digits only and \Z, not $: `$` would accept a trailing newline, `\d` non-ASCII digits.
-_TIME_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
+# Hours 00-23, as RFC 3339 allows: from Python 3.14 fromisoformat reads 24:00:00 as the next
+# day's midnight, and a collector there would log in the next month what a 3.11 auditor rejects.
+_TIME_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([01][0-9]|2[0-3]):([0-5][0-9]):([0-9]{2})Z\Z")
 _MONTH_RE = re.compile(r"([0-9]{4})-([0-9]{2})\Z")
 
 

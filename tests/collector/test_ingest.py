@@ -310,3 +310,28 @@ def test_each_request_is_logged_with_what_was_refused_and_why(client, settings, 
     assert any("event=ingest " in x and counted in x for x in lines), lines
     rejected = next(x for x in lines if "event=ingest_rejected" in x)
     assert "rejected=2" in rejected and "time.future" in rejected
+
+
+def test_a_key_is_never_revoked_at_or_before_its_enrolment(settings, tools):
+    """A key enrolled for next month and revoked now got a window ending before it began: every
+    audit bundle of the provider then failed verify (agents.format), for good."""
+    from collector import db, registry
+    from protocol.timefmt import format_time
+
+    now = int(time.time())
+    a = tools.Agent("later")
+    tools.enrol(settings, "acme", a, now + 40 * 86400)
+    import pytest
+
+    with pytest.raises(registry.RegistryError, match="would end its window before it begins"):
+        db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, a.kid, now, now))
+    at = db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, a.kid, None, now))
+    assert at == now + 40 * 86400 + 1  # without --at: just after the enrolment
+    # `agent add --enrolled-at` of a key already enrolled: refused, not silently kept
+    b = tools.Agent("b")
+    tools.enrol(settings, "acme", b, now - 86400)
+    with pytest.raises(registry.RegistryError, match=f"already enrolled, at {format_time(now - 86400)}"):
+        db.write_tx(settings.engine, lambda c: registry.add_agent(
+            c, "acme", "b", b.key.public_b64, now - 30 * 86400, exact=True))
+    assert db.write_tx(settings.engine, lambda c: registry.add_agent(
+        c, "acme", "b", b.key.public_b64, now)) == b.kid  # without a time: idempotent, as before
