@@ -79,6 +79,8 @@ def record(engine: Any, provider: str, customer: str, kind: str, email: str | No
         return db.write_tx(engine, tx)
     except address.InvalidEmail as exc:  # refused by the store: nothing was recorded
         raise HTTPException(422, str(exc)) from exc
+    except m.OutOfOrder as exc:  # dated before the account's last change: nothing was recorded
+        raise HTTPException(409, str(exc)) from exc
 
 
 @router.post("/providers/{provider}/customers/{customer:path}/payment-failed")

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, replace
 
+from protocol.timefmt import format_time
+
 DAY = 86400
 GRACE = 15 * DAY  # overdue this long unpaid: downgraded
 REMINDER_EVERY = 3 * DAY
@@ -42,8 +44,21 @@ def effective(acc: Account, now: int) -> str:
     return acc.state
 
 
+class OutOfOrder(ValueError):
+    """A change dated before the account's current state began (`account ... --now`, a replay, a
+    clock stepped back): a payment dated before the downgrade it ends made a downgraded period
+    that ends before it starts, and every bill of the provider failed on it."""
+
+
+def _not_before(acc: Account, now: int) -> None:
+    if now < acc.since:
+        raise OutOfOrder(f"the account is {acc.state} since {format_time(acc.since)}: a change dated "
+                         f"{format_time(now)} would come before it")
+
+
 def payment_failed(acc: Account, now: int) -> tuple[Account, list[Action]]:
     """A failure starts an episode; a second failure inside the episode changes nothing."""
+    _not_before(acc, now)
     if acc.state != ACTIVE:
         return acc, []
     return Account(OVERDUE, now, now, 0), [Action("payment_failed", now)]
@@ -52,6 +67,7 @@ def payment_failed(acc: Account, now: int) -> tuple[Account, list[Action]]:
 def paid(acc: Account, now: int) -> tuple[Account, list[Action]]:
     """Paying the unpaid invoice and the grace-period charges ends the episode (tick first)."""
     acc, actions = tick(acc, now)
+    _not_before(acc, now)
     if acc.state == ACTIVE:
         return acc, actions
     return Account(ACTIVE, now), [*actions, Action("paid", now)]

@@ -165,3 +165,23 @@ def test_mailer_reports_smtp_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
     assert smtp_mailer(SmtpSettings("127.0.0.1"))("acme", "c1", "ap@c1.example", act, acc).startswith(
         "not sent: SMTPConnectError"
     )
+
+
+def test_a_change_dated_before_the_accounts_last_one_is_refused(settings: Any, capsys: Any) -> None:
+    """`account paid --now` before the downgrade it ends (a replay in the wrong order, a clock
+    stepped back) stored a downgraded period ending before it starts, and every bill of the
+    provider failed on it, with no command to undo it."""
+    _catalog(settings)
+    where = ["--data-dir", str(settings.data_dir), "--db", settings.db_url]
+    who = ["--provider", "acme", "--customer", "c1"]
+    assert collector_main(["account", "payment-failed", *where, *who, "--now", "2026-11-01T00:00:00Z"]) == 0
+    assert collector_main(["account", "tick", *where, "--now", "2026-11-16T00:00:00Z"]) == 0  # downgraded
+    capsys.readouterr()
+    assert collector_main(["account", "paid", *where, *who, "--now", "2026-11-15T00:00:00Z"]) == 1
+    err = capsys.readouterr().err
+    assert "downgraded since 2026-11-16T00:00:00Z" in err and "Traceback" not in err, err
+    with db.read_conn(settings.engine) as c:
+        periods = c.execute(sa.select(store.account_periods.c.start, store.account_periods.c.end)).all()
+    assert [(p.start, p.end) for p in periods] == [(1794787200, None)]  # still open, not inverted
+    assert collector_main(["bill", *where, "--provider", "acme", "--month", "2026-11"]) == 0
+    assert collector_main(["account", "paid", *where, *who, "--now", "2026-11-20T00:00:00Z"]) == 0
