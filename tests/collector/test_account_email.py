@@ -185,3 +185,14 @@ def test_a_change_dated_before_the_accounts_last_one_is_refused(settings: Any, c
     assert [(p.start, p.end) for p in periods] == [(1794787200, None)]  # still open, not inverted
     assert collector_main(["bill", *where, "--provider", "acme", "--month", "2026-11"]) == 0
     assert collector_main(["account", "paid", *where, *who, "--now", "2026-11-20T00:00:00Z"]) == 0
+
+
+def test_an_inverted_period_stored_before_the_refusal_is_read_as_empty(settings: Any) -> None:
+    """A database that recorded such a period before the refusal bills again: the period is empty."""
+    _catalog(settings)
+    db.write_tx(settings.engine, lambda c: c.execute(store.account_periods.insert().values(
+        provider="acme", customer="c1", start=1794787200, end=1794700800)))
+    where = ["--data-dir", str(settings.data_dir), "--db", settings.db_url]
+    assert collector_main(["bill", *where, "--provider", "acme", "--month", "2026-11"]) == 0
+    with db.read_conn(settings.engine) as c:
+        assert store.periods(c, "acme") == {}
