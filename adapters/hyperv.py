@@ -110,6 +110,8 @@ class HyperVConfig(AdapterConfig):
             port = parts.port
         except ValueError as exc:
             raise ValueError(f"url has a bad port: {exc}") from exc
+        if port is None and parts.netloc.endswith(":"):  # "https://hv1:/wsman": no port after ':'
+            raise ValueError("url has an empty port: give it (WinRM's HTTPS port is 5986) or drop the ':'")
         # No port: WinRM's HTTPS listener's, 5986, as winrs and Enter-PSSession -UseSSL take it
         # (the https default, 443, failed every poll with "connection failed")
         netloc = parts.netloc if port is not None else f"{parts.netloc}:5986"

@@ -280,6 +280,9 @@ def test_config_defaults_and_url_normalised() -> None:
                       ("https://[fd00::7]/wsman", "https://[fd00::7]:5986/wsman"),
                       ("https://hv1.example:443", "https://hv1.example:443/wsman")):
         assert HyperVConfig(name="h", platform="hyperv", url=url, username="u", password="p").url == want
+    for bad in ("https://hv1:/wsman", "https://hv1:99999", "https://[fd00::7]:"):
+        with pytest.raises(ValidationError, match="port"):
+            HyperVConfig(name="h", platform="hyperv", url=bad, username="u", password="p")
     assert all(f.description for f in HyperVConfig.model_fields.values())
 
 
