@@ -52,9 +52,11 @@ def amend_closed(conn: Connection, provider: str, month: str, doc: dict[str, Any
     except PricingError as exc:
         raise AmendError(f"the catalog cannot price what the close billed: {exc}") from exc
     if not accounting.same_docs(again, frozen):
-        diffs = describe_diff(again[1], frozen[1]) or describe_diff(again[0], frozen[0])
+        # "stored" is what the close froze, "recomputed" what the amended catalog would make of it
+        diffs = describe_diff(frozen[1], again[1]) or describe_diff(frozen[0], again[0])
         raise AmendError(f"the catalog changes what {month} was closed with (only what the close did "
-                         f"not see may be priced): {'; '.join(diffs[:3])}")
+                         f"not see may be priced; start from `tr7-collector catalog --provider {provider} "
+                         f"--month {month}`): {'; '.join(diffs[:3])}")
     before = _current(conn, provider, month)
     now = int(time.time()) if now is None else now
     conn.execute(

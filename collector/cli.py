@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--out", type=Path, required=True)
             sp.add_argument("--overwrite", action="store_true")
     sp = sub.add_parser(
+        "catalog", parents=[common],
+        help="the catalog billing uses for a month as JSON: a closed month's as closed (or amended), "
+             "else the latest (the starting point of `amend`)",
+    )
+    sp.add_argument("--provider", required=True)
+    sp.add_argument("--month", type=month_arg, help="default: the current month")
+    sp = sub.add_parser(
         "amend", parents=[common],
         help="a closed month's catalog for its late heartbeats it cannot price (only what the close "
              "did not see may change)",
@@ -198,6 +205,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"provider {pid}: " + ("no change" if not changes else f"{len(changes)} change(s)"))
         for line in changes:
             print(f"  {line}")
+        return 0
+    if args.cmd == "catalog":
+        from protocol.timefmt import month_of
+
+        with db.read_conn(engine) as c:
+            registry.require_known_provider(c, args.provider)
+            print(json.dumps(accounting.catalog_for(c, args.provider, args.month or month_of(now))[1],
+                             indent=2, sort_keys=True))
         return 0
     if args.cmd == "amend":
         from collector.amend import amend_closed

@@ -6,6 +6,7 @@ from pathlib import Path
 from sqlalchemy.engine import Connection
 
 from audit.bundle import ClosedState, write_bundle
+from billing import PricingError
 from collector import accounting, evidence, reference, registry, tlog
 from collector.settings import Settings
 
@@ -25,7 +26,14 @@ def export(
     _cid, catalog = accounting.catalog_for(conn, provider, month)
     # The bundle's documents are the full recomputation over its own lines, without adjustments.
     billing = None if progress is None else lambda done, total: progress("recomputing the bill", done, total)
-    usage, invoice = reference.full_result(conn, provider, month, size, catalog, billing)
+    try:
+        usage, invoice = reference.full_result(conn, provider, month, size, catalog, billing)
+    except PricingError as exc:
+        fix = (f"amend its catalog: `tr7-collector catalog --provider {provider} --month {month}`, add "
+               f"what is missing, then `tr7-collector amend --provider {provider} --month {month} FILE`"
+               if accounting.closed(conn, provider, month) is not None else "fix the catalog (apply)")
+        why = f"{exc.message}, in heartbeats of {month}, which its catalog cannot price: {fix}"
+        raise PricingError(exc.license, exc.capacity, why) from exc
     agrees = accounting.same_docs((usage, invoice), accounting.own_result(conn, provider, month))
     c = accounting.closed(conn, provider, month)
     closed_state = None if c is None else ClosedState(c.checkpoint, c.usage, c.invoice)

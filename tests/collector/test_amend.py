@@ -50,11 +50,20 @@ def test_a_late_heartbeat_the_closed_catalog_cannot_price_is_named_and_amended(
     assert out.returncode == 1 and "in late heartbeats of 2026-09, which is closed" in out.stderr
     assert "tr7-collector amend --provider acme --month 2026-09" in out.stderr
 
-    changed = json.loads(json.dumps(doc))
+    out = _cli(settings, "export", "--provider", "acme", "--month", JAN, "--out", str(tmp_path / "no"))
+    assert out.returncode == 1 and "in heartbeats of 2026-09" in out.stderr and "amend" in out.stderr
+
+    out = _cli(settings, "catalog", "--provider", "acme", "--month", JAN)  # as closed: amend's start
+    assert out.returncode == 0, out.stderr
+    changed = json.loads(out.stdout)
+    assert changed["licenses"] == doc["licenses"]
     changed["rates"]["hourly"][0]["price"] = "0.0500"  # reprices what the close billed: refused
     (tmp_path / "changed.json").write_text(json.dumps(changed))
     out = _cli(settings, "amend", "--provider", "acme", "--month", JAN, str(tmp_path / "changed.json"))
     assert out.returncode == 1 and "changes what 2026-09 was closed with" in out.stderr, out.stderr
+    # what the close froze is "stored", what the amendment would make of it "recomputed"
+    stored = out.stderr.split("stored but not recomputed:", 1)[1].split(";", 1)[0]
+    assert '"price":"0.0450"' in stored and "recomputed but not stored:" in out.stderr
     out = _cli(settings, "amend", "--provider", "acme", "--month", FEB, str(tmp_path / "changed.json"))
     assert out.returncode == 1 and "2026-10 is not closed" in out.stderr
 
