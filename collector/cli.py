@@ -326,6 +326,7 @@ def _bill(args: argparse.Namespace, engine) -> int:  # type: ignore[no-untyped-d
         raise registry.RegistryError("a PDF is not for the terminal: give --out FILE (or redirect it)")
     with db.read_conn(engine) as c:
         inv = accounting.invoice(c, args.provider, args.month)
+        estimate = accounting.closed(c, args.provider, args.month) is None
         latest = registry.latest_catalog(c, args.provider)
         # Names as billed in the month (a closed month's frozen catalog), then the latest catalog's
         docs = [accounting.catalog_for(c, args.provider, args.month)[1], latest[1] if latest else {}]
@@ -335,7 +336,10 @@ def _bill(args: argparse.Namespace, engine) -> int:  # type: ignore[no-untyped-d
     else:
         from collector import render
 
-        data = render.csv_bytes(inv) if args.format == "csv" else render.pdf_bytes(inv, names)
+        if args.format == "csv":
+            data = render.csv_bytes(inv)
+        else:
+            data = render.pdf_bytes(inv, names, estimate=estimate)
     if args.out is None:
         sys.stdout.buffer.write(data)
     else:

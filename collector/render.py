@@ -25,6 +25,7 @@ COLUMNS = (
     "price",
     "amount",
     "adjusts",
+    "currency",  # every row's: a CSV taken into accounting lost the invoice's currency
 )
 
 
@@ -47,13 +48,14 @@ def csv_bytes(invoice: Mapping[str, Any]) -> bytes:
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
+    cur = {"currency": invoice["currency"]}
     for line in invoice["lines"]:
-        w.writerow(_cells({"kind": "hours", **line}))
+        w.writerow(_cells({"kind": "hours", **line, **cur}))
     for row in invoice["device_days"]:
-        w.writerow(_cells({"kind": "device_days", **row}))
+        w.writerow(_cells({"kind": "device_days", **row, **cur}))
     for customer, total in sorted(invoice["totals"].items()):
-        w.writerow(_cells({"kind": "customer_total", "customer": customer, "amount": total}))
-    w.writerow({"kind": "total", "amount": invoice["total"]})
+        w.writerow(_cells({"kind": "customer_total", "customer": customer, "amount": total, **cur}))
+    w.writerow(_cells({"kind": "total", "amount": invoice["total"], **cur}))
     return out.getvalue().encode("utf-8")
 
 
@@ -128,9 +130,10 @@ def _fit(pdf: Any, family: str, width: float, value: str) -> None:
 
 def pdf_bytes(
     invoice: Mapping[str, Any], customer_names: Mapping[str, str] | None = None,
-    customers: Sequence[str] | None = None,
+    customers: Sequence[str] | None = None, estimate: bool = False,
 ) -> bytes:
-    """One page per customer of the invoice (``customers``: these, even without a line)."""
+    """One page per customer of the invoice (``customers``: these, even without a line);
+    ``estimate``: the month is open, and the document says so (it read as the final invoice)."""
     from fpdf import FPDF
 
     names = customer_names or {}
@@ -155,7 +158,7 @@ def pdf_bytes(
         pdf.cell(
             0,
             10,
-            text(f"Invoice {invoice['month']} - {invoice['provider']}"),
+            text(f"{'Estimate' if estimate else 'Invoice'} {invoice['month']} - {invoice['provider']}"),
             new_x="LMARGIN",
             new_y="NEXT",
         )
@@ -163,6 +166,9 @@ def pdf_bytes(
         who = f"Customer: {names.get(cust, cust)} ({cust})" if cust else "No customer billed"
         pdf.cell(0, 7, text(who), new_x="LMARGIN", new_y="NEXT")
         pdf.cell(0, 7, text(f"Currency: {cur}"), new_x="LMARGIN", new_y="NEXT")
+        if estimate:
+            pdf.cell(0, 7, text("Not an invoice: the month is open, and its amounts change until it is "
+                                "closed."), new_x="LMARGIN", new_y="NEXT")
         pdf.ln(3)
         pdf.set_font(text.family, "B", 9)
         head = ("License", "Instance", "Capacity / pack", "Quantity", "Unit", "Price", "Amount", "Adjusts")

@@ -264,6 +264,7 @@ def invoice_file(
         raise HTTPException(404, "pdf or csv")
     with conn(request) as c:
         names = accounting.customer_names(data.month_catalog(c, provider, month), data.catalog(c, provider))
+        estimate = accounting.closed(c, provider, month) is None
         try:  # a download is computed now, never served from the dashboards' cache
             inv = accounting.invoice(c, provider, month)
         except accounting.AccountingError as exc:
@@ -275,10 +276,11 @@ def invoice_file(
         _customer(names, customer, inv["totals"])
         inv = customer_invoice(inv, customer)
     if fmt == "pdf":
-        body = render.pdf_bytes(inv, names, None if customer is None else [customer])
+        body = render.pdf_bytes(inv, names, None if customer is None else [customer], estimate=estimate)
     else:
         body = render.csv_bytes(inv)
-    name = f"invoice-{provider}-{month}{'-' + customer if customer else ''}.{fmt}"
+    kind = "estimate" if estimate else "invoice"  # an open month's file is no invoice to send
+    name = f"{kind}-{provider}-{month}{'-' + customer if customer else ''}.{fmt}"
     media = "application/pdf" if fmt == "pdf" else "text/csv; charset=utf-8"
     return Response(body, media_type=media, headers={"Content-Disposition": attachment(name)})
 

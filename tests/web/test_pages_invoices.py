@@ -92,7 +92,7 @@ def test_csv_cells_a_spreadsheet_would_run_are_quoted(client: TestClient, world:
     assert {(r["customer"], r["license"]) for r in hours} == {("'=HYPERLINK(1)", "'+SUM(1,2)")}
     assert [r["amount"] for r in rows if r["kind"] == "total"] == ["3.15"]
     # amounts are never prefixed, negative ones included
-    inv = {"lines": [], "device_days": [], "totals": {"c1": "-1.50"}, "total": "-1.50"}
+    inv = {"lines": [], "device_days": [], "totals": {"c1": "-1.50"}, "total": "-1.50", "currency": "EUR"}
     assert "customer_total,c1,,,,,,,,,,,-1.50," in render.csv_bytes(inv).decode()
 
 
@@ -123,3 +123,21 @@ def test_the_customer_page_counts_the_customers_hours_only(
     whole = client.get(f"/ui/p/acme/instances/TR7-0001?month={OCT}").text
     day1 = re.search(r'<tr data-day="2026-10-01">(.*?)</tr>', whole).group(1)
     assert re.findall(r'<td class="(\w)">', day1).count("a") == 24  # the instance page shows all its hours
+
+
+def test_an_open_months_pdf_is_an_estimate_and_every_csv_row_has_the_currency(
+    client: TestClient, world: Any  # noqa: F811
+) -> None:
+    """The estimate PDF of an open month was titled "Invoice" and named invoice-…: an MSP could
+    send it as the invoice. The CSV carried no currency at all."""
+    login(client, "ann")
+    r = client.get(f"/ui/p/acme/invoices/{OCT}.pdf?customer=c1")
+    text = pdf_text(r.content)
+    assert "Estimate 2026-10" in text and "Not an invoice" in text and "Invoice 2026-10" not in text
+    assert "filename=\"estimate-acme-2026-10-c1.pdf\"" in r.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/ui/p/acme/invoices/{OCT}.csv").text)))
+    assert rows and {row["currency"] for row in rows} == {"EUR"}
+    db.write_tx(world.engine, lambda c: accounting.close(c, world, "acme", OCT))
+    r = client.get(f"/ui/p/acme/invoices/{OCT}.pdf?customer=c1")
+    assert "Invoice 2026-10" in pdf_text(r.content) and "Not an invoice" not in pdf_text(r.content)
+    assert "filename=\"invoice-acme-2026-10-c1.pdf\"" in r.headers["content-disposition"]
