@@ -53,6 +53,10 @@ def run_account(args: argparse.Namespace, engine: Any) -> int:
         except HTTPException as exc:  # e.g. a customer not in the catalog
             raise registry.RegistryError(str(exc.detail)) from exc
     with db.read_conn(engine) as c:
+        try:  # a mistyped customer or provider read as an account in good standing
+            api.require_customer(c, args.provider, args.customer)
+        except HTTPException as exc:
+            raise registry.RegistryError(str(exc.detail)) from exc
         acc, email = store.load(c, args.provider, args.customer)
         out = {**api.account_json(acc, email, now), "events": store.events(c, args.provider, args.customer)}
     print(json.dumps(out, indent=2))

@@ -90,6 +90,8 @@ def tick(acc: Account, now: int) -> tuple[Account, list[Action]]:
         due, n = at, n + 1
     if due is not None and now < acc.overdue_since + GRACE:
         actions.append(Action("reminder", due, n))
+    elif now >= acc.overdue_since + GRACE:
+        n = acc.reminders  # a tick after the grace period sends none: the count says what was sent
     acc = replace(acc, reminders=n)
     if acc.downgrade_at is not None and now >= acc.downgrade_at:
         acc = replace(acc, state=DOWNGRADED, since=acc.downgrade_at)

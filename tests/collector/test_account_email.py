@@ -196,3 +196,11 @@ def test_an_inverted_period_stored_before_the_refusal_is_read_as_empty(settings:
     assert collector_main(["bill", *where, "--provider", "acme", "--month", "2026-11"]) == 0
     with db.read_conn(settings.engine) as c:
         assert store.periods(c, "acme") == {}
+
+
+def test_show_of_an_unknown_customer_is_an_error_not_an_active_account(settings: Any, capsys: Any) -> None:
+    _catalog(settings)
+    where = ["--data-dir", str(settings.data_dir), "--db", settings.db_url]
+    assert collector_main(["account", "show", *where, "--provider", "acme", "--customer", "c9"]) == 1
+    assert "c9" in capsys.readouterr().err
+    assert collector_main(["account", "show", *where, "--provider", "acme", "--customer", "c1"]) == 0

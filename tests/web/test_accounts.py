@@ -40,6 +40,9 @@ def test_machine_effective_state_and_late_ticks() -> None:
     assert [(a.kind, a.number, a.at) for a in acts] == [("reminder", 2, T0 + 6 * DAY)]
     late, acts = m.tick(late, T0 + 16 * DAY)
     assert [(a.kind, a.at) for a in acts] == [("downgraded", T0 + 15 * DAY)]  # dated at the grace end
+    assert late.reminders == 2  # as counted by day 7: those due after it were never sent (it said 4)
+    never, acts = m.tick(acc, T0 + 20 * DAY)  # no tick at all in the grace period
+    assert [a.kind for a in acts] == ["downgraded"] and never.reminders == 0
     again, acts = m.payment_failed(acc, T0 + DAY)
     assert again == acc and acts == []  # a second failure does not restart the grace period
     back, acts = m.paid(acc, T0 + 5 * DAY)
