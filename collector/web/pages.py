@@ -103,6 +103,7 @@ def overview(provider: str, request: Request, sess: SessionDep, month: str | Non
         running = data.running_now(c, provider, now)
         found = data.provider_alerts(c, provider, month, now)
         accounts = acc_store.states(c, provider)
+        is_closed = accounting.closed(c, provider, month) is not None
     totals = res[1]["totals"] if res else {}
     # The month's customers as billed, and any other customer a line of the month bills (an
     # adjustment of a closed month for a customer the catalog has dropped since).
@@ -128,6 +129,7 @@ def overview(provider: str, request: Request, sess: SessionDep, month: str | Non
         customers=customers,
         currency=(res[1]["currency"] if res else ""),
         total=(res[1]["total"] if res else None),
+        is_closed=is_closed,
         running=running,
         active_hours=sum(hours.values()),
         instances=len(hours),
@@ -187,6 +189,7 @@ def customer_page(
         sess,
         provider=provider,
         month=month,
+        is_closed=month in closed,
         customer=cu,
         licenses=lics,
         heatmaps=[

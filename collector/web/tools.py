@@ -56,7 +56,9 @@ def plan(
         item: dict[str, Any] = {
             "license": row["license"],
             "instance": row["instance"],
-            "hours": row["payg_hours"],
+            # the invoiced hours, as the cost is: a closed month's usage also counts late hours,
+            # billed on the next month (720 h next to the cost of 710 read as 0.044 an hour)
+            "hours": sum(int(x["quantity"]) for x in lines),
             "price": str(price),
             "payg": str(cost),
         }

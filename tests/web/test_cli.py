@@ -71,7 +71,7 @@ def test_accounts_replay(settings: Any, tools: Any, capsys: Any) -> None:
     show = ["show", *where, "--now", "2026-10-21T00:00:00Z", "--provider", "acme", "--customer", "c1"]
     assert collector_main(["account", *show]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["state"] == "downgraded" and shown["reminders"] == 4
+    assert shown["state"] == "downgraded" and shown["reminders"] == 0  # none was sent
     assert collector_main(["account", "paid", *where, "--provider", "acme", "--customer", "nobody"]) == 1
     assert "no customer nobody" in capsys.readouterr().err
 

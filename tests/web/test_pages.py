@@ -304,3 +304,27 @@ def test_agents_that_saw_an_instance_skip_heartbeats_that_cannot_name_it(
     assert detail._may_name(jws(b'{"observations":[{"instance":"TR7-0001"}]}'), needle)
     assert detail._may_name(jws(b'{"observations":[{"instance":"\\u0054R7-0001"}]}'), needle)  # escaped
     assert not detail._may_name(jws(b'{"observations":[{"instance":"TR7-0002"}]}'), needle)
+
+
+def test_a_closed_month_is_labelled_invoiced_and_the_planner_uses_its_invoiced_hours(
+    client: TestClient, world: Any, tools: Any
+) -> None:
+    """A closed month's pages said "Estimate", and the planner put the current hours (late ones
+    included) beside the invoiced cost: 720 h for the cost of 710."""
+    from collector import accounting
+
+    login(client, "ann")
+    assert "Estimated total" in client.get("/ui/p/acme?month=2026-10").text
+    db.write_tx(world.engine, lambda c: accounting.close(c, world, "acme", "2026-10"))
+    late = tools.Agent("late")
+    tools.enrol(world, "acme", late, parse_time("2026-09-01T00:00:00Z"))
+    t = parse_time("2026-10-05T00:00:00Z")  # day 5: no hour of it was billed
+    beats = [late.beat(t + h * 3600 + 60, {"TR7-0001": "running"}) for h in range(3)]
+    assert {r["status"] for r in ingest_lines(world.engine, beats)} == {"accepted"}
+    overview = client.get("/ui/p/acme?month=2026-10").text
+    assert "Invoiced total" in overview and "Estimated total" not in overview
+    page = client.get("/ui/p/acme/customers/c1?month=2026-10").text
+    assert "Invoice (closed)" in page and 'id="closed-note"' in page
+    plan = client.get("/ui/p/acme/planner/c1?month=2026-10").text
+    hours = re.search(r'<tr data-license="SL-1">.*?<td class="num">(\d+)</td>', plan).group(1)
+    assert hours == "70"  # as invoiced (70 active hours), not 73 with the late ones
