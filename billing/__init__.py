@@ -3,7 +3,7 @@
 from billing.activity import Activity
 from billing.adjust import adjustment_lines, same_invoice, same_usage, with_adjustments
 from billing.catalog import Catalog, load_catalog
-from billing.compute import BillingResult, compute
+from billing.compute import BillingResult, compute, usage_despite_pricing
 from billing.errors import CatalogError, PricingError
 from billing.recompute import bill
 
@@ -19,5 +19,6 @@ __all__ = [
     "load_catalog",
     "same_invoice",
     "same_usage",
+    "usage_despite_pricing",
     "with_adjustments",
 ]

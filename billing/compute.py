@@ -8,6 +8,7 @@ from typing import Any
 
 from billing.activity import HOUR, Activity, MonthBits
 from billing.catalog import Catalog, License, Period, load_catalog
+from billing.errors import PricingError
 from billing.money import money_text, round_half_up
 from billing.pricing import OverUse, Pricer
 from protocol.timefmt import month_bounds
@@ -90,8 +91,9 @@ class _Month:
     Hours are bitsets (billing.activity.MonthBits): classes, coverage and decisions are mask
     operations and counts are bit counts, so the work per instance does not grow with its hours."""
 
-    def __init__(self, activity: Activity, catalog: Catalog, month: str) -> None:
+    def __init__(self, activity: Activity, catalog: Catalog, month: str, tolerant: bool = False) -> None:
         self.activity, self.catalog, self.month = activity, catalog, month
+        self.tolerant = tolerant  # usage_despite_pricing: an hour no rate prices is left unpriced
         self.m0, self.m1 = m0, m1 = month_bounds(month)
         self.bits = bits = MonthBits(m0, m1)
         self.platform = 0
@@ -161,9 +163,13 @@ class _Month:
                 if pay >> (24 * d) & DAY_BITS:
                     days.add(self.m0 + d * DAY)
             return
-        for entry, rate, count in self.pricer.priced_hours(lic, pay, self.m0, self.bits.n):
-            self.lines[(lic.customer, lic.id, inst, entry.bundle, entry.bandwidth_mbps or 0,
-                        entry.vservices or 0, rate.text)] += count
+        try:
+            for entry, rate, count in self.pricer.priced_hours(lic, pay, self.m0, self.bits.n):
+                self.lines[(lic.customer, lic.id, inst, entry.bundle, entry.bandwidth_mbps or 0,
+                            entry.vservices or 0, rate.text)] += count
+        except PricingError:
+            if not self.tolerant:
+                raise
 
     def device_days(self) -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = defaultdict(int)
@@ -191,9 +197,7 @@ def compute(activity: Activity, catalog: Catalog | Mapping[str, Any], month: str
             chains: list[dict[str, Any]]) -> BillingResult:
     """The month's usage and invoice (billing-v1.md §7 shapes) from its activity; raises PricingError."""
     catalog = load_catalog(catalog)
-    m = _Month(activity, catalog, month)
-    for inst in sorted(activity.instances() | set(m.by_inst)):
-        m.instance(inst)
+    m = _walk(activity, catalog, month, tolerant=False)
     lines = [{"customer": c, "license": lid, "instance": inst, "bundle": bundle, "bandwidth_mbps": bw,
               "vservices": vs, "quantity": q, "price": price,
               "amount": money_text(round_half_up(q * Decimal(price))), "adjusts": None}
@@ -207,10 +211,29 @@ def compute(activity: Activity, catalog: Catalog | Mapping[str, Any], month: str
         device_days.append({"customer": customer, "pack": pack, "device_days": days, "months": months,
                             "price": rate.text, "amount": money_text(round_half_up(months * rate.price))})
     totals, total = _totals(lines, device_days)
-    rows = [{**row, "flags": sorted(row["flags"])} for _, row in sorted(m.rows.items())]
-    usage = {"provider": catalog.provider, "month": month, "rows": rows,
-             "unlicensed": [{"instance": i, "hours": n} for i, n in sorted(m.unlicensed.items())],
-             "chains": list(chains)}
+    usage = _usage(m, chains)
     invoice = {"provider": catalog.provider, "month": month, "currency": catalog.currency,
                "lines": lines, "device_days": device_days, "totals": totals, "total": total}
     return BillingResult(usage, invoice)
+
+
+def usage_despite_pricing(activity: Activity, catalog: Catalog | Mapping[str, Any], month: str,
+                          chains: list[dict[str, Any]]) -> dict[str, Any]:
+    """The usage document of a month whose hours some rate cannot price (§4: it has no invoice):
+    its rows, flags and unlicensed hours do not depend on prices, and the collector's alerts
+    (unlicensed, over_capacity) still need them."""
+    return _usage(_walk(activity, load_catalog(catalog), month, tolerant=True), chains)
+
+
+def _walk(activity: Activity, catalog: Catalog, month: str, tolerant: bool) -> _Month:
+    m = _Month(activity, catalog, month, tolerant)
+    for inst in sorted(activity.instances() | set(m.by_inst)):
+        m.instance(inst)
+    return m
+
+
+def _usage(m: _Month, chains: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [{**row, "flags": sorted(row["flags"])} for _, row in sorted(m.rows.items())]
+    return {"provider": m.catalog.provider, "month": m.month, "rows": rows,
+            "unlicensed": [{"instance": i, "hours": n} for i, n in sorted(m.unlicensed.items())],
+            "chains": list(chains)}

@@ -106,6 +106,16 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
     return json.loads(texts[0]), json.loads(texts[1])
 
 
+def unpriced_usage(conn: Connection, provider: str, month: str) -> dict[str, Any]:
+    """The month's usage (rows, flags, unlicensed hours) when some hour of it cannot be priced."""
+    from billing import load_catalog, usage_despite_pricing
+
+    analysis = evidence.chain_analysis(conn, provider, month)
+    act = evidence.activity(conn, provider, month, analysis.quarantined)
+    doc = catalog_for(conn, provider, month)[1]
+    return _plain(usage_despite_pricing(act, load_catalog(doc), month, analysis.chains_json()))
+
+
 _CACHE_SIZE = 32
 _cache: dict[tuple[Any, ...], tuple[str, str]] = {}
 _cache_lock = threading.Lock()

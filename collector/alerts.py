@@ -229,10 +229,11 @@ def alerts(
         return out  # no catalog yet: licensing alerts need one
     except PricingError as exc:
         # The month cannot be billed (billing-v1.md §4: no invoice rather than a wrong one): that is
-        # an alert itself, and the chain and clone alerts above still stand.
+        # an alert itself; the others stand, the licensing ones from the usage, which needs no
+        # price (they all vanished with the invoice)
         out.append({"type": "pricing_error", "license": exc.license, "capacity": exc.capacity,
                     "detail": str(exc)})
-        return out
+        usage = accounting.unpriced_usage(conn, provider, month)
     out += [
         {"type": "unlicensed", "instance": u["instance"], "hours": u["hours"]} for u in usage["unlicensed"]
     ]

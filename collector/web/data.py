@@ -342,10 +342,13 @@ def provider_alerts(conn: Connection, provider: str, month: str, now: int) -> li
     ]
     res = results(conn, provider, month)
     problem = pricing_error(conn, provider, month)
+    usage = res[0] if res is not None else None
     if problem is not None:
         out.append(problem)
-    if res is not None:
-        usage = res[0]
+        # the licensing alerts need no price (they vanished with the invoice): the usage alone
+        usage = cached(conn, ("unpriced", db_id(conn), provider, month), (),
+                       lambda c: accounting.unpriced_usage(c, provider, month))
+    if usage is not None:
         out += [
             {"type": "unlicensed", "instance": u["instance"], "hours": u["hours"]}
             for u in usage["unlicensed"]

@@ -116,6 +116,7 @@ def test_a_stopped_copy_is_no_clone_and_an_unpriceable_month_still_has_its_alert
         b.beat(h + 3660, {"TR7-0009": "stopped"}, vm="vm-d"),  # both stopped: none either
         a.beat(h + 7200, {"TR7-0001": "running"}, vm="vm-a"),
         b.beat(h + 7260, {"TR7-0001": "running"}, vm="vm-b"),  # both running: the clone
+        a.beat(h + 10800, {"TR7-0042": "running"}, vm="vm-x"),  # no license: its alert stays
     ]
     r = client.post("/v1/heartbeats", content="\n".join(lines), headers={"Content-Type": "text/plain"})
     assert {x["status"] for x in r.json()["results"]} == {"accepted"}
@@ -128,6 +129,8 @@ def test_a_stopped_copy_is_no_clone_and_an_unpriceable_month_still_has_its_alert
     assert clones == [("TR7-0001", format_time(h + 7200))]
     [priced] = [x for x in found if x["type"] == "pricing_error"]
     assert priced["license"] == "SL-1" and "no rates.hourly entry" in priced["detail"]
+    # the licensing alerts need no price: they vanished with the invoice
+    assert {"type": "unlicensed", "instance": "TR7-0042", "hours": 1} in found
     r = client.get(f"/v1/providers/acme/invoices/{m}", headers=auth)
     assert r.status_code == 409 and "no rates.hourly entry" in r.json()["detail"]
 

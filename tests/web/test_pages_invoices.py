@@ -12,6 +12,7 @@ from urllib.parse import unquote
 from fastapi.testclient import TestClient
 
 from collector import accounting, db, render
+from collector.ingest import ingest_lines
 from protocol.timefmt import parse_time
 from tests._pdf import pdf_text
 from tests.web.test_pages import login, world  # noqa: F401 (the fixture)
@@ -32,8 +33,13 @@ def test_an_unpriceable_month_says_so_on_the_overview_and_in_downloads(
 ) -> None:
     cap = {"from": "2026-01-01T00:00:00Z", "bundle": "pro", "bandwidth_mbps": 99999, "vservices": 10}
     tools.apply(world, _with(tools, license={"capacity": [cap]}), retroactive=True)  # no rate covers it
+    stray = tools.Agent("stray")
+    tools.enrol(world, "acme", stray, parse_time("2026-09-01T00:00:00Z"))
+    beat = stray.beat(parse_time("2026-10-10T00:01:00Z"), {"TR7-0042": "running"})
+    assert ingest_lines(world.engine, [beat])[0]["status"] == "accepted"  # unlicensed
     login(client, "ann")
     html = client.get(f"/ui/p/acme?month={OCT}").text
+    assert 'data-type="unlicensed"' in html and "TR7-0042" in html  # it vanished with the invoice
     row = re.search(r'<tr data-customer="c1">(.*?)</tr>', html, re.S).group(1)
     assert '<td class="num">–</td>' in row  # not an estimate of 0.00
     assert 'data-type="pricing_error"' in html and "SL-1" in html
