@@ -53,10 +53,11 @@ def state_key(conn: Connection, provider: str) -> tuple[Any, ...]:
 
 
 class _Entry:
-    __slots__ = ("state", "value")
+    __slots__ = ("outdated", "state", "value")
 
     def __init__(self, state: tuple[Any, ...], value: Any) -> None:
         self.state, self.value = state, value
+        self.outdated = False  # a request saw the store change since: a newer value is being made
 
 
 _refreshing: set[tuple[Any, ...]] = set()
@@ -89,9 +90,12 @@ def cached(conn: Connection, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: 
         entry = _cache.get(slot)
         if entry is not None:
             _cache.move_to_end(slot)
-            if entry.state != state and slot not in _refreshing:
-                _refreshing.add(slot)
-                threading.Thread(target=_refresh, args=(conn.engine, slot, extra, fn), daemon=True).start()
+            if entry.state != state:
+                entry.outdated = True
+                if slot not in _refreshing:
+                    _refreshing.add(slot)
+                    args = (conn.engine, slot, extra, fn)
+                    threading.Thread(target=_refresh, args=args, daemon=True).start()
             return entry.value
         first = _first.get(slot)
         mine = first is None
@@ -113,6 +117,14 @@ def cached(conn: Connection, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: 
                 _first.pop(slot, None)
             first.set()
     return value
+
+
+def results_stale(conn: Connection, provider: str, month: str) -> bool:
+    """Whether the month's bill results() just gave is the previous computation's (a newer one is
+    being made: after a correction the overview showed the old totals with no sign of it)."""
+    with _lock:
+        entry = _cache.get(("results", db_id(conn), provider, month))
+    return entry is not None and entry.outdated
 
 
 def warm(engine: Any, month: str, now: int) -> None:

@@ -99,6 +99,7 @@ def overview(provider: str, request: Request, sess: SessionDep, month: str | Non
         doc = data.month_catalog(c, provider, month)
         names = accounting.customer_names(doc, data.catalog(c, provider))
         res = data.results(c, provider, month)
+        stale = data.results_stale(c, provider, month)
         hours = data.active_hours(c, provider, month)
         running = data.running_now(c, provider, now)
         found = data.provider_alerts(c, provider, month, now)
@@ -130,6 +131,7 @@ def overview(provider: str, request: Request, sess: SessionDep, month: str | Non
         currency=(res[1]["currency"] if res else ""),
         total=(res[1]["total"] if res else None),
         is_closed=is_closed,
+        stale=stale,
         running=running,
         active_hours=sum(hours.values()),
         instances=len(hours),

@@ -328,3 +328,30 @@ def test_a_closed_month_is_labelled_invoiced_and_the_planner_uses_its_invoiced_h
     plan = client.get("/ui/p/acme/planner/c1?month=2026-10").text
     hours = re.search(r'<tr data-license="SL-1">.*?<td class="num">(\d+)</td>', plan).group(1)
     assert hours == "70"  # as invoiced (70 active hours), not 73 with the late ones
+
+
+def test_the_overview_says_when_its_amounts_are_being_recomputed(
+    client: TestClient, world: Any, tools: Any, monkeypatch: Any
+) -> None:
+    """After a correction the overview showed the old totals (stale while revalidating) with no
+    sign of it, while the page's own CSV and `bill` showed the new ones."""
+    import threading
+
+    from collector.web import data
+
+    login(client, "ann")
+    assert 'id="stale-note"' not in client.get("/ui/p/acme?month=2026-10").text
+    held = threading.Event()
+    real = data._refresh
+    monkeypatch.setattr(data, "_refresh", lambda *a: (held.wait(10), real(*a)))
+    doc = tools.catalog()
+    doc["rates"]["hourly"][0]["price"] = "0.0500"
+    tools.apply(world, doc, retroactive=True)
+    assert 'id="stale-note"' in client.get("/ui/p/acme?month=2026-10").text
+    held.set()
+    for _ in range(100):
+        if 'id="stale-note"' not in client.get("/ui/p/acme?month=2026-10").text:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("still marked stale after the recomputation")
