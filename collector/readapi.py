@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from starlette.routing import compile_path
 
 from billing import PricingError
-from collector import accounting, alerts, apimodels, db, evidence, registry, roles
+from collector import accounting, alerts, apimodels, db, evidence, registry, resultcache, roles
 from collector import schema as s
 from collector.accounts.store import overlay
 from protocol.timefmt import format_time, month_bounds, month_of, parse_month
@@ -187,28 +187,25 @@ def instances(provider: str, request: Request, scope: ScopeDep, month: str | Non
 
 @_get("/providers/{provider}/agents")
 def agents(provider: str, request: Request, scope: ScopeDep, month: str | None = None) -> dict[str, Any]:
-    from collector.web import data  # the pages' cache (stale while one recomputation runs)
-
     month = _month(month)
     with _conn(request) as c:
         return {
             "provider": provider,
             "month": month,
-            "agents": data.health(c, known_provider(c, scope, provider), month, int(time.time())),
+            "agents": resultcache.health(c, known_provider(c, scope, provider), month, int(time.time())),
         }
 
 
 @_get("/providers/{provider}/alerts")
 def alert_list(provider: str, request: Request, scope: ScopeDep, month: str | None = None) -> dict[str, Any]:
-    # The chain, boundary and clone pieces from the pages' cache: recomputed from every leaf of
-    # the month on each request, /agents and /alerts took 2.7 s at 1.7 million heartbeats
-    from collector.web import data
-
+    # The chain, boundary and clone pieces from the cache the pages share: recomputed from every
+    # leaf of the month on each request, /agents and /alerts took 2.7 s at 1.7 million heartbeats
     month, now = _month(month), int(time.time())
     with _conn(request) as c:
         p = known_provider(c, scope, provider)
-        found = alerts.alerts(c, p, month, now, health=data.health(c, p, month, now),
-                              boundary=data.across_months(c, p, month), copies=data.clones(c, p, month))
+        found = alerts.alerts(c, p, month, now, health=resultcache.health(c, p, month, now),
+                              boundary=resultcache.across_months(c, p, month),
+                              copies=resultcache.clones(c, p, month))
     return {"provider": provider, "month": month, "alerts": found}
 
 

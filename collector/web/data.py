@@ -1,8 +1,7 @@
 """What the pages show, read from the collector's tables; billing results cached (stale-while-revalidate)."""
 
 import functools
-import threading
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,120 +10,20 @@ from sqlalchemy.engine import Connection
 
 from billing import PricingError
 from billing.compute import bridged_hours
-from collector import accounting, alerts, db, evidence, registry
+from collector import accounting, db, evidence, registry
 from collector import schema as s
 from collector.accounts import machine as m
 from collector.accounts import store as acc_store
+from collector.resultcache import across_months, cached, clones, db_id, health, outdated
 from protocol.timefmt import format_time, month_bounds, parse_time
 
 HOUR, DAY = 3600, 86400
-_cache: "OrderedDict[tuple[Any, ...], Any]" = OrderedDict()
-_lock = threading.Lock()
-
-
-def state_key(conn: Connection, provider: str) -> tuple[Any, ...]:
-    """Changes whenever a bill of the provider can: a leaf, a catalog, a close, a downgrade."""
-    logs = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(s.logs.c.size), 0), sa.func.count()).where(
-            s.logs.c.provider == provider
-        )
-    ).one()
-    cat = conn.execute(
-        sa.select(sa.func.max(s.catalogs.c.id)).where(s.catalogs.c.provider == provider)
-    ).scalar()
-    closes = tuple(conn.execute(  # an amended closed month's adjustments change too
-        sa.select(sa.func.count(), sa.func.max(s.closes.c.amended_at)).where(s.closes.c.provider == provider)
-    ).one())
-    agents = conn.execute(
-        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(s.agents.c.revoked_at), 0)).where(
-            s.agents.c.provider == provider
-        )
-    ).one()
-    periods = acc_store.periods(conn, provider)
-    return (
-        provider,
-        tuple(agents),
-        int(logs[0]),
-        int(logs[1]),
-        cat,
-        closes,
-        tuple(sorted((k, tuple(v)) for k, v in periods.items())),
-    )
-
-
-class _Entry:
-    __slots__ = ("outdated", "state", "value")
-
-    def __init__(self, state: tuple[Any, ...], value: Any) -> None:
-        self.state, self.value = state, value
-        self.outdated = False  # a request saw the store change since: a newer value is being made
-
-
-_refreshing: set[tuple[Any, ...]] = set()
-_first: dict[tuple[Any, ...], threading.Event] = {}  # slots being computed for the first time
-
-
-def _store(slot: tuple[Any, ...], state: tuple[Any, ...], value: Any) -> None:
-    with _lock:
-        _cache[slot] = _Entry(state, value)
-        _cache.move_to_end(slot)
-        while len(_cache) > 64:
-            _cache.popitem(last=False)
-
-
-def _refresh(engine: Any, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Any) -> None:
-    try:
-        with db.read_conn(engine) as c:  # one snapshot: the state read is the state computed
-            _store(slot, (*state_key(c, slot[2]), *extra), fn(c))
-    finally:
-        with _lock:
-            _refreshing.discard(slot)
-
-
-def cached(conn: Connection, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Any) -> Any:
-    """Stale-while-revalidate: agents ship every few minutes, so the store changes all the time and
-    a month's bill takes seconds at 2,000 instances. A page gets the last result at once while one
-    background thread per slot recomputes it; only the very first request of a slot waits."""
-    state = (*state_key(conn, slot[2]), *extra)
-    with _lock:
-        entry = _cache.get(slot)
-        if entry is not None:
-            _cache.move_to_end(slot)
-            if entry.state != state:
-                entry.outdated = True
-                if slot not in _refreshing:
-                    _refreshing.add(slot)
-                    args = (conn.engine, slot, extra, fn)
-                    threading.Thread(target=_refresh, args=args, daemon=True).start()
-            return entry.value
-        first = _first.get(slot)
-        mine = first is None
-        if mine:
-            first = _first[slot] = threading.Event()
-    if not mine:
-        # Another request (or the start-up warm-up) is computing this slot: wait for it once.
-        first.wait(timeout=300)
-        with _lock:
-            entry = _cache.get(slot)
-        if entry is not None:
-            return entry.value
-    try:
-        value = fn(conn)
-        _store(slot, state, value)
-    finally:
-        if mine:
-            with _lock:
-                _first.pop(slot, None)
-            first.set()
-    return value
 
 
 def results_stale(conn: Connection, provider: str, month: str) -> bool:
     """Whether the month's bill results() just gave is the previous computation's (a newer one is
     being made: after a correction the overview showed the old totals with no sign of it)."""
-    with _lock:
-        entry = _cache.get(("results", db_id(conn), provider, month))
-    return entry is not None and entry.outdated
+    return outdated(("results", db_id(conn), provider, month))
 
 
 def warm(engine: Any, month: str, now: int) -> None:
@@ -165,21 +64,6 @@ def pricing_error(conn: Connection, provider: str, month: str) -> dict[str, Any]
     """The alert of a catalog that cannot price the month, as the read API's /alerts has it."""
     got = _outcome(conn, provider, month)
     return got if isinstance(got, dict) else None
-
-
-def health(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
-    # Silence depends on the clock: the answer is recomputed at least once a minute.
-    return cached(
-        conn,
-        ("health", db_id(conn), provider, month),
-        (now // 60,),
-        lambda c: alerts.agent_health(c, provider, month, now),
-    )
-
-
-def db_id(conn: Connection) -> str:
-    # One process may hold several databases (tests do).
-    return conn.engine.url.render_as_string(hide_password=True)
 
 
 def catalog(conn: Connection, provider: str) -> dict[str, Any]:
@@ -313,19 +197,6 @@ def _active_hours(conn: Connection, provider: str, month: str) -> dict[str, int]
 def month_days(month: str) -> list[int]:
     m0, m1 = month_bounds(month)
     return list(range(m0, m1, DAY))
-
-
-def clones(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
-    return cached(
-        conn, ("clones", db_id(conn), provider, month), (), lambda c: alerts.clones(c, provider, month)
-    )
-
-
-def across_months(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
-    return cached(
-        conn, ("across_months", db_id(conn), provider, month), (),
-        lambda c: alerts.across_months(c, provider, month),
-    )
 
 
 def provider_alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
-from collector import alerts
+from collector import alerts, resultcache
 from collector import schema as s
 from collector.web import data
 from collector.web.common import SessionDep, conn, month_param, provider_page
@@ -252,9 +252,9 @@ def agents_page(provider: str, request: Request, sess: SessionDep, month: str | 
     provider_page(sess, provider)
     month, now = month_param(month), int(time.time())
     with conn(request) as c:
-        rows = data.cached(
+        rows = resultcache.cached(
             c,
-            ("agents", data.db_id(c), provider, month),
+            ("agents", resultcache.db_id(c), provider, month),
             (now // 60,),
             lambda cc: agent_rows(cc, provider, month, now),
         )

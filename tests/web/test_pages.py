@@ -337,13 +337,13 @@ def test_the_overview_says_when_its_amounts_are_being_recomputed(
     sign of it, while the page's own CSV and `bill` showed the new ones."""
     import threading
 
-    from collector.web import data
+    from collector import resultcache
 
     login(client, "ann")
     assert 'id="stale-note"' not in client.get("/ui/p/acme?month=2026-10").text
     held = threading.Event()
-    real = data._refresh
-    monkeypatch.setattr(data, "_refresh", lambda *a: (held.wait(10), real(*a)))
+    real = resultcache._refresh
+    monkeypatch.setattr(resultcache, "_refresh", lambda *a: (held.wait(10), real(*a)))
     doc = tools.catalog()
     doc["rates"]["hourly"][0]["price"] = "0.0500"
     tools.apply(world, doc, retroactive=True)
