@@ -57,12 +57,16 @@ def amend_closed(conn: Connection, provider: str, month: str, doc: dict[str, Any
         raise AmendError(f"the catalog changes what {month} was closed with (only what the close did "
                          f"not see may be priced; start from `tr7-collector catalog --provider {provider} "
                          f"--month {month}`): {'; '.join(diffs[:3])}")
+    _keeps_what_was_invoiced(conn, provider, month, doc)
     before = _current(conn, provider, month)
     now = int(time.time()) if now is None else now
+    # Strictly later than the last amendment: results are cached by it (a second one in the
+    # same second left the server on the first)
+    at = max(now, int(row.amended_at) + 1) if row.amended_at is not None else now
     conn.execute(
         s.closes.update()
         .where(s.closes.c.provider == provider, s.closes.c.month == month)
-        .values(amended_doc=json.dumps(doc, sort_keys=True, separators=(",", ":")), amended_at=now)
+        .values(amended_doc=json.dumps(doc, sort_keys=True, separators=(",", ":")), amended_at=at)
     )
     after = _current(conn, provider, month)
     if isinstance(before, str) and not isinstance(after, str):
@@ -71,6 +75,39 @@ def amend_closed(conn: Connection, provider: str, month: str, doc: dict[str, Any
     if isinstance(after, str):
         return [f"amended, but {month}'s late heartbeats still cannot be priced: {after}"]
     return [f"amended; {month}'s current total {after['total']} (closed at {frozen[1]['total']})"]
+
+
+def _keeps_what_was_invoiced(conn: Connection, provider: str, month: str, doc: dict[str, Any]) -> None:
+    """Every line and device-day row invoiced for the month so far (its baseline: the frozen
+    invoice, then what each later close billed of its adjustments) keeps its price under ``doc``:
+    a second amendment repriced late hours a later month had already invoiced (-0.09, +0.50)."""
+    B = s.baselines.c
+    base = conn.execute(sa.select(B.invoice).where(B.provider == provider, B.month == month)).scalar()
+    if base is None:
+        return
+    size = conn.execute(
+        sa.select(s.logs.c.size).where(s.logs.c.provider == provider, s.logs.c.month == month)
+    ).scalar()
+    try:
+        now = reference.full_result(conn, provider, month, int(size or 0), doc)[1]
+    except PricingError as exc:
+        raise AmendError(f"the catalog still cannot price {month}'s heartbeats: {exc}") from exc
+    invoiced = json.loads(base)
+    lost = sorted(set(map(_key, invoiced["lines"])) - set(map(_key, now["lines"])))
+    lost += sorted(set(map(_row_key, invoiced["device_days"])) - set(map(_row_key, now["device_days"])))
+    if lost:
+        raise AmendError(f"the catalog changes what was already invoiced for {month} (its close and the "
+                         f"adjustments later closes billed): {', '.join(map(str, lost[:3]))} would no longer "
+                         "be billed at that price")
+
+
+def _key(line: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(line[k] for k in ("customer", "license", "instance", "bundle", "bandwidth_mbps",
+                                   "vservices", "price"))
+
+
+def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["customer"], row["pack"], row["price"])
 
 
 def _current(conn: Connection, provider: str, month: str) -> dict[str, Any] | str:

@@ -236,7 +236,10 @@ def revoke_agent(conn: Connection, kid: str, at: int | None, now: int) -> int:
     latest = conn.execute(
         sa.select(sa.func.max(L.time)).where(L.kid == kid, L.month == latest_month)
     ).scalar()
-    if at is None:
+    impossible = row.revoked_at is not None and int(row.revoked_at) <= int(row.enrolled_at)
+    if at is None and impossible:
+        at = int(row.enrolled_at) + 1  # the smallest window that is one (see below)
+    elif at is None:
         # after the enrolment too: a key enrolled for a later time and revoked now would get a
         # window ending before it starts, which every bundle of the provider fails (agents.format)
         at = max(now, int(row.enrolled_at) + 1, -1 if latest is None else int(latest) + 1)
@@ -245,8 +248,11 @@ def revoke_agent(conn: Connection, kid: str, at: int | None, now: int) -> int:
             f"key {kid} is enrolled at {format_time(int(row.enrolled_at))}: a revocation at "
             f"{format_time(at)} would end its window before it begins, which every audit bundle of the "
             f"provider rejects; revoke after it (without --at: at once, or just after the enrolment)")
-    if row.revoked_at is not None and row.revoked_at <= at:
+    if row.revoked_at is not None and row.revoked_at <= at and not impossible:
         return int(row.revoked_at)  # an earlier revocation stands: never undone by a later date
+    # A revocation at or before the enrolment (stored before that was refused) is the one moved:
+    # its window is empty, so nothing was logged under it, and every bundle of the provider failed
+    # verify on it; the key stays revoked, just after its enrolment.
     if latest is not None and at <= latest:
         raise RegistryError(
             f"key {kid} has heartbeats logged up to {format_time(int(latest))}: a revocation at "

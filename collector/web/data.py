@@ -47,6 +47,11 @@ def _outcome(conn: Connection, provider: str, month: str) -> Any:
         except accounting.AccountingError:
             return None
         except PricingError as exc:
+            closed = accounting.closed(c, provider, month)
+            if closed is not None:
+                # Its late heartbeats cannot be priced (the next open month's alert says how to
+                # amend it): what was invoiced stands, and the pages showed "–" for it
+                return closed.usage, closed.billed
             return {"type": "pricing_error", "license": exc.license, "capacity": exc.capacity,
                     "detail": str(exc)}
 

@@ -83,3 +83,37 @@ def test_a_late_heartbeat_the_closed_catalog_cannot_price_is_named_and_amended(
     report = verify_bundle(path, workers=1)
     assert agrees and report.ok, [f.to_json() for f in report.errors]
     assert json.loads((path / "catalog.json").read_text())["rates"]["hourly"][-1]["price"] == "0.0900"
+
+
+def test_an_amendment_never_reprices_what_a_later_close_invoiced(settings, tools, tmp_path: Path) -> None:
+    """September amended at 0.09, October closed billing the late hour at 0.09: a second amendment
+    at 0.50 was accepted, and November credited -0.09 and billed +0.50."""
+    from collector.amend import AmendError, amend_closed
+
+    doc = _licensed(tools)
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, doc))
+    a, b = tools.Agent("a"), tools.Agent("b")
+    for ag in (a, b):
+        tools.enrol(settings, "acme", ag, parse_time("2026-08-01T00:00:00Z"))
+    j, f = parse_time("2026-09-01T00:00:00Z"), parse_time("2026-10-01T00:00:00Z")
+    ingest_lines(settings.engine, [a.beat(j + 3600, {"TR7-0001": "running"}),
+                                   a.beat(f + 3600, {"TR7-0001": "running"})])
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", JAN))
+    ingest_lines(settings.engine, [b.beat(j + 7200, {"TR7-0002": "running"})])
+
+    def with_rate(price: str) -> dict:
+        out = json.loads(json.dumps(doc))
+        out["rates"]["hourly"].append({"bundle": "pro", "max_bandwidth_mbps": 5000, "price": price})
+        return out
+
+    first = db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, with_rate("0.0900"), now=100))
+    assert "priced now" in first[0]
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", FEB))  # bills it at 0.09
+    import pytest
+
+    with pytest.raises(AmendError, match="changes what was already invoiced for 2026-09"):
+        db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, with_rate("0.5000"), now=100))
+    # the same prices again, in the same second: accepted, and later than the first
+    db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, with_rate("0.0900"), now=100))
+    with db.read_conn(settings.engine) as c:
+        assert accounting.catalog_for(c, "acme", JAN)[0] == -101

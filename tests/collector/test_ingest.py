@@ -335,3 +335,11 @@ def test_a_key_is_never_revoked_at_or_before_its_enrolment(settings, tools):
             c, "acme", "b", b.key.public_b64, now - 30 * 86400, exact=True))
     assert db.write_tx(settings.engine, lambda c: registry.add_agent(
         c, "acme", "b", b.key.public_b64, now)) == b.kid  # without a time: idempotent, as before
+    # a revocation stored at or before the enrolment (before this was refused) is repaired by
+    # `agent revoke`: moved just after the enrolment, the smallest window there is
+    from collector import schema as sch
+
+    db.write_tx(settings.engine, lambda c: c.execute(
+        sch.agents.update().where(sch.agents.c.kid == b.kid).values(revoked_at=now - 2 * 86400)))
+    repaired = db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, b.kid, None, now))
+    assert repaired == now - 86400 + 1

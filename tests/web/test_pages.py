@@ -355,3 +355,24 @@ def test_the_overview_says_when_its_amounts_are_being_recomputed(
         time.sleep(0.05)
     else:
         raise AssertionError("still marked stale after the recomputation")
+
+
+def test_a_closed_month_whose_late_heartbeats_cannot_be_priced_still_shows_what_was_invoiced(
+    client: TestClient, world: Any, tools: Any
+) -> None:
+    from collector import accounting
+
+    doc = tools.catalog()
+    doc["licenses"].append({**doc["licenses"][0], "id": "SL-2", "instance": "TR7-0002", "capacity": [
+        {"from": "2026-01-01T00:00:00Z", "bundle": "pro", "bandwidth_mbps": 2000, "vservices": 10}]})
+    tools.apply(world, doc, retroactive=True)  # SL-2's capacity has no rate; nothing of it ran in October
+    closed = db.write_tx(world.engine, lambda c: accounting.close(c, world, "acme", "2026-10"))
+    billed = closed.billed["total"]
+    late = tools.Agent("late")
+    tools.enrol(world, "acme", late, parse_time("2026-09-01T00:00:00Z"))
+    beat = late.beat(parse_time("2026-10-05T00:01:00Z"), {"TR7-0002": "running"})
+    assert ingest_lines(world.engine, [beat])[0]["status"] == "accepted"
+    login(client, "ann")
+    overview = client.get("/ui/p/acme?month=2026-10").text
+    assert re.search(rf'id="estimate">Invoiced total<b>{re.escape(billed)} EUR', overview), overview[:2000]
+    assert client.get("/ui/p/acme/planner/c1?month=2026-10").status_code == 200
