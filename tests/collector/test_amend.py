@@ -26,14 +26,8 @@ def _licensed(tools) -> dict:
     return doc  # SL-2's capacity (pro, 2000 Mbps) has no hourly rate: the one rate stops at 1000
 
 
-def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "collector.cli", *args, "--data-dir", str(settings.data_dir),
-                           "--db", settings.db_url], capture_output=True, text=True, check=False)
-
-
-def test_a_late_heartbeat_the_closed_catalog_cannot_price_is_named_and_amended(
-    settings, tools, tmp_path: Path
-) -> None:
+def _closed_then_a_late_heartbeat(settings, tools) -> tuple[dict, accounting.Closed]:
+    """September billed and closed, then a late heartbeat of it on SL-2, which its catalog cannot price."""
     doc = _licensed(tools)
     db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, doc))
     a, b = tools.Agent("a"), tools.Agent("b")
@@ -43,8 +37,20 @@ def test_a_late_heartbeat_the_closed_catalog_cannot_price_is_named_and_amended(
     ingest_lines(settings.engine, [a.beat(j + 3600, {"TR7-0001": "running"}),
                                    a.beat(f + 3600, {"TR7-0001": "running"})])
     closed = db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", JAN))
-    assert closed.billed["total"] == "0.05"
     ingest_lines(settings.engine, [b.beat(j + 7200, {"TR7-0002": "running"})])  # late, another site
+    return doc, closed
+
+
+def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector.cli", *args, "--data-dir", str(settings.data_dir),
+                           "--db", settings.db_url], capture_output=True, text=True, check=False)
+
+
+def test_a_late_heartbeat_the_closed_catalog_cannot_price_is_named_and_amended(
+    settings, tools, tmp_path: Path
+) -> None:
+    doc, closed = _closed_then_a_late_heartbeat(settings, tools)
+    assert closed.billed["total"] == "0.05"
 
     out = _cli(settings, "bill", "--provider", "acme", "--month", FEB)
     assert out.returncode == 1 and "in late heartbeats of 2026-09, which is closed" in out.stderr
@@ -90,16 +96,7 @@ def test_an_amendment_never_reprices_what_a_later_close_invoiced(settings, tools
     at 0.50 was accepted, and November credited -0.09 and billed +0.50."""
     from collector.amend import AmendError, amend_closed
 
-    doc = _licensed(tools)
-    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, doc))
-    a, b = tools.Agent("a"), tools.Agent("b")
-    for ag in (a, b):
-        tools.enrol(settings, "acme", ag, parse_time("2026-08-01T00:00:00Z"))
-    j, f = parse_time("2026-09-01T00:00:00Z"), parse_time("2026-10-01T00:00:00Z")
-    ingest_lines(settings.engine, [a.beat(j + 3600, {"TR7-0001": "running"}),
-                                   a.beat(f + 3600, {"TR7-0001": "running"})])
-    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", JAN))
-    ingest_lines(settings.engine, [b.beat(j + 7200, {"TR7-0002": "running"})])
+    doc, _closed = _closed_then_a_late_heartbeat(settings, tools)
 
     def with_rate(price: str) -> dict:
         out = json.loads(json.dumps(doc))
