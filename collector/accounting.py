@@ -223,11 +223,16 @@ def adjustments_for(
             # the way out (it read as a fault of this month's catalog, which no apply changed)
             raise PricingError(exc.license, exc.capacity, (
                 f"{exc.message}, in late heartbeats of {m}, which is closed and prices them with the "
-                f"catalog it was closed with; amend it: tr7-collector amend --provider {provider} "
-                f"--month {m} FILE")) from exc
+                f"catalog it was closed with: {amend_hint(provider, m)}")) from exc
         adj = adjustment_lines(current, json.loads(base), m)
         out.append((m, current, _plain(adj)))
     return out
+
+
+def amend_hint(provider: str, month: str) -> str:
+    """What to do about a closed month whose late heartbeats its catalog cannot price."""
+    return (f"amend its catalog: `tr7-collector catalog --provider {provider} --month {month}`, add what "
+            f"is missing, then `tr7-collector amend --provider {provider} --month {month} FILE`")
 
 
 def invoice(conn: Connection, provider: str, month: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from audit.recompute import describe_diff
 from billing import CatalogError, PricingError, load_catalog
-from collector import accounting, reference
+from collector import accounting, reference, tlog
 from collector import schema as s
 
 
@@ -85,11 +85,8 @@ def _keeps_what_was_invoiced(conn: Connection, provider: str, month: str, doc: d
     base = conn.execute(sa.select(B.invoice).where(B.provider == provider, B.month == month)).scalar()
     if base is None:
         return
-    size = conn.execute(
-        sa.select(s.logs.c.size).where(s.logs.c.provider == provider, s.logs.c.month == month)
-    ).scalar()
     try:
-        now = reference.full_result(conn, provider, month, int(size or 0), doc)[1]
+        now = reference.full_result(conn, provider, month, tlog.log_size(conn, provider, month), doc)[1]
     except PricingError as exc:
         raise AmendError(f"the catalog still cannot price {month}'s heartbeats: {exc}") from exc
     invoiced = json.loads(base)

@@ -24,18 +24,16 @@ def export(
     size = tlog.log_size(conn, provider, month)
     anchors = [r.jws for r in evidence.anchor_rows(conn, provider, month)]
     _cid, catalog = accounting.catalog_for(conn, provider, month)
+    c = accounting.closed(conn, provider, month)
     # The bundle's documents are the full recomputation over its own lines, without adjustments.
     billing = None if progress is None else lambda done, total: progress("recomputing the bill", done, total)
     try:
         usage, invoice = reference.full_result(conn, provider, month, size, catalog, billing)
     except PricingError as exc:
-        fix = (f"amend its catalog: `tr7-collector catalog --provider {provider} --month {month}`, add "
-               f"what is missing, then `tr7-collector amend --provider {provider} --month {month} FILE`"
-               if accounting.closed(conn, provider, month) is not None else "fix the catalog (apply)")
+        fix = "fix the catalog (apply)" if c is None else accounting.amend_hint(provider, month)
         why = f"{exc.message}, in heartbeats of {month}, which its catalog cannot price: {fix}"
         raise PricingError(exc.license, exc.capacity, why) from exc
     agrees = accounting.same_docs((usage, invoice), accounting.own_result(conn, provider, month))
-    c = accounting.closed(conn, provider, month)
     closed_state = None if c is None else ClosedState(c.checkpoint, c.usage, c.invoice)
     path = write_bundle(
         out,

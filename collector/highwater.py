@@ -70,7 +70,6 @@ class _Mark:
         self.lock = threading.Lock()
         self.warned = False
 
-
     def note(self, sizes: dict[str, int]) -> None:
         with self.lock:
             for k, v in sizes.items():
@@ -125,7 +124,7 @@ def attach(engine: Engine, data_dir: Path, conn: Connection, create: bool) -> No
     db_id = database_id(conn, create=False)
     marks = _marks_in(doc, db_id)
     now = _sizes(conn)
-    shrunk = {k: (v, now.get(k, 0)) for k, v in marks.items() if now.get(k, 0) < v}
+    shrunk = _behind(marks, now)
     if shrunk:
         raise Rewound(shrunk)
     if db_id is None:
@@ -158,6 +157,11 @@ def _marks_in(doc: dict[str, Any], db_id: str | None) -> dict[str, int]:
     return {k: int(v) for k, v in got.items()} if isinstance(got, dict) else {}
 
 
+def _behind(marks: dict[str, int], now: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """The logs the database holds fewer leaves of than marked: "provider/month" -> (seen, now)."""
+    return {k: (v, now.get(k, 0)) for k, v in marks.items() if now.get(k, 0) < v}
+
+
 def note(engine: Engine, sizes: dict[str, int]) -> None:
     """Logs of ``engine`` committed (or signed) at these sizes ("provider/month" -> size)."""
     mark = _marks.get(engine)
@@ -178,7 +182,7 @@ def observe(engine: Engine) -> None:
     doc = _read(mark.path.parent)
     with engine.connect() as conn:
         now = _sizes(conn)
-    shrunk = {k: (v, now.get(k, 0)) for k, v in _marks_in(doc, mark.db_id).items() if now.get(k, 0) < v}
+    shrunk = _behind(_marks_in(doc, mark.db_id), now)
     if shrunk:
         log.error("event=database_behind_marks %s: restored under the running service? Stop it, and "
                   "see docs/collector.md, Backup and restore", describe(shrunk))
@@ -193,7 +197,7 @@ def accept(engine: Engine, data_dir: Path, conn: Connection) -> dict[str, tuple[
     db_id = database_id(conn, create=True)
     assert db_id is not None
     now = _sizes(conn)
-    lost = {k: (v, now.get(k, 0)) for k, v in marks.items() if now.get(k, 0) < v}
+    lost = _behind(marks, now)
     _Mark(data_dir, db_id).write(now, replace=True)
     return lost
 

@@ -214,8 +214,8 @@ def add_agent(
 
 
 def revoke_agent(conn: Connection, kid: str, at: int | None, now: int) -> int:
-    """Revoke a key at ``at``, or (None) now or just after its last logged heartbeat if that is
-    later; returns the time it is revoked at.
+    """Revoke a key at ``at``, or (None) now, or just after its last logged heartbeat or its
+    enrolment if that is later; returns the time it is revoked at.
 
     The default is not plain `now`: heartbeats may be timed up to 300 s ahead, so whoever holds a
     stolen key could keep one logged just ahead of now, and `revoke` at now was refused every time.
