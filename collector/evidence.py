@@ -41,9 +41,15 @@ def _stream(conn: Connection, q: sa.Select[Any]) -> Iterator[tuple[Any, ...]]:
     (fewer allocations outstanding, so no cyclic-GC pass is triggered by them)."""
     result = conn.execute(q)
     try:
-        yield from result.cursor
+        # In chunks: psycopg's per-row __next__ cost more than PostgreSQL's own work (a month's
+        # day rows: 75 of 115 ms); fetchmany converts a chunk in one call on both drivers.
+        while chunk := result.cursor.fetchmany(_CHUNK):
+            yield from chunk
     finally:
         result.close()
+
+
+_CHUNK = 4096
 
 
 def chain_rows(conn: Connection, provider: str, month: str, size: int | None = None) -> list[Link]:
