@@ -10,7 +10,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from collector import evidence, registry, tlog
+from collector import beside, evidence, registry, tlog
 from collector import schema as s
 from collector.accounts.store import overlay, periods
 from collector.settings import Settings
@@ -97,8 +97,8 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
         hit = _cache.get(key)
     if hit is not None:
         return _JSON.decode(hit[0]), _JSON.decode(hit[1])
-    analysis = evidence.chain_analysis(conn, provider, month)
-    act = evidence.activity(conn, provider, month, analysis.quarantined)
+    analysis, bits = beside.chains_and_bits(conn, provider, month)
+    act = evidence.activity(conn, provider, month, analysis.quarantined, bits)
     result = compute(act, load_catalog(doc), month, analysis.chains_json())
     texts = (msgspec.json.encode(_doc(result.usage)), msgspec.json.encode(_doc(result.invoice)))
     with _cache_lock:

@@ -180,10 +180,14 @@ def billed_bits(
     return active, seen
 
 
-def activity(conn: Connection, provider: str, month: str, quarantined: set[str]) -> Activity:
-    """Activity of the month from the day bitmaps, with quarantined leaves' cells rebuilt."""
+def activity(
+    conn: Connection, provider: str, month: str, quarantined: set[str],
+    bits: tuple[dict[str, int], dict[str, int]] | None = None,
+) -> Activity:
+    """Activity of the month from the day bitmaps (``bits``: month_bits, if read already; this
+    changes them), with quarantined leaves' cells rebuilt."""
     m0 = month_bounds(month)[0]
-    active, seen = month_bits(conn, provider, month)
+    active, seen = month_bits(conn, provider, month) if bits is None else bits
     rebuilt = _rebuild(conn, provider, month, quarantined, active, seen) if quarantined else Rebuilt()
     act = Activity(active_bits={k: v for k, v in active.items() if v},
                    seen_bits={k: v for k, v in seen.items() if v}, bits_base=m0)

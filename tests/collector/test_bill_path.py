@@ -77,3 +77,98 @@ def test_the_streamed_reference_equals_billing_bill_over_the_same_lines(settings
     assert accounting.same_docs(streamed, (accounting._plain(whole.usage), accounting._plain(whole.invoice)))
     assert seen[-1] == (size, size) and len(seen) > 2
     assert {ch["agent"]: ch["forks"] for ch in streamed[0]["chains"]}[b] == [3]
+
+
+def _two_agents_in_march(settings, tools):
+    """Agents a (with a break) and b, a February anchor each; returns them to sign on."""
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a, b = tools.Agent("a"), tools.Agent("b")
+    for ag in (a, b):
+        tools.enrol(settings, "acme", ag, 0)
+    m0 = month_bounds(MONTH)[0]
+    run = {"TR7-0001": "running"}
+    lines = [a.beat(m0 - HOUR, run), b.beat(m0 - HOUR, run)]
+    lines += [a.beat(m0 + h * HOUR + 60, run) for h in range(4)]
+    a.prev = "e" * 64
+    lines += [a.beat(m0 + 4 * HOUR + 60, run), b.beat(m0 + 7 * HOUR, run)]
+    assert {r["status"] for r in ingest_lines(settings.engine, lines)} == {"accepted"}
+    return a, b
+
+
+def _in_one_snapshot(settings) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
+    with db.read_conn(settings.engine) as c:
+        accounting._cache.clear()
+        return accounting.own_result(c, "acme", MONTH), accounting.full_result(c, "acme", MONTH)
+
+
+def test_chain_rules_read_beside_see_the_bills_snapshot_while_the_log_grows(settings, tools, monkeypatch):
+    """collector/beside.py runs the chain rules on a second connection, in a snapshot taken a moment
+    later: leaves logged in that moment (here a fork of a's seq 2 and more of b) must not enter
+    them, or the bill's chains and quarantine would not be those of its hours."""
+    from collector import beside
+
+    a, b = _two_agents_in_march(settings, tools)
+    m0 = month_bounds(MONTH)[0]
+    a.seq, a.prev = 2, "0" * 64
+    later = [a.beat(m0 + HOUR + 90, {"TR7-0001": "running"}), b.beat(m0 + 9 * HOUR, {"TR7-0002": "running"})]
+    seen: list[object] = []
+    rules = beside._rules
+
+    def after_an_ingest(*args):
+        if not seen:
+            assert {r["status"] for r in ingest_lines(settings.engine, later)} == {"accepted"}
+        seen.append(out := rules(*args))
+        return out
+
+    monkeypatch.setattr(beside, "_rules", after_an_ingest)
+    agg, full = _in_one_snapshot(settings)
+    assert seen and seen[0] is not None  # read beside, over the first connection's leaves only
+    assert accounting.same_docs(agg, full)
+    assert {ch["agent"]: ch["forks"] for ch in agg[0]["chains"]}[a.kid] == []
+    agg2, full2 = _in_one_snapshot(settings)  # the next bill sees them
+    assert accounting.same_docs(agg2, full2)
+    assert {ch["agent"]: ch["forks"] for ch in agg2[0]["chains"]}[a.kid] == [2]
+
+
+def test_chain_rules_are_read_again_in_order_when_the_anchors_log_grew(settings, tools, monkeypatch):
+    """A February heartbeat logged between the two snapshots gives c an anchor (seq 1 before its
+    seq 3 of March: a gap): the rules read beside are dropped and run on the bill's own connection."""
+    from collector import beside
+
+    _two_agents_in_march(settings, tools)
+    c_agent, m0 = tools.Agent("c"), month_bounds(MONTH)[0]
+    tools.enrol(settings, "acme", c_agent, 0)
+    late = [c_agent.beat(m0 - HOUR, {"TR7-0001": "running"})]
+    c_agent.beat(m0 - HOUR // 2)  # seq 2, never sent
+    assert ingest_lines(settings.engine, [c_agent.beat(m0 + 2 * HOUR)])[0]["status"] == "accepted"
+    seen: list[object] = []
+    rules = beside._rules
+
+    def after_a_late_ingest(*args):
+        if not seen:
+            assert {r["status"] for r in ingest_lines(settings.engine, late)} == {"accepted"}
+        seen.append(out := rules(*args))
+        return out
+
+    monkeypatch.setattr(beside, "_rules", after_a_late_ingest)
+    agg, full = _in_one_snapshot(settings)
+    assert seen == [None]
+    assert accounting.same_docs(agg, full)
+    assert {ch["agent"]: ch["gaps"] for ch in agg[0]["chains"]}[c_agent.kid] == []
+    agg2, full2 = _in_one_snapshot(settings)
+    assert accounting.same_docs(agg2, full2)
+    assert {ch["agent"]: ch["gaps"] for ch in agg2[0]["chains"]}[c_agent.kid] == [[2, 2]]
+
+
+def test_a_second_bill_meanwhile_reads_in_order(settings, tools):
+    """At most one read beside at a time: a bill that finds it taken does not wait for it."""
+    from collector import beside, evidence
+
+    _two_agents_in_march(settings, tools)
+    assert beside._free.acquire(blocking=False)
+    try:
+        with db.read_conn(settings.engine) as c:
+            got = beside.chains_and_bits(c, "acme", MONTH)
+            assert got == (evidence.chain_analysis(c, "acme", MONTH), evidence.month_bits(c, "acme", MONTH))
+    finally:
+        beside._free.release()
