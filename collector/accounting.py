@@ -97,9 +97,12 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
         hit = _cache.get(key)
     if hit is not None:
         return _JSON.decode(hit[0]), _JSON.decode(hit[1])
-    analysis, bits = beside.chains_and_bits(conn, provider, month)
+    rules = beside.ChainRules(conn, provider, month)  # on a second connection, when it can be
+    bits = evidence.month_bits(conn, provider, month)
+    catalog = load_catalog(doc)  # meanwhile too
+    analysis = rules.result()
     act = evidence.activity(conn, provider, month, analysis.quarantined, bits)
-    result = compute(act, load_catalog(doc), month, analysis.chains_json())
+    result = compute(act, catalog, month, analysis.chains_json())
     texts = (msgspec.json.encode(_doc(result.usage)), msgspec.json.encode(_doc(result.invoice)))
     with _cache_lock:
         _remember(_cache, key, texts)

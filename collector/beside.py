@@ -2,8 +2,9 @@
 
 Billing from the aggregates waits on two reads that do not depend on each other: the chain rules
 (collector/chainsql.py, almost all of it inside the database, which runs it without Python's GIL)
-and the day rows (almost all of it Python building 60,000 row tuples a month). Run side by side on
-two cores, a bill of 2,000 instances took ~60 ms for both instead of ~100 (bench/bench_bill.py).
+and the day rows (almost all of it Python building 60,000 row tuples a month; the catalog is
+parsed after them, while the rules may still run). Side by side on two cores, a bill of 2,000
+instances took ~60 ms for both instead of ~100, and 0.10-0.12 s in all (bench/bench_bill.py).
 
 The two reads must describe one state of the logs. Each connection reads in its own snapshot
 (collector/db.read_conn), so the second one reads the two log sizes the chain rules depend on
@@ -54,23 +55,26 @@ def _shared(engine: Engine) -> bool:
     return engine.dialect.name != "sqlite" or engine.url.database not in (None, "", ":memory:")
 
 
-def chains_and_bits(
-    conn: Connection, provider: str, month: str
-) -> tuple[ChainAnalysis, tuple[dict[str, int], dict[str, int]]]:
-    """evidence.chain_analysis and evidence.month_bits of the month, as ``conn`` sees it."""
-    job: Future[ChainAnalysis | None] | None = None
-    if _shared(conn.engine) and _free.acquire(blocking=False):
-        try:
-            job = _pool.submit(_rules, conn.engine, provider, month, _sizes(conn, provider, month))
-        except RuntimeError:  # the interpreter is shutting down: no new threads
-            _free.release()
-    bits = evidence.month_bits(conn, provider, month)
-    analysis = None
-    if job is not None:
-        try:
-            analysis = job.result()
-        except Exception as exc:  # e.g. the pool's timeout: the first connection can still do it
-            log.warning("event=chain_rules_beside_failed reason=%r", exc)
-    if analysis is None:
-        analysis = evidence.chain_analysis(conn, provider, month)
-    return analysis, bits
+class ChainRules:
+    """evidence.chain_analysis of the month as ``conn`` sees it: started beside on construction
+    when it can be, so that the caller reads the day rows (and parses its catalog) meanwhile."""
+
+    def __init__(self, conn: Connection, provider: str, month: str) -> None:
+        self.conn, self.provider, self.month = conn, provider, month
+        self.job: Future[ChainAnalysis | None] | None = None
+        if _shared(conn.engine) and _free.acquire(blocking=False):
+            try:
+                self.job = _pool.submit(_rules, conn.engine, provider, month, _sizes(conn, provider, month))
+            except RuntimeError:  # the interpreter is shutting down: no new threads
+                _free.release()
+
+    def result(self) -> ChainAnalysis:
+        analysis = None
+        if self.job is not None:
+            try:
+                analysis = self.job.result()
+            except Exception as exc:  # e.g. the pool's timeout: the first connection can still do it
+                log.warning("event=chain_rules_beside_failed reason=%r", exc)
+        if analysis is None:
+            analysis = evidence.chain_analysis(self.conn, self.provider, self.month)
+        return analysis

@@ -168,7 +168,7 @@ def test_a_second_bill_meanwhile_reads_in_order(settings, tools):
     assert beside._free.acquire(blocking=False)
     try:
         with db.read_conn(settings.engine) as c:
-            got = beside.chains_and_bits(c, "acme", MONTH)
-            assert got == (evidence.chain_analysis(c, "acme", MONTH), evidence.month_bits(c, "acme", MONTH))
+            rules = beside.ChainRules(c, "acme", MONTH)
+            assert rules.job is None and rules.result() == evidence.chain_analysis(c, "acme", MONTH)
     finally:
         beside._free.release()
