@@ -18,6 +18,7 @@ such holder, and a busy pool cannot deadlock (the second connection comes from t
 """
 
 import logging
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -31,6 +32,17 @@ log = logging.getLogger(__name__)
 
 _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tr7-chain-rules")
 _free = threading.Semaphore(1)
+
+
+def _after_fork() -> None:
+    # A forked child has no copy of the pool's thread, yet the pool counts it as started: a
+    # job submitted there would wait forever. Each child starts its own.
+    global _pool, _free
+    _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tr7-chain-rules")
+    _free = threading.Semaphore(1)
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _sizes(conn: Connection, provider: str, month: str) -> tuple[int, int]:

@@ -172,3 +172,33 @@ def test_a_second_bill_meanwhile_reads_in_order(settings, tools):
             assert rules.job is None and rules.result() == evidence.chain_analysis(c, "acme", MONTH)
     finally:
         beside._free.release()
+
+
+def _bill_in_child(url: str, out) -> None:
+    from collector import beside
+    from collector.db import make_engine
+
+    engine = make_engine(url)
+    with db.read_conn(engine) as c:
+        rules = beside.ChainRules(c, "acme", MONTH)
+        out.put((rules.job is not None, rules.result().chains_json()))
+
+
+def test_a_process_forked_after_a_bill_reads_beside_too(settings, tools):
+    """The read beside runs on a pool thread; a child forked after one (multiprocessing's default
+    on Linux) has no copy of that thread, and its first bill waited for it forever."""
+    import multiprocessing
+
+    _two_agents_in_march(settings, tools)
+    (want, _), _ = _in_one_snapshot(settings)  # the pool's thread has started in this process
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_bill_in_child, args=(settings.db_url, out))
+    child.start()
+    try:
+        beside_used, chains = out.get(timeout=60)
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert beside_used and chains == want["chains"]
