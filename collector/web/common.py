@@ -44,3 +44,13 @@ def conn(request: Request) -> Any:
 
 def render(request: Request, name: str, sess: WebSession | None, **ctx: Any) -> HTMLResponse:
     return templates.TemplateResponse(request, name, {"sess": sess, **ctx})
+
+
+def attachment(filename: str) -> str:
+    """Content-Disposition of a download (RFC 6266): an ASCII `filename` for old clients and the
+    exact name as `filename*` (RFC 8187). A customer id is free text: a name outside Latin-1 in
+    the plain form made the header unencodable (a 500), and a slash, quote or semicolon in it
+    would end or escape the name."""
+    safe = "".join("_" if c in '/\\' else c for c in filename)
+    plain = "".join(c if " " <= c <= "~" and c not in '"\\;%' else "_" for c in safe)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(safe, safe='')}"

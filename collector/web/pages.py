@@ -15,7 +15,7 @@ from collector import schema as s
 from collector.accounts import api as acc_api
 from collector.accounts import store as acc_store
 from collector.web import auth, data, throttle
-from collector.web.common import SessionDep, conn, month_param, provider_page
+from collector.web.common import SessionDep, attachment, conn, month_param, provider_page
 from collector.web.common import render as page
 from protocol.timefmt import month_bounds
 
@@ -288,13 +288,3 @@ def invoice_file(
     name = f"{kind}-{provider}-{month}{'-' + customer if customer else ''}.{fmt}"
     media = "application/pdf" if fmt == "pdf" else "text/csv; charset=utf-8"
     return Response(body, media_type=media, headers={"Content-Disposition": attachment(name)})
-
-
-def attachment(filename: str) -> str:
-    """Content-Disposition of a download (RFC 6266): an ASCII `filename` for old clients and the
-    exact name as `filename*` (RFC 8187). A customer id is free text: a name outside Latin-1 in
-    the plain form made the header unencodable (a 500), and a slash, quote or semicolon in it
-    would end or escape the name."""
-    safe = "".join("_" if c in '/\\' else c for c in filename)
-    plain = "".join(c if " " <= c <= "~" and c not in '"\\;%' else "_" for c in safe)
-    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(safe, safe='')}"

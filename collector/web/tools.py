@@ -21,7 +21,7 @@ from collector import schema as s
 from collector.export import export
 from collector.readapi import strip_money
 from collector.web import auth, data
-from collector.web.common import SessionDep, conn, month_param, provider_page
+from collector.web.common import SessionDep, attachment, conn, month_param, provider_page
 from collector.web.common import render as page
 
 router = APIRouter(prefix="/ui")
@@ -186,7 +186,7 @@ def bundle(provider: str, month: str, request: Request, sess: SessionDep) -> Res
     return FileResponse(
         archive,
         media_type="application/gzip",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        headers={"Content-Disposition": attachment(name)},  # a provider id may be any script
         background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True),
     )
 

@@ -376,3 +376,17 @@ def test_a_closed_month_whose_late_heartbeats_cannot_be_priced_still_shows_what_
     overview = client.get("/ui/p/acme?month=2026-10").text
     assert re.search(rf'id="estimate">Invoiced total<b>{re.escape(billed)} EUR', overview), overview[:2000]
     assert client.get("/ui/p/acme/planner/c1?month=2026-10").status_code == 200
+
+
+def test_a_provider_id_in_any_script_downloads_its_bundle(
+    client: TestClient, settings: Any, tools: Any
+) -> None:
+    """Provider ids are any printable text; the bundle's Content-Disposition was written by hand
+    and could not encode 東京 (a 500, after the export had run)."""
+    tools.apply(settings, tools.catalog("東京", ["c1"], licenses=[]))
+    db.write_tx(settings.engine, lambda c: auth.add_user(c, "東京", "auditor", "tokyo", PASSWORD, 0))
+    login(client, "tokyo")
+    r = client.get("/ui/p/東京/audit/2026-10/bundle.tar.gz")
+    assert r.status_code == 200 and r.content[:2] == b"\x1f\x8b"
+    name = "audit-%E6%9D%B1%E4%BA%AC-2026-10.tar.gz"
+    assert r.headers["content-disposition"].endswith(f"filename*=UTF-8''{name}")
