@@ -78,6 +78,17 @@ def test_gunzip_refuses_what_is_not_whole_members_and_counts_the_limit_over_all(
         _gunzip(one + two, limit=1201)
 
 
+def test_gunzip_reads_64_members_and_refuses_the_65th() -> None:
+    """16 MiB of empty gzip members (838,860 of them) took 4.3 s of the event loop, against 0.4 s
+    for any other 16 MiB body: each member is a new inflater. An agent sends one."""
+    one = gzip.compress(b"a\n")
+    assert _gunzip(one * Gunzip.MAX_MEMBERS) == b"a\n" * Gunzip.MAX_MEMBERS
+    inflater = Gunzip(1 << 20)
+    inflater.feed(one * Gunzip.MAX_MEMBERS)
+    with pytest.raises(BadGzip, match="more than 64 gzip members"):
+        inflater.feed(gzip.compress(b""))
+
+
 def test_a_line_limit_stops_the_split_at_the_first_line_past_it() -> None:
     """16 kB of gzip inflate to 16 MiB of bare LFs: 16.7 million empty lines were all split (4 s
     of the event loop) before the request's line count was judged."""

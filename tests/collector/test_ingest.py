@@ -142,6 +142,10 @@ def test_bad_requests_are_4xx_never_500(client, settings, tools):
     # bytes after the last member are not a member: refused, not ignored
     late = gzip.compress((a.beat(now - 7, {"TR7-1": "running"}) + "\n").encode()) + b"junk"
     assert client.post("/v1/heartbeats", content=late, headers=gz).status_code == 400
+    # empty members, each a new inflater on the event loop: 838,860 fit in 16 MiB
+    empties = gzip.compress(b"") * 65 + gzip.compress((a.beat(now - 7, {"TR7-1": "running"}) + "\n").encode())
+    r = client.post("/v1/heartbeats", content=empties, headers=gz)
+    assert r.status_code == 400 and "more than 64 gzip members" in r.json()["detail"]
     assert _count(settings) == 2
     # JSON nested past the decoder's recursion limit (payload, then header) is that line's
     # rejection, not a 500 for the whole batch
