@@ -56,8 +56,9 @@ def _show(args: argparse.Namespace) -> int:
 
     try:
         text = summary(args.dir)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
         # show reads the documents as stored; a damaged one is verify's business to explain.
+        # ArithmeticError: decimal.Overflow of an amount such as "1E+1000000"
         print(f"tr7-audit: cannot summarise {args.dir}: malformed document ({exc!r}); run verify",
               file=sys.stderr)
         return EXIT_FAILED

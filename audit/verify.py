@@ -211,9 +211,22 @@ def verify_bundle(path: Path | str, progress: Progress | None = None, workers: i
     if not root.is_dir():
         raise B.BundleError(f"{root} is not a directory")
     ctx = _Ctx(root, Report(str(root)), progress, workers)
+    try:
+        _verify(ctx, collector_key)
+    except Exception as exc:
+        # A bundle is input from whoever hands it over: a check that meets something it did not
+        # foresee must fail the bundle by name, keeping what was found before, not end in a
+        # traceback that hides every other failure (and leaves --json empty).
+        ctx.add("(verifier)", None, "verify.internal",
+                f"verification stopped on an unexpected error, the bundle is not verified: {exc!r}")
+    return ctx.report
+
+
+def _verify(ctx: _Ctx, collector_key: str | None) -> None:
+    root, progress, workers = ctx.root, ctx.progress, ctx.workers
     manifest = check_manifest(ctx.add, root)
     if manifest is None:
-        return ctx.report
+        return
     ctx.provider, ctx.month, ctx.present = manifest.provider, manifest.month, manifest.present
     ctx.report.provider, ctx.report.month = ctx.provider, ctx.month
     agents = checks.load_agents(ctx.add, _load_json(ctx, B.AGENTS))
@@ -247,7 +260,6 @@ def verify_bundle(path: Path | str, progress: Progress | None = None, workers: i
             ctx.add, root, billing.activity(analysis, None), catalog, ctx.month,
             B.USAGE, B.INVOICE, "billing", ctx.present))
         _check_closed(ctx, verifier, cp, lines, billing, catalog)
-    return ctx.report
 
 
 def _path(ctx: _Ctx, rel: str) -> Path | None:

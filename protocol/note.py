@@ -20,7 +20,9 @@ EM_DASH = "\u2014"
 MAX_SIGNATURES = 100
 MAX_NOTE_CHARS = 1 << 20
 _CONTROL_RE = re.compile(r"[\x00-\x09\x0b-\x1f]")
-_SIZE_RE = re.compile(r"^(0|[1-9][0-9]*)\Z")
+# At most 20 digits (a uint64 has 20): a longer run made int() raise ValueError past Python's
+# 4,300-digit limit, not NoteError, and tr7-audit verify died with a traceback.
+_SIZE_RE = re.compile(r"^(0|[1-9][0-9]{0,19})\Z")
 _HEX8_RE = re.compile(r"^[0-9a-f]{8}\Z")
 
 
@@ -238,8 +240,9 @@ class Checkpoint:
         if len(lines) < 3 or any(not line for line in lines):
             raise NoteError("a checkpoint is at least three non-empty lines")
         origin, size_text, root_b64, *extensions = lines
-        if not _SIZE_RE.match(size_text):
-            raise NoteError(f"tree size {size_text!r} is not decimal without leading zeros")
+        if not _SIZE_RE.match(size_text):  # then within 2^64 by __post_init__
+            raise NoteError(f"tree size {size_text[:40]!r} is not decimal without leading zeros, "
+                            "at most 20 digits")
         root = _b64decode_strict(root_b64, "root hash")
         return cls(origin, int(size_text), root, tuple(extensions))
 

@@ -319,3 +319,42 @@ def test_checkpoint_origin_of_another_collector(bundle: Path, forge, scenario: S
     forge.rehash(bundle)
     # closed/checkpoint keeps the honest origin, so the two now differ as well.
     assert failures(bundle) == {("checkpoint", "checkpoint.origin"), ("closed/checkpoint", "closed.origin")}
+
+
+def test_an_amount_that_overflows_is_a_named_failure(bundle: Path, forge, cli) -> None:
+    """"1E+1000000" parses as a Decimal and overflows the sum (decimal.Overflow): verify died with
+    a traceback, every other failure unreported and --json empty; show died too."""
+    forge.edit_json(bundle, "invoice.json", lambda inv: inv["lines"][0].update(amount="1E+1000000"))
+    forge.rehash(bundle)
+    assert ("invoice.json", "invoice.format") in failures(bundle)
+    res = cli("verify", "--json", str(bundle))
+    assert res.returncode == 1 and not json.loads(res.stdout)["ok"]
+    res = cli("show", str(bundle))
+    assert res.returncode == 1 and "malformed document" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_checkpoint_size_of_5000_digits_is_a_named_failure(bundle: Path, forge, scenario: Scenario) -> None:
+    """Python's int() refuses more than 4,300 digits with a ValueError, which the checkpoint's
+    parser let through: a traceback, even with the collector's key pinned."""
+    root = base64.b64encode(log_root(scenario.leaves)).decode()
+    signer = NoteSigner(scenario.collector_name, scenario.collector_key)
+    (bundle / "checkpoint").write_text(signer.sign(f"{scenario.origin}\n{'9' * 5000}\n{root}\n"))
+    forge.rehash(bundle)
+    report = verify_bundle(bundle)
+    assert ("checkpoint", "checkpoint.signature") in {(f.file, f.rule) for f in report.errors}
+    assert "verify.internal" not in {f.rule for f in report.errors}
+
+
+def test_an_unforeseen_error_fails_the_bundle_by_name(bundle: Path, monkeypatch) -> None:
+    """Whatever a check did not foresee fails the bundle as `verify.internal`, after the findings
+    made before it, rather than a traceback (exit 1 all the same, but nothing named)."""
+    from audit import verify
+
+    def broken(*_args, **_kw):
+        raise RuntimeError("a case no check foresaw")
+
+    monkeypatch.setattr(verify.checks, "check_chains", broken)
+    report = verify_bundle(bundle)
+    assert not report.ok and report.lines > 0
+    internal = [f for f in report.errors if f.rule == "verify.internal"]
+    assert len(internal) == 1 and "a case no check foresaw" in internal[0].message

@@ -208,6 +208,7 @@ URLSAFE_ROOT_B64 = base64.urlsafe_b64encode(b"\xfb" * 32).decode()
         f"origin\n7 \n{ROOT_B64}\n",  # trailing space
         f"origin\n\uff17\n{ROOT_B64}\n",  # non-ASCII digit
         f"origin\n{2**64}\n{ROOT_B64}\n",  # beyond uint64
+        f"origin\n{'9' * 5000}\n{ROOT_B64}\n",  # past int()'s 4,300 digits: a ValueError, not a NoteError
         f"origin\n7\n{ROOT_B64.rstrip('=')}\n",  # unpadded base64
         f"origin\n7\n{base64.b64encode(bytes(31)).decode()}\n",  # 31-byte root
         f"origin\n7\n{URLSAFE_ROOT_B64}\n",  # url-safe alphabet
