@@ -1,7 +1,7 @@
 """The verifier's individual checks: findings, agents, chains, billing recomputation."""
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, DecimalException
 from pathlib import Path
@@ -108,15 +108,25 @@ def load_agents(add: Add, rows: Any) -> dict[str, AgentInfo]:
 
 
 def check_chains(add: Add, good: dict[int, Heartbeat], analysis: ChainAnalysis,
-                 agents: dict[str, AgentInfo]) -> list[dict[str, Any]]:
-    """§3 chain rules over the verified lines (``analysis`` of ``good`` with the anchors): gaps, forks,
-    breaks and clock alerts are findings."""
+                 agents: dict[str, AgentInfo], anchored: Collection[str] = (),
+                 month_start: int | None = None) -> list[dict[str, Any]]:
+    """§3 chain rules over the verified lines (``analysis`` of ``good`` with the anchors of the
+    keys in ``anchored``): gaps, forks, breaks and clock alerts are findings; so is a key enrolled
+    before ``month_start`` that begins the month past seq 1 with no anchor."""
     where: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, hb in good.items():
         where[(hb.kid, hb.seq)].append(i + 1)
     chains = []
     for kid, rep in sorted(analysis.reports.items()):
         name = agents[kid].name if kid in agents else kid
+        if (month_start is not None and rep.first_seq > 1 and kid not in anchored and kid in agents
+                and agents[kid].enrolled_at < month_start):
+            # anchors.jws is signed by nothing in v1: emptied, a break at the month's boundary
+            # goes unseen (README, "What exit 0 does not prove"). An agent silent all of last
+            # month has no anchor honestly, so this is a finding, not a failure.
+            add(B.ANCHORS, None, "chain.unanchored",
+                f"{name} ({kid}): the month begins at seq {rep.first_seq} with no heartbeat of the month "
+                "before in anchors.jws (the key was silent all of it, or the anchor was removed)", "finding")
         for lo, hi in rep.gaps:
             add(B.HEARTBEATS, None, "chain.gap", f"{name} ({kid}): seq {lo}..{hi} missing", "finding")
         for s in rep.forks:

@@ -19,6 +19,7 @@ from protocol.heartbeat import Heartbeat, parse_unverified
 from protocol.merkle import root_hash
 from protocol.note import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
 from protocol.strictjson import loads_strict
+from protocol.timefmt import month_bounds
 
 Progress = Callable[[str, int, int], None]
 
@@ -248,7 +249,9 @@ def _verify(ctx: _Ctx, collector_key: str | None) -> None:
         ctx.add(*finding)
     anchors = list(anchor_lines.good.values())
     analysis = analyze(lines.good.values(), {hb.kid: hb for hb in anchors})
-    ctx.report.chains = checks.check_chains(ctx.add, lines.good, analysis, agents)
+    start = month_bounds(ctx.month)[0] if ctx.month else None
+    ctx.report.chains = checks.check_chains(ctx.add, lines.good, analysis, agents,
+                                            {hb.kid for hb in anchors}, start)
     catalog = _load_json(ctx, B.CATALOG)
     cat_provider = catalog.get("provider") if isinstance(catalog, dict) else None
     if isinstance(cat_provider, dict) and cat_provider.get("id") != ctx.provider:

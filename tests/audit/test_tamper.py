@@ -358,3 +358,14 @@ def test_an_unforeseen_error_fails_the_bundle_by_name(bundle: Path, monkeypatch)
     assert not report.ok and report.lines > 0
     internal = [f for f in report.errors if f.rule == "verify.internal"]
     assert len(internal) == 1 and "a case no check foresaw" in internal[0].message
+
+
+def test_emptied_anchors_are_a_finding(bundle: Path, pristine: Path, forge) -> None:
+    """anchors.jws is signed by nothing in v1 (README): emptied, a break at the month's boundary
+    goes unseen. Keys enrolled before the month that begin it past seq 1 with no anchor are named."""
+    assert "chain.unanchored" not in {f.rule for f in verify_bundle(pristine).notes}
+    (bundle / "anchors.jws").write_text("")
+    forge.rehash(bundle)
+    named = [f for f in verify_bundle(bundle).notes if f.rule == "chain.unanchored"]
+    assert named and all(f.file == "anchors.jws" and "no heartbeat of the month before" in f.message
+                         for f in named)
