@@ -12,14 +12,17 @@ The two reads must describe one state of the logs. Each connection reads in its 
 connection's leaves only (chainsql's ``size``). If the month before's log grew in between, or
 anything goes wrong beside, the rules run again on the first connection, as they always did.
 
-At most one such read is in flight per process, and none waits for it: a second bill meanwhile
-reads in order. So a connection held while waiting for the pool is never waited on by another
-such holder, and a busy pool cannot deadlock (the second connection comes from the same pool).
+At most one such read is in flight per process: a second bill meanwhile reads in order. The
+second connection is not one of the engine's pool, which may be held by requests that wait for
+this very bill (collector/resultcache.py): it is opened for the read and closed after it. And
+the bill never waits for it: if the job has no connection yet when the day rows are read, the
+first connection runs the rules and the job, once connected, returns at once.
 """
 
 import logging
 import os
 import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy.engine import Connection, Engine
@@ -34,12 +37,29 @@ _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tr7-chain-rules")
 _free = threading.Semaphore(1)
 
 
+# Each engine's side engine: a connection of its own per read beside, opened and closed, never
+# one of the engine's pool, which requests waiting for this very bill may hold (every one of them
+# waited for the pool's 30 s timeout). A weak key: it goes with the engine.
+_side: "weakref.WeakKeyDictionary[Engine, Engine]" = weakref.WeakKeyDictionary()
+_side_lock = threading.Lock()
+
+
+def _side_engine(engine: Engine) -> Engine:
+    with _side_lock:
+        side = _side.get(engine)
+        if side is None:
+            side = _side[engine] = db.make_engine(engine.url.render_as_string(hide_password=False),
+                                                  pooled=False)
+        return side
+
+
 def _after_fork() -> None:
     # A forked child has no copy of the pool's thread, yet the pool counts it as started: a
     # job submitted there would wait forever. Each child starts its own.
-    global _pool, _free
+    global _pool, _free, _side_lock
     _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tr7-chain-rules")
     _free = threading.Semaphore(1)
+    _side_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -49,10 +69,30 @@ def _sizes(conn: Connection, provider: str, month: str) -> tuple[int, int]:
     return tlog.log_size(conn, provider, month), tlog.log_size(conn, provider, previous_month(month))
 
 
-def _rules(engine: Engine, provider: str, month: str, want: tuple[int, int]) -> ChainAnalysis | None:
-    """The chain rules over the first ``want[0]`` leaves, or None if the anchors' log differs."""
+class _Claim:
+    """Who reads the rules: the job beside, once it has its connection, or the first connection,
+    if the job has not got one by the time the caller needs them. Decided once, under a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "waiting"
+
+    def take(self, who: str) -> bool:
+        with self._lock:
+            if self._state == "waiting":
+                self._state = who
+            return self._state == who
+
+
+def _rules(
+    engine: Engine, provider: str, month: str, want: tuple[int, int], claim: _Claim
+) -> ChainAnalysis | None:
+    """The chain rules over the first ``want[0]`` leaves; None if the anchors' log differs or the
+    caller has stopped waiting for a connection."""
     try:
-        with db.read_conn(engine) as conn:
+        with db.read_conn(_side_engine(engine)) as conn:
+            if not claim.take("beside"):
+                return None
             size, before = _sizes(conn, provider, month)
             if before != want[1] or size < want[0]:
                 return None
@@ -74,18 +114,27 @@ class ChainRules:
     def __init__(self, conn: Connection, provider: str, month: str) -> None:
         self.conn, self.provider, self.month = conn, provider, month
         self.job: Future[ChainAnalysis | None] | None = None
-        if _shared(conn.engine) and _free.acquire(blocking=False):
+        self.claim = _Claim()
+        if not _shared(conn.engine):
+            return
+        want = _sizes(conn, provider, month)  # before the slot is taken: a failed read keeps none
+        if _free.acquire(blocking=False):
             try:
-                self.job = _pool.submit(_rules, conn.engine, provider, month, _sizes(conn, provider, month))
-            except RuntimeError:  # the interpreter is shutting down: no new threads
+                self.job = _pool.submit(_rules, conn.engine, provider, month, want, self.claim)
+            except BaseException:  # e.g. RuntimeError at interpreter shutdown: no new threads
                 _free.release()
+                raise
 
     def result(self) -> ChainAnalysis:
         analysis = None
-        if self.job is not None:
+        # A job still waiting for a connection when the caller has read its day rows is given up:
+        # the pool may be held by requests that wait for this very bill (collector/resultcache.py
+        # makes concurrent requests for one result wait for the first), and the job would wait
+        # for the pool's 30 s timeout.
+        if self.job is not None and not self.claim.take("first"):
             try:
                 analysis = self.job.result()
-            except Exception as exc:  # e.g. the pool's timeout: the first connection can still do it
+            except Exception as exc:
                 log.warning("event=chain_rules_beside_failed reason=%r", exc)
         if analysis is None:
             analysis = evidence.chain_analysis(self.conn, self.provider, self.month)

@@ -1,8 +1,11 @@
 """The bill from the aggregates equals the full recomputation on breaks, boundary forks and clock jumps."""
 
+import time
 
+import pytest
+import sqlalchemy as sa
 
-from collector import accounting, db, registry
+from collector import accounting, db, evidence, registry
 from collector.ingest import ingest_lines
 from protocol.timefmt import month_bounds
 
@@ -79,9 +82,9 @@ def test_the_streamed_reference_equals_billing_bill_over_the_same_lines(settings
     assert {ch["agent"]: ch["forks"] for ch in streamed[0]["chains"]}[b] == [3]
 
 
-def _two_agents_in_march(settings, tools):
+def _two_agents_in_march(settings, tools, doc=None):
     """Agents a (with a break) and b, a February anchor each; returns them to sign on."""
-    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, doc or tools.catalog()))
     a, b = tools.Agent("a"), tools.Agent("b")
     for ag in (a, b):
         tools.enrol(settings, "acme", ag, 0)
@@ -101,28 +104,56 @@ def _in_one_snapshot(settings) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
         return accounting.own_result(c, "acme", MONTH), accounting.full_result(c, "acme", MONTH)
 
 
+def _idle_beside() -> None:
+    """Wait for a read beside left by an earlier test (one in flight per process)."""
+    from collector import beside
+
+    assert beside._free.acquire(timeout=60)
+    beside._free.release()
+
+
+def _ingest_between_the_snapshots(settings, monkeypatch, lines: list[str]) -> list[object]:
+    """Make the next bill's read beside log ``lines`` just before its own snapshot (after the
+    bill's), the bill's day rows waiting until then; returns the read beside's results."""
+    import threading
+
+    from collector import beside
+
+    _idle_beside()
+    done, seen = threading.Event(), []
+    sizes, rules, bits = beside._sizes, beside._rules, evidence.month_bits
+
+    def sizes_after_an_ingest(conn, provider, month):
+        if threading.current_thread().name.startswith("tr7-chain-rules") and not done.is_set():
+            assert {r["status"] for r in ingest_lines(settings.engine, lines)} == {"accepted"}
+            done.set()
+        return sizes(conn, provider, month)
+
+    def recorded(*args):
+        seen.append(out := rules(*args))
+        return out
+
+    def bits_after_it(*args):
+        assert done.wait(30)
+        return bits(*args)
+
+    monkeypatch.setattr(beside, "_sizes", sizes_after_an_ingest)
+    monkeypatch.setattr(beside, "_rules", recorded)
+    monkeypatch.setattr(evidence, "month_bits", bits_after_it)
+    return seen
+
+
 def test_chain_rules_read_beside_see_the_bills_snapshot_while_the_log_grows(settings, tools, monkeypatch):
     """collector/beside.py runs the chain rules on a second connection, in a snapshot taken a moment
     later: leaves logged in that moment (here a fork of a's seq 2 and more of b) must not enter
     them, or the bill's chains and quarantine would not be those of its hours."""
-    from collector import beside
-
     a, b = _two_agents_in_march(settings, tools)
     m0 = month_bounds(MONTH)[0]
     a.seq, a.prev = 2, "0" * 64
     later = [a.beat(m0 + HOUR + 90, {"TR7-0001": "running"}), b.beat(m0 + 9 * HOUR, {"TR7-0002": "running"})]
-    seen: list[object] = []
-    rules = beside._rules
-
-    def after_an_ingest(*args):
-        if not seen:
-            assert {r["status"] for r in ingest_lines(settings.engine, later)} == {"accepted"}
-        seen.append(out := rules(*args))
-        return out
-
-    monkeypatch.setattr(beside, "_rules", after_an_ingest)
+    seen = _ingest_between_the_snapshots(settings, monkeypatch, later)
     agg, full = _in_one_snapshot(settings)
-    assert seen and seen[0] is not None  # read beside, over the first connection's leaves only
+    assert len(seen) == 1 and seen[0] is not None  # read beside, over the first connection's leaves only
     assert accounting.same_docs(agg, full)
     assert {ch["agent"]: ch["forks"] for ch in agg[0]["chains"]}[a.kid] == []
     agg2, full2 = _in_one_snapshot(settings)  # the next bill sees them
@@ -133,24 +164,13 @@ def test_chain_rules_read_beside_see_the_bills_snapshot_while_the_log_grows(sett
 def test_chain_rules_are_read_again_in_order_when_the_anchors_log_grew(settings, tools, monkeypatch):
     """A February heartbeat logged between the two snapshots gives c an anchor (seq 1 before its
     seq 3 of March: a gap): the rules read beside are dropped and run on the bill's own connection."""
-    from collector import beside
-
     _two_agents_in_march(settings, tools)
     c_agent, m0 = tools.Agent("c"), month_bounds(MONTH)[0]
     tools.enrol(settings, "acme", c_agent, 0)
     late = [c_agent.beat(m0 - HOUR, {"TR7-0001": "running"})]
     c_agent.beat(m0 - HOUR // 2)  # seq 2, never sent
     assert ingest_lines(settings.engine, [c_agent.beat(m0 + 2 * HOUR)])[0]["status"] == "accepted"
-    seen: list[object] = []
-    rules = beside._rules
-
-    def after_a_late_ingest(*args):
-        if not seen:
-            assert {r["status"] for r in ingest_lines(settings.engine, late)} == {"accepted"}
-        seen.append(out := rules(*args))
-        return out
-
-    monkeypatch.setattr(beside, "_rules", after_a_late_ingest)
+    seen = _ingest_between_the_snapshots(settings, monkeypatch, late)
     agg, full = _in_one_snapshot(settings)
     assert seen == [None]
     assert accounting.same_docs(agg, full)
@@ -165,6 +185,7 @@ def test_a_second_bill_meanwhile_reads_in_order(settings, tools):
     from collector import beside, evidence
 
     _two_agents_in_march(settings, tools)
+    _idle_beside()
     assert beside._free.acquire(blocking=False)
     try:
         with db.read_conn(settings.engine) as c:
@@ -202,3 +223,132 @@ def test_a_process_forked_after_a_bill_reads_beside_too(settings, tools):
         if child.is_alive():
             child.kill()
     assert beside_used and chains == want["chains"]
+
+
+
+def test_a_bill_does_not_wait_for_a_second_connection_when_the_pool_is_busy(settings, tools):
+    """The read beside takes a second connection from the pool the bill holds its first from.
+    With every other one checked out (by requests that may wait for this very bill), it waited
+    the pool's 30 s timeout before the bill went on; now the bill reads the rules itself."""
+    from contextlib import ExitStack
+
+    _two_agents_in_march(settings, tools)
+    engine = settings.engine
+    with ExitStack() as stack:
+        for _ in range(engine.pool.size() + engine.pool._max_overflow - 1):
+            stack.enter_context(engine.connect())
+        with db.read_conn(engine) as c:
+            accounting._cache.clear()
+            t = time.perf_counter()
+            agg = accounting.own_result(c, "acme", MONTH)
+            took = time.perf_counter() - t
+            full = accounting.full_result(c, "acme", MONTH)
+    assert accounting.same_docs(agg, full)
+    assert took < 10  # the pool's timeout is 30 s: this is whether it was waited for
+
+
+def test_a_burst_of_page_requests_on_a_cold_month_is_not_held_for_the_pool_timeout(settings, tools):
+    """As the pages meet it: the pool's 15 connections held by requests for one month not cached
+    yet, one computing the bill and 14 waiting for it (collector/resultcache.py). Each took 30 s."""
+    import threading
+
+    from collector import resultcache
+    from collector.web import data
+
+    _two_agents_in_march(settings, tools)
+    engine = settings.engine
+    n = engine.pool.size() + engine.pool._max_overflow
+    all_in = threading.Barrier(n)
+    took: list[float] = []
+    errors: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            with db.read_conn(engine) as c:
+                c.execute(sa.text("SELECT 1"))  # the page's own first read (its snapshot)
+                all_in.wait(timeout=60)
+                t = time.perf_counter()
+                assert data.results(c, "acme", MONTH) is not None
+                took.append(time.perf_counter() - t)
+        except BaseException as exc:
+            errors.append(exc)
+
+    accounting._cache.clear()
+    resultcache._cache.clear()
+    threads = [threading.Thread(target=request) for _ in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors
+    assert len(took) == n and max(took) < 10
+
+
+def test_an_error_while_starting_the_read_beside_does_not_turn_it_off(settings, tools, monkeypatch):
+    """A database error while the read beside was being started kept its one slot taken: every
+    later bill of the process read in order, with no word."""
+    from collector import beside
+
+    _two_agents_in_march(settings, tools)
+    real, calls = beside._sizes, []
+
+    def once_failing(conn, provider, month):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("SELECT size FROM logs", {}, Exception("connection reset"))
+        return real(conn, provider, month)
+
+    _idle_beside()
+    monkeypatch.setattr(beside, "_sizes", once_failing)
+    with db.read_conn(settings.engine) as c, pytest.raises(sa.exc.OperationalError):
+        beside.ChainRules(c, "acme", MONTH)
+    with db.read_conn(settings.engine) as c:
+        rules = beside.ChainRules(c, "acme", MONTH)
+        assert rules.job is not None
+        assert rules.result() == evidence.chain_analysis(c, "acme", MONTH)
+
+
+def test_a_catalog_id_with_an_escaped_lone_surrogate_bills_as_before(settings, tools):
+    """A customer id is any non-empty string, "\\ud800" included (json escapes it): the bill's
+    cache, encoded by msgspec, refused it, and bill, close and export of the provider failed."""
+    import json
+
+    odd = json.loads('"c\\ud800"')
+    doc = tools.catalog(customers=[odd])
+    doc["licenses"][0]["customer"] = odd
+    _two_agents_in_march(settings, tools, doc)
+    with db.read_conn(settings.engine) as c:
+        full = accounting.full_result(c, "acme", MONTH)
+        accounting._cache.clear()
+        agg = accounting.own_result(c, "acme", MONTH)
+        again = accounting.own_result(c, "acme", MONTH)  # from the cache
+    assert accounting.same_docs(agg, full) and again == agg
+    assert agg[1]["lines"][0]["customer"] == odd
+
+
+def test_a_bill_does_not_wait_for_the_read_beside_to_connect(settings, tools, monkeypatch):
+    """A read beside still connecting when the bill has read its day rows is given up: the bill
+    runs the rules on its own connection, and the read, once connected, reads nothing."""
+    import threading
+
+    from collector import beside
+
+    _two_agents_in_march(settings, tools)
+    _idle_beside()
+    go, seen = threading.Event(), []
+    side, rules = beside._side_engine, beside._rules
+
+    def connecting(engine):
+        assert go.wait(60)  # until the bill is done
+        return side(engine)
+
+    def recorded(*args):
+        seen.append(out := rules(*args))
+        return out
+
+    monkeypatch.setattr(beside, "_side_engine", connecting)
+    monkeypatch.setattr(beside, "_rules", recorded)
+    agg, full = _in_one_snapshot(settings)
+    go.set()
+    _idle_beside()
+    assert seen == [None] and accounting.same_docs(agg, full)
