@@ -33,6 +33,10 @@ from protocol.timefmt import previous_month
 
 log = logging.getLogger(__name__)
 
+# Below this many leaves the rules take a few ms on the first connection: a thread and a new
+# connection would cost about as much (and the day rows are read before it connects).
+BESIDE_FROM = 10_000
+
 _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tr7-chain-rules")
 _free = threading.Semaphore(1)
 
@@ -118,7 +122,7 @@ class ChainRules:
         if not _shared(conn.engine):
             return
         want = _sizes(conn, provider, month)  # before the slot is taken: a failed read keeps none
-        if _free.acquire(blocking=False):
+        if want[0] >= BESIDE_FROM and _free.acquire(blocking=False):
             try:
                 self.job = _pool.submit(_rules, conn.engine, provider, month, want, self.claim)
             except BaseException:  # e.g. RuntimeError at interpreter shutdown: no new threads

@@ -13,6 +13,14 @@ MONTH = "2026-03"
 HOUR = 3600
 
 
+@pytest.fixture(autouse=True)
+def _beside_from_the_first_leaf(monkeypatch):
+    """These months are small: the rules are read beside from the first leaf on (not 10,000)."""
+    from collector import beside
+
+    monkeypatch.setattr(beside, "BESIDE_FROM", 0)
+
+
 def _month_with_a_break_and_a_boundary_fork(settings, tools) -> tuple[str, str]:
     db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
     a, b = tools.Agent("a"), tools.Agent("b")
@@ -352,3 +360,15 @@ def test_a_bill_does_not_wait_for_the_read_beside_to_connect(settings, tools, mo
     go.set()
     _idle_beside()
     assert seen == [None] and accounting.same_docs(agg, full)
+
+
+
+def test_a_small_month_reads_its_rules_in_order(settings, tools, monkeypatch):
+    """Below BESIDE_FROM leaves no thread and no second connection: they cost what they save."""
+    from collector import beside
+
+    _two_agents_in_march(settings, tools)
+    monkeypatch.setattr(beside, "BESIDE_FROM", 10_000)
+    with db.read_conn(settings.engine) as c:
+        rules = beside.ChainRules(c, "acme", MONTH)
+        assert rules.job is None and rules.result() == evidence.chain_analysis(c, "acme", MONTH)
