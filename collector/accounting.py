@@ -125,6 +125,8 @@ _CACHE_SIZE = 32
 # of 2,000 instances is two 0.4 MB documents, 9.5 -> 2.7 ms to encode and decode.
 _JSON = msgspec.json.Decoder()
 _cache: dict[tuple[Any, ...], tuple[bytes | str, bytes | str]] = {}
+_cache_lock = threading.Lock()
+_quarantine: dict[tuple[Any, ...], frozenset[str]] = {}
 
 
 def _encode(doc: Any) -> bytes | str:
@@ -138,8 +140,6 @@ def _encode(doc: Any) -> bytes | str:
 
 def _decode(text: bytes | str) -> Any:
     return _JSON.decode(text) if isinstance(text, bytes) else json.loads(text)
-_cache_lock = threading.Lock()
-_quarantine: dict[tuple[Any, ...], frozenset[str]] = {}
 
 
 def _logs_key(conn: Connection, provider: str, month: str) -> tuple[Any, ...]:

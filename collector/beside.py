@@ -131,10 +131,8 @@ class ChainRules:
 
     def result(self) -> ChainAnalysis:
         analysis = None
-        # A job still waiting for a connection when the caller has read its day rows is given up:
-        # the pool may be held by requests that wait for this very bill (collector/resultcache.py
-        # makes concurrent requests for one result wait for the first), and the job would wait
-        # for the pool's 30 s timeout.
+        # A job still connecting when the caller has read its day rows is given up: a busy
+        # database may be slow to give a connection, and this one can read the rules now.
         if self.job is not None and not self.claim.take("first"):
             try:
                 analysis = self.job.result()
