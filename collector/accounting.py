@@ -310,15 +310,21 @@ def close(
             anchor_size=anchor_size,
         )
     )
-    _set_baseline(conn, provider, month, own, now)
+    _set_baseline(conn, provider, month, own, now, size)
     for m, current, _adj in adjs:
-        _set_baseline(conn, provider, m, current, now)  # these adjustments are now invoiced
+        # These adjustments are now invoiced. The size read after them: no smaller than the log
+        # they saw, so amend's check over it is never looser (see _set_baseline)
+        _set_baseline(conn, provider, m, current, now, tlog.log_size(conn, provider, m))
     return Closed(month, size, note, cid, usage, own, billed)
 
 
-def _set_baseline(conn: Connection, provider: str, month: str, inv: dict[str, Any], now: int) -> None:
+def _set_baseline(
+    conn: Connection, provider: str, month: str, inv: dict[str, Any], now: int, size: int
+) -> None:
+    """What has been invoiced for ``month``: ``inv``, computed over the first ``size`` leaves of
+    its log. Where the size may be larger than the invoice's log (another process logging
+    meanwhile), amend's recomputation over it can only lose lines, and so refuse, never accept."""
     b = s.baselines.c
     conn.execute(s.baselines.delete().where(b.provider == provider, b.month == month))
-    conn.execute(
-        s.baselines.insert().values(provider=provider, month=month, invoice=json.dumps(inv), set_at=now)
-    )
+    conn.execute(s.baselines.insert().values(provider=provider, month=month, invoice=json.dumps(inv),
+                                             set_at=now, size=size))

@@ -80,16 +80,21 @@ def amend_closed(conn: Connection, provider: str, month: str, doc: dict[str, Any
 def _keeps_what_was_invoiced(conn: Connection, provider: str, month: str, doc: dict[str, Any]) -> None:
     """Every line and device-day row invoiced for the month so far (its baseline: the frozen
     invoice, then what each later close billed of its adjustments) keeps its price under ``doc``:
-    a second amendment repriced late hours a later month had already invoiced (-0.09, +0.50)."""
+    a second amendment repriced late hours a later month had already invoiced (-0.09, +0.50).
+
+    Recomputed over the leaves the baseline was computed over: a fork logged since quarantines
+    hours that were invoiced, and their line, gone from the current documents whatever the
+    catalog, read as a repricing (a baseline from before migration 0011 has no size: the log's)."""
     B = s.baselines.c
-    base = conn.execute(sa.select(B.invoice).where(B.provider == provider, B.month == month)).scalar()
+    base = conn.execute(sa.select(B.invoice, B.size).where(B.provider == provider, B.month == month)).first()
     if base is None:
         return
+    size = tlog.log_size(conn, provider, month) if base.size is None else int(base.size)
     try:
-        now = reference.full_result(conn, provider, month, tlog.log_size(conn, provider, month), doc)[1]
+        now = reference.full_result(conn, provider, month, size, doc)[1]
     except PricingError as exc:
         raise AmendError(f"the catalog still cannot price {month}'s heartbeats: {exc}") from exc
-    invoiced = json.loads(base)
+    invoiced = json.loads(base.invoice)
     lost = sorted(set(map(_key, invoiced["lines"])) - set(map(_key, now["lines"])))
     lost += sorted(set(map(_row_key, invoiced["device_days"])) - set(map(_row_key, now["device_days"])))
     if lost:

@@ -207,4 +207,7 @@ baselines = sa.Table(
     sa.Column("month", sa.String(7), primary_key=True),
     sa.Column("invoice", sa.Text, nullable=False),
     sa.Column("set_at", sa.BigInteger, nullable=False),
+    # The month's log size that invoice was computed over (migration 0011; null before): `amend`
+    # recomputes at it, so a fork logged since cannot read as a repricing of what was invoiced.
+    sa.Column("size", sa.BigInteger, nullable=True),
 )

@@ -26,11 +26,16 @@ def _licensed(tools) -> dict:
     return doc  # SL-2's capacity (pro, 2000 Mbps) has no hourly rate: the one rate stops at 1000
 
 
-def _closed_then_a_late_heartbeat(settings, tools) -> tuple[dict, accounting.Closed]:
-    """September billed and closed, then a late heartbeat of it on SL-2, which its catalog cannot price."""
+def _closed_then_a_late_heartbeat(
+    settings, tools, agents: list | None = None
+) -> tuple[dict, accounting.Closed]:
+    """September billed and closed, then a late heartbeat of it on SL-2, which its catalog cannot
+    price (by agent b, seq 1; ``agents`` receives a and b)."""
     doc = _licensed(tools)
     db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, doc))
     a, b = tools.Agent("a"), tools.Agent("b")
+    if agents is not None:
+        agents += [a, b]
     for ag in (a, b):
         tools.enrol(settings, "acme", ag, parse_time("2026-08-01T00:00:00Z"))
     j, f = parse_time("2026-09-01T00:00:00Z"), parse_time("2026-10-01T00:00:00Z")
@@ -114,3 +119,58 @@ def test_an_amendment_never_reprices_what_a_later_close_invoiced(settings, tools
     db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, with_rate("0.0900"), now=100))
     with db.read_conn(settings.engine) as c:
         assert accounting.catalog_for(c, "acme", JAN)[0] == -101
+
+
+
+def test_a_fork_logged_after_an_invoice_does_not_read_as_a_repricing(settings, tools) -> None:
+    """September's late hour on SL-2 amended at 0.09 and invoiced by October's close; then b's
+    seq 1 shows up signed twice (a restored snapshot): both copies are quarantined and the SL-2
+    line leaves the current documents whatever the catalog. An amendment that reprices nothing
+    was refused as if it did; one that does still is."""
+    import pytest
+
+    from collector.amend import AmendError, amend_closed
+
+    agents: list = []
+    doc, _closed = _closed_then_a_late_heartbeat(settings, tools, agents)
+
+    def with_rate(price: str) -> dict:
+        out = json.loads(json.dumps(doc))
+        out["rates"]["hourly"].append({"bundle": "pro", "max_bandwidth_mbps": 5000, "price": price})
+        return out
+
+    db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, with_rate("0.0900"), now=100))
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", FEB))  # bills it at 0.09
+    b = agents[1]
+    b.seq, b.prev = 1, "0" * 64  # seq 1 again, observed a minute later: a fork of the invoiced hour
+    fork = b.beat(parse_time("2026-09-01T02:01:00Z"), {"TR7-0002": "running"})
+    assert ingest_lines(settings.engine, [fork])[0]["status"] == "accepted"
+    with db.read_conn(settings.engine) as c:
+        assert [x["license"] for x in accounting.own_result(c, "acme", JAN)[1]["lines"]] == ["SL-1"]
+    more = with_rate("0.0900")
+    more["rates"]["hourly"].append({"bundle": "basic", "max_bandwidth_mbps": 100, "price": "0.0100"})
+    out = db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, more, now=200))
+    assert out and "amended" in out[0]
+    with pytest.raises(AmendError, match="changes what was already invoiced for 2026-09"):
+        db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, with_rate("0.5000"), now=300))
+
+
+def test_a_baseline_from_before_migration_0011_is_checked_over_the_whole_log(settings, tools) -> None:
+    """0011 records the log size each baseline was computed over; one recorded before has none and
+    is compared over the month's whole log, as it was."""
+    import sqlalchemy as sa
+
+    from collector import schema as s
+    from collector.amend import amend_closed
+
+    doc, closed = _closed_then_a_late_heartbeat(settings, tools)
+    with db.read_conn(settings.engine) as c:
+        assert c.execute(sa.select(s.baselines.c.size)).scalar_one() == closed.size
+    for target in ("0010_closes_amended", "head"):
+        tools.migrate_to(settings, target)
+    with db.read_conn(settings.engine) as c:
+        assert c.execute(sa.select(s.baselines.c.size)).scalar_one() is None
+    fixed = json.loads(json.dumps(doc))
+    fixed["rates"]["hourly"].append({"bundle": "pro", "max_bandwidth_mbps": 5000, "price": "0.0900"})
+    out = db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, fixed, now=100))
+    assert "priced now" in out[0]
