@@ -125,7 +125,9 @@ class ChainRules:
         if want[0] >= BESIDE_FROM and _free.acquire(blocking=False):
             try:
                 self.job = _pool.submit(_rules, conn.engine, provider, month, want, self.claim)
-            except BaseException:  # e.g. RuntimeError at interpreter shutdown: no new threads
+            except RuntimeError:  # the interpreter is shutting down (no new threads): read in order
+                _free.release()
+            except BaseException:
                 _free.release()
                 raise
 

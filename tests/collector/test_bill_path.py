@@ -372,3 +372,19 @@ def test_a_small_month_reads_its_rules_in_order(settings, tools, monkeypatch):
     with db.read_conn(settings.engine) as c:
         rules = beside.ChainRules(c, "acme", MONTH)
         assert rules.job is None and rules.result() == evidence.chain_analysis(c, "acme", MONTH)
+
+
+def test_a_bill_at_interpreter_shutdown_reads_in_order(settings, tools, monkeypatch):
+    """Once the interpreter is shutting down the pool takes no job (RuntimeError): a bill from an
+    atexit handler or a thread still running then failed instead of reading in order."""
+    import concurrent.futures.thread as cft
+
+    from collector import beside
+
+    _two_agents_in_march(settings, tools)
+    _idle_beside()
+    monkeypatch.setattr(cft, "_shutdown", True)
+    with db.read_conn(settings.engine) as c:
+        rules = beside.ChainRules(c, "acme", MONTH)
+        assert rules.job is None and rules.result() == evidence.chain_analysis(c, "acme", MONTH)
+    _idle_beside()  # the slot was given back
