@@ -97,7 +97,7 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
         hit = _cache.get(key)
     if hit is not None:
         return _decode(hit[0]), _decode(hit[1])
-    rules = beside.ChainRules(conn, provider, month)  # on a second connection, when it can be
+    rules = beside.ChainRules(conn, provider, month, logs[3:])  # on a second connection, when it can be
     bits = evidence.month_bits(conn, provider, month)
     catalog = load_catalog(doc)  # meanwhile too
     analysis = rules.result()
@@ -144,13 +144,7 @@ def _decode(text: bytes | str) -> Any:
 
 def _logs_key(conn: Connection, provider: str, month: str) -> tuple[Any, ...]:
     """What a month's chain analysis depends on: its log and the month before's (anchors)."""
-    return (
-        conn.engine.url.render_as_string(),
-        provider,
-        month,
-        tlog.log_size(conn, provider, month),
-        tlog.log_size(conn, provider, previous_month(month)),
-    )
+    return (conn.engine.url.render_as_string(), provider, month, *beside.log_sizes(conn, provider, month))
 
 
 def quarantined(conn: Connection, provider: str, month: str) -> frozenset[str]:

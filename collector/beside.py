@@ -69,7 +69,8 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def _sizes(conn: Connection, provider: str, month: str) -> tuple[int, int]:
+def log_sizes(conn: Connection, provider: str, month: str) -> tuple[int, int]:
+    """The sizes of the logs a month's chain rules read: its own and the month before's (anchors)."""
     return tlog.log_size(conn, provider, month), tlog.log_size(conn, provider, previous_month(month))
 
 
@@ -97,7 +98,7 @@ def _rules(
         with db.read_conn(_side_engine(engine)) as conn:
             if not claim.take("beside"):
                 return None
-            size, before = _sizes(conn, provider, month)
+            size, before = log_sizes(conn, provider, month)
             if before != want[1] or size < want[0]:
                 return None
             # None when the log has not grown since: the plain query, without the size filter.
@@ -115,13 +116,17 @@ class ChainRules:
     """evidence.chain_analysis of the month as ``conn`` sees it: started beside on construction
     when it can be, so that the caller reads the day rows (and parses its catalog) meanwhile."""
 
-    def __init__(self, conn: Connection, provider: str, month: str) -> None:
+    def __init__(
+        self, conn: Connection, provider: str, month: str, sizes: tuple[int, int] | None = None
+    ) -> None:
+        """``sizes``: log_sizes as ``conn`` sees them, if the caller has read them already."""
         self.conn, self.provider, self.month = conn, provider, month
         self.job: Future[ChainAnalysis | None] | None = None
         self.claim = _Claim()
         if not _shared(conn.engine):
             return
-        want = _sizes(conn, provider, month)  # before the slot is taken: a failed read keeps none
+        # Read before the slot is taken: a failed read keeps none
+        want = log_sizes(conn, provider, month) if sizes is None else sizes
         if want[0] >= BESIDE_FROM and _free.acquire(blocking=False):
             try:
                 self.job = _pool.submit(_rules, conn.engine, provider, month, want, self.claim)

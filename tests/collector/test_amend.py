@@ -46,6 +46,19 @@ def _closed_then_a_late_heartbeat(
     return doc, closed
 
 
+def _with_rate(doc: dict, price: str) -> dict:
+    """``doc`` with an hourly rate for SL-2's capacity (pro, up to 5000 Mbps) at ``price``."""
+    out = json.loads(json.dumps(doc))
+    out["rates"]["hourly"].append({"bundle": "pro", "max_bandwidth_mbps": 5000, "price": price})
+    return out
+
+
+def _amend(settings, doc: dict, now: int) -> list[str]:
+    from collector.amend import amend_closed
+
+    return db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, doc, now=now))
+
+
 def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "collector.cli", *args, "--data-dir", str(settings.data_dir),
                            "--db", settings.db_url], capture_output=True, text=True, check=False)
@@ -78,8 +91,7 @@ def test_a_late_heartbeat_the_closed_catalog_cannot_price_is_named_and_amended(
     out = _cli(settings, "amend", "--provider", "acme", "--month", FEB, str(tmp_path / "changed.json"))
     assert out.returncode == 1 and "2026-10 is not closed" in out.stderr
 
-    fixed = json.loads(json.dumps(doc))
-    fixed["rates"]["hourly"].append({"bundle": "pro", "max_bandwidth_mbps": 5000, "price": "0.0900"})
+    fixed = _with_rate(doc, "0.0900")
     (tmp_path / "fixed.json").write_text(json.dumps(fixed))
     out = _cli(settings, "amend", "--provider", "acme", "--month", JAN, str(tmp_path / "fixed.json"))
     assert out.returncode == 0 and "2026-09's late heartbeats are priced now" in out.stdout, out.stderr
@@ -99,24 +111,19 @@ def test_a_late_heartbeat_the_closed_catalog_cannot_price_is_named_and_amended(
 def test_an_amendment_never_reprices_what_a_later_close_invoiced(settings, tools, tmp_path: Path) -> None:
     """September amended at 0.09, October closed billing the late hour at 0.09: a second amendment
     at 0.50 was accepted, and November credited -0.09 and billed +0.50."""
-    from collector.amend import AmendError, amend_closed
+    from collector.amend import AmendError
 
     doc, _closed = _closed_then_a_late_heartbeat(settings, tools)
 
-    def with_rate(price: str) -> dict:
-        out = json.loads(json.dumps(doc))
-        out["rates"]["hourly"].append({"bundle": "pro", "max_bandwidth_mbps": 5000, "price": price})
-        return out
-
-    first = db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, with_rate("0.0900"), now=100))
+    first = _amend(settings, _with_rate(doc, "0.0900"), 100)
     assert "priced now" in first[0]
     db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", FEB))  # bills it at 0.09
     import pytest
 
     with pytest.raises(AmendError, match="changes what was already invoiced for 2026-09"):
-        db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, with_rate("0.5000"), now=100))
+        _amend(settings, _with_rate(doc, "0.5000"), 100)
     # the same prices again, in the same second: accepted, and later than the first
-    db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, with_rate("0.0900"), now=100))
+    _amend(settings, _with_rate(doc, "0.0900"), 100)
     with db.read_conn(settings.engine) as c:
         assert accounting.catalog_for(c, "acme", JAN)[0] == -101
 
@@ -129,17 +136,12 @@ def test_a_fork_logged_after_an_invoice_does_not_read_as_a_repricing(settings, t
     was refused as if it did; one that does still is."""
     import pytest
 
-    from collector.amend import AmendError, amend_closed
+    from collector.amend import AmendError
 
     agents: list = []
     doc, _closed = _closed_then_a_late_heartbeat(settings, tools, agents)
 
-    def with_rate(price: str) -> dict:
-        out = json.loads(json.dumps(doc))
-        out["rates"]["hourly"].append({"bundle": "pro", "max_bandwidth_mbps": 5000, "price": price})
-        return out
-
-    db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, with_rate("0.0900"), now=100))
+    _amend(settings, _with_rate(doc, "0.0900"), 100)
     db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", FEB))  # bills it at 0.09
     b = agents[1]
     b.seq, b.prev = 1, "0" * 64  # seq 1 again, observed a minute later: a fork of the invoiced hour
@@ -147,12 +149,12 @@ def test_a_fork_logged_after_an_invoice_does_not_read_as_a_repricing(settings, t
     assert ingest_lines(settings.engine, [fork])[0]["status"] == "accepted"
     with db.read_conn(settings.engine) as c:
         assert [x["license"] for x in accounting.own_result(c, "acme", JAN)[1]["lines"]] == ["SL-1"]
-    more = with_rate("0.0900")
+    more = _with_rate(doc, "0.0900")
     more["rates"]["hourly"].append({"bundle": "basic", "max_bandwidth_mbps": 100, "price": "0.0100"})
-    out = db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, more, now=200))
+    out = _amend(settings, more, 200)
     assert out and "amended" in out[0]
     with pytest.raises(AmendError, match="changes what was already invoiced for 2026-09"):
-        db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, with_rate("0.5000"), now=300))
+        _amend(settings, _with_rate(doc, "0.5000"), 300)
 
 
 def test_a_baseline_from_before_migration_0011_is_checked_over_the_whole_log(settings, tools) -> None:
@@ -161,7 +163,6 @@ def test_a_baseline_from_before_migration_0011_is_checked_over_the_whole_log(set
     import sqlalchemy as sa
 
     from collector import schema as s
-    from collector.amend import amend_closed
 
     doc, closed = _closed_then_a_late_heartbeat(settings, tools)
     with db.read_conn(settings.engine) as c:
@@ -170,7 +171,6 @@ def test_a_baseline_from_before_migration_0011_is_checked_over_the_whole_log(set
         tools.migrate_to(settings, target)
     with db.read_conn(settings.engine) as c:
         assert c.execute(sa.select(s.baselines.c.size)).scalar_one() is None
-    fixed = json.loads(json.dumps(doc))
-    fixed["rates"]["hourly"].append({"bundle": "pro", "max_bandwidth_mbps": 5000, "price": "0.0900"})
-    out = db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", JAN, fixed, now=100))
+    fixed = _with_rate(doc, "0.0900")
+    out = _amend(settings, fixed, 100)
     assert "priced now" in out[0]

@@ -129,7 +129,7 @@ def _ingest_between_the_snapshots(settings, monkeypatch, lines: list[str]) -> li
 
     _idle_beside()
     done, seen = threading.Event(), []
-    sizes, rules, bits = beside._sizes, beside._rules, evidence.month_bits
+    sizes, rules, bits = beside.log_sizes, beside._rules, evidence.month_bits
 
     def sizes_after_an_ingest(conn, provider, month):
         if threading.current_thread().name.startswith("tr7-chain-rules") and not done.is_set():
@@ -145,7 +145,7 @@ def _ingest_between_the_snapshots(settings, monkeypatch, lines: list[str]) -> li
         assert done.wait(30)
         return bits(*args)
 
-    monkeypatch.setattr(beside, "_sizes", sizes_after_an_ingest)
+    monkeypatch.setattr(beside, "log_sizes", sizes_after_an_ingest)
     monkeypatch.setattr(beside, "_rules", recorded)
     monkeypatch.setattr(evidence, "month_bits", bits_after_it)
     return seen
@@ -298,7 +298,7 @@ def test_an_error_while_starting_the_read_beside_does_not_turn_it_off(settings, 
     from collector import beside
 
     _two_agents_in_march(settings, tools)
-    real, calls = beside._sizes, []
+    real, calls = beside.log_sizes, []
 
     def once_failing(conn, provider, month):
         calls.append(1)
@@ -307,7 +307,7 @@ def test_an_error_while_starting_the_read_beside_does_not_turn_it_off(settings, 
         return real(conn, provider, month)
 
     _idle_beside()
-    monkeypatch.setattr(beside, "_sizes", once_failing)
+    monkeypatch.setattr(beside, "log_sizes", once_failing)
     with db.read_conn(settings.engine) as c, pytest.raises(sa.exc.OperationalError):
         beside.ChainRules(c, "acme", MONTH)
     with db.read_conn(settings.engine) as c:
