@@ -26,9 +26,9 @@ from collector.aggregates import (
     DAY,
     CapacityKeys,
     Cell,
+    append_rows,
     cells_of_observations,
     spool_lag_rows,
-    sql,
     upsert,
     upsert_aggregates,
 )
@@ -103,19 +103,24 @@ def _leaf(token: str, cells: Sequence[Cell], dialect: str) -> _Leaf:
 
 def _append(
     conn: Connection, provider: str, month: str, cands: list[Heartbeat], leaves: Mapping[str, _Leaf],
-    now: int,
+    now: int, seen: int | None = None,
 ) -> tuple[set[str], int]:
-    """Append the not-yet-logged heartbeats of one log; return the digests appended and its size."""
+    """Append the not-yet-logged heartbeats of one log; return the digests appended and its size.
+
+    ``seen``: the log's size in the snapshot that found none of ``cands`` logged (_logged). A log
+    only grows, and a heartbeat can only be in the log of its key's provider and its month, so
+    if the size is still that, none of them is in it now either and they are not looked up again
+    (a retried transaction passes None: it looks)."""
     size, partial = lock_log_state(conn, provider, month)
-    digests = [hb.digest for hb in cands]
-    known = set(conn.execute(sa.select(s.leaves.c.digest).where(s.leaves.c.digest.in_(digests))).scalars())
+    known = set() if size == seen else {d for d, _ in _digests_logged(conn, [hb.digest for hb in cands])}
     new = [hb for hb in cands if hb.digest not in known]
     if not new:
         return set(), size
     made = [leaves[hb.digest] for hb in new]
     hashes = [m.leaf_hash for m in made]
-    conn.exec_driver_sql(
-        sql(conn, "leaves"),
+    append_rows(
+        conn,
+        "leaves",
         [
             (provider, month, size + i, hb.digest, m.leaf_hash, hb.kid, hb.seq, hb.prev, hb.time,
              hb.interval, now, m.stored)
@@ -154,18 +159,38 @@ def _revoked_since(conn: Connection, latest: Mapping[str, int]) -> dict[str, int
     }
 
 
+def _digests_logged(conn: Connection, digests: Sequence[str]) -> list[tuple[str, int]]:
+    """(digest, seq) of the leaves among ``digests``. Written for the driver with the digests as
+    one parameter on PostgreSQL (hex: ',' never occurs in one): SQLAlchemy's expanding IN cost
+    ~20 us of our CPU a heartbeat there, rendering a cast per digest, then psycopg parsing the
+    500-mark statement anew for every batch (too long for its cache)."""
+    if not digests:
+        return []
+    if conn.dialect.name == "postgresql":
+        q, params = "SELECT digest, seq FROM leaves WHERE digest = ANY(string_to_array(%s, ','))", (
+            ",".join(digests),)
+    else:  # sqlite3 keeps the statement of each mark count prepared
+        q, params = f"SELECT digest, seq FROM leaves WHERE digest IN ({','.join('?' * len(digests))})", tuple(
+            digests)
+    return [(d, int(seq)) for d, seq in conn.exec_driver_sql(q, params)]
+
+
 def _logged(conn: Connection, lines: Sequence[str]) -> tuple[dict[str, int], dict[str, str]]:
     """Lines already in a log (by digest), with their seq: replays skip parsing and verification.
 
     Also returns each ASCII line's digest, which verification then does not compute again."""
     digest_of = {ln: token_digest(ln) for ln in lines if ln.isascii()}
-    if not digest_of:
-        return {}, {}
     line_of = {d: ln for ln, d in digest_of.items()}
-    rows = conn.execute(
-        sa.select(s.leaves.c.digest, s.leaves.c.seq).where(s.leaves.c.digest.in_(list(line_of)))
-    )
-    return {line_of[r.digest]: int(r.seq) for r in rows}, digest_of
+    return {line_of[d]: seq for d, seq in _digests_logged(conn, list(line_of))}, digest_of
+
+
+def _log_sizes(conn: Connection, providers: set[str]) -> dict[tuple[str, str], int]:
+    """(provider, month) -> size of the providers' logs (one row a month each)."""
+    if not providers:
+        return {}
+    q = sa.select(s.logs.c.provider, s.logs.c.month, s.logs.c.size)
+    q = q.where(s.logs.c.provider.in_(sorted(providers)))
+    return {(r.provider, r.month): int(r.size) for r in conn.execute(q)}
 
 
 def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -> list[dict[str, Any]]:
@@ -176,6 +201,7 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
         heads = {ln[: ln.find(".")] for ln in lines}
         agents = _load_agents(conn, {k for k in map(_header_kid, heads) if isinstance(k, str)})
         logged, digest_of = _logged(conn, lines)
+        seen = _log_sizes(conn, {a.provider for a in agents.values()})  # in the same snapshot
     keys = {kid: a.key for kid, a in agents.items()}
     cap_keys = CapacityKeys()
     results: list[dict[str, Any]] = []
@@ -219,7 +245,11 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
     sizes: dict[str, int] = {}
     revoked: dict[str, ProtocolError] = {}  # digest -> why, for keys revoked since the check above
 
+    attempts = 0
+
     def tx(conn: Connection) -> set[str]:
+        nonlocal attempts
+        attempts += 1
         appended: set[str] = set()
         sizes.clear()  # a retried transaction starts again
         revoked.clear()
@@ -235,7 +265,9 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
                     revoked[hb.digest] = ProtocolError("key.window", REVOKED)
                 else:
                     cands.append(hb)
-            got, sizes[f"{provider}/{month}"] = _append(conn, provider, month, cands, leaves, now)
+            # A retry (after a unique-key race) looks the digests up whatever the sizes say.
+            size = seen.get((provider, month), 0) if attempts == 1 else None
+            got, sizes[f"{provider}/{month}"] = _append(conn, provider, month, cands, leaves, now, size)
             appended |= got
         return appended
 

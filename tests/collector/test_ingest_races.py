@@ -1,0 +1,95 @@
+"""Ingest against another process's commits between a batch's read snapshot and its write."""
+
+import time
+
+import sqlalchemy as sa
+
+from collector import db, ingest
+from collector import schema as s
+
+H = 3600
+
+
+def _leaves(settings) -> list[tuple[str, int, int]]:
+    with db.read_conn(settings.engine) as c:
+        q = sa.select(s.leaves.c.kid, s.leaves.c.seq, s.leaves.c.idx).order_by(s.leaves.c.idx)
+        return [tuple(r) for r in c.execute(q)]
+
+
+def _counting_attempts(monkeypatch) -> list[int]:
+    """How many times each write transaction of ingest ran (a redone batch runs twice)."""
+    attempts: list[int] = []
+    real = ingest.write_tx
+
+    def counting(engine, fn):
+        attempts.append(0)
+
+        def once(conn):
+            attempts[-1] += 1
+            return fn(conn)
+
+        return real(engine, once)
+
+    monkeypatch.setattr(ingest, "write_tx", counting)
+    return attempts
+
+
+def test_lines_another_process_logged_meanwhile_are_duplicates_and_the_batch_is_not_redone(
+    settings, tools, monkeypatch
+):
+    """The batch's read snapshot found none of its lines logged; another process then logged
+    some of them and lines of another key. The log grew since the snapshot, so the write looks
+    the batch's digests up again: those lines are duplicates, the rest take the next indexes."""
+    now = int(time.time())
+    a, b = tools.Agent("a"), tools.Agent("b")
+    for agent in (a, b):
+        tools.enrol(settings, "acme", agent, now - 10 * H)
+    lines = [a.beat(now - 900 + 60 * i, {"TR7-1": "running"}) for i in range(10)]
+    others = [b.beat(now - 900 + 60 * i, {"TR7-2": "running"}) for i in range(2)]
+    real_sizes = ingest._log_sizes
+
+    def other_process_commits_after_the_snapshot(conn, providers):
+        monkeypatch.setattr(ingest, "_log_sizes", real_sizes)  # the other process's own batch
+        sizes = real_sizes(conn, providers)
+        assert [x["status"] for x in ingest.ingest_lines(settings.engine, [*others, *lines[3:7]], now)] == [
+            "accepted"
+        ] * 6
+        return sizes
+
+    monkeypatch.setattr(ingest, "_log_sizes", other_process_commits_after_the_snapshot)
+    attempts = _counting_attempts(monkeypatch)
+    res = ingest.ingest_lines(settings.engine, lines, now)
+    assert [x["status"] for x in res] == ["accepted"] * 3 + ["duplicate"] * 4 + ["accepted"] * 3
+    assert [x["seq"] for x in res] == list(range(1, 11))
+    assert attempts[-1] == 1  # looked up in the write, not found by a unique-key error and redone
+    logged = _leaves(settings)
+    assert [idx for _, _, idx in logged] == list(range(12))
+    assert sorted(seq for kid, seq, _ in logged if kid == a.kid) == list(range(1, 11))
+
+
+def test_a_unique_key_clash_while_appending_redoes_the_batch_and_answers_duplicate(
+    settings, tools, monkeypatch
+):
+    """Whatever the shortcut above believes, the unique digest decides: when the append itself
+    meets a line logged meanwhile (here the sizes are read after the other commit, so the write
+    does not look), the database's unique-key error, PostgreSQL's from its COPY included, redoes
+    the batch, which then answers duplicate for it. Never a 500, never a second leaf."""
+    now = int(time.time())
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, now - 10 * H)
+    lines = [a.beat(now - 900 + 60 * i, {"TR7-1": "running"}) for i in range(6)]
+    real_sizes = ingest._log_sizes
+
+    def sizes_read_after_another_commit(conn, providers):
+        monkeypatch.setattr(ingest, "_log_sizes", real_sizes)  # the other process's own batch
+        other = ingest.ingest_lines(settings.engine, lines[2:4], now)
+        assert [x["status"] for x in other] == ["accepted"] * 2
+        with db.read_conn(settings.engine) as fresh:
+            return real_sizes(fresh, providers)
+
+    monkeypatch.setattr(ingest, "_log_sizes", sizes_read_after_another_commit)
+    attempts = _counting_attempts(monkeypatch)
+    res = ingest.ingest_lines(settings.engine, lines, now)
+    assert [x["status"] for x in res] == ["accepted"] * 2 + ["duplicate"] * 2 + ["accepted"] * 2
+    assert attempts[-1] == 2
+    assert [seq for _, seq, _ in _leaves(settings)] == [3, 4, 1, 2, 5, 6]
