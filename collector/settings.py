@@ -104,6 +104,15 @@ class Settings:
 
     @cached_property
     def engine(self) -> Engine:
+        # Only the two engines the collector is built and tested for: ingest speaks psycopg 3's
+        # own COPY and binary parameters, and any other driver (psycopg2, asyncpg, a MySQL URL)
+        # failed later, mid-request, in ways that said nothing of the URL.
+        scheme = db.normalise_url(self.db_url).partition("://")[0]
+        if scheme not in ("sqlite", "postgresql+psycopg"):
+            raise SetupError(
+                f"--db {scheme}://... is not supported: give sqlite:///PATH or postgresql://... "
+                "(PostgreSQL through psycopg 3)"
+            )
         self.ensure_dir()
         return db.make_engine(self.db_url)
 

@@ -32,6 +32,22 @@ def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_a_database_url_of_another_engine_or_driver_is_one_line(tmp_path: Path) -> None:
+    """Only SQLite and PostgreSQL through psycopg 3 (what the collector is tested on); the
+    password of the URL is never echoed."""
+    for url in ("postgresql+psycopg2://u:secret@db/tr7", "mysql://u:secret@db/tr7"):
+        out = subprocess.run([sys.executable, "-m", "collector.cli", "migrate", "--data-dir", str(tmp_path),
+                              "--db", url], capture_output=True, text=True, check=False)
+        assert out.returncode == 1, out
+        scheme = url.partition("://")[0]
+        assert out.stderr == (
+            f"tr7-collector: --db {scheme}://... is not supported: give sqlite:///PATH or "
+            "postgresql://... (PostgreSQL through psycopg 3)\n"
+        ), out.stderr
+    for url in (f"sqlite:///{tmp_path / 'c.db'}", f"postgres://nobody@127.0.0.1:{_closed_port()}/tr7"):
+        assert Settings(tmp_path / "d", url, "test").engine is not None  # accepted (not connected yet)
+
+
 def test_common_options_before_or_after_the_command(tmp_path: Path) -> None:
     """`tr7-collector --data-dir D agent list` (as the README writes it) and `... agent list --data-dir D`."""
 
