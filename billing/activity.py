@@ -1,5 +1,6 @@
 """Evidence reduced to what billing needs: per instance, the hours seen, the hours running, capacities."""
 
+import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -8,6 +9,20 @@ from protocol.heartbeat import Heartbeat
 
 HOUR = 3600
 CapacityKey = tuple[str | None, int | None, int | None]  # (bundle, bandwidth_mbps, vservices); None = absent
+
+# A vm id or a declared bundle is kept in the collector's aggregate keys as it is when it is at
+# most this many characters without a U+0000; otherwise as "sha256:" and the hex SHA-256 of its
+# UTF-8 (key_text). PostgreSQL holds no U+0000 in text and a btree key of at most ~2.7 kB: such
+# a vm (any string, heartbeat-v1.md §2) made the whole batch a 500, retried for ever. Real ids
+# and bundles are far shorter, and the evidence keeps the exact text.
+KEY_TEXT_MAX = 256
+
+
+def key_text(text: str) -> str:
+    """The form of a vm id or a declared bundle in aggregate keys (see KEY_TEXT_MAX)."""
+    if len(text) <= KEY_TEXT_MAX and "\x00" not in text:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def capacity_key(cap: Mapping[str, object]) -> CapacityKey:

@@ -13,6 +13,7 @@ import psycopg
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from billing.activity import KEY_TEXT_MAX, key_text
 from collector import schema as s
 from protocol.fastpayload import Capacity, Observations
 from protocol.heartbeat import Heartbeat
@@ -36,6 +37,8 @@ class CapacityKeys(dict[Capacity, str]):
 
     def __missing__(self, cap: Capacity) -> str:
         members = {n: v for n in Capacity.__struct_fields__ if (v := getattr(cap, n)) is not msgspec.UNSET}
+        if isinstance(bundle := members.get("bundle"), str):
+            members["bundle"] = key_text(bundle)
         key = self[cap] = cap_key(members)
         return key
 
@@ -43,7 +46,12 @@ class CapacityKeys(dict[Capacity, str]):
 def cells_of_observations(obs: Observations, keys: CapacityKeys) -> tuple[Cell, ...]:
     """What the hour aggregates need of each observation of a shared Observations."""
     return tuple([
-        (o.instance, o.vm, o.state == "running", None if (cap := o.capacity) is None else keys[cap])
+        (
+            o.instance,
+            vm if len(vm := o.vm) <= KEY_TEXT_MAX and "\x00" not in vm else key_text(vm),
+            o.state == "running",
+            None if (cap := o.capacity) is None else keys[cap],
+        )
         for o in obs.items
     ])
 
