@@ -8,7 +8,8 @@ from functools import cached_property
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError
 
 from collector import db
 from collector import schema as s
@@ -107,11 +108,22 @@ class Settings:
         # Only the two engines the collector is built and tested for: ingest speaks psycopg 3's
         # own COPY and binary parameters, and any other driver (psycopg2, asyncpg, a MySQL URL)
         # failed later, mid-request, in ways that said nothing of the URL.
-        scheme = db.normalise_url(self.db_url).partition("://")[0]
-        if scheme not in ("sqlite", "postgresql+psycopg"):
+        # The URL is parsed, and only the names SQLAlchemy parsed are ever shown: a URL holds a
+        # password, and this line lands in the service's log.
+        try:
+            url = make_url(db.normalise_url(self.db_url))
+        except ArgumentError:
             raise SetupError(
-                f"--db {scheme}://... is not supported: give sqlite:///PATH or postgresql://... "
-                "(PostgreSQL through psycopg 3)"
+                "--db is not a database URL: give sqlite:///PATH or postgresql://USER@HOST/DB"
+            ) from None
+        try:
+            engine = (url.get_backend_name(), url.get_driver_name())
+        except ArgumentError:  # a backend SQLAlchemy does not know at all
+            engine = (url.get_backend_name(), "")
+        if engine not in (("sqlite", "pysqlite"), ("postgresql", "psycopg")):
+            raise SetupError(
+                f"--db {url.drivername}://... is not supported: give sqlite:///PATH or "
+                "postgresql://... (PostgreSQL through psycopg 3)"
             )
         self.ensure_dir()
         return db.make_engine(self.db_url)
