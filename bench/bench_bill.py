@@ -168,8 +168,9 @@ def bench_db(st: Settings, n_agents: int, interval: int, lines: list[str]) -> bo
         t = time.perf_counter()
         analysis = evidence.chain_analysis(c, "acme", MONTH)
         t_chain = time.perf_counter() - t
+        bundles = load_catalog(registry.latest_catalog(c, "acme")[1]).bundles
         t = time.perf_counter()
-        act = evidence.activity(c, "acme", MONTH, analysis.quarantined)
+        act = evidence.activity(c, "acme", MONTH, analysis.quarantined, bundles)
         t_days = time.perf_counter() - t
         # The reference the database's chain rules replace: every leaf read, analyze_links run.
         t = time.perf_counter()

@@ -1,7 +1,7 @@
 """Evidence reduced to what billing needs: per instance, the hours seen, the hours running, capacities."""
 
 import hashlib
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -11,18 +11,42 @@ HOUR = 3600
 CapacityKey = tuple[str | None, int | None, int | None]  # (bundle, bandwidth_mbps, vservices); None = absent
 
 # A vm id or a declared bundle is kept in the collector's aggregate keys as it is when it is at
-# most this many characters without a U+0000; otherwise as "sha256:" and the hex SHA-256 of its
-# UTF-8 (key_text). PostgreSQL holds no U+0000 in text and a btree key of at most ~2.7 kB: such
-# a vm (any string, heartbeat-v1.md §2) made the whole batch a 500, retried for ever. Real ids
-# and bundles are far shorter, and the evidence keeps the exact text.
+# most this many characters, without a U+0000 and not starting with STAND_IN; otherwise as
+# STAND_IN and the hex SHA-256 of its UTF-8 (key_text). PostgreSQL holds no U+0000 in text and a
+# btree key of at most ~2.7 kB: such a vm (any string, heartbeat-v1.md §2) made the whole batch
+# a 500, retried for ever. Every text that starts with STAND_IN is hashed too, so two different
+# texts never share a form (a vm named like another's stand-in hid a clone). Real ids and
+# bundles are far shorter; the evidence keeps the exact text.
 KEY_TEXT_MAX = 256
+STAND_IN = "sha256:"
 
 
 def key_text(text: str) -> str:
     """The form of a vm id or a declared bundle in aggregate keys (see KEY_TEXT_MAX)."""
-    if len(text) <= KEY_TEXT_MAX and "\x00" not in text:
+    if len(text) <= KEY_TEXT_MAX and "\x00" not in text and not text.startswith(STAND_IN):
         return text
-    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return STAND_IN + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def stored_bundles(bundles: Sequence[str]) -> Callable[[str], str]:
+    """For declared bundles read back from aggregate keys: the text to rank a stored form by, as
+    the declared text itself would rank (billing-v1.md §3): the catalog bundle a stand-in is the
+    key_text of, and for a stand-in of no catalog bundle a text that is no catalog bundle
+    either (an unknown bundle ranks above all, whatever its stand-in happens to spell)."""
+    names = set(bundles)
+    by_stand_in = {k: b for b in bundles if (k := key_text(b)) != b}
+
+    def resolve(stored: str) -> str:
+        if not stored.startswith(STAND_IN):
+            return stored  # kept as declared
+        bundle = by_stand_in.get(stored)
+        if bundle is not None:
+            return bundle
+        while stored in names:
+            stored += "\x00"
+        return stored
+
+    return resolve
 
 
 def capacity_key(cap: Mapping[str, object]) -> CapacityKey:

@@ -3,7 +3,7 @@
 from bisect import bisect_right
 from collections.abc import Sequence
 
-from billing.activity import HOUR, CapacityKey, key_text
+from billing.activity import HOUR, CapacityKey
 from billing.catalog import CapacityEntry, Catalog, License, Rate
 from billing.errors import PricingError
 from protocol.timefmt import format_time
@@ -106,10 +106,7 @@ class OverUse:
     """Fixed-term over-use: a declared capacity above the entry in force at the observation's time."""
 
     def __init__(self, catalog: Catalog, pricer: Pricer) -> None:
-        # A declared bundle read from the collector's aggregates is in its key_text form: a
-        # long catalog bundle ranks the same under both, as the reference (the JWS) reads it.
-        self._rank = {key_text(b): i for i, b in enumerate(catalog.bundles)}
-        self._rank.update((b, i) for i, b in enumerate(catalog.bundles))
+        self._rank = {b: i for i, b in enumerate(catalog.bundles)}
         self._unknown = len(catalog.bundles)  # an unknown bundle ranks above all
         self._pricer = pricer
 

@@ -101,7 +101,7 @@ def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, A
     bits = evidence.month_bits(conn, provider, month)
     catalog = load_catalog(doc)  # meanwhile too
     analysis = rules.result()
-    act = evidence.activity(conn, provider, month, analysis.quarantined, bits)
+    act = evidence.activity(conn, provider, month, analysis.quarantined, catalog.bundles, bits)
     result = compute(act, catalog, month, analysis.chains_json())
     texts = (_encode(_doc(result.usage)), _encode(_doc(result.invoice)))
     with _cache_lock:
@@ -115,9 +115,9 @@ def unpriced_usage(conn: Connection, provider: str, month: str) -> dict[str, Any
     from billing import load_catalog, usage_despite_pricing
 
     analysis = evidence.chain_analysis(conn, provider, month)
-    act = evidence.activity(conn, provider, month, analysis.quarantined)
-    doc = catalog_for(conn, provider, month)[1]
-    return _plain(usage_despite_pricing(act, load_catalog(doc), month, analysis.chains_json()))
+    catalog = load_catalog(catalog_for(conn, provider, month)[1])
+    act = evidence.activity(conn, provider, month, analysis.quarantined, catalog.bundles)
+    return _plain(usage_despite_pricing(act, catalog, month, analysis.chains_json()))
 
 
 _CACHE_SIZE = 32

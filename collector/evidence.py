@@ -14,7 +14,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from billing.activity import Activity, CapacityKey, capacity_key
+from billing.activity import Activity, CapacityKey, capacity_key, stored_bundles
 from collector import chainsql
 from collector import schema as s
 from protocol.chain import ChainAnalysis, Link, analyze_links
@@ -115,11 +115,14 @@ class Rebuilt:
 class _Declared(Mapping[str, Mapping[CapacityKey, Sequence[int]]]):
     """instance -> capacity -> observation times, read from `capacities` on first use per instance."""
 
-    def __init__(self, conn: Connection, provider: str, month: str, rebuilt: "Rebuilt") -> None:
+    def __init__(
+        self, conn: Connection, provider: str, month: str, rebuilt: "Rebuilt", bundles: Sequence[str]
+    ) -> None:
         self._conn, self._provider = conn, provider
         self._m0, self._m1 = month_bounds(month)
         self._cache: dict[str, dict[CapacityKey, list[int]]] = {}
         self._rebuilt = rebuilt
+        self._bundle = stored_bundles(bundles)  # a long declared bundle is stored as its stand-in
 
     def __getitem__(self, inst: str) -> Mapping[CapacityKey, Sequence[int]]:
         if inst not in self._cache:
@@ -131,7 +134,8 @@ class _Declared(Mapping[str, Mapping[CapacityKey, Sequence[int]]]):
                     c.provider == self._provider, c.instance == inst, c.day >= self._m0, c.day < self._m1
                 )
             ):
-                key: CapacityKey = tuple(json.loads(r.cap))  # type: ignore[assignment]
+                bundle, bandwidth, vservices = json.loads(r.cap)
+                key: CapacityKey = (bundle if bundle is None else self._bundle(bundle), bandwidth, vservices)
                 for off in {int(x) for x in r.offsets.split(",")}:
                     t = r.day + off
                     if t - t % HOUR not in skip_hours:
@@ -181,17 +185,18 @@ def billed_bits(
 
 
 def activity(
-    conn: Connection, provider: str, month: str, quarantined: set[str],
+    conn: Connection, provider: str, month: str, quarantined: set[str], bundles: Sequence[str],
     bits: tuple[dict[str, int], dict[str, int]] | None = None,
 ) -> Activity:
     """Activity of the month from the day bitmaps (``bits``: month_bits, if read already; this
-    changes them), with quarantined leaves' cells rebuilt."""
+    changes them), with quarantined leaves' cells rebuilt; ``bundles``: the catalog's, which
+    the declared bundles stored as stand-ins are read back as (billing.activity.key_text)."""
     m0 = month_bounds(month)[0]
     active, seen = month_bits(conn, provider, month) if bits is None else bits
     rebuilt = _rebuild(conn, provider, month, quarantined, active, seen) if quarantined else Rebuilt()
     act = Activity(active_bits={k: v for k, v in active.items() if v},
                    seen_bits={k: v for k, v in seen.items() if v}, bits_base=m0)
-    act.declared = _Declared(conn, provider, month, rebuilt)
+    act.declared = _Declared(conn, provider, month, rebuilt, bundles)
     return act
 
 
