@@ -77,12 +77,15 @@ def _month_of_day(day: int) -> str:
 
 
 def _header_kid(token: str) -> str | None:
-    # Only to batch the key lookup; the strict parse happens in verify_heartbeat.
+    # Only to batch the key lookup; the strict parse happens in verify_heartbeat. Only a kid of
+    # the form kids have is looked up: any other string went into the query, and a U+0000 or a
+    # lone surrogate in it made the whole request a 500 (the line is rejected by the parse).
     try:
         head = token.split(".", 1)[0]
-        return json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))).get("kid")
+        kid = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))).get("kid")
     except Exception:
         return None
+    return kid if isinstance(kid, str) and len(kid) == 32 and not kid.strip("0123456789abcdef") else None
 
 
 @dataclass(frozen=True, slots=True)

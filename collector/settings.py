@@ -112,10 +112,12 @@ class Settings:
         # password, and this line lands in the service's log.
         try:
             url = make_url(db.normalise_url(self.db_url))
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: a port that is no number (a forgotten @)
             raise SetupError(
                 "--db is not a database URL: give sqlite:///PATH or postgresql://USER@HOST/DB"
             ) from None
+        if "@" in (url.host or ""):  # the driver's error would name the host: the password's end
+            raise SetupError("--db: percent-encode an '@' in the user name or password as %40")
         try:
             engine = (url.get_backend_name(), url.get_driver_name())
         except ArgumentError:  # a backend SQLAlchemy does not know at all

@@ -44,11 +44,13 @@ def test_a_database_url_of_another_engine_or_driver_is_one_line(tmp_path: Path) 
             f"tr7-collector: --db {scheme}://... is not supported: give sqlite:///PATH or "
             "postgresql://... (PostgreSQL through psycopg 3)\n"
         ), out.stderr
-    for url in ("postgresql:/u:secret@db/tr7", "postgresql//u:secret@db/tr7", "foo://u:secret@db/tr7"):
+    for url in ("postgresql:/u:secret@db/tr7", "postgresql//u:secret@db/tr7", "foo://u:secret@db/tr7",
+                "postgresql://u:secret/tr7", "postgresql://u:sec@ret@127.0.0.1/tr7"):
         out = subprocess.run([sys.executable, "-m", "collector.cli", "migrate", "--data-dir", str(tmp_path),
                               "--db", url], capture_output=True, text=True, check=False)
         assert out.returncode == 1 and out.stderr.count("\n") == 1, out
-        assert "secret" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert "secret" not in out.stderr and "ret@" not in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr, out.stderr
     for url in (f"sqlite:///{tmp_path / 'c.db'}", f"sqlite+pysqlite:///{tmp_path / 'c.db'}",
                 f"postgres://nobody@127.0.0.1:{_closed_port()}/tr7", "postgresql+psycopg://u@db/tr7"):
         assert Settings(tmp_path / "d", url, "test").engine is not None  # accepted (not connected yet)
