@@ -11,21 +11,28 @@ HOUR = 3600
 CapacityKey = tuple[str | None, int | None, int | None]  # (bundle, bandwidth_mbps, vservices); None = absent
 
 # A vm id or a declared bundle is kept in the collector's aggregate keys as it is when it is at
-# most this many characters, without a U+0000 and not starting with STAND_IN; otherwise as
-# STAND_IN and the hex SHA-256 of its UTF-8 (key_text). PostgreSQL holds no U+0000 in text and a
-# btree key of at most ~2.7 kB: such a vm (any string, heartbeat-v1.md §2) made the whole batch
-# a 500, retried for ever. Every text that starts with STAND_IN is hashed too, so two different
-# texts never share a form (a vm named like another's stand-in hid a clone). Real ids and
-# bundles are far shorter; the evidence keeps the exact text.
+# most this many characters, without a U+0000 and not spelled like a stand-in; otherwise as its
+# stand-in: "sha256:" and the hex SHA-256 of its UTF-8 (key_text). PostgreSQL holds no U+0000 in
+# text and a btree key of at most ~2.7 kB: such a vm (any string, heartbeat-v1.md §2) made the
+# whole batch a 500, retried for ever. A text spelled like a stand-in (71 characters from
+# "sha256:") is replaced by its own, so two different texts never share a form (a vm named like
+# another's stand-in hid a clone); other texts from "sha256:" are kept, as before this rule.
+# Real ids and bundles are far shorter; the evidence keeps the exact text.
 KEY_TEXT_MAX = 256
 STAND_IN = "sha256:"
+STAND_IN_LEN = len(STAND_IN) + 64
 
 
 def key_text(text: str) -> str:
     """The form of a vm id or a declared bundle in aggregate keys (see KEY_TEXT_MAX)."""
-    if len(text) <= KEY_TEXT_MAX and "\x00" not in text and not text.startswith(STAND_IN):
+    if len(text) <= KEY_TEXT_MAX and "\x00" not in text and not is_stand_in(text):
         return text
     return STAND_IN + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def is_stand_in(text: str) -> bool:
+    """Whether a text is spelled like key_text's stand-ins (every one of them is)."""
+    return len(text) == STAND_IN_LEN and text.startswith(STAND_IN)
 
 
 def stored_bundles(bundles: Sequence[str]) -> Callable[[str], str]:
@@ -37,7 +44,7 @@ def stored_bundles(bundles: Sequence[str]) -> Callable[[str], str]:
     by_stand_in = {k: b for b in bundles if (k := key_text(b)) != b}
 
     def resolve(stored: str) -> str:
-        if not stored.startswith(STAND_IN):
+        if not is_stand_in(stored):
             return stored  # kept as declared
         bundle = by_stand_in.get(stored)
         if bundle is not None:

@@ -96,6 +96,7 @@ def test_the_stand_in_of_a_key_text_is_kept_apart_and_short_ones_are_themselves(
     assert key_text("a\u0000b").startswith("sha256:") and len(key_text("a\u0000b")) == 71
     stand_in = key_text("x" * 300)
     assert key_text(stand_in) not in (stand_in, "x" * 300)  # a text spelled like a stand-in is hashed too
+    assert key_text("sha256:basic") == "sha256:basic"  # other texts from "sha256:" are kept, as before
 
 
 def test_a_header_kid_no_key_can_have_is_a_rejected_line_not_a_500(client, settings, tools) -> None:
