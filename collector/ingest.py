@@ -37,7 +37,7 @@ from collector.tiles import write_tiles
 from collector.tlog import lock_log_state
 from protocol.errors import ProtocolError
 from protocol.fastpayload import Observations
-from protocol.heartbeat import Heartbeat, check_key_window, token_digest, verify_heartbeat_shared
+from protocol.heartbeat import Heartbeat, check_key_window, is_kid, token_digest, verify_heartbeat_shared
 from protocol.keys import load_public_key_b64
 from protocol.merkle import leaf_hash
 from protocol.timefmt import month_of
@@ -85,7 +85,7 @@ def _header_kid(token: str) -> str | None:
         kid = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))).get("kid")
     except Exception:
         return None
-    return kid if isinstance(kid, str) and len(kid) == 32 and not kid.strip("0123456789abcdef") else None
+    return kid if is_kid(kid) else None
 
 
 @dataclass(frozen=True, slots=True)

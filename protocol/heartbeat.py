@@ -116,9 +116,14 @@ def _check_header(header_b64: str) -> str:
     if header["typ"] != TYP:
         raise ProtocolError("jws.header", f"typ must be {TYP}, not {header['typ']!r}")
     kid = header["kid"]
-    if not isinstance(kid, str) or len(kid) != 32 or kid.strip("0123456789abcdef"):
+    if not is_kid(kid):
         raise ProtocolError("jws.header", "kid must be 32 lowercase hex characters")
     return kid
+
+
+def is_kid(value: object) -> bool:
+    """Whether a header's `kid` has the form of one: 32 lowercase hex characters."""
+    return isinstance(value, str) and len(value) == 32 and not value.strip("0123456789abcdef")
 
 
 def _parse(token: str, digest: str = "") -> tuple[Heartbeat, bytes]:
