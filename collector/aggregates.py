@@ -13,7 +13,7 @@ import psycopg
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from billing.activity import KEY_TEXT_MAX, STAND_IN_LEN, is_stand_in, key_text
+from billing.activity import key_text
 from collector import schema as s
 from protocol.fastpayload import Capacity, Observations
 from protocol.heartbeat import Heartbeat
@@ -46,14 +46,7 @@ class CapacityKeys(dict[Capacity, str]):
 def cells_of_observations(obs: Observations, keys: CapacityKeys) -> tuple[Cell, ...]:
     """What the hour aggregates need of each observation of a shared Observations."""
     return tuple([
-        (
-            o.instance,
-            # key_text's test inline: a call for each of 50 observations cost ~3 us a heartbeat
-            vm if len(vm := o.vm) <= KEY_TEXT_MAX and "\x00" not in vm
-            and (len(vm) != STAND_IN_LEN or not is_stand_in(vm)) else key_text(vm),
-            o.state == "running",
-            None if (cap := o.capacity) is None else keys[cap],
-        )
+        (o.instance, key_text(o.vm), o.state == "running", None if (cap := o.capacity) is None else keys[cap])
         for o in obs.items
     ])
 
