@@ -107,9 +107,8 @@ class Settings:
     def engine(self) -> Engine:
         # Only the two engines the collector is built and tested for: ingest speaks psycopg 3's
         # own COPY and binary parameters, and any other driver (psycopg2, asyncpg, a MySQL URL)
-        # failed later, mid-request, in ways that said nothing of the URL.
-        # The URL is parsed, and only the names SQLAlchemy parsed are ever shown: a URL holds a
-        # password, and this line lands in the service's log.
+        # failed later, mid-request. Errors show only the names SQLAlchemy parsed, never the URL:
+        # it holds a password, and the line lands in the service's log.
         try:
             url = make_url(db.normalise_url(self.db_url))
         except (ArgumentError, ValueError):  # ValueError: a port that is no number (a forgotten @)
