@@ -1,9 +1,9 @@
 """Verified, idempotent ingest (heartbeat-v1.md §4): per-line outcomes, one durable transaction.
 
-The log append (leaf index per provider-month), the dedup key (unique digest) and the hour
-aggregates are written in ONE transaction that first locks the log's counter row, so several
-collector processes on one database never hand out a leaf index twice; a unique-key race with
-another process rolls the whole batch back and redoes it, when the line is then a duplicate.
+The log append (leaf index per provider-month), the dedup key (unique kid, month, seq and digest)
+and the hour aggregates are written in ONE transaction that first locks the log's counter row, so
+several collector processes on one database never hand out a leaf index twice; a unique-key race
+with another process rolls the whole batch back and redoes it, when the line is then a duplicate.
 """
 
 import base64
@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -37,7 +37,7 @@ from collector.tiles import write_tiles
 from collector.tlog import lock_log_state
 from protocol.errors import ProtocolError
 from protocol.fastpayload import Observations
-from protocol.heartbeat import Heartbeat, check_key_window, is_kid, token_digest, verify_heartbeat_shared
+from protocol.heartbeat import Heartbeat, check_key_window, check_signature, parse_shared
 from protocol.keys import load_public_key_b64
 from protocol.merkle import leaf_hash
 from protocol.timefmt import month_of
@@ -76,18 +76,6 @@ def _month_of_day(day: int) -> str:
     return month_of(day)
 
 
-def _header_kid(token: str) -> str | None:
-    # Only to batch the key lookup; the strict parse happens in verify_heartbeat. Only a kid of
-    # the form kids have is looked up: any other string went into the query, and a U+0000 or a
-    # lone surrogate in it made the whole request a 500 (the line is rejected by the parse).
-    try:
-        head = token.split(".", 1)[0]
-        kid = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))).get("kid")
-    except Exception:
-        return None
-    return kid if is_kid(kid) else None
-
-
 @dataclass(frozen=True, slots=True)
 class _Leaf:
     """What the log row of a verified heartbeat needs beyond the heartbeat: made before the write
@@ -110,13 +98,16 @@ def _append(
 ) -> tuple[set[str], int]:
     """Append the not-yet-logged heartbeats of one log; return the digests appended and its size.
 
-    ``seen``: the log's size in the snapshot that found none of ``cands`` logged (_logged). A log
+    ``seen``: the log's size in the snapshot that found none of ``cands`` logged. A log
     only grows, and a heartbeat can only be in the log of its key's provider and its month, so
     if the size is still that, none of them is in it now either and they are not looked up again
     (a retried transaction passes None: it looks)."""
     size, partial = lock_log_state(conn, provider, month)
-    known = set() if size == seen else {d for d, _ in _digests_logged(conn, [hb.digest for hb in cands])}
-    new = [hb for hb in cands if hb.digest not in known]
+    if size == seen:
+        new = cands
+    else:
+        known = _keys_logged(conn, [(hb.kid, month, hb.seq) for hb in cands])
+        new = [hb for hb in cands if (hb.kid, month, hb.seq, hb.digest) not in known]
     if not new:
         return set(), size
     made = [leaves[hb.digest] for hb in new]
@@ -162,29 +153,39 @@ def _revoked_since(conn: Connection, latest: Mapping[str, int]) -> dict[str, int
     }
 
 
-def _digests_logged(conn: Connection, digests: Sequence[str]) -> list[tuple[str, int]]:
-    """(digest, seq) of the leaves among ``digests``. Written for the driver with the digests as
-    one parameter on PostgreSQL (hex: ',' never occurs in one): SQLAlchemy's expanding IN cost
-    ~20 us of our CPU a heartbeat there, rendering a cast per digest, then psycopg parsing the
-    500-mark statement anew for every batch (too long for its cache)."""
-    if not digests:
-        return []
-    if conn.dialect.name == "postgresql":
-        q, params = "SELECT digest, seq FROM leaves WHERE digest = ANY(string_to_array(%s, ','))", (
-            ",".join(digests),)
+def _keys_logged(conn: Connection, keys: Iterable[tuple[str, str, int]]) -> set[tuple[str, str, int, str]]:
+    """(kid, month, seq, digest) of the leaves with any of the (kid, month, seq) ``keys``: the
+    lines among them already logged are those whose digest is there too.
+
+    Looked up by the unique (kid, month, seq, digest) index, not by the digest alone: a digest is
+    random, so an index on it took one page write per leaf (~10 us a heartbeat on SQLite, and
+    random I/O once it outgrows memory), while a key's leaves sit side by side. Written for the
+    driver: on PostgreSQL the keys go as three comma-joined texts (hex, YYYY-MM and digits never
+    hold a comma), on SQLite as row values."""
+    keys = sorted(set(keys))
+    if not keys:
+        return set()
+    q, params = _keys_query(conn.dialect.name, keys)
+    return {(kid, month, int(seq), digest) for kid, month, seq, digest in conn.exec_driver_sql(q, params)}
+
+
+def _keys_query(dialect: str, keys: Sequence[tuple[str, str, int]]) -> tuple[str, tuple[Any, ...]]:
+    if dialect == "postgresql":
+        q = (
+            "SELECT l.kid, l.month, l.seq, l.digest FROM leaves l JOIN unnest(string_to_array(%s, ','), "
+            "string_to_array(%s, ','), string_to_array(%s, ',')::bigint[]) AS k(kid, month, seq) "
+            "ON l.kid = k.kid AND l.month = k.month AND l.seq = k.seq"
+        )
+        params: tuple[Any, ...] = tuple(",".join(str(k[i]) for k in keys) for i in range(3))
     else:  # sqlite3 keeps the statement of each mark count prepared
-        q, params = f"SELECT digest, seq FROM leaves WHERE digest IN ({','.join('?' * len(digests))})", tuple(
-            digests)
-    return [(d, int(seq)) for d, seq in conn.exec_driver_sql(q, params)]
-
-
-def _logged(conn: Connection, lines: Sequence[str]) -> tuple[dict[str, int], dict[str, str]]:
-    """Lines already in a log (by digest), with their seq: replays skip parsing and verification.
-
-    Also returns each ASCII line's digest, which verification then does not compute again."""
-    digest_of = {ln: token_digest(ln) for ln in lines if ln.isascii()}
-    line_of = {d: ln for ln, d in digest_of.items()}
-    return {line_of[d]: seq for d, seq in _digests_logged(conn, list(line_of))}, digest_of
+        # CROSS JOIN: SQLite then searches the index once per key (a row-value IN scanned it all).
+        q = (
+            f"WITH k(kid, month, seq) AS (VALUES {','.join(['(?,?,?)'] * len(keys))}) "
+            "SELECT l.kid, l.month, l.seq, l.digest FROM k CROSS JOIN leaves l "
+            "ON l.kid = k.kid AND l.month = k.month AND l.seq = k.seq"
+        )
+        params = tuple(v for k in keys for v in k)
+    return q, params
 
 
 def _log_sizes(conn: Connection, providers: set[str]) -> dict[tuple[str, str], int]:
@@ -199,15 +200,23 @@ def _log_sizes(conn: Connection, providers: set[str]) -> dict[tuple[str, str], i
 def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -> list[dict[str, Any]]:
     """Verify and durably log a batch; one result per line, in order."""
     now = int(time.time()) if now is None else now
+    results: list[dict[str, Any]] = [{} for _ in lines]
+    # Every line is parsed first (not its signature): a line already logged is then found by its
+    # key, month and seq (_keys_logged) and answered without checking its signature again.
+    parsed: dict[int, tuple[Heartbeat, Observations, bytes, str]] = {}
+    for n, line in enumerate(lines):
+        try:
+            hb, obs, sig = parse_shared(line)
+        except ProtocolError as exc:
+            results[n] = _rejected(line, exc)
+            continue
+        parsed[n] = (hb, obs, sig, _month_of_day(hb.time - hb.time % DAY))
     with read_conn(engine) as conn:
-        # A key signs every line with the same header: read each distinct header once.
-        heads = {ln[: ln.find(".")] for ln in lines}
-        agents = _load_agents(conn, {k for k in map(_header_kid, heads) if isinstance(k, str)})
-        logged, digest_of = _logged(conn, lines)
+        agents = _load_agents(conn, {p[0].kid for p in parsed.values()})
+        logged = _keys_logged(conn, [(hb.kid, month, hb.seq) for hb, _, _, month in parsed.values()])
         seen = _log_sizes(conn, {a.provider for a in agents.values()})  # in the same snapshot
     keys = {kid: a.key for kid, a in agents.items()}
     cap_keys = CapacityKeys()
-    results: list[dict[str, Any]] = []
     ok: dict[int, tuple[str, Heartbeat]] = {}
     groups: dict[tuple[str, str], dict[str, Heartbeat]] = defaultdict(dict)
     leaves: dict[str, _Leaf] = {}
@@ -216,34 +225,32 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
     # heartbeats share one Observations): computed once, and ORed once per hour by the aggregate.
     cells_by_obs: dict[Observations, tuple[Cell, ...]] = {}
     cells_by_value: dict[tuple[Cell, ...], tuple[Cell, ...]] = {}
-    for n, line in enumerate(lines):
-        seq = logged.get(line)
-        if seq is not None:
+    for n, (hb, obs, sig, month) in parsed.items():
+        if (hb.kid, month, hb.seq, hb.digest) in logged:
             # Byte-identical to a logged leaf, verified when it was accepted: an agent's retry.
-            results.append({"seq": seq, "status": "duplicate"})
+            results[n] = {"seq": hb.seq, "status": "duplicate"}
             continue
         try:
-            hb, obs = verify_heartbeat_shared(line, keys, digest_of.get(line, ""))
+            check_signature(hb, sig, keys)
             agent = agents[hb.kid]
             check_key_window(hb, agent.enrolled_at, agent.revoked_at)
             if hb.time > now + MAX_FUTURE:
                 raise ProtocolError("time.future", f"time is more than {MAX_FUTURE} s ahead of the collector")
         except ProtocolError as exc:
-            results.append(_rejected(line, exc))
+            results[n] = _rejected(lines[n], exc)
             continue
-        results.append({"seq": hb.seq, "status": "pending"})
-        # Only the cells are kept, not the decoded payload: holding 500 payloads' dicts until the
-        # commit made decoding them twice as slow (fresh memory for every batch). The shared
-        # Observations are immutable; hb's own observations list is empty.
+        results[n] = {"seq": hb.seq, "status": "pending"}
+        # Only the cells are kept for the write, with the shared Observations (immutable; hb's
+        # own observations list is empty).
         c = cells_by_obs.get(obs)
         if c is None:
             c = cells_of_observations(obs, cap_keys)
             # Equal cells (another text, e.g. only a host changed) share one tuple too.
             c = cells_by_obs[obs] = cells_by_value.setdefault(c, c)
         if hb.digest not in leaves:
-            leaves[hb.digest] = _leaf(line, c, dialect)
+            leaves[hb.digest] = _leaf(lines[n], c, dialect)
         ok[n] = (agent.provider, hb)
-        groups[(agent.provider, _month_of_day(hb.time - hb.time % DAY))].setdefault(hb.digest, hb)
+        groups[(agent.provider, month)].setdefault(hb.digest, hb)
 
     sizes: dict[str, int] = {}
     revoked: dict[str, ProtocolError] = {}  # digest -> why, for keys revoked since the check above
@@ -268,7 +275,7 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
                     revoked[hb.digest] = ProtocolError("key.window", REVOKED)
                 else:
                     cands.append(hb)
-            # A retry (after a unique-key race) looks the digests up whatever the sizes say.
+            # A retry (after a unique-key race) looks the lines up whatever the sizes say.
             size = seen.get((provider, month), 0) if attempts == 1 else None
             got, sizes[f"{provider}/{month}"] = _append(conn, provider, month, cands, leaves, now, size)
             appended |= got

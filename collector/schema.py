@@ -93,7 +93,7 @@ leaves = sa.Table(
     sa.Column("provider", sa.String, primary_key=True),
     sa.Column("month", sa.String(7), primary_key=True),
     sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("digest", sa.String(64), nullable=False, unique=True),  # the dedup key
+    sa.Column("digest", sa.String(64), nullable=False),
     sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
     sa.Column("kid", sa.String(32), nullable=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
@@ -102,7 +102,10 @@ leaves = sa.Table(
     sa.Column("interval", sa.Integer, nullable=False),
     sa.Column("received_at", sa.BigInteger, nullable=False),
     sa.Column("jws", StoredJws, nullable=False),
-    sa.Index("ix_leaves_kid_month", "kid", "month", "seq"),
+    # The dedup key (migration 0012): one JWS has one kid, seq and month, so this is unique exactly
+    # where the digest is, and a key's leaves sit side by side in it (a unique index on the digest
+    # alone wrote a random page a leaf). Its (kid, month, seq) prefix serves the chain queries.
+    sa.Index("ux_leaves_kid_month_seq", "kid", "month", "seq", "digest", unique=True),
     sa.Index("ix_leaves_pm_time", "provider", "month", "time"),
     # Covers the chain rules run by the database (collector/chainsql.py): a key's leaves in seq
     # order and each leaf's predecessor found without reading the rows (which hold the JWS).

@@ -141,7 +141,7 @@ def _parse(token: str, digest: str = "") -> tuple[Heartbeat, bytes]:
     return _heartbeat(token, kid, payload, epoch, payload["observations"], digest), _signature(sig_b64)
 
 
-def _parse_shared(token: str, digest: str = "") -> tuple[Heartbeat, Observations, bytes]:
+def parse_shared(token: str, digest: str = "") -> tuple[Heartbeat, Observations, bytes]:
     """_parse with the observations as a shared Observations (memoised by their bytes): the same
     checks in the same order, so the same outcome and, on a rejection, the same rule."""
     header_b64, payload_b64, sig_b64 = _split(token)
@@ -211,9 +211,15 @@ def verify_heartbeat_shared(token: str, keys: KeyLookup, digest: str = "") -> tu
     every heartbeat whose `observations` text is byte-identical (decoded once per distinct text,
     see protocol.fastpayload). The Heartbeat's own `observations` list is EMPTY (and its
     `payload` therefore incomplete): read them from the Observations."""
-    hb, obs, sig = _parse_shared(token, digest)
-    _verify_signature(token, hb.kid, sig, keys)
+    hb, obs, sig = parse_shared(token, digest)
+    check_signature(hb, sig, keys)
     return hb, obs
+
+
+def check_signature(hb: Heartbeat, sig: bytes, keys: KeyLookup) -> None:
+    """The signature check of verify_heartbeat_shared, for a heartbeat parse_shared returned
+    (the collector's ingest parses a batch first, to find the lines already logged)."""
+    _verify_signature(hb.token, hb.kid, sig, keys)
 
 
 def _verify_signature(token: str, kid: str, sig: bytes, keys: KeyLookup) -> None:

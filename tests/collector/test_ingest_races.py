@@ -39,7 +39,7 @@ def test_lines_another_process_logged_meanwhile_are_duplicates_and_the_batch_is_
 ):
     """The batch's read snapshot found none of its lines logged; another process then logged
     some of them and lines of another key. The log grew since the snapshot, so the write looks
-    the batch's digests up again: those lines are duplicates, the rest take the next indexes."""
+    the batch's lines up again: those lines are duplicates, the rest take the next indexes."""
     now = int(time.time())
     a, b = tools.Agent("a"), tools.Agent("b")
     for agent in (a, b):
@@ -70,7 +70,7 @@ def test_lines_another_process_logged_meanwhile_are_duplicates_and_the_batch_is_
 def test_a_unique_key_clash_while_appending_redoes_the_batch_and_answers_duplicate(
     settings, tools, monkeypatch
 ):
-    """Whatever the shortcut above believes, the unique digest decides: when the append itself
+    """Whatever the shortcut above believes, the unique key decides: when the append itself
     meets a line logged meanwhile (here the sizes are read after the other commit, so the write
     does not look), the database's unique-key error, PostgreSQL's from its COPY included, redoes
     the batch, which then answers duplicate for it. Never a 500, never a second leaf."""
