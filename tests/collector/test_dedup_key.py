@@ -41,7 +41,8 @@ def test_replays_forks_and_second_copies(settings, tools, monkeypatch) -> None:
     forked = fork.beat(now - 840, {"TR7-1": "stopped"})
     checked, writes = [], []
     real_check, real_write = ingest.check_signature, ingest.write_tx
-    monkeypatch.setattr(ingest, "check_signature", lambda hb, *a: checked.append(hb.seq) or real_check(hb, *a))
+    monkeypatch.setattr(ingest, "check_signature",
+                        lambda hb, *a: checked.append(hb.seq) or real_check(hb, *a))
     monkeypatch.setattr(ingest, "write_tx", lambda e, fn: real_write(e, lambda c: writes.append(1) or fn(c)))
     res = ingest.ingest_lines(settings.engine, [lines[1], forked, lines[1]], now)
     # Found before the signature check, in the read snapshot (not by a unique-key error and a redo).
