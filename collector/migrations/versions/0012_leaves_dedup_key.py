@@ -8,9 +8,12 @@ month (of its time), so the new key is unique exactly where the digest is. It re
 (kid, month, seq) index, its prefix.
 
 On SQLite a table's UNIQUE constraint goes only with the table: `leaves` is copied once (the
-JWS rows as they are; allow about a minute a million leaves, and the disk space of a second
-copy until it ends). On PostgreSQL the constraint is dropped and the index built in place.
+JWS rows as they are; 200,000 leaves, 496 MB, took 9 s: allow about a minute a million, and
+the disk space of a second copy until it ends; it says so on stderr from 10,000 rows). On
+PostgreSQL the constraint is dropped and the index built in place.
 """
+
+import sys
 
 import sqlalchemy as sa
 from alembic import op
@@ -33,6 +36,12 @@ def upgrade() -> None:
         return  # a new database: revision 0001 created the schema module as it is now
     uniques = inspector.get_unique_constraints("leaves")
     unique = [u["name"] for u in uniques if u["column_names"] == ["digest"]]
+    bind = op.get_bind()
+    if bind.dialect.name == "sqlite":
+        rows = bind.exec_driver_sql("SELECT count(*) FROM leaves").scalar() or 0
+        if rows >= 10_000:  # say why the first start of this release is slow
+            print(f"tr7-collector: migration 0012 copies the {rows:,} rows of leaves once (about a "
+                  "minute a million) ...", file=sys.stderr, flush=True)
     with op.batch_alter_table("leaves", naming_convention=NAMING) as batch:
         for name in unique:
             batch.drop_constraint(name or "uq_leaves_digest", type_="unique")
