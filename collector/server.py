@@ -1,6 +1,5 @@
 """The HTTP API (FastAPI): ingest, enrolment, health, log proofs; the read API is in readapi.py."""
 
-import asyncio
 import logging
 import os
 import time
@@ -12,12 +11,11 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, StringConstraints
-from starlette.concurrency import run_in_threadpool
 
 from collector import db, highwater, periodic, readapi, registry, tlog, web
 from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge, TooManyLines
 from collector.gctune import tune_gc
-from collector.ingest import ingest_lines
+from collector.ingestslots import ingest_in_slot
 from collector.requestguard import LimitBody, RefuseNul
 from collector.settings import (
     ENV_DATA_DIR,
@@ -36,12 +34,6 @@ log = logging.getLogger(__name__)
 MAX_LINES = 5000
 MAX_BYTES = 16 * 1024 * 1024
 MAX_OTHER_BODY = 1024 * 1024  # every other route: enrolment, forms, the account API
-# Batches a worker process ingests at once; later ones wait, their bodies read. Parsing is Python
-# under the GIL: in one process 2 batches at once cost ~8% more CPU a heartbeat than 1, 3 cost
-# ~20% more (threads fighting for the GIL), so a machine's cores are better kept busy by worker
-# processes (`serve --workers`, docs/collector.md); 2, not 1, so a lone worker still checks
-# signatures on two cores (cryptography releases the GIL in Ed25519 verify).
-INGEST_SLOTS = 2
 
 
 class EnrollRequest(BaseModel):
@@ -149,8 +141,6 @@ def create_app(settings: Settings) -> FastAPI:
     # every log's size into this data directory's marks, whoever appended it (collector/highwater.py)
     periodic.run_every(app, highwater.WATCH_EVERY, lambda: highwater.observe(engine), "highwater")
 
-    slots = asyncio.Semaphore(INGEST_SLOTS)
-
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -170,8 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(400, "no heartbeat in the body")
         if len(lines) > MAX_LINES:
             raise HTTPException(413, f"at most {MAX_LINES} heartbeats per request, got {len(lines)}")
-        async with slots:
-            results = await run_in_threadpool(ingest_lines, engine, lines, int(time.time()))
+        results = await ingest_in_slot(engine, lines)
         _log_ingest(request, results)
         # Rendered directly: results already have IngestResponse's shape (no None members), and
         # validating then encoding 5,000 models costs more than the HTTP layer itself.
