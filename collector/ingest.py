@@ -161,7 +161,7 @@ def _keys_logged(conn: Connection, keys: Iterable[tuple[str, str, int]]) -> set[
     random, so an index on it took one page write per leaf (~10 us a heartbeat on SQLite, and
     random I/O once it outgrows memory), while a key's leaves sit side by side. Written for the
     driver: on PostgreSQL the keys go as three comma-joined texts (hex, YYYY-MM and digits never
-    hold a comma), on SQLite as row values."""
+    hold a comma), on SQLite as a VALUES list of the keys, joined to the leaves."""
     keys = sorted(set(keys))
     if not keys:
         return set()
