@@ -31,12 +31,12 @@ NAMING = {"uq": "uq_%(table_name)s_%(column_0_name)s"}
 
 
 def upgrade() -> None:
-    inspector = sa.inspect(op.get_bind())
+    bind = op.get_bind()
+    inspector = sa.inspect(bind)
     if KEY in {ix["name"] for ix in inspector.get_indexes("leaves")}:
         return  # a new database: revision 0001 created the schema module as it is now
     uniques = inspector.get_unique_constraints("leaves")
     unique = [u["name"] for u in uniques if u["column_names"] == ["digest"]]
-    bind = op.get_bind()
     if bind.dialect.name == "sqlite":
         rows = bind.exec_driver_sql("SELECT count(*) FROM leaves").scalar() or 0
         if rows >= 10_000:  # say why the first start of this release is slow
