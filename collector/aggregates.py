@@ -155,10 +155,11 @@ def upsert(conn: Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
 # Plain appends by COPY on PostgreSQL (binary: no text to escape or parse), not an INSERT a row:
 # psycopg's executemany cost ~25 us of our CPU a 10 kB leaf (a Bind and an Execute each, their
 # parameters dumped in Python), COPY ~9; the server's ~31 us a row ~28 (its TOAST compression,
-# the rest; measured in process, 24,000 heartbeats of bench/bench_ingest.py).
+# the rest; measured in process, 24,000 heartbeats of bench/bench_ingest.py). The JWS goes as
+# its 1.6 kB LZ4 frame since migration 0013 (collector/jwsstore.py): the server's COPY ~21 -> ~13.
 _COPY_TYPES = {
     "leaves": (
-        "text", "text", "int8", "text", "bytea", "text", "int8", "text", "int8", "int4", "int8", "text",
+        "text", "text", "int8", "text", "bytea", "text", "int8", "text", "int8", "int4", "int8", "bytea",
     ),
 }
 

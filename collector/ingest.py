@@ -84,12 +84,12 @@ class _Leaf:
 
     cells: Sequence[Cell]
     leaf_hash: bytes
-    stored: str | bytes  # jwsstore.pack of the token
+    stored: bytes  # jwsstore.pack of the token
 
 
-def _leaf(token: str, cells: Sequence[Cell], dialect: str) -> _Leaf:
+def _leaf(token: str, cells: Sequence[Cell]) -> _Leaf:
     raw = token.encode("ascii")
-    return _Leaf(cells, leaf_hash(raw), jwsstore.pack(dialect, token, raw))
+    return _Leaf(cells, leaf_hash(raw), jwsstore.pack(token, raw))
 
 
 def _append(
@@ -220,7 +220,6 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
     ok: dict[int, tuple[str, Heartbeat]] = {}
     groups: dict[tuple[str, str], dict[str, Heartbeat]] = defaultdict(dict)
     leaves: dict[str, _Leaf] = {}
-    dialect = engine.dialect.name
     # One cells tuple per distinct observations text in the batch (an agent's consecutive
     # heartbeats share one Observations): computed once, and ORed once per hour by the aggregate.
     cells_by_obs: dict[Observations, tuple[Cell, ...]] = {}
@@ -248,7 +247,7 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
             # Equal cells (another text, e.g. only a host changed) share one tuple too.
             c = cells_by_obs[obs] = cells_by_value.setdefault(c, c)
         if hb.digest not in leaves:
-            leaves[hb.digest] = _leaf(lines[n], c, dialect)
+            leaves[hb.digest] = _leaf(lines[n], c)
         ok[n] = (agent.provider, hb)
         groups[(agent.provider, month)].setdefault(hb.digest, hb)
 

@@ -23,10 +23,12 @@ def _rows(settings) -> list[tuple]:
 
 
 def _second_copy(settings, row: tuple) -> None:
-    """Insert a copy of a leaf row at the next index of its log, as a second writer would."""
-    values = dict(zip(s.leaves.c.keys(), row, strict=True))
-    values["idx"] = 10_000
-    db.write_tx(settings.engine, lambda c: c.execute(s.leaves.insert(), [values]))
+    """Insert a copy of a leaf row at the next index of its log, as a second writer would (copied
+    by the database: the JWS column's type is not the same at every revision)."""
+    cols = [c.name for c in s.leaves.c if c.name != "idx"]
+    q = (f"INSERT INTO leaves (idx, {', '.join(cols)}) SELECT 10000, {', '.join(cols)} FROM leaves"
+         " WHERE provider = :p AND month = :m AND idx = :i")
+    db.write_tx(settings.engine, lambda c: c.execute(sa.text(q), {"p": row[0], "m": row[1], "i": row[2]}))
 
 
 def test_replays_forks_and_second_copies(settings, tools, monkeypatch) -> None:
