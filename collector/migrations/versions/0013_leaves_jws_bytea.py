@@ -10,8 +10,8 @@ which read back as the same text (a JWS never begins with the frame's magic numb
 change rewrites the table once, with its indexes, under an exclusive lock (ingest waits; agents
 keep their heartbeats spooled and retry): 200,000 leaves (512 MB) took 11 s here, about a
 minute a million, and the disk space of a second copy until it ends; it says so on stderr
-from 10,000 rows. Nothing to do on
-SQLite, whose TEXT column holds frames already (jwsstore, since migration 0003's time).
+from 10,000 rows. Nothing to do on SQLite, whose TEXT column holds frames already (jwsstore,
+since migration 0003's time).
 
 Downgrade turns every frame back into its text (read and written back in chunks by this
 process, as SQL cannot inflate LZ4), then the column into text.
