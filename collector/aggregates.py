@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 
 from billing.activity import key_text
 from collector import schema as s
-from protocol.fastpayload import Capacity, Observations
 from protocol.heartbeat import Heartbeat
+from protocol.sharedpayload import Capacity, Observations
 
 
 def cap_key(cap: dict[str, Any]) -> str:

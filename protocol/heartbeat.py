@@ -19,9 +19,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protocol.errors import ProtocolError
-from protocol.fastpayload import Observations, decode_payload, decode_payload_shared, observations_of
+from protocol.fastpayload import decode_payload
 from protocol.keys import AgentKey
 from protocol.payload import member_count, validate_payload
+from protocol.sharedpayload import Observations, decode_payload_shared, observations_of
 from protocol.strictjson import loads_counted, loads_strict
 from protocol.timefmt import format_time, parse_time
 
@@ -209,7 +210,7 @@ def verify_heartbeat_shared(token: str, keys: KeyLookup, digest: str = "") -> tu
     """verify_heartbeat for the collector's ingest: accepts and rejects exactly what it does, with
     the same rule, but returns the observations apart, as an immutable Observations shared by
     every heartbeat whose `observations` text is byte-identical (decoded once per distinct text,
-    see protocol.fastpayload). The Heartbeat's own `observations` list is EMPTY (and its
+    see protocol.sharedpayload). The Heartbeat's own `observations` list is EMPTY (and its
     `payload` therefore incomplete): read them from the Observations."""
     hb, obs, sig = parse_shared(token, digest)
     check_signature(hb, sig, keys)

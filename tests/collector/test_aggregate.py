@@ -1,7 +1,7 @@
 """The hour aggregates an ingest batch writes: one capacity however its members are ordered."""
 
 from collector.aggregates import CapacityKeys, aggregate_cells, cap_key, cells_of_observations
-from protocol.fastpayload import observations_of
+from protocol.sharedpayload import observations_of
 
 DAY = 86400
 

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 
 from collector import schema as s
 from collector.ingest import ingest_lines
-from protocol.fastpayload import clear_memo
 from protocol.heartbeat import ZERO_HASH, sign_heartbeat, token_digest
 from protocol.keys import AgentKey
+from protocol.sharedpayload import clear_memo
 from protocol.timefmt import format_time
 
 H, DAY = 3600, 86400

@@ -14,12 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import fastpayload
+from protocol import sharedpayload
 from protocol.errors import ProtocolError
-from protocol.fastpayload import clear_memo, decode_payload
+from protocol.fastpayload import decode_payload
 from protocol.heartbeat import TYP, b64url_decode, b64url_encode, verify_heartbeat, verify_heartbeat_shared
 from protocol.keys import AgentKey
 from protocol.payload import validate_payload
+from protocol.sharedpayload import clear_memo
 from protocol.strictjson import loads_strict
 
 KEY = AgentKey.generate()
@@ -258,7 +259,7 @@ def test_the_shared_path_memoises_the_array_and_shares_one_immutable_value() -> 
     one, two = _compact(p), _compact({**p, "seq": 2, "prev": "a" * 64, "time": "2026-11-01T00:01:00Z"})
     _, a = verify_heartbeat_shared(_token(one), KEYS)
     _, b = verify_heartbeat_shared(_token(two), KEYS)
-    assert a is b and fastpayload._memo.get(_array(one)) is a
+    assert a is b and sharedpayload._memo.get(_array(one)) is a
     with pytest.raises((AttributeError, TypeError)):
         a.items[0].state = "stopped"  # type: ignore[misc]
     with pytest.raises((AttributeError, TypeError)):
@@ -282,9 +283,9 @@ def test_a_memoised_array_under_another_top_level_is_judged_as_the_reference(
 ) -> None:
     body = _compact(_payload())
     clear_memo()
-    assert _shared(body) is None and _array(body) in fastpayload._memo  # memoised
+    assert _shared(body) is None and _array(body) in sharedpayload._memo  # memoised
     # From here on the array is never decoded again: whenever it is looked up, it is a hit.
-    monkeypatch.setattr(fastpayload, "_decode_observations", lambda key: pytest.fail("a miss"))
+    monkeypatch.setattr(sharedpayload, "_decode_observations", lambda key: pytest.fail("a miss"))
     edited = body.replace(old, new, 1)
     assert edited != body
     assert _reference(edited) is not None
@@ -309,7 +310,7 @@ def test_an_array_with_a_repeated_or_unknown_name_is_never_memoised(old: bytes, 
     for _ in range(2):  # the second time would be a hit, had the first been memoised
         assert _reference(edited) is not None
         assert _shared(edited) == _reference(edited)
-        assert _array(edited) not in fastpayload._memo
+        assert _array(edited) not in sharedpayload._memo
     assert _shared(body) is None
 
 
@@ -341,11 +342,63 @@ def test_the_array_anywhere_in_the_payload() -> None:
         assert _twice(edited) == _reference(edited) == "payload"
 
 
+HEAD_EDITS = [  # around a known array, the top level alone is decoded: each must still decide
+    (b',"observations":', b',"x":","observations":'),  # the member inside a string: not JSON
+    (b',"observations":', b',"x":"\\","observations":'),  # an escape before it
+    (b',"observations":', b',"x":"" ,"observations":'),  # a quote, then whitespace
+    (b',"observations":', b',"observations" :'),  # whitespace: the array is not where it looks
+    (b',"observations":', b',"observations": '),
+    (b'"agent":"', b'"agent":"\\u0030'),
+    (b',"observations":', b',"observations":[],"observations":'),  # the first one holds []
+    (b'{"v":1,', b'{"v":1,"v" :1,'),  # a repeated name the '":' count cannot see
+    (b'{"v":1,', b'{"v":1,"v"\t:1,'),
+]
+
+
+@pytest.mark.parametrize("old,new", HEAD_EDITS)
+def test_a_known_array_after_any_top_level_is_judged_as_the_reference(old: bytes, new: bytes) -> None:
+    # The last array of a key (and the memo) is known: its top level is then decoded alone, with
+    # the array replaced by [] (sharedpayload._last_array). Warm from the same key's good text.
+    body = _compact(_payload())
+    for warm in (True, False):
+        clear_memo()
+        if warm:
+            assert _shared(body) is None
+        edited = body.replace(old, new, 1)
+        assert edited != body
+        assert _shared(edited) == _reference(edited) == _outcome(edited), (old, new, warm)
+        assert _shared(body) is None
+
+
+def test_a_keys_last_array_is_known_without_the_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = _compact(_payload())
+    clear_memo()
+    assert _shared(body) is None
+    with sharedpayload._memo_lock:
+        sharedpayload._memo.clear()  # evicted from the memo, still the key's last array
+    monkeypatch.setattr(sharedpayload, "_decode_observations", lambda key: pytest.fail("decoded again"))
+    assert _shared(_compact({**_payload(), "seq": 2, "prev": "a" * 64})) is None
+    other = _payload(vm="vm-9")  # another array: not known, decoded (the stub fails the test)
+    monkeypatch.undo()
+    assert _shared(_compact(other)) is None
+    assert sharedpayload._recent[KEY.kid][0] == _array(_compact(other))
+
+
+def test_the_last_arrays_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_memo()
+    monkeypatch.setattr(sharedpayload, "RECENT_KEYS", 3)
+    body = _compact(_payload())
+    for i in range(10):  # another key's name each time (declined: the agent member is not it)
+        assert sharedpayload.decode_payload_shared(body, f"{i:032x}") is None
+        assert 1 <= len(sharedpayload._recent) <= 3
+    clear_memo()
+
+
 def test_msgspec_checks_a_raw_spans_json_syntax_but_not_its_utf8() -> None:
     # What the memo relies on: a Raw span is valid JSON (else the top level fails to decode) and
     # its UTF-8 is checked by the typed decode of a miss (the span is the memo's whole key).
     good = _compact(_payload())
-    assert bytes(fastpayload._TOP_DECODER.decode(good).observations) == _array(good)
+    assert bytes(sharedpayload._TOP_DECODER.decode(good).observations) == _array(good)
     # Anchored on the member: a bare b"100" also matched inside the random kid (~1 run in 140),
     # where replacing it leaves valid JSON.
     for old, new in [(b":100,", b":01,"), (b":100,", b":1e,"), (b'"host":"h"', b'"host":nul'),
@@ -354,22 +407,22 @@ def test_msgspec_checks_a_raw_spans_json_syntax_but_not_its_utf8() -> None:
         assert old in good
         bad = good.replace(old, new, 1)
         with pytest.raises(msgspec.DecodeError):
-            fastpayload._TOP_DECODER.decode(bad)
+            sharedpayload._TOP_DECODER.decode(bad)
     lax = good.replace(b'"h"', b'"\xff"', 1)
-    assert bytes(fastpayload._TOP_DECODER.decode(lax).observations) == _array(lax)  # not checked here
+    assert bytes(sharedpayload._TOP_DECODER.decode(lax).observations) == _array(lax)  # not checked here
     with pytest.raises(msgspec.DecodeError):
-        fastpayload._OBS_DECODER.decode(_array(lax))  # but here
+        sharedpayload._OBS_DECODER.decode(_array(lax))  # but here
     assert _twice(lax) == _reference(lax) == "payload"
 
 
 def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     clear_memo()
-    monkeypatch.setattr(fastpayload, "MEMO_BUDGET", 3 * len(_array(_compact(_payload(vm="vm-000")))))
+    monkeypatch.setattr(sharedpayload, "MEMO_BUDGET", 3 * len(_array(_compact(_payload(vm="vm-000")))))
     for i in range(20):
         assert _shared(_compact(_payload(vm=f"vm-{i:03d}"))) is None
-        assert fastpayload._memo_size <= fastpayload.MEMO_BUDGET
-        assert fastpayload._memo_size == sum(map(len, fastpayload._memo))
-    assert len(fastpayload._memo) == 3
+        assert sharedpayload._memo_size <= sharedpayload.MEMO_BUDGET
+        assert sharedpayload._memo_size == sum(map(len, sharedpayload._memo))
+    assert len(sharedpayload._memo) == 3
     clear_memo()
 
 
@@ -421,5 +474,5 @@ def test_the_shared_path_takes_the_edges_and_what_the_reference_alone_accepts() 
     # Declined by the fast path (a space after a quote, an escape), accepted by the reference:
     body = _compact(_payload(vm="Web Server 01"))
     for odd in (body.replace(b'"vm":', b'"vm" :', 1), body.replace(b"Web", b"W\\u0065b", 1)):
-        assert fastpayload.decode_payload_shared(odd, KEY.kid) is None
+        assert sharedpayload.decode_payload_shared(odd, KEY.kid) is None
         assert _twice(odd) is None
