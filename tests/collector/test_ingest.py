@@ -344,3 +344,32 @@ def test_a_key_is_never_revoked_at_or_before_its_enrolment(settings, tools):
         sch.agents.update().where(sch.agents.c.kid == b.kid).values(revoked_at=now - 2 * 86400)))
     repaired = db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, b.kid, None, now))
     assert repaired == now - 86400 + 1
+
+
+def test_a_keys_weakness_check_runs_once_and_its_revocation_is_read_every_batch(settings, tools, monkeypatch):
+    """The scalar multiplication that proves a key is not weak (~44 us, as much as a signature) is
+    paid once per key and process, not once per batch: an agent posting as it polls sends
+    batches of one. What can change (enrolment, revocation) is still read every batch."""
+    from collector import db, ingest, registry
+
+    loads: list[str] = []
+
+    def counted(text: str):
+        loads.append(text)
+        return load(text)
+
+    load = ingest.load_public_key_b64
+    monkeypatch.setattr(ingest, "load_public_key_b64", counted)
+    ingest._public_key.cache_clear()
+    now = int(time.time())
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, now - H)
+
+    def status(t: int) -> str:
+        return ingest.ingest_lines(settings.engine, [a.beat(t, {"TR7-1": "running"})], now)[0]["status"]
+
+    assert [status(now - 600 + i * 60) for i in range(3)] == ["accepted"] * 3
+    assert len(loads) == 1
+    db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, a.kid, now - 300, now))
+    assert status(now - 240) == "rejected"
+    assert len(loads) == 1
