@@ -87,6 +87,17 @@ logs = sa.Table(
     sa.Column("tile_peaks", sa.LargeBinary, nullable=True),
 )
 
+# PostgreSQL's autovacuum for the tables that grow by inserts: after every 10,000 new rows, not
+# after 20% of the table (the default), which once a table holds a few months left most of the
+# current month's pages without their visibility-map bit. Billing's chain rules read `leaves` by
+# an index-only scan, and each row of a page without it is fetched from the table too: a month
+# of 57,600 leaves took 60 ms as ingested and 45 ms once vacuumed (migration 0014). A vacuum of
+# an insert-only table reads only the pages added since the last one.
+VACUUM_AFTER_INSERTS = {
+    "autovacuum_vacuum_insert_scale_factor": 0,
+    "autovacuum_vacuum_insert_threshold": 10_000,
+}
+
 leaves = sa.Table(
     "leaves",
     metadata,
@@ -110,6 +121,7 @@ leaves = sa.Table(
     # Covers the chain rules run by the database (collector/chainsql.py): a key's leaves in seq
     # order and each leaf's predecessor found without reading the rows (which hold the JWS).
     sa.Index("ix_leaves_chain", "provider", "month", "kid", "seq", "time", "prev", "digest", "idx"),
+    postgresql_with=VACUUM_AFTER_INSERTS,
 )
 
 # The hash of each complete 256-leaf subtree of a log (collector/tiles.py), written with the leaves
@@ -150,6 +162,7 @@ days = sa.Table(
     sa.Column("vm", sa.String, primary_key=True),
     sa.Column("active", sa.BigInteger, nullable=False),
     sa.Column("seen", sa.BigInteger, nullable=False),
+    postgresql_with=VACUUM_AFTER_INSERTS,
 )
 
 # Declared capacities: one row per (provider, day, instance, capacity, hour), the observation times
@@ -165,6 +178,7 @@ capacities = sa.Table(
     sa.Column("cap", sa.String, primary_key=True),  # JSON [bundle, bandwidth_mbps, vservices]
     sa.Column("hour", sa.SmallInteger, primary_key=True, autoincrement=False),  # offsets // 3600
     sa.Column("offsets", sa.Text, nullable=False),
+    postgresql_with=VACUUM_AFTER_INSERTS,
 )
 
 checkpoints = sa.Table(
