@@ -37,20 +37,26 @@ def lock_log(conn: Connection, provider: str, month: str) -> int:
     return lock_log_state(conn, provider, month)[0]
 
 
+# lock_log_state's statements, built once (each ingest runs them; see collector/ingest.py _AGENTS).
+_NEW_LOG = {
+    name: insert(s.logs)
+    .on_conflict_do_nothing(index_elements=["provider", "month"])
+    .values(provider=sa.bindparam("p"), month=sa.bindparam("m"), size=0, tile_peaks=bytes(8))
+    for name, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
+_LOG_STATE = sa.select(s.logs.c.size, s.logs.c.tile_peaks).where(
+    s.logs.c.provider == sa.bindparam("p"), s.logs.c.month == sa.bindparam("m")
+)
+# SQLite: BEGIN IMMEDIATE already holds the database write lock
+_LOCKED_STATE = {"sqlite": _LOG_STATE, "postgresql": _LOG_STATE.with_for_update()}
+
+
 def lock_log_state(conn: Connection, provider: str, month: str) -> tuple[int, bytes | None]:
     """lock_log, and the state of the log's partial tile (collector/tiles.py write_tiles)."""
-    ins = (sqlite.insert if is_sqlite(conn.engine) else postgresql.insert)(s.logs)
-    conn.execute(
-        ins.on_conflict_do_nothing(index_elements=["provider", "month"]).values(
-            provider=provider, month=month, size=0, tile_peaks=bytes(8)
-        )
-    )
-    q = sa.select(s.logs.c.size, s.logs.c.tile_peaks).where(
-        s.logs.c.provider == provider, s.logs.c.month == month
-    )
-    if not is_sqlite(conn.engine):
-        q = q.with_for_update()  # SQLite: BEGIN IMMEDIATE already holds the database write lock
-    size, partial = conn.execute(q).one()
+    dialect = "sqlite" if is_sqlite(conn.engine) else "postgresql"
+    key = {"p": provider, "m": month}
+    conn.execute(_NEW_LOG[dialect], key)
+    size, partial = conn.execute(_LOCKED_STATE[dialect], key).one()
     return int(size), None if partial is None else bytes(partial)
 
 
