@@ -99,8 +99,13 @@ _UPSERTS = {
     "leaves": ("INSERT INTO {t} ({cols}) {source}", (
         "provider", "month", "idx", "digest", "leaf_hash", "kid", "seq", "prev", "time", "interval",
         "received_at", "jws")),
+    # A row whose bits already hold the new ones is left as it is (the WHERE): an agent polling
+    # every minute sets its hour's bit 60 times, and each update wrote a new row version and its
+    # WAL for nothing (a one-line request: 50 such rows, ~200 us of PostgreSQL's CPU).
     "days": ("INSERT INTO {t} ({cols}) {source} ON CONFLICT ({key}) DO UPDATE SET "
-             "{active} = {t}.{active} | excluded.{active}, {seen} = {t}.{seen} | excluded.{seen}",
+             "{active} = {t}.{active} | excluded.{active}, {seen} = {t}.{seen} | excluded.{seen} "
+             "WHERE ({t}.{active} | excluded.{active}) <> {t}.{active} "
+             "OR ({t}.{seen} | excluded.{seen}) <> {t}.{seen}",
              ("provider", "day", "instance", "vm", "active", "seen")),
     "capacities": ("INSERT INTO {t} ({cols}) {source} ON CONFLICT ({key}) DO UPDATE SET "
                    "{offsets} = {t}.{offsets} || ',' || excluded.{offsets}",

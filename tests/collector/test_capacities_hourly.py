@@ -85,3 +85,33 @@ def test_split_by_hour_orders_and_dedups_what_old_ingest_appended() -> None:
     ]
     merged = m.merge_hours(iter([SimpleNamespace(**key, offsets=o) for o in ("3600", "60,120")]))
     assert [r["offsets"] for r in merged] == ["60,120,3600"]
+
+
+def test_a_day_row_whose_bits_are_all_set_already_is_not_rewritten(settings, tools) -> None:
+    """An agent polling every minute sets its hour's bit 60 times: only the first changes the
+    row. PostgreSQL keeps the row's version (xmin) through the others, so no new row version and
+    no WAL is written for them (on SQLite the rows' values are checked). The bits are as before."""
+    agent = tools.Agent("a")
+    tools.enrol(settings, "acme", agent, T0 - DAY)
+    beats = [agent.beat(T0 + k * 60, {"TR7-A": "running", "TR7-B": "stopped"}) for k in range(4)]
+    pg = settings.engine.dialect.name == "postgresql"
+
+    def version() -> list:
+        with settings.engine.connect() as c:
+            if pg:
+                return c.exec_driver_sql("SELECT instance, xmin::text FROM days ORDER BY instance").all()
+            return c.exec_driver_sql("SELECT instance, active, seen FROM days ORDER BY instance").all()
+
+    assert ingest_lines(settings.engine, beats[:1], now=T0 + DAY)[0]["status"] == "accepted"
+    first = version()
+    for beat in beats[1:]:  # same hour, same states: nothing to add to the bits
+        assert ingest_lines(settings.engine, [beat], now=T0 + DAY)[0]["status"] == "accepted"
+        assert version() == first
+    with settings.engine.connect() as c:
+        days = s.days.c
+        rows = c.execute(sa.select(days.instance, days.active, days.seen).order_by(days.instance)).all()
+    bit = 1 << 22  # hour 22 of the day
+    assert [tuple(r) for r in rows] == [("TR7-A", bit, bit), ("TR7-B", 0, bit)]
+    later = agent.beat(T0 + H, {"TR7-A": "running", "TR7-B": "running"})  # the next hour: changed
+    assert ingest_lines(settings.engine, [later], now=T0 + DAY)[0]["status"] == "accepted"
+    assert version() != first
