@@ -24,6 +24,7 @@ from bench._agentmonth import agent_key, sign_agent_month
 from billing import Activity, compute, load_catalog
 from billing.activity import MonthBits
 from collector import accounting, db, evidence, registry
+from collector import schema as s
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
 from collector.pgtemp import PgCluster, new_database
@@ -148,6 +149,7 @@ def _median(call: Callable[[], T]) -> tuple[T, float]:
 
 
 VACUUMED = ("leaves", "days", "capacities")
+VACUUM_AFTER = s.VACUUM_AFTER_INSERTS["autovacuum_vacuum_insert_threshold"]
 
 
 def _await_autovacuum(engine: Engine, limit: float = 300) -> float | None:
@@ -164,7 +166,7 @@ def _await_autovacuum(engine: Engine, limit: float = 300) -> float | None:
         with engine.connect() as c:
             done = c.exec_driver_sql(
                 f"SELECT count(*) FROM pg_stat_user_tables WHERE relname IN ({names}) "
-                "AND autovacuum_count > 0 AND n_ins_since_vacuum < 10000"
+                f"AND autovacuum_count > 0 AND n_ins_since_vacuum < {VACUUM_AFTER}"
             ).scalar()
         if done == len(VACUUMED):
             return time.perf_counter() - t0

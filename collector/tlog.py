@@ -10,7 +10,6 @@ from sqlalchemy.engine import Connection
 
 from collector import highwater
 from collector import schema as s
-from collector.db import is_sqlite
 from collector.settings import Settings
 from collector.tiles import StoredTree
 from protocol.merkle import MerkleError, consistency_proof, inclusion_proof
@@ -53,10 +52,9 @@ _LOCKED_STATE = {"sqlite": _LOG_STATE, "postgresql": _LOG_STATE.with_for_update(
 
 def lock_log_state(conn: Connection, provider: str, month: str) -> tuple[int, bytes | None]:
     """lock_log, and the state of the log's partial tile (collector/tiles.py write_tiles)."""
-    dialect = "sqlite" if is_sqlite(conn.engine) else "postgresql"
     key = {"p": provider, "m": month}
-    conn.execute(_NEW_LOG[dialect], key)
-    size, partial = conn.execute(_LOCKED_STATE[dialect], key).one()
+    conn.execute(_NEW_LOG[conn.dialect.name], key)
+    size, partial = conn.execute(_LOCKED_STATE[conn.dialect.name], key).one()
     return int(size), None if partial is None else bytes(partial)
 
 

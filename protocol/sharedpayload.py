@@ -181,7 +181,7 @@ def _recent_put(kid: str, key: bytes, obs: Observations) -> None:
     _recent[kid] = (key, obs)
 
 
-_LAST_NAME = b'"observations":'
+_OBS_MEMBER = b'"observations":'
 
 
 def _last_array(raw: bytes) -> bytes | None:
@@ -197,10 +197,10 @@ def _last_array(raw: bytes) -> bytes | None:
     the text before that member ends inside a string, the replaced text is not JSON either and
     fails to decode (declined, as the whole would have been). Swapping one valid value for
     another at the same place keeps the text valid or invalid, with the same other members."""
-    at = raw.find(_LAST_NAME)  # the first, found in the short top level (see below)
+    at = raw.find(_OBS_MEMBER)  # the first, found in the short top level (see below)
     if at < 0 or raw[-2:] != b"]}":
         return None
-    key = raw[at + len(_LAST_NAME) : -1]
+    key = raw[at + len(_OBS_MEMBER) : -1]
     return key if key[:1] == b"[" else None
 
 
