@@ -12,7 +12,13 @@ What is compared, all measured in this run on this machine:
   clients running on the same machine, for two workloads:
   steady (each agent's consecutive heartbeats carry byte-identical observations, as real
   agents send) and varying (every heartbeat's observations differ); its ratio is printed
-  against the raw rate on all the cores (the goal, >= 0.5) and, for comparison, on 1 core.
+  against the raw rate on the collector's cores (the goal, >= 0.5) and, for comparison, on 1 core.
+  In two layouts (--layouts): shared, the collector, the clients and the database on all the
+  cores, as on one small machine; apart, the collector alone on all the cores but one, the
+  clients and PostgreSQL's processes pinned to that one (CPU affinity), as where PostgreSQL has
+  its own host (docs/collector.md's set-up for several collectors) and the agents are remote,
+  compared with the raw rate on as many cores as the collector has. SQLite runs in the
+  collector's processes in both.
 - the collector's CPU per heartbeat (its processes only, not the database server's nor the
   clients'), as a multiple of one raw check: the cost that does not depend on what else runs;
   and, on the same cores but not the raw rate's, the clients' CPU per heartbeat (one client
@@ -22,10 +28,12 @@ Both databases are durable, as the collector promises before its 200: SQLite wit
 synchronous=FULL, the throwaway PostgreSQL with fsync on.
 Never asserts a time. Usage:
     .venv/bin/python bench/bench_ingest.py [--heartbeats 24000] [--clients 4] [--workers N]
+        [--backends sqlite,postgresql] [--layouts shared,apart]
 """
 
 import argparse
 import base64
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -163,16 +171,28 @@ def raw_verify_rate_cores(keys: list[AgentKey], lines: list[str], procs: int) ->
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process and its children (Linux /proc), None where unavailable."""
+    """User + system CPU of a process and its children (Linux /proc), None where unavailable:
+    those running, and those that ended and were waited for (PostgreSQL's autovacuum workers
+    come and go within a run; counting only the running ones missed some of their work and
+    counted work done before the clock)."""
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         total = 0.0
         for p in [pid, *map(int, children)]:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            # utime, stime, then cutime, cstime: the waited-for children's (stat(5), fields 14-17)
+            total += sum(map(int, fields[11:15])) / os.sysconf("SC_CLK_TCK")
         return total
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _pin_tree(pid: int, cpus: set[int]) -> None:
+    """Run a process and its running children on ``cpus`` (children it makes later inherit it)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for p in [pid, *map(int, children)]:
+        with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+            os.sched_setaffinity(p, cpus)
 
 
 def strict_verify_rate(keys: list[AgentKey], lines: list[str]) -> float:
@@ -192,10 +212,12 @@ def _port() -> int:
 
 def run_backend(
     name: str, url: str, tmp: Path, keys: list[AgentKey], lines: list[str], clients: int, workers: int,
-    db_pid: int | None = None,
+    db_pid: int | None = None, collector_cpus: set[int] | None = None,
 ) -> tuple[float, float | None, float, float | None]:
     """(accepted per second, collector CPU s per heartbeat or None, clients' CPU s per heartbeat,
-    the database server's CPU s per heartbeat or None: PostgreSQL's postmaster and backends)."""
+    the database server's CPU s per heartbeat or None: PostgreSQL's postmaster and backends).
+    ``collector_cpus``: the CPUs the collector's processes run on (inherited by its workers), all
+    of them when None."""
     st = Settings(tmp / f"data-{name}", url, "bench")
     engine = st.open()
     for i, k in enumerate(keys):
@@ -220,6 +242,8 @@ def run_backend(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # set in the child before the exec: the workers it spawns inherit it
+        preexec_fn=None if collector_cpus is None else lambda: os.sched_setaffinity(0, collector_cpus),
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -271,8 +295,13 @@ def main() -> int:
     ap.add_argument("--heartbeats", type=int, default=24_000)
     ap.add_argument("--agents", type=int, default=12)
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--workers", type=int, default=(os.cpu_count() or 1) + 1)
+    ap.add_argument("--workers", type=int, help="collector workers (default: its cores + 1)")
     ap.add_argument("--backends", default="sqlite,postgresql", help="which of sqlite,postgresql to run")
+    ap.add_argument(
+        "--layouts", default="shared,apart",
+        help="shared: the collector, the clients and the database on all the cores; apart: the "
+        "collector alone on all but one, the clients and PostgreSQL on that one",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-ingest-"))
     cluster = None
@@ -280,9 +309,13 @@ def main() -> int:
         keys, lines = make_heartbeats(args.heartbeats, args.agents)
         _, varying = make_heartbeats(args.heartbeats, args.agents, keys, varying=True)
         cores = os.cpu_count() or 1
+        layouts = args.layouts.split(",")
+        if "apart" in layouts and cores < 2:
+            print("layout apart needs 2 cores or more: skipped")
+            layouts.remove("apart")
         print(
             f"{len(lines)} heartbeats x {OBS} observations, batches of {BATCH}, {args.clients} clients, "
-            f"{args.workers} collector workers, {cores} cores (shared with the clients and the database)"
+            f"{cores} cores"
         )
         raw1 = raw_verify_rate(keys, lines)
         raw_m = raw_verify_rate_cores(keys, lines, cores) if cores > 1 else raw1
@@ -299,26 +332,50 @@ def main() -> int:
         print(f"protocol.verify_heartbeat (1 core): {strict:,.0f}/s = {strict / raw1:.2f} of raw on 1 core")
         cluster = PgCluster(durable=True)  # fsync on: durable, as SQLite (synchronous=FULL)
         pg_pid = int((cluster.dir / "data" / "postmaster.pid").read_text().split()[0])
-        for name, url_of, db_pid in (
-            ("sqlite", lambda w: f"sqlite:///{tmp / f'collector-{w}.db'}", None),
-            ("postgresql", lambda w: new_database(cluster.admin_url), pg_pid),
-        ):
-            if name not in args.backends.split(","):
-                continue
-            for workload, batch in (("steady", lines), ("varying", varying)):
-                rate, cpu, client_cpu, db_cpu = run_backend(
-                    f"{name}-{workload}", url_of(workload), tmp, keys, batch, args.clients, args.workers,
-                    db_pid,
-                )
-                cost = f"; clients' CPU {client_cpu * 1e6:,.0f} us/heartbeat (same cores)"
-                if db_cpu is not None:
-                    cost += f"; PostgreSQL server's CPU {db_cpu * 1e6:,.0f} us/heartbeat (same cores)"
-                if cpu is not None:
-                    cost = f"; collector CPU {cpu * 1e6:,.0f} us/heartbeat = {cpu * raw1:.1f} x raw" + cost
-                print(
-                    f"ingest over HTTP, {name}, {workload}: {rate:,.0f}/s = {rate / raw_m:.2f} of raw on "
-                    f"{cores} cores (goal >= 0.5), {rate / raw1:.2f} of raw on 1 core{cost}"
-                )
+        everything = os.sched_getaffinity(0)
+        for layout in layouts:
+            mine, theirs, raw = everything, None, raw_m
+            if layout == "apart":
+                # As the collector runs once PostgreSQL has its own host and the agents are remote:
+                # the clients (this process's threads, made after this) and the database server
+                # (its postmaster, whose later backends inherit it, and its running processes)
+                # on the last CPU; the collector's processes on the others, compared with the raw
+                # rate on as many cores.
+                *rest, last = sorted(everything)
+                theirs, mine = set(rest), {last}
+                raw = raw1 if len(theirs) == 1 else raw_verify_rate_cores(keys, lines, len(theirs))
+            os.sched_setaffinity(0, mine)
+            _pin_tree(pg_pid, mine)
+            n_cores = len(theirs or everything)
+            workers = args.workers or n_cores + 1
+            where = (f"collector, clients and database on {n_cores} cores" if theirs is None else
+                     f"collector alone on {n_cores} core{'s' if n_cores > 1 else ''}, clients and "
+                     "database on another")
+            print(f"-- layout {layout}: {where}; {workers} collector workers")
+            for name, url_of, db_pid in (
+                ("sqlite", lambda w, la=layout: f"sqlite:///{tmp / f'collector-{la}-{w}.db'}", None),
+                ("postgresql", lambda w: new_database(cluster.admin_url), pg_pid),
+            ):
+                if name not in args.backends.split(","):
+                    continue
+                for workload, batch in (("steady", lines), ("varying", varying)):
+                    rate, cpu, client_cpu, db_cpu = run_backend(
+                        f"{name}-{layout}-{workload}", url_of(workload), tmp, keys, batch, args.clients,
+                        workers, db_pid, theirs,
+                    )
+                    same = "same cores" if theirs is None else "not the collector's core"
+                    cost = f"; clients' CPU {client_cpu * 1e6:,.0f} us/heartbeat ({same})"
+                    if db_cpu is not None:
+                        cost += f"; PostgreSQL server's CPU {db_cpu * 1e6:,.0f} us/heartbeat ({same})"
+                    if cpu is not None:
+                        cost = f"; collector CPU {cpu * 1e6:,.0f} us/heartbeat = {cpu * raw1:.1f} x raw{cost}"
+                    one = "" if n_cores == 1 else f", {rate / raw1:.2f} of raw on 1 core"
+                    print(
+                        f"ingest over HTTP, {name}, {workload}, {layout}: {rate:,.0f}/s = {rate / raw:.2f} "
+                        f"of raw on {n_cores} core{'s' if n_cores > 1 else ''} (goal >= 0.5){one}{cost}"
+                    )
+            os.sched_setaffinity(0, everything)
+            _pin_tree(pg_pid, everything)
         return 0
     finally:
         if cluster is not None:
