@@ -75,10 +75,14 @@ class InstanceDays(_Shape):
     )
 
 
+_NEXT = "pass it as `after` for the next page; null when nothing follows (always null without `limit`)"
+
+
 class Instances(_Shape):
     provider: str
     month: str
-    instances: list[InstanceDays]
+    instances: list[InstanceDays] = Field(description="by instance id")
+    next_after: str | None = Field(description=f"the last instance id of this page: {_NEXT}")
 
 
 class Chain(_Shape):
@@ -108,7 +112,8 @@ class AgentHealth(_Shape):
 class Agents(_Shape):
     provider: str
     month: str
-    agents: list[AgentHealth]
+    agents: list[AgentHealth] = Field(description="by kid")
+    next_after: str | None = Field(description=f"the last kid of this page: {_NEXT}")
 
 
 class _SeqAlert(_Shape):

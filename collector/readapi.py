@@ -20,6 +20,7 @@ from billing import PricingError
 from collector import accounting, alerts, apimodels, db, evidence, registry, resultcache, roles
 from collector import schema as s
 from collector.accounts.store import overlay
+from collector.paging import After, Limit, page
 from protocol.timefmt import format_time, month_bounds, month_of, parse_month
 
 router = APIRouter(prefix="/v1")
@@ -162,9 +163,12 @@ def licenses(provider: str, request: Request, scope: ScopeDep) -> list[dict[str,
 
 
 @_get("/providers/{provider}/instances")
-def instances(provider: str, request: Request, scope: ScopeDep, month: str | None = None) -> dict[str, Any]:
+def instances(
+    provider: str, request: Request, scope: ScopeDep, month: str | None = None, limit: Limit = None,
+    after: After = None,
+) -> dict[str, Any]:
     """Per instance, active and seen hours per UTC day of the month (from the hour aggregates,
-    without the hours only quarantined heartbeats gave, as billing counts them)."""
+    without the hours only quarantined heartbeats gave, as billing counts them), by instance id."""
     month = _month(month)
     m0, m1 = month_bounds(month)
     per: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
@@ -178,22 +182,27 @@ def instances(provider: str, request: Request, scope: ScopeDep, month: str | Non
             if n:
                 day_text = format_time(day)[:10]
                 per[inst][day_text] = {"active_hours": a.bit_count(), "seen_hours": n.bit_count()}
+    found, next_after = page(sorted(per.items()), lambda item: item[0], limit, after)
     return {
         "provider": provider,
         "month": month,
-        "instances": [{"instance": i, "days": days} for i, days in sorted(per.items())],
+        "instances": [{"instance": i, "days": days} for i, days in found],
+        "next_after": next_after,
     }
 
 
 @_get("/providers/{provider}/agents")
-def agents(provider: str, request: Request, scope: ScopeDep, month: str | None = None) -> dict[str, Any]:
+def agents(
+    provider: str, request: Request, scope: ScopeDep, month: str | None = None, limit: Limit = None,
+    after: After = None,
+) -> dict[str, Any]:
+    """The month's agent keys with their health, by kid."""
     month = _month(month)
     with _conn(request) as c:
-        return {
-            "provider": provider,
-            "month": month,
-            "agents": resultcache.health(c, known_provider(c, scope, provider), month, int(time.time())),
-        }
+        found = resultcache.health(c, known_provider(c, scope, provider), month, int(time.time()))
+    # sorted here, as bisect compares: the database's collation need not order as Python does
+    listed, next_after = page(sorted(found, key=lambda a: a["kid"]), lambda a: a["kid"], limit, after)
+    return {"provider": provider, "month": month, "agents": listed, "next_after": next_after}
 
 
 @_get("/providers/{provider}/alerts")

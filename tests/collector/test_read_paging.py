@@ -1,0 +1,86 @@
+"""Keyset paging of /instances and /agents: pages joined give the whole list, in order, once."""
+
+import time
+
+from collector import db, registry
+from collector.paging import MAX_LIMIT, page
+from tests.collector.test_api import _auth, _token
+
+HEADERS = {"Content-Type": "text/plain"}
+
+
+def _walk(client, path: str, member: str, key: str, limit: int, tok: str) -> list[list[str]]:
+    pages, after = [], None
+    for _ in range(50):  # bounded: a cursor that does not move fails the test, not hangs it
+        q = f"{path}?limit={limit}" + ("" if after is None else f"&after={after}")
+        body = client.get(q, headers=_auth(tok)).json()
+        pages.append([x[key] for x in body[member]])
+        after = body["next_after"]
+        if after is None:
+            return pages
+        assert after == pages[-1][-1]  # the cursor is the page's last key
+    raise AssertionError(f"no last page after 50: {pages[:3]}")
+
+
+def test_pages_of_instances_and_agents_join_into_the_whole_list(client, settings, tools) -> None:
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog("acme")))
+    now = int(time.time())
+    agents = [tools.Agent(f"a{i}") for i in range(3)]
+    lines = []
+    for i, agent in enumerate(agents):
+        tools.enrol(settings, "acme", agent, now - 7200)
+        lines.append(agent.beat(now - 60, {f"TR7-{i}{j}": "running" for j in range(3)}))
+    assert client.post("/v1/heartbeats", content="\n".join(lines), headers=HEADERS).status_code == 200
+    tok = _token(settings, "acme")
+    path = "/v1/providers/acme/instances"
+    whole = client.get(path, headers=_auth(tok)).json()
+    assert whole["next_after"] is None  # without limit: everything, as before paging
+    ids = [x["instance"] for x in whole["instances"]]
+    assert ids == sorted(ids) and len(ids) == 9
+    pages = _walk(client, path, "instances", "instance", 2, tok)
+    assert [len(p) for p in pages] == [2, 2, 2, 2, 1]
+    assert [x for p in pages for x in p] == ids
+    exact = _walk(client, path, "instances", "instance", 9, tok)
+    assert exact == [ids]  # a last page that is exactly full says so: no empty page after it
+    kids = sorted(a.kid for a in agents)
+    agent_pages = _walk(client, "/v1/providers/acme/agents", "agents", "kid", 1, tok)
+    assert [x for p in agent_pages for x in p] == kids and len(agent_pages) == 3
+    # A key that is not in the list still places the page: what sorts after it
+    r = client.get(f"{path}?limit=3&after=TR7-05", headers=_auth(tok)).json()
+    assert [x["instance"] for x in r["instances"]] == ["TR7-10", "TR7-11", "TR7-12"]
+    assert r["next_after"] == "TR7-12"
+    assert client.get(f"{path}?after=TR7-99", headers=_auth(tok)).json()["instances"] == []
+    # Items added between two pages: one sorting before the cursor is not repeated, later ones come
+    first = client.get(f"{path}?limit=4", headers=_auth(tok)).json()
+    late = tools.Agent("late")
+    tools.enrol(settings, "acme", late, now - 7200)
+    beat = late.beat(now - 30, {"TR7-00a": "running", "TR7-99": "running"})
+    assert client.post("/v1/heartbeats", content=beat, headers=HEADERS).status_code == 200
+    nxt = client.get(f"{path}?limit=100&after={first['next_after']}", headers=_auth(tok)).json()
+    got = [x["instance"] for x in first["instances"]] + [x["instance"] for x in nxt["instances"]]
+    assert "TR7-00a" not in got and got == ids[:4] + ids[4:] + ["TR7-99"]
+
+
+def test_limits_out_of_range_are_refused_with_where_and_why(client, settings, tools) -> None:
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog("acme")))
+    tok = _token(settings, "acme")
+    for route in ("instances", "agents"):
+        for bad in ("0", "-1", str(MAX_LIMIT + 1), "ten"):
+            r = client.get(f"/v1/providers/acme/{route}?limit={bad}", headers=_auth(tok))
+            assert r.status_code == 422, (route, bad)
+            assert r.json()["detail"][0]["loc"] == ["query", "limit"]
+        r = client.get(f"/v1/providers/acme/{route}?after={'x' * 257}", headers=_auth(tok))
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "after"]
+        ok = client.get(f"/v1/providers/acme/{route}?limit={MAX_LIMIT}", headers=_auth(tok))
+        assert ok.status_code == 200 and ok.json()["next_after"] is None
+
+
+def test_page_of_a_sorted_list() -> None:
+    items = ["b", "d", "f", "h"]
+    assert page(items, str, None, None) == (items, None)
+    assert page(items, str, 2, None) == (["b", "d"], "d")
+    assert page(items, str, 2, "d") == (["f", "h"], None)
+    assert page(items, str, 2, "c") == (["d", "f"], "f")
+    assert page(items, str, 4, None) == (items, None)
+    assert page(items, str, 1, "h") == ([], None)
+    assert page(items, str, 1, "a") == (["b"], "b")
