@@ -6,7 +6,6 @@ the table of collector/roles.py, checked in `resolve_scope` for every route that
 """
 
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -171,24 +170,23 @@ def instances(
     without the hours only quarantined heartbeats gave, as billing counts them), by instance id."""
     month = _month(month)
     m0, m1 = month_bounds(month)
-    per: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
     with _conn(request) as c:
         p = known_provider(c, scope, provider)
         active, seen = evidence.billed_bits(c, p, month, accounting.quarantined(c, p, month))
-    for inst in sorted(seen):
+    # Listed: the instances seen in one of the month's hours; the page is cut before the days of
+    # each are counted, so a page of 100 of 2,000 instances counts 100.
+    in_month = (1 << (m1 - m0) // 3600) - 1
+    listed, next_after = page(sorted(i for i, bits in seen.items() if bits & in_month), str, limit, after)
+    found = []
+    for inst in listed:
+        days = {}
         for day in range(m0, m1, 86400):
             k = (day - m0) // 3600
             a, n = active[inst] >> k & 0xFFFFFF, seen[inst] >> k & 0xFFFFFF
             if n:
-                day_text = format_time(day)[:10]
-                per[inst][day_text] = {"active_hours": a.bit_count(), "seen_hours": n.bit_count()}
-    found, next_after = page(sorted(per.items()), lambda item: item[0], limit, after)
-    return {
-        "provider": provider,
-        "month": month,
-        "instances": [{"instance": i, "days": days} for i, days in found],
-        "next_after": next_after,
-    }
+                days[format_time(day)[:10]] = {"active_hours": a.bit_count(), "seen_hours": n.bit_count()}
+        found.append({"instance": inst, "days": days})
+    return {"provider": provider, "month": month, "instances": found, "next_after": next_after}
 
 
 @_get("/providers/{provider}/agents")

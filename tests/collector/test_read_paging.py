@@ -40,6 +40,9 @@ def test_pages_of_instances_and_agents_join_into_the_whole_list(client, settings
     pages = _walk(client, path, "instances", "instance", 2, tok)
     assert [len(p) for p in pages] == [2, 2, 2, 2, 1]
     assert [x for p in pages for x in p] == ids
+    paged = [x for n in (0, 5) for x in client.get(
+        f"{path}?limit=5" + (f"&after={ids[4]}" if n else ""), headers=_auth(tok)).json()["instances"]]
+    assert paged == whole["instances"]  # each instance's days as in the whole list
     exact = _walk(client, path, "instances", "instance", 9, tok)
     assert exact == [ids]  # a last page that is exactly full says so: no empty page after it
     kids = sorted(a.kid for a in agents)
