@@ -7,6 +7,7 @@ the table of collector/roles.py, checked in `resolve_scope` for every route that
 
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -189,6 +190,9 @@ def instances(
     return {"provider": provider, "month": month, "instances": found, "next_after": next_after}
 
 
+_KID = itemgetter("kid")
+
+
 @_get("/providers/{provider}/agents")
 def agents(
     provider: str, request: Request, scope: ScopeDep, month: str | None = None, limit: Limit = None,
@@ -199,7 +203,7 @@ def agents(
     with _conn(request) as c:
         found = resultcache.health(c, known_provider(c, scope, provider), month, int(time.time()))
     # sorted here, as bisect compares: the database's collation need not order as Python does
-    listed, next_after = page(sorted(found, key=lambda a: a["kid"]), lambda a: a["kid"], limit, after)
+    listed, next_after = page(sorted(found, key=_KID), _KID, limit, after)
     return {"provider": provider, "month": month, "agents": listed, "next_after": next_after}
 
 
