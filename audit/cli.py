@@ -1,4 +1,4 @@
-"""`tr7-audit`: verify or summarise an audit bundle offline (heartbeat-v1.md §6)."""
+"""`tr7-audit`: verify or summarise an audit bundle offline (heartbeat-v1.md §6); follow key hand-overs."""
 
 import argparse
 import json
@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from audit.bundle import BundleError, NotABundle
 from audit.progress import StderrProgress
+from protocol.timefmt import format_time
 
 # heartbeat-v1.md §6: 0 only when every check holds, otherwise 1; 2 is this tool's own usage
 # error (bad arguments, DIR not a directory), never a verdict on the bundle.
@@ -66,6 +67,26 @@ def _show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _handover(args: argparse.Namespace) -> int:
+    """Follow hand-over statements from a pinned key; print the key they lead to."""
+    from protocol.keyhandover import open_handover
+    from protocol.note import NoteError
+
+    key = args.collector_key
+    for path in args.statements:
+        try:
+            with open(path, encoding="utf-8") as f:
+                step = open_handover(f.read(), key)
+        except (OSError, UnicodeDecodeError, NoteError) as exc:
+            print(f"tr7-audit: {path}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{path}: {step.old} -> {step.new} at {format_time(step.at)} (origin {step.origin})",
+              file=sys.stderr)
+        key = step.new
+    print(key)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tr7-audit", description=__doc__, epilog=_EXIT_HELP)
     parser.add_argument("--version", action="version", version=f"tr7-audit {_version()}")
@@ -79,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="the collector's note verifier key as published; collector.pub must equal it")
     v.add_argument("--workers", type=int, default=None, help="processes for signatures (default: auto)")
     v.set_defaults(func=_verify)
+    h = sub.add_parser("handover", help="check the collector's key rotation statements from a key you "
+                       "trust; print the key they hand over to (for --collector-key)", epilog=_EXIT_HELP)
+    h.add_argument("--collector-key", metavar="VKEY", required=True,
+                   help="the collector's verifier key you trust (the one the first statement retires)")
+    h.add_argument("statements", nargs="+", metavar="STATEMENT",
+                   help="files, each the statement `tr7-collector key rotate` printed, oldest first")
+    h.set_defaults(func=_handover)
     s = sub.add_parser("show", help="summarise the bundle's documents: customers, chains, checkpoints")
     s.add_argument("dir")
     s.set_defaults(func=_show)
