@@ -1,7 +1,9 @@
-"""Custody of the collector's key and evidence: `backup` (the key, origin and a consistent copy of
-the SQLite database taken while the service runs; PostgreSQL: pg_dump, named in the output),
-`key` (the verifier key to publish for auditors) and `accept-restore` (going on from an older
-backup, knowingly: collector/highwater.py)."""
+"""Custody of the collector's key and evidence: `backup`, `key` (show, rotate, history) and `accept-restore`.
+
+`backup`: the key, origin and a consistent copy of the SQLite database taken while the service
+runs (PostgreSQL: pg_dump, named in the output); `key`: the verifier key to publish for
+auditors, `key rotate` (collector/keyrotation.py); `accept-restore`: going on from an older
+backup, knowingly (collector/highwater.py)."""
 
 import argparse
 import json
@@ -28,8 +30,14 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="copy collector.key, origin and (SQLite) a consistent snapshot of the database to DIR",
     )
     p.add_argument("--out", type=Path, required=True, help="a new or empty directory")
-    sub.add_parser("key", parents=parents,
-                   help="the checkpoints' verifier key, to publish for auditors (tr7-audit --collector-key)")
+    k = sub.add_parser(
+        "key", parents=parents,
+        help="the checkpoints' verifier key, to publish for auditors (tr7-audit --collector-key); "
+             "`key rotate`: a new one; `key history`: the retired ones",
+    )
+    k.add_argument("action", nargs="?", choices=("show", "rotate", "history"), default="show",
+                   help="show (default): the current verifier key; rotate: make a new checkpoint key "
+                        "and cosign every stored checkpoint with it; history: retired keys (JSON)")
     sub.add_parser("accept-restore", parents=parents,
                    help="go on from a database restored from an older backup (says what it lost)")
 
@@ -39,10 +47,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for line in backup(settings, args.out):
             print(line)
     elif args.cmd == "key":
-        from collector.tlog import signer  # tlog imports settings, as this module does
-
-        settings.open()
-        print(signer(settings).verifier_key())
+        _key(args.action, settings)
     else:
         engine = settings.open(highwater=False)
         lost = db.write_tx(engine, lambda c: highwater.accept(engine, settings.data_dir, c))
@@ -52,6 +57,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"accepted; behind what was seen: {highwater.describe(lost)}. Tell the auditors of these "
                   "months: checkpoints signed before describe other trees")
     return 0
+
+
+def _key(action: str, settings: Settings) -> None:
+    from collector import keyrotation
+    from collector.tlog import signer  # tlog imports settings, as this module does
+
+    if action == "rotate":
+        r = keyrotation.rotate(settings, int(time.time()))
+        print(f"new checkpoint key: {r.new}")
+        print(f"retired: {r.old}")
+        print(f"cosigned with the new key: {r.checkpoints} stored checkpoints, {r.closes} closed months")
+        print("other hosts on this database: copy collector.key from this data directory and restart "
+              "them (until then they ingest but sign no checkpoint)")
+        print("give auditors the new key and this statement, signed by both keys:")
+        print(r.statement, end="")
+        return
+    engine = settings.open()
+    if action == "history":
+        with db.read_conn(engine) as conn:
+            print(json.dumps(keyrotation.retired_keys(conn), indent=2))
+        return
+    print(signer(settings).verifier_key())
 
 
 def backup(settings: Settings, out: Path) -> list[str]:

@@ -16,6 +16,7 @@ from collector import db, highwater, periodic, readapi, registry, tlog, web
 from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge, TooManyLines
 from collector.gctune import tune_gc
 from collector.ingestslots import ingest_in_slot
+from collector.keyrotation import StaleKey
 from collector.requestguard import LimitBody, RefuseNul
 from collector.settings import (
     ENV_DATA_DIR,
@@ -213,6 +214,13 @@ def create_app(settings: Settings) -> FastAPI:
                 raise HTTPException(400, str(exc)) from exc
 
     app.include_router(readapi.router)
+    @app.exception_handler(StaleKey)
+    def _stale_key(_request: Request, exc: StaleKey) -> JSONResponse:
+        # `key rotate` ran elsewhere: this process still ingests (nothing it stores is signed),
+        # but signs no checkpoint with the retired key until restarted with the new one.
+        log.error("event=stale_checkpoint_key %s", exc)
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
     @app.exception_handler(RequestValidationError)
     def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler echoes each bad input: a lone surrogate in it made the answer

@@ -14,6 +14,7 @@ from sqlalchemy.exc import ArgumentError
 from collector import db
 from collector import schema as s
 from protocol.keys import AgentKey, create_file_once, load_or_create_private_key
+from protocol.timefmt import format_time
 
 ENV_DATA_DIR = "TR7_COLLECTOR_DATA_DIR"
 ENV_DB = "TR7_COLLECTOR_DB"
@@ -221,6 +222,17 @@ class Settings:
         if row is None:
             conn.execute(s.meta.insert().values(key=IDENTITY, value=mine))  # a race: write_tx retries
         elif row != mine:
+            from collector.keyrotation import finish_interrupted, retired_keys
+
+            if finish_interrupted(self, row):  # a rotation committed, its key file not yet renamed
+                return
+            when = [r["retired_at"] for r in retired_keys(conn) if r["vkey"] == mine]
+            if when:
+                raise SetupError(
+                    f"the checkpoint key in {self.data_dir} ({mine}) was retired by `tr7-collector key "
+                    f"rotate` at {format_time(when[-1])}; this database's key is now {row}. Copy "
+                    "collector.key from the data directory where the rotation ran"
+                )
             raise SetupError(
                 f"this database's checkpoints are signed by collector key {row.split('+')[0]!r} "
                 f"({row}); the data directory {self.data_dir} holds another ({mine}): every collector "

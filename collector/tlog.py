@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from collector import highwater
 from collector import schema as s
+from collector.keyrotation import check_current
 from collector.settings import Settings
 from collector.tiles import StoredTree
 from protocol.merkle import MerkleError, consistency_proof, inclusion_proof
@@ -115,8 +116,10 @@ def checkpoint(
     ).scalar()
     if note is not None:
         return str(note)
+    key = signer(settings)
+    check_current(conn, key)  # a key retired by `key rotate` in another process signs nothing
     root = tree(conn, provider, month, size).root()
-    note = sign_checkpoint(Checkpoint(log_origin(settings, provider, month), size, root), signer(settings))
+    note = sign_checkpoint(Checkpoint(log_origin(settings, provider, month), size, root), key)
     highwater.note(conn.engine, {f"{provider}/{month}": size})  # signed: never to be rewound
     # An empty log's note is signed on every request but not kept: a GET of any month of a provider
     # must not add rows (the empty root is the same constant, signing it costs ~50 us).

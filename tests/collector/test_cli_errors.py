@@ -263,6 +263,28 @@ def test_key_prints_the_verifier_key_bundles_carry(tmp_path: Path) -> None:
     assert again.stdout == out.stdout  # the same key, kept in the data directory
 
 
+def test_key_rotate_prints_the_new_key_and_the_statement_history_keeps(tmp_path: Path) -> None:
+    import json
+
+    from protocol.note import NoteVerifier, open_note
+
+    data = tmp_path / "data"
+    old = _cli("key", "--data-dir", str(data), "--origin", "collector.test").stdout.strip()
+    out = _cli("key", "rotate", "--data-dir", str(data))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    new = lines[0].removeprefix("new checkpoint key: ")
+    assert lines[1] == f"retired: {old}" and new != old
+    statement = out.stdout[out.stdout.index("tr7-collector key rotation\n"):]
+    for vkey in (old, new):
+        assert open_note(statement, [NoteVerifier.from_vkey(vkey)])  # any signed-note tool can check it
+    assert _cli("key", "--data-dir", str(data)).stdout.strip() == new
+    history = json.loads(_cli("key", "history", "--data-dir", str(data)).stdout)
+    assert [(h["vkey"], h["statement"]) for h in history] == [(old, statement)]
+    bad = _cli("key", "turn", "--data-dir", str(data))
+    assert bad.returncode == 2 and "invalid choice: 'turn'" in bad.stderr
+
+
 def test_a_backup_from_before_the_marks_restored_is_held_to_them(tmp_path: Path, tools) -> None:
     """A backup taken before this release has no database id: restored, it is held to the marks of
     the one database the data directory knew (it passed as a new database before)."""

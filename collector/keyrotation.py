@@ -1,0 +1,179 @@
+"""`tr7-collector key rotate`: a new checkpoint key; every stored checkpoint is cosigned with it.
+
+Why cosign rather than re-sign: a checkpoint is a statement already given out (to auditors, in
+bundles); its text and its old signature stay as they were, and the new key's signature line is
+added (c2sp.org/signed-note allows several, and a verifier ignores those by keys it does not
+know). So a bundle exported before the rotation still verifies with the old `collector.pub`, and
+every bundle exported after it, closed months' frozen checkpoints included, with the new one
+(heartbeat-v1.md §6 gives a bundle one verifier key). A stored note that the current key does
+not verify stops the rotation: the new key never vouches for what the old one did not sign.
+
+Order, so that a crash loses no key: the new key is written beside the old one
+(`collector.key.next`), then one database transaction cosigns, records the old key as retired
+with a statement signed by both keys, and makes the new one the database's identity; then the
+file is renamed over `collector.key`. A crash after the commit is finished by the next command
+on this data directory (finish_interrupted); before it, the database still names the old key and
+`collector.key.next` is overwritten by the next rotation.
+"""
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from collector import db
+from collector import schema as s
+from collector.settings import IDENTITY, Settings, SetupError
+from protocol.keyhandover import sign_handover
+from protocol.keys import AgentKey, load_private_key, save_private_key
+from protocol.note import NoteError, NoteSigner, NoteVerifier
+
+NEXT_KEY = "collector.key.next"
+RETIRED = "collector_retired_keys"  # meta row: JSON list of {vkey, retired_at, statement}
+
+
+class StaleKey(SetupError):
+    """This process holds a checkpoint key the database has retired (rotated by another process)."""
+
+
+@dataclass(frozen=True)
+class Rotation:
+    old: str  # verifier keys, name+keyid+base64
+    new: str
+    checkpoints: int  # stored checkpoints cosigned
+    closes: int  # closed months' frozen checkpoints cosigned
+    statement: str  # a signed note: the old key hands over to the new one (protocol/keyhandover.py)
+
+
+def retired_keys(conn: Connection) -> list[dict[str, Any]]:
+    row = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == RETIRED)).scalar()
+    return [] if row is None else list(json.loads(row))
+
+
+def check_current(conn: Connection, signer: NoteSigner) -> None:
+    """Refuse to sign with a key that is not the database's identity. The row is read FOR SHARE on
+    PostgreSQL when the transaction may store what it signs: a rotation holds it FOR UPDATE, so a
+    checkpoint stored meanwhile is either seen (and cosigned) by the rotation or refused here."""
+    query = sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY)
+    if conn.dialect.name == "postgresql" and not conn.get_execution_options().get("readonly"):
+        query = query.with_for_update(read=True)
+    current = conn.execute(query).scalar()
+    mine = signer.verifier_key()
+    if current is not None and current != mine:
+        raise StaleKey(
+            f"this collector process signs checkpoints with key {mine}, which the database retired: "
+            f"its checkpoint key is now {current}. Copy collector.key from the data directory where "
+            "`tr7-collector key rotate` ran, then restart this process"
+        )
+
+
+@contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    """One rotation at a time in a data directory (the database's row lock covers other hosts)."""
+    fd = os.open(data_dir / "collector.key.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
+
+
+def _install(settings: Settings) -> None:
+    os.replace(settings.data_dir / NEXT_KEY, settings.data_dir / "collector.key")
+    _sync_dir(settings.data_dir)
+    settings.__dict__.pop("key", None)  # the cached_property reads the new file
+
+
+def finish_interrupted(settings: Settings, identity: str) -> bool:
+    """Complete a rotation whose transaction committed but whose key file was not yet renamed
+    (the database names ``collector.key.next``'s key). True if it did."""
+    nxt = settings.data_dir / NEXT_KEY
+    if not nxt.exists():
+        return False
+    if NoteSigner(settings.origin, load_private_key(nxt).private).verifier_key() != identity:
+        return False
+    try:
+        _install(settings)
+    except FileNotFoundError:  # the rotating process renamed it meanwhile
+        settings.__dict__.pop("key", None)
+    return True
+
+
+def _cosign_all(conn: Connection, old: NoteVerifier, new: NoteSigner) -> tuple[int, int]:
+    counts = []
+    for table, column, keys in (
+        (s.checkpoints, s.checkpoints.c.note, ("provider", "month", "size")),
+        (s.closes, s.closes.c.checkpoint, ("provider", "month")),
+    ):
+        done = 0
+        for row in conn.execute(sa.select(*(table.c[k] for k in keys), column)).all():
+            where = [table.c[k] == v for k, v in zip(keys, row[:-1], strict=True)]
+            try:
+                note = new.cosign(row[-1], old)
+            except NoteError as exc:
+                raise SetupError(
+                    f"the {table.name} row {'/'.join(map(str, row[:-1]))} does not verify under the "
+                    f"current checkpoint key ({exc}): the database was altered or restored beside "
+                    "another key. Nothing was rotated"
+                ) from exc
+            if note != row[-1]:
+                conn.execute(table.update().where(*where).values({column.name: note}))
+                done += 1
+        counts.append(done)
+    return counts[0], counts[1]
+
+
+def rotate(settings: Settings, now: int) -> Rotation:
+    """Make a new checkpoint key this database's identity (see the module's docstring)."""
+    from collector.tlog import signer  # tlog imports settings, as this module does
+
+    engine = settings.open()  # finishes an interrupted rotation, checks this dir's key is current
+    with _locked(settings.data_dir):
+        settings.__dict__.pop("key", None)  # another process may have rotated while we waited
+        old = signer(settings)
+        fresh = AgentKey.generate()
+        save_private_key(fresh, settings.data_dir / NEXT_KEY)  # replaces an uncommitted one
+        new = NoteSigner(settings.origin, fresh.private)
+        statement = sign_handover(old, new, settings.origin, now)
+
+        def tx(conn: Connection) -> tuple[int, int]:
+            current = conn.execute(
+                sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY).with_for_update()
+            ).scalar()
+            if current != old.verifier_key():
+                raise SetupError(
+                    f"the database's checkpoint key is {current}, not this data directory's "
+                    f"{old.verifier_key()}: rotated meanwhile from another host? Nothing was rotated"
+                )
+            counts = _cosign_all(conn, old.verifier(), new)
+            retired = [*retired_keys(conn), {"vkey": old.verifier_key(), "retired_at": now,
+                                             "statement": statement}]
+            conn.execute(s.meta.delete().where(s.meta.c.key == RETIRED))
+            conn.execute(s.meta.insert().values(key=RETIRED, value=json.dumps(retired)))
+            conn.execute(s.meta.update().where(s.meta.c.key == IDENTITY).values(value=new.verifier_key()))
+            return counts
+
+        try:
+            cps, closes = db.write_tx(engine, tx)
+        except SetupError:  # refused inside the transaction: nothing committed
+            (settings.data_dir / NEXT_KEY).unlink(missing_ok=True)
+            raise
+        # Any other failure leaves collector.key.next: the commit may have happened (a connection
+        # lost at COMMIT), and the next command installs the file if the database names its key.
+        _install(settings)
+    return Rotation(old.verifier_key(), new.verifier_key(), cps, closes, statement)

@@ -1,0 +1,201 @@
+"""`tr7-collector key rotate` (collector/keyrotation.py): a new checkpoint key on both databases.
+
+What users rely on: bundles exported after a rotation verify with the new key, closed months'
+frozen checkpoints included, while everything signed before still verifies with the old one; the
+old key hands over in a statement both keys sign; a process still holding the retired key signs
+nothing (its restart is refused, its API answers 503) but keeps ingesting; a stored checkpoint
+the current key does not verify stops the rotation; a rotation cut short after its commit is
+finished by the next command.
+"""
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from audit.verify import verify_bundle
+from collector import accounting, db, ingest, keyrotation, registry, tlog
+from collector import schema as s
+from collector.custody import run as custody_run
+from collector.export import export
+from collector.server import create_app
+from collector.settings import Settings, SetupError
+from protocol.keyhandover import open_handover
+from protocol.keys import load_private_key
+from protocol.note import NoteError, NoteSigner, NoteVerifier, open_note
+from protocol.timefmt import month_of
+from tests._seed import token
+
+DAY = 86400
+
+
+def _seeded(settings: Settings, tools, now: int) -> tuple[str, str, object]:
+    """A closed earlier month and an open current one, each with heartbeats and a stored checkpoint."""
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, now - 60 * DAY)
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    t_old, t_new = now - 40 * DAY, now - 3 * 3600
+    if month_of(t_new + 1800) != month_of(t_new):
+        t_new -= 3600
+    old, new = month_of(t_old), month_of(t_new)
+    lines = [a.beat(t_old + 600 * i, {"TR7-0001": "running"}) for i in range(3)]
+    lines += [a.beat(t_new + 600 * i, {"TR7-0001": "running"}) for i in range(3)]
+    assert {r["status"] for r in ingest.ingest_lines(settings.engine, lines, now)} == {"accepted"}
+    for m in (old, new):
+        db.write_tx(settings.engine, lambda c, m=m: tlog.checkpoint(c, settings, "acme", m))
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", old))
+    return old, new, a
+
+
+def _export(settings: Settings, month: str, out: Path) -> Path:
+    with db.read_conn(settings.engine) as c:
+        path, agrees = export(c, settings, "acme", month, out)
+    report = verify_bundle(path, workers=1)
+    assert agrees and report.ok, [f.to_json() for f in report.errors]
+    return path
+
+
+def _verifier(vkey: str) -> NoteVerifier:
+    return NoteVerifier.from_vkey(vkey)
+
+
+def _identity(settings: Settings) -> str:
+    with db.read_conn(settings.engine) as c:
+        return c.execute(sa.select(s.meta.c.value).where(s.meta.c.key == "collector_verifier_key")).scalar()
+
+
+def test_rotation_keeps_every_bundle_verifiable(settings, tools, tmp_path: Path) -> None:
+    now = int(time.time())
+    old_month, new_month, _a = _seeded(settings, tools, now)
+    before = _export(settings, old_month, tmp_path / "before")
+    old_vkey = (before / "collector.pub").read_text().strip()
+
+    r = keyrotation.rotate(settings, now)
+
+    assert r.old == old_vkey and r.new != old_vkey
+    assert r.checkpoints >= 2 and r.closes == 1
+    assert _identity(settings) == r.new
+    data = settings.data_dir
+    assert not (data / keyrotation.NEXT_KEY).exists()
+    installed = load_private_key(data / "collector.key").private
+    assert NoteSigner(settings.origin, installed).verifier_key() == r.new
+    # every stored note opens under either key; the frozen checkpoint of the closed month too
+    with db.read_conn(settings.engine) as c:
+        notes = list(c.execute(sa.select(s.checkpoints.c.note)).scalars())
+        notes += list(c.execute(sa.select(s.closes.c.checkpoint)).scalars())
+    for note in notes:
+        assert open_note(note, [_verifier(r.old)]) and open_note(note, [_verifier(r.new)])
+    # an auditor who pinned the old key reaches the new one through the statement
+    pinned = open_handover(r.statement, r.old).new
+    for month in (old_month, new_month):
+        after = _export(settings, month, tmp_path / f"after-{month}")
+        assert (after / "collector.pub").read_text().strip() == r.new == pinned
+        assert verify_bundle(after, workers=1, collector_key=pinned).ok
+        if month == old_month:
+            closed = (after / "closed" / "checkpoint").read_text()
+            assert open_note(closed, [_verifier(r.old)]) and open_note(closed, [_verifier(r.new)])
+    # the bundle exported before still verifies with the key it carries
+    assert verify_bundle(before, workers=1).ok
+    # the hand-over statement: both keys sign it, it names both
+    text, _names = open_note(r.statement, [_verifier(r.old)])
+    assert f"old {r.old}\n" in text and f"new {r.new}\n" in text
+    assert open_note(r.statement, [_verifier(r.new)])[0] == text
+    with db.read_conn(settings.engine) as c:
+        assert keyrotation.retired_keys(c) == [{"vkey": r.old, "retired_at": now, "statement": r.statement}]
+    # a new checkpoint is signed by the new key alone
+    a2 = tools.Agent("b")
+    tools.enrol(settings, "acme", a2, now - 60 * DAY)
+    ingest.ingest_lines(settings.engine, [a2.beat(now - 120, {"TR7-0001": "running"})], now)
+    note = db.write_tx(settings.engine, lambda c: tlog.checkpoint(c, settings, "acme", month_of(now - 120)))
+    assert open_note(note, [_verifier(r.new)])
+    with pytest.raises(NoteError, match="no signature by a known key"):
+        open_note(note, [_verifier(r.old)])
+    # a second rotation: the history keeps both retired keys in order
+    r2 = keyrotation.rotate(settings, now + 1)
+    with db.read_conn(settings.engine) as c:
+        assert [x["vkey"] for x in keyrotation.retired_keys(c)] == [r.old, r2.old] == [r.old, r.new]
+    _export(settings, old_month, tmp_path / "after-second")
+
+
+def test_a_process_with_the_retired_key_signs_nothing(settings, tools, tmp_path: Path) -> None:
+    now = int(time.time())
+    _old, _new, a = _seeded(settings, tools, now)
+    # another host's data directory: the same key and origin, copied before the rotation
+    other = tmp_path / "other-host"
+    other.mkdir()
+    for name in ("collector.key", "origin"):
+        shutil.copy2(settings.data_dir / name, other / name)
+    stale = Settings(other, settings.db_url)
+    stale.open()
+    viewer = token(settings, "acme", "auditor")
+    r = keyrotation.rotate(settings, now)
+    try:
+        # it still ingests (nothing stored is signed) ...
+        line = a.beat(now - 60, {"TR7-0001": "running"})
+        assert ingest.ingest_lines(stale.engine, [line], now)[0]["status"] == "accepted"
+        # ... but signs no checkpoint: the CLI's error, the API's 503
+        with pytest.raises(keyrotation.StaleKey, match="retired"):
+            db.write_tx(stale.engine, lambda c: tlog.checkpoint(c, stale, "acme", month_of(now - 60)))
+        with TestClient(create_app(stale)) as client:
+            got = client.get(f"/v1/log/acme/{month_of(now - 60)}/checkpoint",
+                             headers={"Authorization": f"Bearer {viewer}"})
+        assert got.status_code == 503 and r.new in got.json()["detail"]
+        # restarted, it is refused, with the way out
+        with pytest.raises(SetupError, match="retired by `tr7-collector key rotate`"):
+            Settings(other, settings.db_url).open()
+        # with the new key copied over, it serves again
+        shutil.copy2(settings.data_dir / "collector.key", other / "collector.key")
+        fixed = Settings(other, settings.db_url)
+        fixed.open()
+        note = db.write_tx(fixed.engine, lambda c: tlog.checkpoint(c, fixed, "acme", month_of(now - 60)))
+        assert open_note(note, [_verifier(r.new)])
+        fixed.engine.dispose()
+    finally:
+        stale.engine.dispose()
+
+
+def test_a_stored_checkpoint_the_key_does_not_verify_stops_the_rotation(settings, tools) -> None:
+    now = int(time.time())
+    _seeded(settings, tools, now)
+    key_before = (settings.data_dir / "collector.key").read_bytes()
+    identity = _identity(settings)
+
+    def tamper(c) -> None:
+        row = c.execute(sa.select(s.checkpoints.c.size, s.checkpoints.c.note).limit(1)).one()
+        forged = row.note.replace("\n\n", "\nextra\n\n", 1)  # the text changed, the signature kept
+        c.execute(s.checkpoints.update().where(s.checkpoints.c.size == row.size).values(note=forged))
+
+    db.write_tx(settings.engine, tamper)
+    with pytest.raises(SetupError, match="does not verify under the current checkpoint key"):
+        keyrotation.rotate(settings, now)
+    assert _identity(settings) == identity
+    assert (settings.data_dir / "collector.key").read_bytes() == key_before
+    assert not (settings.data_dir / keyrotation.NEXT_KEY).exists()
+
+
+def test_a_rotation_cut_short_after_its_commit_is_finished_by_the_next_command(
+    settings, tools, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = int(time.time())
+    old_month, _new, _a = _seeded(settings, tools, now)
+
+    def crash(_settings: Settings) -> None:
+        raise KeyboardInterrupt  # the process killed between the commit and the rename
+
+    monkeypatch.setattr(keyrotation, "_install", crash)
+    with pytest.raises(KeyboardInterrupt):
+        keyrotation.rotate(settings, now)
+    monkeypatch.undo()
+    data = settings.data_dir
+    assert (data / keyrotation.NEXT_KEY).exists()
+    new_vkey = _identity(settings)
+    # the next command (here `key`) installs the committed key, and prints it
+    again = Settings(data, settings.db_url)
+    custody_run(type("Args", (), {"cmd": "key", "action": "show"})(), again)
+    assert capsys.readouterr().out.strip() == new_vkey
+    assert not (data / keyrotation.NEXT_KEY).exists()
+    again.engine.dispose()
+    _export(Settings(data, settings.db_url), old_month, data.parent / "bundle")
