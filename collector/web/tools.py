@@ -16,13 +16,14 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 
-from collector import accounting, db, roles
+from collector import accounting, db, keyrotation, roles, tlog
 from collector import schema as s
 from collector.export import export
 from collector.readapi import strip_money
 from collector.web import auth, data
 from collector.web.common import SessionDep, attachment, conn, month_param, provider_page
 from collector.web.common import render as page
+from protocol.timefmt import format_time
 
 router = APIRouter(prefix="/ui")
 
@@ -124,6 +125,7 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
                 sa.select(s.closes.c.month, s.closes.c.size).where(s.closes.c.provider == provider)
             ).all()
         )
+        retired = keyrotation.retired_keys(c)
     months = []
     for lg in logs:
         mine = [x for x in cps if x.month == lg.month]
@@ -135,7 +137,10 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
                 "checkpoints": [{"size": x.size, "note": x.note} for x in mine],
             }
         )
-    return page(request, "audit.html", sess, provider=provider, months=months)
+    # The key to pin (tr7-audit verify --collector-key) and the hand-overs that lead to it.
+    key = tlog.signer(request.app.state.settings).verifier_key()
+    return page(request, "audit.html", sess, provider=provider, months=months, key=key,
+                retired=[{**r, "retired_at": format_time(r["retired_at"])} for r in reversed(retired)])
 
 
 def _bundle(request: Request, provider: str, month: str, tmp: Path) -> tuple[Path, bool]:

@@ -200,6 +200,23 @@ def test_audit_bundle_verifies(client: TestClient, world: Any, tmp_path: Path) -
         assert client.post("/ui/p/acme/audit/2026-10/verify", data={"csrf": token}).status_code == 429
 
 
+def test_audit_page_names_the_key_to_pin_and_the_retired_ones(client: TestClient, world: Any) -> None:
+    import html
+
+    from collector import keyrotation, tlog
+
+    login(client, "aud")
+    first = tlog.signer(world).verifier_key()
+    page = client.get("/ui/p/acme/audit").text
+    assert f"<code>{first}</code>" in page and "retired-keys" not in page
+    r = keyrotation.rotate(world, parse_time("2026-11-02T00:00:00Z"))
+    page = html.unescape(client.get("/ui/p/acme/audit").text)
+    assert f"signed by the collector key <code>{r.new}</code>" in page
+    retired = page[page.index('id="retired-keys"'):]
+    assert f"<td><code>{first}</code></td><td>2026-11-02T00:00:00Z</td>" in retired
+    assert r.statement in retired
+
+
 def test_vendor_sees_hours_never_prices(client: TestClient, world: Any) -> None:
     login(client, "ven")
     html = client.get("/ui/vendor?month=2026-10").text
