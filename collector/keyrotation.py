@@ -39,6 +39,10 @@ NEXT_KEY = "collector.key.next"
 RETIRED = "collector_retired_keys"  # meta row: JSON list of {vkey, retired_at, statement}
 
 
+# The database's checkpoint key (written by Settings._claim_identity at first use).
+_IDENTITY = sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY)
+
+
 class StaleKey(SetupError):
     """This process holds a checkpoint key the database has retired (rotated by another process)."""
 
@@ -61,7 +65,7 @@ def check_current(conn: Connection, signer: NoteSigner) -> None:
     """Refuse to sign with a key that is not the database's identity. The row is read FOR SHARE on
     PostgreSQL when the transaction may store what it signs: a rotation holds it FOR UPDATE, so a
     checkpoint stored meanwhile is either seen (and cosigned) by the rotation or refused here."""
-    query = sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY)
+    query = _IDENTITY
     if conn.dialect.name == "postgresql" and not conn.get_execution_options().get("readonly"):
         query = query.with_for_update(read=True)
     current = conn.execute(query).scalar()
@@ -152,9 +156,7 @@ def rotate(settings: Settings, now: int) -> Rotation:
         statement = sign_handover(old, new, settings.origin, now)
 
         def tx(conn: Connection) -> tuple[int, int]:
-            current = conn.execute(
-                sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY).with_for_update()
-            ).scalar()
+            current = conn.execute(_IDENTITY.with_for_update()).scalar()
             if current != old.verifier_key():
                 raise SetupError(
                     f"the database's checkpoint key is {current}, not this data directory's "
