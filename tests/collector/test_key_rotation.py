@@ -199,3 +199,49 @@ def test_a_rotation_cut_short_after_its_commit_is_finished_by_the_next_command(
     assert not (data / keyrotation.NEXT_KEY).exists()
     again.engine.dispose()
     _export(Settings(data, settings.db_url), old_month, data.parent / "bundle")
+
+
+def test_a_checkpoint_stored_while_a_rotation_starts_is_cosigned(settings, tools) -> None:
+    """A process signs and stores a checkpoint with the current key, its transaction still open,
+    when `key rotate` starts elsewhere: the rotation waits for it (PostgreSQL: the key's row read
+    FOR SHARE against the rotation's FOR UPDATE; SQLite: one writer), then cosigns that note too.
+    Had it not waited, the note would stay signed by the retired key alone, and every bundle
+    carrying it would fail verify under the new collector.pub."""
+    import threading
+
+    now = int(time.time())
+    _old, _new, a = _seeded(settings, tools, now)
+    ingest.ingest_lines(settings.engine, [a.beat(now - 60, {"TR7-0001": "running"})], now)
+    month = month_of(now - 60)
+    other = Settings(settings.data_dir, settings.db_url)
+    other.open()
+    signed, release = threading.Event(), threading.Event()
+    got: dict[str, object] = {}
+
+    def store_and_wait(c) -> str:
+        note = tlog.checkpoint(c, other, "acme", month)
+        signed.set()
+        assert release.wait(30)
+        return note
+
+    def rotation() -> None:
+        got["rotation"] = keyrotation.rotate(settings, now)
+
+    storing = threading.Thread(target=lambda: got.update(note=db.write_tx(other.engine, store_and_wait)))
+    storing.start()
+    try:
+        assert signed.wait(30)
+        rotating = threading.Thread(target=rotation)
+        rotating.start()
+        rotating.join(1.0)
+        assert rotating.is_alive(), "the rotation did not wait for the open transaction"
+    finally:
+        release.set()
+        storing.join(30)
+    rotating.join(60)
+    other.engine.dispose()
+    r = got["rotation"]
+    assert isinstance(r, keyrotation.Rotation) and isinstance(got["note"], str)
+    stored = db.write_tx(settings.engine, lambda c: tlog.checkpoint(c, settings, "acme", month))
+    assert stored.startswith(got["note"]) and stored != got["note"]  # the same note, one signature more
+    assert open_note(stored, [_verifier(r.new)]) and open_note(stored, [_verifier(r.old)])
