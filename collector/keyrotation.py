@@ -78,11 +78,22 @@ def check_current(conn: Connection, signer: NoteSigner) -> None:
         )
 
 
+def _owned_like(path: Path, model: Path) -> None:
+    """A file made by root (`sudo tr7-collector key rotate`) goes to the owner of ``model``: the
+    packaged service runs as its own user, and a root-owned 0600 collector.key stopped it."""
+    if os.geteuid() == 0:
+        st = model.stat()
+        os.chown(path, st.st_uid, st.st_gid)
+
+
 @contextmanager
 def _locked(data_dir: Path) -> Iterator[None]:
-    """One rotation at a time in a data directory (the database's row lock covers other hosts)."""
-    fd = os.open(data_dir / "collector.key.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    """One rotation at a time in a data directory (the database's row lock covers other hosts).
+    Read-only is enough for flock, so the service's user and root can share the file."""
+    path = data_dir / "collector.key.lock"
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
+        _owned_like(path, data_dir / "collector.key")
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -152,6 +163,7 @@ def rotate(settings: Settings, now: int) -> Rotation:
         old = signer(settings)
         fresh = AgentKey.generate()
         save_private_key(fresh, settings.data_dir / NEXT_KEY)  # replaces an uncommitted one
+        _owned_like(settings.data_dir / NEXT_KEY, settings.data_dir / "collector.key")
         new = NoteSigner(settings.origin, fresh.private)
         statement = sign_handover(old, new, settings.origin, now)
 

@@ -245,3 +245,20 @@ def test_a_checkpoint_stored_while_a_rotation_starts_is_cosigned(settings, tools
     stored = db.write_tx(settings.engine, lambda c: tlog.checkpoint(c, settings, "acme", month))
     assert stored.startswith(got["note"]) and stored != got["note"]  # the same note, one signature more
     assert open_note(stored, [_verifier(r.new)]) and open_note(stored, [_verifier(r.old)])
+
+
+def test_the_new_key_keeps_the_old_ones_owner_and_mode(settings, tools) -> None:
+    """The packaged service runs as its own user and an operator may rotate with sudo: the new
+    collector.key must stay readable by the service (as root here, the old key is first given to
+    another user; otherwise the file stays the operator's own)."""
+    import os
+
+    key = settings.data_dir / "collector.key"
+    owner = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    if os.geteuid() == 0:
+        os.chown(key, *owner)
+    keyrotation.rotate(settings, int(time.time()))
+    st = key.stat()
+    assert (st.st_uid, st.st_gid) == owner and st.st_mode & 0o777 == 0o600
+    lock = (settings.data_dir / "collector.key.lock").stat()
+    assert (lock.st_uid, lock.st_gid) == owner
