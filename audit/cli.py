@@ -70,13 +70,13 @@ def _show(args: argparse.Namespace) -> int:
 def _handover(args: argparse.Namespace) -> int:
     """Follow hand-over statements from a pinned key; print the key they lead to."""
     from protocol.keyhandover import open_handover
-    from protocol.note import NoteError
+    from protocol.note import MAX_NOTE_CHARS, NoteError
 
     key = args.collector_key
     for path in args.statements:
         try:
             with open(path, encoding="utf-8") as f:
-                step = open_handover(f.read(), key)
+                step = open_handover(f.read(MAX_NOTE_CHARS + 1), key)  # longer: refused, not read whole
         except (OSError, UnicodeDecodeError, NoteError) as exc:
             print(f"tr7-audit: {path}: {exc}", file=sys.stderr)
             return EXIT_FAILED

@@ -75,3 +75,7 @@ def test_tr7_audit_handover_follows_statements_in_order(
     assert out.out == "" and f"tr7-audit: {s2}: " in out.err
     assert audit_main(["handover", "--collector-key", k1.verifier_key(), str(tmp_path / "none")]) == 1
     assert "No such file" in capsys.readouterr().err
+    big = tmp_path / "big"
+    big.write_text(s1.read_text() + "x" * (1 << 20))
+    assert audit_main(["handover", "--collector-key", k1.verifier_key(), str(big)]) == 1
+    assert "at most 1 MiB" in capsys.readouterr().err
