@@ -236,6 +236,19 @@ class ErrorBody(_Shape):
     detail: str
 
 
+class RetiredKey(_Shape):
+    key: str  # verifier key, name+keyid+base64
+    retired_at: str
+    statement: str  # the hand-over signed note (protocol/keyhandover.py)
+
+
+class CollectorKey(_Shape):
+    """GET /v1/log/key: the checkpoint key now, and every retired one, oldest first."""
+
+    key: str
+    retired: list[RetiredKey]
+
+
 # Each read route's 200 body: the routes declare it, the tests check every answer against it.
 RESPONSES: dict[str, Any] = {
     "/v1/providers": list[Provider],

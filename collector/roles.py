@@ -35,6 +35,7 @@ API_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/entitlements/{instance}"): USAGE,
     ("GET", "/v1/providers/{provider}/invoices"): INVOICES,
     ("GET", "/v1/providers/{provider}/invoices/{month}"): INVOICES,
+    ("GET", "/v1/log/key"): LOG,
     ("GET", "/v1/log/{provider}/{month}/checkpoint"): LOG,
     ("GET", "/v1/log/{provider}/{month}/inclusion"): LOG,
     ("GET", "/v1/log/{provider}/{month}/consistency"): LOG,

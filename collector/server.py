@@ -12,11 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, StringConstraints
 
-from collector import db, highwater, periodic, readapi, registry, tlog, web
+from collector import apimodels, db, highwater, keyrotation, periodic, readapi, registry, tlog, web
 from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge, TooManyLines
 from collector.gctune import tune_gc
 from collector.ingestslots import ingest_in_slot
-from collector.keyrotation import StaleKey
 from collector.requestguard import LimitBody, RefuseNul
 from collector.settings import (
     ENV_DATA_DIR,
@@ -29,7 +28,7 @@ from collector.settings import (
     setting,
 )
 from protocol.merkle import MerkleError
-from protocol.timefmt import parse_month
+from protocol.timefmt import format_time, parse_month
 
 log = logging.getLogger(__name__)
 MAX_LINES = 5000
@@ -178,6 +177,18 @@ def create_app(settings: Settings) -> FastAPI:
         except registry.RegistryError as exc:
             raise HTTPException(400, str(exc)) from exc
 
+    @app.get("/v1/log/key", response_model=apimodels.CollectorKey)
+    def log_key(scope: readapi.ScopeDep) -> dict[str, Any]:
+        """The key that signs checkpoints now, and the retired ones with their hand-over statements:
+        check those from the key you pinned (`tr7-audit handover`) rather than trust this answer."""
+        with db.read_conn(engine) as c:
+            retired = keyrotation.retired_keys(c)
+        return {
+            "key": tlog.signer(settings).verifier_key(),
+            "retired": [{"key": r["vkey"], "retired_at": format_time(r["retired_at"]),
+                         "statement": r["statement"]} for r in retired],
+        }
+
     @app.get("/v1/log/{provider}/{month}/checkpoint", response_class=PlainTextResponse)
     def checkpoint(provider: str, month: str, scope: readapi.ScopeDep) -> str:
         _log_access(engine, scope, provider, month)
@@ -214,8 +225,8 @@ def create_app(settings: Settings) -> FastAPI:
                 raise HTTPException(400, str(exc)) from exc
 
     app.include_router(readapi.router)
-    @app.exception_handler(StaleKey)
-    def _stale_key(_request: Request, exc: StaleKey) -> JSONResponse:
+    @app.exception_handler(keyrotation.StaleKey)
+    def _stale_key(_request: Request, exc: keyrotation.StaleKey) -> JSONResponse:
         # `key rotate` ran elsewhere: this process still ingests (nothing it stores is signed),
         # but signs no checkpoint with the retired key until restarted with the new one.
         log.error("event=stale_checkpoint_key %s", exc)

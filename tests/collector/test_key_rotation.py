@@ -262,3 +262,26 @@ def test_the_new_key_keeps_the_old_ones_owner_and_mode(settings, tools) -> None:
     assert (st.st_uid, st.st_gid) == owner and st.st_mode & 0o777 == 0o600
     lock = (settings.data_dir / "collector.key.lock").stat()
     assert (lock.st_uid, lock.st_gid) == owner
+
+
+def test_the_api_serves_the_key_and_the_hand_overs_to_check(settings, tools) -> None:
+    """GET /v1/log/key: what an auditor's tooling fetches, then checks from the key it pinned."""
+    auditor, viewer = token(settings, "acme", "auditor"), token(settings, "acme", "viewer")
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))  # acme exists
+    first = tlog.signer(settings).verifier_key()
+    with TestClient(create_app(settings)) as client:
+        def get(tok: str):
+            return client.get("/v1/log/key", headers={"Authorization": f"Bearer {tok}"})
+
+        assert get(auditor).json() == {"key": first, "retired": []}
+        assert get(viewer).status_code == 403  # the log is not the viewer's (collector/roles.py)
+        r1 = keyrotation.rotate(settings, 1_790_000_000)
+        r2 = keyrotation.rotate(settings, 1_790_086_400)
+        got = get(auditor).json()
+    assert got["key"] == r2.new
+    assert [(x["key"], x["retired_at"]) for x in got["retired"]] == [
+        (first, "2026-09-21T14:13:20Z"), (r1.new, "2026-09-22T14:13:20Z")]
+    pinned = first
+    for step in got["retired"]:
+        pinned = open_handover(step["statement"], pinned).new
+    assert pinned == got["key"]
