@@ -37,7 +37,8 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     k.add_argument("action", nargs="?", choices=("show", "rotate", "history"), default="show",
                    help="show (default): the current verifier key; rotate: make a new checkpoint key "
-                        "and cosign every stored checkpoint with it; history: retired keys (JSON)")
+                        "and cosign every stored checkpoint with it; history: the retired keys, "
+                        "oldest first, with their hand-over statements (JSON, as GET /v1/log/key)")
     sub.add_parser("accept-restore", parents=parents,
                    help="go on from a database restored from an older backup (says what it lost)")
 
@@ -76,7 +77,7 @@ def _key(action: str, settings: Settings) -> None:
     engine = settings.open()
     if action == "history":
         with db.read_conn(engine) as conn:
-            print(json.dumps(keyrotation.retired_keys(conn), indent=2))
+            print(json.dumps(keyrotation.history(conn), indent=2))
         return
     print(signer(settings).verifier_key())
 

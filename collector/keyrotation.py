@@ -34,6 +34,7 @@ from collector.settings import IDENTITY, Settings, SetupError
 from protocol.keyhandover import sign_handover
 from protocol.keys import AgentKey, load_private_key, save_private_key
 from protocol.note import NoteError, NoteSigner, NoteVerifier
+from protocol.timefmt import format_time
 
 NEXT_KEY = "collector.key.next"
 RETIRED = "collector_retired_keys"  # meta row: JSON list of {vkey, retired_at, statement}
@@ -59,6 +60,13 @@ class Rotation:
 def retired_keys(conn: Connection) -> list[dict[str, Any]]:
     row = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == RETIRED)).scalar()
     return [] if row is None else list(json.loads(row))
+
+
+def history(conn: Connection) -> list[dict[str, str]]:
+    """The retired keys, oldest first, as `key history`, GET /v1/log/key and the audit page show
+    them: the verifier key, when it was retired (RFC 3339) and its hand-over statement."""
+    return [{"key": r["vkey"], "retired_at": format_time(r["retired_at"]), "statement": r["statement"]}
+            for r in retired_keys(conn)]
 
 
 def check_current(conn: Connection, signer: NoteSigner) -> None:

@@ -28,7 +28,7 @@ from collector.settings import (
     setting,
 )
 from protocol.merkle import MerkleError
-from protocol.timefmt import format_time, parse_month
+from protocol.timefmt import parse_month
 
 log = logging.getLogger(__name__)
 MAX_LINES = 5000
@@ -182,12 +182,7 @@ def create_app(settings: Settings) -> FastAPI:
         """The key that signs checkpoints now, and the retired ones with their hand-over statements:
         check those from the key you pinned (`tr7-audit handover`) rather than trust this answer."""
         with db.read_conn(engine) as c:
-            retired = keyrotation.retired_keys(c)
-        return {
-            "key": tlog.signer(settings).verifier_key(),
-            "retired": [{"key": r["vkey"], "retired_at": format_time(r["retired_at"]),
-                         "statement": r["statement"]} for r in retired],
-        }
+            return {"key": tlog.signer(settings).verifier_key(), "retired": keyrotation.history(c)}
 
     @app.get("/v1/log/{provider}/{month}/checkpoint", response_class=PlainTextResponse)
     def checkpoint(provider: str, month: str, scope: readapi.ScopeDep) -> str:

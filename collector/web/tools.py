@@ -23,7 +23,6 @@ from collector.readapi import strip_money
 from collector.web import auth, data
 from collector.web.common import SessionDep, attachment, conn, month_param, provider_page
 from collector.web.common import render as page
-from protocol.timefmt import format_time
 
 router = APIRouter(prefix="/ui")
 
@@ -125,7 +124,7 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
                 sa.select(s.closes.c.month, s.closes.c.size).where(s.closes.c.provider == provider)
             ).all()
         )
-        retired = keyrotation.retired_keys(c)
+        retired = keyrotation.history(c)
     months = []
     for lg in logs:
         mine = [x for x in cps if x.month == lg.month]
@@ -140,7 +139,7 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
     # The key to pin (tr7-audit verify --collector-key) and the hand-overs that lead to it.
     key = tlog.signer(request.app.state.settings).verifier_key()
     return page(request, "audit.html", sess, provider=provider, months=months, key=key,
-                retired=[{**r, "retired_at": format_time(r["retired_at"])} for r in reversed(retired)])
+                retired=retired[::-1])
 
 
 def _bundle(request: Request, provider: str, month: str, tmp: Path) -> tuple[Path, bool]:

@@ -280,7 +280,7 @@ def test_key_rotate_prints_the_new_key_and_the_statement_history_keeps(tmp_path:
         assert open_note(statement, [NoteVerifier.from_vkey(vkey)])  # any signed-note tool can check it
     assert _cli("key", "--data-dir", str(data)).stdout.strip() == new
     history = json.loads(_cli("key", "history", "--data-dir", str(data)).stdout)
-    assert [(h["vkey"], h["statement"]) for h in history] == [(old, statement)]
+    assert [(h["key"], h["statement"]) for h in history] == [(old, statement)]
     bad = _cli("key", "turn", "--data-dir", str(data))
     assert bad.returncode == 2 and "invalid choice: 'turn'" in bad.stderr
 
