@@ -187,7 +187,8 @@ Alert = Annotated[
 class Alerts(_Shape):
     provider: str
     month: str
-    alerts: list[Alert]
+    alerts: list[Alert] = Field(description="with `limit` or `after`: by type, then paging key")
+    next_after: str | None = Field(description=f"the paging key of this page's last alert: {_NEXT}")
 
 
 class InvoiceMonth(_Shape):

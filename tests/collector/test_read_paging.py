@@ -1,4 +1,4 @@
-"""Keyset paging of /instances and /agents: pages joined give the whole list, in order, once."""
+"""Keyset paging of /instances, /agents and /alerts: pages joined give the whole list, in order, once."""
 
 import time
 
@@ -64,10 +64,42 @@ def test_pages_of_instances_and_agents_join_into_the_whole_list(client, settings
     assert "TR7-00a" not in got and got == ids[:4] + ids[4:] + ["TR7-99"]
 
 
+def test_pages_of_alerts_join_into_the_whole_list(client, settings, tools) -> None:
+    """Alerts have no id: they page by type, then the hash of their content (readapi.alert_key)."""
+    from collector.readapi import alert_key
+
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog("acme")))
+    now = int(time.time())
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, now - 7200)
+    seen = {f"TR7-9{j}": "running" for j in range(7)}  # none licensed: an unlicensed alert each
+    body = "\n".join(a.beat(now - 600 + 60 * i, seen) for i in range(3))
+    assert client.post("/v1/heartbeats", content=body, headers=HEADERS).status_code == 200
+    tok = _token(settings, "acme")
+    path = "/v1/providers/acme/alerts"
+    whole = client.get(path, headers=_auth(tok)).json()
+    assert whole["next_after"] is None  # without limit or after: the whole list in its own order
+    found = whole["alerts"]
+    assert len(found) >= 7 and [x for x in found if x["type"] == "unlicensed"]
+    pages, after = [], None
+    for _ in range(50):  # bounded: a cursor that does not move fails the test, not hangs it
+        q = f"{path}?limit=3" + ("" if after is None else f"&after={after}")
+        got = client.get(q, headers=_auth(tok)).json()
+        pages.append(got["alerts"])
+        after = got["next_after"]
+        if after is None:
+            break
+        assert after == alert_key(pages[-1][-1]) and len(after) <= 256
+    joined = [x for p in pages for x in p]
+    assert sorted(joined, key=alert_key) == joined and len(pages) == -(-len(found) // 3)
+    assert sorted(map(alert_key, joined)) == sorted(map(alert_key, found))  # each once, none lost
+    assert all(len(p) == 3 for p in pages[:-1])
+
+
 def test_limits_out_of_range_are_refused_with_where_and_why(client, settings, tools) -> None:
     db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog("acme")))
     tok = _token(settings, "acme")
-    for route in ("instances", "agents"):
+    for route in ("instances", "agents", "alerts"):
         for bad in ("0", "-1", str(MAX_LIMIT + 1), "ten"):
             r = client.get(f"/v1/providers/acme/{route}?limit={bad}", headers=_auth(tok))
             assert r.status_code == 422, (route, bad)
