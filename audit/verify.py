@@ -100,7 +100,9 @@ def _collector(ctx: _Ctx, pinned: str | None) -> NoteVerifier | None:
     if pinned is not None and verifier.vkey() != pinned.strip():
         # Whoever can rewrite the bundle can replace collector.pub too; only a key known out of
         # band proves the checkpoints are the collector's.
-        ctx.add(B.COLLECTOR_PUB, 1, "collector.pinned", f"{verifier.vkey()} is not the expected {pinned}")
+        ctx.add(B.COLLECTOR_PUB, 1, "collector.pinned",
+                f"{verifier.vkey()} is not the expected {pinned} (if the collector rotated its key, "
+                "check its hand-over statements: tr7-audit handover)")
     return verifier
 
 

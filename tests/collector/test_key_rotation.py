@@ -94,6 +94,9 @@ def test_rotation_keeps_every_bundle_verifiable(settings, tools, tmp_path: Path)
         after = _export(settings, month, tmp_path / f"after-{month}")
         assert (after / "collector.pub").read_text().strip() == r.new == pinned
         assert verify_bundle(after, workers=1, collector_key=pinned).ok
+        stale_pin = verify_bundle(after, workers=1, collector_key=r.old)
+        assert [f.rule for f in stale_pin.errors] == ["collector.pinned"]
+        assert "tr7-audit handover" in str(stale_pin.errors[0])
         if month == old_month:
             closed = (after / "closed" / "checkpoint").read_text()
             assert open_note(closed, [_verifier(r.old)]) and open_note(closed, [_verifier(r.new)])
