@@ -7,8 +7,8 @@ import time
 class StderrProgress:
     """Progress on stderr for long files: one line per stage, rewritten at most twice a second."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
+    def __init__(self, quiet: bool, unit: str = "lines") -> None:
+        self.quiet, self.unit = quiet, unit
         self.last = 0.0
         self.stage = ""
 
@@ -22,7 +22,7 @@ class StderrProgress:
             print(file=sys.stderr)
         self.stage, self.last = stage, now
         pct = 100 * done // total
-        print(f"\r{stage}: {done}/{total} lines ({pct}%)", end="", file=sys.stderr, flush=True)
+        print(f"\r{stage}: {done}/{total} {self.unit} ({pct}%)", end="", file=sys.stderr, flush=True)
         if done >= total:
             print(file=sys.stderr)
             self.stage = ""

@@ -65,7 +65,9 @@ def _key(action: str, settings: Settings) -> None:
     from collector.tlog import signer  # tlog imports settings, as this module does
 
     if action == "rotate":
-        r = keyrotation.rotate(settings, int(time.time()))
+        from audit.progress import StderrProgress
+
+        r = keyrotation.rotate(settings, int(time.time()), StderrProgress(quiet=False, unit="notes"))
         print(f"new checkpoint key: {r.new}")
         print(f"retired: {r.old}")
         print(f"cosigned with the new key: {r.checkpoints} stored checkpoints, {r.closes} closed months")

@@ -19,7 +19,7 @@ on this data directory (finish_interrupted); before it, the database still names
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,14 +137,18 @@ def finish_interrupted(settings: Settings, identity: str) -> bool:
     return True
 
 
-def _cosign_all(conn: Connection, old: NoteVerifier, new: NoteSigner) -> tuple[int, int]:
+def _cosign_all(
+    conn: Connection, old: NoteVerifier, new: NoteSigner, progress: Callable[[str, int, int], None]
+) -> tuple[int, int]:
     counts = []
     for table, column, keys in (
         (s.checkpoints, s.checkpoints.c.note, ("provider", "month", "size")),
         (s.closes, s.closes.c.checkpoint, ("provider", "month")),
     ):
         done = 0
-        for row in conn.execute(sa.select(*(table.c[k] for k in keys), column)).all():
+        rows = conn.execute(sa.select(*(table.c[k] for k in keys), column)).all()
+        for n, row in enumerate(rows):
+            progress(f"cosigning {table.name}", n, len(rows))  # ~0.2 ms a note: a long log has many
             where = [table.c[k] == v for k, v in zip(keys, row[:-1], strict=True)]
             try:
                 note = new.cosign(row[-1], old)
@@ -157,12 +161,18 @@ def _cosign_all(conn: Connection, old: NoteVerifier, new: NoteSigner) -> tuple[i
             if note != row[-1]:
                 conn.execute(table.update().where(*where).values({column.name: note}))
                 done += 1
+        progress(f"cosigning {table.name}", len(rows), len(rows))
         counts.append(done)
     return counts[0], counts[1]
 
 
-def rotate(settings: Settings, now: int) -> Rotation:
-    """Make a new checkpoint key this database's identity (see the module's docstring)."""
+def _silent(_stage: str, _done: int, _total: int) -> None:
+    pass
+
+
+def rotate(settings: Settings, now: int, progress: Callable[[str, int, int], None] = _silent) -> Rotation:
+    """Make a new checkpoint key this database's identity (see the module's docstring);
+    ``progress(stage, done, total)`` hears of the stored notes as they are cosigned."""
     from collector.tlog import signer  # tlog imports settings, as this module does
 
     engine = settings.open()  # finishes an interrupted rotation, checks this dir's key is current
@@ -182,7 +192,7 @@ def rotate(settings: Settings, now: int) -> Rotation:
                     f"the database's checkpoint key is {current}, not this data directory's "
                     f"{old.verifier_key()}: rotated meanwhile from another host? Nothing was rotated"
                 )
-            counts = _cosign_all(conn, old.verifier(), new)
+            counts = _cosign_all(conn, old.verifier(), new, progress)
             retired = [*retired_keys(conn), {"vkey": old.verifier_key(), "retired_at": now,
                                              "statement": statement}]
             conn.execute(s.meta.delete().where(s.meta.c.key == RETIRED))

@@ -73,10 +73,14 @@ def test_rotation_keeps_every_bundle_verifiable(settings, tools, tmp_path: Path)
     before = _export(settings, old_month, tmp_path / "before")
     old_vkey = (before / "collector.pub").read_text().strip()
 
-    r = keyrotation.rotate(settings, now)
+    heard: list[tuple[str, int, int]] = []
+    r = keyrotation.rotate(settings, now, lambda *step: heard.append(step))
 
     assert r.old == old_vkey and r.new != old_vkey
     assert r.checkpoints >= 2 and r.closes == 1
+    # progress for long work: each table counted up to its whole
+    assert ("cosigning checkpoints", r.checkpoints, r.checkpoints) in heard
+    assert heard[-1] == ("cosigning closes", 1, 1)
     assert _identity(settings) == r.new
     data = settings.data_dir
     assert not (data / keyrotation.NEXT_KEY).exists()
