@@ -62,6 +62,12 @@ def retired_keys(conn: Connection) -> list[dict[str, Any]]:
     return [] if row is None else list(json.loads(row))
 
 
+def current_key(conn: Connection) -> str | None:
+    """The database's checkpoint key (what to pin), not this process's: a process still holding a
+    retired key would otherwise name it."""
+    return conn.execute(_IDENTITY).scalar()
+
+
 def history(conn: Connection) -> list[dict[str, str]]:
     """The retired keys, oldest first, as `key history`, GET /v1/log/key and the audit page show
     them: the verifier key, when it was retired (RFC 3339) and its hand-over statement."""

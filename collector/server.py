@@ -182,7 +182,7 @@ def create_app(settings: Settings) -> FastAPI:
         """The key that signs checkpoints now, and the retired ones with their hand-over statements:
         check those from the key you pinned (`tr7-audit handover`) rather than trust this answer."""
         with db.read_conn(engine) as c:
-            return {"key": tlog.signer(settings).verifier_key(), "retired": keyrotation.history(c)}
+            return {"key": keyrotation.current_key(c), "retired": keyrotation.history(c)}
 
     @app.get("/v1/log/{provider}/{month}/checkpoint", response_class=PlainTextResponse)
     def checkpoint(provider: str, month: str, scope: readapi.ScopeDep) -> str:

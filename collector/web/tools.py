@@ -16,7 +16,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 
-from collector import accounting, db, keyrotation, roles, tlog
+from collector import accounting, db, keyrotation, roles
 from collector import schema as s
 from collector.export import export
 from collector.readapi import strip_money
@@ -124,7 +124,7 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
                 sa.select(s.closes.c.month, s.closes.c.size).where(s.closes.c.provider == provider)
             ).all()
         )
-        retired = keyrotation.history(c)
+        retired, key = keyrotation.history(c), keyrotation.current_key(c)
     months = []
     for lg in logs:
         mine = [x for x in cps if x.month == lg.month]
@@ -136,8 +136,7 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
                 "checkpoints": [{"size": x.size, "note": x.note} for x in mine],
             }
         )
-    # The key to pin (tr7-audit verify --collector-key) and the hand-overs that lead to it.
-    key = tlog.signer(request.app.state.settings).verifier_key()
+    # The key to pin (tr7-audit verify --collector-key), the database's, and the hand-overs to it.
     return page(request, "audit.html", sess, provider=provider, months=months, key=key,
                 retired=retired[::-1])
 

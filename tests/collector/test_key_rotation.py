@@ -149,7 +149,9 @@ def test_a_process_with_the_retired_key_signs_nothing(settings, tools, tmp_path:
         with TestClient(create_app(stale)) as client:
             got = client.get(f"/v1/log/acme/{month_of(now - 60)}/checkpoint",
                              headers={"Authorization": f"Bearer {viewer}"})
+            named = client.get("/v1/log/key", headers={"Authorization": f"Bearer {viewer}"}).json()
         assert got.status_code == 503 and r.new in got.json()["detail"]
+        assert named["key"] == r.new  # the database's key, not the retired one this process holds
         # restarted, it is refused, with the way out
         with pytest.raises(SetupError, match="retired by `tr7-collector key rotate`"):
             Settings(other, settings.db_url).open()
