@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 
 from collector import db
 from collector import schema as s
-from collector.settings import IDENTITY, Settings, SetupError
+from collector.settings import IDENTITY, IDENTITY_ROW, Settings, SetupError
 from protocol.keyhandover import sign_handover
 from protocol.keys import AgentKey, load_private_key, save_private_key
 from protocol.note import NoteError, NoteSigner, NoteVerifier
@@ -38,10 +38,6 @@ from protocol.timefmt import format_time
 
 NEXT_KEY = "collector.key.next"
 RETIRED = "collector_retired_keys"  # meta row: JSON list of {vkey, retired_at, statement}
-
-
-# The database's checkpoint key (written by Settings._claim_identity at first use).
-_IDENTITY = sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY)
 
 
 class StaleKey(SetupError):
@@ -65,7 +61,7 @@ def retired_keys(conn: Connection) -> list[dict[str, Any]]:
 def current_key(conn: Connection) -> str | None:
     """The database's checkpoint key (what to pin), not this process's: a process still holding a
     retired key would otherwise name it."""
-    return conn.execute(_IDENTITY).scalar()
+    return conn.execute(IDENTITY_ROW).scalar()
 
 
 def history(conn: Connection) -> list[dict[str, str]]:
@@ -79,7 +75,7 @@ def check_current(conn: Connection, signer: NoteSigner) -> None:
     """Refuse to sign with a key that is not the database's identity. The row is read FOR SHARE on
     PostgreSQL when the transaction may store what it signs: a rotation holds it FOR UPDATE, so a
     checkpoint stored meanwhile is either seen (and cosigned) by the rotation or refused here."""
-    query = _IDENTITY
+    query = IDENTITY_ROW
     if conn.dialect.name == "postgresql" and not conn.get_execution_options().get("readonly"):
         query = query.with_for_update(read=True)
     current = conn.execute(query).scalar()
@@ -192,7 +188,7 @@ def rotate(settings: Settings, now: int, progress: Callable[[str, int, int], Non
         statement = sign_handover(old, new, settings.origin, now)
 
         def tx(conn: Connection) -> tuple[int, int]:
-            current = conn.execute(_IDENTITY.with_for_update()).scalar()
+            current = conn.execute(IDENTITY_ROW.with_for_update()).scalar()
             if current != old.verifier_key():
                 raise SetupError(
                     f"the database's checkpoint key is {current}, not this data directory's "

@@ -25,6 +25,7 @@ ENV_FILE = "TR7_COLLECTOR_ENV_FILE"
 DEFAULT_ENV_FILE = "/etc/tr7-collector/collector.env"  # the service's EnvironmentFile (packaged)
 DEFAULT_DATA_DIR = "/var/lib/tr7-collector"
 IDENTITY = "collector_verifier_key"  # meta row: name+keyid+key of the key signing checkpoints
+IDENTITY_ROW = sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY)  # .scalar(): None before a claim
 _ORIGIN_RE = re.compile(r"^[A-Za-z0-9._-]+\Z")  # \Z, not $: a final newline would end the note line
 
 
@@ -181,7 +182,7 @@ class Settings:
             if not sa.inspect(self.engine).has_table(s.meta.name):
                 return
             with db.read_conn(self.engine) as conn:
-                row = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY)).scalar()
+                row = conn.execute(IDENTITY_ROW).scalar()
         except sa.exc.OperationalError:
             return  # unreachable: the command's own use of the database says so
         # Looked at again after the database: a process starting beside this one on the same new
@@ -218,7 +219,7 @@ class Settings:
         from collector.tlog import signer  # tlog imports this module
 
         mine = signer(self).verifier_key()
-        row = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY)).scalar()
+        row = conn.execute(IDENTITY_ROW).scalar()
         if row is None:
             conn.execute(s.meta.insert().values(key=IDENTITY, value=mine))  # a race: write_tx retries
         elif row != mine:
