@@ -71,8 +71,9 @@ def _key(action: str, settings: Settings) -> None:
         print(f"new checkpoint key: {r.new}")
         print(f"retired: {r.old}")
         print(f"cosigned with the new key: {r.checkpoints} stored checkpoints, {r.closes} closed months")
-        print("other hosts on this database: copy collector.key from this data directory and restart "
-              "them (until then they ingest but sign no checkpoint)")
+        print("the service on this host signs with it from its next checkpoint; other hosts on this "
+              "database: copy collector.key from this data directory to theirs (until then they "
+              "ingest but sign no checkpoint; no restart needed)")
         print("give auditors the new key and this statement, signed by both keys:")
         print(r.statement, end="")
         return

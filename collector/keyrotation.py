@@ -71,21 +71,34 @@ def history(conn: Connection) -> list[dict[str, str]]:
             for r in retired_keys(conn)]
 
 
-def check_current(conn: Connection, signer: NoteSigner) -> None:
-    """Refuse to sign with a key that is not the database's identity. The row is read FOR SHARE on
-    PostgreSQL when the transaction may store what it signs: a rotation holds it FOR UPDATE, so a
-    checkpoint stored meanwhile is either seen (and cosigned) by the rotation or refused here."""
+def current_signer(conn: Connection, settings: Settings) -> NoteSigner:
+    """The signer of the database's checkpoint key; StaleKey when this data directory does not
+    hold it. After a rotation a serving process reads collector.key again (the rotation on this
+    host renamed it; on another host an operator copied it): no restart is needed. The row is
+    read FOR SHARE on PostgreSQL when the transaction may store what it signs: a rotation holds
+    it FOR UPDATE, so a checkpoint stored meanwhile is either seen (and cosigned) by the
+    rotation or signed with the new key."""
+    from collector.tlog import signer  # tlog imports this module
+
     query = IDENTITY_ROW
     if conn.dialect.name == "postgresql" and not conn.get_execution_options().get("readonly"):
         query = query.with_for_update(read=True)
     current = conn.execute(query).scalar()
-    mine = signer.verifier_key()
-    if current is not None and current != mine:
+    key = signer(settings)
+    if current is None or current == key.verifier_key():
+        return key
+    settings.__dict__.pop("key", None)  # rotated since this process read collector.key
+    if not finish_interrupted(settings, current):  # a rotation here cut short after its commit
+        key = signer(settings)
+        if key.verifier_key() == current:
+            return key
         raise StaleKey(
-            f"this collector process signs checkpoints with key {mine}, which the database retired: "
-            f"its checkpoint key is now {current}. Copy collector.key from the data directory where "
-            "`tr7-collector key rotate` ran, then restart this process"
+            f"this collector process signs checkpoints with key {key.verifier_key()}, which the "
+            f"database retired: its checkpoint key is now {current}. Copy collector.key from the "
+            "data directory where `tr7-collector key rotate` ran (this process reads it at its "
+            "next checkpoint, no restart needed)"
         )
+    return signer(settings)
 
 
 def _owned_like(path: Path, model: Path) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from collector import highwater
 from collector import schema as s
-from collector.keyrotation import check_current
+from collector.keyrotation import current_signer
 from collector.settings import Settings
 from collector.tiles import StoredTree
 from protocol.merkle import MerkleError, consistency_proof, inclusion_proof
@@ -116,8 +116,7 @@ def checkpoint(
     ).scalar()
     if note is not None:
         return str(note)
-    key = signer(settings)
-    check_current(conn, key)  # a key retired by `key rotate` in another process signs nothing
+    key = current_signer(conn, settings)  # a key retired by `key rotate` signs nothing
     root = tree(conn, provider, month, size).root()
     note = sign_checkpoint(Checkpoint(log_origin(settings, provider, month), size, root), key)
     highwater.note(conn.engine, {f"{provider}/{month}": size})  # signed: never to be rewound

@@ -155,15 +155,50 @@ def test_a_process_with_the_retired_key_signs_nothing(settings, tools, tmp_path:
         # restarted, it is refused, with the way out
         with pytest.raises(SetupError, match="retired by `tr7-collector key rotate`"):
             Settings(other, settings.db_url).open()
-        # with the new key copied over, it serves again
+        # with the new key copied over, the running process signs again (no restart), and a new
+        # one starts
         shutil.copy2(settings.data_dir / "collector.key", other / "collector.key")
+        note = db.write_tx(stale.engine, lambda c: tlog.checkpoint(c, stale, "acme", month_of(now - 60)))
+        assert open_note(note, [_verifier(r.new)])
         fixed = Settings(other, settings.db_url)
         fixed.open()
-        note = db.write_tx(fixed.engine, lambda c: tlog.checkpoint(c, fixed, "acme", month_of(now - 60)))
-        assert open_note(note, [_verifier(r.new)])
+        assert tlog.signer(fixed).verifier_key() == r.new
         fixed.engine.dispose()
     finally:
         stale.engine.dispose()
+
+
+def test_the_service_on_the_rotating_host_signs_with_the_new_key_without_a_restart(settings, tools) -> None:
+    """`sudo tr7-collector key rotate` beside the running service: its processes read the new
+    collector.key at their next checkpoint; one cut short after the commit (collector.key.next not
+    yet renamed) is finished by the service itself."""
+    now = int(time.time())
+    _old, _new, a = _seeded(settings, tools, now)
+    service = Settings(settings.data_dir, settings.db_url)
+    service.open()
+    first = tlog.signer(service).verifier_key()
+    month = month_of(now - 60)
+    try:
+        r = keyrotation.rotate(settings, now)  # the operator's command, another process
+        ingest.ingest_lines(service.engine, [a.beat(now - 60, {"TR7-0001": "running"})], now)
+        note = db.write_tx(service.engine, lambda c: tlog.checkpoint(c, service, "acme", month))
+        assert open_note(note, [_verifier(r.new)]) and r.old == first
+        assert tlog.signer(service).verifier_key() == r.new
+
+        def crash(_settings: Settings) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(keyrotation, "_install", crash)
+            with pytest.raises(KeyboardInterrupt):
+                keyrotation.rotate(settings, now + 1)
+        assert (settings.data_dir / keyrotation.NEXT_KEY).exists()
+        ingest.ingest_lines(service.engine, [a.beat(now - 30, {"TR7-0001": "running"})], now)
+        note = db.write_tx(service.engine, lambda c: tlog.checkpoint(c, service, "acme", month))
+        assert open_note(note, [_verifier(_identity(settings))])
+        assert not (settings.data_dir / keyrotation.NEXT_KEY).exists()
+    finally:
+        service.engine.dispose()
 
 
 def test_a_stored_checkpoint_the_key_does_not_verify_stops_the_rotation(settings, tools) -> None:
