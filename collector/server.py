@@ -222,8 +222,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(readapi.router)
     @app.exception_handler(keyrotation.StaleKey)
     def _stale_key(_request: Request, exc: keyrotation.StaleKey) -> JSONResponse:
-        # `key rotate` ran elsewhere: this process still ingests (nothing it stores is signed),
-        # but signs no checkpoint with the retired key until restarted with the new one.
+        # `key rotate` ran on another host: this process still ingests (nothing it stores is
+        # signed), but signs no checkpoint until the new collector.key is in its data directory
+        # (read again at the next checkpoint: collector/keyrotation.py current_signer).
         log.error("event=stale_checkpoint_key %s", exc)
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
