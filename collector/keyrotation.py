@@ -88,17 +88,16 @@ def current_signer(conn: Connection, settings: Settings) -> NoteSigner:
     if current is None or current == key.verifier_key():
         return key
     settings.__dict__.pop("key", None)  # rotated since this process read collector.key
-    if not finish_interrupted(settings, current):  # a rotation here cut short after its commit
-        key = signer(settings)
-        if key.verifier_key() == current:
-            return key
-        raise StaleKey(
-            f"this collector process signs checkpoints with key {key.verifier_key()}, which the "
-            f"database retired: its checkpoint key is now {current}. Copy collector.key from the "
-            "data directory where `tr7-collector key rotate` ran (this process reads it at its "
-            "next checkpoint, no restart needed)"
-        )
-    return signer(settings)
+    finish_interrupted(settings, current)  # a rotation here cut short after its commit
+    key = signer(settings)
+    if key.verifier_key() == current:
+        return key
+    raise StaleKey(
+        f"this collector process signs checkpoints with key {key.verifier_key()}, which the "
+        f"database retired: its checkpoint key is now {current}. Copy collector.key from the "
+        "data directory where `tr7-collector key rotate` ran (this process reads it at its "
+        "next checkpoint, no restart needed)"
+    )
 
 
 def _owned_like(path: Path, model: Path) -> None:
