@@ -209,11 +209,21 @@ def agents(
     return {"provider": provider, "month": month, "agents": listed, "next_after": next_after}
 
 
+# Members that change while an alert stays the same alert: a silent agent's last heartbeat, a run
+# of cloned or unlicensed hours growing, more seqs over a month's boundary, an agent's name, a
+# pricing error's wording. They are left out of the paging key, so an alert keeps its place in a
+# walk of pages while it changes (keyed by its content, it could appear on two pages or on none).
+VOLATILE = frozenset({"last_heartbeat", "hours", "until", "seqs", "name", "detail"})
+
+
 def alert_key(alert: dict[str, Any]) -> str:
-    """An alert's paging key: its type, then the SHA-256 of its canonical JSON. Alerts have no id
-    of their own, and their members differ by type; a hash bounds the key (an instance id is free
-    text) and needs no rule per type, so a new kind of alert pages without one."""
-    body = json.dumps(alert, sort_keys=True, separators=(",", ":"), default=str).encode()
+    """An alert's paging key: its type, then the SHA-256 of its canonical JSON without the
+    VOLATILE members. Alerts have no id of their own, and their members differ by type; a hash
+    bounds the key (an instance id is free text) and needs no rule per type, so a new kind of
+    alert pages without one (its changing members belong in VOLATILE). What is left names the
+    alert: (agent, seq) of a fork, the agent of a silence, (instance, first hour, vms) of a clone."""
+    stable = {k: v for k, v in alert.items() if k not in VOLATILE}
+    body = json.dumps(stable, sort_keys=True, separators=(",", ":"), default=str).encode()
     return f"{alert['type']}:{hashlib.sha256(body).hexdigest()}"
 
 

@@ -96,6 +96,78 @@ def test_pages_of_alerts_join_into_the_whole_list(client, settings, tools) -> No
     assert all(len(p) == 3 for p in pages[:-1])
 
 
+def test_an_alert_keeps_its_place_in_a_walk_while_its_content_changes(client, settings, tools) -> None:
+    """A silent agent's alert names its last heartbeat, which moves when the agent sends one that
+    is still too old: the alert is the same one, with the same paging key, so a walk of pages
+    started before the change holds it exactly once (keyed by its content, it could appear twice
+    or not at all)."""
+    from collector.readapi import alert_key
+
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog("acme")))
+    now = int(time.time())
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, now - 7200)
+    seen = {f"TR7-9{j}": "running" for j in range(5)}  # none licensed: an unlicensed alert each
+    body = a.beat(now - 600, seen, interval=60)  # silent after 180 s
+    assert client.post("/v1/heartbeats", content=body, headers=HEADERS).status_code == 200
+    tok = _token(settings, "acme")
+    path = "/v1/providers/acme/alerts"
+
+    def silent() -> dict:
+        found = client.get(path, headers=_auth(tok)).json()["alerts"]
+        return next(x for x in found if x["type"] == "silent_agent")
+
+    before = silent()
+    first = client.get(f"{path}?limit=2", headers=_auth(tok)).json()
+    assert client.post("/v1/heartbeats", content=a.beat(now - 500, seen, interval=60),
+                       headers=HEADERS).status_code == 200
+    for _ in range(100):  # the pages' cache answers with the last result while it recomputes
+        after = silent()
+        if after != before:
+            break
+        time.sleep(0.05)
+    assert after["last_heartbeat"] != before["last_heartbeat"] and after["agent"] == a.kid
+    assert alert_key(after) == alert_key(before)
+    pages, cursor = [first["alerts"]], first["next_after"]
+    for _ in range(50):
+        got = client.get(f"{path}?limit=2&after={cursor}", headers=_auth(tok)).json()
+        pages.append(got["alerts"])
+        cursor = got["next_after"]
+        if cursor is None:
+            break
+    joined = [alert_key(x) for p in pages for x in p]
+    whole = [alert_key(x) for x in client.get(path, headers=_auth(tok)).json()["alerts"]]
+    assert sorted(joined) == sorted(whole) and len(set(whole)) == len(whole)  # each once
+
+
+def test_an_alerts_key_is_what_names_it_not_what_changes() -> None:
+    from collector.readapi import alert_key
+
+    same = [
+        ({"type": "silent_agent", "agent": "k1", "name": "a", "last_heartbeat": "T1"},
+         {"type": "silent_agent", "agent": "k1", "name": "b", "last_heartbeat": "T2"}),
+        ({"type": "unlicensed", "instance": "i", "hours": 3},
+         {"type": "unlicensed", "instance": "i", "hours": 4}),
+        ({"type": "clone", "instance": "i", "hour": "H", "until": "U1", "hours": 1, "vms": ["a", "b"]},
+         {"type": "clone", "instance": "i", "hour": "H", "until": "U2", "hours": 2, "vms": ["a", "b"]}),
+        ({"type": "fork_across_months", "agent": "k", "month_before": "2026-11", "seqs": [3]},
+         {"type": "fork_across_months", "agent": "k", "month_before": "2026-11", "seqs": [3, 4]}),
+    ]
+    for x, y in same:
+        assert alert_key(x) == alert_key(y)
+    apart = [
+        ({"type": "silent_agent", "agent": "k1"}, {"type": "silent_agent", "agent": "k2"}),
+        ({"type": "fork", "agent": "k", "seq": 1}, {"type": "fork", "agent": "k", "seq": 2}),
+        ({"type": "fork", "agent": "k", "seq": 1}, {"type": "break", "agent": "k", "seq": 1}),
+        ({"type": "clone", "instance": "i", "hour": "H1", "vms": ["a", "b"]},
+         {"type": "clone", "instance": "i", "hour": "H2", "vms": ["a", "b"]}),
+        ({"type": "over_capacity", "instance": "i", "license": "L1", "customer": "c"},
+         {"type": "over_capacity", "instance": "i", "license": "L2", "customer": "c"}),
+    ]
+    for x, y in apart:
+        assert alert_key(x) != alert_key(y)
+
+
 def test_limits_out_of_range_are_refused_with_where_and_why(client, settings, tools) -> None:
     db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog("acme")))
     tok = _token(settings, "acme")
