@@ -1,5 +1,5 @@
 """tr7-collector: serve, migrate, apply, agent, token, bill, close, export, import, user, account;
-backup, key and accept-restore (collector/custody.py)."""
+backup, key, accept-restore and prune (collector/custody.py)."""
 
 import argparse
 import json
@@ -12,6 +12,7 @@ from typing import Any
 from collector import accounting, custody, db, registry
 from collector.gctune import tune_gc
 from collector.settings import ENV_DATA_DIR, ENV_DB, Settings, SetupError
+from collector.tlog import EvidencePruned
 from protocol.errors import ProtocolError
 from protocol.timefmt import format_time, parse_month, parse_time
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.resolve(args.data_dir, args.db, args.origin)
         return _run(args, settings)
-    except (SetupError, registry.RegistryError, accounting.AccountingError) as exc:
+    except (SetupError, registry.RegistryError, accounting.AccountingError, EvidencePruned) as exc:
         print(f"tr7-collector: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a file named on the command line: missing, unreadable, a directory

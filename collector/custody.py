@@ -1,9 +1,10 @@
-"""Custody of the collector's key and evidence: `backup`, `key` (show, rotate, history) and `accept-restore`.
+"""Custody of the collector's key and evidence: `backup`, `key`, `accept-restore` and `prune`.
 
 `backup`: the key, origin and a consistent copy of the SQLite database taken while the service
 runs (PostgreSQL: pg_dump, named in the output); `key`: the verifier key to publish for
 auditors, `key rotate` (collector/keyrotation.py); `accept-restore`: going on from an older
-backup, knowingly (collector/highwater.py)."""
+backup, knowingly (collector/highwater.py); `prune`: a closed month's bundle archived, then its
+evidence dropped from the database (collector/prune.py)."""
 
 import argparse
 import json
@@ -21,7 +22,7 @@ from collector import schema as s
 from collector.settings import Settings, SetupError
 from protocol.timefmt import format_time
 
-COMMANDS = ("backup", "key", "accept-restore")
+COMMANDS = ("backup", "key", "accept-restore", "prune")
 
 
 def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -41,6 +42,15 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "oldest first, with their hand-over statements (JSON, as GET /v1/log/key)")
     sub.add_parser("accept-restore", parents=parents,
                    help="go on from a database restored from an older backup (says what it lost)")
+    p = sub.add_parser(
+        "prune", parents=parents,
+        help="archive a closed month's audit bundle to --out, verify it, then drop the month's "
+             "heartbeats from the database (it then takes no more); --list: the months pruned",
+    )
+    p.add_argument("--provider", help="required, but with --list")
+    p.add_argument("--month", type=_month, help="YYYY-MM, a closed month")
+    p.add_argument("--out", type=Path, help="a new or empty directory for the bundle; keep it")
+    p.add_argument("--list", action="store_true", help="the months pruned, with their archives (JSON)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -49,6 +59,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(line)
     elif args.cmd == "key":
         _key(args.action, settings)
+    elif args.cmd == "prune":
+        _prune(args, settings)
     else:
         engine = settings.open(highwater=False)
         lost = db.write_tx(engine, lambda c: highwater.accept(engine, settings.data_dir, c))
@@ -58,6 +70,37 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"accepted; behind what was seen: {highwater.describe(lost)}. Tell the auditors of these "
                   "months: checkpoints signed before describe other trees")
     return 0
+
+
+def _month(text: str) -> str:
+    from collector.cli import month_arg  # cli imports this module
+
+    return month_arg(text)
+
+
+def _prune(args: argparse.Namespace, settings: Settings) -> None:
+    from audit.progress import StderrProgress
+    from collector import prune
+
+    engine = settings.open()
+    if args.list:
+        with db.read_conn(engine) as conn:
+            print(json.dumps(prune.listing(conn, args.provider), indent=2))
+        return
+    if not (args.provider and args.month and args.out):
+        raise SetupError("prune needs --provider, --month and --out (or --list)")
+    r = prune.prune(settings, engine, args.provider, args.month, args.out, int(time.time()),
+                    StderrProgress(quiet=False))
+    if r.resumed:
+        print(f"{r.provider} {r.month} was pruned at {format_time(r.pruned_at)}; its bundle is in "
+              f"{r.archive}")
+    else:
+        print(f"archived and verified: {r.archive} ({r.size} heartbeats; manifest.json SHA-256 "
+              f"{r.manifest_sha256})")
+    print(f"dropped from the database: {r.dropped} heartbeats; kept: {r.kept} (the next month's anchors, "
+          "quarantined hours)")
+    print(f"{r.provider} {r.month} takes no more heartbeats; its bill and checkpoints stay. Keep the "
+          "bundle: `export` of this month is no longer possible")
 
 
 def _key(action: str, settings: Settings) -> None:

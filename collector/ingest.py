@@ -47,6 +47,12 @@ MAX_FUTURE = 300  # seconds a heartbeat may be ahead of the collector's clock at
 REVOKED = "time is at or after the key's revocation"  # as protocol.heartbeat.check_key_window says
 
 
+def _pruned(month: str) -> ProtocolError:
+    """A new line of a month whose evidence `tr7-collector prune` dropped (docs/collector.md,
+    "Pruning old months"): its log is sealed, since the month can no longer be recomputed."""
+    return ProtocolError("month.pruned", f"{month} was pruned by the collector: it takes no more heartbeats")
+
+
 @dataclass
 class _Agent:
     provider: str
@@ -127,12 +133,14 @@ def _append(
     only grows, and a heartbeat can only be in the log of its key's provider and its month, so
     if the size is still that, none of them is in it now either and they are not looked up again
     (a retried transaction passes None: it looks)."""
-    size, partial = lock_log_state(conn, provider, month)
-    if size == seen:
+    size, partial, pruned_at = lock_log_state(conn, provider, month)
+    if size == seen and pruned_at is None:
         new = cands
     else:
         known = _keys_logged(conn, [(hb.kid, month, hb.seq) for hb in cands])
         new = [hb for hb in cands if (hb.kid, month, hb.seq, hb.digest) not in known]
+    if pruned_at is not None:  # pruned since this batch's read: what is logged is a duplicate
+        raise _PrunedLog({hb.digest for hb in new})
     if not new:
         return set(), size
     made = [leaves[hb.digest] for hb in new]
@@ -225,6 +233,13 @@ def _keys_query(dialect: str, runs: Sequence[tuple[str, str, int, int]]) -> tupl
     return q, params
 
 
+class _PrunedLog(Exception):
+    """_append found its log pruned: the digests of its lines that are not logged."""
+
+    def __init__(self, digests: set[str]) -> None:
+        self.digests = digests
+
+
 def _log_sizes(conn: Connection, providers: set[str]) -> dict[tuple[str, str], int]:
     """(provider, month) -> size of the providers' logs (one row a month each)."""
     if not providers:
@@ -288,7 +303,9 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
         groups[(agent.provider, month)].setdefault(hb.digest, hb)
 
     sizes: dict[str, int] = {}
-    revoked: dict[str, ProtocolError] = {}  # digest -> why, for keys revoked since the check above
+    # digest -> why refused in the write transaction: its key revoked, or its month pruned, since
+    # the checks above
+    refused: dict[str, ProtocolError] = {}
 
     attempts = 0
 
@@ -297,7 +314,7 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
         attempts += 1
         appended: set[str] = set()
         sizes.clear()  # a retried transaction starts again
-        revoked.clear()
+        refused.clear()
         latest: dict[str, int] = {}
         for g in groups.values():
             for hb in g.values():
@@ -307,20 +324,24 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
             cands = []
             for hb in groups[(provider, month)].values():
                 if hb.kid in late and hb.time >= late[hb.kid]:
-                    revoked[hb.digest] = ProtocolError("key.window", REVOKED)
+                    refused[hb.digest] = ProtocolError("key.window", REVOKED)
                 else:
                     cands.append(hb)
             # A retry (after a unique-key race) looks the lines up whatever the sizes say.
             size = seen.get((provider, month), 0) if attempts == 1 else None
-            got, sizes[f"{provider}/{month}"] = _append(conn, provider, month, cands, leaves, now, size)
+            try:
+                got, sizes[f"{provider}/{month}"] = _append(conn, provider, month, cands, leaves, now, size)
+            except _PrunedLog as exc:
+                refused.update({d: _pruned(month) for d in exc.digests})
+                continue
             appended |= got
         return appended
 
     appended = write_tx(engine, tx) if groups else set()
     highwater.note(engine, sizes)
     for n, (_provider, hb) in ok.items():
-        if hb.digest in revoked:
-            results[n] = _rejected(lines[n], revoked[hb.digest])
+        if hb.digest in refused:
+            results[n] = _rejected(lines[n], refused[hb.digest])
         elif hb.digest in appended:
             appended.discard(hb.digest)  # a second copy in the same batch is a duplicate
             results[n]["status"] = "accepted"

@@ -22,6 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
+# What a leaf's `jws` reads as once `tr7-collector prune` dropped it (collector/prune.py): it is
+# written as '', zero bytes on either engine, never a frame nor a JWS.
+PRUNED = ""
 FRAME_MAGIC = b"\x04\x22\x4d\x18"  # an LZ4 frame's first four bytes (0x184D2204, little-endian)
 
 

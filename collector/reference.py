@@ -30,7 +30,9 @@ def full_result(
     conn: Connection, provider: str, month: str, size: int, catalog: Mapping[str, Any],
     progress: Progress | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(usage, invoice) of the first ``size`` leaves of the month's log, with its anchors."""
+    """(usage, invoice) of the first ``size`` leaves of the month's log, with its anchors; a
+    pruned month raises tlog.EvidencePruned (export and amend read the JWS through here)."""
+    tlog.require_evidence(conn, provider, month)
     cat = load_catalog(catalog)
     m0, m1 = month_bounds(month)
     only = frozenset(lic.instance for lic in cat.licenses if lic.model == "fixed")

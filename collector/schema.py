@@ -85,6 +85,9 @@ logs = sa.Table(
     # 256-leaf tile, so the ingest that completes it need not read its first leaves back
     # (collector/tiles.py); NULL or for another size: they are read back.
     sa.Column("tile_peaks", sa.LargeBinary, nullable=True),
+    # When `tr7-collector prune` dropped the month's evidence (collector/prune.py, migration
+    # 0015): ingest refuses its new lines from then on (read with the size, under the same lock).
+    sa.Column("pruned_at", sa.BigInteger, nullable=True),
 )
 
 # PostgreSQL's autovacuum for the tables that grow by inserts: after every 10,000 new rows, not
@@ -227,4 +230,19 @@ baselines = sa.Table(
     # The month's log size that invoice was computed over (migration 0011; null before): `amend`
     # recomputes at it, so a fork logged since cannot read as a repricing of what was invoiced.
     sa.Column("size", sa.BigInteger, nullable=True),
+)
+
+# What each `tr7-collector prune` archived and dropped (collector/prune.py, migration 0015): the
+# bundle written and verified before the month's JWS were dropped, and the SHA-256 of its
+# manifest.json, which names every file's SHA-256: the archive's identity, for its custodian.
+prunes = sa.Table(
+    "prunes",
+    metadata,
+    sa.Column("provider", sa.String, primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("pruned_at", sa.BigInteger, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),  # the log's size, the bundle's lines
+    sa.Column("archive", sa.Text, nullable=False),  # where the bundle was written
+    sa.Column("manifest_sha256", sa.String(64), nullable=False),
+    sa.Column("kept", sa.BigInteger, nullable=False),  # leaves whose JWS stay (anchors, quarantine)
 )

@@ -15,6 +15,7 @@ from collector.settings import Settings
 from collector.tiles import StoredTree
 from protocol.merkle import MerkleError, consistency_proof, inclusion_proof
 from protocol.note import Checkpoint, NoteSigner, sign_checkpoint
+from protocol.timefmt import format_time
 
 
 def signer(settings: Settings) -> NoteSigner:
@@ -44,19 +45,37 @@ _NEW_LOG = {
     .values(provider=sa.bindparam("p"), month=sa.bindparam("m"), size=0, tile_peaks=bytes(8))
     for name, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
 }
-_LOG_STATE = sa.select(s.logs.c.size, s.logs.c.tile_peaks).where(
+_LOG_STATE = sa.select(s.logs.c.size, s.logs.c.tile_peaks, s.logs.c.pruned_at).where(
     s.logs.c.provider == sa.bindparam("p"), s.logs.c.month == sa.bindparam("m")
 )
 # SQLite: BEGIN IMMEDIATE already holds the database write lock
 _LOCKED_STATE = {"sqlite": _LOG_STATE, "postgresql": _LOG_STATE.with_for_update()}
 
 
-def lock_log_state(conn: Connection, provider: str, month: str) -> tuple[int, bytes | None]:
-    """lock_log, and the state of the log's partial tile (collector/tiles.py write_tiles)."""
+def lock_log_state(conn: Connection, provider: str, month: str) -> tuple[int, bytes | None, int | None]:
+    """lock_log, the state of the log's partial tile (collector/tiles.py write_tiles), and when
+    `prune` dropped the month's evidence (None: it has not)."""
     key = {"p": provider, "m": month}
     conn.execute(_NEW_LOG[conn.dialect.name], key)
-    size, partial = conn.execute(_LOCKED_STATE[conn.dialect.name], key).one()
-    return int(size), None if partial is None else bytes(partial)
+    size, partial, pruned = conn.execute(_LOCKED_STATE[conn.dialect.name], key).one()
+    return int(size), None if partial is None else bytes(partial), pruned
+
+
+class EvidencePruned(ValueError):
+    """The month's JWS were dropped by `tr7-collector prune`: what needs them names the archive."""
+
+
+def require_evidence(conn: Connection, provider: str, month: str) -> None:
+    """Raise EvidencePruned when the month's JWS are no longer in the database."""
+    row = conn.execute(
+        sa.select(s.prunes.c.pruned_at, s.prunes.c.archive, s.prunes.c.manifest_sha256).where(
+            s.prunes.c.provider == provider, s.prunes.c.month == month)
+    ).first()
+    if row is not None:
+        raise EvidencePruned(
+            f"{provider} {month}: its heartbeats were pruned from the database at "
+            f"{format_time(int(row.pruned_at))}; its audit bundle was archived to {row.archive} "
+            f"(manifest.json SHA-256 {row.manifest_sha256})")
 
 
 def tree(conn: Connection, provider: str, month: str, size: int) -> StoredTree:

@@ -9,8 +9,9 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
-from collector import alerts, resultcache
+from collector import alerts, resultcache, tlog
 from collector import schema as s
+from collector.jwsstore import PRUNED
 from collector.web import data
 from collector.web.common import SessionDep, conn, month_param, provider_page
 from collector.web.common import render as page
@@ -118,8 +119,11 @@ def evidence(provider: str, instance: str, hour: str, request: Request, sess: Se
             c.execute(sa.select(s.agents.c.kid, s.agents.c.name).where(s.agents.c.provider == provider)).all()
         )
         rows = _hour_leaves(c, provider, h0, h0 + 3600)
+        pruned = _pruned_note(c, provider, month_of(h0)) if any(r.jws == PRUNED for r in rows) else None
     beats = []
     for r in rows:
+        if r.jws == PRUNED:  # `tr7-collector prune` dropped it: the archived bundle holds it
+            continue
         hb = parse_unverified(r.jws)
         obs = [o for o in hb.observations if o["instance"] == instance]
         if obs:
@@ -142,7 +146,16 @@ def evidence(provider: str, instance: str, hour: str, request: Request, sess: Se
         instance=instance,
         hour=format_time(h0),
         beats=beats,
+        pruned=pruned,
     )
+
+
+def _pruned_note(c: Any, provider: str, month: str) -> str:
+    try:
+        tlog.require_evidence(c, provider, month)
+    except tlog.EvidencePruned as exc:
+        return str(exc)
+    return f"{provider} {month}: some heartbeats of this hour are not in the database"
 
 
 @router.get("/p/{provider}/instances/{instance}/agents")
@@ -167,7 +180,7 @@ def instance_agents(
             kids = {
                 r.kid
                 for r in _hour_leaves(c, provider, h, h + 3600)
-                if _may_name(r.jws, needle)
+                if r.jws != PRUNED and _may_name(r.jws, needle)
                 and any(o["instance"] == instance for o in parse_unverified(r.jws).observations)
             }
             days.append({"day": format_time(day)[:10], "agents": sorted(names.get(k, k) for k in kids)})
@@ -226,7 +239,7 @@ def agent_rows(c: Any, provider: str, month: str, now: int) -> list[dict[str, An
                 )
                 .limit(1)
             ).first()
-            if jws is not None:
+            if jws is not None and jws.jws != PRUNED:
                 polls[a["kid"]] = (parse_unverified(jws.jws).polls, jws.received_at - jws.time)
     rows = []
     for a in health:

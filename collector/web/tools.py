@@ -16,13 +16,14 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 
-from collector import accounting, db, keyrotation, roles
+from collector import accounting, db, keyrotation, roles, tlog
 from collector import schema as s
 from collector.export import export
 from collector.readapi import strip_money
 from collector.web import auth, data
 from collector.web.common import SessionDep, attachment, conn, month_param, provider_page
 from collector.web.common import render as page
+from protocol.timefmt import format_time
 
 router = APIRouter(prefix="/ui")
 
@@ -124,6 +125,7 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
                 sa.select(s.closes.c.month, s.closes.c.size).where(s.closes.c.provider == provider)
             ).all()
         )
+        pruned = {r.month: r for r in c.execute(sa.select(s.prunes).where(s.prunes.c.provider == provider))}
         retired, key = keyrotation.history(c), keyrotation.current_key(c)
     months = []
     for lg in logs:
@@ -134,6 +136,10 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
                 "size": lg.size,
                 "closed_at_size": closed.get(lg.month),
                 "checkpoints": [{"size": x.size, "note": x.note} for x in mine],
+                # `tr7-collector prune` archived its bundle: no bundle from here
+                "pruned": None if lg.month not in pruned else {
+                    "at": format_time(int(pruned[lg.month].pruned_at)), "archive": pruned[lg.month].archive,
+                    "manifest": pruned[lg.month].manifest_sha256},
             }
         )
     # The key to pin (tr7-audit verify --collector-key), the database's, and the hand-overs to it.
@@ -146,7 +152,10 @@ def _bundle(request: Request, provider: str, month: str, tmp: Path) -> tuple[Pat
     # One read snapshot (db.read_conn), as `tr7-collector export`: a write transaction was READ
     # COMMITTED on PostgreSQL (statements saw ingest's commits midway) and held SQLite's lock.
     with db.read_conn(request.app.state.engine) as c:
-        return export(c, settings, provider, month, tmp / "bundle")
+        try:
+            return export(c, settings, provider, month, tmp / "bundle")
+        except tlog.EvidencePruned as exc:  # `tr7-collector prune` archived it: gone from here
+            raise HTTPException(410, str(exc)) from exc
 
 
 _EXPORTING = threading.Lock()

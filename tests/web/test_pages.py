@@ -407,3 +407,29 @@ def test_a_provider_id_in_any_script_downloads_its_bundle(
     assert r.status_code == 200 and r.content[:2] == b"\x1f\x8b"
     name = "audit-%E6%9D%B1%E4%BA%AC-2026-10.tar.gz"
     assert r.headers["content-disposition"].endswith(f"filename*=UTF-8''{name}")
+
+
+def test_a_pruned_month_says_where_its_bundle_went(client: TestClient, world: Any, tmp_path: Path) -> None:
+    """After `tr7-collector prune`: the audit page names the archive instead of offering a bundle,
+    a bundle asked for anyway is 410 with where it went, and the pages that show heartbeats say
+    what was pruned instead of failing on a heartbeat that is not there."""
+    from collector import accounting, prune
+
+    db.write_tx(world.engine, lambda c: accounting.close(c, world, "acme", "2026-10"))
+    prune.prune(world, world.engine, "acme", "2026-10", tmp_path / "oct", 0)
+    login(client, "aud")
+    audit = client.get("/ui/p/acme/audit").text
+    row = re.search(r'<tr data-month="2026-10">(.*?)</tr>', audit, re.S).group(1)
+    assert f"archived to <code>{tmp_path / 'oct'}</code>" in row and "bundle.tar.gz" not in row
+    r = client.get("/ui/p/acme/audit/2026-10/bundle.tar.gz")
+    assert r.status_code == 410 and str(tmp_path / "oct") in r.text
+    login(client, "ann")
+    ev = client.get("/ui/p/acme/instances/TR7-0001/evidence?hour=2026-10-02T03:00:00Z")
+    assert ev.status_code == 200 and '<pre class="jws">' not in ev.text and 'id="pruned-note"' in ev.text
+    assert str(tmp_path / "oct") in ev.text
+    days = client.get("/ui/p/acme/instances/TR7-0001/agents?month=2026-10")
+    assert days.status_code == 200 and "2026-10-01" in days.text
+    assert client.get("/ui/p/acme/agents?month=2026-10").status_code == 200
+    # the agent's last heartbeat of October stays (November's anchor): its hour still shows it
+    last = client.get("/ui/p/acme/instances/TR7-0001/evidence?hour=2026-10-03T23:00:00Z").text
+    assert last.count('<pre class="jws">') == 1 and 'id="pruned-note"' not in last

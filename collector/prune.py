@@ -1,0 +1,162 @@
+"""`tr7-collector prune`: a closed month's audit bundle archived and verified, then its JWS dropped.
+
+Why (docs/collector.md, "Pruning old months"): the evidence, ~1.6 kB a heartbeat, is most of what
+a collector stores, and a month's audit bundle holds all of it in the form auditors verify. So a
+closed month can leave the database: its bundle is written and verified here first (the same
+checks as `tr7-audit verify`, against this collector's key), then the month is sealed (ingest
+refuses its new lines: it could no longer be recomputed with them) and its JWS are dropped.
+
+What stays: every leaf's small columns and hash (dedup answers `duplicate` to a retry, the chain
+rules, checkpoints and proofs, the boundary alerts), the hour aggregates and the frozen close (the
+bill), and the JWS that later work still reads: each key's last heartbeat of the month (the next
+month's anchors, in its bundle) and the quarantined heartbeats with every other one of the hours
+they touch (the bill from aggregates takes them back, collector/evidence.py `_rebuild`).
+"""
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from collector import accounting, db, evidence, registry, tlog
+from collector import schema as s
+from collector.settings import Settings
+from protocol.timefmt import format_time, next_month
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total), as tr7-audit's
+CHUNK = 5000  # leaves a transaction drops: ingest waits for at most one chunk (SQLite's write lock)
+HOUR = 3600
+
+
+class PruneRefused(accounting.AccountingError):
+    """Nothing was dropped, and why (the message says what to do)."""
+
+
+@dataclass(frozen=True)
+class Pruned:
+    provider: str
+    month: str
+    archive: Path
+    manifest_sha256: str
+    size: int  # the log's leaves: the bundle's lines
+    kept: int  # leaves whose JWS stay in the database
+    dropped: int  # leaves whose JWS this run dropped (fewer when it finishes an interrupted prune)
+    pruned_at: int
+    resumed: bool
+
+
+def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Path, now: int,
+          progress: Progress | None = None) -> Pruned:
+    """Archive, verify, seal, drop; or finish a prune that was cut short (``out`` is then unused)."""
+    with db.read_conn(engine) as conn:
+        registry.require_known_provider(conn, provider)
+        done = _record(conn, provider, month)
+    if done is None:
+        if not out.is_absolute():
+            out = out.absolute()  # recorded: the operator's later reading must not depend on a cwd
+        size, digest = _archive(settings, engine, provider, month, out, progress)
+        done = db.write_tx(engine, lambda c: _seal(c, provider, month, size, str(out), digest, now))
+        resumed = False
+    else:
+        resumed = True
+    pruned_at, size, archive, digest, kept_n = done
+    with db.read_conn(engine) as conn:
+        keep = kept(conn, provider, month)
+    dropped = 0
+    for lo in range(0, size, CHUNK):
+        hi = min(size, lo + CHUNK)
+        dropped += db.write_tx(engine, lambda c, lo=lo, hi=hi: _drop(c, provider, month, lo, hi, keep))
+        if progress is not None:
+            progress("dropping the month's heartbeats", hi, size)
+    return Pruned(provider, month, Path(archive), digest, size, kept_n, dropped, pruned_at, resumed)
+
+
+def _record(conn: Connection, provider: str, month: str) -> tuple[int, int, str, str, int] | None:
+    P = s.prunes.c
+    r = conn.execute(sa.select(s.prunes).where(P.provider == provider, P.month == month)).first()
+    return None if r is None else (int(r.pruned_at), int(r.size), r.archive, r.manifest_sha256, int(r.kept))
+
+
+def _archive(settings: Settings, engine: Engine, provider: str, month: str, out: Path,
+             progress: Progress | None) -> tuple[int, str]:
+    """Write the month's bundle to ``out`` and verify it; (its lines, its manifest's SHA-256)."""
+    from audit.verify import verify_bundle
+    from collector.export import export
+
+    with db.read_conn(engine) as conn:
+        if accounting.closed(conn, provider, month) is None:
+            raise PruneRefused(f"{provider} {month} is not closed: close it first (tr7-collector close); "
+                               "only a closed month's evidence can leave the database")
+        size = tlog.log_size(conn, provider, month)
+        if size == 0:
+            raise PruneRefused(f"{provider} {month} holds no heartbeats: nothing to prune")
+        path, agrees = export(conn, settings, provider, month, out, progress=progress)
+    if not agrees:
+        raise PruneRefused(f"{provider} {month}: the bill from the aggregates disagrees with the "
+                           "recomputation from the heartbeats; the evidence stays (the bundle in "
+                           f"{path} holds the latter)")
+    report = verify_bundle(path, progress=progress, collector_key=tlog.signer(settings).verifier_key())
+    if not report.ok:
+        first = "; ".join(f"{f.rule}: {f.message}" for f in report.errors[:3])
+        raise PruneRefused(f"the bundle written to {path} does not verify ({first}); the evidence stays")
+    return size, hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
+
+
+def _seal(conn: Connection, provider: str, month: str, size: int, archive: str, digest: str,
+          now: int) -> tuple[int, int, str, str, int]:
+    """Under the log's lock: the log is still the bundle's; record the prune; ingest refuses from here."""
+    have = tlog.lock_log(conn, provider, month)
+    if have != size:
+        raise PruneRefused(f"{provider} {month}: {have - size} heartbeat(s) arrived while the bundle was "
+                           f"written (log size {size} -> {have}); nothing dropped: prune again into a new "
+                           "directory (this bundle lacks them)")
+    n = len(kept(conn, provider, month))
+    conn.execute(s.prunes.insert().values(provider=provider, month=month, pruned_at=now, size=size,
+                                          archive=archive, manifest_sha256=digest, kept=n))
+    conn.execute(s.logs.update().where(s.logs.c.provider == provider, s.logs.c.month == month)
+                 .values(pruned_at=now))
+    return now, size, archive, digest, n
+
+
+def kept(conn: Connection, provider: str, month: str) -> frozenset[int]:
+    """The leaf indexes whose JWS stay: the next month's anchors (as frozen by its close, and the
+    latest), and the quarantined leaves with every leaf of the hours they touch."""
+    after = next_month(month)
+    out = {int(r.idx) for latest in (False, True)
+           for r in evidence.anchor_rows(conn, provider, after, latest)}
+    bad = sorted(evidence.chain_analysis(conn, provider, month).quarantined)
+    if bad:
+        L = s.leaves.c
+        times = conn.execute(sa.select(L.time).where(L.provider == provider, L.month == month,
+                                                     L.digest.in_(bad))).scalars()
+        for hour in sorted({int(t) - int(t) % HOUR for t in times}):
+            out.update(conn.execute(sa.select(L.idx).where(
+                L.provider == provider, L.month == month, L.time >= hour, L.time < hour + HOUR)).scalars())
+    return frozenset(out)
+
+
+def _drop(conn: Connection, provider: str, month: str, lo: int, hi: int, keep: frozenset[int]) -> int:
+    L = s.leaves.c
+    spare = sorted(i for i in keep if lo <= i < hi)
+    q = (
+        s.leaves.update()
+        .where(L.provider == provider, L.month == month, L.idx >= lo, L.idx < hi,
+               sa.func.length(L.jws) > 0, L.idx.not_in(spare))
+        # '' reads back as jwsstore.PRUNED on both engines (TEXT on SQLite, bytea on PostgreSQL)
+        .values(jws=sa.literal_column("''"))
+    )
+    return int(conn.execute(q).rowcount)
+
+
+def listing(conn: Connection, provider: str | None = None) -> list[dict[str, object]]:
+    q = sa.select(s.prunes).order_by(s.prunes.c.provider, s.prunes.c.month)
+    if provider is not None:
+        q = q.where(s.prunes.c.provider == provider)
+    return [
+        {"provider": r.provider, "month": r.month, "pruned_at": format_time(int(r.pruned_at)),
+         "size": int(r.size), "kept": int(r.kept), "archive": r.archive, "manifest_sha256": r.manifest_sha256}
+        for r in conn.execute(q)
+    ]

@@ -1,0 +1,217 @@
+"""`tr7-collector prune`: a closed month's bundle archived and verified, then its evidence dropped.
+
+What a provider relies on afterwards: the archive verifies as `tr7-audit verify` would; the
+month's bill, checkpoints and aggregates are unchanged, and so is its bill recomputed from the
+aggregates (which takes quarantined heartbeats back from their JWS); the next month still exports
+a bundle that verifies (its anchors); a retry is still a duplicate, a new line of the month is
+refused by name; what needs the JWS (export, amend, the web's bundle) says where the archive is.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from audit.verify import verify_bundle
+from collector import accounting, db, prune, registry, tlog
+from collector import schema as s
+from collector.amend import amend_closed
+from collector.export import export
+from collector.ingest import ingest_lines
+from protocol.timefmt import parse_time
+
+SEP, OCT = "2026-09", "2026-10"  # both ended
+T0 = parse_time("2026-09-01T00:00:00Z")
+
+
+def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector.cli", *args, "--data-dir", str(settings.data_dir),
+                           "--db", settings.db_url], capture_output=True, text=True, check=False)
+
+
+def _month_with_a_fork(settings, tools) -> dict:
+    """September: agent a polls hourly for 2 days, with a fork on day 2 at 05:00 (its host
+    restored from a snapshot); agent b twice. October: both go on. September is closed."""
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a, b = tools.Agent("a"), tools.Agent("b")
+    for ag in (a, b):
+        tools.enrol(settings, "acme", ag, parse_time("2026-08-01T00:00:00Z"))
+    lines = [a.beat(T0 + h * 3600 + 60, {"TR7-0001": "running"}) for h in range(29)]
+    seq, prev = a.seq, a.prev
+    lines.append(a.beat(T0 + 29 * 3600 + 60, {"TR7-0001": "running"}))
+    a.seq, a.prev = seq, prev  # the same seq signed again, other content: a fork
+    lines.append(a.beat(T0 + 29 * 3600 + 120, {"TR7-0001": "stopped"}))
+    lines += [a.beat(T0 + h * 3600 + 60, {"TR7-0001": "running"}) for h in range(30, 48)]
+    lines += [b.beat(T0 + h * 3600 + 90, {"TR7-0002": "running"}) for h in (3, 40)]
+    o0 = parse_time("2026-10-01T00:00:00Z")
+    lines += [a.beat(o0 + 60, {"TR7-0001": "running"}), b.beat(o0 + 90, {"TR7-0002": "running"})]
+    assert {r["status"] for r in ingest_lines(settings.engine, lines)} == {"accepted"}
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", SEP))
+    return {"a": a, "b": b, "lines": lines}
+
+
+def _fresh_result(settings, month: str) -> tuple[dict, dict]:
+    accounting._cache.clear()  # computed again from the aggregates, not remembered from before
+    accounting._quarantine.clear()
+    with db.read_conn(settings.engine) as c:
+        return accounting.own_result(c, "acme", month)
+
+
+def _jws_left(settings) -> set[int]:
+    L = s.leaves.c
+    with db.read_conn(settings.engine) as c:
+        rows = c.execute(sa.select(L.idx, L.jws).where(L.provider == "acme", L.month == SEP))
+        return {int(r.idx) for r in rows if r.jws != ""}
+
+
+def test_a_pruned_month_keeps_its_bill_and_proofs_and_its_archive_verifies(settings, tools, tmp_path) -> None:
+    w = _month_with_a_fork(settings, tools)
+    before = _fresh_result(settings, SEP)
+    chains = {ch["agent"]: ch for ch in before[0]["chains"]}
+    assert chains[w["a"].kid]["forks"] == [30]  # both copies quarantined: billed without them
+    with db.read_conn(settings.engine) as c:
+        size = tlog.log_size(c, "acme", SEP)
+        checkpoint = tlog.checkpoint(c, settings, "acme", SEP)
+        billed = accounting.invoice(c, "acme", SEP)
+
+    out = _cli(settings, "prune", "--provider", "acme", "--month", SEP, "--out", str(tmp_path / "sep"))
+    assert out.returncode == 0, out.stderr
+    assert f"archived and verified: {tmp_path / 'sep'} ({size} heartbeats" in out.stdout
+    report = verify_bundle(tmp_path / "sep", workers=1, collector_key=tlog.signer(settings).verifier_key())
+    assert report.ok and (tmp_path / "sep" / "closed" / "checkpoint").exists()
+    assert len((tmp_path / "sep" / "heartbeats.jws").read_text().splitlines()) == size
+
+    left = _jws_left(settings)
+    # Kept: a's and b's last heartbeats of September (October's anchors: a's seq 48, b's seq 2) and
+    # the fork's hour (both copies of a's seq 30)
+    L = s.leaves.c
+    with db.read_conn(settings.engine) as c:
+        anchors = set(c.execute(sa.select(L.idx).where(L.month == SEP, sa.or_(
+            sa.and_(L.kid == w["a"].kid, L.seq == 48), sa.and_(L.kid == w["b"].kid, L.seq == 2)))).scalars())
+        fork_hour = set(c.execute(sa.select(s.leaves.c.idx).where(
+            s.leaves.c.month == SEP, s.leaves.c.time >= T0 + 29 * 3600, s.leaves.c.time < T0 + 30 * 3600)
+        ).scalars())
+    assert len(anchors) == 2 and len(fork_hour) == 2 and left == anchors | fork_hour and size == 51
+    assert f"dropped from the database: {size - len(left)} heartbeats; kept: {len(left)}" in out.stdout
+
+    assert _fresh_result(settings, SEP) == before  # the quarantined hour rebuilt from the kept JWS
+    with db.read_conn(settings.engine) as c:
+        assert tlog.checkpoint(c, settings, "acme", SEP) == checkpoint
+        assert accounting.invoice(c, "acme", SEP) == billed
+        export(c, settings, "acme", OCT, tmp_path / "oct")  # its anchors are September's kept leaves
+    assert verify_bundle(tmp_path / "oct", workers=1).ok
+
+    # What needs September's heartbeats names the archive; nothing was written
+    bad = _cli(settings, "export", "--provider", "acme", "--month", SEP, "--out", str(tmp_path / "again"))
+    assert bad.returncode == 1 and f"archived to {tmp_path / 'sep'}" in bad.stderr
+    assert not (tmp_path / "again").exists()
+    with pytest.raises(tlog.EvidencePruned):
+        db.write_tx(settings.engine, lambda c: amend_closed(c, "acme", SEP, tools.catalog(), 0))
+
+    # Ingest: a retry is a duplicate, a new line of September is refused by name, October goes on
+    a, b = w["a"], w["b"]
+    late = b.beat(T0 + 45 * 3600, {"TR7-0002": "running"})
+    now = a.beat(parse_time("2026-10-01T01:00:00Z"), {"TR7-0001": "running"})
+    got = ingest_lines(settings.engine, [w["lines"][3], late, now])
+    assert [r["status"] for r in got] == ["duplicate", "rejected", "accepted"]
+    assert got[1]["reason"].startswith("month.pruned") and got[1]["seq"] == 4
+    assert _jws_left(settings) == left
+
+    again = _cli(settings, "prune", "--provider", "acme", "--month", SEP, "--out", str(tmp_path / "x"))
+    assert again.returncode == 0 and "was pruned at" in again.stdout
+    assert "dropped from the database: 0" in again.stdout
+    listed = json.loads(_cli(settings, "prune", "--list").stdout)
+    assert [(x["month"], x["size"], x["kept"], x["archive"]) for x in listed] == [
+        (SEP, size, len(left), str(tmp_path / "sep"))]
+
+
+def test_prune_refuses_an_open_month_and_a_log_that_grew_while_archiving(settings, tools, tmp_path) -> None:
+    w = _month_with_a_fork(settings, tools)
+    out = _cli(settings, "prune", "--provider", "acme", "--month", OCT, "--out", str(tmp_path / "oct"))
+    assert out.returncode == 1 and "is not closed: close it first" in out.stderr
+    assert not (tmp_path / "oct").exists()
+    size = len(_jws_left(settings))
+
+    late = w["b"].beat(T0 + 46 * 3600, {"TR7-0002": "running"})
+    sent = []
+
+    def progress(stage: str, done: int, total: int) -> None:  # a late heartbeat while the bundle is written
+        if not sent:
+            sent.append(ingest_lines(settings.engine, [late])[0]["status"])
+
+    with pytest.raises(prune.PruneRefused, match=r"1 heartbeat\(s\) arrived while the bundle was written"):
+        prune.prune(settings, settings.engine, "acme", SEP, tmp_path / "sep", 0, progress)
+    assert sent == ["accepted"] and len(_jws_left(settings)) == size + 1  # nothing dropped
+    with db.read_conn(settings.engine) as c:
+        assert prune.listing(c) == [] and tlog.lock_log_state(c, "acme", SEP)[2] is None
+
+
+def test_a_prune_cut_short_is_finished_by_the_next_one(settings, tools, tmp_path: Path, monkeypatch) -> None:
+    w = _month_with_a_fork(settings, tools)
+    monkeypatch.setattr(prune, "CHUNK", 10)
+    calls = []
+    real = prune._drop
+
+    def crash(*args):  # the process dies after the first chunk
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(prune, "_drop", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prune.prune(settings, settings.engine, "acme", SEP, tmp_path / "sep", 0)
+    partly = _jws_left(settings)
+    monkeypatch.setattr(prune, "_drop", real)
+    # Sealed already: ingest refuses the month, and export names the archive
+    late = w["b"].beat(T0 + 50 * 3600, {"TR7-0002": "running"})
+    got = ingest_lines(settings.engine, [late])[0]
+    assert got["status"] == "rejected" and got["reason"].startswith("month.pruned")
+    # Found under the log's lock (a prune seals between a batch's read and its write): refused, and
+    # a line logged before is still a duplicate
+    got = ingest_lines(settings.engine, [late, w["lines"][0]])
+    assert [x["status"] for x in got] == ["rejected", "duplicate"]
+    assert got[0]["reason"].startswith("month.pruned")
+    with db.read_conn(settings.engine) as c, pytest.raises(tlog.EvidencePruned):
+        export(c, settings, "acme", SEP, tmp_path / "no")
+    r = prune.prune(settings, settings.engine, "acme", SEP, tmp_path / "unused", 0)
+    assert r.resumed and r.dropped == len(partly) - r.kept and len(_jws_left(settings)) == r.kept
+    assert not (tmp_path / "unused").exists()
+
+
+def test_a_bundle_that_does_not_verify_keeps_the_evidence(settings, tools, tmp_path) -> None:
+    """A leaf altered in the database (b's seq 2 signed again by its key, on another vm: the bill
+    is the same, the log's checkpoint is not): the bundle fails verify, and nothing is dropped."""
+    w = _month_with_a_fork(settings, tools)
+    b, L = w["b"], s.leaves.c
+    with db.read_conn(settings.engine) as c:
+        first = c.execute(sa.select(L.digest).where(L.kid == b.kid, L.seq == 1)).scalar_one()
+    b.seq, b.prev = 2, first
+    other = b.beat(T0 + 40 * 3600 + 90, {"TR7-0002": "running"}, vm="vm-elsewhere")
+    db.write_tx(settings.engine, lambda c: c.execute(
+        s.leaves.update().where(L.kid == b.kid, L.seq == 2).values(jws=other)))
+    size = len(_jws_left(settings))
+    out = _cli(settings, "prune", "--provider", "acme", "--month", SEP, "--out", str(tmp_path / "sep"))
+    assert out.returncode == 1 and "does not verify" in out.stderr and "the evidence stays" in out.stderr
+    assert len(_jws_left(settings)) == size
+    with db.read_conn(settings.engine) as c:
+        assert prune.listing(c) == []
+
+
+def test_migration_0015_adds_the_seal_to_an_existing_database(settings, tools) -> None:
+    """0015 on a database made before it: the column and the table, and ingest goes on as before."""
+    tools.migrate_to(settings, "0014_vacuum_after_inserts")
+    with settings.engine.connect() as c:
+        assert "pruned_at" not in {x["name"] for x in sa.inspect(c).get_columns("logs")}
+        assert not sa.inspect(c).has_table("prunes")
+    tools.migrate_to(settings, "head")
+    with settings.engine.connect() as c:
+        assert "pruned_at" in {x["name"] for x in sa.inspect(c).get_columns("logs")}
+        assert sa.inspect(c).has_table("prunes")
+    w = _month_with_a_fork(settings, tools)
+    with db.read_conn(settings.engine) as c:
+        assert tlog.lock_log_state(c, "acme", SEP)[2] is None and len(w["lines"]) == tlog.log_size(
+            c, "acme", SEP) + tlog.log_size(c, "acme", OCT)
