@@ -1,0 +1,104 @@
+"""What `tr7-collector prune` gives back and what it costs, against the same run's baselines.
+
+A month of --agents agents polling 50 instances every --interval seconds (default: one agent
+every 60 s, 43,200 heartbeats, docs/collector.md's disk figure) on SQLite, closed:
+- time: `prune` (export, verify, seal, drop) against `export` followed by `tr7-audit verify` of
+  the same month, the work an operator would do by hand before deleting anything (goal: prune
+  costs at most 1.25x that: the drop itself is small beside writing and checking the bundle);
+- space: the database file after `prune` and a `VACUUM`, against before, and the archived
+  bundle's size. Never asserts a time. Usage:
+    .venv/bin/python bench/bench_prune.py [--agents 1] [--interval 60]
+"""
+
+import argparse
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._agentmonth import agent_key, sign_agent_month
+from bench.bench_bill import PER_AGENT, catalog
+from collector import accounting, db, highwater, registry
+from collector.ingest import ingest_lines
+from collector.settings import Settings
+from protocol.timefmt import month_bounds
+
+MONTH = "2026-09"
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str) -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", *args], check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def _collector(st: Settings, *args: str) -> float:
+    return _run("collector.cli", *args, "--data-dir", str(st.data_dir), "--db", st.db_url)
+
+
+def month(tmp: Path, agents: int, interval: int) -> Settings:
+    st = Settings(tmp / "data", f"sqlite:///{tmp / 'collector.db'}", "bench")
+    engine = st.open()
+    db.write_tx(engine, lambda c: registry.apply_catalog(c, catalog(agents)))
+    for a in range(agents):
+        key = agent_key("prune", a)
+        db.write_tx(engine, lambda c, k=key, a=a: registry.add_agent(c, "acme", f"a{a}", k.public_b64, 0))
+        lines = sign_agent_month(key, MONTH, a, PER_AGENT, interval, 30 + a)
+        for i in range(0, len(lines), 2000):
+            ingest_lines(engine, lines[i : i + 2000], month_bounds(MONTH)[1])
+    db.write_tx(engine, lambda c: accounting.close(c, st, "acme", MONTH))
+    engine.dispose()
+    return st
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))  # with -wal and -shm
+
+
+def _tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", type=int, default=1)
+    ap.add_argument("--interval", type=int, default=60, help="seconds between an agent's polls")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-prune-"))
+    try:
+        st = month(tmp, args.agents, args.interval)
+        path = Path(st.db_url.removeprefix("sqlite:///"))
+        with sqlite3.connect(path) as c:
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        before = _size(path)
+        base = _collector(st, "export", "--provider", "acme", "--month", MONTH, "--out", str(tmp / "b"))
+        base += _run("audit.cli", "verify", str(tmp / "b"))
+        took = _collector(st, "prune", "--provider", "acme", "--month", MONTH, "--out", str(tmp / "archive"))
+        pruned = _size(path)
+        with sqlite3.connect(path) as c:
+            c.execute("VACUUM")
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        after = _size(path)
+        lines = len((tmp / "archive" / "heartbeats.jws").read_bytes().splitlines())
+        print(f"month of {lines:,} heartbeats on SQLite: database {before / 1e6:,.1f} MB")
+        print(f"export + tr7-audit verify: {base:.1f} s; prune (the same, then seal and drop): {took:.1f} s "
+              f"= {took / base:.2f}x (goal <= 1.25)")
+        print(f"database after prune {pruned / 1e6:,.1f} MB (freed pages stay in the file), after VACUUM "
+              f"{after / 1e6:,.1f} MB = {after / before:.2f} of before; the archived bundle "
+              f"{_tree_size(tmp / 'archive') / 1e6:,.1f} MB (uncompressed text)")
+        return 0
+    finally:
+        highwater._flush_all()  # now, not at exit into a removed directory
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
