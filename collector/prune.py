@@ -53,36 +53,31 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
     """Archive, verify, seal, drop; or finish a prune that was cut short (``out`` is then unused)."""
     with db.read_conn(engine) as conn:
         registry.require_known_provider(conn, provider)
-        done = _record(conn, provider, month)
-    if done is None:
+        row = tlog.pruned(conn, provider, month)
+        if row is not None:  # sealed: finish the drop
+            keep = kept(conn, provider, month)
+            done = (int(row.pruned_at), int(row.size), row.archive, row.manifest_sha256, int(row.kept))
+    if row is None:
         if not out.is_absolute():
             out = out.absolute()  # recorded: the operator's later reading must not depend on a cwd
-        size, digest = _archive(settings, engine, provider, month, out, progress)
-        done = db.write_tx(engine, lambda c: _seal(c, provider, month, size, str(out), digest, now))
-        resumed = False
-    else:
-        resumed = True
+        size, digest, keep = _archive(settings, engine, provider, month, out, progress)
+        n = len(keep)
+        done = db.write_tx(engine, lambda c: _seal(c, provider, month, size, str(out), digest, n, now))
     pruned_at, size, archive, digest, kept_n = done
-    with db.read_conn(engine) as conn:
-        keep = kept(conn, provider, month)
     dropped = 0
     for lo in range(0, size, CHUNK):
         hi = min(size, lo + CHUNK)
         dropped += db.write_tx(engine, lambda c, lo=lo, hi=hi: _drop(c, provider, month, lo, hi, keep))
         if progress is not None:
             progress("dropping the month's heartbeats", hi, size)
-    return Pruned(provider, month, Path(archive), digest, size, kept_n, dropped, pruned_at, resumed)
-
-
-def _record(conn: Connection, provider: str, month: str) -> tuple[int, int, str, str, int] | None:
-    P = s.prunes.c
-    r = conn.execute(sa.select(s.prunes).where(P.provider == provider, P.month == month)).first()
-    return None if r is None else (int(r.pruned_at), int(r.size), r.archive, r.manifest_sha256, int(r.kept))
+    return Pruned(provider, month, Path(archive), digest, size, kept_n, dropped, pruned_at, row is not None)
 
 
 def _archive(settings: Settings, engine: Engine, provider: str, month: str, out: Path,
-             progress: Progress | None) -> tuple[int, str]:
-    """Write the month's bundle to ``out`` and verify it; (its lines, its manifest's SHA-256)."""
+             progress: Progress | None) -> tuple[int, str, frozenset[int]]:
+    """Write the month's bundle to ``out`` and verify it; (its lines, its manifest's SHA-256, the
+    leaves to keep). All read in one snapshot: if the log still has as many leaves when it is
+    sealed, it has these (it only grows), so the seal need not look again under its lock."""
     from audit.verify import verify_bundle
     from collector.export import export
 
@@ -94,6 +89,7 @@ def _archive(settings: Settings, engine: Engine, provider: str, month: str, out:
         if size == 0:
             raise PruneRefused(f"{provider} {month} holds no heartbeats: nothing to prune")
         path, agrees = export(conn, settings, provider, month, out, progress=progress)
+        keep = kept(conn, provider, month)
     if not agrees:
         raise PruneRefused(f"{provider} {month}: the bill from the aggregates disagrees with the "
                            "recomputation from the heartbeats; the evidence stays (the bundle in "
@@ -102,10 +98,10 @@ def _archive(settings: Settings, engine: Engine, provider: str, month: str, out:
     if not report.ok:
         first = "; ".join(f"{f.rule}: {f.message}" for f in report.errors[:3])
         raise PruneRefused(f"the bundle written to {path} does not verify ({first}); the evidence stays")
-    return size, hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
+    return size, hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest(), keep
 
 
-def _seal(conn: Connection, provider: str, month: str, size: int, archive: str, digest: str,
+def _seal(conn: Connection, provider: str, month: str, size: int, archive: str, digest: str, n: int,
           now: int) -> tuple[int, int, str, str, int]:
     """Under the log's lock: the log is still the bundle's; record the prune; ingest refuses from here."""
     have = tlog.lock_log(conn, provider, month)
@@ -113,7 +109,6 @@ def _seal(conn: Connection, provider: str, month: str, size: int, archive: str, 
         raise PruneRefused(f"{provider} {month}: {have - size} heartbeat(s) arrived while the bundle was "
                            f"written (log size {size} -> {have}); nothing dropped: prune again into a new "
                            "directory (this bundle lacks them)")
-    n = len(kept(conn, provider, month))
     conn.execute(s.prunes.insert().values(provider=provider, month=month, pruned_at=now, size=size,
                                           archive=archive, manifest_sha256=digest, kept=n))
     conn.execute(s.logs.update().where(s.logs.c.provider == provider, s.logs.c.month == month)

@@ -3,6 +3,7 @@
 import base64
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -65,12 +66,15 @@ class EvidencePruned(ValueError):
     """The month's JWS were dropped by `tr7-collector prune`: what needs them names the archive."""
 
 
+def pruned(conn: Connection, provider: str, month: str) -> sa.Row[Any] | None:
+    """The month's `prunes` row (collector/prune.py), if `tr7-collector prune` sealed it."""
+    P = s.prunes.c
+    return conn.execute(sa.select(s.prunes).where(P.provider == provider, P.month == month)).first()
+
+
 def require_evidence(conn: Connection, provider: str, month: str) -> None:
     """Raise EvidencePruned when the month's JWS are no longer in the database."""
-    row = conn.execute(
-        sa.select(s.prunes.c.pruned_at, s.prunes.c.archive, s.prunes.c.manifest_sha256).where(
-            s.prunes.c.provider == provider, s.prunes.c.month == month)
-    ).first()
+    row = pruned(conn, provider, month)
     if row is not None:
         raise EvidencePruned(
             f"{provider} {month}: its heartbeats were pruned from the database at "

@@ -19,11 +19,11 @@ from starlette.background import BackgroundTask
 from collector import accounting, db, keyrotation, roles, tlog
 from collector import schema as s
 from collector.export import export
+from collector.prune import listing
 from collector.readapi import strip_money
 from collector.web import auth, data
 from collector.web.common import SessionDep, attachment, conn, month_param, provider_page
 from collector.web.common import render as page
-from protocol.timefmt import format_time
 
 router = APIRouter(prefix="/ui")
 
@@ -125,7 +125,7 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
                 sa.select(s.closes.c.month, s.closes.c.size).where(s.closes.c.provider == provider)
             ).all()
         )
-        pruned = {r.month: r for r in c.execute(sa.select(s.prunes).where(s.prunes.c.provider == provider))}
+        pruned = {x["month"]: x for x in listing(c, provider)}
         retired, key = keyrotation.history(c), keyrotation.current_key(c)
     months = []
     for lg in logs:
@@ -136,10 +136,7 @@ def audit_page(provider: str, request: Request, sess: SessionDep) -> Response:
                 "size": lg.size,
                 "closed_at_size": closed.get(lg.month),
                 "checkpoints": [{"size": x.size, "note": x.note} for x in mine],
-                # `tr7-collector prune` archived its bundle: no bundle from here
-                "pruned": None if lg.month not in pruned else {
-                    "at": format_time(int(pruned[lg.month].pruned_at)), "archive": pruned[lg.month].archive,
-                    "manifest": pruned[lg.month].manifest_sha256},
+                "pruned": pruned.get(lg.month),  # `tr7-collector prune` archived its bundle
             }
         )
     # The key to pin (tr7-audit verify --collector-key), the database's, and the hand-overs to it.
