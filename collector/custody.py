@@ -13,13 +13,16 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from collector import db, highwater
 from collector import schema as s
 from collector.settings import Settings, SetupError
+
+if TYPE_CHECKING:
+    from collector.prune import Pruned
 from protocol.timefmt import format_time
 
 COMMANDS = ("backup", "key", "accept-restore", "prune")
@@ -49,6 +52,9 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--provider", help="required, but with --list")
     p.add_argument("--month", type=_month, help="YYYY-MM, a closed month")
+    p.add_argument("--before", type=_month, metavar="YYYY-MM",
+                   help="instead of --month: every closed month before this one not pruned yet, oldest "
+                        "first, each into --out/YYYY-MM (for a schedule, e.g. 13 months back)")
     p.add_argument("--out", type=Path, help="a new or empty directory for the bundle; keep it")
     p.add_argument("--list", action="store_true", help="the months pruned, with their archives (JSON)")
 
@@ -87,10 +93,22 @@ def _prune(args: argparse.Namespace, settings: Settings) -> None:
         with db.read_conn(engine) as conn:
             print(json.dumps(prune.listing(conn, args.provider), indent=2))
         return
-    if not (args.provider and args.month and args.out):
-        raise SetupError("prune needs --provider, --month and --out (or --list)")
-    r = prune.prune(settings, engine, args.provider, args.month, args.out, int(time.time()),
-                    StderrProgress(quiet=False))
+    if not (args.provider and args.out and bool(args.month) != bool(args.before)):
+        raise SetupError("prune needs --provider, --out and one of --month or --before (or --list)")
+    if args.month:
+        _pruned(prune.prune(settings, engine, args.provider, args.month, args.out, int(time.time()),
+                            StderrProgress(quiet=False)))
+        return
+    with db.read_conn(engine) as conn:
+        months = prune.due(conn, args.provider, args.before)
+    if not months:
+        print(f"{args.provider}: no closed month before {args.before} left to prune")
+    for m in months:  # one failure stops the rest: later months wait for what is wrong to be seen
+        _pruned(prune.prune(settings, engine, args.provider, m, args.out / m, int(time.time()),
+                            StderrProgress(quiet=False)))
+
+
+def _pruned(r: "Pruned") -> None:
     if r.resumed:
         print(f"{r.provider} {r.month} was pruned at {format_time(r.pruned_at)}; its bundle is in "
               f"{r.archive}")

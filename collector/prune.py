@@ -70,6 +70,10 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
         dropped += db.write_tx(engine, lambda c, lo=lo, hi=hi: _drop(c, provider, month, lo, hi, keep))
         if progress is not None:
             progress("dropping the month's heartbeats", hi, size)
+    P = s.prunes.c
+    db.write_tx(engine, lambda c: c.execute(
+        s.prunes.update().where(P.provider == provider, P.month == month, P.done_at.is_(None))
+        .values(done_at=now)))
     return Pruned(provider, month, Path(archive), digest, size, kept_n, dropped, pruned_at, row is not None)
 
 
@@ -146,12 +150,23 @@ def _drop(conn: Connection, provider: str, month: str, lo: int, hi: int, keep: f
     return int(conn.execute(q).rowcount)
 
 
+def due(conn: Connection, provider: str, before: str) -> list[str]:
+    """The months of the provider before ``before`` to prune, oldest first: closed ones with
+    heartbeats not pruned yet, and prunes cut short (their drop is finished)."""
+    C, G, P = s.closes.c, s.logs.c, s.prunes.c
+    q = sa.select(C.month).join(s.logs, sa.and_(G.provider == C.provider, G.month == C.month)).where(
+        C.provider == provider, C.month < before, G.size > 0,
+        ~sa.exists().where(P.provider == C.provider, P.month == C.month, P.done_at.is_not(None)))
+    return list(conn.execute(q.order_by(C.month)).scalars())
+
+
 def listing(conn: Connection, provider: str | None = None) -> list[dict[str, object]]:
     q = sa.select(s.prunes).order_by(s.prunes.c.provider, s.prunes.c.month)
     if provider is not None:
         q = q.where(s.prunes.c.provider == provider)
     return [
         {"provider": r.provider, "month": r.month, "pruned_at": format_time(int(r.pruned_at)),
+         "done_at": None if r.done_at is None else format_time(int(r.done_at)),
          "size": int(r.size), "kept": int(r.kept), "archive": r.archive, "manifest_sha256": r.manifest_sha256}
         for r in conn.execute(q)
     ]

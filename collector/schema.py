@@ -245,4 +245,5 @@ prunes = sa.Table(
     sa.Column("archive", sa.Text, nullable=False),  # where the bundle was written
     sa.Column("manifest_sha256", sa.String(64), nullable=False),
     sa.Column("kept", sa.BigInteger, nullable=False),  # leaves whose JWS stay (anchors, quarantine)
+    sa.Column("done_at", sa.BigInteger, nullable=True),  # every other JWS dropped; NULL: cut short
 )

@@ -215,3 +215,31 @@ def test_migration_0015_adds_the_seal_to_an_existing_database(settings, tools) -
     with db.read_conn(settings.engine) as c:
         assert tlog.lock_log_state(c, "acme", SEP)[2] is None and len(w["lines"]) == tlog.log_size(
             c, "acme", SEP) + tlog.log_size(c, "acme", OCT)
+
+
+def test_prune_before_a_month_takes_every_closed_month_left_oldest_first(settings, tools, tmp_path) -> None:
+    """For a schedule: `--before` prunes each closed month before it into its own directory, skips
+    open ones and those done, and finishes one cut short."""
+    _month_with_a_fork(settings, tools)
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", OCT))
+    with db.read_conn(settings.engine) as c:
+        assert prune.due(c, "acme", OCT) == [SEP] and prune.due(c, "acme", "2026-12") == [SEP, OCT]
+    out = _cli(settings, "prune", "--provider", "acme", "--before", OCT, "--out", str(tmp_path / "a"))
+    assert out.returncode == 0 and out.stdout.count("archived and verified") == 1, out.stderr
+    out = _cli(settings, "prune", "--provider", "acme", "--before", "2026-12", "--out", str(tmp_path / "a"))
+    assert out.returncode == 0 and out.stdout.count("archived and verified") == 1, out.stderr
+    for m in (SEP, OCT):
+        assert verify_bundle(tmp_path / "a" / m, workers=1).ok
+    again = _cli(settings, "prune", "--provider", "acme", "--before", "2026-12", "--out", str(tmp_path / "a"))
+    assert again.returncode == 0 and "no closed month before 2026-12 left to prune" in again.stdout
+    with db.read_conn(settings.engine) as c:
+        assert [x["month"] for x in prune.listing(c) if x["done_at"]] == [SEP, OCT]
+        P = s.prunes.c  # a prune cut short is due again, and finished
+    db.write_tx(settings.engine, lambda c: c.execute(
+        s.prunes.update().where(P.month == OCT).values(done_at=None)))
+    with db.read_conn(settings.engine) as c:
+        assert prune.due(c, "acme", "2026-12") == [OCT]
+    again = _cli(settings, "prune", "--provider", "acme", "--before", "2026-12", "--out", str(tmp_path / "a"))
+    assert again.returncode == 0 and "2026-10 was pruned at" in again.stdout
+    bad = _cli(settings, "prune", "--provider", "acme", "--month", SEP, "--before", OCT, "--out", "x")
+    assert bad.returncode == 1 and "one of --month or --before" in bad.stderr

@@ -31,6 +31,7 @@ def upgrade() -> None:
             sa.Column("archive", sa.Text, nullable=False),
             sa.Column("manifest_sha256", sa.String(64), nullable=False),
             sa.Column("kept", sa.BigInteger, nullable=False),
+            sa.Column("done_at", sa.BigInteger, nullable=True),
         )
 
 
