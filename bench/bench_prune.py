@@ -1,13 +1,14 @@
 """What `tr7-collector prune` gives back and what it costs, against the same run's baselines.
 
 A month of --agents agents polling 50 instances every --interval seconds (default: one agent
-every 60 s, 43,200 heartbeats, docs/collector.md's disk figure) on SQLite, closed:
+every 60 s, 43,200 heartbeats, docs/collector.md's disk figure), closed, on SQLite and on a
+throwaway PostgreSQL (durable, as in service):
 - time: `prune` (export, verify, seal, drop) against `export` followed by `tr7-audit verify` of
   the same month, the work an operator would do by hand before deleting anything (goal: prune
   costs at most 1.25x that: the drop itself is small beside writing and checking the bundle);
-- space: the database file after `prune` and a `VACUUM`, against before, and the archived
-  bundle's size. Never asserts a time. Usage:
-    .venv/bin/python bench/bench_prune.py [--agents 1] [--interval 60]
+- space: the database after `prune` and a compaction (SQLite `VACUUM`, PostgreSQL `VACUUM FULL`),
+  against before, and the archived bundle's size. Never asserts a time. Usage:
+    .venv/bin/python bench/bench_prune.py [--agents 1] [--interval 60] [--backends sqlite,postgresql]
 """
 
 import argparse
@@ -24,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._agentmonth import agent_key, sign_agent_month
 from bench.bench_bill import PER_AGENT, catalog
 from collector import accounting, db, highwater, registry
+from collector.db import make_engine
 from collector.ingest import ingest_lines
+from collector.pgtemp import PgCluster, new_database
 from collector.settings import Settings
 from protocol.timefmt import month_bounds
 
@@ -44,8 +47,8 @@ def _collector(st: Settings, *args: str) -> float:
     return _run("collector.cli", *args, "--data-dir", str(st.data_dir), "--db", st.db_url)
 
 
-def month(tmp: Path, agents: int, interval: int) -> Settings:
-    st = Settings(tmp / "data", f"sqlite:///{tmp / 'collector.db'}", "bench")
+def month(tmp: Path, url: str, agents: int, interval: int) -> Settings:
+    st = Settings(tmp / "data", url, "bench")
     engine = st.open()
     db.write_tx(engine, lambda c: registry.apply_catalog(c, catalog(agents)))
     for a in range(agents):
@@ -59,45 +62,64 @@ def month(tmp: Path, agents: int, interval: int) -> Settings:
     return st
 
 
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))  # with -wal and -shm
+def _size(st: Settings, compact: bool = False) -> int:
+    """The database's bytes on disk; ``compact``: after giving freed space back to the file system
+    (SQLite: VACUUM; PostgreSQL: VACUUM FULL), as an operator may once in a while."""
+    if st.db_url.startswith("sqlite:///"):
+        path = Path(st.db_url.removeprefix("sqlite:///"))
+        with sqlite3.connect(path) as c:
+            if compact:
+                c.execute("VACUUM")
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))  # with -wal and -shm
+    engine = make_engine(st.db_url)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            if compact:
+                c.exec_driver_sql("VACUUM FULL")
+            return int(c.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one())
+    finally:
+        engine.dispose()
 
 
 def _tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def run(tmp: Path, url: str, name: str, agents: int, interval: int) -> None:
+    st = month(tmp, url, agents, interval)
+    before = _size(st)
+    base = _collector(st, "export", "--provider", "acme", "--month", MONTH, "--out", str(tmp / "b"))
+    base += _run("audit.cli", "verify", str(tmp / "b"))
+    took = _collector(st, "prune", "--provider", "acme", "--month", MONTH, "--out", str(tmp / "archive"))
+    pruned, after = _size(st), _size(st, compact=True)
+    lines = len((tmp / "archive" / "heartbeats.jws").read_bytes().splitlines())
+    print(f"{name}, a month of {lines:,} heartbeats: database {before / 1e6:,.1f} MB")
+    print(f"  export + tr7-audit verify: {base:.1f} s; prune (the same, then seal and drop): {took:.1f} s "
+          f"= {took / base:.2f}x (goal <= 1.25)")
+    print(f"  database after prune {pruned / 1e6:,.1f} MB (freed space stays in the files), compacted "
+          f"{after / 1e6:,.1f} MB = {after / before:.2f} of before; the archived bundle "
+          f"{_tree_size(tmp / 'archive') / 1e6:,.1f} MB (uncompressed text)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--agents", type=int, default=1)
     ap.add_argument("--interval", type=int, default=60, help="seconds between an agent's polls")
+    ap.add_argument("--backends", default="sqlite,postgresql", help="which of sqlite,postgresql to run")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-prune-"))
-    try:
-        st = month(tmp, args.agents, args.interval)
-        path = Path(st.db_url.removeprefix("sqlite:///"))
-        with sqlite3.connect(path) as c:
-            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        before = _size(path)
-        base = _collector(st, "export", "--provider", "acme", "--month", MONTH, "--out", str(tmp / "b"))
-        base += _run("audit.cli", "verify", str(tmp / "b"))
-        took = _collector(st, "prune", "--provider", "acme", "--month", MONTH, "--out", str(tmp / "archive"))
-        pruned = _size(path)
-        with sqlite3.connect(path) as c:
-            c.execute("VACUUM")
-            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        after = _size(path)
-        lines = len((tmp / "archive" / "heartbeats.jws").read_bytes().splitlines())
-        print(f"month of {lines:,} heartbeats on SQLite: database {before / 1e6:,.1f} MB")
-        print(f"export + tr7-audit verify: {base:.1f} s; prune (the same, then seal and drop): {took:.1f} s "
-              f"= {took / base:.2f}x (goal <= 1.25)")
-        print(f"database after prune {pruned / 1e6:,.1f} MB (freed pages stay in the file), after VACUUM "
-              f"{after / 1e6:,.1f} MB = {after / before:.2f} of before; the archived bundle "
-              f"{_tree_size(tmp / 'archive') / 1e6:,.1f} MB (uncompressed text)")
-        return 0
-    finally:
-        highwater._flush_all()  # now, not at exit into a removed directory
-        shutil.rmtree(tmp, ignore_errors=True)
+    for name in args.backends.split(","):
+        tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-prune-"))
+        cluster = PgCluster(durable=True) if name == "postgresql" else None
+        try:
+            url = f"sqlite:///{tmp / 'collector.db'}" if cluster is None else new_database(cluster.admin_url)
+            run(tmp, url, name, args.agents, args.interval)
+        finally:
+            highwater._flush_all()  # now, not at exit into a removed directory
+            if cluster is not None:
+                cluster.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
