@@ -1,5 +1,5 @@
 """tr7-collector: serve, migrate, apply, agent, token, bill, close, export, import, user, account;
-backup, key, accept-restore and prune (collector/custody.py)."""
+backup, key, accept-restore, prune and unprune (collector/custody.py)."""
 
 import argparse
 import json

@@ -1,10 +1,10 @@
-"""Custody of the collector's key and evidence: `backup`, `key`, `accept-restore` and `prune`.
+"""Custody of the collector's key and evidence: `backup`, `key`, `accept-restore`, `prune` and `unprune`.
 
 `backup`: the key, origin and a consistent copy of the SQLite database taken while the service
 runs (PostgreSQL: pg_dump, named in the output); `key`: the verifier key to publish for
 auditors, `key rotate` (collector/keyrotation.py); `accept-restore`: going on from an older
 backup, knowingly (collector/highwater.py); `prune`: a closed month's bundle archived, then its
-evidence dropped from the database (collector/prune.py)."""
+evidence dropped from the database (collector/prune.py), and `unprune` (collector/unprune.py)."""
 
 import argparse
 import json
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from collector.prune import Pruned
 from protocol.timefmt import format_time
 
-COMMANDS = ("backup", "key", "accept-restore", "prune")
+COMMANDS = ("backup", "key", "accept-restore", "prune", "unprune")
 
 
 def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -57,6 +57,14 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "first, each into --out/YYYY-MM (for a schedule, e.g. 13 months back)")
     p.add_argument("--out", type=Path, help="a new or empty directory for the bundle; keep it")
     p.add_argument("--list", action="store_true", help="the months pruned, with their archives (JSON)")
+    p = sub.add_parser(
+        "unprune", parents=parents,
+        help="put a pruned month's heartbeats back from its archived bundle (each line checked "
+             "against the log's leaf hash) and let it take heartbeats again",
+    )
+    p.add_argument("--provider", required=True)
+    p.add_argument("--month", type=_month, required=True)
+    p.add_argument("--from", dest="bundle", type=Path, required=True, help="the archived bundle's directory")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -67,6 +75,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         _key(args.action, settings)
     elif args.cmd == "prune":
         _prune(args, settings)
+    elif args.cmd == "unprune":
+        from audit.progress import StderrProgress
+        from collector.unprune import unprune
+
+        n = unprune(settings.open(), args.provider, args.month, args.bundle, StderrProgress(quiet=False))
+        print(f"{args.provider} {args.month}: {n} heartbeats put back from {args.bundle}; the month "
+              "exports again and takes heartbeats again")
     else:
         engine = settings.open(highwater=False)
         lost = db.write_tx(engine, lambda c: highwater.accept(engine, settings.data_dir, c))
@@ -118,7 +133,7 @@ def _pruned(r: "Pruned") -> None:
     print(f"dropped from the database: {r.dropped} heartbeats; kept: {r.kept} (the next month's anchors, "
           "quarantined hours)")
     print(f"{r.provider} {r.month} takes no more heartbeats; its bill and checkpoints stay. Keep the "
-          "bundle: `export` of this month is no longer possible")
+          "bundle: it is the month's only copy now (`tr7-collector unprune` puts it back)")
 
 
 def _key(action: str, settings: Settings) -> None:

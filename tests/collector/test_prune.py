@@ -8,6 +8,7 @@ refused by name; what needs the JWS (export, amend, the web's bundle) says where
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,43 @@ def test_prune_before_a_month_takes_every_closed_month_left_oldest_first(setting
     assert again.returncode == 0 and "2026-10 was pruned at" in again.stdout
     bad = _cli(settings, "prune", "--provider", "acme", "--month", SEP, "--before", OCT, "--out", "x")
     assert bad.returncode == 1 and "one of --month or --before" in bad.stderr
+
+
+def test_unprune_puts_the_month_back_from_its_archive_and_only_its_own_lines(settings, tools, tmp_path):
+    """Pruned too early: the archived bundle puts every JWS back, each line checked against the
+    leaf hash the log kept for its index; a bundle of another month, or one altered, changes
+    nothing and the month stays sealed. Afterwards the month exports the same heartbeats and takes
+    late ones again."""
+    w = _month_with_a_fork(settings, tools)
+    with db.read_conn(settings.engine) as c:
+        export(c, settings, "acme", OCT, tmp_path / "oct")
+    out = _cli(settings, "prune", "--provider", "acme", "--month", SEP, "--out", str(tmp_path / "sep"))
+    assert out.returncode == 0, out.stderr
+    left = _jws_left(settings)
+
+    bad = _cli(settings, "unprune", "--provider", "acme", "--month", SEP, "--from", str(tmp_path / "oct"))
+    assert bad.returncode == 1 and "line 1 is not leaf 0 of acme 2026-09's log" in bad.stderr
+    altered = tmp_path / "altered"
+    shutil.copytree(tmp_path / "sep", altered)
+    lines = (altered / "heartbeats.jws").read_bytes().split(b"\n")
+    lines[7] = lines[8]
+    (altered / "heartbeats.jws").write_bytes(b"\n".join(lines))
+    bad = _cli(settings, "unprune", "--provider", "acme", "--month", SEP, "--from", str(altered))
+    assert bad.returncode == 1 and "line 8 is not leaf 7" in bad.stderr
+    with db.read_conn(settings.engine) as c:
+        assert tlog.pruned(c, "acme", SEP) is not None
+    assert _jws_left(settings) == left
+
+    ok = _cli(settings, "unprune", "--provider", "acme", "--month", SEP, "--from", str(tmp_path / "sep"))
+    assert ok.returncode == 0 and f"{51 - len(left)} heartbeats put back" in ok.stdout, ok.stderr
+    assert len(_jws_left(settings)) == 51
+    with db.read_conn(settings.engine) as c:
+        assert tlog.pruned(c, "acme", SEP) is None and prune.listing(c) == []
+        export(c, settings, "acme", SEP, tmp_path / "again")
+    assert verify_bundle(tmp_path / "again", workers=1).ok
+    same = (tmp_path / "again" / "heartbeats.jws").read_bytes()
+    assert same == (tmp_path / "sep" / "heartbeats.jws").read_bytes()
+    late = w["b"].beat(T0 + 45 * 3600, {"TR7-0002": "running"})
+    assert ingest_lines(settings.engine, [late])[0]["status"] == "accepted"
+    again = _cli(settings, "unprune", "--provider", "acme", "--month", SEP, "--from", str(tmp_path / "sep"))
+    assert again.returncode == 1 and "is not pruned" in again.stderr
