@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from collector import db, highwater
 from collector import schema as s
 from collector.settings import Settings, SetupError
+from protocol.timefmt import format_time
 
 if TYPE_CHECKING:
     from collector.prune import Pruned
-from protocol.timefmt import format_time
 
 COMMANDS = ("backup", "key", "accept-restore", "prune", "unprune")
 
