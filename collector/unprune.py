@@ -7,7 +7,7 @@ commitment, RFC 9162 §2.1) before it is written, so only the month's own lines 
 places, whatever else the directory holds. Idempotent: cut short, run it again.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -16,10 +16,9 @@ from sqlalchemy.engine import Connection, Engine
 from audit.bundle import HEARTBEATS
 from collector import db, tlog
 from collector import schema as s
-from collector.prune import CHUNK, PruneRefused
+from collector.prune import CHUNK, Progress, PruneRefused
 from protocol.merkle import leaf_hash
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total), as tr7-audit's
 L = s.leaves.c
 
 
