@@ -50,7 +50,8 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="archive a closed month's audit bundle to --out, verify it, then drop the month's "
              "heartbeats from the database (it then takes no more); --list: the months pruned",
     )
-    p.add_argument("--provider", help="required, but with --list")
+    p.add_argument("--provider", help="required with --month; with --before: default every provider, "
+                                      "each into --out/PROVIDER/YYYY-MM; with --list: default every one")
     p.add_argument("--month", type=_month, help="YYYY-MM, a closed month")
     p.add_argument("--before", type=_month, metavar="YYYY-MM",
                    help="instead of --month: every closed month before this one not pruned yet, oldest "
@@ -108,18 +109,24 @@ def _prune(args: argparse.Namespace, settings: Settings) -> None:
         with db.read_conn(engine) as conn:
             print(json.dumps(prune.listing(conn, args.provider), indent=2))
         return
-    if not (args.provider and args.out and bool(args.month) != bool(args.before)):
-        raise SetupError("prune needs --provider, --out and one of --month or --before (or --list)")
+    if not (args.out and bool(args.month) != bool(args.before) and (args.provider or args.before)):
+        raise SetupError("prune needs --out and either --provider with --month, or --before "
+                         "(every provider, or --provider's) (or --list)")
     if args.month:
         _pruned(prune.prune(settings, engine, args.provider, args.month, args.out, int(time.time()),
                             StderrProgress(quiet=False)))
         return
     with db.read_conn(engine) as conn:
-        months = prune.due(conn, args.provider, args.before)
-    if not months:
-        print(f"{args.provider}: no closed month before {args.before} left to prune")
-    for m in months:  # one failure stops the rest: later months wait for what is wrong to be seen
-        _pruned(prune.prune(settings, engine, args.provider, m, args.out / m, int(time.time()),
+        if args.provider:
+            todo = [(args.provider, m, args.out / m) for m in prune.due(conn, args.provider, args.before)]
+        else:  # every provider, each into its own directory
+            ids = conn.execute(sa.select(s.providers.c.id).order_by(s.providers.c.id)).scalars().all()
+            todo = [(p, m, args.out / p / m) for p in ids for m in prune.due(conn, p, args.before)]
+    if not todo:
+        print(f"no closed month before {args.before} left to prune"
+              + (f" for {args.provider}" if args.provider else " for any provider"))
+    for provider, m, out in todo:  # one failure stops the rest: later ones wait for it to be seen
+        _pruned(prune.prune(settings, engine, provider, m, out, int(time.time()),
                             StderrProgress(quiet=False)))
 
 

@@ -242,8 +242,28 @@ def test_prune_before_a_month_takes_every_closed_month_left_oldest_first(setting
         assert prune.due(c, "acme", "2026-12") == [OCT]
     again = _cli(settings, "prune", "--provider", "acme", "--before", "2026-12", "--out", str(tmp_path / "a"))
     assert again.returncode == 0 and "2026-10 was pruned at" in again.stdout
-    bad = _cli(settings, "prune", "--provider", "acme", "--month", SEP, "--before", OCT, "--out", "x")
-    assert bad.returncode == 1 and "one of --month or --before" in bad.stderr
+    for args in (["--provider", "acme", "--month", SEP, "--before", OCT], ["--month", SEP]):
+        bad = _cli(settings, "prune", *args, "--out", "x")
+        assert bad.returncode == 1 and "either --provider with --month, or --before" in bad.stderr
+
+
+def test_prune_before_without_a_provider_takes_every_provider(settings, tools, tmp_path) -> None:
+    """One schedule for a collector of many providers: each into --out/PROVIDER/YYYY-MM."""
+    _month_with_a_fork(settings, tools)
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog("beta")))
+    z = tools.Agent("z")
+    tools.enrol(settings, "beta", z, parse_time("2026-08-01T00:00:00Z"))
+    got = ingest_lines(settings.engine, [z.beat(T0 + 600, {"TR7-0001": "running"})])
+    assert got[0]["status"] == "accepted"
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "beta", SEP))
+    out = _cli(settings, "prune", "--before", OCT, "--out", str(tmp_path / "all"))
+    assert out.returncode == 0 and out.stdout.count("archived and verified") == 2, out.stderr
+    for p in ("acme", "beta"):
+        assert verify_bundle(tmp_path / "all" / p / SEP, workers=1).ok
+    with db.read_conn(settings.engine) as c:
+        assert [(x["provider"], x["month"]) for x in prune.listing(c)] == [("acme", SEP), ("beta", SEP)]
+    again = _cli(settings, "prune", "--before", OCT, "--out", str(tmp_path / "all"))
+    assert again.returncode == 0 and "left to prune for any provider" in again.stdout
 
 
 def test_unprune_puts_the_month_back_from_its_archive_and_only_its_own_lines(settings, tools, tmp_path):
