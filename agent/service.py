@@ -21,6 +21,7 @@ from agent.metrics import Metrics
 from agent.poller import Poller
 from agent.shipper import Shipper, make_client
 from agent.spool import ClockBehind, Spool, SpoolError
+from agent.wakeup import Wakeup
 from protocol.errors import ProtocolError
 from protocol.keys import AgentKey, load_private_key
 from protocol.timefmt import format_time
@@ -69,8 +70,10 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.stop = threading.Event()
-        self.reload_requested = threading.Event()
+        # The main loop's wake-up, and the flags the wake-up is for (plain attributes: signal
+        # handlers set them, and a handler must take no lock, see agent/wakeup.py).
+        self.wakeup = Wakeup()
+        self.reload_requested = False
         self.fatal: BaseException | None = None
         self.lock = threading.Lock()
         self.wake = threading.Event()
@@ -156,7 +159,7 @@ class Service:
             self.fatal = exc
         self.metrics.fatal.set(1)
         log.critical("event=fatal reason=%r", str(exc))
-        self.stop.set()
+        self.wakeup.set()
 
     def _clock_event(self, when: int, last: int) -> None:
         self.metrics.clock_jumps.inc()
@@ -275,12 +278,16 @@ class Service:
     def serve(self) -> int:
         def terminate(*_: object) -> None:
             self.terminating = True
-            self.stop.set()
+            self.wakeup.set()
 
+        def reload(*_: object) -> None:
+            self.reload_requested = True
+            self.wakeup.set()
+
+        self.wakeup.catch_signals()
         signal.signal(signal.SIGTERM, terminate)
         signal.signal(signal.SIGINT, terminate)
-        # `stop` doubles as the main loop's wake-up; `terminating` says whether to leave it.
-        signal.signal(signal.SIGHUP, lambda *_: (self.reload_requested.set(), self.stop.set()))
+        signal.signal(signal.SIGHUP, reload)
         try:
             self.start()
         except (StartupError, SpoolError, SecretError, OSError) as exc:
@@ -291,17 +298,16 @@ class Service:
         wd = sdnotify.watchdog_interval()
         clocks = time.time(), time.monotonic()
         while True:
-            self.stop.wait(min(wd, 5.0) if wd else 5.0)
+            self.wakeup.wait(min(wd, 5.0) if wd else 5.0)
             clocks = self.watch_clock(*clocks)
-            if self.reload_requested.is_set() and self.fatal is None and not self.terminating:
-                self.reload_requested.clear()
-                self.stop.clear()
+            if self.terminating or self.fatal is not None:
+                break
+            if self.reload_requested:
+                self.reload_requested = False
                 sdnotify.notify("RELOADING=1")
                 self.reload()
                 sdnotify.notify("READY=1")
                 continue
-            if self.stop.is_set():
-                break
             if wd and self._alive():
                 sdnotify.notify("WATCHDOG=1")
         return self.shutdown()
@@ -321,6 +327,7 @@ class Service:
         self._stop_shipper(10)
         self.poller.close()
         self.spool.close()
+        self.wakeup.close()
         if self.fatal is not None:
             log.critical("event=stopped reason=%r exit=1", str(self.fatal))
             return 1
