@@ -6,6 +6,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -155,23 +156,35 @@ def test_a_reload_naming_a_missing_ca_file_is_refused_not_fatal(tmp_path: Path, 
     assert "Traceback" not in err
 
 
-def _service_in_process(tmp_path: Path) -> tuple[Service, Path]:
-    """A Service with its key, spool and poller, polled by hand (no scheduler, no threads)."""
-    state = tmp_path / "s"
-    state.mkdir()
-    save_private_key(AgentKey.generate(), state / "agent.key")
-    cfg_path = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 60},
-                            [{"name": "l", "platform": "kvm"}])
-    service = Service(load_config(cfg_path))
-    service.key = load_key(service.config)
-    service.spool = Spool(state / "spool.db")
-    service.poller = Poller(service.config.adapters)
-    return service, cfg_path
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, Path]]]:
+    """Services with their key, spool and poller, polled by hand (no scheduler), closed after the
+    test: a poller left open keeps its idle `poll_0` thread, and `tr7-agent run` in a later test
+    of this process then takes the os._exit path of `cli._exit`."""
+    made: list[Service] = []
+
+    def make(interval: int = 60, adapters: list | None = None) -> tuple[Service, Path]:
+        state = tmp_path / "s"
+        state.mkdir()
+        save_private_key(AgentKey.generate(), state / "agent.key")
+        cfg_path = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": interval},
+                                adapters or [{"name": "l", "platform": "kvm"}])
+        service = Service(load_config(cfg_path))
+        service.key = load_key(service.config)
+        service.spool = Spool(state / "spool.db")
+        service.poller = Poller(service.config.adapters)
+        made.append(service)
+        return service, cfg_path
+
+    yield make
+    for service in made:
+        service.poller.close()
+        service.spool.close()
 
 
-def test_clock_backwards_skips_and_shows_in_status(tmp_path: Path, fake_registry: None,
+def test_clock_backwards_skips_and_shows_in_status(in_process, fake_registry: None,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    service, cfg_path = _service_in_process(tmp_path)
+    service, cfg_path = in_process()
     now = [1_790_000_030.0]
     monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
     service.poll_job()
@@ -187,10 +200,10 @@ def test_clock_backwards_skips_and_shows_in_status(tmp_path: Path, fake_registry
     assert st["clock_events"][0]["detail"]["last"] == "2026-09-21T14:13:00Z"
 
 
-def test_a_clock_stepped_back_between_polls_is_reported(tmp_path: Path, fake_registry: None,
+def test_a_clock_stepped_back_between_polls_is_reported(in_process, fake_registry: None,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # A real step back leaves the scheduler's next run in the future: no poll ran to notice it
-    service, cfg_path = _service_in_process(tmp_path)
+    service, cfg_path = in_process()
     wall, mono = [1_790_000_030.0], [500.0]
     monkeypatch.setattr(service_mod.time, "time", lambda: wall[0])
     monkeypatch.setattr(service_mod.time, "monotonic", lambda: mono[0])
@@ -215,18 +228,10 @@ def test_aligned_start() -> None:
     assert aligned_start(60, 1_790_000_040).timestamp() == 1_790_000_100
 
 
-def test_heartbeat_written_with_no_instances_and_failed_adapter(tmp_path: Path, fake_registry: None,
+def test_heartbeat_written_with_no_instances_and_failed_adapter(in_process, fake_registry: None,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    state = tmp_path / "s"
-    state.mkdir()
-    save_private_key(AgentKey.generate(), state / "agent.key")
-    cfg_path = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 300},
-                            [{"name": "empty", "platform": "kvm", "instances": 0},
-                             {"name": "down", "platform": "kvm", "fail": "host unreachable"}])
-    service = Service(load_config(cfg_path))
-    service.key = load_key(service.config)
-    service.spool = Spool(state / "spool.db")
-    service.poller = Poller(service.config.adapters)
+    service, _cfg = in_process(300, [{"name": "empty", "platform": "kvm", "instances": 0},
+                                     {"name": "down", "platform": "kvm", "fail": "host unreachable"}])
     monkeypatch.setattr(service_mod.time, "time", lambda: 1_790_000_123.9)
     service.poll_job()
     [token] = list(service.spool.unshipped())
@@ -274,19 +279,19 @@ def test_sighup_new_interval_reschedules_on_its_grid(tmp_path: Path) -> None:
 
 
 def test_a_reload_that_closes_the_poller_as_a_slot_begins_is_not_fatal(
-    tmp_path: Path, fake_registry: None, monkeypatch: pytest.MonkeyPatch
+    in_process, fake_registry: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """poll_job takes the poller, then a reload swaps and closes it before poll_all submits:
     the slot is polled with the new one (it raised 'cannot schedule new futures after shutdown',
     and the agent died, losing the slot's heartbeat)."""
-    service, _cfg = _service_in_process(tmp_path)
+    service, _cfg = in_process()
     old = service.poller
     real = Poller.poll_all
 
     def reload_in_between(self: Poller):
         if self is old:
             service.poller = Poller(service.config.adapters)  # what reload() does, under its lock
-            old.close()
+            old.close()  # the new one is closed by the fixture
         return real(self)
 
     monkeypatch.setattr(Poller, "poll_all", reload_in_between)
