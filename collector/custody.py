@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from collector import db, highwater
 from collector import schema as s
 from collector.settings import Settings, SetupError
-from protocol.timefmt import format_time
+from protocol.timefmt import format_time, month_of, previous_month
 
 if TYPE_CHECKING:
     from collector.prune import Pruned
@@ -56,6 +56,9 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--before", type=_month, metavar="YYYY-MM",
                    help="instead of --month: every closed month before this one not pruned yet, oldest "
                         "first, each into --out/YYYY-MM (for a schedule, e.g. 13 months back)")
+    p.add_argument("--keep-months", type=_count, metavar="N",
+                   help="instead of --month or --before: keep the current month (UTC) and the N before "
+                        "it, prune the closed months older than them (what tr7-collector-prune.timer runs)")
     p.add_argument("--out", type=Path, help="a new or empty directory for the bundle; keep it")
     p.add_argument("--list", action="store_true", help="the months pruned, with their archives (JSON)")
     p = sub.add_parser(
@@ -109,9 +112,13 @@ def _prune(args: argparse.Namespace, settings: Settings) -> None:
         with db.read_conn(engine) as conn:
             print(json.dumps(prune.listing(conn, args.provider), indent=2))
         return
+    if args.keep_months is not None and not (args.month or args.before):
+        args.before = keep_cutoff(int(time.time()), args.keep_months)
+    elif args.keep_months is not None:
+        raise SetupError("prune takes one of --month, --before and --keep-months")
     if not (args.out and bool(args.month) != bool(args.before) and (args.provider or args.before)):
-        raise SetupError("prune needs --out and either --provider with --month, or --before "
-                         "(every provider, or --provider's) (or --list)")
+        raise SetupError("prune needs --out and either --provider with --month, or --before or "
+                         "--keep-months (every provider, or --provider's) (or --list)")
     if args.month:
         _pruned(prune.prune(settings, engine, args.provider, args.month, args.out, int(time.time()),
                             StderrProgress(quiet=False)))
@@ -128,6 +135,24 @@ def _prune(args: argparse.Namespace, settings: Settings) -> None:
     for provider, m, out in todo:  # one failure stops the rest: later ones wait for it to be seen
         _pruned(prune.prune(settings, engine, provider, m, out, int(time.time()),
                             StderrProgress(quiet=False)))
+
+
+def keep_cutoff(now: int, keep: int) -> str:
+    """The first month kept by --keep-months: ``keep`` months before the current one (UTC)."""
+    month = month_of(now)
+    for _ in range(keep):
+        month = previous_month(month)
+    return month
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of months (0 or more), got {text!r}")
+    return value
 
 
 def _pruned(r: "Pruned") -> None:

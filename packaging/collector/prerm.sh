@@ -6,6 +6,6 @@ case "$1" in
     upgrade|1) exit 0 ;;
 esac
 if [ -d /run/systemd/system ]; then
-    systemctl disable --now tr7-collector.service >/dev/null 2>&1 || true
+    systemctl disable --now tr7-collector-prune.timer tr7-collector.service >/dev/null 2>&1 || true
 fi
 exit 0

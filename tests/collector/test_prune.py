@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,10 @@ from audit.verify import verify_bundle
 from collector import accounting, db, prune, registry, tlog
 from collector import schema as s
 from collector.amend import amend_closed
+from collector.custody import keep_cutoff
 from collector.export import export
 from collector.ingest import ingest_lines
-from protocol.timefmt import parse_time
+from protocol.timefmt import month_of, next_month, parse_time
 
 SEP, OCT = "2026-09", "2026-10"  # both ended
 T0 = parse_time("2026-09-01T00:00:00Z")
@@ -225,8 +227,13 @@ def test_prune_before_a_month_takes_every_closed_month_left_oldest_first(setting
     db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", OCT))
     with db.read_conn(settings.engine) as c:
         assert prune.due(c, "acme", OCT) == [SEP] and prune.due(c, "acme", "2026-12") == [SEP, OCT]
-    out = _cli(settings, "prune", "--provider", "acme", "--before", OCT, "--out", str(tmp_path / "a"))
+    # --keep-months (the packaged timer's): keep the current month and the N before it; N counted
+    # here so that October is the first month kept, whatever today is
+    keep = len(_months_from(OCT, month_of(int(time.time())))) - 1
+    out = _cli(settings, "prune", "--provider", "acme", "--keep-months", str(keep),
+               "--out", str(tmp_path / "a"))
     assert out.returncode == 0 and out.stdout.count("archived and verified") == 1, out.stderr
+    assert (tmp_path / "a" / SEP / "manifest.json").exists() and not (tmp_path / "a" / OCT).exists()
     out = _cli(settings, "prune", "--provider", "acme", "--before", "2026-12", "--out", str(tmp_path / "a"))
     assert out.returncode == 0 and out.stdout.count("archived and verified") == 1, out.stderr
     for m in (SEP, OCT):
@@ -245,6 +252,25 @@ def test_prune_before_a_month_takes_every_closed_month_left_oldest_first(setting
     for args in (["--provider", "acme", "--month", SEP, "--before", OCT], ["--month", SEP]):
         bad = _cli(settings, "prune", *args, "--out", "x")
         assert bad.returncode == 1 and "either --provider with --month, or --before" in bad.stderr
+    bad = _cli(settings, "prune", "--before", OCT, "--keep-months", "3", "--out", "x")
+    assert bad.returncode == 1 and "one of --month, --before and --keep-months" in bad.stderr
+    bad = _cli(settings, "prune", "--keep-months", "-1", "--out", "x")
+    assert bad.returncode == 2 and "a number of months (0 or more)" in bad.stderr
+
+
+def _months_from(first: str, last: str) -> list[str]:
+    out = [first]
+    while out[-1] != last:
+        out.append(next_month(out[-1]))
+    return out
+
+
+def test_keep_months_counts_back_from_the_current_month() -> None:
+    now = parse_time("2026-12-06T04:37:50Z")
+    assert [keep_cutoff(now, n) for n in (0, 1, 2, 12, 13)] == [
+        "2026-12", "2026-11", "2026-10", "2025-12", "2025-11"]
+    assert keep_cutoff(parse_time("2027-01-01T00:00:00Z"), 1) == "2026-12"  # the month turns at 00:00 UTC
+    assert keep_cutoff(parse_time("2026-12-31T23:59:59Z"), 1) == "2026-11"
 
 
 def test_prune_before_without_a_provider_takes_every_provider(settings, tools, tmp_path) -> None:

@@ -76,6 +76,10 @@ def test_install_upgrade_remove_purge(debs: dict[str, Path], root: Path) -> None
     assert not conf.exists()
     assert (root / "etc/tr7-agent/credentials").stat().st_mode & 0o777 == 0o700
     assert (root / "usr/lib/systemd/system/tr7-agent.service").exists()
+    for unit in ("tr7-collector.service", "tr7-collector-prune.service", "tr7-collector-prune.timer"):
+        assert (root / "usr/lib/systemd/system" / unit).exists()
+    # the prune schedule drops evidence from the database: never enabled unasked
+    assert not (root / "etc/systemd/system/timers.target.wants/tr7-collector-prune.timer").exists()
     state = root / "var/lib/tr7-agent"
     assert state.stat().st_mode & 0o777 == 0o700
     assert chroot(root, "stat", "-c", "%U", "/var/lib/tr7-agent").stdout.strip() == "tr7-agent"

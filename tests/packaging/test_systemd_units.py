@@ -1,14 +1,19 @@
-"""The shipped systemd units are hardened (exposure <= 1.5) and pass `systemd-analyze verify`."""
+"""The shipped systemd units are hardened (exposure <= 1.5), pass `systemd-analyze verify`, and
+the commands they run are valid."""
 
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).resolve().parents[2] / "systemd"
-NAMES = ["tr7-agent.service", "tr7-collector.service"]
+REPO = Path(__file__).resolve().parents[2]
+UNITS = REPO / "systemd"
+SERVICES = ["tr7-agent.service", "tr7-collector.service", "tr7-collector-prune.service"]
+NAMES = [*SERVICES, "tr7-collector-prune.timer"]
 
 
 def _exposure(unit: Path) -> float:
@@ -21,7 +26,7 @@ def _exposure(unit: Path) -> float:
     return float(m.group(1))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SERVICES)
 def test_unit_exposure_is_at_most_1_5(name: str) -> None:
     assert _exposure(UNITS / name) <= 1.5
 
@@ -61,3 +66,30 @@ def test_agent_unit_integrates_with_the_service_manager() -> None:
         assert line in text
     assert re.search(r"^WatchdogSec=\S+", text, re.M)
     assert re.search(r"^LoadCredential=\S+", text, re.M)
+
+
+def _setting(text: str, key: str) -> str:
+    m = re.search(rf"^{key}=(.*)$", text, re.M)
+    assert m, key
+    return m.group(1)
+
+
+def test_prune_unit_runs_a_valid_prune_of_every_provider(tmp_path: Path) -> None:
+    """The timer's service runs `prune --keep-months` with its Environment= defaults: run that very
+    command line (the data directory and archive moved to tmp_path) and it prunes, not errs."""
+    text = (UNITS / "tr7-collector-prune.service").read_text()
+    env = dict(kv.split("=", 1) for kv in shlex.split(_setting(text, "Environment")))
+    assert env == {"TR7_PRUNE_KEEP_MONTHS": "24", "TR7_PRUNE_ARCHIVE": "/var/lib/tr7-collector-archive"}
+    env["TR7_PRUNE_ARCHIVE"] = str(tmp_path / "archive")
+    argv = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], _setting(text, "ExecStart")))
+    assert argv[0] == "/usr/bin/tr7-collector" and "--provider" not in argv
+    argv = [str(Path(sys.executable).parent / "tr7-collector"), *argv[1:]]
+    argv[argv.index("--data-dir") + 1] = str(tmp_path / "data")
+    out = subprocess.run(argv, capture_output=True, text=True, check=False,
+                         env={"PATH": "/usr/bin:/bin", "TR7_COLLECTOR_ENV_FILE": "/dev/null"})
+    assert out.returncode == 0, out.stderr
+    assert "left to prune for any provider" in out.stdout
+    # the archive is one of the unit's state directories: writable under ProtectSystem=strict
+    assert "tr7-collector-archive" in _setting(text, "StateDirectory").split()
+    timer = (UNITS / "tr7-collector-prune.timer").read_text()
+    assert _setting(timer, "Persistent") == "true" and _setting(timer, "OnCalendar")
