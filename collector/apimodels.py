@@ -240,7 +240,9 @@ class ErrorBody(_Shape):
 class RetiredKey(_Shape):
     key: str  # verifier key, name+keyid+base64
     retired_at: str
-    statement: str  # the hand-over signed note (protocol/keyhandover.py)
+    # the hand-over signed note (protocol/keyhandover.py); null for a key replaced without one
+    statement: str | None
+    replaced: str | None = None  # `tr7-collector key replace`: why (the old key lost or untrusted)
 
 
 class CollectorKey(_Shape):

@@ -37,12 +37,16 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     k = sub.add_parser(
         "key", parents=parents,
         help="the checkpoints' verifier key, to publish for auditors (tr7-audit --collector-key); "
-             "`key rotate`: a new one; `key history`: the retired ones",
+             "`key rotate`: a new one; `key replace --reason R`: a new one when the old is lost or "
+             "untrusted; `key history`: the retired ones",
     )
-    k.add_argument("action", nargs="?", choices=("show", "rotate", "history"), default="show",
+    k.add_argument("action", nargs="?", choices=("show", "rotate", "replace", "history"), default="show",
                    help="show (default): the current verifier key; rotate: make a new checkpoint key "
-                        "and cosign every stored checkpoint with it; history: the retired keys, "
-                        "oldest first, with their hand-over statements (JSON, as GET /v1/log/key)")
+                        "and cosign every stored checkpoint with it; replace: the same without the old "
+                        "private key, and so without a hand-over statement (a key lost or compromised); "
+                        "history: the retired keys, oldest first, with their hand-over statements "
+                        "(JSON, as GET /v1/log/key)")
+    k.add_argument("--reason", help="with replace: why (recorded in the key history, for auditors)")
     sub.add_parser("accept-restore", parents=parents,
                    help="go on from a database restored from an older backup (says what it lost)")
     p = sub.add_parser(
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for line in backup(settings, args.out):
             print(line)
     elif args.cmd == "key":
-        _key(args.action, settings)
+        _key(args.action, settings, args.reason)
     elif args.cmd == "prune":
         _prune(args, settings)
     elif args.cmd == "unprune":
@@ -168,10 +172,27 @@ def _pruned(r: "Pruned") -> None:
           "bundle: it is the month's only copy now (`tr7-collector unprune` puts it back)")
 
 
-def _key(action: str, settings: Settings) -> None:
+def _key(action: str, settings: Settings, reason: str | None) -> None:
     from collector import keyrotation
     from collector.tlog import signer  # tlog imports settings, as this module does
 
+    if reason is not None and action != "replace":
+        raise SetupError("--reason goes with `key replace`")
+    if action == "replace":
+        from audit.progress import StderrProgress
+
+        r = keyrotation.replace(settings, int(time.time()), reason or "",
+                                StderrProgress(quiet=False, unit="notes"))
+        print(f"new checkpoint key: {r.new}")
+        print(f"replaced, without a hand-over: {r.old}")
+        print(f"cosigned with the new key: {r.checkpoints} stored checkpoints, {r.closes} closed months")
+        if (settings.data_dir / keyrotation.REPLACED_KEY).exists():
+            print(f"the old key file is now {settings.data_dir / keyrotation.REPLACED_KEY}: destroy it "
+                  "if it was compromised")
+        print("other hosts on this database: copy collector.key from this data directory to theirs. "
+              "Auditors who pinned the old key must be given the new one by a channel they trust: "
+              "no statement signed by the old key vouches for it (`key history` records the reason)")
+        return
     if action == "rotate":
         from audit.progress import StderrProgress
 

@@ -1,4 +1,4 @@
-"""`tr7-collector key rotate`: a new checkpoint key; every stored checkpoint is cosigned with it.
+"""`tr7-collector key rotate` and `key replace`: a new checkpoint key cosigns every stored checkpoint.
 
 Why cosign rather than re-sign: a checkpoint is a statement already given out (to auditors, in
 bundles); its text and its old signature stay as they were, and the new key's signature line is
@@ -66,8 +66,10 @@ def current_key(conn: Connection) -> str | None:
 
 def history(conn: Connection) -> list[dict[str, str]]:
     """The retired keys, oldest first, as `key history`, GET /v1/log/key and the audit page show
-    them: the verifier key, when it was retired (RFC 3339) and its hand-over statement."""
-    return [{"key": r["vkey"], "retired_at": format_time(r["retired_at"]), "statement": r["statement"]}
+    them: the verifier key, when it was retired (RFC 3339) and its hand-over statement; a key
+    replaced (`key replace`) has no statement (null) and says why (``replaced``)."""
+    return [{"key": r["vkey"], "retired_at": format_time(r["retired_at"]), "statement": r["statement"],
+             **({"replaced": r["replaced"]} if r.get("replaced") else {})}
             for r in retired_keys(conn)]
 
 
@@ -95,8 +97,8 @@ def current_signer(conn: Connection, settings: Settings) -> NoteSigner:
     raise StaleKey(
         f"this collector process signs checkpoints with key {key.verifier_key()}, which the "
         f"database retired: its checkpoint key is now {current}. Copy collector.key from the "
-        "data directory where `tr7-collector key rotate` ran (this process reads it at its "
-        "next checkpoint, no restart needed)"
+        "data directory where `tr7-collector key rotate` (or `key replace`) ran (this process "
+        "reads it at its next checkpoint, no restart needed)"
     )
 
 
@@ -104,7 +106,7 @@ def _owned_like(path: Path, model: Path) -> None:
     """A file made by root (`sudo tr7-collector key rotate`) goes to the owner of ``model``: the
     packaged service runs as its own user, and a root-owned 0600 collector.key stopped it."""
     if os.geteuid() == 0:
-        st = model.stat()
+        st = (model if model.exists() else model.parent).stat()  # a key lost: its data directory
         os.chown(path, st.st_uid, st.st_gid)
 
 
@@ -223,3 +225,62 @@ def rotate(settings: Settings, now: int, progress: Callable[[str, int, int], Non
         # lost at COMMIT), and the next command installs the file if the database names its key.
         _install(settings)
     return Rotation(old.verifier_key(), new.verifier_key(), cps, closes, statement)
+
+
+REPLACED_KEY = "collector.key.replaced"
+
+
+def replace(
+    settings: Settings, now: int, reason: str, progress: Callable[[str, int, int], None] = _silent
+) -> Rotation:
+    """A new checkpoint key WITHOUT the old key's hand-over: for a key lost with no copy left, or
+    one no longer trusted. Every stored checkpoint is cosigned as by `rotate`; the old signatures
+    are checked with the old verifier key, which the database keeps, so the private key is not
+    needed. The retired entry records ``reason`` and no statement: auditors who pinned the old
+    key learn the new one out of band (a statement the old key signed now would prove nothing,
+    since whoever holds it could sign one too). A collector.key still present is moved aside
+    to collector.key.replaced, never deleted: what to do with it is the operator's call."""
+    if not reason.strip():
+        raise SetupError("key replace needs --reason: why the key is replaced, recorded for auditors")
+    engine = settings.engine  # not settings.open(): it refuses a data directory without the key
+    db.migrate(engine)
+    with db.read_conn(engine) as conn:
+        current = conn.execute(IDENTITY_ROW).scalar()
+    if current is None:
+        raise SetupError("this database has no checkpoint key yet: nothing to replace (any command "
+                         "makes the first key)")
+    old = NoteVerifier.from_vkey(current)
+    if (settings.data_dir / "origin").exists() and settings.origin != old.name:
+        raise SetupError(f"the origin in {settings.data_dir} is {settings.origin!r}, the database's "
+                         f"key is named {old.name!r}: this data directory belongs to another collector")
+    settings.ensure_dir()
+    with _locked(settings.data_dir):
+        fresh = AgentKey.generate()
+        save_private_key(fresh, settings.data_dir / NEXT_KEY)  # replaces an uncommitted one
+        _owned_like(settings.data_dir / NEXT_KEY, settings.data_dir / "collector.key")
+        new = NoteSigner(old.name, fresh.private)
+
+        def tx(conn: Connection) -> tuple[int, int]:
+            if conn.execute(IDENTITY_ROW.with_for_update()).scalar() != current:
+                raise SetupError("the database's checkpoint key changed meanwhile (rotated or replaced "
+                                 "from another host?): nothing was replaced")
+            counts = _cosign_all(conn, old, new, progress)
+            retired = [*retired_keys(conn), {"vkey": current, "retired_at": now, "statement": None,
+                                             "replaced": reason.strip()}]
+            conn.execute(s.meta.delete().where(s.meta.c.key == RETIRED))
+            conn.execute(s.meta.insert().values(key=RETIRED, value=json.dumps(retired)))
+            conn.execute(s.meta.update().where(s.meta.c.key == IDENTITY).values(value=new.verifier_key()))
+            return counts
+
+        try:
+            cps, closes = db.write_tx(engine, tx)
+        except SetupError:
+            (settings.data_dir / NEXT_KEY).unlink(missing_ok=True)
+            raise
+        if not (settings.data_dir / "origin").exists():  # the whole data directory was lost
+            (settings.data_dir / "origin").write_text(old.name + "\n")
+            settings.__dict__.pop("origin", None)
+        if (settings.data_dir / "collector.key").exists():
+            os.replace(settings.data_dir / "collector.key", settings.data_dir / REPLACED_KEY)
+        _install(settings)
+    return Rotation(current, new.verifier_key(), cps, closes, "")

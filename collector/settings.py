@@ -193,8 +193,10 @@ class Settings:
                 f"{self.data_dir} has no collector.key, and this database's checkpoints are signed by "
                 f"collector key {row.split('+')[0]!r} ({row}): copy collector.key and origin from the "
                 "data directory that has them (another host on this database, or the backup: "
-                "docs/collector.md, Backup and restore). A new key could not sign for this database: "
-                "every bundle of its months would fail verification"
+                "docs/collector.md, Backup and restore). A new key made here would not be the key "
+                "auditors pinned; if no copy is left, `tr7-collector key replace --reason TEXT` makes "
+                "one that cosigns every stored checkpoint (docs/collector.md, Replacing a lost or "
+                "compromised key)"
             )
 
     def _refuse_a_second_database(self) -> None:
@@ -231,8 +233,8 @@ class Settings:
             if when:
                 raise SetupError(
                     f"the checkpoint key in {self.data_dir} ({mine}) was retired by `tr7-collector key "
-                    f"rotate` at {format_time(when[-1])}; this database's key is now {row}. Copy "
-                    "collector.key from the data directory where the rotation ran"
+                    f"rotate` or `key replace` at {format_time(when[-1])}; this database's key is now "
+                    f"{row}. Copy collector.key from the data directory where that ran"
                 )
             raise SetupError(
                 f"this database's checkpoints are signed by collector key {row.split('+')[0]!r} "

@@ -26,7 +26,7 @@ from collector.settings import Settings, SetupError
 from protocol.keyhandover import open_handover
 from protocol.keys import load_private_key
 from protocol.note import NoteError, NoteSigner, NoteVerifier, open_note
-from protocol.timefmt import month_of
+from protocol.timefmt import month_of, parse_time
 from tests._seed import token
 
 DAY = 86400
@@ -238,7 +238,7 @@ def test_a_rotation_cut_short_after_its_commit_is_finished_by_the_next_command(
     new_vkey = _identity(settings)
     # the next command (here `key`) installs the committed key, and prints it
     again = Settings(data, settings.db_url)
-    custody_run(type("Args", (), {"cmd": "key", "action": "show"})(), again)
+    custody_run(type("Args", (), {"cmd": "key", "action": "show", "reason": None})(), again)
     assert capsys.readouterr().out.strip() == new_vkey
     assert not (data / keyrotation.NEXT_KEY).exists()
     again.engine.dispose()
@@ -329,3 +329,99 @@ def test_the_api_serves_the_key_and_the_hand_overs_to_check(settings, tools) -> 
     for step in got["retired"]:
         pinned = open_handover(step["statement"], pinned).new
     assert pinned == got["key"]
+
+
+def test_a_lost_key_is_replaced_and_every_bundle_verifies_with_the_new_one(
+    settings, tools, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The data directory's key and origin lost with no copy (the database kept): every command
+    refused, pointing at `key replace`; replace makes a new key under the same origin that
+    cosigns every stored checkpoint (checked with the old verifier key the database holds), and
+    records why, with no hand-over statement; bundles then verify with the new key only."""
+    now = int(time.time())
+    old_month, new_month, a = _seeded(settings, tools, now)
+    old_vkey = _identity(settings)
+    origin = settings.origin
+    for name in ("collector.key", "origin"):
+        (settings.data_dir / name).unlink()
+    lost = Settings(settings.data_dir, settings.db_url)
+    with pytest.raises(SetupError, match="key replace --reason"):
+        lost.open()
+
+    args = type("Args", (), {"cmd": "key", "action": "replace", "reason": "disk lost, no backup"})()
+    assert custody_run(args, lost) == 0
+    out = capsys.readouterr().out
+    new_vkey = _identity(settings)
+    assert new_vkey != old_vkey and f"new checkpoint key: {new_vkey}" in out
+    assert "replaced, without a hand-over" in out and "collector.key.replaced" not in out
+    assert (settings.data_dir / "origin").read_text() == origin + "\n"
+    assert new_vkey.startswith(origin + "+")
+    with db.read_conn(settings.engine) as c:
+        [entry] = keyrotation.history(c)
+        when = entry.pop("retired_at")
+        assert entry == {"key": old_vkey, "statement": None, "replaced": "disk lost, no backup"}
+        assert now <= parse_time(when) <= int(time.time())
+        notes = list(c.execute(sa.select(s.checkpoints.c.note)).scalars())
+        notes += list(c.execute(sa.select(s.closes.c.checkpoint)).scalars())
+    for note in notes:
+        assert open_note(note, [_verifier(old_vkey)]) and open_note(note, [_verifier(new_vkey)])
+
+    fresh = Settings(settings.data_dir, settings.db_url)
+    fresh.open()  # the data directory works again
+    for month in (old_month, new_month):
+        after = _export(fresh, month, tmp_path / f"after-{month}")
+        assert (after / "collector.pub").read_text().strip() == new_vkey
+        stale_pin = verify_bundle(after, workers=1, collector_key=old_vkey)
+        assert [f.rule for f in stale_pin.errors] == ["collector.pinned"]
+    # ingest goes on, and new checkpoints are signed by the new key
+    got = ingest.ingest_lines(fresh.engine, [a.beat(now - 60, {"TR7-0001": "running"})], now)
+    assert got[0]["status"] == "accepted"
+    note = db.write_tx(fresh.engine, lambda c: tlog.checkpoint(c, fresh, "acme", month_of(now - 60)))
+    assert open_note(note, [_verifier(new_vkey)])
+    # the API and `key history` show the replacement: no statement, the reason
+    viewer = token(fresh, "acme", "auditor")
+    with TestClient(create_app(fresh)) as client:
+        body = client.get("/v1/log/key", headers={"Authorization": f"Bearer {viewer}"}).json()
+    assert body["key"] == new_vkey
+    assert body["retired"] == [{"key": old_vkey, "retired_at": when,
+                                "statement": None, "replaced": "disk lost, no backup"}]
+
+
+def test_replace_of_a_key_still_present_moves_it_aside_and_refuses_what_it_must(
+    settings, tools, tmp_path: Path
+) -> None:
+    """A compromised key is still there: replace moves it to collector.key.replaced (never
+    deleted), and a host still holding it is refused. Replace wants a reason, and like rotate it
+    never cosigns a stored note the old key does not verify."""
+    now = int(time.time())
+    _seeded(settings, tools, now)
+    old_vkey = _identity(settings)
+    old_bytes = (settings.data_dir / "collector.key").read_bytes()
+    other = tmp_path / "other-host"
+    other.mkdir()
+    for name in ("collector.key", "origin"):
+        shutil.copy2(settings.data_dir / name, other / name)
+    with pytest.raises(SetupError, match="needs --reason"):
+        keyrotation.replace(settings, now, "  ")
+
+    def tamper(c) -> None:
+        row = c.execute(sa.select(s.checkpoints.c.size, s.checkpoints.c.note).limit(1)).one()
+        c.execute(s.checkpoints.update().where(s.checkpoints.c.size == row.size)
+                  .values(note=row.note.replace("\n\n", "\nextra\n\n", 1)))
+        return row
+
+    row = db.write_tx(settings.engine, tamper)
+    with pytest.raises(SetupError, match="does not verify under the current checkpoint key"):
+        keyrotation.replace(settings, now, "key leaked")
+    assert _identity(settings) == old_vkey and not (settings.data_dir / keyrotation.NEXT_KEY).exists()
+    assert (settings.data_dir / "collector.key").read_bytes() == old_bytes
+    db.write_tx(settings.engine, lambda c: c.execute(
+        s.checkpoints.update().where(s.checkpoints.c.size == row.size).values(note=row.note)))
+
+    r = keyrotation.replace(settings, now, "key leaked")
+    assert r.old == old_vkey and _identity(settings) == r.new and r.statement == ""
+    assert (settings.data_dir / keyrotation.REPLACED_KEY).read_bytes() == old_bytes
+    installed = load_private_key(settings.data_dir / "collector.key").private
+    assert NoteSigner(settings.origin, installed).verifier_key() == r.new
+    with pytest.raises(SetupError, match="key replace"):
+        Settings(other, settings.db_url).open()

@@ -215,6 +215,12 @@ def test_audit_page_names_the_key_to_pin_and_the_retired_ones(client: TestClient
     retired = page[page.index('id="retired-keys"'):]
     assert f"<td><code>{first}</code></td><td>2026-11-02T00:00:00Z</td>" in retired
     assert r.statement in retired
+    # a key replaced (lost): no statement to show, the reason instead
+    keyrotation.replace(world, parse_time("2026-11-03T00:00:00Z"), "disk lost")
+    retired = html.unescape(client.get("/ui/p/acme/audit").text)
+    retired = retired[retired.index('id="retired-keys"'):]
+    assert f"<td><code>{r.new}</code></td><td>2026-11-03T00:00:00Z</td>" in retired
+    assert "none: replaced by <code>tr7-collector key replace</code> (disk lost)" in retired
 
 
 def test_vendor_sees_hours_never_prices(client: TestClient, world: Any) -> None:
