@@ -186,6 +186,27 @@ def _silent(_stage: str, _done: int, _total: int) -> None:
     pass
 
 
+def _retire(
+    conn: Connection, old: NoteVerifier, new: NoteSigner, entry: dict[str, Any],
+    progress: Callable[[str, int, int], None],
+) -> tuple[int, int]:
+    """The transaction of `rotate` and `replace`: still the database's key? then cosign every
+    stored note, add the old key to the retired ones (``entry``: when, statement, why) and make
+    the new one the identity. Returns the checkpoints and closes cosigned."""
+    current = conn.execute(IDENTITY_ROW.with_for_update()).scalar()
+    if current != old.vkey():
+        raise SetupError(
+            f"the database's checkpoint key is {current}, not {old.vkey()}: rotated or replaced "
+            "meanwhile from another host? Nothing was changed"
+        )
+    counts = _cosign_all(conn, old, new, progress)
+    retired = [*retired_keys(conn), {"vkey": old.vkey(), **entry}]
+    conn.execute(s.meta.delete().where(s.meta.c.key == RETIRED))
+    conn.execute(s.meta.insert().values(key=RETIRED, value=json.dumps(retired)))
+    conn.execute(s.meta.update().where(s.meta.c.key == IDENTITY).values(value=new.verifier_key()))
+    return counts
+
+
 def rotate(settings: Settings, now: int, progress: Callable[[str, int, int], None] = _silent) -> Rotation:
     """Make a new checkpoint key this database's identity (see the module's docstring);
     ``progress(stage, done, total)`` hears of the stored notes as they are cosigned."""
@@ -202,19 +223,7 @@ def rotate(settings: Settings, now: int, progress: Callable[[str, int, int], Non
         statement = sign_handover(old, new, settings.origin, now)
 
         def tx(conn: Connection) -> tuple[int, int]:
-            current = conn.execute(IDENTITY_ROW.with_for_update()).scalar()
-            if current != old.verifier_key():
-                raise SetupError(
-                    f"the database's checkpoint key is {current}, not this data directory's "
-                    f"{old.verifier_key()}: rotated meanwhile from another host? Nothing was rotated"
-                )
-            counts = _cosign_all(conn, old.verifier(), new, progress)
-            retired = [*retired_keys(conn), {"vkey": old.verifier_key(), "retired_at": now,
-                                             "statement": statement}]
-            conn.execute(s.meta.delete().where(s.meta.c.key == RETIRED))
-            conn.execute(s.meta.insert().values(key=RETIRED, value=json.dumps(retired)))
-            conn.execute(s.meta.update().where(s.meta.c.key == IDENTITY).values(value=new.verifier_key()))
-            return counts
+            return _retire(conn, old.verifier(), new, {"retired_at": now, "statement": statement}, progress)
 
         try:
             cps, closes = db.write_tx(engine, tx)
@@ -249,6 +258,9 @@ def replace(
     if current is None:
         raise SetupError("this database has no checkpoint key yet: nothing to replace (any command "
                          "makes the first key)")
+    if (settings.data_dir / "origin").exists() and finish_interrupted(settings, current):
+        raise SetupError("a rotation cut short was finished: collector.key is the database's key "
+                         "again, nothing to replace (run `key replace` again to replace it anyway)")
     old = NoteVerifier.from_vkey(current)
     if (settings.data_dir / "origin").exists() and settings.origin != old.name:
         raise SetupError(f"the origin in {settings.data_dir} is {settings.origin!r}, the database's "
@@ -261,16 +273,8 @@ def replace(
         new = NoteSigner(old.name, fresh.private)
 
         def tx(conn: Connection) -> tuple[int, int]:
-            if conn.execute(IDENTITY_ROW.with_for_update()).scalar() != current:
-                raise SetupError("the database's checkpoint key changed meanwhile (rotated or replaced "
-                                 "from another host?): nothing was replaced")
-            counts = _cosign_all(conn, old, new, progress)
-            retired = [*retired_keys(conn), {"vkey": current, "retired_at": now, "statement": None,
-                                             "replaced": reason.strip()}]
-            conn.execute(s.meta.delete().where(s.meta.c.key == RETIRED))
-            conn.execute(s.meta.insert().values(key=RETIRED, value=json.dumps(retired)))
-            conn.execute(s.meta.update().where(s.meta.c.key == IDENTITY).values(value=new.verifier_key()))
-            return counts
+            entry = {"retired_at": now, "statement": None, "replaced": reason.strip()}
+            return _retire(conn, old, new, entry, progress)
 
         try:
             cps, closes = db.write_tx(engine, tx)

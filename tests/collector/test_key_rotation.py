@@ -425,3 +425,27 @@ def test_replace_of_a_key_still_present_moves_it_aside_and_refuses_what_it_must(
     assert NoteSigner(settings.origin, installed).verifier_key() == r.new
     with pytest.raises(SetupError, match="key replace"):
         Settings(other, settings.db_url).open()
+
+
+def test_replace_finishes_a_rotation_cut_short_rather_than_replace_its_key(
+    settings, tools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """collector.key looked lost, but a rotation had committed and not renamed its file: replace
+    installs it and stops (the key is not lost), instead of retiring a key it has."""
+    now = int(time.time())
+    _seeded(settings, tools, now)
+
+    def crash(_settings: Settings) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keyrotation, "_install", crash)
+    with pytest.raises(KeyboardInterrupt):
+        keyrotation.rotate(settings, now)
+    monkeypatch.undo()
+    committed = _identity(settings)
+    (settings.data_dir / "collector.key").unlink()
+    with pytest.raises(SetupError, match="a rotation cut short was finished"):
+        keyrotation.replace(Settings(settings.data_dir, settings.db_url), now, "key file gone")
+    assert _identity(settings) == committed
+    installed = load_private_key(settings.data_dir / "collector.key").private
+    assert NoteSigner(settings.origin, installed).verifier_key() == committed
