@@ -7,7 +7,10 @@ throwaway PostgreSQL (durable, as in service):
   the same month, the work an operator would do by hand before deleting anything (goal: prune
   costs at most 1.25x that: the drop itself is small beside writing and checking the bundle);
 - space: the database after `prune` and a compaction (SQLite `VACUUM`, PostgreSQL `VACUUM FULL`),
-  against before, and the archived bundle's size. Never asserts a time. Usage:
+  against before, and the archived bundle's size;
+- undo: `unprune --from` the archive (each line checked against its leaf hash, then written
+  back) against `export` of the month, the same lines the other way; then the month exported
+  again must give the archive's `heartbeats.jws` byte for byte. Never asserts a time. Usage:
     .venv/bin/python bench/bench_prune.py [--agents 1] [--interval 60] [--backends sqlite,postgresql]
 """
 
@@ -89,8 +92,8 @@ def _tree_size(path: Path) -> int:
 def run(tmp: Path, url: str, name: str, agents: int, interval: int) -> None:
     st = month(tmp, url, agents, interval)
     before = _size(st)
-    base = _collector(st, "export", "--provider", "acme", "--month", MONTH, "--out", str(tmp / "b"))
-    base += _run("audit.cli", "verify", str(tmp / "b"))
+    exported = _collector(st, "export", "--provider", "acme", "--month", MONTH, "--out", str(tmp / "b"))
+    base = exported + _run("audit.cli", "verify", str(tmp / "b"))
     took = _collector(st, "prune", "--provider", "acme", "--month", MONTH, "--out", str(tmp / "archive"))
     pruned, after = _size(st), _size(st, compact=True)
     lines = len((tmp / "archive" / "heartbeats.jws").read_bytes().splitlines())
@@ -100,6 +103,13 @@ def run(tmp: Path, url: str, name: str, agents: int, interval: int) -> None:
     print(f"  database after prune {pruned / 1e6:,.1f} MB (freed space stays in the files), compacted "
           f"{after / 1e6:,.1f} MB = {after / before:.2f} of before; the archived bundle "
           f"{_tree_size(tmp / 'archive') / 1e6:,.1f} MB (uncompressed text)")
+    undone = _collector(st, "unprune", "--provider", "acme", "--month", MONTH, "--from", str(tmp / "archive"))
+    _collector(st, "export", "--provider", "acme", "--month", MONTH, "--out", str(tmp / "again"))
+    jws = "heartbeats.jws"
+    same = (tmp / "again" / jws).read_bytes() == (tmp / "archive" / jws).read_bytes()
+    print(f"  unprune from the archive: {undone:.1f} s = {undone / exported:.2f}x export ({exported:.1f} s); "
+          f"database then {_size(st) / 1e6:,.1f} MB; exported again: heartbeats.jws "
+          + ("byte-identical to the archive's" if same else "DIFFERS from the archive's"))
 
 
 def main() -> int:
