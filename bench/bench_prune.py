@@ -6,7 +6,8 @@ throwaway PostgreSQL (durable, as in service):
 - time: `prune` (export, verify, seal, drop) against `export` followed by `tr7-audit verify` of
   the same month, the work an operator would do by hand before deleting anything (goal: prune
   costs at most 1.25x that: the drop itself is small beside writing and checking the bundle);
-- space: the database after `prune` and a compaction (SQLite `VACUUM`, PostgreSQL `VACUUM FULL`),
+- space: the database after `prune` and a compaction (SQLite `VACUUM`, PostgreSQL `VACUUM FULL`,
+  without ANALYZE: the planner's statistics are then stale, the worst case for what follows),
   against before, and the archived bundle's size;
 - undo: `unprune --from` the archive (each line checked against its leaf hash, then written
   back) against `export` of the month, the same lines the other way; then the month exported

@@ -31,6 +31,13 @@ def unprune(engine: Engine, provider: str, month: str, bundle: Path, progress: P
     size, path = int(row.size), bundle / HEARTBEATS
     if not path.is_file():
         raise PruneRefused(f"{path}: no such file; the month's bundle was archived to {row.archive}")
+    if engine.dialect.name == "postgresql":
+        # Fresh statistics first: after a `VACUUM FULL` (docs/collector.md, after a prune) and
+        # before autovacuum analyses again, PostgreSQL estimated one row for the month and looked
+        # each leaf up through ix_leaves_pm_time, reading the whole month per line: 43,200 lines
+        # took 64 s instead of 3 s (bench/bench_prune.py). ANALYZE blocks neither reads nor writes.
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE leaves")
     # Each chunk's lines are checked against their leaf hashes in the transaction that writes
     # them: a line of another file never goes in. A wrong file stops at its first such chunk; the
     # lines put back before it are the month's own, and the month stays sealed.
