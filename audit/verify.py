@@ -102,7 +102,8 @@ def _collector(ctx: _Ctx, pinned: str | None) -> NoteVerifier | None:
         # band proves the checkpoints are the collector's.
         ctx.add(B.COLLECTOR_PUB, 1, "collector.pinned",
                 f"{verifier.vkey()} is not the expected {pinned} (if the collector rotated its key, "
-                "check its hand-over statements: tr7-audit handover)")
+                "check its hand-over statements: tr7-audit handover; if it replaced a lost or stolen "
+                "key, no statement exists: ask its operator for the new key)")
     return verifier
 
 
