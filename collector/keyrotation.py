@@ -32,7 +32,7 @@ from collector import db
 from collector import schema as s
 from collector.settings import IDENTITY, IDENTITY_ROW, Settings, SetupError
 from protocol.keyhandover import sign_handover
-from protocol.keys import AgentKey, load_private_key, save_private_key
+from protocol.keys import AgentKey, create_file_once, load_private_key, save_private_key
 from protocol.note import NoteError, NoteSigner, NoteVerifier
 from protocol.timefmt import format_time
 
@@ -262,10 +262,15 @@ def replace(
         raise SetupError("a rotation cut short was finished: collector.key is the database's key "
                          "again, nothing to replace (run `key replace` again to replace it anyway)")
     old = NoteVerifier.from_vkey(current)
-    if (settings.data_dir / "origin").exists() and settings.origin != old.name:
+    settings.ensure_dir()
+    # An origin lost with the key is written again before the commit, with the project's
+    # write-once helper: a crash after the commit must leave an origin under which the next
+    # command recognises collector.key.next as the database's key (finish_interrupted).
+    create_file_once((old.name + "\n").encode(), settings.data_dir / "origin")
+    settings.__dict__.pop("origin", None)
+    if settings.origin != old.name:
         raise SetupError(f"the origin in {settings.data_dir} is {settings.origin!r}, the database's "
                          f"key is named {old.name!r}: this data directory belongs to another collector")
-    settings.ensure_dir()
     with _locked(settings.data_dir):
         fresh = AgentKey.generate()
         save_private_key(fresh, settings.data_dir / NEXT_KEY)  # replaces an uncommitted one
@@ -281,9 +286,6 @@ def replace(
         except SetupError:
             (settings.data_dir / NEXT_KEY).unlink(missing_ok=True)
             raise
-        if not (settings.data_dir / "origin").exists():  # the whole data directory was lost
-            (settings.data_dir / "origin").write_text(old.name + "\n")
-            settings.__dict__.pop("origin", None)
         if (settings.data_dir / "collector.key").exists():
             os.replace(settings.data_dir / "collector.key", settings.data_dir / REPLACED_KEY)
         _install(settings)

@@ -189,6 +189,12 @@ class Settings:
         # data dir writes the key before it claims the database, so a claim seen here with no key
         # file even now is a key lost (read before, its claim made this refuse a sibling).
         if row is not None and not (self.data_dir / "collector.key").exists():
+            from collector.keyrotation import finish_interrupted
+
+            # `key replace` of a lost key committed, its collector.key.next not yet renamed: finish
+            # (its origin was written before the commit; without one, nothing can be recognised)
+            if (self.data_dir / "origin").exists() and finish_interrupted(self, row):
+                return
             raise SetupError(
                 f"{self.data_dir} has no collector.key, and this database's checkpoints are signed by "
                 f"collector key {row.split('+')[0]!r} ({row}): copy collector.key and origin from the "

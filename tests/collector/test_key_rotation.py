@@ -449,3 +449,34 @@ def test_replace_finishes_a_rotation_cut_short_rather_than_replace_its_key(
     assert _identity(settings) == committed
     installed = load_private_key(settings.data_dir / "collector.key").private
     assert NoteSigner(settings.origin, installed).verifier_key() == committed
+
+
+def test_a_replacement_cut_short_after_its_commit_is_finished_even_with_the_origin_lost(
+    settings, tools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key and origin lost; replace commits, then the process dies before the rename: the origin
+    was written before the commit, so the next command recognises collector.key.next as the
+    database's key and installs it (written after, the next command made an origin from the host
+    name, did not recognise the key, and the data directory was stuck)."""
+    now = int(time.time())
+    _seeded(settings, tools, now)
+    for name in ("collector.key", "origin"):
+        (settings.data_dir / name).unlink()
+
+    real = db.write_tx
+
+    def commit_then_crash(engine, fn):
+        real(engine, fn)
+        raise KeyboardInterrupt  # the process killed right after the commit
+
+    monkeypatch.setattr(keyrotation.db, "write_tx", commit_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        keyrotation.replace(Settings(settings.data_dir, settings.db_url), now, "disk lost")
+    monkeypatch.undo()
+    committed = _identity(settings)
+    again = Settings(settings.data_dir, settings.db_url)
+    again.open()
+    assert not (settings.data_dir / keyrotation.NEXT_KEY).exists()
+    installed = load_private_key(settings.data_dir / "collector.key").private
+    assert NoteSigner(again.origin, installed).verifier_key() == committed
+    again.engine.dispose()
