@@ -12,11 +12,11 @@ from audit.progress import StderrProgress
 from protocol.timefmt import format_time
 
 # heartbeat-v1.md §6: 0 only when every check holds, otherwise 1; 2 is this tool's own usage
-# error (bad arguments, DIR not a directory), never a verdict on the bundle.
+# error (bad arguments, DIR neither a directory nor an archive), never a verdict on the bundle.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _EXIT_HELP = ("exit status: 0 every check holds (findings allowed); 1 a check failed, including a "
-              "directory that holds no manifest.json; 2 command-line error (bad arguments, DIR is "
-              "not a directory)")
+              "directory that holds no manifest.json or an archive that cannot be read; 2 command-line "
+              "error (bad arguments, DIR is neither a directory nor a .tar.gz)")
 
 
 def _version() -> str:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="check every rule of heartbeat-v1.md §6; exit 0 only if all hold",
                        epilog=_EXIT_HELP)
-    v.add_argument("dir")
+    v.add_argument("dir", help="the bundle directory, or its .tar.gz (the web's download, export --compress)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--quiet", action="store_true", help="print failures only, no progress or findings")
     v.add_argument("--collector-key", metavar="VKEY",
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="files, each the statement `tr7-collector key rotate` printed, oldest first")
     h.set_defaults(func=_handover)
     s = sub.add_parser("show", help="summarise the bundle's documents: customers, chains, checkpoints")
-    s.add_argument("dir")
+    s.add_argument("dir", help="the bundle directory, or its .tar.gz")
     s.set_defaults(func=_show)
     args = parser.parse_args(argv)
     try:

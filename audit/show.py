@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from audit import bundle as B
+from audit.archive import opened
 from billing import adjustment_lines
 from protocol.note import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
 
@@ -80,16 +81,18 @@ def _chains(usage: dict[str, Any], agents: Any) -> list[str]:
 
 def summary(path: Path | str) -> str:
     """The summary text of the stored documents (run verify to check them)."""
-    root = Path(path)
-    if not root.is_dir():
-        raise B.BundleError(f"{root} is not a directory")
+    with opened(Path(path)) as root:
+        return _summary(root, Path(path))
+
+
+def _summary(root: Path, shown: Path) -> str:
     if not B.is_regular(root, B.MANIFEST):
         raise B.NotABundle(f"{root} holds no regular {B.MANIFEST}: not an audit bundle")
     manifest = _json(root, B.MANIFEST) or {}
     usage = _json(root, B.USAGE) or {}
     invoice = _json(root, B.INVOICE) or {}
     lines = B.count_jws_lines(root / B.HEARTBEATS) if B.is_regular(root, B.HEARTBEATS) else 0
-    out = [f"bundle {root}: provider {manifest.get('provider')}, month {manifest.get('month')}, "
+    out = [f"bundle {shown}: provider {manifest.get('provider')}, month {manifest.get('month')}, "
            f"created {manifest.get('created')}",
            f"{lines} heartbeats; " + _checkpoint_line(root, B.CHECKPOINT), "", "customers:"]
     out += _customers(usage, invoice, _json(root, B.CATALOG))

@@ -8,6 +8,7 @@ from typing import Any
 
 from audit import bundle as B
 from audit import checks
+from audit.archive import ArchiveError, is_archive, opened
 from audit.checks import Finding, Report
 from audit.lines import Lines, read_line, verify_lines
 from audit.manifest import check_manifest
@@ -204,26 +205,32 @@ def _stage(progress: Progress | None, stage: str, total: int, fn: Callable[[], N
 
 def verify_bundle(path: Path | str, progress: Progress | None = None, workers: int | None = None,
                   collector_key: str | None = None) -> Report:
-    """Verify a bundle directory; raise BundleError only when ``path`` is not a directory.
+    """Verify a bundle directory, or its .tar.gz (audit/archive.py); raise BundleError only when
+    ``path`` is neither.
 
     A directory without manifest.json is a failed check (heartbeat-v1.md §6: "otherwise exit 1").
 
     ``collector_key``: the collector's verifier key as published out of band; when given,
     collector.pub must be exactly it.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise B.BundleError(f"{root} is not a directory")
-    ctx = _Ctx(root, Report(str(root)), progress, workers)
+    given = Path(path)
+    if not given.is_dir() and not is_archive(given):
+        raise B.BundleError(f"{given} is neither a directory nor a bundle archive (.tar.gz)")
+    report = Report(str(given))
     try:
-        _verify(ctx, collector_key)
-    except Exception as exc:
-        # A bundle is input from whoever hands it over: a check that meets something it did not
-        # foresee must fail the bundle by name, keeping what was found before, not end in a
-        # traceback that hides every other failure (and leaves --json empty).
-        ctx.add("(verifier)", None, "verify.internal",
-                f"verification stopped on an unexpected error, the bundle is not verified: {exc!r}")
-    return ctx.report
+        with opened(given) as root:
+            ctx = _Ctx(root, report, progress, workers)
+            try:
+                _verify(ctx, collector_key)
+            except Exception as exc:
+                # A bundle is input from whoever hands it over: a check that meets something it did
+                # not foresee must fail the bundle by name, keeping what was found before, not end
+                # in a traceback that hides every other failure (and leaves --json empty).
+                ctx.add("(verifier)", None, "verify.internal",
+                        f"verification stopped on an unexpected error, the bundle is not verified: {exc!r}")
+    except ArchiveError as exc:  # a damaged archive is evidence that fails, not a usage error
+        report.findings.append(Finding(given.name, None, "archive.unreadable", str(exc), "error"))
+    return report
 
 
 def _verify(ctx: _Ctx, collector_key: str | None) -> None:

@@ -122,8 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "close":
             sp.add_argument("--force", action="store_true")
         if name == "export":
-            sp.add_argument("--out", type=Path, required=True)
+            sp.add_argument("--out", type=Path, required=True,
+                            help="a new or empty directory (with --compress: the archive OUT.tar.gz)")
             sp.add_argument("--overwrite", action="store_true")
+            sp.add_argument("--compress", action="store_true",
+                            help="write the bundle as one OUT.tar.gz (~1/40 of its size; tr7-audit "
+                                 "verifies it as it is, `tar -xzf` gives the directory)")
     sp = sub.add_parser(
         "catalog", parents=[common],
         help="the catalog billing uses for a month as JSON: a closed month's as closed (or amended), "
@@ -166,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from sqlalchemy.exc import OperationalError
 
+        from audit.bundle import BundleError
         from billing.errors import CatalogError, PricingError
 
-        if isinstance(exc, CatalogError | PricingError):
+        # BundleError: --out not empty, an archive already there
+        if isinstance(exc, CatalogError | PricingError | BundleError):
             print(f"tr7-collector: {exc}", file=sys.stderr)
             return 1
         if isinstance(exc, OperationalError):
@@ -256,12 +262,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.cmd == "export":
         from audit.progress import StderrProgress
-        from collector.export import export
+        from collector.export import export, export_archive
 
         # A read snapshot: the full recomputation can take a while and must not block ingest.
         with db.read_conn(engine) as c:
-            path, agrees = export(c, settings, args.provider, args.month, args.out, args.overwrite,
-                                  progress=StderrProgress(quiet=False))
+            path, agrees = (export_archive if args.compress else export)(
+                c, settings, args.provider, args.month, args.out, args.overwrite,
+                progress=StderrProgress(quiet=False))
         if not agrees:
             print(
                 "tr7-collector: aggregates disagree with the full recomputation; bundle holds the latter",

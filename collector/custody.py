@@ -64,6 +64,9 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="instead of --month or --before: keep the current month (UTC) and the N before "
                         "it, prune the closed months older than them (what tr7-collector-prune.timer runs)")
     p.add_argument("--out", type=Path, help="a new or empty directory for the bundle; keep it")
+    p.add_argument("--compress", action="store_true",
+                   help="keep each bundle as one .tar.gz (OUT.tar.gz, or OUT/YYYY-MM.tar.gz), ~1/40 of "
+                        "the directory; verified before it is packed, the archive read back against it")
     p.add_argument("--list", action="store_true", help="the months pruned, with their archives (JSON)")
     p = sub.add_parser(
         "unprune", parents=parents,
@@ -72,7 +75,8 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--provider", required=True)
     p.add_argument("--month", type=_month, required=True)
-    p.add_argument("--from", dest="bundle", type=Path, required=True, help="the archived bundle's directory")
+    p.add_argument("--from", dest="bundle", type=Path, required=True,
+                   help="the archived bundle: its directory or its .tar.gz")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -125,7 +129,7 @@ def _prune(args: argparse.Namespace, settings: Settings) -> None:
                          "--keep-months (every provider, or --provider's) (or --list)")
     if args.month:
         _pruned(prune.prune(settings, engine, args.provider, args.month, args.out, int(time.time()),
-                            StderrProgress(quiet=False)))
+                            StderrProgress(quiet=False), args.compress))
         return
     with db.read_conn(engine) as conn:
         if args.provider:
@@ -138,7 +142,7 @@ def _prune(args: argparse.Namespace, settings: Settings) -> None:
               + (f" for {args.provider}" if args.provider else " for any provider"))
     for provider, m, out in todo:  # one failure stops the rest: later ones wait for it to be seen
         _pruned(prune.prune(settings, engine, provider, m, out, int(time.time()),
-                            StderrProgress(quiet=False)))
+                            StderrProgress(quiet=False), args.compress))
 
 
 def keep_cutoff(now: int, keep: int) -> str:

@@ -1,11 +1,14 @@
 """The audit bundle of heartbeat-v1.md §6 for one (provider, month), via audit.bundle."""
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sqlalchemy.engine import Connection
 
-from audit.bundle import ClosedState, write_bundle
+from audit.archive import SUFFIX, archive_path, pack
+from audit.bundle import BundleError, ClosedState, write_bundle
 from billing import PricingError
 from collector import accounting, evidence, reference, registry, tlog
 from collector.settings import Settings
@@ -63,3 +66,28 @@ def _counted(tokens: Iterator[str], total: int, progress: Progress | None) -> It
         yield token
     if progress is not None:
         progress("writing heartbeats.jws", total, total)
+
+
+def staging(dest: Path, replace: bool = False) -> Path:
+    """A new directory beside the archive ``dest`` to write its bundle in first (the same file
+    system: the bundle and the archive need room side by side until it is packed)."""
+    if dest.exists() and not replace:
+        raise BundleError(f"{dest} exists; refusing to write a bundle archive over it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+
+
+def export_archive(
+    conn: Connection, settings: Settings, provider: str, month: str, out: Path, replace: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Path, bool]:
+    """export() as one .tar.gz (audit/archive.py): OUT.tar.gz, the bundle under OUT's name."""
+    dest = archive_path(out)
+    stage = staging(dest, replace)
+    try:
+        path, agrees = export(conn, settings, provider, month, stage / dest.name.removesuffix(SUFFIX),
+                              progress=progress)
+        pack(path, dest, replace=replace)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return dest, agrees

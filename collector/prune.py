@@ -14,6 +14,7 @@ they touch (the bill from aggregates takes them back, collector/evidence.py `_re
 """
 
 import hashlib
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from audit.archive import SUFFIX, archive_path, pack
 from collector import accounting, db, evidence, registry, tlog
 from collector import schema as s
+from collector.export import staging
 from collector.settings import Settings
 from protocol.timefmt import format_time, next_month
 
@@ -49,8 +52,10 @@ class Pruned:
 
 
 def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Path, now: int,
-          progress: Progress | None = None) -> Pruned:
-    """Archive, verify, seal, drop; or finish a prune that was cut short (``out`` is then unused)."""
+          progress: Progress | None = None, compress: bool = False) -> Pruned:
+    """Archive, verify, seal, drop; or finish a prune that was cut short (``out`` is then unused).
+    ``compress``: the bundle is kept as OUT.tar.gz (audit/archive.py), verified before it is packed
+    and the archive read back against it."""
     with db.read_conn(engine) as conn:
         registry.require_known_provider(conn, provider)
         row = tlog.pruned(conn, provider, month)
@@ -60,7 +65,18 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
     if row is None:
         if not out.is_absolute():
             out = out.absolute()  # recorded: the operator's later reading must not depend on a cwd
-        size, digest, keep = _archive(settings, engine, provider, month, out, progress)
+        if compress:
+            dest = archive_path(out)
+            stage = staging(dest)
+            bundle = stage / dest.name.removesuffix(SUFFIX)
+            size, digest, keep = _archive(settings, engine, provider, month, bundle, progress, stage)
+            try:
+                pack(bundle, dest)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+            out = dest
+        else:
+            size, digest, keep = _archive(settings, engine, provider, month, out, progress)
         n = len(keep)
         done = db.write_tx(engine, lambda c: _seal(c, provider, month, size, str(out), digest, n, now))
     pruned_at, size, archive, digest, kept_n = done
@@ -78,10 +94,24 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
 
 
 def _archive(settings: Settings, engine: Engine, provider: str, month: str, out: Path,
-             progress: Progress | None) -> tuple[int, str, frozenset[int]]:
+             progress: Progress | None, stage: Path | None = None) -> tuple[int, str, frozenset[int]]:
     """Write the month's bundle to ``out`` and verify it; (its lines, its manifest's SHA-256, the
     leaves to keep). All read in one snapshot: if the log still has as many leaves when it is
-    sealed, it has these (it only grows), so the seal need not look again under its lock."""
+    sealed, it has these (it only grows), so the seal need not look again under its lock.
+    ``stage``: the staging directory ``out`` is in: kept when the bundle is refused (the message
+    names it, to be looked into), removed on any other error."""
+    try:
+        return _write_verified(settings, engine, provider, month, out, progress)
+    except PruneRefused:
+        raise
+    except BaseException:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _write_verified(settings: Settings, engine: Engine, provider: str, month: str, out: Path,
+                    progress: Progress | None) -> tuple[int, str, frozenset[int]]:
     from audit.verify import verify_bundle
     from collector.export import export
 

@@ -9,10 +9,12 @@ places, whatever else the directory holds. Idempotent: cut short, run it again.
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from audit.archive import READ_ERRORS, ArchiveError, is_archive, member
 from audit.bundle import HEARTBEATS
 from collector import db, tlog
 from collector import schema as s
@@ -28,8 +30,10 @@ def unprune(engine: Engine, provider: str, month: str, bundle: Path, progress: P
         row = tlog.pruned(conn, provider, month)
     if row is None:
         raise PruneRefused(f"{provider} {month} is not pruned: nothing to put back")
-    size, path = int(row.size), bundle / HEARTBEATS
-    if not path.is_file():
+    size = int(row.size)
+    packed = is_archive(bundle)  # `prune --compress`'s OUT.tar.gz, read as it is
+    path = f"{bundle}:{HEARTBEATS}" if packed else str(bundle / HEARTBEATS)
+    if not packed and not (bundle / HEARTBEATS).is_file():
         raise PruneRefused(f"{path}: no such file; the month's bundle was archived to {row.archive}")
     if engine.dialect.name == "postgresql":
         # Fresh statistics first: after a `VACUUM FULL` (docs/collector.md, after a prune) and
@@ -42,34 +46,38 @@ def unprune(engine: Engine, provider: str, month: str, bundle: Path, progress: P
     # them: a line of another file never goes in. A wrong file stops at its first such chunk; the
     # lines put back before it are the month's own, and the month stays sealed.
     restored = n = 0
-    for lo, chunk in _chunks(path):
-        if lo + len(chunk) > size:
-            raise PruneRefused(f"{path} holds more than the {size} lines of {provider} {month}'s log")
-        restored += db.write_tx(engine, lambda c, lo=lo, ch=chunk: _put(c, provider, month, lo, ch, path))
-        n = lo + len(chunk)
-        if progress is not None:
-            progress("putting the heartbeats back", n, size)
+    try:
+        with member(bundle, HEARTBEATS) if packed else (bundle / HEARTBEATS).open("rb") as f:
+            for lo, chunk in _chunks(f):
+                if lo + len(chunk) > size:
+                    raise PruneRefused(f"{path} holds more than the {size} lines of {provider} {month}'s log")
+                restored += db.write_tx(engine, lambda c, lo=lo, ch=chunk: _put(c, provider, month, lo, ch,
+                                                                                path))
+                n = lo + len(chunk)
+                if progress is not None:
+                    progress("putting the heartbeats back", n, size)
+    except (ArchiveError, *READ_ERRORS) as exc:
+        raise PruneRefused(f"{bundle}: {exc}; after {n} lines put back, the month stays sealed") from exc
     if n != size:
         raise PruneRefused(f"{path} holds {n} lines, {provider} {month}'s log {size}: the month stays sealed")
     db.write_tx(engine, lambda c: _unseal(c, provider, month))
     return restored
 
 
-def _chunks(path: Path) -> Iterator[tuple[int, list[bytes]]]:
+def _chunks(f: IO[bytes]) -> Iterator[tuple[int, list[bytes]]]:
     """(index of the first, lines) CHUNK at a time, streamed: a big month's file is gigabytes.
     Bytes: a line is compared with its leaf hash as it is, whatever it holds."""
     lo, chunk = 0, []
-    with path.open("rb") as f:
-        for line in f:
-            chunk.append(line.rstrip(b"\n"))
-            if len(chunk) == CHUNK:
-                yield lo, chunk
-                lo, chunk = lo + CHUNK, []
+    for line in f:
+        chunk.append(line.rstrip(b"\n"))
+        if len(chunk) == CHUNK:
+            yield lo, chunk
+            lo, chunk = lo + CHUNK, []
     if chunk:
         yield lo, chunk
 
 
-def _put(conn: Connection, provider: str, month: str, lo: int, lines: list[bytes], path: Path) -> int:
+def _put(conn: Connection, provider: str, month: str, lo: int, lines: list[bytes], path: str) -> int:
     """The JWS of the chunk's leaves that have none (a leaf kept by the prune keeps its own), once
     every line of the chunk is found to be its leaf."""
     stored = conn.execute(sa.select(L.idx, L.leaf_hash, sa.func.length(L.jws).label("n")).where(

@@ -2,7 +2,6 @@
 
 import contextlib
 import shutil
-import tarfile
 import tempfile
 import threading
 import time
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 
+from audit.archive import pack
 from collector import accounting, db, keyrotation, roles, tlog
 from collector import schema as s
 from collector.export import export
@@ -184,9 +184,8 @@ def bundle(provider: str, month: str, request: Request, sess: SessionDep) -> Res
     try:
         with _one_export():
             path, _agrees = _bundle(request, provider, month, tmp)
-            archive = tmp / "bundle.tar.gz"
-            with tarfile.open(archive, mode="w:gz") as tar:
-                tar.add(path, arcname=f"{provider}-{month}")
+            # The same archive as `export --compress` (reproducible, read back before it is sent)
+            archive = pack(path, tmp / "bundle.tar.gz", top=f"{provider}-{month}")
             shutil.rmtree(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -72,7 +72,7 @@ def test_not_a_bundle_fails_and_a_missing_dir_is_a_usage_error(tmp_path: Path, c
     """heartbeat-v1.md §6: exit 1 when a check fails, a directory without manifest.json included;
     2 only for a command line that names no directory."""
     missing = cli("verify", str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and "not a directory" in missing.stderr
+    assert missing.returncode == 2 and "neither a directory nor a bundle archive" in missing.stderr
     assert cli("show", str(tmp_path / "nowhere")).returncode == 2
     assert cli("verify").returncode == 2
     empty = cli("verify", str(tmp_path))

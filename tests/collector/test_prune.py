@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -337,3 +338,48 @@ def test_unprune_puts_the_month_back_from_its_archive_and_only_its_own_lines(set
     assert ingest_lines(settings.engine, [late])[0]["status"] == "accepted"
     again = _cli(settings, "unprune", "--provider", "acme", "--month", SEP, "--from", str(tmp_path / "sep"))
     assert again.returncode == 1 and "is not pruned" in again.stderr
+
+
+def test_prune_compress_keeps_one_archive_that_verifies_and_unprune_reads(settings, tools, tmp_path) -> None:
+    """The schedule's form (tr7-collector-prune.service passes --compress): each month one
+    PROVIDER/YYYY-MM.tar.gz, nothing else left beside it; it verifies as it is, is what the prune
+    records, and puts the month back; a damaged copy is refused by name and the month stays sealed."""
+    _month_with_a_fork(settings, tools)
+    out = _cli(settings, "prune", "--before", OCT, "--out", str(tmp_path / "all"), "--compress")
+    assert out.returncode == 0, out.stderr
+    archive = tmp_path / "all" / "acme" / f"{SEP}.tar.gz"
+    assert f"archived and verified: {archive} (51 heartbeats" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "all" / "acme").iterdir()) == [archive.name]
+    key = tlog.signer(settings).verifier_key()
+    report = verify_bundle(archive, workers=1, collector_key=key)
+    assert report.ok and report.lines == 51, [str(f) for f in report.errors]
+    with db.read_conn(settings.engine) as c:
+        assert [x["archive"] for x in prune.listing(c)] == [str(archive)]
+    bad = _cli(settings, "export", "--provider", "acme", "--month", SEP, "--out", str(tmp_path / "x"))
+    assert bad.returncode == 1 and f"archived to {archive}" in bad.stderr
+
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    bad = _cli(settings, "unprune", "--provider", "acme", "--month", SEP, "--from", str(cut))
+    assert bad.returncode == 1 and "the month stays sealed" in bad.stderr and "Traceback" not in bad.stderr
+    with db.read_conn(settings.engine) as c:
+        assert tlog.pruned(c, "acme", SEP) is not None
+
+    ok = _cli(settings, "unprune", "--provider", "acme", "--month", SEP, "--from", str(archive))
+    assert ok.returncode == 0 and "heartbeats put back" in ok.stdout, ok.stderr
+    assert len(_jws_left(settings)) == 51
+    again = _cli(settings, "export", "--provider", "acme", "--month", SEP, "--out", str(tmp_path / "sep"),
+                 "--compress")
+    assert again.returncode == 0 and again.stdout.strip() == str(tmp_path / "sep.tar.gz"), again.stderr
+    # the month's bundle made again holds the same heartbeats
+
+    def heartbeats(path: Path) -> bytes:
+        with tarfile.open(path) as t:
+            f = t.extractfile(next(m for m in t.getmembers() if m.name.endswith("/heartbeats.jws")))
+            assert f is not None
+            return f.read()
+
+    assert heartbeats(tmp_path / "sep.tar.gz") == heartbeats(archive)
+    over = _cli(settings, "export", "--provider", "acme", "--month", SEP, "--compress",
+                "--out", str(tmp_path / "sep.tar.gz"))
+    assert over.returncode == 1 and "exists" in over.stderr and "Traceback" not in over.stderr

@@ -83,6 +83,7 @@ def test_prune_unit_runs_a_valid_prune_of_every_provider(tmp_path: Path) -> None
     env["TR7_PRUNE_ARCHIVE"] = str(tmp_path / "archive")
     argv = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], _setting(text, "ExecStart")))
     assert argv[0] == "/usr/bin/tr7-collector" and "--provider" not in argv
+    assert "--compress" in argv  # an archive of .tar.gz files, ~1/40 of the bundles' directories
     argv = [str(Path(sys.executable).parent / "tr7-collector"), *argv[1:]]
     argv[argv.index("--data-dir") + 1] = str(tmp_path / "data")
     out = subprocess.run(argv, capture_output=True, text=True, check=False,

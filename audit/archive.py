@@ -1,0 +1,201 @@
+"""An audit bundle as one `.tar.gz` file: written byte-for-byte reproducibly and checked, read back safely.
+
+Why (docs/protocol-decisions.md, "The bundle as one .tar.gz"): heartbeat-v1.md §6 defines the
+bundle as a directory of files and is silent on how it travels or is kept. A month of one agent
+polling 50 instances is ~400 MB of JWS text, and consecutive heartbeats repeat most of their
+bytes, so gzip keeps ~1/40 of it (bench/bench_prune.py). The archive holds the directory's files
+unchanged under one top directory, so `tar -xzf` gives back the §6 layout and any auditor's tool
+reads it; `tr7-audit` and `tr7-collector unprune` also read the archive as it is.
+"""
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+from audit import bundle as B
+
+SUFFIX = ".tar.gz"
+LEVEL = 6  # gzip's default: 1/42 of a steady month at ~270 MB/s; 9: 1/44, 7% slower; 1: 1/25, 2x faster
+_CHUNK = 1 << 20
+# What reading a damaged archive raises, from its headers or from a member's stream
+READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+class ArchiveError(B.NotABundle):
+    """An archive that cannot be read (truncated, not gzip/tar, a member that escapes its directory)."""
+
+
+def archive_path(out: Path) -> Path:
+    """Where a bundle meant for ``out`` goes as an archive: ``out`` + .tar.gz, unless it ends so already."""
+    return out if out.name.endswith(SUFFIX) else out.with_name(out.name + SUFFIX)
+
+
+def is_archive(path: Path) -> bool:
+    """A regular file that reads as a tar archive (compressed or not)."""
+    try:
+        return path.is_file() and tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
+def pack(src: Path, dest: Path, top: str | None = None, replace: bool = False) -> Path:
+    """Write the bundle directory ``src`` as the archive ``dest``; its members are under ``top``
+    (default: dest's name without .tar.gz). Reproducible: members sorted, owner 0 unnamed, modes
+    0644/0755, every time the manifest's `created` (gzip's own header: no name, time 0), so one
+    bundle always makes the same bytes and its SHA-256 can be published. The archive is read back
+    and each member compared (SHA-256) with its file before it takes its name, synced to disk:
+    an archive that replaces the evidence must hold it. Refuses an existing ``dest`` unless
+    ``replace``."""
+    top = top or dest.name.removesuffix(SUFFIX)
+    if not replace and dest.exists():
+        raise B.BundleError(f"{dest} exists: write the archive under a new name")
+    files = B.list_files(src)
+    if not all(B.is_regular(src, rel) for rel in files):
+        raise B.BundleError(f"{src} holds something other than regular files: not packed")
+    mtime = _created(src)
+    dirs = sorted({str(Path(rel).parent) for rel in files} - {"."})
+    part = dest.with_name(f".{dest.name}.partial")
+    digests: dict[str, str] = {}
+    try:
+        with part.open("wb") as raw:
+            with (
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=LEVEL, mtime=0) as gz,
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+            ):
+                for name in ["", *dirs]:
+                    tar.addfile(_info(f"{top}/{name}".rstrip("/"), tarfile.DIRTYPE, 0o755, 0, mtime))
+                for rel in files:
+                    path = src / rel
+                    info = _info(f"{top}/{rel}", tarfile.REGTYPE, 0o644, path.stat().st_size, mtime)
+                    with path.open("rb") as f:
+                        reader = _Hashing(f)
+                        tar.addfile(info, reader)
+                    digests[rel] = reader.hash.hexdigest()
+            raw.flush()
+            os.fsync(raw.fileno())
+        _check(part, top, digests)
+        if replace:
+            os.replace(part, dest)
+        else:
+            os.link(part, dest)  # fails if dest appeared meanwhile: never overwrites
+            part.unlink()
+    finally:
+        part.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the name too, not only the bytes
+        fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return dest
+
+
+def _info(name: str, kind: bytes, mode: int, size: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size, info.mtime = kind, mode, size, mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _created(src: Path) -> int:
+    """The manifest's `created` as epoch seconds (0 when it has none): the members' time."""
+    try:
+        text = json.loads((src / B.MANIFEST).read_text(encoding="utf-8")).get("created", "")
+        return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
+
+
+class _Hashing(io.RawIOBase):
+    """A file read through, hashing what tarfile copies into the archive."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.hash = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.hash.update(data)
+        return data
+
+
+def _check(path: Path, top: str, digests: dict[str, str]) -> None:
+    """Every file, and only them, in the archive with the bytes that were read into it."""
+    seen = {"/".join(parts[1:]): _sha256(f) for parts, f in _members(path) if parts[0] == top}
+    if seen != digests:
+        wrong = sorted(set(seen) ^ set(digests) | {r for r in seen if seen[r] != digests.get(r)})
+        raise B.BundleError(f"{path} does not read back as written ({', '.join(wrong)}): not kept")
+
+
+def _sha256(f: IO[bytes]) -> str:
+    h = hashlib.sha256()
+    while block := f.read(_CHUNK):
+        h.update(block)
+    return h.hexdigest()
+
+
+def _members(path: Path) -> Iterator[tuple[list[str], IO[bytes]]]:
+    """(name split at '/', stream) of each regular member, streamed: nothing is written to disk."""
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for info in tar:
+                f = tar.extractfile(info) if info.isfile() else None
+                if f is not None:
+                    yield [p for p in info.name.split("/") if p not in ("", ".")], f
+    except READ_ERRORS as exc:
+        raise ArchiveError(f"{path}: not a readable .tar.gz ({exc})") from exc
+
+
+@contextlib.contextmanager
+def member(path: Path, rel: str) -> Iterator[IO[bytes]]:
+    """The bundle file ``rel`` of the archive at ``path``, streamed (heartbeats.jws for unprune):
+    the member named so, or so under one top directory, as `tar -czf` of the directory makes."""
+    want = rel.split("/")
+    with contextlib.closing(_members(path)) as members:  # closes the tar when done
+        for parts, f in members:
+            if parts == want or parts[1:] == want:
+                yield f
+                return
+    raise ArchiveError(f"{path} holds no {rel}")
+
+
+@contextlib.contextmanager
+def opened(path: Path) -> Iterator[Path]:
+    """The bundle directory ``path`` itself, or the archive ``path`` extracted into a temporary
+    directory ($TMPDIR; removed afterwards), with the tar filter that refuses members outside it,
+    links out of it and device files (Python's "data" filter, PEP 706)."""
+    if path.is_dir():
+        yield path
+        return
+    if not is_archive(path):
+        raise B.BundleError(f"{path} is neither a directory nor a bundle archive (.tar.gz)")
+    tmp = Path(tempfile.mkdtemp(prefix="tr7-bundle-"))
+    try:
+        try:
+            with tarfile.open(path, mode="r:*") as tar:
+                tar.extractall(tmp, filter="data")
+        except (*READ_ERRORS, OSError) as exc:
+            raise ArchiveError(f"{path}: cannot be extracted ({exc})") from exc
+        yield _root(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _root(tmp: Path) -> Path:
+    """The bundle inside what was extracted: its one top directory, or the files themselves."""
+    entries = list(tmp.iterdir())
+    if not (tmp / B.MANIFEST).exists() and len(entries) == 1 and entries[0].is_dir() \
+            and not entries[0].is_symlink():
+        return entries[0]
+    return tmp

@@ -1,0 +1,95 @@
+"""A bundle as one .tar.gz (audit/archive.py): reproducible, checked as written, verified as it is,
+and read safely: a damaged or hostile archive fails verification by name and writes nothing outside."""
+
+import hashlib
+import io
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from audit import archive
+from audit.archive import pack
+from audit.bundle import BundleError
+from audit.verify import verify_bundle
+
+from .conftest import edit_lines
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_pack_is_reproducible_and_verifies_as_it_is(pristine: Path, tmp_path: Path, cli) -> None:
+    (tmp_path / "a").mkdir()
+    a = pack(pristine, tmp_path / "a" / "2026-09.tar.gz")
+    b = pack(pristine, tmp_path / "2026-09.tar.gz")
+    assert _sha(a) == _sha(b)  # the same bundle: the same bytes (a hash to publish)
+    with tarfile.open(b) as t:
+        infos = t.getmembers()
+    assert {i.name.split("/")[0] for i in infos} == {"2026-09"}
+    assert all(i.uid == 0 and i.uname == "" and i.mode in (0o644, 0o755) for i in infos)
+    files = {i.name.removeprefix("2026-09/") for i in infos if i.isfile()}
+    assert files == {p.relative_to(pristine).as_posix() for p in pristine.rglob("*") if p.is_file()}
+    assert b.stat().st_size * 4 < sum(p.stat().st_size for p in pristine.rglob("*") if p.is_file())
+
+    res = cli("verify", str(b))
+    assert res.returncode == 0 and f"{b}: " in res.stderr and "OK" in res.stderr, res.stdout + res.stderr
+    assert not list(tmp_path.glob(".*partial"))
+    shown = cli("show", str(b))
+    assert shown.returncode == 0 and shown.stdout.startswith(f"bundle {b}: provider")
+
+
+def test_an_auditors_own_tar_of_the_directory_verifies_too(pristine: Path, tmp_path: Path) -> None:
+    flat = tmp_path / "flat.tar.gz"  # `tar -czf` of the files themselves, "./" names
+    subprocess.run(["tar", "-czf", str(flat), "-C", str(pristine), "."], check=True)
+    assert verify_bundle(flat, workers=1).ok
+
+
+def test_a_tampered_archive_fails_as_the_directory_would(bundle: Path, tmp_path: Path, cli) -> None:
+    edit_lines(bundle, "heartbeats.jws", lambda lines: lines[:-1])
+    packed = pack(bundle, tmp_path / "t.tar.gz")
+    by_dir, by_file = verify_bundle(bundle, workers=1), verify_bundle(packed, workers=1)
+    assert not by_file.ok and [str(f) for f in by_file.errors] == [str(f) for f in by_dir.errors]
+    assert cli("verify", str(packed)).returncode == 1
+
+
+def test_a_damaged_or_hostile_archive_fails_by_name_and_writes_nothing_outside(
+    pristine: Path, tmp_path: Path, cli,
+) -> None:
+    good = pack(pristine, tmp_path / "good.tar.gz")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    res = cli("verify", str(cut))
+    assert res.returncode == 1 and "archive.unreadable" in res.stdout, res.stdout + res.stderr
+
+    evil = tmp_path / "evil.tar.gz"  # a member that climbs out of the extraction directory
+    with tarfile.open(evil, "w:gz") as t:
+        data = b"owned\n"
+        info = tarfile.TarInfo("../../../../../../../../tmp/tr7-escaped-" + tmp_path.name)
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    res = cli("verify", str(evil))
+    assert res.returncode == 1 and "archive.unreadable" in res.stdout
+    assert not Path("/tmp/tr7-escaped-" + tmp_path.name).exists()
+
+    other = tmp_path / "notes.txt"
+    other.write_text("not a bundle\n")
+    res = cli("verify", str(other))
+    assert res.returncode == 2 and "neither a directory nor a bundle archive" in res.stderr
+
+
+def test_pack_keeps_nothing_that_does_not_read_back(pristine: Path, tmp_path: Path, monkeypatch) -> None:
+    dest = tmp_path / "x.tar.gz"
+    monkeypatch.setattr(archive, "_sha256", lambda f: "0" * 64)  # what a bad disk would read back
+    with pytest.raises(BundleError, match="does not read back as written"):
+        pack(pristine, dest)
+    assert list(tmp_path.iterdir()) == []  # neither the archive nor its partial file
+    monkeypatch.undo()
+    pack(pristine, dest)
+    with pytest.raises(BundleError, match="exists"):
+        pack(pristine, dest)
+    shutil.copy(dest, tmp_path / "y.tar.gz")
+    assert pack(pristine, dest, replace=True) == dest
