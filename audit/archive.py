@@ -182,14 +182,32 @@ def opened(path: Path) -> Iterator[Path]:
         raise B.BundleError(f"{path} is neither a directory nor a bundle archive (.tar.gz)")
     tmp = Path(tempfile.mkdtemp(prefix="tr7-bundle-"))
     try:
-        try:
-            with tarfile.open(path, mode="r:*") as tar:
-                tar.extractall(tmp, filter="data")
-        except (*READ_ERRORS, OSError) as exc:
-            raise ArchiveError(f"{path}: cannot be extracted ({exc})") from exc
+        _extract(path, tmp)
         yield _root(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+SPARE = 64 << 20  # bytes left free in $TMPDIR beyond what an extraction needs
+
+
+def _extract(path: Path, tmp: Path) -> None:
+    """Member by member (one pass over the gzip stream), stopping before the members' declared
+    sizes would leave less than SPARE free: a big month (or a tar bomb) then says how much room
+    it needs instead of filling the file system."""
+    free, need = shutil.disk_usage(tmp).free, 0
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for info in tar:
+                need += info.size
+                if need + SPARE > free:
+                    raise B.BundleError(
+                        f"{path}: extracting it needs more than the {free >> 20:,} MB free in {tmp.parent} "
+                        f"(at least {need >> 20:,} MB): set TMPDIR to a larger file system, or extract it "
+                        "yourself (tar -xzf) and verify the directory")
+                tar.extract(info, tmp, filter="data")
+    except (*READ_ERRORS, OSError) as exc:
+        raise ArchiveError(f"{path}: cannot be extracted ({exc})") from exc
 
 
 def _root(tmp: Path) -> Path:

@@ -93,3 +93,19 @@ def test_pack_keeps_nothing_that_does_not_read_back(pristine: Path, tmp_path: Pa
         pack(pristine, dest)
     shutil.copy(dest, tmp_path / "y.tar.gz")
     assert pack(pristine, dest, replace=True) == dest
+
+
+def test_an_archive_too_big_for_tmpdir_says_how_much_room_it_needs(pristine: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    packed = pack(pristine, tmp_path / "b.tar.gz")
+    real = shutil.disk_usage
+
+    def small(path):  # a $TMPDIR with 1 MB left beyond the spare room
+        return real(path)._replace(free=archive.SPARE + (1 << 20))
+
+    monkeypatch.setattr(archive.shutil, "disk_usage", small)
+    with pytest.raises(BundleError, match="set TMPDIR to a larger file system") as e:
+        verify_bundle(packed, workers=1)
+    assert isinstance(e.value, BundleError) and not isinstance(e.value, archive.ArchiveError)  # exit 2
+    monkeypatch.undo()
+    assert verify_bundle(packed, workers=1).ok
