@@ -1,5 +1,8 @@
 """The audit bundle of heartbeat-v1.md §6 for one (provider, month), via audit.bundle."""
 
+import glob
+import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -13,6 +16,7 @@ from billing import PricingError
 from collector import accounting, evidence, reference, registry, tlog
 from collector.settings import Settings
 
+log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, lines done, lines in all), as tr7-audit's
 
 
@@ -70,11 +74,28 @@ def _counted(tokens: Iterator[str], total: int, progress: Progress | None) -> It
 
 def staging(dest: Path, replace: bool = False) -> Path:
     """A new directory beside the archive ``dest`` to write its bundle in first (the same file
-    system: the bundle and the archive need room side by side until it is packed)."""
+    system: the bundle and the archive need room side by side until it is packed), named after
+    this process. One left by a run that was killed (its process gone) is removed first: it is a
+    whole bundle's size, and nothing else would ever remove it."""
     if dest.exists() and not replace:
         raise BundleError(f"{dest} exists; refusing to write a bundle archive over it")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    for old in dest.parent.glob(f".{glob.escape(dest.name)}.*.*"):
+        pid = old.name.removeprefix(f".{dest.name}.").split(".")[0]
+        if old.is_dir() and not old.is_symlink() and pid.isdigit() and not _running(int(pid)):
+            log.warning("removing %s, left by an interrupted run (process %s)", old, pid)
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", dir=dest.parent))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def export_archive(

@@ -8,6 +8,7 @@ refused by name; what needs the JWS (export, amend, the web's bundle) says where
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from collector import accounting, db, prune, registry, tlog
 from collector import schema as s
 from collector.amend import amend_closed
 from collector.custody import keep_cutoff
-from collector.export import export
+from collector.export import export, staging
 from collector.ingest import ingest_lines
 from protocol.timefmt import month_of, next_month, parse_time
 
@@ -345,6 +346,8 @@ def test_prune_compress_keeps_one_archive_that_verifies_and_unprune_reads(settin
     PROVIDER/YYYY-MM.tar.gz, nothing else left beside it; it verifies as it is, is what the prune
     records, and puts the month back; a damaged copy is refused by name and the month stays sealed."""
     _month_with_a_fork(settings, tools)
+    dead = tmp_path / "all" / "acme" / f".{SEP}.tar.gz.999999999.x1"  # a run killed mid-way (no such pid)
+    (dead / "bundle").mkdir(parents=True)
     out = _cli(settings, "prune", "--before", OCT, "--out", str(tmp_path / "all"), "--compress")
     assert out.returncode == 0, out.stderr
     archive = tmp_path / "all" / "acme" / f"{SEP}.tar.gz"
@@ -383,3 +386,16 @@ def test_prune_compress_keeps_one_archive_that_verifies_and_unprune_reads(settin
     over = _cli(settings, "export", "--provider", "acme", "--month", SEP, "--compress",
                 "--out", str(tmp_path / "sep.tar.gz"))
     assert over.returncode == 1 and "exists" in over.stderr and "Traceback" not in over.stderr
+
+
+def test_staging_removes_only_what_a_dead_run_left(tmp_path) -> None:
+    """A staging directory holds a whole bundle: one left by a killed run is removed by the next,
+    one of a running process (another export right now) is not."""
+    live = tmp_path / f".x.tar.gz.{os.getpid()}.a1"
+    gone = tmp_path / ".x.tar.gz.999999999.b2"
+    other = tmp_path / ".y.tar.gz.999999999.c3"  # another archive's: not this one's business
+    for d in (live, gone, other):
+        d.mkdir()
+    new = staging(tmp_path / "x.tar.gz")
+    assert new.is_dir() and new.name.startswith(f".x.tar.gz.{os.getpid()}.")
+    assert live.is_dir() and other.is_dir() and not gone.exists()
