@@ -16,7 +16,7 @@ from protocol.timefmt import format_time, month_bounds, previous_month
 SILENT_INTERVALS = 3  # an agent is silent after 3 of its poll intervals without a heartbeat
 
 
-def _last_beats(conn: Connection, provider: str) -> dict[str, Any]:
+def last_beats(conn: Connection, provider: str) -> dict[str, Any]:
     """Each key's heartbeat with the latest time (the highest seq on a tie).
 
     A leaf's month is its time's, so a key's latest time is in its latest month: each key's
@@ -52,7 +52,7 @@ def agent_health(conn: Connection, provider: str, month: str, now: int) -> list[
     """The keys of the month (enrolled before its end, not revoked before its start), with their
     chain report and last heartbeat; `silent` is about now, so only the current month has it."""
     analysis = evidence.chain_analysis(conn, provider, month)
-    last = _last_beats(conn, provider)
+    last = last_beats(conn, provider)
     m0, m1 = month_bounds(month)
     current = m0 <= now < m1
     A = s.agents.c

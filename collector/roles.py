@@ -11,15 +11,16 @@ AUDIT = "audit"  # audit page, bundle export and verification (bundles carry the
 PAYMENTS = "payments"  # record a customer's payment failed / paid
 PLANNER = "planner"  # the price planner page
 ALL_PROVIDERS = "all-providers"  # the vendor's overview page of every provider
+METRICS = "metrics"  # GET /metrics for Prometheus: counts and times, no money (its provider's, or all)
 
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({USAGE, INVOICES, ACCOUNTS, LOG, AUDIT, PAYMENTS, PLANNER}),
+    "admin": frozenset({USAGE, INVOICES, ACCOUNTS, LOG, AUDIT, PAYMENTS, PLANNER, METRICS}),
     "viewer": frozenset({USAGE, INVOICES, ACCOUNTS, PLANNER}),
     "auditor": frozenset({USAGE, INVOICES, ACCOUNTS, LOG, AUDIT}),
     # hours and licenses of every provider, never a price or an amount (so no AUDIT: bundles
     # hold invoices) nor a provider's dealings with its customers (ACCOUNTS: payment state and
     # billing e-mail); the log only tells sizes and hashes
-    "vendor": frozenset({USAGE, LOG, ALL_PROVIDERS}),
+    "vendor": frozenset({USAGE, LOG, ALL_PROVIDERS, METRICS}),
 }
 
 # Every route that takes a bearer token (readapi.ScopeDep), by (method, path template). A route
@@ -41,6 +42,7 @@ API_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/log/{provider}/{month}/consistency"): LOG,
     ("POST", "/v1/providers/{provider}/customers/{customer}/payment-failed"): PAYMENTS,
     ("POST", "/v1/providers/{provider}/customers/{customer}/paid"): PAYMENTS,
+    ("GET", "/metrics"): METRICS,
 }
 
 def allows(role: str, permission: str) -> bool:

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, StringConstraints
 
-from collector import apimodels, db, highwater, keyrotation, periodic, readapi, registry, tlog, web
+from collector import apimodels, db, highwater, keyrotation, metrics, periodic, readapi, registry, tlog, web
 from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge, TooManyLines
 from collector.gctune import tune_gc
 from collector.ingestslots import ingest_in_slot
@@ -220,6 +220,7 @@ def create_app(settings: Settings) -> FastAPI:
                 raise HTTPException(400, str(exc)) from exc
 
     app.include_router(readapi.router)
+    app.include_router(metrics.router)
     @app.exception_handler(keyrotation.StaleKey)
     def _stale_key(_request: Request, exc: keyrotation.StaleKey) -> JSONResponse:
         # `key rotate` ran on another host: this process still ingests (nothing it stores is

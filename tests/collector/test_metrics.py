@@ -1,0 +1,91 @@
+"""GET /metrics: what a Prometheus scrape of the collector shows, and to whom.
+
+An operator graphs rate() of the log's heartbeats, alerts on an agent's last heartbeat growing
+old and on alerts appearing; a provider's admin token sees only its provider, the vendor token
+every provider's; every series is in the catalogue docs/collector.md lists."""
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector import db, registry
+from collector.metrics import CATALOGUE
+from collector.server import create_app
+from protocol.timefmt import month_bounds, month_of
+from tests._seed import Agent, apply, catalog, enrol, opened, token
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = int(time.time())
+MONTH = month_of(NOW)
+M0 = month_bounds(MONTH)[0]
+T1, T2 = max(M0, NOW - 120), max(M0 + 1, NOW - 60)  # in this month even in its first minutes
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, str], Agent]]:
+    """acme: dc1 posts twice, dc2 was revoked; beta (no license) runs TR7-0009 unlicensed."""
+    with opened(tmp_path_factory.mktemp("metrics")) as st:
+        apply(st, catalog("acme"))
+        apply(st, catalog("beta", ["z1"], licenses=[]))
+        dc1, dc2, z = Agent("dc1"), Agent("dc2"), Agent("z")
+        for provider, a in (("acme", dc1), ("acme", dc2), ("beta", z)):
+            enrol(st, provider, a, M0 - 86400)
+        db.write_tx(st.engine, lambda c: registry.revoke_agent(c, dc2.kid, None, NOW))
+        tokens = {"vendor": token(st, None, "vendor"), "acme": token(st, "acme", "admin"),
+                  "viewer": token(st, "acme", "viewer")}
+        with TestClient(create_app(st)) as client:
+            for body in ("\n".join(dc1.beat(t, {"TR7-0001": "running"}) for t in (T1, T2)),
+                         z.beat(T2, {"TR7-0009": "running"})):
+                r = client.post("/v1/heartbeats", content=body, headers={"Content-Type": "text/plain"})
+                assert {x["status"] for x in r.json()["results"]} == {"accepted"}
+            yield client, tokens, dc1
+
+
+def _samples(client: TestClient, tok: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = client.get("/metrics", headers={"Authorization": f"Bearer {tok}"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(r.text) for smp in fam.samples}
+
+
+def _get(samples: dict[Any, float], series: str, **labels: str) -> float | None:
+    return samples.get((series, tuple(sorted(labels.items()))))
+
+
+def test_the_vendor_scrapes_every_provider(scraped: Any) -> None:
+    client, tokens, dc1 = scraped
+    got = _samples(client, tokens["vendor"])
+    assert _get(got, "tr7_collector_log_heartbeats_total", provider="acme", month=MONTH) == 2
+    assert _get(got, "tr7_collector_log_heartbeats_total", provider="beta", month=MONTH) == 1
+    assert _get(got, "tr7_collector_agents", provider="acme", state="enrolled") == 1
+    assert _get(got, "tr7_collector_agents", provider="acme", state="revoked") == 1
+    assert _get(got, "tr7_collector_agent_last_heartbeat_timestamp_seconds",
+                provider="acme", kid=dc1.kid, name="dc1") == T2
+    # a revoked key has no last-heartbeat series (nothing to watch any more)
+    assert sum(k[0] == "tr7_collector_agent_last_heartbeat_timestamp_seconds" for k in got) == 2
+    if month_of(int(time.time())) == MONTH:  # the month did not turn during the test
+        assert _get(got, "tr7_collector_alerts", provider="beta", type="unlicensed") == 1
+        assert _get(got, "tr7_collector_alerts", provider="acme", type="unlicensed") is None
+    assert {name for name, _ in got} == set(CATALOGUE)  # every series is catalogued, and shown here
+
+
+def test_a_providers_admin_sees_only_its_provider_and_a_viewer_nothing(scraped: Any) -> None:
+    client, tokens, _ = scraped
+    got = _samples(client, tokens["acme"])
+    providers = {dict(labels).get("provider") for _, labels in got} - {None}
+    assert providers == {"acme"}
+    assert _get(got, "tr7_collector_log_heartbeats_total", provider="acme", month=MONTH) == 2
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {tokens['viewer']}"}).status_code == 403
+    assert client.get("/metrics").status_code == 401
+
+
+def test_the_catalogue_is_documented() -> None:
+    doc = (ROOT / "docs" / "collector.md").read_text()
+    missing = [name for name in CATALOGUE if f"`{name}`" not in doc]
+    assert not missing, f"docs/collector.md does not list {missing}"
