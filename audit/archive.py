@@ -173,8 +173,7 @@ def member(path: Path, rel: str) -> Iterator[IO[bytes]]:
 @contextlib.contextmanager
 def opened(path: Path) -> Iterator[Path]:
     """The bundle directory ``path`` itself, or the archive ``path`` extracted into a temporary
-    directory ($TMPDIR; removed afterwards), with the tar filter that refuses members outside it,
-    links out of it and device files (Python's "data" filter, PEP 706)."""
+    directory ($TMPDIR; removed afterwards): its directories and regular files only (_extract)."""
     if path.is_dir():
         yield path
         return
@@ -192,20 +191,39 @@ SPARE = 64 << 20  # bytes left free in $TMPDIR beyond what an extraction needs
 
 
 def _extract(path: Path, tmp: Path) -> None:
-    """Member by member (one pass over the gzip stream), stopping before the members' declared
-    sizes would leave less than SPARE free: a big month (or a tar bomb) then says how much room
-    it needs instead of filling the file system."""
+    """Member by member (one pass over the gzip stream), directories and regular files only.
+
+    Written out here rather than with tarfile's own extraction and its "data" filter (PEP 706):
+    that filter is missing from Debian 12's Python 3.11.2, and a bundle holds nothing else, so
+    anything else is refused outright: a name that is absolute or climbs out with `..`, a link
+    (symbolic or hard), a device or FIFO, a name given twice. Extraction stops before the
+    members' declared sizes would leave less than SPARE free: a big month (or a tar bomb) then
+    says how much room it needs instead of filling the file system."""
     free, need = shutil.disk_usage(tmp).free, 0
     try:
         with tarfile.open(path, mode="r:*") as tar:
             for info in tar:
+                parts = [p for p in info.name.split("/") if p not in ("", ".")]
+                if info.name.startswith("/") or ".." in parts:
+                    raise ArchiveError(f"{path}: member {info.name!r} would land outside the bundle")
+                if info.isdir():
+                    tmp.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+                    continue
+                if not info.isfile() or not parts:
+                    raise ArchiveError(f"{path}: member {info.name!r} is not a regular file or a directory "
+                                       "(a link, device or FIFO): a bundle holds none")
                 need += info.size
                 if need + SPARE > free:
                     raise B.BundleError(
                         f"{path}: extracting it needs more than the {free >> 20:,} MB free in {tmp.parent} "
                         f"(at least {need >> 20:,} MB): set TMPDIR to a larger file system, or extract it "
                         "yourself (tar -xzf) and verify the directory")
-                tar.extract(info, tmp, filter="data")
+                target = tmp.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(info)
+                with target.open("xb") as out:  # "x": a name given twice is refused, never overwritten
+                    if src is not None:
+                        shutil.copyfileobj(src, out, _CHUNK)
     except (*READ_ERRORS, OSError) as exc:
         raise ArchiveError(f"{path}: cannot be extracted ({exc})") from exc
 

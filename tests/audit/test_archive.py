@@ -72,8 +72,17 @@ def test_a_damaged_or_hostile_archive_fails_by_name_and_writes_nothing_outside(
         info.size = len(data)
         t.addfile(info, io.BytesIO(data))
     res = cli("verify", str(evil))
-    assert res.returncode == 1 and "archive.unreadable" in res.stdout
+    assert res.returncode == 1 and "archive.unreadable" in res.stdout and "outside the bundle" in res.stdout
     assert not Path("/tmp/tr7-escaped-" + tmp_path.name).exists()
+
+    linked = tmp_path / "linked.tar.gz"  # the bundle's files, and a link to a file elsewhere
+    with tarfile.open(linked, "w:gz") as t:
+        t.add(pristine, arcname="b")
+        info = tarfile.TarInfo("b/closed/usage.json.bak")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(info)
+    res = cli("verify", str(linked))
+    assert res.returncode == 1 and "not a regular file or a directory" in res.stdout, res.stdout
 
     other = tmp_path / "notes.txt"
     other.write_text("not a bundle\n")
