@@ -35,6 +35,8 @@ CATALOGUE = {
     "tr7_collector_agent_last_heartbeat_timestamp_seconds": "Time of an enrolled agent key's latest "
                                                             "heartbeat (its `time`, epoch seconds)",
     "tr7_collector_alerts": "The current month's alerts by type, as GET /v1/providers/{p}/alerts lists them",
+    "tr7_collector_rejected_lines_total": "Lines ingest rejected, by the rule they broke (provider empty: "
+                                          "no enrolled key named one)",
 }
 
 router = APIRouter()
@@ -50,8 +52,9 @@ def _version() -> str:
         return "unknown"
 
 
-def families(conn: Connection, providers: Iterable[str], now: int) -> Iterator[Metric]:
-    """The metric families of ``providers``, as of ``now``."""
+def families(conn: Connection, providers: Iterable[str], now: int, anyone: bool = False) -> Iterator[Metric]:
+    """The metric families of ``providers``, as of ``now``; ``anyone``: with the rejections that
+    name no provider (the vendor's scrape: they may be any provider's, or nobody's)."""
     providers = sorted(providers)
     info = InfoMetricFamily("tr7_collector_build", CATALOGUE["tr7_collector_build_info"])
     info.add_metric([], {"version": _version()})
@@ -89,6 +92,13 @@ def families(conn: Connection, providers: Iterable[str], now: int) -> Iterator[M
         for kind, n in sorted(counts.items()):
             found.add_metric([p, kind], n)
     yield from (agents, last, found)
+    help_ = CATALOGUE["tr7_collector_rejected_lines_total"]
+    rejected = CounterMetricFamily("tr7_collector_rejected_lines", help_, labels=["provider", "rule"])
+    R = s.rejections.c
+    q = sa.select(R.provider, R.rule, R.lines).where(R.provider.in_([*providers, *([""] if anyone else [])]))
+    for r in conn.execute(q.order_by(R.provider, R.rule)):
+        rejected.add_metric([r.provider, r.rule], int(r.lines))
+    yield rejected
 
 
 def _alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
@@ -112,7 +122,7 @@ def metrics(request: Request, scope: ScopeDep) -> Response:
     """The collector's state for Prometheus (a provider's admin token: its provider only)."""
     with db.read_conn(request.app.state.engine) as c:
         ids = c.execute(sa.select(s.providers.c.id).where(scope.provider_filter(s.providers.c.id))).scalars()
-        found = list(families(c, ids, int(time.time())))
+        found = list(families(c, ids, int(time.time()), anyone=scope.vendor))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Scrape(found))
     return Response(generate_latest(registry), media_type=TEXT_FORMAT)

@@ -247,3 +247,15 @@ prunes = sa.Table(
     sa.Column("kept", sa.BigInteger, nullable=False),  # leaves whose JWS stay (anchors, quarantine)
     sa.Column("done_at", sa.BigInteger, nullable=True),  # every other JWS dropped; NULL: cut short
 )
+
+# Lines ingest rejected, by provider ('' when no enrolled key names one: unparsable lines, unknown
+# kids) and rule (collector/ingest.py, migration 0016): rejections are not evidence and are not
+# stored, but an operator watches their count (GET /metrics, collector/metrics.py).
+rejections = sa.Table(
+    "rejections",
+    metadata,
+    sa.Column("provider", sa.String, primary_key=True),
+    sa.Column("rule", sa.String, primary_key=True),
+    sa.Column("lines", sa.BigInteger, nullable=False),
+    sa.Column("last_at", sa.BigInteger, nullable=False),  # the latest batch's receipt time
+)

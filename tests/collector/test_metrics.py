@@ -4,17 +4,20 @@ An operator graphs rate() of the log's heartbeats, alerts on an agent's last hea
 old and on alerts appearing; a provider's admin token sees only its provider, the vendor token
 every provider's; every series is in the catalogue docs/collector.md lists."""
 
+import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector import db, registry
-from collector.metrics import CATALOGUE
+from collector.ingest import ingest_lines
+from collector.metrics import CATALOGUE, families
 from collector.server import create_app
 from protocol.timefmt import month_bounds, month_of
 from tests._seed import Agent, apply, catalog, enrol, opened, token
@@ -43,6 +46,12 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClie
                          z.beat(T2, {"TR7-0009": "running"})):
                 r = client.post("/v1/heartbeats", content=body, headers={"Content-Type": "text/plain"})
                 assert {x["status"] for x in r.json()["results"]} == {"accepted"}
+            # rejected: a line of dc1's whose signature is not dc1's, and one that is no JWS at all
+            line = dc1.beat(T2, {"TR7-0001": "stopped"}).split(".")
+            line[2] = base64.urlsafe_b64encode(bytes(64)).rstrip(b"=").decode()
+            r = client.post("/v1/heartbeats", content=".".join(line) + "\nnot a heartbeat",
+                            headers={"Content-Type": "text/plain"})
+            assert [x["status"] for x in r.json()["results"]] == ["rejected", "rejected"], r.text
             yield client, tokens, dc1
 
 
@@ -72,6 +81,9 @@ def test_the_vendor_scrapes_every_provider(scraped: Any) -> None:
     if month_of(int(time.time())) == MONTH:  # the month did not turn during the test
         assert _get(got, "tr7_collector_alerts", provider="beta", type="unlicensed") == 1
         assert _get(got, "tr7_collector_alerts", provider="acme", type="unlicensed") is None
+    rejected = {dict(labels)["provider"]: (dict(labels)["rule"], v) for name, labels in got
+                for v in [got[(name, labels)]] if name == "tr7_collector_rejected_lines_total"}
+    assert rejected["acme"] == ("signature", 1) and rejected[""][1] == 1
     assert {name for name, _ in got} == set(CATALOGUE)  # every series is catalogued, and shown here
 
 
@@ -79,7 +91,7 @@ def test_a_providers_admin_sees_only_its_provider_and_a_viewer_nothing(scraped: 
     client, tokens, _ = scraped
     got = _samples(client, tokens["acme"])
     providers = {dict(labels).get("provider") for _, labels in got} - {None}
-    assert providers == {"acme"}
+    assert providers == {"acme"}  # nor the rejections that name no provider (they may be anyone's)
     assert _get(got, "tr7_collector_log_heartbeats_total", provider="acme", month=MONTH) == 2
     assert client.get("/metrics", headers={"Authorization": f"Bearer {tokens['viewer']}"}).status_code == 403
     assert client.get("/metrics").status_code == 401
@@ -89,3 +101,23 @@ def test_the_catalogue_is_documented() -> None:
     doc = (ROOT / "docs" / "collector.md").read_text()
     missing = [name for name in CATALOGUE if f"`{name}`" not in doc]
     assert not missing, f"docs/collector.md does not list {missing}"
+
+
+def test_rejections_are_counted_on_both_engines_from_an_older_database(settings, tools) -> None:
+    """Migration 0016 on a database made before it; then counts add up batch after batch."""
+    tools.migrate_to(settings, "0015_prune")
+    with settings.engine.connect() as c:
+        assert not sa.inspect(c).has_table("rejections")
+    tools.migrate_to(settings, "head")
+    apply(settings, catalog("acme"))
+    a = Agent("a")
+    enrol(settings, "acme", a, M0 - 86400)
+    late = a.beat(NOW + 3600, {"TR7-0001": "running"})  # an hour ahead of the collector's clock
+    for _ in range(2):
+        got = ingest_lines(settings.engine, [late, "x.y.z"], NOW)
+        assert [r["status"] for r in got] == ["rejected", "rejected"]
+    with db.read_conn(settings.engine) as c:
+        series = {tuple(smp.labels.values()): smp.value for fam in families(c, ["acme"], NOW, anyone=True)
+                  if fam.name == "tr7_collector_rejected_lines" for smp in fam.samples}
+    assert series[("acme", "time.future")] == 2
+    assert sum(v for (p, _rule), v in series.items() if p == "") == 2
