@@ -4,11 +4,11 @@ import json
 from array import array
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from operator import itemgetter
 from typing import Any
 
 from billing import Activity, bill, load_catalog
-from billing.activity import HOUR, CapacityKey, capacity_key
+from billing.activity import HOUR, CapacityKey
+from billing.recompute import Hours, count_heartbeat
 from protocol.heartbeat import Heartbeat, parse_unverified
 from protocol.merkle import leaf_hash, root_hash
 from protocol.note import Checkpoint, NoteSigner, sign_checkpoint
@@ -45,30 +45,9 @@ def bill_lines(
 
 Cells = dict[str, tuple[dict[int, int], dict[int, int]]]  # instance -> hour -> (seen, running) counts
 Decl = dict[str, dict[CapacityKey, dict[int, int]]]  # instance -> capacity -> time -> count
-Hours = dict[int, Counter]  # hour -> Counter of (state, instance): counted in C, the hot loop
-_STATE_INSTANCE = itemgetter("state", "instance")
 
 
-def tally_heartbeat(hb: Heartbeat, hours: Hours, decl: Decl, only: Collection[str], delta: int) -> None:
-    """Count one heartbeat's observations (delta 1) or take them back (-1), as billing.Activity reads them.
-
-    Counts rather than sets, so that heartbeats the chain rules quarantine once the whole log is
-    known can be subtracted exactly (an hour stays seen while another heartbeat saw it)."""
-    t = hb.time
-    h = t - t % HOUR
-    c = hours.get(h)
-    if c is None:
-        c = hours[h] = Counter()
-    if delta > 0:
-        c.update(map(_STATE_INSTANCE, hb.observations))
-    else:
-        c.subtract(map(_STATE_INSTANCE, hb.observations))
-    if only:
-        for o in hb.observations:
-            cap = o["capacity"]
-            if cap is not None and o["instance"] in only:
-                d = decl.setdefault(o["instance"], {}).setdefault(capacity_key(cap), {})
-                d[t] = d.get(t, 0) + delta
+tally_heartbeat = count_heartbeat  # the billing's own count: one rule for the collector and the auditor
 
 
 def cells_of(hours: Hours) -> Cells:

@@ -29,7 +29,13 @@ Hours = dict[int, Counter]  # hour -> Counter of (state, instance): counted in C
 _STATE_INSTANCE = itemgetter("state", "instance")
 
 
-def _count(hb: Heartbeat, hours: Hours, decl: dict[str, Counts], only: Collection[str], delta: int) -> None:
+def count_heartbeat(hb: Heartbeat, hours: Hours, decl: dict[str, Counts], only: Collection[str],
+                    delta: int) -> None:
+    """Count one heartbeat's observations (delta 1) or take them back (-1), as billing.Activity reads
+    them (the auditor's verifier counts with it too, audit/recompute.py).
+
+    Counts rather than sets, so that heartbeats the chain rules quarantine once the whole log is
+    known can be subtracted exactly (an hour stays seen while another heartbeat saw it)."""
     t = hb.time
     h = t - t % HOUR
     c = hours.get(h)
@@ -58,7 +64,7 @@ def _worker(tokens: list[str], lo: int, hi: int, m0: int, m1: int, only: Collect
             if m0 <= hb.time < m1:
                 kid = kids.setdefault(hb.kid, hb.kid)
                 meta.append((i, kid, hb.seq, hb.prev, hb.time, hb.interval, hb.digest))
-                _count(hb, hours, decl, only, 1)
+                count_heartbeat(hb, hours, decl, only, 1)
         conn.send(("ok", meta, _by_instance(hours), decl))
     except ProtocolError as exc:
         conn.send(("protocol", exc.rule, exc.detail))
@@ -143,7 +149,7 @@ def _parallel(tokens: list[str], workers: int, m0: int, m1: int, only: Collectio
                 cell[0][h] -= 1
                 if o["state"] == "running":
                     cell[1][h] -= 1
-            _count(hb, {}, decl, only, -1)
+            count_heartbeat(hb, {}, decl, only, -1)
     seen = {inst: {h for h, n in c[0].items() if n > 0} for inst, c in cells.items()}
     active = {inst: {h for h, n in c[1].items() if n > 0} for inst, c in cells.items()}
     declared = {inst: {k: sorted(t for t, n in times.items() if n > 0) for k, times in caps.items()}
