@@ -11,7 +11,6 @@ series carries money.
 import time
 from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
@@ -41,7 +40,7 @@ CATALOGUE = {
 
 router = APIRouter()
 # generate_latest writes the classic text format, which every Prometheus reads; newer clients'
-# TEXT_FORMAT names format 1.0.0, which Prometheus before 3.0 does not know
+# CONTENT_TYPE_LATEST names format 1.0.0, which Prometheus before 3.0 does not know
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -87,7 +86,7 @@ def families(conn: Connection, providers: Iterable[str], now: int, anyone: bool 
             if r.revoked_at is None and r.kid in beats:
                 last.add_metric([p, r.kid, r.name or ""], int(beats[r.kid].time))
         counts: dict[str, int] = {}
-        for a in _alerts(conn, p, month, now):
+        for a in resultcache.alerts_of(conn, p, month, now):
             counts[a["type"]] = counts.get(a["type"], 0) + 1
         for kind, n in sorted(counts.items()):
             found.add_metric([p, kind], n)
@@ -99,13 +98,6 @@ def families(conn: Connection, providers: Iterable[str], now: int, anyone: bool 
     for r in conn.execute(q.order_by(R.provider, R.rule)):
         rejected.add_metric([r.provider, r.rule], int(r.lines))
     yield rejected
-
-
-def _alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
-    """As the read API's /alerts: the cached chain, boundary and clone pieces the pages share."""
-    return alerts.alerts(conn, provider, month, now, health=resultcache.health(conn, provider, month, now),
-                         boundary=resultcache.across_months(conn, provider, month),
-                         copies=resultcache.clones(conn, provider, month))
 
 
 class _Scrape(Collector):

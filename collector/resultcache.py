@@ -151,3 +151,11 @@ def across_months(conn: Connection, provider: str, month: str) -> list[dict[str,
         conn, ("across_months", db_id(conn), provider, month), (),
         lambda c: alerts.across_months(c, provider, month),
     )
+
+
+def alerts_of(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
+    """The month's alerts with the chain, boundary and clone pieces from this cache, as the read
+    API's /alerts and GET /metrics give them: recomputed from every leaf of the month on each
+    request, they took 2.7 s at 1.7 million heartbeats."""
+    return alerts.alerts(conn, provider, month, now, health=health(conn, provider, month, now),
+                         boundary=across_months(conn, provider, month), copies=clones(conn, provider, month))
