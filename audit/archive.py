@@ -88,8 +88,7 @@ def pack(src: Path, dest: Path, top: str | None = None, replace: bool = False) -
         if replace:
             os.replace(part, dest)
         else:
-            os.link(part, dest)  # fails if dest appeared meanwhile: never overwrites
-            part.unlink()
+            _rename_once(part, dest)
     finally:
         part.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # the name too, not only the bytes
@@ -99,6 +98,26 @@ def pack(src: Path, dest: Path, top: str | None = None, replace: bool = False) -
         finally:
             os.close(fd)
     return dest
+
+
+def _rename_once(part: Path, dest: Path) -> None:
+    """``part`` takes the name ``dest``, never over an existing file: a hard link fails if dest
+    appeared meanwhile. Storage without hard links (some SMB mounts) gets a look, then a rename."""
+    try:
+        os.link(part, dest)
+    except FileExistsError:
+        raise B.BundleError(f"{dest} exists: write the archive under a new name") from None
+    except OSError:
+        if dest.exists():
+            raise B.BundleError(f"{dest} exists: write the archive under a new name") from None
+        os.rename(part, dest)
+        return
+    part.unlink()
+
+
+def _parts(name: str) -> list[str]:
+    """A member's name as path components, without empty ones and "." (`tar -czf -C DIR .`)."""
+    return [p for p in name.split("/") if p not in ("", ".")]
 
 
 def _info(name: str, kind: bytes, mode: int, size: int, mtime: int) -> tarfile.TarInfo:
@@ -152,7 +171,7 @@ def _members(path: Path) -> Iterator[tuple[list[str], IO[bytes]]]:
             for info in tar:
                 f = tar.extractfile(info) if info.isfile() else None
                 if f is not None:
-                    yield [p for p in info.name.split("/") if p not in ("", ".")], f
+                    yield _parts(info.name), f
     except READ_ERRORS as exc:
         raise ArchiveError(f"{path}: not a readable .tar.gz ({exc})") from exc
 
@@ -203,7 +222,7 @@ def _extract(path: Path, tmp: Path) -> None:
     try:
         with tarfile.open(path, mode="r:*") as tar:
             for info in tar:
-                parts = [p for p in info.name.split("/") if p not in ("", ".")]
+                parts = _parts(info.name)
                 if info.name.startswith("/") or ".." in parts:
                     raise ArchiveError(f"{path}: member {info.name!r} would land outside the bundle")
                 if info.isdir():

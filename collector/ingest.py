@@ -347,20 +347,22 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
             results[n]["status"] = "accepted"
         else:
             results[n]["status"] = "duplicate"
-    _count_rejections(engine, results, {n: agents[p[0].kid].provider for n, p in parsed.items()
-                                        if p[0].kid in agents}, now)
+    _count_rejections(engine, results, parsed, agents, now)
     return results
 
 
-def _count_rejections(engine: Engine, results: Sequence[dict[str, Any]], providers: Mapping[int, str],
-                      now: int) -> None:
+def _count_rejections(
+    engine: Engine, results: Sequence[dict[str, Any]], parsed: Mapping[int, tuple[Any, ...]],
+    agents: Mapping[str, _Agent], now: int,
+) -> None:
     """Add the batch's rejected lines to `rejections`, by provider ('' without an enrolled key)
     and rule. After the batch's own commit, and never failing it: the lines' answers stand
     whether or not their count is kept (it is logged then)."""
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for n, r in enumerate(results):
-        if r.get("status") == "rejected":
-            counts[(providers.get(n, ""), r["reason"].split(":", 1)[0])] += 1
+        if r["status"] == "rejected":
+            agent = agents.get(parsed[n][0].kid) if n in parsed else None
+            counts[("" if agent is None else agent.provider, r["reason"].split(":", 1)[0])] += 1
     if not counts:
         return
     rows = [(p, rule, k, now) for (p, rule), k in sorted(counts.items())]  # sorted: the lock order

@@ -118,3 +118,15 @@ def test_an_archive_too_big_for_tmpdir_says_how_much_room_it_needs(pristine: Pat
     assert isinstance(e.value, BundleError) and not isinstance(e.value, archive.ArchiveError)  # exit 2
     monkeypatch.undo()
     assert verify_bundle(packed, workers=1).ok
+
+
+def test_pack_on_storage_without_hard_links(pristine: Path, tmp_path: Path, monkeypatch) -> None:
+    """Archive storage on a mount that refuses hard links (some SMB shares): a look, then a rename."""
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(archive.os, "link", no_links)
+    dest = pack(pristine, tmp_path / "x.tar.gz")
+    assert verify_bundle(dest, workers=1).ok and sorted(p.name for p in tmp_path.iterdir()) == ["x.tar.gz"]
+    with pytest.raises(BundleError, match="exists"):
+        pack(pristine, dest)
