@@ -64,6 +64,11 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="instead of --month or --before: keep the current month (UTC) and the N before "
                         "it, prune the closed months older than them (what tr7-collector-prune.timer runs)")
     p.add_argument("--out", type=Path, help="a new or empty directory for the bundle; keep it")
+    p.add_argument("--copy-with", metavar="CMD",
+                   help="after each archive is written and verified, before anything is dropped: run "
+                        "CMD (no shell; {archive}, {provider} and {month} replaced), e.g. `rclone copyto "
+                        "{archive} offsite:tr7/{provider}/{month}.tar.gz`; if it fails, nothing is dropped "
+                        "and the archive is removed (empty: no copy)")
     p.add_argument("--compress", action="store_true",
                    help="keep each bundle as one .tar.gz (OUT.tar.gz, or OUT/YYYY-MM.tar.gz), ~1/40 of "
                         "the directory; verified before it is packed, the archive read back against it")
@@ -127,9 +132,10 @@ def _prune(args: argparse.Namespace, settings: Settings) -> None:
     if not (args.out and bool(args.month) != bool(args.before) and (args.provider or args.before)):
         raise SetupError("prune needs --out and either --provider with --month, or --before or "
                          "--keep-months (every provider, or --provider's) (or --list)")
+    copy = (args.copy_with or "").strip() or None  # empty: the unit's default, no copy
     if args.month:
         _pruned(prune.prune(settings, engine, args.provider, args.month, args.out, int(time.time()),
-                            StderrProgress(quiet=False), args.compress))
+                            StderrProgress(quiet=False), args.compress, copy))
         return
     with db.read_conn(engine) as conn:
         if args.provider:
@@ -142,7 +148,7 @@ def _prune(args: argparse.Namespace, settings: Settings) -> None:
               + (f" for {args.provider}" if args.provider else " for any provider"))
     for provider, m, out in todo:  # one failure stops the rest: later ones wait for it to be seen
         _pruned(prune.prune(settings, engine, provider, m, out, int(time.time()),
-                            StderrProgress(quiet=False), args.compress))
+                            StderrProgress(quiet=False), args.compress, copy))
 
 
 def keep_cutoff(now: int, keep: int) -> str:

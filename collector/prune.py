@@ -14,7 +14,9 @@ they touch (the bill from aggregates takes them back, collector/evidence.py `_re
 """
 
 import hashlib
+import shlex
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +54,11 @@ class Pruned:
 
 
 def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Path, now: int,
-          progress: Progress | None = None, compress: bool = False) -> Pruned:
+          progress: Progress | None = None, compress: bool = False, copy_with: str | None = None) -> Pruned:
     """Archive, verify, seal, drop; or finish a prune that was cut short (``out`` is then unused).
     ``compress``: the bundle is kept as OUT.tar.gz (audit/archive.py), verified before it is packed
-    and the archive read back against it."""
+    and the archive read back against it. ``copy_with``: a command that copies the archive
+    elsewhere (_copy), run before anything is sealed or dropped."""
     with db.read_conn(engine) as conn:
         registry.require_known_provider(conn, provider)
         row = tlog.pruned(conn, provider, month)
@@ -77,6 +80,8 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
             out = dest
         else:
             size, digest, keep = _archive(settings, engine, provider, month, out, progress)
+        if copy_with:
+            _copy(copy_with, out, provider, month)
         n = len(keep)
         done = db.write_tx(engine, lambda c: _seal(c, provider, month, size, str(out), digest, n, now))
     pruned_at, size, archive, digest, kept_n = done
@@ -133,6 +138,37 @@ def _write_verified(settings: Settings, engine: Engine, provider: str, month: st
         first = "; ".join(f"{f.rule}: {f.message}" for f in report.errors[:3])
         raise PruneRefused(f"the bundle written to {path} does not verify ({first}); the evidence stays")
     return size, hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest(), keep
+
+
+COPY_TIMEOUT = 3600  # seconds a copy command may take: a month's archive to slow remote storage
+
+
+def _copy(command: str, archive: Path, provider: str, month: str) -> None:
+    """Run the operator's copy command on the archive just verified (`prune --copy-with`), split
+    like a shell line but run without a shell, {archive}, {provider} and {month} replaced in its
+    words (plain replacement: other braces, as in a jq filter, stay). Its output goes where this
+    command's does (the journal, under the timer). It failing leaves the month as it was: the
+    archive is removed (the evidence is all still in the database), so the next run writes it
+    again; a copy the tool left half-done remotely is the tool's to finish or overwrite."""
+    words = shlex.split(command)
+    argv = [w.replace("{archive}", str(archive)).replace("{provider}", provider).replace("{month}", month)
+            for w in words]
+    try:
+        rc = subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=COPY_TIMEOUT, check=False).returncode
+        why = None if rc == 0 else f"exited with status {rc}"
+    except subprocess.TimeoutExpired:
+        why = f"took more than {COPY_TIMEOUT} s"
+    except OSError as exc:
+        why = f"could not be run ({exc})"
+    if why is None:
+        return
+    if archive.is_dir():
+        shutil.rmtree(archive, ignore_errors=True)
+    else:
+        archive.unlink(missing_ok=True)
+    raise PruneRefused(f"{provider} {month}: the copy command ({words[0]}) {why}; nothing was dropped and "
+                       f"{archive} was removed (the month's heartbeats are all still in the database): "
+                       "prune again once the copy works")
 
 
 def _seal(conn: Connection, provider: str, month: str, size: int, archive: str, digest: str, n: int,

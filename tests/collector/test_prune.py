@@ -399,3 +399,28 @@ def test_staging_removes_only_what_a_dead_run_left(tmp_path) -> None:
     new = staging(tmp_path / "x.tar.gz")
     assert new.is_dir() and new.name.startswith(f".x.tar.gz.{os.getpid()}.")
     assert live.is_dir() and other.is_dir() and not gone.exists()
+
+
+def test_copy_with_runs_before_anything_is_dropped_and_a_failure_drops_nothing(settings, tools, tmp_path):
+    """--copy-with: the archive goes off the host before the month's evidence leaves the database.
+    A copy that fails leaves the month as it was (archive removed, nothing sealed nor dropped), so
+    the next run, with the copy working, prunes it."""
+    _month_with_a_fork(settings, tools)
+    with db.read_conn(settings.engine) as c:
+        every = set(range(tlog.log_size(c, "acme", SEP)))
+    failing = f"{sys.executable} -c 'import sys; sys.exit(3)' {{archive}}"
+    bad = _cli(settings, "prune", "--provider", "acme", "--month", SEP, "--out", str(tmp_path / "sep"),
+               "--compress", "--copy-with", failing)
+    assert bad.returncode == 1 and "exited with status 3; nothing was dropped" in bad.stderr, bad.stderr
+    assert not (tmp_path / "sep.tar.gz").exists() and _jws_left(settings) == every
+    assert json.loads(_cli(settings, "prune", "--list").stdout) == []
+
+    offsite = tmp_path / "offsite"
+    offsite.mkdir()
+    copying = f"cp {{archive}} '{offsite}/{{provider}} {{month}}.tar.gz'"  # a quoted word with a space
+    ok = _cli(settings, "prune", "--provider", "acme", "--month", SEP, "--out", str(tmp_path / "sep"),
+              "--compress", "--copy-with", copying)
+    assert ok.returncode == 0, ok.stderr
+    copied = offsite / f"acme {SEP}.tar.gz"
+    assert copied.read_bytes() == (tmp_path / "sep.tar.gz").read_bytes()
+    assert verify_bundle(copied, workers=1).ok and len(_jws_left(settings)) < len(every)

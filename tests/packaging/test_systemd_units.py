@@ -79,7 +79,8 @@ def test_prune_unit_runs_a_valid_prune_of_every_provider(tmp_path: Path) -> None
     command line (the data directory and archive moved to tmp_path) and it prunes, not errs."""
     text = (UNITS / "tr7-collector-prune.service").read_text()
     env = dict(kv.split("=", 1) for kv in shlex.split(_setting(text, "Environment")))
-    assert env == {"TR7_PRUNE_KEEP_MONTHS": "24", "TR7_PRUNE_ARCHIVE": "/var/lib/tr7-collector-archive"}
+    assert env == {"TR7_PRUNE_KEEP_MONTHS": "24", "TR7_PRUNE_ARCHIVE": "/var/lib/tr7-collector-archive",
+                   "TR7_PRUNE_COPY": ""}
     env["TR7_PRUNE_ARCHIVE"] = str(tmp_path / "archive")
     argv = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], _setting(text, "ExecStart")))
     assert argv[0] == "/usr/bin/tr7-collector" and "--provider" not in argv
