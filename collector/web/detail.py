@@ -271,4 +271,8 @@ def agents_page(provider: str, request: Request, sess: SessionDep, month: str | 
             (now // 60,),
             lambda cc: agent_rows(cc, provider, month, now),
         )
-    return page(request, "agents.html", sess, provider=provider, month=month, agents=rows)
+        R = s.rejections.c  # every month's: a count kept since migration 0016 (collector/ingest.py)
+        q = sa.select(s.rejections).where(R.provider == provider).order_by(R.rule)
+        rejected = [{"rule": r.rule, "lines": int(r.lines), "last_at": format_time(int(r.last_at))}
+                    for r in c.execute(q)]
+    return page(request, "agents.html", sess, provider=provider, month=month, agents=rows, rejected=rejected)

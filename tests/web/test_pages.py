@@ -144,7 +144,7 @@ def test_tenancy(client: TestClient, world: Any) -> None:
     assert client.get("/ui/p/beta/customers/z1").status_code == 200
 
 
-def test_heatmap_classes_and_evidence(client: TestClient, world: Any) -> None:
+def test_heatmap_classes_and_evidence(client: TestClient, world: Any, tools: Any) -> None:
     login(client, "ann")
     html = client.get("/ui/p/acme/customers/c1?month=2026-10").text
 
@@ -160,7 +160,16 @@ def test_heatmap_classes_and_evidence(client: TestClient, world: Any) -> None:
     ev = client.get("/ui/p/acme/instances/TR7-0001/evidence?hour=2026-10-02T03:00:00Z").text
     assert ev.count('<pre class="jws">') == 1 and "stopped" in ev
     agents = client.get("/ui/p/acme/agents?month=2026-10").text
-    assert "a1 (kvm)" in agents and "gaps 0" in agents
+    assert "a1 (kvm)" in agents and "gaps 0" in agents and 'id="rejected"' not in agents
+    # a line of an enrolled key whose signature is not that key's: counted under its provider
+    other = tools.Agent("b2")
+    tools.enrol(world, "acme", other, parse_time("2026-09-01T00:00:00Z"))
+    forged = other.beat(parse_time("2026-10-04T00:00:00Z"), {"TR7-0001": "running"}).split(".")
+    forged[2] = "A" * 86  # 64 zero bytes
+    assert ingest_lines(world.engine, [".".join(forged)])[0]["reason"].startswith("signature")
+    agents = client.get("/ui/p/acme/agents?month=2026-10").text
+    row = re.search(r'<tr data-rule="signature">(.*?)</tr>', agents).group(1)
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", row)[:2] == ["signature", "1"]
 
 
 def test_planner_break_even(client: TestClient, world: Any) -> None:
