@@ -71,12 +71,17 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
         if compress:
             dest = archive_path(out)
             stage = staging(dest)
-            bundle = stage / dest.name.removesuffix(SUFFIX)
-            size, digest, keep = _archive(settings, engine, provider, month, bundle, progress, stage)
+            bundle, refused = stage / dest.name.removesuffix(SUFFIX), False
             try:
+                try:
+                    size, digest, keep = _archive(settings, engine, provider, month, bundle, progress)
+                except PruneRefused:
+                    refused = True  # the bundle stays in the staging directory, which the message names
+                    raise
                 pack(bundle, dest)
             finally:
-                shutil.rmtree(stage, ignore_errors=True)
+                if not refused:
+                    shutil.rmtree(stage, ignore_errors=True)
             out = dest
         else:
             size, digest, keep = _archive(settings, engine, provider, month, out, progress)
@@ -99,24 +104,10 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
 
 
 def _archive(settings: Settings, engine: Engine, provider: str, month: str, out: Path,
-             progress: Progress | None, stage: Path | None = None) -> tuple[int, str, frozenset[int]]:
+             progress: Progress | None) -> tuple[int, str, frozenset[int]]:
     """Write the month's bundle to ``out`` and verify it; (its lines, its manifest's SHA-256, the
     leaves to keep). All read in one snapshot: if the log still has as many leaves when it is
-    sealed, it has these (it only grows), so the seal need not look again under its lock.
-    ``stage``: the staging directory ``out`` is in: kept when the bundle is refused (the message
-    names it, to be looked into), removed on any other error."""
-    try:
-        return _write_verified(settings, engine, provider, month, out, progress)
-    except PruneRefused:
-        raise
-    except BaseException:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-        raise
-
-
-def _write_verified(settings: Settings, engine: Engine, provider: str, month: str, out: Path,
-                    progress: Progress | None) -> tuple[int, str, frozenset[int]]:
+    sealed, it has these (it only grows), so the seal need not look again under its lock."""
     from audit.verify import verify_bundle
     from collector.export import export
 
