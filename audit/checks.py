@@ -30,11 +30,21 @@ class Finding:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
-        return f"{where}: {self.rule}: {self.message}"
+        # Messages quote the bundle's own text (agent names, kids, file names): a terminal control
+        # sequence there could erase or hide the failures printed before it.
+        return printable(f"{where}: {self.rule}: {self.message}")
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "line": self.line, "rule": self.rule, "message": self.message,
                 "severity": self.severity}
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """``text`` with the C0 and C1 control characters and DEL written as \\xNN."""
+    return text.translate(_CONTROLS)
 
 
 @dataclass
@@ -100,7 +110,9 @@ def load_agents(add: Add, rows: Any) -> dict[str, AgentInfo]:
             revoked = None if row["revoked_at"] is None else parse_time(row["revoked_at"], "agents.format")
             if revoked is not None and revoked <= enrolled:
                 raise ProtocolError("agents.format", "revoked_at is not after enrolled_at")
-            out[kid] = AgentInfo(row["public_key"], str(row["name"]), enrolled, revoked)
+            if not isinstance(row["name"], str):
+                raise ProtocolError("agents.format", "name must be a string")
+            out[kid] = AgentInfo(row["public_key"], row["name"], enrolled, revoked)
         except ProtocolError as exc:
             rule = exc.rule if exc.rule.startswith("agents.") else _AGENT_RULES.get(exc.rule, "agents.format")
             add(B.AGENTS, None, rule, f"{where}: {exc.detail}")
@@ -164,25 +176,40 @@ def _load_doc(add: Add, root: Path, rel: str, present: set[str], prefix: str) ->
     return doc
 
 
+def _money(value: Any) -> Decimal:
+    """billing-v1.md: "All money is decimal ... and travels as strings in JSON"."""
+    return _number(value, str)
+
+
+def _number(value: Any, kind: type) -> Decimal:
+    """``value`` as a Decimal when its JSON type is ``kind`` (str for money, int for a quantity).
+
+    Decimal() alone took a JSON array as a (sign, digits, exponent) tuple: [0,[5,4,0],-2] read as
+    5.40, and [] raised ValueError past the checks."""
+    if type(value) is not kind:
+        raise TypeError(f"{value!r} is not a JSON {'string' if kind is str else 'integer'}")
+    return Decimal(value)
+
+
 def check_invoice_arithmetic(add: Add, rel: str, invoice: Any) -> None:
     """Each amount is quantity x price rounded half up; totals sum the lines and device-day rows."""
     cent = Decimal("0.01")
     try:
         totals: dict[str, Decimal] = defaultdict(Decimal)
         for n, line in enumerate(invoice["lines"], 1):
-            want = (Decimal(line["quantity"]) * Decimal(line["price"])).quantize(cent, ROUND_HALF_UP)
-            if Decimal(line["amount"]) != want:
+            want = (_number(line["quantity"], int) * _money(line["price"])).quantize(cent, ROUND_HALF_UP)
+            if _money(line["amount"]) != want:
                 add(rel, None, "invoice.arithmetic",
                     f"lines[{n - 1}] ({line['license']}): amount {line['amount']} is not "
                     f"{line['quantity']} x {line['price']} = {want}")
-            totals[line["customer"]] += Decimal(line["amount"])
+            totals[line["customer"]] += _money(line["amount"])
         for row in invoice["device_days"]:
-            totals[row["customer"]] += Decimal(row["amount"])
+            totals[row["customer"]] += _money(row["amount"])
         for cust, total in sorted(totals.items()):
             stored = invoice["totals"].get(cust)
-            if stored is None or Decimal(stored) != total:
+            if stored is None or _money(stored) != total:
                 add(rel, None, "invoice.arithmetic", f"totals[{cust}] is {stored}, its rows sum to {total}")
-        if Decimal(invoice["total"]) != sum(totals.values(), Decimal(0)):
+        if _money(invoice["total"]) != sum(totals.values(), Decimal(0)):
             add(rel, None, "invoice.arithmetic", f"total {invoice['total']} is not the sum of the rows")
     except (KeyError, TypeError, AttributeError, DecimalException) as exc:
         # DecimalException, not only InvalidOperation: an amount of "1E+1000000" parses, then

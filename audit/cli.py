@@ -87,6 +87,17 @@ def _handover(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _vkey(text: str) -> str:
+    """--collector-key: a note verifier key, checked before any bundle or statement is read (a
+    mistyped key is the command line's error, exit 2, not a failure of the bundle)."""
+    from protocol.note import NoteError, NoteVerifier
+
+    try:
+        return NoteVerifier.from_vkey(text.strip()).vkey()
+    except NoteError as exc:
+        raise argparse.ArgumentTypeError(f"not a note verifier key: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tr7-audit", description=__doc__, epilog=_EXIT_HELP)
     parser.add_argument("--version", action="version", version=f"tr7-audit {_version()}")
@@ -96,13 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("dir", help="the bundle directory, or its .tar.gz (the web's download, export --compress)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--quiet", action="store_true", help="print failures only, no progress or findings")
-    v.add_argument("--collector-key", metavar="VKEY",
+    v.add_argument("--collector-key", metavar="VKEY", type=_vkey,
                    help="the collector's note verifier key as published; collector.pub must equal it")
     v.add_argument("--workers", type=int, default=None, help="processes for signatures (default: auto)")
     v.set_defaults(func=_verify)
     h = sub.add_parser("handover", help="check the collector's key rotation statements from a key you "
                        "trust; print the key they hand over to (for --collector-key)", epilog=_EXIT_HELP)
-    h.add_argument("--collector-key", metavar="VKEY", required=True,
+    h.add_argument("--collector-key", metavar="VKEY", required=True, type=_vkey,
                    help="the collector's verifier key you trust (the one the first statement retires)")
     h.add_argument("statements", nargs="+", metavar="STATEMENT",
                    help="files, each the statement `tr7-collector key rotate` printed, oldest first")

@@ -12,7 +12,7 @@ from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, check_key_window, verify_heartbeat
 from protocol.keys import load_public_key_b64
 from protocol.merkle import leaf_hash
-from protocol.timefmt import month_bounds
+from protocol.timefmt import month_bounds, previous_month
 
 Add = Callable[..., None]
 CHUNK = 2_000
@@ -84,10 +84,9 @@ def _verify_chunk(job: tuple[int, int, int, int]) -> Result:
                 check_key_window(hb, a.enrolled_at, a.revoked_at)
             except ProtocolError as exc:
                 problems.append((exc.rule, f"{exc.detail} (key {a.name})"))
-            if anchors and hb.time >= m0:
-                problems.append(("anchor.month", "an anchor must be from before the month"))
-            elif not anchors and not m0 <= hb.time < m1:
-                problems.append(("leaf.month", "time is outside the bundle's month"))
+            if not m0 <= hb.time < m1:  # anchors: the window is the month before (verify_lines)
+                problems.append(("anchor.month", "an anchor must be from the month before the bundle's")
+                                if anchors else ("leaf.month", "time is outside the bundle's month"))
             if only is not None and not problems:
                 # Billing's input is counted here, in the worker: the parent never holds observations.
                 tally_heartbeat(hb, hours, decl, only, 1)
@@ -173,7 +172,10 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
             progress(rel, done, n)
 
     count = workers(n) if callable(workers) else workers
-    setup = (str(path), agents, (m0, m1, anchors), only)
+    # §6: an anchor is a key's last accepted heartbeat "of the month before"; an older one would
+    # decide a boundary break that the month before's own evidence does not show.
+    window = (month_bounds(previous_month(month))[0], m0) if anchors and month else (m0, m1)
+    setup = (str(path), agents, (*window, anchors), only)
     if count <= 1 or len(jobs) <= 1:
         _init(*setup)
         try:

@@ -7,6 +7,7 @@ from typing import Any
 
 from audit import bundle as B
 from audit.archive import opened
+from audit.checks import printable
 from billing import adjustment_lines
 from protocol.note import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
 
@@ -82,7 +83,9 @@ def _chains(usage: dict[str, Any], agents: Any) -> list[str]:
 def summary(path: Path | str) -> str:
     """The summary text of the stored documents (run verify to check them)."""
     with opened(Path(path)) as root:
-        return _summary(root, Path(path))
+        text = _summary(root, Path(path))
+    # The documents' own strings (customer and agent names) reach a terminal: no control characters.
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def _summary(root: Path, shown: Path) -> str:

@@ -58,17 +58,30 @@ class _Ctx:
         return self.cache[rel]
 
 
-def _load_json(ctx: _Ctx, rel: str) -> Any:
+_JSON_TYPES = {type(None): "null", bool: "a boolean", str: "a string", list: "an array", dict: "an object"}
+
+
+def _load_json(ctx: _Ctx, rel: str, kind: type, rule: str) -> Any:
+    """The file's JSON when it is a ``kind`` (dict or list); otherwise None, always reported.
+
+    None is what callers take as "nothing to check, already reported": a file holding the JSON
+    null, or any other type, must not read as None unreported (a catalog of null once left the
+    invoice unchecked)."""
     data = ctx.read(rel)
     if data is None:
         return None
     try:
         # Strict (duplicate member names refused): with the last of two names winning, a bundle
         # could say one thing to this verifier and another to a parser that keeps the first.
-        return loads_strict(data, "json.format")
+        value = loads_strict(data, "json.format")
     except ProtocolError as exc:
         ctx.add(rel, None, "json.format", f"not valid UTF-8 JSON: {exc.detail}")
         return None
+    if not isinstance(value, kind):
+        ctx.add(rel, None, rule, f"must be a JSON {'object' if kind is dict else 'array'}, "
+                f"not {_JSON_TYPES.get(type(value), 'a number')}")
+        return None
+    return value
 
 
 def _checkpoint(ctx: _Ctx, rel: str, verifier: NoteVerifier | None, rule: str) -> Checkpoint | None:
@@ -240,7 +253,7 @@ def _verify(ctx: _Ctx, collector_key: str | None) -> None:
         return
     ctx.provider, ctx.month, ctx.present = manifest.provider, manifest.month, manifest.present
     ctx.report.provider, ctx.report.month = ctx.provider, ctx.month
-    agents = checks.load_agents(ctx.add, _load_json(ctx, B.AGENTS))
+    agents = checks.load_agents(ctx.add, _load_json(ctx, B.AGENTS, list, "agents.format"))
     verifier = _collector(ctx, collector_key)
     cp = _checkpoint(ctx, B.CHECKPOINT, verifier, "checkpoint")
     split = _closed_size(ctx, verifier)
@@ -262,7 +275,7 @@ def _verify(ctx: _Ctx, collector_key: str | None) -> None:
     start = month_bounds(ctx.month)[0] if ctx.month else None
     ctx.report.chains = checks.check_chains(ctx.add, lines.good, analysis, agents,
                                             {hb.kid for hb in anchors}, start)
-    catalog = _load_json(ctx, B.CATALOG)
+    catalog = _load_json(ctx, B.CATALOG, dict, "catalog.invalid")
     cat_provider = catalog.get("provider") if isinstance(catalog, dict) else None
     if isinstance(cat_provider, dict) and cat_provider.get("id") != ctx.provider:
         ctx.add(B.CATALOG, None, "catalog.provider",
