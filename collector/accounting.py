@@ -49,8 +49,11 @@ def closed(conn: Connection, provider: str, month: str) -> Closed | None:
     )
 
 
-def catalog_for(conn: Connection, provider: str, month: str) -> tuple[int, dict[str, Any]]:
-    """A closed month keeps the catalog it was closed with (late data adjusts usage, not prices)."""
+def catalog_for(
+    conn: Connection, provider: str, month: str, now: int | None = None
+) -> tuple[int, dict[str, Any]]:
+    """A closed month keeps the catalog it was closed with (late data adjusts usage, not prices);
+    an open one is the latest catalog with the downgraded periods as of ``now`` (default: the clock)."""
     row = conn.execute(
         sa.select(s.closes.c.catalog_id, s.closes.c.catalog_doc, s.closes.c.amended_doc,
                   s.closes.c.amended_at).where(s.closes.c.provider == provider, s.closes.c.month == month)
@@ -65,12 +68,12 @@ def catalog_for(conn: Connection, provider: str, month: str) -> tuple[int, dict[
             # changes neither the frozen documents nor what the bundle's catalog.json reproduces.
             return int(row.catalog_id), json.loads(row.catalog_doc)
         # Closed before migration 0009: its account periods as recorded now.
-        return int(row.catalog_id), overlay(conn, provider, registry.catalog_by_id(conn, row.catalog_id))
+        return int(row.catalog_id), overlay(conn, provider, registry.catalog_by_id(conn, row.catalog_id), now)
     latest = registry.latest_catalog(conn, provider)
     if latest is None:
         raise AccountingError(f"no catalog applied for provider {provider!r} (tr7-collector apply FILE)")
     # Downgraded periods recorded by collector.accounts join the customers' lists (billing-v1.md §8).
-    return latest[0], overlay(conn, provider, latest[1])
+    return latest[0], overlay(conn, provider, latest[1], now)
 
 
 def customer_names(*docs: dict[str, Any]) -> dict[str, str]:
@@ -82,17 +85,20 @@ def customer_names(*docs: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def own_result(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def own_result(
+    conn: Connection, provider: str, month: str, now: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The month's own usage and invoice over all its current leaves, from the aggregates."""
     from billing import compute, load_catalog
 
     parse_month(month)
-    cid, doc = catalog_for(conn, provider, month)
+    now = int(time.time()) if now is None else now  # one instant for the catalog and the cache key
+    cid, doc = catalog_for(conn, provider, month, now)
     # The result only changes when either log (this month's, or the month before's for anchors)
     # grows, the catalog changes or an account's downgraded periods do (catalog_for overlays them
     # on the same catalog id): the read API's alerts and invoices reuse it until then.
     logs = _logs_key(conn, provider, month)
-    key = (*logs, cid, tuple(sorted((c, tuple(p)) for c, p in periods(conn, provider).items())))
+    key = (*logs, cid, tuple(sorted((c, tuple(p)) for c, p in periods(conn, provider, now).items())))
     with _cache_lock:
         hit = _cache.get(key)
     if hit is not None:
@@ -277,7 +283,8 @@ def close(
         raise AccountingError(f"{month} has not ended yet (use --force to close it anyway)")
     if closed(conn, provider, month) is not None:
         raise AccountingError(f"{month} is already closed for {provider}")
-    cid, doc = catalog_for(conn, provider, month)
+    # The downgrades as of the close, those no tick recorded yet included (accounts.store.periods).
+    cid, doc = catalog_for(conn, provider, month, now)
     # Lock the logs' counter rows, the month before's first (ingest's lock order): no heartbeat of
     # the month, nor of the month before (its anchors), is appended while we read them.
     # lock_log, not a plain SELECT ... FOR UPDATE: with no row yet for the month before, that
@@ -285,7 +292,7 @@ def close(
     # with but recorded as size 0 (a closed bundle that never verifies). The row is made empty.
     anchor_size = tlog.lock_log(conn, provider, previous_month(month))
     size = tlog.lock_log(conn, provider, month)
-    usage, own = own_result(conn, provider, month)
+    usage, own = own_result(conn, provider, month, now)
     adjs = adjustments_for(conn, provider, month)
     billed = _plain(with_adjustments(own, [a for _m, _c, a in adjs])) if adjs else own
     note = tlog.checkpoint(conn, settings, provider, month, size)

@@ -272,6 +272,15 @@ _ERRORS = {
 }
 
 
+def errors(why: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route's error statuses, each a {"detail": text} body (for OpenAPI)."""
+    return {code: {"model": ErrorBody, "description": text} for code, text in sorted(why.items())}
+
+
+# Every API route answers these (collector/readapi.py resolve_scope and roles).
+AUTH_ERRORS = {401: _ERRORS[401], 403: "the token's role or provider may not use this route"}
+
+
 def documented(path: str) -> dict[int | str, dict[str, Any]]:
     """The `responses` argument of a route: its 200 body's model and its errors, for OpenAPI only."""
     out: dict[int | str, dict[str, Any]] = {200: {"model": RESPONSES["/v1" + path]}}

@@ -340,7 +340,7 @@ def _bill(args: argparse.Namespace, engine) -> int:  # type: ignore[no-untyped-d
         docs = [accounting.catalog_for(c, args.provider, args.month)[1], latest[1] if latest else {}]
     names = accounting.customer_names(*docs)
     if args.format == "json":
-        data = (json.dumps(inv, indent=2, sort_keys=True) + "\n").encode()
+        data = (json.dumps(inv, indent=2) + "\n").encode()
     else:
         from collector import render
 

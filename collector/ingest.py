@@ -9,6 +9,7 @@ with another process rolls the whole batch back and redoes it, when the line is 
 import base64
 import json
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -362,7 +363,7 @@ def _count_rejections(
     for n, r in enumerate(results):
         if r["status"] == "rejected":
             agent = agents.get(parsed[n][0].kid) if n in parsed else None
-            counts[("" if agent is None else agent.provider, r["reason"].split(":", 1)[0])] += 1
+            counts[("" if agent is None else agent.provider, rule_of(r["reason"]))] += 1
     if not counts:
         return
     rows = [(p, rule, k, now) for (p, rule), k in sorted(counts.items())]  # sorted: the lock order
@@ -372,10 +373,25 @@ def _count_rejections(
         log.exception("event=rejections_not_counted rows=%r", rows)
 
 
+_INDEX = re.compile(r"\[\d+\]")
+MAX_REASON = 400  # characters of a rejection's reason; a detail may quote the line's own values
+
+
+def rule_of(reason: str) -> str:
+    """The rule a reason starts with, its array indexes dropped (`payload.observations[7].state` ->
+    `payload.observations[].state`): a fixed set to count by, where one forged line with a new
+    index each time made a new `rejections` row and a new /metrics series."""
+    return _INDEX.sub("[]", reason.split(":", 1)[0])
+
+
 def _rejected(line: str, exc: ProtocolError) -> dict[str, Any]:
     """A rejection names the rule; it carries the line's `seq` when one can be read at all, since
-    agents match answers to lines by seq (the member is left out rather than null)."""
-    out: dict[str, Any] = {"status": "rejected", "reason": str(exc)}
+    agents match answers to lines by seq (the member is left out rather than null). The reason is
+    cut at MAX_REASON characters: a 4 MiB bad `time` was echoed whole, into the answer and the log."""
+    reason = str(exc)
+    if len(reason) > MAX_REASON:
+        reason = reason[: MAX_REASON - 3] + "..."
+    out: dict[str, Any] = {"status": "rejected", "reason": reason}
     try:
         part = line.split(".")[1]
         seq = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))).get("seq")

@@ -296,16 +296,18 @@ def enroll(conn: Connection, token: str, name: str, public_key: str, now: int) -
     """Redeem a one-time token; the same key with the same token again gets the same answer."""
     if not token.isascii() or "\x00" in token:  # no token is (a lone surrogate cannot even be hashed)
         raise PermissionError("unknown enrolment token")
-    try:
-        kid = kid_of(raw_public(load_public_key_b64(public_key)))
-    except ProtocolError as exc:
-        raise RegistryError(str(exc)) from exc
     q = sa.select(s.enroll_tokens).where(s.enroll_tokens.c.digest == digest(token))
     if not is_sqlite_conn(conn):
         q = q.with_for_update()
     row = conn.execute(q).first()
-    if row is None:
+    if row is None:  # before the key: whoever holds no token learns nothing of what else is wrong
         raise PermissionError("unknown enrolment token")
+    try:
+        kid = kid_of(raw_public(load_public_key_b64(public_key)))
+    except ProtocolError as exc:
+        if row.used_at is not None:
+            raise PermissionError("enrolment token already used") from None
+        raise RegistryError(str(exc)) from exc
     if row.used_at is not None:
         if row.kid == kid:
             agent = conn.execute(sa.select(s.agents).where(s.agents.c.kid == kid)).first()

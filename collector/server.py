@@ -128,9 +128,31 @@ def _log_ingest(request: Request, results: list[dict[str, Any]]) -> None:
     log.info("event=ingest peer=%s lines=%d accepted=%d duplicate=%d rejected=%d", peer, len(results),
              counts["accepted"], counts["duplicate"], counts["rejected"])
     if counts["rejected"]:
-        reasons = Counter(r["reason"] for r in results if r["status"] == "rejected")
+        reasons = Counter(r["reason"][:200] for r in results if r["status"] == "rejected")
         log.warning("event=ingest_rejected peer=%s rejected=%d reasons=%r", peer, counts["rejected"],
                     dict(reasons.most_common(5)))
+
+
+# §4 names us-ascii; utf-8 is its superset and what a generic client says of text. The body is
+# checked to be US-ASCII either way: a charset only tells what the client believes it sent.
+_CHARSETS = frozenset({"us-ascii", "ascii", "utf-8"})
+
+
+def _check_content_type(header: str | None) -> None:
+    """text/plain, with no charset or an ASCII-compatible one; no header at all is taken as
+    text/plain (curl --data-binary and older agents send none), as docs/collector.md says."""
+    if header is None:
+        return
+    kind, *params = (part.strip().lower() for part in header.split(";"))
+    if kind != "text/plain":
+        raise HTTPException(415, "Content-Type must be text/plain; charset=us-ascii")
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip() == "charset" and value.strip().strip('"') not in _CHARSETS:
+            raise HTTPException(415, f"charset {value.strip()!r}: the body is US-ASCII (heartbeat-v1.md §4)")
+
+
+_LOG_ERRORS = {**apimodels.AUTH_ERRORS, 400: "the month is not YYYY-MM", 404: "no such provider"}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -145,16 +167,23 @@ def create_app(settings: Settings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    # HEAD too: load balancers' health checks often send it (405 marked every host down)
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+
     @app.post(
         "/v1/heartbeats",
         response_model=IngestResponse,
         response_model_exclude_none=True,
         openapi_extra=_JWS_BODY,
+        responses=apimodels.errors({
+            400: "an empty body, a body that is not US-ASCII, or a damaged gzip stream",
+            413: f"more than {MAX_LINES} lines, or a body over {MAX_BYTES} bytes sent or inflated",
+            415: "a Content-Type other than text/plain (charset us-ascii or utf-8), or a Content-Encoding "
+                 "other than gzip",
+        }),
     )
     async def heartbeats(request: Request) -> JSONResponse:
-        ctype = request.headers.get("content-type", "text/plain").split(";")[0].strip().lower()
-        if ctype != "text/plain":
-            raise HTTPException(415, "Content-Type must be text/plain")
+        _check_content_type(request.headers.get("content-type"))
         lines = await _read_lines(request)
         if not lines:
             raise HTTPException(400, "no heartbeat in the body")
@@ -166,7 +195,11 @@ def create_app(settings: Settings) -> FastAPI:
         # validating then encoding 5,000 models costs more than the HTTP layer itself.
         return JSONResponse({"results": results})
 
-    @app.post("/v1/agents/enroll", response_model=EnrollResponse)
+    @app.post("/v1/agents/enroll", response_model=EnrollResponse, responses=apimodels.errors({
+        400: "the public key or the agent's name is refused (the token is not used up)",
+        403: "the token is unknown, expired, or was used for another key",
+        413: f"a body over {MAX_OTHER_BODY} bytes",
+    }))
     def enroll(req: EnrollRequest) -> Any:
         try:
             return db.write_tx(
@@ -177,19 +210,24 @@ def create_app(settings: Settings) -> FastAPI:
         except registry.RegistryError as exc:
             raise HTTPException(400, str(exc)) from exc
 
-    @app.get("/v1/log/key", response_model=apimodels.CollectorKey)
+    @app.get("/v1/log/key", response_model=apimodels.CollectorKey,
+             responses=apimodels.errors(apimodels.AUTH_ERRORS))
     def log_key(scope: readapi.ScopeDep) -> dict[str, Any]:
         """The key that signs checkpoints now, and the retired ones with their hand-over statements:
         check those from the key you pinned (`tr7-audit handover`) rather than trust this answer."""
         with db.read_conn(engine) as c:
             return {"key": keyrotation.current_key(c), "retired": keyrotation.history(c)}
 
-    @app.get("/v1/log/{provider}/{month}/checkpoint", response_class=PlainTextResponse)
+    @app.get("/v1/log/{provider}/{month}/checkpoint", response_class=PlainTextResponse,
+             responses=apimodels.errors({**_LOG_ERRORS, 503: "this host does not yet hold the collector's "
+                                         "rotated checkpoint key (`key rotate` ran on another host)"}))
     def checkpoint(provider: str, month: str, scope: readapi.ScopeDep) -> str:
         _log_access(engine, scope, provider, month)
         return db.write_tx(engine, lambda c: tlog.checkpoint(c, settings, provider, month))
 
-    @app.get("/v1/log/{provider}/{month}/inclusion")
+    @app.get("/v1/log/{provider}/{month}/inclusion",
+             responses=apimodels.errors({**_LOG_ERRORS, 400: _LOG_ERRORS[400] + ", or the index is not "
+                                         "below the size, or the size is beyond the log"}))
     def inclusion(
         provider: str, month: str, scope: readapi.ScopeDep, index: int = Query(ge=0), size: int = Query(ge=1)
     ) -> dict[str, Any]:
@@ -204,7 +242,9 @@ def create_app(settings: Settings) -> FastAPI:
             except MerkleError as exc:
                 raise HTTPException(400, str(exc)) from exc
 
-    @app.get("/v1/log/{provider}/{month}/consistency")
+    @app.get("/v1/log/{provider}/{month}/consistency",
+             responses=apimodels.errors({**_LOG_ERRORS, 400: _LOG_ERRORS[400] + ", or from exceeds to, "
+                                         "or to is beyond the log"}))
     def consistency(
         provider: str,
         month: str,

@@ -1,13 +1,14 @@
 """Seeding shared by the collector and web tests: a signing agent, a catalog, enrolment, API tokens."""
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import compile_path
 
@@ -47,12 +48,34 @@ def _check_documented(response: httpx.Response) -> None:
             return
 
 
+def _declared_statuses(app: Any) -> Callable[[httpx.Response], None]:
+    """A response hook: every status an API route answers must be one /openapi.json declares
+    for that route and method (a client generated from it would not expect any other)."""
+    paths = app.openapi()["paths"]
+    routes = [(r.path_regex, m, r.path_format) for r in app.routes
+              if isinstance(r, APIRoute) and r.include_in_schema for m in r.methods]
+
+    def hook(response: httpx.Response) -> None:
+        request = response.request
+        for regex, method, template in routes:
+            if method == request.method and regex.match(request.url.path):
+                declared = paths[template][method.lower()]["responses"]
+                assert str(response.status_code) in declared, (
+                    f"{method} {template} answered {response.status_code}, which /openapi.json does not "
+                    f"declare (declared: {sorted(declared)}); add it to the route's responses")
+                return
+
+    return hook
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """The app in-process on the `settings` fixture of the conftest that imports this one; every
-    answer of a read route is checked against its published schema."""
-    with TestClient(create_app(settings)) as c:
-        c.event_hooks["response"].append(_check_documented)
+    answer of a read route is checked against its published schema, and every status of every
+    API route against the statuses published for it."""
+    app = create_app(settings)
+    with TestClient(app) as c:
+        c.event_hooks["response"].extend([_check_documented, _declared_statuses(app)])
         yield c
 
 

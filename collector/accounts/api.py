@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import BaseModel, field_validator
 
 from billing import load_catalog
-from collector import db, periodic, registry
+from collector import apimodels, db, periodic, registry
 from collector import schema as s
 from collector.accounts import address, entitlement, mail, store
 from collector.accounts import machine as m
@@ -83,7 +83,16 @@ def record(engine: Any, provider: str, customer: str, kind: str, email: str | No
         raise HTTPException(409, str(exc)) from exc
 
 
-@router.post("/providers/{provider}/customers/{customer:path}/payment-failed")
+_ACCOUNT_ERRORS = {**apimodels.AUTH_ERRORS, 404: "no such customer in the provider's catalog or accounts"}
+_RECORD_ERRORS = apimodels.errors({
+    **_ACCOUNT_ERRORS, 403: "only the provider's admin token records payments",
+    409: "dated before the account's last change: nothing was recorded",
+    413: "a body over 1 MiB",
+    422: "a malformed body or e-mail address: nothing was recorded",
+})
+
+
+@router.post("/providers/{provider}/customers/{customer:path}/payment-failed", responses=_RECORD_ERRORS)
 def payment_failed(
     provider: str, customer: str, request: Request, scope: ScopeDep, body: FailureRequest | None = None
 ) -> dict[str, Any]:
@@ -94,7 +103,7 @@ def payment_failed(
     return {"provider": provider, "customer": customer, **account_json(acc, email, now)}
 
 
-@router.post("/providers/{provider}/customers/{customer:path}/paid")
+@router.post("/providers/{provider}/customers/{customer:path}/paid", responses=_RECORD_ERRORS)
 def paid(provider: str, customer: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
     require_admin(scope, provider)
     now = int(time.time())
@@ -102,7 +111,8 @@ def paid(provider: str, customer: str, request: Request, scope: ScopeDep) -> dic
     return {"provider": provider, "customer": customer, **account_json(acc, None, now)}
 
 
-@router.get("/providers/{provider}/customers/{customer:path}/account")
+@router.get("/providers/{provider}/customers/{customer:path}/account",
+            responses=apimodels.errors(_ACCOUNT_ERRORS))
 def account(provider: str, customer: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
     scope.require_provider(provider)
     now = int(time.time())
@@ -129,7 +139,7 @@ def _catalog(c: Any, provider: str) -> Any:
     return _loaded[key]
 
 
-@router.get("/entitlements/{instance}")
+@router.get("/entitlements/{instance}", responses=apimodels.errors(apimodels.AUTH_ERRORS))
 def entitlements(instance: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
     """Any API token: a provider's token answers from its own catalog only, so an instance of
     another provider reads as `no_license` and nothing leaks across tenants."""

@@ -2,6 +2,7 @@
 
 import copy
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -206,7 +207,13 @@ def events(conn: Connection, provider: str, customer: str, limit: int = 50) -> l
     return [{"at": format_time(r.at), "kind": r.kind, "number": r.number, "detail": r.detail} for r in rows]
 
 
-def periods(conn: Connection, provider: str) -> dict[str, list[tuple[int, int | None]]]:
+def periods(
+    conn: Connection, provider: str, now: int | None = None
+) -> dict[str, list[tuple[int, int | None]]]:
+    """Each customer's downgraded periods as of ``now`` (default: the clock): those a tick
+    recorded, and for an account still overdue past its grace period, the one the next tick will
+    record, from failure + 15 days (machine.effective). Without it a month closed before that tick
+    billed the hours billing-v1.md §8 says are not billed, and froze them."""
     p = account_periods.c
     out: dict[str, list[tuple[int, int | None]]] = defaultdict(list)
     for r in conn.execute(sa.select(account_periods).where(p.provider == provider).order_by(p.start)):
@@ -215,16 +222,23 @@ def periods(conn: Connection, provider: str) -> dict[str, list[tuple[int, int | 
             # kept as it was, it made every bill of the provider fail on the catalog's periods
             continue
         out[r.customer].append((int(r.start), r.end))
+    now = int(time.time()) if now is None else now
+    a = accounts.c
+    for r in conn.execute(sa.select(accounts).where(a.provider == provider, a.state == m.OVERDUE)
+                          .order_by(a.customer)):
+        acc = _row_account(r)
+        if m.effective(acc, now) == m.DOWNGRADED and acc.downgrade_at is not None:
+            out[r.customer].append((acc.downgrade_at, None))  # as m.tick will date it
     return out
 
 
-def overlay(conn: Connection, provider: str, doc: dict[str, Any]) -> dict[str, Any]:
-    """The catalog with the recorded downgraded periods added to its customers' lists.
+def overlay(conn: Connection, provider: str, doc: dict[str, Any], now: int | None = None) -> dict[str, Any]:
+    """The catalog with the downgraded periods as of ``now`` (periods) added to its customers' lists.
 
     billing.load_catalog merges overlapping periods, so a period both written in the catalog and
     recorded here counts once. Customers absent from the catalog are left out (nothing to bill).
     """
-    per = periods(conn, provider)
+    per = periods(conn, provider, now)
     if not per:
         return doc
     doc = copy.deepcopy(doc)

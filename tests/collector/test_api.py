@@ -122,6 +122,7 @@ def test_checkpoint_and_proofs_verify(client, settings, tools):
             leaf_hash(beats[1].encode()), 0, 7, [base64.b64decode(h) for h in proof["hashes"]], new.root
         )
     assert client.get("/healthz").status_code == 200
+    assert client.head("/healthz").status_code == 200
     assert "/v1/heartbeats" in client.get("/openapi.json").json()["paths"]
 
 
@@ -186,9 +187,13 @@ def test_enrolment_refuses_odd_names_tokens_and_bodies_and_keeps_the_token(clien
     chunks = (b"x" * 65536 for _ in range(20))  # no Content-Length: counted as it streams
     r = client.post("/v1/agents/enroll", content=chunks, headers={"Content-Type": "application/json"})
     assert r.status_code == 413
+    # the token is judged first: an unknown one is 403 whatever the key; a good one with a bad key 400
+    assert enroll(token="tr7e_nobody", public_key="AAAA").status_code == 403
+    assert enroll(public_key="AAAA").status_code == 400
     with db.read_conn(settings.engine) as c:
         assert registry.list_agents(c) == []
     assert enroll(name="dc1 (kvm, rack 4)").status_code == 200  # the token was never spent
+    assert enroll(public_key="AAAA").status_code == 403  # spent now: a bad key learns nothing more
 
 
 def test_api_tokens_are_listed_by_id_and_revoked(client, settings) -> None:

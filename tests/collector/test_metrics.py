@@ -121,3 +121,20 @@ def test_rejections_are_counted_on_both_engines_from_an_older_database(settings,
                   if fam.name == "tr7_collector_rejected_lines" for smp in fam.samples}
     assert series[("acme", "time.future")] == 2
     assert sum(v for (p, _rule), v in series.items() if p == "") == 2
+
+
+def test_migration_0017_merges_rules_counted_by_index(settings, tools) -> None:
+    """Rows counted before ingest dropped the indexes become one row a rule: lines summed, the
+    latest time kept; other rules unchanged."""
+    tools.migrate_to(settings, "0016_rejections")
+    rows = [("acme", "payload.observations[3].state", 5, 10), ("acme", "signature", 4, 20),
+            ("acme", "payload.observations[71].state", 2, 30), ("", "payload.polls[0].adapter", 1, 5)]
+    with settings.engine.begin() as c:
+        c.execute(sa.text("INSERT INTO rejections (provider, rule, lines, last_at) VALUES (:p, :r, :n, :t)"),
+                  [{"p": p, "r": r, "n": n, "t": t} for p, r, n, t in rows])
+    tools.migrate_to(settings, "head")
+    with settings.engine.connect() as c:
+        got = sorted(tuple(r) for r in c.execute(sa.text("SELECT provider, rule, lines, last_at "
+                                                         "FROM rejections")))
+    assert got == [("", "payload.polls[].adapter", 1, 5), ("acme", "payload.observations[].state", 7, 30),
+                   ("acme", "signature", 4, 20)]
