@@ -41,3 +41,5 @@ def read_secret(value: str | None, file: str | None, what: str) -> str | None:
         raise SecretError(
             f"{what}: cannot read secret file {file} (looked for {where}): {exc.strerror}"
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise SecretError(f"{what}: secret file {found} is not UTF-8 text (byte {exc.start})") from None

@@ -171,7 +171,9 @@ def decode_clixml(data: bytes) -> str:
             continue
         out += [el.text or "" for el in root.iter() if el.tag.endswith("}S") and el.get("S") == "Error"]
     msg = re.sub(r"_x([0-9A-Fa-f]{4})_", lambda m: chr(int(m.group(1), 16)), "".join(out))
-    return msg.strip()
+    # _xHHHH_ escapes UTF-16 code units: a character beyond U+FFFF comes as two, which only
+    # make one character once joined (a lone half is replaced rather than kept: it is no text)
+    return msg.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").strip()
 
 
 def map_state(value: Any) -> str:

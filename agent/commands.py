@@ -69,11 +69,18 @@ def enroll(config: Config, token: str) -> int:
     if resp.status_code != 200:
         try:
             detail = resp.json().get("detail", resp.text)
-        except ValueError:
-            detail = resp.text
+        except (ValueError, AttributeError):  # not JSON, or JSON but no object
+            detail = resp.text[:500]
         print(f"enroll refused by the collector (HTTP {resp.status_code}): {detail}", file=sys.stderr)
         return 1
-    answer = resp.json()
+    try:
+        answer = resp.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):  # a proxy's page, or another service at that URL
+        print(f"enroll: {settings.collector} answered 200 with no enrolment (not a JSON object): "
+              f"{resp.text[:200]!r}; is this the collector's URL?", file=sys.stderr)
+        return 1
     if answer.get("kid") != key.kid:
         print(f"enroll: the collector answered kid {answer.get('kid')!r}, ours is {key.kid}", file=sys.stderr)
         return 1
@@ -110,7 +117,10 @@ def status(config: Config, as_json: bool) -> int:
     if key is not None:
         out["kid"] = key.kid
     enrollment = settings.state_dir / "enrollment.json"
-    out["enrolled"] = json.loads(enrollment.read_text()) if enrollment.exists() else None
+    try:
+        out["enrolled"] = json.loads(enrollment.read_text()) if enrollment.exists() else None
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+        out["enrolled"], out["enrollment_error"], code = None, f"{enrollment}: unreadable: {exc}", 1
     if settings.spool_path.exists():
         try:
             spool = Spool(settings.spool_path)
@@ -157,4 +167,9 @@ def export(config: Config, out: Path) -> int:
     finally:
         spool.close()
     print(f"exported {n} unshipped heartbeats to {out} (they stay in the spool until shipped)")
+    if spool.damaged:
+        print(f"export: {len(spool.damaged)} damaged rows could not be read and are not in {out} "
+              f"(seq {', '.join(map(str, spool.damaged[:20]))}{' ...' if len(spool.damaged) > 20 else ''})",
+              file=sys.stderr)
+        return 1
     return 0

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from adapters.base import AdapterConfig, AdapterError
@@ -56,6 +57,11 @@ class AgentSettings(BaseModel):
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("must be an http:// or https:// URL")
+        if v is not None:
+            try:  # as the shipper will use it: a port that is no number passed, then killed `run`
+                httpx.URL(v).port  # noqa: B018 - parsing it is the check
+            except (httpx.InvalidURL, ValueError) as exc:
+                raise ValueError(f"is not a usable URL: {exc}") from None
         return v.rstrip("/") if v else v
 
     @field_validator("metrics_listen")
@@ -63,6 +69,8 @@ class AgentSettings(BaseModel):
     def _listen(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$", v):
             raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        if v is not None and not 0 < int(v.rsplit(":", 1)[1]) < 65536:
+            raise ValueError("the port must be from 1 to 65535")
         return v
 
     @field_validator("interval")
@@ -150,6 +158,9 @@ def load_config(path: Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (TOML files are UTF-8)") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -174,6 +185,8 @@ def load_config(path: Path) -> Config:
     adapters: list[AdapterConfig] = []
     seen: set[str] = set()
     for i, table in enumerate(tables):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: adapters must be array tables [[adapters]], not a plain array")
         platform = table.get("platform")
         if not isinstance(platform, str):
             raise _fail(path, text, "adapters", i, ("platform",), "missing or not a string")

@@ -1,5 +1,6 @@
 """Poll every configured adapter concurrently, each bounded by its own timeout."""
 
+import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +43,12 @@ class PollOutcome:
         return [o for a in self.adapters for o in a.observations]
 
 
+def _text(text: str) -> str:
+    """``text`` as valid Unicode: a lone surrogate (an SDK's undecodable byte, half a UTF-16 pair)
+    becomes '?'; it cannot be written as UTF-8, and signing the heartbeat failed for every adapter."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _short(text: str) -> str:
     text = " ".join(str(text).split()) or "error"
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
@@ -63,8 +70,14 @@ def _checked(cfg: AdapterConfig, result: PollResult) -> tuple[list[dict[str, Any
                                         "error": None}], "observations": obs}
     try:
         validate_payload(probe, _PROBE_KID)
+        # §2: the payload is UTF-8. validate_payload checks types and forms, not that a string is
+        # valid Unicode: a lone surrogate (VM notes, tags) only failed when the whole heartbeat
+        # was signed, and the agent stopped (tests/agent/test_poller_text.py).
+        json.dumps(obs, ensure_ascii=False).encode("utf-8")
     except ProtocolError as exc:
         return [], f"invalid observation from adapter: {exc}"
+    except UnicodeEncodeError:
+        return [], "invalid observation from adapter: a string is not valid Unicode (a lone surrogate)"
     return obs, result.error
 
 
@@ -136,6 +149,7 @@ class Poller:
                     error = _short(f"internal error: {type(exc).__name__}: {exc}")
             seconds = self.durations.get(cfg.name, time.monotonic() - start)
             if error is not None:
+                error = _text(error)
                 log.warning("adapter=%s platform=%s event=poll_failed reason=%r", cfg.name, cfg.platform,
                             diagnostic or error)
             out.adapters.append(AdapterOutcome(cfg.name, cfg.platform, error is None, error, obs, seconds,

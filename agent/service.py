@@ -15,7 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from adapters.credentials import SecretError
-from agent import sdnotify
+from agent import sdnotify, signedkeys
 from agent.config import Config, ConfigError, load_config
 from agent.metrics import Metrics
 from agent.poller import Poller
@@ -96,7 +96,10 @@ class Service:
         try:
             self.spool = Spool(settings.spool_path)
         except SpoolError as exc:
-            raise StartupError(str(exc)) from exc
+            raise StartupError(f"{exc} (a new spool.db would restart this key's chain at seq 1, which "
+                               "the agent refuses: restore it, or move agent.key aside and enrol a new "
+                               "key)") from exc
+        self._check_chain_kept(settings.state_dir)
         self.poller = Poller(self.config.adapters)
         if settings.metrics_listen:
             self.metrics.serve(settings.metrics_listen)
@@ -107,6 +110,18 @@ class Service:
         head = self.spool.head(self.key.kid)
         log.info("event=started kid=%s seq=%d interval=%d adapters=%d collector=%s", self.key.kid, head.seq,
                  settings.interval, len(self.config.adapters), settings.collector or "none")
+
+    def _check_chain_kept(self, state_dir: Path) -> None:
+        """Refuse a key that signed before (agent/signedkeys.py) when the spool lost its chain."""
+        if self.spool.head(self.key.kid).seq > 0:
+            signedkeys.add(state_dir, self.key.kid)  # a chain from before this file existed
+        elif self.key.kid in signedkeys.listed(state_dir):
+            self.spool.close()
+            raise StartupError(
+                f"{self.config.agent.spool_path} holds no chain for key {self.key.kid}, which has signed "
+                f"heartbeats before ({state_dir / signedkeys.NAME}): a new chain would sign seq 1 again, "
+                "a fork the collector quarantines (heartbeat-v1.md §3.3). Restore spool.db, or move "
+                "agent.key aside and enrol a new key (docs/agent.md, \"Rotating the agent key\")")
 
     def _lock_state_dir(self, state_dir: Path) -> None:
         """One agent per state directory: a second one (a unit and a hand-started copy) signed
@@ -215,10 +230,20 @@ class Service:
                 if not a.ok:
                     self.metrics.poll_failures.labels(a.name).inc()
             try:
-                seq, _ = self.spool.append(self.key, when, interval, outcome.polls, outcome.observations)
+                try:
+                    seq, _ = self.spool.append(self.key, when, interval, outcome.polls, outcome.observations)
+                except (ProtocolError, UnicodeError) as exc:
+                    # Something the poller's checks let through and signing refuses: the slot is
+                    # signed with every adapter failed, rather than the agent stopping for good
+                    log.error("event=heartbeat_refused reason=%r action='signed with no observation'", exc)
+                    why = "observations refused at signing (see the agent's log)"
+                    failed = [{**p, "ok": False, "error": why} for p in outcome.polls]
+                    seq, _ = self.spool.append(self.key, when, interval, failed, [])
             except ClockBehind as exc:
                 self._clock_event(exc.when, exc.last)
                 return
+            if seq == 1:
+                signedkeys.add(self.config.agent.state_dir, self.key.kid)
             self.metrics.signed.inc()
             self.metrics.last_poll.set(when)
             self.wake.set()

@@ -16,9 +16,10 @@ from adapters.credentials import SecretError, read_secret
 from agent.config import AgentSettings
 from agent.metrics import Metrics
 from agent.spool import Row, Spool
+from protocol.heartbeat import MAX_REQUEST_LINES
 
 log = logging.getLogger("tr7.agent.shipper")
-MAX_LINES = 5000
+MAX_LINES = MAX_REQUEST_LINES  # heartbeat-v1.md §4
 MAX_RETRY_AFTER = 3600.0
 STATUSES = frozenset({"accepted", "duplicate", "rejected"})
 

@@ -6,8 +6,10 @@ with no reused and no skipped `seq`. A signature made inside a transaction that 
 left the process, so its `seq` being signed again later is not a fork.
 """
 
+import base64
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -17,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.heartbeat import ZERO_HASH, sign_heartbeat, token_digest
+from protocol.errors import ProtocolError
+from protocol.heartbeat import MAX_REQUEST_BYTES, ZERO_HASH, sign_heartbeat, token_digest
 from protocol.keys import AgentKey
 from protocol.timefmt import format_time
+
+log = logging.getLogger("tr7.agent.spool")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chain (kid TEXT PRIMARY KEY, seq INTEGER NOT NULL, digest TEXT NOT NULL,
@@ -73,6 +78,11 @@ def _unpack(packed: bytes) -> str:
     return zlib.decompress(packed).decode("ascii")
 
 
+# A row whose bytes no longer inflate to ASCII (a bad sector, a bit flipped under SQLite's page):
+# PRAGMA quick_check does not look inside values.
+_DAMAGE = (zlib.error, UnicodeDecodeError)
+
+
 def _wrap(exc: sqlite3.Error, path: Path, what: str) -> SpoolError:
     return SpoolError(f"spool {path}: {what}: {exc}")
 
@@ -82,6 +92,7 @@ class Spool:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self.damaged: list[int] = []  # seqs unshipped() could not read
         # Test seam: called with a stage name inside the signing transaction.
         self.fault: Callable[[str], None] | None = None
         try:
@@ -129,6 +140,10 @@ class Spool:
                            "time": format_time(when), "interval": interval, "polls": polls,
                            "observations": observations}
                 token = sign_heartbeat(key, payload)
+                if len(token) + 1 > MAX_REQUEST_BYTES:
+                    # no collector may take it (§4): the caller signs the slot without observations
+                    raise ProtocolError("jws.size", f"the heartbeat is {len(token)} bytes; "
+                                        f"heartbeat-v1.md §4 takes at most {MAX_REQUEST_BYTES} a request")
                 self._stage("signed")
                 self.db.execute("INSERT INTO spool (kid, seq, time, signed_at, jws_z) VALUES (?,?,?,?,?)",
                                 (key.kid, seq, when, time.time(), _pack(token)))
@@ -162,13 +177,17 @@ class Spool:
         except sqlite3.Error as exc:
             raise _wrap(exc, self.path, "cannot record an event") from exc
 
-    def batch(self, limit: int = 5000, max_bytes: int = 16 * 1024 * 1024) -> list[Row]:
+    def batch(self, limit: int = 5000, max_bytes: int = MAX_REQUEST_BYTES) -> list[Row]:
         """The oldest unshipped rows, at most ``limit`` lines and ``max_bytes`` of body (§4)."""
         rows: list[Row] = []
         size = 0
         for rid, kid, seq, packed in self.db.execute("SELECT id, kid, seq, jws_z FROM spool ORDER BY id "
                                                      "LIMIT ?", (limit,)):
-            token = _unpack(packed)
+            try:
+                token = _unpack(packed)
+            except _DAMAGE as exc:
+                self._set_aside_damaged(rid, kid, seq, packed, exc)
+                continue
             size += len(token) + 1
             if rows and size > max_bytes:
                 break
@@ -176,8 +195,34 @@ class Spool:
         return rows
 
     def unshipped(self) -> Iterable[str]:
-        for (packed,) in self.db.execute("SELECT jws_z FROM spool ORDER BY id"):
-            yield _unpack(packed)
+        """Every readable unshipped heartbeat, in order; the seqs of damaged rows go to ``damaged``."""
+        self.damaged = []
+        for seq, packed in self.db.execute("SELECT seq, jws_z FROM spool ORDER BY id"):
+            try:
+                yield _unpack(packed)
+            except _DAMAGE:
+                self.damaged.append(seq)
+
+    def _set_aside_damaged(self, rid: int, kid: str, seq: int, packed: bytes, exc: Exception) -> None:
+        """Move a row that cannot be read to `rejected` (its bytes kept, base64): shipping goes on
+        past it. It stopped the shipper, and the agent at every start, for good."""
+        reason = f"spool.damaged: the stored heartbeat cannot be read ({type(exc).__name__}: {exc})"
+        log.error("event=spool_row_damaged kid=%s seq=%d reason=%r action='set aside; the collector will "
+                  "see a gap'", kid, seq, reason)
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("INSERT OR REPLACE INTO rejected (id, kid, seq, token, reason, at) VALUES "
+                                "(?,?,?,?,?,?)", (rid, kid, seq, base64.b64encode(packed).decode("ascii"),
+                                                  reason, int(time.time())))
+                self.db.execute("DELETE FROM spool WHERE id = ?", (rid,))
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as err:
+            raise _wrap(err, self.path, "cannot set a damaged row aside") from err
 
     def settle(self, outcomes: list[tuple[Row, str, str | None]]) -> None:
         """Apply the collector's answers in one transaction: delete accepted/duplicate, set aside

@@ -59,7 +59,7 @@ def agent_health(conn: Connection, provider: str, month: str, now: int) -> list[
     out = []
     for a in conn.execute(
         sa.select(s.agents)
-        .where(A.provider == provider, A.enrolled_at < m1, sa.or_(A.revoked_at.is_(None), A.revoked_at > m0))
+        .where(A.provider == provider, A.enrolled_at < m1, sa.or_(A.revoked_at.is_(None), A.revoked_at >= m0))
         .order_by(A.kid)
     ):
         rep = analysis.reports.get(a.kid)

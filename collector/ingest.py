@@ -45,7 +45,7 @@ from protocol.timefmt import month_of
 
 log = logging.getLogger(__name__)
 MAX_FUTURE = 300  # seconds a heartbeat may be ahead of the collector's clock at receipt
-REVOKED = "time is at or after the key's revocation"  # as protocol.heartbeat.check_key_window says
+REVOKED = "time is after the key's revocation"  # as protocol.heartbeat.check_key_window says
 
 
 def _pruned(month: str) -> ProtocolError:
@@ -177,7 +177,7 @@ def _revoked_since(conn: Connection, latest: Mapping[str, int]) -> dict[str, int
     return {
         r.kid: int(r.revoked_at)
         for r in conn.execute(q, {"kids": sorted(latest)})
-        if r.revoked_at is not None and int(r.revoked_at) <= latest[r.kid]
+        if r.revoked_at is not None and int(r.revoked_at) < latest[r.kid]
     }
 
 
@@ -324,7 +324,7 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
         for provider, month in sorted(groups):  # a fixed lock order: no deadlock between batches
             cands = []
             for hb in groups[(provider, month)].values():
-                if hb.kid in late and hb.time >= late[hb.kid]:
+                if hb.kid in late and hb.time > late[hb.kid]:
                     refused[hb.digest] = ProtocolError("key.window", REVOKED)
                 else:
                     cands.append(hb)

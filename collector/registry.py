@@ -253,7 +253,7 @@ def revoke_agent(conn: Connection, kid: str, at: int | None, now: int) -> int:
     # A revocation at or before the enrolment (stored before that was refused) is the one moved:
     # its window is empty, so nothing was logged under it, and every bundle of the provider failed
     # verify on it; the key stays revoked, just after its enrolment.
-    if latest is not None and at <= latest:
+    if latest is not None and at < latest:  # at it: still inside the window (§4, check_key_window)
         raise RegistryError(
             f"key {kid} has heartbeats logged up to {format_time(int(latest))}: a revocation at "
             f"{format_time(at)} would turn accepted, billed evidence into verify errors; revoke after "

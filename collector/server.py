@@ -27,12 +27,12 @@ from collector.settings import (
     SetupError,
     setting,
 )
+from protocol.heartbeat import MAX_REQUEST_BYTES, MAX_REQUEST_LINES
 from protocol.merkle import MerkleError
 from protocol.timefmt import parse_month
 
 log = logging.getLogger(__name__)
-MAX_LINES = 5000
-MAX_BYTES = 16 * 1024 * 1024
+MAX_LINES, MAX_BYTES = MAX_REQUEST_LINES, MAX_REQUEST_BYTES  # heartbeat-v1.md §4
 MAX_OTHER_BODY = 1024 * 1024  # every other route: enrolment, forms, the account API
 
 

@@ -27,6 +27,9 @@ from protocol.strictjson import loads_counted, loads_strict
 from protocol.timefmt import format_time, parse_time
 
 TYP = "tr7-heartbeat+json"
+# §4: "at most 5,000 a request and 16 MiB uncompressed"
+MAX_REQUEST_LINES = 5000
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
 ZERO_HASH = "0" * 64
 
 
@@ -244,11 +247,13 @@ def sign_heartbeat(key: AgentKey, payload: Mapping[str, Any]) -> str:
 
 
 def check_key_window(hb: Heartbeat, enrolled_at: int, revoked_at: int | None) -> None:
-    """Reject a heartbeat outside [enrolled_at, revoked_at) of its key (heartbeat-v1.md §4).
+    """Reject a heartbeat outside [enrolled_at, revoked_at] of its key (heartbeat-v1.md §4).
 
-    The revocation instant itself is outside: like every period in billing-v1.md, `[from, to)`.
+    §4, to the letter: rejected when "`time` is before the key's enrolment or after its
+    revocation", so both instants are inside (until 2026-12-06 the revocation instant was not,
+    and a collector reading §4 literally made bundles this verifier failed).
     """
     if hb.time < enrolled_at:
         raise ProtocolError("key.window", "time is before the key's enrolment")
-    if revoked_at is not None and hb.time >= revoked_at:
-        raise ProtocolError("key.window", "time is at or after the key's revocation")
+    if revoked_at is not None and hb.time > revoked_at:
+        raise ProtocolError("key.window", "time is after the key's revocation")

@@ -6,11 +6,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from agent.config import load_config
+from agent.poller import Poller
+from agent.service import Service, load_key
+from agent.spool import Spool
+from protocol.keys import AgentKey, save_private_key
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -141,3 +147,29 @@ def spool_rows(state: Path, sql: str, *params: Any) -> list[tuple]:
 
 
 sys.path.insert(0, str(HERE))
+
+
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, Path]]]:
+    """Services with their key, spool and poller, polled by hand (no scheduler), closed after the
+    test: a poller left open keeps its idle `poll_0` thread, and `tr7-agent run` in a later test
+    of this process then takes the os._exit path of `cli._exit`."""
+    made: list[Service] = []
+
+    def make(interval: int = 60, adapters: list | None = None) -> tuple[Service, Path]:
+        state = tmp_path / "s"
+        state.mkdir()
+        save_private_key(AgentKey.generate(), state / "agent.key")
+        cfg_path = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": interval},
+                                adapters or [{"name": "l", "platform": "kvm"}])
+        service = Service(load_config(cfg_path))
+        service.key = load_key(service.config)
+        service.spool = Spool(state / "spool.db")
+        service.poller = Poller(service.config.adapters)
+        made.append(service)
+        return service, cfg_path
+
+    yield make
+    for service in made:
+        service.poller.close()
+        service.spool.close()

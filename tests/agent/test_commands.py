@@ -103,3 +103,40 @@ def test_unit_credential_names_work_from_a_shell(tmp_path: Path, make_collector)
     res = run_cli("enroll", "--config", str(cfg), "--token", "tok-1",
                   env=agent_env(TR7_AGENT_CREDENTIALS=str(creds)))
     assert res.returncode == 0, res.stderr
+
+
+def test_enroll_against_something_that_is_not_the_collector(tmp_path: Path) -> None:
+    """A 200 that is no enrolment (a proxy's page, another service at the URL) is named, not a
+    traceback; neither is an enrollment.json cut short, read by status. Found by a review."""
+    import http.server
+    import threading
+
+    bodies = iter([b"<html>Welcome</html>", b"[1, 2]"])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = next(bodies)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        cfg = write_config(tmp_path / "a.toml", {"collector": url, "state_dir": str(tmp_path / "s")}, [])
+        for shown in ("'<html>Welcome</html>'", "'[1, 2]'"):
+            res = run_cli("enroll", "--config", str(cfg), "--token", "T")
+            assert res.returncode == 1 and "Traceback" not in res.stderr
+            assert "answered 200 with no enrolment" in res.stderr and shown in res.stderr
+    finally:
+        server.shutdown()
+    (tmp_path / "s" / "enrollment.json").write_text('{"kid": ')
+    res = run_cli("status", "--config", str(cfg), "--json")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "enrollment.json: unreadable" in json.loads(res.stdout)["enrollment_error"]

@@ -44,3 +44,32 @@ def test_an_invalid_key_names_its_line(tmp_path: Path) -> None:
     out = _validate(path)
     assert out.returncode == 2
     assert "line 8" in out.stderr or ":8" in out.stderr, out.stderr
+
+
+def _with(tmp_path: Path, extra: str, raw: bytes = b"") -> Path:
+    path = tmp_path / "agent.toml"
+    text = VALID.format(state=tmp_path / "state").replace("[agent]\n", f"[agent]\n{extra}\n", 1)
+    path.write_bytes(text.encode() + raw)
+    return path
+
+
+def test_what_run_cannot_use_is_refused_by_validate_with_its_line(tmp_path: Path) -> None:
+    """Each passed validate, then killed `run` (a traceback, or exit 1 at every start). Found by a review."""
+    cases = [
+        ('collector = "http://host:port/"', ":2: [agent] collector: is not a usable URL"),
+        ('metrics_listen = "127.0.0.1:99999"', ":2: [agent] metrics_listen: the port must be from 1 to"),
+        ('metrics_listen = "127.0.0.1:0"', "the port must be from 1 to 65535"),
+    ]
+    for extra, said in cases:
+        out = _validate(_with(tmp_path, extra))
+        assert out.returncode == 2 and said in out.stderr, (extra, out.stderr)
+        assert "Traceback" not in out.stderr
+
+
+def test_files_that_are_no_config_are_named_not_tracebacks(tmp_path: Path) -> None:
+    out = _validate(_with(tmp_path, "", b"# caf\xe9\n"))
+    assert out.returncode == 2 and ": not UTF-8 text" in out.stderr and "Traceback" not in out.stderr
+    path = tmp_path / "plain.toml"
+    path.write_text(f'adapters = ["kvm"]\n[agent]\nstate_dir = "{tmp_path}"\n')
+    out = _validate(path)
+    assert out.returncode == 2 and "adapters must be array tables [[adapters]]" in out.stderr

@@ -1,12 +1,14 @@
 """Loud failures: disk full, unwritable state dir, corrupt spool, missing key. Never healthy-but-idle."""
 
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_config
+from conftest import AGENT, agent_env, run_cli, write_config
 
+from agent import signedkeys
 from agent.spool import Spool
 from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
 from protocol.keys import AgentKey, save_private_key
@@ -105,3 +107,44 @@ def test_corrupt_page_inside_spool(tmp_path: Path) -> None:
     res = run_cli("run", "--config", str(_config(tmp_path, state)))
     assert res.returncode == 1
     assert "event=startup_failed" in res.stderr and "spool.db is corrupt" in res.stderr
+
+
+def test_a_lost_spool_never_restarts_a_key_that_signed_at_seq_1(tmp_path: Path, in_process,
+                                                                 fake_registry: None) -> None:
+    """spool.db deleted (as "corrupt") with agent.key kept: a new chain would sign seq 1, 2, ...
+    again under the same key, a fork the collector quarantines (§3.3). Found by a review."""
+    service, cfg = in_process(interval=60)
+    state = service.config.agent.state_dir
+    service.poll_job()
+    assert service.fatal is None and service.spool.head(service.key.kid).seq == 1
+    service.spool.close()
+    for name in ("spool.db", "spool.db-wal", "spool.db-shm"):
+        (state / name).unlink(missing_ok=True)
+    res = run_cli("run", "--config", str(cfg))
+    assert res.returncode == 1 and "event=startup_failed" in res.stderr
+    assert f"holds no chain for key {service.key.kid}, which has signed heartbeats before" in res.stderr
+    assert "enrol a new key" in res.stderr
+    service.spool = Spool(state / "spool.db")  # for the fixture to close
+
+
+def test_a_chain_from_before_the_list_is_listed_at_start(tmp_path: Path) -> None:
+    """An agent upgraded with a chain under way: its key is listed when the service first starts."""
+    state = tmp_path / "s"
+    state.mkdir()
+    key = AgentKey.generate()
+    save_private_key(key, state / "agent.key")
+    spool = Spool(state / "spool.db")
+    spool.append(key, 1_790_000_000, 60, [{"adapter": "lab", "platform": "kvm", "ok": True, "error": None}],
+                 [])
+    spool.close()
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(_config(tmp_path, state))],
+                            env=agent_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):
+            if key.kid in signedkeys.listed(state):
+                break
+            time.sleep(0.1)
+        assert key.kid in signedkeys.listed(state)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)

@@ -6,16 +6,14 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import AGENT, agent_env, enrolled_agent, run_cli, write_config
 
 from agent import service as service_mod
-from agent.config import load_config
 from agent.poller import Poller
-from agent.service import Service, aligned_start, load_key
+from agent.service import Service, aligned_start
 from agent.spool import Spool
 from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
 from protocol.keys import AgentKey, save_private_key
@@ -154,32 +152,6 @@ def test_a_reload_naming_a_missing_ca_file_is_refused_not_fatal(tmp_path: Path, 
         _, err = proc.communicate(timeout=30)
     assert "event=reload_failed" in err and "gone.pem: no such file" in err and proc.returncode == 0
     assert "Traceback" not in err
-
-
-@pytest.fixture
-def in_process(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, Path]]]:
-    """Services with their key, spool and poller, polled by hand (no scheduler), closed after the
-    test: a poller left open keeps its idle `poll_0` thread, and `tr7-agent run` in a later test
-    of this process then takes the os._exit path of `cli._exit`."""
-    made: list[Service] = []
-
-    def make(interval: int = 60, adapters: list | None = None) -> tuple[Service, Path]:
-        state = tmp_path / "s"
-        state.mkdir()
-        save_private_key(AgentKey.generate(), state / "agent.key")
-        cfg_path = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": interval},
-                                adapters or [{"name": "l", "platform": "kvm"}])
-        service = Service(load_config(cfg_path))
-        service.key = load_key(service.config)
-        service.spool = Spool(state / "spool.db")
-        service.poller = Poller(service.config.adapters)
-        made.append(service)
-        return service, cfg_path
-
-    yield make
-    for service in made:
-        service.poller.close()
-        service.spool.close()
 
 
 def test_clock_backwards_skips_and_shows_in_status(in_process, fake_registry: None,

@@ -6,9 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_cli, write_config
 
 from agent.spool import ClockBehind, Row, Spool
+from protocol.errors import ProtocolError
 from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
 from protocol.keys import AgentKey, save_private_key
 
@@ -129,3 +130,56 @@ def test_batch_respects_byte_limit(tmp_path: Path) -> None:
     rows = spool.batch(max_bytes=2 * size)
     assert [r.seq for r in rows] == [1, 2] and all(isinstance(r, Row) for r in rows)
     assert [r.seq for r in spool.batch(limit=3)] == [1, 2, 3]
+
+
+def _damage(spool: Spool, seq: int) -> None:
+    """Flip a byte in the middle of a row's compressed heartbeat (bit rot quick_check misses)."""
+    (blob,) = spool.db.execute("SELECT jws_z FROM spool WHERE seq = ?", (seq,)).fetchone()
+    b = bytearray(blob)
+    b[len(b) // 2] ^= 0xFF
+    spool.db.execute("UPDATE spool SET jws_z = ? WHERE seq = ?", (bytes(b), seq))
+
+
+def test_a_damaged_row_is_set_aside_and_shipping_goes_on(tmp_path: Path) -> None:
+    """One unreadable row stopped the shipper, and the agent at every start, for good."""
+    key = AgentKey.generate()
+    spool = Spool(tmp_path / "spool.db")
+    for i in range(4):
+        spool.append(key, T0 + 60 * i, 60, POLLS, [])
+    _damage(spool, 2)
+    assert len(list(spool.unshipped())) == 3 and spool.damaged == [2]  # read-only: nothing moved
+    assert spool.stats()["spool_depth"] == 4
+    assert [r.seq for r in spool.batch()] == [1, 3, 4]
+    stats = spool.stats()
+    assert stats["spool_depth"] == 3 and stats["rejected"]["count"] == 1
+    [reason] = stats["rejected"]["reasons"]
+    assert reason.startswith("spool.damaged: the stored heartbeat cannot be read")
+    assert spool.head(key.kid).seq == 4  # the chain goes on from its head, not from the rows
+
+
+def test_export_names_the_damaged_rows_and_exits_1(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    key = AgentKey.generate()
+    save_private_key(key, state / "agent.key")
+    spool = Spool(state / "spool.db")
+    for i in range(3):
+        spool.append(key, T0 + 60 * i, 60, POLLS, [])
+    _damage(spool, 3)
+    spool.close()
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state)}, [{"name": "l", "platform": "kvm"}])
+    res = run_cli("export", "--config", str(cfg), "--out", str(tmp_path / "out.jws"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "1 damaged rows could not be read" in res.stderr and "(seq 3)" in res.stderr
+    assert len((tmp_path / "out.jws").read_text().splitlines()) == 2
+
+
+def test_a_heartbeat_over_16_mib_is_refused_before_it_is_stored(tmp_path: Path) -> None:
+    """No collector may take it (§4): it blocked the spool for good, retried after every 413."""
+    key = AgentKey.generate()
+    spool = Spool(tmp_path / "spool.db")
+    obs = [{"instance": f"TR7-{i:06d}", "adapter": "lab", "vm": "v" * 200, "host": "h" * 100,
+            "state": "running", "capacity": None} for i in range(60_000)]
+    with pytest.raises(ProtocolError, match=r"heartbeat-v1\.md §4 takes at most"):
+        spool.append(key, T0, 60, POLLS, obs)
+    assert spool.head(key.kid).seq == 0 and spool.stats()["spool_depth"] == 0

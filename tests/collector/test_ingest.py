@@ -219,7 +219,7 @@ def test_a_revocation_committed_during_verification_rejects_what_follows_it(sett
     a = tools.Agent("a")
     tools.enrol(settings, "acme", a, now - 10 * H)
     lines = [a.beat(now - 600 + 60 * i, {"TR7-1": "running"}) for i in range(10)]
-    cut = now - 600 + 60 * 5  # lines 0..4 before it, 5..9 at or after it
+    cut = now - 600 + 60 * 5  # lines 0..5 at or before it, 6..9 after it
     real = ingest.write_tx
 
     def revoked_meanwhile(engine, fn):
@@ -228,12 +228,12 @@ def test_a_revocation_committed_during_verification_rejects_what_follows_it(sett
 
     monkeypatch.setattr(ingest, "write_tx", revoked_meanwhile)
     res = ingest.ingest_lines(settings.engine, lines, now)
-    assert [x["status"] for x in res] == ["accepted"] * 5 + ["rejected"] * 5
-    assert all(x["reason"] == "key.window: time is at or after the key's revocation" for x in res[5:])
+    assert [x["status"] for x in res] == ["accepted"] * 6 + ["rejected"] * 4
+    assert all(x["reason"] == "key.window: time is after the key's revocation" for x in res[6:])
     assert [x["seq"] for x in res] == list(range(1, 11))
     with db.read_conn(settings.engine) as c:
         logged = sorted(c.execute(sa.select(s.leaves.c.seq).where(s.leaves.c.kid == a.kid)).scalars())
-    assert logged == [1, 2, 3, 4, 5]
+    assert logged == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_key_revoked_now_while_its_batch_commits_keeps_no_line_after_the_revocation(
@@ -293,7 +293,7 @@ def test_revoke_without_a_time_is_never_refused(settings, tools):
     assert status(now + 295) == "accepted"
     at = db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, a.kid, None, now))
     assert at == now + 296
-    assert status(now + 296) == "rejected"
+    assert status(now + 297) == "rejected"  # after it (one at it is inside the window, §4)
     b = tools.Agent("b")
     tools.enrol(settings, "acme", b, now - H)
     assert db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, b.kid, None, now)) == now

@@ -1,0 +1,33 @@
+"""Which keys have signed in this state directory: a chain lost with spool.db must not restart at 1.
+
+The spool holds each key's chain head. Lose spool.db and keep agent.key (deleted as "corrupt", a
+partial restore) and a new spool would sign seq 1, 2, ... again under the same key: a fork
+(heartbeat-v1.md §3.3), whose every copy the collector quarantines. This file, beside the key,
+lists every kid that has signed; the service refuses to start a key listed here whose chain the
+spool does not hold. Written once per key (at its first heartbeat, or the first start that finds
+its chain), fsynced, so it costs nothing per poll.
+"""
+
+import os
+from pathlib import Path
+
+NAME = "signed-keys"
+
+
+def listed(state_dir: Path) -> set[str]:
+    try:
+        return set((state_dir / NAME).read_text(encoding="ascii").split())
+    except FileNotFoundError:
+        return set()
+
+
+def add(state_dir: Path, kid: str) -> None:
+    """List ``kid`` (durably) unless it already is."""
+    if kid in listed(state_dir):
+        return
+    fd = os.open(state_dir / NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{kid}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
