@@ -99,7 +99,12 @@ class Service:
             raise StartupError(f"{exc} (a new spool.db would restart this key's chain at seq 1, which "
                                "the agent refuses: restore it, or move agent.key aside and enrol a new "
                                "key)") from exc
-        self._check_chain_kept(settings.state_dir)
+        try:
+            signedkeys.check(settings.state_dir, self.key.kid, self.spool.head(self.key.kid).seq,
+                             settings.spool_path)
+        except signedkeys.LostChain as exc:
+            self.spool.close()
+            raise StartupError(str(exc)) from exc
         self.poller = Poller(self.config.adapters)
         if settings.metrics_listen:
             self.metrics.serve(settings.metrics_listen)
@@ -110,18 +115,6 @@ class Service:
         head = self.spool.head(self.key.kid)
         log.info("event=started kid=%s seq=%d interval=%d adapters=%d collector=%s", self.key.kid, head.seq,
                  settings.interval, len(self.config.adapters), settings.collector or "none")
-
-    def _check_chain_kept(self, state_dir: Path) -> None:
-        """Refuse a key that signed before (agent/signedkeys.py) when the spool lost its chain."""
-        if self.spool.head(self.key.kid).seq > 0:
-            signedkeys.add(state_dir, self.key.kid)  # a chain from before this file existed
-        elif self.key.kid in signedkeys.listed(state_dir):
-            self.spool.close()
-            raise StartupError(
-                f"{self.config.agent.spool_path} holds no chain for key {self.key.kid}, which has signed "
-                f"heartbeats before ({state_dir / signedkeys.NAME}): a new chain would sign seq 1 again, "
-                "a fork the collector quarantines (heartbeat-v1.md §3.3). Restore spool.db, or move "
-                "agent.key aside and enrol a new key (docs/agent.md, \"Rotating the agent key\")")
 
     def _lock_state_dir(self, state_dir: Path) -> None:
         """One agent per state directory: a second one (a unit and a hand-started copy) signed

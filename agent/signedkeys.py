@@ -31,3 +31,20 @@ def add(state_dir: Path, kid: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class LostChain(Exception):
+    """The spool does not hold the chain of a key that has signed here."""
+
+
+def check(state_dir: Path, kid: str, head_seq: int, spool_path: Path) -> None:
+    """At start: list a key whose chain the spool holds (one from before this file existed);
+    refuse a listed key whose chain it does not (raises LostChain)."""
+    if head_seq > 0:
+        add(state_dir, kid)
+    elif kid in listed(state_dir):
+        raise LostChain(
+            f"{spool_path} holds no chain for key {kid}, which has signed heartbeats before "
+            f"({state_dir / NAME}): a new chain would sign seq 1 again, a fork the collector "
+            "quarantines (heartbeat-v1.md §3.3). Restore spool.db, or move agent.key aside and enrol "
+            "a new key (docs/agent.md, \"Rotating the agent key\")")
