@@ -1,12 +1,14 @@
 """Proxmox VE adapter: QEMU VMs of a cluster through the PVE JSON API (proxmoxer, https backend)."""
 
 import logging
+import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import certifi
 import proxmoxer
 import requests
 from pydantic import Field, field_validator, model_validator
@@ -22,6 +24,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
+from adapters.fanout import within
 from adapters.tr7meta import ProblemLog, parse_notes, recognise
 
 DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the partial result (as aws, azure)
@@ -123,6 +126,7 @@ class ProxmoxAdapter(Adapter):
         super().__init__(config)
         self.problems = ProblemLog(config.name)
         self._api: Any = None
+        self._setup_lock = threading.Lock()  # fanout.within: one login or list at a time
 
     def _connect(self) -> Any:
         if self._api is not None:
@@ -130,7 +134,10 @@ class ProxmoxAdapter(Adapter):
         c = self.config
         parts = urlsplit(c.url)
         host = parts.netloc.rsplit("@", 1)[-1]
-        verify: bool | str = c.ca_file if (c.verify_tls and c.ca_file) else c.verify_tls
+        # Always a path when verifying: proxmoxer's ticket login (and its hourly renewal) goes
+        # through requests.post, whose session reads REQUESTS_CA_BUNDLE from the environment
+        # whenever verify is True; only ca_file (else certifi's bundle) decides, as documented.
+        verify: bool | str = (c.ca_file or certifi.where()) if c.verify_tls else False
         # The API is on the management network: environment proxies (set for the collector) must
         # not apply; None entries stop requests from filling them in from HTTPS_PROXY/ALL_PROXY.
         common: dict[str, Any] = {"backend": "https", "service": "PVE", "verify_ssl": verify,
@@ -157,9 +164,16 @@ class ProxmoxAdapter(Adapter):
 
     def poll(self) -> PollResult:
         deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
-        api = self._connect()
+        # The login and the cluster's list within the deadline: requests' timeout bounds each
+        # read, not the answer, and an API that drips its bytes held a poll ~50x its timeout.
+        api = within(deadline, self._connect, what="login", lock=self._setup_lock,
+                     thread_name=f"pve-login-{self.name}")
         try:
-            resources = api.cluster.resources.get(type="vm")
+            resources = within(deadline, lambda: api.cluster.resources.get(type="vm"),
+                               what="cluster/resources", lock=self._setup_lock,
+                               thread_name=f"pve-list-{self.name}")
+        except AdapterError:
+            raise
         except Exception as exc:
             err = _convert(exc, "cluster/resources")
             if isinstance(err, AuthError):
@@ -263,7 +277,13 @@ class ProxmoxAdapter(Adapter):
             err = _convert(exc, f"{vm} status")
             log.warning("adapter %s: %s", self.name, err.diagnostic)
             return "running", f"{vm}: status unread ({err.reason})"
-        qmp = cur.get("qmpstatus") if isinstance(cur, dict) and not _malformed(cur) else None
+        if not isinstance(cur, dict) or _malformed(cur):
+            return "running", None
+        if cur.get("status") != "running":
+            # cluster/resources lags (pvestatd refreshes it every ~10 s): just after a stop it
+            # still says running, and the VM itself says stopped, with no qmpstatus
+            return ("stopped" if cur.get("status") == "stopped" else "unknown"), None
+        qmp = cur.get("qmpstatus")
         if qmp is None:
             return "running", None
         mapped = QMP_STATES.get(str(qmp))

@@ -349,8 +349,24 @@ class VMwareAdapter(Adapter):
                 fields = dict(props.get("field") or [])
                 if faults:  # without the names, VMs tagged by custom attribute would vanish silently
                     partial.append(f"custom attribute names could not be read: {_refusals(faults)}")
-        observations = [obs for moid, props in vms
-                        if (obs := self._observation(moid, props, hosts, fields)) is not None]
+        observations = []
+        cut_off: dict[str, int] = {}  # TR7 VMs left out, by connection state, in order
+        for moid, props in vms:
+            obs = self._observation(moid, props, hosts, fields)
+            connection = props.get("runtime.connectionState", "connected")
+            if obs is not None and connection != "connected":
+                # disconnected (its host stopped answering vCenter), orphaned, inaccessible,
+                # invalid: vCenter shows the last power state it had, a guess now. Left out, not
+                # `unknown`: an observation of any state makes its hour inactive (billing-v1.md §2),
+                # where no observation leaves it unknown, which the catalog's bridge policy may fill.
+                cut_off[connection] = cut_off.get(connection, 0) + 1
+                self.problems.warn(moid, f"{obs.instance}: connection state {connection}; not reported")
+            elif obs is not None:
+                observations.append(obs)
+        if cut_off:
+            n = sum(cut_off.values())
+            partial.append(f"{'1 VM' if n == 1 else f'{n} VMs'} not connected to vCenter "
+                           f"({', '.join(cut_off)}): not reported")
         if unreadable:
             what = "1 VM" if unreadable == 1 else f"{unreadable} VMs"
             partial.insert(0, f"{what} could not be read: {', '.join(refused)}")
@@ -381,11 +397,6 @@ class VMwareAdapter(Adapter):
         host_ref = props.get("runtime.host")
         host = hosts.get(host_ref, host_ref) if host_ref else None
         state = STATES.get(props.get("runtime.powerState") or "", "unknown")
-        if props.get("runtime.connectionState", "connected") != "connected":
-            # disconnected (its host stopped answering vCenter), orphaned, inaccessible, invalid:
-            # vCenter still shows the last power state it had, which is a guess now (a dead host's
-            # appliances were billed as running for as long as it stayed down)
-            state = "unknown"
         return Observation(instance=found[0], vm=uuid, host=host, state=state, capacity=found[1])
 
 

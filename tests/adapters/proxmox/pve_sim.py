@@ -26,6 +26,7 @@ class SimVM:
     template: bool = False
     lock: str | None = None
     vmstate: str | None = None  # set on hibernated VMs
+    current: str | None = None  # status/current's status when it differs: cluster/resources lags
 
     def resource(self) -> dict[str, Any]:
         running = self.status == "running"
@@ -69,6 +70,7 @@ class PveState:
     resources_status: int | None = None
     resources_body: bytes | None = None  # raw body instead of the JSON list (malformed JSON)
     resources_delay: float = 0.0
+    resources_drip: float = 0.0  # seconds between the bytes of cluster/resources' body
     node_delay: dict[str, float] = field(default_factory=dict)
     latency: float = 0.0  # seconds added to every per-VM call, as a real pveproxy round trip (bench)
     status_errors: set[str] = field(default_factory=set)  # "node/vmid" whose status/current fails
@@ -96,7 +98,7 @@ class PveHandler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status: int, payload: Any = None, reason: str | None = None, raw: bytes | None = None,
-              cookie: str | None = None) -> None:
+              cookie: str | None = None, drip: float = 0.0) -> None:
         body = raw if raw is not None else json.dumps({"data": payload}).encode()
         self.send_response(status, reason)
         self.send_header("Content-Type", "application/json;charset=UTF-8")
@@ -104,7 +106,13 @@ class PveHandler(BaseHTTPRequestHandler):
         if cookie:
             self.send_header("Set-Cookie", cookie)
         self.end_headers()
-        self.wfile.write(body)
+        if not drip:
+            self.wfile.write(body)
+            return
+        for i in range(len(body)):  # a steady trickle: every read gets a byte within its timeout
+            self.wfile.write(body[i:i + 1])
+            self.wfile.flush()
+            time.sleep(drip)
 
     def _authorised(self) -> bool:
         auth = self.headers.get("Authorization", "")
@@ -161,7 +169,7 @@ class PveHandler(BaseHTTPRequestHandler):
             items = [i for i in items if i["type"] in ("qemu", "lxc")]
         items += [] if kind == "vm" else [{"id": f"node/{n}", "type": "node", "node": n, "status": "online"}
                                           for n in sorted({vm.node for vm in st.vms})]
-        self._send(200, items)
+        self._send(200, items, drip=st.resources_drip)
 
     def _qemu(self, node: str, vmid: str, rest: str) -> None:
         st = self.state
@@ -179,6 +187,9 @@ class PveHandler(BaseHTTPRequestHandler):
         if rest == "status/current":
             if f"{node}/{vmid}" in st.status_errors:
                 return self._send(500, None, "VM is locked (migrate)")
+            if vm.current is not None:  # qemu-server: a VM not running has no qmpstatus
+                return self._send(200, {"vmid": vm.vmid, "name": vm.name, "status": vm.current,
+                                        "cpus": 4, "maxmem": 8589934592, "ha": {"managed": 0}})
             qmp = vm.qmpstatus or vm.status
             return self._send(200, {"vmid": vm.vmid, "name": vm.name, "status": vm.status, "qmpstatus": qmp,
                                     "cpus": 4, "maxmem": 8589934592, "uptime": 86400, "ha": {"managed": 0}})

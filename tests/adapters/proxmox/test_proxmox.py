@@ -2,6 +2,7 @@
 
 import logging
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -291,3 +292,46 @@ def test_docs_sample_table_is_valid() -> None:
     [block] = re.findall(r"```toml\n(.*?)```", page, re.S)
     [table] = tomllib.loads(block)["adapters"]
     assert ProxmoxConfig.model_validate(table).token_id == "tr7-meter@pve!metering"
+
+
+def test_a_vm_that_says_it_stopped_is_not_running_while_the_cluster_list_lags(
+    pve: Any, make_adapter: Any
+) -> None:
+    """cluster/resources is refreshed every ~10 s: just after a stop it still says running, while
+    the VM's own status/current says stopped, with no qmpstatus (it was billed running)."""
+    pve.state.vms = [SimVM("pve1", 100, "tr7-a", current="stopped", description=tagged("TR7-A")),
+                     SimVM("pve1", 101, "tr7-b", current="unknown", description=tagged("TR7-B"))]
+    result = make_adapter().poll()
+    assert result.error is None
+    states = {(o.instance, o.state) for o in result.observations}
+    assert states == {("TR7-A", "stopped"), ("TR7-B", "unknown")}
+
+
+@pytest.mark.parametrize("login", ["token", "password"])
+def test_an_api_that_drips_its_answer_is_cut_off_at_the_timeout(pve: Any, make_adapter: Any,
+                                                                 login: str) -> None:
+    """requests' timeout bounds each read, not the answer: a byte every 50 ms held a 3 s poll ~160 s."""
+    pve.state.vms = cluster()
+    pve.state.resources_drip = 0.05
+    extra = {} if login == "token" else {"token_id": None, "token_secret": None, "username": "tr7@pve",
+                                         "password": "s3cret"}
+    started = time.monotonic()
+    with pytest.raises(UnreachableError, match="cluster/resources: no answer within the poll timeout"):
+        make_adapter(timeout=2, **extra).poll()
+    assert time.monotonic() - started < 10  # bounded by the timeout, not by the answer's length
+
+
+def test_the_password_login_trusts_ca_file_not_the_environment(
+    pve: Any, make_adapter: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """proxmoxer's ticket login is a module-level requests.post, which read REQUESTS_CA_BUNDLE: the
+    password went to whatever that CA vouched for, ca_file aside (proxmox.md says it is ignored)."""
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other))
+    pve.state.vms = cluster()
+    by_password = {"token_id": None, "token_secret": None, "username": "tr7@pve", "password": "s3cret"}
+    assert seen(make_adapter(**by_password).poll()) == EXPECTED
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", pve.ca_file)
+    with pytest.raises(UnreachableError, match="TLS"):  # the configured CA decides, both ways
+        make_adapter(**by_password, ca_file=str(other)).poll()
