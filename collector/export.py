@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from audit.archive import SUFFIX, archive_path, pack
 from audit.bundle import BundleError, ClosedState, write_bundle
 from billing import PricingError
-from collector import accounting, evidence, reference, registry, tlog
+from collector import accounting, evidence, keyrotation, reference, registry, tlog
 from collector.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ def export(
         leaves=_counted(tlog.iter_leaf_tokens(conn, provider, month, size), size, progress),
         anchors=anchors,
         checkpoint=tlog.checkpoint(conn, settings, provider, month, size),
-        collector_vkey=tlog.signer(settings).verifier_key(),
+        # the database's key, read again if rotated since this process loaded collector.key (a
+        # serving process handed out bundles naming the retired, or replaced, key)
+        collector_vkey=keyrotation.current_signer(conn, settings).verifier_key(),
         agents=[
             {k: a[k] for k in ("kid", "public_key", "name", "enrolled_at", "revoked_at")}
             for a in registry.list_agents(conn, provider)

@@ -12,9 +12,11 @@ from starlette.concurrency import run_in_threadpool
 log = logging.getLogger(__name__)
 
 
-def run_every(app: FastAPI, seconds: float, fn: Callable[[], object], what: str) -> None:
+def run_every(app: FastAPI, seconds: float, fn: Callable[[], object], what: str,
+              at_stop: bool = False) -> None:
     """Run ``fn`` at the app's start and then every ``seconds`` until it stops (several jobs
-    nest their lifespans). A failure is logged and the job runs again at its next turn."""
+    nest their lifespans). A failure is logged and the job runs again at its next turn.
+    ``at_stop``: once more as the app stops cleanly (what its last turn has not seen yet)."""
     inner = app.router.lifespan_context
 
     async def loop() -> None:
@@ -33,5 +35,10 @@ def run_every(app: FastAPI, seconds: float, fn: Callable[[], object], what: str)
                 yield state
         finally:
             task.cancel()
+            if at_stop:
+                try:
+                    await run_in_threadpool(fn)
+                except Exception:
+                    log.exception("event=periodic_failed job=%s at=stop", what)
 
     app.router.lifespan_context = lifespan

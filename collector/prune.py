@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from audit.archive import SUFFIX, archive_path, pack
-from collector import accounting, db, evidence, registry, tlog
+from collector import accounting, db, evidence, keyrotation, registry, tlog
 from collector import schema as s
 from collector.export import staging
 from collector.settings import Settings
@@ -120,11 +120,12 @@ def _archive(settings: Settings, engine: Engine, provider: str, month: str, out:
             raise PruneRefused(f"{provider} {month} holds no heartbeats: nothing to prune")
         path, agrees = export(conn, settings, provider, month, out, progress=progress)
         keep = kept(conn, provider, month)
+        pinned = keyrotation.current_signer(conn, settings).verifier_key()
     if not agrees:
         raise PruneRefused(f"{provider} {month}: the bill from the aggregates disagrees with the "
                            "recomputation from the heartbeats; the evidence stays (the bundle in "
                            f"{path} holds the latter)")
-    report = verify_bundle(path, progress=progress, collector_key=tlog.signer(settings).verifier_key())
+    report = verify_bundle(path, progress=progress, collector_key=pinned)
     if not report.ok:
         first = "; ".join(f"{f.rule}: {f.message}" for f in report.errors[:3])
         raise PruneRefused(f"the bundle written to {path} does not verify ({first}); the evidence stays")
@@ -165,7 +166,12 @@ def _copy(command: str, archive: Path, provider: str, month: str) -> None:
 def _seal(conn: Connection, provider: str, month: str, size: int, archive: str, digest: str, n: int,
           now: int) -> tuple[int, int, str, str, int]:
     """Under the log's lock: the log is still the bundle's; record the prune; ingest refuses from here."""
-    have = tlog.lock_log(conn, provider, month)
+    have, _partial, sealed = tlog.lock_log_state(conn, provider, month)
+    if sealed is not None:  # another run (the timer's, an operator's) sealed it since our check
+        row = tlog.pruned(conn, provider, month)
+        raise PruneRefused(f"{provider} {month} was pruned meanwhile by another run, into "
+                           f"{row.archive if row is not None else '?'}; this run's archive {archive} is "
+                           "unused and may be deleted")
     if have != size:
         raise PruneRefused(f"{provider} {month}: {have - size} heartbeat(s) arrived while the bundle was "
                            f"written (log size {size} -> {have}); nothing dropped: prune again into a new "
@@ -195,6 +201,12 @@ def kept(conn: Connection, provider: str, month: str) -> frozenset[int]:
 
 
 def _drop(conn: Connection, provider: str, month: str, lo: int, hi: int, keep: frozenset[int]) -> int:
+    # Under the log's lock, and only while the month is still sealed: an `unprune` that lifted the
+    # seal meanwhile left the rest of the month's heartbeats to be dropped unsealed, in no archive
+    # the month's new heartbeats would reach (unprune's _unseal waits for this lock too)
+    if tlog.lock_log_state(conn, provider, month)[2] is None:
+        raise PruneRefused(f"{provider} {month} was unpruned while this prune dropped its heartbeats: "
+                           "it stopped, and the month's heartbeats not dropped yet stay")
     L = s.leaves.c
     spare = sorted(i for i in keep if lo <= i < hi)
     q = (

@@ -97,7 +97,16 @@ def _put(conn: Connection, provider: str, month: str, lo: int, lines: list[bytes
 
 
 def _unseal(conn: Connection, provider: str, month: str) -> None:
+    """Lift the seal, under the log's lock, once no leaf of the month lacks its JWS: a `prune`
+    still dropping (it takes the same lock for each chunk) would otherwise go on dropping in a
+    month that takes heartbeats again."""
     tlog.lock_log(conn, provider, month)
+    missing = conn.execute(sa.select(sa.func.count()).where(
+        L.provider == provider, L.month == month, sa.func.length(L.jws) == 0)).scalar_one()
+    if missing:
+        raise PruneRefused(f"{provider} {month}: {missing} heartbeat(s) were dropped again while their "
+                           "JWS went back (a prune of the month is still running): the month stays "
+                           "sealed; run unprune again once that prune has finished")
     conn.execute(s.prunes.delete().where(s.prunes.c.provider == provider, s.prunes.c.month == month))
     conn.execute(s.logs.update().where(s.logs.c.provider == provider, s.logs.c.month == month)
                  .values(pruned_at=None))

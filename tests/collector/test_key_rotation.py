@@ -480,3 +480,24 @@ def test_a_replacement_cut_short_after_its_commit_is_finished_even_with_the_orig
     installed = load_private_key(settings.data_dir / "collector.key").private
     assert NoteSigner(again.origin, installed).verifier_key() == committed
     again.engine.dispose()
+
+
+def test_a_serving_process_exports_a_closed_month_with_the_new_key(settings, tools, tmp_path: Path) -> None:
+    """After `key rotate` in another process, a serving process's bundle of a closed month (its
+    checkpoints stored, nothing to sign) named the retired key in collector.pub: verify pinned to
+    the new key failed it, and after `key replace` it kept naming the key that may be stolen."""
+    now = int(time.time())
+    old, _new, _a = _seeded(settings, tools, now)
+    service = Settings(settings.data_dir, settings.db_url)
+    service.open()
+    try:
+        first = tlog.signer(service).verifier_key()  # the service has loaded collector.key
+        r = keyrotation.rotate(settings, now)  # the operator's command, another process
+        assert r.old == first
+        with db.read_conn(service.engine) as c:
+            path, _agrees = export(c, service, "acme", old, tmp_path / "b")
+        assert (path / "collector.pub").read_text().strip() == r.new
+        report = verify_bundle(path, workers=1, collector_key=r.new)
+        assert report.ok, [f.to_json() for f in report.errors]
+    finally:
+        service.engine.dispose()

@@ -424,3 +424,51 @@ def test_copy_with_runs_before_anything_is_dropped_and_a_failure_drops_nothing(s
     copied = offsite / f"acme {SEP}.tar.gz"
     assert copied.read_bytes() == (tmp_path / "sep.tar.gz").read_bytes()
     assert verify_bundle(copied, workers=1).ok and len(_jws_left(settings)) < len(every)
+
+
+def test_an_unprune_while_the_prune_still_drops_stops_the_prune_and_keeps_every_line(
+    settings, tools, tmp_path, monkeypatch
+) -> None:
+    """The timer's prune still dropping when an operator unprunes: the unprune lifted the seal and
+    the prune went on dropping, leaving the month unsealed with heartbeats in no database row; it
+    took new heartbeats no archive held, and export, prune and unprune all failed on it."""
+    from collector import unprune as unprune_mod
+
+    _month_with_a_fork(settings, tools)
+    monkeypatch.setattr(prune, "CHUNK", 10)  # several drop transactions
+    out, done = tmp_path / "archive", []
+
+    def operator_unprunes(stage: str, n: int, total: int) -> None:
+        if stage.startswith("dropping") and not done:
+            done.append(unprune_mod.unprune(settings.engine, "acme", SEP, out))
+
+    with pytest.raises(prune.PruneRefused, match="was unpruned while this prune dropped"):
+        prune.prune(settings, settings.engine, "acme", SEP, out, int(time.time()), progress=operator_unprunes)
+    with db.read_conn(settings.engine) as c:
+        size = tlog.log_size(c, "acme", SEP)
+        assert tlog.pruned(c, "acme", SEP) is None
+    assert _jws_left(settings) == set(range(size))  # every line is in the database again
+    with db.read_conn(settings.engine) as c:
+        path, agrees = export(c, settings, "acme", SEP, tmp_path / "again")
+    assert agrees and verify_bundle(path, workers=1).ok
+
+
+def test_unprune_keeps_the_seal_while_a_prune_drops_lines_again(settings, tools, tmp_path) -> None:
+    """The other order: a prune drops a chunk after unprune put it back, before the seal is lifted."""
+    from collector import unprune as unprune_mod
+
+    _month_with_a_fork(settings, tools)
+    prune.prune(settings, settings.engine, "acme", SEP, tmp_path / "archive", int(time.time()))
+    with pytest.raises(prune.PruneRefused, match="a prune of the month is still running"):
+        db.write_tx(settings.engine, lambda c: unprune_mod._unseal(c, "acme", SEP))
+    with db.read_conn(settings.engine) as c:
+        assert tlog.pruned(c, "acme", SEP) is not None  # still sealed: ingest refuses the month
+
+
+def test_a_second_prune_of_the_same_month_is_refused_by_name(settings, tools, tmp_path) -> None:
+    """The timer's run and an operator's at once: the second seal was a UNIQUE-constraint traceback."""
+    _month_with_a_fork(settings, tools)
+    r = prune.prune(settings, settings.engine, "acme", SEP, tmp_path / "first", int(time.time()))
+    with pytest.raises(prune.PruneRefused, match=r"was pruned meanwhile by another run, into .*first"):
+        db.write_tx(settings.engine, lambda c: prune._seal(c, "acme", SEP, r.size, str(tmp_path / "second"),
+                                                           "0" * 64, 0, int(time.time())))
