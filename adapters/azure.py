@@ -32,7 +32,7 @@ from adapters.base import (
     ThrottledError,
     UnreachableError,
 )
-from adapters.credentials import SecretError
+from adapters.credentials import SecretError, readable_file
 from adapters.fanout import forgetting, poll_scopes, within
 from adapters.tr7meta import ProblemLog, recognise
 
@@ -168,6 +168,8 @@ class AzureAdapter(Adapter):
             cfg = self.config
             try:
                 secret = cfg.secret(cfg.client_secret, cfg.client_secret_file, "client_secret")
+                if cfg.ca_file:
+                    readable_file(cfg.ca_file, "ca_file")
             except SecretError as exc:
                 raise ConfigError(str(exc)) from exc
             # msal would ask login.microsoftonline.com to vouch for an authority it does not know
@@ -201,6 +203,8 @@ class AzureAdapter(Adapter):
             self.credential().get_token(self.scope())
         except (AzureError, ValueError) as exc:
             raise convert(exc, signing_in=True) from exc
+        except OSError as exc:  # a file the SDK opens itself (a CA bundle, a certificate) went away
+            raise ConfigError(f"Azure sign-in: {exc}") from exc
 
     def client(self, subscription: str) -> ComputeManagementClient:
         if subscription not in self._clients:

@@ -13,6 +13,17 @@ class SecretError(ValueError):
     pass
 
 
+def readable_file(path: str, what: str) -> str:
+    """``path`` when it is a file this process can read; else SecretError naming ``what``. For the
+    CA bundles the SDKs open at their first request, where a missing one came out as a bare
+    OSError ("internal error") or as a sign-in refused."""
+    try:
+        with open(path, "rb"):
+            return path
+    except OSError as exc:
+        raise SecretError(f"{what}: cannot read {path}: {exc.strerror}") from None
+
+
 def read_secret(value: str | None, file: str | None, what: str) -> str | None:
     """Return the secret; a relative ``file`` is looked up in $CREDENTIALS_DIRECTORY first, then
     as a path, then (a name ``tr7_X``) as /etc/tr7-agent/credentials/X, which the unit loads: the

@@ -254,7 +254,14 @@ class HyperVAdapter(Adapter):
             command_id = proto.run_command(shell_id, powershell_command(self.script))
             out: list[bytes] = []
             err: list[bytes] = []
+            longest = proto.operation_timeout_sec
             while True:
+                # Each Receive is a long poll the server holds up to its OperationTimeout: asked
+                # for no longer than the time left, or a poll overran its timeout by up to 20 s
+                left = deadline - time.monotonic()
+                if left < 1:
+                    raise UnreachableError("timeout", f"script unfinished after {self.config.timeout:g}s")
+                proto.operation_timeout_sec = max(1, min(longest, int(left)))
                 try:
                     stdout, stderr, code, done = proto.get_command_output_raw(shell_id, command_id)
                 except wex.WinRMOperationTimeoutError:

@@ -23,7 +23,7 @@ from adapters.base import (
     PollResult,
     UnreachableError,
 )
-from adapters.credentials import SecretError
+from adapters.credentials import SecretError, readable_file
 from adapters.fanout import within
 from adapters.tr7meta import ProblemLog, parse_notes, recognise
 
@@ -143,6 +143,8 @@ class ProxmoxAdapter(Adapter):
         common: dict[str, Any] = {"backend": "https", "service": "PVE", "verify_ssl": verify,
                                   "timeout": c.timeout, "proxies": {"http": None, "https": None, "all": None}}
         try:
+            if c.verify_tls and c.ca_file:
+                readable_file(c.ca_file, "ca_file")
             if c.token_id is not None:
                 user, token_name = c.token_id.split("!", 1)
                 secret = c.secret(c.token_secret, c.token_secret_file, "token_secret")

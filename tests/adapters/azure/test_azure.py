@@ -181,6 +181,16 @@ def test_untrusted_tls_is_unreachable_not_refused(sp: Any) -> None:
         adapter(sp, ca_file=None).poll()
 
 
+@pytest.mark.parametrize("identity", [None, "managed"])
+def test_a_missing_ca_file_is_a_config_error_naming_it(sp: Any, tmp_path: Path, identity: str | None) -> None:
+    """requests raised a bare OSError: `internal error: OSError` with a managed identity, and
+    "Azure sign-in refused" (an AuthError) with a client secret. Found by a review."""
+    missing = tmp_path / "gone-ca.pem"
+    extra = {} if identity is None else {"identity": identity, "client_id": CLIENT}
+    with pytest.raises(ConfigError, match=f"ca_file: cannot read {missing}: No such file"):
+        adapter(sp, ca_file=str(missing), **extra).poll()
+
+
 def test_certificate_credential(sp: Any, tmp_path: Path) -> None:
     # Entra ID signs client assertions with RS256: the certificate's key is RSA
     cert = trustme.CA(key_type=trustme.KeyType.RSA).issue_cert("tr7-metering", key_type=trustme.KeyType.RSA)

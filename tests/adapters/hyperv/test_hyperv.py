@@ -3,6 +3,7 @@
 import json
 import logging
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -229,6 +230,16 @@ def test_a_hanging_command_times_out_and_the_shell_is_deleted(wsman: Any, make_a
     with pytest.raises(UnreachableError, match="timeout"):
         make_adapter(timeout=1).poll()
     assert "Delete" in wsman.state.actions and not wsman.state.open_shells
+
+
+def test_a_listener_holding_each_receive_does_not_stretch_the_timeout(wsman: Any, make_adapter: Any) -> None:
+    """WinRM holds a Receive for the client's OperationTimeout (up to 20 s here): checked only
+    between Receives, a 10 s poll ended after 18 s and a 30 s one after 40 s. Found by a review."""
+    wsman.state.hang = wsman.state.hold = True
+    started = time.monotonic()
+    with pytest.raises(UnreachableError, match="timeout"):
+        make_adapter(timeout=6).poll()
+    assert time.monotonic() - started < 8.5  # the last Receive asked for what was left, not 5 s more
 
 
 def test_tls_verified_by_default(wsman: Any, make_adapter: Any) -> None:

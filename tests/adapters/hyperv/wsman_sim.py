@@ -59,6 +59,7 @@ class WsmanState:
     fault: tuple[int, str, str, int] | None = None  # (http status, subcode, reason, wsman code) at Create
     receive_timeouts: int = 0  # OperationTimeout faults before the output
     hang: bool = False  # the command never finishes
+    hold: bool = False  # a hanging Receive waits the client's OperationTimeout out, as WinRM does
     auth: str = "basic"  # "basic", "negotiate" (NTLM inside Negotiate, as a domain listener), "credssp"
     channel_bindings: GssChannelBindings | None = None  # tls-server-end-point of the server certificate
     # what the client did
@@ -233,7 +234,8 @@ class WsmanHandler(BaseHTTPRequestHandler):
                                             f"<rsp:CommandResponse><rsp:CommandId>{cid}</rsp:CommandId>"
                                             "</rsp:CommandResponse>"))
         if action == f"{SHELL}/Receive":
-            return self._receive(body, msg_id)
+            held = root.findtext("s:Header/w:OperationTimeout", "PT0.2S", NS)  # e.g. PT20.000S
+            return self._receive(body, msg_id, float(held.removeprefix("PT").removesuffix("S")))
         if action == f"{SHELL}/Signal":
             sig = body.find("rsp:Signal", NS)
             with st.lock:
@@ -245,13 +247,14 @@ class WsmanHandler(BaseHTTPRequestHandler):
             return self._send(200, envelope(f"{TRANSFER}/DeleteResponse", msg_id, ""))
         self._send(500, fault(msg_id, "w:ActionNotSupported", f"unsupported action {action}", 2150858776))
 
-    def _receive(self, body: ET.Element, msg_id: str) -> None:
+    def _receive(self, body: ET.Element, msg_id: str, operation_timeout: float = 0.2) -> None:
         stream = body.find("rsp:Receive/rsp:DesiredStream", NS)
         cid = stream.get("CommandId", "") if stream is not None else ""
         cmd = self.state.commands[cid]
         if self.state.hang or cmd["timeouts"] > 0:
             cmd["timeouts"] -= 1
-            time.sleep(0.2)  # a long poll that ended without output
+            # a long poll that ended without output
+            time.sleep(operation_timeout if self.state.hold else 0.2)
             reason = "The WS-Management service cannot complete the operation within the time specified."
             return self._send(500, fault(msg_id, "w:TimedOut", reason, TIMEOUT_CODE))
         chunk = cmd["stdout"][cmd["pos"]:cmd["pos"] + CHUNK]

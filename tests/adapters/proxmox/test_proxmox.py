@@ -335,3 +335,10 @@ def test_the_password_login_trusts_ca_file_not_the_environment(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", pve.ca_file)
     with pytest.raises(UnreachableError, match="TLS"):  # the configured CA decides, both ways
         make_adapter(**by_password, ca_file=str(other)).poll()
+
+
+def test_a_missing_ca_file_is_a_config_error_naming_it(make_adapter: Any, tmp_path: Any) -> None:
+    """It was "login: OSError"."""
+    missing = tmp_path / "gone-ca.pem"
+    with pytest.raises(ConfigError, match=f"ca_file: cannot read {missing}: No such file"):
+        make_adapter(ca_file=str(missing)).poll()
