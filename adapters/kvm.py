@@ -3,6 +3,7 @@
 import contextlib
 import errno
 import threading
+import time
 import xml.etree.ElementTree as ET
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
+from adapters.fanout import within
 from adapters.tr7meta import KEYS, ProblemLog, recognise
 
 NAMESPACE = "urn:tr7:metering:1"
@@ -45,6 +47,7 @@ GONE_CODES = {libvirt.VIR_ERR_NO_DOMAIN}  # undefined between listAllDomains and
 # Remote connections: a probe every 5 s, closed after 3 unanswered ones. Without keepalive a call
 # to a frozen daemon or across a dead network path blocks until TCP gives up (many minutes).
 KEEPALIVE = (5, 3)
+DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the result (as aws, proxmox)
 _loop_lock = threading.Lock()
 _loop_started = False
 
@@ -134,6 +137,15 @@ class KVMAdapter(Adapter):
         self.problems = ProblemLog(config.name)
         self._conn: libvirt.virConnect | None = None
         self._close_reason: int | None = None  # set by libvirt when it closes the connection
+        self._connect_lock = threading.Lock()  # fanout.within: one connection attempt at a time
+
+    def _connected(self, deadline: float) -> libvirt.virConnect:
+        """_connection by ``deadline``: openAuth has no timeout of its own, and keepalive starts
+        only once it returns, so a frozen libvirtd held the poll until it woke up (the poll after a
+        keepalive failure reconnects, exactly then). Late: UnreachableError, and the attempt goes
+        on in its thread, holding the lock, so the next poll never opens a second one beside it."""
+        return within(deadline, self._connection, what="connecting to libvirtd",
+                      lock=self._connect_lock, thread_name=f"kvm-connect-{self.name}")
 
     def _connection(self) -> libvirt.virConnect:
         if self._conn is not None:
@@ -195,7 +207,8 @@ class KVMAdapter(Adapter):
         self._drop()
 
     def poll(self) -> PollResult:
-        conn = self._connection()
+        deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
+        conn = self._connected(deadline)
         try:
             return self._collect(conn)
         except libvirt.libvirtError as exc:
@@ -212,7 +225,7 @@ class KVMAdapter(Adapter):
                                        "(keepalive timeout); reconnecting at the next poll") from exc
         # the connection died under us (libvirtd restart, ssh drop): reconnect once
         self._drop()
-        conn = self._connection()
+        conn = self._connected(deadline)
         try:
             return self._collect(conn)
         except libvirt.libvirtError as exc:

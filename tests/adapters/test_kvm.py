@@ -202,6 +202,36 @@ def test_frozen_daemon_fails_the_poll_instead_of_hanging(tmp_path: Path, libvirt
     kvm.close()
 
 
+@pytest.mark.timeout(120)
+def test_connecting_to_a_frozen_daemon_fails_the_poll_by_its_timeout(tmp_path: Path, libvirtd: Any) -> None:
+    """openAuth has no timeout, and keepalive starts only once it returns: the poll after a
+    keepalive failure (or the first after a start) waited for libvirtd to wake up. Found by a review."""
+    import time
+
+    nodexml.write_node(tmp_path / "node.xml", [Dom("d", license={"instance": "tr7-f"})])
+    uri = libvirtd.uri(tmp_path / "node.xml")
+    kvm = ADAPTER(ADAPTER.Config(name="kvm", platform="kvm", uri=uri, timeout=3))
+    libvirtd.freeze()
+    try:
+        started = time.monotonic()
+        with pytest.raises(UnreachableError, match="connecting to libvirtd: no answer within the poll"):
+            kvm.poll()
+        assert time.monotonic() - started < 10
+        with pytest.raises(UnreachableError):  # the attempt still under way is not doubled
+            kvm.poll()
+    finally:
+        libvirtd.thaw()
+    for _ in range(50):  # the attempt left running completes once the daemon answers
+        try:
+            assert "tr7-f" in by_instance(kvm.poll())
+            break
+        except UnreachableError:
+            time.sleep(0.2)
+    else:
+        raise AssertionError("no poll succeeded after the daemon woke up")
+    kvm.close()
+
+
 def test_a_socket_the_agent_user_may_not_open_is_access_denied(tmp_path: Path) -> None:
     """unix_sock_ro_perms "0770" and an agent user outside the libvirt group: the fix is the
     group (access denied), not starting libvirtd (unreachable, as it was reported)."""
