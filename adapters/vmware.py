@@ -271,7 +271,7 @@ class VMwareAdapter(Adapter):
             body = (f'<RetrievePropertiesEx xmlns="urn:vim25">{this}{spec}'
                     f"<options><maxObjects>{PAGE_SIZE}</maxObjects></options></RetrievePropertiesEx>")
             while True:
-                token = self._call(conn, path, body, objects)
+                token = self._call(conn, path, body, objects, deadline)
                 if token is None:
                     return objects
                 if time.monotonic() > deadline:
@@ -285,8 +285,11 @@ class VMwareAdapter(Adapter):
         finally:
             conn.close()
 
-    def _call(self, conn: http.client.HTTPConnection, path: str, body: str, objects: list[Obj]) -> str | None:
-        """POST one PropertyCollector call; append its objects, return the paging token."""
+    def _call(self, conn: http.client.HTTPConnection, path: str, body: str, objects: list[Obj],
+              deadline: float | None = None) -> str | None:
+        """POST one PropertyCollector call; append its objects, return the paging token. The answer
+        must have arrived by ``deadline``: the socket's timeout bounds each read, not the answer,
+        and a vCenter that sent a byte every 50 ms held a 5 s poll for minutes."""
         conn.request("POST", path, (ENVELOPE[0] + body + ENVELOPE[1]).encode(), {
             "Cookie": self._stub.cookie, "SOAPAction": self._stub.versionId, "Accept-Encoding": "gzip",
             "Content-Type": "text/xml; charset=utf-8"})
@@ -307,9 +310,13 @@ class VMwareAdapter(Adapter):
                     objects.append(_read_object(el))
                     el.clear()  # memory bounded by one object, not by the page
 
-        while chunk := resp.read(1 << 16):
+        while chunk := resp.read1(1 << 16):  # what has arrived: read() waits for all 64 KiB
             parser.feed(gunzip.decompress(chunk) if gunzip else chunk)
             drain()
+            if deadline is not None and time.monotonic() > deadline:
+                raise UnreachableError("timeout", f"{self.config.url}: the answer was still arriving after "
+                                                  f"{self.config.timeout:g}s ({len(objects)} objects read)")
+        resp.read()  # read1 leaves a Content-Length answer open at its end: done, for the next call
         parser.close()
         drain()
         if root is None:

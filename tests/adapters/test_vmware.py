@@ -293,3 +293,37 @@ def test_a_vm_whose_host_stopped_answering_is_not_reported() -> None:
         assert states == {"tr7-alive": "running"}
     finally:
         server.stop()
+
+
+def test_a_vcenter_that_drips_its_answer_is_cut_off_near_the_timeout() -> None:
+    """The socket's timeout bounds each read, not the answer: a byte every 50 ms held a 5 s poll
+    for minutes (and the agent said "previous poll still running"). Found by a review."""
+    import threading
+    import time
+
+    server = vcsim.start(vms=4, hosts=1)
+    proxy = vcsim.DripProxy(server.url)
+    try:
+        si = vcsim.connect(server.url)
+        vcsim.tag(vcsim.all_vms(si)[0], instance="tr7-x")
+        vcsim.disconnect(si)
+        adapter = make(proxy.url, name="vc-drip", timeout=3)
+        out: dict[str, Any] = {}
+
+        def run() -> None:
+            started = time.monotonic()
+            try:
+                adapter.poll()
+            except AdapterError as exc:
+                out["error"] = exc
+            out["took"] = time.monotonic() - started
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive(), "the poll was still reading after 60 s"
+        assert isinstance(out.get("error"), UnreachableError) and out["error"].reason == "timeout"
+        assert out["took"] < 20  # the headers may drip too; the body is cut at the deadline
+    finally:
+        proxy.close()
+        server.stop()

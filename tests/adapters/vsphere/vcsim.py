@@ -1,10 +1,13 @@
 """Build and run the govmomi simulator (tests/vcsim/main.go), and drive it through pyvmomi."""
 
+import contextlib
 import fcntl
 import json
 import os
 import selectors
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,3 +116,47 @@ def rename(vm: Any, name: str) -> None:
 
 def disconnect(si: Any) -> None:
     Disconnect(si)
+
+
+class DripProxy:
+    """A TCP proxy in front of vcsim that, once a RetrievePropertiesEx has gone through, sends
+    the answers on a byte every ``pause`` seconds: a vCenter answering slowly but steadily."""
+
+    def __init__(self, upstream_url: str, pause: float = 0.05) -> None:
+        host, port = upstream_url.split("://")[1].split("/")[0].rsplit(":", 1)
+        self.upstream, self.pause = (host, int(port)), pause
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/sdk"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream)
+            dripping = {"on": False}
+            threading.Thread(target=self._pump, args=(client, up, dripping, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, client, dripping, False), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any, dripping: dict[str, bool], requests: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if requests and b"RetrievePropertiesEx" in data:
+                    dripping["on"] = True
+                if not requests and dripping["on"]:
+                    for i in range(len(data)):
+                        dst.sendall(data[i:i + 1])
+                        time.sleep(self.pause)
+                else:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
