@@ -84,15 +84,16 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: threading
 
 
 def forgetting(poll: Callable[[], PollResult], forget: Callable[[], None]) -> PollResult:
-    """Run ``poll``; after a failed one (raised, or partial) call ``forget``, so that the next poll
-    builds its session again and reads its credentials again. Kept for an adapter's life, they
-    outlived a routine rotation (a new key or secret in its file, the old one deleted): every
-    poll failed until a reload, while `tr7-agent check` (a fresh adapter) said all was well."""
+    """Run ``poll``; after one that failed as a whole call ``forget``, so that the next poll builds
+    its session again and reads its credentials again. Kept for an adapter's life, they outlived
+    a routine rotation (a new key or secret in its file, the old one deleted): every poll failed
+    until a reload, while `tr7-agent check` (a fresh adapter) said all was well.
+
+    A partial poll keeps them: some scope took them, so they work. Forgotten after a partial one
+    too, a region never enabled or a subscription that refuses the principal for good made every
+    poll sign in (or assume its role) again."""
     try:
-        result = poll()
+        return poll()
     except AdapterError:
         forget()
         raise
-    if result.error is not None:
-        forget()
-    return result

@@ -351,3 +351,15 @@ def test_a_retry_after_longer_than_the_poll_is_throttling_not_silence(sp: Any) -
     result = adapter(sp, timeout=3).poll()
     assert set(by_vm(result)) == {b}
     assert f"subscription {SUB_A}: ARM throttled (429, Retry-After 30 s)" in (result.error or "")
+
+
+def test_a_subscription_refusing_for_good_does_not_mean_a_sign_in_every_poll(sp: Any) -> None:
+    """A partial poll dropped the credential, so each poll asked Entra ID for a token again (one
+    sign-in per token lifetime, azure.md says). Found by a review."""
+    sp.add_subscription(SUB_B, fail_status=403)
+    vm = sp.add_vm(SUB_A, "fw", tags={"tr7.instance": "fw-1"})
+    ad = adapter(sp)
+    for _ in range(4):
+        result = ad.poll()
+        assert set(by_vm(result)) == {vm} and result.error is not None and "403" in result.error
+    assert sum(1 for m, p in sp.requests if m == "POST" and p.endswith("/token")) == 1
