@@ -137,6 +137,7 @@ def pdf_bytes(
     from fpdf import FPDF
 
     names = customer_names or {}
+    whole = customers is None  # the provider's whole invoice: it ends on a summary with its total
     pdf = FPDF(orientation="L", format="A4")
     pdf.set_auto_page_break(True, margin=15)
     text = _Text(pdf)
@@ -214,4 +215,25 @@ def pdf_bytes(
             new_x="LMARGIN",
             new_y="NEXT",
         )
+    if whole:
+        _summary(pdf, text, invoice, names, estimate)
     return bytes(pdf.output())
+
+
+def _summary(
+    pdf: Any, text: Any, invoice: Mapping[str, Any], names: Mapping[str, str], estimate: bool
+) -> None:
+    """The last page of a provider's whole invoice: each customer's total, and the invoice's."""
+    cur = invoice["currency"]
+    pdf.add_page()
+    pdf.set_font(text.family, "B", 16)
+    what = "Estimate" if estimate else "Invoice"
+    pdf.cell(0, 10, text(f"{what} {invoice['month']} - {invoice['provider']}: summary"),
+             new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(text.family, "", 11)
+    for cust, amount in sorted(invoice["totals"].items()):
+        pdf.cell(120, 7, text(f"{names.get(cust, cust)} ({cust})"))
+        pdf.cell(40, 7, text(f"{amount} {cur}"), align="R", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(3)
+    pdf.set_font(text.family, "B", 12)
+    pdf.cell(0, 8, text(f"Total: {invoice['total']} {cur}"), new_x="LMARGIN", new_y="NEXT")

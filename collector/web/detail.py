@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
-from collector import alerts, resultcache, tlog
+from collector import accounting, alerts, resultcache, tlog
 from collector import schema as s
 from collector.jwsstore import PRUNED
 from collector.web import data
@@ -48,7 +48,9 @@ def instance_page(
     month = month_param(month)
     d, cap = s.days.c, s.capacities.c
     with conn(request) as c:
-        doc = data.catalog(c, provider)
+        # the month's own catalog (a closed month's as it was billed), as the customer page: the
+        # latest one showed its licences and bridge policy on months billed without them
+        doc = data.month_catalog(c, provider, month)
         active, seen = data.hour_sets(c, provider, month, [instance])
         vms: dict[str, list[str]] = defaultdict(list)
         for r in c.execute(
@@ -99,7 +101,7 @@ def instance_page(
 
 def _hour_leaves(c: Any, provider: str, t0: int, t1: int) -> list[Any]:
     return c.execute(
-        sa.select(L.kid, L.seq, L.time, L.received_at, L.jws)
+        sa.select(L.kid, L.seq, L.time, L.received_at, L.jws, L.digest)
         .where(L.provider == provider, L.month == month_of(t0), L.time >= t0, L.time < t1)
         .order_by(L.time, L.kid, L.seq)
     ).all()
@@ -120,6 +122,8 @@ def evidence(provider: str, instance: str, hour: str, request: Request, sess: Se
         )
         rows = _hour_leaves(c, provider, h0, h0 + 3600)
         pruned = _pruned_note(c, provider, month_of(h0)) if any(r.jws == PRUNED for r in rows) else None
+        # forks and breaks: shown, since they are evidence, but said not to count (billing-v1.md §3)
+        quarantined = accounting.quarantined(c, provider, month_of(h0)) if rows else frozenset()
     beats = []
     for r in rows:
         if r.jws == PRUNED:  # `tr7-collector prune` dropped it: the archived bundle holds it
@@ -136,6 +140,7 @@ def evidence(provider: str, instance: str, hour: str, request: Request, sess: Se
                     "lag": r.received_at - r.time,
                     "obs": obs,
                     "jws": r.jws,
+                    "quarantined": r.digest in quarantined,
                 }
             )
     return page(

@@ -157,6 +157,7 @@ def customer_page(
     with conn(request) as c:
         doc = data.month_catalog(c, provider, month)
         res = data.results(c, provider, month)
+        stale = data.results_stale(c, provider, month)  # its estimate beside fresher heatmaps
         cu = _customer(accounting.customer_names(doc, data.catalog(c, provider)), customer,
                        res[1]["totals"] if res else ())
         lics = [x for x in doc.get("licenses", []) if x["customer"] == customer]
@@ -191,6 +192,7 @@ def customer_page(
         sess,
         provider=provider,
         month=month,
+        stale=stale,
         is_closed=month in closed,
         customer=cu,
         licenses=lics,

@@ -87,6 +87,7 @@ def planner(
     with conn(request) as c:
         names = accounting.customer_names(data.month_catalog(c, provider, month), data.catalog(c, provider))
         res = data.results(c, provider, month)
+        stale = data.results_stale(c, provider, month)
     if res is None or (customer not in names and customer not in res[1]["totals"]):
         raise HTTPException(404, f"no customer {customer}")
     items = plan(res[0], res[1], customer, fixed)
@@ -98,6 +99,7 @@ def planner(
         customer=customer,
         month=month,
         items=items,
+        stale=stale,
         fixed_price=fixed_price or "",
         currency=res[1]["currency"],
     )

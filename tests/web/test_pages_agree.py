@@ -1,0 +1,74 @@
+"""What the pages show agrees with what is billed: found by a review comparing every rendering.
+
+A closed month's instance page used the latest catalog (its licences, its bridge policy); the
+evidence page showed forked heartbeats as if they counted; the customer page and the planner
+gave an estimate from before the latest change with no note; the provider's PDF had no total.
+"""
+
+import re
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from collector import accounting, db, render
+from collector.ingest import ingest_lines
+from collector.web import data
+from protocol.timefmt import parse_time
+from tests._pdf import pdf_text
+from tests.web.test_pages import login, world  # noqa: F401 (the fixture)
+
+OCT = "2026-10"
+
+
+def test_a_closed_months_instance_page_shows_the_licences_it_was_billed_with(
+    client: TestClient, world: Any, tools: Any  # noqa: F811
+) -> None:
+    closed_at = parse_time("2026-11-02T00:00:00Z")
+    db.write_tx(world.engine, lambda c: accounting.close(c, world, "acme", OCT, now=closed_at))
+    later = tools.catalog()
+    later["licenses"][0]["end"] = "2026-12-07T00:00:00Z"
+    later["licenses"].append({**later["licenses"][0], "id": "SL-9", "start": "2026-12-07T00:00:00Z",
+                              "end": None})
+    tools.apply(world, later)
+    login(client, "ann")
+    october = client.get(f"/ui/p/acme/instances/TR7-0001?month={OCT}").text
+    assert "SL-1" in october and "SL-9" not in october
+    assert "SL-9" in client.get("/ui/p/acme/instances/TR7-0001").text  # the open month: the latest
+
+
+def test_the_evidence_page_says_which_heartbeats_are_quarantined(
+    client: TestClient, world: Any, tools: Any  # noqa: F811
+) -> None:
+    a = tools.Agent("forker")
+    tools.enrol(world, "acme", a, parse_time("2026-09-01T00:00:00Z"))
+    t = parse_time("2026-10-05T10:00:00Z")
+    first = a.beat(t + 60, {"TR7-0001": "running"})
+    a.seq, a.prev = a.seq - 1, "0" * 64  # the same seq signed again, other content: a fork
+    second = a.beat(t + 120, {"TR7-0001": "stopped"})
+    assert {r["status"] for r in ingest_lines(world.engine, [first, second])} == {"accepted"}
+    login(client, "ann")
+    html = client.get("/ui/p/acme/instances/TR7-0001/evidence", params={"hour": "2026-10-05T10:00:00Z"}).text
+    beats = re.findall(r'<div class="beat">(.*?)</div>', html, re.S)
+    forker = [b for b in beats if "forker" in b]
+    assert len(forker) == 2 and all("quarantined" in b for b in forker)
+    assert all("quarantined" not in b for b in beats if "forker" not in b)  # the other agent's counts
+
+
+def test_the_customer_page_and_the_planner_say_when_their_estimate_is_older(
+    client: TestClient, world: Any, monkeypatch  # noqa: F811
+) -> None:
+    login(client, "ann")
+    for path in (f"/ui/p/acme/customers/c1?month={OCT}", f"/ui/p/acme/planner/c1?month={OCT}"):
+        assert 'id="stale-note"' not in client.get(path).text
+    monkeypatch.setattr(data, "results_stale", lambda *_a: True)  # a newer bill being computed
+    for path in (f"/ui/p/acme/customers/c1?month={OCT}", f"/ui/p/acme/planner/c1?month={OCT}"):
+        assert 'id="stale-note"' in client.get(path).text, path
+
+
+def test_the_providers_pdf_ends_with_its_total(world: Any) -> None:  # noqa: F811
+    with db.read_conn(world.engine) as c:
+        inv = accounting.invoice(c, "acme", OCT)
+    text = pdf_text(render.pdf_bytes(inv, {"c1": "Customer c1"}))
+    assert f"Total: {inv['total']} EUR" in text and "summary" in text
+    one = pdf_text(render.pdf_bytes(inv, {"c1": "Customer c1"}, ["c1"]))
+    assert "summary" not in one  # a customer's own PDF is that customer's
