@@ -90,18 +90,29 @@ def _offsets(bits: int) -> tuple[int, ...]:
     return tuple(h * HOUR for h in range(24) if bits >> h & 1)
 
 
-def licensed_hours(hours: dict[str, set[int]], licenses: list[dict[str, Any]]) -> dict[str, set[int]]:
-    """The hours (epoch of each hour) that overlap a period of one of the licenses on their
-    instance, as billing-v1.md §1 matches an hour to a license: `[HH:00, HH+1:00)` and
-    `[start, end)` overlap, a null end being open."""
-    periods: dict[str, list[tuple[int, int | None]]] = defaultdict(list)
-    for lic in licenses:
-        end = lic.get("end")
-        periods[lic["instance"]].append((parse_time(lic["start"]), None if end is None else parse_time(end)))
-    return {
-        inst: {h for h in hs if any(h + HOUR > a and (b is None or h < b) for a, b in periods.get(inst, ()))}
-        for inst, hs in hours.items()
-    }
+def licensed_hours(
+    hours: dict[str, set[int]], licenses: list[dict[str, Any]], every: list[dict[str, Any]] | None = None
+) -> dict[str, set[int]]:
+    """The hours (epoch of each hour) that ``licenses`` decide on their instance: those overlapping
+    one of their periods, as billing-v1.md §1 matches an hour to a license (`[HH:00, HH+1:00)`
+    and `[start, end)` overlap, a null end being open), less, given ``every`` licence of the
+    catalog, the hours §3's order gives to another one overlapping too (a hand-over hour showed
+    on both customers' pages, and only one of them is billed for it)."""
+    mine = {lic["id"] for lic in licenses}
+    pool = every if every is not None else licenses
+    model = {lic["id"]: lic.get("model") for lic in pool}
+    periods: dict[str, list[tuple[str, int, int | None]]] = defaultdict(list)
+    for lic in pool:
+        end = None if lic.get("end") is None else parse_time(lic["end"])
+        periods[lic["instance"]].append((lic["id"], parse_time(lic["start"]), end))
+    for ps in periods.values():  # §3's order, as billing.compute._ordered: fixed, latest start, greatest id
+        ps.sort(key=lambda p: p[0], reverse=True)
+        ps.sort(key=lambda p: (model[p[0]] != "fixed", -p[1]))
+
+    def owner(inst: str, h: int) -> str | None:
+        return next((i for i, a, b in periods.get(inst, ()) if h + HOUR > a and (b is None or h < b)), None)
+
+    return {inst: {h for h in hs if owner(inst, h) in mine} for inst, hs in hours.items()}
 
 
 def hour_sets(

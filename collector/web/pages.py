@@ -167,7 +167,8 @@ def customer_page(
         active, seen = data.hour_sets(c, provider, month, insts)
         # The customer's hours only: an instance's hours outside this customer's license periods
         # are another customer's or unlicensed (the instance page shows all of them).
-        active, seen = data.licensed_hours(active, lics), data.licensed_hours(seen, lics)
+        every = doc.get("licenses", [])
+        active, seen = data.licensed_hours(active, lics, every), data.licensed_hours(seen, lics, every)
         acc, email = acc_store.load(c, provider, customer)
         events = acc_store.events(c, provider, customer)
         closed = (

@@ -5,6 +5,7 @@ evidence page showed forked heartbeats as if they counted; the customer page and
 gave an estimate from before the latest change with no note; the provider's PDF had no total.
 """
 
+import json
 import re
 from typing import Any
 
@@ -72,3 +73,29 @@ def test_the_providers_pdf_ends_with_its_total(world: Any) -> None:  # noqa: F81
     assert f"Total: {inv['total']} EUR" in text and "summary" in text
     one = pdf_text(render.pdf_bytes(inv, {"c1": "Customer c1"}, ["c1"]))
     assert "summary" not in one  # a customer's own PDF is that customer's
+
+
+def test_a_hand_over_hour_is_on_the_page_of_the_customer_billed_for_it(
+    client: TestClient, world: Any, tools: Any  # noqa: F811
+) -> None:
+    """TR7-0001 passes from c1 to c2 at 10:30 on day 2: §3 gives the 10:00 hour to the licence with
+    the latest start (c2's); both customers' pages counted it."""
+    doc = tools.catalog(customers=["c1", "c2"])
+    first = doc["licenses"][0]
+    first["end"] = "2026-10-02T10:30:00Z"
+    doc["licenses"].append({**first, "id": "SL-2", "customer": "c2", "start": "2026-10-02T10:30:00Z",
+                            "end": None})
+    tools.apply(world, doc, retroactive=True)
+    login(client, "ann")
+
+    def chart(customer: str) -> list[int]:
+        html = client.get(f"/ui/p/acme/customers/{customer}?month={OCT}").text
+        found = re.search(r'<script type="application/json" id="chart-data">(.*?)</script>', html, re.S)
+        return json.loads(found.group(1))["values"]
+
+    c1, c2 = chart("c1"), chart("c2")
+    # day 2: running but 02:00-04:00; c1 until 10:00 (0, 1 and 4-9), c2 from the 10:00 hour on
+    assert (c1[1], c2[1]) == (8, 14)
+    with db.read_conn(world.engine) as c:
+        billed = {x["license"]: x["quantity"] for x in accounting.invoice(c, "acme", OCT)["lines"]}
+    assert (sum(c1), sum(c2)) == (billed["SL-1"], billed["SL-2"])  # the pages add up to the invoice
