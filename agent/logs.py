@@ -18,12 +18,21 @@ class _Format(logging.Formatter):
         return line
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def setup(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Format())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("TR7_LOG_LEVEL", level).upper())
+    wanted = os.environ.get("TR7_LOG_LEVEL", level).upper()
+    if wanted not in LEVELS:  # a typo in the unit's environment must not stop the agent (restart loop)
+        root.setLevel(level)
+        logging.getLogger("tr7.agent").warning("event=bad_log_level TR7_LOG_LEVEL=%r: one of %s; using %s",
+                                               wanted, ", ".join(LEVELS), level)
+    else:
+        root.setLevel(wanted)
     # APScheduler logs every run at INFO: too chatty at a 1 s interval, its warnings still show.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -177,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, CatalogError | PricingError | BundleError):
             print(f"tr7-collector: {exc}", file=sys.stderr)
             return 1
+        from sqlalchemy.exc import DatabaseError
+
+        if isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError) and \
+                "file is not a database" in str(exc.orig):
+            print(f"tr7-collector: the database file is not an SQLite database ({exc.orig}): a wrong "
+                  "file restored?", file=sys.stderr)
+            return 1
         if isinstance(exc, OperationalError):
             # An unreachable or refusing database is an operator's problem, not a crash: one line.
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)

@@ -9,8 +9,10 @@ evidence dropped from the database (collector/prune.py), and `unprune` (collecto
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,7 +66,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="instead of --month or --before: keep the current month (UTC) and the N before "
                         "it, prune the closed months older than them (what tr7-collector-prune.timer runs)")
     p.add_argument("--out", type=Path, help="a new or empty directory for the bundle; keep it")
-    p.add_argument("--copy-with", metavar="CMD",
+    p.add_argument("--copy-with", metavar="CMD", type=_command,
                    help="after each archive is written and verified, before anything is dropped: run "
                         "CMD (no shell; {archive}, {provider} and {month} replaced), e.g. `rclone copyto "
                         "{archive} offsite:tr7/{provider}/{month}.tar.gz`; if it fails, nothing is dropped "
@@ -159,6 +161,16 @@ def keep_cutoff(now: int, keep: int) -> str:
     return month
 
 
+def _command(text: str) -> str:
+    """--copy-with: split as prune will split it, now, so that an unbalanced quote is this
+    command's error (exit 2), not a traceback after the whole month was archived and verified."""
+    try:
+        shlex.split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a command line: {exc}") from None
+    return text
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -207,13 +219,17 @@ def _key(action: str, settings: Settings, reason: str | None) -> None:
         from audit.progress import StderrProgress
 
         r = keyrotation.rotate(settings, int(time.time()), StderrProgress(quiet=False, unit="notes"))
-        print(f"new checkpoint key: {r.new}")
-        print(f"retired: {r.old}")
-        print(f"cosigned with the new key: {r.checkpoints} stored checkpoints, {r.closes} closed months")
-        print("the service on this host signs with it from its next checkpoint; other hosts on this "
-              "database: copy collector.key from this data directory to theirs (until then they "
-              "ingest but sign no checkpoint; no restart needed)")
-        print("give auditors the new key and this statement, signed by both keys:")
+        # The statement alone on stdout (`key rotate > statement-1` is what `tr7-audit handover`
+        # reads: with the lines below in it, it read as a bad signature); the rest on stderr.
+        for line in (f"new checkpoint key: {r.new}", f"retired: {r.old}",
+                     f"cosigned with the new key: {r.checkpoints} stored checkpoints, "
+                     f"{r.closes} closed months",
+                     "the service on this host signs with it from its next checkpoint; other hosts on this "
+                     "database: copy collector.key from this data directory to theirs (until then they "
+                     "ingest but sign no checkpoint; no restart needed)",
+                     "give auditors the new key and the statement on standard output, signed by both keys "
+                     "(`tr7-collector key history` keeps it too)"):
+            print(line, file=sys.stderr)
         print(r.statement, end="")
         return
     engine = settings.open()

@@ -142,10 +142,17 @@ def _copy(command: str, archive: Path, provider: str, month: str) -> None:
     command's does (the journal, under the timer). It failing leaves the month as it was: the
     archive is removed (the evidence is all still in the database), so the next run writes it
     again; a copy the tool left half-done remotely is the tool's to finish or overwrite."""
-    words = shlex.split(command)
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:  # the CLI checks it first; a caller that did not gets the same outcome
+        words, bad = [command], exc
+    else:
+        bad = None
     argv = [w.replace("{archive}", str(archive)).replace("{provider}", provider).replace("{month}", month)
             for w in words]
     try:
+        if bad is not None:
+            raise OSError(f"not a command line: {bad}")
         rc = subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=COPY_TIMEOUT, check=False).returncode
         why = None if rc == 0 else f"exited with status {rc}"
     except subprocess.TimeoutExpired:

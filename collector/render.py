@@ -97,8 +97,14 @@ class _Text:
                         "TR7_PDF_FONT); characters outside Latin-1 print as '?'")
             self.family, self._cmap = "Helvetica", None
             return
-        pdf.add_font("body", "", regular)
-        pdf.add_font("body", "B", _font_file("B") or regular)
+        try:
+            pdf.add_font("body", "", regular)
+            pdf.add_font("body", "B", _font_file("B") or regular)
+        except Exception as exc:  # fontTools' TTLibError, fpdf's ValueError: a file that is no TTF
+            log.warning("event=pdf_font_unusable file=%s reason=%r: the core font is used; characters "
+                        "outside Latin-1 print as '?'", regular, str(exc))
+            self.family, self._cmap = "Helvetica", None
+            return
         self.family, self._cmap = "body", set(pdf.fonts["body"].cmap)
 
     def __call__(self, text: Any) -> str:

@@ -318,6 +318,10 @@ def serve(settings: Settings, listen: str | None, workers: int, proxies: str | N
         raise SetupError(f"listen address {listen!r} (--listen or {ENV_LISTEN}) must be HOST:PORT, "
                          "e.g. 127.0.0.1:8080 or [::1]:8080")
     settings.open()  # key, origin and migrations before any worker starts
+    from collector.accounts.api import tick_seconds
+    from collector.accounts.mail import SmtpSettings
+
+    tick_seconds(), SmtpSettings.from_env()  # the environment's values, refused here in one line
     os.environ[ENV_DATA_DIR] = str(settings.data_dir.resolve())
     os.environ[ENV_DB] = settings.db_url
     os.environ[ENV_ORIGIN] = settings.origin

@@ -89,6 +89,9 @@ class Settings:
         path = self.data_dir / "origin"
         if path.exists():
             stored = path.read_text().strip()
+            if not _ORIGIN_RE.match(stored):  # emptied or damaged: restored by hand, a full disk
+                raise SetupError(f"{path} holds no collector origin ({stored[:40]!r}): restore it from the "
+                                 "backup with collector.key (docs/collector.md, Backup and restore)")
             if self.origin_override and self.origin_override != stored:
                 raise SetupError(f"the collector origin is {stored!r} (fixed in {path}); cannot change it")
             return stored
@@ -102,7 +105,12 @@ class Settings:
     @cached_property
     def key(self) -> AgentKey:
         self.ensure_dir()
-        key, _created = load_or_create_private_key(self.data_dir / "collector.key")
+        path = self.data_dir / "collector.key"
+        try:
+            key, _created = load_or_create_private_key(path)
+        except ValueError as exc:  # emptied or damaged: a bad restore, a full disk
+            raise SetupError(f"{path} is not a collector key ({exc}): restore it from the backup "
+                             "(docs/collector.md, Backup and restore)") from None
         return key
 
     @cached_property
@@ -139,7 +147,7 @@ class Settings:
         self._refuse_a_second_database()
         if not (self.data_dir / "collector.key").exists():
             self._refuse_a_new_key()
-        _ = self.key, self.origin
+        _ = self.origin, self.key  # the origin first: a refused one leaves no key behind
         if migrate:
             try:
                 db.migrate(self.engine)

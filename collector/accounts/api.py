@@ -189,9 +189,19 @@ def tick_once(
     return done
 
 
+def tick_seconds() -> int:
+    """TR7_ACCOUNTS_TICK, checked by `serve` before any worker starts (SetupError: one line)."""
+    from collector.settings import SetupError
+
+    text = os.environ.get(ENV_TICK, "300") or "0"
+    if not text.strip().isdigit():
+        raise SetupError(f"{ENV_TICK}={text!r} must be a number of seconds (0: no tick)")
+    return int(text)
+
+
 def install_tick(app: FastAPI) -> None:
     """Run the tick every TR7_ACCOUNTS_TICK seconds (default 300) while the server runs."""
-    every = int(os.environ.get(ENV_TICK, "300") or 0)
+    every = tick_seconds()
     if every > 0:
         # tick_once logs each account that fails; a failure of the tick itself is logged by
         # run_every, and the tick runs again at its next turn

@@ -28,9 +28,14 @@ class SmtpSettings:
         host = os.environ.get(ENV_HOST)
         if not host:
             return None
+        port = os.environ.get(ENV_PORT) or "25"
+        if not port.strip().isdigit() or not 0 < int(port) < 65536:
+            from collector.settings import SetupError
+
+            raise SetupError(f"{ENV_PORT}={port!r} must be a port number (1-65535)")
         return cls(
             host,
-            int(os.environ.get(ENV_PORT) or 25),
+            int(port),
             os.environ.get(ENV_FROM) or "billing@localhost",
             os.environ.get(ENV_USER) or None,
             os.environ.get(ENV_PASSWORD) or None,

@@ -272,10 +272,15 @@ def test_key_rotate_prints_the_new_key_and_the_statement_history_keeps(tmp_path:
     old = _cli("key", "--data-dir", str(data), "--origin", "collector.test").stdout.strip()
     out = _cli("key", "rotate", "--data-dir", str(data))
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    new = lines[0].removeprefix("new checkpoint key: ")
-    assert lines[1] == f"retired: {old}" and new != old
-    statement = out.stdout[out.stdout.index("tr7-collector key rotation\n"):]
+    lines = out.stderr.splitlines()
+    new = lines[-5].removeprefix("new checkpoint key: ")
+    assert lines[-4] == f"retired: {old}" and new != old
+    statement = out.stdout  # the statement alone: `key rotate > statement-1`, then tr7-audit handover
+    assert statement.startswith("tr7-collector key rotation\n")
+    (tmp_path / "statement-1").write_text(statement)
+    handed = subprocess.run([sys.executable, "-m", "audit.cli", "handover", "--collector-key", old,
+                             str(tmp_path / "statement-1")], capture_output=True, text=True, check=False)
+    assert handed.returncode == 0 and handed.stdout.strip() == new, handed.stderr
     for vkey in (old, new):
         assert open_note(statement, [NoteVerifier.from_vkey(vkey)])  # any signed-note tool can check it
     assert _cli("key", "--data-dir", str(data)).stdout.strip() == new

@@ -1,0 +1,67 @@
+"""Plausible operator mistakes are one line and the right exit, never a traceback or a trap.
+
+Found by a review that followed the docs literally: a refused --origin left a key behind that
+blocked every later command; an unbalanced quote in --copy-with crashed after the whole month was
+archived and left the archive in the way; bad TR7_* values and damaged key, origin or database
+files crashed the tools; a PDF font that is no font crashed the invoice.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from collector import render
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector.cli", *args], capture_output=True, text=True,
+                          check=False, env={**os.environ, **(env or {})})
+
+
+def test_a_refused_origin_leaves_nothing_behind(tmp_path: Path) -> None:
+    data = str(tmp_path / "d")
+    bad = _cli("migrate", "--data-dir", data, "--origin", "https://collector.example.net")
+    assert bad.returncode == 1 and "must be [A-Za-z0-9._-]+" in bad.stderr
+    assert not (tmp_path / "d" / "collector.key").exists()
+    assert _cli("migrate", "--data-dir", data, "--origin", "collector.example.net").returncode == 0
+
+
+def test_damaged_key_origin_and_database_files_are_named(tmp_path: Path) -> None:
+    for name, content, said in (("collector.key", b"", "collector.key is not a collector key"),
+                                ("origin", b"\n", "origin holds no collector origin"),
+                                ("collector.db", b"garbage" * 100, "is not an SQLite database")):
+        data = tmp_path / name
+        assert _cli("migrate", "--data-dir", str(data), "--origin", "c.test").returncode == 0
+        for extra in ("collector.db-wal", "collector.db-shm"):
+            (data / extra).unlink(missing_ok=True)
+        (data / name).write_bytes(content)
+        out = _cli("agent", "list", "--data-dir", str(data))
+        assert out.returncode == 1 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_an_unbalanced_copy_command_is_refused_before_any_work(tmp_path: Path) -> None:
+    out = _cli("prune", "--data-dir", str(tmp_path / "d"), "--provider", "p", "--month", "2026-11",
+               "--out", str(tmp_path / "a"), "--copy-with", "cp '{archive}")
+    assert out.returncode == 2 and "argument --copy-with" in out.stderr
+    assert "No closing quotation" in out.stderr
+    assert not (tmp_path / "d").exists() and not (tmp_path / "a").exists()
+
+
+def test_bad_environment_values_are_one_line(tmp_path: Path) -> None:
+    data = str(tmp_path / "d")
+    assert _cli("migrate", "--data-dir", data).returncode == 0
+    smtp = _cli("account", "tick", "--data-dir", data, env={"TR7_SMTP_HOST": "mail", "TR7_SMTP_PORT": "abc"})
+    assert smtp.returncode == 1 and "TR7_SMTP_PORT='abc' must be a port number" in smtp.stderr
+    tick = _cli("serve", "--data-dir", data, "--listen", "127.0.0.1:1", env={"TR7_ACCOUNTS_TICK": "abc"})
+    assert tick.returncode == 1 and "TR7_ACCOUNTS_TICK='abc' must be a number of seconds" in tick.stderr
+    assert "Traceback" not in smtp.stderr + tick.stderr
+
+
+def test_a_pdf_font_that_is_no_font_falls_back(tmp_path: Path, monkeypatch) -> None:
+    not_a_font = tmp_path / "font.ttf"
+    not_a_font.write_text("this is not a TrueType font\n")
+    monkeypatch.setenv("TR7_PDF_FONT", str(not_a_font))
+    inv = {"provider": "acme", "month": "2026-10", "currency": "EUR", "lines": [], "device_days": [],
+           "totals": {}, "total": "0.00"}
+    assert render.pdf_bytes(inv).startswith(b"%PDF")
