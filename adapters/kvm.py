@@ -113,7 +113,8 @@ def _convert(exc: libvirt.libvirtError, uri: str, doing: str, auth_hint: str = G
         return AuthError("authentication failed", f"{diagnostic} ({auth_hint})")
     if code in DENIED_CODES:
         return AuthError("access denied", f"{diagnostic} ({GROUP_HINT})")
-    if code in CONFIG_CODES:
+    if code in CONFIG_CODES or (code == libvirt.VIR_ERR_INTERNAL_ERROR and "invalid URI" in text):
+        # qemu://system (two slashes) is libvirt's "internal error: invalid URI", not a config code
         return ConfigError(f"cannot use {uri}", diagnostic)
     if code == libvirt.VIR_ERR_SYSTEM_ERROR and exc.get_int1() in (errno.EACCES, errno.EPERM):
         # the socket is there but this user may not open it (unix_sock_ro_perms "0770"): the

@@ -84,14 +84,19 @@ def main(argv: list[str] | None = None) -> None:
         from agent.service import Service
 
         _exit(Service(config).serve())
-    elif args.command == "check":
-        _exit(commands.check(config, args.json))
-    elif args.command == "enroll":
-        _exit(commands.enroll(config, args.token))
-    elif args.command == "status":
-        _exit(commands.status(config, args.json))
-    elif args.command == "export":
-        _exit(commands.export(config, args.out))
+    try:
+        if args.command == "check":
+            _exit(commands.check(config, args.json))
+        elif args.command == "enroll":
+            _exit(commands.enroll(config, args.token))
+        elif args.command == "status":
+            _exit(commands.status(config, args.json))
+        elif args.command == "export":
+            _exit(commands.export(config, args.out))
+    except BrokenPipeError:
+        # output piped into `head` and the like: stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

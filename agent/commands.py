@@ -56,6 +56,10 @@ def enroll(config: Config, token: str) -> int:
     except (StartupError, ProtocolError, OSError) as exc:
         print(f"enroll: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # an emptied or damaged key file (a full disk): `run` says the same
+        print(f"enroll: {settings.key_path} is not an agent key ({exc}); move it aside only if it "
+              "never signed: its heartbeats' key would be lost", file=sys.stderr)
+        return 1
     body = {"token": token, "name": settings.agent_name, "public_key": key.public_b64}
     try:
         with make_client(settings) as client:
@@ -132,6 +136,8 @@ def status(config: Config, as_json: bool) -> int:
         except SpoolError as exc:
             out["spool_error"], code = str(exc), 1
     else:
+        if settings.state_dir.exists() and not settings.state_dir.is_dir():  # a file, or worse
+            out["spool_error"], code = f"state directory {settings.state_dir} is not a directory", 1
         out.update({"last_poll": None, "last_shipped_seq": None, "spool_depth": 0,
                     "oldest_unshipped_age_s": None, "spool_bytes": 0,
                     "rejected": {"count": 0, "reasons": {}}, "clock_events": []})

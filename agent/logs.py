@@ -10,7 +10,7 @@ class _Format(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
         head = f"level={record.levelname.lower()} logger={record.name}"
-        if os.environ.get("TR7_LOG_TIME"):
+        if (os.environ.get("TR7_LOG_TIME") or "0").lower() not in ("0", "false", "no", "off"):
             head = f"time={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {head}"
         line = f"{head} {msg}"
         if record.exc_info:

@@ -220,8 +220,9 @@ class Service:
                 self.metrics.polls.labels(a.name).inc()
                 self.metrics.poll_seconds.labels(a.name).observe(a.seconds)
                 self.metrics.instances.labels(a.name).set(len(a.observations))
-                if not a.ok:
-                    self.metrics.poll_failures.labels(a.name).inc()
+                failures = self.metrics.poll_failures.labels(a.name)  # at 0 from the first poll on:
+                if not a.ok:  # a rate() or an alert over it has a series before the first failure
+                    failures.inc()
             try:
                 try:
                     seq, _ = self.spool.append(self.key, when, interval, outcome.polls, outcome.observations)

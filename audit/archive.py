@@ -42,9 +42,12 @@ def archive_path(out: Path) -> Path:
 
 
 def is_archive(path: Path) -> bool:
-    """A regular file that reads as a tar archive (compressed or not)."""
+    """A regular file that reads as a tar archive (compressed or not), or is named as one: a
+    download cut short or a file that is no tar at all, named .tar.gz, is a bundle archive that
+    cannot be read (`archive.unreadable`, exit 1), not a usage error."""
     try:
-        return path.is_file() and tarfile.is_tarfile(path)
+        named = path.name.endswith((".tar.gz", ".tgz", ".tar"))
+        return path.is_file() and (named or tarfile.is_tarfile(path))
     except OSError:
         return False
 
@@ -235,7 +238,8 @@ def _extract(path: Path, tmp: Path) -> None:
                 if need + SPARE > free:
                     raise B.BundleError(
                         f"{path}: extracting it needs more than the {free >> 20:,} MB free in {tmp.parent} "
-                        f"(at least {need >> 20:,} MB): set TMPDIR to a larger file system, or extract it "
+                        f"(at least {-(-(need + SPARE) // (1 << 20)):,} MB: the members read so far and "
+                        f"{SPARE >> 20} MB kept free): set TMPDIR to a larger file system, or extract it "
                         "yourself (tar -xzf) and verify the directory")
                 target = tmp.joinpath(*parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +248,10 @@ def _extract(path: Path, tmp: Path) -> None:
                     if src is not None:
                         shutil.copyfileobj(src, out, _CHUNK)
     except (*READ_ERRORS, OSError) as exc:
-        raise ArchiveError(f"{path}: cannot be extracted ({exc})") from exc
+        # tarfile lists every method it tried, a line each: what the operator needs is shorter
+        why = "no readable tar archive: cut short, or no archive at all" if isinstance(
+            exc, tarfile.ReadError) and "opened successfully" in str(exc) else str(exc)
+        raise ArchiveError(f"{path}: cannot be extracted ({why})") from exc
 
 
 def _root(tmp: Path) -> Path:

@@ -87,6 +87,12 @@ def _handover(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
 def _vkey(text: str) -> str:
     """--collector-key: a note verifier key, checked before any bundle or statement is read (a
     mistyped key is the command line's error, exit 2, not a failure of the bundle)."""
@@ -109,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--quiet", action="store_true", help="print failures only, no progress or findings")
     v.add_argument("--collector-key", metavar="VKEY", type=_vkey,
                    help="the collector's note verifier key as published; collector.pub must equal it")
-    v.add_argument("--workers", type=int, default=None, help="processes for signatures (default: auto)")
+    v.add_argument("--workers", type=_positive, default=None, help="processes for signatures (default: auto)")
     v.set_defaults(func=_verify)
     h = sub.add_parser("handover", help="check the collector's key rotation statements from a key you "
-                       "trust; print the key they hand over to (for --collector-key)", epilog=_EXIT_HELP)
+                       "trust; print the key they hand over to (for --collector-key)",
+                       epilog="exit status: 0 every statement hands over, the last key printed; 1 a "
+                              "statement does not (named) or cannot be read; 2 command-line error")
     h.add_argument("--collector-key", metavar="VKEY", required=True, type=_vkey,
                    help="the collector's verifier key you trust (the one the first statement retires)")
     h.add_argument("statements", nargs="+", metavar="STATEMENT",

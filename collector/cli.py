@@ -57,18 +57,34 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> argparse.Argum
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tr7-meter")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The common options go before or after the command (`tr7-collector --data-dir D apply F` and
     # `tr7-collector apply --data-dir D F`). A subcommand's defaults would overwrite what the main
     # parser read, so its copies default to SUPPRESS: absent there, the main parser's value stays.
     common = _add_common(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
     p = _add_common(argparse.ArgumentParser(prog="tr7-collector", description=__doc__), None)
+    p.add_argument("--version", action="version", version=f"tr7-collector {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("serve", parents=[common], help="run the HTTP API")
     sp.add_argument(
         "--listen", default=None, help="HOST:PORT (default 127.0.0.1:8080, env TR7_COLLECTOR_LISTEN)"
     )
-    sp.add_argument("--workers", type=int, default=1)
+    sp.add_argument("--workers", type=_positive, default=1, help="uvicorn worker processes (default 1)")
     sp.add_argument(
         "--forwarded-allow-ips", default=None, metavar="ADDRESSES",
         help="comma-separated addresses or networks of the proxies whose X-Forwarded-For and "
@@ -289,6 +305,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _token(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[no-untyped-def]
     if args.token_cmd == "list":
         with db.read_conn(engine) as c:
+            if args.provider:
+                registry.require_known_provider(c, args.provider)  # a typo: not "no tokens"
             print(json.dumps(registry.list_api_tokens(c, args.provider), indent=2))
         return 0
     if args.token_cmd == "revoke":

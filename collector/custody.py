@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from collector import db, highwater
+from collector import db, highwater, registry
 from collector import schema as s
 from collector.settings import Settings, SetupError
 from protocol.timefmt import format_time, month_of, previous_month
@@ -141,6 +141,7 @@ def _prune(args: argparse.Namespace, settings: Settings) -> None:
         return
     with db.read_conn(engine) as conn:
         if args.provider:
+            registry.require_known_provider(conn, args.provider)  # a typo: not "nothing to prune"
             todo = [(args.provider, m, args.out / m) for m in prune.due(conn, args.provider, args.before)]
         else:  # every provider, each into its own directory
             ids = conn.execute(sa.select(s.providers.c.id).order_by(s.providers.c.id)).scalars().all()
@@ -184,7 +185,7 @@ def _count(text: str) -> int:
 def _pruned(r: "Pruned") -> None:
     if r.resumed:
         print(f"{r.provider} {r.month} was pruned at {format_time(r.pruned_at)}; its bundle is in "
-              f"{r.archive}")
+              f"{r.archive} (nothing was written to --out: this run only finished the drop)")
     else:
         print(f"archived and verified: {r.archive} ({r.size} heartbeats; manifest.json SHA-256 "
               f"{r.manifest_sha256})")

@@ -142,6 +142,15 @@ def test_unreachable_daemon_is_unreachable_error() -> None:
     assert uri in err.value.diagnostic and "refused" in err.value.diagnostic.lower()
 
 
+def test_a_uri_with_two_slashes_is_named_as_the_docs_say() -> None:
+    """kvm.md: `cannot use <uri>` ... check `uri` (`qemu:///system`, not `qemu://system`); it was
+    "libvirt error 1" (libvirt calls it an internal error). Found by a review."""
+    with pytest.raises(ConfigError) as err:
+        adapter("qemu://system").poll()
+    assert err.value.reason == "cannot use qemu://system"
+    assert "maybe you want qemu:///system" in err.value.diagnostic
+
+
 def test_missing_local_socket_is_unreachable_error(tmp_path: Path) -> None:
     uri = f"qemu:///system?socket={tmp_path / 'no-libvirt-sock'}"
     with pytest.raises(UnreachableError) as err:

@@ -140,3 +140,20 @@ def test_enroll_against_something_that_is_not_the_collector(tmp_path: Path) -> N
     res = run_cli("status", "--config", str(cfg), "--json")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "enrollment.json: unreadable" in json.loads(res.stdout)["enrollment_error"]
+
+
+def test_status_and_enroll_name_what_is_unusable(tmp_path: Path) -> None:
+    """status said all was well (exit 0) with a state directory that is a file; enroll gave a
+    traceback for an emptied agent.key. Found by a review."""
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(a_file)}, [])
+    res = run_cli("status", "--config", str(cfg), "--json")
+    assert res.returncode == 1 and "is not a directory" in json.loads(res.stdout)["spool_error"]
+    state = tmp_path / "s"
+    state.mkdir()
+    (state / "agent.key").write_bytes(b"")
+    (state / "agent.key").chmod(0o600)
+    cfg = write_config(tmp_path / "b.toml", {"state_dir": str(state), "collector": "http://127.0.0.1:9"}, [])
+    res = run_cli("enroll", "--config", str(cfg), "--token", "t")
+    assert res.returncode == 1 and "is not an agent key" in res.stderr and "Traceback" not in res.stderr

@@ -55,6 +55,7 @@ def test_metrics_endpoint(tmp_path: Path, make_collector) -> None:
     assert 'tr7_agent_build_info{version="' in text
     assert _value(text, 'tr7_agent_polls_total{adapter="lab"}') >= 2
     assert _value(text, 'tr7_agent_poll_failures_total{adapter="down"}') >= 2
+    assert _value(text, 'tr7_agent_poll_failures_total{adapter="lab"}') == 0  # a series before any failure
     assert _value(text, 'tr7_agent_observed_instances{adapter="lab"}') == 3
     assert _value(text, "tr7_agent_heartbeats_signed_total") >= 2
     assert _value(text, "tr7_agent_heartbeats_rejected_total") == 0

@@ -3,6 +3,7 @@ and read safely: a damaged or hostile archive fails verification by name and wri
 
 import hashlib
 import io
+import re
 import shutil
 import subprocess
 import tarfile
@@ -89,6 +90,16 @@ def test_a_damaged_or_hostile_archive_fails_by_name_and_writes_nothing_outside(
     res = cli("verify", str(other))
     assert res.returncode == 2 and "neither a directory nor a bundle archive" in res.stderr
 
+    # named as an archive, it is one that cannot be read: a download cut short, or a wrong file
+    for name, content in (("empty.tar.gz", b""), ("junk.tar.gz", b"\x00not gzip" * 50)):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        res = cli("verify", "--quiet", str(bad))
+        assert res.returncode == 1 and "archive.unreadable" in res.stdout, res.stdout + res.stderr
+        assert "no readable tar archive" in res.stdout
+        shown = cli("show", str(bad))
+        assert shown.returncode == 1 and "Traceback" not in shown.stderr
+
 
 def test_pack_keeps_nothing_that_does_not_read_back(pristine: Path, tmp_path: Path, monkeypatch) -> None:
     dest = tmp_path / "x.tar.gz"
@@ -116,6 +127,9 @@ def test_an_archive_too_big_for_tmpdir_says_how_much_room_it_needs(pristine: Pat
     with pytest.raises(BundleError, match="set TMPDIR to a larger file system") as e:
         verify_bundle(packed, workers=1)
     assert isinstance(e.value, BundleError) and not isinstance(e.value, archive.ArchiveError)  # exit 2
+    # how much: more than the free 65 MB (it said "at least 0 MB", the members' sum before the spare)
+    need = int(re.search(r"at least ([\d,]+) MB", str(e.value)).group(1).replace(",", ""))
+    assert need > (archive.SPARE + (1 << 20)) >> 20
     monkeypatch.undo()
     assert verify_bundle(packed, workers=1).ok
 

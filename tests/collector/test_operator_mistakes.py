@@ -65,3 +65,20 @@ def test_a_pdf_font_that_is_no_font_falls_back(tmp_path: Path, monkeypatch) -> N
     inv = {"provider": "acme", "month": "2026-10", "currency": "EUR", "lines": [], "device_days": [],
            "totals": {}, "total": "0.00"}
     assert render.pdf_bytes(inv).startswith(b"%PDF")
+
+
+def test_a_typed_provider_that_does_not_exist_is_named_not_nothing_to_do(tmp_path: Path) -> None:
+    data = str(tmp_path / "d")
+    for args in (("prune", "--provider", "acmee", "--before", "2026-12", "--out", str(tmp_path / "a")),
+                 ("token", "list", "--provider", "acmee")):
+        out = _cli(*args, "--data-dir", data)
+        assert out.returncode == 1 and "no provider 'acmee'" in out.stderr, args
+
+
+def test_version_and_counts_of_at_least_one() -> None:
+    assert _cli("--version").stdout.startswith("tr7-collector ")
+    out = _cli("serve", "--workers", "0")
+    assert out.returncode == 2 and "argument --workers" in out.stderr
+    audit = subprocess.run([sys.executable, "-m", "audit.cli", "verify", "--workers", "0", "."],
+                           capture_output=True, text=True, check=False)
+    assert audit.returncode == 2 and "argument --workers" in audit.stderr
