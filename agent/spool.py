@@ -180,18 +180,21 @@ class Spool:
     def batch(self, limit: int = 5000, max_bytes: int = MAX_REQUEST_BYTES) -> list[Row]:
         """The oldest unshipped rows, at most ``limit`` lines and ``max_bytes`` of body (§4)."""
         rows: list[Row] = []
+        damaged: list[tuple[int, str, int, bytes, Exception]] = []
         size = 0
         for rid, kid, seq, packed in self.db.execute("SELECT id, kid, seq, jws_z FROM spool ORDER BY id "
                                                      "LIMIT ?", (limit,)):
             try:
                 token = _unpack(packed)
             except _DAMAGE as exc:
-                self._set_aside_damaged(rid, kid, seq, packed, exc)
+                damaged.append((rid, kid, seq, packed, exc))
                 continue
             size += len(token) + 1
             if rows and size > max_bytes:
                 break
             rows.append(Row(rid, kid, seq, token))
+        for bad in damaged:  # after the read: no write under an open read cursor
+            self._set_aside_damaged(*bad)
         return rows
 
     def unshipped(self) -> Iterable[str]:
@@ -209,20 +212,7 @@ class Spool:
         reason = f"spool.damaged: the stored heartbeat cannot be read ({type(exc).__name__}: {exc})"
         log.error("event=spool_row_damaged kid=%s seq=%d reason=%r action='set aside; the collector will "
                   "see a gap'", kid, seq, reason)
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.execute("INSERT OR REPLACE INTO rejected (id, kid, seq, token, reason, at) VALUES "
-                                "(?,?,?,?,?,?)", (rid, kid, seq, base64.b64encode(packed).decode("ascii"),
-                                                  reason, int(time.time())))
-                self.db.execute("DELETE FROM spool WHERE id = ?", (rid,))
-                self.db.execute("COMMIT")
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as err:
-            raise _wrap(err, self.path, "cannot set a damaged row aside") from err
+        self.settle([(Row(rid, kid, seq, base64.b64encode(packed).decode("ascii")), "rejected", reason)])
 
     def settle(self, outcomes: list[tuple[Row, str, str | None]]) -> None:
         """Apply the collector's answers in one transaction: delete accepted/duplicate, set aside
