@@ -88,6 +88,16 @@ def _note_text(note: str) -> str:
     return note if note.endswith("\n") else note + "\n"
 
 
+def check_target(out_dir: Path, overwrite: bool = False) -> None:
+    """``out_dir`` can take a bundle: absent, or an empty directory (or any, with ``overwrite``).
+    Also called before the work a bundle takes (export's bill), not only before its writing."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise BundleError(f"{out_dir} exists and is not a directory")
+        if any(out_dir.iterdir()) and not overwrite:
+            raise BundleError(f"{out_dir} is not empty; refusing to write a bundle into it")
+
+
 def write_bundle(
     out_dir: Path,
     *,
@@ -111,11 +121,7 @@ def write_bundle(
     stray files would make it fail its own manifest check.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise BundleError(f"{out_dir} exists and is not a directory")
-        if any(out_dir.iterdir()) and not overwrite:
-            raise BundleError(f"{out_dir} is not empty; refusing to write a bundle into it")
+    check_target(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     agent_rows = []
     for a in agents:

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy.engine import Connection
 
 from audit.archive import SUFFIX, archive_path, pack
-from audit.bundle import BundleError, ClosedState, write_bundle
+from audit.bundle import BundleError, ClosedState, check_target, write_bundle
 from billing import PricingError
 from collector import accounting, evidence, keyrotation, reference, registry, tlog
 from collector.settings import Settings
@@ -28,6 +28,7 @@ def export(
 
     The leaves are read twice as streams (the bill, then the file), never held: memory grows by
     each line's chain fields only, ~0.4 kB (a month of 1.7 million heartbeats took more than 15 GB)."""
+    check_target(out, overwrite)  # before the month's bill is recomputed, not after
     size = tlog.log_size(conn, provider, month)
     anchors = [r.jws for r in evidence.anchor_rows(conn, provider, month)]
     _cid, catalog = accounting.catalog_for(conn, provider, month)

@@ -82,3 +82,24 @@ def test_version_and_counts_of_at_least_one() -> None:
     audit = subprocess.run([sys.executable, "-m", "audit.cli", "verify", "--workers", "0", "."],
                            capture_output=True, text=True, check=False)
     assert audit.returncode == 2 and "argument --workers" in audit.stderr
+
+
+def test_export_into_a_non_empty_directory_is_refused_before_the_bill_is_recomputed(
+    settings, tmp_path: Path, monkeypatch
+) -> None:
+    """It refused only after recomputing the month's bill from every heartbeat (minutes, big)."""
+    import pytest
+
+    from audit.bundle import BundleError
+    from collector import db, reference
+    from collector.export import export
+
+    def too_early(*_a, **_k):
+        raise AssertionError("the bill was recomputed before the directory was checked")
+
+    monkeypatch.setattr(reference, "full_result", too_early)
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "stray.txt").write_text("x")
+    with db.read_conn(settings.engine) as c, pytest.raises(BundleError, match="is not empty"):
+        export(c, settings, "acme", "2026-10", out)
