@@ -173,3 +173,17 @@ def in_process(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, Path]]]:
     for service in made:
         service.poller.close()
         service.spool.close()
+
+
+def spooled_state(tmp_path: Path, heartbeats: int, step: int = 60) -> tuple[Path, AgentKey, Spool]:
+    """A state directory with a saved key and its open spool, holding ``heartbeats`` signed ``step``
+    seconds apart (as `run` left them), for the tests that then damage or lose part of it."""
+    state = tmp_path / "s"
+    state.mkdir()
+    key = AgentKey.generate()
+    save_private_key(key, state / "agent.key")
+    spool = Spool(state / "spool.db")
+    polls = [{"adapter": "lab", "platform": "kvm", "ok": True, "error": None}]
+    for i in range(heartbeats):
+        spool.append(key, 1_790_000_000 + step * i, 60, polls, [])
+    return state, key, spool

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AGENT, agent_env, run_cli, write_config
+from conftest import AGENT, agent_env, run_cli, spooled_state, write_config
 
 from agent import signedkeys
 from agent.spool import Spool
@@ -90,14 +90,7 @@ def test_corrupt_spool_file(tmp_path: Path) -> None:
 
 
 def test_corrupt_page_inside_spool(tmp_path: Path) -> None:
-    state = tmp_path / "s"
-    state.mkdir()
-    key = AgentKey.generate()
-    save_private_key(key, state / "agent.key")
-    spool = Spool(state / "spool.db")
-    polls = [{"adapter": "lab", "platform": "kvm", "ok": True, "error": None}]
-    for i in range(40):
-        spool.append(key, 1_790_000_000 + i, 60, polls, [])
+    state, _key, spool = spooled_state(tmp_path, 40, step=1)
     spool.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     spool.close()
     data = bytearray((state / "spool.db").read_bytes())
@@ -129,13 +122,7 @@ def test_a_lost_spool_never_restarts_a_key_that_signed_at_seq_1(tmp_path: Path, 
 
 def test_a_chain_from_before_the_list_is_listed_at_start(tmp_path: Path) -> None:
     """An agent upgraded with a chain under way: its key is listed when the service first starts."""
-    state = tmp_path / "s"
-    state.mkdir()
-    key = AgentKey.generate()
-    save_private_key(key, state / "agent.key")
-    spool = Spool(state / "spool.db")
-    spool.append(key, 1_790_000_000, 60, [{"adapter": "lab", "platform": "kvm", "ok": True, "error": None}],
-                 [])
+    state, key, spool = spooled_state(tmp_path, 1)
     spool.close()
     proc = subprocess.Popen([str(AGENT), "run", "--config", str(_config(tmp_path, state))],
                             env=agent_env(), stderr=subprocess.PIPE, text=True)

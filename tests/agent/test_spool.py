@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli, write_config
+from conftest import ROOT, run_cli, spooled_state, write_config
 
 from agent.spool import ClockBehind, Row, Spool
 from protocol.errors import ProtocolError
@@ -158,13 +158,7 @@ def test_a_damaged_row_is_set_aside_and_shipping_goes_on(tmp_path: Path) -> None
 
 
 def test_export_names_the_damaged_rows_and_exits_1(tmp_path: Path) -> None:
-    state = tmp_path / "s"
-    state.mkdir()
-    key = AgentKey.generate()
-    save_private_key(key, state / "agent.key")
-    spool = Spool(state / "spool.db")
-    for i in range(3):
-        spool.append(key, T0 + 60 * i, 60, POLLS, [])
+    state, _key, spool = spooled_state(tmp_path, 3)
     _damage(spool, 3)
     spool.close()
     cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state)}, [{"name": "l", "platform": "kvm"}])
