@@ -11,6 +11,8 @@ from sqlalchemy.engine import Connection
 from billing import PricingError
 from collector import accounting, evidence
 from collector import schema as s
+from collector.accounts import machine
+from collector.accounts import store as acc_store
 from protocol.timefmt import format_time, month_bounds, previous_month
 
 SILENT_INTERVALS = 3  # an agent is silent after 3 of its poll intervals without a heartbeat
@@ -226,7 +228,7 @@ def alerts(
     try:
         usage, _inv = accounting.own_result(conn, provider, month)
     except accounting.AccountingError:
-        return out  # no catalog yet: licensing alerts need one
+        return out + account_alerts(conn, provider, now)  # no catalog yet: licensing alerts need one
     except PricingError as exc:
         # The month cannot be billed (billing-v1.md §4: no invoice rather than a wrong one): that is
         # an alert itself; the others stand, the licensing ones from the usage, which needs no
@@ -237,14 +239,22 @@ def alerts(
     out += [
         {"type": "unlicensed", "instance": u["instance"], "hours": u["hours"]} for u in usage["unlicensed"]
     ]
-    for row in usage["rows"]:
-        if "over_capacity" in row["flags"]:
-            out.append(
-                {
-                    "type": "over_capacity",
-                    "instance": row["instance"],
-                    "license": row["license"],
-                    "customer": row["customer"],
-                }
-            )
+    # Every flag of a usage row (over_capacity, no_platform_license) is an alert of its own
+    out += [
+        {"type": flag, "instance": row["instance"], "license": row["license"], "customer": row["customer"]}
+        for row in usage["rows"]
+        for flag in row["flags"]
+    ]
+    return out + account_alerts(conn, provider, now)
+
+
+def account_alerts(conn: Connection, provider: str, now: int) -> list[dict[str, Any]]:
+    """The customers whose account is overdue or downgraded at ``now`` (billing-v1.md §8), even
+    when no tick has recorded the downgrade yet; whatever the month asked, as the state is now's."""
+    out = []
+    for cust, (acc, _email) in sorted(acc_store.states(conn, provider).items()):
+        state = machine.effective(acc, now)
+        if state != machine.ACTIVE:
+            since = acc.overdue_since if acc.overdue_since is not None else acc.since
+            out.append({"type": f"account_{state}", "customer": cust, "since": format_time(since)})
     return out

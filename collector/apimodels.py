@@ -170,16 +170,27 @@ class UnlicensedAlert(_Shape):
     hours: int
 
 
-class OverCapacityAlert(_Shape):
-    type: Literal["over_capacity"]
+class LicenseRowAlert(_Shape):
+    """A usage row's flag (billing-v1.md §4): more capacity used than licensed, or PAYG hours
+    outside every platform license."""
+
+    type: Literal["over_capacity", "no_platform_license"]
     instance: str
     license: str
     customer: str
 
 
+class AccountAlert(_Shape):
+    """A customer's account overdue or downgraded now (billing-v1.md §8), whatever the month."""
+
+    type: Literal["account_overdue", "account_downgraded"]
+    customer: str
+    since: str = Field(description="the failed payment that started the unpaid episode")
+
+
 Alert = Annotated[
     ForkAlert | BreakAlert | ClockBackAlert | SilentAgentAlert | AcrossMonthsAlert | CloneAlert
-    | PricingErrorAlert | UnlicensedAlert | OverCapacityAlert,
+    | PricingErrorAlert | UnlicensedAlert | LicenseRowAlert | AccountAlert,
     Field(discriminator="type"),
 ]
 

@@ -12,9 +12,7 @@ from billing import PricingError
 from billing.compute import bridged_hours
 from collector import accounting, db, evidence, registry
 from collector import schema as s
-from collector.accounts import machine as m
-from collector.accounts import store as acc_store
-from collector.resultcache import across_months, cached, clones, db_id, health, outdated
+from collector.resultcache import alerts_of, cached, clones, db_id, health, outdated
 from protocol.timefmt import format_time, month_bounds, parse_time
 
 HOUR, DAY = 3600, 86400
@@ -36,9 +34,10 @@ def warm(engine: Any, month: str, now: int) -> None:
             health(c, provider, month, now)
 
 
-def _outcome(conn: Connection, provider: str, month: str) -> Any:
-    """(usage, invoice as billed), or the pricing_error alert of a catalog that cannot price the
-    month (billing-v1.md §4: no invoice rather than a wrong one), or None without a catalog."""
+def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(usage, invoice as billed: estimate with adjustment lines), None without a catalog or when
+    the month cannot be priced (billing-v1.md §4: no invoice rather than a wrong one; the
+    pricing_error alert says why)."""
 
     def compute(c: Connection) -> Any:
         try:
@@ -46,29 +45,12 @@ def _outcome(conn: Connection, provider: str, month: str) -> Any:
             return usage, accounting.invoice(c, provider, month)
         except accounting.AccountingError:
             return None
-        except PricingError as exc:
+        except PricingError:
             closed = accounting.closed(c, provider, month)
-            if closed is not None:
-                # Its late heartbeats cannot be priced (the next open month's alert says how to
-                # amend it): what was invoiced stands, and the pages showed "–" for it
-                return closed.usage, closed.billed
-            return {"type": "pricing_error", "license": exc.license, "capacity": exc.capacity,
-                    "detail": str(exc)}
+            # A closed month's late heartbeats that cannot be priced: what was invoiced stands
+            return None if closed is None else (closed.usage, closed.billed)
 
     return cached(conn, ("results", db_id(conn), provider, month), (), compute)
-
-
-def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(usage, invoice as billed: estimate with adjustment lines), None without a catalog or when
-    the month cannot be priced (pricing_error says why)."""
-    got = _outcome(conn, provider, month)
-    return got if isinstance(got, tuple) else None
-
-
-def pricing_error(conn: Connection, provider: str, month: str) -> dict[str, Any] | None:
-    """The alert of a catalog that cannot price the month, as the read API's /alerts has it."""
-    got = _outcome(conn, provider, month)
-    return got if isinstance(got, dict) else None
 
 
 def catalog(conn: Connection, provider: str) -> dict[str, Any]:
@@ -216,60 +198,16 @@ def month_days(month: str) -> list[int]:
 
 
 def provider_alerts(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
-    """The collector's alerts (from cached pieces) plus overdue and downgraded accounts."""
-    out: list[dict[str, Any]] = []
-    agents = health(conn, provider, month, now)
-    for a in agents:
-        ch = a["chain"] or {}
-        for kind in ("forks", "breaks", "clock_back"):
-            out += [
-                {"type": kind.rstrip("s") if kind != "clock_back" else kind, "agent": a["name"], "seq": q}
-                for q in ch.get(kind, [])
-            ]
-        if a["silent"]:
-            out.append({"type": "silent_agent", "agent": a["name"], "last_heartbeat": a["last_heartbeat"]})
-    names = {a["kid"]: a["name"] for a in agents}
-    out += [
-        {"type": x["type"], "agent": names.get(x["agent"], x["agent"]), "month_before": x["month_before"],
-         "seq": ", ".join(map(str, x["seqs"]))}
-        for x in across_months(conn, provider, month)
-    ]
-    out += [
-        {"type": "clone", "instance": c["instance"], "hour": c["hour"], "until": c["until"],
-         "hours": c["hours"], "vms": c["vms"]}
-        for c in clones(conn, provider, month)
-    ]
-    res = results(conn, provider, month)
-    problem = pricing_error(conn, provider, month)
-    usage = res[0] if res is not None else None
-    if problem is not None:
-        out.append(problem)
-        # the licensing alerts need no price (they vanished with the invoice): the usage alone
-        usage = cached(conn, ("unpriced", db_id(conn), provider, month), (),
-                       lambda c: accounting.unpriced_usage(c, provider, month))
-    if usage is not None:
-        out += [
-            {"type": "unlicensed", "instance": u["instance"], "hours": u["hours"]}
-            for u in usage["unlicensed"]
-        ]
-        for row in usage["rows"]:
-            for flag in row["flags"]:
-                out.append(
-                    {
-                        "type": flag,
-                        "instance": row["instance"],
-                        "license": row["license"],
-                        "customer": row["customer"],
-                    }
-                )
-    for cust, (acc, _email) in sorted(acc_store.states(conn, provider).items()):
-        state = m.effective(acc, now)
-        if state != m.ACTIVE:
-            out.append(
-                {
-                    "type": f"account_{state}",
-                    "customer": cust,
-                    "since": format_time(acc.overdue_since or acc.since),
-                }
-            )
+    """The read API's alerts (resultcache.alerts_of, one list for both: the overview had its own
+    and lacked none, but /alerts and /metrics lacked some), as the overview shows them: an agent
+    by its name, a run of sequence numbers as one text."""
+    names = {a["kid"]: a["name"] for a in health(conn, provider, month, now)}
+    out = []
+    for alert in alerts_of(conn, provider, month, now):
+        shown = dict(alert)
+        if "agent" in shown:
+            shown["agent"] = shown.pop("name", None) or names.get(alert["agent"], alert["agent"])
+        if "seqs" in shown:
+            shown["seq"] = ", ".join(map(str, shown.pop("seqs")))
+        out.append(shown)
     return out

@@ -307,3 +307,42 @@ def test_the_api_serves_agents_and_alerts_from_the_pages_cache(client, settings,
         agents = client.get(f"/v1/providers/acme/agents?month={m}", headers=auth).json()["agents"]
         assert agents[0]["kid"] == a.kid
     assert len(calls) == 1
+
+
+def test_the_api_metrics_and_overview_list_the_same_alerts(client, settings, tools):
+    """PAYG hours outside every platform license and an overdue account: /alerts and /metrics
+    listed neither, though the overview did (each had its own list)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from collector.accounts import store as acc_store
+    from collector.web import data
+
+    now = int(time.time())
+    m, m0 = month_of(now), month_bounds(month_of(now))[0]
+    cat = tools.catalog()
+    cat["platform_licenses"][0]["valid_to"] = format_time(m0)  # ends as the month begins
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, cat))
+    db.write_tx(settings.engine, lambda c: acc_store.payment_failed(c, "acme", "c1", m0 + 60))
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, m0 - 86400)
+    r = client.post("/v1/heartbeats", content=a.beat(m0 + 120, {"TR7-0001": "running"}),
+                    headers={"Content-Type": "text/plain"})
+    assert r.json()["results"][0]["status"] == "accepted"
+    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    auth = {"Authorization": f"Bearer {tok}"}
+    found = client.get("/v1/providers/acme/alerts", params={"month": m}, headers=auth).json()["alerts"]
+    assert {"type": "no_platform_license", "instance": "TR7-0001", "license": "SL-1",
+            "customer": "c1"} in found
+    state = "account_overdue" if now < m0 + 60 + 15 * 86400 else "account_downgraded"
+    assert {"type": state, "customer": "c1", "since": format_time(m0 + 60)} in found
+    admin = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "admin", 0))
+    scraped = client.get("/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+    counts = {smp.labels["type"]: smp.value for fam in text_string_to_metric_families(scraped)
+              for smp in fam.samples if smp.name == "tr7_collector_alerts"}
+    assert counts["no_platform_license"] == 1 and counts[state] == 1
+    with db.read_conn(settings.engine) as c:
+        shown = data.provider_alerts(c, "acme", m, int(time.time()))
+    assert sorted(x["type"] for x in shown) == sorted(x["type"] for x in found)
+    # the overview names an agent by its name, the API by its kid
+    silent = [x["agent"] for x in found if x["type"] == "silent_agent"]
+    assert [x["agent"] for x in shown if x["type"] == "silent_agent"] == [a.name for _ in silent]

@@ -55,6 +55,7 @@ def test_every_read_route_publishes_its_model_and_its_errors(client) -> None:
     assert set(alert["discriminator"]["mapping"]) == {
         "fork", "break", "clock_back", "silent_agent", "fork_across_months", "clock_back_across_months",
         "break_across_months", "clone", "pricing_error", "unlicensed", "over_capacity",
+        "no_platform_license", "account_overdue", "account_downgraded",
     }
 
 
