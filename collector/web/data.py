@@ -9,6 +9,7 @@ from markupsafe import Markup
 from sqlalchemy.engine import Connection
 
 from billing import PricingError
+from billing.activity import MonthBits
 from billing.compute import bridged_hours
 from collector import accounting, db, evidence, registry
 from collector import schema as s
@@ -95,6 +96,18 @@ def licensed_hours(
         return next((i for i, a, b in periods.get(inst, ()) if h + HOUR > a and (b is None or h < b)), None)
 
     return {inst: {h for h in hs if owner(inst, h) in mine} for inst, hs in hours.items()}
+
+
+def downgraded_hours(doc: dict[str, Any], customer: str, month: str) -> set[int]:
+    """The month's hours (epoch of each) that belong to one of the customer's downgraded periods
+    in the catalog ``doc`` (billing-v1.md §8; the hours billing.compute leaves unbilled when PAYG)."""
+    m0, m1 = month_bounds(month)
+    bits, mask = MonthBits(m0, m1), 0
+    for cu in doc.get("customers", []):
+        if cu.get("id") == customer:
+            for start, end in cu.get("downgraded", []):
+                mask |= bits.period(parse_time(start), None if end is None else parse_time(end))
+    return {m0 + i * HOUR for i in range(bits.n) if mask >> i & 1}
 
 
 def hour_sets(

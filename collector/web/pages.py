@@ -168,6 +168,10 @@ def customer_page(
         # The customer's hours only: an instance's hours outside this customer's license periods
         # are another customer's or unlicensed (the instance page shows all of them).
         every = doc.get("licenses", [])
+        # PAYG hours in the customer's downgraded periods are active but not billed (billing-v1.md §8)
+        down = data.downgraded_hours(doc, customer, month)
+        payg = [x for x in lics if x.get("model") == "payg"]
+        unbilled = {i: hs & down for i, hs in data.licensed_hours(active, payg, every).items()}
         active, seen = data.licensed_hours(active, lics, every), data.licensed_hours(seen, lics, every)
         acc, email = acc_store.load(c, provider, customer)
         events = acc_store.events(c, provider, customer)
@@ -182,10 +186,13 @@ def customer_page(
         )
     bmax = data.bridge_max(doc)
     m0, m1 = month_bounds(month)
-    daily = [0] * ((m1 - m0) // data.DAY)
-    for hs in active.values():
+    daily, downgraded = [0] * ((m1 - m0) // data.DAY), [0] * ((m1 - m0) // data.DAY)
+    for i, hs in active.items():
         for h in hs:
-            daily[(h - m0) // data.DAY] += 1
+            if h in unbilled.get(i, ()):
+                downgraded[(h - m0) // data.DAY] += 1
+            else:
+                daily[(h - m0) // data.DAY] += 1
     inv = res[1] if res else None
     return page(
         request,
@@ -206,7 +213,9 @@ def customer_page(
             for i in shown
         ],
         hidden=len(insts) - len(shown),
-        chart=json.dumps({"labels": [f"{d + 1}" for d in range(len(daily))], "values": daily}),
+        chart=json.dumps({"labels": [f"{d + 1}" for d in range(len(daily))], "values": daily,
+                          "downgraded": downgraded}),
+        downgraded_hours=sum(downgraded),
         lines=[x for x in inv["lines"] if x["customer"] == customer] if inv else [],
         device_days=[x for x in inv["device_days"] if x["customer"] == customer] if inv else [],
         estimate=(inv["totals"].get(customer, "0.00") if inv else None),

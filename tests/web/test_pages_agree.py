@@ -99,3 +99,27 @@ def test_a_hand_over_hour_is_on_the_page_of_the_customer_billed_for_it(
     with db.read_conn(world.engine) as c:
         billed = {x["license"]: x["quantity"] for x in accounting.invoice(c, "acme", OCT)["lines"]}
     assert (sum(c1), sum(c2)) == (billed["SL-1"], billed["SL-2"])  # the pages add up to the invoice
+
+
+def test_the_customer_chart_marks_the_downgraded_hours_the_invoice_leaves_out(
+    client: TestClient, world: Any, tools: Any  # noqa: F811
+) -> None:
+    """billing-v1.md §8: a downgraded customer's PAYG hours are not billed; the chart counted them
+    as active hours like any other, so it did not add up to the invoice."""
+    doc = tools.catalog()
+    doc["customers"][0]["downgraded"] = [["2026-10-02T10:30:00Z", "2026-10-03T00:00:00Z"]]
+    tools.apply(world, doc, retroactive=True)
+    login(client, "ann")
+    html = client.get(f"/ui/p/acme/customers/c1?month={OCT}").text
+    chart = json.loads(re.search(r'<script type="application/json" id="chart-data">(.*?)</script>', html,
+                                 re.S).group(1))
+    # day 2: running but 02:00-04:00; the 10:00 hour on belongs to the downgraded period
+    assert (chart["values"][1], chart["downgraded"][1]) == (8, 14)
+    assert sum(chart["downgraded"]) == 14 and 'id="downgraded-hours">14 active PAYG hours' in html
+    with db.read_conn(world.engine) as c:
+        billed = {x["license"]: x["quantity"] for x in accounting.invoice(c, "acme", OCT)["lines"]}
+    assert sum(chart["values"]) == billed["SL-1"]
+    # without the period nothing is marked, and the page says nothing of it
+    tools.apply(world, tools.catalog(), retroactive=True)
+    html = client.get(f"/ui/p/acme/customers/c1?month={OCT}").text
+    assert 'id="downgraded-hours"' not in html

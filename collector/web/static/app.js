@@ -6,8 +6,12 @@ document.addEventListener("DOMContentLoaded", () => {
     const d = JSON.parse(data.textContent);
     new window.Chart(canvas, {
       type: "bar",
-      data: {labels: d.labels, datasets: [{label: "active hours per day", data: d.values, backgroundColor: "#2e9d57"}]},
-      options: {animation: false, maintainAspectRatio: false, scales: {y: {beginAtZero: true}}},
+      // Hours of a downgraded account (billing-v1.md §8) stacked in grey: active, not billed
+      data: {labels: d.labels, datasets: [{label: "active hours per day", data: d.values, backgroundColor: "#2e9d57"}]
+        .concat((d.downgraded || []).some((n) => n > 0)
+          ? [{label: "downgraded, not billed", data: d.downgraded, backgroundColor: "#9e9e9e"}] : [])},
+      options: {animation: false, maintainAspectRatio: false,
+        scales: {x: {stacked: true}, y: {stacked: true, beginAtZero: true}}},
     });
     canvas.dataset.rendered = "1";
   }
