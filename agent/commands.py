@@ -110,9 +110,34 @@ def _collector_health(config: Config) -> dict[str, Any]:
         return {"url": url, "reachable": False, "detail": str(exc) or type(exc).__name__}
 
 
+def _state_problem(state_dir: Path) -> str | None:
+    """Why this user cannot read the agent's state directory, or None. An operator's shell is not
+    the service user (tr7-agent), whose directory is mode 0700: status gave a traceback there."""
+    try:
+        os.listdir(state_dir)
+    except FileNotFoundError:
+        return f"state directory {state_dir} does not exist: the agent has not run with this configuration"
+    except NotADirectoryError:
+        return f"state directory {state_dir} is not a directory"
+    except PermissionError:
+        return (f"state directory {state_dir}: permission denied: run this as root or as the service "
+                f"user (runuser -u tr7-agent -- tr7-agent ...)")
+    except OSError as exc:
+        return f"state directory {state_dir}: {exc.strerror or exc}"
+    return None
+
+
+_EMPTY = {"last_poll": None, "last_shipped_seq": None, "spool_depth": 0, "oldest_unshipped_age_s": None,
+          "spool_bytes": 0, "rejected": {"count": 0, "reasons": {}}, "clock_events": []}
+
+
 def status(config: Config, as_json: bool) -> int:
     settings = config.agent
     out: dict[str, Any] = {"kid": None, "enrolled": None, "last_seq": 0}
+    problem = _state_problem(settings.state_dir)
+    if problem is not None:
+        # every field as for an agent that never ran, and the reason first in the text form
+        return _print_status({"state_error": problem, **out, **_EMPTY}, config, as_json, 1)
     code = 0
     try:
         key = load_private_key(settings.key_path) if settings.key_path.exists() else None
@@ -136,11 +161,11 @@ def status(config: Config, as_json: bool) -> int:
         except SpoolError as exc:
             out["spool_error"], code = str(exc), 1
     else:
-        if settings.state_dir.exists() and not settings.state_dir.is_dir():  # a file, or worse
-            out["spool_error"], code = f"state directory {settings.state_dir} is not a directory", 1
-        out.update({"last_poll": None, "last_shipped_seq": None, "spool_depth": 0,
-                    "oldest_unshipped_age_s": None, "spool_bytes": 0,
-                    "rejected": {"count": 0, "reasons": {}}, "clock_events": []})
+        out.update(_EMPTY)
+    return _print_status(out, config, as_json, code)
+
+
+def _print_status(out: dict[str, Any], config: Config, as_json: bool, code: int) -> int:
     out["collector"] = _collector_health(config)
     if as_json:
         print(json.dumps(out, indent=2))
@@ -152,8 +177,15 @@ def status(config: Config, as_json: bool) -> int:
 
 def export(config: Config, out: Path) -> int:
     """Write unshipped heartbeats, one compact JWS a line in seq order; the spool keeps them."""
+    problem, path = _state_problem(config.agent.state_dir), config.agent.spool_path
+    if problem is None and not path.exists():
+        # not made here: a spool.db root made before the service's first start was not the service's
+        problem = f"no spool at {path}: nothing has been signed with this configuration"
+    if problem is not None:
+        print(f"export: {problem}", file=sys.stderr)
+        return 1
     try:
-        spool = Spool(config.agent.spool_path)
+        spool = Spool(path)
     except SpoolError as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 1

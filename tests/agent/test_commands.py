@@ -1,8 +1,11 @@
 """check, enroll, status, export through the real console script."""
 
+import contextlib
 import json
+import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import AGENT, agent_env, enrolled_agent, run_cli, write_config
@@ -149,7 +152,7 @@ def test_status_and_enroll_name_what_is_unusable(tmp_path: Path) -> None:
     a_file.write_text("x")
     cfg = write_config(tmp_path / "a.toml", {"state_dir": str(a_file)}, [])
     res = run_cli("status", "--config", str(cfg), "--json")
-    assert res.returncode == 1 and "is not a directory" in json.loads(res.stdout)["spool_error"]
+    assert res.returncode == 1 and "is not a directory" in json.loads(res.stdout)["state_error"]
     state = tmp_path / "s"
     state.mkdir()
     (state / "agent.key").write_bytes(b"")
@@ -157,3 +160,54 @@ def test_status_and_enroll_name_what_is_unusable(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "b.toml", {"state_dir": str(state), "collector": "http://127.0.0.1:9"}, [])
     res = run_cli("enroll", "--config", str(cfg), "--token", "t")
     assert res.returncode == 1 and "is not an agent key" in res.stderr and "Traceback" not in res.stderr
+
+
+@contextlib.contextmanager
+def _denied(state: Path) -> Iterator[None]:
+    """This process cannot read ``state``: as root (which reads anything) by acting as nobody."""
+    if os.geteuid() == 0:
+        os.seteuid(65534)
+        try:
+            yield
+        finally:
+            os.seteuid(0)
+    else:
+        state.chmod(0)
+        try:
+            yield
+        finally:
+            state.chmod(0o700)
+
+
+def test_status_and_export_from_a_shell_that_cannot_read_the_state(tmp_path: Path, capsys) -> None:
+    """The service's state directory is mode 0700 of user tr7-agent: `tr7-agent status` from an
+    operator's own shell gave a PermissionError traceback; export an unclear sqlite message."""
+    from agent import commands
+    from agent.config import load_config
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "spool.db").write_bytes(b"")
+    cfg = load_config(write_config(tmp_path / "a.toml", {"state_dir": str(state),
+                                                         "collector": "http://127.0.0.1:9"}, []))
+    with _denied(state):
+        code = commands.status(cfg, True)
+        out = json.loads(capsys.readouterr().out)
+        assert code == 1 and "permission denied" in out["state_error"] and out["kid"] is None
+        assert commands.export(cfg, tmp_path / "x.jws") == 1
+        assert "permission denied: run this as root or as the service user" in capsys.readouterr().err
+
+
+def test_status_and_export_before_the_agent_ever_ran(tmp_path: Path) -> None:
+    """No state directory yet: status said nothing of it (exit 0, every field empty); export made
+    a spool.db owned by whoever ran it, where the service user must write it later."""
+    missing = tmp_path / "never"
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(missing), "collector": "http://127.0.0.1:9"},
+                       [])
+    res = run_cli("status", "--config", str(cfg))
+    assert res.returncode == 1 and res.stdout.startswith("state_error")
+    assert "does not exist: the agent has not run with this configuration" in res.stdout
+    missing.mkdir()
+    res = run_cli("export", "--config", str(cfg), "--out", str(tmp_path / "x.jws"))
+    assert res.returncode == 1 and "no spool at" in res.stderr
+    assert not (missing / "spool.db").exists()
