@@ -202,9 +202,11 @@ def across_months(conn: Connection, provider: str, month: str) -> list[dict[str,
 def alerts(
     conn: Connection, provider: str, month: str, now: int, *, health: list[dict[str, Any]] | None = None,
     boundary: list[dict[str, Any]] | None = None, copies: list[dict[str, Any]] | None = None,
+    licensing: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every alert of the month. ``health``, ``boundary`` and ``copies``: agent_health,
-    across_months and clones as already computed (the read API passes the pages' cached ones)."""
+    """Every alert of the month. ``health``, ``boundary``, ``copies`` and ``licensing``:
+    agent_health, across_months, clones and licensing_alerts as already computed (the read API
+    and the overview pass the cached ones)."""
     out: list[dict[str, Any]] = []
     for a in agent_health(conn, provider, month, now) if health is None else health:
         ch = a["chain"] or {}
@@ -225,10 +227,18 @@ def alerts(
             )
     out += across_months(conn, provider, month) if boundary is None else boundary
     out += clones(conn, provider, month) if copies is None else copies
+    out += licensing_alerts(conn, provider, month) if licensing is None else licensing
+    return out + account_alerts(conn, provider, now)
+
+
+def licensing_alerts(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
+    """The month's alerts from its bill: unlicensed instances, every flag of a usage row
+    (over_capacity, no_platform_license), and pricing_error when the catalog cannot price it."""
+    out: list[dict[str, Any]] = []
     try:
         usage, _inv = accounting.own_result(conn, provider, month)
     except accounting.AccountingError:
-        return out + account_alerts(conn, provider, now)  # no catalog yet: licensing alerts need one
+        return out  # no catalog yet: licensing alerts need one
     except PricingError as exc:
         # The month cannot be billed (billing-v1.md §4: no invoice rather than a wrong one): that is
         # an alert itself; the others stand, the licensing ones from the usage, which needs no
@@ -239,13 +249,13 @@ def alerts(
     out += [
         {"type": "unlicensed", "instance": u["instance"], "hours": u["hours"]} for u in usage["unlicensed"]
     ]
-    # Every flag of a usage row (over_capacity, no_platform_license) is an alert of its own
+    # Every flag of a usage row is an alert of its own
     out += [
         {"type": flag, "instance": row["instance"], "license": row["license"], "customer": row["customer"]}
         for row in usage["rows"]
         for flag in row["flags"]
     ]
-    return out + account_alerts(conn, provider, now)
+    return out
 
 
 def account_alerts(conn: Connection, provider: str, now: int) -> list[dict[str, Any]]:

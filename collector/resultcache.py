@@ -158,4 +158,14 @@ def alerts_of(conn: Connection, provider: str, month: str, now: int) -> list[dic
     API's /alerts and GET /metrics give them: recomputed from every leaf of the month on each
     request, they took 2.7 s at 1.7 million heartbeats."""
     return alerts.alerts(conn, provider, month, now, health=health(conn, provider, month, now),
-                         boundary=across_months(conn, provider, month), copies=clones(conn, provider, month))
+                         boundary=across_months(conn, provider, month), copies=clones(conn, provider, month),
+                         licensing=licensing(conn, provider, month))
+
+
+def licensing(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
+    """The alerts of the month's bill (alerts.licensing_alerts): the bill's usage decoded, or a
+    whole unpriced one computed, on every overview and /alerts request otherwise."""
+    return cached(
+        conn, ("licensing", db_id(conn), provider, month), (),
+        lambda c: alerts.licensing_alerts(c, provider, month),
+    )

@@ -169,9 +169,10 @@ def customer_page(
         # are another customer's or unlicensed (the instance page shows all of them).
         every = doc.get("licenses", [])
         # PAYG hours in the customer's downgraded periods are active but not billed (billing-v1.md §8)
-        down = data.downgraded_hours(doc, customer, month)
-        payg = [x for x in lics if x.get("model") == "payg"]
-        unbilled = {i: hs & down for i, hs in data.licensed_hours(active, payg, every).items()}
+        down, unbilled = data.downgraded_hours(doc, customer, month), {}
+        if down:
+            payg = [x for x in lics if x.get("model") == "payg"]
+            unbilled = {i: hs & down for i, hs in data.licensed_hours(active, payg, every).items()}
         active, seen = data.licensed_hours(active, lics, every), data.licensed_hours(seen, lics, every)
         acc, email = acc_store.load(c, provider, customer)
         events = acc_store.events(c, provider, customer)
