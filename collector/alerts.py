@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from billing import PricingError
-from collector import accounting, evidence
+from collector import accounting, evidence, roles
 from collector import schema as s
 from collector.accounts import machine
 from collector.accounts import store as acc_store
@@ -256,6 +256,17 @@ def licensing_alerts(conn: Connection, provider: str, month: str) -> list[dict[s
         for flag in row["flags"]
     ]
     return out
+
+
+ACCOUNT_TYPES = frozenset({"account_overdue", "account_downgraded"})
+
+
+def for_role(found: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+    """The alerts ``role`` may read: a customer's payment state needs roles.ACCOUNTS (the vendor
+    sees every provider's alerts, never its dealings with its customers)."""
+    if roles.allows(role, roles.ACCOUNTS):
+        return found
+    return [a for a in found if a["type"] not in ACCOUNT_TYPES]
 
 
 def account_alerts(conn: Connection, provider: str, now: int) -> list[dict[str, Any]]:

@@ -51,9 +51,12 @@ def _version() -> str:
         return "unknown"
 
 
-def families(conn: Connection, providers: Iterable[str], now: int, anyone: bool = False) -> Iterator[Metric]:
+def families(
+    conn: Connection, providers: Iterable[str], now: int, anyone: bool = False, role: str = "admin"
+) -> Iterator[Metric]:
     """The metric families of ``providers``, as of ``now``; ``anyone``: with the rejections that
-    name no provider (the vendor's scrape: they may be any provider's, or nobody's)."""
+    name no provider (the vendor's scrape: they may be any provider's, or nobody's); ``role``:
+    the scraper's, whose alerts it may read (alerts.for_role)."""
     providers = sorted(providers)
     info = InfoMetricFamily("tr7_collector_build", CATALOGUE["tr7_collector_build_info"])
     info.add_metric([], {"version": _version()})
@@ -86,7 +89,7 @@ def families(conn: Connection, providers: Iterable[str], now: int, anyone: bool 
             if r.revoked_at is None and r.kid in beats:
                 last.add_metric([p, r.kid, r.name or ""], int(beats[r.kid].time))
         counts: dict[str, int] = {}
-        for a in resultcache.alerts_of(conn, p, month, now):
+        for a in alerts.for_role(resultcache.alerts_of(conn, p, month, now), role):
             counts[a["type"]] = counts.get(a["type"], 0) + 1
         for kind, n in sorted(counts.items()):
             found.add_metric([p, kind], n)
@@ -115,7 +118,7 @@ def metrics(request: Request, scope: ScopeDep) -> Response:
     """The collector's state for Prometheus (a provider's admin token: its provider only)."""
     with db.read_conn(request.app.state.engine) as c:
         ids = c.execute(sa.select(s.providers.c.id).where(scope.provider_filter(s.providers.c.id))).scalars()
-        found = list(families(c, ids, int(time.time()), anyone=scope.vendor))
+        found = list(families(c, ids, int(time.time()), anyone=scope.vendor, role=scope.role))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Scrape(found))
     return Response(generate_latest(registry), media_type=TEXT_FORMAT)

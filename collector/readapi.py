@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from starlette.routing import compile_path
 
 from billing import PricingError
-from collector import accounting, apimodels, db, evidence, registry, resultcache, roles
+from collector import accounting, alerts, apimodels, db, evidence, registry, resultcache, roles
 from collector import schema as s
 from collector.accounts.store import overlay
 from collector.paging import After, Limit, page
@@ -234,7 +234,8 @@ def alert_list(
 ) -> dict[str, Any]:
     month, now = _month(month), int(time.time())
     with _conn(request) as c:
-        found = resultcache.alerts_of(c, known_provider(c, scope, provider), month, now)
+        found = alerts.for_role(resultcache.alerts_of(c, known_provider(c, scope, provider), month, now),
+                                scope.role)
     next_after = None
     if limit is not None or after is not None:  # without either: the whole list in its own order
         found, next_after = page(sorted(found, key=alert_key), alert_key, limit, after)

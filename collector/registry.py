@@ -18,7 +18,7 @@ from protocol.errors import ProtocolError
 from protocol.keys import kid_of, load_public_key_b64, raw_public
 from protocol.timefmt import format_time
 
-ROLES = ("admin", "viewer", "auditor")
+ROLES = ("admin", "viewer", "auditor", "appliance")
 
 
 class RegistryError(Exception):
@@ -331,7 +331,8 @@ def is_sqlite_conn(conn: Connection) -> bool:
 
 
 def new_api_token(conn: Connection, provider: str | None, role: str, now: int) -> str:
-    """A bearer token, shown once and stored hashed: a provider's (admin, viewer, auditor) or the vendor's."""
+    """A bearer token, shown once and stored hashed: a provider's (admin, viewer, auditor, appliance)
+    or the vendor's."""
     if provider is None:
         if role != "vendor":
             raise RegistryError("a token without a provider is the vendor's (role vendor)")

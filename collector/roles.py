@@ -1,9 +1,13 @@
 """Who may do what: the one role -> permission table of the bearer-token API and the web pages."""
 
-ROLES = ("admin", "viewer", "auditor", "vendor")  # the vendor role is the one without a provider
+# The vendor role is the one without a provider; the appliance role reads entitlements only (the
+# token a TR7 appliance is configured with: a viewer token there read every customer's prices)
+ROLES = ("admin", "viewer", "auditor", "appliance", "vendor")
 
 # Permissions: what a route needs, never a role name, so a role changes in one row below.
-USAGE = "usage"  # hours, instances, agents, alerts, customers, licenses (no price), entitlements
+USAGE = "usage"  # hours, instances, agents, alerts, customers, licenses (no price)
+ENTITLEMENTS = "entitlements"  # GET /v1/entitlements/{instance}: is this instance entitled now
+PAGES = "pages"  # the web pages of its provider (they show amounts; the vendor has its own view)
 INVOICES = "invoices"  # invoices, prices and amounts
 ACCOUNTS = "accounts"  # a customer's account: payment state, reminders, billing e-mail
 LOG = "log"  # transparency log: signed checkpoints, inclusion and consistency proofs
@@ -14,13 +18,15 @@ ALL_PROVIDERS = "all-providers"  # the vendor's overview page of every provider
 METRICS = "metrics"  # GET /metrics for Prometheus: counts and times, no money (its provider's, or all)
 
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({USAGE, INVOICES, ACCOUNTS, LOG, AUDIT, PAYMENTS, PLANNER, METRICS}),
-    "viewer": frozenset({USAGE, INVOICES, ACCOUNTS, PLANNER}),
-    "auditor": frozenset({USAGE, INVOICES, ACCOUNTS, LOG, AUDIT}),
+    "admin": frozenset({USAGE, ENTITLEMENTS, PAGES, INVOICES, ACCOUNTS, LOG, AUDIT, PAYMENTS, PLANNER,
+                        METRICS}),
+    "viewer": frozenset({USAGE, ENTITLEMENTS, PAGES, INVOICES, ACCOUNTS, PLANNER}),
+    "auditor": frozenset({USAGE, ENTITLEMENTS, PAGES, INVOICES, ACCOUNTS, LOG, AUDIT}),
+    "appliance": frozenset({ENTITLEMENTS}),
     # hours and licenses of every provider, never a price or an amount (so no AUDIT: bundles
     # hold invoices) nor a provider's dealings with its customers (ACCOUNTS: payment state and
     # billing e-mail); the log only tells sizes and hashes
-    "vendor": frozenset({USAGE, LOG, ALL_PROVIDERS, METRICS}),
+    "vendor": frozenset({USAGE, ENTITLEMENTS, LOG, ALL_PROVIDERS, METRICS}),
 }
 
 # Every route that takes a bearer token (readapi.ScopeDep), by (method, path template). A route
@@ -33,7 +39,7 @@ API_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/providers/{provider}/agents"): USAGE,
     ("GET", "/v1/providers/{provider}/alerts"): USAGE,
     ("GET", "/v1/providers/{provider}/customers/{customer}/account"): ACCOUNTS,
-    ("GET", "/v1/entitlements/{instance}"): USAGE,
+    ("GET", "/v1/entitlements/{instance}"): ENTITLEMENTS,
     ("GET", "/v1/providers/{provider}/invoices"): INVOICES,
     ("GET", "/v1/providers/{provider}/invoices/{month}"): INVOICES,
     ("GET", "/v1/log/key"): LOG,

@@ -20,7 +20,7 @@ from collector.web.tables import web_sessions, web_users
 COOKIE = "tr7_session"
 LOGIN_COOKIE = "tr7_login_csrf"  # double-submit token for the sign-in form, before any session
 SESSION_TTL = 12 * 3600
-ROLES = roles.ROLES
+ROLES = tuple(r for r in roles.ROLES if r != "appliance")  # a web user's; an appliance's is a token
 _N, _R, _P = 2**14, 8, 1  # scrypt cost: about 16 MiB and tens of milliseconds per check
 
 

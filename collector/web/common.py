@@ -9,7 +9,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from collector import db
+from collector import db, roles
 from collector.web.auth import WebSession, current
 from protocol.timefmt import month_of, parse_month
 
@@ -35,6 +35,7 @@ def provider_page(sess: WebSession, provider: str) -> str:
     """Provider pages show amounts: the vendor has its own view, a provider only its own pages."""
     if sess.scope.vendor:
         raise HTTPException(403, "the vendor sees the vendor view, never a provider's amounts")
+    sess.require(roles.PAGES)
     return sess.scope.require_provider(provider)
 
 

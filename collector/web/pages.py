@@ -55,8 +55,11 @@ def login(
         return _refused(request, "Too many sign-ins at once: try again in a few seconds.", 5)
     if found is None:
         return RedirectResponse("/ui/login?error=1", status_code=303)
-    guard.succeeded(address, name)
     scope, who = found
+    if not (roles.allows(scope.role, roles.PAGES) or roles.allows(scope.role, roles.ALL_PROVIDERS)):
+        # a valid token that opens no page (an appliance's): no session, and a line saying why
+        return RedirectResponse("/ui/login?error=pages", status_code=303)
+    guard.succeeded(address, name)
     sid = db.write_tx(engine, lambda c: auth.open_session(c, scope, who, int(time.time())))
     resp = RedirectResponse("/ui/", status_code=303)
     resp.set_cookie(

@@ -340,6 +340,13 @@ def test_the_api_metrics_and_overview_list_the_same_alerts(client, settings, too
     counts = {smp.labels["type"]: smp.value for fam in text_string_to_metric_families(scraped)
               for smp in fam.samples if smp.name == "tr7_collector_alerts"}
     assert counts["no_platform_license"] == 1 and counts[state] == 1
+    # The vendor sees every provider's alerts, never a customer's payment state (roles.ACCOUNTS)
+    vtok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, None, "vendor", 0))
+    vendor = {"Authorization": f"Bearer {vtok}"}
+    theirs = client.get("/v1/providers/acme/alerts", params={"month": m}, headers=vendor).json()["alerts"]
+    assert sorted(x["type"] for x in theirs) == sorted(x["type"] for x in found if x["type"] != state)
+    scraped = client.get("/metrics", headers=vendor).text
+    assert 'type="no_platform_license"' in scraped and 'type="account_' not in scraped
     with db.read_conn(settings.engine) as c:
         shown = data.provider_alerts(c, "acme", m, int(time.time()))
     assert sorted(x["type"] for x in shown) == sorted(x["type"] for x in found)

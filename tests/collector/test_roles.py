@@ -114,6 +114,7 @@ def test_matrix_a_careful_msp_expects() -> None:
     assert not can["vendor"] & (money | writes)
     assert not can["viewer"] & (log | writes) and money <= can["viewer"]
     assert can["auditor"] == can["viewer"] | log
+    assert can["appliance"] == {("GET", "/v1/entitlements/{instance}")}  # what a TR7 appliance asks
 
 
 def test_a_token_of_an_unknown_role_gets_nothing(world: Any, tmp_path: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from collector import db
+from collector import db, registry
 from collector.ingest import ingest_lines
 from collector.server import create_app
 from collector.web import auth
@@ -88,7 +88,6 @@ def test_sign_in_with_api_token(client: TestClient, world: Any, tools: Any) -> N
     r = client.post("/ui/login", data={"csrf": csrf, "token": tok}, follow_redirects=False)
     assert r.status_code == 303 and client.get("/ui/p/acme").status_code == 200
     # revoking the token ends the sessions opened with it, not only its bearer use
-    from collector import db, registry
     from collector.cli import main as collector_main
 
     with db.read_conn(world.engine) as c:
@@ -98,6 +97,29 @@ def test_sign_in_with_api_token(client: TestClient, world: Any, tools: Any) -> N
                            "--db", world.db_url]) == 0
     assert client.get("/ui/p/acme", follow_redirects=False).headers["location"] == "/ui/login"
     assert client.get("/v1/providers", headers={"Authorization": f"Bearer {tok}"}).status_code == 401
+
+
+def test_an_appliance_token_reads_entitlements_and_opens_no_page(client: TestClient, world: Any,
+                                                                   tools: Any) -> None:
+    """docs/dashboards.md had appliances configured with a viewer token, which also read every
+    customer's prices and invoices; an appliance token reads the entitlement API only."""
+    from collector.cli import main as collector_main
+
+    tok = tools.token(world, "acme", "appliance")
+    bearer = {"Authorization": f"Bearer {tok}"}
+    assert client.get("/v1/entitlements/TR7-0001", headers=bearer).json()["entitled"] is True
+    for path in ("/v1/providers/acme/invoices", "/v1/providers/acme/customers", "/v1/providers"):
+        assert client.get(path, headers=bearer).status_code == 403, path
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/ui/login").text).group(1)
+    r = client.post("/ui/login", data={"csrf": csrf, "token": tok}, follow_redirects=False)
+    assert r.headers["location"] == "/ui/login?error=pages" and auth.COOKIE not in r.cookies
+    assert "opens no page" in client.get(r.headers["location"]).text
+    assert client.get("/ui/p/acme", follow_redirects=False).headers["location"] == "/ui/login"
+    # made by the CLI like any other role; no web user can hold it
+    assert collector_main(["token", "add", "--provider", "acme", "--role", "appliance",
+                           "--data-dir", str(world.data_dir), "--db", world.db_url]) == 0
+    with pytest.raises(registry.RegistryError):
+        db.write_tx(world.engine, lambda c: auth.add_user(c, "acme", "appliance", "app", PASSWORD, 0))
 
 
 def test_csrf_is_checked_on_every_form(client: TestClient, world: Any) -> None:
