@@ -98,15 +98,22 @@ def licensed_hours(
     return {inst: {h for h in hs if owner(inst, h) in mine} for inst, hs in hours.items()}
 
 
+def downgraded_periods(doc: dict[str, Any], customer: str) -> list[tuple[str, str | None]]:
+    """The customer's downgraded periods in the catalog ``doc`` as written ([start, end), a null
+    end: still downgraded), those the accounts recorded included when ``doc`` was overlaid."""
+    for cu in doc.get("customers", []):
+        if cu.get("id") == customer:
+            return [(start, end) for start, end in cu.get("downgraded", [])]
+    return []
+
+
 def downgraded_hours(doc: dict[str, Any], customer: str, month: str) -> set[int]:
     """The month's hours (epoch of each) that belong to one of the customer's downgraded periods
     in the catalog ``doc`` (billing-v1.md §8; the hours billing.compute leaves unbilled when PAYG)."""
     m0, m1 = month_bounds(month)
     bits, mask = MonthBits(m0, m1), 0
-    for cu in doc.get("customers", []):
-        if cu.get("id") == customer:
-            for start, end in cu.get("downgraded", []):
-                mask |= bits.period(parse_time(start), None if end is None else parse_time(end))
+    for start, end in downgraded_periods(doc, customer):
+        mask |= bits.period(parse_time(start), None if end is None else parse_time(end))
     return {m0 + i * HOUR for i in range(bits.n) if mask >> i & 1}
 
 

@@ -139,7 +139,14 @@ def overview(provider: str, request: Request, sess: SessionDep, month: str | Non
         active_hours=sum(hours.values()),
         instances=len(hours),
         alerts=found,
+        # a month not begun shows an estimate too (licences counted by the assigned day): say so
+        phase=_phase(month, now),
     )
+
+
+def _phase(month: str, now: int) -> str:
+    m0, m1 = month_bounds(month)
+    return "future" if m0 > now else "current" if m1 > now else "past"
 
 
 def _customer(names: dict[str, str], customer: str, billed: Any = ()) -> dict[str, Any]:
@@ -171,11 +178,13 @@ def customer_page(
         # The customer's hours only: an instance's hours outside this customer's license periods
         # are another customer's or unlicensed (the instance page shows all of them).
         every = doc.get("licenses", [])
-        # PAYG hours in the customer's downgraded periods are active but not billed (billing-v1.md §8)
-        down, unbilled = data.downgraded_hours(doc, customer, month), {}
-        if down:
-            payg = [x for x in lics if x.get("model") == "payg"]
-            unbilled = {i: hs & down for i, hs in data.licensed_hours(active, payg, every).items()}
+        # The chart tells apart the hours billed by the hour (PAYG `hour` licences) from those of
+        # fixed-term and device-day licences, and from the PAYG hours of the customer's downgraded
+        # periods, active but not billed (billing-v1.md §8)
+        periods = data.downgraded_periods(doc, customer)
+        down = data.downgraded_hours(doc, customer, month)
+        hourly = [x for x in lics if x.get("model") == "payg" and x.get("unit", "hour") == "hour"]
+        by_hour = data.licensed_hours(active, hourly, every)
         active, seen = data.licensed_hours(active, lics, every), data.licensed_hours(seen, lics, every)
         acc, email = acc_store.load(c, provider, customer)
         events = acc_store.events(c, provider, customer)
@@ -190,13 +199,13 @@ def customer_page(
         )
     bmax = data.bridge_max(doc)
     m0, m1 = month_bounds(month)
-    daily, downgraded = [0] * ((m1 - m0) // data.DAY), [0] * ((m1 - m0) // data.DAY)
+    n_days = (m1 - m0) // data.DAY
+    daily, downgraded, other = [0] * n_days, [0] * n_days, [0] * n_days
     for i, hs in active.items():
+        billed = by_hour.get(i, set())
         for h in hs:
-            if h in unbilled.get(i, ()):
-                downgraded[(h - m0) // data.DAY] += 1
-            else:
-                daily[(h - m0) // data.DAY] += 1
+            series = (downgraded if h in down else daily) if h in billed else other
+            series[(h - m0) // data.DAY] += 1
     inv = res[1] if res else None
     return page(
         request,
@@ -218,8 +227,10 @@ def customer_page(
         ],
         hidden=len(insts) - len(shown),
         chart=json.dumps({"labels": [f"{d + 1}" for d in range(len(daily))], "values": daily,
-                          "downgraded": downgraded}),
+                          "downgraded": downgraded, "other": other}),
         downgraded_hours=sum(downgraded),
+        other_hours=sum(other),
+        downgraded_periods=periods,
         lines=[x for x in inv["lines"] if x["customer"] == customer] if inv else [],
         device_days=[x for x in inv["device_days"] if x["customer"] == customer] if inv else [],
         estimate=(inv["totals"].get(customer, "0.00") if inv else None),

@@ -470,3 +470,17 @@ def test_a_pruned_month_says_where_its_bundle_went(client: TestClient, world: An
     # the agent's last heartbeat of October stays (November's anchor): its hour still shows it
     last = client.get("/ui/p/acme/instances/TR7-0001/evidence?hour=2026-10-03T23:00:00Z").text
     assert last.count('<pre class="jws">') == 1 and 'id="pruned-note"' not in last
+
+
+def test_the_overview_says_which_hours_it_counts_and_when_a_month_has_not_begun(
+    client: TestClient, world: Any
+) -> None:
+    """An MSP read `?month=` of a month to come as an ordinary month (an estimate, 0 hours), and
+    "Active hours month-to-date" on a closed month as its billed hours."""
+    login(client, "ann")
+    future = client.get("/ui/p/acme?month=2099-01").text
+    assert 'id="future-month"' in future and "has not begun" in future
+    past = client.get("/ui/p/acme?month=2026-10").text
+    assert 'id="future-month"' not in past and "Active hours observed<b>" in past
+    assert "the invoice bills the PAYG ones" in past
+    assert 'name="viewport"' in past

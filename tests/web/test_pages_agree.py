@@ -108,6 +108,10 @@ def test_the_customer_chart_marks_the_downgraded_hours_the_invoice_leaves_out(
     as active hours like any other, so it did not add up to the invoice."""
     doc = tools.catalog()
     doc["customers"][0]["downgraded"] = [["2026-10-02T10:30:00Z", "2026-10-03T00:00:00Z"]]
+    # and day 3 under a fixed-term licence: not billed by the hour either (the green bars were all
+    # of the customer's active hours)
+    doc["licenses"].append({**doc["licenses"][0], "id": "SL-F", "model": "fixed",
+                            "start": "2026-10-03T00:00:00Z", "end": "2026-10-04T00:00:00Z"})
     tools.apply(world, doc, retroactive=True)
     login(client, "ann")
     html = client.get(f"/ui/p/acme/customers/c1?month={OCT}").text
@@ -115,6 +119,7 @@ def test_the_customer_chart_marks_the_downgraded_hours_the_invoice_leaves_out(
                                  re.S).group(1))
     # day 2: running but 02:00-04:00; the 10:00 hour on belongs to the downgraded period
     assert (chart["values"][1], chart["downgraded"][1]) == (8, 14)
+    assert (chart["values"][2], chart["other"][2], sum(chart["other"])) == (0, 24, 24)
     assert sum(chart["downgraded"]) == 14 and 'id="downgraded-hours">14 active PAYG hours' in html
     with db.read_conn(world.engine) as c:
         billed = {x["license"]: x["quantity"] for x in accounting.invoice(c, "acme", OCT)["lines"]}

@@ -7,7 +7,10 @@ document.addEventListener("DOMContentLoaded", () => {
     new window.Chart(canvas, {
       type: "bar",
       // Hours of a downgraded account (billing-v1.md §8) stacked in grey: active, not billed
+      // and those of fixed-term or device-day licences in blue: not billed by the hour
       data: {labels: d.labels, datasets: [{label: "active hours per day", data: d.values, backgroundColor: "#2e9d57"}]
+        .concat((d.other || []).some((n) => n > 0)
+          ? [{label: "fixed-term or device-day licence", data: d.other, backgroundColor: "#3b6fb6"}] : [])
         .concat((d.downgraded || []).some((n) => n > 0)
           ? [{label: "downgraded, not billed", data: d.downgraded, backgroundColor: "#9e9e9e"}] : [])},
       options: {animation: false, maintainAspectRatio: false,
