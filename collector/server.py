@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, StringConstraints
 
 from collector import apimodels, db, highwater, keyrotation, metrics, periodic, readapi, registry, tlog, web
@@ -27,6 +27,7 @@ from collector.settings import (
     SetupError,
     setting,
 )
+from collector.web import errorpage
 from protocol.heartbeat import MAX_REQUEST_BYTES, MAX_REQUEST_LINES
 from protocol.merkle import MerkleError
 from protocol.timefmt import parse_month
@@ -273,13 +274,13 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
-    def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    def _invalid(request: Request, exc: RequestValidationError) -> Response:
         # FastAPI's own handler echoes each bad input: a lone surrogate in it made the answer
         # unencodable (a 500), and a long one was sent back whole. Where and why is enough.
-        return JSONResponse(
-            {"detail": [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]},
-            status_code=422,
-        )
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        if errorpage.wants_page(request):  # a browser's form or link under /ui: a page
+            return errorpage.error_page(request, 422, detail)
+        return JSONResponse({"detail": detail}, status_code=422)
 
     app.add_middleware(LimitBody, limit=MAX_OTHER_BODY, exempt=frozenset({"/v1/heartbeats"}))
     app.add_middleware(RefuseNul)

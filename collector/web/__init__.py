@@ -6,13 +6,13 @@ import threading
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector.accounts import api as accounts_api
-from collector.web import auth, data, detail, pages, throttle, tools
+from collector.web import auth, data, detail, errorpage, pages, throttle, tools
 from collector.web.common import HERE
 from protocol.timefmt import month_of
 
@@ -29,9 +29,9 @@ def register(app: FastAPI) -> None:
     app.include_router(accounts_api.router)
     app.mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="ui-static")
 
-    @app.exception_handler(auth.LoginRequired)
-    def _login(request: Request, _exc: auth.LoginRequired) -> Response:
-        return RedirectResponse("/ui/login", status_code=303)
+    app.add_exception_handler(auth.LoginRequired, errorpage.sign_in_first)  # type: ignore[arg-type]
+    # a browser's error under /ui is a page saying what to do; everything else keeps its JSON
+    app.add_exception_handler(StarletteHTTPException, errorpage.http_error)  # type: ignore[arg-type]
 
     app.add_middleware(_PageHeaders)
 

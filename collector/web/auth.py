@@ -25,7 +25,12 @@ _N, _R, _P = 2**14, 8, 1  # scrypt cost: about 16 MiB and tens of milliseconds p
 
 
 class LoginRequired(Exception):
-    """No valid session: the page handler redirects to the sign-in form."""
+    """No valid session: the page handler redirects to the sign-in form. ``ended``: the browser
+    sent a session that is over (expired, signed out elsewhere, its token revoked)."""
+
+    def __init__(self, ended: bool = False) -> None:
+        super().__init__("sign in first")
+        self.ended = ended
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ def current(request: Request) -> WebSession:
     with db.read_conn(request.app.state.engine) as c:
         row = c.execute(sa.select(web_sessions).where(web_sessions.c.digest == registry.digest(sid))).first()
     if row is None or row.expires_at <= int(time.time()):
-        raise LoginRequired()
+        raise LoginRequired(ended=True)
     return WebSession(Scope(row.provider, row.role), row.who, row.csrf)
 
 

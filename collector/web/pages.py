@@ -14,7 +14,7 @@ from collector import accounting, db, render, roles
 from collector import schema as s
 from collector.accounts import api as acc_api
 from collector.accounts import store as acc_store
-from collector.web import auth, data, throttle
+from collector.web import auth, data, errorpage, throttle
 from collector.web.common import SessionDep, attachment, conn, month_param, provider_page
 from collector.web.common import render as page
 from protocol.timefmt import month_bounds
@@ -24,9 +24,13 @@ MAX_HEATMAPS = 50
 
 
 @router.get("/login")
-def login_form(request: Request, error: str | None = None) -> Response:
+def login_form(
+    request: Request, error: str | None = None, next: str | None = None, ended: str | None = None,
+    lost: str | None = None,
+) -> Response:
     token = request.cookies.get(auth.LOGIN_COOKIE) or auth.secrets.token_urlsafe(24)
-    resp = page(request, "login.html", None, login_csrf=token, error=error)
+    resp = page(request, "login.html", None, login_csrf=token, error=error, next=errorpage.safe_next(next),
+                ended=bool(ended), lost=bool(lost))
     resp.set_cookie(auth.LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=auth.secure(request))
     return resp
 
@@ -38,8 +42,11 @@ def login(
     username: str = Form(""),
     password: str = Form(""),
     token: str = Form(""),
+    next: str = Form(""),  # the page asked for before signing in
 ) -> Response:
     auth.check_csrf(request.cookies.get(auth.LOGIN_COOKIE, ""), csrf)
+    back = errorpage.safe_next(next)
+    again = f"&next={quote(back, safe='')}" if back else ""
     engine = request.app.state.engine
     address = request.client.host if request.client else ""
     name = "token" if token.strip() else username
@@ -54,14 +61,14 @@ def login(
         guard.not_checked(address, name)  # not checked: not a failure, nor a success
         return _refused(request, "Too many sign-ins at once: try again in a few seconds.", 5)
     if found is None:
-        return RedirectResponse("/ui/login?error=1", status_code=303)
+        return RedirectResponse(f"/ui/login?error=1{again}", status_code=303)
     scope, who = found
     if not (roles.allows(scope.role, roles.PAGES) or roles.allows(scope.role, roles.ALL_PROVIDERS)):
         # a valid token that opens no page (an appliance's): no session, and a line saying why
         return RedirectResponse("/ui/login?error=pages", status_code=303)
     guard.succeeded(address, name)
     sid = db.write_tx(engine, lambda c: auth.open_session(c, scope, who, int(time.time())))
-    resp = RedirectResponse("/ui/", status_code=303)
+    resp = RedirectResponse(back or "/ui/", status_code=303)
     resp.set_cookie(
         auth.COOKIE, sid, max_age=auth.SESSION_TTL, httponly=True, samesite="lax", secure=auth.secure(request)
     )

@@ -34,7 +34,8 @@ def _money(text: str | None) -> Decimal | None:
     try:
         v = Decimal(text.strip())
     except InvalidOperation as exc:
-        raise HTTPException(400, f"not an amount: {text!r}") from exc
+        raise HTTPException(
+            400, f"the fixed price {text!r} is not an amount (write it with a dot: 20.50)") from exc
     if not v.is_finite() or v < 0:
         raise HTTPException(400, "the fixed price is a positive amount")
     # 1e999999999 is finite, but dividing by a price overflowed the context: a 500

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from collector import db, registry
 from collector.ingest import ingest_lines
 from collector.server import create_app
-from collector.web import auth
+from collector.web import auth, errorpage
 from protocol.timefmt import parse_time
 
 USERS = {
@@ -57,7 +57,8 @@ def session_csrf(client: TestClient, path: str) -> str:
 
 
 def test_login_sets_strict_cookie_and_wrong_password_fails(client: TestClient, world: Any) -> None:
-    assert client.get("/ui/p/acme", follow_redirects=False).headers["location"] == "/ui/login"
+    first = client.get("/ui/p/acme", follow_redirects=False)
+    assert first.headers["location"] == "/ui/login?next=%2Fui%2Fp%2Facme"
     cookie = login(client, "ann")
     assert "tr7_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
     assert "Secure" not in cookie  # plain http in this test
@@ -95,7 +96,8 @@ def test_sign_in_with_api_token(client: TestClient, world: Any, tools: Any) -> N
     ident = next(x["id"] for x in listed if registry.digest(tok).startswith(x["id"]))
     assert collector_main(["token", "revoke", ident, "--data-dir", str(world.data_dir),
                            "--db", world.db_url]) == 0
-    assert client.get("/ui/p/acme", follow_redirects=False).headers["location"] == "/ui/login"
+    assert client.get("/ui/p/acme", follow_redirects=False).headers["location"] == (
+        "/ui/login?next=%2Fui%2Fp%2Facme&ended=1")
     assert client.get("/v1/providers", headers={"Authorization": f"Bearer {tok}"}).status_code == 401
 
 
@@ -114,7 +116,7 @@ def test_an_appliance_token_reads_entitlements_and_opens_no_page(client: TestCli
     r = client.post("/ui/login", data={"csrf": csrf, "token": tok}, follow_redirects=False)
     assert r.headers["location"] == "/ui/login?error=pages" and auth.COOKIE not in r.cookies
     assert "opens no page" in client.get(r.headers["location"]).text
-    assert client.get("/ui/p/acme", follow_redirects=False).headers["location"] == "/ui/login"
+    assert client.get("/ui/p/acme", follow_redirects=False).headers["location"].startswith("/ui/login?")
     # made by the CLI like any other role; no web user can hold it
     assert collector_main(["token", "add", "--provider", "acme", "--role", "appliance",
                            "--data-dir", str(world.data_dir), "--db", world.db_url]) == 0
@@ -484,3 +486,50 @@ def test_the_overview_says_which_hours_it_counts_and_when_a_month_has_not_begun(
     assert 'id="future-month"' not in past and "Active hours observed<b>" in past
     assert "the invoice bills the PAYG ones" in past
     assert 'name="viewport"' in past
+
+
+def test_an_ended_session_says_so_and_returns_to_the_page_after_signing_in(
+    client: TestClient, world: Any
+) -> None:
+    """A form sent after the session ended landed on the sign-in form with no word that it was not
+    recorded, and signing in led to the overview, not to the page asked for."""
+    login(client, "ann")
+    client.cookies.clear()
+    client.cookies.set(auth.COOKIE, "ended-or-forged")
+    path = "/ui/p/acme/customers/c1?month=2026-10"
+    r = client.get(path, follow_redirects=False)
+    assert r.headers["location"] == (
+        "/ui/login?next=%2Fui%2Fp%2Facme%2Fcustomers%2Fc1%3Fmonth%3D2026-10&ended=1")
+    form = client.get(r.headers["location"]).text
+    assert "Your session has ended" in form and f'name="next" value="{path}"' in form
+    sent = client.post("/ui/p/acme/customers/c1/account", data={"action": "failed", "csrf": "x"},
+                       follow_redirects=False)
+    assert sent.headers["location"] == "/ui/login?ended=1&lost=1"
+    assert "was not recorded" in client.get(sent.headers["location"]).text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    r = client.post("/ui/login", data={"csrf": csrf, "username": "ann", "password": PASSWORD, "next": path},
+                    follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == path
+    # never to another host, nor back to the sign-in form
+    for bad in ("https://evil.example/ui/", "//evil.example/ui/", "/ui/login?next=/ui/", "/ui/\\evil"):
+        assert errorpage.safe_next(bad) is None, bad
+
+
+def test_a_browser_gets_an_error_page_and_an_api_client_json(client: TestClient, world: Any) -> None:
+    login(client, "ann")
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    r = client.get("/ui/p/acme/customers/nobody?month=2026-10", headers=html)
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert "<title>404 Not found" in r.text and "no customer nobody" in r.text and 'href="/ui/"' in r.text
+    r = client.get("/ui/p/acme?month=2026-13", headers=html)
+    assert r.status_code == 400 and "text/html" in r.headers["content-type"]
+    r = client.post("/ui/p/acme/customers/c1/account", data={"action": "failed", "csrf": "stale"},
+                    headers=html)
+    assert r.status_code == 403 and "reload the page" in r.text
+    r = client.get("/ui/p/acme/planner/c1?month=2026-10&fixed_price=20,50", headers=html)
+    assert r.status_code in (400, 422) and "text/html" in r.headers["content-type"]
+    assert "is not an amount (write it with a dot: 20.50)" in r.text
+    # scripts and the API keep the JSON detail
+    assert client.get("/ui/p/acme/customers/nobody?month=2026-10").json()["detail"] == "no customer nobody"
+    assert client.get("/v1/providers/acme/customers", headers=html).headers["content-type"].startswith(
+        "application/json")
