@@ -15,6 +15,7 @@ from collector import schema as s
 from collector.accounts import api as acc_api
 from collector.accounts import store as acc_store
 from collector.web import auth, data, errorpage, throttle
+from collector.web.advice import ADVICE
 from collector.web.common import SessionDep, attachment, conn, month_param, provider_page
 from collector.web.common import render as page
 from protocol.timefmt import month_bounds
@@ -146,6 +147,9 @@ def overview(provider: str, request: Request, sess: SessionDep, month: str | Non
         active_hours=sum(hours.values()),
         instances=len(hours),
         alerts=found,
+        advice=ADVICE,
+        names=names,
+        has_catalog=bool(doc),
         # a month not begun shows an estimate too (licences counted by the assigned day): say so
         phase=_phase(month, now),
     )

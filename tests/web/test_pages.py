@@ -533,3 +533,23 @@ def test_a_browser_gets_an_error_page_and_an_api_client_json(client: TestClient,
     assert client.get("/ui/p/acme/customers/nobody?month=2026-10").json()["detail"] == "no customer nobody"
     assert client.get("/v1/providers/acme/customers", headers=html).headers["content-type"].startswith(
         "application/json")
+
+
+def test_every_alert_type_says_what_to_do(client: TestClient, world: Any) -> None:
+    """The overview's alerts said what happened, in codes, and not what to do about it."""
+    from collector.web.advice import ADVICE
+
+    spec = client.get("/openapi.json").json()
+    kinds = spec["components"]["schemas"]["Alerts"]["properties"]["alerts"]["items"]["discriminator"]
+    assert set(ADVICE) == set(kinds["mapping"])
+    login(client, "ann")
+    html = client.get("/ui/p/acme?month=2026-10").text
+    assert "<th>What to do</th>" in html and 'id="no-catalog"' not in html
+
+
+def test_a_provider_without_a_catalog_is_told_how_to_start(client: TestClient, world: Any) -> None:
+    db.write_tx(world.engine, lambda c: registry.ensure_provider(c, "fresh"))
+    db.write_tx(world.engine, lambda c: auth.add_user(c, "fresh", "admin", "fred", PASSWORD, 0))
+    login(client, "fred")
+    html = client.get("/ui/p/fresh").text
+    assert 'id="no-catalog"' in html and "tr7-collector apply" in html
