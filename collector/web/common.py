@@ -21,6 +21,21 @@ templates.env.filters["seg"] = lambda v: quote(str(v), safe="")
 SessionDep = Annotated[WebSession, Depends(current)]
 
 
+def duration(seconds: Any) -> str:
+    """Seconds as a reader takes them in: 42 s, 12 min, 5 h 3 min, 35 d 12 h ("–" for none)."""
+    if seconds is None:
+        return "–"
+    s = int(seconds)
+    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "min", 60)):
+        if abs(s) >= size:
+            rest = abs(s) % size // subsize
+            return f"{s // size if s >= 0 else -(abs(s) // size)} {unit}" + (f" {rest} {sub}" if rest else "")
+    return f"{s // 60} min" if abs(s) >= 60 else f"{s} s"
+
+
+templates.env.filters["duration"] = duration
+
+
 def month_param(month: str | None) -> str:
     if not month:
         return month_of(int(time.time()))

@@ -241,6 +241,7 @@ def customer_page(
                           "downgraded": downgraded, "other": other}),
         downgraded_hours=sum(downgraded),
         other_hours=sum(other),
+        billed_hours=sum(daily),
         downgraded_periods=periods,
         lines=[x for x in inv["lines"] if x["customer"] == customer] if inv else [],
         device_days=[x for x in inv["device_days"] if x["customer"] == customer] if inv else [],
@@ -268,10 +269,12 @@ def account_action(
     csrf: str = Form(""),
     action: str = Form(""),
     email: str = Form(""),
+    month: str = Form(""),  # the month the page showed: it shows it again after the action
 ) -> Response:
     auth.check_csrf(sess.csrf, csrf)
     provider_page(sess, provider)
     sess.require(roles.PAYMENTS)
+    shown = f"month={month}&" if month and month_param(month) else ""
     if action not in ("failed", "paid"):
         raise HTTPException(400, "action is failed or paid")
     try:
@@ -280,9 +283,10 @@ def account_action(
         if exc.status_code != 422:
             raise
         # Back to the form with the reason shown there, not a JSON error page
-        return RedirectResponse(f"/ui/p/{provider}/customers/{quote(customer, safe='')}?error=email",
+        return RedirectResponse(f"/ui/p/{provider}/customers/{quote(customer, safe='')}?{shown}error=email",
                                 status_code=303)
-    return RedirectResponse(f"/ui/p/{provider}/customers/{quote(customer, safe='')}", status_code=303)
+    return RedirectResponse(f"/ui/p/{provider}/customers/{quote(customer, safe='')}?{shown}".rstrip("?&"),
+                            status_code=303)
 
 
 def customer_invoice(inv: dict[str, Any], customer: str) -> dict[str, Any]:

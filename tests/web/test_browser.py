@@ -178,7 +178,7 @@ def test_admin_records_a_payment_failure_through_the_form(browser: Browser, base
     page.goto("/ui/p/acme/customers/c3?month=2026-10")
     page.fill("#payment-failed input[name=email]", "ap@coastal.example")
     page.click("#payment-failed button")
-    assert page.url.endswith("/ui/p/acme/customers/c3")
+    assert page.url.endswith("/ui/p/acme/customers/c3?month=2026-10")  # the month it showed
     assert "overdue" in page.inner_text("#account-state")
     assert "payment_failed" in page.inner_text("#account-events")
     shot(page, "account")

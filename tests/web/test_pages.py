@@ -553,3 +553,11 @@ def test_a_provider_without_a_catalog_is_told_how_to_start(client: TestClient, w
     login(client, "fred")
     html = client.get("/ui/p/fresh").text
     assert 'id="no-catalog"' in html and "tr7-collector apply" in html
+
+
+def test_spool_lag_reads_as_a_duration() -> None:
+    """The agents page showed a month-old spool as 3072311 (seconds)."""
+    from collector.web.common import duration
+
+    got = [duration(x) for x in (None, 42, 725, 18180, 3072311, 86400)]
+    assert got == ["–", "42 s", "12 min", "5 h 3 min", "35 d 13 h", "1 d"]
