@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector.accounts import api as accounts_api
-from collector.web import auth, data, detail, errorpage, pages, throttle, tools
+from collector.web import auth, data, detail, errorpage, listing, pages, throttle, tools
 from collector.web.common import HERE
 from protocol.timefmt import month_of
 
@@ -25,6 +25,7 @@ def register(app: FastAPI) -> None:
     app.state.signin_throttle = throttle.SignInThrottle(checks=os.cpu_count() or 1)
     app.include_router(pages.router)
     app.include_router(detail.router)
+    app.include_router(listing.router)
     app.include_router(tools.router)
     app.include_router(accounts_api.router)
     app.mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="ui-static")

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from collector import db, registry
 from collector.ingest import ingest_lines
 from collector.server import create_app
-from collector.web import auth, errorpage
+from collector.web import auth, data, errorpage
 from protocol.timefmt import parse_time
 
 USERS = {
@@ -561,3 +561,23 @@ def test_spool_lag_reads_as_a_duration() -> None:
 
     got = [duration(x) for x in (None, 42, 725, 18180, 3072311, 86400)]
     assert got == ["–", "42 s", "12 min", "5 h 3 min", "35 d 13 h", "1 d"]
+
+
+def test_the_instances_page_finds_and_pages_every_instance(
+    client: TestClient, world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider of 300 instances could reach the 101st running one only by typing its URL."""
+    from collector.web import listing
+
+    login(client, "ann")
+    html = client.get("/ui/p/acme/instances?month=2026-10").text
+    row = re.search(r'<tr data-instance="TR7-0001">(.*?)</tr>', html, re.S).group(1)
+    with db.read_conn(world.engine) as c:
+        hours = data.active_hours(c, "acme", "2026-10")["TR7-0001"]
+    assert "Customer c1" in row and "SL-1 (payg, hour)" in row and f'<td class="num">{hours}</td>' in row
+    assert 'data-instance="TR7-0001"' in client.get("/ui/p/acme/instances?month=2026-10&q=customer C1").text
+    assert "<td colspan=\"5\">none</td>" in client.get("/ui/p/acme/instances?month=2026-10&q=zzz").text
+    monkeypatch.setattr(listing, "PAGE", 1)
+    first = client.get("/ui/p/acme/instances?month=2026-10").text
+    total = int(re.search(r'<p id="count">(\d+) instance', first).group(1))
+    assert first.count("<tr data-instance=") == 1 and ('id="next"' in first) == (total > 1)

@@ -1,0 +1,48 @@
+"""The instances page: every instance of a month with its customer, licences and hours, filtered
+and paged (the overview names the first 200 running ones only)."""
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from collector.web import data
+from collector.web.common import SessionDep, conn, month_param, provider_page
+from collector.web.common import render as page
+
+router = APIRouter(prefix="/ui")
+PAGE = 500  # rows a page: 2,000 instances are four pages
+
+
+@router.get("/p/{provider}/instances")
+def instances_page(
+    provider: str, request: Request, sess: SessionDep, month: str | None = None,
+    q: str = Query("", max_length=200), start: int = Query(0, ge=0),
+) -> Response:
+    provider_page(sess, provider)
+    month, now = month_param(month), int(time.time())
+    with conn(request) as c:
+        doc = data.month_catalog(c, provider, month)
+        hours = data.active_hours(c, provider, month)
+        running = set(data.running_now(c, provider, now))
+    names = {cu["id"]: cu.get("name") or cu["id"] for cu in doc.get("customers", [])}
+    licensed: dict[str, list[dict[str, Any]]] = {}
+    for lic in doc.get("licenses", []):
+        licensed.setdefault(lic["instance"], []).append(lic)
+    rows = []
+    for inst in sorted(set(hours) | set(licensed)):
+        lics = licensed.get(inst, [])
+        row = {
+            "instance": inst,
+            "hours": hours.get(inst),
+            "running": inst in running,
+            "licences": [f"{x['id']} ({x.get('model')}, {x.get('unit', 'hour')})" for x in lics],
+            "customers": sorted({names.get(x["customer"], x["customer"]) for x in lics}),
+        }
+        # one box finds an instance by its id, a licence or a customer
+        text = " ".join([inst, *row["licences"], *row["customers"]]).casefold()
+        if q.casefold() in text:
+            rows.append(row)
+    return page(request, "instances.html", sess, provider=provider, month=month, q=q, start=start,
+                rows=rows[start : start + PAGE], total=len(rows), page_size=PAGE)
