@@ -372,7 +372,8 @@ def _bill(args: argparse.Namespace, engine) -> int:  # type: ignore[no-untyped-d
         if args.format == "csv":
             data = render.csv_bytes(inv)
         else:
-            data = render.pdf_bytes(inv, names, estimate=estimate)
+            data = render.pdf_bytes(inv, names, estimate=estimate,
+                                    provider_name=(docs[0].get("provider") or {}).get("name"))
     if args.out is None:
         sys.stdout.buffer.write(data)
     else:

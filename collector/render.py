@@ -136,10 +136,11 @@ def _fit(pdf: Any, family: str, width: float, value: str) -> None:
 
 def pdf_bytes(
     invoice: Mapping[str, Any], customer_names: Mapping[str, str] | None = None,
-    customers: Sequence[str] | None = None, estimate: bool = False,
+    customers: Sequence[str] | None = None, estimate: bool = False, provider_name: str | None = None,
 ) -> bytes:
     """One page per customer of the invoice (``customers``: these, even without a line);
-    ``estimate``: the month is open, and the document says so (it read as the final invoice)."""
+    ``estimate``: the month is open, and the document says so (it read as the final invoice);
+    ``provider_name``: the catalog's name of the provider, shown beside its id."""
     from fpdf import FPDF
 
     names = customer_names or {}
@@ -148,6 +149,7 @@ def pdf_bytes(
     pdf.set_auto_page_break(True, margin=15)
     text = _Text(pdf)
     cur = invoice["currency"]
+    issuer = invoice["provider"] if not provider_name else f"{provider_name} ({invoice['provider']})"
     if customers is None:
         customers = sorted(
             set(invoice["totals"])
@@ -165,7 +167,7 @@ def pdf_bytes(
         pdf.cell(
             0,
             10,
-            text(f"{'Estimate' if estimate else 'Invoice'} {invoice['month']} - {invoice['provider']}"),
+            text(f"{'Estimate' if estimate else 'Invoice'} {invoice['month']} - {issuer}"),
             new_x="LMARGIN",
             new_y="NEXT",
         )

@@ -310,7 +310,8 @@ def invoice_file(
     if fmt not in ("pdf", "csv"):
         raise HTTPException(404, "pdf or csv")
     with conn(request) as c:
-        names = accounting.customer_names(data.month_catalog(c, provider, month), data.catalog(c, provider))
+        doc = data.month_catalog(c, provider, month)
+        names = accounting.customer_names(doc, data.catalog(c, provider))
         estimate = accounting.closed(c, provider, month) is None
         try:  # a download is computed now, never served from the dashboards' cache
             inv = accounting.invoice(c, provider, month)
@@ -323,7 +324,8 @@ def invoice_file(
         _customer(names, customer, inv["totals"])
         inv = customer_invoice(inv, customer)
     if fmt == "pdf":
-        body = render.pdf_bytes(inv, names, None if customer is None else [customer], estimate=estimate)
+        body = render.pdf_bytes(inv, names, None if customer is None else [customer], estimate=estimate,
+                                provider_name=(doc.get("provider") or {}).get("name"))
     else:
         body = render.csv_bytes(inv)
     kind = "estimate" if estimate else "invoice"  # an open month's file is no invoice to send

@@ -128,3 +128,10 @@ def test_the_customer_chart_marks_the_downgraded_hours_the_invoice_leaves_out(
     tools.apply(world, tools.catalog(), retroactive=True)
     html = client.get(f"/ui/p/acme/customers/c1?month={OCT}").text
     assert 'id="downgraded-hours"' not in html
+
+
+def test_the_pdf_names_the_provider_as_its_catalog_does(client: TestClient, world: Any) -> None:  # noqa: F811
+    """It named the provider by its id only ("acme")."""
+    login(client, "ann")
+    text = pdf_text(client.get(f"/ui/p/acme/invoices/{OCT}.pdf").content)
+    assert f"{OCT} - Acme (acme)" in text
