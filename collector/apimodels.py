@@ -170,11 +170,17 @@ class UnlicensedAlert(_Shape):
     hours: int
 
 
-class LicenseRowAlert(_Shape):
-    """A usage row's flag (billing-v1.md §4): more capacity used than licensed, or PAYG hours
-    outside every platform license."""
+class OverCapacityAlert(_Shape):
+    type: Literal["over_capacity"]
+    instance: str
+    license: str
+    customer: str
 
-    type: Literal["over_capacity", "no_platform_license"]
+
+class NoPlatformLicenseAlert(_Shape):
+    """PAYG hours of the license outside every platform license of the provider (billed, flagged)."""
+
+    type: Literal["no_platform_license"]
     instance: str
     license: str
     customer: str
@@ -190,7 +196,7 @@ class AccountAlert(_Shape):
 
 Alert = Annotated[
     ForkAlert | BreakAlert | ClockBackAlert | SilentAgentAlert | AcrossMonthsAlert | CloneAlert
-    | PricingErrorAlert | UnlicensedAlert | LicenseRowAlert | AccountAlert,
+    | PricingErrorAlert | UnlicensedAlert | OverCapacityAlert | NoPlatformLicenseAlert | AccountAlert,
     Field(discriminator="type"),
 ]
 

@@ -52,7 +52,7 @@ def _version() -> str:
 
 
 def families(
-    conn: Connection, providers: Iterable[str], now: int, anyone: bool = False, role: str = "admin"
+    conn: Connection, providers: Iterable[str], now: int, *, role: str, anyone: bool = False
 ) -> Iterator[Metric]:
     """The metric families of ``providers``, as of ``now``; ``anyone``: with the rejections that
     name no provider (the vendor's scrape: they may be any provider's, or nobody's); ``role``:

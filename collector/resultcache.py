@@ -153,18 +153,22 @@ def across_months(conn: Connection, provider: str, month: str) -> list[dict[str,
     )
 
 
-def alerts_of(conn: Connection, provider: str, month: str, now: int) -> list[dict[str, Any]]:
+def alerts_of(
+    conn: Connection, provider: str, month: str, now: int, licensing: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """The month's alerts with the chain, boundary and clone pieces from this cache, as the read
     API's /alerts and GET /metrics give them: recomputed from every leaf of the month on each
-    request, they took 2.7 s at 1.7 million heartbeats."""
+    request, they took 2.7 s at 1.7 million heartbeats. The bill's own alerts are exact (from
+    accounting.own_result's cache, keyed by what the bill depends on) unless ``licensing`` gives
+    them: the overview passes this cache's (licensing below), whose staleness it shows."""
     return alerts.alerts(conn, provider, month, now, health=health(conn, provider, month, now),
                          boundary=across_months(conn, provider, month), copies=clones(conn, provider, month),
-                         licensing=licensing(conn, provider, month))
+                         licensing=licensing)
 
 
 def licensing(conn: Connection, provider: str, month: str) -> list[dict[str, Any]]:
-    """The alerts of the month's bill (alerts.licensing_alerts): the bill's usage decoded, or a
-    whole unpriced one computed, on every overview and /alerts request otherwise."""
+    """The alerts of the month's bill (alerts.licensing_alerts) for the overview: the bill's usage
+    decoded, or a whole unpriced one computed, on every request otherwise."""
     return cached(
         conn, ("licensing", db_id(conn), provider, month), (),
         lambda c: alerts.licensing_alerts(c, provider, month),

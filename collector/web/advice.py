@@ -16,8 +16,9 @@ ADVICE = {
     "clock_back_across_months": "As clock_back, across the start of the month.",
     "clone": "One instance id ran on two VMs in the same hours: an appliance copied. Find the second VM "
              "(listed) and stop it, or give it its own instance id and license.",
-    "pricing_error": "The catalog has no rate for this capacity, so the month has no invoice: add the "
-                     "rate and apply the catalog again (tr7-collector apply).",
+    "pricing_error": "The catalog has no rate for this capacity: an open month cannot be invoiced, and "
+                     "a closed month's late hours cannot be adjusted, until the rate is added and the "
+                     "catalog applied again (tr7-collector apply).",
     "unlicensed": "The instance ran with no license: its hours are not billed. Add a license to the "
                   "catalog, or stop the instance.",
     "over_capacity": "The appliance declares more capacity than its fixed-term license: upgrade the "

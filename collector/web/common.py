@@ -26,11 +26,12 @@ def duration(seconds: Any) -> str:
     if seconds is None:
         return "–"
     s = int(seconds)
+    sign, s = ("-" if s < 0 else ""), abs(s)  # negative: the agent's clock is ahead of the collector's
     for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "min", 60)):
-        if abs(s) >= size:
-            rest = abs(s) % size // subsize
-            return f"{s // size if s >= 0 else -(abs(s) // size)} {unit}" + (f" {rest} {sub}" if rest else "")
-    return f"{s // 60} min" if abs(s) >= 60 else f"{s} s"
+        if s >= size:
+            rest = s % size // subsize
+            return f"{sign}{s // size} {unit}" + (f" {rest} {sub}" if rest else "")
+    return f"{sign}{s // 60} min" if s >= 60 else f"{sign}{s} s"
 
 
 templates.env.filters["duration"] = duration

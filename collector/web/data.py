@@ -13,16 +13,17 @@ from billing.activity import MonthBits
 from billing.compute import bridged_hours
 from collector import accounting, db, evidence, registry
 from collector import schema as s
-from collector.resultcache import alerts_of, cached, clones, db_id, health, outdated
+from collector.resultcache import alerts_of, cached, clones, db_id, health, licensing, outdated
 from protocol.timefmt import format_time, month_bounds, parse_time
 
 HOUR, DAY = 3600, 86400
 
 
 def results_stale(conn: Connection, provider: str, month: str) -> bool:
-    """Whether the month's bill results() just gave is the previous computation's (a newer one is
-    being made: after a correction the overview showed the old totals with no sign of it)."""
-    return outdated(("results", db_id(conn), provider, month))
+    """Whether the month's bill results() just gave, or the alerts of that bill, are the previous
+    computation's (a newer one is being made: after a correction the overview showed the old
+    totals with no sign of it; the two refresh apart)."""
+    return any(outdated((slot, db_id(conn), provider, month)) for slot in ("results", "licensing"))
 
 
 def warm(engine: Any, month: str, now: int) -> None:
@@ -223,7 +224,7 @@ def provider_alerts(conn: Connection, provider: str, month: str, now: int) -> li
     by its name, a run of sequence numbers as one text."""
     names = {a["kid"]: a["name"] for a in health(conn, provider, month, now)}
     out = []
-    for alert in alerts_of(conn, provider, month, now):
+    for alert in alerts_of(conn, provider, month, now, licensing(conn, provider, month)):
         shown = dict(alert)
         if "agent" in shown:
             shown["agent"] = shown.pop("name", None) or names.get(alert["agent"], alert["agent"])

@@ -26,8 +26,11 @@ def wants_page(request: Request) -> bool:
 
 def error_page(request: Request, status: int, detail: Any, headers: dict[str, str] | None = None) -> Response:
     hint = None
-    text = detail if isinstance(detail, str) else "; ".join(
-        f"{'.'.join(map(str, e.get('loc', ())[1:]))}: {e.get('msg')}" for e in detail)
+    if isinstance(detail, list) and all(isinstance(e, dict) for e in detail):  # a validation error's
+        text = "; ".join(f"{'.'.join(map(str, list(e.get('loc') or ())[1:]))}: {e.get('msg')}"
+                         for e in detail)
+    else:
+        text = str(detail)
     if "CSRF" in text:
         hint = "The form was opened in an earlier session: reload the page, then send the form again."
     elif status == 403:

@@ -64,10 +64,10 @@ def login(
     if found is None:
         return RedirectResponse(f"/ui/login?error=1{again}", status_code=303)
     scope, who = found
+    guard.succeeded(address, name)  # right credentials (an appliance's token too): no failure
     if not (roles.allows(scope.role, roles.PAGES) or roles.allows(scope.role, roles.ALL_PROVIDERS)):
         # a valid token that opens no page (an appliance's): no session, and a line saying why
         return RedirectResponse("/ui/login?error=pages", status_code=303)
-    guard.succeeded(address, name)
     sid = db.write_tx(engine, lambda c: auth.open_session(c, scope, who, int(time.time())))
     resp = RedirectResponse(back or "/ui/", status_code=303)
     resp.set_cookie(

@@ -353,3 +353,26 @@ def test_the_api_metrics_and_overview_list_the_same_alerts(client, settings, too
     # the overview names an agent by its name, the API by its kid
     silent = [x["agent"] for x in found if x["type"] == "silent_agent"]
     assert [x["agent"] for x in shown if x["type"] == "silent_agent"] == [a.name for _ in silent]
+
+
+def test_the_apis_licensing_alerts_follow_a_new_catalog_at_once(client, settings, tools):
+    """The bill's alerts came from a stale-while-revalidate cache for a while: after a catalog that
+    cannot price the month, /invoices said 409 and /alerts had no pricing_error yet."""
+    m = previous_month(month_of(int(time.time())))
+    m0 = month_bounds(m)[0]
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, m0 - 86400)
+    r = client.post("/v1/heartbeats", content=a.beat(m0 + 60, {"TR7-0001": "running"}),
+                    headers={"Content-Type": "text/plain"})
+    assert r.json()["results"][0]["status"] == "accepted"
+    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    auth = {"Authorization": f"Bearer {tok}"}
+    url = "/v1/providers/acme/alerts"
+    assert not [x for x in client.get(url, params={"month": m}, headers=auth).json()["alerts"]
+                if x["type"] == "pricing_error"]
+    cat = tools.catalog()
+    cat["licenses"][0]["capacity"][0]["bandwidth_mbps"] = 5000  # no hourly rate goes that high
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, cat, retroactive=True))
+    found = client.get(url, params={"month": m}, headers=auth).json()["alerts"]
+    assert [x["license"] for x in found if x["type"] == "pricing_error"] == ["SL-1"]

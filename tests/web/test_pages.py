@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from collector import db, registry
+from collector import db, registry, roles
 from collector.ingest import ingest_lines
 from collector.server import create_app
 from collector.web import auth, data, errorpage
@@ -117,6 +117,16 @@ def test_an_appliance_token_reads_entitlements_and_opens_no_page(client: TestCli
     assert r.headers["location"] == "/ui/login?error=pages" and auth.COOKIE not in r.cookies
     assert "opens no page" in client.get(r.headers["location"]).text
     assert client.get("/ui/p/acme", follow_redirects=False).headers["location"].startswith("/ui/login?")
+    # a session of that role (none can be opened: defence in depth) reaches no provider page
+    from collector.readapi import Scope
+
+    sid = db.write_tx(world.engine, lambda c: auth.open_session(c, Scope("acme", "appliance"), "x",
+                                                                  int(time.time())))
+    client.cookies.clear()
+    client.cookies.set(auth.COOKIE, sid)
+    r = client.get("/ui/p/acme")
+    assert r.status_code == 403 and r.json()["detail"] == roles.denial(roles.PAGES)
+    client.cookies.clear()
     # made by the CLI like any other role; no web user can hold it
     assert collector_main(["token", "add", "--provider", "acme", "--role", "appliance",
                            "--data-dir", str(world.data_dir), "--db", world.db_url]) == 0
@@ -581,3 +591,27 @@ def test_the_instances_page_finds_and_pages_every_instance(
     first = client.get("/ui/p/acme/instances?month=2026-10").text
     total = int(re.search(r'<p id="count">(\d+) instance', first).group(1))
     assert first.count("<tr data-instance=") == 1 and ('id="next"' in first) == (total > 1)
+
+
+def test_the_overview_says_stale_while_its_alerts_are_recomputed(
+    client: TestClient, world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bill and its alerts are cached apart: the alerts being recomputed showed no note."""
+    from collector.web import data as web_data
+
+    login(client, "ann")
+    assert 'id="stale-note"' not in client.get("/ui/p/acme?month=2026-10").text
+    monkeypatch.setattr(web_data, "outdated", lambda slot: slot[0] == "licensing")
+    assert 'id="stale-note"' in client.get("/ui/p/acme?month=2026-10").text
+
+
+def test_an_error_page_takes_any_detail(client: TestClient) -> None:
+    from starlette.requests import Request
+
+    req = Request({"type": "http", "method": "GET", "path": "/ui/x", "headers": [], "query_string": b"",
+                   "app": client.app})
+    for detail in ({"a": 1}, ["x", "y"], None, [{"loc": ["query", "month"], "msg": "bad"}]):
+        r = errorpage.error_page(req, 400, detail)
+        assert r.status_code == 400
+    page = errorpage.error_page(req, 422, [{"loc": ["query", "month"], "msg": "bad"}])
+    assert "month: bad" in bytes(page.body).decode()
