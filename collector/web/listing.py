@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from collector import accounting
 from collector.web import data
 from collector.web.common import SessionDep, conn, month_param, provider_page
 from collector.web.common import render as page
@@ -26,7 +27,7 @@ def instances_page(
         doc = data.month_catalog(c, provider, month)
         hours = data.active_hours(c, provider, month)
         running = set(data.running_now(c, provider, now))
-    names = {cu["id"]: cu.get("name") or cu["id"] for cu in doc.get("customers", [])}
+    names = accounting.customer_names(doc)
     licensed: dict[str, list[dict[str, Any]]] = {}
     for lic in doc.get("licenses", []):
         licensed.setdefault(lic["instance"], []).append(lic)
