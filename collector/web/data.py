@@ -83,10 +83,15 @@ def licensed_hours(
     catalog, the hours §3's order gives to another one overlapping too (a hand-over hour showed
     on both customers' pages, and only one of them is billed for it)."""
     mine = {lic["id"] for lic in licenses}
-    pool = every if every is not None else licenses
-    model = {lic["id"]: lic.get("model") for lic in pool}
+    owners = hour_owners(hours, every if every is not None else licenses)
+    return {inst: {h for h in hs if owners[inst][h] in mine} for inst, hs in hours.items()}
+
+
+def hour_owners(hours: dict[str, set[int]], every: list[dict[str, Any]]) -> dict[str, dict[int, str | None]]:
+    """instance -> hour -> the licence of ``every`` that decides it (§3's order), None for none."""
+    model = {lic["id"]: lic.get("model") for lic in every}
     periods: dict[str, list[tuple[str, int, int | None]]] = defaultdict(list)
-    for lic in pool:
+    for lic in every:
         end = None if lic.get("end") is None else parse_time(lic["end"])
         periods[lic["instance"]].append((lic["id"], parse_time(lic["start"]), end))
     for ps in periods.values():  # §3's order, as billing.compute._ordered: fixed, latest start, greatest id
@@ -96,7 +101,7 @@ def licensed_hours(
     def owner(inst: str, h: int) -> str | None:
         return next((i for i, a, b in periods.get(inst, ()) if h + HOUR > a and (b is None or h < b)), None)
 
-    return {inst: {h for h in hs if owner(inst, h) in mine} for inst, hs in hours.items()}
+    return {inst: {h: owner(inst, h) for h in hs} for inst, hs in hours.items()}
 
 
 def downgraded_periods(doc: dict[str, Any], customer: str) -> list[tuple[str, str | None]]:

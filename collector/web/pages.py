@@ -194,9 +194,14 @@ def customer_page(
         # periods, active but not billed (billing-v1.md §8)
         periods = data.downgraded_periods(doc, customer)
         down = data.downgraded_hours(doc, customer, month)
-        hourly = [x for x in lics if x.get("model") == "payg" and x.get("unit", "hour") == "hour"]
-        by_hour = data.licensed_hours(active, hourly, every)
-        active, seen = data.licensed_hours(active, lics, every), data.licensed_hours(seen, lics, every)
+        hourly = {x["id"] for x in lics if x.get("model") == "payg" and x.get("unit", "hour") == "hour"}
+        mine = {x["id"] for x in lics}
+        # who decides each hour, found once for the three sets below
+        owners = data.hour_owners({i: active.get(i, set()) | seen.get(i, set()) for i in {*active, *seen}},
+                                  every)
+        by_hour = {i: {h for h in hs if owners[i][h] in hourly} for i, hs in active.items()}
+        active = {i: {h for h in hs if owners[i][h] in mine} for i, hs in active.items()}
+        seen = {i: {h for h in hs if owners[i][h] in mine} for i, hs in seen.items()}
         acc, email = acc_store.load(c, provider, customer)
         events = acc_store.events(c, provider, customer)
         closed = (
