@@ -62,12 +62,24 @@ _refreshing: set[tuple[Any, ...]] = set()
 _first: dict[tuple[Any, ...], threading.Event] = {}  # slots being computed for the first time
 
 
+# Entries kept per kind (a slot's first member), the least recently used going first. A month's
+# bill ("results", "unpriced") or hour counts ("hours") is megabytes at 2,000 instances: 64 of
+# them. Health, clones and boundary alerts are short lists, and the vendor's GET /metrics reads
+# them for every provider on each scrape: with one bound of 64 for all kinds, 22 providers made
+# each scrape push out its own entries and recompute every one of them in the request.
+KEEP = 64
+KEEP_SMALL = 2048
+SMALL = frozenset({"health", "clones", "across_months", "licensing"})
+
+
 def _store(slot: tuple[Any, ...], state: tuple[Any, ...], value: Any) -> None:
+    kind = slot[0]
     with _lock:
         _cache[slot] = _Entry(state, value)
         _cache.move_to_end(slot)
-        while len(_cache) > 64:
-            _cache.popitem(last=False)
+        same = [k for k in _cache if k[0] == kind]  # oldest first
+        for old in same[: max(0, len(same) - (KEEP_SMALL if kind in SMALL else KEEP))]:
+            del _cache[old]
 
 
 def _refresh(engine: Any, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Any) -> None:

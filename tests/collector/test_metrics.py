@@ -139,3 +139,25 @@ def test_migration_0017_merges_rules_counted_by_index(settings, tools) -> None:
                                                          "FROM rejections")))
     assert got == [("", "payload.polls[].adapter", 1, 5), ("acme", "payload.observations[].state", 7, 30),
                    ("acme", "signature", 4, 20)]
+
+
+def test_the_vendors_scrape_of_many_providers_is_served_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one bound of 64 entries for every kind, 22 providers made each vendor scrape push out
+    its own entries and recompute every provider's alerts inside the request."""
+    from collector import alerts, resultcache
+
+    computed: list[str] = []
+    real = alerts.clones
+    monkeypatch.setattr(alerts, "clones", lambda c, p, m: computed.append(p) or real(c, p, m))
+    with opened(tmp_path) as st:
+        for i in range(40):
+            apply(st, catalog(f"p{i:02d}"))
+        vendor = token(st, None, "vendor")
+        resultcache._cache.clear()
+        with TestClient(create_app(st)) as client:
+            for _ in range(2):
+                r = client.get("/metrics", headers={"Authorization": f"Bearer {vendor}"})
+                assert r.status_code == 200 and 'provider="p39"' in r.text
+    assert sorted(computed) == [f"p{i:02d}" for i in range(40)]  # each once, on the first scrape
