@@ -74,21 +74,11 @@ def _offsets(bits: int) -> tuple[int, ...]:
     return tuple(h * HOUR for h in range(24) if bits >> h & 1)
 
 
-def licensed_hours(
-    hours: dict[str, set[int]], licenses: list[dict[str, Any]], every: list[dict[str, Any]] | None = None
-) -> dict[str, set[int]]:
-    """The hours (epoch of each hour) that ``licenses`` decide on their instance: those overlapping
-    one of their periods, as billing-v1.md §1 matches an hour to a license (`[HH:00, HH+1:00)`
-    and `[start, end)` overlap, a null end being open), less, given ``every`` licence of the
-    catalog, the hours §3's order gives to another one overlapping too (a hand-over hour showed
-    on both customers' pages, and only one of them is billed for it)."""
-    mine = {lic["id"] for lic in licenses}
-    owners = hour_owners(hours, every if every is not None else licenses)
-    return {inst: {h for h in hs if owners[inst][h] in mine} for inst, hs in hours.items()}
-
-
 def hour_owners(hours: dict[str, set[int]], every: list[dict[str, Any]]) -> dict[str, dict[int, str | None]]:
-    """instance -> hour -> the licence of ``every`` that decides it (§3's order), None for none."""
+    """instance -> hour (epoch of each) -> the licence of ``every`` that decides it, None for none:
+    one overlapping the hour, as billing-v1.md §1 matches an hour to a license (`[HH:00, HH+1:00)`
+    and `[start, end)` overlap, a null end being open), the first in §3's order where several do
+    (a hand-over hour showed on both customers' pages, and only one of them is billed for it)."""
     model = {lic["id"]: lic.get("model") for lic in every}
     periods: dict[str, list[tuple[str, int, int | None]]] = defaultdict(list)
     for lic in every:
