@@ -309,6 +309,19 @@ def test_the_api_serves_agents_and_alerts_from_the_pages_cache(client, settings,
     assert len(calls) == 1
 
 
+def _one_running_beat(client, settings, tools, cat, at):
+    """``cat`` applied, agent "a" enrolled the day before its month, one heartbeat of TR7-0001
+    running at ``at`` over HTTP: (the agent, a viewer's Authorization header)."""
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, cat))
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, month_bounds(month_of(at))[0] - 86400)
+    r = client.post("/v1/heartbeats", content=a.beat(at, {"TR7-0001": "running"}),
+                    headers={"Content-Type": "text/plain"})
+    assert r.json()["results"][0]["status"] == "accepted"
+    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    return a, {"Authorization": f"Bearer {tok}"}
+
+
 def test_the_api_metrics_and_overview_list_the_same_alerts(client, settings, tools):
     """PAYG hours outside every platform license and an overdue account: /alerts and /metrics
     listed neither, though the overview did (each had its own list)."""
@@ -321,15 +334,8 @@ def test_the_api_metrics_and_overview_list_the_same_alerts(client, settings, too
     m, m0 = month_of(now), month_bounds(month_of(now))[0]
     cat = tools.catalog()
     cat["platform_licenses"][0]["valid_to"] = format_time(m0)  # ends as the month begins
-    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, cat))
     db.write_tx(settings.engine, lambda c: acc_store.payment_failed(c, "acme", "c1", m0 + 60))
-    a = tools.Agent("a")
-    tools.enrol(settings, "acme", a, m0 - 86400)
-    r = client.post("/v1/heartbeats", content=a.beat(m0 + 120, {"TR7-0001": "running"}),
-                    headers={"Content-Type": "text/plain"})
-    assert r.json()["results"][0]["status"] == "accepted"
-    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
-    auth = {"Authorization": f"Bearer {tok}"}
+    a, auth = _one_running_beat(client, settings, tools, cat, m0 + 120)
     found = client.get("/v1/providers/acme/alerts", params={"month": m}, headers=auth).json()["alerts"]
     assert {"type": "no_platform_license", "instance": "TR7-0001", "license": "SL-1",
             "customer": "c1"} in found
@@ -360,14 +366,7 @@ def test_the_apis_licensing_alerts_follow_a_new_catalog_at_once(client, settings
     cannot price the month, /invoices said 409 and /alerts had no pricing_error yet."""
     m = previous_month(month_of(int(time.time())))
     m0 = month_bounds(m)[0]
-    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
-    a = tools.Agent("a")
-    tools.enrol(settings, "acme", a, m0 - 86400)
-    r = client.post("/v1/heartbeats", content=a.beat(m0 + 60, {"TR7-0001": "running"}),
-                    headers={"Content-Type": "text/plain"})
-    assert r.json()["results"][0]["status"] == "accepted"
-    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
-    auth = {"Authorization": f"Bearer {tok}"}
+    _a, auth = _one_running_beat(client, settings, tools, tools.catalog(), m0 + 60)
     url = "/v1/providers/acme/alerts"
     assert not [x for x in client.get(url, params={"month": m}, headers=auth).json()["alerts"]
                 if x["type"] == "pricing_error"]
