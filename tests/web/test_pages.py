@@ -492,6 +492,7 @@ def test_the_overview_says_which_hours_it_counts_and_when_a_month_has_not_begun(
     login(client, "ann")
     future = client.get("/ui/p/acme?month=2099-01").text
     assert 'id="future-month"' in future and "has not begun" in future
+    assert "none: no instance was active in this or the previous UTC clock hour" in future
     past = client.get("/ui/p/acme?month=2026-10").text
     assert 'id="future-month"' not in past and "Active hours observed<b>" in past
     assert "the invoice bills the PAYG ones" in past
