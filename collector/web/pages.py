@@ -47,22 +47,23 @@ def login(
 ) -> Response:
     auth.check_csrf(request.cookies.get(auth.LOGIN_COOKIE, ""), csrf)
     back = errorpage.safe_next(next)
-    again = f"&next={quote(back, safe='')}" if back else ""
     engine = request.app.state.engine
     address = request.client.host if request.client else ""
     name = "token" if token.strip() else username
     guard: throttle.SignInThrottle = request.app.state.signin_throttle
     wait = guard.attempt(address, name)
     if wait:
-        return _refused(request, f"Too many failed sign-ins: try again in {-(-wait // 60)} minute(s).", wait)
+        return _refused(request, f"Too many failed sign-ins: try again in {-(-wait // 60)} minute(s).", wait,
+                        username, back)
     try:
         with guard.checking(), conn(request) as c:
             found = auth.authenticate(c, username, password, token)
     except throttle.Busy:
         guard.not_checked(address, name)  # not checked: not a failure, nor a success
-        return _refused(request, "Too many sign-ins at once: try again in a few seconds.", 5)
+        return _refused(request, "Too many sign-ins at once: try again in a few seconds.", 5, username, back)
     if found is None:
-        return RedirectResponse(f"/ui/login?error=1{again}", status_code=303)
+        # the form again, its user name kept (not in a URL, where logs keep it), and why
+        return _form_again(request, 401, error="1", username=username, next=back)
     scope, who = found
     guard.succeeded(address, name)  # right credentials (an appliance's token too): no failure
     if not (roles.allows(scope.role, roles.PAGES) or roles.allows(scope.role, roles.ALL_PROVIDERS)):
@@ -77,12 +78,19 @@ def login(
     return resp
 
 
-def _refused(request: Request, message: str, retry_after: int) -> Response:
+def _refused(request: Request, message: str, retry_after: int, username: str, back: str) -> Response:
     """The sign-in form again, with why, as a 429 that says when to retry."""
-    token = request.cookies.get(auth.LOGIN_COOKIE) or auth.secrets.token_urlsafe(24)
-    resp = page(request, "login.html", None, login_csrf=token, refused=message)
-    resp.status_code = 429
+    resp = _form_again(request, 429, refused=message, username=username, next=back)
     resp.headers["Retry-After"] = str(retry_after)
+    return resp
+
+
+def _form_again(request: Request, status: int, **shown: str) -> Response:
+    """The sign-in form answered to a refused POST: the same login cookie, the user name kept."""
+    token = request.cookies.get(auth.LOGIN_COOKIE) or auth.secrets.token_urlsafe(24)
+    resp = page(request, "login.html", None, login_csrf=token, **shown)
+    resp.status_code = status
+    resp.set_cookie(auth.LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=auth.secure(request))
     return resp
 
 

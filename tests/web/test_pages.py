@@ -71,10 +71,18 @@ def test_login_sets_strict_cookie_and_wrong_password_fails(client: TestClient, w
             data={"csrf": csrf, "username": "ann", "password": "wrong password"},
             follow_redirects=False,
         )
-        assert r.headers["location"] == "/ui/login?error=1" and "tr7_session" not in r.headers.get(
-            "set-cookie", ""
-        )
+        assert r.status_code == 401 and "tr7_session" not in r.headers.get("set-cookie", "")
+        # the form again, saying why, with the user name kept to correct the password only
+        assert 'id="wrong"' in r.text and 'name="username" autocomplete="username" value="ann"' in r.text
+        assert re.search(r'name="csrf" value="([^"]+)"', r.text).group(1) == csrf
         assert other.get("/ui/p/acme", follow_redirects=False).status_code == 303
+        # the page asked for before is kept across a wrong try
+        r = other.post("/ui/login", data={"csrf": csrf, "username": "ann", "password": "wrong password",
+                                          "next": "/ui/p/acme/instances"}, follow_redirects=False)
+        assert 'name="next" value="/ui/p/acme/instances"' in r.text
+        r = other.post("/ui/login", data={"csrf": csrf, "username": "ann", "password": PASSWORD,
+                                          "next": "/ui/p/acme/instances"}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/ui/p/acme/instances"
 
 
 def test_cookie_is_secure_over_https(world: Any) -> None:
