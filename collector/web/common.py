@@ -5,11 +5,13 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import sqlalchemy as sa
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from collector import db, roles
+from collector import db, registry, roles
+from collector import schema as s
 from collector.web.auth import WebSession, current
 from protocol.timefmt import month_of, parse_month
 
@@ -60,7 +62,29 @@ def conn(request: Request) -> Any:
 
 
 def render(request: Request, name: str, sess: WebSession | None, **ctx: Any) -> HTMLResponse:
+    if isinstance(ctx.get("provider"), str) and "provider_label" not in ctx:
+        with conn(request) as c:
+            ctx["provider_label"] = provider_label(c, ctx["provider"])
     return templates.TemplateResponse(request, name, {"sess": sess, **ctx})
+
+
+_NAMES: dict[tuple[str, str], tuple[int, str]] = {}  # (database, provider) -> (latest catalog id, label)
+
+
+def provider_label(c: Any, provider: str) -> str:
+    """A page's name for a provider: the catalog's name beside the id ("Acme IT (acme)"), the id alone
+    without one. Only the latest catalog's id is read per page; its document is decoded when it changes."""
+    latest = c.execute(
+        sa.select(sa.func.max(s.catalogs.c.id)).where(s.catalogs.c.provider == provider)
+    ).scalar()
+    if latest is None:
+        return provider
+    key = (str(c.engine.url), provider)
+    known = _NAMES.get(key)
+    if known is None or known[0] != latest:
+        name = str((registry.catalog_by_id(c, latest).get("provider") or {}).get("name") or "").strip()
+        known = _NAMES[key] = (latest, f"{name} ({provider})" if name and name != provider else provider)
+    return known[1]
 
 
 def attachment(filename: str) -> str:

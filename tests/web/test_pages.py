@@ -85,6 +85,18 @@ def test_login_sets_strict_cookie_and_wrong_password_fails(client: TestClient, w
         assert r.status_code == 303 and r.headers["location"] == "/ui/p/acme/instances"
 
 
+def test_pages_name_the_provider_as_its_latest_catalog_does(client: TestClient, world: Any,
+                                                            tools: Any) -> None:
+    login(client, "ann")
+    for page, heading in (("", "Acme (acme) — 2026-10"), ("/agents", "Agents of Acme (acme) — 2026-10"),
+                          ("/instances", "Instances of Acme (acme) — 2026-10")):
+        assert f"<h1>{heading}</h1>" in client.get(f"/ui/p/acme{page}?month=2026-10").text, page
+    renamed = tools.catalog()
+    renamed["provider"]["name"] = "Acme <Managed> IT"
+    tools.apply(world, renamed)
+    assert "<h1>Acme &lt;Managed&gt; IT (acme) — 2026-10</h1>" in client.get("/ui/p/acme?month=2026-10").text
+
+
 def test_cookie_is_secure_over_https(world: Any) -> None:
     with TestClient(create_app(world), base_url="https://testserver") as c:
         assert "Secure" in login(c, "ann")
