@@ -174,7 +174,9 @@ def heatmap(month: str, active: set[int], seen: set[int], bridge_max: int) -> li
         for h in range(day, day + DAY, HOUR):
             codes.append("a" if h in active else "i" if h in seen else "b" if h in bridged else "u")
         html = "".join(f'<td class="{c}"></td>' for c in codes)
-        rows.append({"day": format_time(day)[:10], "codes": codes, "html": Markup(html)})
+        # the day's counts in text, for readers who cannot see colours or hover (screen readers, touch)
+        rows.append({"day": format_time(day)[:10], "codes": codes, "html": Markup(html),
+                     "active": codes.count("a"), "bridged": codes.count("b")})
     return rows
 
 

@@ -117,6 +117,18 @@ def test_admin_walks_overview_customer_instance_agents(
     assert cell(page, "TR7-A02", "2026-10-03T22:00:00Z") == "inactive"  # Saturday night: stopped
     assert cell(page, "TR7-A02", "2026-10-27T10:00:00Z") == "unknown"  # vanished on the 27th
     shot(page, "customer")
+    # a click (a tap: touch screens have no hover) says what an hour is and links its evidence
+    heat = page.locator('table.heat[data-instance="TR7-A02"]')
+    heat.locator('tr[data-day="2026-10-03"] td').nth(22).click()
+    pick = heat.locator("xpath=following-sibling::p[1]")
+    assert pick.inner_text().startswith("2026-10-03T22:00:00Z: inactive")
+    heat.locator('tr[data-day="2026-10-27"] td').nth(10).click()
+    assert pick.inner_text() == "2026-10-27T10:00:00Z: unknown" and pick.locator("a").count() == 0
+    heat.locator('tr[data-day="2026-10-03"] td').nth(22).click()
+    pick.locator("a").click()
+    page.wait_for_selector("pre.jws")
+    assert "/ui/p/acme/instances/TR7-A02/evidence?hour=2026-10-03T22" in page.url
+    page.goto("/ui/p/acme/customers/c1?month=2026-10")
 
     with page.expect_download() as dl:
         page.click("#pdf")

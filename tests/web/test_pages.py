@@ -211,6 +211,9 @@ def test_heatmap_classes_and_evidence(client: TestClient, world: Any, tools: Any
     assert cls("2026-10-01T05:00:00Z") == "active"
     assert cls("2026-10-02T02:00:00Z") == "inactive"
     assert cls("2026-10-05T10:00:00Z") == "unknown"
+    # each day's counts in text too (running on days 1-3 except 02:00-04:00 of day 2)
+    counts = dict(re.findall(r'<tr data-day="2026-10-0(\d)">.*?<th class="n">(\d+)</th></tr>', html))
+    assert (counts["1"], counts["2"], counts["3"], counts["4"]) == ("24", "22", "24", "0")
     ev = client.get("/ui/p/acme/instances/TR7-0001/evidence?hour=2026-10-02T03:00:00Z").text
     assert ev.count('<pre class="jws">') == 1 and "stopped" in ev
     agents = client.get("/ui/p/acme/agents?month=2026-10").text

@@ -27,11 +27,31 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   });
 });
-// Heatmap cells carry no attributes (a page holds tens of thousands): the tooltip is computed.
-document.addEventListener("mouseover", (ev) => {
+// Heatmap cells carry no attributes (a page holds tens of thousands): what a cell means is
+// computed from its row's day and its column, as a tooltip on hover and, on a click or a tap
+// (touch screens have no hover), in the line under the table with a link to the hour's evidence.
+const heatNames = {a: "active", i: "inactive", u: "unknown", b: "bridged"};
+function heatCell(ev) {
   const td = ev.target.closest && ev.target.closest("table.heat td");
-  if (!td || td.title) return;
-  const names = {a: "active", i: "inactive", u: "unknown", b: "bridged"};
-  const hour = String(td.cellIndex - 1).padStart(2, "0");
-  td.title = `${td.parentElement.dataset.day}T${hour}:00Z ${names[td.className] || ""}`;
+  if (!td) return null;
+  const hour = `${td.parentElement.dataset.day}T${String(td.cellIndex - 1).padStart(2, "0")}:00:00Z`;
+  return {td, hour, state: heatNames[td.className] || ""};
+}
+document.addEventListener("mouseover", (ev) => {
+  const cell = heatCell(ev);
+  if (cell && !cell.td.title) cell.td.title = `${cell.hour} ${cell.state}`;
+});
+document.addEventListener("click", (ev) => {
+  const cell = heatCell(ev);
+  if (!cell) return;
+  const table = cell.td.closest("table.heat");
+  const pick = table.nextElementSibling;
+  if (!pick || !pick.classList.contains("heat-pick")) return;
+  pick.textContent = `${cell.hour}: ${cell.state}`;
+  if (cell.state === "active" || cell.state === "inactive") {  // hours with signed heartbeats
+    const link = document.createElement("a");
+    link.href = `${table.dataset.evidence}?hour=${encodeURIComponent(cell.hour)}`;
+    link.textContent = "signed heartbeats of that hour";
+    pick.append(" — ", link);
+  }
 });
