@@ -232,20 +232,29 @@ def agent_rows(c: Any, provider: str, month: str, now: int) -> list[dict[str, An
     health = alerts.agent_health(c, provider, month, now)
     lag = spool_lags(c, provider, month)
     polls: dict[str, Any] = {}
+    past = month < month_of(now)  # a past month's page shows its own last heartbeat, not today's
     for a in health:
-        if a["last_seq"] is not None:
+        if past:
+            seq = (a["chain"] or {}).get("last_seq")
+            a["last_heartbeat"], a["last_seq"] = None, seq
+            where = (month, seq)
+        else:
+            where = (a["last_heartbeat"][:7] if a["last_heartbeat"] else "", a["last_seq"])
+        if where[1] is not None:
             jws = c.execute(
                 sa.select(L.jws, L.received_at, L.time)
                 .where(
                     L.provider == provider,
                     L.kid == a["kid"],
-                    L.month == a["last_heartbeat"][:7],  # the (kid, month, seq) index, whole
-                    L.seq == a["last_seq"],
+                    L.month == where[0],  # the (kid, month, seq) index, whole
+                    L.seq == where[1],
                 )
                 .limit(1)
             ).first()
-            if jws is not None and jws.jws != PRUNED:
-                polls[a["kid"]] = (parse_unverified(jws.jws).polls, jws.received_at - jws.time)
+            if jws is not None:
+                a["last_heartbeat"] = a["last_heartbeat"] or format_time(int(jws.time))
+                if jws.jws != PRUNED:
+                    polls[a["kid"]] = (parse_unverified(jws.jws).polls, jws.received_at - jws.time)
     rows = []
     for a in health:
         ch = a["chain"] or {}
@@ -280,4 +289,5 @@ def agents_page(provider: str, request: Request, sess: SessionDep, month: str | 
         q = sa.select(s.rejections).where(R.provider == provider).order_by(R.rule)
         rejected = [{"rule": r.rule, "lines": int(r.lines), "last_at": format_time(int(r.last_at))}
                     for r in c.execute(q)]
-    return page(request, "agents.html", sess, provider=provider, month=month, agents=rows, rejected=rejected)
+    return page(request, "agents.html", sess, provider=provider, month=month, agents=rows, rejected=rejected,
+                past=month < month_of(now))

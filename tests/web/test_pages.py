@@ -229,6 +229,25 @@ def test_heatmap_classes_and_evidence(client: TestClient, world: Any, tools: Any
     assert re.findall(r"<td[^>]*>([^<]*)</td>", row)[:2] == ["signature", "1"]
 
 
+def test_a_past_months_agents_page_shows_that_months_last_heartbeat(client: TestClient, world: Any,
+                                                                     tools: Any) -> None:
+    login(client, "ann")
+    late = tools.Agent("late")
+    tools.enrol(world, "acme", late, parse_time("2026-09-01T00:00:00Z"))
+    lines = [late.beat(parse_time(t), {"TR7-0001": "running"})
+             for t in ("2026-10-10T00:00:00Z", "2026-11-02T00:00:00Z")]
+    assert all(r["status"] == "accepted" for r in ingest_lines(world.engine, lines))
+
+    def shown(month: str) -> list[str]:
+        html = client.get(f"/ui/p/acme/agents?month={month}").text
+        row = re.search(rf'<tr data-kid="{late.kid}">(.*?)</tr>', html, re.S).group(1)
+        return [html.count(f"Last heartbeat of {month}"), re.findall(r"<td>([^<]*)</td>", row)[0]]
+
+    assert shown("2026-10") == [1, "2026-10-10T00:00:00Z (seq 1)"]
+    assert shown("2026-11") == [1, "2026-11-02T00:00:00Z (seq 2)"]
+    assert shown("2026-09") == [1, "none"]  # enrolled, no heartbeat that month
+
+
 def test_planner_break_even(client: TestClient, world: Any) -> None:
     login(client, "ann")
     html = client.get("/ui/p/acme/planner/c1?month=2026-10&fixed_price=2.25").text
