@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from bench._agentmonth import agent_key, sign_agent_month
 from billing import Activity, compute, load_catalog
 from billing.activity import MonthBits
-from collector import accounting, db, evidence, registry
+from collector import accounting, billcache, db, evidence, registry
 from collector import schema as s
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
@@ -133,7 +133,7 @@ REPEAT = 3
 
 def _fresh(path: Callable[[Connection, str, str], T], conn: Connection) -> T:
     """One bill by ``path``, computed: nothing reused from an earlier call."""
-    accounting._cache.clear()
+    billcache.clear()
     return path(conn, "acme", MONTH)
 
 

@@ -1,16 +1,14 @@
 """Bills of a provider's month: current estimate, close (freeze), adjustments, full recomputation."""
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from collector import beside, evidence, registry, tlog
+from collector import beside, billcache, evidence, registry, tlog
 from collector import schema as s
 from collector.accounts.store import overlay, periods
 from collector.settings import Settings
@@ -89,8 +87,6 @@ def own_result(
     conn: Connection, provider: str, month: str, now: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The month's own usage and invoice over all its current leaves, from the aggregates."""
-    from billing import compute, load_catalog
-
     parse_month(month)
     now = int(time.time()) if now is None else now  # one instant for the catalog and the cache key
     cid, doc = catalog_for(conn, provider, month, now)
@@ -99,21 +95,21 @@ def own_result(
     # on the same catalog id): the read API's alerts and invoices reuse it until then.
     logs = _logs_key(conn, provider, month)
     key = (*logs, cid, tuple(sorted((c, tuple(p)) for c, p in periods(conn, provider, now).items())))
-    with _cache_lock:
-        hit = _cache.get(key)
-    if hit is not None:
-        return _decode(hit[0]), _decode(hit[1])
+    return billcache.bill(key, lambda: _compute(conn, provider, month, doc, logs))
+
+
+def _compute(conn: Connection, provider: str, month: str, doc: dict[str, Any],
+             logs: tuple[Any, ...]) -> tuple[Any, Any]:
+    from billing import compute, load_catalog
+
     rules = beside.ChainRules(conn, provider, month, logs[3:])  # on a second connection, when it can be
     bits = evidence.month_bits(conn, provider, month)
     catalog = load_catalog(doc)  # meanwhile too
     analysis = rules.result()
     act = evidence.activity(conn, provider, month, analysis.quarantined, catalog.bundles, bits)
     result = compute(act, catalog, month, analysis.chains_json())
-    texts = (_encode(_doc(result.usage)), _encode(_doc(result.invoice)))
-    with _cache_lock:
-        _remember(_cache, key, texts)
-        _remember(_quarantine, logs, frozenset(analysis.quarantined))  # the pages' hours need it too
-    return _decode(texts[0]), _decode(texts[1])
+    billcache.remember_quarantined(logs, frozenset(analysis.quarantined))  # the pages' hours need it too
+    return _doc(result.usage), _doc(result.invoice)
 
 
 def unpriced_usage(conn: Connection, provider: str, month: str) -> dict[str, Any]:
@@ -126,28 +122,6 @@ def unpriced_usage(conn: Connection, provider: str, month: str) -> dict[str, Any
     return _plain(usage_despite_pricing(act, catalog, month, analysis.chains_json()))
 
 
-_CACHE_SIZE = 32
-# Kept as JSON so that every caller gets its own copy; msgspec's, not the json module's: a month
-# of 2,000 instances is two 0.4 MB documents, 9.5 -> 2.7 ms to encode and decode.
-_JSON = msgspec.json.Decoder()
-_cache: dict[tuple[Any, ...], tuple[bytes | str, bytes | str]] = {}
-_cache_lock = threading.Lock()
-_quarantine: dict[tuple[Any, ...], frozenset[str]] = {}
-
-
-def _encode(doc: Any) -> bytes | str:
-    try:
-        return msgspec.json.encode(doc)
-    except UnicodeEncodeError:
-        # A lone surrogate (an escaped "\ud800" in a catalog id) has no UTF-8: msgspec refuses
-        # it, the json module escapes it, as before msgspec
-        return json.dumps(doc)
-
-
-def _decode(text: bytes | str) -> Any:
-    return _JSON.decode(text) if isinstance(text, bytes) else json.loads(text)
-
-
 def _logs_key(conn: Connection, provider: str, month: str) -> tuple[Any, ...]:
     """What a month's chain analysis depends on: its log and the month before's (anchors)."""
     return (conn.engine.url.render_as_string(), provider, month, *beside.log_sizes(conn, provider, month))
@@ -156,21 +130,10 @@ def _logs_key(conn: Connection, provider: str, month: str) -> tuple[Any, ...]:
 def quarantined(conn: Connection, provider: str, month: str) -> frozenset[str]:
     """The digests the chain rules quarantine in the month (forks, breaks), kept until either log
     grows, as own_result's documents are (which records them as it computes)."""
-    key = _logs_key(conn, provider, month)
-    with _cache_lock:
-        hit = _quarantine.get(key)
-    if hit is None:
-        hit = frozenset(evidence.chain_analysis(conn, provider, month).quarantined)
-        with _cache_lock:
-            _remember(_quarantine, key, hit)
-    return hit
-
-
-def _remember(cache: dict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any) -> None:
-    """Store in one of the caches above (its lock held), dropping the oldest past _CACHE_SIZE."""
-    cache[key] = value
-    while len(cache) > _CACHE_SIZE:
-        cache.pop(next(iter(cache)))
+    return billcache.quarantined(
+        _logs_key(conn, provider, month),
+        lambda: frozenset(evidence.chain_analysis(conn, provider, month).quarantined),
+    )
 
 
 def full_result(

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from collector import alerts, db
+from collector import alerts, db, fairbound
 from collector import schema as s
 from collector.accounts import store as acc_store
 
@@ -63,23 +63,28 @@ _first: dict[tuple[Any, ...], threading.Event] = {}  # slots being computed for 
 
 
 # Entries kept per kind (a slot's first member), the least recently used going first. A month's
-# bill ("results", "unpriced") or hour counts ("hours") is megabytes at 2,000 instances: 64 of
-# them. Health, clones and boundary alerts are short lists, and the vendor's GET /metrics reads
-# them for every provider on each scrape: with one bound of 64 for all kinds, 22 providers made
-# each scrape push out its own entries and recompute every one of them in the request.
+# bill ("results", "unpriced") is megabytes at 2,000 instances: 64 of them. Hour counts ("hours")
+# are a number per instance, and the vendor's page reads them for every provider: 256. Health,
+# clones and boundary alerts are short lists, and the vendor's GET /metrics reads them for every
+# provider on each scrape: with one bound of 64 for all kinds, 22 providers made each scrape push
+# out its own entries and recompute every one of them in the request. Within a kind, a provider
+# keeps at most PER_PROVIDER months: one tenant asking for many ?month= values pushes out its own
+# oldest, not the other tenants' (collector/fairbound.py).
 KEEP = 64
+KEEP_KIND = {"hours": 256}
 KEEP_SMALL = 2048
 SMALL = frozenset({"health", "clones", "across_months", "licensing"})
+PER_PROVIDER = 16
 
 
 def _store(slot: tuple[Any, ...], state: tuple[Any, ...], value: Any) -> None:
     kind = slot[0]
+    total = KEEP_SMALL if kind in SMALL else KEEP_KIND.get(kind, KEEP)
     with _lock:
         _cache[slot] = _Entry(state, value)
         _cache.move_to_end(slot)
-        same = [k for k in _cache if k[0] == kind]  # oldest first
-        for old in same[: max(0, len(same) - (KEEP_SMALL if kind in SMALL else KEEP))]:
-            del _cache[old]
+        fairbound.trim(_cache, slot, peers=lambda k: k[0] == kind, owner=lambda k: k[1:3],
+                       per_owner=total if kind in SMALL else PER_PROVIDER, total=total)
 
 
 def _refresh(engine: Any, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Any) -> None:

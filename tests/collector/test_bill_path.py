@@ -5,7 +5,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from collector import accounting, db, evidence, registry
+from collector import accounting, billcache, db, evidence, registry
 from collector.ingest import ingest_lines
 from protocol.timefmt import month_bounds
 
@@ -108,7 +108,7 @@ def _two_agents_in_march(settings, tools, doc=None):
 
 def _in_one_snapshot(settings) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
     with db.read_conn(settings.engine) as c:
-        accounting._cache.clear()
+        billcache.clear()
         return accounting.own_result(c, "acme", MONTH), accounting.full_result(c, "acme", MONTH)
 
 
@@ -246,7 +246,7 @@ def test_a_bill_does_not_wait_for_a_second_connection_when_the_pool_is_busy(sett
         for _ in range(engine.pool.size() + engine.pool._max_overflow - 1):
             stack.enter_context(engine.connect())
         with db.read_conn(engine) as c:
-            accounting._cache.clear()
+            billcache.clear()
             t = time.perf_counter()
             agg = accounting.own_result(c, "acme", MONTH)
             took = time.perf_counter() - t
@@ -281,7 +281,7 @@ def test_a_burst_of_page_requests_on_a_cold_month_is_not_held_for_the_pool_timeo
         except BaseException as exc:
             errors.append(exc)
 
-    accounting._cache.clear()
+    billcache.clear()
     resultcache._cache.clear()
     threads = [threading.Thread(target=request) for _ in range(n)]
     for th in threads:
@@ -327,7 +327,7 @@ def test_a_catalog_id_with_an_escaped_lone_surrogate_bills_as_before(settings, t
     _two_agents_in_march(settings, tools, doc)
     with db.read_conn(settings.engine) as c:
         full = accounting.full_result(c, "acme", MONTH)
-        accounting._cache.clear()
+        billcache.clear()
         agg = accounting.own_result(c, "acme", MONTH)
         again = accounting.own_result(c, "acme", MONTH)  # from the cache
     assert accounting.same_docs(agg, full) and again == agg

@@ -146,11 +146,17 @@ def test_the_vendors_scrape_of_many_providers_is_served_from_the_cache(
 ) -> None:
     """With one bound of 64 entries for every kind, 22 providers made each vendor scrape push out
     its own entries and recompute every provider's alerts inside the request."""
-    from collector import alerts, resultcache
+    import billing
+    from collector import alerts, billcache, resultcache
 
     computed: list[str] = []
     real = alerts.clones
     monkeypatch.setattr(alerts, "clones", lambda c, p, m: computed.append(p) or real(c, p, m))
+    billed: list[str] = []  # the bills the alerts read (a bound of 32 bills made each scrape redo them)
+    real_compute = billing.compute
+    monkeypatch.setattr(billing, "compute",
+                        lambda a, cat, *r: billed.append(cat.provider) or real_compute(a, cat, *r))
+    billcache.clear()
     with opened(tmp_path) as st:
         for i in range(40):
             apply(st, catalog(f"p{i:02d}"))
@@ -161,3 +167,4 @@ def test_the_vendors_scrape_of_many_providers_is_served_from_the_cache(
                 r = client.get("/metrics", headers={"Authorization": f"Bearer {vendor}"})
                 assert r.status_code == 200 and 'provider="p39"' in r.text
     assert sorted(computed) == [f"p{i:02d}" for i in range(40)]  # each once, on the first scrape
+    assert sorted(billed) == [f"p{i:02d}" for i in range(40)]

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from audit.verify import verify_bundle
-from collector import accounting, db, prune, registry, tlog
+from collector import accounting, billcache, db, prune, registry, tlog
 from collector import schema as s
 from collector.amend import amend_closed
 from collector.custody import keep_cutoff
@@ -59,8 +59,7 @@ def _month_with_a_fork(settings, tools) -> dict:
 
 
 def _fresh_result(settings, month: str) -> tuple[dict, dict]:
-    accounting._cache.clear()  # computed again from the aggregates, not remembered from before
-    accounting._quarantine.clear()
+    billcache.clear()  # computed again from the aggregates, not remembered from before
     with db.read_conn(settings.engine) as c:
         return accounting.own_result(c, "acme", month)
 
