@@ -158,22 +158,40 @@ def _bundle(request: Request, provider: str, month: str, tmp: Path) -> tuple[Pat
             raise HTTPException(410, str(exc)) from exc
 
 
-_EXPORTING = threading.Lock()
+EXPORT_SLOTS = 2  # bundles made at once by a serving process, at most one per provider
+_exports = threading.BoundedSemaphore(EXPORT_SLOTS)
+_exporting: set[str] = set()  # providers whose bundle is being made
+_exporting_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _one_export() -> Iterator[None]:
-    """One bundle at a time in a serving process: a big month's takes minutes of a core (and
-    ingest shares the process); a second request is told to come back, not queued."""
-    if not _EXPORTING.acquire(blocking=False):
+def _one_export(provider: str) -> Iterator[None]:
+    """Few bundles at a time in a serving process: a big month's takes minutes of a core (and
+    ingest shares the process); another request is told to come back, not queued. One per
+    provider, so that one tenant's auditor, however many months it asks for, leaves a slot to
+    the other tenants (with one slot for all, it could keep every other tenant at 429)."""
+    with _exporting_lock:
+        mine = provider not in _exporting
+        if mine:
+            _exporting.add(provider)
+    if not mine:
         raise HTTPException(
-            429, "an audit bundle is being made by this collector process: try again when it is done "
+            429, "an audit bundle of this provider is being made: try again when it is done "
             "(or run `tr7-collector export`)", headers={"Retry-After": "60"},
         )
     try:
-        yield
+        if not _exports.acquire(blocking=False):
+            raise HTTPException(
+                429, "this collector process is making other audit bundles: try again in a minute "
+                "(or run `tr7-collector export`)", headers={"Retry-After": "60"},
+            )
+        try:
+            yield
+        finally:
+            _exports.release()
     finally:
-        _EXPORTING.release()
+        with _exporting_lock:
+            _exporting.discard(provider)
 
 
 @router.get("/p/{provider}/audit/{month}/bundle.tar.gz")
@@ -185,7 +203,7 @@ def bundle(provider: str, month: str, request: Request, sess: SessionDep) -> Res
     # the bundle it came from held a big month's gigabytes in the server.
     tmp = Path(tempfile.mkdtemp(prefix="tr7-bundle-"))
     try:
-        with _one_export():
+        with _one_export(provider):
             path, _agrees = _bundle(request, provider, month, tmp)
             # The same archive as `export --compress` (reproducible, read back before it is sent)
             archive = pack(path, tmp / "bundle.tar.gz", top=f"{provider}-{month}")
@@ -211,7 +229,7 @@ def verify(provider: str, month: str, request: Request, sess: SessionDep, csrf: 
     month = month_param(month)
     from audit.verify import verify_bundle
 
-    with _one_export(), tempfile.TemporaryDirectory() as tmp:
+    with _one_export(provider), tempfile.TemporaryDirectory() as tmp:
         path, agrees = _bundle(request, provider, month, Path(tmp))
         report = verify_bundle(path, workers=1).to_json()
     return page(request, "verify.html", sess, provider=provider, month=month, report=report, agrees=agrees)

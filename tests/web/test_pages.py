@@ -279,10 +279,18 @@ def test_audit_bundle_verifies(client: TestClient, world: Any, tmp_path: Path) -
     token = session_csrf(client, "/ui/p/acme/audit")
     r = client.post("/ui/p/acme/audit/2026-10/verify", data={"csrf": token})
     assert r.status_code == 200 and "VERIFIED: 72 heartbeat lines" in r.text
-    with tools._EXPORTING:  # another bundle is being made by this process: not queued behind it
+    # another bundle of the provider is being made by this process: not queued behind it
+    with tools._one_export("acme"):
         r = client.get("/ui/p/acme/audit/2026-10/bundle.tar.gz")
-        assert r.status_code == 429 and r.headers["retry-after"] == "60"
+        assert r.status_code == 429 and r.headers["retry-after"] == "60" and "of this provider" in r.text
         assert client.post("/ui/p/acme/audit/2026-10/verify", data={"csrf": token}).status_code == 429
+    # another tenant's bundle being made leaves a slot: one tenant cannot keep the others at 429
+    with tools._one_export("beta"):
+        assert client.get("/ui/p/acme/audit/2026-10/bundle.tar.gz").status_code == 200
+        with tools._one_export("gamma"):  # every slot taken
+            r = client.get("/ui/p/acme/audit/2026-10/bundle.tar.gz")
+            assert r.status_code == 429 and "other audit bundles" in r.text
+    assert client.get("/ui/p/acme/audit/2026-10/bundle.tar.gz").status_code == 200
 
 
 def test_audit_page_names_the_key_to_pin_and_the_retired_ones(client: TestClient, world: Any) -> None:
