@@ -1,5 +1,6 @@
 """A .jws file's lines verified in parallel chunks read from the file, reduced to what later checks need."""
 
+import hashlib
 import multiprocessing
 from array import array
 from collections.abc import Callable
@@ -16,6 +17,11 @@ from protocol.timefmt import month_bounds, previous_month
 
 Add = Callable[..., None]
 CHUNK = 2_000
+# No line longer than a request can be a heartbeat (heartbeat-v1.md §4: 16 MiB a request): such a
+# line is hashed for the Merkle root in pieces and reported, never held whole nor decoded. A
+# 5 GB line of one repeated byte is a 5 MB archive, and decoding it took ~5x its size in memory.
+MAX_LINE = 16 * 1024 * 1024
+_BLOCK = 1024 * 1024
 
 
 @dataclass
@@ -59,20 +65,56 @@ _NONE: list[Any] = []
 Result = tuple[list[bytes], list[tuple[int, Heartbeat | None, Problems]], Cells, Decl]
 
 
-def _verify_chunk(job: tuple[int, int, int, int]) -> Result:
-    start, offset, end, count = job
+def _overlong(f: BinaryIO, offset: int, end: int) -> bytes:
+    """The leaf hash of the line at [offset, end) (its LF, if any, not hashed), read in pieces."""
+    f.seek(offset)
+    h = hashlib.sha256(b"\x00")
+    left = end - offset
+    while left > 0:
+        piece = f.read(min(_BLOCK, left))
+        left -= len(piece)
+        h.update(piece[:-1] if left == 0 and piece.endswith(b"\n") else piece)
+    return h.digest()
+
+
+def _read_chunk(f: BinaryIO, offset: int, end: int, count: int, long: tuple[tuple[int, int], ...]
+                ) -> tuple[list[bytes], dict[int, bytes]]:
+    """The chunk's lines; an overlong one (its [start, end) in ``long``) is b"" with its leaf hash
+    in the second value, by its place in the chunk."""
+    if not long:
+        f.seek(offset)
+        return f.read(end - offset).split(b"\n")[:count], {}  # the last line may lack its LF
+    raws: list[bytes] = []
+    hashed: dict[int, bytes] = {}
+    at = offset
+    for lo, hi in (*long, (end, end)):
+        if lo > at:
+            f.seek(at)
+            parts = f.read(lo - at).split(b"\n")
+            raws += parts[:-1] if parts[-1] == b"" else parts  # the file's last line may lack its LF
+        if lo < end:
+            hashed[len(raws)] = _overlong(f, lo, hi)
+            raws.append(b"")
+        at = hi
+    return raws[:count], hashed
+
+
+def _verify_chunk(job: tuple[int, int, int, int, tuple[tuple[int, int], ...]]) -> Result:
+    start, offset, end, count, long = job
     m0, m1, anchors = _SETUP["window"]
     only = _SETUP["only"]
-    f = _FILE[0]
-    f.seek(offset)
-    raws = f.read(end - offset).split(b"\n")[:count]  # the last line may lack its LF
-    hashes = [leaf_hash(raw) for raw in raws]
+    raws, hashed = _read_chunk(_FILE[0], offset, end, count, long)
+    hashes = [hashed.get(k) or leaf_hash(raw) for k, raw in enumerate(raws)]
     out: list[tuple[int, Heartbeat | None, Problems]] = []
     hours: Hours = {}
     decl: Decl = {}
     kids: dict[str, str] = {}  # one string per kid, so a chunk's result pickles each kid once
     for i, raw in enumerate(raws, start):
         problems: Problems = []
+        if i - start in hashed:
+            out.append((i, None, [("jws.format", f"the line is longer than any heartbeat can be (more than "
+                                                 f"{MAX_LINE} bytes, a request's bound): not decoded")]))
+            continue
         try:
             # Non-ASCII bytes become U+FFFD, which JWS verification then rejects on its line.
             hb: Heartbeat | None = verify_heartbeat(raw.decode("ascii", "replace"), _KEYS)
@@ -96,19 +138,30 @@ def _verify_chunk(job: tuple[int, int, int, int]) -> Result:
     return hashes, out, cells_of(hours), decl
 
 
-def _scan(add: Add, rel: str, path: Path) -> array:
-    """Start offsets of the lines and the end of the file; a last line without LF is reported."""
+def _scan(add: Add, rel: str, path: Path) -> tuple[array, list[int]]:
+    """Start offsets of the lines and the end of the file, and the indexes of the lines longer than
+    MAX_LINE; a last line without LF is reported. Read in blocks: a line is never held whole."""
     offsets = array("q", [0])
+    long: list[int] = []
     pos = 0
     last = b"\n"
     with path.open("rb") as f:  # streamed: a month's log can be hundreds of MB
-        for raw in f:
-            pos += len(raw)
-            offsets.append(pos)
-            last = raw
+        while block := f.read(_BLOCK):
+            at = block.find(b"\n")
+            while at >= 0:
+                if pos + at + 1 - offsets[-1] > MAX_LINE + 1:
+                    long.append(len(offsets) - 1)
+                offsets.append(pos + at + 1)
+                at = block.find(b"\n", at + 1)
+            pos += len(block)
+            last = block
+    if pos > offsets[-1]:
+        if pos - offsets[-1] > MAX_LINE:
+            long.append(len(offsets) - 1)
+        offsets.append(pos)
     if not last.endswith(b"\n"):
         add(rel, len(offsets) - 1, "jws.format", "the last line lacks its LF")
-    return offsets
+    return offsets, long
 
 
 def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], month: str,
@@ -127,12 +180,15 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
         res.head, res.tail = Tally(m0), Tally(m0)
     if path is None:
         return res
-    res.offsets = offsets = _scan(add, rel, path)
+    res.offsets, long = _scan(add, rel, path)
+    offsets = res.offsets
     n = res.count = len(offsets) - 1
     at = split
     bounds = sorted({*range(0, n, CHUNK), *([at] if at is not None and 0 < at < n else [])})
     ends = [*bounds[1:], n] if bounds else []
-    jobs = [(s, offsets[s], offsets[e], e - s) for s, e in zip(bounds, ends, strict=True)]
+    jobs = [(s, offsets[s], offsets[e], e - s,
+             tuple((offsets[i], offsets[i + 1]) for i in long if s <= i < e))
+            for s, e in zip(bounds, ends, strict=True)]
     seen: dict[str, int] = {}
     kids: dict[str, str] = {}
     last: dict[str, str] = {}  # each key's last digest so far

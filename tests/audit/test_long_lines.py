@@ -1,0 +1,48 @@
+"""Lines longer than any heartbeat: hashed in pieces for the log's root, reported, never decoded."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import audit.lines
+from audit.lines import verify_lines
+from audit.verify import verify_bundle
+from protocol.merkle import leaf_hash
+
+
+@pytest.fixture
+def small_bounds(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(audit.lines, "MAX_LINE", 5000)
+    monkeypatch.setattr(audit.lines, "_BLOCK", 1024)  # lines straddle the blocks read
+    monkeypatch.setattr(audit.lines, "CHUNK", 3)  # and the chunks
+    return 5000
+
+
+@pytest.mark.parametrize("final_lf", [True, False])
+def test_every_line_is_hashed_as_written_and_only_the_long_ones_are_reported(
+        tmp_path: Path, small_bounds: int, final_lf: bool) -> None:
+    lines = [b"eyJ.short.one", b"A" * (small_bounds + 1), b"", b"B" * small_bounds, b"x.y.z",
+             b"C" * 12_345, b"D" * 7000, b"tail"]
+    if not final_lf:
+        lines[-1] = b"E" * 9000  # an overlong last line without its LF
+    path = tmp_path / "heartbeats.jws"
+    path.write_bytes(b"\n".join(lines) + (b"\n" if final_lf else b""))
+    found: list[Any] = []
+    res = verify_lines(lambda *a, **k: found.append(a), "heartbeats.jws", path, {}, "2026-10", None, 1)
+    assert res.count == len(lines)
+    assert res.hashes == [leaf_hash(x) for x in lines]
+    long = [i + 1 for i, x in enumerate(lines) if len(x) > small_bounds]
+    assert [ln for _f, ln, rule, msg in res.findings if "longer than any heartbeat" in msg] == long
+    assert all(rule == "jws.format" for _f, ln, rule, _m in res.findings if ln in long)
+    assert bool(found) is not final_lf  # the missing LF, reported at once
+
+
+def test_a_bundle_with_an_overlong_line_fails_by_name(bundle: Path, forge: Any, small_bounds: int) -> None:
+    forge.edit_lines(bundle, "heartbeats.jws", lambda ls: [*ls[:10], "A" * 20_000, *ls[10:]])
+    forge.rehash(bundle)
+    report = verify_bundle(bundle, workers=1)
+    got = {(f.file, f.line, f.rule) for f in report.errors}
+    # the line is named, and the log it is in is not the one the checkpoint signs
+    assert {("heartbeats.jws", 11, "jws.format"), ("heartbeats.jws", None, "log.size"),
+            ("heartbeats.jws", None, "log.root")} <= got
