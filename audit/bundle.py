@@ -32,6 +32,22 @@ LISTABLE = frozenset((*REQUIRED, *CLOSED_FILES))
 AGENT_MEMBERS = ("kid", "public_key", "name", "enrolled_at", "revoked_at")
 
 
+# The documents a bundle holds are read whole (JSON, a checkpoint, a key): a provider's catalog
+# or a month's usage is megabytes. A bigger one is refused unread: it compresses 1000:1 in an
+# archive, and parsing it held ~10x its size in memory.
+MAX_DOCUMENT = 256 * 1024 * 1024
+
+
+def read_document(path: Path) -> bytes:
+    """A document's bytes; OSError (with the reason) when it is bigger than MAX_DOCUMENT."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_DOCUMENT:
+            raise OSError(f"{path.name} is {size} bytes, more than any document of a bundle "
+                          f"({MAX_DOCUMENT} bytes): not read")
+        return f.read(MAX_DOCUMENT + 1)
+
+
 class BundleError(Exception):
     """The directory cannot be written as, or read as, an audit bundle."""
 

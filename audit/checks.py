@@ -163,7 +163,7 @@ def _load_doc(add: Add, root: Path, rel: str, present: set[str], prefix: str) ->
     if rel not in present:
         return None
     try:
-        doc = loads_strict((root / rel).read_bytes(), "json.format")  # duplicate names refused
+        doc = loads_strict(B.read_document(root / rel), "json.format")  # duplicate names refused
     except OSError as exc:
         add(rel, None, "file.unreadable", str(exc))
         return None

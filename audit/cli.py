@@ -1,6 +1,7 @@
 """`tr7-audit`: verify or summarise an audit bundle offline (heartbeat-v1.md §6); follow key hand-overs."""
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -130,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("dir", help="the bundle directory, or its .tar.gz")
     s.set_defaults(func=_show)
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        # An auditor's terminal or pipe may not be UTF-8 (Windows' cp1252, a Latin-1 locale): an
+        # agent or customer name it cannot encode is written escaped, not a traceback that cuts
+        # the report short.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return int(args.func(args))
     except NotABundle as exc:  # show only: verify reports it as a failed check

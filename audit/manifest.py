@@ -34,7 +34,7 @@ def _load(add: Add, root: Path) -> Any:
             "not read")
         return None
     try:
-        value = loads_strict(path.read_bytes(), "json.format")  # duplicate names refused
+        value = loads_strict(B.read_document(path), "json.format")  # duplicate names refused
         # Any JSON but an object (null above all, which reads as None) is a manifest with no
         # files map, reported by check_manifest: None would mean "no manifest" and end the checks.
         return value if isinstance(value, dict) else {}

@@ -16,7 +16,7 @@ def _read(root: Path, rel: str) -> bytes:
     """A file's bytes; a symlink, FIFO or device is refused unopened (see bundle.is_regular)."""
     if not B.is_regular(root, rel):
         raise OSError(f"{rel} is not a regular file")
-    return (root / rel).read_bytes()
+    return B.read_document(root / rel)
 
 
 def _json(root: Path, rel: str) -> Any:

@@ -51,7 +51,7 @@ class _Ctx:
             return None
         if rel not in self.cache:
             try:
-                self.cache[rel] = (self.root / rel).read_bytes()
+                self.cache[rel] = B.read_document(self.root / rel)
             except OSError as exc:
                 self.add(rel, None, "file.unreadable", str(exc))
                 self.cache[rel] = None

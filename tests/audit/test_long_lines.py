@@ -1,4 +1,4 @@
-"""Lines longer than any heartbeat: hashed in pieces for the log's root, reported, never decoded."""
+"""Lines and documents bigger than a bundle holds: lines hashed in pieces and reported, documents refused."""
 
 from pathlib import Path
 from typing import Any
@@ -46,3 +46,15 @@ def test_a_bundle_with_an_overlong_line_fails_by_name(bundle: Path, forge: Any, 
     # the line is named, and the log it is in is not the one the checkpoint signs
     assert {("heartbeats.jws", 11, "jws.format"), ("heartbeats.jws", None, "log.size"),
             ("heartbeats.jws", None, "log.root")} <= got
+
+
+def test_a_document_bigger_than_any_bundles_is_refused_unread(bundle: Path, forge: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import audit.bundle
+
+    monkeypatch.setattr(audit.bundle, "MAX_DOCUMENT", 100_000)
+    (bundle / "catalog.json").write_bytes(b" " * 100_001 + (bundle / "catalog.json").read_bytes())
+    forge.rehash(bundle)
+    report = verify_bundle(bundle, workers=1)
+    named = [f for f in report.errors if f.file == "catalog.json" and f.rule == "file.unreadable"]
+    assert named and "more than any document of a bundle (100000 bytes): not read" in named[0].message

@@ -117,3 +117,20 @@ def test_show_on_a_damaged_document_says_so(bundle: Path, cli) -> None:
     (bundle / "invoice.json").write_text('{"lines": [{"customer": "c1"}]}\n')
     res = cli("show", str(bundle))
     assert res.returncode == 1 and "malformed document" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_names_the_terminal_cannot_encode_are_escaped_not_a_traceback(bundle: Path, forge) -> None:
+    """An auditor on Windows (cp1252) piping the report: a Japanese agent name is escaped."""
+    import subprocess
+    import sys
+
+    from tests.audit.conftest import TR7_AUDIT
+
+    forge.edit_json(bundle, "agents.json", lambda doc: [a.update(name=f"東京-{a['name']}") for a in doc])
+    forge.rehash(bundle)
+    env = {"PATH": str(Path(sys.executable).parent), "PYTHONIOENCODING": "cp1252"}
+    r = subprocess.run([str(TR7_AUDIT), "verify", str(bundle)], capture_output=True, timeout=300, check=False,
+                       env=env)
+    out, err = r.stdout.decode("cp1252"), r.stderr.decode("cp1252")
+    assert r.returncode == 0 and "Traceback" not in err and ": OK in" in err  # the whole report
+    assert "chain.fork: \\u6771\\u4eac-lab-agent" in out and "chain.gap: \\u6771\\u4eac-cloud-agent" in out
