@@ -123,24 +123,35 @@ def check_chains(add: Add, good: dict[int, Heartbeat], analysis: ChainAnalysis,
                  agents: dict[str, AgentInfo], anchored: Collection[str] = (),
                  month_start: int | None = None) -> list[dict[str, Any]]:
     """§3 chain rules over the verified lines (``analysis`` of ``good`` with the anchors of the
-    keys in ``anchored``): gaps, forks, breaks and clock alerts are findings; so is a key enrolled
-    before ``month_start`` that begins the month past seq 1 with no anchor."""
+    keys in ``anchored``): gaps, forks, breaks and clock alerts are findings; so is a key that
+    begins the month (from ``month_start``) past seq 1 with no anchor."""
     where: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, hb in good.items():
         where[(hb.kid, hb.seq)].append(i + 1)
     chains = []
     for kid, rep in sorted(analysis.reports.items()):
         name = agents[kid].name if kid in agents else kid
-        if (month_start is not None and rep.first_seq > 1 and kid not in anchored and kid in agents
-                and agents[kid].enrolled_at < month_start):
+        if month_start is not None and rep.first_seq > 1 and kid not in anchored and kid in agents:
             # anchors.jws is signed by nothing in v1: emptied, a break at the month's boundary
             # goes unseen (README, "What exit 0 does not prove"). An agent silent all of last
-            # month has no anchor honestly, so this is a finding, not a failure.
+            # month has no anchor honestly, so this is a finding, not a failure. agents.json's
+            # enrolled_at is signed by nothing either: a key "enrolled this month" that does not
+            # begin at seq 1 (heartbeat-v1.md §2) is named too, or moving the date hid the break.
+            why = ("it is enrolled this month by agents.json (signed by nothing), yet a key's first "
+                   "heartbeat is seq 1: its earlier ones were refused before its enrolment, or the "
+                   "anchor was removed and enrolled_at moved" if agents[kid].enrolled_at >= month_start
+                   else "the key was silent all of it, or the anchor was removed")
             add(B.ANCHORS, None, "chain.unanchored",
                 f"{name} ({kid}): the month begins at seq {rep.first_seq} with no heartbeat of the month "
-                "before in anchors.jws (the key was silent all of it, or the anchor was removed)", "finding")
+                f"before in anchors.jws ({why})", "finding")
         for lo, hi in rep.gaps:
-            add(B.HEARTBEATS, None, "chain.gap", f"{name} ({kid}): seq {lo}..{hi} missing", "finding")
+            # Between the anchor and the month's first heartbeat: an earlier heartbeat of the month
+            # before given as the anchor (signed by its agent, but not the last) reads as this gap
+            # where the last one would show a break.
+            edge = (" at the month's boundary: check that the anchor is the key's last heartbeat of the "
+                    "month before (its bundle), since anchors.jws is signed by nothing"
+                    if kid in anchored and hi < rep.first_seq else "")
+            add(B.HEARTBEATS, None, "chain.gap", f"{name} ({kid}): seq {lo}..{hi} missing{edge}", "finding")
         for s in rep.forks:
             lines = where[(kid, s)]
             add(B.HEARTBEATS, lines[0], "chain.fork",
