@@ -204,7 +204,7 @@ def opened(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix="tr7-bundle-"))
     try:
         _extract(path, tmp)
-        yield _root(tmp)
+        yield _root(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -244,7 +244,12 @@ def _extract(path: Path, tmp: Path) -> None:
                 target = tmp.joinpath(*parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 src = tar.extractfile(info)
-                with target.open("xb") as out:  # "x": a name given twice is refused, never overwritten
+                try:
+                    out = target.open("xb")  # "x": a name given twice is refused, never overwritten
+                except FileExistsError as exc:
+                    raise ArchiveError(f"{path}: member {'/'.join(parts)!r} is given twice (as "
+                                       f"{info.name!r} the second time): which is the bundle's?") from exc
+                with out:
                     if src is not None:
                         shutil.copyfileobj(src, out, _CHUNK)
     except (*READ_ERRORS, OSError) as exc:
@@ -254,10 +259,20 @@ def _extract(path: Path, tmp: Path) -> None:
         raise ArchiveError(f"{path}: cannot be extracted ({why})") from exc
 
 
-def _root(tmp: Path) -> Path:
-    """The bundle inside what was extracted: its one top directory, or the files themselves."""
-    entries = list(tmp.iterdir())
-    if not (tmp / B.MANIFEST).exists() and len(entries) == 1 and entries[0].is_dir() \
-            and not entries[0].is_symlink():
-        return entries[0]
-    return tmp
+def _root(tmp: Path, path: Path) -> Path:
+    """The bundle inside what was extracted: its one top directory, or the files themselves.
+    Without a manifest.json there, the archive is named (the temporary directory is gone by the
+    time the report is read)."""
+    if (tmp / B.MANIFEST).exists():
+        return tmp
+    entries = sorted(tmp.iterdir())
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+        if (entries[0] / B.MANIFEST).exists():
+            return entries[0]
+        raise ArchiveError(f"{path}: its directory {entries[0].name}/ holds no {B.MANIFEST}: "
+                           "not an audit bundle")
+    if not entries:
+        raise ArchiveError(f"{path}: holds no file: not an audit bundle")
+    names = ", ".join(e.name for e in entries[:5]) + (", ..." if len(entries) > 5 else "")
+    raise ArchiveError(f"{path}: {len(entries)} entries at its top ({names}) and no {B.MANIFEST} among "
+                       "them: a bundle archive holds its files at the top or under one directory")

@@ -101,6 +101,28 @@ def test_a_damaged_or_hostile_archive_fails_by_name_and_writes_nothing_outside(
         assert shown.returncode == 1 and "Traceback" not in shown.stderr
 
 
+def test_an_archive_of_another_shape_names_itself_and_what_it_holds(pristine: Path, tmp_path: Path,
+                                                                     cli) -> None:
+    """The report names the archive and its shape, not the temporary directory (gone by then)."""
+    def made(name: str, members: list[tuple[str, Path]]) -> str:
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as t:
+            for arcname, src in members:
+                t.add(src, arcname=arcname)
+        res = cli("verify", "--quiet", str(path))
+        assert res.returncode == 1 and "tr7-bundle-" not in res.stdout + res.stderr, res.stdout
+        return res.stdout
+
+    (tmp_path / "empty").mkdir()
+    assert "2 entries at its top (bundle, other) and no manifest.json" in made(
+        "two.tar.gz", [("bundle", pristine), ("other", tmp_path / "empty")])
+    one = made("one.tar.gz", [("other", tmp_path / "empty")])
+    assert "its directory other/ holds no manifest.json" in one
+    again = ("bundle/./heartbeats.jws", pristine / "heartbeats.jws")
+    twice = made("twice.tar.gz", [("bundle", pristine), again])
+    assert "member 'bundle/heartbeats.jws' is given twice" in twice
+
+
 def test_pack_keeps_nothing_that_does_not_read_back(pristine: Path, tmp_path: Path, monkeypatch) -> None:
     dest = tmp_path / "x.tar.gz"
     monkeypatch.setattr(archive, "_sha256", lambda f: "0" * 64)  # what a bad disk would read back
