@@ -228,6 +228,28 @@ def test_a_break_behind_a_frozen_anchor_is_an_alert(client, settings, tools):
                       "seqs": [6]}]
 
 
+def test_a_late_anchor_at_the_last_seq_leaves_the_months_alerts_readable(client, settings, tools):
+    """seq may be 2^63-1 (heartbeat-v1.md §2): the link after it is not looked for (it would not
+    fit a BIGINT: the alerts of the month and its overview answered 500)."""
+    from collector import accounting, alerts
+    from protocol.payload import MAX_INT
+
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    m, m0, a = _last_month_agent(settings, tools)
+    on_time = [a.beat(m0 - 3600 * (6 - i), {"TR7-0001": "running"}) for i in range(3)]  # seq 1..3
+    month = [a.beat(m0 + 3600 * i, {"TR7-0001": "running"}) for i in range(2)]  # seq 4, 5
+    assert {r["status"] for r in ingest_lines(settings.engine, on_time + month)} == {"accepted"}
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", m, now=int(time.time())))
+    a.seq = MAX_INT
+    last = a.beat(m0 - 1800, {"TR7-0001": "running"})
+    assert ingest_lines(settings.engine, [last])[0]["status"] == "accepted"
+    with db.read_conn(settings.engine) as c:
+        assert alerts.across_months(c, "acme", m) == []
+    token = tools.token(settings, "acme", "admin")
+    r = client.get(f"/v1/providers/acme/alerts?month={m}", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200
+
+
 def test_no_boundary_alert_for_what_the_rules_see(client, settings, tools):
     """An open month's anchor is the latest: its break is the rules' own (quarantined), not repeated."""
     from collector import alerts, evidence
