@@ -4,7 +4,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from adapters.base import AdapterError, Observation, PollResult, UnreachableError
 
@@ -68,19 +68,32 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: threading
     A step that is late raises UnreachableError; its thread ends by the SDK's own timeouts, and
     ``lock`` keeps the next poll's set-up from running beside it (an SDK session is not
     thread-safe)."""
-    def locked() -> T:
-        with lock:
-            return step()
+    if lock.locked():
+        # The previous poll's step still has no answer (a frozen endpoint): one thread waits on it,
+        # not one more per poll (a thread a poll piled up on the lock, 288 a day at 300 s).
+        raise UnreachableError(f"{what}: no answer within the poll timeout (the previous poll's "
+                               "attempt is still waiting)")
+    box: list[tuple[bool, Any]] = []
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
-    try:
-        fut = pool.submit(locked)
-        done, _ = wait([fut], timeout=max(0.0, deadline - time.monotonic()))
-        if not done:
-            raise UnreachableError(f"{what}: no answer within the poll timeout")
-        return fut.result()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    def locked() -> None:
+        with lock:
+            try:
+                got: tuple[bool, Any] = (True, step())
+            except BaseException as exc:  # handed to the poll's thread, raised there
+                got = (False, exc)
+        box.append(got)  # after the lock is free: the next step of the same poll may take it
+
+    # A daemon thread, not an executor's: those are joined when the interpreter exits, and one
+    # stuck in a vendor SDK kept a stopped agent alive until systemd killed it.
+    worker = threading.Thread(target=locked, name=thread_name, daemon=True)
+    worker.start()
+    worker.join(timeout=max(0.0, deadline - time.monotonic()))
+    if not box:
+        raise UnreachableError(f"{what}: no answer within the poll timeout")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return cast(T, value)
 
 
 def forgetting(poll: Callable[[], PollResult], forget: Callable[[], None]) -> PollResult:

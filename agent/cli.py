@@ -41,11 +41,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _exit(code: int) -> None:
-    """Exit even when an adapter thread hangs in a vendor SDK (executor threads are joined at exit)."""
+    """Exit even when an adapter thread hangs in a vendor SDK: the interpreter joins every thread
+    that is not a daemon at exit (executors' too), and a scope or connection attempt stuck on a
+    frozen endpoint kept a stopped agent alive until systemd's SIGKILL. Everything of ours is
+    committed and flushed by now."""
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
-    if any(t.name.startswith("poll") and t.is_alive() for t in threading.enumerate()):
+    main = threading.main_thread()
+    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
         os._exit(code)
     sys.exit(code)
 

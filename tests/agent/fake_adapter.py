@@ -1,10 +1,12 @@
 """A fake `kvm` adapter for the agent's tests: N instances, optional delay or failure."""
 
+import threading
 import time
 
 from pydantic import Field
 
 from adapters.base import Adapter, AdapterConfig, AdapterError, Capacity, Observation, PollResult
+from adapters.fanout import within
 
 
 class FakeConfig(AdapterConfig):
@@ -12,6 +14,7 @@ class FakeConfig(AdapterConfig):
     delay: float = Field(default=0.0, ge=0, description="Seconds each poll sleeps")
     fail: str | None = Field(default=None, description="Raise AdapterError with this reason")
     prefix: str = Field(default="tr7-", description="Instance id prefix")
+    hang: bool = Field(default=False, description="Set-up never answers, as a frozen endpoint's SDK call")
 
 
 class FakeAdapter(Adapter):
@@ -21,6 +24,10 @@ class FakeAdapter(Adapter):
     def poll(self) -> PollResult:
         cfg = self.config
         assert isinstance(cfg, FakeConfig)
+        if cfg.hang:
+            lock = self.__dict__.setdefault("_lock", threading.Lock())
+            within(time.monotonic() + cfg.timeout * 0.9, threading.Event().wait, what="signing in",
+                   lock=lock, thread_name=f"fake-setup-{cfg.name}")
         if cfg.delay:
             time.sleep(cfg.delay)
         if cfg.fail:

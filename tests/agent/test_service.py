@@ -77,6 +77,33 @@ def test_sigterm_finishes_poll_in_flight(tmp_path: Path) -> None:
     assert len(list(spool.unshipped())) == err.count("event=heartbeat ")
 
 
+def test_sigterm_ends_the_agent_while_an_adapter_hangs_in_its_sdk(tmp_path: Path) -> None:
+    """A frozen endpoint (libvirtd that accepts and never answers): the poll fails by its timeout,
+    and a stop ends the process; the SDK call's thread kept it alive until systemd's SIGKILL."""
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 2,
+                                             "allow_short_interval": True},
+                       [{"name": "hung", "platform": "kvm", "hang": True, "timeout": 1},
+                        {"name": "lab", "platform": "kvm", "instances": 1}])
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env=agent_env())
+    seen = ""
+    try:
+        while seen.count("event=poll_failed") < 3:  # the first attempt, then "still waiting"
+            line = proc.stderr.readline()
+            assert line, seen
+            seen += line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, seen + err
+    assert "signing in: no answer within the poll timeout" in seen and "event=stopped" in err
+    assert "observations=1 failed=1" in seen  # the other adapter's instance was observed all along
+
+
 def test_sighup_reload_keeps_key_and_chain(tmp_path: Path, make_collector) -> None:
     collector = make_collector()
     cfg = enrolled_agent(tmp_path, collector)
