@@ -46,7 +46,8 @@ class AdapterConfig(BaseModel):
 
     name: str = Field(min_length=1, description="Unique name of this endpoint within the agent")
     platform: str = Field(description="vmware, hyperv, kvm, proxmox, aws or azure")
-    timeout: float = Field(default=60.0, gt=0, le=3600, description="Seconds one poll may take")
+    timeout: float = Field(default=60.0, gt=0, le=3600, description=(
+        "Seconds one poll may take; below [agent] interval (the default is cut to 80% of a shorter one)"))
 
     def secret(self, value: str | None, file: str | None, what: str) -> str | None:
         """Resolve a secret given inline or as a file (relative names: $CREDENTIALS_DIRECTORY)."""

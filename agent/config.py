@@ -201,5 +201,19 @@ def load_config(path: Path) -> Config:
         if cfg.name in seen:
             raise _fail(path, text, "adapters", i, ("name",), f"adapter name {cfg.name!r} used twice")
         seen.add(cfg.name)
-        adapters.append(cfg)
+        adapters.append(_timeout_within(cfg, agent.interval, path, text, i))
     return Config(path=path, agent=agent, adapters=adapters)
+
+
+def _timeout_within(cfg: AdapterConfig, interval: int, path: Path, text: str, i: int) -> AdapterConfig:
+    """A poll waits for every adapter and the next one starts only after it: an adapter allowed
+    longer than the interval delayed every other adapter's heartbeats too (a healthy instance got
+    one heartbeat in four, gaps in its hours). A timeout given is below the interval; the default
+    (60 s) is at most 80% of a shorter interval."""
+    if "timeout" in cfg.model_fields_set:
+        if cfg.timeout >= interval:
+            raise _fail(path, text, "adapters", i, ("timeout",),
+                        f"{cfg.timeout:g} s is not below [agent] interval {interval} s: every adapter is "
+                        "waited for before the next poll, so a slow one would delay the others' heartbeats")
+        return cfg
+    return cfg.model_copy(update={"timeout": min(cfg.timeout, 0.8 * interval)})

@@ -38,7 +38,6 @@ name = "aws-demo"
 platform = "aws"
 regions = [{regions}]
 endpoint_url = "{sims.moto_url}"
-timeout = 30
 """
     if sims.vcsim_url:
         text += f"""
@@ -48,7 +47,6 @@ platform = "vmware"
 url = "{sims.vcsim_url}"
 username = "tr7"
 password_file = "{demo / 'credentials' / 'vc-password'}"
-timeout = 30
 """
     path = demo / "agent.toml"
     path.write_text(text)

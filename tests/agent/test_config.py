@@ -79,3 +79,18 @@ def test_sample_is_valid_and_documents_every_key(tmp_path: Path) -> None:
 def test_version() -> None:
     res = run_cli("--version")
     assert res.returncode == 0 and res.stdout.startswith("tr7-agent ")
+
+
+def test_an_adapters_timeout_stays_below_the_interval(tmp_path: Path, fake_registry: None) -> None:
+    """Every adapter is waited for before the next poll: one allowed longer than the interval made
+    the scheduler skip slots, and a healthy adapter's instance got one heartbeat in four."""
+    p = _cfg(tmp_path, '[agent]\ninterval = 60\n\n[[adapters]]\nname = "k"\nplatform = "kvm"\n'
+                       'timeout = 3600\n')
+    with pytest.raises(ConfigError, match=rf"{p}:7: \[\[adapters\]\] #1 timeout: 3600 s is not below "
+                                          r"\[agent\] interval 60 s"):
+        load_config(p)
+    p = _cfg(tmp_path, '[agent]\ninterval = 60\n\n[[adapters]]\nname = "k"\nplatform = "kvm"\ntimeout = 50\n'
+                       '[[adapters]]\nname = "d"\nplatform = "kvm"\n')
+    assert [a.timeout for a in load_config(p).adapters] == [50, 48]  # the default: 80% of the interval
+    p = _cfg(tmp_path, '[agent]\ninterval = 300\n\n[[adapters]]\nname = "d"\nplatform = "kvm"\n')
+    assert load_config(p).adapters[0].timeout == 60

@@ -62,17 +62,22 @@ def test_sigterm_finishes_poll_in_flight(tmp_path: Path) -> None:
     state = tmp_path / "s"
     state.mkdir()
     save_private_key(AgentKey.generate(), state / "agent.key")
-    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 1,
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 2,
                                              "allow_short_interval": True},
-                       [{"name": "slow", "platform": "kvm", "delay": 1.5, "timeout": 10}])
+                       [{"name": "slow", "platform": "kvm", "delay": 1.5, "timeout": 1.9}])
     proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
                             env=agent_env())
-    _wait(lambda: (state / "spool.db").exists())
-    time.sleep(1.6)  # a poll has started and sleeps inside the adapter
+    seen = ""
+    while "event=heartbeat seq=1" not in seen:  # the first poll's end, 1.5 s into its 2 s slot
+        line = proc.stderr.readline()
+        assert line, seen
+        seen += line
+    time.sleep(1.0)  # the next poll has started and sleeps inside the adapter
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
+    err = seen + err
     assert proc.returncode == 0, err
-    assert "event=heartbeat seq=1" in err  # the poll in flight was signed and committed
+    assert "event=heartbeat seq=2" in err and "failed=0" in err  # the poll in flight signed and committed
     spool = Spool(state / "spool.db")
     assert len(list(spool.unshipped())) == err.count("event=heartbeat ")
 
