@@ -43,9 +43,15 @@ def read_secret(value: str | None, file: str | None, what: str) -> str | None:
     if not path.is_absolute() and path.name.startswith(UNIT_PREFIX) and len(path.parts) == 1:
         unit_dir = Path(os.environ.get("TR7_AGENT_CREDENTIALS") or UNIT_DIR)
         tried.append(unit_dir / path.name[len(UNIT_PREFIX):])
-    found = next((p for p in tried if p.exists()), tried[0])
+    seen = {p: _there(p) for p in tried}
+    found = next((p for p in tried if seen[p]), None) or next((p for p in tried if seen[p] is None), tried[0])
     try:
         return found.read_text(encoding="utf-8").rstrip("\r\n")
+    except PermissionError as exc:
+        # /etc/tr7-agent/credentials is root's: the unit hands its files over (LoadCredential=)
+        raise SecretError(
+            f"{what}: cannot read secret file {found}: permission denied; run this as root (it reads "
+            "what the service would be given) or give the file to the user you run as") from exc
     except OSError as exc:
         # Every place looked in: a missing tr7_<name> is a file to put in the credentials directory.
         where = ", ".join(map(str, tried))
@@ -54,3 +60,12 @@ def read_secret(value: str | None, file: str | None, what: str) -> str | None:
         ) from exc
     except UnicodeDecodeError as exc:
         raise SecretError(f"{what}: secret file {found} is not UTF-8 text (byte {exc.start})") from None
+
+
+def _there(path: Path) -> bool | None:
+    """Whether ``path`` exists; None in a directory we may not enter: read when no other place has
+    the file, it says why."""
+    try:
+        return path.exists()
+    except PermissionError:  # Python 3.11's exists() raises on EACCES
+        return None

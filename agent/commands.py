@@ -93,9 +93,24 @@ def enroll(config: Config, token: str) -> int:
     tmp = settings.state_dir / "enrollment.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, settings.state_dir / "enrollment.json")
+    _give_to_state_owner(settings.state_dir, settings.key_path, settings.state_dir / "enrollment.json")
     print(f"enrolled: kid {key.kid} provider {record['provider']} at {record['enrolled_at']}"
           f"{' (new key created)' if created else ''}")
     return 0
+
+
+def _give_to_state_owner(state_dir: Path, *paths: Path) -> None:
+    """Run as root (which reads the credentials the unit loads, token_file among them), enroll
+    gives what it wrote to the state directory's owner, the service user: a root-owned agent.key
+    stopped the service at every start, in a restart loop."""
+    if os.geteuid() != 0:
+        return
+    owner = state_dir.stat()
+    if owner.st_uid == 0:
+        return
+    for p in paths:
+        if p.exists() and p.stat().st_uid == 0:
+            os.chown(p, owner.st_uid, owner.st_gid)
 
 
 def _collector_health(config: Config) -> dict[str, Any]:

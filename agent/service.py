@@ -57,6 +57,10 @@ def load_key(config: Config) -> AgentKey:
                            "--token TOKEN` first")
     try:
         return load_private_key(path)
+    except PermissionError as exc:  # enrolled as root by an older agent, say: the file is root's
+        raise StartupError(f"cannot load the agent key {path}: {exc}; it must be readable by the user the "
+                           f"agent runs as (uid {os.geteuid()}): chown it to that user, as `tr7-agent "
+                           "enroll` run as root now does") from exc
     except (ProtocolError, OSError, ValueError) as exc:
         raise StartupError(f"cannot load the agent key {path}: {exc}") from exc
 

@@ -211,3 +211,45 @@ def test_status_and_export_before_the_agent_ever_ran(tmp_path: Path) -> None:
     res = run_cli("export", "--config", str(cfg), "--out", str(tmp_path / "x.jws"))
     assert res.returncode == 1 and "no spool at" in res.stderr
     assert not (missing / "spool.db").exists()
+
+
+def test_enroll_as_root_gives_the_key_to_the_state_directorys_owner(tmp_path: Path, make_collector) -> None:
+    """README step 4 runs enroll as root (which reads /etc/tr7-agent/credentials, root's): a
+    root-owned agent.key stopped the service at every start, in a restart loop."""
+    if os.geteuid() != 0:  # the README's test command runs as root (its set-up installs with apt)
+        import pytest
+
+        pytest.skip("needs root, as the README's test command has")
+    collector = make_collector(tokens=["tok-1"])
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 65534, 65534)  # the service user's, as the package's postinst makes it
+    tmp_path.chmod(0o755)
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state), "collector": collector.url}, [])
+    res = run_cli("enroll", "--config", str(cfg), "--token", "tok-1")
+    assert res.returncode == 0, res.stderr
+    for name in ("agent.key", "enrollment.json"):
+        st = (state / name).stat()
+        assert (st.st_uid, st.st_gid) == (65534, 65534), name
+    assert (state / "agent.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_credential_this_user_cannot_read_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
+    """The unit's credentials directory is root's, mode 0700: read from the service user's shell,
+    the error was a bare "[Errno 13] Permission denied" without the setting it came from."""
+    import pytest
+
+    from adapters.credentials import SecretError, read_secret
+
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    (creds / "collector-token").write_text("tok\n")
+    monkeypatch.setenv("TR7_AGENT_CREDENTIALS", str(creds))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.chdir("/")  # a shell's own directory, which it may read
+    assert read_secret(None, "tr7_collector-token", "agent.token_file") == "tok"
+    with _denied(creds), pytest.raises(SecretError) as err:
+        read_secret(None, "tr7_collector-token", "agent.token_file")
+    where = creds / "collector-token"
+    assert str(err.value).startswith(f"agent.token_file: cannot read secret file {where}: permission denied; "
+                                     "run this as root")
