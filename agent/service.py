@@ -97,6 +97,11 @@ class Service:
         if not (settings.state_dir / "enrollment.json").exists():
             log.warning("event=not_enrolled kid=%s hint='heartbeats of an unenrolled key are rejected'",
                         self.key.kid)
+        if not settings.spool_path.exists():
+            try:  # before a new spool.db is made: an empty one left behind read as a new agent
+                signedkeys.check(settings.state_dir, self.key.kid, 0, settings.spool_path)
+            except signedkeys.LostChain as exc:
+                raise StartupError(str(exc)) from exc
         try:
             self.spool = Spool(settings.spool_path)
         except SpoolError as exc:

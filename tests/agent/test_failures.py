@@ -1,5 +1,6 @@
 """Loud failures: disk full, unwritable state dir, corrupt spool, missing key. Never healthy-but-idle."""
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -117,6 +118,10 @@ def test_a_lost_spool_never_restarts_a_key_that_signed_at_seq_1(tmp_path: Path, 
     assert res.returncode == 1 and "event=startup_failed" in res.stderr
     assert f"holds no chain for key {service.key.kid}, which has signed heartbeats before" in res.stderr
     assert "enrol a new key" in res.stderr
+    assert not (state / "spool.db").exists()  # left empty, it made the agent look new to `status`
+    res = run_cli("status", "--config", str(cfg), "--json")
+    assert res.returncode == 1
+    assert "which has signed heartbeats before" in json.loads(res.stdout)["chain_error"]
     service.spool = Spool(state / "spool.db")  # for the fixture to close
 
 
