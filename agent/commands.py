@@ -66,7 +66,7 @@ def enroll(config: Config, token: str) -> int:
         with make_client(settings) as client:
             resp = client.post(settings.collector + "/v1/agents/enroll", json=body)
     except httpx.HTTPError as exc:
-        print(f"enroll: collector {settings.collector} unreachable: {exc}", file=sys.stderr)
+        print(f"enroll: collector {settings.collector_shown} unreachable: {exc}", file=sys.stderr)
         return 1
     except (SecretError, OSError) as exc:  # the token or CA file named by the configuration
         print(f"enroll: {exc}", file=sys.stderr)
@@ -83,14 +83,14 @@ def enroll(config: Config, token: str) -> int:
     except ValueError:
         answer = None
     if not isinstance(answer, dict):  # a proxy's page, or another service at that URL
-        print(f"enroll: {settings.collector} answered 200 with no enrolment (not a JSON object): "
+        print(f"enroll: {settings.collector_shown} answered 200 with no enrolment (not a JSON object): "
               f"{resp.text[:200]!r}; is this the collector's URL?", file=sys.stderr)
         return 1
     if answer.get("kid") != key.kid:
         print(f"enroll: the collector answered kid {answer.get('kid')!r}, ours is {key.kid}", file=sys.stderr)
         return 1
     record = {"kid": key.kid, "provider": answer.get("provider"), "enrolled_at": answer.get("enrolled_at"),
-              "collector": settings.collector, "name": settings.agent_name}
+              "collector": settings.collector_shown, "name": settings.agent_name}
     tmp = settings.state_dir / "enrollment.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, settings.state_dir / "enrollment.json")
@@ -115,15 +115,15 @@ def _give_to_state_owner(state_dir: Path, *paths: Path) -> None:
 
 
 def _collector_health(config: Config) -> dict[str, Any]:
-    url = config.agent.collector
+    url, shown = config.agent.collector, config.agent.collector_shown
     if not url:
         return {"url": None, "reachable": False, "detail": "no collector configured"}
     try:
         with make_client(config.agent, timeout=5.0) as client:
             resp = client.get(url + "/healthz")
-        return {"url": url, "reachable": resp.status_code == 200, "detail": f"HTTP {resp.status_code}"}
+        return {"url": shown, "reachable": resp.status_code == 200, "detail": f"HTTP {resp.status_code}"}
     except (httpx.HTTPError, OSError, SecretError) as exc:
-        return {"url": url, "reachable": False, "detail": str(exc) or type(exc).__name__}
+        return {"url": shown, "reachable": False, "detail": str(exc) or type(exc).__name__}
 
 
 def _state_problem(state_dir: Path) -> str | None:

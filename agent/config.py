@@ -86,6 +86,14 @@ class AgentSettings(BaseModel):
         return self.name or socket.gethostname()
 
     @property
+    def collector_shown(self) -> str | None:
+        """The collector URL as logs and output show it: a password in it (a basic-auth proxy,
+        http://user:pass@host) replaced by ***. httpx still sends it; token_file is the safer way."""
+        if not self.collector:
+            return self.collector
+        return re.sub(r"^(https?://[^/@:]*):[^/@]*@", r"\1:***@", self.collector)
+
+    @property
     def key_path(self) -> Path:
         return self.state_dir / "agent.key"
 

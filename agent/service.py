@@ -123,7 +123,7 @@ class Service:
         self._schedule(settings.interval)
         head = self.spool.head(self.key.kid)
         log.info("event=started kid=%s seq=%d interval=%d adapters=%d collector=%s", self.key.kid, head.seq,
-                 settings.interval, len(self.config.adapters), settings.collector or "none")
+                 settings.interval, len(self.config.adapters), settings.collector_shown or "none")
 
     def _lock_state_dir(self, state_dir: Path) -> None:
         """One agent per state directory: a second one (a unit and a hand-started copy) signed

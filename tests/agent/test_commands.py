@@ -253,3 +253,27 @@ def test_a_credential_this_user_cannot_read_says_what_to_do(tmp_path: Path, monk
     where = creds / "collector-token"
     assert str(err.value).startswith(f"agent.token_file: cannot read secret file {where}: permission denied; "
                                      "run this as root")
+
+
+def test_a_password_in_the_collector_url_is_never_shown(tmp_path: Path, make_collector) -> None:
+    """http://user:pass@host gets past a basic-auth proxy; its password was in every start's log
+    line, in status and in enroll's messages."""
+    collector = make_collector(tokens=["tok-1"])
+    url = collector.url.replace("http://", "http://ops:S3cretPW@")
+    cfg = write_config(tmp_path / "a.toml", {"state_dir": str(tmp_path / "s"), "collector": url,
+                                             "interval": 1, "allow_short_interval": True},
+                       [{"name": "lab", "platform": "kvm", "instances": 1}])
+    enrolled = run_cli("enroll", "--config", str(cfg), "--token", "tok-1")
+    status = run_cli("status", "--config", str(cfg), "--json")
+    assert enrolled.returncode == 0 and json.loads(status.stdout)["collector"]["reachable"]  # still sent
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env=agent_env())
+    time.sleep(2)
+    proc.terminate()
+    _, log = proc.communicate(timeout=60)
+    down = write_config(tmp_path / "b.toml", {"state_dir": str(tmp_path / "t"),
+                                              "collector": "http://ops:S3cretPW@127.0.0.1:9"}, [])
+    refused = run_cli("enroll", "--config", str(down), "--token", "tok-1")
+    shown = enrolled.stdout + enrolled.stderr + status.stdout + log + refused.stderr
+    shown += (tmp_path / "s" / "enrollment.json").read_text()
+    assert "S3cretPW" not in shown and "http://ops:***@127.0.0.1" in log and "ops:***@" in refused.stderr
