@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        if args.command == "run":  # the service's journal: a key=value line like every other
+            logging.getLogger("tr7.agent").critical("event=config_error reason=%r action='not started "
+                                                    "(exit 2, which the unit does not restart on)'", str(exc))
+        else:
+            print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     from agent import commands
 

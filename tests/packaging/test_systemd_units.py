@@ -95,3 +95,28 @@ def test_prune_unit_runs_a_valid_prune_of_every_provider(tmp_path: Path) -> None
     assert "tr7-collector-archive" in _setting(text, "StateDirectory").split()
     timer = (UNITS / "tr7-collector-prune.timer").read_text()
     assert _setting(timer, "Persistent") == "true" and _setting(timer, "OnCalendar")
+
+
+def test_agent_reload_checks_the_file_and_a_config_error_is_not_restarted(tmp_path: Path) -> None:
+    """`systemctl reload` runs ExecReload= in order and fails at the first that fails: the check
+    must fail on a broken file (the agent itself only logs that it kept the old one), and
+    `run`'s exit status for a broken file must be the one the unit does not restart on."""
+    text = (UNITS / "tr7-agent.service").read_text()
+    reloads = re.findall(r"^ExecReload=(.*)$", text, re.M)
+    assert len(reloads) == 2 and reloads[1] == "/bin/kill -HUP $MAINPID"
+    check = shlex.split(reloads[0])
+    assert check[0] == "/usr/bin/tr7-agent"
+    agent = str(REPO / ".venv" / "bin" / "tr7-agent")
+    good = tmp_path / "good.toml"
+    good.write_text(f'[agent]\nstate_dir = "{tmp_path}"\n\n[[adapters]]\nname = "kvm"\nplatform = "kvm"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[agent]\nintervall = 300\n")
+
+    def run(cmd: list[str], conf: Path) -> int:
+        args = [agent, *cmd[1:]]
+        args[args.index("/etc/tr7-agent/agent.toml")] = str(conf)
+        return subprocess.run(args, capture_output=True, check=False).returncode
+
+    assert run(check, good) == 0 and run(check, bad) != 0
+    start = shlex.split(_setting(text, "ExecStart"))
+    assert run(start, bad) == int(_setting(text, "RestartPreventExitStatus"))
