@@ -334,7 +334,7 @@ class Service:
                 self.reload_requested = False
                 sdnotify.notify("RELOADING=1")
                 self.reload()
-                sdnotify.notify("READY=1")
+                sdnotify.notify(f"READY=1\nSTATUS=polling every {self.config.agent.interval}s")
                 continue
             if wd and self._alive():
                 sdnotify.notify("WATCHDOG=1")

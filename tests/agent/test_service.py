@@ -58,6 +58,31 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, abstract: bool) -> No
         sock.close()
 
 
+def test_sd_notify_status_follows_a_reload(tmp_path: Path) -> None:
+    """After a reload to another interval the service manager's STATUS= says the new one."""
+    state = tmp_path / "s"
+    state.mkdir()
+    save_private_key(AgentKey.generate(), state / "agent.key")
+    agent = {"state_dir": str(state), "interval": 1, "allow_short_interval": True}
+    cfg = write_config(tmp_path / "a.toml", agent, [])
+    addr = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(addr)
+    sock.settimeout(30)
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env=agent_env(NOTIFY_SOCKET=addr))
+    try:
+        assert sock.recv(4096).decode() == "READY=1\nSTATUS=polling every 1s"
+        write_config(cfg, {**agent, "interval": 2}, [])
+        proc.send_signal(signal.SIGHUP)
+        got = [sock.recv(4096).decode() for _ in range(2)]
+        assert got == ["RELOADING=1", "READY=1\nSTATUS=polling every 2s"]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+        sock.close()
+
+
 def test_sigterm_finishes_poll_in_flight(tmp_path: Path) -> None:
     state = tmp_path / "s"
     state.mkdir()
