@@ -1,4 +1,4 @@
-"""`tr7-agent`: run | check | enroll | status | export | config sample | config validate."""
+"""`tr7-agent`: run | check | enroll | status | export | key | settle | config sample | config validate."""
 
 import argparse
 import logging
@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s = cmd("export", "write unshipped heartbeats to a file (sites without a network path)")
     s.add_argument("--out", type=Path, required=True)
+    cmd("key", "create the key pair if missing and print its public key for `tr7-collector agent add` "
+        "(sites without a network path)")
+    s = cmd("settle", "drop from the spool what `tr7-collector import --results FILE` says the collector "
+            "holds; set aside what it rejected")
+    s.add_argument("--results", type=Path, required=True, help="the FILE written by tr7-collector import")
     c = sub.add_parser("config", help="configuration helpers")
     csub = c.add_subparsers(dest="config_command", required=True)
     csub.add_parser("sample", help="print a commented sample configuration")
@@ -101,6 +106,10 @@ def main(argv: list[str] | None = None) -> None:
             _exit(commands.status(config, args.json))
         elif args.command == "export":
             _exit(commands.export(config, args.out))
+        elif args.command in ("key", "settle"):
+            from agent import offline
+
+            _exit(offline.key(config) if args.command == "key" else offline.settle(config, args.results))
     except BrokenPipeError:
         # output piped into `head` and the like: stop quietly, as other command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -94,13 +94,13 @@ def enroll(config: Config, token: str) -> int:
     tmp = settings.state_dir / "enrollment.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, settings.state_dir / "enrollment.json")
-    _give_to_state_owner(settings.state_dir, settings.key_path, settings.state_dir / "enrollment.json")
+    give_to_state_owner(settings.state_dir, settings.key_path, settings.state_dir / "enrollment.json")
     print(f"enrolled: kid {key.kid} provider {record['provider']} at {record['enrolled_at']}"
           f"{' (new key created)' if created else ''}")
     return 0
 
 
-def _give_to_state_owner(state_dir: Path, *paths: Path) -> None:
+def give_to_state_owner(state_dir: Path, *paths: Path) -> None:
     """Run as root (which reads the credentials the unit loads, token_file among them), enroll
     gives what it wrote to the state directory's owner, the service user: a root-owned agent.key
     stopped the service at every start, in a restart loop."""
@@ -126,7 +126,7 @@ def _collector_health(config: Config) -> dict[str, Any]:
         return {"url": shown, "reachable": False, "detail": str(exc) or type(exc).__name__}
 
 
-def _state_problem(state_dir: Path) -> str | None:
+def state_problem(state_dir: Path) -> str | None:
     """Why this user cannot read the agent's state directory, or None. An operator's shell is not
     the service user (tr7-agent), whose directory is mode 0700: status gave a traceback there."""
     try:
@@ -150,7 +150,7 @@ _EMPTY = {"last_poll": None, "last_shipped_seq": None, "spool_depth": 0, "oldest
 def status(config: Config, as_json: bool) -> int:
     settings = config.agent
     out: dict[str, Any] = {"kid": None, "enrolled": None, "last_seq": 0}
-    problem = _state_problem(settings.state_dir)
+    problem = state_problem(settings.state_dir)
     if problem is not None:
         # every field as for an agent that never ran, and the reason first in the text form
         return _print_status({"state_error": problem, **out, **_EMPTY}, config, as_json, 1)
@@ -199,7 +199,7 @@ def _print_status(out: dict[str, Any], config: Config, as_json: bool, code: int)
 
 def export(config: Config, out: Path) -> int:
     """Write unshipped heartbeats, one compact JWS a line in seq order; the spool keeps them."""
-    problem, path = _state_problem(config.agent.state_dir), config.agent.spool_path
+    problem, path = state_problem(config.agent.state_dir), config.agent.spool_path
     if problem is None and not path.exists():
         # not made here: a spool.db root made before the service's first start was not the service's
         problem = f"no spool at {path}: nothing has been signed with this configuration"

@@ -95,7 +95,8 @@ class Service:
         self._lock_state_dir(settings.state_dir)
         self.key = load_key(self.config)
         if not (settings.state_dir / "enrollment.json").exists():
-            log.warning("event=not_enrolled kid=%s hint='heartbeats of an unenrolled key are rejected'",
+            log.warning("event=not_enrolled kid=%s hint='no enrollment.json: unless this key was registered "
+                        "with `tr7-collector agent add` (tr7-agent key), its heartbeats are rejected'",
                         self.key.kid)
         if not settings.spool_path.exists():
             try:  # before a new spool.db is made: an empty one left behind read as a new agent

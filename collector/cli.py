@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file", type=Path)
     sp = sub.add_parser("import", parents=[common], help="ingest a file of JWS lines (tr7-agent export)")
     sp.add_argument("file", type=Path)
+    sp.add_argument("--results", type=Path, metavar="OUT",
+                    help="write each line's result (JSON lines: digest, seq, status, reason) for "
+                         "`tr7-agent settle --results OUT` on the agent's host")
     from collector.accounts.cli import add_account_commands
     from collector.web.cli import add_user_parser
 
@@ -261,20 +264,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.cmd == "token":
         return _token(args, engine, now)
     if args.cmd == "import":
-        from collector.ingest import ingest_lines
+        from collector.importfile import import_file
 
-        text = args.file.read_bytes().decode("ascii", errors="replace")  # non-ASCII lines get rejected
-        numbered = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
-        counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
-        for i in range(0, len(numbered), 5000):
-            part = numbered[i : i + 5000]
-            for (n, _ln), r in zip(part, ingest_lines(engine, [ln for _n, ln in part]), strict=True):
-                counts[r["status"]] += 1
-                if r["status"] == "rejected":
-                    # the file's own line number; a line with no readable seq has none in its result
-                    print(f"line {n}: seq {r.get('seq')}: rejected: {r['reason']}", file=sys.stderr)
-        print(json.dumps(counts))
-        return 0 if counts["rejected"] == 0 else 2
+        return import_file(engine, args.file, args.results)
     if args.cmd == "bill":
         return _bill(args, engine)
     if args.cmd == "close":

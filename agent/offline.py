@@ -1,0 +1,88 @@
+"""Sites without a path to the collector: the key to register by hand, and import results settled."""
+
+import json
+import sys
+from pathlib import Path
+
+from agent.commands import give_to_state_owner, state_problem
+from agent.config import Config
+from agent.service import StartupError, check_state_dir
+from agent.spool import Spool, SpoolError
+from protocol.errors import ProtocolError
+from protocol.heartbeat import token_digest
+from protocol.keys import load_or_create_private_key
+
+STORED = ("accepted", "duplicate")  # what the collector holds: gone from the spool, as when shipped
+
+
+def key(config: Config) -> int:
+    """Create the key if missing and print what `tr7-collector agent add` needs: `enroll` needs a
+    collector to talk to, and an air-gapped site had to dig the public key out with openssl."""
+    settings = config.agent
+    try:
+        check_state_dir(settings.state_dir)
+        agent_key, created = load_or_create_private_key(settings.key_path)
+    except (StartupError, ProtocolError, OSError, ValueError) as exc:
+        print(f"key: {exc}", file=sys.stderr)
+        return 1
+    give_to_state_owner(settings.state_dir, settings.key_path)
+    print(f"kid         {agent_key.kid}{' (new key created)' if created else ''}")
+    print(f"public_key  {agent_key.public_b64}")
+    print("register it on the collector (once; its heartbeats are rejected until then):")
+    print(f"  tr7-collector agent add --provider PROVIDER --name {settings.agent_name} "
+          f"--public-key {agent_key.public_b64}")
+    return 0
+
+
+def settle(config: Config, results: Path) -> int:
+    """Apply `tr7-collector import --results` to the spool: the heartbeats the collector holds
+    (accepted or duplicate) leave it, the rejected ones are set aside with their reason, as the
+    shipper does with an answer; every other row stays. Without this an air-gapped agent's spool
+    grew for good, and each export carried its whole history again."""
+    problem = state_problem(config.agent.state_dir)
+    path = config.agent.spool_path
+    if problem is None and not path.exists():
+        problem = f"no spool at {path}: nothing has been signed with this configuration"
+    if problem is not None:
+        print(f"settle: {problem}", file=sys.stderr)
+        return 1
+    try:
+        answers = _read_results(results)
+    except (OSError, ValueError) as exc:
+        print(f"settle: {results}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        spool = Spool(path)
+    except SpoolError as exc:
+        print(f"settle: {exc}", file=sys.stderr)
+        return 1
+    try:
+        rows = spool.batch(limit=2**62, max_bytes=2**62)
+        outcomes = [(row, *answers[d]) for row in rows if (d := token_digest(row.token)) in answers]
+        spool.settle(outcomes)
+    except SpoolError as exc:
+        print(f"settle: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        spool.close()
+    stored = sum(1 for _row, status, _reason in outcomes if status in STORED)
+    print(json.dumps({"stored": stored, "rejected": len(outcomes) - stored,
+                      "still_unshipped": len(rows) - len(outcomes)}))
+    return 0
+
+
+def _read_results(path: Path) -> dict[str, tuple[str, str | None]]:
+    """digest -> (status, reason) of each line of the results file."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for n, line in enumerate(path.read_text(encoding="ascii").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            digest, status = r["digest"], r["status"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"line {n} is not a result of `tr7-collector import --results` ({exc})") from exc
+        if status not in (*STORED, "rejected") or not isinstance(digest, str):
+            raise ValueError(f"line {n}: status {status!r} is none of accepted, duplicate, rejected")
+        out[digest] = (status, r.get("reason"))
+    return out

@@ -1,0 +1,105 @@
+"""A site without a path to the collector: `key`, `export`, `tr7-collector import --results`, `settle`."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import AGENT, ROOT, agent_env, run_cli, write_config
+
+from agent.spool import Spool
+from protocol.heartbeat import parse_unverified, token_digest
+
+COLLECTOR = ROOT / ".venv" / "bin" / "tr7-collector"
+sys.path.insert(0, str(ROOT))
+from tests._seed import catalog  # noqa: E402
+
+
+def _collector(data: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(COLLECTOR), *args, "--data-dir", str(data)], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def _run_agent(cfg: Path, state: Path, heartbeats: int) -> None:
+    """`tr7-agent run` until the spool holds ``heartbeats`` more rows (nothing ships: no collector)."""
+    before = _depth(state)
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], env=agent_env(),
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while _depth(state) < before + heartbeats:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def _depth(state: Path) -> int:
+    if not (state / "spool.db").exists():
+        return 0
+    spool = Spool(state / "spool.db", readonly=True)
+    try:
+        return int(spool.stats()["spool_depth"])
+    finally:
+        spool.close()
+
+
+def test_an_air_gapped_agent_registers_its_key_and_empties_its_spool_by_file(tmp_path: Path) -> None:
+    state, data = tmp_path / "state", tmp_path / "collector"
+    cfg = write_config(tmp_path / "agent.toml", {"state_dir": str(state), "name": "vault", "interval": 1,
+                                                 "allow_short_interval": True},
+                       [{"name": "lab", "platform": "kvm", "instances": 1, "prefix": "TR7-"}])
+    res = run_cli("key", "--config", str(cfg))
+    assert res.returncode == 0, res.stderr
+    public = res.stdout.split("public_key")[1].split()[0]
+    assert f"tr7-collector agent add --provider PROVIDER --name vault --public-key {public}" in res.stdout
+    (tmp_path / "catalog.json").write_text(json.dumps(catalog()))
+    assert _collector(data, "apply", str(tmp_path / "catalog.json")).returncode == 0
+    added = _collector(data, "agent", "add", "--provider", "acme", "--name", "vault", "--public-key", public,
+                       "--enrolled-at", "2026-01-01T00:00:00Z")
+    assert added.returncode == 0, added.stderr
+
+    _run_agent(cfg, state, 2)
+    first = tmp_path / "first.jws"
+    assert run_cli("export", "--config", str(cfg), "--out", str(first)).returncode == 0
+    carried = first.read_text().splitlines()
+    _run_agent(cfg, state, 1)  # signed after the export: not in what the collector gets
+    results = tmp_path / "results.jsonl"
+    imported = _collector(data, "import", str(first), "--results", str(results))
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout) == {"accepted": len(carried), "duplicate": 0, "rejected": 0}
+
+    settled = run_cli("settle", "--config", str(cfg), "--results", str(results))
+    assert settled.returncode == 0, settled.stderr
+    left = json.loads(settled.stdout)["still_unshipped"]
+    assert json.loads(settled.stdout) == {"stored": len(carried), "rejected": 0, "still_unshipped": left}
+    status = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
+    assert status["spool_depth"] == left >= 1 and status["last_shipped_seq"] == len(carried)
+    second = tmp_path / "second.jws"
+    assert run_cli("export", "--config", str(cfg), "--out", str(second)).returncode == 0
+    seqs = [parse_unverified(t).seq for t in second.read_text().splitlines()]
+    assert seqs and min(seqs) == len(carried) + 1  # each export carries only what is not yet stored
+
+
+def test_settle_sets_aside_what_the_collector_rejected_and_refuses_a_foreign_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    cfg = write_config(tmp_path / "agent.toml", {"state_dir": str(state), "interval": 1,
+                                                 "allow_short_interval": True},
+                       [{"name": "lab", "platform": "kvm", "instances": 1}])
+    assert run_cli("key", "--config", str(cfg)).returncode == 0
+    _run_agent(cfg, state, 2)
+    out = tmp_path / "x.jws"
+    assert run_cli("export", "--config", str(cfg), "--out", str(out)).returncode == 0
+    token = out.read_text().splitlines()[0]
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps({"digest": token_digest(token), "status": "rejected", "seq": 1,
+                                   "reason": "key.window: before the key's enrolment"}) + "\n")
+    settled = run_cli("settle", "--config", str(cfg), "--results", str(results))
+    assert json.loads(settled.stdout)["rejected"] == 1
+    status = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
+    assert status["rejected"]["count"] == 1 and "key.window" in json.dumps(status["rejected"]["reasons"])
+    (tmp_path / "bad.jsonl").write_text('{"accepted": 3}\n')
+    bad = run_cli("settle", "--config", str(cfg), "--results", str(tmp_path / "bad.jsonl"))
+    assert bad.returncode == 1 and "is not a result of `tr7-collector import --results`" in bad.stderr
