@@ -16,6 +16,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from adapters.credentials import SecretError
 from agent import sdnotify, signedkeys
+from agent.collectorclock import AHEAD_LIMIT, CollectorClock
 from agent.config import Config, ConfigError, load_config
 from agent.metrics import Metrics
 from agent.poller import Poller
@@ -83,6 +84,7 @@ class Service:
         self.wake = threading.Event()
         self.ship_stop = threading.Event()
         self.ship_thread: threading.Thread | None = None
+        self.collector_clock = CollectorClock()  # never set without a collector: nothing to agree with
         self.last_activity = time.monotonic()
         self.terminating = False
         self.clock_back = 0.0  # seconds the wall clock stepped back, for the next poll to record
@@ -159,7 +161,8 @@ class Service:
             log.warning("event=no_collector hint='heartbeats stay in the spool; use tr7-agent export'")
             return
         self.ship_stop = threading.Event()
-        shipper = Shipper(settings, Spool(settings.spool_path), self.metrics)
+        self.collector_clock = CollectorClock()  # another collector (a reload) may keep other time
+        shipper = Shipper(settings, Spool(settings.spool_path), self.metrics, clock=self.collector_clock)
         self.ship_thread = threading.Thread(target=shipper.run, name="shipper", daemon=True,
                                             args=(self.ship_stop, self.wake, self._die))
         self.ship_thread.start()
@@ -186,6 +189,15 @@ class Service:
                     detail["last"])
         self.spool.record_event("clock_backwards", json.dumps(detail))
 
+    def _ahead_event(self, when: int, ahead: float) -> None:
+        self.metrics.clock_jumps.inc()
+        detail = {"now": format_time(int(time.time())), "poll": format_time(when),
+                  "ahead_seconds": round(ahead)}
+        log.error("event=clock_ahead poll=%s ahead_s=%d action='not signed: the collector would reject it as "
+                  "time.future, and the chain would wait for that time; fix the clock (NTP)'", detail["poll"],
+                  round(ahead))
+        self.spool.record_event("clock_ahead", json.dumps(detail))
+
     def watch_clock(self, wall: float, mono: float) -> tuple[float, float]:
         """Called by the main loop at each wake with the clocks read at the last one. A wall clock
         stepped back does not fire the scheduler at all (its next run is still in the future), so
@@ -211,6 +223,10 @@ class Service:
             if back:  # recorded here, on the spool's own thread (see watch_clock)
                 self.spool.record_event("clock_backwards", json.dumps(
                     {"now": format_time(int(time.time())), "back_seconds": round(back)}))
+            ahead = self.collector_clock.ahead()
+            if ahead is not None and ahead > AHEAD_LIMIT:
+                self._ahead_event(when, ahead)
+                return
             head = self.spool.head(self.key.kid)
             if head.time is not None and when <= head.time:
                 # Never sign a time before the previous one: skip this slot (documented choice).

@@ -1,6 +1,7 @@
 """Ship spooled heartbeats to the collector (heartbeat-v1.md §4): batches in seq order, gzip,
 keep-alive, backoff with jitter, Retry-After; delete only what has a durable answer."""
 
+import contextlib
 import email.utils
 import gzip
 import logging
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from adapters.credentials import SecretError, read_secret
+from agent.collectorclock import CollectorClock
 from agent.config import AgentSettings
 from agent.metrics import Metrics
 from agent.spool import Row, Spool
@@ -52,9 +54,11 @@ def make_client(settings: AgentSettings, timeout: float = 30.0) -> httpx.Client:
 
 class Shipper:
     def __init__(self, settings: AgentSettings, spool: Spool, metrics: Metrics | None = None,
-                 client: httpx.Client | None = None) -> None:
+                 client: httpx.Client | None = None, clock: CollectorClock | None = None) -> None:
         assert settings.collector, "a shipper needs a collector URL"
+        self.collector = settings.collector
         self.url = settings.collector + "/v1/heartbeats"
+        self.clock = clock or CollectorClock()
         self.spool = spool
         self.metrics = metrics
         self.client = client or make_client(settings)
@@ -110,6 +114,7 @@ class Shipper:
             log.warning("event=ship_failed reason=%r lines=%d retry_in=%.1f", str(exc) or type(exc).__name__,
                         len(rows), delay)
             return delay
+        self.clock.saw(resp.headers.get("Date"))
         if resp.status_code == 200:
             outcomes = self._outcomes(rows, resp)
             if outcomes is None:
@@ -147,10 +152,16 @@ class Shipper:
         log.warning("event=ship_refused status=%d detail=%r retry_in=%.1f", resp.status_code, detail, wait)
         return wait
 
+    def probe(self) -> None:
+        """The collector's clock before the first poll signs anything (GET /healthz's Date)."""
+        with contextlib.suppress(httpx.HTTPError):  # unreachable now: the first shipment's answer tells
+            self.clock.saw(self.client.get(self.collector + "/healthz", timeout=10.0).headers.get("Date"))
+
     def run(self, stop: threading.Event, wake: threading.Event,
             on_fatal: Callable[[BaseException], None]) -> None:
         """Thread body: ship until the spool is empty, then sleep until woken by a new heartbeat."""
         try:
+            self.probe()
             while not stop.is_set():
                 delay = self.ship_once()
                 if delay is None:

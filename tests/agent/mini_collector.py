@@ -7,6 +7,7 @@ kill -9 never loses an acknowledged heartbeat.
 
 import argparse
 import base64
+import email.utils
 import gzip
 import json
 import random
@@ -45,6 +46,7 @@ class State:
         self.retry_after = args.retry_after
         self.lose_answers = args.lose_answers
         self.max_lines = args.max_lines
+        self.clock_offset = args.clock_offset  # this collector's clock: real time + offset
 
     def enroll(self, body: dict) -> tuple[int, dict]:
         try:
@@ -84,7 +86,7 @@ class State:
                 try:
                     hb = verify_heartbeat(line, lambda kid: agents[kid][0] if kid in agents else None)
                     check_key_window(hb, agents[hb.kid][1], None)
-                    if hb.time > time.time() + 300:
+                    if hb.time > time.time() + self.clock_offset + 300:
                         raise ProtocolError("time.future", "more than 300 s ahead")
                     if hb.seq in self.reject_seqs:
                         raise ProtocolError("test.reject", f"seq {hb.seq} rejected by the test")
@@ -115,6 +117,9 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args: object) -> None:
             pass
+
+        def date_time_string(self, timestamp: float | None = None) -> str:  # the Date header
+            return email.utils.formatdate(time.time() + state.clock_offset, usegmt=True)
 
         def _send(self, code: int, body: dict, headers: dict | None = None) -> None:
             data = json.dumps(body).encode()
@@ -165,6 +170,8 @@ def main() -> None:
                    help="answer 503 + Retry-After to the first N ingests")
     p.add_argument("--retry-after", type=int, default=1)
     p.add_argument("--max-lines", type=int, default=0, help="answer 413 to a request of more lines")
+    p.add_argument("--clock-offset", type=float, default=0.0,
+                   help="seconds this collector's clock is ahead of the real one (negative: behind)")
     p.add_argument("--lose-answers", type=float, default=0.0,
                    help="probability of committing an ingest and then dropping the connection unanswered")
     args = p.parse_args()

@@ -131,3 +131,42 @@ def test_the_spool_gauges_follow_the_shipping(tmp_path: Path, make_collector) ->
     assert metrics.depth._value.get() == 3
     assert shipper.ship_once() == 0.0
     assert metrics.depth._value.get() == 0 and metrics.oldest._value.get() == 0
+
+
+def test_a_clock_ahead_of_the_collectors_signs_nothing(tmp_path: Path, make_collector) -> None:
+    """A boot before NTP had synced, the clock hours ahead: one heartbeat signed then is rejected as
+    time.future and moves the chain's head ahead, so every slot until that time was skipped.
+    The collector's Date (its /healthz before the first poll) says so before anything is signed."""
+    behind = make_collector(extra=["--clock-offset", "-3600"])  # the collector an hour behind us
+    cfg = enrolled_agent(tmp_path, behind, interval=1)
+    proc = subprocess.Popen([str(AGENT), "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env=agent_env())
+    seen = ""
+    try:
+        while seen.count("event=clock_ahead") < 2:
+            line = proc.stderr.readline()
+            assert line, seen
+            seen += line
+    finally:
+        proc.terminate()
+        seen += proc.communicate(timeout=60)[1]
+    assert "ahead_s=3600" in seen or "ahead_s=3599" in seen or "ahead_s=3601" in seen, seen
+    assert "event=heartbeat " not in seen and "event=heartbeat_rejected" not in seen
+    status = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
+    assert status["last_seq"] == 0 and any(e["kind"] == "clock_ahead" for e in status["clock_events"])
+
+
+def test_the_collectors_clock_is_carried_forward_and_a_fixed_clock_counts_at_once(monkeypatch) -> None:
+    import email.utils
+
+    from agent.collectorclock import CollectorClock
+
+    clock = CollectorClock()
+    assert clock.ahead() is None  # no answer yet: nothing to agree with
+    real = time.time()
+    clock.saw(email.utils.formatdate(real - 7200, usegmt=True))
+    assert 7199 <= clock.ahead() <= 7201
+    monkeypatch.setattr(time, "time", lambda: real - 7200)  # NTP stepped our clock back
+    assert abs(clock.ahead()) <= 1
+    clock.saw("not a date")  # ignored
+    assert abs(clock.ahead()) <= 1
