@@ -20,16 +20,17 @@ def _parser() -> argparse.ArgumentParser:
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
-        s.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file (TOML)")
+        s.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                       help=f"configuration file (TOML; default {DEFAULT_CONFIG})")
         return s
 
     cmd("run", "the service: poll, sign, spool, ship")
     s = cmd("check", "poll every adapter once and print what was seen (signs nothing)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s = cmd("enroll", "create the key pair if missing and register it with the collector")
     s.add_argument("--token", required=True, help="one-time enrolment token from the collector")
     s = cmd("status", "key, chain, spool, rejected heartbeats, clock events, collector reachability")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON (every clock event) instead of text")
     s = cmd("export", "write unshipped heartbeats to a file (sites without a network path)")
     s.add_argument("--out", type=Path, required=True)
     cmd("key", "create the key pair if missing and print its public key for `tr7-collector agent add` "
@@ -38,10 +39,11 @@ def _parser() -> argparse.ArgumentParser:
             "holds; set aside what it rejected")
     s.add_argument("--results", type=Path, required=True, help="the FILE written by tr7-collector import")
     c = sub.add_parser("config", help="configuration helpers")
-    csub = c.add_subparsers(dest="config_command", required=True)
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="{sample,validate}")
     csub.add_parser("sample", help="print a commented sample configuration")
     v = csub.add_parser("validate", help="check a configuration file; exit 0 only when it can run")
-    v.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration file (TOML)")
+    v.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help=f"configuration file (TOML; default {DEFAULT_CONFIG})")
     return p
 
 
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"configuration error: {args.config}: no [[adapters]] table: nothing to poll",
                   file=sys.stderr)
             sys.exit(2)
-        print(f"{args.config}: ok ({len(config.adapters)} adapters, interval {config.agent.interval} s)")
+        n = len(config.adapters)
+        print(f"{args.config}: ok ({n} adapter{'s' if n != 1 else ''}, interval {config.agent.interval} s)")
         return
     if args.command == "run":
         from agent.service import Service

@@ -76,7 +76,9 @@ def enroll(config: Config, token: str) -> int:
             detail = resp.json().get("detail", resp.text)
         except (ValueError, AttributeError):  # not JSON, or JSON but no object
             detail = resp.text[:500]
-        print(f"enroll refused by the collector (HTTP {resp.status_code}): {detail}", file=sys.stderr)
+        hint = (f"; is {settings.collector_shown} the collector's base URL?" if resp.status_code in (404, 405)
+                else "")
+        print(f"enroll refused by the collector (HTTP {resp.status_code}): {detail}{hint}", file=sys.stderr)
         return 1
     try:
         answer = resp.json()
@@ -193,6 +195,9 @@ def _print_status(out: dict[str, Any], config: Config, as_json: bool, code: int)
         print(json.dumps(out, indent=2))
     else:
         for k, v in out.items():
+            if k == "clock_events" and isinstance(v, list) and len(v) > 1:
+                # up to 20 events made one line of thousands of characters: the count and the latest
+                v = f"{len(v)} recorded (--json lists them); latest: {json.dumps(v[0])}"
             print(f"{k:24} {v if not isinstance(v, dict | list) else json.dumps(v)}")
     return code
 

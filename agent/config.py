@@ -57,6 +57,10 @@ class AgentSettings(BaseModel):
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("must be an http:// or https:// URL")
+        if v is not None and re.search(r"\s", v):  # "http://collector example.net" failed only at enroll
+            raise ValueError("must be a URL without spaces")
+        if v is not None and re.search(r"/v1/?$", v):
+            raise ValueError("is the collector's base URL, without /v1 (the agent adds /v1/heartbeats)")
         if v is not None:
             try:  # as the shipper will use it: a port that is no number passed, then killed `run`
                 httpx.URL(v).port  # noqa: B018 - parsing it is the check

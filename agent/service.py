@@ -47,6 +47,8 @@ def check_state_dir(state_dir: Path) -> None:
         finally:
             os.close(fd)
             probe.unlink(missing_ok=True)  # also when the write failed (a full disk): leave nothing
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise StartupError(f"state directory {state_dir} is not a directory (a file is in its way)") from exc
     except OSError as exc:
         raise StartupError(f"state directory {state_dir} is not writable: {exc.strerror or exc}") from exc
 

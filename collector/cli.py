@@ -100,15 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a deliberate correction: accept changes that reprice hours already billed in open months",
     )
     ag = sub.add_parser("agent", help="agent keys").add_subparsers(dest="agent_cmd", required=True)
-    sp = ag.add_parser("add", parents=[common])
+    sp = ag.add_parser("add", parents=[common], help="register an agent's public key by hand (`tr7-agent "
+                       "key` prints it): sites without a network path to the collector")
     sp.add_argument("--provider", required=True)
     sp.add_argument("--name", required=True)
-    sp.add_argument("--public-key", required=True)
-    sp.add_argument("--enrolled-at", type=utc_time)
-    sp = ag.add_parser("revoke", parents=[common])
+    sp.add_argument("--public-key", required=True, help="base64 of the raw 32-byte Ed25519 public key")
+    sp.add_argument("--enrolled-at", type=utc_time, help="start of the key's window (default now): no later "
+                    "than its first heartbeat")
+    sp = ag.add_parser("revoke", parents=[common],
+                       help="end a key's window (its later heartbeats are refused)")
     sp.add_argument("kid")
-    sp.add_argument("--at", type=utc_time)
-    sp = ag.add_parser("list", parents=[common])
+    sp.add_argument("--at", type=utc_time, help="when (default now); not before a heartbeat already logged")
+    sp = ag.add_parser("list", parents=[common], help="agent keys with their windows")
     sp.add_argument("--provider")
     sp = ag.add_parser("token", parents=[common], help="one-time enrolment token")
     sp.add_argument("--provider", required=True)

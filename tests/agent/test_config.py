@@ -94,3 +94,14 @@ def test_an_adapters_timeout_stays_below_the_interval(tmp_path: Path, fake_regis
     assert [a.timeout for a in load_config(p).adapters] == [50, 48]  # the default: 80% of the interval
     p = _cfg(tmp_path, '[agent]\ninterval = 300\n\n[[adapters]]\nname = "d"\nplatform = "kvm"\n')
     assert load_config(p).adapters[0].timeout == 60
+
+
+def test_a_collector_url_with_a_space_or_the_api_path_is_refused_by_name(tmp_path: Path) -> None:
+    """Both passed validation and failed only at enroll, one with a bare HTTP 404."""
+    for url, why in (("http://collector example.net", "without spaces"),
+                     ("https://collector.example.net/v1", "base URL, without /v1")):
+        p = _cfg(tmp_path, f'[agent]\ncollector = "{url}"\n')
+        with pytest.raises(ConfigError, match=rf":2: \[agent\] collector: .*{why}"):
+            load_config(p)
+    behind_a_path = load_config(_cfg(tmp_path, '[agent]\ncollector = "https://proxy.example/tr7/"\n'))
+    assert behind_a_path.agent.collector == "https://proxy.example/tr7"

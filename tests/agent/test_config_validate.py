@@ -35,7 +35,7 @@ def test_a_configured_agent_validates(tmp_path: Path) -> None:
     path.write_text(VALID.format(state=tmp_path / "state"))
     out = _validate(path)
     assert out.returncode == 0, out.stderr
-    assert "1 adapters" in out.stdout
+    assert "ok (1 adapter, interval" in out.stdout
 
 
 def test_an_invalid_key_names_its_line(tmp_path: Path) -> None:

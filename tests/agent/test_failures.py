@@ -71,7 +71,9 @@ def test_read_only_state_dir(tmp_path: Path, mount) -> None:
 def test_state_dir_under_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     res = run_cli("run", "--config", str(_config(tmp_path, tmp_path / "file" / "state")))
-    assert res.returncode == 1 and "is not writable" in res.stderr
+    assert res.returncode == 1 and "is not a directory (a file is in its way)" in res.stderr
+    res = run_cli("run", "--config", str(_config(tmp_path, tmp_path / "file")))  # it said "File exists"
+    assert res.returncode == 1 and f"state directory {tmp_path / 'file'} is not a directory" in res.stderr
 
 
 def test_missing_key_says_enroll(tmp_path: Path) -> None:

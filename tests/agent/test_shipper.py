@@ -154,6 +154,10 @@ def test_a_clock_ahead_of_the_collectors_signs_nothing(tmp_path: Path, make_coll
     assert "event=heartbeat " not in seen and "event=heartbeat_rejected" not in seen
     status = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
     assert status["last_seq"] == 0 and any(e["kind"] == "clock_ahead" for e in status["clock_events"])
+    text = run_cli("status", "--config", str(cfg)).stdout  # the count and the latest, not 20 on one line
+    line = next(ln for ln in text.splitlines() if ln.startswith("clock_events"))
+    assert f"{len(status['clock_events'])} recorded (--json lists them); latest: " in line
+    assert line.count("kind") == 1
 
 
 def test_the_collectors_clock_is_carried_forward_and_a_fixed_clock_counts_at_once(monkeypatch) -> None:
