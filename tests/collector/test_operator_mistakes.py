@@ -103,3 +103,38 @@ def test_export_into_a_non_empty_directory_is_refused_before_the_bill_is_recompu
     (out / "stray.txt").write_text("x")
     with db.read_conn(settings.engine) as c, pytest.raises(BundleError, match="is not empty"):
         export(c, settings, "acme", "2026-10", out)
+
+
+def test_a_client_gone_mid_body_is_one_log_line_not_a_traceback(tmp_path: Path) -> None:
+    """Anyone could fill the collector's journal with uvicorn's ~60-line ClientDisconnect traceback."""
+    import socket
+    import time
+
+    from tests._serve import free_port
+
+    data = str(tmp_path / "d")
+    assert _cli("migrate", "--data-dir", data).returncode == 0
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        cmd = [sys.executable, "-m", "collector.cli", "serve", "--data-dir", data,
+               "--listen", f"127.0.0.1:{port}"]
+        proc = subprocess.Popen(cmd, stderr=out, stdout=out,
+                                env={**os.environ, "TR7_ACCOUNTS_TICK": "0", "TR7_WEB_WARM": "0"})
+    try:
+        deadline = time.monotonic() + 60
+        while "event=ingest_aborted" not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.sendall(b"POST /v1/heartbeats HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                              b"Content-Length: 100000\r\n\r\n" + b"A" * 1000)
+                    time.sleep(0.3)
+            except OSError:
+                time.sleep(0.3)  # not listening yet
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    text = log.read_text()
+    assert "Traceback" not in text and "ClientDisconnect" not in text
