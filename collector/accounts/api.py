@@ -68,12 +68,17 @@ def require_admin(scope: Scope, provider: str) -> None:
     scope.require_provider(provider)
 
 
-def record(engine: Any, provider: str, customer: str, kind: str, email: str | None, now: int) -> m.Account:
-    def tx(c: Any) -> m.Account:
+def record(engine: Any, provider: str, customer: str, kind: str, email: str | None,
+           now: int) -> tuple[m.Account, str | None]:
+    """The account after the payment event, and the reminder address it holds (one given now, or
+    kept from an earlier failure: the answer said null while reminders went to the kept one)."""
+    def tx(c: Any) -> tuple[m.Account, str | None]:
         require_customer(c, provider, customer)
         if kind == "failed":
-            return store.payment_failed(c, provider, customer, now, email, mailer())
-        return store.paid(c, provider, customer, now, mailer())
+            acc = store.payment_failed(c, provider, customer, now, email, mailer())
+        else:
+            acc = store.paid(c, provider, customer, now, mailer())
+        return acc, store.load(c, provider, customer)[1]
 
     try:
         return db.write_tx(engine, tx)
@@ -98,8 +103,8 @@ def payment_failed(
 ) -> dict[str, Any]:
     require_admin(scope, provider)
     now = int(time.time())
-    email = body.email if body else None
-    acc = record(request.app.state.engine, provider, customer, "failed", email, now)
+    given = body.email if body else None
+    acc, email = record(request.app.state.engine, provider, customer, "failed", given, now)
     return {"provider": provider, "customer": customer, **account_json(acc, email, now)}
 
 
@@ -107,8 +112,8 @@ def payment_failed(
 def paid(provider: str, customer: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
     require_admin(scope, provider)
     now = int(time.time())
-    acc = record(request.app.state.engine, provider, customer, "paid", None, now)
-    return {"provider": provider, "customer": customer, **account_json(acc, None, now)}
+    acc, email = record(request.app.state.engine, provider, customer, "paid", None, now)
+    return {"provider": provider, "customer": customer, **account_json(acc, email, now)}
 
 
 @router.get("/providers/{provider}/customers/{customer:path}/account",

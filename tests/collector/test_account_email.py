@@ -83,9 +83,12 @@ def test_api_answers_422_and_stores_nothing(client: TestClient, settings: Any) -
     assert _stored(settings) == []
     r = client.post(url, json={"email": "ap@c1.example"}, headers=admin)
     assert r.status_code == 200 and r.json()["email"] == "ap@c1.example"
-    # Absent or empty: the address of the last failure is kept, as before.
-    client.post("/v1/providers/acme/customers/c1/paid", headers=admin)
-    assert client.post(url, json={"email": ""}, headers=admin).json()["email"] is None
+    # Absent or empty: the address of the last failure is kept, as before, and the answers say so
+    # (they said null while the reminders went to the kept address)
+    paid = client.post("/v1/providers/acme/customers/c1/paid", headers=admin)
+    assert paid.json()["email"] == "ap@c1.example"
+    assert client.post(url, json={"email": ""}, headers=admin).json()["email"] == "ap@c1.example"
+    assert client.post(url, headers=admin).json()["email"] == "ap@c1.example"
     assert _stored(settings) == [("c1", "ap@c1.example")]
 
 
