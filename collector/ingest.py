@@ -7,6 +7,7 @@ with another process rolls the whole batch back and redoes it, when the line is 
 """
 
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -37,7 +38,7 @@ from collector.db import read_conn, write_tx
 from collector.tiles import write_tiles
 from collector.tlog import lock_log_state
 from protocol.errors import ProtocolError
-from protocol.heartbeat import Heartbeat, check_key_window, check_signature, parse_shared
+from protocol.heartbeat import Heartbeat, check_key_window, check_signature, header_kid, parse_shared
 from protocol.keys import load_public_key_b64
 from protocol.merkle import leaf_hash
 from protocol.sharedpayload import Observations
@@ -256,15 +257,18 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
     # Every line is parsed first (not its signature): a line already logged is then found by its
     # key, month and seq (_keys_logged) and answered without checking its signature again.
     parsed: dict[int, tuple[Heartbeat, Observations, bytes, str]] = {}
+    named: dict[int, str] = {}  # the kid a header names on a line whose payload does not parse
     for n, line in enumerate(lines):
         try:
             hb, obs, sig = parse_shared(line)
         except ProtocolError as exc:
             results[n] = _rejected(line, exc)
+            with contextlib.suppress(ProtocolError):
+                named[n] = header_kid(line)
             continue
         parsed[n] = (hb, obs, sig, _month_of_day(hb.time - hb.time % DAY))
     with read_conn(engine) as conn:
-        agents = _load_agents(conn, {p[0].kid for p in parsed.values()})
+        agents = _load_agents(conn, {p[0].kid for p in parsed.values()} | set(named.values()))
         logged = _keys_logged(conn, [(hb.kid, month, hb.seq) for hb, _, _, month in parsed.values()])
         seen = _log_sizes(conn, {a.provider for a in agents.values()})  # in the same snapshot
     keys = {kid: a.key for kid, a in agents.items()}
@@ -348,21 +352,23 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
             results[n]["status"] = "accepted"
         else:
             results[n]["status"] = "duplicate"
-    _count_rejections(engine, results, parsed, agents, now)
+    _count_rejections(engine, results, {**named, **{n: p[0].kid for n, p in parsed.items()}}, agents, now)
     return results
 
 
 def _count_rejections(
-    engine: Engine, results: Sequence[dict[str, Any]], parsed: Mapping[int, tuple[Any, ...]],
+    engine: Engine, results: Sequence[dict[str, Any]], kids: Mapping[int, str],
     agents: Mapping[str, _Agent], now: int,
 ) -> None:
     """Add the batch's rejected lines to `rejections`, by provider ('' without an enrolled key)
-    and rule. After the batch's own commit, and never failing it: the lines' answers stand
-    whether or not their count is kept (it is logged then)."""
+    and rule: a line whose header names an enrolled key counts for its provider, its payload
+    parsed or not (a bad payload of the provider's own agent showed on the vendor's scrape only).
+    After the batch's own commit, and never failing it: the lines' answers stand whether or not
+    their count is kept (it is logged then)."""
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for n, r in enumerate(results):
         if r["status"] == "rejected":
-            agent = agents.get(parsed[n][0].kid) if n in parsed else None
+            agent = agents.get(kids[n]) if n in kids else None
             counts[("" if agent is None else agent.provider, rule_of(r["reason"]))] += 1
     if not counts:
         return

@@ -125,6 +125,12 @@ def _check_header(header_b64: str) -> str:
     return kid
 
 
+def header_kid(token: str) -> str:
+    """The `kid` a compact JWS's header names (checked as verification checks it, nothing else):
+    to count a line whose payload is refused under the key's provider. Not proof of anything."""
+    return _check_header(token.split(".", 1)[0])
+
+
 def is_kid(value: object) -> bool:
     """Whether a header's `kid` has the form of one: 32 lowercase hex characters."""
     return isinstance(value, str) and len(value) == 32 and not value.strip("0123456789abcdef")

@@ -113,14 +113,18 @@ def test_rejections_are_counted_on_both_engines_from_an_older_database(settings,
     a = Agent("a")
     enrol(settings, "acme", a, M0 - 86400)
     late = a.beat(NOW + 3600, {"TR7-0001": "running"})  # an hour ahead of the collector's clock
+    # the key's own header over a payload that breaks §2 (an agent's bug): counted under acme too
+    head, _payload, sig = a.beat(NOW, {"TR7-0001": "running"}).split(".")
+    bad = ".".join((head, base64.urlsafe_b64encode(b'{"seq": 0}').decode().rstrip("="), sig))
     for _ in range(2):
-        got = ingest_lines(settings.engine, [late, "x.y.z"], NOW)
-        assert [r["status"] for r in got] == ["rejected", "rejected"]
+        got = ingest_lines(settings.engine, [late, "x.y.z", bad], NOW)
+        assert [r["status"] for r in got] == ["rejected", "rejected", "rejected"]
     with db.read_conn(settings.engine) as c:
         got_families = families(c, ["acme"], NOW, role="vendor", anyone=True)
         series = {tuple(smp.labels.values()): smp.value for fam in got_families
                   if fam.name == "tr7_collector_rejected_lines" for smp in fam.samples}
     assert series[("acme", "time.future")] == 2
+    assert sum(v for (p, rule), v in series.items() if p == "acme" and rule.startswith("payload")) == 2
     assert sum(v for (p, _rule), v in series.items() if p == "") == 2
 
 
