@@ -46,9 +46,16 @@ def loads_strict(data: bytes, rule: str) -> Any:
     except UnicodeEncodeError as exc:
         raise ProtocolError(rule, "a string holds a lone UTF-16 surrogate") from exc
     except ValueError as exc:  # JSONDecodeError is a ValueError
-        raise ProtocolError(rule, f"not strict JSON: {exc}") from exc
+        raise ProtocolError(rule, _why(exc)) from exc
     except RecursionError as exc:  # ~1,000 nested arrays: the decoder recurses per level
         raise ProtocolError(rule, "not strict JSON: nested too deeply") from exc
+
+
+def _why(exc: ValueError) -> str:
+    if "integer string conversion" in str(exc):
+        # CPython's own limit, whose message told the sender to call sys.set_int_max_str_digits()
+        return "not strict JSON: a number of more than 4,300 digits (no member of any document is one)"
+    return f"not strict JSON: {exc}"
 
 
 def loads_counted(data: bytes, rule: str) -> tuple[Any, int | None]:

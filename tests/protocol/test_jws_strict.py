@@ -188,6 +188,16 @@ def test_payload_nan_is_not_json(agent_key, make_payload, forge):
     _reject(forge(agent_key, _header(agent_key), body), agent_key, "payload")
 
 
+def test_a_number_of_5000_digits_is_refused_in_protocol_terms(agent_key, make_payload, forge):
+    """CPython's own message told the sender to call sys.set_int_max_str_digits()."""
+    body = json.dumps(make_payload(agent_key), separators=(",", ":")).encode()
+    body = body.replace(b'"interval":300', b'"interval":' + b"9" * 5000)
+    with pytest.raises(ProtocolError) as err:
+        verify_heartbeat(forge(agent_key, _header(agent_key), body), {agent_key.kid: agent_key.public})
+    assert err.value.rule == "payload" and "more than 4,300 digits" in str(err.value)
+    assert "sys." not in str(err.value)
+
+
 # --- encoding and signature -------------------------------------------------------------------
 
 def test_padded_base64url_signature(agent_key, make_payload):
