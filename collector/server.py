@@ -299,7 +299,24 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(LimitBody, limit=MAX_OTHER_BODY, exempt=frozenset({"/v1/heartbeats"}))
     app.add_middleware(RefuseNul)
     web.register(app)  # dashboards, accounts and entitlement (collector/web, collector/accounts)
+    _declare_guards(app)
     return app
+
+
+def _declare_guards(app: FastAPI) -> None:
+    """The guards before every route answer statuses of their own (collector/requestguard.py),
+    and FastAPI a 400 for a body it cannot parse: /openapi.json lists them on every API route, as
+    a client generated from it must expect them. A route's own, more precise text is kept."""
+    from fastapi.routing import APIRoute
+
+    guards = apimodels.errors({
+        400: "a NUL character in the path or query, or a body that cannot be parsed",
+        413: f"a body over {MAX_OTHER_BODY} bytes",
+    })
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.include_in_schema:
+            for code, doc in guards.items():
+                route.responses.setdefault(code, doc)
 
 
 def _log_access(engine: Any, scope: "readapi.Scope", provider: str, month: str) -> None:

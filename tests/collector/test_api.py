@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from collector import db, registry
 from collector import schema as s
+from collector.server import MAX_OTHER_BODY
 from collector.tlog import signer
 from protocol.keys import AgentKey
 from protocol.merkle import MerkleError, leaf_hash, verify_consistency, verify_inclusion
@@ -142,10 +143,15 @@ def test_nul_in_a_path_query_or_login_is_refused_not_a_500(client, settings) -> 
     # PostgreSQL's text cannot hold U+0000: it was a 500 wherever an id reached a query
     vendor = _auth(_token(settings, None, "vendor"))
     db.write_tx(settings.engine, lambda c: registry.ensure_provider(c, "acme"))
+    # the client's hook checks each status against /openapi.json: every API route declares the 400
     for path in ("/v1/log/a%00b/2026-11/checkpoint", "/v1/providers/acme/instances?month=2026-11%00",
-                 "/v1/providers/%00/customers", "/ui/p/acme/instances/%00"):
+                 "/v1/providers/%00/customers", "/ui/p/acme/instances/%00", "/v1/providers?x=%00",
+                 "/v1/providers/acme/customers?x=%00", "/metrics?x=%00", "/v1/log/key?x=%00"):
         r = client.get(path, headers=vendor)
         assert r.status_code == 400 and "NUL" in r.json()["detail"], path
+    # and the 413 of a body too big, on any route
+    r = client.request("GET", "/v1/providers", headers=vendor, content=b"x" * (MAX_OTHER_BODY + 1))
+    assert r.status_code == 413
     from collector.web import auth
 
     with db.read_conn(settings.engine) as c:
