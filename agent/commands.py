@@ -12,9 +12,9 @@ from adapters.credentials import SecretError
 from agent import signedkeys
 from agent.config import Config
 from agent.poller import Poller
-from agent.service import StartupError, check_state_dir
 from agent.shipper import make_client
 from agent.spool import Spool, SpoolError
+from agent.startup import StartupError, check_state_dir
 from protocol.errors import ProtocolError
 from protocol.keys import load_or_create_private_key, load_private_key
 

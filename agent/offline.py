@@ -6,8 +6,8 @@ from pathlib import Path
 
 from agent.commands import give_to_state_owner, state_problem
 from agent.config import Config
-from agent.service import StartupError, check_state_dir
 from agent.spool import Spool, SpoolError
+from agent.startup import StartupError, check_state_dir
 from protocol.errors import ProtocolError
 from protocol.heartbeat import token_digest
 from protocol.keys import load_or_create_private_key

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -22,55 +22,13 @@ from agent.metrics import Metrics
 from agent.poller import Poller
 from agent.shipper import Shipper, make_client
 from agent.spool import ClockBehind, Spool, SpoolError
+from agent.startup import StartupError, aligned_start, check_state_dir, load_key
 from agent.wakeup import Wakeup
 from protocol.errors import ProtocolError
-from protocol.keys import AgentKey, load_private_key
 from protocol.timefmt import format_time
 
 CLOCK_STEP = 2.0  # seconds the wall clock may lag the monotonic one between two wakes (5 s)
 log = logging.getLogger("tr7.agent")
-
-
-class StartupError(Exception):
-    """The service cannot start (no key, unusable state dir or spool): exit 1."""
-
-
-def check_state_dir(state_dir: Path) -> None:
-    """Fail now, loudly, rather than run 'healthy but idle' on a directory we cannot write."""
-    try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        probe = state_dir / ".write-probe"
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"probe")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            probe.unlink(missing_ok=True)  # also when the write failed (a full disk): leave nothing
-    except (FileExistsError, NotADirectoryError) as exc:
-        raise StartupError(f"state directory {state_dir} is not a directory (a file is in its way)") from exc
-    except OSError as exc:
-        raise StartupError(f"state directory {state_dir} is not writable: {exc.strerror or exc}") from exc
-
-
-def load_key(config: Config) -> AgentKey:
-    path = config.agent.key_path
-    if not path.exists():
-        raise StartupError(f"no agent key at {path}: run `tr7-agent enroll --config {config.path} "
-                           "--token TOKEN` first")
-    try:
-        return load_private_key(path)
-    except PermissionError as exc:  # enrolled as root by an older agent, say: the file is root's
-        raise StartupError(f"cannot load the agent key {path}: {exc}; it must be readable by the user the "
-                           f"agent runs as (uid {os.geteuid()}): chown it to that user, as `tr7-agent "
-                           "enroll` run as root now does") from exc
-    except (ProtocolError, OSError, ValueError) as exc:
-        raise StartupError(f"cannot load the agent key {path}: {exc}") from exc
-
-
-def aligned_start(interval: int, now: float) -> datetime:
-    """The next multiple of ``interval`` seconds since the epoch."""
-    return datetime.fromtimestamp((int(now) // interval + 1) * interval, UTC)
 
 
 class Service:

@@ -14,8 +14,9 @@ import pytest
 
 from agent.config import load_config
 from agent.poller import Poller
-from agent.service import Service, load_key
+from agent.service import Service
 from agent.spool import Spool
+from agent.startup import load_key
 from protocol.keys import AgentKey, save_private_key
 
 HERE = Path(__file__).resolve().parent

@@ -12,8 +12,9 @@ import pytest
 from conftest import AGENT, agent_env, enrolled_agent, write_config
 
 from agent.config import load_config
-from agent.service import Service, load_key
+from agent.service import Service
 from agent.spool import Spool
+from agent.startup import load_key
 from protocol.keys import AgentKey, save_private_key
 
 

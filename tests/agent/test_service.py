@@ -13,8 +13,9 @@ from conftest import AGENT, agent_env, enrolled_agent, run_cli, write_config
 
 from agent import service as service_mod
 from agent.poller import Poller
-from agent.service import Service, aligned_start
+from agent.service import Service
 from agent.spool import Spool
+from agent.startup import aligned_start
 from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
 from protocol.keys import AgentKey, save_private_key
 
