@@ -202,19 +202,26 @@ def _print_status(out: dict[str, Any], config: Config, as_json: bool, code: int)
     return code
 
 
-def export(config: Config, out: Path) -> int:
-    """Write unshipped heartbeats, one compact JWS a line in seq order; the spool keeps them."""
+def existing_spool(config: Config, command: str) -> Spool | None:
+    """The spool a command reads or settles, or None (the reason printed): never made here, as a
+    spool.db root made before the service's first start would not be the service user's."""
     problem, path = state_problem(config.agent.state_dir), config.agent.spool_path
     if problem is None and not path.exists():
-        # not made here: a spool.db root made before the service's first start was not the service's
         problem = f"no spool at {path}: nothing has been signed with this configuration"
     if problem is not None:
-        print(f"export: {problem}", file=sys.stderr)
-        return 1
+        print(f"{command}: {problem}", file=sys.stderr)
+        return None
     try:
-        spool = Spool(path)
+        return Spool(path)
     except SpoolError as exc:
-        print(f"export: {exc}", file=sys.stderr)
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None
+
+
+def export(config: Config, out: Path) -> int:
+    """Write unshipped heartbeats, one compact JWS a line in seq order; the spool keeps them."""
+    spool = existing_spool(config, "export")
+    if spool is None:
         return 1
     tmp = out.with_name(out.name + ".tmp")
     n = 0

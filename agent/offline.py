@@ -4,9 +4,9 @@ import json
 import sys
 from pathlib import Path
 
-from agent.commands import give_to_state_owner, state_problem
+from agent.commands import existing_spool, give_to_state_owner
 from agent.config import Config
-from agent.spool import Spool, SpoolError
+from agent.spool import SpoolError
 from agent.startup import StartupError, check_state_dir
 from protocol.errors import ProtocolError
 from protocol.heartbeat import token_digest
@@ -39,22 +39,13 @@ def settle(config: Config, results: Path) -> int:
     (accepted or duplicate) leave it, the rejected ones are set aside with their reason, as the
     shipper does with an answer; every other row stays. Without this an air-gapped agent's spool
     grew for good, and each export carried its whole history again."""
-    problem = state_problem(config.agent.state_dir)
-    path = config.agent.spool_path
-    if problem is None and not path.exists():
-        problem = f"no spool at {path}: nothing has been signed with this configuration"
-    if problem is not None:
-        print(f"settle: {problem}", file=sys.stderr)
-        return 1
     try:
         answers = _read_results(results)
     except (OSError, ValueError) as exc:
         print(f"settle: {results}: {exc}", file=sys.stderr)
         return 1
-    try:
-        spool = Spool(path)
-    except SpoolError as exc:
-        print(f"settle: {exc}", file=sys.stderr)
+    spool = existing_spool(config, "settle")
+    if spool is None:
         return 1
     try:
         rows = spool.batch(limit=2**62, max_bytes=2**62)
