@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from agent.shipper import make_client
 from agent.spool import Spool, SpoolError
 from agent.startup import StartupError, check_state_dir
 from protocol.errors import ProtocolError
-from protocol.keys import load_or_create_private_key, load_private_key
+from protocol.keys import load_or_create_private_key, load_private_key, replace_file
 
 
 def check(config: Config, as_json: bool) -> int:
@@ -93,9 +94,8 @@ def enroll(config: Config, token: str) -> int:
         return 1
     record = {"kid": key.kid, "provider": answer.get("provider"), "enrolled_at": answer.get("enrolled_at"),
               "collector": settings.collector_shown, "name": settings.agent_name}
-    tmp = settings.state_dir / "enrollment.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, settings.state_dir / "enrollment.json")
+    # root writes here too (README step 4): never through a link the directory's owner planted
+    replace_file((json.dumps(record, indent=2) + "\n").encode(), settings.state_dir / "enrollment.json")
     give_to_state_owner(settings.state_dir, settings.key_path, settings.state_dir / "enrollment.json")
     print(f"enrolled: kid {key.kid} provider {record['provider']} at {record['enrolled_at']}"
           f"{' (new key created)' if created else ''}")
@@ -108,12 +108,18 @@ def give_to_state_owner(state_dir: Path, *paths: Path) -> None:
     stopped the service at every start, in a restart loop."""
     if os.geteuid() != 0:
         return
-    owner = state_dir.stat()
+    owner = os.lstat(state_dir)
     if owner.st_uid == 0:
         return
     for p in paths:
-        if p.exists() and p.stat().st_uid == 0:
-            os.chown(p, owner.st_uid, owner.st_gid)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        # Never through a link: the directory's owner could plant one to a file of root's, which
+        # root would then hand over. A link swapped in after the lstat is changed itself, not followed.
+        if stat.S_ISREG(st.st_mode) and st.st_uid == 0:
+            os.chown(p, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
 
 def _collector_health(config: Config) -> dict[str, Any]:

@@ -91,11 +91,12 @@ class AgentSettings(BaseModel):
 
     @property
     def collector_shown(self) -> str | None:
-        """The collector URL as logs and output show it: a password in it (a basic-auth proxy,
-        http://user:pass@host) replaced by ***. httpx still sends it; token_file is the safer way."""
+        """The collector URL as logs and output show it: what it holds before @ (a basic-auth proxy's
+        user:pass, or a token as the user name) replaced by ***. httpx still sends it; token_file
+        is the safer way."""
         if not self.collector:
             return self.collector
-        return re.sub(r"^(https?://[^/@:]*):[^/@]*@", r"\1:***@", self.collector)
+        return re.sub(r"^(https?://)[^/@]*@", r"\1***@", self.collector)  # a token as the user name too
 
     @property
     def key_path(self) -> Path:

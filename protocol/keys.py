@@ -100,8 +100,13 @@ def save_private_key(key: AgentKey, path: Path) -> None:
     pem = key.private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    tmp = _written(pem, path)
-    os.replace(tmp, path)
+    replace_file(pem, path)
+
+
+def replace_file(data: bytes, path: Path) -> None:
+    """Put ``data`` at ``path`` whole (mode 0600), through a new file of this process's own:
+    never written through a link someone planted at ``path`` or beside it."""
+    os.replace(_written(data, path), path)
 
 
 def _written(data: bytes, path: Path) -> Path:

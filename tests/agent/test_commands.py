@@ -232,6 +232,16 @@ def test_enroll_as_root_gives_the_key_to_the_state_directorys_owner(tmp_path: Pa
         st = (state / name).stat()
         assert (st.st_uid, st.st_gid) == (65534, 65534), name
     assert (state / "agent.key").stat().st_mode & 0o777 == 0o600
+    # a link the directory's owner plants to a file of root's is never followed: not handed over
+    from agent.commands import give_to_state_owner
+
+    roots = tmp_path / "root-only"
+    roots.write_text("secret\n")
+    roots.chmod(0o600)
+    (state / "enrollment.json").unlink()
+    (state / "enrollment.json").symlink_to(roots)
+    give_to_state_owner(state, state / "enrollment.json")
+    assert roots.stat().st_uid == 0 and (state / "enrollment.json").is_symlink()
 
 
 def test_a_credential_this_user_cannot_read_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
@@ -276,4 +286,9 @@ def test_a_password_in_the_collector_url_is_never_shown(tmp_path: Path, make_col
     refused = run_cli("enroll", "--config", str(down), "--token", "tok-1")
     shown = enrolled.stdout + enrolled.stderr + status.stdout + log + refused.stderr
     shown += (tmp_path / "s" / "enrollment.json").read_text()
-    assert "S3cretPW" not in shown and "http://ops:***@127.0.0.1" in log and "ops:***@" in refused.stderr
+    assert "S3cretPW" not in shown and "http://***@127.0.0.1" in log
+    assert "***@127.0.0.1:9" in refused.stderr
+    from agent.config import AgentSettings
+
+    token_as_user = AgentSettings(collector="https://s3cr3ttoken@collector.example/tr7")
+    assert token_as_user.collector_shown == "https://***@collector.example/tr7"
