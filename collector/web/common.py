@@ -10,7 +10,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from collector import db, registry, roles
+from collector import db, roles
 from collector import schema as s
 from collector.web.auth import WebSession, current
 from protocol.timefmt import month_of, parse_month
@@ -68,23 +68,12 @@ def render(request: Request, name: str, sess: WebSession | None, **ctx: Any) -> 
     return templates.TemplateResponse(request, name, {"sess": sess, **ctx})
 
 
-_NAMES: dict[tuple[str, str], tuple[int, str]] = {}  # (database, provider) -> (latest catalog id, label)
-
-
 def provider_label(c: Any, provider: str) -> str:
-    """A page's name for a provider: the catalog's name beside the id ("Acme IT (acme)"), the id alone
-    without one. Only the latest catalog's id is read per page; its document is decoded when it changes."""
-    latest = c.execute(
-        sa.select(sa.func.max(s.catalogs.c.id)).where(s.catalogs.c.provider == provider)
-    ).scalar()
-    if latest is None:
-        return provider
-    key = (str(c.engine.url), provider)
-    known = _NAMES.get(key)
-    if known is None or known[0] != latest:
-        name = str((registry.catalog_by_id(c, latest).get("provider") or {}).get("name") or "").strip()
-        known = _NAMES[key] = (latest, f"{name} ({provider})" if name and name != provider else provider)
-    return known[1]
+    """A page's name for a provider: its catalog's name beside the id ("Acme IT (acme)", kept in
+    `providers` at each apply), the id alone without one."""
+    name = c.execute(sa.select(s.providers.c.name).where(s.providers.c.id == provider)).scalar()
+    name = str(name or "").strip()
+    return f"{name} ({provider})" if name and name != provider else provider
 
 
 def attachment(filename: str) -> str:
