@@ -186,12 +186,11 @@ def status(config: Config, as_json: bool) -> int:
             out["spool_error"], code = str(exc), 1
     else:
         out.update(_EMPTY)
-    if key is not None and out["last_seq"] == 0 and "spool_error" not in out \
-            and key.kid in signedkeys.listed(settings.state_dir):
-        # what `run` refuses to start with (service.start): this is no new agent
-        out["chain_error"], code = (f"the spool holds no chain for key {key.kid}, which has signed "
-                                    "heartbeats before: `run` refuses to start (restore spool.db, or "
-                                    "move agent.key aside and enrol a new key)"), 1
+    if key is not None and out["last_seq"] == 0 and "spool_error" not in out:
+        try:  # what `run` refuses to start with (service.start): this is no new agent
+            signedkeys.check(settings.state_dir, key.kid, 0, settings.spool_path)
+        except signedkeys.LostChain as exc:
+            out["chain_error"], code = str(exc), 1
     return _print_status(out, config, as_json, code)
 
 

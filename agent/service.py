@@ -60,23 +60,17 @@ class Service:
             log.warning("event=not_enrolled kid=%s hint='no enrollment.json: unless this key was registered "
                         "with `tr7-collector agent add` (tr7-agent key), its heartbeats are rejected'",
                         self.key.kid)
-        if not settings.spool_path.exists():
-            try:  # before a new spool.db is made: an empty one left behind read as a new agent
-                signedkeys.check(settings.state_dir, self.key.kid, 0, settings.spool_path)
-            except signedkeys.LostChain as exc:
-                raise StartupError(str(exc)) from exc
+        # The chain is checked before a missing spool.db is made: an empty one left behind by a
+        # refused start read as a new agent to `status`.
+        spool = self._open_spool() if settings.spool_path.exists() else None
         try:
-            self.spool = Spool(settings.spool_path)
-        except SpoolError as exc:
-            raise StartupError(f"{exc} (a new spool.db would restart this key's chain at seq 1, which "
-                               "the agent refuses: restore it, or move agent.key aside and enrol a new "
-                               "key)") from exc
-        try:
-            signedkeys.check(settings.state_dir, self.key.kid, self.spool.head(self.key.kid).seq,
+            signedkeys.check(settings.state_dir, self.key.kid, spool.head(self.key.kid).seq if spool else 0,
                              settings.spool_path)
         except signedkeys.LostChain as exc:
-            self.spool.close()
+            if spool is not None:
+                spool.close()
             raise StartupError(str(exc)) from exc
+        self.spool = spool or self._open_spool()
         self.poller = Poller(self.config.adapters)
         if settings.metrics_listen:
             self.metrics.serve(settings.metrics_listen)
@@ -87,6 +81,14 @@ class Service:
         head = self.spool.head(self.key.kid)
         log.info("event=started kid=%s seq=%d interval=%d adapters=%d collector=%s", self.key.kid, head.seq,
                  settings.interval, len(self.config.adapters), settings.collector_shown or "none")
+
+    def _open_spool(self) -> Spool:
+        try:
+            return Spool(self.config.agent.spool_path)
+        except SpoolError as exc:
+            raise StartupError(f"{exc} (a new spool.db would restart this key's chain at seq 1, which "
+                               "the agent refuses: restore it, or move agent.key aside and enrol a new "
+                               "key)") from exc
 
     def _lock_state_dir(self, state_dir: Path) -> None:
         """One agent per state directory: a second one (a unit and a hand-started copy) signed
