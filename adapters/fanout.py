@@ -3,8 +3,9 @@
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, TypeVar, cast
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TypeVar
 
 from adapters.base import AdapterError, Observation, PollResult, UnreachableError
 
@@ -73,27 +74,29 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: threading
         # not one more per poll (a thread a poll piled up on the lock, 288 a day at 300 s).
         raise UnreachableError(f"{what}: no answer within the poll timeout (the previous poll's "
                                "attempt is still waiting)")
-    box: list[tuple[bool, Any]] = []
+    answer: Future[T] = Future()
 
     def locked() -> None:
         with lock:
             try:
-                got: tuple[bool, Any] = (True, step())
-            except BaseException as exc:  # handed to the poll's thread, raised there
-                got = (False, exc)
-        box.append(got)  # after the lock is free: the next step of the same poll may take it
+                result = step()
+            except BaseException as exc:  # raised in the poll's thread
+                failed: BaseException | None = exc
+            else:
+                failed = None
+        # after the lock is free: the next step of the same poll may take it at once
+        if failed is None:
+            answer.set_result(result)
+        else:
+            answer.set_exception(failed)
 
     # A daemon thread, not an executor's: those are joined when the interpreter exits, and one
     # stuck in a vendor SDK kept a stopped agent alive until systemd killed it.
-    worker = threading.Thread(target=locked, name=thread_name, daemon=True)
-    worker.start()
-    worker.join(timeout=max(0.0, deadline - time.monotonic()))
-    if not box:
-        raise UnreachableError(f"{what}: no answer within the poll timeout")
-    ok, value = box[0]
-    if not ok:
-        raise value
-    return cast(T, value)
+    threading.Thread(target=locked, name=thread_name, daemon=True).start()
+    try:
+        return answer.result(timeout=max(0.0, deadline - time.monotonic()))
+    except FutureTimeout:
+        raise UnreachableError(f"{what}: no answer within the poll timeout") from None
 
 
 def forgetting(poll: Callable[[], PollResult], forget: Callable[[], None]) -> PollResult:
