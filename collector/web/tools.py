@@ -159,7 +159,6 @@ def _bundle(request: Request, provider: str, month: str, tmp: Path) -> tuple[Pat
 
 
 EXPORT_SLOTS = 2  # bundles made at once by a serving process, at most one per provider
-_exports = threading.BoundedSemaphore(EXPORT_SLOTS)
 _exporting: set[str] = set()  # providers whose bundle is being made
 _exporting_lock = threading.Lock()
 
@@ -171,24 +170,17 @@ def _one_export(provider: str) -> Iterator[None]:
     provider, so that one tenant's auditor, however many months it asks for, leaves a slot to
     the other tenants (with one slot for all, it could keep every other tenant at 429)."""
     with _exporting_lock:
-        mine = provider not in _exporting
-        if mine:
+        if provider in _exporting:
+            why = "an audit bundle of this provider is being made: try again when it is done"
+        elif len(_exporting) >= EXPORT_SLOTS:
+            why = "this collector process is making other audit bundles: try again in a minute"
+        else:
+            why = ""
             _exporting.add(provider)
-    if not mine:
-        raise HTTPException(
-            429, "an audit bundle of this provider is being made: try again when it is done "
-            "(or run `tr7-collector export`)", headers={"Retry-After": "60"},
-        )
+    if why:
+        raise HTTPException(429, f"{why} (or run `tr7-collector export`)", headers={"Retry-After": "60"})
     try:
-        if not _exports.acquire(blocking=False):
-            raise HTTPException(
-                429, "this collector process is making other audit bundles: try again in a minute "
-                "(or run `tr7-collector export`)", headers={"Retry-After": "60"},
-            )
-        try:
-            yield
-        finally:
-            _exports.release()
+        yield
     finally:
         with _exporting_lock:
             _exporting.discard(provider)
