@@ -1,6 +1,5 @@
 """`tr7-collector import`: an air-gapped agent's exported lines, with per-line results to carry back."""
 
-import hashlib
 import json
 import os
 import sys
@@ -8,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.ingest import ingest_lines
+from protocol.heartbeat import token_digest
 
 BATCH = 5000
 
@@ -25,7 +25,7 @@ def import_file(engine: Any, path: Path, results_path: Path | None) -> int:
         for (n, line), r in zip(part, ingest_lines(engine, [ln for _n, ln in part]), strict=True):
             counts[r["status"]] += 1
             # the agent finds its spool's rows by the JWS's digest (what heartbeat-v1.md's prev holds)
-            digest = hashlib.sha256(line.encode("ascii", "replace")).hexdigest()
+            digest = token_digest(line) if line.isascii() else None  # a non-ASCII line: rejected
             results.append({"line": n, "digest": digest, **r})
             if r["status"] == "rejected":
                 # the file's own line number; a line with no readable seq has none in its result

@@ -352,13 +352,13 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
             results[n]["status"] = "accepted"
         else:
             results[n]["status"] = "duplicate"
-    _count_rejections(engine, results, {**named, **{n: p[0].kid for n, p in parsed.items()}}, agents, now)
+    _count_rejections(engine, results, parsed, named, agents, now)
     return results
 
 
 def _count_rejections(
-    engine: Engine, results: Sequence[dict[str, Any]], kids: Mapping[int, str],
-    agents: Mapping[str, _Agent], now: int,
+    engine: Engine, results: Sequence[dict[str, Any]], parsed: Mapping[int, tuple[Any, ...]],
+    named: Mapping[int, str], agents: Mapping[str, _Agent], now: int,
 ) -> None:
     """Add the batch's rejected lines to `rejections`, by provider ('' without an enrolled key)
     and rule: a line whose header names an enrolled key counts for its provider, its payload
@@ -368,7 +368,8 @@ def _count_rejections(
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for n, r in enumerate(results):
         if r["status"] == "rejected":
-            agent = agents.get(kids[n]) if n in kids else None
+            kid = parsed[n][0].kid if n in parsed else named.get(n)
+            agent = agents.get(kid) if kid is not None else None
             counts[("" if agent is None else agent.provider, rule_of(r["reason"]))] += 1
     if not counts:
         return
