@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from collector import fairbound
+from collector.singleflight import MISSING, Flights
 
 Texts = tuple[bytes | str, bytes | str]  # a month's usage and invoice, encoded
 
@@ -19,7 +20,7 @@ PER_PROVIDER = 16  # months a provider keeps before its own oldest go (collector
 _JSON = msgspec.json.Decoder()
 _cache: dict[tuple[Any, ...], Texts] = {}
 _quarantine: dict[tuple[Any, ...], frozenset[str]] = {}
-_computing: dict[tuple[Any, ...], threading.Event] = {}  # bills being computed, for callers that wait
+_flights = Flights()  # one computation of a bill for the callers asking at once
 _lock = threading.Lock()
 
 
@@ -28,29 +29,21 @@ def bill(key: tuple[Any, ...], compute: Callable[[], tuple[Any, Any]]) -> tuple[
     remembered, or computed by ``compute`` once however many callers ask at the same time."""
     with _lock:
         hit = _cache.get(key)
-        busy = _computing.get(key) if hit is None else None
-        mine = None
-        if hit is None and busy is None:
-            mine = _computing[key] = threading.Event()
-    if busy is not None:
-        # The same bill is being computed (the start-up warm-up, another request): seconds of a
-        # core at 2,000 instances, so wait for that one rather than compute it twice.
-        busy.wait(timeout=300)
-        with _lock:
-            hit = _cache.get(key)
-    if hit is not None:
-        return decode(hit[0]), decode(hit[1])
-    try:  # this caller computes: the first, or one whose wait found nothing (the other one failed)
-        usage, invoice = compute()
-        texts = (encode(usage), encode(invoice))
-        with _lock:
-            _remember(_cache, key, texts)
-        return decode(texts[0]), decode(texts[1])
-    finally:
-        if mine is not None:
+    if hit is None:
+
+        def stored() -> Any:
             with _lock:
-                _computing.pop(key, None)
-            mine.set()
+                return _cache.get(key, MISSING)
+
+        def make() -> Texts:
+            usage, invoice = compute()
+            texts = (encode(usage), encode(invoice))
+            with _lock:
+                _remember(_cache, key, texts)
+            return texts
+
+        hit = _flights.once(key, stored, make)
+    return decode(hit[0]), decode(hit[1])
 
 
 def quarantined(key: tuple[Any, ...], compute: Callable[[], frozenset[str]]) -> frozenset[str]:

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from collector import alerts, db, fairbound
 from collector import schema as s
 from collector.accounts import store as acc_store
+from collector.singleflight import MISSING, Flights
 
 _cache: "OrderedDict[tuple[Any, ...], Any]" = OrderedDict()
 _lock = threading.Lock()
@@ -59,7 +60,7 @@ class _Entry:
 
 
 _refreshing: set[tuple[Any, ...]] = set()
-_first: dict[tuple[Any, ...], threading.Event] = {}  # slots being computed for the first time
+_flights = Flights()  # slots being computed for the first time
 
 
 # Entries kept per kind (a slot's first member), the least recently used going first. A month's
@@ -112,26 +113,19 @@ def cached(conn: Connection, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: 
                     args = (conn.engine, slot, extra, fn)
                     threading.Thread(target=_refresh, args=args, daemon=True).start()
             return entry.value
-        first = _first.get(slot)
-        mine = first is None
-        if mine:
-            first = _first[slot] = threading.Event()
-    if not mine:
-        # Another request (or the start-up warm-up) is computing this slot: wait for it once.
-        first.wait(timeout=300)
+
+    def stored() -> Any:
         with _lock:
-            entry = _cache.get(slot)
-        if entry is not None:
-            return entry.value
-    try:
+            got = _cache.get(slot)
+        return MISSING if got is None else got.value
+
+    def make() -> Any:
         value = fn(conn)
         _store(slot, state, value)
-    finally:
-        if mine:
-            with _lock:
-                _first.pop(slot, None)
-            first.set()
-    return value
+        return value
+
+    # The slot's first computation: another request (or the start-up warm-up) may be making it
+    return _flights.once(slot, stored, make)
 
 
 def outdated(slot: tuple[Any, ...]) -> bool:
