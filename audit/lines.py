@@ -1,6 +1,5 @@
 """A .jws file's lines verified in parallel chunks read from the file, reduced to what later checks need."""
 
-import hashlib
 import multiprocessing
 from array import array
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from audit.recompute import Cells, Decl, Hours, Tally, cells_of, tally_heartbeat
 from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, check_key_window, verify_heartbeat
 from protocol.keys import load_public_key_b64
-from protocol.merkle import leaf_hash
+from protocol.merkle import leaf_hash, leaf_hasher
 from protocol.timefmt import month_bounds, previous_month
 
 Add = Callable[..., None]
@@ -68,7 +67,7 @@ Result = tuple[list[bytes], list[tuple[int, Heartbeat | None, Problems]], Cells,
 def _overlong(f: BinaryIO, offset: int, end: int) -> bytes:
     """The leaf hash of the line at [offset, end) (its LF, if any, not hashed), read in pieces."""
     f.seek(offset)
-    h = hashlib.sha256(b"\x00")
+    h = leaf_hasher()
     left = end - offset
     while left > 0:
         piece = f.read(min(_BLOCK, left))

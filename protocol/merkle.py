@@ -12,8 +12,16 @@ class MerkleError(ValueError):
     """A proof that does not verify, or arguments that describe no valid proof."""
 
 
+LEAF_PREFIX = b"\x00"  # RFC 9162 §2.1.1: a leaf's hash is SHA-256(0x00 || its bytes)
+
+
 def leaf_hash(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
+    return hashlib.sha256(LEAF_PREFIX + data).digest()
+
+
+def leaf_hasher() -> "hashlib._Hash":
+    """A leaf's hash fed in pieces (update, then digest): a line too long to hold whole."""
+    return hashlib.sha256(LEAF_PREFIX)
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
