@@ -1,8 +1,14 @@
-"""Guards before any route: no NUL in a path or query (400), no oversized body (413)."""
+"""Guards before any route: no NUL in a path or query (400), no oversized body (413), no body
+that stalls (408), no compressed body where only the heartbeat route inflates one (415)."""
+
+import asyncio
+import logging
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
 
 
 class RefuseNul:
@@ -45,8 +51,18 @@ class LimitBody:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
+        headers = dict(scope["headers"])
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        has_body = headers.get(b"content-length", b"0").strip() != b"0" or b"transfer-encoding" in headers
+        if has_body and encoding not in (b"", b"identity"):
+            # The JSON and form routes read the bytes as sent: a gzip body was parsed as garbage
+            # (422) or, where a route reads no body, silently ignored.
+            shown = encoding.decode("latin-1")
+            await JSONResponse({"detail": f"unsupported Content-Encoding {shown!r}: only the heartbeat "
+                                "route takes a compressed body"}, 415)(scope, receive, send)
+            return
         too_large = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, 413)
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             await too_large(scope, receive, send)
             return
@@ -72,3 +88,52 @@ class LimitBody:
             if started:
                 raise
             await too_large(scope, receive, send)
+
+
+MIN_BODY_RATE = 1000  # bytes a second, on average, once a request's grace has passed
+
+
+class BodyDeadline:
+    """A request body must keep arriving: at most ``grace`` seconds without a byte, and by
+    ``grace`` + received / MIN_BODY_RATE seconds after its first wait (Apache's mod_reqtimeout
+    rule, `body=60,MinRate=1000`). Else 408 and the connection closed. uvicorn has no such bound:
+    a client sending a byte a minute held a connection, its task and its buffered lines for as
+    long as it liked, and a few hundred of them held the workers' memory. Nothing is timed once
+    the body has ended (Starlette waits on ``receive`` for a disconnect then)."""
+
+    def __init__(self, app: ASGIApp, grace: float) -> None:
+        self.app, self.grace = app, grace
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        start, got, ended = loop.time(), 0, False
+
+        async def timed() -> Message:
+            nonlocal got, ended
+            if ended:
+                return await receive()
+            wait = min(self.grace, start + self.grace + got / MIN_BODY_RATE - loop.time())
+            try:
+                async with asyncio.timeout(max(wait, 0.0)):
+                    message = await receive()
+            except TimeoutError:
+                client = scope.get("client")
+                log.warning("event=body_timeout peer=%s path=%s received=%d seconds=%.0f",
+                            client[0] if client else "-", scope["path"], got, loop.time() - start)
+                # An HTTPException: FastAPI's body parsing passes it on (any other error of reading
+                # the body becomes a 400) and its exception middleware answers it with this header,
+                # which makes uvicorn close the connection (the rest of the body is never read).
+                why = (f"the request body stalled: {got} bytes in {loop.time() - start:.0f} s (at least "
+                       f"{MIN_BODY_RATE} bytes a second after the first {self.grace:.0f} s)")
+                raise HTTPException(408, why, headers={"Connection": "close"}) from None
+            if message["type"] == "http.request":
+                got += len(message.get("body", b""))
+                ended = not message.get("more_body", False)
+            else:
+                ended = True
+            return message
+
+        await self.app(scope, timed, send)

@@ -18,7 +18,7 @@ from collector import apimodels, db, highwater, keyrotation, metrics, periodic, 
 from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge, TooManyLines
 from collector.gctune import tune_gc
 from collector.ingestslots import ingest_in_slot
-from collector.requestguard import LimitBody, RefuseNul
+from collector.requestguard import BodyDeadline, LimitBody, RefuseNul
 from collector.settings import (
     ENV_DATA_DIR,
     ENV_DB,
@@ -27,6 +27,7 @@ from collector.settings import (
     ENV_PROXIES,
     Settings,
     SetupError,
+    body_timeout,
     setting,
 )
 from collector.web import errorpage
@@ -298,6 +299,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.add_middleware(LimitBody, limit=MAX_OTHER_BODY, exempt=frozenset({"/v1/heartbeats"}))
     app.add_middleware(RefuseNul)
+    app.add_middleware(BodyDeadline, grace=body_timeout())
     web.register(app)  # dashboards, accounts and entitlement (collector/web, collector/accounts)
     _declare_guards(app)
     return app
@@ -311,7 +313,9 @@ def _declare_guards(app: FastAPI) -> None:
 
     guards = apimodels.errors({
         400: "a NUL character in the path or query, or a body that cannot be parsed",
+        408: "a request body that stalled (collector/requestguard.py BodyDeadline)",
         413: f"a body over {MAX_OTHER_BODY} bytes",
+        415: "a Content-Encoding on a route other than POST /v1/heartbeats",
     })
     for route in app.routes:
         if isinstance(route, APIRoute) and route.include_in_schema:
@@ -353,7 +357,8 @@ def serve(settings: Settings, listen: str | None, workers: int, proxies: str | N
     from collector.accounts.api import tick_seconds
     from collector.accounts.mail import SmtpSettings
 
-    tick_seconds(), SmtpSettings.from_env()  # the environment's values, refused here in one line
+    # the environment's values, refused here in one line
+    tick_seconds(), SmtpSettings.from_env(), body_timeout()
     os.environ[ENV_DATA_DIR] = str(settings.data_dir.resolve())
     os.environ[ENV_DB] = settings.db_url
     os.environ[ENV_ORIGIN] = settings.origin

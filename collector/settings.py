@@ -22,6 +22,7 @@ ENV_ORIGIN = "TR7_COLLECTOR_ORIGIN"
 ENV_LISTEN = "TR7_COLLECTOR_LISTEN"
 ENV_PROXIES = "TR7_COLLECTOR_FORWARDED_ALLOW_IPS"  # uvicorn's forwarded_allow_ips
 ENV_FILE = "TR7_COLLECTOR_ENV_FILE"
+ENV_BODY_TIMEOUT = "TR7_COLLECTOR_BODY_TIMEOUT"  # collector/requestguard.py BodyDeadline
 DEFAULT_ENV_FILE = "/etc/tr7-collector/collector.env"  # the service's EnvironmentFile (packaged)
 DEFAULT_DATA_DIR = "/var/lib/tr7-collector"
 IDENTITY = "collector_verifier_key"  # meta row: name+keyid+key of the key signing checkpoints
@@ -63,6 +64,20 @@ def env_file() -> dict[str, str]:
 def setting(name: str) -> str | None:
     """One setting from the environment, else from the service's environment file."""
     return os.environ.get(name) or env_file().get(name)
+
+
+def body_timeout() -> float:
+    """TR7_COLLECTOR_BODY_TIMEOUT: the seconds a request body may go without a byte, and its grace
+    before a minimum rate applies (collector/requestguard.py); default 60. `serve` checks it
+    before any worker starts (SetupError: one line)."""
+    text = (setting(ENV_BODY_TIMEOUT) or "60").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:  # also refuses nan; inf is past 3600
+        raise SetupError(f"{ENV_BODY_TIMEOUT}={text!r} must be a number of seconds, over 0 and at most 3600")
+    return value
 
 
 @dataclass
