@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     s = cmd("settle", "drop from the spool what `tr7-collector import --results FILE` says the collector "
             "holds; set aside what it rejected")
     s.add_argument("--results", type=Path, required=True, help="the FILE written by tr7-collector import")
+    s = cmd("rejected", "list the heartbeats the collector rejected; write them out and clear them")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument("--out", type=Path, help="write each as a JSON line with its signed token (a new file)")
+    s.add_argument("--clear", action="store_true", help="then delete them from the spool (needs --out)")
     c = sub.add_parser("config", help="configuration helpers")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="{sample,validate}")
     csub.add_parser("sample", help="print a commented sample configuration")
@@ -109,6 +113,10 @@ def main(argv: list[str] | None = None) -> None:
             _exit(commands.status(config, args.json))
         elif args.command == "export":
             _exit(commands.export(config, args.out))
+        elif args.command == "rejected":
+            from agent.rejectedcmd import rejected
+
+            _exit(rejected(config, args.json, args.out, args.clear))
         elif args.command in ("key", "settle"):
             from agent import offline
 

@@ -203,7 +203,8 @@ def _print_status(out: dict[str, Any], config: Config, as_json: bool, code: int)
             if k == "clock_events" and isinstance(v, list) and len(v) > 1:
                 # up to 20 events made one line of thousands of characters: the count and the latest
                 v = f"{len(v)} recorded (--json lists them); latest: {json.dumps(v[0])}"
-            print(f"{k:24} {v if not isinstance(v, dict | list) else json.dumps(v)}")
+            hint = " (`tr7-agent rejected` lists them)" if k == "rejected" and v.get("count") else ""
+            print(f"{k:24} {v if not isinstance(v, dict | list) else json.dumps(v)}{hint}")
     return code
 
 

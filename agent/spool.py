@@ -239,6 +239,25 @@ class Spool:
         except sqlite3.Error as exc:
             raise _wrap(exc, self.path, "cannot record shipping outcomes") from exc
 
+    def rejected_rows(self) -> list[tuple[int, str, int, int, str, str]]:
+        """(id, kid, seq, at, reason, token) of every heartbeat set aside, oldest first."""
+        return self.db.execute("SELECT id, kid, seq, at, reason, token FROM rejected ORDER BY id").fetchall()
+
+    def drop_rejected(self, ids: Iterable[int]) -> int:
+        """Delete these set-aside heartbeats (only these: the service may set more aside meanwhile)."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                n = sum(self.db.execute("DELETE FROM rejected WHERE id = ?", (i,)).rowcount for i in ids)
+                self.db.execute("COMMIT")
+                return n
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _wrap(exc, self.path, "cannot clear rejected heartbeats") from exc
+
     def size_bytes(self) -> int:
         total = 0
         for suffix in ("", "-wal"):
