@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,22 @@ class Spool:
         if self.fault is not None:
             self.fault(name)
 
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """One IMMEDIATE transaction, committed when the block ends, rolled back on any exception;
+        SQLite's errors become SpoolError saying ``what`` could not be done."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _wrap(exc, self.path, what) from exc
+
     def head(self, kid: str) -> Head:
         row = self.db.execute("SELECT seq, digest, time FROM chain WHERE kid = ?", (kid,)).fetchone()
         return Head(*row) if row else Head(0, ZERO_HASH, None)
@@ -128,39 +144,30 @@ class Spool:
     def append(self, key: AgentKey, when: int, interval: int, polls: list[dict[str, Any]],
                observations: list[dict[str, Any]]) -> tuple[int, str]:
         """Sign the next heartbeat of ``key`` and commit it with the new chain head, atomically."""
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                head = self.head(key.kid)
-                if head.time is not None and when <= head.time:
-                    raise ClockBehind(when, head.time)
-                seq = head.seq + 1
-                self._stage("allocated")
-                payload = {"v": 1, "agent": key.kid, "seq": seq, "prev": head.digest,
-                           "time": format_time(when), "interval": interval, "polls": polls,
-                           "observations": observations}
-                token = sign_heartbeat(key, payload)
-                if len(token) + 1 > MAX_REQUEST_BYTES:
-                    # no collector may take it (§4): the caller signs the slot without observations
-                    raise ProtocolError("jws.size", f"the heartbeat is {len(token)} bytes; "
-                                        f"heartbeat-v1.md §4 takes at most {MAX_REQUEST_BYTES} a request")
-                self._stage("signed")
-                self.db.execute("INSERT INTO spool (kid, seq, time, signed_at, jws_z) VALUES (?,?,?,?,?)",
-                                (key.kid, seq, when, time.time(), _pack(token)))
-                self.db.execute(
-                    "INSERT INTO chain (kid, seq, digest, time) VALUES (?,?,?,?) ON CONFLICT (kid) "
-                    "DO UPDATE SET seq = excluded.seq, digest = excluded.digest, time = excluded.time",
-                    (key.kid, seq, token_digest(token), when))
-                self._set("last_poll", str(when))
-                self._stage("inserted")
-                self.db.execute("COMMIT")
-                return seq, token
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _wrap(exc, self.path, "cannot commit a heartbeat") from exc
+        with self._transaction("cannot commit a heartbeat"):
+            head = self.head(key.kid)
+            if head.time is not None and when <= head.time:
+                raise ClockBehind(when, head.time)
+            seq = head.seq + 1
+            self._stage("allocated")
+            payload = {"v": 1, "agent": key.kid, "seq": seq, "prev": head.digest,
+                       "time": format_time(when), "interval": interval, "polls": polls,
+                       "observations": observations}
+            token = sign_heartbeat(key, payload)
+            if len(token) + 1 > MAX_REQUEST_BYTES:
+                # no collector may take it (§4): the caller signs the slot without observations
+                raise ProtocolError("jws.size", f"the heartbeat is {len(token)} bytes; "
+                                    f"heartbeat-v1.md §4 takes at most {MAX_REQUEST_BYTES} a request")
+            self._stage("signed")
+            self.db.execute("INSERT INTO spool (kid, seq, time, signed_at, jws_z) VALUES (?,?,?,?,?)",
+                            (key.kid, seq, when, time.time(), _pack(token)))
+            self.db.execute(
+                "INSERT INTO chain (kid, seq, digest, time) VALUES (?,?,?,?) ON CONFLICT (kid) "
+                "DO UPDATE SET seq = excluded.seq, digest = excluded.digest, time = excluded.time",
+                (key.kid, seq, token_digest(token), when))
+            self._set("last_poll", str(when))
+            self._stage("inserted")
+            return seq, token
 
     def _set(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
@@ -217,27 +224,18 @@ class Spool:
     def settle(self, outcomes: list[tuple[Row, str, str | None]]) -> None:
         """Apply the collector's answers in one transaction: delete accepted/duplicate, set aside
         rejected (a rejected heartbeat is never resent)."""
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                shipped = 0
-                for row, status, reason in outcomes:
-                    if status == "rejected":
-                        self.db.execute("INSERT OR REPLACE INTO rejected (id, kid, seq, token, reason, at) "
-                                        "VALUES (?,?,?,?,?,?)",
-                                        (row.id, row.kid, row.seq, row.token, reason or "", int(time.time())))
-                    else:
-                        shipped = max(shipped, row.seq)
-                    self.db.execute("DELETE FROM spool WHERE id = ?", (row.id,))
-                if shipped:
-                    self._set("last_shipped_seq", str(shipped))
-                self.db.execute("COMMIT")
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _wrap(exc, self.path, "cannot record shipping outcomes") from exc
+        with self._transaction("cannot record shipping outcomes"):
+            shipped = 0
+            for row, status, reason in outcomes:
+                if status == "rejected":
+                    self.db.execute("INSERT OR REPLACE INTO rejected (id, kid, seq, token, reason, at) "
+                                    "VALUES (?,?,?,?,?,?)",
+                                    (row.id, row.kid, row.seq, row.token, reason or "", int(time.time())))
+                else:
+                    shipped = max(shipped, row.seq)
+                self.db.execute("DELETE FROM spool WHERE id = ?", (row.id,))
+            if shipped:
+                self._set("last_shipped_seq", str(shipped))
 
     def rejected_rows(self) -> list[tuple[int, str, int, int, str, str]]:
         """(id, kid, seq, at, reason, token) of every heartbeat set aside, oldest first."""
@@ -245,18 +243,8 @@ class Spool:
 
     def drop_rejected(self, ids: Iterable[int]) -> int:
         """Delete these set-aside heartbeats (only these: the service may set more aside meanwhile)."""
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                n = sum(self.db.execute("DELETE FROM rejected WHERE id = ?", (i,)).rowcount for i in ids)
-                self.db.execute("COMMIT")
-                return n
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _wrap(exc, self.path, "cannot clear rejected heartbeats") from exc
+        with self._transaction("cannot clear rejected heartbeats"):
+            return sum(self.db.execute("DELETE FROM rejected WHERE id = ?", (i,)).rowcount for i in ids)
 
     def size_bytes(self) -> int:
         total = 0
