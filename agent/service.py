@@ -31,6 +31,12 @@ CLOCK_STEP = 2.0  # seconds the wall clock may lag the monotonic one between two
 log = logging.getLogger("tr7.agent")
 
 
+def back_limit(interval: int) -> int:
+    """How far before the last heartbeat's time a poll slot may be and still be skipped (a clock
+    stepped back a little catches up soon); from this far on it is signed with the earlier time."""
+    return max(2 * interval, 600)
+
+
 class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -144,11 +150,12 @@ class Service:
         log.critical("event=fatal reason=%r", str(exc))
         self.wakeup.set()
 
-    def _clock_event(self, when: int, last: int) -> None:
+    def _clock_event(self, when: int, last: int, action: str) -> None:
         self.metrics.clock_jumps.inc()
-        detail = {"now": format_time(int(time.time())), "poll": format_time(when), "last": format_time(last)}
-        log.warning("event=clock_backwards poll=%s last_heartbeat=%s action=skip", detail["poll"],
-                    detail["last"])
+        detail = {"now": format_time(int(time.time())), "poll": format_time(when), "last": format_time(last),
+                  "action": action}
+        log.warning("event=clock_backwards poll=%s last_heartbeat=%s action=%s", detail["poll"],
+                    detail["last"], action)
         self.spool.record_event("clock_backwards", json.dumps(detail))
 
     def _ahead_event(self, when: int, ahead: float) -> None:
@@ -190,10 +197,13 @@ class Service:
                 self._ahead_event(when, ahead)
                 return
             head = self.spool.head(self.key.kid)
-            if head.time is not None and when <= head.time:
-                # Never sign a time before the previous one: skip this slot (documented choice).
-                self._clock_event(when, head.time)
+            back = head.time is not None and when <= head.time
+            if back and head.time - when < back_limit(interval):
+                # A small step back: skip the slot rather than sign a time before the previous one
+                self._clock_event(when, head.time, "skip")
                 return
+            # A large one (a heartbeat signed while the clock was far ahead) is signed as it is:
+            # §3 rule 5 makes it an alert, where waiting silenced the agent until that time.
             try:
                 outcome = poller.poll_all()
             except RuntimeError:
@@ -213,17 +223,20 @@ class Service:
                     failures.inc()
             try:
                 try:
-                    seq, _ = self.spool.append(self.key, when, interval, outcome.polls, outcome.observations)
+                    seq, _ = self.spool.append(self.key, when, interval, outcome.polls, outcome.observations,
+                                               back=back)
                 except (ProtocolError, UnicodeError) as exc:
                     # Something the poller's checks let through and signing refuses: the slot is
                     # signed with every adapter failed, rather than the agent stopping for good
                     log.error("event=heartbeat_refused reason=%r action='signed with no observation'", exc)
                     why = "observations refused at signing (see the agent's log)"
                     failed = [{**p, "ok": False, "error": why} for p in outcome.polls]
-                    seq, _ = self.spool.append(self.key, when, interval, failed, [])
+                    seq, _ = self.spool.append(self.key, when, interval, failed, [], back=back)
             except ClockBehind as exc:
-                self._clock_event(exc.when, exc.last)
+                self._clock_event(exc.when, exc.last, "skip")
                 return
+            if back and head.time is not None:
+                self._clock_event(when, head.time, "signed")
             if seq == 1:
                 signedkeys.add(self.config.agent.state_dir, self.key.kid)
             self.metrics.signed.inc()

@@ -142,11 +142,13 @@ class Spool:
         return Head(*row) if row else Head(0, ZERO_HASH, None)
 
     def append(self, key: AgentKey, when: int, interval: int, polls: list[dict[str, Any]],
-               observations: list[dict[str, Any]]) -> tuple[int, str]:
-        """Sign the next heartbeat of ``key`` and commit it with the new chain head, atomically."""
+               observations: list[dict[str, Any]], *, back: bool = False) -> tuple[int, str]:
+        """Sign the next heartbeat of ``key`` and commit it with the new chain head, atomically.
+        ``back``: even if ``when`` is not after the head's time (heartbeat-v1.md §3 rule 5: an
+        alert, not a quarantine); else ClockBehind."""
         with self._transaction("cannot commit a heartbeat"):
             head = self.head(key.kid)
-            if head.time is not None and when <= head.time:
+            if head.time is not None and when <= head.time and not back:
                 raise ClockBehind(when, head.time)
             seq = head.seq + 1
             self._stage("allocated")

@@ -16,6 +16,7 @@ from agent.poller import Poller
 from agent.service import Service
 from agent.spool import Spool
 from agent.startup import aligned_start
+from protocol.chain import analyze
 from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
 from protocol.keys import AgentKey, save_private_key
 
@@ -218,9 +219,10 @@ def test_clock_backwards_skips_and_shows_in_status(in_process, fake_registry: No
     now = [1_790_000_030.0]
     monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
     service.poll_job()
-    now[0] -= 3600  # the clock jumps an hour back
+    now[0] -= 300  # the clock steps 5 minutes back: less than back_limit, it catches up soon
+    assert service_mod.back_limit(service.config.agent.interval) > 300
     service.poll_job()
-    now[0] += 3600 + 60
+    now[0] += 300 + 60
     service.poll_job()
     assert service.fatal is None
     times = [parse_unverified(t).time for t in service.spool.unshipped()]
@@ -228,6 +230,32 @@ def test_clock_backwards_skips_and_shows_in_status(in_process, fake_registry: No
     st = json.loads(run_cli("status", "--config", str(cfg_path), "--json").stdout)
     assert [e["kind"] for e in st["clock_events"]] == ["clock_backwards"]
     assert st["clock_events"][0]["detail"]["last"] == "2026-09-21T14:13:00Z"
+    assert st["clock_events"][0]["detail"]["action"] == "skip"
+
+
+def test_a_heartbeat_signed_far_ahead_does_not_silence_the_agent(in_process, fake_registry: None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # A boot with the clock a day ahead and no collector to compare with: one heartbeat signed
+    # then. Once the clock is right the agent signs on, with a time before that one (an alert at
+    # the collector, heartbeat-v1.md §3 rule 5), where it used to sign nothing for a day.
+    service, cfg_path = in_process()
+    now = [1_790_000_030.0 + 86400]
+    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    service.poll_job()
+    now[0] -= 86400  # NTP puts it right
+    service.poll_job()
+    now[0] += 60
+    service.poll_job()
+    assert service.fatal is None
+    beats = [parse_unverified(t) for t in service.spool.unshipped()]
+    assert [b.time for b in beats] == [1_789_999_980 + 86400, 1_789_999_980, 1_790_000_040]
+    assert [b.seq for b in beats] == [1, 2, 3]
+    assert [b.prev for b in beats[1:]] == [token_digest(t) for t in list(service.spool.unshipped())[:2]]
+    chains = analyze(beats)  # what the collector and tr7-audit make of it: an alert only
+    report = chains.reports[beats[0].kid]
+    assert report.clock_back == [2] and not chains.quarantined and not report.breaks and not report.gaps
+    st = json.loads(run_cli("status", "--config", str(cfg_path), "--json").stdout)
+    assert [(e["kind"], e["detail"]["action"]) for e in st["clock_events"]] == [("clock_backwards", "signed")]
 
 
 def test_a_clock_stepped_back_between_polls_is_reported(in_process, fake_registry: None,
