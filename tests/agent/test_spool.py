@@ -107,7 +107,7 @@ def test_clock_behind_signs_nothing(tmp_path: Path) -> None:
             spool.append(key, when, 60, POLLS, [])
     assert spool.head(key.kid).seq == 1
     # asked for (a slot far behind a heartbeat signed while the clock was ahead): signed, chained
-    seq, token = spool.append(key, T0 - 86400, 60, POLLS, [], back=True)
+    seq, _ = spool.append(key, T0 - 86400, 60, POLLS, [], back=True)
     assert seq == 2 and spool.head(key.kid).time == T0 - 86400
 
 
