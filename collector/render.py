@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from protocol.timefmt import format_time, month_bounds
+
 log = logging.getLogger(__name__)
 
 COLUMNS = (
@@ -117,11 +119,12 @@ class _Text:
 CELL_SIZE, MIN_SIZE = 9.0, 6.0  # points
 
 
-def _fit(pdf: Any, family: str, width: float, value: str) -> None:
-    """A table cell whose text never runs into the next one: a smaller font down to MIN_SIZE,
-    then cut with an ellipsis (a long id printed over the hour count made the invoice unreadable)."""
+def _fit(pdf: Any, family: str, width: float, value: str, size: float = CELL_SIZE, height: float = 6,
+         border: int = 1) -> None:
+    """A cell whose text never runs into the next one: a smaller font down to MIN_SIZE, then cut
+    with an ellipsis (a long id printed over the hour count, a long customer name over its total)."""
     room = width - 2 * pdf.c_margin
-    size = CELL_SIZE
+    start = size
     pdf.set_font(family, "", size)
     while pdf.get_string_width(value) > room and size > MIN_SIZE:
         size -= 0.5
@@ -130,8 +133,44 @@ def _fit(pdf: Any, family: str, width: float, value: str) -> None:
         while value and pdf.get_string_width(value + "...") > room:
             value = value[:-1]
         value += "..."
-    pdf.cell(width, 6, value, border=1)
-    pdf.set_font(family, "", CELL_SIZE)
+    pdf.cell(width, height, value, border=border)
+    pdf.set_font(family, "", start)
+
+
+def _new_pdf() -> Any:
+    """A landscape A4 whose every page ends on a numbered foot, and whose pages after a customer's
+    first repeat who it is for and the table's headings (a 17-page customer read as bare rows)."""
+    from fpdf import FPDF
+
+    class InvoicePdf(FPDF):  # type: ignore[misc]
+        text_family = "Helvetica"
+        foot = ""  # the document, the period: on every page
+        running = ""  # the head of a page that continues a customer (or the summary)
+        columns: tuple[tuple[float, str], ...] = ()  # the headings, while a table runs on
+
+        def header(self) -> None:
+            if self.running:
+                self.set_font(self.text_family, "B", 10)
+                self.cell(0, 7, self.running, new_x="LMARGIN", new_y="NEXT")
+            if self.columns:
+                self.set_font(self.text_family, "B", 9)
+                for w, h in self.columns:
+                    self.cell(w, 7, h, border=1)
+                self.ln()
+
+        def footer(self) -> None:
+            self.set_y(-12)
+            self.set_font(self.text_family, "", 8)
+            self.cell(0, 6, f"{self.foot} - page {self.page_no()} of {{nb}}", align="R")
+
+    pdf = InvoicePdf(orientation="L", format="A4")
+    pdf.set_auto_page_break(True, margin=18)
+    return pdf
+
+
+def _period(month: str) -> str:
+    start, end = month_bounds(month)
+    return f"{format_time(start)[:10]} 00:00 to {format_time(end)[:10]} 00:00 UTC"
 
 
 def pdf_bytes(
@@ -141,15 +180,15 @@ def pdf_bytes(
     """One page per customer of the invoice (``customers``: these, even without a line);
     ``estimate``: the month is open, and the document says so (it read as the final invoice);
     ``provider_name``: the catalog's name of the provider, shown beside its id."""
-    from fpdf import FPDF
-
     names = customer_names or {}
     whole = customers is None  # the provider's whole invoice: it ends on a summary with its total
-    pdf = FPDF(orientation="L", format="A4")
-    pdf.set_auto_page_break(True, margin=15)
+    pdf = _new_pdf()
     text = _Text(pdf)
+    pdf.text_family = text.family
     cur = invoice["currency"]
     issuer = invoice["provider"] if not provider_name else f"{provider_name} ({invoice['provider']})"
+    title = f"{'Estimate' if estimate else 'Invoice'} {invoice['month']} - {issuer}"
+    pdf.foot = text(f"{title} - period {_period(invoice['month'])}")
     if customers is None:
         customers = sorted(
             set(invoice["totals"])
@@ -161,29 +200,27 @@ def pdf_bytes(
     # 270 mm of the 277 a landscape A4 has between its margins; the capacity column is the widest
     # text ("enterprise 1000 Mbps 25 vs"), and any cell still too long shrinks to fit (_fit).
     widths = (32, 30, 56, 36, 18, 28, 30, 40)
+    head = ("License", "Instance", "Capacity / pack", "Quantity", "Unit", "Price", "Amount", "Adjusts")
     for cust in customers:
+        pdf.running, pdf.columns = "", ()
         pdf.add_page()
         pdf.set_font(text.family, "B", 16)
-        pdf.cell(
-            0,
-            10,
-            text(f"{'Estimate' if estimate else 'Invoice'} {invoice['month']} - {issuer}"),
-            new_x="LMARGIN",
-            new_y="NEXT",
-        )
+        pdf.cell(0, 10, text(title), new_x="LMARGIN", new_y="NEXT")
         pdf.set_font(text.family, "", 11)
         who = f"Customer: {names.get(cust, cust)} ({cust})" if cust else "No customer billed"
         pdf.cell(0, 7, text(who), new_x="LMARGIN", new_y="NEXT")
-        pdf.cell(0, 7, text(f"Currency: {cur}"), new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(0, 7, text(f"Period: {_period(invoice['month'])}   Currency: {cur}"),
+                 new_x="LMARGIN", new_y="NEXT")
         if estimate:
             pdf.cell(0, 7, text("Not an invoice: the month is open, and its amounts change until it is "
                                 "closed."), new_x="LMARGIN", new_y="NEXT")
         pdf.ln(3)
         pdf.set_font(text.family, "B", 9)
-        head = ("License", "Instance", "Capacity / pack", "Quantity", "Unit", "Price", "Amount", "Adjusts")
         for w, h in zip(widths, head, strict=True):
             pdf.cell(w, 7, h, border=1)
         pdf.ln()
+        pdf.running = text(f"{title} - {who} (continued)")
+        pdf.columns = tuple(zip(widths, head, strict=True))
         pdf.set_font(text.family, "", 9)
         for line in (x for x in invoice["lines"] if x["customer"] == cust):
             cap = f"{line['bundle']} {line['bandwidth_mbps']} Mbps {line['vservices']} vs"
@@ -214,34 +251,29 @@ def pdf_bytes(
             for w, v in zip(widths, row, strict=True):
                 _fit(pdf, text.family, w, text(v))
             pdf.ln()
+        pdf.columns = ()
         pdf.ln(3)
         pdf.set_font(text.family, "B", 11)
-        pdf.cell(
-            0,
-            8,
-            text(f"Total {cust}: {invoice['totals'].get(cust, '0.00')} {cur}"),
-            new_x="LMARGIN",
-            new_y="NEXT",
-        )
+        total = f"{names.get(cust, cust)} ({cust})" if cust else ""
+        pdf.cell(0, 8, text(f"Total {total}: {invoice['totals'].get(cust, '0.00')} {cur}"),
+                 new_x="LMARGIN", new_y="NEXT")
     if whole:
-        _summary(pdf, text, invoice, names, estimate)
+        _summary(pdf, text, invoice, names, title)
     return bytes(pdf.output())
 
 
-def _summary(
-    pdf: Any, text: Any, invoice: Mapping[str, Any], names: Mapping[str, str], estimate: bool
-) -> None:
+def _summary(pdf: Any, text: Any, invoice: Mapping[str, Any], names: Mapping[str, str], title: str) -> None:
     """The last page of a provider's whole invoice: each customer's total, and the invoice's."""
     cur = invoice["currency"]
+    pdf.running, pdf.columns = "", ()
     pdf.add_page()
     pdf.set_font(text.family, "B", 16)
-    what = "Estimate" if estimate else "Invoice"
-    pdf.cell(0, 10, text(f"{what} {invoice['month']} - {invoice['provider']}: summary"),
-             new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(0, 10, text(f"{title}: summary"), new_x="LMARGIN", new_y="NEXT")
+    pdf.running = text(f"{title}: summary (continued)")
     pdf.set_font(text.family, "", 11)
     for cust, amount in sorted(invoice["totals"].items()):
-        pdf.cell(120, 7, text(f"{names.get(cust, cust)} ({cust})"))
-        pdf.cell(40, 7, text(f"{amount} {cur}"), align="R", new_x="LMARGIN", new_y="NEXT")
+        _fit(pdf, text.family, 150, text(f"{names.get(cust, cust)} ({cust})"), size=11, height=7, border=0)
+        pdf.cell(50, 7, text(f"{amount} {cur}"), align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)
     pdf.set_font(text.family, "B", 12)
     pdf.cell(0, 8, text(f"Total: {invoice['total']} {cur}"), new_x="LMARGIN", new_y="NEXT")

@@ -28,3 +28,60 @@ def test_cells_shrink_then_cut_to_their_column() -> None:
         assert pdf.get_string_width(txt) <= w - 2 * pdf.c_margin, (txt, size)
     assert drawn[0][1] == capacity and drawn[0][2] == render.CELL_SIZE  # fits as it is
     assert drawn[1][1].endswith("...") and drawn[1][2] == render.MIN_SIZE  # shrunk, then cut
+
+
+def _invoice(lines: int, name_len: int = 10) -> dict[str, Any]:
+    rows = [{"customer": "c1", "license": f"L{i}", "instance": f"TR7-{i:04d}", "bundle": "pro",
+             "bandwidth_mbps": 500, "vservices": 10, "quantity": "744", "price": "0.0900", "amount": "66.96",
+             "adjusts": None} for i in range(lines)]
+    return {"provider": "acme", "month": "2026-10", "currency": "CHF", "lines": rows, "device_days": [],
+            "totals": {"c1": "1.00", "c2": "33.48"}, "total": "34.48"}
+
+
+def test_a_customer_over_many_pages_says_whose_each_page_is_and_numbers_them() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests._pdf import pdf_text_pages
+
+    pages = pdf_text_pages(render.pdf_bytes(_invoice(120), {"c1": "Coastal Dental"}, ["c1"],
+                                            provider_name="Acme"))
+    assert len(pages) >= 3
+    for n, page in enumerate(pages, 1):
+        assert f"page {n} of {len(pages)}" in page  # every page numbered, the total known
+        assert "2026-10-01 00:00 to 2026-11-01 00:00 UTC" in page  # the period, on every page
+        assert "Coastal Dental (c1)" in page  # whose page it is, on every page
+        assert "Quantity" in page  # and the table's headings again
+    assert "(continued)" in pages[1] and "(continued)" not in pages[0]
+    assert "Total Coastal Dental (c1): 1.00 CHF" in pages[-1]
+
+
+def test_a_long_customer_name_on_the_summary_stays_clear_of_its_amount(monkeypatch: Any) -> None:
+    # a 75-character name was drawn 166 mm wide in a 120 mm cell, over the amount
+    drawn: list[tuple[float, float, str, float]] = []  # x, width, text, font size of each cell
+    make = render._new_pdf
+
+    def spied() -> Any:
+        pdf = make()
+        real = pdf.cell
+
+        def cell(w: float, h: float = 0, text: str = "", **kw: Any) -> Any:
+            drawn.append((pdf.get_x(), w, text, pdf.font_size_pt))
+            return real(w, h, text, **kw)
+
+        pdf.cell = cell
+        return pdf
+
+    monkeypatch.setattr(render, "_new_pdf", spied)
+    long_name = "Northwind Regional Medical Practices and Outpatient Surgery Centers and Clinics Holding AG"
+    render.pdf_bytes(_invoice(1), {"c2": long_name}, provider_name="Acme")
+    pdf = FPDF()
+    family = render._Text(pdf).family
+    at = next(i for i, d in enumerate(drawn) if d[2].startswith("Northwind"))
+    x, _w, name, size = drawn[at]
+    amount = drawn[at + 1]
+    assert amount[2] == "33.48 CHF"
+    pdf.set_font(family, "", size)
+    assert x + pdf.get_string_width(name) <= amount[0]  # the name ends before the amount begins
+    assert size < 11 and "(c2)" in name  # shrunk to fit, the id kept
