@@ -275,8 +275,10 @@ def account_alerts(conn: Connection, provider: str, now: int) -> list[dict[str, 
     when no tick has recorded the downgrade yet; whatever the month asked, as the state is now's."""
     out = []
     for cust, (acc, _email) in sorted(acc_store.states(conn, provider).items()):
-        state = machine.effective(acc, now)
+        state, since = machine.effective_since(acc, now)
+        if state == machine.OVERDUE and acc.overdue_since is not None:
+            since = acc.overdue_since
         if state != machine.ACTIVE:
-            since = acc.overdue_since if acc.overdue_since is not None else acc.since
+            # a downgraded account's since is its downgrade (the payment failure's date was shown)
             out.append({"type": f"account_{state}", "customer": cust, "since": format_time(since)})
     return out

@@ -44,6 +44,15 @@ def effective(acc: Account, now: int) -> str:
     return acc.state
 
 
+def effective_since(acc: Account, now: int) -> tuple[str, int]:
+    """effective's state and when it began: a downgrade no tick has recorded began when the grace
+    period ran out, not at the payment failure."""
+    state = effective(acc, now)
+    if state != acc.state and state == DOWNGRADED and acc.downgrade_at is not None:
+        return state, acc.downgrade_at
+    return state, acc.since
+
+
 class OutOfOrder(ValueError):
     """A change dated before the account's current state began (`account ... --now`, a replay, a
     clock stepped back): a payment dated before the downgrade it ends made a downgraded period

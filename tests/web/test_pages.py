@@ -666,3 +666,30 @@ def test_an_error_page_takes_any_detail(client: TestClient) -> None:
         assert r.status_code == 400
     page = errorpage.error_page(req, 422, [{"loc": ["query", "month"], "msg": "bad"}])
     assert "month: bad" in bytes(page.body).decode()
+
+
+def test_a_downgrade_no_tick_recorded_reads_as_one_since_the_grace_ran_out(client: TestClient, world: Any,
+                                                                          tools: Any) -> None:
+    # UX review: the alert said "downgraded since" the payment failure, and the page "downgraded at
+    # <a past date> unless paid · next reminder <a past date>" while the state read downgraded
+    from collector.accounts import store
+    from collector.alerts import account_alerts
+
+    failed = parse_time("2026-10-05T00:00:00Z")
+    db.write_tx(world.engine, lambda c: store.payment_failed(c, "acme", "c1", failed))  # no tick since
+    now = int(time.time())
+    with db.read_conn(world.engine) as c:
+        assert account_alerts(c, "acme", now) == [
+            {"type": "account_downgraded", "customer": "c1", "since": "2026-10-20T00:00:00Z"}]
+        assert account_alerts(c, "acme", failed + 86400) == [
+            {"type": "account_overdue", "customer": "c1", "since": "2026-10-05T00:00:00Z"}]
+    admin = {"Authorization": f"Bearer {tools.token(world, 'acme', 'admin')}"}
+    acc = client.get("/v1/providers/acme/customers/c1/account", headers=admin).json()
+    assert (acc["state"], acc["since"], acc["overdue_since"]) == (
+        "downgraded", "2026-10-20T00:00:00Z", "2026-10-05T00:00:00Z")
+    assert acc["downgrade_at"] is None and acc["next_reminder_at"] is None
+    login(client, "ann")
+    html = client.get("/ui/p/acme/customers/c1?month=2026-10").text
+    state = re.search(r'<p id="account-state">(.*?)</p>', html, re.S).group(1)
+    assert "downgraded since 2026-10-20T00:00:00Z" in state and "overdue since 2026-10-05T00:00:00Z" in state
+    assert "unless paid" not in state and "next reminder" not in state
