@@ -2,6 +2,7 @@
 
 import functools
 from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -53,6 +54,22 @@ def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any]
             return None if closed is None else (closed.usage, closed.billed)
 
     return cached(conn, ("results", db_id(conn), provider, month), (), compute)
+
+
+def late_hours(conn: Connection, provider: str, month: str, customer: str, billed: dict[str, Any]) -> Decimal:
+    """A closed month's hours of ``customer`` that its evidence holds now beyond what its invoice
+    billed at close (late heartbeats: adjustment lines of the first open month), or below it
+    (negative: heartbeats quarantined since); 0 when they agree or the month cannot be priced."""
+
+    def hours(inv: dict[str, Any]) -> Decimal:
+        return sum((Decimal(x["quantity"]) for x in inv["lines"]
+                    if x["customer"] == customer and not x.get("adjusts")), Decimal(0))
+
+    try:
+        current = accounting.own_result(conn, provider, month)[1]
+    except (accounting.AccountingError, PricingError):
+        return Decimal(0)
+    return hours(current) - hours(billed)
 
 
 def catalog(conn: Connection, provider: str) -> dict[str, Any]:

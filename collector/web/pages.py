@@ -221,6 +221,8 @@ def customer_page(
             .scalars()
             .all()
         )
+        inv = res[1] if res else None
+        late = data.late_hours(c, provider, month, customer, inv) if inv and month in closed else 0
     bmax = data.bridge_max(doc)
     m0, m1 = month_bounds(month)
     n_days = (m1 - m0) // data.DAY
@@ -230,7 +232,6 @@ def customer_page(
         for h in hs:
             series = (downgraded if h in down else daily) if h in billed else other
             series[(h - m0) // data.DAY] += 1
-    inv = res[1] if res else None
     return page(
         request,
         "customer.html",
@@ -256,6 +257,9 @@ def customer_page(
         other_hours=sum(other),
         billed_hours=sum(daily),
         downgraded_periods=periods,
+        # the chart is the evidence now; a closed invoice billed what had come by its close
+        late_hours=late,
+        adjusted_on=accounting.first_open_after(month, set(closed)) if late else None,
         lines=[x for x in inv["lines"] if x["customer"] == customer] if inv else [],
         device_days=[x for x in inv["device_days"] if x["customer"] == customer] if inv else [],
         estimate=(inv["totals"].get(customer, "0.00") if inv else None),

@@ -135,3 +135,26 @@ def test_the_pdf_names_the_provider_as_its_catalog_does(client: TestClient, worl
     login(client, "ann")
     text = pdf_text(client.get(f"/ui/p/acme/invoices/{OCT}.pdf").content)
     assert f"{OCT} - Acme (acme)" in text
+
+
+def test_a_closed_months_customer_page_says_which_hours_its_invoice_did_not_bill(
+    client: TestClient, world: Any, tools: Any  # noqa: F811
+) -> None:
+    # UX review: the chart counted 24 late hours as billed, beside an invoice that did not bill them
+    closed_at = parse_time("2026-11-02T00:00:00Z")
+    db.write_tx(world.engine, lambda c: accounting.close(c, world, "acme", OCT, now=closed_at))
+    late = tools.Agent("late")
+    tools.enrol(world, "acme", late, parse_time("2026-09-01T00:00:00Z"))
+    t = parse_time("2026-10-10T00:00:00Z")
+    beats = [late.beat(t + h * 3600 + 60, {"TR7-0001": "running"}) for h in range(5)]
+    assert {r["status"] for r in ingest_lines(world.engine, beats)} == {"accepted"}
+    login(client, "ann")
+    html = client.get(f"/ui/p/acme/customers/c1?month={OCT}").text
+    note = re.search(r'<p class="note" id="late-hours">(.*?)</p>', html, re.S).group(1)
+    assert note.startswith("5 of these hours came after 2026-10 was closed")
+    assert "the adjustment lines of 2026-11 do" in note
+    with db.read_conn(world.engine) as c:
+        nov = accounting.invoice(c, "acme", "2026-11")
+    adjusted = sum(float(x["quantity"]) for x in nov["lines"] if x.get("adjusts") == OCT)
+    assert adjusted == 5  # what the note says is what November bills
+    assert 'id="late-hours"' not in client.get("/ui/p/acme/customers/c1?month=2026-11").text
