@@ -36,7 +36,7 @@ def _money(text: str | None) -> Decimal | None:
     except InvalidOperation as exc:
         raise HTTPException(
             400, f"the fixed price {text!r} is not an amount (write it with a dot: 20.50)") from exc
-    if not v.is_finite() or v < 0:
+    if not v.is_finite() or v <= 0:  # 0 read as "fixed is cheaper" at a break-even of 0 hours
         raise HTTPException(400, "the fixed price is a positive amount")
     # 1e999999999 is finite, but dividing by a price overflowed the context: a 500
     if v.adjusted() > 15 or v.as_tuple().exponent < -6:  # type: ignore[operator]
@@ -54,18 +54,21 @@ def plan(
         if not lines:
             continue
         cost = sum((Decimal(x["amount"]) for x in lines), Decimal("0"))
-        price = max(Decimal(x["price"]) for x in lines)  # the dearest capacity of the month
+        prices = sorted({Decimal(x["price"]) for x in lines})
+        price = prices[-1]  # the dearest capacity of the month
         item: dict[str, Any] = {
             "license": row["license"],
             "instance": row["instance"],
             # the invoiced hours, as the cost is: a closed month's usage also counts late hours,
             # billed on the next month (720 h next to the cost of 710 read as 0.044 an hour)
             "hours": sum(int(x["quantity"]) for x in lines),
-            "price": str(price),
+            # every price the month billed at: one figure beside the cost of two read as wrong
+            "price": str(price) if len(prices) == 1 else f"{prices[0]}–{price}",
             "payg": str(cost),
         }
         if fixed is not None:
-            item["fixed"] = str(fixed)
+            cents = fixed.quantize(Decimal("0.01"))
+            item["fixed"] = str(cents if cents == fixed else fixed)
             item["break_even"] = int((fixed / price).to_integral_value(ROUND_CEILING)) if price else None
             item["cheaper"] = "fixed" if fixed < cost else "payg"
         out.append(item)

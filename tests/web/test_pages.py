@@ -256,8 +256,25 @@ def test_planner_break_even(client: TestClient, world: Any) -> None:
     # 70 running hours at 0.0450 = 3.15; 2.25 / 0.0450 = 50 hours to break even.
     assert cells == ["SL-1", "TR7-0001", "70", "0.0450", "3.15", "2.25", "50", "fixed"]
     # an amount no price divides within the decimal context is refused, not a 500
-    for bad in ("1e999999999", "1e-999999999", "-1", "NaN", "x"):
+    # and a price of nothing (it read as "fixed is cheaper", break-even 0 hours)
+    for bad in ("1e999999999", "1e-999999999", "-1", "NaN", "x", "0", "0.00"):
         assert client.get(f"/ui/p/acme/planner/c1?month=2026-10&fixed_price={bad}").status_code == 400, bad
+    assert "Fixed price (EUR)" in html and "PAYG cost (EUR)" in html  # the amounts' currency
+
+
+def test_planner_shows_every_price_a_license_was_billed_at() -> None:
+    from decimal import Decimal
+
+    from collector.web.tools import plan
+
+    usage = {"rows": [{"customer": "c1", "license": "SL-1", "instance": "TR7-1"}]}
+    line = {"customer": "c1", "license": "SL-1", "adjusts": None}
+    invoice = {"lines": [{**line, "quantity": "400", "price": "0.0700", "amount": "28.00"},
+                         {**line, "quantity": "344", "price": "0.0900", "amount": "30.96"}]}
+    (item,) = plan(usage, invoice, "c1", Decimal("20"))
+    assert (item["hours"], item["price"], item["payg"]) == (744, "0.0700–0.0900", "58.96")
+    assert item["fixed"] == "20.00"
+    assert item["break_even"] == 223 and item["cheaper"] == "fixed"  # 20 / 0.09, rounded up
 
 
 def test_audit_bundle_verifies(client: TestClient, world: Any, tmp_path: Path) -> None:
