@@ -365,7 +365,7 @@ def _bill(args: argparse.Namespace, engine) -> int:  # type: ignore[no-untyped-d
         from collector import render
 
         if args.format == "csv":
-            data = render.csv_bytes(inv)
+            data = render.csv_bytes(inv, names, estimate=estimate)
         else:
             data = render.pdf_bytes(inv, names, estimate=estimate,
                                     provider_name=(docs[0].get("provider") or {}).get("name"))

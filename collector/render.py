@@ -28,13 +28,19 @@ COLUMNS = (
     "amount",
     "adjusts",
     "currency",  # every row's: a CSV taken into accounting lost the invoice's currency
+    # Every row's too (appended, so the columns before keep their places): a CSV opened in a
+    # spreadsheet had lost its file name, and with it whose, which month and whether it is final
+    "customer_name",
+    "provider",
+    "month",
+    "document",  # invoice (a closed month) or estimate (an open one: its amounts still change)
 )
 
 
 # Catalog text (ids, bundle names) that a spreadsheet would run as a formula when the CSV is opened
 # (OWASP "CSV injection"): such a cell gets a leading apostrophe. Amounts are never touched (a
 # negative adjustment starts with '-'); the JSON invoice keeps every id exactly.
-_TEXT = ("customer", "license", "instance", "pack", "bundle")
+_TEXT = ("customer", "license", "instance", "pack", "bundle", "customer_name")
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -46,18 +52,27 @@ def _cells(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def csv_bytes(invoice: Mapping[str, Any]) -> bytes:
+def csv_bytes(invoice: Mapping[str, Any], customer_names: Mapping[str, str] | None = None,
+              estimate: bool = False) -> bytes:
+    """UTF-8, one row per invoice line, device-day row and customer total, then the total."""
+    names = customer_names or {}
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    cur = {"currency": invoice["currency"]}
+    each = {"currency": invoice["currency"], "provider": invoice["provider"], "month": invoice["month"],
+            "document": "estimate" if estimate else "invoice"}
+
+    def row(kind: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        cust = values.get("customer")
+        return _cells({"kind": kind, **values, **each, "customer_name": names.get(cust, "") if cust else ""})
+
     for line in invoice["lines"]:
-        w.writerow(_cells({"kind": "hours", **line, **cur}))
-    for row in invoice["device_days"]:
-        w.writerow(_cells({"kind": "device_days", **row, **cur}))
+        w.writerow(row("hours", line))
+    for dd in invoice["device_days"]:
+        w.writerow(row("device_days", dd))
     for customer, total in sorted(invoice["totals"].items()):
-        w.writerow(_cells({"kind": "customer_total", "customer": customer, "amount": total, **cur}))
-    w.writerow(_cells({"kind": "total", "amount": invoice["total"], **cur}))
+        w.writerow(row("customer_total", {"customer": customer, "amount": total}))
+    w.writerow(row("total", {"amount": invoice["total"]}))
     return out.getvalue().encode("utf-8")
 
 

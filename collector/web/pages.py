@@ -344,7 +344,7 @@ def invoice_file(
         body = render.pdf_bytes(inv, names, None if customer is None else [customer], estimate=estimate,
                                 provider_name=(doc.get("provider") or {}).get("name"))
     else:
-        body = render.csv_bytes(inv)
+        body = render.csv_bytes(inv, names, estimate=estimate)
     kind = "estimate" if estimate else "invoice"  # an open month's file is no invoice to send
     name = f"{kind}-{provider}-{month}{'-' + customer if customer else ''}.{fmt}"
     media = "application/pdf" if fmt == "pdf" else "text/csv; charset=utf-8"

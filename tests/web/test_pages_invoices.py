@@ -98,8 +98,11 @@ def test_csv_cells_a_spreadsheet_would_run_are_quoted(client: TestClient, world:
     assert {(r["customer"], r["license"]) for r in hours} == {("'=HYPERLINK(1)", "'+SUM(1,2)")}
     assert [r["amount"] for r in rows if r["kind"] == "total"] == ["3.15"]
     # amounts are never prefixed, negative ones included
-    inv = {"lines": [], "device_days": [], "totals": {"c1": "-1.50"}, "total": "-1.50", "currency": "EUR"}
+    inv = {"lines": [], "device_days": [], "totals": {"c1": "-1.50"}, "total": "-1.50", "currency": "EUR",
+           "provider": "acme", "month": OCT}
     assert "customer_total,c1,,,,,,,,,,,-1.50," in render.csv_bytes(inv).decode()
+    # a customer's name from the catalog is text a spreadsheet would run too
+    assert ",'=cmd|' /C calc'!A0,acme," in render.csv_bytes(inv, {"c1": "=cmd|' /C calc'!A0"}).decode()
 
 
 def test_pdf_names_in_other_scripts_and_a_customer_without_lines(
@@ -143,7 +146,13 @@ def test_an_open_months_pdf_is_an_estimate_and_every_csv_row_has_the_currency(
     assert "filename=\"estimate-acme-2026-10-c1.pdf\"" in r.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(client.get(f"/ui/p/acme/invoices/{OCT}.csv").text)))
     assert rows and {row["currency"] for row in rows} == {"EUR"}
+    # and each row says whose, which month and that it is no invoice yet (opened in a spreadsheet,
+    # the file's name is gone)
+    assert {(row["provider"], row["month"], row["document"]) for row in rows} == {("acme", OCT, "estimate")}
+    assert {row["customer_name"] for row in rows if row["customer"] == "c1"} == {"Customer c1"}
     db.write_tx(world.engine, lambda c: accounting.close(c, world, "acme", OCT))
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/ui/p/acme/invoices/{OCT}.csv").text)))
+    assert {row["document"] for row in rows} == {"invoice"}
     r = client.get(f"/ui/p/acme/invoices/{OCT}.pdf?customer=c1")
     assert "Invoice 2026-10" in pdf_text(r.content) and "Not an invoice" not in pdf_text(r.content)
     assert "filename=\"invoice-acme-2026-10-c1.pdf\"" in r.headers["content-disposition"]
