@@ -62,9 +62,14 @@ def make_engine(url: str, pooled: bool = True) -> Engine:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    if not pooled:
-        return sa.create_engine(url, **pool)
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    from collector import pgsession
+
+    args = {"connect_args": pgsession.client_args(url)}
+    if pooled:
+        args |= {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+    engine = sa.create_engine(url, **args, **pool)
+    pgsession.bound_sessions(engine)
+    return engine
 
 
 def _retryable(exc: Exception) -> bool:

@@ -40,6 +40,10 @@ class PruneRefused(accounting.AccountingError):
     """Nothing was dropped, and why (the message says what to do)."""
 
 
+class _LogGrew(PruneRefused):
+    """Heartbeats arrived while the bundle was written: the bundle lacks them."""
+
+
 @dataclass(frozen=True)
 class Pruned:
     provider: str
@@ -88,7 +92,17 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
         if copy_with:
             _copy(copy_with, out, provider, month)
         n = len(keep)
-        done = db.write_tx(engine, lambda c: _seal(c, provider, month, size, str(out), digest, n, now))
+        try:
+            done = db.write_tx(engine, lambda c: _seal(c, provider, month, size, str(out), digest, n, now))
+        except _LogGrew as exc:
+            # A bundle that lacks lines is no archive of the month: kept at the timer's fixed path
+            # (DIR/PROVIDER/YYYY-MM.tar.gz), it made every later run refuse to write over it, and
+            # an operator could take it for the month's archive.
+            if out.is_dir() and not out.is_symlink():
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                out.unlink(missing_ok=True)
+            raise PruneRefused(f"{exc}; its bundle {out} lacked them and was removed") from None
     pruned_at, size, archive, digest, kept_n = done
     dropped = 0
     for lo in range(0, size, CHUNK):
@@ -180,9 +194,9 @@ def _seal(conn: Connection, provider: str, month: str, size: int, archive: str, 
                            f"{row.archive if row is not None else '?'}; this run's archive {archive} is "
                            "unused and may be deleted")
     if have != size:
-        raise PruneRefused(f"{provider} {month}: {have - size} heartbeat(s) arrived while the bundle was "
-                           f"written (log size {size} -> {have}); nothing dropped: prune again into a new "
-                           "directory (this bundle lacks them)")
+        raise _LogGrew(f"{provider} {month}: {have - size} heartbeat(s) arrived while the bundle was "
+                       f"written (log size {size} -> {have}); nothing dropped: prune again (the timer does "
+                       "at its next run)")
     conn.execute(s.prunes.insert().values(provider=provider, month=month, pruned_at=now, size=size,
                                           archive=archive, manifest_sha256=digest, kept=n))
     conn.execute(s.logs.update().where(s.logs.c.provider == provider, s.logs.c.month == month)

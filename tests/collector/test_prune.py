@@ -151,6 +151,22 @@ def test_prune_refuses_an_open_month_and_a_log_that_grew_while_archiving(setting
     assert sent == ["accepted"] and len(_jws_left(settings)) == size + 1  # nothing dropped
     with db.read_conn(settings.engine) as c:
         assert prune.listing(c) == [] and tlog.lock_log_state(c, "acme", SEP)[2] is None
+    assert not (tmp_path / "sep").exists()  # the bundle that lacks the late line is gone
+
+    # the timer's form: one fixed archive path, which a bundle left there blocked for good
+    late2 = w["b"].beat(T0 + 47 * 3600, {"TR7-0002": "running"})
+    sent.clear()
+
+    def progress2(stage: str, done: int, total: int) -> None:
+        if not sent:
+            sent.append(ingest_lines(settings.engine, [late2])[0]["status"])
+
+    archive = tmp_path / "archive" / "acme" / SEP
+    with pytest.raises(prune.PruneRefused, match=r"lacked them and was removed"):
+        prune.prune(settings, settings.engine, "acme", SEP, archive, 0, progress2, compress=True)
+    assert sent == ["accepted"] and not list(archive.parent.iterdir())
+    done = prune.prune(settings, settings.engine, "acme", SEP, archive, 0, compress=True)  # the next run
+    assert done.size == size + 2 and done.archive.is_file()
 
 
 def test_a_prune_cut_short_is_finished_by_the_next_one(settings, tools, tmp_path: Path, monkeypatch) -> None:
