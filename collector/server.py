@@ -12,6 +12,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, StringConstraints
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.requests import ClientDisconnect
 
 from collector import apimodels, db, highwater, keyrotation, metrics, periodic, readapi, registry, tlog, web
@@ -38,6 +39,7 @@ from protocol.timefmt import parse_month
 log = logging.getLogger(__name__)
 MAX_LINES, MAX_BYTES = MAX_REQUEST_LINES, MAX_REQUEST_BYTES  # heartbeat-v1.md §4
 MAX_OTHER_BODY = 1024 * 1024  # every other route: enrolment, forms, the account API
+DB_RETRY_AFTER = 10  # seconds: Retry-After of a 503 while the database is unavailable
 
 
 class EnrollRequest(BaseModel):
@@ -184,7 +186,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
+        """Liveness: the process answers (the agents also read the collector's clock here)."""
         return {"status": "ok"}
+
+    @app.get("/readyz", responses=apimodels.errors({503: "the database does not answer"}))
+    def readyz() -> dict[str, str]:
+        """Readiness, for a load balancer: this host reaches its database (a host cut off from it
+        answered every ingest with an error while /healthz said ok)."""
+        with db.read_conn(engine) as c:
+            c.exec_driver_sql("SELECT 1")
+        return {"status": "ok"}
+
+    app.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
 
     # HEAD too: load balancers' health checks often send it (405 marked every host down)
     app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
@@ -288,6 +301,21 @@ def create_app(settings: Settings) -> FastAPI:
         log.error("event=stale_checkpoint_key %s", exc)
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    def _database_down(request: Request, exc: DBAPIError) -> Response:
+        # The database went away (restarted, unreachable, SQLite's disk full or locked for longer
+        # than its busy timeout): a 503 the agent retries, one log line. It was a bare 500 and a
+        # 60-line traceback per request, ~70 a host in a 10-second PostgreSQL restart.
+        if not isinstance(exc, OperationalError) and not exc.connection_invalidated:
+            raise exc
+        log.error("event=database_unavailable path=%s reason=%r", request.url.path,
+                  str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:300])
+        detail, headers = "the database is unavailable; retry later", {"Retry-After": str(DB_RETRY_AFTER)}
+        if errorpage.wants_page(request):
+            return errorpage.error_page(request, 503, detail, headers)
+        return JSONResponse({"detail": detail}, status_code=503, headers=headers)
+
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, exc: RequestValidationError) -> Response:
         # FastAPI's own handler echoes each bad input: a lone surrogate in it made the answer
@@ -316,6 +344,7 @@ def _declare_guards(app: FastAPI) -> None:
         408: "a request body that stalled (collector/requestguard.py BodyDeadline)",
         413: f"a body over {MAX_OTHER_BODY} bytes",
         415: "a Content-Encoding on a route other than POST /v1/heartbeats",
+        503: "the database is unavailable (Retry-After says when to try again)",
     })
     for route in app.routes:
         if isinstance(route, APIRoute) and route.include_in_schema:

@@ -1,0 +1,60 @@
+"""The database unavailable: a 503 with Retry-After and one log line, not a 500 and a traceback
+per request; /readyz tells a load balancer, /healthz stays the process's liveness.
+
+Found by a review (PostgreSQL restarted under load): 141 bare "Internal Server Error" answers and
+~70 tracebacks a host in 10 seconds, while /healthz said ok.
+"""
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from collector.pgtemp import new_database
+from collector.server import create_app
+from tests import _seed
+from tests._seed import opened
+
+
+def _admin(admin_url: str, sql: str) -> None:
+    with psycopg.connect(admin_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as c:
+        c.execute(sql)
+
+
+def test_ingest_and_pages_answer_503_while_the_database_refuses_connections(
+    pg_admin_url: str, tmp_path: Path, tools: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = new_database(pg_admin_url)
+    name = url.split("?")[0].rsplit("/", 1)[1]
+    with opened(tmp_path, url) as st, TestClient(create_app(st)) as client:
+        agent = tools.Agent()
+        tools.enrol(st, "acme", agent, 0)
+        assert client.get("/readyz").status_code == 200
+        token = _seed.token(st, None, "vendor")
+        body = (agent.beat(int(time.time()) - 60) + "\n").encode()
+        hdr = {"Content-Type": "text/plain"}
+        # as PostgreSQL does in a restart or a failover: sessions ended, new ones refused
+        _admin(pg_admin_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        _admin(pg_admin_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             f"WHERE datname = '{name}'")
+        try:
+            with caplog.at_level(logging.ERROR, logger="collector.server"):
+                r = client.post("/v1/heartbeats", content=body, headers=hdr)
+            assert r.status_code == 503 and r.headers["Retry-After"] == "10"
+            assert r.json() == {"detail": "the database is unavailable; retry later"}
+            lines = [x for x in caplog.records if "event=database_unavailable" in x.getMessage()]
+            assert len(lines) == 1 and lines[0].exc_info is None  # one line, no traceback
+            assert client.get("/readyz").status_code == 503
+            assert client.get("/healthz").status_code == 200  # the process is alive
+            read = client.get("/v1/providers", headers={"Authorization": f"Bearer {token}"})
+            assert read.status_code == 503  # the read API too
+        finally:
+            _admin(pg_admin_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        # back by itself, without a restart: the agent's retry is stored
+        r = client.post("/v1/heartbeats", content=body, headers=hdr)
+        assert r.status_code == 200 and r.json()["results"][0]["status"] == "accepted"
+        assert client.get("/readyz").status_code == 200
