@@ -189,6 +189,7 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
              tuple((offsets[i], offsets[i + 1]) for i in long if s <= i < e))
             for s, e in zip(bounds, ends, strict=True)]
     seen: dict[str, int] = {}
+    anchor_seen: dict[str, tuple[int, set[str]]] = {}  # kid -> (its anchor seq, the digests given)
     kids: dict[str, str] = {}
     last: dict[str, str] = {}  # each key's last digest so far
     done = 0
@@ -206,15 +207,23 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
                 res.findings.append((rel, i + 1, rule, msg))
             if hb is None or problems:
                 continue
-            key = hb.kid if anchors else hb.digest
-            if key in seen:
-                what = "second anchor for key" if anchors else "the same JWS already on line"
-                res.findings.append((rel, i + 1, "anchor.duplicate" if anchors else "leaf.duplicate",
-                                     f"{what} {seen[key] + 1 if not anchors else hb.kid}"))
-                if not anchors:
-                    res.copies.append((i, hb.digest))  # tallied like the first copy: taken back alike
+            if anchors:
+                # A key's last heartbeat of the month before, or every copy of it when its seq
+                # was forked there (collector/evidence.py anchor_rows): rule 4 then checks no link.
+                first = anchor_seen.get(hb.kid)
+                if first is not None and (first[0] != hb.seq or hb.digest in first[1]):
+                    res.findings.append((rel, i + 1, "anchor.duplicate", f"second anchor for key {hb.kid}"
+                                         + (f" (seq {hb.seq}, the first's is {first[0]})"
+                                            if first[0] != hb.seq else "")))
+                    continue
+                anchor_seen.setdefault(hb.kid, (hb.seq, set()))[1].add(hb.digest)
+            elif hb.digest in seen:
+                res.findings.append((rel, i + 1, "leaf.duplicate",
+                                     f"the same JWS already on line {seen[hb.digest] + 1}"))
+                res.copies.append((i, hb.digest))  # tallied like the first copy: taken back alike
                 continue
-            seen[key] = i
+            else:
+                seen[hb.digest] = i
             kid = kids.setdefault(hb.kid, hb.kid)  # one string per kid across chunks too
             # A chain's prev is its predecessor's digest: share that string (a third of the memory).
             before = last.get(kid)

@@ -9,6 +9,7 @@ from typing import Any
 from billing import Activity, bill, load_catalog
 from billing.activity import HOUR, CapacityKey
 from billing.recompute import Hours, count_heartbeat
+from protocol.chain import anchor_map
 from protocol.heartbeat import Heartbeat, parse_unverified
 from protocol.merkle import leaf_hash, root_hash
 from protocol.note import Checkpoint, NoteSigner, sign_checkpoint
@@ -21,10 +22,6 @@ def log_root(leaves: Sequence[str]) -> bytes:
 
 def sign_log_checkpoint(signer: NoteSigner, origin: str, leaves: Sequence[str]) -> str:
     return sign_checkpoint(Checkpoint(origin, len(leaves), log_root(leaves)), signer)
-
-
-def anchor_map(anchors: Iterable[Heartbeat]) -> dict[str, Heartbeat]:
-    return {hb.kid: hb for hb in anchors}
 
 
 def bill_heartbeats(

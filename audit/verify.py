@@ -14,7 +14,7 @@ from audit.lines import Lines, read_line, verify_lines
 from audit.manifest import check_manifest
 from audit.recompute import Tally, cells_of, tally_activity, tally_heartbeat
 from billing import Activity, load_catalog
-from protocol.chain import ChainAnalysis, analyze
+from protocol.chain import ChainAnalysis, analyze, anchor_map
 from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, parse_unverified
 from protocol.merkle import root_hash
@@ -202,7 +202,7 @@ def _check_closed(ctx: _Ctx, verifier: NoteVerifier | None, cp: Checkpoint | Non
                 f"root is not the Merkle root of the first {s} lines: the log was rewritten after close")
         return
     assert s == lines.split, "the workers tallied the lines before another closed size"
-    analysis = analyze([hb for i, hb in lines.good.items() if i < s], {hb.kid: hb for hb in billing.anchors})
+    analysis = analyze([hb for i, hb in lines.good.items() if i < s], anchor_map(billing.anchors))
     _stage(ctx.progress, "recomputing closed/ billing", s, lambda: checks.compare_billing(
         ctx.add, ctx.root, billing.activity(analysis, s), catalog, ctx.month,
         B.CLOSED_USAGE, B.CLOSED_INVOICE, "closed", ctx.present))
@@ -271,7 +271,7 @@ def _verify(ctx: _Ctx, collector_key: str | None) -> None:
     for finding in anchor_lines.findings:
         ctx.add(*finding)
     anchors = list(anchor_lines.good.values())
-    analysis = analyze(lines.good.values(), {hb.kid: hb for hb in anchors})
+    analysis = analyze(lines.good.values(), anchor_map(anchors))
     start = month_bounds(ctx.month)[0] if ctx.month else None
     ctx.report.chains = checks.check_chains(ctx.add, lines.good, analysis, agents,
                                             {hb.kid for hb in anchors}, start)

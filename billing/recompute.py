@@ -17,7 +17,7 @@ from typing import Any
 from billing.activity import HOUR, Activity, capacity_key
 from billing.catalog import Catalog, load_catalog
 from billing.compute import BillingResult, compute
-from protocol.chain import analyze
+from protocol.chain import Anchor, analyze
 from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, parse_unverified
 from protocol.timefmt import month_bounds
@@ -103,7 +103,7 @@ def _merge(into: Counts, part: Counts) -> None:
 
 
 def _parallel(tokens: list[str], workers: int, m0: int, m1: int, only: Collection[str],
-              anchors: Mapping[str, Heartbeat] | None) -> tuple[Activity, list[dict[str, object]]]:
+              anchors: Mapping[str, Anchor] | None) -> tuple[Activity, list[dict[str, object]]]:
     ctx = multiprocessing.get_context("fork")  # the children read the token list without copying it
     step = -(-len(tokens) // workers)
     procs = []
@@ -166,7 +166,7 @@ def _workers(requested: int | None, n: int) -> int:
 
 
 def bill(heartbeats: Iterable[Heartbeat | str], catalog: Catalog | Mapping[str, Any], month: str,
-         anchors: Mapping[str, Heartbeat] | None = None, *, workers: int | None = None) -> BillingResult:
+         anchors: Mapping[str, Anchor] | None = None, *, workers: int | None = None) -> BillingResult:
     """Bill a month from its heartbeats (Heartbeat objects or compact JWS strings, unverified here:
     the caller has verified signatures). Deterministic whatever the order, duplicates or workers."""
     cat = load_catalog(catalog)

@@ -13,6 +13,7 @@ from collector import accounting, evidence, roles
 from collector import schema as s
 from collector.accounts import machine
 from collector.accounts import store as acc_store
+from protocol.chain import ForkedAnchor
 from protocol.payload import MAX_INT
 from protocol.timefmt import format_time, month_bounds, previous_month
 
@@ -172,7 +173,8 @@ def across_months(conn: Connection, provider: str, month: str) -> list[dict[str,
         mine = sa.select(L.seq).where(L.provider == provider, L.month == month, L.kid == kid)
         edge = L.seq <= anchor.seq if stale else L.seq < anchor.seq
         below = set(conn.execute(mine.where(edge)).scalars())
-        if stale and anchor.seq < MAX_INT:  # past 2^63-1 nothing follows, nor fits a BIGINT
+        # past 2^63-1 nothing follows, nor fits a BIGINT; nothing links to a forked anchor
+        if stale and anchor.seq < MAX_INT and not isinstance(anchor, ForkedAnchor):
             after = mine.where(L.seq == anchor.seq + 1, L.prev != anchor.digest)
             broken = conn.execute(after).scalars().all()
             if broken:

@@ -18,8 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from collector import schema as s
-from protocol.chain import ChainAnalysis, ChainReport, Link, analyze_links
-from protocol.heartbeat import Heartbeat
+from protocol.chain import Anchor, ChainAnalysis, ChainReport, ForkedAnchor, Link, analyze_links
 
 _LV = s.leaves
 
@@ -116,7 +115,7 @@ def _window_query(provider: str, month: str, size: int | None) -> sa.Select[Any]
 
 
 def _key_report(
-    kid: str, rows: list[tuple[Any, ...]], anchor: Heartbeat | None
+    kid: str, rows: list[tuple[Any, ...]], anchor: Anchor | None
 ) -> tuple[ChainReport, set[str]] | None:
     """`_linear_key`'s result from the key's exceptional rows, or None when they do not plainly suffice."""
     rows.sort(key=lambda r: r[1])
@@ -125,6 +124,8 @@ def _key_report(
     if len(sized) != 1 or sized[0][10] is None or rows[0][5] is not None or rows[0][7] is not None:
         return None  # the first leaf must come back, alone without any predecessor
     count, hi = sized[0][9], sized[0][10]
+    if isinstance(anchor, ForkedAnchor):
+        return None  # the month before's last seq forked: the general rules decide (rare)
     if anchor is not None and anchor.seq >= lo:
         return None  # the anchor's seq reused or inside the month: the general rules decide
     report = ChainReport(kid, lo, hi)
@@ -165,7 +166,7 @@ def _key_report(
 
 
 def chain_analysis(
-    conn: Connection, provider: str, month: str, anchors: Mapping[str, Heartbeat], size: int | None = None
+    conn: Connection, provider: str, month: str, anchors: Mapping[str, Anchor], size: int | None = None
 ) -> ChainAnalysis:
     """protocol.chain.analyze_links over the month's (first ``size``) leaves, run mostly by the database."""
     rows_of: dict[str, list[tuple[Any, ...]]] = defaultdict(list)

@@ -17,8 +17,8 @@ from sqlalchemy.engine import Connection
 from billing.activity import Activity, CapacityKey, capacity_key, stored_bundles
 from collector import chainsql
 from collector import schema as s
-from protocol.chain import ChainAnalysis, Link, analyze_links
-from protocol.heartbeat import Heartbeat, parse_unverified
+from protocol.chain import Anchor, ChainAnalysis, Link, analyze_links, anchor_map
+from protocol.heartbeat import parse_unverified
 from protocol.timefmt import month_bounds, previous_month
 
 HOUR = 3600
@@ -62,7 +62,9 @@ def chain_rows(conn: Connection, provider: str, month: str, size: int | None = N
 
 
 def anchor_rows(conn: Connection, provider: str, month: str, latest: bool = False) -> list[Any]:
-    """Each key's last accepted heartbeat of the month before: highest seq, first logged on a tie.
+    """Each key's last accepted heartbeat of the month before: its highest seq, every copy of it
+    when that seq was forked (protocol.chain.anchor_map: rule 4 then checks no link to it; the
+    first logged copy alone made the month's first heartbeat a break, its hour unbilled).
 
     For a closed month, accepted by its close: among the month before's first `closes.anchor_size`
     leaves. A heartbeat of the month before that arrives later is that month's late data; it does
@@ -82,14 +84,11 @@ def anchor_rows(conn: Connection, provider: str, month: str, latest: bool = Fals
         .where(*scope)
         .order_by(_L.idx)
     )
-    out: dict[str, Any] = {}
-    for r in conn.execute(q):
-        out.setdefault(r.kid, r)
-    return [out[k] for k in sorted(out)]
+    return sorted(conn.execute(q), key=lambda r: (r.kid, r.idx))
 
 
-def anchors(conn: Connection, provider: str, month: str, latest: bool = False) -> dict[str, Heartbeat]:
-    return {r.kid: cast(Heartbeat, r) for r in anchor_rows(conn, provider, month, latest)}
+def anchors(conn: Connection, provider: str, month: str, latest: bool = False) -> dict[str, Anchor]:
+    return anchor_map(anchor_rows(conn, provider, month, latest))
 
 
 def chain_analysis(conn: Connection, provider: str, month: str, size: int | None = None) -> ChainAnalysis:

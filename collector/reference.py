@@ -18,7 +18,7 @@ from audit.recompute import Tally, cells_of, tally_activity, tally_heartbeat, to
 from billing import load_catalog
 from billing.compute import compute
 from collector import evidence, tlog
-from protocol.chain import analyze_links
+from protocol.chain import analyze_links, anchor_map
 from protocol.heartbeat import parse_unverified
 from protocol.timefmt import month_bounds
 
@@ -58,7 +58,7 @@ def full_result(
     tally.merge(cells_of(hours), decl)
     if progress is not None:
         progress(size, size)
-    anchors = {r.kid: parse_unverified(r.jws) for r in evidence.anchor_rows(conn, provider, month)}
+    anchors = anchor_map(parse_unverified(r.jws) for r in evidence.anchor_rows(conn, provider, month))
     analysis = analyze_links(links, anchors)
     taken = [where[k] for k, link in enumerate(links) if link[4] in analysis.quarantined]
     tallies = [tally]

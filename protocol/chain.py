@@ -5,6 +5,9 @@ Decisions where the spec is silent (also in docs/protocol-decisions.md):
   one is known, else from the month's lowest seq; seqs before that are not this month's gap.
 - `time` going back is checked between consecutive present, unforked seqs (anchor included).
 - A heartbeat of the month with the anchor's seq but another JWS is a fork (quarantined).
+- When the key's last seq of the month before was itself forked there (several JWS), every copy
+  is its anchor (ForkedAnchor): it counts for the gaps, and rule 4 checks no link to it
+  ("neither is forked"), nor rule 5 a time (a false break quarantined a billed hour).
 """
 
 from bisect import bisect_left
@@ -13,9 +16,42 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from protocol.heartbeat import Heartbeat
+
+
+class ForkedAnchor(NamedTuple):
+    """A key's last seq of the month before, signed as several JWS (a fork there)."""
+
+    kid: str
+    seq: int
+    digests: frozenset[str]
+    time: int  # the latest copy's
+
+    @property
+    def digest(self) -> str:
+        return ""  # the digest of no heartbeat: nothing links to a forked anchor
+
+
+Anchor = Heartbeat | ForkedAnchor
+
+
+def anchor_map(given: Iterable[Any]) -> dict[str, Anchor]:
+    """Each key's anchor from what is given for it (heartbeats, or rows with kid, seq, time and
+    digest): the copy of its highest seq, or a ForkedAnchor when that seq came as several JWS."""
+    tops: dict[str, dict[str, Any]] = {}
+    for hb in given:
+        mine = tops.get(hb.kid)
+        if mine is None or next(iter(mine.values())).seq < hb.seq:
+            tops[hb.kid] = {hb.digest: hb}
+        elif next(iter(mine.values())).seq == hb.seq:
+            mine.setdefault(hb.digest, hb)
+    return {
+        kid: next(iter(c.values())) if len(c) == 1 else ForkedAnchor(
+            kid, next(iter(c.values())).seq, frozenset(c), max(hb.time for hb in c.values()))
+        for kid, c in tops.items()
+    }
 
 
 @dataclass
@@ -52,7 +88,7 @@ def _gaps(seqs: list[int], start: int) -> list[list[int]]:
 
 
 def analyze_key(
-    kid: str, beats: Iterable[Heartbeat], anchor: Heartbeat | None = None
+    kid: str, beats: Iterable[Heartbeat], anchor: Anchor | None = None
 ) -> tuple[ChainReport, set[str]]:
     """Analyse one key's heartbeats of a month; return its report and the quarantined digests."""
     by_seq: dict[int, dict[str, Heartbeat]] = defaultdict(dict)
@@ -62,19 +98,25 @@ def analyze_key(
     report = ChainReport(kid, seqs[0], seqs[-1])
     quarantined: set[str] = set()
     forked = {s for s in seqs if len(by_seq[s]) > 1}
-    if anchor is not None and anchor.seq in by_seq and anchor.digest not in by_seq[anchor.seq]:
-        # This month reuses the seq of last month's final heartbeat with another JWS: a fork
-        # across the boundary (a restored snapshot); this month's copies count for nothing.
-        forked.add(anchor.seq)
+    mine = anchor.digests if isinstance(anchor, ForkedAnchor) else {anchor.digest} if anchor else set()
+    unlinked = None  # a forked anchor's own copy among the beats: present, but linked to by none
+    if anchor is not None and anchor.seq in by_seq:
+        if not by_seq[anchor.seq].keys() <= mine:
+            # This month reuses the seq of last month's final heartbeat with another JWS: a fork
+            # across the boundary (a restored snapshot); this month's copies count for nothing.
+            forked.add(anchor.seq)
+        elif isinstance(anchor, ForkedAnchor):
+            unlinked = anchor.seq
     report.forks = sorted(forked)
     for s in report.forks:
         quarantined.update(by_seq[s])
     start = anchor.seq if anchor is not None and anchor.seq < seqs[0] else seqs[0]
     report.gaps = _gaps(seqs, start)
 
-    single: dict[int, Heartbeat] = {s: next(iter(by_seq[s].values())) for s in seqs if s not in forked}
-    if anchor is not None and anchor.seq not in by_seq:
-        single.setdefault(anchor.seq, anchor)
+    single: dict[int, Heartbeat] = {s: next(iter(by_seq[s].values())) for s in seqs
+                                    if s not in forked and s != unlinked}
+    if anchor is not None and anchor.seq not in by_seq and not isinstance(anchor, ForkedAnchor):
+        single.setdefault(anchor.seq, anchor)  # type: ignore[arg-type]
     for s in seqs:
         hb = single.get(s)
         before = single.get(s - 1)
@@ -99,7 +141,7 @@ class Link(NamedTuple):
 
 
 def _linear_key(
-    kid: str, chain: list[Link], anchor: Heartbeat | None
+    kid: str, chain: list[Link], anchor: Anchor | None
 ) -> tuple[ChainReport, set[str]] | None:
     """analyze_key's result in one pass over the seq-sorted beats, or None when a seq repeats.
 
@@ -119,15 +161,19 @@ def _linear_key(
         if anchor.seq < start:
             start = anchor.seq
         i = bisect_left(seqs, anchor.seq)
+        forked_anchor = isinstance(anchor, ForkedAnchor)
         if i < len(seqs) and seqs[i] == anchor.seq:
+            if forked_anchor:
+                return None  # the month before's forked last seq met again: the general rules decide
             if chain[i][4] != anchor.digest:
                 # The month reuses the anchor's seq with another JWS: a fork across the boundary;
                 # that copy counts for nothing and takes no part in breaks or the clock.
                 report.forks = [anchor.seq]
                 quarantined.add(chain[i][4])
                 chain = chain[:i] + chain[i + 1 :]
-        else:
-            chain = [*chain[:i], (kid, anchor.seq, anchor.prev, anchor.time, anchor.digest), *chain[i:]]
+        elif not forked_anchor:  # a forked one is no predecessor (rule 4: "neither is forked")
+            link = (kid, anchor.seq, anchor.prev, anchor.time, anchor.digest)  # type: ignore[union-attr]
+            chain = [*chain[:i], link, *chain[i:]]
             anchor_at = i  # the anchor is a predecessor only: never reported itself
     report.gaps = _gaps(seqs, start)
     breaks, clock_back = report.breaks, report.clock_back
@@ -149,7 +195,7 @@ _SEQ = itemgetter(1)
 
 
 def analyze_links(
-    links: Iterable[Link | tuple[str, int, str, int, str]], anchors: Mapping[str, Heartbeat] | None = None
+    links: Iterable[Link | tuple[str, int, str, int, str]], anchors: Mapping[str, Anchor] | None = None
 ) -> ChainAnalysis:
     """analyze() over (kid, seq, prev, time, digest) tuples, e.g. a store's rows read as they are."""
     per_key: dict[str, list[Link]] = defaultdict(list)
@@ -168,6 +214,6 @@ def analyze_links(
     return ChainAnalysis(reports, quarantined)
 
 
-def analyze(beats: Iterable[Heartbeat], anchors: Mapping[str, Heartbeat] | None = None) -> ChainAnalysis:
+def analyze(beats: Iterable[Heartbeat], anchors: Mapping[str, Anchor] | None = None) -> ChainAnalysis:
     """Analyse every key's chain in a set of heartbeats (a month's log), with month-boundary anchors."""
     return analyze_links(((hb.kid, hb.seq, hb.prev, hb.time, hb.digest) for hb in beats), anchors)

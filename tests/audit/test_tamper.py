@@ -369,3 +369,26 @@ def test_emptied_anchors_are_a_finding(bundle: Path, pristine: Path, forge) -> N
     named = [f for f in verify_bundle(bundle).notes if f.rule == "chain.unanchored"]
     assert named and all(f.file == "anchors.jws" and "no heartbeat of the month before" in f.message
                          for f in named)
+
+
+def test_a_second_anchor_of_a_key_is_refused_unless_it_is_a_copy_of_the_same_seq(
+    bundle: Path, forge, scenario: Scenario
+) -> None:
+    # Every copy of a key's last seq of the month before is its anchor when that seq was forked
+    # (rule 4 then checks no link to it); an anchor of another seq is no anchor at all.
+    from protocol.heartbeat import parse_unverified
+    from protocol.timefmt import format_time
+
+    anchor = parse_unverified(scenario.anchors[0])
+    agent = next(a for a in scenario.agents if a.key.kid == anchor.kid)
+
+    def signed(seq: int, t: int) -> str:
+        payload = {**anchor.payload, "seq": seq, "time": format_time(t), "observations": []}
+        return sign_heartbeat(agent.key, payload)
+
+    older = signed(anchor.seq - 1, anchor.time - 60)
+    forge.edit_lines(bundle, "anchors.jws", lambda lines: [*lines, older])
+    forge.rehash(bundle)
+    found = [(f.file, f.rule, f.message) for f in verify_bundle(bundle).errors]
+    why = f"second anchor for key {anchor.kid} (seq {anchor.seq - 1}, the first's is {anchor.seq})"
+    assert ("anchors.jws", "anchor.duplicate", why) in found

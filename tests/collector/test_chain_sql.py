@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from collector import chainsql, evidence
 from collector import schema as s
 from collector.settings import Settings
-from protocol.chain import Link, analyze_links
+from protocol.chain import Link, analyze_links, anchor_map
 
 MONTH, BEFORE = "2026-05", "2026-04"
 KIDS = ["kid-a", "kid-b", "kid-c"]
@@ -107,13 +107,9 @@ def _store(conn: sa.Connection, old: list[Link], beats: list[Link]) -> None:
     conn.execute(s.leaves.insert(), rows)
 
 
-def _anchors(old: list[Link]) -> dict[str, Link]:
-    """Each key's last heartbeat of the month before: highest seq, the first logged on a tie."""
-    out: dict[str, Link] = {}
-    for ln in old:
-        if ln.kid not in out or ln.seq > out[ln.kid].seq:
-            out[ln.kid] = ln
-    return out
+def _anchors(old: list[Link]) -> dict[str, Any]:
+    """Each key's last heartbeat of the month before: its highest seq, every copy when forked."""
+    return anchor_map(old)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -14,6 +14,7 @@ from billing import same_invoice, same_usage
 from collector import accounting, db, registry
 from collector.export import export
 from collector.ingest import ingest_lines
+from protocol.heartbeat import token_digest
 from protocol.timefmt import month_bounds, month_of, previous_month
 
 H = 3600
@@ -250,3 +251,31 @@ def test_the_month_adjustments_land_on_is_listed_without_heartbeats_of_its_own(c
     assert {"month": n, "closed": False} in listed and {"month": m, "closed": True} in listed
     inv = client.get(f"/v1/providers/acme/invoices/{n}", headers=auth).json()
     assert [x["adjusts"] for x in inv["lines"]] == [m]
+
+
+def test_a_forked_last_heartbeat_of_the_month_before_breaks_nothing(settings, tools, tmp_path):
+    # Billing review: September's seq 5 signed twice (A logged first, then B); October's seq 6
+    # chains from B. It was a break against A (the first logged copy was the only anchor), its
+    # hour unbilled, and the bundle (A alone in anchors.jws) verified that way.
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, month_bounds("2026-09")[0])
+    m0 = month_bounds("2026-10")[0]
+    run = {"TR7-0001": "running"}
+    sep = [a.beat(m0 - 3000 + i * 600, run) for i in range(4)]
+    copy_a = a.beat(m0 - 300, run)
+    a.seq, a.prev = 5, token_digest(sep[-1])  # the same seq 5 signed again: a fork
+    copy_b = a.beat(m0 - 299, run)
+    october = [a.beat(m0 + 600, run), a.beat(m0 + 3 * 3600 + 600, run)]
+    beats = [*sep, copy_a, copy_b, *october]
+    assert {r["status"] for r in ingest_lines(settings.engine, beats)} == {"accepted"}
+    with db.read_conn(settings.engine) as c:
+        usage, invoice = accounting.own_result(c, "acme", "2026-10")
+        full = accounting.full_result(c, "acme", "2026-10")
+        _path, agrees = export(c, settings, "acme", "2026-10", tmp_path / "bundle")
+    assert usage["chains"][0]["breaks"] == [] and usage["chains"][0]["gaps"] == []
+    assert [(x["quantity"], x["amount"]) for x in invoice["lines"]] == [(2, "0.09")]
+    assert same_usage(usage, full[0]) and same_invoice(invoice, full[1]) and agrees
+    assert sorted((tmp_path / "bundle" / "anchors.jws").read_text().split()) == sorted([copy_a, copy_b])
+    r = _audit(tmp_path / "bundle")
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -141,3 +141,33 @@ def test_reusing_the_anchor_seq_is_a_fork_across_the_boundary(agent_key, chain):
                                                    start="2026-11-01T00:00:00Z")]),
                    {agent_key.kid: anchor})
     assert same.reports[agent_key.kid].forks == [] and same.quarantined == set()
+
+
+def test_a_forked_last_seq_of_the_month_before_is_no_predecessor(agent_key, make_payload, chain):
+    # Billing review: the month before's seq 10 signed twice (A logged first, B), November's seq 11
+    # chaining from B was a break against A, its hour unbilled. §3 rule 4: "neither is forked".
+    from protocol.chain import ForkedAnchor, anchor_map
+
+    october = chain(agent_key, 10, start="2026-10-31T22:15:00Z")
+    hb9 = parse_unverified(october[-2])
+    copy_b = sign_heartbeat(agent_key, make_payload(
+        agent_key, seq=10, prev=hb9.digest, time=format_time(hb9.time + 301), observations=[]))
+    anchors = anchor_map(_hbs([*october[:3], october[-1], copy_b]))  # every copy of the last seq
+    forked = anchors[agent_key.kid]
+    assert isinstance(forked, ForkedAnchor) and forked.seq == 10
+    assert forked.digests == {token_digest(october[-1]), token_digest(copy_b)}
+    november = chain(agent_key, 3, start_seq=11, prev=token_digest(copy_b), start="2026-11-01T00:10:00Z")
+    result = analyze(_hbs(november), anchors)
+    assert result.quarantined == set() and result.reports[agent_key.kid].breaks == []
+    # linked to anything at all, still no break: nothing is known to link to
+    stray = chain(agent_key, 2, start_seq=11, prev="7" * 64, start="2026-11-01T00:10:00Z")
+    assert analyze(_hbs(stray), anchors).quarantined == set()
+    # a gap is still counted from the anchor's seq
+    later = chain(agent_key, 2, start_seq=13, prev="7" * 64, start="2026-11-01T00:10:00Z")
+    assert analyze(_hbs(later), anchors).reports[agent_key.kid].gaps == [[11, 12]]
+    # and a third JWS with that seq, in November, is a fork across the boundary as ever
+    restored = chain(agent_key, 2, start_seq=10, prev=hb9.digest, start="2026-11-01T00:10:00Z")
+    again = analyze(_hbs(restored), anchors)
+    assert again.reports[agent_key.kid].forks == [10] and again.quarantined == {token_digest(restored[0])}
+    # one copy only: the anchor as before
+    assert anchor_map(_hbs(october))[agent_key.kid] == parse_unverified(october[-1])
