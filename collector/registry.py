@@ -148,6 +148,7 @@ def apply_catalog(
     pid = doc["provider"]["id"]
     now = int(time.time()) if now is None else now
     prev = latest_catalog(conn, pid)
+    _same_currency(conn, pid, prev[1] if prev else None, doc)
     if prev is None:
         found = changes(None, doc)
     else:
@@ -166,6 +167,24 @@ def apply_catalog(
             )
         )
     return pid, [str(c) for c in found]
+
+
+def _same_currency(conn: Connection, pid: str, prev: dict[str, Any] | None, doc: dict[str, Any]) -> None:
+    """A provider keeps its currency once a month is closed: the late heartbeats of a closed month
+    are billed as adjustment lines, priced as it was, on the next open month's invoice, which has
+    one currency (billing-v1.md §7). A catalog in another currency made an invoice in USD add up
+    a line priced in EUR."""
+    was, now = (prev or {}).get("provider", {}).get("currency"), doc["provider"].get("currency")
+    if prev is None or was == now:
+        return
+    closed = conn.execute(sa.select(s.closes.c.month).where(s.closes.c.provider == pid)
+                          .order_by(s.closes.c.month.desc()).limit(1)).scalar()
+    if closed is not None:
+        raise RegistryError(
+            f"provider {pid}'s currency is {was}, and {closed} is closed in it: the late heartbeats of "
+            f"its closed months are billed as adjustment lines on the next open month's invoice, which "
+            f"has one currency (billing-v1.md §7). Keep currency {was}, or bill in {now} under a new "
+            "provider id")
 
 
 # --- agents --------------------------------------------------------------------------------

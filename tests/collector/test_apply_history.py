@@ -417,3 +417,20 @@ def test_the_served_bill_follows_a_downgrade_and_a_payment(settings, tools):
     db.write_tx(settings.engine, lambda c: store.paid(c, "acme", "c1", m0 + 24 * H))
     with db.read_conn(settings.engine) as c:
         assert accounting.full_result(c, "acme", NOV)[1]["total"] == served() == "1.08"
+
+
+def test_the_currency_stays_once_a_month_is_closed(settings, tools) -> None:
+    # Billing review: October closed in EUR, a USD catalog applied for November, then October's
+    # late heartbeats: November's USD invoice added a line priced in EUR.
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog(), now=0))
+    usd = copy.deepcopy(tools.catalog())
+    usd["provider"]["currency"] = "USD"
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, usd, now=0))  # nothing closed yet
+    eur = tools.catalog()
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, eur, now=0))
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", "2026-10",
+                                                            now=time.time_ns() // 10**9))
+    with pytest.raises(registry.RegistryError, match=r"currency is EUR, and 2026-10 is closed in it"):
+        db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, usd))
+    with db.read_conn(settings.engine) as c:
+        assert registry.latest_catalog(c, "acme")[1]["provider"]["currency"] == "EUR"  # nothing stored
