@@ -95,12 +95,19 @@ def _keeps_what_was_invoiced(conn: Connection, provider: str, month: str, doc: d
     except PricingError as exc:
         raise AmendError(f"the catalog still cannot price {month}'s heartbeats: {exc}") from exc
     invoiced = json.loads(base.invoice)
-    lost = sorted(set(map(_key, invoiced["lines"])) - set(map(_key, now["lines"])))
-    lost += sorted(set(map(_row_key, invoiced["device_days"])) - set(map(_row_key, now["device_days"])))
+    # Each line's price and also its quantity and amount: a downgraded period added over hours
+    # already invoiced kept every price, and made the next month credit them (-8 h) with no
+    # heartbeat behind it (billing review)
+    lost = sorted(_lines(invoiced) - _lines(now), key=str)
     if lost:
         raise AmendError(f"the catalog changes what was already invoiced for {month} (its close and the "
                          f"adjustments later closes billed): {', '.join(map(str, lost[:3]))} would no longer "
-                         "be billed at that price")
+                         "be billed so")
+
+
+def _lines(invoice: dict[str, Any]) -> set[tuple[Any, ...]]:
+    return ({(*_key(x), str(x["quantity"]), x["amount"]) for x in invoice["lines"]}
+            | {(*_row_key(x), str(x["device_days"]), x["amount"]) for x in invoice["device_days"]})
 
 
 def _key(line: dict[str, Any]) -> tuple[Any, ...]:

@@ -174,3 +174,33 @@ def test_a_baseline_from_before_migration_0011_is_checked_over_the_whole_log(set
     fixed = _with_rate(doc, "0.0900")
     out = _amend(settings, fixed, 100)
     assert "priced now" in out[0]
+
+
+def test_an_amendment_may_not_change_the_quantity_of_hours_already_invoiced(settings, tools) -> None:
+    # Billing review: a downgraded period added over late hours a later close had invoiced kept
+    # every price, and the month after credited them (-8 h) with no heartbeat behind it.
+    import copy
+
+    from collector.amend import AmendError
+
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a = tools.Agent("a")
+    tools.enrol(settings, "acme", a, parse_time("2026-08-01T00:00:00Z"))
+    j = parse_time("2026-09-01T00:00:00Z")
+    beats = [a.beat(j + h * 3600 + 60, {"TR7-0001": "running"}, interval=3600) for h in range(24)]
+    ingest_lines(settings.engine, beats[:10])
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", JAN))
+    ingest_lines(settings.engine, beats[10:])
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", FEB))  # bills +14 h
+    with db.read_conn(settings.engine) as c:
+        doc = copy.deepcopy(accounting.catalog_for(c, "acme", JAN)[1])
+    doc["customers"][0]["downgraded"] = [["2026-09-01T12:00:00Z", "2026-09-01T20:00:00Z"]]
+    try:
+        _amend(settings, doc, 0)
+    except AmendError as exc:
+        assert "changes what was already invoiced" in str(exc)
+    else:
+        raise AssertionError("the amendment was accepted")
+    with db.read_conn(settings.engine) as c:
+        nov = accounting.invoice(c, "acme", "2026-11")
+    assert [x for x in nov["lines"] if x.get("adjusts") == JAN] == []  # nothing credited
