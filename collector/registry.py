@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import secrets
 import time
 import unicodedata
@@ -30,16 +31,24 @@ def digest(secret: str) -> str:
 
 
 class _CatalogYaml(yaml.SafeLoader):
-    """YAML as the same catalog as JSON (billing-v1.md §7): an unquoted time stays the text it
-    is, and the catalog's own check judges it. PyYAML's timestamp resolver read `2026-11-03
-    12:00:00` (no zone) as the host's local time and turned offsets and fractions into a UTC
-    time silently, where the same text in JSON is refused."""
+    """YAML as the same catalog as JSON (billing-v1.md §7): a plain scalar is a number, a boolean
+    or null only where JSON would write it so, and stays text otherwise, for the catalog's own
+    check to judge. PyYAML's YAML 1.1 resolvers read `2026-11-03 12:00:00` (no zone) as the
+    host's local time, `0500` as octal 320 (a 400 Mbps capacity priced at the 1000 Mbps rate),
+    `1:30` as 90 and `on` as true, where the same texts in JSON are refused."""
 
 
+_YAML = "tag:yaml.org,2002:"
+_REPLACED = {f"{_YAML}{t}" for t in ("timestamp", "int", "float", "bool")}
 _CatalogYaml.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _REPLACED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+# JSON's number and literal grammar (RFC 8259 §6-7), int before float: resolvers are tried in order
+_CatalogYaml.add_implicit_resolver(f"{_YAML}bool", re.compile(r"^(?:true|false)$"), list("tf"))
+_CatalogYaml.add_implicit_resolver(f"{_YAML}int", re.compile(r"^-?(?:0|[1-9][0-9]*)$"), list("-0123456789"))
+_JSON_FLOAT = re.compile(r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?$")
+_CatalogYaml.add_implicit_resolver(f"{_YAML}float", _JSON_FLOAT, list("-0123456789"))
 
 
 def read_catalog_file(path: Path) -> dict[str, Any]:

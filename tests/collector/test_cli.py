@@ -82,6 +82,13 @@ def test_operator_workflow(tmp_path, db_url, tools):
     assert r.returncode == 1 and "licenses[0].end: must be a UTC time" in r.stderr
     z.write_text(y.read_text().replace("'2030-01-01T00:00:00Z'", "2030-01-01T00:00:00Z"))
     assert "no change" in run(data, db_url, "apply", str(z)).stdout
+    # and a number is one where JSON's grammar says so: 0500 was YAML 1.1's octal 320 (a 400 Mbps
+    # capacity then priced at another tier), 1:30 base 60, and both are refused in JSON
+    for odd in ("0500", "1:30", "0x1F4"):
+        o = tmp_path / "odd.yaml"
+        o.write_text(y.read_text().replace("bandwidth_mbps: 500", f"bandwidth_mbps: {odd}"))
+        r = run(data, db_url, "apply", str(o), "--retroactive", ok=False)
+        assert r.returncode == 1 and "licenses[0].capacity[0].bandwidth_mbps" in r.stderr, (odd, r.stderr)
     cat["licenses"][0]["model"] = "rental"
     f.write_text(json.dumps(cat))
     bad = run(data, db_url, "apply", str(f), ok=False)
