@@ -129,6 +129,20 @@ def test_admin_walks_overview_customer_instance_agents(
     page.wait_for_selector("pre.jws")
     assert "/ui/p/acme/instances/TR7-A02/evidence?hour=2026-10-03T22" in page.url
     page.goto("/ui/p/acme/customers/c1?month=2026-10")
+    # and from the keyboard: one tab stop per map, arrows move and say each hour (UX review: the
+    # cells were mouse-only)
+    heat = page.locator('table.heat[data-instance="TR7-A02"]')
+    pick = heat.locator("xpath=following-sibling::p[1]")
+    first = heat.locator('tr[data-day="2026-10-01"] td').first
+    assert first.get_attribute("tabindex") == "0"
+    assert heat.locator('td[tabindex="0"]').count() == 1
+    first.focus()
+    for key in ["ArrowDown", "ArrowDown", *["ArrowRight"] * 22]:
+        page.keyboard.press(key)
+    assert pick.inner_text().startswith("2026-10-03T22:00:00Z: inactive")
+    page.keyboard.press("Enter")
+    assert pick.locator("a").count() == 1
+    assert heat.locator('td[tabindex="0"]').count() == 1  # still one tab stop, where the focus is
 
     with page.expect_download() as dl:
         page.click("#pdf")

@@ -41,9 +41,7 @@ document.addEventListener("mouseover", (ev) => {
   const cell = heatCell(ev);
   if (cell && !cell.td.title) cell.td.title = `${cell.hour} ${cell.state}`;
 });
-document.addEventListener("click", (ev) => {
-  const cell = heatCell(ev);
-  if (!cell) return;
+function pickCell(cell) {
   const table = cell.td.closest("table.heat");
   const pick = table.nextElementSibling;
   if (!pick || !pick.classList.contains("heat-pick")) return;
@@ -54,4 +52,39 @@ document.addEventListener("click", (ev) => {
     link.textContent = "signed heartbeats of that hour";
     pick.append(" — ", link);
   }
+}
+document.addEventListener("click", (ev) => {
+  const cell = heatCell(ev);
+  if (cell) pickCell(cell);
+});
+// The keyboard: one tab stop per map (its first hour), arrow keys move between hours and say
+// each one's state in the line under the map (aria-live), Enter or Space as a click.
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("table.heat").forEach((table) => {
+    table.setAttribute("aria-label", `Hours of ${table.dataset.instance}: arrow keys move, the line below says each hour's state`);
+    const first = table.querySelector("td");
+    if (first) first.tabIndex = 0;
+  });
+});
+const heatMoves = {ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0]};
+document.addEventListener("keydown", (ev) => {
+  const cell = heatCell(ev);
+  if (!cell) return;
+  if (ev.key === "Enter" || ev.key === " ") {
+    ev.preventDefault();
+    pickCell(cell);
+    return;
+  }
+  const move = heatMoves[ev.key];
+  if (!move) return;
+  ev.preventDefault();
+  const row = cell.td.parentElement;
+  const rows = [...row.parentElement.querySelectorAll("tr[data-day]")];
+  const to = rows[rows.indexOf(row) + move[0]];
+  const next = to && to.cells[cell.td.cellIndex + move[1]];
+  if (!next || next.tagName !== "TD") return;
+  cell.td.tabIndex = -1;
+  next.tabIndex = 0;
+  next.focus();
+  pickCell(heatCell({target: next}));
 });
