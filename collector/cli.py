@@ -276,7 +276,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         c = db.write_tx(
             engine, lambda conn: accounting.close(conn, settings, args.provider, args.month, args.force)
         )
-        print(f"closed {args.provider} {args.month} at log size {c.size}; total {c.billed.get('total')}")
+        print(f"closed {args.provider} {args.month} at log size {c.size}; total {c.billed.get('total')} "
+              f"{c.billed.get('currency', '')}".rstrip())
         return 0
     if args.cmd == "export":
         from audit.progress import StderrProgress

@@ -41,9 +41,12 @@ def instances_page(
             "licences": [f"{x['id']} ({x.get('model')}, {x.get('unit', 'hour')})" for x in lics],
             "customers": sorted({names.get(x["customer"], x["customer"]) for x in lics}),
         }
-        # one box finds an instance by its id, a licence or a customer
-        text = " ".join([inst, *row["licences"], *row["customers"]]).casefold()
+        # one box finds an instance by its id, a licence or a customer (its name or its id)
+        ids = [x["customer"] for x in lics]
+        text = " ".join([inst, *row["licences"], *row["customers"], *ids]).casefold()
         if q.casefold() in text:
             rows.append(row)
+    # a start past the end (an old link, a hand-edited one) shows the last page, not "101–100 shown"
+    start = min(start, max(0, len(rows) - 1) // PAGE * PAGE)
     return page(request, "instances.html", sess, provider=provider, month=month, q=q, start=start,
                 rows=rows[start : start + PAGE], total=len(rows), page_size=PAGE)

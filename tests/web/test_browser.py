@@ -203,7 +203,15 @@ def test_admin_records_a_payment_failure_through_the_form(browser: Browser, base
     page = signed_in(browser, base_url, "ann")
     page.goto("/ui/p/acme/customers/c3?month=2026-10")
     page.fill("#payment-failed input[name=email]", "ap@coastal.example")
+    asked: list[str] = []
+    # it asks first (UX review: one click mailed the customer); dismissed, nothing is recorded
+    page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
     page.click("#payment-failed button")
+    assert asked and "Record a payment failure for Coastal" in asked[0]
+    assert "payment_failed" not in page.content()
+    page.once("dialog", lambda d: d.accept())
+    page.click("#payment-failed button")
+    page.wait_for_url("**/customers/c3?month=2026-10")
     assert page.url.endswith("/ui/p/acme/customers/c3?month=2026-10")  # the month it showed
     assert "overdue" in page.inner_text("#account-state")
     assert "payment_failed" in page.inner_text("#account-events")

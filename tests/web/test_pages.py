@@ -659,6 +659,9 @@ def test_the_instances_page_finds_and_pages_every_instance(
     first = client.get("/ui/p/acme/instances?month=2026-10").text
     total = int(re.search(r'<p id="count">(\d+) instance', first).group(1))
     assert first.count("<tr data-instance=") == 1 and ('id="next"' in first) == (total > 1)
+    # a start past the end shows the last page (it said "100000000000000000000000–… shown")
+    far = client.get("/ui/p/acme/instances?month=2026-10&start=99999999999999999999999").text
+    assert far.count("<tr data-instance=") == 1 and "99999" not in far
 
 
 def test_the_overview_says_stale_while_its_alerts_are_recomputed(

@@ -88,3 +88,9 @@ document.addEventListener("keydown", (ev) => {
   next.focus();
   pickCell(heatCell({target: next}));
 });
+// A form that starts something an operator cannot take back by accident (a payment failure
+// mails the customer and starts its grace period) asks first.
+document.addEventListener("submit", (ev) => {
+  const ask = ev.target.dataset && ev.target.dataset.confirm;
+  if (ask && !window.confirm(ask)) ev.preventDefault();
+});
