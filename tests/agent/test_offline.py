@@ -1,6 +1,7 @@
 """A site without a path to the collector: `key`, `export`, `tr7-collector import --results`, `settle`."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -42,6 +43,8 @@ def _depth(state: Path) -> int:
     spool = Spool(state / "spool.db", readonly=True)
     try:
         return int(spool.stats()["spool_depth"])
+    except sqlite3.OperationalError:  # the agent has made the file, not yet its tables
+        return 0
     finally:
         spool.close()
 
