@@ -284,10 +284,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from collector.export import export, export_archive
 
         # A read snapshot: the full recomputation can take a while and must not block ingest.
-        with db.read_conn(engine) as c:
-            path, agrees = (export_archive if args.compress else export)(
-                c, settings, args.provider, args.month, args.out, args.overwrite,
-                progress=StderrProgress(quiet=False))
+        if args.compress:
+            path, agrees = export_archive(engine, settings, args.provider, args.month, args.out,
+                                          args.overwrite, progress=StderrProgress(quiet=False))
+        else:
+            with db.read_conn(engine) as c:
+                path, agrees = export(c, settings, args.provider, args.month, args.out, args.overwrite,
+                                      progress=StderrProgress(quiet=False))
         if not agrees:
             print(
                 "tr7-collector: aggregates disagree with the full recomputation; bundle holds the latter",

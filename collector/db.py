@@ -68,7 +68,7 @@ def make_engine(url: str, pooled: bool = True) -> Engine:
     if pooled:
         args |= {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
     engine = sa.create_engine(url, **args, **pool)
-    pgsession.bound_sessions(engine)
+    pgsession.bound_sessions(engine, url)
     return engine
 
 

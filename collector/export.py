@@ -8,12 +8,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from audit.archive import SUFFIX, archive_path, pack
 from audit.bundle import BundleError, ClosedState, check_target, write_bundle
 from billing import PricingError
-from collector import accounting, evidence, keyrotation, reference, registry, tlog
+from collector import accounting, db, evidence, keyrotation, reference, registry, tlog
 from collector.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,15 +102,18 @@ def _running(pid: int) -> bool:
 
 
 def export_archive(
-    conn: Connection, settings: Settings, provider: str, month: str, out: Path, replace: bool = False,
+    engine: Engine, settings: Settings, provider: str, month: str, out: Path, replace: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Path, bool]:
-    """export() as one .tar.gz (audit/archive.py): OUT.tar.gz, the bundle under OUT's name."""
+    """export() as one .tar.gz (audit/archive.py): OUT.tar.gz, the bundle under OUT's name. The
+    bundle is read in one snapshot, packed after it: compressing a big month's gigabytes takes
+    minutes, and PostgreSQL ends a session idle that long in a transaction (collector/pgsession.py)."""
     dest = archive_path(out)
     stage = staging(dest, replace)
     try:
-        path, agrees = export(conn, settings, provider, month, stage / dest.name.removesuffix(SUFFIX),
-                              progress=progress)
+        with db.read_conn(engine) as conn:
+            path, agrees = export(conn, settings, provider, month, stage / dest.name.removesuffix(SUFFIX),
+                                  progress=progress)
         pack(path, dest, replace=replace)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

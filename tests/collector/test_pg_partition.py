@@ -120,3 +120,16 @@ def test_sessions_carry_the_bounds_and_the_url_overrides_the_client_ones(pg_admi
         assert params["connect_timeout"] == "10"
     finally:
         engine.dispose()
+
+
+def test_a_setting_the_url_names_is_left_to_it(pg_admin_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db.normalise_url(new_database(pg_admin_url)))
+    mine = url.update_query_dict({"options": "-c idle_in_transaction_session_timeout=0"})
+    engine = db.make_engine(mine.render_as_string(False))
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar() == "0"
+    finally:
+        engine.dispose()
