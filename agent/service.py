@@ -198,12 +198,15 @@ class Service:
                 return
             head = self.spool.head(self.key.kid)
             back = head.time is not None and when <= head.time
-            if back and head.time - when < back_limit(interval):
-                # A small step back: skip the slot rather than sign a time before the previous one
+            # A large step back is signed as it is only when the collector's clock says ours is
+            # right now, so the last heartbeat was signed while it was far ahead: §3 rule 5 makes
+            # it an alert, where waiting silenced the agent until that time. A small one, or one
+            # no collector confirms (our clock may be the one gone back: an RTC reset would sign
+            # past hours with today's instances, billed), skips the slot as before.
+            confirmed = ahead is not None and abs(ahead) <= AHEAD_LIMIT
+            if back and (head.time - when < back_limit(interval) or not confirmed):
                 self._clock_event(when, head.time, "skip")
                 return
-            # A large one (a heartbeat signed while the clock was far ahead) is signed as it is:
-            # §3 rule 5 makes it an alert, where waiting silenced the agent until that time.
             try:
                 outcome = poller.poll_all()
             except RuntimeError:

@@ -1,5 +1,6 @@
 """The service: sd_notify readiness and watchdog, SIGTERM, SIGHUP reload, clock going backwards."""
 
+import email.utils
 import json
 import signal
 import socket
@@ -243,6 +244,9 @@ def test_a_heartbeat_signed_far_ahead_does_not_silence_the_agent(in_process, fak
     monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
     service.poll_job()
     now[0] -= 86400  # NTP puts it right
+    service.poll_job()  # no collector has confirmed our clock yet: skipped, as before
+    assert len(list(service.spool.unshipped())) == 1
+    service.collector_clock.saw(email.utils.formatdate(now[0], usegmt=True))  # the collector agrees
     service.poll_job()
     now[0] += 60
     service.poll_job()
@@ -255,7 +259,24 @@ def test_a_heartbeat_signed_far_ahead_does_not_silence_the_agent(in_process, fak
     report = chains.reports[beats[0].kid]
     assert report.clock_back == [2] and not chains.quarantined and not report.breaks and not report.gaps
     st = json.loads(run_cli("status", "--config", str(cfg_path), "--json").stdout)
-    assert [(e["kind"], e["detail"]["action"]) for e in st["clock_events"]] == [("clock_backwards", "signed")]
+    assert [(e["kind"], e["detail"]["action"]) for e in st["clock_events"]] == [
+        ("clock_backwards", "signed"), ("clock_backwards", "skip")]
+
+
+def test_a_clock_gone_back_signs_no_past_slot(in_process, fake_registry: None,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Diff review: our clock reset to a day ago (an RTC reset, a VM resumed with an old clock)
+    # would have signed past slots with today's instances, billed as if they ran then. The
+    # collector's clock says ours is the wrong one: nothing is signed until it is right again.
+    service, _cfg = in_process()
+    now = [1_790_000_030.0]
+    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    service.poll_job()
+    service.collector_clock.saw(email.utils.formatdate(now[0], usegmt=True))
+    now[0] -= 86400  # our clock jumps a day back; the collector's does not
+    service.poll_job()
+    service.poll_job()
+    assert [parse_unverified(t).time for t in service.spool.unshipped()] == [1_789_999_980]
 
 
 def test_a_clock_stepped_back_between_polls_is_reported(in_process, fake_registry: None,
