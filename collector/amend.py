@@ -14,6 +14,7 @@ catalog.json, and only the late heartbeats' hours gain the prices they lacked.
 
 import json
 import time
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -94,20 +95,25 @@ def _keeps_what_was_invoiced(conn: Connection, provider: str, month: str, doc: d
         now = reference.full_result(conn, provider, month, size, doc)[1]
     except PricingError as exc:
         raise AmendError(f"the catalog still cannot price {month}'s heartbeats: {exc}") from exc
-    invoiced = json.loads(base.invoice)
-    # Each line's price and also its quantity and amount: a downgraded period added over hours
-    # already invoiced kept every price, and made the next month credit them (-8 h) with no
-    # heartbeat behind it (billing review)
-    lost = sorted(_lines(invoiced) - _lines(now), key=str)
+    invoiced, then = _lines(json.loads(base.invoice)), _lines(now)
+    # Each line keeps its price, and none of its quantity or amount: a downgraded period added over
+    # hours already invoiced kept every price, and made the next month credit them (-8 h) with no
+    # heartbeat behind it (billing review). More is no change to what was invoiced: the baseline
+    # may have been computed over fewer leaves than the log holds now.
+    lost = sorted((k for k, (q, a) in invoiced.items()
+                   if k not in then or then[k][0] < q or then[k][1] < a), key=str)
     if lost:
         raise AmendError(f"the catalog changes what was already invoiced for {month} (its close and the "
                          f"adjustments later closes billed): {', '.join(map(str, lost[:3]))} would no longer "
                          "be billed so")
 
 
-def _lines(invoice: dict[str, Any]) -> set[tuple[Any, ...]]:
-    return ({(*_key(x), str(x["quantity"]), x["amount"]) for x in invoice["lines"]}
-            | {(*_row_key(x), str(x["device_days"]), x["amount"]) for x in invoice["device_days"]})
+def _lines(invoice: dict[str, Any]) -> dict[tuple[Any, ...], tuple[Decimal, Decimal]]:
+    """Each line's and device-day row's key (its price in it) -> (quantity, amount)."""
+    out = {_key(x): (Decimal(str(x["quantity"])), Decimal(x["amount"])) for x in invoice["lines"]}
+    out.update({_row_key(x): (Decimal(str(x["device_days"])), Decimal(x["amount"]))
+                for x in invoice["device_days"]})
+    return out
 
 
 def _key(line: dict[str, Any]) -> tuple[Any, ...]:
