@@ -72,6 +72,31 @@ def make_engine(url: str, pooled: bool = True) -> Engine:
     return engine
 
 
+# SQLSTATE classes and codes of a database that cannot serve now, whatever the statement:
+# connection exceptions, insufficient resources (disk full, out of memory, too many
+# connections), the server shutting down or starting (PostgreSQL appendix A)
+_UNAVAILABLE_CLASSES = ("08", "53")
+_UNAVAILABLE_CODES = frozenset({"57P01", "57P02", "57P03"})
+# SQLite's: busy or locked past the busy timeout, disk full, I/O error, cannot open the file
+_SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+
+
+def unavailable(exc: DBAPIError) -> bool:
+    """Whether a database error means "try again later" (an HTTP 503), not a fault of the request
+    or of the code (a missing table, too many variables: a 500 that retrying would not mend)."""
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None)
+    if isinstance(code, str):
+        return code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES
+    name = getattr(orig, "sqlite_errorname", None)
+    if isinstance(name, str):
+        return name.startswith(_SQLITE_UNAVAILABLE)
+    # psycopg's error of a connection that failed before any SQLSTATE (refused, reset, timed out)
+    return type(orig).__name__ == "OperationalError" and type(orig).__module__.startswith("psycopg")
+
+
 def _retryable(exc: Exception) -> bool:
     if isinstance(exc, IntegrityError):
         return True  # a concurrent writer inserted the same unique row first: redo, it is now a duplicate

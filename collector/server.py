@@ -12,7 +12,8 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, StringConstraints
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import ClientDisconnect
 
 from collector import apimodels, db, highwater, keyrotation, metrics, periodic, readapi, registry, tlog, web
@@ -301,16 +302,18 @@ def create_app(settings: Settings) -> FastAPI:
         log.error("event=stale_checkpoint_key %s", exc)
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
-    @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
-    def _database_down(request: Request, exc: DBAPIError) -> Response:
-        # The database went away (restarted, unreachable, SQLite's disk full or locked for longer
-        # than its busy timeout): a 503 the agent retries, one log line. It was a bare 500 and a
-        # 60-line traceback per request, ~70 a host in a 10-second PostgreSQL restart.
-        if not isinstance(exc, OperationalError) and not exc.connection_invalidated:
+    @app.exception_handler(PoolTimeout)
+    def _database_down(request: Request, exc: DBAPIError | PoolTimeout) -> Response:
+        # The database went away (restarted, unreachable, out of connections or disk, SQLite
+        # locked past its busy timeout): a 503 the agent retries, one log line. It was a bare 500
+        # and a 60-line traceback per request, ~70 a host in a 10-second PostgreSQL restart.
+        # Any other database error stays what it was: a 500 with its traceback, to be fixed.
+        if isinstance(exc, DBAPIError) and not db.unavailable(exc):
             raise exc
+        orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
         log.error("event=database_unavailable path=%s reason=%r", request.url.path,
-                  str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:300])
+                  (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300])
         detail, headers = "the database is unavailable; retry later", {"Retry-After": str(DB_RETRY_AFTER)}
         if errorpage.wants_page(request):
             return errorpage.error_page(request, 503, detail, headers)

@@ -58,3 +58,26 @@ def test_ingest_and_pages_answer_503_while_the_database_refuses_connections(
         r = client.post("/v1/heartbeats", content=body, headers=hdr)
         assert r.status_code == 200 and r.json()["results"][0]["status"] == "accepted"
         assert client.get("/readyz").status_code == 200
+
+
+def test_only_errors_of_an_unavailable_database_are_503(pg_admin_url: str, tmp_path: Path) -> None:
+    # Diff review: every OperationalError was "unavailable", a missing table too (retried for ever)
+    import sqlalchemy as sa
+    from sqlalchemy.exc import DBAPIError
+
+    from collector import db
+
+    def error_of(engine: Any, sql: str) -> DBAPIError:
+        with pytest.raises(DBAPIError) as caught, engine.connect() as c:
+            c.exec_driver_sql(sql)
+        return caught.value
+
+    lite = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    assert not db.unavailable(error_of(lite, "SELECT * FROM no_such_table"))
+    pg = db.make_engine(new_database(pg_admin_url))
+    try:
+        assert not db.unavailable(error_of(pg, "SELECT * FROM no_such_table"))  # 42P01
+        assert not db.unavailable(error_of(pg, "SELECT 1/0"))  # 22012
+        assert db.unavailable(error_of(pg, "SELECT pg_terminate_backend(pg_backend_pid())"))  # 57P01
+    finally:
+        pg.dispose()
