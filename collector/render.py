@@ -40,7 +40,7 @@ COLUMNS = (
 # Catalog text (ids, bundle names) that a spreadsheet would run as a formula when the CSV is opened
 # (OWASP "CSV injection"): such a cell gets a leading apostrophe. Amounts are never touched (a
 # negative adjustment starts with '-'); the JSON invoice keeps every id exactly.
-_TEXT = ("customer", "license", "instance", "pack", "bundle", "customer_name")
+_TEXT = ("customer", "license", "instance", "pack", "bundle", "customer_name", "provider", "currency")
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 

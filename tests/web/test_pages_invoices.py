@@ -103,6 +103,9 @@ def test_csv_cells_a_spreadsheet_would_run_are_quoted(client: TestClient, world:
     assert "customer_total,c1,,,,,,,,,,,-1.50," in render.csv_bytes(inv).decode()
     # a customer's name from the catalog is text a spreadsheet would run too
     assert ",'=cmd|' /C calc'!A0,acme," in render.csv_bytes(inv, {"c1": "=cmd|' /C calc'!A0"}).decode()
+    # and so are a provider's id and a currency, which a catalog may start with '='
+    odd = render.csv_bytes({**inv, "provider": "=1+1", "currency": "@SUM"}).decode()
+    assert ",'=1+1," in odd and ",'@SUM," in odd and ",=1+1," not in odd
 
 
 def test_pdf_names_in_other_scripts_and_a_customer_without_lines(
