@@ -135,10 +135,12 @@ class Shipper:
             log.info("event=shipped lines=%d rejected=%d last_seq=%d", len(rows), len(rejected), rows[-1].seq)
             return 0.0
         detail = resp.text[:200].replace("\n", " ")
-        if resp.status_code == 413 and len(rows) > 1:
+        # 408: the collector cut a body that came in too slowly (a slow link): a smaller batch may
+        # make it, where resending the same one was cut at the same place for good
+        if resp.status_code in (408, 413) and len(rows) > 1:
             self.batch_lines = max(1, len(rows) // 2)
-            log.warning("event=ship_too_large status=413 lines=%d next_lines=%d detail=%r", len(rows),
-                        self.batch_lines, detail)
+            log.warning("event=ship_too_large status=%d lines=%d next_lines=%d detail=%r", resp.status_code,
+                        len(rows), self.batch_lines, detail)
             return 0.0
         if resp.status_code == 413:
             log.error("event=ship_too_large status=413 lines=1 seq=%d detail=%r hint='one heartbeat is "

@@ -90,32 +90,35 @@ class LimitBody:
             await too_large(scope, receive, send)
 
 
-MIN_BODY_RATE = 1000  # bytes a second, on average, once a request's grace has passed
-
-
 class BodyDeadline:
     """A request body must keep arriving: at most ``grace`` seconds without a byte, and by
-    ``grace`` + received / MIN_BODY_RATE seconds after its first wait (Apache's mod_reqtimeout
-    rule, `body=60,MinRate=1000`). Else 408 and the connection closed. uvicorn has no such bound:
+    ``grace`` + received / ``min_rate`` seconds after the route first asks for it (Apache's
+    mod_reqtimeout rule, `body=60,MinRate=1000`; a rate of 0: no average asked). Else 408 and the
+    connection closed. uvicorn has no such bound:
     a client sending a byte a minute held a connection, its task and its buffered lines for as
     long as it liked, and a few hundred of them held the workers' memory. Nothing is timed once
     the body has ended (Starlette waits on ``receive`` for a disconnect then)."""
 
-    def __init__(self, app: ASGIApp, grace: float) -> None:
-        self.app, self.grace = app, grace
+    def __init__(self, app: ASGIApp, grace: float, min_rate: int) -> None:
+        self.app, self.grace, self.min_rate = app, grace, min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
-        start, got, ended = loop.time(), 0, False
+        start: float | None = None
+        got, ended = 0, False
 
         async def timed() -> Message:
-            nonlocal got, ended
+            nonlocal got, ended, start
             if ended:
                 return await receive()
-            wait = min(self.grace, start + self.grace + got / MIN_BODY_RATE - loop.time())
+            now = loop.time()
+            start = now if start is None else start
+            wait = self.grace
+            if self.min_rate:
+                wait = min(wait, start + self.grace + got / self.min_rate - now)
             try:
                 async with asyncio.timeout(max(wait, 0.0)):
                     message = await receive()
@@ -126,8 +129,8 @@ class BodyDeadline:
                 # An HTTPException: FastAPI's body parsing passes it on (any other error of reading
                 # the body becomes a 400) and its exception middleware answers it with this header,
                 # which makes uvicorn close the connection (the rest of the body is never read).
-                why = (f"the request body stalled: {got} bytes in {loop.time() - start:.0f} s (at least "
-                       f"{MIN_BODY_RATE} bytes a second after the first {self.grace:.0f} s)")
+                why = (f"the request body stalled: {got} bytes in {loop.time() - start:.0f} s (at most "
+                       f"{self.grace:g} s without a byte, then {self.min_rate} bytes a second on average)")
                 raise HTTPException(408, why, headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 got += len(message.get("body", b""))

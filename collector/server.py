@@ -29,6 +29,7 @@ from collector.settings import (
     ENV_PROXIES,
     Settings,
     SetupError,
+    body_min_rate,
     body_timeout,
     setting,
 )
@@ -330,7 +331,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.add_middleware(LimitBody, limit=MAX_OTHER_BODY, exempt=frozenset({"/v1/heartbeats"}))
     app.add_middleware(RefuseNul)
-    app.add_middleware(BodyDeadline, grace=body_timeout())
+    app.add_middleware(BodyDeadline, grace=body_timeout(), min_rate=body_min_rate())
     web.register(app)  # dashboards, accounts and entitlement (collector/web, collector/accounts)
     _declare_guards(app)
     return app
@@ -390,7 +391,7 @@ def serve(settings: Settings, listen: str | None, workers: int, proxies: str | N
     from collector.accounts.mail import SmtpSettings
 
     # the environment's values, refused here in one line
-    tick_seconds(), SmtpSettings.from_env(), body_timeout()
+    tick_seconds(), SmtpSettings.from_env(), body_timeout(), body_min_rate()
     os.environ[ENV_DATA_DIR] = str(settings.data_dir.resolve())
     os.environ[ENV_DB] = settings.db_url
     os.environ[ENV_ORIGIN] = settings.origin

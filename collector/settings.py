@@ -23,6 +23,7 @@ ENV_LISTEN = "TR7_COLLECTOR_LISTEN"
 ENV_PROXIES = "TR7_COLLECTOR_FORWARDED_ALLOW_IPS"  # uvicorn's forwarded_allow_ips
 ENV_FILE = "TR7_COLLECTOR_ENV_FILE"
 ENV_BODY_TIMEOUT = "TR7_COLLECTOR_BODY_TIMEOUT"  # collector/requestguard.py BodyDeadline
+ENV_BODY_MIN_RATE = "TR7_COLLECTOR_BODY_MIN_RATE"
 DEFAULT_ENV_FILE = "/etc/tr7-collector/collector.env"  # the service's EnvironmentFile (packaged)
 DEFAULT_DATA_DIR = "/var/lib/tr7-collector"
 IDENTITY = "collector_verifier_key"  # meta row: name+keyid+key of the key signing checkpoints
@@ -78,6 +79,15 @@ def body_timeout() -> float:
     if not 0 < value <= 3600:  # also refuses nan; inf is past 3600
         raise SetupError(f"{ENV_BODY_TIMEOUT}={text!r} must be a number of seconds, over 0 and at most 3600")
     return value
+
+
+def body_min_rate() -> int:
+    """TR7_COLLECTOR_BODY_MIN_RATE: the bytes a second a request body must average once its
+    grace has passed (collector/requestguard.py); default 1000, 0 for none."""
+    text = (setting(ENV_BODY_MIN_RATE) or "1000").strip()
+    if not text.isdigit():
+        raise SetupError(f"{ENV_BODY_MIN_RATE}={text!r} must be a whole number of bytes a second (0: none)")
+    return int(text)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Shipping: durable answers only, Retry-After honoured, rejected heartbeats set aside, not resent."""
 
+import gzip
 import json
 import subprocess
 import time
@@ -11,6 +12,7 @@ from conftest import AGENT, agent_env, enrolled_agent, run_cli, spool_rows
 from agent.config import AgentSettings
 from agent.shipper import Shipper, retry_after
 from agent.spool import Spool
+from protocol.heartbeat import parse_unverified
 from protocol.keys import load_private_key
 
 POLLS = [{"adapter": "lab", "platform": "kvm", "ok": True, "error": None}]
@@ -174,3 +176,27 @@ def test_the_collectors_clock_is_carried_forward_and_a_fixed_clock_counts_at_onc
     assert abs(clock.ahead()) <= 1
     clock.saw("not a date")  # ignored
     assert abs(clock.ahead()) <= 1
+
+
+def test_a_408_halves_the_batch_as_a_413_does(tmp_path: Path, make_collector) -> None:
+    # Diff review: the collector cuts a body that arrives too slowly (408, collector/requestguard.py);
+    # on a slow link the same 5,000-line batch was resent and cut at the same place for good
+    collector = make_collector()
+    spool, settings = _spool_with(tmp_path, collector, 5)
+    sizes: list[int] = []
+
+    def slow_link(req: httpx.Request) -> httpx.Response:
+        body = req.content
+        if req.headers.get("content-encoding") == "gzip":
+            body = gzip.decompress(body)
+        lines = body.decode().splitlines()
+        sizes.append(len(lines))
+        if len(lines) > 2:
+            return httpx.Response(408, json={"detail": "the request body stalled"})
+        return httpx.Response(200, json={"results": [
+            {"seq": parse_unverified(t).seq, "status": "accepted"} for t in lines]})
+
+    shipper = Shipper(settings, spool, client=httpx.Client(transport=httpx.MockTransport(slow_link)))
+    while shipper.ship_once() == 0.0 and spool.stats()["spool_depth"]:
+        pass
+    assert spool.stats()["spool_depth"] == 0 and sizes[:2] == [5, 2]

@@ -147,3 +147,17 @@ def test_serve_refuses_a_bad_timeout_before_it_listens(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         f"tr7-collector: {ENV_BODY_TIMEOUT}='1m' must be a number of seconds, over 0 and at most 3600"
     ]
+
+
+def test_the_minimum_rate_is_a_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from collector.settings import ENV_BODY_MIN_RATE, body_min_rate
+
+    monkeypatch.setenv("TR7_COLLECTOR_ENV_FILE", str(tmp_path / "none.env"))
+    monkeypatch.delenv(ENV_BODY_MIN_RATE, raising=False)
+    assert body_min_rate() == 1000
+    monkeypatch.setenv(ENV_BODY_MIN_RATE, "0")  # none: a link slower than 1 kB/s
+    assert body_min_rate() == 0
+    for bad in ("-1", "1.5", "fast"):
+        monkeypatch.setenv(ENV_BODY_MIN_RATE, bad)
+        with pytest.raises(SetupError, match=ENV_BODY_MIN_RATE):
+            body_min_rate()
