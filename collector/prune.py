@@ -97,12 +97,19 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
         except _LogGrew as exc:
             # A bundle that lacks lines is no archive of the month: kept at the timer's fixed path
             # (DIR/PROVIDER/YYYY-MM.tar.gz), it made every later run refuse to write over it, and
-            # an operator could take it for the month's archive.
-            if out.is_dir() and not out.is_symlink():
-                shutil.rmtree(out, ignore_errors=True)
+            # an operator could take it for the month's archive. What this run wrote goes (the
+            # files of a directory, which may be the operator's own, or behind a link).
+            target = out.resolve()
+            if target.is_dir():
+                for child in target.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
             else:
-                out.unlink(missing_ok=True)
-            raise PruneRefused(f"{exc}; its bundle {out} lacked them and was removed") from None
+                target.unlink(missing_ok=True)
+            copied = f"; the copy {copy_with!r} made of it lacks them too" if copy_with else ""
+            raise PruneRefused(f"{exc}; its bundle {out} lacked them and was removed{copied}") from None
     pruned_at, size, archive, digest, kept_n = done
     dropped = 0
     for lo in range(0, size, CHUNK):
