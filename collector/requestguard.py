@@ -94,10 +94,10 @@ class BodyDeadline:
     """A request body must keep arriving: at most ``grace`` seconds without a byte, and by
     ``grace`` + received / ``min_rate`` seconds after the route first asks for it (Apache's
     mod_reqtimeout rule, `body=60,MinRate=1000`; a rate of 0: no average asked). Else 408 and the
-    connection closed. uvicorn has no such bound:
-    a client sending a byte a minute held a connection, its task and its buffered lines for as
-    long as it liked, and a few hundred of them held the workers' memory. Nothing is timed once
-    the body has ended (Starlette waits on ``receive`` for a disconnect then)."""
+    connection closed. uvicorn has no such bound: a client sending a byte a minute held a
+    connection, its task and its buffered lines for as long as it liked, and a few hundred of them
+    held the workers' memory. Nothing is timed once the body has ended (Starlette waits on
+    ``receive`` for a disconnect then)."""
 
     def __init__(self, app: ASGIApp, grace: float, min_rate: int) -> None:
         self.app, self.grace, self.min_rate = app, grace, min_rate
