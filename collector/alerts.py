@@ -13,7 +13,7 @@ from collector import accounting, evidence, roles
 from collector import schema as s
 from collector.accounts import machine
 from collector.accounts import store as acc_store
-from protocol.chain import ForkedAnchor
+from protocol.chain import ForkedAnchor, anchor_digests
 from protocol.payload import MAX_INT
 from protocol.timefmt import format_time, month_bounds, previous_month
 
@@ -169,7 +169,9 @@ def across_months(conn: Connection, provider: str, month: str) -> list[dict[str,
     for kid, anchor in sorted(evidence.anchors(conn, provider, month, latest=True).items()):
         # A frozen anchor older than the latest: the rules judged neither the latest's own seq
         # reused (a fork) nor the link after it (a break).
-        stale = kid not in given or _anchor_id(given[kid]) != _anchor_id(anchor)
+        # a forked one is told apart by its copies' digests, not its placeholder digest
+        stale = kid not in given or (given[kid].seq, anchor_digests(given[kid])) != (
+            anchor.seq, anchor_digests(anchor))
         mine = sa.select(L.seq).where(L.provider == provider, L.month == month, L.kid == kid)
         edge = L.seq <= anchor.seq if stale else L.seq < anchor.seq
         below = set(conn.execute(mine.where(edge)).scalars())
@@ -200,11 +202,6 @@ def across_months(conn: Connection, provider: str, month: str) -> list[dict[str,
             out.append({"type": "clock_back_across_months", "agent": kid, "month_before": before,
                         "seqs": [int(x) for x in back]})
     return out
-
-
-def _anchor_id(anchor: Any) -> tuple[int, frozenset[str]]:
-    """What tells two anchors apart: a forked one's digests, not its placeholder digest."""
-    return anchor.seq, anchor.digests if isinstance(anchor, ForkedAnchor) else frozenset({anchor.digest})
 
 
 def alerts(

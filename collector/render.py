@@ -168,10 +168,13 @@ def _new_pdf() -> Any:
                 self.set_font(self.text_family, "B", 10)
                 self.cell(0, 7, self.running, new_x="LMARGIN", new_y="NEXT")
             if self.columns:
-                self.set_font(self.text_family, "B", 9)
-                for w, h in self.columns:
-                    self.cell(w, 7, h, border=1)
-                self.ln()
+                self.column_heads()
+
+        def column_heads(self) -> None:
+            self.set_font(self.text_family, "B", 9)
+            for w, h in self.columns:
+                self.cell(w, 7, h, border=1)
+            self.ln()
 
         def footer(self) -> None:
             self.set_y(-12)
@@ -230,12 +233,9 @@ def pdf_bytes(
             pdf.cell(0, 7, text("Not an invoice: the month is open, and its amounts change until it is "
                                 "closed."), new_x="LMARGIN", new_y="NEXT")
         pdf.ln(3)
-        pdf.set_font(text.family, "B", 9)
-        for w, h in zip(widths, head, strict=True):
-            pdf.cell(w, 7, h, border=1)
-        pdf.ln()
-        pdf.running = text(f"{title} - {who} (continued)")
         pdf.columns = tuple(zip(widths, head, strict=True))
+        pdf.column_heads()
+        pdf.running = text(f"{title} - {who} (continued)")
         pdf.set_font(text.family, "", 9)
         for line in (x for x in invoice["lines"] if x["customer"] == cust):
             cap = f"{line['bundle']} {line['bandwidth_mbps']} Mbps {line['vservices']} vs"

@@ -37,20 +37,25 @@ class ForkedAnchor(NamedTuple):
 Anchor = Heartbeat | ForkedAnchor
 
 
+def anchor_digests(anchor: Anchor) -> frozenset[str]:
+    """The digests of an anchor's copies: one, or every copy of a forked seq."""
+    return anchor.digests if isinstance(anchor, ForkedAnchor) else frozenset({anchor.digest})
+
+
 def anchor_map(given: Iterable[Any]) -> dict[str, Anchor]:
     """Each key's anchor from what is given for it (heartbeats, or rows with kid, seq, time and
     digest): the copy of its highest seq, or a ForkedAnchor when that seq came as several JWS."""
-    tops: dict[str, dict[str, Any]] = {}
+    tops: dict[str, tuple[int, dict[str, Any]]] = {}  # kid -> (its highest seq, digest -> copy)
     for hb in given:
-        mine = tops.get(hb.kid)
-        if mine is None or next(iter(mine.values())).seq < hb.seq:
-            tops[hb.kid] = {hb.digest: hb}
-        elif next(iter(mine.values())).seq == hb.seq:
-            mine.setdefault(hb.digest, hb)
+        top = tops.get(hb.kid)
+        if top is None or top[0] < hb.seq:
+            tops[hb.kid] = (hb.seq, {hb.digest: hb})
+        elif top[0] == hb.seq:
+            top[1].setdefault(hb.digest, hb)
     return {
         kid: next(iter(c.values())) if len(c) == 1 else ForkedAnchor(
-            kid, next(iter(c.values())).seq, frozenset(c), max(hb.time for hb in c.values()))
-        for kid, c in tops.items()
+            kid, seq, frozenset(c), max(hb.time for hb in c.values()))
+        for kid, (seq, c) in tops.items()
     }
 
 
@@ -98,7 +103,7 @@ def analyze_key(
     report = ChainReport(kid, seqs[0], seqs[-1])
     quarantined: set[str] = set()
     forked = {s for s in seqs if len(by_seq[s]) > 1}
-    mine = anchor.digests if isinstance(anchor, ForkedAnchor) else {anchor.digest} if anchor else set()
+    mine = anchor_digests(anchor) if anchor is not None else frozenset()
     unlinked = None  # a forked anchor's own copy among the beats: present, but linked to by none
     if anchor is not None and anchor.seq in by_seq:
         if not by_seq[anchor.seq].keys() <= mine:

@@ -41,14 +41,14 @@ def account_json(acc: m.Account, email: str | None, now: int) -> dict[str, Any]:
     """The account as it is at ``now``: a grace period that ran out before any tick recorded it
     reads as downgraded since its end, with no downgrade or reminder still to come (the stored
     row's "downgrade at" and "next reminder" were shown, both already past)."""
-    state = m.effective_since(acc, now)
-    nxt = acc.next_reminder_at() if state[0] == m.OVERDUE else None
+    state, since = m.effective_since(acc, now)
+    nxt = acc.next_reminder_at() if state == m.OVERDUE else None
     return {
-        "state": state[0],
-        "since": format_time(state[1]) if state[1] else None,
+        "state": state,
+        "since": format_time(since) if since else None,
         "overdue_since": None if acc.overdue_since is None else format_time(acc.overdue_since),
         "downgrade_at": None
-        if acc.downgrade_at is None or state[0] != m.OVERDUE
+        if acc.downgrade_at is None or state != m.OVERDUE
         else format_time(acc.downgrade_at),
         "next_reminder_at": None if nxt is None else format_time(nxt),
         "reminders": acc.reminders,
