@@ -353,6 +353,9 @@ def test_reminders_show_on_the_customer_page(client: TestClient, world: Any, mon
     login(client, "vic")
     html = client.get("/ui/p/acme/customers/c1?month=2026-10").text
     assert "reminder 2" in html and "not sent: TR7_SMTP_HOST is not set" in html
+    # the viewer reads where reminders go, as its API token does (GET .../account), not only the
+    # admin's form
+    assert 'reminders go to <span id="account-email">ap@c1.example</span>' in html
     assert client.get("/ui/p/acme/customers/c1?month=2026-10").text.count("payment_failed") == 1
 
 
