@@ -177,7 +177,11 @@ _LOG_ERRORS = {**apimodels.AUTH_ERRORS, 400: "the month is not YYYY-MM", 404: "n
 
 def create_app(settings: Settings) -> FastAPI:
     engine = settings.open(migrate=False)
-    app = FastAPI(title="TR7 metering collector", version="1")
+    # No /docs nor /redoc: FastAPI's pages load Swagger UI and ReDoc from cdn.jsdelivr.net, so a
+    # third party's script would run on the collector's own origin, beside the dashboards' session
+    # (and on a network without the internet they show a blank page). /openapi.json stays: any
+    # OpenAPI viewer reads it offline (docs/collector.md).
+    app = FastAPI(title="TR7 metering collector", version="1", docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
     # every log's size into this data directory's marks, whoever appended it (collector/highwater.py)

@@ -125,6 +125,8 @@ def test_checkpoint_and_proofs_verify(client, settings, tools):
     assert client.get("/healthz").status_code == 200
     assert client.head("/healthz").status_code == 200
     assert "/v1/heartbeats" in client.get("/openapi.json").json()["paths"]
+    # no page that loads a CDN's script on the collector's origin (docs/collector.md, "HTTP API")
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
 
 
 def test_a_new_provider_id_must_fit_a_log_origin(settings) -> None:
