@@ -172,7 +172,8 @@ def _members(path: Path) -> Iterator[tuple[list[str], IO[bytes]]]:
     try:
         with tarfile.open(path, mode="r:*") as tar:
             for info in tar:
-                f = tar.extractfile(info) if info.isfile() else None
+                # a hard link reads as the file it names (tarfile finds it), as _extract does
+                f = tar.extractfile(info) if info.isfile() or info.islnk() else None
                 if f is not None:
                     yield _parts(info.name), f
     except READ_ERRORS as exc:
@@ -222,6 +223,7 @@ def _extract(path: Path, tmp: Path) -> None:
     members' declared sizes would leave less than SPARE free: a big month (or a tar bomb) then
     says how much room it needs instead of filling the file system."""
     free, need = shutil.disk_usage(tmp).free, 0
+    files: dict[tuple[str, ...], Path] = {}  # the regular files written, by their parts
     try:
         with tarfile.open(path, mode="r:*") as tar:
             for info in tar:
@@ -230,6 +232,12 @@ def _extract(path: Path, tmp: Path) -> None:
                     raise ArchiveError(f"{path}: member {info.name!r} would land outside the bundle")
                 if info.isdir():
                     tmp.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+                    continue
+                if info.islnk() and parts:
+                    # GNU tar stores a second name of one inode as a hard link: an auditor's own
+                    # `tar -czf` of a directory whose closed/ copies are hard links. Read as a copy
+                    # of a regular file this archive already gave, never made a link on disk.
+                    need = _copy_linked(path, tmp, info, parts, files, need, free)
                     continue
                 if not info.isfile() or not parts:
                     raise ArchiveError(f"{path}: member {info.name!r} is not a regular file or a directory "
@@ -252,11 +260,35 @@ def _extract(path: Path, tmp: Path) -> None:
                 with out:
                     if src is not None:
                         shutil.copyfileobj(src, out, _CHUNK)
+                files[tuple(parts)] = target
     except (*READ_ERRORS, OSError) as exc:
         # tarfile lists every method it tried, a line each: what the operator needs is shorter
         why = "no readable tar archive: cut short, or no archive at all" if isinstance(
             exc, tarfile.ReadError) and "opened successfully" in str(exc) else str(exc)
         raise ArchiveError(f"{path}: cannot be extracted ({why})") from exc
+
+
+def _copy_linked(path: Path, tmp: Path, info: tarfile.TarInfo, parts: list[str],
+                 files: dict[tuple[str, ...], Path], need: int, free: int) -> int:
+    """A hard-link member written as a copy of the regular file it names; the bytes needed so far."""
+    source = files.get(tuple(_parts(info.linkname)))
+    if info.linkname.startswith("/") or source is None:
+        raise ArchiveError(f"{path}: member {info.name!r} links to {info.linkname!r}, which is not a "
+                           "regular file given before it: a bundle holds no other link")
+    need += source.stat().st_size
+    if need + SPARE > free:
+        raise B.BundleError(f"{path}: extracting it needs more than the {free >> 20:,} MB free in "
+                            f"{tmp.parent}: set TMPDIR to a larger file system")
+    target = tmp.joinpath(*parts)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with source.open("rb") as src, target.open("xb") as out:
+            shutil.copyfileobj(src, out, _CHUNK)
+    except FileExistsError as exc:
+        raise ArchiveError(f"{path}: member {'/'.join(parts)!r} is given twice (as {info.name!r} the "
+                           "second time): which is the bundle's?") from exc
+    files[tuple(parts)] = target
+    return need
 
 
 def _root(tmp: Path, path: Path) -> Path:

@@ -15,7 +15,7 @@ from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat
 from protocol.keys import kid_of, load_public_key_b64, raw_public
 from protocol.strictjson import loads_strict
-from protocol.timefmt import parse_time
+from protocol.timefmt import parse_rfc3339
 
 Add = Callable[..., None]
 
@@ -98,17 +98,23 @@ def load_agents(add: Add, rows: Any) -> dict[str, AgentInfo]:
     for i, row in enumerate(rows):
         where = f"entry {i}"
         try:
-            if not isinstance(row, dict) or set(row) != set(B.AGENT_MEMBERS):
-                raise ProtocolError("agents.format", f"members must be exactly {list(B.AGENT_MEMBERS)}")
+            # heartbeat-v1.md §6 names these members and no others, nor forbids others: a
+            # collector's extra member (a platform, a note) is ignored, not the key refused
+            if not isinstance(row, dict) or not set(B.AGENT_MEMBERS) <= set(row):
+                raise ProtocolError("agents.format", f"members must include {list(B.AGENT_MEMBERS)}")
             kid = row["kid"]
             where = f"entry {i} (kid {kid})"
             if kid_of(raw_public(load_public_key_b64(row["public_key"]))) != kid:
                 raise ProtocolError("agents.kid", "kid is not the kid of public_key")
             if kid in out:
                 raise ProtocolError("agents.duplicate", "kid listed twice")
-            enrolled = parse_time(row["enrolled_at"], "agents.format")
-            revoked = None if row["revoked_at"] is None else parse_time(row["revoked_at"], "agents.format")
-            if revoked is not None and revoked <= enrolled:
+            # Any RFC 3339 time (§6 fixes no form, unlike a heartbeat's `time`): the window is
+            # taken in whole seconds inside it, as a heartbeat's time is one
+            start = parse_rfc3339(row["enrolled_at"], "agents.format")
+            enrolled = parse_rfc3339(row["enrolled_at"], "agents.format", round_up=True)
+            revoked = None if row["revoked_at"] is None else parse_rfc3339(row["revoked_at"], "agents.format")
+            # not after: an earlier second, or the same whole second (a fraction may be after it)
+            if revoked is not None and (revoked < start or revoked == start == enrolled):
                 raise ProtocolError("agents.format", "revoked_at is not after enrolled_at")
             if not isinstance(row["name"], str):
                 raise ProtocolError("agents.format", "name must be a string")

@@ -32,7 +32,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     report = verify_bundle(args.dir, progress=StderrProgress(args.quiet), workers=args.workers,
-                           collector_key=args.collector_key)
+                           collector_key=args.collector_key, origin=args.origin)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
         return EXIT_OK if report.ok else EXIT_FAILED
@@ -94,6 +94,13 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _origin(text: str) -> str:
+    """--origin: one non-empty line without a trailing '/' (the provider and month follow one)."""
+    if not text or text != text.strip() or "\n" in text or text.endswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a collector origin such as collector.example.com")
+    return text
+
+
 def _vkey(text: str) -> str:
     """--collector-key: a note verifier key, checked before any bundle or statement is read (a
     mistyped key is the command line's error, exit 2, not a failure of the bundle)."""
@@ -116,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--quiet", action="store_true", help="print failures only, no progress or findings")
     v.add_argument("--collector-key", metavar="VKEY", type=_vkey,
                    help="the collector's note verifier key as published; collector.pub must equal it")
+    v.add_argument("--origin", metavar="ORIGIN", type=_origin,
+                   help="the collector origin its checkpoints name (<ORIGIN>/<provider>/<month>), for a "
+                        "collector whose key is not named after it (default: collector.pub's key name)")
     v.add_argument("--workers", type=_positive, default=None, help="processes for signatures (default: auto)")
     v.set_defaults(func=_verify)
     h = sub.add_parser("handover", help="check the collector's key rotation statements from a key you "

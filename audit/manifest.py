@@ -8,7 +8,7 @@ from typing import Any
 from audit import bundle as B
 from protocol.errors import ProtocolError
 from protocol.strictjson import loads_strict
-from protocol.timefmt import month_bounds, parse_time
+from protocol.timefmt import month_bounds, parse_rfc3339
 
 Add = Callable[..., None]
 
@@ -58,9 +58,9 @@ def _fields(add: Add, manifest: dict[str, Any], out: Manifest) -> None:
         add(B.MANIFEST, None, "manifest.format", f"month {out.month!r} is not YYYY-MM")
         out.month = ""
     try:
-        parse_time(manifest.get("created"), "manifest.format")
+        parse_rfc3339(manifest.get("created"), "manifest.format")  # §6 fixes no form: any RFC 3339
     except ValueError:
-        add(B.MANIFEST, None, "manifest.format", "created is not a UTC time YYYY-MM-DDTHH:MM:SSZ")
+        add(B.MANIFEST, None, "manifest.format", "created is not an RFC 3339 date-time")
 
 
 def check_manifest(add: Add, root: Path) -> Manifest | None:
@@ -100,7 +100,8 @@ def _compare(add: Add, root: Path, on_disk: set[str], listed: dict[str, Any], ou
             add(rel, None, "manifest.missing", "listed in manifest.json but absent")
             continue
         try:
-            same = B.sha256_file(root / rel) == digest
+            # "the SHA-256 (hex)" (§6): either case of hex digit (the spec says "lowercase" where it means it)
+            same = isinstance(digest, str) and B.sha256_file(root / rel) == digest.lower()
         except OSError as exc:
             add(rel, None, "file.unreadable", str(exc))
             out.present.discard(rel)

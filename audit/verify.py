@@ -35,6 +35,7 @@ class _Ctx:
     workers: int | None
     provider: str = ""
     month: str = ""
+    origin: str | None = None  # the collector origin the auditor was given (--origin), if any
     present: set[str] = field(default_factory=set)
     cache: dict[str, bytes | None] = field(default_factory=dict)
 
@@ -93,12 +94,28 @@ def _checkpoint(ctx: _Ctx, rel: str, verifier: NoteVerifier | None, rule: str) -
     except NoteError as exc:
         ctx.add(rel, None, f"{rule}.signature", f"does not verify against collector.pub: {exc}")
         return None
-    # The collector signs with a key named after its origin (collector/tlog.py), and a provider id
-    # may hold "/": only the whole origin tells acme's log from the log of provider "evil/acme".
-    want = f"{verifier.name}/{ctx.provider}/{ctx.month}"
-    if cp.origin != want:
-        ctx.add(rel, None, f"{rule}.origin", f"origin {cp.origin!r} is not {want!r} "
-                "(<collector.pub key name>/<provider>/<month>)")
+    # The origin is `<collector origin>/<provider>/<month>` (§5). A provider id may hold "/", so
+    # only the whole origin tells acme's log from the log of provider "evil/acme": the collector
+    # origin is the one the auditor was given (--origin), else collector.pub's key name (this
+    # collector names its key after its origin, collector/tlog.py; §5 does not require it).
+    base = ctx.origin if ctx.origin is not None else verifier.name
+    want = f"{base}/{ctx.provider}/{ctx.month}"
+    # or the key named after this very log's origin, as C2SP tlog-checkpoint advises for a key
+    # that signs one log
+    if cp.origin != want and not (ctx.origin is None and cp.origin == verifier.name):
+        tail = f"/{ctx.provider}/{ctx.month}"
+        other = cp.origin[: -len(tail)] if cp.origin.endswith(tail) and len(cp.origin) > len(tail) else None
+        if other is not None and other.startswith(f"{base}/"):  # a provider whose id ends in ours
+            why = (f"the log of provider {other[len(base) + 1:] + tail[:-8]!r} at {base!r}, "
+                   f"not of provider {ctx.provider!r}")
+        elif ctx.origin is None and other is not None:
+            # the value is not offered for copying: a forger chooses it; the operator knows it
+            why = (f"its collector origin is not collector.pub's key name {base!r}: if this collector "
+                   "names its key otherwise, ask its operator for its origin (not this bundle) and "
+                   "pass it with --origin")
+        else:
+            why = f"not {want!r} (<collector origin>/<provider>/<month>)"
+        ctx.add(rel, None, f"{rule}.origin", f"origin {cp.origin!r}: {why}")
     return cp
 
 
@@ -217,14 +234,15 @@ def _stage(progress: Progress | None, stage: str, total: int, fn: Callable[[], N
 
 
 def verify_bundle(path: Path | str, progress: Progress | None = None, workers: int | None = None,
-                  collector_key: str | None = None) -> Report:
+                  collector_key: str | None = None, origin: str | None = None) -> Report:
     """Verify a bundle directory, or its .tar.gz (audit/archive.py); raise BundleError only when
     ``path`` is neither.
 
     A directory without manifest.json is a failed check (heartbeat-v1.md §6: "otherwise exit 1").
 
     ``collector_key``: the collector's verifier key as published out of band; when given,
-    collector.pub must be exactly it.
+    collector.pub must be exactly it. ``origin``: the collector origin of its checkpoints
+    (`<origin>/<provider>/<month>`), for a collector whose key is not named after it.
     """
     given = Path(path)
     if not given.is_dir() and not is_archive(given):
@@ -232,7 +250,7 @@ def verify_bundle(path: Path | str, progress: Progress | None = None, workers: i
     report = Report(str(given))
     try:
         with opened(given) as root:
-            ctx = _Ctx(root, report, progress, workers)
+            ctx = _Ctx(root, report, progress, workers, origin=origin)
             try:
                 _verify(ctx, collector_key)
             except Exception as exc:

@@ -81,8 +81,41 @@ def _same(a: Mapping[str, Any], b: Mapping[str, Any], as_sets: tuple[str, ...]) 
 
 
 def same_invoice(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Equal invoices: lines and device-day rows compared as sets (their order carries no meaning)."""
-    return _same(a, b, ("lines", "device_days"))
+    """Equal invoices: lines and device-day rows compared as sets (their order carries no meaning),
+    a device-day row of no day and no amount the same as none (_without_empty_rows)."""
+    return _same(_without_empty_rows(a), _without_empty_rows(b), ("lines", "device_days"))
+
+
+def _without_empty_rows(inv: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The invoice without its device-day rows of 0 days, 0 months and a zero amount, and without
+    a 0.00 total left with no line or row. billing-v1.md §5 says "per (customer, pack)" without
+    saying which pairs: a collector may write a row for a pack whose licenses counted no day
+    (this one writes none), and neither changes an amount."""
+    rows = inv.get("device_days")
+    if not isinstance(rows, list) or not any(_empty_row(r) for r in rows):
+        return inv
+    kept = [r for r in rows if not _empty_row(r)]
+    lines = inv.get("lines")
+    items = [*(lines if isinstance(lines, list) else []), *kept]
+    billed = {x.get("customer") for x in items if isinstance(x, dict)}
+    totals = inv.get("totals")
+    if isinstance(totals, dict):
+        totals = {c: t for c, t in totals.items() if c in billed or not _zero(t)}
+    return {**inv, "device_days": kept, "totals": totals}
+
+
+def _empty_row(row: Any) -> bool:
+    if not isinstance(row, dict):
+        return False
+    days, months = row.get("device_days"), row.get("months")
+    return type(days) is int and type(months) is int and days == months == 0 and _zero(row.get("amount"))
+
+
+def _zero(text: Any) -> bool:
+    try:
+        return isinstance(text, str) and Decimal(text) == 0
+    except ArithmeticError:
+        return False
 
 
 def same_usage(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

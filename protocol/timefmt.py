@@ -27,6 +27,30 @@ def parse_time(text: str, rule: str = "time") -> int:
         raise ProtocolError(rule, f"not a valid calendar time: {text!r}") from exc
 
 
+# Any RFC 3339 date-time (§5.6): a fraction, an offset, lower-case t and z. Only for documents
+# whose time format the specs leave open (heartbeat-v1.md §6 agents.json, manifest.json): the
+# heartbeat's own `time` is the strict form above.
+_RFC3339_RE = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]((?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-9]{2})(\.[0-9]+)?"
+    r"([Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])\Z"
+)
+
+
+def parse_rfc3339(text: str, rule: str = "time", round_up: bool = False) -> int:
+    """Any RFC 3339 date-time as epoch seconds, a fraction dropped (``round_up``: counted as the
+    next second, for the start of a window: a heartbeat's whole second is inside it only then)."""
+    m = _RFC3339_RE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ProtocolError(rule, f"not an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS[.f]Z or +hh:mm): {text!r}")
+    date, clock, frac, offset = m.groups()
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    try:
+        epoch = int(datetime.fromisoformat(f"{date}T{clock}{offset}").timestamp())
+    except ValueError as exc:
+        raise ProtocolError(rule, f"not a valid calendar time: {text!r}") from exc
+    return epoch + 1 if round_up and frac is not None and frac.strip(".0") else epoch
+
+
 def format_time(epoch: int) -> str:
     # Not strftime: glibc's %Y writes year 1 as "1", not the wire's four digits "0001".
     t = datetime.fromtimestamp(epoch, UTC)

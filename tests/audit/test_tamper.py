@@ -309,7 +309,7 @@ def test_checkpoint_of_a_provider_whose_id_ends_like_ours(bundle: Path, forge, s
     forge.rehash(bundle)
     assert failures(bundle) == {("checkpoint", "checkpoint.origin"), ("closed/checkpoint", "closed.origin")}
     res = cli("verify", "--quiet", "--collector-key", scenario.signer.verifier_key(), str(bundle))
-    assert res.returncode == 1 and f"origin {other!r} is not " in res.stdout
+    assert res.returncode == 1 and f"origin {other!r}: the log of provider 'evil/acme' at " in res.stdout
 
 
 def test_checkpoint_origin_of_another_collector(bundle: Path, forge, scenario: Scenario) -> None:
