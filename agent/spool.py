@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import signedkeys
 from protocol.errors import ProtocolError
 from protocol.heartbeat import MAX_REQUEST_BYTES, ZERO_HASH, sign_heartbeat, token_digest
 from protocol.keys import AgentKey
@@ -105,14 +106,26 @@ class Spool:
                 if mode != "wal":
                     raise SpoolError(f"spool {path}: cannot use WAL journal mode (got {mode})")
                 self.db.execute("PRAGMA synchronous=FULL")
+                # The WAL file back to 4 MiB after each checkpoint: left alone it keeps its
+                # largest size (a backlog shipped after an outage) for good.
+                self.db.execute("PRAGMA journal_size_limit=4194304")
             self.db.execute("PRAGMA busy_timeout=30000")
             check = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise SpoolError(f"spool {path} is corrupt: {check}")
             if not readonly:
                 self.db.executescript(SCHEMA)
+                # One real write now: SQLite opens a file it may not write read-only without a
+                # word, and an agent started on a spool.db left root's by a hand-run `run` said
+                # ready, then died at its first poll, restarted, and died again.
+                self.db.execute("BEGIN IMMEDIATE")
+                self._set("opened_at", str(int(time.time())))
+                self.db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise _wrap(exc, path, "cannot open") from exc
+            unwritable = isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc)
+            what = ("cannot write it (its owner or mode: the service's user must own spool.db and its "
+                    "-wal and -shm files)") if unwritable else "cannot open"
+            raise _wrap(exc, path, what) from exc
 
     def close(self) -> None:
         self.db.close()
@@ -169,7 +182,14 @@ class Spool:
                 (key.kid, seq, token_digest(token), when))
             self._set("last_poll", str(when))
             self._stage("inserted")
-            return seq, token
+        # after the commit: a crash before this line leaves the record one seq behind the spool,
+        # never ahead of it (signedkeys: an older spool.db is refused by this record)
+        try:
+            signedkeys.signed(self.path.parent, key.kid, seq)
+        except OSError as exc:
+            raise SpoolError(f"spool {self.path}: seq {seq} is committed, but {signedkeys.HEADS} beside it "
+                             f"cannot record it: {exc}") from exc
+        return seq, token
 
     def _set(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
@@ -186,13 +206,14 @@ class Spool:
         except sqlite3.Error as exc:
             raise _wrap(exc, self.path, "cannot record an event") from exc
 
-    def batch(self, limit: int = 5000, max_bytes: int = MAX_REQUEST_BYTES) -> list[Row]:
-        """The oldest unshipped rows, at most ``limit`` lines and ``max_bytes`` of body (§4)."""
+    def batch(self, limit: int = 5000, max_bytes: int = MAX_REQUEST_BYTES, after: int = 0) -> list[Row]:
+        """The oldest unshipped rows (with an id above ``after``), at most ``limit`` lines and
+        ``max_bytes`` of body (§4)."""
         rows: list[Row] = []
         damaged: list[tuple[int, str, int, bytes, Exception]] = []
         size = 0
-        for rid, kid, seq, packed in self.db.execute("SELECT id, kid, seq, jws_z FROM spool ORDER BY id "
-                                                     "LIMIT ?", (limit,)):
+        for rid, kid, seq, packed in self.db.execute("SELECT id, kid, seq, jws_z FROM spool WHERE id > ? "
+                                                     "ORDER BY id LIMIT ?", (after, limit)):
             try:
                 token = _unpack(packed)
             except _DAMAGE as exc:
@@ -248,7 +269,20 @@ class Spool:
         with self._transaction("cannot clear rejected heartbeats"):
             return sum(self.db.execute("DELETE FROM rejected WHERE id = ?", (i,)).rowcount for i in ids)
 
+    def used_bytes(self) -> int:
+        """Bytes of the spool's live pages (its rows, not the space SQLite keeps for reuse once a
+        backlog is shipped): what `spool_limit_mb` is about. The files never shrink (no VACUUM:
+        it rewrites the whole file under an exclusive lock), so their size stayed above the limit
+        after an outage's backlog had shipped, and the alarm with it."""
+        try:
+            pages, free, size = (self.db.execute(f"PRAGMA {p}").fetchone()[0]
+                                 for p in ("page_count", "freelist_count", "page_size"))
+        except sqlite3.Error as exc:
+            raise _wrap(exc, self.path, "cannot read its size") from exc
+        return int((pages - free) * size)
+
     def size_bytes(self) -> int:
+        """Bytes of the spool's files on disk (spool.db and its WAL)."""
         total = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):
@@ -266,7 +300,7 @@ class Spool:
             "last_shipped_seq": int(shipped) if shipped else None,
             "spool_depth": depth,
             "oldest_unshipped_age_s": round(time.time() - oldest, 1) if oldest else None,
-            "spool_bytes": self.size_bytes(),
+            "spool_bytes": self.used_bytes(),
             "rejected": {"count": sum(n for _, n in reasons), "reasons": dict(reasons)},
             "clock_events": [{"at": format_time(at), "kind": k, "detail": json.loads(d) if d[:1] == "{"
                               else d} for at, k, d in events],

@@ -127,6 +127,43 @@ def test_a_lost_spool_never_restarts_a_key_that_signed_at_seq_1(tmp_path: Path, 
     service.spool = Spool(state / "spool.db")  # for the fixture to close
 
 
+def test_an_older_copy_of_the_spool_is_refused(tmp_path: Path) -> None:
+    """Restoring last night's spool.db: the seqs signed since would be signed again with other
+    payloads, forks (§3.3). The agent's own advice for a lost spool was to restore it. Found by a
+    review."""
+    state, key, spool = spooled_state(tmp_path, 3)
+    spool.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    backup = (state / "spool.db").read_bytes()
+    polls = [{"adapter": "lab", "platform": "kvm", "ok": True, "error": None}]
+    for i in range(3, 7):
+        spool.append(key, 1_790_000_000 + 60 * i, 60, polls, [])
+    assert signedkeys.heads(state) == {key.kid: 7}
+    spool.close()
+    for name in ("spool.db-wal", "spool.db-shm"):
+        (state / name).unlink(missing_ok=True)
+    (state / "spool.db").write_bytes(backup)
+    res = run_cli("run", "--config", str(_config(tmp_path, state)))
+    assert res.returncode == 1 and "event=startup_failed" in res.stderr
+    assert f"holds the chain of key {key.kid} up to seq 3, but seq 7 was signed here" in res.stderr
+    assert "would sign seqs 4 to 7 again" in res.stderr and "enrol a new key" in res.stderr
+    assert Spool(state / "spool.db").head(key.kid).seq == 3  # nothing signed
+
+
+def test_the_record_of_signed_heads_survives_a_cut_line_and_compacts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kid = "ab" * 16
+    for seq in range(1, 6):
+        signedkeys.signed(tmp_path, kid, seq)
+    with (tmp_path / signedkeys.HEADS).open("a") as f:
+        f.write(f"{kid} 1")  # a crash cut the line for seq 12 short: its prefix is never higher
+    assert signedkeys.heads(tmp_path) == {kid: 5}
+    monkeypatch.setattr(signedkeys, "COMPACT_BYTES", 200)
+    for seq in range(6, 20):
+        signedkeys.signed(tmp_path, kid, seq)
+    assert (tmp_path / signedkeys.HEADS).stat().st_size <= 200 + 40
+    assert signedkeys.heads(tmp_path) == {kid: 19}
+
+
 def test_a_chain_from_before_the_list_is_listed_at_start(tmp_path: Path) -> None:
     """An agent upgraded with a chain under way: its key is listed when the service first starts."""
     state, key, spool = spooled_state(tmp_path, 1)

@@ -180,3 +180,47 @@ def test_a_heartbeat_over_16_mib_is_refused_before_it_is_stored(tmp_path: Path) 
     with pytest.raises(ProtocolError, match=r"heartbeat-v1\.md §4 takes at most"):
         spool.append(key, T0, 60, POLLS, obs)
     assert spool.head(key.kid).seq == 0 and spool.stats()["spool_depth"] == 0
+
+
+def test_the_spool_size_falls_once_its_backlog_ships(tmp_path: Path) -> None:
+    """`spool_bytes` (and the spool_limit_mb alarm on it) is the live data: it read the files, which
+    never shrink, so the alarm stayed on after an outage's backlog had shipped. Found by a review."""
+    _state, key, spool = spooled_state(tmp_path, 1)
+    obs = [{"instance": f"TR7-{i:04d}", "adapter": "lab", "vm": f"vm-{i}", "host": "h", "state": "running",
+            "capacity": None} for i in range(200)]
+    polls = [{"adapter": "lab", "platform": "kvm", "ok": True, "error": None}]
+    for i in range(1, 400):
+        spool.append(key, 1_790_000_000 + 60 * i, 60, polls, obs)
+    backlog = spool.stats()["spool_bytes"]
+    assert backlog > 500_000
+    while rows := spool.batch(limit=50):
+        spool.settle([(r, "accepted", None) for r in rows])
+    stats = spool.stats()
+    assert stats["spool_depth"] == 0 and stats["spool_bytes"] < backlog / 10
+    spool.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert spool.size_bytes() >= backlog  # the files keep their size (no VACUUM): not what is counted
+    spool.close()
+
+
+def test_a_spool_the_agent_cannot_write_is_refused_when_opened(tmp_path: Path) -> None:
+    """spool.db left root's by a hand-run `tr7-agent run`: SQLite opened it read-only without a
+    word, and the service said ready, then died at its first poll, again and again. Found by a
+    review."""
+    import os
+
+    state, _key, spool = spooled_state(tmp_path, 1)
+    spool.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    spool.close()
+    db = state / "spool.db"
+    run = [sys.executable]
+    if os.geteuid() == 0:
+        # root writes anything; without its capabilities (util-linux's setpriv) it is held to the
+        # file's mode as the service's user is, and the file is another user's
+        os.chown(db, 65534, 65534)
+        run = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable]
+    db.chmod(0o444)
+    code = ("from pathlib import Path\nfrom agent.spool import Spool, SpoolError\n"
+            f"try:\n    Spool(Path({str(db)!r}))\nexcept SpoolError as exc:\n    print(exc)\n")
+    res = subprocess.run([*run, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "cannot write it (its owner or mode" in res.stdout, res.stdout + res.stderr
+    assert "attempt to write a readonly database" in res.stdout
