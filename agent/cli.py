@@ -77,10 +77,15 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.stdout.write(sample())
         return
-    from agent.config import ConfigError, load_config
+    from agent.config import ConfigError, load_config, require_adapters
 
     try:
         config = load_config(args.config)
+        if args.command in ("run", "config"):
+            # One check for both: only a configuration that can poll something is "valid" (the
+            # package's post-install script relies on it, so the commented sample never starts),
+            # and `run` signed empty heartbeats for ever with what validate refused.
+            require_adapters(config)
     except ConfigError as exc:
         if args.command == "run":  # the service's journal: a key=value line like every other
             logging.getLogger("tr7.agent").critical("event=config_error reason=%r action='not started "
@@ -91,12 +96,6 @@ def main(argv: list[str] | None = None) -> None:
     from agent import commands
 
     if args.command == "config":
-        # Used by the package's post-install script: only a configuration that can poll
-        # something is "valid", so a fresh install with the commented sample never starts.
-        if not config.adapters:
-            print(f"configuration error: {args.config}: no [[adapters]] table: nothing to poll",
-                  file=sys.stderr)
-            sys.exit(2)
         n = len(config.adapters)
         print(f"{args.config}: ok ({n} adapter{'s' if n != 1 else ''}, interval {config.agent.interval} s)")
         return

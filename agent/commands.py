@@ -11,6 +11,7 @@ import httpx
 
 from adapters.credentials import SecretError
 from agent import signedkeys
+from agent.collectorlink import redact, redirect_problem
 from agent.config import Config
 from agent.poller import Poller
 from agent.shipper import make_client
@@ -67,10 +68,15 @@ def enroll(config: Config, token: str) -> int:
         with make_client(settings) as client:
             resp = client.post(settings.collector + "/v1/agents/enroll", json=body)
     except httpx.HTTPError as exc:
-        print(f"enroll: collector {settings.collector_shown} unreachable: {exc}", file=sys.stderr)
+        print(f"enroll: collector {settings.collector_shown} unreachable: {redact(str(exc))}",
+              file=sys.stderr)
         return 1
     except (SecretError, OSError) as exc:  # the token or CA file named by the configuration
         print(f"enroll: {exc}", file=sys.stderr)
+        return 1
+    moved = redirect_problem(resp, "/v1/agents/enroll")
+    if moved is not None:  # a move, not a refusal: "refused" sent operators to their tokens
+        print(f"enroll: {moved}", file=sys.stderr)
         return 1
     if resp.status_code != 200:
         try:
@@ -129,9 +135,11 @@ def _collector_health(config: Config) -> dict[str, Any]:
     try:
         with make_client(config.agent, timeout=5.0) as client:
             resp = client.get(url + "/healthz")
-        return {"url": shown, "reachable": resp.status_code == 200, "detail": f"HTTP {resp.status_code}"}
+        moved = redirect_problem(resp, "/healthz")
+        detail = moved or f"HTTP {resp.status_code}"  # a move names the address to configure
+        return {"url": shown, "reachable": resp.status_code == 200, "detail": detail}
     except (httpx.HTTPError, OSError, SecretError) as exc:
-        return {"url": shown, "reachable": False, "detail": str(exc) or type(exc).__name__}
+        return {"url": shown, "reachable": False, "detail": redact(str(exc)) or type(exc).__name__}
 
 
 def state_problem(state_dir: Path) -> str | None:
@@ -229,7 +237,11 @@ def export(config: Config, out: Path) -> int:
     spool = existing_spool(config, "export")
     if spool is None:
         return 1
-    tmp = out.with_name(out.name + ".tmp")
+    # A new or regular file is written beside and renamed over (no half-written export); anything
+    # else is written in place: renaming over /dev/null or the /dev/stdout link replaced the device
+    # (for every program, as root) and wrote nothing where asked.
+    in_place = out.is_symlink() or (out.exists() and not out.is_file())
+    tmp = out if in_place else out.with_name(out.name + ".tmp")
     n = 0
     try:
         with open(tmp, "w", encoding="ascii", newline="\n") as f:
@@ -237,14 +249,20 @@ def export(config: Config, out: Path) -> int:
                 f.write(token + "\n")
                 n += 1
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+            if not in_place:
+                os.fsync(f.fileno())
+        if not in_place:
+            os.replace(tmp, out)
     except OSError as exc:
+        if not in_place:
+            tmp.unlink(missing_ok=True)  # no FILE.tmp left behind
         print(f"export: cannot write {out}: {exc.strerror}", file=sys.stderr)
         return 1
     finally:
         spool.close()
-    print(f"exported {n} unshipped heartbeats to {out} (they stay in the spool until shipped)")
+    # to stderr when the heartbeats themselves go to stdout
+    print(f"exported {n} unshipped heartbeats to {out} (they stay in the spool until shipped)",
+          file=sys.stderr if in_place else sys.stdout)
     if spool.damaged:
         print(f"export: {len(spool.damaged)} damaged rows could not be read and are not in {out} "
               f"(seq {', '.join(map(str, spool.damaged[:20]))}{' ...' if len(spool.damaged) > 20 else ''})",

@@ -11,7 +11,9 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from adapters.base import AdapterConfig, AdapterError
+from adapters.credentials import SecretError
 from adapters.registry import adapter_class
+from agent.collectorlink import CollectorFileError, ca_bundle, read_token
 
 MIN_INTERVAL = 60
 MAX_INTERVAL = 3600
@@ -32,7 +34,7 @@ class AgentSettings(BaseModel):
         "without a network path and move heartbeats with `tr7-agent export`")
     state_dir: Path = Field(
         default=Path("/var/lib/tr7-agent"),
-        description="Directory of the private key (agent.key) and the spool (spool.db)")
+        description="Absolute path of the directory of the private key (agent.key) and the spool (spool.db)")
     # Declared before `interval` so its validator can see it.
     allow_short_interval: bool = Field(
         default=False, description="Allow intervals below 60 s (tests and demos only)")
@@ -63,10 +65,30 @@ class AgentSettings(BaseModel):
             raise ValueError("is the collector's base URL, without /v1 (the agent adds /v1/heartbeats)")
         if v is not None:
             try:  # as the shipper will use it: a port that is no number passed, then killed `run`
-                httpx.URL(v).port  # noqa: B018 - parsing it is the check
+                url = httpx.URL(v)
             except (httpx.InvalidURL, ValueError) as exc:
                 raise ValueError(f"is not a usable URL: {exc}") from None
+            # httpx takes any number: port 99999 reached 34463 (mod 65536), with the tokens
+            if url.port is not None and not 0 < url.port < 65536:
+                raise ValueError("the port must be from 1 to 65535")
+            if not url.host:
+                raise ValueError("must name a host, e.g. https://collector.example.net")
+            if url.query or url.fragment or "?" in v or "#" in v:  # /v1/... is appended to it
+                raise ValueError("is the collector's base URL, without ?query or #fragment")
         return v.rstrip("/") if v else v
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _absolute(cls, v: Any) -> Any:
+        # "" (a template left empty) or a relative path meant the directory each command was
+        # started in: the key and the spool in one place, `status` looking in another
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty: give the absolute path of the state directory, e.g. "
+                             "/var/lib/tr7-agent")
+        if isinstance(v, str | Path) and not Path(v).is_absolute():
+            raise ValueError(f"{str(v)!r} is relative (to the directory a command is started in): give an "
+                             "absolute path, e.g. /var/lib/tr7-agent")
+        return v
 
     @field_validator("metrics_listen")
     @classmethod
@@ -192,6 +214,7 @@ def load_config(path: Path) -> Config:
         agent = AgentSettings.model_validate(agent_doc)
     except ValidationError as exc:
         raise _errors(exc, path, text, "agent", 0) from exc
+    _collector_files(agent, path, text)
     tables = doc.get("adapters", [])
     if not isinstance(tables, list):
         raise ConfigError(f"{path}: adapters must be array tables [[adapters]]")
@@ -216,6 +239,33 @@ def load_config(path: Path) -> Config:
         seen.add(cfg.name)
         adapters.append(_timeout_within(cfg, agent.interval, path, text, i))
     return Config(path=path, agent=agent, adapters=adapters)
+
+
+def _collector_files(agent: AgentSettings, path: Path, text: str) -> None:
+    """The token and CA files' content, checked as the shipper will use them (`config validate` and
+    a reload too): each passed validation, then gave a traceback, an OpenSSL error naming no file,
+    or the token quoted in an httpx error. A token file this user cannot read (root's credentials,
+    an operator's shell) is no error here: the commands that send it say why."""
+    if agent.ca_file:
+        try:
+            ca_bundle(agent.ca_file)
+        except CollectorFileError as exc:
+            raise _fail(path, text, "agent", 0, ("ca_file",), exc.detail) from None
+    if agent.token_file:
+        try:
+            read_token(agent.token_file)
+        except CollectorFileError as exc:
+            raise _fail(path, text, "agent", 0, ("token_file",), exc.detail) from None
+        except SecretError:
+            pass
+
+
+def require_adapters(config: Config) -> Config:
+    """What `config validate`, `run` and a reload share: a configuration that polls nothing (the
+    commented sample) is refused; `run` signed empty heartbeats with it for ever."""
+    if not config.adapters:
+        raise ConfigError(f"{config.path}: no [[adapters]] table: nothing to poll")
+    return config
 
 
 def _timeout_within(cfg: AdapterConfig, interval: int, path: Path, text: str, i: int) -> AdapterConfig:

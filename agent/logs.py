@@ -36,3 +36,10 @@ def setup(level: str = "INFO") -> None:
     # APScheduler logs every run at INFO: too chatty at a 1 s interval, its warnings still show.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Vendor SDKs log request and response bodies at DEBUG: botocore wrote an assumed role's
+    # SecretAccessKey and SessionToken into the journal under TR7_LOG_LEVEL=DEBUG (and Azure's
+    # logs every request at INFO). Their warnings still show; the agent's own lines are what
+    # the level is for.
+    for sdk in ("botocore", "boto3", "urllib3", "s3transfer", "azure", "msal", "pyVmomi", "proxmoxer",
+                "winrm", "requests_ntlm", "spnego", "httpcore"):
+        logging.getLogger(sdk).setLevel(max(logging.WARNING, root.level))

@@ -5,6 +5,7 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from agent import __version__
+from agent.startup import StartupError
 
 log = logging.getLogger("tr7.agent.metrics")
 
@@ -35,7 +36,9 @@ class Metrics:
         self.depth = Gauge("tr7_agent_spool_depth", "Unshipped heartbeats", registry=r)
         self.oldest = Gauge("tr7_agent_spool_oldest_age_seconds", "Age of the oldest unshipped heartbeat",
                             registry=r)
-        self.spool_bytes = Gauge("tr7_agent_spool_bytes", "Size of the spool files", registry=r)
+        self.spool_bytes = Gauge("tr7_agent_spool_bytes",
+                                 "Bytes of the spool's live data (unshipped, rejected and event rows)",
+                                 registry=r)
         self.spool_alarm = Gauge("tr7_agent_spool_over_limit", "1 when the spool exceeds spool_limit_mb",
                                  registry=r)
         self.clock_jumps = Counter("tr7_agent_clock_backwards_total",
@@ -48,5 +51,11 @@ class Metrics:
 
     def serve(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        try:
+            start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        except OSError as exc:
+            # "[Errno 98] Address already in use" named neither the key nor the address, at every restart
+            raise StartupError(f"[agent] metrics_listen = {listen}: cannot listen there: "
+                               f"{exc.strerror or exc} (another process, or another agent, holds the "
+                               "port? choose another one, or leave metrics_listen out)") from exc
         log.info("event=metrics_listening listen=%s", listen)

@@ -17,10 +17,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from adapters.credentials import SecretError
 from agent import sdnotify, signedkeys
 from agent.collectorclock import AHEAD_LIMIT, CollectorClock
-from agent.config import Config, ConfigError, load_config
+from agent.collectorlink import shipping_identity
+from agent.config import Config, ConfigError, load_config, require_adapters
 from agent.metrics import Metrics
 from agent.poller import Poller
-from agent.shipper import Shipper, make_client
+from agent.shipper import Shipper
 from agent.spool import ClockBehind, Spool, SpoolError
 from agent.startup import StartupError, aligned_start, check_state_dir, load_key
 from agent.wakeup import Wakeup
@@ -50,6 +51,7 @@ class Service:
         self.wake = threading.Event()
         self.ship_stop = threading.Event()
         self.ship_thread: threading.Thread | None = None
+        self.ship_id = ""  # what the running shipper was built from (collectorlink.shipping_identity)
         self.collector_clock = CollectorClock()  # never set without a collector: nothing to agree with
         self.last_activity = time.monotonic()
         self.terminating = False
@@ -93,8 +95,8 @@ class Service:
             return Spool(self.config.agent.spool_path)
         except SpoolError as exc:
             raise StartupError(f"{exc} (a new spool.db would restart this key's chain at seq 1, which "
-                               "the agent refuses: restore it, or move agent.key aside and enrol a new "
-                               "key)") from exc
+                               "the agent refuses: mend what the error names, or move agent.key aside and "
+                               "enrol a new key)") from exc
 
     def _lock_state_dir(self, state_dir: Path) -> None:
         """One agent per state directory: a second one (a unit and a hand-started copy) signed
@@ -125,6 +127,7 @@ class Service:
 
     def _start_shipper(self) -> None:
         settings = self.config.agent
+        self.ship_id = shipping_identity(settings)
         if not settings.collector:
             log.warning("event=no_collector hint='heartbeats stay in the spool; use tr7-agent export'")
             return
@@ -267,7 +270,7 @@ class Service:
     # ---- reload -----------------------------------------------------------------------------
     def reload(self) -> None:
         try:
-            new = load_config(self.config.path)
+            new = require_adapters(load_config(self.config.path))
         except ConfigError as exc:
             log.error("event=reload_failed reason=%r action='keeping the running configuration'", str(exc))
             return
@@ -275,15 +278,12 @@ class Service:
         if new.agent.state_dir != old.agent.state_dir:
             log.error("event=reload_refused reason='state_dir cannot change without a restart'")
             return
-        ship_keys = ("collector", "token_file", "ca_file", "interval")
-        ship_changed = any(getattr(new.agent, k) != getattr(old.agent, k) for k in ship_keys)
-        if ship_changed and new.agent.collector:
-            try:  # the new token and CA files are read now, not in a shipper thread that dies
-                make_client(new.agent).close()
-            except (SecretError, OSError) as exc:
-                log.error("event=reload_failed reason=%r action='keeping the running configuration'",
-                          str(exc))
-                return
+        try:  # by content, read now (not in a shipper thread that dies): a token or CA bundle
+            # replaced at the same path was never used, as only the names were compared
+            ship_changed = shipping_identity(new.agent) != self.ship_id
+        except (SecretError, OSError) as exc:
+            log.error("event=reload_failed reason=%r action='keeping the running configuration'", str(exc))
+            return
         poller = Poller(new.adapters)
         with self.lock:
             old_poller, self.poller, self.config = self.poller, poller, new

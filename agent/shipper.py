@@ -9,12 +9,11 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 
-from adapters.credentials import SecretError, read_secret
 from agent.collectorclock import CollectorClock
+from agent.collectorlink import ca_bundle, read_token, redact, redirect_problem
 from agent.config import AgentSettings
 from agent.metrics import Metrics
 from agent.spool import Row, Spool
@@ -23,6 +22,7 @@ from protocol.heartbeat import MAX_REQUEST_LINES
 log = logging.getLogger("tr7.agent.shipper")
 MAX_LINES = MAX_REQUEST_LINES  # heartbeat-v1.md §4
 MAX_RETRY_AFTER = 3600.0
+GROW_AFTER = 10  # full batches in a row that let a batch cut by a 408/413 double again
 STATUSES = frozenset({"accepted", "duplicate", "rejected"})
 
 
@@ -42,12 +42,11 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
 
 def make_client(settings: AgentSettings, timeout: float = 30.0) -> httpx.Client:
     headers = {"User-Agent": "tr7-agent"}
-    if settings.token_file:
-        token = read_secret(None, settings.token_file, "agent.token_file")
-        headers["Authorization"] = f"Bearer {token}"
-    if settings.ca_file and not Path(settings.ca_file).is_file():
-        # httpx's own error is a bare "[Errno 2] No such file or directory" without the path
-        raise SecretError(f"agent.ca_file: {settings.ca_file}: no such file")
+    if settings.token_file:  # checked: httpx's error for a bad value quoted the whole header
+        headers["Authorization"] = f"Bearer {read_token(settings.token_file)}"
+    if settings.ca_file:
+        # httpx's own errors named neither the key nor the file ("[Errno 2]", an OpenSSL reason)
+        ca_bundle(settings.ca_file)
     verify: str | bool = settings.ca_file or True
     return httpx.Client(verify=verify, timeout=timeout, headers=headers)
 
@@ -70,6 +69,7 @@ class Shipper:
         # Lines a request may carry: halved on each 413 (a proxy in front of the collector may
         # take less than its 5,000 lines / 16 MiB), so that the spool still drains.
         self.batch_lines = MAX_LINES
+        self.full_batches = 0  # successes in a row at batch_lines: a cut batch grows back (408: a slow link)
 
     def _backoff(self) -> float:
         self.failures += 1
@@ -111,8 +111,8 @@ class Shipper:
             resp = self.client.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             delay = self._backoff()
-            log.warning("event=ship_failed reason=%r lines=%d retry_in=%.1f", str(exc) or type(exc).__name__,
-                        len(rows), delay)
+            log.warning("event=ship_failed reason=%r lines=%d retry_in=%.1f",
+                        redact(str(exc)) or type(exc).__name__, len(rows), delay)
             return delay
         self.clock.saw(resp.headers.get("Date"))
         if resp.status_code == 200:
@@ -121,6 +121,7 @@ class Shipper:
                 return self._backoff()
             self.spool.settle(outcomes)  # SpoolError propagates: the service stops loudly
             self.failures = 0
+            self._grow(len(rows))
             rejected = [(r.seq, reason) for r, status, reason in outcomes if status == "rejected"]
             for seq, reason in rejected:
                 log.error("event=heartbeat_rejected seq=%d reason=%r", seq, reason)
@@ -135,10 +136,16 @@ class Shipper:
             log.info("event=shipped lines=%d rejected=%d last_seq=%d", len(rows), len(rejected), rows[-1].seq)
             return 0.0
         detail = resp.text[:200].replace("\n", " ")
+        moved = redirect_problem(resp, "/v1/heartbeats")
+        if moved is not None:  # not followed, and no refusal: the configuration names an old address
+            wait = self._backoff()
+            log.error("event=ship_redirected status=%d reason=%r retry_in=%.1f", resp.status_code, moved,
+                      wait)
+            return wait
         # 408: the collector cut a body that came in too slowly (a slow link): a smaller batch may
         # make it, where resending the same one was cut at the same place for good
         if resp.status_code in (408, 413) and len(rows) > 1:
-            self.batch_lines = max(1, len(rows) // 2)
+            self.batch_lines, self.full_batches = max(1, len(rows) // 2), 0
             log.warning("event=ship_too_large status=%d lines=%d next_lines=%d detail=%r", resp.status_code,
                         len(rows), self.batch_lines, detail)
             return 0.0
@@ -153,6 +160,17 @@ class Shipper:
             wait = max(wait, server)
         log.warning("event=ship_refused status=%d detail=%r retry_in=%.1f", resp.status_code, detail, wait)
         return wait
+
+    def _grow(self, lines: int) -> None:
+        """A batch cut by a 408 (a slow link) or a 413 stayed small for the agent's life. After
+        GROW_AFTER full batches in a row it doubles: at a proxy's fixed limit that costs one 413
+        in GROW_AFTER + 1 requests; a limit lifted or a link recovered is used again."""
+        if self.batch_lines >= MAX_LINES or lines < self.batch_lines:
+            return  # a batch not full says nothing about a larger one
+        self.full_batches += 1
+        if self.full_batches >= GROW_AFTER:
+            self.batch_lines, self.full_batches = min(MAX_LINES, self.batch_lines * 2), 0
+            log.info("event=ship_batch_grown next_lines=%d", self.batch_lines)
 
     def probe(self) -> None:
         """The collector's clock before the first poll signs anything (GET /healthz's Date)."""

@@ -78,7 +78,7 @@ def test_spool_over_limit_alarms_and_keeps_everything(tmp_path: Path, fake_regis
     obs = [{"instance": f"tr7-{uuid.uuid4().hex}", "adapter": "lab", "vm": str(uuid.uuid4()), "host": None,
             "state": "running", "capacity": None} for _ in range(500)]
     n = 0
-    while service.spool.size_bytes() <= 1024 * 1024:
+    while service.spool.used_bytes() <= 1024 * 1024:
         n += 1
         service.spool.append(service.key, 1_790_000_000 + 60 * n, 60, polls, obs)
     with caplog.at_level(logging.ERROR):

@@ -86,13 +86,19 @@ def test_an_air_gapped_agent_registers_its_key_and_empties_its_spool_by_file(tmp
     assert seqs and min(seqs) == len(carried) + 1  # each export carries only what is not yet stored
 
 
-def test_settle_sets_aside_what_the_collector_rejected_and_refuses_a_foreign_file(tmp_path: Path) -> None:
+def _two_heartbeats(tmp_path: Path) -> Path:
+    """The configuration of an agent with a key and two heartbeats in its spool."""
     state = tmp_path / "state"
     cfg = write_config(tmp_path / "agent.toml", {"state_dir": str(state), "interval": 1,
                                                  "allow_short_interval": True},
                        [{"name": "lab", "platform": "kvm", "instances": 1}])
     assert run_cli("key", "--config", str(cfg)).returncode == 0
     _run_agent(cfg, state, 2)
+    return cfg
+
+
+def test_settle_sets_aside_what_the_collector_rejected_and_refuses_a_foreign_file(tmp_path: Path) -> None:
+    cfg = _two_heartbeats(tmp_path)
     out = tmp_path / "x.jws"
     assert run_cli("export", "--config", str(cfg), "--out", str(out)).returncode == 0
     token = out.read_text().splitlines()[0]
@@ -159,3 +165,30 @@ def test_key_prints_a_command_line_the_shell_takes_as_it_is(tmp_path: Path) -> N
     line = next(x for x in res.stdout.splitlines() if "tr7-collector agent add" in x)
     args = shlex.split(line)  # the name was printed bare: a syntax error in bash
     assert args[args.index("--name") + 1] == "Lab agent (rack 4)"
+
+
+def test_export_writes_through_a_link_or_device_and_never_replaces_it(tmp_path: Path) -> None:
+    """`export --out /dev/null` (or `/dev/stdout`) renamed its temporary file over the device, as
+    root, for every program until a reboot. Found by a review."""
+    import os
+    import stat
+
+    cfg = _two_heartbeats(tmp_path)
+    target = tmp_path / "real.jws"
+    target.write_text("")
+    link = tmp_path / "link.jws"
+    link.symlink_to(target)
+    res = run_cli("export", "--config", str(cfg), "--out", str(link))
+    assert res.returncode == 0, res.stderr
+    assert link.is_symlink() and len(target.read_text().splitlines()) >= 2
+    assert not (tmp_path / "link.jws.tmp").exists()
+    if os.geteuid() == 0:  # a device node needs root to make: the same as /dev/null
+        null = tmp_path / "null"
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        res = run_cli("export", "--config", str(cfg), "--out", str(null))
+        assert res.returncode == 0, res.stderr
+        assert stat.S_ISCHR(null.lstat().st_mode)
+    # a failed export leaves no FILE.tmp behind
+    res = run_cli("export", "--config", str(cfg), "--out", str(tmp_path / "nodir" / "x.jws"))
+    assert res.returncode == 1 and "cannot write" in res.stderr
+    assert not (tmp_path / "nodir").exists()

@@ -35,7 +35,8 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, abstract: bool) -> No
     state.mkdir()
     save_private_key(AgentKey.generate(), state / "agent.key")
     cfg = write_config(tmp_path / "a.toml", {"state_dir": str(state), "interval": 1,
-                                             "allow_short_interval": True}, [])
+                                             "allow_short_interval": True},
+                       [{"name": "l", "platform": "kvm"}])  # `run` refuses a file that polls nothing
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     if abstract:
         name = f"tr7-agent-test-{time.monotonic_ns()}"
@@ -67,7 +68,8 @@ def test_sd_notify_status_follows_a_reload(tmp_path: Path) -> None:
     state.mkdir()
     save_private_key(AgentKey.generate(), state / "agent.key")
     agent = {"state_dir": str(state), "interval": 1, "allow_short_interval": True}
-    cfg = write_config(tmp_path / "a.toml", agent, [])
+    adapters = [{"name": "l", "platform": "kvm"}]  # `run` refuses a file that polls nothing
+    cfg = write_config(tmp_path / "a.toml", agent, adapters)
     addr = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(addr)
@@ -76,7 +78,7 @@ def test_sd_notify_status_follows_a_reload(tmp_path: Path) -> None:
                             env=agent_env(NOTIFY_SOCKET=addr))
     try:
         assert sock.recv(4096).decode() == "READY=1\nSTATUS=polling every 1s"
-        write_config(cfg, {**agent, "interval": 2}, [])
+        write_config(cfg, {**agent, "interval": 2}, adapters)
         proc.send_signal(signal.SIGHUP)
         got = [sock.recv(4096).decode() for _ in range(2)]
         assert got == ["RELOADING=1", "READY=1\nSTATUS=polling every 2s"]
