@@ -36,7 +36,7 @@ from adapters.base import (
     ThrottledError,
     UnreachableError,
 )
-from adapters.fanout import forgetting, poll_scopes, within
+from adapters.fanout import Turns, forgetting, poll_scopes, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # EC2 state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/aws.md.
@@ -162,6 +162,7 @@ class AwsAdapter(Adapter):
         super().__init__(config)
         self.problems = ProblemLog(config.name)
         self._setup_lock = threading.Lock()  # one poll's set-up at a time (fanout.within)
+        self._turns = Turns()  # the scopes a late poll never asked go first next time
         self.boto_config = BotoConfig(
             retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},
             connect_timeout=min(10.0, self.config.timeout),
@@ -328,7 +329,7 @@ class AwsAdapter(Adapter):
             return UnreachableError(f"EC2 gave no answer within {limit}")
 
         return poll_scopes(regions, self.poll_region, label="region", deadline=deadline, workers=16,
-                           thread_name=f"aws-{self.name}", convert=convert, late=late)
+                           thread_name=f"aws-{self.name}", convert=convert, late=late, turns=self._turns)
 
     def close(self) -> None:
         for client in self._clients.values():

@@ -33,7 +33,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError, readable_file
-from adapters.fanout import forgetting, poll_scopes, within
+from adapters.fanout import Turns, forgetting, poll_scopes, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # Azure power state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/azure.md.
@@ -151,6 +151,7 @@ class AzureAdapter(Adapter):
         super().__init__(config)
         self.problems = ProblemLog(config.name)
         self._setup_lock = threading.Lock()  # one poll's set-up at a time (fanout.within)
+        self._turns = Turns()  # the scopes a late poll never asked go first next time
         self._credential: TokenCredential | None = None
         self._throttled: dict[str, str] = {}  # subscription -> Retry-After of its last 429, this poll
         self._clients: dict[str, ComputeManagementClient] = {}
@@ -287,7 +288,9 @@ class AzureAdapter(Adapter):
     def _poll(self) -> PollResult:
         # the agent abandons a poll at `timeout`: answer before it, with the late subscriptions named
         deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
-        subscriptions = list(dict.fromkeys(self.config.subscriptions))
+        # ARM ids are case-insensitive: one subscription written twice in two cases was polled
+        # twice, and each of its VMs observed twice
+        subscriptions = list(dict.fromkeys(x.lower() for x in self.config.subscriptions))
 
         def set_up() -> None:
             self.sign_in()
@@ -307,7 +310,7 @@ class AzureAdapter(Adapter):
 
         return poll_scopes(
             subscriptions, self.poll_subscription, label="subscription", deadline=deadline, workers=8,
-            thread_name=f"azure-{self.name}", convert=convert, late=late)
+            thread_name=f"azure-{self.name}", convert=convert, late=late, turns=self._turns)
 
     def close(self) -> None:
         for client in self._clients.values():

@@ -12,6 +12,25 @@ from adapters.base import AdapterError, Observation, PollResult, UnreachableErro
 T = TypeVar("T")
 
 
+class Turns:
+    """The order an adapter's polls ask their scopes in: the scopes that answered go to the back,
+    so those a poll did not finish (never asked before the timeout, ``workers`` at a time, or
+    asked and late) come first next time. In a fixed order the same scopes were left unasked at
+    every poll: 24 of 40 subscriptions never metered, each blamed on ARM."""
+
+    def __init__(self) -> None:
+        self.queue: list[str] = []
+        self.unasked: list[str] = []  # of the last poll
+
+    def order(self, scopes: Sequence[str]) -> list[str]:
+        known = [s for s in self.queue if s in set(scopes)]
+        return known + [s for s in scopes if s not in set(known)]
+
+    def finished(self, order: Sequence[str], answered: set[str], unasked: list[str]) -> None:
+        self.queue = [s for s in order if s not in answered] + [s for s in order if s in answered]
+        self.unasked = unasked
+
+
 def poll_scopes(
     scopes: Sequence[str],
     poll_one: Callable[[str], list[Observation]],
@@ -22,21 +41,31 @@ def poll_scopes(
     thread_name: str,
     convert: Callable[[Exception], AdapterError],
     late: Callable[[str], AdapterError],
+    turns: Turns | None = None,
 ) -> PollResult:
     """Poll every scope concurrently until ``deadline`` (a time.monotonic() instant).
 
     Observations of the scopes that answered are kept; the others are named in
-    ``PollResult.error`` as "<label> <scope>: <reason>". Only when every scope failed does the
-    poll raise: the common error type (or AdapterError when they differ).
+    ``PollResult.error`` as "<label> <scope>: <reason>" (a scope never asked says so: ``late``
+    is for those asked). Only when every scope failed does the poll raise: the common error type
+    (or AdapterError when they differ). ``turns``: the adapter's, so every scope gets its turn.
     """
     failures: dict[str, AdapterError] = {}
     observations: list[Observation] = []
-    pool = ThreadPoolExecutor(max_workers=max(1, min(len(scopes), workers)), thread_name_prefix=thread_name)
+    scopes = turns.order(scopes) if turns is not None else list(scopes)
+    size = max(1, min(len(scopes), workers))
+    pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=thread_name)
     try:
         futures = {pool.submit(poll_one, s): s for s in scopes}
         done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        unasked = [futures[f] for f in futures if f in pending and f.cancel()]  # never started
         for fut in pending:
-            failures[futures[fut]] = late(futures[fut])
+            scope = futures[fut]
+            failures[scope] = UnreachableError(
+                f"not asked: the poll timeout came before its turn ({size} {label}s at a time); it is "
+                "asked first at the next poll") if scope in unasked else late(scope)
+        if turns is not None:
+            turns.finished(scopes, {futures[f] for f in done}, unasked)
         for fut in done:
             try:
                 observations.extend(fut.result())
@@ -60,6 +89,9 @@ def poll_scopes(
     raise kind(reasons.pop() if len(reasons) == 1 else per_scope, per_scope)
 
 
+_holders: dict[int, str] = {}  # id of a set-up lock -> the step that took it last
+
+
 def within(deadline: float, step: Callable[[], T], *, what: str, lock: threading.Lock,
            thread_name: str) -> T:
     """Run a poll's set-up step (signing in, assuming a role, listing regions) by ``deadline``.
@@ -71,13 +103,16 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: threading
     thread-safe)."""
     if lock.locked():
         # The previous poll's step still has no answer (a frozen endpoint): one thread waits on it,
-        # not one more per poll (a thread a poll piled up on the lock, 288 a day at 300 s).
-        raise UnreachableError(f"{what}: no answer within the poll timeout (the previous poll's "
+        # not one more per poll (a thread a poll piled up on the lock, 288 a day at 300 s). Named
+        # by the step that waits: a hung list read as "login" with a token that logs in nowhere.
+        waiting = _holders.get(id(lock), what)
+        raise UnreachableError(f"{waiting}: no answer within the poll timeout (the previous poll's "
                                "attempt is still waiting)")
     answer: Future[T] = Future()
 
     def locked() -> None:
         with lock:
+            _holders[id(lock)] = what
             try:
                 result = step()
             except BaseException as exc:  # raised in the poll's thread

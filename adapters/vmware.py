@@ -2,7 +2,9 @@
 
 import contextlib
 import http.client
+import re
 import ssl
+import threading
 import time
 import xml.etree.ElementTree as ET
 import zlib
@@ -24,6 +26,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
+from adapters.fanout import within
 from adapters.tr7meta import ProblemLog, recognise
 
 # vim25/6.5: every property read here exists since vSphere 4, and vCenter 6.5 .. 8.x accept it.
@@ -77,6 +80,9 @@ class _SessionExpired(Exception):
     """The server no longer knows our session (timed out, terminated, vpxd restarted)."""
 
 
+_HTTP_STATUS = re.compile(r"([1-5][0-9][0-9]) ")
+
+
 def _convert(exc: BaseException, url: str) -> AdapterError:
     """Turn a pyVmomi / socket / SOAP exception into the AdapterError the agent understands."""
     if isinstance(exc, AdapterError):
@@ -91,6 +97,9 @@ def _convert(exc: BaseException, url: str) -> AdapterError:
                                 "root or verify_tls = false")
     if isinstance(exc, TimeoutError):
         return UnreachableError("timeout", f"{url}: no answer within the timeout")
+    status = _HTTP_STATUS.match(str(exc)) if isinstance(exc, http.client.HTTPException) else None
+    if status is not None:  # pyVmomi's "503 Service Unavailable": the proxy answered, vpxd did not
+        return UnreachableError(f"HTTP {status.group(1)}", f"{url}: HTTP {exc}")
     if isinstance(exc, OSError | http.client.HTTPException):
         return UnreachableError("unreachable", f"{url}: {type(exc).__name__}: {exc}")
     if isinstance(exc, vmodl.MethodFault):
@@ -179,6 +188,7 @@ class VMwareAdapter(Adapter):
         self.problems = ProblemLog(config.name)
         self._content: Any = None  # vim.ServiceInstanceContent of the logged-in session
         self._stub: Any = None  # its SoapStubAdapter: holds the session cookie
+        self._setup_lock = threading.Lock()  # one login at a time (fanout.within)
 
     # -- connection -------------------------------------------------------------------------
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -204,10 +214,20 @@ class VMwareAdapter(Adapter):
                                httpConnectionTimeout=cfg.timeout, connectionPoolTimeout=-1)
         try:
             content = vim.ServiceInstance("ServiceInstance", stub).RetrieveContent()
+            if getattr(content, "sessionManager", None) is None:  # a 200 that is no SOAP (a proxy's page)
+                raise AdapterError("malformed SOAP response",
+                                   f"{cfg.url}: RetrieveContent's answer is no vSphere API answer")
             content.sessionManager.Login(cfg.username, password)
         except Exception as exc:
             raise _convert(exc, cfg.url) from exc
         self._content, self._stub = content, stub
+
+    def _login_within(self, deadline: float) -> None:
+        """_login by ``deadline``: pyVmomi's timeout is per socket read, and a server dripping its
+        answer held a poll of timeout 2 s for 19 s while the agent said "previous poll still
+        running" (fanout.within, as the other adapters' sign-in)."""
+        within(deadline, self._login, what="login", lock=self._setup_lock,
+               thread_name=f"vc-login-{self.name}")
 
     def close(self) -> None:
         content, self._content = self._content, None
@@ -218,9 +238,10 @@ class VMwareAdapter(Adapter):
     # -- poll -------------------------------------------------------------------------------
     def poll(self) -> PollResult:
         fresh = self._content is None
+        deadline = time.monotonic() + self.config.timeout * 0.9  # its own reason before the agent's
         try:
             if fresh:
-                self._login()
+                self._login_within(deadline)
             try:
                 return self._collect()
             except (vim.fault.NotAuthenticated, _SessionExpired):
@@ -229,7 +250,7 @@ class VMwareAdapter(Adapter):
                 # the session expired between polls (idle timeout, admin, vpxd restart): log in
                 # again, once per poll
                 self._content = None
-                self._login()
+                self._login_within(deadline)
                 return self._collect()
         except Exception as exc:
             if isinstance(exc, vim.fault.NotAuthenticated | _SessionExpired):

@@ -4,7 +4,10 @@ import importlib.util
 import logging
 import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +330,69 @@ def test_a_vcenter_that_drips_its_answer_is_cut_off_near_the_timeout() -> None:
     finally:
         proxy.close()
         server.stop()
+
+
+class _Login(BaseHTTPRequestHandler):
+    """A front of vCenter that answers the login's first call with ``self.server.mode``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        mode = self.server.mode  # type: ignore[attr-defined]
+        body = (b"<html><body>Maintenance</body></html>" if mode == "html"
+                else b"<?xml version='1.0'?>" + b" " * 40)
+        self.send_response(503 if mode == "503" else 200)
+        self.send_header("Content-Type", "text/html" if mode == "html" else "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        step = 1 if mode == "drip" else len(body)
+        for i in range(0, len(body), step):
+            try:
+                self.wfile.write(body[i:i + step])
+                self.wfile.flush()
+            except OSError:
+                return
+            if mode == "drip":
+                time.sleep(0.2)  # a byte at a time: each socket read is within the timeout
+
+
+@pytest.fixture
+def front() -> Iterator[ThreadingHTTPServer]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Login)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+
+
+def _front_adapter(srv: ThreadingHTTPServer) -> Any:
+    url = f"http://127.0.0.1:{srv.server_address[1]}/sdk"
+    return ADAPTER(VMwareConfig(name="vc", platform="vmware", url=url, username="u", password="p", timeout=2))
+
+
+def test_login_answers_are_named_as_the_errors_table_says(front: ThreadingHTTPServer) -> None:
+    """503 while vpxd restarts read as "unreachable", and a proxy's HTML page as an AttributeError.
+    Found by a review."""
+    front.mode = "503"  # type: ignore[attr-defined]
+    with pytest.raises(UnreachableError) as exc:
+        _front_adapter(front).poll()
+    assert exc.value.reason == "HTTP 503"
+    front.mode = "html"  # type: ignore[attr-defined]
+    with pytest.raises(AdapterError) as exc:
+        _front_adapter(front).poll()
+    assert exc.value.reason == "malformed SOAP response"
+
+
+def test_a_login_that_drips_is_bounded_by_the_poll_timeout(front: ThreadingHTTPServer) -> None:
+    """pyVmomi's timeout is per socket read: a poll of timeout 2 s took 19 s, and the agent said
+    only "previous poll still running". Found by a review."""
+    front.mode = "drip"  # type: ignore[attr-defined]
+    adapter = _front_adapter(front)
+    with pytest.raises(UnreachableError, match=r"^login: no answer within the poll timeout$"):
+        adapter.poll()
+    with pytest.raises(UnreachableError, match=r"the previous poll's attempt is still waiting"):
+        adapter.poll()  # one thread waits on the dripping answer, not one more a poll

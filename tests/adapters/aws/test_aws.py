@@ -85,6 +85,37 @@ def test_assumed_role_meters_the_other_account(moto: Any) -> None:
     assert [(r["role_arn"], r["external_id"]) for r in sessions] == [(OTHER_ROLE, "msp-42")]
 
 
+def test_debug_logging_never_writes_the_assumed_roles_secret(moto: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """TR7_LOG_LEVEL=DEBUG (docs/agent.md, troubleshooting) set every logger to DEBUG, and botocore
+    logged the sts:AssumeRole answer: the role's SecretAccessKey and SessionToken in the journal.
+    Found by a review."""
+    import io
+
+    from agent import logs
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sdk_levels = {n: logging.getLogger(n).level for n in logging.root.manager.loggerDict}
+    monkeypatch.setenv("TR7_LOG_LEVEL", "DEBUG")
+    try:
+        logs.setup()
+        out = io.StringIO()
+        root.handlers[0].stream = out  # type: ignore[attr-defined]
+        ad = adapter(moto, role_arn=OTHER_ROLE, regions=["eu-west-1"])
+        assert ad.poll().error is None
+        creds = ad.session().get_credentials().get_frozen_credentials()
+        logging.getLogger("tr7.agent").debug("event=probe")  # the agent's own DEBUG lines still show
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, was in sdk_levels.items():
+            logging.getLogger(name).setLevel(was)
+    text = out.getvalue()
+    assert "event=probe" in text
+    assert creds.secret_key not in text and creds.token not in text
+
+
 def test_assumed_role_credentials_are_refreshed_before_expiry(moto: Any) -> None:
     moto.launch(moto.ec2("eu-west-1", moto.assume(OTHER_ROLE)), 1, {"tr7.instance": "fw-theirs"})
     ad = adapter(moto, role_arn=OTHER_ROLE, regions=["eu-west-1"])

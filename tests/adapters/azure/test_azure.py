@@ -125,6 +125,14 @@ def test_a_subscription_without_tr7_vms_is_listed_once(sp: Any) -> None:
     assert sp.count(LIST.format(SUB_A)) == 1
 
 
+def test_one_subscription_written_in_two_cases_is_polled_once(sp: Any) -> None:
+    """ARM ids are case-insensitive: each VM of it was observed twice. Found by a review."""
+    vm = sp.add_vm(SUB_A, "fw1", tags={"tr7.instance": "fw-1"})
+    result = adapter(sp, subscriptions=[SUB_A, SUB_A.upper()]).poll()
+    assert result.error is None and [o.vm for o in result.observations] == [vm]
+    assert sp.count(LIST.format(SUB_A)) == 2  # the models, then the power states: once
+
+
 def test_wrong_secret_is_an_auth_error(sp: Any) -> None:
     with pytest.raises(AuthError) as err:
         adapter(sp, client_secret="wrong").poll()
