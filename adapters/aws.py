@@ -1,7 +1,6 @@
 """AWS EC2 adapter: TR7 instances are EC2 instances tagged `tr7.instance`, polled per region."""
 
 import re
-import threading
 import time
 from datetime import datetime
 from typing import Any, ClassVar, Literal
@@ -36,7 +35,7 @@ from adapters.base import (
     ThrottledError,
     UnreachableError,
 )
-from adapters.fanout import Turns, forgetting, poll_scopes, within
+from adapters.fanout import SetupLock, Turns, forgetting, poll_scopes, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # EC2 state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/aws.md.
@@ -161,7 +160,7 @@ class AwsAdapter(Adapter):
     def __init__(self, config: AdapterConfig) -> None:
         super().__init__(config)
         self.problems = ProblemLog(config.name)
-        self._setup_lock = threading.Lock()  # one poll's set-up at a time (fanout.within)
+        self._setup_lock = SetupLock()  # one poll's set-up at a time (fanout.within)
         self._turns = Turns()  # the scopes a late poll never asked go first next time
         self.boto_config = BotoConfig(
             retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},

@@ -1,6 +1,5 @@
 """Azure adapter: TR7 instances are VMs tagged `tr7.instance`, listed with power state per subscription."""
 
-import threading
 import time
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -33,7 +32,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError, readable_file
-from adapters.fanout import Turns, forgetting, poll_scopes, within
+from adapters.fanout import SetupLock, Turns, forgetting, poll_scopes, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # Azure power state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/azure.md.
@@ -150,7 +149,7 @@ class AzureAdapter(Adapter):
     def __init__(self, config: AdapterConfig) -> None:
         super().__init__(config)
         self.problems = ProblemLog(config.name)
-        self._setup_lock = threading.Lock()  # one poll's set-up at a time (fanout.within)
+        self._setup_lock = SetupLock()  # one poll's set-up at a time (fanout.within)
         self._turns = Turns()  # the scopes a late poll never asked go first next time
         self._credential: TokenCredential | None = None
         self._throttled: dict[str, str] = {}  # subscription -> Retry-After of its last 429, this poll

@@ -21,7 +21,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import within
+from adapters.fanout import SetupLock, within
 from adapters.tr7meta import KEYS, ProblemLog, recognise
 
 NAMESPACE = "urn:tr7:metering:1"
@@ -138,7 +138,7 @@ class KVMAdapter(Adapter):
         self.problems = ProblemLog(config.name)
         self._conn: libvirt.virConnect | None = None
         self._close_reason: int | None = None  # set by libvirt when it closes the connection
-        self._connect_lock = threading.Lock()  # fanout.within: one connection attempt at a time
+        self._connect_lock = SetupLock()  # fanout.within: one connection attempt at a time
 
     def _connected(self, deadline: float) -> libvirt.virConnect:
         """_connection by ``deadline``: openAuth has no timeout of its own, and keepalive starts

@@ -1,7 +1,6 @@
 """Proxmox VE adapter: QEMU VMs of a cluster through the PVE JSON API (proxmoxer, https backend)."""
 
 import logging
-import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -24,7 +23,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError, readable_file
-from adapters.fanout import Turns, within
+from adapters.fanout import SetupLock, Turns, within
 from adapters.tr7meta import ProblemLog, parse_notes, recognise
 
 DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the partial result (as aws, azure)
@@ -126,7 +125,7 @@ class ProxmoxAdapter(Adapter):
         super().__init__(config)
         self.problems = ProblemLog(config.name)
         self._api: Any = None
-        self._setup_lock = threading.Lock()  # fanout.within: one login or list at a time
+        self._setup_lock = SetupLock()  # fanout.within: one login or list at a time
         # The VMs a poll left unread are read first at the next one (fanout.Turns, by node/vmid):
         # queued in the API's order, the same ~80 of 120 VMs were left unread at every poll.
         self._turns = Turns()

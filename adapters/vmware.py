@@ -4,7 +4,6 @@ import contextlib
 import http.client
 import re
 import ssl
-import threading
 import time
 import xml.etree.ElementTree as ET
 import zlib
@@ -26,7 +25,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import within
+from adapters.fanout import SetupLock, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # vim25/6.5: every property read here exists since vSphere 4, and vCenter 6.5 .. 8.x accept it.
@@ -188,7 +187,7 @@ class VMwareAdapter(Adapter):
         self.problems = ProblemLog(config.name)
         self._content: Any = None  # vim.ServiceInstanceContent of the logged-in session
         self._stub: Any = None  # its SoapStubAdapter: holds the session cookie
-        self._setup_lock = threading.Lock()  # one login at a time (fanout.within)
+        self._setup_lock = SetupLock()  # one login at a time (fanout.within)
 
     # -- connection -------------------------------------------------------------------------
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -204,7 +203,7 @@ class VMwareAdapter(Adapter):
         except OSError as exc:
             raise ConfigError(f"cannot read ca_file {self.config.ca_file}: {exc.strerror}") from exc
 
-    def _login(self) -> None:
+    def _login(self) -> tuple[Any, Any]:
         cfg = self.config
         try:
             password = cfg.secret(cfg.password, cfg.password_file, "password") or ""
@@ -220,14 +219,16 @@ class VMwareAdapter(Adapter):
             content.sessionManager.Login(cfg.username, password)
         except Exception as exc:
             raise _convert(exc, cfg.url) from exc
-        self._content, self._stub = content, stub
+        return content, stub
 
     def _login_within(self, deadline: float) -> None:
         """_login by ``deadline``: pyVmomi's timeout is per socket read, and a server dripping its
         answer held a poll of timeout 2 s for 19 s while the agent said "previous poll still
         running" (fanout.within, as the other adapters' sign-in)."""
-        within(deadline, self._login, what="login", lock=self._setup_lock,
-               thread_name=f"vc-login-{self.name}")
+        # Set here, in the poll's thread, both at once: a login that ends after its poll gave up
+        # (or after close()) puts no session back on the adapter; vCenter ends it when it idles.
+        self._content, self._stub = within(deadline, self._login, what="login", lock=self._setup_lock,
+                                           thread_name=f"vc-login-{self.name}")
 
     def close(self) -> None:
         content, self._content = self._content, None
@@ -243,7 +244,7 @@ class VMwareAdapter(Adapter):
             if fresh:
                 self._login_within(deadline)
             try:
-                return self._collect()
+                return self._collect(deadline)
             except (vim.fault.NotAuthenticated, _SessionExpired):
                 if fresh:
                     raise
@@ -251,7 +252,7 @@ class VMwareAdapter(Adapter):
                 # again, once per poll
                 self._content = None
                 self._login_within(deadline)
-                return self._collect()
+                return self._collect(deadline)
         except Exception as exc:
             if isinstance(exc, vim.fault.NotAuthenticated | _SessionExpired):
                 self._content = None
@@ -261,18 +262,18 @@ class VMwareAdapter(Adapter):
                 self._content = None  # transport broke: start a new session next time
             raise _convert(exc, self.config.url) from exc
 
-    def _collect(self) -> PollResult:
+    def _collect(self, deadline: float) -> PollResult:
         content = self._content
         view = content.viewManager.CreateContainerView(
             content.rootFolder, [vim.VirtualMachine, vim.HostSystem], True)
         try:
             cfm = getattr(content.customFieldsManager, "_moId", None)
-            return self._observe(self._retrieve(_spec_xml(view._moId, cfm)))
+            return self._observe(self._retrieve(_spec_xml(view._moId, cfm), deadline))
         finally:
             with contextlib.suppress(Exception):  # views die with the session anyway
                 view.DestroyView()
 
-    def _retrieve(self, spec: str) -> list[Obj]:
+    def _retrieve(self, spec: str, deadline: float | None = None) -> list[Obj]:
         """All pages of RetrievePropertiesEx over the view (and the custom field names).
 
         pyVmomi's generic deserializer needs ~25 Python objects per VM; on 5,000 VMs that dominates
@@ -280,7 +281,8 @@ class VMwareAdapter(Adapter):
         and the answer is read with ElementTree, page by page (memory bounded by PAGE_SIZE).
         """
         this = f'<_this type="PropertyCollector">{escape(self._content.propertyCollector._moId)}</_this>'
-        deadline = time.monotonic() + self.config.timeout
+        # the poll's deadline: the login's time is not given again to the retrieval
+        deadline = time.monotonic() + self.config.timeout if deadline is None else deadline
         parts = urlsplit(self.config.url)
         conn = (http.client.HTTPSConnection(parts.netloc, timeout=self.config.timeout,
                                             context=self._ssl_context())

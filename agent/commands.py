@@ -194,6 +194,10 @@ def status(config: Config, as_json: bool) -> int:
             out["spool_error"], code = str(exc), 1
     else:
         out.update(_EMPTY)
+    older = None if key is None or "spool_error" in out else signedkeys.behind(
+        settings.state_dir, key.kid, out["last_seq"], settings.spool_path)
+    if older is not None:  # an older copy of spool.db: what `run` refuses to start with too
+        out["chain_error"], code = older, 1
     if key is not None and out["last_seq"] == 0 and "spool_error" not in out:
         try:  # what `run` refuses to start with (service.start): this is no new agent
             signedkeys.check(settings.state_dir, key.kid, 0, settings.spool_path)

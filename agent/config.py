@@ -1,5 +1,6 @@
 """Agent configuration: TOML parsed with tomllib, validated by pydantic, errors naming key and line."""
 
+import os
 import re
 import socket
 import tomllib
@@ -246,7 +247,9 @@ def _collector_files(agent: AgentSettings, path: Path, text: str) -> None:
     a reload too): each passed validation, then gave a traceback, an OpenSSL error naming no file,
     or the token quoted in an httpx error. A token file this user cannot read (root's credentials,
     an operator's shell) is no error here: the commands that send it say why."""
-    if agent.ca_file:
+    # A file this user may not read (the service's, from an operator's shell) is left to the
+    # commands that use it, as the token's is: `status` and `export` need neither.
+    if agent.ca_file and not (os.path.exists(agent.ca_file) and not os.access(agent.ca_file, os.R_OK)):
         try:
             ca_bundle(agent.ca_file)
         except CollectorFileError as exc:

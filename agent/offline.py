@@ -54,7 +54,9 @@ def settle(config: Config, results: Path) -> int:
         # SETTLE_ROWS at a time, each batch settled in its own transaction (a row settles the same
         # however often): reading the whole spool at once took 1.2 GB for a month of 500 instances
         last = 0
-        while rows := spool.batch(limit=SETTLE_ROWS, max_bytes=2**62, after=last):
+        while (rows := spool.batch(limit=SETTLE_ROWS, max_bytes=2**62, after=last)) or spool.any_after(last):
+            if not rows:  # a page of damaged rows only, set aside by batch(): read on past it
+                continue
             last = rows[-1].id
             outcomes = [(row, *answers[d]) for row in rows if (d := token_digest(row.token)) in answers]
             spool.settle(outcomes)

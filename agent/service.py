@@ -292,7 +292,12 @@ class Service:
             self._schedule(new.agent.interval)
         if ship_changed:
             self._stop_shipper(30)
-            self._start_shipper()
+            try:
+                self._start_shipper()
+            except (SecretError, OSError) as exc:  # the token file rewritten meanwhile, not in place
+                self.ship_id = ""  # the next reload starts one, whatever the files hold then
+                log.error("event=shipper_not_started reason=%r action='heartbeats stay in the spool; "
+                          "reload again'", str(exc))
         if new.agent.metrics_listen != old.agent.metrics_listen:
             log.warning("event=reload_partial reason='metrics_listen changes need a restart'")
         log.info("event=reloaded adapters=%d interval=%d", len(new.adapters), new.agent.interval)

@@ -14,9 +14,12 @@ The service refuses to start a key whose chain the spool does not hold, or holds
 lower seq than `signed-heads` says was signed.
 """
 
+import logging
 import os
 import re
 from pathlib import Path
+
+log = logging.getLogger("tr7.agent")
 
 NAME = "signed-keys"
 HEADS = "signed-heads"
@@ -63,12 +66,25 @@ def heads(state_dir: Path) -> dict[str, int]:
 def signed(state_dir: Path, kid: str, seq: int) -> None:
     """Record that ``kid`` signed (and committed) ``seq``; compact the file once it is long."""
     path = state_dir / HEADS
-    _append_line(path, f"{kid} {seq}\n")
     try:
-        if path.stat().st_size <= COMPACT_BYTES:
-            return
-    except OSError:
-        return
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    cut = False
+    if size:
+        with path.open("rb") as f:
+            f.seek(size - 1)
+            cut = f.read(1) != b"\n"
+    # after a line cut by a crash, a line of its own: joined to it, both were unreadable
+    _append_line(path, f"{chr(10) if cut else ''}{kid} {seq}\n")
+    if size + 60 > COMPACT_BYTES:
+        try:
+            _compact(state_dir, path)
+        except OSError as exc:  # the line is recorded; a long file only costs reading it
+            log.warning("event=signed_heads_not_compacted path=%s reason=%r", path, str(exc))
+
+
+def _compact(state_dir: Path, path: Path) -> None:
     tmp = path.with_name(HEADS + ".tmp")
     text = "".join(f"{k} {s}\n" for k, s in sorted(heads(state_dir).items()))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -94,16 +110,24 @@ _ADVICE = ("Move agent.key aside and enrol a new key (docs/agent.md, \"Rotating 
            "checks")
 
 
+def behind(state_dir: Path, kid: str, head_seq: int, spool_path: Path) -> str | None:
+    """Why a spool whose head for ``kid`` is ``head_seq`` (> 0) is an older copy, or None; reads only."""
+    done = heads(state_dir).get(kid, 0)
+    if not 0 < head_seq < done:
+        return None
+    return (f"{spool_path} holds the chain of key {kid} up to seq {head_seq}, but seq {done} was signed "
+            f"here ({state_dir / HEADS}): it is an older copy, and signing on would sign seqs {head_seq + 1} "
+            f"to {done} again, forks the collector quarantines (heartbeat-v1.md §3.3). {_ADVICE}")
+
+
 def check(state_dir: Path, kid: str, head_seq: int, spool_path: Path) -> None:
     """At start: list a key whose chain the spool holds (one from before these files existed) and
     record its head; refuse a listed key whose chain the spool does not hold, or one whose head is
     below a seq already signed here (raises LostChain)."""
+    older = behind(state_dir, kid, head_seq, spool_path)
+    if older is not None:
+        raise LostChain(older)
     done = heads(state_dir).get(kid, 0)
-    if head_seq > 0 and head_seq < done:
-        raise LostChain(
-            f"{spool_path} holds the chain of key {kid} up to seq {head_seq}, but seq {done} was signed here "
-            f"({state_dir / HEADS}): it is an older copy, and signing on would sign seqs {head_seq + 1} "
-            f"to {done} again, forks the collector quarantines (heartbeat-v1.md §3.3). {_ADVICE}")
     if head_seq > 0:
         add(state_dir, kid)
         if done < head_seq:

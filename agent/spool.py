@@ -227,6 +227,10 @@ class Spool:
             self._set_aside_damaged(*bad)
         return rows
 
+    def any_after(self, last: int) -> bool:
+        """Whether a row with an id above ``last`` is still in the spool."""
+        return self.db.execute("SELECT 1 FROM spool WHERE id > ? LIMIT 1", (last,)).fetchone() is not None
+
     def unshipped(self) -> Iterable[str]:
         """Every readable unshipped heartbeat, in order; the seqs of damaged rows go to ``damaged``."""
         self.damaged = []

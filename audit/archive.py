@@ -173,7 +173,11 @@ def _members(path: Path) -> Iterator[tuple[list[str], IO[bytes]]]:
         with tarfile.open(path, mode="r:*") as tar:
             for info in tar:
                 # a hard link reads as the file it names (tarfile finds it), as _extract does
-                f = tar.extractfile(info) if info.isfile() or info.islnk() else None
+                try:
+                    f = tar.extractfile(info) if info.isfile() or info.islnk() else None
+                except KeyError as exc:  # a hard link to a name the archive does not hold
+                    raise ArchiveError(f"{path}: member {info.name!r} links to {info.linkname!r}, which "
+                                       "it does not hold") from exc
                 if f is not None:
                     yield _parts(info.name), f
     except READ_ERRORS as exc:

@@ -15,7 +15,7 @@ from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat
 from protocol.keys import kid_of, load_public_key_b64, raw_public
 from protocol.strictjson import loads_strict
-from protocol.timefmt import parse_rfc3339
+from protocol.timefmt import parse_rfc3339, rfc3339_instant
 
 Add = Callable[..., None]
 
@@ -110,11 +110,10 @@ def load_agents(add: Add, rows: Any) -> dict[str, AgentInfo]:
                 raise ProtocolError("agents.duplicate", "kid listed twice")
             # Any RFC 3339 time (§6 fixes no form, unlike a heartbeat's `time`): the window is
             # taken in whole seconds inside it, as a heartbeat's time is one
-            start = parse_rfc3339(row["enrolled_at"], "agents.format")
             enrolled = parse_rfc3339(row["enrolled_at"], "agents.format", round_up=True)
             revoked = None if row["revoked_at"] is None else parse_rfc3339(row["revoked_at"], "agents.format")
-            # not after: an earlier second, or the same whole second (a fraction may be after it)
-            if revoked is not None and (revoked < start or revoked == start == enrolled):
+            if revoked is not None and (rfc3339_instant(row["revoked_at"], "agents.format")
+                                        <= rfc3339_instant(row["enrolled_at"], "agents.format")):
                 raise ProtocolError("agents.format", "revoked_at is not after enrolled_at")
             if not isinstance(row["name"], str):
                 raise ProtocolError("agents.format", "name must be a string")

@@ -100,9 +100,11 @@ def _checkpoint(ctx: _Ctx, rel: str, verifier: NoteVerifier | None, rule: str) -
     # collector names its key after its origin, collector/tlog.py; §5 does not require it).
     base = ctx.origin if ctx.origin is not None else verifier.name
     want = f"{base}/{ctx.provider}/{ctx.month}"
-    # or the key named after this very log's origin, as C2SP tlog-checkpoint advises for a key
-    # that signs one log
-    if cp.origin != want and not (ctx.origin is None and cp.origin == verifier.name):
+    # Not accepted: a key named after the whole origin line (C2SP tlog-checkpoint's advice for a
+    # key that signs one log). Its name would then be all the origin check rests on, and a
+    # bundle signed by a key named "<c>/<other provider>/<month>" passed for any provider: such a
+    # collector's auditor passes --origin.
+    if cp.origin != want:
         tail = f"/{ctx.provider}/{ctx.month}"
         other = cp.origin[: -len(tail)] if cp.origin.endswith(tail) and len(cp.origin) > len(tail) else None
         if other is not None and other.startswith(f"{base}/"):  # a provider whose id ends in ours

@@ -98,9 +98,12 @@ def _without_empty_rows(inv: Mapping[str, Any]) -> Mapping[str, Any]:
     lines = inv.get("lines")
     items = [*(lines if isinstance(lines, list) else []), *kept]
     billed = {x.get("customer") for x in items if isinstance(x, dict)}
+    # only the customers whose empty rows were dropped lose a 0.00 total: another customer's
+    # total without rows is no such case, and stays to be compared
+    emptied = {r.get("customer") for r in rows if _empty_row(r)} - billed
     totals = inv.get("totals")
     if isinstance(totals, dict):
-        totals = {c: t for c, t in totals.items() if c in billed or not _zero(t)}
+        totals = {c: t for c, t in totals.items() if c not in emptied or not _zero(t)}
     return {**inv, "device_days": kept, "totals": totals}
 
 

@@ -3,6 +3,7 @@
 import calendar
 import re
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from protocol.errors import ProtocolError
 
@@ -39,6 +40,17 @@ _RFC3339_RE = re.compile(
 def parse_rfc3339(text: str, rule: str = "time", round_up: bool = False) -> int:
     """Any RFC 3339 date-time as epoch seconds, a fraction dropped (``round_up``: counted as the
     next second, for the start of a window: a heartbeat's whole second is inside it only then)."""
+    epoch, frac = _rfc3339(text, rule)
+    return epoch + 1 if round_up and frac else epoch
+
+
+def rfc3339_instant(text: str, rule: str = "time") -> Decimal:
+    """Any RFC 3339 date-time as exact epoch seconds, its fraction kept (to order two of them)."""
+    epoch, frac = _rfc3339(text, rule)
+    return epoch + frac
+
+
+def _rfc3339(text: str, rule: str) -> tuple[int, Decimal]:
     m = _RFC3339_RE.match(text) if isinstance(text, str) else None
     if m is None:
         raise ProtocolError(rule, f"not an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS[.f]Z or +hh:mm): {text!r}")
@@ -48,7 +60,7 @@ def parse_rfc3339(text: str, rule: str = "time", round_up: bool = False) -> int:
         epoch = int(datetime.fromisoformat(f"{date}T{clock}{offset}").timestamp())
     except ValueError as exc:
         raise ProtocolError(rule, f"not a valid calendar time: {text!r}") from exc
-    return epoch + 1 if round_up and frac is not None and frac.strip(".0") else epoch
+    return epoch, Decimal(f"0{frac}") if frac else Decimal(0)
 
 
 def format_time(epoch: int) -> str:

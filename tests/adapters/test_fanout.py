@@ -6,7 +6,7 @@ import time
 import pytest
 
 from adapters.base import AdapterError, Observation, UnreachableError
-from adapters.fanout import Turns, poll_scopes, within
+from adapters.fanout import SetupLock, Turns, poll_scopes, within
 
 
 def _threads(name: str) -> list[threading.Thread]:
@@ -14,7 +14,7 @@ def _threads(name: str) -> list[threading.Thread]:
 
 
 def test_a_frozen_step_holds_one_daemon_thread_across_polls() -> None:
-    lock, frozen = threading.Lock(), threading.Event()
+    lock, frozen = SetupLock(), threading.Event()
     try:
         for _ in range(5):
             with pytest.raises(UnreachableError, match="signing in: no answer within the poll timeout"):
@@ -30,7 +30,7 @@ def test_a_frozen_step_holds_one_daemon_thread_across_polls() -> None:
 
 
 def test_errors_are_raised_in_the_polls_thread_and_steps_of_one_poll_follow_each_other() -> None:
-    lock = threading.Lock()
+    lock = SetupLock()
 
     def refused() -> str:
         raise UnreachableError("HTTP 401")
@@ -64,8 +64,9 @@ def test_every_scope_gets_its_turn_when_a_poll_cannot_ask_them_all() -> None:
         first_asked = asked[:2]
         seen |= {o.instance for o in result.observations}
         unasked = [s for s in scopes if s not in asked]
-        assert set(unasked) == set(turns.unasked)
-        for s in unasked:  # named as not asked, not blamed on the endpoint
+        # (a scope whose thread started but had not yet recorded it counts as asked and late)
+        assert set(turns.unasked) <= set(unasked)
+        for s in turns.unasked:  # named as not asked, not blamed on the endpoint
             assert f"subscription {s}: not asked: the poll timeout came before its turn" in str(result.error)
         if seen == set(scopes):
             break
@@ -76,13 +77,18 @@ def test_every_scope_gets_its_turn_when_a_poll_cannot_ask_them_all() -> None:
 def test_a_step_still_waiting_is_named_by_the_next_poll() -> None:
     """A hung cluster/resources read as "login" at the next poll (Proxmox with a token logs in
     nowhere). Found by a review."""
-    lock, frozen = threading.Lock(), threading.Event()
+    lock, frozen, entered = SetupLock(), threading.Event(), threading.Event()
     assert within(time.monotonic() + 5, lambda: "api", what="login", lock=lock, thread_name="t-st") == "api"
+
+    def hang() -> None:
+        entered.set()
+        frozen.wait()
+
     try:
         hung = r"^cluster/resources: no answer within the poll timeout"
         with pytest.raises(UnreachableError, match=hung + "$"):
-            within(time.monotonic() + 0.05, frozen.wait, what="cluster/resources", lock=lock,
-                   thread_name="t-st")
+            within(time.monotonic() + 0.05, hang, what="cluster/resources", lock=lock, thread_name="t-st")
+        assert entered.wait(30)  # it holds the lock now, however slow the machine
         with pytest.raises(UnreachableError, match=hung + r" \(the previous poll's attempt is still"):
             within(time.monotonic() + 0.05, lambda: "api", what="login", lock=lock, thread_name="t-st")
     finally:

@@ -146,6 +146,8 @@ def test_an_older_copy_of_the_spool_is_refused(tmp_path: Path) -> None:
     assert res.returncode == 1 and "event=startup_failed" in res.stderr
     assert f"holds the chain of key {key.kid} up to seq 3, but seq 7 was signed here" in res.stderr
     assert "would sign seqs 4 to 7 again" in res.stderr and "enrol a new key" in res.stderr
+    status = run_cli("status", "--config", str(_config(tmp_path, state)), "--json")
+    assert status.returncode == 1 and "but seq 7 was signed here" in json.loads(status.stdout)["chain_error"]
     assert Spool(state / "spool.db").head(key.kid).seq == 3  # nothing signed
 
 
@@ -157,8 +159,10 @@ def test_the_record_of_signed_heads_survives_a_cut_line_and_compacts(
     with (tmp_path / signedkeys.HEADS).open("a") as f:
         f.write(f"{kid} 1")  # a crash cut the line for seq 12 short: its prefix is never higher
     assert signedkeys.heads(tmp_path) == {kid: 5}
+    signedkeys.signed(tmp_path, kid, 6)  # on a line of its own, not joined to the cut one
+    assert signedkeys.heads(tmp_path) == {kid: 6}
     monkeypatch.setattr(signedkeys, "COMPACT_BYTES", 200)
-    for seq in range(6, 20):
+    for seq in range(7, 20):
         signedkeys.signed(tmp_path, kid, seq)
     assert (tmp_path / signedkeys.HEADS).stat().st_size <= 200 + 40
     assert signedkeys.heads(tmp_path) == {kid: 19}

@@ -17,7 +17,7 @@ from audit.simulate import Scenario, make_bundle
 from audit.verify import verify_bundle
 from protocol.errors import ProtocolError
 from protocol.note import Checkpoint, NoteSigner, sign_checkpoint
-from protocol.timefmt import parse_rfc3339, parse_time
+from protocol.timefmt import parse_rfc3339, parse_time, rfc3339_instant
 from tests.audit.conftest import LATE, edit_json, rehash
 
 
@@ -62,10 +62,16 @@ def test_the_given_origin_still_tells_a_provider_from_one_whose_id_ends_in_it(
     assert "checkpoint.origin" in _rules(verify_bundle(bundle, workers=1, origin="collector.example.net"))
 
 
-def test_a_key_named_after_the_whole_origin_line_verifies(bundle: Path, scenario: Scenario) -> None:
+def test_a_key_named_after_the_whole_origin_line_needs_the_origin_named(bundle: Path,
+                                                                        scenario: Scenario) -> None:
     log = f"collector.example.net/{scenario.provider}/{scenario.month}"
     _resign(bundle, scenario, log, log)  # C2SP tlog-checkpoint: the key name SHOULD be the origin
-    assert verify_bundle(bundle, workers=1).ok
+    assert verify_bundle(bundle, workers=1, origin="collector.example.net").ok
+    # the key's name alone binds nothing: one named after another provider's log passed for any
+    # (found by a review of this change)
+    other = "collector.example.net/someone-else/2019-01"
+    _resign(bundle, scenario, other, other)
+    assert _rules(verify_bundle(bundle, workers=1)) == {"checkpoint.origin", "closed.origin"}
 
 
 def test_a_last_line_without_its_lf_is_a_line(bundle: Path) -> None:
@@ -114,6 +120,7 @@ def test_rfc3339_times_as_epoch_seconds() -> None:
     assert parse_rfc3339("2026-11-01T00:00:00.25z", round_up=True) == z + 1
     assert parse_rfc3339("2026-11-01T00:00:00.000Z", round_up=True) == z
     assert parse_rfc3339("2026-11-01T00:00:00.75Z") == z
+    assert rfc3339_instant("2026-11-01T00:00:00.1Z") < rfc3339_instant("2026-11-01T01:00:00.9+01:00")
     for bad in ("2026-11-01T00:00:60Z", "2026-11-01 00:00:00Z", "2026-11-01T00:00:00", "2026-02-30T00:00:00Z",
                 "2026-11-01T00:00:00+24:00", "2026-11-01T00:00:00.Z", 1_790_000_000):
         with pytest.raises(ProtocolError):
@@ -157,3 +164,14 @@ def test_an_auditors_tar_of_a_bundle_with_hard_links_verifies(scenario: Scenario
             out.addfile(m, src.extractfile(m) if m.isfile() else None)
     got = cli("verify", "--quiet", str(bad))  # type: ignore[operator]
     assert got.returncode == 1 and "archive.unreadable" in got.stdout and "links to" in got.stdout
+
+
+def test_a_revocation_before_the_enrolment_within_one_second_is_refused(bundle: Path) -> None:
+    """Found by a review of the RFC 3339 reading: .1 s before .9 s of the same second passed."""
+    path = bundle / "agents.json"
+    rows = json.loads(path.read_text())
+    at = rows[0]["enrolled_at"]
+    rows[0]["enrolled_at"], rows[0]["revoked_at"] = at.replace("Z", ".9Z"), at.replace("Z", ".1Z")
+    path.write_text(json.dumps(rows))
+    rehash(bundle)
+    assert "agents.format" in _rules(verify_bundle(bundle, workers=1))

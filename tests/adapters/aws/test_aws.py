@@ -109,8 +109,8 @@ def test_debug_logging_never_writes_the_assumed_roles_secret(moto: Any,
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
-        for name, was in sdk_levels.items():
-            logging.getLogger(name).setLevel(was)
+        for name in logging.root.manager.loggerDict:  # those made since too: back to NOTSET
+            logging.getLogger(name).setLevel(sdk_levels.get(name, logging.NOTSET))
     text = out.getvalue()
     assert "event=probe" in text
     assert creds.secret_key not in text and creds.token not in text
