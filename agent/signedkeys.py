@@ -19,6 +19,8 @@ import os
 import re
 from pathlib import Path
 
+from protocol.keys import replace_file
+
 log = logging.getLogger("tr7.agent")
 
 NAME = "signed-keys"
@@ -85,15 +87,8 @@ def signed(state_dir: Path, kid: str, seq: int) -> None:
 
 
 def _compact(state_dir: Path, path: Path) -> None:
-    tmp = path.with_name(HEADS + ".tmp")
     text = "".join(f"{k} {s}\n" for k, s in sorted(heads(state_dir).items()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    replace_file(text.encode("ascii"), path)  # whole, synced, 0600, through a name of its own
     dfd = os.open(state_dir, os.O_RDONLY)
     try:
         os.fsync(dfd)  # the rename itself, before the next append goes to the new file
