@@ -80,6 +80,12 @@ def redact(text: str) -> str:
     return re.sub(r"(?i)\b(bearer|basic)\s+[^\s'\"]+", r"\1 ***", text)
 
 
+def shown_url(url: str) -> str:
+    """A URL as logs and output show it: what it holds before @ (a basic-auth proxy's user:pass, or
+    a token as the user name) replaced by ***."""
+    return re.sub(r"^(https?://)[^/@]*@", r"\1***@", url)
+
+
 def redirect_problem(resp: httpx.Response, path: str) -> str | None:
     """For a 3xx answer, what to do: the Location and the `collector` to configure. Redirects are
     not followed (the bearer token would be sent to another address), and were reported as a
@@ -90,7 +96,7 @@ def redirect_problem(resp: httpx.Response, path: str) -> str | None:
     if not location:
         return f"the collector answered HTTP {resp.status_code} (a redirect) without a Location"
     target = str(resp.request.url.join(location))
-    target = re.sub(r"^(https?://)[^/@]*@", r"\1***@", target)  # as collector_shown does
+    target = shown_url(target)
     base = target.split("#", 1)[0].split("?", 1)[0]
     base = base.removesuffix(path).rstrip("/")
     return (f"the collector redirected (HTTP {resp.status_code}) to {target}: set collector = \"{base}\" "

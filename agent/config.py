@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from adapters.base import AdapterConfig, AdapterError
 from adapters.credentials import SecretError
 from adapters.registry import adapter_class
-from agent.collectorlink import CollectorFileError, ca_bundle, read_token
+from agent.collectorlink import CollectorFileError, ca_bundle, read_token, shown_url
 
 MIN_INTERVAL = 60
 MAX_INTERVAL = 3600
@@ -119,7 +119,7 @@ class AgentSettings(BaseModel):
         is the safer way."""
         if not self.collector:
             return self.collector
-        return re.sub(r"^(https?://)[^/@]*@", r"\1***@", self.collector)  # a token as the user name too
+        return shown_url(self.collector)
 
     @property
     def key_path(self) -> Path:
