@@ -1,5 +1,6 @@
 """Polling several scopes of one endpoint (regions, subscriptions) so one failure hides no other."""
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -111,14 +112,15 @@ class SetupLock:
 
 
 def within(deadline: float, step: Callable[[], T], *, what: str, lock: SetupLock,
-           thread_name: str) -> T:
+           thread_name: str, abandoned: Callable[[T], None] | None = None) -> T:
     """Run a poll's set-up step (signing in, assuming a role, listing regions) by ``deadline``.
 
     Those calls came before the scopes' deadline and retried on their own: against a frozen
     endpoint a poll ran ~5x its timeout and the agent only said "previous poll still running".
     A step that is late raises UnreachableError; its thread ends by the SDK's own timeouts, and
     ``lock`` keeps the next poll's set-up from running beside it (an SDK session is not
-    thread-safe)."""
+    thread-safe). ``abandoned`` is given, in that thread and still under ``lock``, what a step
+    returned after its poll gave up on it: a server-side session nobody will use, to end."""
     if lock.locked():
         # The previous poll's step still has no answer (a frozen endpoint): one thread waits on it,
         # not one more per poll (a thread a poll piled up on the lock, 288 a day at 300 s). Named
@@ -127,8 +129,11 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: SetupLock
         raise UnreachableError(f"{waiting}: no answer within the poll timeout (the previous poll's "
                                "attempt is still waiting)")
     answer: Future[T] = Future()
+    handover = threading.Lock()  # the result goes to the waiting poll or to ``abandoned``, never both
+    gave_up = claimed = False
 
     def locked() -> None:
+        nonlocal claimed
         with lock:
             lock.step = what
             try:
@@ -137,6 +142,11 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: SetupLock
                 failed: BaseException | None = exc
             else:
                 failed = None
+                with handover:
+                    claimed = not gave_up
+                if not claimed and abandoned is not None:
+                    with contextlib.suppress(Exception):  # best effort: the server ends it later anyway
+                        abandoned(result)
         # after the lock is free: the next step of the same poll may take it at once
         if failed is None:
             answer.set_result(result)
@@ -149,6 +159,10 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: SetupLock
     try:
         return answer.result(timeout=max(0.0, deadline - time.monotonic()))
     except FutureTimeout:
+        with handover:
+            gave_up = not claimed
+        if not gave_up:  # it answered as the clock ran out, and is ours: delivered in a moment
+            return answer.result()
         raise UnreachableError(f"{what}: no answer within the poll timeout") from None
 
 

@@ -226,9 +226,11 @@ class VMwareAdapter(Adapter):
         answer held a poll of timeout 2 s for 19 s while the agent said "previous poll still
         running" (fanout.within, as the other adapters' sign-in)."""
         # Set here, in the poll's thread, both at once: a login that ends after its poll gave up
-        # (or after close()) puts no session back on the adapter; vCenter ends it when it idles.
+        # (or after close()) puts no session back on the adapter, and is logged out at once: left
+        # to vCenter's idle timeout (30 min), a vCenter slow to log in piled up a session a poll.
         self._content, self._stub = within(deadline, self._login, what="login", lock=self._setup_lock,
-                                           thread_name=f"vc-login-{self.name}")
+                                           thread_name=f"vc-login-{self.name}",
+                                           abandoned=lambda late: late[0].sessionManager.Logout())
 
     def close(self) -> None:
         content, self._content = self._content, None

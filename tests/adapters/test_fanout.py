@@ -29,6 +29,40 @@ def test_a_frozen_step_holds_one_daemon_thread_across_polls() -> None:
     assert again == "ok"
 
 
+
+def test_what_a_late_step_returns_goes_to_abandoned_and_an_answer_on_time_never_does() -> None:
+    """A session opened after its poll gave up is handed to ``abandoned`` (to log it out), once, under
+    the lock; one that answered in time is the poll's, and never ended behind its back."""
+    lock, release, ended = SetupLock(), threading.Event(), []
+
+    def late() -> str:
+        release.wait(5)
+        return "session-1"
+
+    with pytest.raises(UnreachableError, match="login: no answer within the poll timeout"):
+        within(time.monotonic() + 0.05, late, what="login", lock=lock, thread_name="t-late",
+               abandoned=ended.append)
+    release.set()
+    for t in _threads("t-late"):
+        t.join(5)
+    assert ended == ["session-1"] and not lock.locked()
+    # At the edge of the deadline: each result is the poll's or abandoned, never both, never neither.
+    mine = 0
+    for i in range(200):
+        try:
+            got = within(time.monotonic() + (0.0005 * (i % 8) if i % 2 else 5), lambda: "s", what="login",
+                         lock=lock, thread_name="t-edge", abandoned=ended.append)
+        except UnreachableError:
+            pass
+        else:
+            assert got == "s"
+            mine += 1
+        for t in _threads("t-edge"):
+            t.join(5)
+        assert mine + len(ended) - 1 == i + 1
+    assert mine >= 100  # those with 5 s to answer
+
+
 def test_errors_are_raised_in_the_polls_thread_and_steps_of_one_poll_follow_each_other() -> None:
     lock = SetupLock()
 

@@ -119,12 +119,14 @@ def disconnect(si: Any) -> None:
 
 
 class DripProxy:
-    """A TCP proxy in front of vcsim that, once a RetrievePropertiesEx has gone through, sends
-    the answers on a byte every ``pause`` seconds: a vCenter answering slowly but steadily."""
+    """A TCP proxy in front of vcsim that, once a request naming ``trigger`` has gone through,
+    sends the answers on a byte every ``pause`` seconds: a vCenter answering slowly but steadily.
+    With ``hold``, the answer to that request is held back ``hold`` seconds, then sent whole."""
 
-    def __init__(self, upstream_url: str, pause: float = 0.05) -> None:
+    def __init__(self, upstream_url: str, pause: float = 0.05, trigger: bytes = b"RetrievePropertiesEx",
+                 hold: float = 0.0) -> None:
         host, port = upstream_url.split("://")[1].split("/")[0].rsplit(":", 1)
-        self.upstream, self.pause = (host, int(port)), pause
+        self.upstream, self.pause, self.trigger, self.hold = (host, int(port)), pause, trigger, hold
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/sdk"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -143,9 +145,13 @@ class DripProxy:
     def _pump(self, src: Any, dst: Any, dripping: dict[str, bool], requests: bool) -> None:
         try:
             while data := src.recv(65536):
-                if requests and b"RetrievePropertiesEx" in data:
+                if requests and self.trigger in data:
                     dripping["on"] = True
-                if not requests and dripping["on"]:
+                if not requests and dripping["on"] and self.hold:
+                    time.sleep(self.hold)
+                    dripping["on"] = False
+                    dst.sendall(data)
+                elif not requests and dripping["on"]:
                     for i in range(len(data)):
                         dst.sendall(data[i:i + 1])
                         time.sleep(self.pause)
