@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _month(text: str) -> str:
-    from collector.cli import month_arg  # cli imports this module
+    from collector.cliargs import month_arg  # cliargs imports this module
 
     return month_arg(text)
 

@@ -3,8 +3,6 @@
 import logging
 import os
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,10 +12,20 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, StringConstraints
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from starlette.requests import ClientDisconnect
 
-from collector import apimodels, db, highwater, keyrotation, metrics, periodic, readapi, registry, tlog, web
-from collector.bodylines import BadGzip, Gunzip, LineSplitter, NotAscii, TooLarge, TooManyLines
+from collector import (
+    apimodels,
+    db,
+    highwater,
+    ingestrequest,
+    keyrotation,
+    metrics,
+    periodic,
+    readapi,
+    registry,
+    tlog,
+    web,
+)
 from collector.gctune import tune_gc
 from collector.ingestslots import ingest_in_slot
 from collector.requestguard import BodyDeadline, LimitBody, RefuseNul
@@ -81,97 +89,6 @@ class EnrollResponse(BaseModel):
     enrolled_at: str
 
 
-async def _body(request: Request) -> AsyncIterator[bytes]:
-    """The body's chunks; a client gone before its end is one log line and a 400 nobody reads, not
-    uvicorn's traceback of an unhandled ClientDisconnect (anyone could fill the log with those)."""
-    try:
-        async for chunk in request.stream():
-            yield chunk
-    except ClientDisconnect:
-        log.info("event=ingest_aborted peer=%s reason='the client went away before its body ended'",
-                 request.client.host if request.client else "?")
-        raise HTTPException(400, "the client went away before its body ended") from None
-
-
-async def _read_lines(request: Request) -> list[str]:
-    """The uncompressed body's lines, refused past 16 MiB (compressed or not) without buffering
-    more; split as they stream in (collector/bodylines.py). The checks keep their order of old:
-    size, then gzip, then US-ASCII (a non-ASCII byte stops the splitting, not the reading)."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip"):
-        raise HTTPException(415, f"unsupported Content-Encoding {encoding!r}")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BYTES:
-        raise HTTPException(413, f"request body larger than {MAX_BYTES} bytes")
-    splitter: LineSplitter | None = LineSplitter(MAX_LINES)
-    total = 0
-    inflater = Gunzip(MAX_BYTES) if encoding == "gzip" else None
-    async for chunk in _body(request):
-        total += len(chunk)
-        if total > MAX_BYTES:
-            raise HTTPException(413, f"request body larger than {MAX_BYTES} bytes")
-        data = chunk
-        if inflater is not None:
-            try:
-                data = inflater.feed(chunk)
-            except BadGzip as exc:
-                raise HTTPException(400, f"body is not valid gzip: {exc}") from exc
-            except TooLarge as exc:
-                raise HTTPException(413, f"uncompressed body larger than {MAX_BYTES} bytes") from exc
-        if splitter is not None:
-            try:
-                splitter.feed(data)
-            except NotAscii:
-                splitter = None
-            except TooManyLines as exc:
-                raise HTTPException(413, f"at most {MAX_LINES} heartbeats per request") from exc
-    if inflater is not None:
-        try:
-            inflater.close()
-        except BadGzip as exc:
-            raise HTTPException(400, "body is a truncated gzip stream") from exc
-    try:
-        if splitter is not None:
-            return splitter.close()
-    except NotAscii:
-        pass
-    except TooManyLines as exc:
-        raise HTTPException(413, f"at most {MAX_LINES} heartbeats per request") from exc
-    raise HTTPException(400, "body must be US-ASCII compact JWS lines")
-
-
-def _log_ingest(request: Request, results: list[dict[str, Any]]) -> None:
-    """One line a request (access logging is off: it would be one a batch anyway), and the reasons
-    of rejected lines: the collector's log said nothing of what it refused, only the agent's did."""
-    counts = Counter(r["status"] for r in results)
-    peer = request.client.host if request.client else "-"
-    log.info("event=ingest peer=%s lines=%d accepted=%d duplicate=%d rejected=%d", peer, len(results),
-             counts["accepted"], counts["duplicate"], counts["rejected"])
-    if counts["rejected"]:
-        reasons = Counter(r["reason"][:200] for r in results if r["status"] == "rejected")
-        log.warning("event=ingest_rejected peer=%s rejected=%d reasons=%r", peer, counts["rejected"],
-                    dict(reasons.most_common(5)))
-
-
-# §4 names us-ascii; utf-8 is its superset and what a generic client says of text. The body is
-# checked to be US-ASCII either way: a charset only tells what the client believes it sent.
-_CHARSETS = frozenset({"us-ascii", "ascii", "utf-8"})
-
-
-def _check_content_type(header: str | None) -> None:
-    """text/plain, with no charset or an ASCII-compatible one; no header at all is taken as
-    text/plain (curl --data-binary and older agents send none), as docs/collector.md says."""
-    if header is None:
-        return
-    kind, *params = (part.strip().lower() for part in header.split(";"))
-    if kind != "text/plain":
-        raise HTTPException(415, "Content-Type must be text/plain; charset=us-ascii")
-    for param in params:
-        name, _, value = param.partition("=")
-        if name.strip() == "charset" and value.strip().strip('"') not in _CHARSETS:
-            raise HTTPException(415, f"charset {value.strip()!r}: the body is US-ASCII (heartbeat-v1.md §4)")
-
-
 _LOG_ERRORS = {**apimodels.AUTH_ERRORS, 400: "the month is not YYYY-MM", 404: "no such provider"}
 
 
@@ -221,14 +138,14 @@ def create_app(settings: Settings) -> FastAPI:
         }),
     )
     async def heartbeats(request: Request) -> JSONResponse:
-        _check_content_type(request.headers.get("content-type"))
-        lines = await _read_lines(request)
+        ingestrequest.check_content_type(request.headers.get("content-type"))
+        lines = await ingestrequest.read_lines(request)
         if not lines:
             raise HTTPException(400, "no heartbeat in the body")
         if len(lines) > MAX_LINES:
             raise HTTPException(413, f"at most {MAX_LINES} heartbeats per request, got {len(lines)}")
         results = await ingest_in_slot(engine, lines)
-        _log_ingest(request, results)
+        ingestrequest.log_ingest(request, results)
         # Rendered directly: results already have IngestResponse's shape (no None members), and
         # validating then encoding 5,000 models costs more than the HTTP layer itself.
         return JSONResponse({"results": results})
