@@ -6,14 +6,11 @@ several collector processes on one database never hand out a leaf index twice; a
 with another process rolls the whole batch back and redoes it, when the line is then a duplicate.
 """
 
-import base64
 import contextlib
-import json
 import logging
-import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -35,6 +32,8 @@ from collector.aggregates import (
     upsert_aggregates,
 )
 from collector.db import read_conn, write_tx
+from collector.logged import keys_logged
+from collector.rejections import count_rejections, rejected
 from collector.tiles import write_tiles
 from collector.tlog import lock_log_state
 from protocol.errors import ProtocolError
@@ -139,7 +138,7 @@ def _append(
     if size == seen and pruned_at is None:
         new = cands
     else:
-        known = _keys_logged(conn, [(hb.kid, month, hb.seq) for hb in cands])
+        known = keys_logged(conn, [(hb.kid, month, hb.seq) for hb in cands])
         new = [hb for hb in cands if (hb.kid, month, hb.seq, hb.digest) not in known]
     if pruned_at is not None:  # pruned since this batch's read: what is logged is a duplicate
         raise _PrunedLog({hb.digest for hb in new})
@@ -182,59 +181,6 @@ def _revoked_since(conn: Connection, latest: Mapping[str, int]) -> dict[str, int
     }
 
 
-def _keys_logged(conn: Connection, keys: Iterable[tuple[str, str, int]]) -> set[tuple[str, str, int, str]]:
-    """(kid, month, seq, digest) of the leaves with any of the (kid, month, seq) ``keys`` (and
-    maybe of a few seqs between them): the lines among them already logged are those whose
-    digest is there too.
-
-    Looked up by the unique (kid, month, seq, digest) index, not by the digest alone: a digest is
-    random, so an index on it took one page write per leaf (~10 us a heartbeat on SQLite, and
-    random I/O once it outgrows memory), while a key's leaves sit side by side. A batch holds
-    runs of consecutive seqs of a few keys: each run is one range of the index (_runs), not one
-    search a line (PostgreSQL's CPU for 500 new lines: 0.8 -> 0.1 ms)."""
-    runs = _runs(keys)
-    if not runs:
-        return set()
-    q, params = _keys_query(conn.dialect.name, runs)
-    return {(kid, month, int(seq), digest) for kid, month, seq, digest in conn.exec_driver_sql(q, params)}
-
-
-RUN_GAP = 16  # seqs this far apart are looked up in one range (at most 15 leaves read for nothing)
-
-
-def _runs(keys: Iterable[tuple[str, str, int]]) -> list[tuple[str, str, int, int]]:
-    """(kid, month, first seq, last seq) ranges covering the keys, split where seqs are RUN_GAP apart."""
-    out: list[tuple[str, str, int, int]] = []
-    for kid, month, seq in sorted(set(keys)):
-        if out and out[-1][:2] == (kid, month) and seq - out[-1][3] < RUN_GAP:
-            out[-1] = (kid, month, out[-1][2], seq)
-        else:
-            out.append((kid, month, seq, seq))
-    return out
-
-
-def _keys_query(dialect: str, runs: Sequence[tuple[str, str, int, int]]) -> tuple[str, tuple[Any, ...]]:
-    """The look-up, written for the driver: on PostgreSQL the runs go as four comma-joined texts
-    (hex, YYYY-MM and digits never hold a comma), on SQLite as a VALUES list joined to the leaves."""
-    if dialect == "postgresql":
-        q = (
-            "SELECT l.kid, l.month, l.seq, l.digest FROM leaves l JOIN unnest("
-            "string_to_array(%s, ','), string_to_array(%s, ','), "
-            "string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::bigint[]) "
-            "AS k(kid, month, lo, hi) ON l.kid = k.kid AND l.month = k.month AND l.seq BETWEEN k.lo AND k.hi"
-        )
-        params: tuple[Any, ...] = tuple(",".join(str(r[i]) for r in runs) for i in range(4))
-    else:  # sqlite3 keeps the statement of each mark count prepared
-        # CROSS JOIN: SQLite then searches the index once per run (a row-value IN scanned it all).
-        q = (
-            f"WITH k(kid, month, lo, hi) AS (VALUES {','.join(['(?,?,?,?)'] * len(runs))}) "
-            "SELECT l.kid, l.month, l.seq, l.digest FROM k CROSS JOIN leaves l "
-            "ON l.kid = k.kid AND l.month = k.month AND l.seq BETWEEN k.lo AND k.hi"
-        )
-        params = tuple(v for r in runs for v in r)
-    return q, params
-
-
 class _PrunedLog(Exception):
     """_append found its log pruned: the digests of its lines that are not logged."""
 
@@ -255,21 +201,21 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
     now = int(time.time()) if now is None else now
     results: list[dict[str, Any]] = [{} for _ in lines]
     # Every line is parsed first (not its signature): a line already logged is then found by its
-    # key, month and seq (_keys_logged) and answered without checking its signature again.
+    # key, month and seq (collector/logged.py) and answered without checking its signature again.
     parsed: dict[int, tuple[Heartbeat, Observations, bytes, str]] = {}
     named: dict[int, str] = {}  # the kid a header names on a line whose payload does not parse
     for n, line in enumerate(lines):
         try:
             hb, obs, sig = parse_shared(line)
         except ProtocolError as exc:
-            results[n] = _rejected(line, exc)
+            results[n] = rejected(line, exc)
             with contextlib.suppress(ProtocolError):
                 named[n] = header_kid(line)
             continue
         parsed[n] = (hb, obs, sig, _month_of_day(hb.time - hb.time % DAY))
     with read_conn(engine) as conn:
         agents = _load_agents(conn, {p[0].kid for p in parsed.values()} | set(named.values()))
-        logged = _keys_logged(conn, [(hb.kid, month, hb.seq) for hb, _, _, month in parsed.values()])
+        logged = keys_logged(conn, [(hb.kid, month, hb.seq) for hb, _, _, month in parsed.values()])
         seen = _log_sizes(conn, {a.provider for a in agents.values()})  # in the same snapshot
     keys = {kid: a.key for kid, a in agents.items()}
     cap_keys = CapacityKeys()
@@ -292,7 +238,7 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
             if hb.time > now + MAX_FUTURE:
                 raise ProtocolError("time.future", f"time is more than {MAX_FUTURE} s ahead of the collector")
         except ProtocolError as exc:
-            results[n] = _rejected(lines[n], exc)
+            results[n] = rejected(lines[n], exc)
             continue
         results[n] = {"seq": hb.seq, "status": "pending"}
         # Only the cells are kept for the write, with the shared Observations (immutable; hb's
@@ -346,64 +292,11 @@ def ingest_lines(engine: Engine, lines: Sequence[str], now: int | None = None) -
     highwater.note(engine, sizes)
     for n, (_provider, hb) in ok.items():
         if hb.digest in refused:
-            results[n] = _rejected(lines[n], refused[hb.digest])
+            results[n] = rejected(lines[n], refused[hb.digest])
         elif hb.digest in appended:
             appended.discard(hb.digest)  # a second copy in the same batch is a duplicate
             results[n]["status"] = "accepted"
         else:
             results[n]["status"] = "duplicate"
-    _count_rejections(engine, results, parsed, named, agents, now)
+    count_rejections(engine, results, parsed, named, {k: a.provider for k, a in agents.items()}, now)
     return results
-
-
-def _count_rejections(
-    engine: Engine, results: Sequence[dict[str, Any]], parsed: Mapping[int, tuple[Any, ...]],
-    named: Mapping[int, str], agents: Mapping[str, _Agent], now: int,
-) -> None:
-    """Add the batch's rejected lines to `rejections`, by provider ('' without an enrolled key)
-    and rule: a line whose header names an enrolled key counts for its provider, its payload
-    parsed or not (a bad payload of the provider's own agent showed on the vendor's scrape only).
-    After the batch's own commit, and never failing it: the lines' answers stand whether or not
-    their count is kept (it is logged then)."""
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for n, r in enumerate(results):
-        if r["status"] == "rejected":
-            kid = parsed[n][0].kid if n in parsed else named.get(n)
-            agent = agents.get(kid) if kid is not None else None
-            counts[("" if agent is None else agent.provider, rule_of(r["reason"]))] += 1
-    if not counts:
-        return
-    rows = [(p, rule, k, now) for (p, rule), k in sorted(counts.items())]  # sorted: the lock order
-    try:
-        write_tx(engine, lambda conn: upsert(conn, "rejections", rows))
-    except Exception:  # the database failing now fails the next batch too, which reports it
-        log.exception("event=rejections_not_counted rows=%r", rows)
-
-
-_INDEX = re.compile(r"\[\d+\]")
-MAX_REASON = 400  # characters of a rejection's reason; a detail may quote the line's own values
-
-
-def rule_of(reason: str) -> str:
-    """The rule a reason starts with, its array indexes dropped (`payload.observations[7].state` ->
-    `payload.observations[].state`): a fixed set to count by, where one forged line with a new
-    index each time made a new `rejections` row and a new /metrics series."""
-    return _INDEX.sub("[]", reason.split(":", 1)[0])
-
-
-def _rejected(line: str, exc: ProtocolError) -> dict[str, Any]:
-    """A rejection names the rule; it carries the line's `seq` when one can be read at all, since
-    agents match answers to lines by seq (the member is left out rather than null). The reason is
-    cut at MAX_REASON characters: a 4 MiB bad `time` was echoed whole, into the answer and the log."""
-    reason = str(exc)
-    if len(reason) > MAX_REASON:
-        reason = reason[: MAX_REASON - 3] + "..."
-    out: dict[str, Any] = {"status": "rejected", "reason": reason}
-    try:
-        part = line.split(".")[1]
-        seq = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))).get("seq")
-    except Exception:
-        seq = None
-    if type(seq) is int:
-        out = {"seq": seq, **out}
-    return out

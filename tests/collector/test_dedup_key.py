@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from collector import db, ingest
+from collector import db, ingest, logged
 from collector import schema as s
 from collector.jwsstore import unpack
 
@@ -71,9 +71,9 @@ def test_runs_of_seqs_find_every_logged_line(settings, tools) -> None:
     kid = a.key.kid
     month = time.strftime("%Y-%m", time.gmtime(now - 3000))
     keys = [(kid, month, seq) for seq in (1, 3, 19, 20)]
-    assert ingest._runs(keys) == [(kid, month, 1, 3), (kid, month, 19, 20)]
+    assert logged.runs(keys) == [(kid, month, 1, 3), (kid, month, 19, 20)]
     with db.read_conn(settings.engine) as c:
-        found = {seq for _, _, seq, _ in ingest._keys_logged(c, keys)}
+        found = {seq for _, _, seq, _ in logged.keys_logged(c, keys)}
     assert {1, 3, 19} <= found <= {1, 2, 3, 19}
     res = ingest.ingest_lines(settings.engine, [lines[0], lines[2], lines[19], lines[18]], now)
     assert [r["status"] for r in res] == ["duplicate", "duplicate", "accepted", "duplicate"]
@@ -85,9 +85,9 @@ def test_the_look_up_searches_the_index(settings) -> None:
     """One index range a run of seqs, not a scan of the key's leaves or of the index (a row-value
     IN on SQLite scanned the whole index, unseen on a small log)."""
     keys = [("0" * 32, "2026-12", 1), ("1" * 32, "2026-12", 7), ("1" * 32, "2026-12", 9)]
-    runs = ingest._runs(keys)
+    runs = logged.runs(keys)
     assert runs == [("0" * 32, "2026-12", 1, 1), ("1" * 32, "2026-12", 7, 9)]
-    q, params = ingest._keys_query(settings.engine.dialect.name, runs)
+    q, params = logged.keys_query(settings.engine.dialect.name, runs)
     with settings.engine.connect() as c:
         if settings.engine.dialect.name == "sqlite":
             plan = " / ".join(r[3] for r in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {q}", params))

@@ -11,7 +11,7 @@ import time
 import sqlalchemy as sa
 
 from collector import schema as s
-from collector.ingest import MAX_REASON, rule_of
+from collector.rejections import MAX_REASON, rule_of
 from protocol.heartbeat import TYP, b64url_encode
 from protocol.keys import AgentKey
 from protocol.timefmt import format_time

@@ -2,7 +2,7 @@
 
 Why: ingest counted `payload.observations[7].state` and `payload.observations[8].state` as two
 rules, so anyone could add a row (and a /metrics series) per index with lines nobody signed.
-Ingest now drops the indexes (collector/ingest.py rule_of); this merges the rows counted before:
+Ingest now drops the indexes (collector/rejections.py rule_of); this merges the rows counted before:
 lines summed, the latest time kept.
 """
 
@@ -17,7 +17,7 @@ down_revision = "0016_rejections"
 branch_labels = None
 depends_on = None
 
-_INDEX = re.compile(r"\[\d+\]")  # as collector.ingest.rule_of: a migration does not import the app
+_INDEX = re.compile(r"\[\d+\]")  # as collector.rejections.rule_of: a migration does not import the app
 _T = sa.table("rejections", sa.column("provider", sa.String), sa.column("rule", sa.String),
               sa.column("lines", sa.BigInteger), sa.column("last_at", sa.BigInteger))
 
