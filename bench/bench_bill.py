@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from bench._agentmonth import agent_key, sign_agent_month
 from billing import Activity, compute, load_catalog
 from billing.activity import MonthBits
-from collector import accounting, billcache, db, evidence, registry
+from collector import accounting, billcache, credentials, db, evidence, registry
 from collector import schema as s
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
@@ -180,7 +180,8 @@ def bench_db(st: Settings, n_agents: int, interval: int, lines: list[str]) -> bo
     db.write_tx(engine, lambda c: registry.apply_catalog(c, catalog(n_agents)))
     for a in range(n_agents):
         kid_key = agent_key("bench", a)
-        db.write_tx(engine, lambda c, k=kid_key, a=a: registry.add_agent(c, "acme", f"a{a}", k.public_b64, 0))
+        db.write_tx(engine, lambda c, k=kid_key, a=a: credentials.add_agent(c, "acme", f"a{a}", k.public_b64,
+                                                                            0))
     t = time.perf_counter()
     parts = [lines[i::2] for i in range(2)]
     with ProcessPoolExecutor(2) as pool:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._agentmonth import agent_key, sign_agent_month
 from bench.bench_bill import catalog
-from collector import db, registry
+from collector import credentials, db, registry
 from collector.ingest import ingest_lines
 from collector.settings import Settings
 from protocol.timefmt import month_bounds
@@ -48,7 +48,7 @@ def month(tmp: Path, heartbeats: int) -> Settings:
     db.write_tx(engine, lambda c: registry.apply_catalog(c, catalog(AGENTS)))
     for a in range(AGENTS):
         key = agent_key("export", a)
-        db.write_tx(engine, lambda c, k=key, a=a: registry.add_agent(c, "acme", f"a{a}", k.public_b64, 0))
+        db.write_tx(engine, lambda c, k=key, a=a: credentials.add_agent(c, "acme", f"a{a}", k.public_b64, 0))
     lines = [x for ch in chains for x in ch]
     for i in range(0, len(lines), 2000):
         ingest_lines(engine, lines[i : i + 2000], m1)

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
-from collector import db, registry
+from collector import credentials, db
 from collector.pgtemp import PgCluster, new_database
 from collector.settings import Settings
 from protocol.heartbeat import ZERO_HASH, sign_heartbeat, token_digest, verify_heartbeat
@@ -221,7 +221,7 @@ def run_backend(
     st = Settings(tmp / f"data-{name}", url, "bench")
     engine = st.open()
     for i, k in enumerate(keys):
-        db.write_tx(engine, lambda c, k=k, i=i: registry.add_agent(c, "acme", f"a{i}", k.public_b64, 0))
+        db.write_tx(engine, lambda c, k=k, i=i: credentials.add_agent(c, "acme", f"a{i}", k.public_b64, 0))
     engine.dispose()
     port = _port()
     log = (tmp / f"{name}.log").open("w")

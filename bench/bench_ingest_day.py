@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sqlalchemy as sa
 from bench_ingest import BATCH, OBS, _cpu_seconds, make_heartbeats
 
-from collector import db, highwater, registry, tiles, tlog
+from collector import credentials, db, highwater, tiles, tlog
 from collector import schema as s
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
@@ -53,7 +53,7 @@ def run(
     st = Settings(tmp / f"data-{name}", url, "bench")
     engine = st.open()
     for i, k in enumerate(keys):
-        db.write_tx(engine, lambda c, k=k, i=i: registry.add_agent(c, "acme", f"a{i}", k.public_b64, 0))
+        db.write_tx(engine, lambda c, k=k, i=i: credentials.add_agent(c, "acme", f"a{i}", k.public_b64, 0))
     per = len(lines) // PARTS
     out = []
     for p in range(PARTS):

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._agentmonth import agent_key, sign_agent_month  # noqa: E402
-from collector import db, registry  # noqa: E402
+from collector import credentials, db, registry  # noqa: E402
 from collector.ingest import ingest_lines  # noqa: E402
 from collector.pgtemp import PgCluster, new_database  # noqa: E402
 from collector.settings import Settings  # noqa: E402
@@ -84,7 +84,7 @@ def seed(st: Settings, n_agents: int, interval: int) -> int:
     for a in range(n_agents):
         key = _key(a)
         db.write_tx(
-            engine, lambda c, k=key, a=a: registry.add_agent(c, "acme", f"agent-{a}", k.public_b64, 0)
+            engine, lambda c, k=key, a=a: credentials.add_agent(c, "acme", f"agent-{a}", k.public_b64, 0)
         )
     with ProcessPoolExecutor(max_workers=2) as pool:
         chains = list(pool.map(sign_chain, [(a, interval) for a in range(n_agents)]))
@@ -93,7 +93,7 @@ def seed(st: Settings, n_agents: int, interval: int) -> int:
         for i in range(0, len(chain), 1000):
             ingest_lines(engine, chain[i : i + 1000])
             n += len(chain[i : i + 1000])
-    token = db.write_tx(engine, lambda c: registry.new_api_token(c, "acme", "admin", 0))
+    token = db.write_tx(engine, lambda c: credentials.new_api_token(c, "acme", "admin", 0))
     engine.dispose()
     return n, token  # type: ignore[return-value]
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._agentmonth import agent_key, sign_agent_month
 from bench.bench_bill import PER_AGENT, catalog
-from collector import accounting, db, highwater, registry
+from collector import accounting, credentials, db, highwater, registry
 from collector.db import make_engine
 from collector.ingest import ingest_lines
 from collector.pgtemp import PgCluster, new_database
@@ -63,7 +63,7 @@ def month(tmp: Path, url: str, agents: int, interval: int) -> Settings:
     db.write_tx(engine, lambda c: registry.apply_catalog(c, catalog(agents)))
     for a in range(agents):
         key = agent_key("prune", a)
-        db.write_tx(engine, lambda c, k=key, a=a: registry.add_agent(c, "acme", f"a{a}", k.public_b64, 0))
+        db.write_tx(engine, lambda c, k=key, a=a: credentials.add_agent(c, "acme", f"a{a}", k.public_b64, 0))
         lines = sign_agent_month(key, MONTH, a, PER_AGENT, interval, 30 + a)
         for i in range(0, len(lines), 2000):
             ingest_lines(engine, lines[i : i + 2000], month_bounds(MONTH)[1])

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_ingest import BATCH, _cpu_seconds, make_heartbeats
 
-from collector import db, registry
+from collector import credentials, db
 from collector.gctune import tune_gc
 from collector.ingest import ingest_lines
 from collector.pgtemp import PgCluster, new_database
@@ -30,7 +30,7 @@ def run(url: str, data_dir: Path, keys: list, lines: list[str], per_request: int
     """(collector CPU s per heartbeat, the database server's or None) for requests of ``per_request``."""
     engine = Settings(data_dir, url, "bench").open()
     for i, k in enumerate(keys):
-        db.write_tx(engine, lambda c, k=k, i=i: registry.add_agent(c, "acme", f"a{i}", k.public_b64, 0))
+        db.write_tx(engine, lambda c, k=k, i=i: credentials.add_agent(c, "acme", f"a{i}", k.public_b64, 0))
     ingest_lines(engine, lines[:1])  # statements compiled, keys loaded: not what is measured
     todo = lines[1:]
     server0 = None if db_pid is None else _cpu_seconds(db_pid)

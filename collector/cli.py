@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from collector import accounting, custody, db, registry
+from collector import accounting, credentials, custody, db, registry
 from collector.cliargs import build_parser
 from collector.gctune import tune_gc
 from collector.settings import Settings, SetupError
@@ -145,13 +145,13 @@ def _token(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[n
         with db.read_conn(engine) as c:
             if args.provider:
                 registry.require_known_provider(c, args.provider)  # a typo: not "no tokens"
-            print(json.dumps(registry.list_api_tokens(c, args.provider), indent=2))
+            print(json.dumps(credentials.list_api_tokens(c, args.provider), indent=2))
         return 0
     if args.token_cmd == "revoke":
         from collector.web.auth import end_sessions_of_token
 
         def revoke(c: Any) -> int:
-            return end_sessions_of_token(c, registry.revoke_api_token(c, args.id))
+            return end_sessions_of_token(c, credentials.revoke_api_token(c, args.id))
 
         ended = db.write_tx(engine, revoke)
         print(f"revoked token {args.id}; {ended} web session(s) opened with it ended")
@@ -162,7 +162,7 @@ def _token(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[n
     role = "vendor" if args.vendor else args.role or "viewer"
     if provider is not None:
         _known_provider(engine, provider)
-    print(db.write_tx(engine, lambda c: registry.new_api_token(c, provider, role, now)))
+    print(db.write_tx(engine, lambda c: credentials.new_api_token(c, provider, role, now)))
     return 0
 
 
@@ -175,20 +175,20 @@ def _agent(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[n
     if args.agent_cmd == "add":
         at = args.enrolled_at if args.enrolled_at is not None else now
         kid = db.write_tx(
-            engine, lambda c: registry.add_agent(c, args.provider, args.name, args.public_key, at,
+            engine, lambda c: credentials.add_agent(c, args.provider, args.name, args.public_key, at,
                                                  exact=args.enrolled_at is not None)
         )
         print(kid)
     elif args.agent_cmd == "revoke":
-        at = db.write_tx(engine, lambda c: registry.revoke_agent(c, args.kid, args.at, now))
+        at = db.write_tx(engine, lambda c: credentials.revoke_agent(c, args.kid, args.at, now))
         ahead = f" (its last logged heartbeat is {at - 1 - now} s ahead of now)" if at > now else ""
         print(f"revoked {args.kid} at {format_time(at)}{ahead}")
     elif args.agent_cmd == "list":
         with db.read_conn(engine) as c:
-            print(json.dumps(registry.list_agents(c, args.provider), indent=2))
+            print(json.dumps(credentials.list_agents(c, args.provider), indent=2))
     elif args.agent_cmd == "token":
         _known_provider(engine, args.provider)
-        print(db.write_tx(engine, lambda c: registry.new_enroll_token(c, args.provider, args.ttl, now)))
+        print(db.write_tx(engine, lambda c: credentials.new_enroll_token(c, args.provider, args.ttl, now)))
     return 0
 
 

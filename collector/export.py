@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 from audit.archive import SUFFIX, archive_path, pack
 from audit.bundle import BundleError, ClosedState, check_target, write_bundle
 from billing import PricingError
-from collector import accounting, db, evidence, keyrotation, reference, registry, tlog
+from collector import accounting, credentials, db, evidence, keyrotation, reference, tlog
 from collector.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def export(
         collector_vkey=keyrotation.current_signer(conn, settings).verifier_key(),
         agents=[
             {k: a[k] for k in ("kid", "public_key", "name", "enrolled_at", "revoked_at")}
-            for a in registry.list_agents(conn, provider)
+            for a in credentials.list_agents(conn, provider)
         ],
         catalog=catalog,
         usage=usage,

@@ -168,7 +168,7 @@ def _revoked_since(conn: Connection, latest: Mapping[str, int]) -> dict[str, int
     read before verification, in another transaction: a revocation committed in between let
     lines timed after it be logged, and the month's bundle then failed `tr7-audit verify` for
     good (key.window). PostgreSQL: FOR SHARE holds every key's row of the batch, revoked or not,
-    against registry.revoke_agent's FOR UPDATE until this transaction ends (locking only the
+    against credentials.revoke_agent's FOR UPDATE until this transaction ends (locking only the
     rows already revoked left a key being revoked now unlocked: its revoke committed, then this
     batch its lines timed after it); SQLite: the write lock does."""
     if not latest:

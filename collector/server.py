@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from collector import (
     apimodels,
+    credentials,
     db,
     highwater,
     ingestrequest,
@@ -54,7 +55,7 @@ DB_RETRY_AFTER = 10  # seconds: Retry-After of a 503 while the database is unava
 
 class EnrollRequest(BaseModel):
     token: Annotated[str, StringConstraints(max_length=200)]
-    name: Annotated[str, StringConstraints(min_length=1, max_length=registry.MAX_AGENT_NAME)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=credentials.MAX_AGENT_NAME)]
     public_key: Annotated[str, StringConstraints(max_length=200)]
 
 
@@ -158,7 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
     def enroll(req: EnrollRequest) -> Any:
         try:
             return db.write_tx(
-                engine, lambda c: registry.enroll(c, req.token, req.name, req.public_key, int(time.time()))
+                engine, lambda c: credentials.enroll(c, req.token, req.name, req.public_key, int(time.time()))
             )
         except PermissionError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=403)

@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import compile_path
 
-from collector import apimodels, db, registry
+from collector import apimodels, credentials, db, registry
 from collector.server import create_app
 from collector.settings import Settings
 from protocol.heartbeat import ZERO_HASH, sign_heartbeat, token_digest
@@ -172,13 +172,13 @@ def apply(settings: Settings, doc: dict[str, Any], retroactive: bool = False) ->
 
 def enrol(settings: Settings, provider: str, agent: Agent, at: int) -> None:
     db.write_tx(
-        settings.engine, lambda c: registry.add_agent(c, provider, agent.name, agent.key.public_b64, at)
+        settings.engine, lambda c: credentials.add_agent(c, provider, agent.name, agent.key.public_b64, at)
     )
 
 
 def token(settings: Settings, provider: str | None, role: str, at: int = 0) -> str:
     """An API bearer token (role "vendor" with no provider for the vendor's)."""
-    return db.write_tx(settings.engine, lambda c: registry.new_api_token(c, provider, role, at))
+    return db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, provider, role, at))
 
 
 def migrate_to(settings: Settings, target: str) -> None:

@@ -2,7 +2,7 @@
 
 import time
 
-from collector import db, registry
+from collector import credentials, db, registry
 from collector.ingest import ingest_lines
 from protocol.timefmt import format_time, month_bounds, month_of, previous_month
 
@@ -46,7 +46,7 @@ def test_alerts_and_agent_health(client, settings, tools):
     r = client.post("/v1/heartbeats", content="\n".join(lines), headers={"Content-Type": "text/plain"})
     assert {x["status"] for x in r.json()["results"]} == {"accepted"}
     tok = db.write_tx(
-        settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", int(time.time()))
+        settings.engine, lambda c: credentials.new_api_token(c, "acme", "viewer", int(time.time()))
     )
     auth = {"Authorization": f"Bearer {tok}"}
     found = client.get("/v1/providers/acme/alerts", params={"month": m}, headers=auth).json()["alerts"]
@@ -72,7 +72,7 @@ def test_alerts_and_agent_health(client, settings, tools):
     # a month before the keys were enrolled has none of them; an unknown provider is a 404
     early = client.get("/v1/providers/acme/agents", params={"month": "2020-01"}, headers=auth).json()
     assert early["agents"] == []
-    vendor = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, None, "vendor", 0))
+    vendor = db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, None, "vendor", 0))
     for route in ("alerts", "agents", "instances"):  # (invoices: never the vendor's, a 403)
         r = client.get(f"/v1/providers/nobody/{route}", headers={"Authorization": f"Bearer {vendor}"})
         assert r.status_code == 404, route
@@ -120,7 +120,7 @@ def test_a_stopped_copy_is_no_clone_and_an_unpriceable_month_still_has_its_alert
     ]
     r = client.post("/v1/heartbeats", content="\n".join(lines), headers={"Content-Type": "text/plain"})
     assert {x["status"] for x in r.json()["results"]} == {"accepted"}
-    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    tok = db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, "acme", "viewer", 0))
     auth = {"Authorization": f"Bearer {tok}"}
     r = client.get("/v1/providers/acme/alerts", params={"month": m}, headers=auth)
     assert r.status_code == 200
@@ -152,7 +152,7 @@ def test_hours_only_a_forks_copies_gave_are_not_active_on_the_api(client, settin
     rest = [a.beat(h + 7200 + 60 * i, {"TR7-0001": "running"}) for i in range(2)]
     for batch in ([first, copy1], [copy2, *rest]):  # the copies arrive in different batches
         ingest_lines(settings.engine, batch)
-    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    tok = db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, "acme", "viewer", 0))
     got = client.get("/v1/providers/acme/instances", params={"month": m},
                      headers={"Authorization": f"Bearer {tok}"}).json()["instances"]
     day = format_time(m0 + 10 * 3600)[:10]
@@ -247,7 +247,7 @@ def test_a_late_anchor_at_the_last_seq_leaves_the_months_alerts_readable(client,
         # the month's seqs 4 and 5 come after the month before's 2^63-1 in time: that is said
         assert alerts.across_months(c, "acme", m) == [{"type": "clock_back_across_months", "agent": a.kid,
                                                        "month_before": previous_month(m), "seqs": [MAX_INT]}]
-    token = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    token = db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, "acme", "viewer", 0))
     r = client.get(f"/v1/providers/acme/alerts?month={m}", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200
 
@@ -317,11 +317,11 @@ def test_a_proxmox_migration_is_no_clone_but_a_longer_overlap_is(client, setting
 def test_the_api_serves_agents_and_alerts_from_the_pages_cache(client, settings, tools, monkeypatch):
     """/agents and /alerts recomputed the month's chains from every leaf on each request (2.7 s at
     1.7 million heartbeats); they now share the pages' cache: unchanged data, no recomputation."""
-    from collector import alerts, registry
+    from collector import alerts, credentials
 
     m, m0, a = _last_month_agent(settings, tools)
     ingest_lines(settings.engine, [a.beat(m0 + 3600, {"TR7-0001": "running"})])
-    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    tok = db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, "acme", "viewer", 0))
     auth = {"Authorization": f"Bearer {tok}"}
     calls = []
     real = alerts.agent_health
@@ -342,7 +342,7 @@ def _one_running_beat(client, settings, tools, cat, at):
     r = client.post("/v1/heartbeats", content=a.beat(at, {"TR7-0001": "running"}),
                     headers={"Content-Type": "text/plain"})
     assert r.json()["results"][0]["status"] == "accepted"
-    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    tok = db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, "acme", "viewer", 0))
     return a, {"Authorization": f"Bearer {tok}"}
 
 
@@ -365,13 +365,13 @@ def test_the_api_metrics_and_overview_list_the_same_alerts(client, settings, too
             "customer": "c1"} in found
     state = "account_overdue" if now < m0 + 60 + 15 * 86400 else "account_downgraded"
     assert {"type": state, "customer": "c1", "since": format_time(m0 + 60)} in found
-    admin = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "admin", 0))
+    admin = db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, "acme", "admin", 0))
     scraped = client.get("/metrics", headers={"Authorization": f"Bearer {admin}"}).text
     counts = {smp.labels["type"]: smp.value for fam in text_string_to_metric_families(scraped)
               for smp in fam.samples if smp.name == "tr7_collector_alerts"}
     assert counts["no_platform_license"] == 1 and counts[state] == 1
     # The vendor sees every provider's alerts, never a customer's payment state (roles.ACCOUNTS)
-    vtok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, None, "vendor", 0))
+    vtok = db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, None, "vendor", 0))
     vendor = {"Authorization": f"Bearer {vtok}"}
     theirs = client.get("/v1/providers/acme/alerts", params={"month": m}, headers=vendor).json()["alerts"]
     assert sorted(x["type"] for x in theirs) == sorted(x["type"] for x in found if x["type"] != state)

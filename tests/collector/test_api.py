@@ -7,7 +7,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from collector import db, registry
+from collector import credentials, db, registry
 from collector import schema as s
 from collector.server import MAX_OTHER_BODY
 from collector.tlog import signer
@@ -18,7 +18,8 @@ from protocol.timefmt import month_bounds, month_of, previous_month
 
 
 def _token(settings, provider, role="viewer"):
-    return db.write_tx(settings.engine, lambda c: registry.new_api_token(c, provider, role, int(time.time())))
+    now = int(time.time())
+    return db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, provider, role, now))
 
 
 def _auth(tok):
@@ -27,7 +28,7 @@ def _auth(tok):
 
 def test_enrolment_token_single_use_idempotent_and_expiring(client, settings):
     now = int(time.time())
-    tok = db.write_tx(settings.engine, lambda c: registry.new_enroll_token(c, "acme", 3600, now))
+    tok = db.write_tx(settings.engine, lambda c: credentials.new_enroll_token(c, "acme", 3600, now))
     key, other = AgentKey.generate(), AgentKey.generate()
     r = client.post("/v1/agents/enroll", json={"token": tok, "name": "dc1", "public_key": key.public_b64})
     assert r.status_code == 200
@@ -38,7 +39,7 @@ def test_enrolment_token_single_use_idempotent_and_expiring(client, settings):
         "/v1/agents/enroll", json={"token": tok, "name": "x", "public_key": other.public_b64}
     )
     assert reused.status_code == 403 and "used" in reused.json()["detail"]
-    expired = db.write_tx(settings.engine, lambda c: registry.new_enroll_token(c, "acme", 60, now - 3600))
+    expired = db.write_tx(settings.engine, lambda c: credentials.new_enroll_token(c, "acme", 60, now - 3600))
     r = client.post("/v1/agents/enroll", json={"token": expired, "name": "x", "public_key": other.public_b64})
     assert r.status_code == 403 and "expired" in r.json()["detail"]
     r = client.post("/v1/agents/enroll", json={"token": "nope", "name": "x", "public_key": other.public_b64})
@@ -46,7 +47,7 @@ def test_enrolment_token_single_use_idempotent_and_expiring(client, settings):
     r = client.post("/v1/agents/enroll", json={"token": tok, "name": "x", "public_key": "bad"})
     assert r.status_code in (400, 403)
     with db.read_conn(settings.engine) as c:
-        assert [a["kid"] for a in registry.list_agents(c)] == [key.kid]
+        assert [a["kid"] for a in credentials.list_agents(c)] == [key.kid]
 
 
 def test_tenancy_provider_tokens_and_vendor(client, settings, tools):
@@ -133,9 +134,9 @@ def test_a_new_provider_id_must_fit_a_log_origin(settings) -> None:
     # `<collector origin>/<provider id>/<YYYY-MM>` is one line of a signed note (heartbeat-v1 §5)
     for bad in ("", "a/b", "a b", "a\nb", "a\x00b", "a\u200bb", "\u2028"):
         with pytest.raises(registry.RegistryError, match="provider id"):
-            db.write_tx(settings.engine, lambda c, p=bad: registry.new_enroll_token(c, p, 3600, 0))
+            db.write_tx(settings.engine, lambda c, p=bad: credentials.new_enroll_token(c, p, 3600, 0))
     for good in ("acme", "ACME-2.eu_west", "müller"):
-        assert db.write_tx(settings.engine, lambda c, p=good: registry.new_enroll_token(c, p, 3600, 0))
+        assert db.write_tx(settings.engine, lambda c, p=good: credentials.new_enroll_token(c, p, 3600, 0))
     with db.read_conn(settings.engine) as c:
         ids = sorted(c.execute(sa.select(s.providers.c.id)).scalars())
     assert ids == ["ACME-2.eu_west", "acme", "müller"]
@@ -177,7 +178,7 @@ def test_months_without_bounds_are_400_and_an_empty_logs_checkpoint_is_not_store
 
 def test_enrolment_refuses_odd_names_tokens_and_bodies_and_keeps_the_token(client, settings):
     now = int(time.time())
-    tok = db.write_tx(settings.engine, lambda c: registry.new_enroll_token(c, "acme", 3600, now))
+    tok = db.write_tx(settings.engine, lambda c: credentials.new_enroll_token(c, "acme", 3600, now))
     key = AgentKey.generate()
 
     def enroll(**kw):
@@ -199,7 +200,7 @@ def test_enrolment_refuses_odd_names_tokens_and_bodies_and_keeps_the_token(clien
     assert enroll(token="tr7e_nobody", public_key="AAAA").status_code == 403
     assert enroll(public_key="AAAA").status_code == 400
     with db.read_conn(settings.engine) as c:
-        assert registry.list_agents(c) == []
+        assert credentials.list_agents(c) == []
     assert enroll(name="dc1 (kvm, rack 4)").status_code == 200  # the token was never spent
     assert enroll(public_key="AAAA").status_code == 403  # spent now: a bad key learns nothing more
 
@@ -207,11 +208,11 @@ def test_enrolment_refuses_odd_names_tokens_and_bodies_and_keeps_the_token(clien
 def test_api_tokens_are_listed_by_id_and_revoked(client, settings) -> None:
     tok = _token(settings, None, "vendor")
     with db.read_conn(settings.engine) as c:
-        [row] = registry.list_api_tokens(c)
+        [row] = credentials.list_api_tokens(c)
     assert row["role"] == "vendor" and registry.digest(tok).startswith(row["id"]) and tok not in str(row)
     for bad, said in (("abc", "at least 8 hex"), ("zzzzzzzz", "at least 8 hex"), ("00000000", "no token")):
         with pytest.raises(registry.RegistryError, match=said):
-            db.write_tx(settings.engine, lambda c, b=bad: registry.revoke_api_token(c, b))
+            db.write_tx(settings.engine, lambda c, b=bad: credentials.revoke_api_token(c, b))
     assert client.get("/v1/providers", headers=_auth(tok)).status_code == 200
-    db.write_tx(settings.engine, lambda c: registry.revoke_api_token(c, row["id"].upper()))
+    db.write_tx(settings.engine, lambda c: credentials.revoke_api_token(c, row["id"].upper()))
     assert client.get("/v1/providers", headers=_auth(tok)).status_code == 401

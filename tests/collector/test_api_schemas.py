@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from collector import accounting, apimodels, db, registry
+from collector import accounting, apimodels, credentials, db, registry
 from collector.ingest import ingest_lines
 from protocol.timefmt import month_bounds, month_of, previous_month
 from tests import _seed
@@ -21,7 +21,7 @@ H = 3600
 
 
 def _auth(settings: Any, provider: str | None, role: str = "viewer") -> dict[str, str]:
-    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, provider, role, 0))
+    tok = db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, provider, role, 0))
     return {"Authorization": f"Bearer {tok}"}
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from audit.simulate import build_scenario
 from billing import same_invoice, same_usage
-from collector import accounting, db, registry
+from collector import accounting, credentials, db, registry
 from collector.export import export
 from collector.ingest import ingest_lines
 from protocol.heartbeat import token_digest
@@ -122,7 +122,8 @@ def test_aggregates_equal_full_recomputation_with_fork_gap_and_overuse(settings,
     for ag in sc.agents:
         db.write_tx(
             settings.engine,
-            lambda c, ag=ag: registry.add_agent(c, sc.provider, ag.name, ag.key.public_b64, ag.enrolled_at),
+            lambda c, ag=ag: credentials.add_agent(c, sc.provider, ag.name, ag.key.public_b64,
+                                                   ag.enrolled_at),
         )
     assert {r["status"] for r in ingest_lines(settings.engine, sc.anchors)} == {"accepted"}
     for i in range(0, len(sc.leaves), 2000):
@@ -245,7 +246,7 @@ def test_the_month_adjustments_land_on_is_listed_without_heartbeats_of_its_own(c
     ingest_lines(settings.engine, beats[:2])
     db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", m))
     ingest_lines(settings.engine, beats[2:])  # late: adjustment lines on n, which has no heartbeat
-    tok = db.write_tx(settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", 0))
+    tok = db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, "acme", "viewer", 0))
     auth = {"Authorization": f"Bearer {tok}"}
     listed = client.get("/v1/providers/acme/invoices", headers=auth).json()
     assert {"month": n, "closed": False} in listed and {"month": m, "closed": True} in listed

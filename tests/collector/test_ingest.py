@@ -62,9 +62,9 @@ def test_rejections_name_the_rule_and_store_nothing(client, settings, tools):
     tools.enrol(settings, "acme", good, now - 10 * H)
     tools.enrol(settings, "acme", late_enrolled, now - H)
     tools.enrol(settings, "acme", revoked, now - 10 * H)
-    from collector import db, registry
+    from collector import credentials, db
 
-    db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, revoked.kid, now - 2 * H, now))
+    db.write_tx(settings.engine, lambda c: credentials.revoke_agent(c, revoked.kid, now - 2 * H, now))
     ok = good.beat(now - 100, {"TR7-1": "running"})
     h, p, sig = good.beat(now - 50).split(".")
     forged = f"{h}.{p}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BA'}"
@@ -212,7 +212,7 @@ def test_evidence_is_stored_losslessly_and_compressed(client, settings, tools):
 def test_a_revocation_committed_during_verification_rejects_what_follows_it(settings, tools, monkeypatch):
     """The key's window is read again in the write transaction: a revocation committed while the
     batch was verified let lines timed after it be logged, and the month's bundle failed verify."""
-    from collector import db, ingest, registry
+    from collector import credentials, db, ingest
     from collector import schema as s
 
     now = int(time.time())
@@ -223,7 +223,7 @@ def test_a_revocation_committed_during_verification_rejects_what_follows_it(sett
     real = ingest.write_tx
 
     def revoked_meanwhile(engine, fn):
-        db.write_tx(engine, lambda c: registry.revoke_agent(c, a.kid, cut, now))  # another process
+        db.write_tx(engine, lambda c: credentials.revoke_agent(c, a.kid, cut, now))  # another process
         return real(engine, fn)
 
     monkeypatch.setattr(ingest, "write_tx", revoked_meanwhile)
@@ -246,7 +246,7 @@ def test_a_key_revoked_now_while_its_batch_commits_keeps_no_line_after_the_revoc
     made the month's bundle fail `tr7-audit verify` for good (23 races in 40)."""
     import threading
 
-    from collector import db, ingest, registry
+    from collector import credentials, db, ingest
 
     now = int(time.time())
     a = tools.Agent()
@@ -260,7 +260,7 @@ def test_a_key_revoked_now_while_its_batch_commits_keeps_no_line_after_the_revoc
         if not got:
             def revoke() -> None:
                 got["at"] = db.write_tx(
-                    settings.engine, lambda c: registry.revoke_agent(c, a.kid, None, int(time.time()))
+                    settings.engine, lambda c: credentials.revoke_agent(c, a.kid, None, int(time.time()))
                 )
 
             got["thread"] = threading.Thread(target=revoke)
@@ -280,7 +280,7 @@ def test_a_key_revoked_now_while_its_batch_commits_keeps_no_line_after_the_revoc
 def test_revoke_without_a_time_is_never_refused(settings, tools):
     """A key may sign up to 300 s ahead: holding one heartbeat just ahead of now kept `revoke` (at
     now) refused for ever. Without --at it is revoked just after the last logged heartbeat."""
-    from collector import db, registry
+    from collector import credentials, db
     from collector.ingest import ingest_lines
 
     now = int(time.time())
@@ -291,12 +291,12 @@ def test_revoke_without_a_time_is_never_refused(settings, tools):
         return ingest_lines(settings.engine, [a.beat(t, {"TR7-1": "running"})], now)[0]["status"]
 
     assert status(now + 295) == "accepted"
-    at = db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, a.kid, None, now))
+    at = db.write_tx(settings.engine, lambda c: credentials.revoke_agent(c, a.kid, None, now))
     assert at == now + 296
     assert status(now + 297) == "rejected"  # after it (one at it is inside the window, §4)
     b = tools.Agent("b")
     tools.enrol(settings, "acme", b, now - H)
-    assert db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, b.kid, None, now)) == now
+    assert db.write_tx(settings.engine, lambda c: credentials.revoke_agent(c, b.kid, None, now)) == now
 
 
 def test_each_request_is_logged_with_what_was_refused_and_why(client, settings, tools, caplog):
@@ -316,7 +316,7 @@ def test_each_request_is_logged_with_what_was_refused_and_why(client, settings, 
 def test_a_key_is_never_revoked_at_or_before_its_enrolment(settings, tools):
     """A key enrolled for next month and revoked now got a window ending before it began: every
     audit bundle of the provider then failed verify (agents.format), for good."""
-    from collector import db, registry
+    from collector import credentials, db, registry
     from protocol.timefmt import format_time
 
     now = int(time.time())
@@ -325,16 +325,16 @@ def test_a_key_is_never_revoked_at_or_before_its_enrolment(settings, tools):
     import pytest
 
     with pytest.raises(registry.RegistryError, match="would end its window before it begins"):
-        db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, a.kid, now, now))
-    at = db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, a.kid, None, now))
+        db.write_tx(settings.engine, lambda c: credentials.revoke_agent(c, a.kid, now, now))
+    at = db.write_tx(settings.engine, lambda c: credentials.revoke_agent(c, a.kid, None, now))
     assert at == now + 40 * 86400 + 1  # without --at: just after the enrolment
     # `agent add --enrolled-at` of a key already enrolled: refused, not silently kept
     b = tools.Agent("b")
     tools.enrol(settings, "acme", b, now - 86400)
     with pytest.raises(registry.RegistryError, match=f"already enrolled, at {format_time(now - 86400)}"):
-        db.write_tx(settings.engine, lambda c: registry.add_agent(
+        db.write_tx(settings.engine, lambda c: credentials.add_agent(
             c, "acme", "b", b.key.public_b64, now - 30 * 86400, exact=True))
-    assert db.write_tx(settings.engine, lambda c: registry.add_agent(
+    assert db.write_tx(settings.engine, lambda c: credentials.add_agent(
         c, "acme", "b", b.key.public_b64, now)) == b.kid  # without a time: idempotent, as before
     # a revocation stored at or before the enrolment (before this was refused) is repaired by
     # `agent revoke`: moved just after the enrolment, the smallest window there is
@@ -342,7 +342,7 @@ def test_a_key_is_never_revoked_at_or_before_its_enrolment(settings, tools):
 
     db.write_tx(settings.engine, lambda c: c.execute(
         sch.agents.update().where(sch.agents.c.kid == b.kid).values(revoked_at=now - 2 * 86400)))
-    repaired = db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, b.kid, None, now))
+    repaired = db.write_tx(settings.engine, lambda c: credentials.revoke_agent(c, b.kid, None, now))
     assert repaired == now - 86400 + 1
 
 
@@ -350,7 +350,7 @@ def test_a_keys_weakness_check_runs_once_and_its_revocation_is_read_every_batch(
     """The scalar multiplication that proves a key is not weak (~44 us, as much as a signature) is
     paid once per key and process, not once per batch: an agent posting as it polls sends
     batches of one. What can change (enrolment, revocation) is still read every batch."""
-    from collector import db, ingest, registry
+    from collector import credentials, db, ingest
 
     loads: list[str] = []
 
@@ -370,6 +370,6 @@ def test_a_keys_weakness_check_runs_once_and_its_revocation_is_read_every_batch(
 
     assert [status(now - 600 + i * 60) for i in range(3)] == ["accepted"] * 3
     assert len(loads) == 1
-    db.write_tx(settings.engine, lambda c: registry.revoke_agent(c, a.kid, now - 300, now))
+    db.write_tx(settings.engine, lambda c: credentials.revoke_agent(c, a.kid, now - 300, now))
     assert status(now - 240) == "rejected"
     assert len(loads) == 1

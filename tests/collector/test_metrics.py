@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector import db, registry
+from collector import credentials, db
 from collector.ingest import ingest_lines
 from collector.metrics import CATALOGUE, families
 from collector.server import create_app
@@ -38,7 +38,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClie
         dc1, dc2, z = Agent("dc1"), Agent("dc2"), Agent("z")
         for provider, a in (("acme", dc1), ("acme", dc2), ("beta", z)):
             enrol(st, provider, a, M0 - 86400)
-        db.write_tx(st.engine, lambda c: registry.revoke_agent(c, dc2.kid, None, NOW))
+        db.write_tx(st.engine, lambda c: credentials.revoke_agent(c, dc2.kid, None, NOW))
         tokens = {"vendor": token(st, None, "vendor"), "acme": token(st, "acme", "admin"),
                   "viewer": token(st, "acme", "viewer")}
         with TestClient(create_app(st)) as client:

@@ -8,7 +8,7 @@ import time
 import sqlalchemy as sa
 
 from billing.activity import key_text
-from collector import accounting, db, jwsstore, registry
+from collector import accounting, credentials, db, jwsstore, registry
 from collector import schema as s
 from protocol.heartbeat import TYP, b64url_encode, parse_unverified
 from protocol.timefmt import month_bounds, month_of, previous_month
@@ -80,7 +80,7 @@ def test_vms_and_bundles_a_key_cannot_hold_are_accepted_and_bill_as_the_evidence
     assert flags == {"SL-1": [], "SL-F": [], "SL-G": over, "SL-H": over, "SL-I": [], "SL-J": over}, flags
 
     tok = db.write_tx(
-        settings.engine, lambda c: registry.new_api_token(c, "acme", "viewer", int(time.time()))
+        settings.engine, lambda c: credentials.new_api_token(c, "acme", "viewer", int(time.time()))
     )
     found = client.get(
         "/v1/providers/acme/alerts", params={"month": m}, headers={"Authorization": f"Bearer {tok}"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from nacl.bindings import crypto_core_ed25519_add
 
-from collector import db, registry
+from collector import credentials, db
 from collector import schema as s
 from protocol.keys import AgentKey, kid_of
 from protocol.timefmt import format_time
@@ -28,13 +28,13 @@ def weak_keys() -> dict[str, str]:
 
 def test_enrolment_refuses_a_weak_key_and_keeps_the_token(client, settings) -> None:
     now = int(time.time())
-    tok = db.write_tx(settings.engine, lambda c: registry.new_enroll_token(c, "acme", 3600, now))
+    tok = db.write_tx(settings.engine, lambda c: credentials.new_enroll_token(c, "acme", 3600, now))
     for name, key in weak_keys().items():
         r = client.post("/v1/agents/enroll", json={"token": tok, "name": name, "public_key": key})
         assert r.status_code == 400, (name, r.status_code, r.text)
         assert "prime order" in r.json()["detail"]
     with db.read_conn(settings.engine) as c:
-        assert registry.list_agents(c) == []
+        assert credentials.list_agents(c) == []
     # The refused attempts did not use the one-time token up: a good key still enrols with it.
     good = AgentKey.generate()
     r = client.post("/v1/agents/enroll", json={"token": tok, "name": "dc1", "public_key": good.public_b64})

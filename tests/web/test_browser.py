@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from audit.simulate import build_scenario
-from collector import db, registry
+from collector import credentials, db, registry
 from collector.ingest import ingest_lines
 from collector.settings import Settings
 from collector.web import auth
@@ -41,7 +41,7 @@ def _seed(settings: Settings) -> None:
     db.write_tx(eng, lambda c: registry.apply_catalog(c, sc.catalog))
     for a in sc.agents:
         db.write_tx(
-            eng, lambda c, a=a: registry.add_agent(c, "acme", a.name, a.key.public_b64, a.enrolled_at)
+            eng, lambda c, a=a: credentials.add_agent(c, "acme", a.name, a.key.public_b64, a.enrolled_at)
         )
     lines = sc.anchors + sc.leaves
     for i in range(0, len(lines), 5000):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from collector import db, registry, roles
+from collector import credentials, db, registry, roles
 from collector.ingest import ingest_lines
 from collector.server import create_app
 from collector.web import auth, data, errorpage
@@ -112,7 +112,7 @@ def test_sign_in_with_api_token(client: TestClient, world: Any, tools: Any) -> N
     from collector.cli import main as collector_main
 
     with db.read_conn(world.engine) as c:
-        listed = registry.list_api_tokens(c, "acme")
+        listed = credentials.list_api_tokens(c, "acme")
     ident = next(x["id"] for x in listed if registry.digest(tok).startswith(x["id"]))
     assert collector_main(["token", "revoke", ident, "--data-dir", str(world.data_dir),
                            "--db", world.db_url]) == 0
