@@ -26,6 +26,9 @@ from protocol.keys import AgentKey
 from protocol.timefmt import format_time
 
 log = logging.getLogger("tr7.agent.spool")
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+RECLAIM_PAGES = 256  # free pages (1 MiB of 4 KiB pages) before shipping hands them back
+CONVERT_BELOW = 64 * 1024 * 1024  # live bytes under which an older spool.db is VACUUMed at open
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chain (kid TEXT PRIMARY KEY, seq INTEGER NOT NULL, digest TEXT NOT NULL,
@@ -102,6 +105,9 @@ class Spool:
                                           check_same_thread=False)
             else:
                 self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+                # Before anything is written: a new spool.db gives the pages its shipped rows free back
+                # to the file system (_reclaim). An older one takes it at its next VACUUM (_convert).
+                self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode != "wal":
                     raise SpoolError(f"spool {path}: cannot use WAL journal mode (got {mode})")
@@ -121,6 +127,7 @@ class Spool:
                 self.db.execute("BEGIN IMMEDIATE")
                 self._set("opened_at", str(int(time.time())))
                 self.db.execute("COMMIT")
+                self._convert()
         except sqlite3.Error as exc:
             unwritable = isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc)
             what = ("cannot write it (its owner or mode: the service's user must own spool.db and its "
@@ -129,6 +136,34 @@ class Spool:
 
     def close(self) -> None:
         self.db.close()
+
+    def _convert(self) -> None:
+        """A spool.db made before incremental auto-vacuum (2026-12-06) takes it by one VACUUM, done
+        when the spool is small (it rewrites the whole file under an exclusive lock): not in the middle
+        of an outage's backlog, at a start after it shipped."""
+        if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL:
+            return
+        if self.used_bytes() > CONVERT_BELOW:
+            log.info("event=spool_vacuum_deferred bytes=%d reason='a backlog: done at a later start'",
+                     self.used_bytes())
+            return
+        try:
+            self.db.execute("VACUUM")
+        except sqlite3.Error as exc:  # busy (a `status` reading it), no room for its copy: next start
+            log.warning("event=spool_vacuum_deferred reason=%r", str(exc))
+            return
+        log.info("event=spool_vacuumed auto_vacuum=incremental bytes=%d", self.size_bytes())
+
+    def _reclaim(self) -> None:
+        """Hand the pages of shipped rows back to the file system once there are RECLAIM_PAGES of them:
+        after an outage the files kept the backlog's size for good (a disk filled by a week of spool
+        stayed full). Best effort: a spool that cannot shrink now still works, and tries again."""
+        try:
+            if self.db.execute("PRAGMA freelist_count").fetchone()[0] >= RECLAIM_PAGES:
+                # executescript steps it to its end (sqlite3_exec): execute() frees a single page
+                self.db.executescript("PRAGMA incremental_vacuum;")
+        except sqlite3.Error as exc:
+            log.warning("event=spool_not_shrunk reason=%r", str(exc))
 
     def _stage(self, name: str) -> None:
         if self.fault is not None:
@@ -263,6 +298,7 @@ class Spool:
                 self.db.execute("DELETE FROM spool WHERE id = ?", (row.id,))
             if shipped:
                 self._set("last_shipped_seq", str(shipped))
+        self._reclaim()
 
     def rejected_rows(self) -> list[tuple[int, str, int, int, str, str]]:
         """(id, kid, seq, at, reason, token) of every heartbeat set aside, oldest first."""
@@ -274,10 +310,9 @@ class Spool:
             return sum(self.db.execute("DELETE FROM rejected WHERE id = ?", (i,)).rowcount for i in ids)
 
     def used_bytes(self) -> int:
-        """Bytes of the spool's live pages (its rows, not the space SQLite keeps for reuse once a
-        backlog is shipped): what `spool_limit_mb` is about. The files never shrink (no VACUUM:
-        it rewrites the whole file under an exclusive lock), so their size stayed above the limit
-        after an outage's backlog had shipped, and the alarm with it."""
+        """Bytes of the spool's live pages (its rows, not the pages freed by shipping that SQLite has
+        not yet handed back, see _reclaim): what `spool_limit_mb` is about. The size of the files
+        stayed above the limit after an outage's backlog had shipped, and the alarm with it."""
         try:
             pages, free, size = (self.db.execute(f"PRAGMA {p}").fetchone()[0]
                                  for p in ("page_count", "freelist_count", "page_size"))

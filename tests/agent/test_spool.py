@@ -197,9 +197,65 @@ def test_the_spool_size_falls_once_its_backlog_ships(tmp_path: Path) -> None:
         spool.settle([(r, "accepted", None) for r in rows])
     stats = spool.stats()
     assert stats["spool_depth"] == 0 and stats["spool_bytes"] < backlog / 10
-    spool.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    assert spool.size_bytes() >= backlog  # the files keep their size (no VACUUM): not what is counted
     spool.close()
+
+
+def _backlog(spool: Spool, key: AgentKey, n: int = 400) -> None:
+    obs = [{"instance": f"TR7-{i:04d}", "adapter": "lab", "vm": f"vm-{i}", "host": "h", "state": "running",
+            "capacity": None} for i in range(200)]
+    for i in range(1, n):
+        spool.append(key, T0 + 60 * i, 60, POLLS, obs)
+
+
+def _file_size(spool: Spool) -> int:
+    spool.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return spool.path.stat().st_size
+
+
+def test_the_spool_files_shrink_once_a_backlog_ships(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files kept an outage's size for good: a disk that a week of spool had filled stayed full
+    after the backlog shipped. The pages of shipped rows now go back to the file system."""
+    import agent.spool as spool_mod
+
+    monkeypatch.setattr(spool_mod, "RECLAIM_PAGES", 16)  # this backlog is ~220 pages, not a week's
+    _state, key, spool = spooled_state(tmp_path, 1)
+    assert spool.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental, from the start
+    _backlog(spool, key)
+    full = _file_size(spool)
+    assert full > 500_000
+    while rows := spool.batch(limit=50):
+        spool.settle([(r, "accepted", None) for r in rows])
+    assert _file_size(spool) < full / 5
+    assert spool.head(key.kid).seq == 400  # the chain head is kept, and signing goes on from it
+    spool.append(key, T0 + 60 * 400, 60, POLLS, [])
+    assert spool.head(key.kid).seq == 401
+    spool.close()
+
+
+def test_an_older_spool_takes_incremental_vacuum_when_small_and_not_in_a_backlog(tmp_path: Path) -> None:
+    """A spool.db made before: converted by one VACUUM at open while small, its rows kept; in the middle
+    of a backlog (over CONVERT_BELOW) left for a later start."""
+    import agent.spool as spool_mod
+
+    _state, key, spool = spooled_state(tmp_path, 1)
+    path = spool.path
+    _backlog(spool, key, 40)
+    spool.db.execute("PRAGMA auto_vacuum=NONE")
+    spool.db.execute("VACUUM")  # as the agent made it before 2026-12-06
+    assert spool.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    spool.close()
+    low, spool_mod.CONVERT_BELOW = spool_mod.CONVERT_BELOW, 1000
+    try:
+        again = Spool(path)
+        assert again.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0  # a backlog: later
+        again.close()
+    finally:
+        spool_mod.CONVERT_BELOW = low
+    again = Spool(path)
+    assert again.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    assert [parse_unverified(t).seq for t in again.unshipped()] == list(range(1, 41))
+    assert again.head(key.kid).seq == 40
+    again.close()
 
 
 def test_a_spool_the_agent_cannot_write_is_refused_when_opened(tmp_path: Path) -> None:
