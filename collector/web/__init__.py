@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector.accounts import api as accounts_api
-from collector.web import auth, data, detail, errorpage, listing, pages, throttle, tools
+from collector.web import auth, customer, data, detail, errorpage, listing, pages, throttle, tools
 from collector.web.common import HERE
 from protocol.timefmt import month_of
 
@@ -24,6 +24,7 @@ def register(app: FastAPI) -> None:
     """The one call in create_app: pages under /ui, static files, account and entitlement API."""
     app.state.signin_throttle = throttle.SignInThrottle(checks=os.cpu_count() or 1)
     app.include_router(pages.router)
+    app.include_router(customer.router)
     app.include_router(detail.router)
     app.include_router(listing.router)
     app.include_router(tools.router)
