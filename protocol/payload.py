@@ -31,6 +31,12 @@ def _is_int(v: Any) -> bool:
     return type(v) is int and 0 <= v <= MAX_INT
 
 
+def _is_int64(v: Any) -> bool:
+    """A capacity's integers: §2 says only "integer", so any that a signed 64-bit one holds (a
+    negative one refused the whole heartbeat, and with it the instance's running hours)."""
+    return type(v) is int and -MAX_INT - 1 <= v <= MAX_INT
+
+
 def _exact(obj: Any, members: frozenset[str], rule: str) -> None:
     if not isinstance(obj, dict):
         _fail(rule, f"must be an object, not {type(obj).__name__}")
@@ -51,14 +57,15 @@ def _check_capacity(cap: Any, rule: str) -> None:
     if "bundle" in cap and not isinstance(cap["bundle"], str):
         _fail(rule + ".bundle", "must be a string")
     for name in ("bandwidth_mbps", "vservices"):
-        if name in cap and not _is_int(cap[name]):
-            _fail(f"{rule}.{name}", "must be a non-negative integer")
+        if name in cap and not _is_int64(cap[name]):
+            _fail(f"{rule}.{name}", "must be an integer from -2^63 to 2^63-1")
 
 
 def _check_poll(poll: Any, rule: str, names: set[str]) -> None:
     _exact(poll, _POLL, rule)
-    if not isinstance(poll["adapter"], str) or not poll["adapter"]:
-        _fail(rule + ".adapter", "must be a non-empty string")
+    # Any string (§2 gives no length): "" is a name another agent may configure. Only unique.
+    if not isinstance(poll["adapter"], str):
+        _fail(rule + ".adapter", "must be a string")
     if poll["adapter"] in names:
         _fail(rule + ".adapter", f"adapter {poll['adapter']!r} listed twice")
     if not isinstance(poll["platform"], str) or poll["platform"] not in PLATFORMS:

@@ -2,7 +2,7 @@
 
 import time
 
-from collector import credentials, db, registry
+from collector import accounting, credentials, db, registry
 from collector.ingest import ingest_lines
 from protocol.timefmt import format_time, month_bounds, month_of, previous_month
 
@@ -399,3 +399,37 @@ def test_the_apis_licensing_alerts_follow_a_new_catalog_at_once(client, settings
     db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, cat, retroactive=True))
     found = client.get(url, params={"month": m}, headers=auth).json()["alerts"]
     assert [x["license"] for x in found if x["type"] == "pricing_error"] == ["SL-1"]
+
+
+def test_a_negative_capacity_is_logged_billed_and_never_over(client, settings, tools):
+    """§2 types a capacity's members as integers, no range: -1 refused the whole heartbeat, and
+    with it the instance's running hour. Now it is evidence like any other: logged, its hour
+    billed, and (below every licensed figure) never an over-capacity. Found by an interop review."""
+    m = previous_month(month_of(int(time.time())))
+    m0 = month_bounds(m)[0]
+    cat = tools.catalog()
+    cat["licenses"].append({
+        "id": "SL-N", "customer": "c1", "instance": "TR7-0009", "model": "fixed", "unit": "hour",
+        "start": "2026-01-01T00:00:00Z", "end": None,
+        "capacity": [{"from": "2026-01-01T00:00:00Z", "bundle": "basic", "bandwidth_mbps": 100,
+                      "vservices": 2}],
+    })
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, cat))
+    a = tools.Agent("neg")
+    tools.enrol(settings, "acme", a, m0 - 86400)
+    line = a.beat(m0 + 3600 + 60, {"TR7-0009": "running"},
+                  capacity={"bundle": "basic", "bandwidth_mbps": -5, "vservices": -1})
+    r = client.post("/v1/heartbeats", content=line, headers={"Content-Type": "text/plain"})
+    assert [x["status"] for x in r.json()["results"]] == ["accepted"]
+    now = int(time.time())
+    tok = db.write_tx(settings.engine, lambda c: credentials.new_api_token(c, "acme", "viewer", now))
+    auth = {"Authorization": f"Bearer {tok}"}
+    found = client.get("/v1/providers/acme/alerts", params={"month": m}, headers=auth).json()["alerts"]
+    assert not [x for x in found if x["type"] == "over_capacity"]
+    got = client.get("/v1/providers/acme/instances", params={"month": m}, headers=auth).json()["instances"]
+    day = format_time(m0)[:10]
+    assert [x for x in got if x["instance"] == "TR7-0009"] == [
+        {"instance": "TR7-0009", "days": {day: {"active_hours": 1, "seen_hours": 1}}}]
+    with db.read_conn(settings.engine) as c:
+        usage, _inv = accounting.own_result(c, "acme", m)
+    assert [r["active_hours"] for r in usage["rows"] if r["instance"] == "TR7-0009"] == [1]

@@ -190,7 +190,7 @@ def _set(path: str, value: Any) -> bytes:
 EDGES = [
     ("v", [2, 1.0, True, "1"]), ("seq", [0, -1, 2**63, 1.5, True]), ("interval", [0, 86401, 1.0]),
     ("prev", ["A" * 64, "0" * 63, None]), ("time", ["2026-11-01T00:00:00+00:00", "2026-02-30T00:00:00Z"]),
-    ("agent", ["0" * 32]), ("polls.0.adapter", ["", 1]), ("polls.0.platform", ["vsphere", None]),
+    ("agent", ["0" * 32]), ("polls.0.adapter", [1, None]), ("polls.0.platform", ["vsphere", None]),
     ("polls.0.ok", [1, "true", None]), ("polls.0.error", [1, False]),
     ("observations.0.instance", ["", "a" * 65, "a b", "\u00e9", 1, "a,b", ",", "a\nb", "a/b"]),
     ("observations.0.instance", ["a" * 64 + "\n", "a" * 63 + "\u00e9"]),
@@ -198,8 +198,8 @@ EDGES = [
     ("observations.0.vm", [1, None]), ("observations.0.host", [1, False]),
     ("observations.0.state", ["Running", "", None]), ("observations.0.capacity", [[], "pro", 1]),
     ("observations.0.capacity.bundle", [1, None, True]),
-    ("observations.1.capacity.bandwidth_mbps", [-1, 2**63, 1.0, True, "1", None]),
-    ("observations.1.capacity.vservices", [-1, 2**63, 0.5, False, None]),
+    ("observations.1.capacity.bandwidth_mbps", [-(2**63) - 1, 2**63, 1.0, True, "1", None]),
+    ("observations.1.capacity.vservices", [-(2**63) - 1, 2**63, 0.5, False, None]),
 ]
 
 
@@ -212,9 +212,22 @@ def test_every_typed_member_at_its_edge_is_refused_by_both_paths(path: str, valu
     assert _outcome(body) == _reference(body)
 
 
+def test_an_empty_adapter_name_is_a_name_on_every_path() -> None:
+    """§2: `adapter` is a string, unique within the agent, with no length given: "" was refused by the
+    collector and by tr7-audit, a heartbeat another agent may sign. Found by an interop review."""
+    p = _payload(adapter="")
+    p["polls"][0]["adapter"] = ""
+    body = _compact(p)
+    assert _reference(body) is None and _outcome(body) is None and _twice(body) is None
+    p["polls"].append({"adapter": "", "platform": "aws", "ok": True, "error": None})
+    assert _reference(_compact(p)) == _outcome(_compact(p)) == "payload.polls[1].adapter"  # twice: refused
+
+
 def test_the_edges_themselves_are_accepted() -> None:
     for path, value in [("seq", 2**63 - 1), ("interval", 86400), ("observations.0.instance", "a" * 64),
                         ("observations.1.capacity.vservices", 2**63 - 1), ("observations.0.capacity", {}),
+                        ("observations.1.capacity.vservices", -1),
+                        ("observations.1.capacity.bandwidth_mbps", -(2**63)),
                         ("observations.0.host", None), ("polls.0.error", "timeout")]:
         body = _set(path, value)
         if path == "seq":  # not the first of a chain: any prev
