@@ -10,6 +10,9 @@ from collector.settings import ENV_DATA_DIR, ENV_DB
 from protocol.errors import ProtocolError
 from protocol.timefmt import parse_month, parse_time
 
+DESCRIPTION = ("TR7 metering collector: receives the agents' signed heartbeats, keeps them as evidence in "
+               "a transparency log, and bills them. `tr7-collector COMMAND --help` tells what each command "
+               "takes.")
 _DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = 366 * 86400
@@ -71,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     # `tr7-collector apply --data-dir D F`). A subcommand's defaults would overwrite what the main
     # parser read, so its copies default to SUPPRESS: absent there, the main parser's value stays.
     common = _add_common(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
-    p = _add_common(argparse.ArgumentParser(prog="tr7-collector", description=__doc__), None)
+    p = _add_common(argparse.ArgumentParser(prog="tr7-collector", description=DESCRIPTION), None)
     p.add_argument("--version", action="version", version=f"tr7-collector {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("serve", parents=[common], help="run the HTTP API")

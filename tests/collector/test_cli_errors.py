@@ -437,3 +437,14 @@ def test_serve_trusts_the_forwarded_client_of_the_proxies_it_is_told(tmp_path: P
 
     assert "peer=127.0.0.2 " in peer_seen()
     assert "peer=203.0.113.9 " in peer_seen("--forwarded-allow-ips", "127.0.0.2")
+
+
+def test_help_says_what_the_program_is_not_a_module_docstring() -> None:
+    """A refactoring moved the parser to collector/cliargs.py and --help opened with that module's
+    docstring ("its argument types and its parser"). Found by a review."""
+    from collector.cliargs import build_parser
+
+    text = build_parser().format_help()
+    assert "TR7 metering collector" in text and "docstring" not in text and "parser" not in text
+    for command in ("serve", "apply", "bill", "close", "export", "backup", "prune"):
+        assert command in text
