@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -300,6 +301,11 @@ def app_from_env() -> FastAPI:
     return app
 
 
+def _hangup_ignored(*_: object) -> None:
+    log.warning("event=sighup action=ignored hint='one worker: nothing is reloaded; restart the service to "
+                "load a new version (with --workers 2 or more, SIGHUP restarts the workers)'")
+
+
 def serve(settings: Settings, listen: str | None, workers: int, proxies: str | None = None) -> int:
     import uvicorn
 
@@ -317,6 +323,11 @@ def serve(settings: Settings, listen: str | None, workers: int, proxies: str | N
     os.environ[ENV_DATA_DIR] = str(settings.data_dir.resolve())
     os.environ[ENV_DB] = settings.db_url
     os.environ[ENV_ORIGIN] = settings.origin
+    if workers <= 1:
+        # SIGHUP's default ends the process without a word (exit 129, which systemd counts as a
+        # clean stop: Restart=on-failure left the collector down), where several workers' uvicorn
+        # restarts them. One worker has nothing to restart in place: said, and ignored.
+        signal.signal(signal.SIGHUP, _hangup_ignored)
     uvicorn.run(
         "collector.server:app_from_env",
         factory=True,

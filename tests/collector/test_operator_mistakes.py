@@ -138,3 +138,41 @@ def test_a_client_gone_mid_body_is_one_log_line_not_a_traceback(tmp_path: Path) 
         proc.wait(60)
     text = log.read_text()
     assert "Traceback" not in text and "ClientDisconnect" not in text
+
+
+def test_sighup_to_a_single_worker_is_said_and_ignored(tmp_path: Path) -> None:
+    """SIGHUP ended a one-worker `serve` (the default) without a word, exit 129, which systemd takes
+    for a clean stop; several workers' uvicorn restarts them instead. Found by an ops review."""
+    import signal
+    import time
+
+    import httpx
+
+    from tests._serve import free_port
+
+    data = str(tmp_path / "d")
+    assert _cli("migrate", "--data-dir", data).returncode == 0
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve", "--data-dir", data,
+                                 "--listen", f"127.0.0.1:{port}"], stderr=out, stdout=out,
+                                env={**os.environ, "TR7_ACCOUNTS_TICK": "0", "TR7_WEB_WARM": "0"})
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        proc.send_signal(signal.SIGHUP)
+        while "event=sighup" not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert proc.poll() is None and httpx.get(url, timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn ends by the signal it was stopped by
