@@ -31,12 +31,31 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from collector import schema as s
+from protocol.keys import replace_file
 
 log = logging.getLogger(__name__)
 FILE = "highwater.json"
 DATABASE_ID = "database_id"  # meta row: a random id made with the schema, kept by backups
 FLUSH_EVERY = 1.0  # seconds between writes of one process
 WATCH_EVERY = 15.0  # seconds between a serving process's readings of every log's size (observe)
+
+
+class Unreadable(Exception):
+    """highwater.json is there but cannot be read or is not the marks document: no check can be made."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def owner_for(data_dir: Path) -> tuple[int, int] | None:
+    """(uid, gid) of the data directory when root writes into another user's: a file root left there
+    (an operator's `sudo tr7-collector import`) kept the service from writing the marks again, or
+    even from reading them, which silently took away the refusal of an older backup."""
+    if os.geteuid() != 0:
+        return None
+    st = data_dir.stat()
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
 
 
 class Rewound(Exception):
@@ -93,21 +112,27 @@ class _Mark:
                     log.warning("event=highwater_not_written path=%s error=%r", self.path, exc)
 
     def write(self, sizes: dict[str, int], replace: bool) -> None:
-        """Merge (the larger size wins) or replace this database's marks, across processes."""
-        with open(self.path.with_suffix(".lock"), "a") as lock:
+        """Merge (the larger size wins) or replace this database's marks, across processes. Written
+        whole and synced (a power cut left an empty file, read as no marks at all), owned by the data
+        directory's owner when root writes it."""
+        owner = owner_for(self.path.parent)
+        # Read-only is enough for flock: the service opens it whoever made it (mode 0644), as
+        # collector/db.py's writer gate. It was opened for writing, and one root had made was
+        # refused to the service for good.
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+        with open(fd, closefd=True) as lock:
+            if owner is not None:
+                os.fchown(fd, *owner)
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                doc = json.loads(self.path.read_text())
-                doc = doc if isinstance(doc, dict) else {}
-            except (OSError, ValueError):
-                doc = {}
+                doc = _read(self.path.parent)
+            except Unreadable:
+                doc = {}  # damaged: rewritten whole (an unreadable one fails the write below)
             mine = {} if replace else dict(doc.get(self.db_id, {}))
             for k, v in sizes.items():
                 mine[k] = max(int(mine.get(k, 0)), v)
             doc[self.db_id] = mine
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(doc, sort_keys=True))
-            os.replace(tmp, self.path)
+            replace_file(json.dumps(doc, sort_keys=True).encode(), self.path, owner)
 
 
 _marks: "weakref.WeakKeyDictionary[Engine, _Mark]" = weakref.WeakKeyDictionary()
@@ -137,12 +162,22 @@ def attach(engine: Engine, data_dir: Path, conn: Connection, create: bool) -> No
 
 
 def _read(data_dir: Path) -> dict[str, Any]:
-    """The data directory's marks document (database id -> "provider/month" -> size), {} if none."""
+    """The data directory's marks document (database id -> "provider/month" -> size), {} if there is
+    none yet; Unreadable if the file is there but cannot be read (its owner or mode) or is damaged:
+    taken for "no marks", either had an older backup served without a word."""
+    path = data_dir / FILE
     try:
-        doc = json.loads((data_dir / FILE).read_text())
-    except (OSError, ValueError):
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
         return {}
-    return doc if isinstance(doc, dict) else {}
+    except OSError as exc:
+        raise Unreadable(path, f"cannot be read ({exc.strerror or exc}): the service's user must own "
+                               "it") from exc
+    except ValueError as exc:
+        raise Unreadable(path, f"is damaged ({exc})") from exc
+    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
+        raise Unreadable(path, "is damaged (not a marks document)")
+    return doc
 
 
 def _marks_in(doc: dict[str, Any], db_id: str | None) -> dict[str, int]:
@@ -179,7 +214,12 @@ def observe(engine: Engine) -> None:
     mark = _marks.get(engine)
     if mark is None:
         return
-    doc = _read(mark.path.parent)
+    try:
+        doc = _read(mark.path.parent)
+    except Unreadable as exc:
+        log.error("event=highwater_unreadable path=%s reason=%r: a restore of an older backup would not "
+                  "be noticed", exc.path, exc.reason)
+        doc = {}
     with engine.connect() as conn:
         now = _sizes(conn)
     shrunk = _behind(_marks_in(doc, mark.db_id), now)
@@ -191,8 +231,12 @@ def observe(engine: Engine) -> None:
 
 
 def accept(engine: Engine, data_dir: Path, conn: Connection) -> dict[str, tuple[int, int]]:
-    """Take the database's sizes as the marks (an operator accepting a restore): what was lost."""
-    doc = _read(data_dir)
+    """Take the database's sizes as the marks (an operator accepting a restore): what was lost. Also
+    the way past a damaged marks file (it is rewritten; nothing can be said of what was lost)."""
+    try:
+        doc = _read(data_dir)
+    except Unreadable:
+        doc = {}
     marks = _marks_in(doc, database_id(conn, create=False))
     db_id = database_id(conn, create=True)
     assert db_id is not None

@@ -196,6 +196,14 @@ class Settings:
             else:
                 with db.read_conn(self.engine) as conn:
                     hw.attach(self.engine, self.data_dir, conn, create=False)
+        except hw.Unreadable as exc:
+            raise SetupError(
+                f"the high-water mark {exc.path} {exc.reason}, so a database restored from an older "
+                "backup could not be told from the latest. Make it readable by the collector's user "
+                "(chown it and highwater.lock to that user); if it is damaged, `tr7-collector "
+                "accept-restore` writes it again from this database (docs/collector.md, Backup and "
+                "restore)"
+            ) from exc
         except hw.Rewound as exc:
             raise SetupError(
                 f"the database is behind what {self.data_dir} has seen ({hw.describe(exc.shrunk)}): "

@@ -103,10 +103,14 @@ def save_private_key(key: AgentKey, path: Path) -> None:
     replace_file(pem, path)
 
 
-def replace_file(data: bytes, path: Path) -> None:
+def replace_file(data: bytes, path: Path, owner: tuple[int, int] | None = None) -> None:
     """Put ``data`` at ``path`` whole (mode 0600), through a new file of this process's own:
-    never written through a link someone planted at ``path`` or beside it."""
-    os.replace(_written(data, path), path)
+    never written through a link someone planted at ``path`` or beside it. ``owner``: (uid, gid)
+    the file gets before it appears (root writing a file a service must read and write again)."""
+    tmp = _written(data, path)
+    if owner is not None:
+        os.chown(tmp, *owner)
+    os.replace(tmp, path)
 
 
 def _written(data: bytes, path: Path) -> Path:

@@ -448,3 +448,71 @@ def test_help_says_what_the_program_is_not_a_module_docstring() -> None:
     assert "TR7 metering collector" in text and "docstring" not in text and "parser" not in text
     for command in ("serve", "apply", "bill", "close", "export", "backup", "prune"):
         assert command in text
+
+
+def _older_backup_restored(tmp_path: Path, tools) -> tuple[Path, str]:
+    """A data dir whose database was put back to a backup 20 heartbeats behind its marks."""
+    data, url, st = _opened(tmp_path)
+    month, beats = _month_of_beats(st, tools, 40)
+    ingest_lines(st.engine, beats[:20])
+    assert _cli("backup", "--data-dir", str(data), "--db", url, "--out", str(tmp_path / "bk")).returncode == 0
+    ingest_lines(st.engine, beats[20:])
+    st.engine.dispose()
+    from collector import highwater
+
+    highwater._flush_all()
+    for extra in ("collector.db-wal", "collector.db-shm"):
+        (data / extra).unlink(missing_ok=True)
+    shutil.copy2(tmp_path / "bk" / "collector.db", data / "collector.db")
+    return data, month
+
+
+def test_a_damaged_or_unreadable_mark_is_refused_not_taken_for_no_marks(tmp_path: Path, tools) -> None:
+    """An empty highwater.json (a power cut: it was not synced) or one the service's user cannot read
+    (root's, made under umask 027) read as "no marks": an older backup was served without a word.
+    Found by an ops review."""
+    import os
+
+    data, month = _older_backup_restored(tmp_path, tools)
+    marks = data / "highwater.json"
+    assert marks.stat().st_mode & 0o777 == 0o600  # written whole and synced, as the key
+    marks.write_text("")
+    refused = _cli("agent", "list", "--data-dir", str(data))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "highwater.json is damaged" in refused.stderr and "accept-restore" in refused.stderr
+    accepted = _cli("accept-restore", "--data-dir", str(data))  # the way past it, said in the message
+    assert accepted.returncode == 0, accepted.stderr
+    assert _cli("agent", "list", "--data-dir", str(data)).returncode == 0
+    assert f'"acme/{month}": 20' in marks.read_text()
+    if os.geteuid() == 0:  # root reads anything: hold this process to the file's mode instead
+        run = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable]
+        os.chown(marks, 65534, 65534)
+    else:
+        run = [sys.executable]
+    marks.chmod(0o000)
+    out = subprocess.run([*run, "-m", "collector.cli", "agent", "list", "--data-dir", str(data)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 1 and "highwater.json cannot be read" in out.stderr, out.stderr
+
+
+def test_marks_root_writes_into_the_services_data_dir_stay_the_services(tmp_path: Path, tools) -> None:
+    """An operator's `sudo tr7-collector import` made highwater.json and its lock root's: the service
+    never wrote its marks again, and a later restore of an older backup was served. Found by an ops
+    review."""
+    import os
+
+    from collector import highwater
+
+    data, _url, st = _opened(tmp_path)
+    if os.geteuid() != 0:  # only root can leave files of its own in another user's directory
+        assert highwater.owner_for(data) is None
+        return
+    for path in [data, *data.iterdir()]:
+        os.chown(path, 65534, 65534)
+    assert highwater.owner_for(data) == (65534, 65534)
+    _month, beats = _month_of_beats(st, tools, 5)
+    ingest_lines(st.engine, beats)  # as root, as `sudo tr7-collector import` does
+    st.engine.dispose()
+    highwater._flush_all()
+    for name in ("highwater.json", "highwater.lock"):
+        assert ((data / name).stat().st_uid, (data / name).stat().st_gid) == (65534, 65534), name
