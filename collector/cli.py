@@ -18,8 +18,10 @@ from protocol.timefmt import format_time
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_gc()  # after the imports: they are frozen out of collection
+    url = ""
     try:
         settings = Settings.resolve(args.data_dir, args.db, args.origin)
+        url = settings.db_url
         return _run(args, settings)
     except (SetupError, registry.RegistryError, accounting.AccountingError, EvidencePruned) as exc:
         print(f"tr7-collector: {exc}", file=sys.stderr)
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, OperationalError):
             # An unreachable or refusing database is an operator's problem, not a crash: one line.
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            print(f"tr7-collector: database unavailable: {reason}", file=sys.stderr)
+            hint = db.sqlite_hint(url, reason)
+            print(f"tr7-collector: database unavailable: {reason}{hint}", file=sys.stderr)
             return 1
         raise
 

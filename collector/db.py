@@ -77,8 +77,20 @@ def make_engine(url: str, pooled: bool = True) -> Engine:
 # connections), the server shutting down or starting (PostgreSQL appendix A)
 _UNAVAILABLE_CLASSES = ("08", "53")
 _UNAVAILABLE_CODES = frozenset({"57P01", "57P02", "57P03"})
-# SQLite's: busy or locked past the busy timeout, disk full, I/O error, cannot open the file
-_SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+# SQLite's: busy or locked past the busy timeout, disk full, I/O error, cannot open the file, a file
+# the service's user may not write (restored by root: /healthz said ok while every batch was a 500)
+_SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+                       "SQLITE_READONLY")
+_SQLITE_PERMISSION = ("unable to open database file", "attempt to write a readonly database")
+
+
+def sqlite_hint(url: str, reason: str) -> str:
+    """What to look at when SQLite cannot open or write its file: the path and who must own it."""
+    if not url.startswith("sqlite") or not reason.startswith(_SQLITE_PERMISSION):
+        return ""
+    path = sa.engine.make_url(url).database or "?"
+    return (f" ({path}: the collector's user must be able to read and write it, its directory, and its "
+            "-wal and -shm files)")
 
 
 def unavailable(exc: DBAPIError) -> bool:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -25,6 +26,7 @@ from collector import (
     periodic,
     readapi,
     registry,
+    schema,
     tlog,
     web,
 )
@@ -301,6 +303,22 @@ def app_from_env() -> FastAPI:
     return app
 
 
+def _check_writable(settings: Settings) -> None:
+    """One real write before any worker starts: SQLite opens a file its user may not write without a
+    word (and a PostgreSQL role may lack the grants), and /healthz said ok while every batch got a
+    500. The row says when this database was last served."""
+    def stamp(conn: Any) -> None:
+        conn.execute(sa.delete(schema.meta).where(schema.meta.c.key == "served_at"))
+        conn.execute(sa.insert(schema.meta).values(key="served_at", value=str(int(time.time()))))
+
+    try:
+        db.write_tx(settings.engine, stamp)
+    except DBAPIError as exc:
+        reason = (str(exc.orig).strip().splitlines() or ["?"])[0] if exc.orig else str(exc)
+        hint = db.sqlite_hint(settings.db_url, reason)
+        raise SetupError(f"cannot write the database: {reason}{hint}") from exc
+
+
 def _hangup_ignored(*_: object) -> None:
     log.warning("event=sighup action=ignored hint='one worker: nothing is reloaded; restart the service to "
                 "load a new version (with --workers 2 or more, SIGHUP restarts the workers)'")
@@ -315,6 +333,7 @@ def serve(settings: Settings, listen: str | None, workers: int, proxies: str | N
         raise SetupError(f"listen address {listen!r} (--listen or {ENV_LISTEN}) must be HOST:PORT, "
                          "e.g. 127.0.0.1:8080 or [::1]:8080")
     settings.open()  # key, origin and migrations before any worker starts
+    _check_writable(settings)
     from collector.accounts.api import tick_seconds
     from collector.accounts.mail import SmtpSettings
 

@@ -81,3 +81,20 @@ def test_only_errors_of_an_unavailable_database_are_503(pg_admin_url: str, tmp_p
         assert db.unavailable(error_of(pg, "SELECT pg_terminate_backend(pg_backend_pid())"))  # 57P01
     finally:
         pg.dispose()
+
+
+def test_a_database_file_that_cannot_be_written_is_unavailable_not_a_fault(tmp_path: Path) -> None:
+    """SQLITE_READONLY (a collector.db its user may not write) is the operator's to mend, like a full
+    disk: a 503 the agents retry, one log line, where it was a 500 and a traceback a batch."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from collector import db
+
+    path = tmp_path / "c.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.commit()
+    engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    with pytest.raises(sa.exc.OperationalError) as caught, engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    assert "readonly" in str(caught.value) and db.unavailable(caught.value)

@@ -176,3 +176,28 @@ def test_sighup_to_a_single_worker_is_said_and_ignored(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn ends by the signal it was stopped by
+
+
+def test_a_database_the_service_cannot_write_is_refused_at_start(tmp_path: Path) -> None:
+    """A collector.db restored by root and left 0644: `serve` started, /healthz said ok, and every
+    batch got a 500 with a 53-line traceback; one left 0600 said only "unable to open database
+    file". Both now name the file and who must own it. Found by an ops review."""
+    data = tmp_path / "d"
+    assert _cli("migrate", "--data-dir", str(data)).returncode == 0
+    # held to the files' modes even as root (no capabilities: CAP_DAC_OVERRIDE writes anything)
+    run = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if os.geteuid() == 0 else []
+    db = data / "collector.db"
+    for extra in ("collector.db-wal", "collector.db-shm"):
+        (data / extra).unlink(missing_ok=True)
+    db.chmod(0o444)
+    cli = [*run, sys.executable, "-m", "collector.cli"]
+    out = subprocess.run([*cli, "serve", "--data-dir", str(data), "--listen", "127.0.0.1:1"],
+                         capture_output=True, text=True, check=False, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "cannot write the database: attempt to write a readonly database" in out.stderr
+    assert f"{db}: the collector's user must be able to read and write it" in out.stderr
+    db.chmod(0o000)
+    out = subprocess.run([*cli, "agent", "list", "--data-dir", str(data)],
+                         capture_output=True, text=True, check=False, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "unable to open database file" in out.stderr and f"{db}: the collector's user" in out.stderr
