@@ -7,6 +7,7 @@ backup, knowingly (collector/highwater.py); `prune`: a closed month's bundle arc
 evidence dropped from the database (collector/prune.py), and `unprune` (collector/unprune.py)."""
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -255,8 +256,28 @@ def backup(settings: Settings, out: Path) -> list[str]:
     if not sa.inspect(settings.engine).has_table(s.meta.name):
         raise SetupError(f"{settings.engine.url.render_as_string(hide_password=True)} holds no collector "
                          "schema: nothing to back up (--db)")
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = settings.open(migrate=False)
+    try:
+        return _write_backup(settings, engine, out)
+    except (OSError, sqlite3.Error) as exc:
+        # A full disk left a traceback and a directory holding the key and half a database but no
+        # backup.json, which the next attempt refused as "not empty": a partial backup is none.
+        for name in (*BACKUP_FILES, "collector.db-journal"):
+            with contextlib.suppress(OSError):
+                (out / name).unlink()
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise SetupError(f"backup into {out} failed: {reason}; nothing of it is kept there") from exc
+
+
+BACKUP_FILES = ("collector.key", "origin", "collector.db", "backup.json")
+
+
+def _write_backup(settings: Settings, engine: Any, out: Path) -> list[str]:
     notes = []
     # The key first: without it no checkpoint of a past month can be verified again.
     for name in ("collector.key", "origin"):

@@ -516,3 +516,30 @@ def test_marks_root_writes_into_the_services_data_dir_stay_the_services(tmp_path
     highwater._flush_all()
     for name in ("highwater.json", "highwater.lock"):
         assert ((data / name).stat().st_uid, (data / name).stat().st_gid) == (65534, 65534), name
+
+
+def test_a_backup_that_runs_out_of_room_says_so_and_leaves_nothing(tmp_path: Path, tools) -> None:
+    """On a full disk `backup` printed a traceback and left the key and half a database without
+    backup.json, which the next attempt refused as "not empty". The room is cut here by the file
+    size limit (RLIMIT_FSIZE), which fails the write as a full disk does. Found by an ops review."""
+    import resource
+    import signal
+
+    data, _url, st = _opened(tmp_path)
+    _month, beats = _month_of_beats(st, tools, 200)
+    ingest_lines(st.engine, beats)
+    st.engine.dispose()
+    assert (data / "collector.db").stat().st_size > 400_000
+
+    def little_room() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "bk"
+    cmd = [sys.executable, "-m", "collector.cli", "backup", "--data-dir", str(data), "--out", str(out)]
+    cut = subprocess.run(cmd, capture_output=True, text=True, check=False, preexec_fn=little_room)
+    assert cut.returncode == 1 and "Traceback" not in cut.stderr, cut.stderr
+    assert f"backup into {out} failed" in cut.stderr and "nothing of it is kept" in cut.stderr
+    assert not out.exists()
+    assert _cli("backup", "--data-dir", str(data), "--out", str(out)).returncode == 0  # with room: done
+    assert (out / "backup.json").exists()
