@@ -72,7 +72,13 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
     if row is None:
         if not out.is_absolute():
             out = out.absolute()  # recorded: the operator's later reading must not depend on a cwd
-        if compress:
+        earlier = archive_path(out) if compress else out
+        if earlier.exists() and (not earlier.is_dir() or any(earlier.iterdir())):
+            # the archive of an earlier prune (the month unpruned since): the timer's run refused to
+            # write over it every time, and stopped before every later month
+            size, digest, keep = _earlier(settings, engine, provider, month, earlier, progress)
+            out = earlier
+        elif compress:
             dest = archive_path(out)
             stage = staging(dest)
             bundle, refused = stage / dest.name.removesuffix(SUFFIX), False
@@ -151,6 +157,44 @@ def _archive(settings: Settings, engine: Engine, provider: str, month: str, out:
         first = "; ".join(f"{f.rule}: {f.message}" for f in report.errors[:3])
         raise PruneRefused(f"the bundle written to {path} does not verify ({first}); the evidence stays")
     return size, hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest(), keep
+
+
+def _earlier(settings: Settings, engine: Engine, provider: str, month: str, path: Path,
+             progress: Progress | None) -> tuple[int, str, frozenset[int]]:
+    """_archive's answer for a bundle already at ``path``: taken when it verifies and its checkpoint
+    is the log's as it is now (same size and root: the same heartbeats), else PruneRefused saying
+    why and what to do. Its signature may be an older key's (rotated since): the root is compared."""
+    from audit.archive import READ_ERRORS, ArchiveError, is_archive, member
+    from audit.verify import verify_bundle
+
+    with db.read_conn(engine) as conn:
+        if accounting.closed(conn, provider, month) is None:
+            raise PruneRefused(f"{provider} {month} is not closed: close it first (tr7-collector close)")
+        size = tlog.log_size(conn, provider, month)
+        ours = tlog.checkpoint(conn, settings, provider, month, size)
+        keep = kept(conn, provider, month)
+    aside = (f"move {path} aside (keep it: it is evidence of what was checkpointed when it was made) and "
+             "prune again")
+    report = verify_bundle(path, progress=progress)
+    try:
+        if not report.ok:
+            raise ValueError("it does not verify: " + "; ".join(f.rule for f in report.errors[:3]))
+        if is_archive(path):
+            with member(path, "checkpoint") as f:
+                theirs = f.read().decode("utf-8")
+            with member(path, "manifest.json") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+        else:
+            theirs = (path / "checkpoint").read_text("utf-8")
+            digest = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
+    except (*READ_ERRORS, ArchiveError, OSError, ValueError) as exc:
+        raise PruneRefused(f"{path} exists and is no archive of {provider} {month} ({exc}): {aside}") from exc
+    body, mine = theirs.split("\n\n", 1)[0].split("\n"), ours.split("\n\n", 1)[0].split("\n")
+    if body[:3] != mine[:3]:
+        made = body[1] if len(body) > 1 else "?"
+        raise PruneRefused(f"{path} is an archive of {provider} {month} at {made} heartbeats; the log now "
+                           f"holds {size} (heartbeats arrived after it was unpruned): {aside}")
+    return size, digest, keep
 
 
 COPY_TIMEOUT = 3600  # seconds a copy command may take: a month's archive to slow remote storage

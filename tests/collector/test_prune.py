@@ -487,3 +487,33 @@ def test_a_second_prune_of_the_same_month_is_refused_by_name(settings, tools, tm
     with pytest.raises(prune.PruneRefused, match=r"was pruned meanwhile by another run, into .*first"):
         db.write_tx(settings.engine, lambda c: prune._seal(c, "acme", SEP, r.size, str(tmp_path / "second"),
                                                            "0" * 64, 0, int(time.time())))
+
+
+def test_a_month_unpruned_is_pruned_again_into_its_own_archive(settings, tools, tmp_path) -> None:
+    """After `unprune`, the timer's next run refused to write over the month's archive, every run,
+    and stopped before every later month. The archive, when it holds the log as it is (same size
+    and root), is the month's archive again; when heartbeats came after the unprune, the run says
+    so and what to do. Found by an ops review."""
+    made = _month_with_a_fork(settings, tools)
+    every = tmp_path / "all"
+    timer = ("prune", "--keep-months", "0", "--out", str(every), "--compress", "--provider", "acme")
+    first = _cli(settings, *timer)
+    assert first.returncode == 0, first.stderr
+    archive = every / f"{SEP}.tar.gz"
+    original = archive.read_bytes()
+    unprune = ("unprune", "--provider", "acme", "--month", SEP, "--from", str(archive))
+    assert _cli(settings, *unprune).returncode == 0
+    again = _cli(settings, *timer)
+    assert again.returncode == 0, again.stderr
+    assert archive.read_bytes() == original  # the same file: neither rewritten nor removed
+    with db.read_conn(settings.engine) as c:
+        assert [x["archive"] for x in prune.listing(c)] == [str(archive)]
+        assert tlog.pruned(c, "acme", SEP) is not None
+    # unpruned again, and a late heartbeat of September comes: the archive no longer holds the log
+    assert _cli(settings, *unprune).returncode == 0
+    late = made["a"].beat(parse_time("2026-09-29T10:00:00Z"), {"TR7-0001": "running"})
+    assert [r["status"] for r in ingest_lines(settings.engine, [late])] == ["accepted"]
+    stale = _cli(settings, *timer)
+    assert stale.returncode == 1 and "Traceback" not in stale.stderr, stale.stderr
+    assert f"{archive} is an archive of acme {SEP} at 51 heartbeats; the log now holds 52" in stale.stderr
+    assert f"move {archive} aside" in stale.stderr and archive.read_bytes() == original
