@@ -80,16 +80,19 @@ def test_prune_unit_runs_a_valid_prune_of_every_provider(tmp_path: Path) -> None
     text = (UNITS / "tr7-collector-prune.service").read_text()
     env = dict(kv.split("=", 1) for kv in shlex.split(_setting(text, "Environment")))
     assert env == {"TR7_PRUNE_KEEP_MONTHS": "24", "TR7_PRUNE_ARCHIVE": "/var/lib/tr7-collector-archive",
-                   "TR7_PRUNE_COPY": ""}
+                   "TR7_PRUNE_COPY": "", "TR7_COLLECTOR_DATA_DIR": "/var/lib/tr7-collector"}
     env["TR7_PRUNE_ARCHIVE"] = str(tmp_path / "archive")
+    env["TR7_COLLECTOR_DATA_DIR"] = str(tmp_path / "data")  # as collector.env may set it
     argv = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], _setting(text, "ExecStart")))
     assert argv[0] == "/usr/bin/tr7-collector" and "--provider" not in argv
     assert "--compress" in argv  # an archive of .tar.gz files, ~1/40 of the bundles' directories
     argv = [str(Path(sys.executable).parent / "tr7-collector"), *argv[1:]]
-    argv[argv.index("--data-dir") + 1] = str(tmp_path / "data")
+    assert "--data-dir" not in argv  # from the environment, as the operator's shell commands
     out = subprocess.run(argv, capture_output=True, text=True, check=False,
-                         env={"PATH": "/usr/bin:/bin", "TR7_COLLECTOR_ENV_FILE": "/dev/null"})
+                         env={"PATH": "/usr/bin:/bin", "TR7_COLLECTOR_ENV_FILE": "/dev/null",
+                              "TR7_COLLECTOR_DATA_DIR": env["TR7_COLLECTOR_DATA_DIR"]})
     assert out.returncode == 0, out.stderr
+    assert (tmp_path / "data" / "collector.key").exists()
     assert "left to prune for any provider" in out.stdout
     # the archive is one of the unit's state directories: writable under ProtectSystem=strict
     assert "tr7-collector-archive" in _setting(text, "StateDirectory").split()
@@ -120,3 +123,18 @@ def test_agent_reload_checks_the_file_and_a_config_error_is_not_restarted(tmp_pa
     assert run(check, good) == 0 and run(check, bad) != 0
     start = shlex.split(_setting(text, "ExecStart"))
     assert run(start, bad) == int(_setting(text, "RestartPreventExitStatus"))
+
+
+def test_the_service_and_shell_commands_find_the_same_data_directory() -> None:
+    """Both collector units passed --data-dir /var/lib/tr7-collector, which wins over the
+    environment: a TR7_COLLECTOR_DATA_DIR set in collector.env moved the operator's commands (they
+    read that file) but not the service, and `apply` made a second collector there. Found by an ops
+    review. The default is the units' Environment=, which collector.env overrides (systemd.exec)."""
+    for unit in ("tr7-collector.service", "tr7-collector-prune.service"):
+        text = (UNITS / unit).read_text()
+        assert "--data-dir" not in _setting(text, "ExecStart"), unit
+        env = dict(kv.split("=", 1) for kv in shlex.split(_setting(text, "Environment")))
+        assert env["TR7_COLLECTOR_DATA_DIR"] == "/var/lib/tr7-collector", unit
+        assert _setting(text, "EnvironmentFile") == "-/etc/tr7-collector/collector.env", unit
+    documented = (REPO / "packaging" / "collector" / "collector.env").read_text()
+    assert "#TR7_COLLECTOR_DATA_DIR=/var/lib/tr7-collector" in documented
