@@ -12,7 +12,7 @@ from collector import beside, billcache, evidence, registry, tlog
 from collector import schema as s
 from collector.accounts.store import overlay, periods
 from collector.settings import Settings
-from protocol.timefmt import month_bounds, next_month, parse_month, previous_month
+from protocol.timefmt import format_time, month_bounds, next_month, parse_month, previous_month
 
 
 class AccountingError(Exception):
@@ -242,7 +242,10 @@ def close(
     from billing import with_adjustments
 
     now = int(time.time()) if now is None else now
-    if month_bounds(month)[1] > now and not force:
+    start, end = month_bounds(month)
+    if start > now:  # --force is for the month under way; a close is never undone (a typo'd year)
+        raise AccountingError(f"{month} has not begun: nothing to close")
+    if end > now and not force:
         raise AccountingError(f"{month} has not ended yet (use --force to close it anyway)")
     if closed(conn, provider, month) is not None:
         raise AccountingError(f"{month} is already closed for {provider}")
@@ -257,6 +260,8 @@ def close(
     size = tlog.lock_log(conn, provider, month)
     usage, own = own_result(conn, provider, month, now)
     adjs = adjustments_for(conn, provider, month)
+    if not adjs:  # the first open month after closed ones carries their adjustments: no typo
+        _refuse_before_the_catalog(provider, month, end, size, doc)
     billed = _plain(with_adjustments(own, [a for _m, _c, a in adjs])) if adjs else own
     note = tlog.checkpoint(conn, settings, provider, month, size)
     conn.execute(
@@ -280,6 +285,20 @@ def close(
         # they saw, so amend's check over it is never looser (see _set_baseline)
         _set_baseline(conn, provider, m, current, now, tlog.log_size(conn, provider, m))
     return Closed(month, size, note, cid, usage, own, billed)
+
+
+def _refuse_before_the_catalog(provider: str, month: str, end: int, size: int, doc: dict[str, Any]) -> None:
+    """A month that ended before the catalog's first license or platform license began, with no
+    heartbeat, is a typo (1999-01): closed, it froze a 0.00 invoice for good, and a close is never
+    undone. A month the catalog may bill, or one holding evidence, is closed as asked."""
+    from billing import load_catalog
+
+    cat = load_catalog(doc)  # the month's catalog, valid: it was applied
+    starts = [x.start for x in cat.licenses] + [x.valid_from for x in cat.platform_licenses]
+    if starts and size == 0 and end <= min(starts):
+        raise AccountingError(f"{month} ended before {provider}'s first license begins "
+                              f"({format_time(min(starts))}) and holds no heartbeat: nothing to close "
+                              "(a close cannot be undone)")
 
 
 def _set_baseline(

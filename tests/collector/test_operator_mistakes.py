@@ -6,6 +6,7 @@ archived and left the archive in the way; bad TR7_* values and damaged key, orig
 files crashed the tools; a PDF font that is no font crashed the invoice.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -201,3 +202,26 @@ def test_a_database_the_service_cannot_write_is_refused_at_start(tmp_path: Path)
                          capture_output=True, text=True, check=False, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert "unable to open database file" in out.stderr and f"{db}: the collector's user" in out.stderr
+
+
+def test_a_close_of_a_month_not_begun_or_before_the_catalog_is_refused(tmp_path: Path, tools) -> None:
+    """`close --month 2027-12 --force` (a typo'd year) and `close --month 1999-01` froze 0.00
+    invoices for good: a close cannot be undone, and the month's real usage would later come as
+    adjustment lines. Found by an ops review."""
+    import time
+
+    from protocol.timefmt import month_of, next_month, previous_month
+
+    data = str(tmp_path / "d")
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(tools.catalog()))  # its licenses begin in 2026
+    applied = _cli("apply", "--data-dir", data, str(catalog))
+    assert applied.returncode == 0, applied.stderr
+    ahead = next_month(next_month(month_of(int(time.time()))))
+    out = _cli("close", "--data-dir", data, "--provider", "acme", "--month", ahead, "--force")
+    assert out.returncode == 1 and f"{ahead} has not begun: nothing to close" in out.stderr, out.stderr
+    out = _cli("close", "--data-dir", data, "--provider", "acme", "--month", "1999-01")
+    assert out.returncode == 1 and "ended before acme's first license begins" in out.stderr, out.stderr
+    last = previous_month(month_of(int(time.time())))  # one the catalog may bill: closed as asked
+    out = _cli("close", "--data-dir", data, "--provider", "acme", "--month", last)
+    assert out.returncode == 0, out.stderr
