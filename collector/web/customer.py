@@ -42,7 +42,7 @@ def customer_page(
         res = data.results(c, provider, month)
         stale = data.results_stale(c, provider, month)  # its estimate beside fresher heatmaps
         cu = known_customer(accounting.customer_names(doc, data.catalog(c, provider)), customer,
-                       res[1]["totals"] if res else ())
+                            res[1]["totals"] if res else ())
         lics = [x for x in doc.get("licenses", []) if x["customer"] == customer]
         insts = sorted({x["instance"] for x in lics})
         # Heatmaps for the first instances only: a month is 744 cells each (instance pages have all).
