@@ -119,7 +119,7 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: SetupLock
     endpoint a poll ran ~5x its timeout and the agent only said "previous poll still running".
     A step that is late raises UnreachableError; its thread ends by the SDK's own timeouts, and
     ``lock`` keeps the next poll's set-up from running beside it (an SDK session is not
-    thread-safe). ``abandoned`` is given, in that thread and still under ``lock``, what a step
+    thread-safe). ``abandoned`` is given, in that thread once ``lock`` is free, what a step
     returned after its poll gave up on it: a server-side session nobody will use, to end."""
     if lock.locked():
         # The previous poll's step still has no answer (a frozen endpoint): one thread waits on it,
@@ -144,9 +144,11 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: SetupLock
                 failed = None
                 with handover:
                     claimed = not gave_up
-                if not claimed and abandoned is not None:
-                    with contextlib.suppress(Exception):  # best effort: the server ends it later anyway
-                        abandoned(result)
+        if failed is None and not claimed and abandoned is not None:
+            # after the lock is free: ending a session nobody uses may be as slow as opening it was,
+            # and the next poll's sign-in must not wait on it (the late session is no one else's)
+            with contextlib.suppress(Exception):  # best effort: the server ends it later anyway
+                abandoned(result)
         # after the lock is free: the next step of the same poll may take it at once
         if failed is None:
             answer.set_result(result)

@@ -105,7 +105,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         engine = settings.open(highwater=False)
         lost = db.write_tx(engine, lambda c: highwater.accept(engine, settings.data_dir, c))
-        if not lost:
+        if lost is None:
+            print("accepted; the high-water mark could not be read, so what this database lacks is "
+                  "unknown: compare it with your latest backup's backup.json, and tell the auditors of "
+                  "any month it lacks heartbeats of that checkpoints signed before describe other trees")
+        elif not lost:
             print("the database holds every log as far as this data directory has seen: nothing lost")
         else:
             print(f"accepted; behind what was seen: {highwater.describe(lost)}. Tell the auditors of these "
@@ -261,7 +265,7 @@ def backup(settings: Settings, out: Path) -> list[str]:
     engine = settings.open(migrate=False)
     try:
         return _write_backup(settings, engine, out)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, sa.exc.SQLAlchemyError) as exc:
         # A full disk left a traceback and a directory holding the key and half a database but no
         # backup.json, which the next attempt refused as "not empty": a partial backup is none.
         for name in (*BACKUP_FILES, "collector.db-journal"):
@@ -270,7 +274,8 @@ def backup(settings: Settings, out: Path) -> list[str]:
         if made:
             with contextlib.suppress(OSError):
                 out.rmdir()
-        reason = getattr(exc, "strerror", None) or str(exc)
+        cause = getattr(exc, "orig", None) or exc
+        reason = getattr(exc, "strerror", None) or str(cause).strip().split("\n")[0]
         raise SetupError(f"backup into {out} failed: {reason}; nothing of it is kept there") from exc
 
 

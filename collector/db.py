@@ -18,6 +18,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
+from collector.lockfile import open_lock
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -158,17 +160,16 @@ class _WriterGate:
         # Read-only is enough for flock, and mode 0644 lets the service and an operator's command
         # run as another user share it; made by root, it goes to the database's owner, as SQLite
         # does with its -wal and -shm files.
+        owner = None
+        with contextlib.suppress(OSError):
+            st = os.stat(self._path.removesuffix(".write.lock"))
+            owner = (st.st_uid, st.st_gid)
         try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o644)
+            return open_lock(self._path, owner)
         except OSError as exc:
             log.warning("event=writer_gate_unavailable path=%s error=%r: writers wait in SQLite's "
                         "busy handler instead", self._path, exc)
             return -1
-        with contextlib.suppress(OSError):
-            if os.geteuid() == 0:
-                st = os.stat(self._path.removesuffix(".write.lock"))
-                os.fchown(fd, st.st_uid, st.st_gid)
-        return fd
 
 
 _GATES: dict[str, _WriterGate] = {}

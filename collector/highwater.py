@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from collector import schema as s
+from collector.lockfile import open_lock
 from protocol.keys import replace_file
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class _Mark:
         if pending:
             try:
                 self.write(pending, replace=False)
-            except OSError as exc:
+            except (OSError, Unreadable) as exc:
                 # A command run by a user who may read but not write the data directory: the mark
                 # stays where the service (which owns it) put it; nothing of the command fails.
                 if not self.warned:
@@ -116,18 +117,16 @@ class _Mark:
         whole and synced (a power cut left an empty file, read as no marks at all), owned by the data
         directory's owner when root writes it."""
         owner = owner_for(self.path.parent)
-        # Read-only is enough for flock: the service opens it whoever made it (mode 0644), as
-        # collector/db.py's writer gate. It was opened for writing, and one root had made was
+        # Read-only (collector/lockfile.py): it was opened for writing, and one root had made was
         # refused to the service for good.
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDONLY | os.O_CREAT, 0o644)
-        with open(fd, closefd=True) as lock:
-            if owner is not None:
-                os.fchown(fd, *owner)
+        with open(open_lock(self.path.with_suffix(".lock"), owner), closefd=True) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 doc = _read(self.path.parent)
             except Unreadable:
-                doc = {}  # damaged: rewritten whole (an unreadable one fails the write below)
+                if not replace:  # kept for the next start to refuse: overwritten, it hid a restore
+                    raise
+                doc = {}  # `accept-restore`: the operator's way past a damaged file
             mine = {} if replace else dict(doc.get(self.db_id, {}))
             for k, v in sizes.items():
                 mine[k] = max(int(mine.get(k, 0)), v)
@@ -230,26 +229,27 @@ def observe(engine: Engine) -> None:
     mark.flush()
 
 
-def accept(engine: Engine, data_dir: Path, conn: Connection) -> dict[str, tuple[int, int]]:
-    """Take the database's sizes as the marks (an operator accepting a restore): what was lost. Also
-    the way past a damaged marks file (it is rewritten; nothing can be said of what was lost)."""
+def accept(engine: Engine, data_dir: Path, conn: Connection) -> dict[str, tuple[int, int]] | None:
+    """Take the database's sizes as the marks (an operator accepting a restore): what was lost, or
+    None when the marks could not be read (the way past a damaged file: rewritten, but what the
+    database lacks is unknown, and "nothing lost" would have been a guess)."""
     try:
-        doc = _read(data_dir)
+        doc: dict[str, Any] | None = _read(data_dir)
     except Unreadable:
-        doc = {}
-    marks = _marks_in(doc, database_id(conn, create=False))
+        doc = None
+    marks = _marks_in(doc or {}, database_id(conn, create=False))
     db_id = database_id(conn, create=True)
     assert db_id is not None
     now = _sizes(conn)
     lost = _behind(marks, now)
     _Mark(data_dir, db_id).write(now, replace=True)
-    return lost
+    return None if doc is None else lost
 
 
 @atexit.register
 def _flush_all() -> None:
     for mark in list(_marks.values()):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, Unreadable):
             mark.flush()
 
 

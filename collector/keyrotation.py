@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 
 from collector import db
 from collector import schema as s
+from collector.lockfile import open_lock
 from collector.settings import IDENTITY, IDENTITY_ROW, Settings, SetupError
 from protocol.keyhandover import sign_handover
 from protocol.keys import AgentKey, create_file_once, load_private_key, save_private_key
@@ -107,17 +108,18 @@ def _owned_like(path: Path, model: Path) -> None:
     packaged service runs as its own user, and a root-owned 0600 collector.key stopped it."""
     if os.geteuid() == 0:
         st = (model if model.exists() else model.parent).stat()  # a key lost: its data directory
-        os.chown(path, st.st_uid, st.st_gid)
+        # never through a link the service's user may have put there since (collector/lockfile.py)
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
 
 
 @contextmanager
 def _locked(data_dir: Path) -> Iterator[None]:
     """One rotation at a time in a data directory (the database's row lock covers other hosts).
     Read-only is enough for flock, so the service's user and root can share the file."""
-    path = data_dir / "collector.key.lock"
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    model = data_dir / "collector.key"
+    st = (model if model.exists() else data_dir).stat()
+    fd = open_lock(data_dir / "collector.key.lock", (st.st_uid, st.st_gid))
     try:
-        _owned_like(path, data_dir / "collector.key")
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

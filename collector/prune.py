@@ -73,9 +73,10 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
         if not out.is_absolute():
             out = out.absolute()  # recorded: the operator's later reading must not depend on a cwd
         earlier = archive_path(out) if compress else out
-        if earlier.exists() and (not earlier.is_dir() or any(earlier.iterdir())):
+        reused = earlier.exists() and (not earlier.is_dir() or any(earlier.iterdir()))
+        if reused:
             # the archive of an earlier prune (the month unpruned since): the timer's run refused to
-            # write over it every time, and stopped before every later month
+            # write over it every time, and stopped before every later month. Never removed below.
             size, digest, keep = _earlier(settings, engine, provider, month, earlier, progress)
             out = earlier
         elif compress:
@@ -96,11 +97,14 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
         else:
             size, digest, keep = _archive(settings, engine, provider, month, out, progress)
         if copy_with:
-            _copy(copy_with, out, provider, month)
+            _copy(copy_with, out, provider, month, earlier=reused)
         n = len(keep)
         try:
             done = db.write_tx(engine, lambda c: _seal(c, provider, month, size, str(out), digest, n, now))
         except _LogGrew as exc:
+            if reused:
+                raise PruneRefused(f"{exc}; the earlier archive {out} is kept (it holds the log as it was "
+                                   "before them)") from None
             # A bundle that lacks lines is no archive of the month: kept at the timer's fixed path
             # (DIR/PROVIDER/YYYY-MM.tar.gz), it made every later run refuse to write over it, and
             # an operator could take it for the month's archive. What this run wrote goes (the
@@ -200,7 +204,7 @@ def _earlier(settings: Settings, engine: Engine, provider: str, month: str, path
 COPY_TIMEOUT = 3600  # seconds a copy command may take: a month's archive to slow remote storage
 
 
-def _copy(command: str, archive: Path, provider: str, month: str) -> None:
+def _copy(command: str, archive: Path, provider: str, month: str, earlier: bool = False) -> None:
     """Run the operator's copy command on the archive just verified (`prune --copy-with`), split
     like a shell line but run without a shell, {archive}, {provider} and {month} replaced in its
     words (plain replacement: other braces, as in a jq filter, stay). Its output goes where this
@@ -226,6 +230,9 @@ def _copy(command: str, archive: Path, provider: str, month: str) -> None:
         why = f"could not be run ({exc})"
     if why is None:
         return
+    if earlier:  # not this run's to remove: an earlier prune's archive, evidence of its own
+        raise PruneRefused(f"{provider} {month}: the copy command ({words[0]}) {why}; nothing was dropped "
+                           f"and the earlier archive {archive} is kept: prune again once the copy works")
     if archive.is_dir():
         shutil.rmtree(archive, ignore_errors=True)
     else:

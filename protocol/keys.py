@@ -107,13 +107,10 @@ def replace_file(data: bytes, path: Path, owner: tuple[int, int] | None = None) 
     """Put ``data`` at ``path`` whole (mode 0600), through a new file of this process's own:
     never written through a link someone planted at ``path`` or beside it. ``owner``: (uid, gid)
     the file gets before it appears (root writing a file a service must read and write again)."""
-    tmp = _written(data, path)
-    if owner is not None:
-        os.chown(tmp, *owner)
-    os.replace(tmp, path)
+    os.replace(_written(data, path, owner), path)
 
 
-def _written(data: bytes, path: Path) -> Path:
+def _written(data: bytes, path: Path, owner: tuple[int, int] | None = None) -> Path:
     """``data`` in a new 0600 file beside ``path``, synced: a name of this process's own (several
     processes starting together on one data directory each wrote and renamed one shared temp
     file, and one of them crashed), created exclusively, never through a planted symlink."""
@@ -121,6 +118,8 @@ def _written(data: bytes, path: Path) -> Path:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
+        if owner is not None:  # through the descriptor: the name may be another file by now
+            os.fchown(fd, *owner)
         os.write(fd, data)
         os.fsync(fd)
     finally:

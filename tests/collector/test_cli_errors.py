@@ -482,6 +482,7 @@ def test_a_damaged_or_unreadable_mark_is_refused_not_taken_for_no_marks(tmp_path
     assert "highwater.json is damaged" in refused.stderr and "accept-restore" in refused.stderr
     accepted = _cli("accept-restore", "--data-dir", str(data))  # the way past it, said in the message
     assert accepted.returncode == 0, accepted.stderr
+    assert "could not be read, so what this database lacks is unknown" in accepted.stdout
     assert _cli("agent", "list", "--data-dir", str(data)).returncode == 0
     assert f'"acme/{month}": 20' in marks.read_text()
     if os.geteuid() == 0:  # root reads anything: hold this process to the file's mode instead

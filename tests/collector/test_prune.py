@@ -509,6 +509,15 @@ def test_a_month_unpruned_is_pruned_again_into_its_own_archive(settings, tools, 
     with db.read_conn(settings.engine) as c:
         assert [x["archive"] for x in prune.listing(c)] == [str(archive)]
         assert tlog.pruned(c, "acme", SEP) is not None
+    # a copy that fails on the earlier archive drops nothing and keeps the archive (not this run's)
+    assert _cli(settings, *unprune).returncode == 0
+    failing = f"{sys.executable} -c 'import sys; sys.exit(3)' {{archive}}"
+    bad = _cli(settings, *timer, "--copy-with", failing)
+    assert bad.returncode == 1 and f"the earlier archive {archive} is kept" in bad.stderr, bad.stderr
+    assert archive.read_bytes() == original
+    with db.read_conn(settings.engine) as c:
+        assert tlog.pruned(c, "acme", SEP) is None  # nothing sealed nor dropped
+    assert _cli(settings, *timer).returncode == 0
     # unpruned again, and a late heartbeat of September comes: the archive no longer holds the log
     assert _cli(settings, *unprune).returncode == 0
     late = made["a"].beat(parse_time("2026-09-29T10:00:00Z"), {"TR7-0001": "running"})

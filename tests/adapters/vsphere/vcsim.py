@@ -121,10 +121,10 @@ def disconnect(si: Any) -> None:
 class DripProxy:
     """A TCP proxy in front of vcsim that, once a request naming ``trigger`` has gone through,
     sends the answers on a byte every ``pause`` seconds: a vCenter answering slowly but steadily.
-    With ``hold``, the answer to that request is held back ``hold`` seconds, then sent whole."""
+    With ``hold`` (an Event), the answer to that request is held back until it is set, then sent whole."""
 
     def __init__(self, upstream_url: str, pause: float = 0.05, trigger: bytes = b"RetrievePropertiesEx",
-                 hold: float = 0.0) -> None:
+                 hold: threading.Event | None = None) -> None:
         host, port = upstream_url.split("://")[1].split("/")[0].rsplit(":", 1)
         self.upstream, self.pause, self.trigger, self.hold = (host, int(port)), pause, trigger, hold
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -147,8 +147,8 @@ class DripProxy:
             while data := src.recv(65536):
                 if requests and self.trigger in data:
                     dripping["on"] = True
-                if not requests and dripping["on"] and self.hold:
-                    time.sleep(self.hold)
+                if not requests and dripping["on"] and self.hold is not None:
+                    self.hold.wait(120)
                     dripping["on"] = False
                     dst.sendall(data)
                 elif not requests and dripping["on"]:
