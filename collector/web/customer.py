@@ -76,7 +76,8 @@ def customer_page(
             .all()
         )
         inv = res[1] if res else None
-        late = data.late_hours(c, provider, month, customer, inv) if inv and month in closed else 0
+        late, since = (data.late_hours(c, provider, month, customer, inv) if inv and month in closed
+                       else (0, 0))
     bmax = data.bridge_max(doc)
     m0, m1 = month_bounds(month)
     n_days = (m1 - m0) // data.DAY
@@ -113,6 +114,7 @@ def customer_page(
         downgraded_periods=periods,
         # the chart is the evidence now; a closed invoice billed what had come by its close
         late_hours=late,
+        invoiced_since=since,  # late hours later closes' adjustment lines invoiced already
         adjusted_on=accounting.first_open_after(month, set(closed)) if late else None,
         lines=[x for x in inv["lines"] if x["customer"] == customer] if inv else [],
         device_days=[x for x in inv["device_days"] if x["customer"] == customer] if inv else [],

@@ -1,6 +1,7 @@
 """What the pages show, read from the collector's tables; billing results cached (stale-while-revalidate)."""
 
 import functools
+import json
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
@@ -56,10 +57,14 @@ def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any]
     return cached(conn, ("results", db_id(conn), provider, month), (), compute)
 
 
-def late_hours(conn: Connection, provider: str, month: str, customer: str, billed: dict[str, Any]) -> Decimal:
-    """A closed month's hours of ``customer`` that its evidence holds now beyond what its invoice
-    billed at close (late heartbeats: adjustment lines of the first open month), or below it
-    (negative: heartbeats quarantined since); 0 when they agree or the month cannot be priced."""
+def late_hours(conn: Connection, provider: str, month: str, customer: str,
+               billed: dict[str, Any]) -> tuple[Decimal, Decimal]:
+    """A closed month's hours of ``customer`` beyond what its invoice billed at close (late
+    heartbeats; negative: heartbeats quarantined since), as (not invoiced yet: the next open month's
+    adjustment lines bill them, invoiced since: the adjustment lines of later closes did). Counted
+    against the frozen invoice alone, hours a later close had invoiced were shown as still to come,
+    and an MSP adding them by hand billed them twice (a review). (0, 0) when the month cannot be
+    priced."""
 
     def hours(inv: dict[str, Any]) -> Decimal:
         return sum((Decimal(x["quantity"]) for x in inv["lines"]
@@ -68,8 +73,11 @@ def late_hours(conn: Connection, provider: str, month: str, customer: str, bille
     try:
         current = accounting.own_result(conn, provider, month)[1]
     except (accounting.AccountingError, PricingError):
-        return Decimal(0)
-    return hours(current) - hours(billed)
+        return Decimal(0), Decimal(0)
+    base = conn.execute(sa.select(s.baselines.c.invoice).where(
+        s.baselines.c.provider == provider, s.baselines.c.month == month)).scalar()
+    invoiced = hours(json.loads(base)) if base is not None else hours(billed)
+    return hours(current) - invoiced, invoiced - hours(billed)
 
 
 def catalog(conn: Connection, provider: str) -> dict[str, Any]:

@@ -162,3 +162,19 @@ def test_a_closed_months_customer_page_says_which_hours_its_invoice_did_not_bill
     adjusted = sum(float(x["quantity"]) for x in nov["lines"] if x.get("adjusts") == OCT)
     assert adjusted == 5  # what the note says is what November bills
     assert 'id="late-hours"' not in client.get("/ui/p/acme/customers/c1?month=2026-11").text
+    # November closed (its invoice bills those 5), then 3 more late October hours: the note said 8
+    # were still to come on December's invoice, which adjusts 3 (an MSP adding 5 by hand billed them
+    # twice). Found by an MSP review.
+    db.write_tx(world.engine, lambda c: accounting.close(c, world, "acme", "2026-11",
+                                                         now=parse_time("2026-12-02T00:00:00Z")))
+    more = [late.beat(t + h * 3600 + 60, {"TR7-0001": "running"}) for h in range(5, 8)]
+    assert {r["status"] for r in ingest_lines(world.engine, more)} == {"accepted"}
+    html = client.get(f"/ui/p/acme/customers/c1?month={OCT}").text
+    note = re.search(r'<p class="note" id="late-hours">(.*?)</p>', html, re.S).group(1)
+    assert note.startswith("3 of these hours came after 2026-10 was closed and are not invoiced yet")
+    assert "the adjustment lines of 2026-12 do" in note
+    since = re.search(r'<p class="note" id="late-invoiced">(.*?)</p>', html, re.S).group(1)
+    assert since.startswith("5 more hours came after 2026-10 was closed and were invoiced already")
+    with db.read_conn(world.engine) as c:
+        dec = accounting.invoice(c, "acme", "2026-12")
+    assert sum(float(x["quantity"]) for x in dec["lines"] if x.get("adjusts") == OCT) == 3
