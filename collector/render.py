@@ -257,6 +257,8 @@ def pdf_bytes(
                 "",
                 "",
                 r["pack"],
+                # an adjustment row holds differences: "5 d = 0" read as wrong arithmetic (a review)
+                f"{r['device_days']:+d} d, {r['months']:+d}" if r.get("adjusts") else
                 f"{r['device_days']} d = {r['months']}",
                 "months",
                 r["price"],

@@ -85,3 +85,19 @@ def test_a_long_customer_name_on_the_summary_stays_clear_of_its_amount(monkeypat
     pdf.set_font(family, "", size)
     assert x + pdf.get_string_width(name) <= amount[0]  # the name ends before the amount begins
     assert size < 11 and "(c2)" in name  # shrunk to fit, the id kept
+
+
+def test_a_device_day_adjustment_row_reads_as_a_change_not_as_arithmetic() -> None:
+    """An adjustment row holds differences (billing-v1.md §6): "5 d = 0 months" read as wrong
+    arithmetic beside the regular rows' "5 d = 1". Found by an MSP review."""
+    from tests._pdf import pdf_text
+
+    inv = _invoice(1)
+    inv["device_days"] = [
+        {"customer": "c1", "pack": "pro", "device_days": 40, "months": 2, "price": "12.00",
+         "amount": "24.00"},
+        {"customer": "c1", "pack": "pro", "device_days": 5, "months": 0, "price": "12.00", "amount": "0.00",
+         "adjusts": "2026-09"},
+    ]
+    text = pdf_text(render.pdf_bytes(inv, {"c1": "One"}, None, estimate=False))
+    assert "40 d = 2 months" in text and "+5 d, +0 months" in text and "5 d = 0" not in text
