@@ -20,6 +20,7 @@ from protocol.heartbeat import b64url_decode, parse_unverified
 from protocol.timefmt import format_time, month_of, parse_time
 
 router = APIRouter(prefix="/ui")
+PICKER_HOURS = 48  # hours the evidence picker lists, the latest; the heatmap reaches every other
 L = s.leaves.c
 
 
@@ -94,7 +95,8 @@ def instance_page(
         licenses=lics,
         declared=caps,
         vms=[{"vm": v, "days": len(ds), "first": ds[0], "last": ds[-1]} for v, ds in sorted(vms.items())],
-        hours=[format_time(h) for h in seen_hours[-48:]],
+        hours=[format_time(h) for h in seen_hours[-PICKER_HOURS:]],
+        hours_hidden=max(0, len(seen_hours) - PICKER_HOURS),  # said on the page (a review)
         pick=format_time(seen_hours[-1]) if seen_hours else None,
     )
 

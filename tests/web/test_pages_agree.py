@@ -178,3 +178,18 @@ def test_a_closed_months_customer_page_says_which_hours_its_invoice_did_not_bill
     with db.read_conn(world.engine) as c:
         dec = accounting.invoice(c, "acme", "2026-12")
     assert sum(float(x["quantity"]) for x in dec["lines"] if x.get("adjusts") == OCT) == 3
+
+
+def test_the_instance_page_says_its_evidence_picker_lists_the_latest_hours_only(
+    client: TestClient, world: Any, tools: Any  # noqa: F811
+) -> None:
+    """The picker offered the last 48 hours seen and did not say so, and a capacity without vservices
+    read "100 Mbps  vs" where the invoice line beside it says "0 vs". Found by an MSP review."""
+    doc = tools.catalog()
+    doc["licenses"][0]["capacity"][0].pop("vservices", None)
+    tools.apply(world, doc, retroactive=True)
+    login(client, "ann")
+    html = client.get(f"/ui/p/acme/instances/TR7-0001?month={OCT}").text
+    hidden = re.search(r'<span class="note" id="hours-hidden">(.*?)</span>', html, re.S).group(1)
+    assert hidden == "the latest 48 hours seen; 24 earlier ones: click their cell in the map above"  # 72 seen
+    assert " Mbps  vs" not in html and " Mbps 0 vs" in html
