@@ -76,8 +76,9 @@ def customer_page(
             .all()
         )
         inv = res[1] if res else None
-        late, since = (data.late_hours(c, provider, month, customer, inv) if inv and month in closed
-                       else (0, 0))
+        zero = (0, 0)
+        (late, since), (late_days, days_since) = (data.late(c, provider, month, customer, inv)
+                                                  if inv and month in closed else (zero, zero))
     bmax = data.bridge_max(doc)
     m0, m1 = month_bounds(month)
     n_days = (m1 - m0) // data.DAY
@@ -115,7 +116,9 @@ def customer_page(
         # the chart is the evidence now; a closed invoice billed what had come by its close
         late_hours=late,
         invoiced_since=since,  # late hours later closes' adjustment lines invoiced already
-        adjusted_on=accounting.first_open_after(month, set(closed)) if late else None,
+        late_days=late_days,
+        days_since=days_since,
+        adjusted_on=accounting.first_open_after(month, set(closed)) if late or late_days else None,
         lines=[x for x in inv["lines"] if x["customer"] == customer] if inv else [],
         device_days=[x for x in inv["device_days"] if x["customer"] == customer] if inv else [],
         estimate=(inv["totals"].get(customer, "0.00") if inv else None),

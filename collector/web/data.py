@@ -57,27 +57,36 @@ def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any]
     return cached(conn, ("results", db_id(conn), provider, month), (), compute)
 
 
-def late_hours(conn: Connection, provider: str, month: str, customer: str,
-               billed: dict[str, Any]) -> tuple[Decimal, Decimal]:
-    """A closed month's hours of ``customer`` beyond what its invoice billed at close (late
-    heartbeats; negative: heartbeats quarantined since), as (not invoiced yet: the next open month's
-    adjustment lines bill them, invoiced since: the adjustment lines of later closes did). Counted
-    against the frozen invoice alone, hours a later close had invoiced were shown as still to come,
-    and an MSP adding them by hand billed them twice (a review). (0, 0) when the month cannot be
-    priced."""
+Late = tuple[Decimal, Decimal]  # (not invoiced yet, invoiced since the close)
+
+
+def late(conn: Connection, provider: str, month: str, customer: str,
+         billed: dict[str, Any]) -> tuple[Late, Late]:
+    """A closed month's hours and device-days of ``customer`` beyond what its invoice billed at close
+    (late heartbeats; negative: heartbeats quarantined since), each as (not invoiced yet: the next
+    open month's adjustment lines bill them, invoiced since: the adjustment lines of later closes
+    did). Counted against the frozen invoice alone, hours a later close had invoiced were shown as
+    still to come, and an MSP adding them by hand billed them twice; device-days were said on no
+    page (a review). Zeros when the month cannot be priced."""
 
     def hours(inv: dict[str, Any]) -> Decimal:
         return sum((Decimal(x["quantity"]) for x in inv["lines"]
                     if x["customer"] == customer and not x.get("adjusts")), Decimal(0))
 
+    def days(inv: dict[str, Any]) -> Decimal:
+        return sum((Decimal(x["device_days"]) for x in inv["device_days"]
+                    if x["customer"] == customer and not x.get("adjusts")), Decimal(0))
+
+    zero = (Decimal(0), Decimal(0))
     try:
         current = accounting.own_result(conn, provider, month)[1]
     except (accounting.AccountingError, PricingError):
-        return Decimal(0), Decimal(0)
+        return zero, zero
     base = conn.execute(sa.select(s.baselines.c.invoice).where(
         s.baselines.c.provider == provider, s.baselines.c.month == month)).scalar()
-    invoiced = hours(json.loads(base)) if base is not None else hours(billed)
-    return hours(current) - invoiced, invoiced - hours(billed)
+    invoiced = json.loads(base) if base is not None else billed
+    return ((hours(current) - hours(invoiced), hours(invoiced) - hours(billed)),
+            (days(current) - days(invoiced), days(invoiced) - days(billed)))
 
 
 def catalog(conn: Connection, provider: str) -> dict[str, Any]:

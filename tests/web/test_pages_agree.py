@@ -193,3 +193,34 @@ def test_the_instance_page_says_its_evidence_picker_lists_the_latest_hours_only(
     hidden = re.search(r'<span class="note" id="hours-hidden">(.*?)</span>', html, re.S).group(1)
     assert hidden == "the latest 48 hours seen; 24 earlier ones: click their cell in the map above"  # 72 seen
     assert " Mbps  vs" not in html and " Mbps 0 vs" in html
+
+
+def test_a_closed_months_customer_page_says_its_late_device_days(
+    client: TestClient, world: Any, tools: Any  # noqa: F811
+) -> None:
+    """Device-days that late heartbeats added to a closed month were said on no page, and their
+    adjustment row on the next invoice read "5 device-days = 0 months". Found by an MSP review."""
+    doc = tools.catalog()
+    doc["licenses"].append({"id": "DD-1", "customer": "c1", "instance": "TR7-0002", "model": "payg",
+                            "unit": "device_day", "pack": "pro", "day_counts": "active",
+                            "start": "2026-10-01T00:00:00Z", "end": None, "capacity": []})
+    doc["rates"]["monthly"] = [{"pack": "pro", "price": "12.00"}]
+    tools.apply(world, doc, retroactive=True)
+    dev = tools.Agent("dev")
+    tools.enrol(world, "acme", dev, parse_time("2026-09-01T00:00:00Z"))
+    day = 86400
+    t = parse_time("2026-10-01T00:00:00Z")
+    early = [dev.beat(t + d * day + 60, {"TR7-0002": "running"}) for d in range(3)]
+    assert {r["status"] for r in ingest_lines(world.engine, early)} == {"accepted"}
+    db.write_tx(world.engine, lambda c: accounting.close(c, world, "acme", OCT,
+                                                         now=parse_time("2026-11-02T00:00:00Z")))
+    late = [dev.beat(t + d * day + 60, {"TR7-0002": "running"}) for d in range(10, 15)]
+    assert {r["status"] for r in ingest_lines(world.engine, late)} == {"accepted"}
+    login(client, "ann")
+    html = client.get(f"/ui/p/acme/customers/c1?month={OCT}").text
+    note = re.search(r'<p class="note" id="late-device-days">(.*?)</p>', html, re.S).group(1)
+    assert note == (f"+5 device-days since {OCT} was closed, not invoiced yet: the device-day rows marked "
+                    f"{OCT} on 2026-11 adjust them.")
+    nov = client.get("/ui/p/acme/customers/c1?month=2026-11").text
+    assert f"+5 device-days, +0 months since {OCT} was invoiced" in nov
+    assert "5 device-days = 0 months" not in nov
