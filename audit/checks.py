@@ -1,5 +1,6 @@
 """The verifier's individual checks: findings, agents, chains, billing recomputation."""
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat
 from protocol.keys import kid_of, load_public_key_b64, raw_public
 from protocol.strictjson import loads_strict
-from protocol.timefmt import parse_rfc3339, rfc3339_instant
+from protocol.timefmt import rfc3339_instant
 
 Add = Callable[..., None]
 
@@ -110,11 +111,12 @@ def load_agents(add: Add, rows: Any) -> dict[str, AgentInfo]:
                 raise ProtocolError("agents.duplicate", "kid listed twice")
             # Any RFC 3339 time (§6 fixes no form, unlike a heartbeat's `time`): the window is
             # taken in whole seconds inside it, as a heartbeat's time is one
-            enrolled = parse_rfc3339(row["enrolled_at"], "agents.format", round_up=True)
-            revoked = None if row["revoked_at"] is None else parse_rfc3339(row["revoked_at"], "agents.format")
-            if revoked is not None and (rfc3339_instant(row["revoked_at"], "agents.format")
-                                        <= rfc3339_instant(row["enrolled_at"], "agents.format")):
+            # (each parsed once: the window's start rounds up, its end down, and the order is exact)
+            start = rfc3339_instant(row["enrolled_at"], "agents.format")
+            end = None if row["revoked_at"] is None else rfc3339_instant(row["revoked_at"], "agents.format")
+            if end is not None and end <= start:
                 raise ProtocolError("agents.format", "revoked_at is not after enrolled_at")
+            enrolled, revoked = math.ceil(start), None if end is None else math.floor(end)
             if not isinstance(row["name"], str):
                 raise ProtocolError("agents.format", "name must be a string")
             out[kid] = AgentInfo(row["public_key"], row["name"], enrolled, revoked)
