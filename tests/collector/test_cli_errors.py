@@ -168,9 +168,8 @@ def test_a_database_of_a_newer_release_is_refused_in_one_line(tmp_path: Path) ->
     assert "revision '0099_future', which this tr7-collector does not know" in out.stderr
 
 
-def test_an_older_backup_restored_under_the_data_dir_is_refused_until_accepted(tmp_path: Path, tools) -> None:
-    """Heartbeats accepted after the backup would be lost and their leaf indexes signed again with
-    other content: the data directory remembers how far each log went."""
+def _older_backup_restored(tmp_path: Path, tools) -> tuple[Path, str]:
+    """A data dir whose database was put back to a backup 20 heartbeats behind its marks."""
     data, url, st = _opened(tmp_path)
     month, beats = _month_of_beats(st, tools, 40)
     ingest_lines(st.engine, beats[:20])
@@ -183,6 +182,13 @@ def test_an_older_backup_restored_under_the_data_dir_is_refused_until_accepted(t
     for extra in ("collector.db-wal", "collector.db-shm"):
         (data / extra).unlink(missing_ok=True)
     shutil.copy2(tmp_path / "bk" / "collector.db", data / "collector.db")
+    return data, month
+
+
+def test_an_older_backup_restored_under_the_data_dir_is_refused_until_accepted(tmp_path: Path, tools) -> None:
+    """Heartbeats accepted after the backup would be lost and their leaf indexes signed again with
+    other content: the data directory remembers how far each log went."""
+    data, month = _older_backup_restored(tmp_path, tools)
     refused = _cli("agent", "list", "--data-dir", str(data))
     assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
     assert "the database is behind what" in refused.stderr and "accept-restore" in refused.stderr
@@ -448,23 +454,6 @@ def test_help_says_what_the_program_is_not_a_module_docstring() -> None:
     assert "TR7 metering collector" in text and "docstring" not in text and "parser" not in text
     for command in ("serve", "apply", "bill", "close", "export", "backup", "prune"):
         assert command in text
-
-
-def _older_backup_restored(tmp_path: Path, tools) -> tuple[Path, str]:
-    """A data dir whose database was put back to a backup 20 heartbeats behind its marks."""
-    data, url, st = _opened(tmp_path)
-    month, beats = _month_of_beats(st, tools, 40)
-    ingest_lines(st.engine, beats[:20])
-    assert _cli("backup", "--data-dir", str(data), "--db", url, "--out", str(tmp_path / "bk")).returncode == 0
-    ingest_lines(st.engine, beats[20:])
-    st.engine.dispose()
-    from collector import highwater
-
-    highwater._flush_all()
-    for extra in ("collector.db-wal", "collector.db-shm"):
-        (data / extra).unlink(missing_ok=True)
-    shutil.copy2(tmp_path / "bk" / "collector.db", data / "collector.db")
-    return data, month
 
 
 def test_a_damaged_or_unreadable_mark_is_refused_not_taken_for_no_marks(tmp_path: Path, tools) -> None:
