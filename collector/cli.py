@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if isinstance(exc, OperationalError):
             # An unreachable or refusing database is an operator's problem, not a crash: one line.
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            reason = db.error_reason(exc)
             hint = db.sqlite_hint(url, reason)
             print(f"tr7-collector: database unavailable: {reason}{hint}", file=sys.stderr)
             return 1

@@ -274,8 +274,7 @@ def backup(settings: Settings, out: Path) -> list[str]:
         if made:
             with contextlib.suppress(OSError):
                 out.rmdir()
-        cause = getattr(exc, "orig", None) or exc
-        reason = getattr(exc, "strerror", None) or str(cause).strip().split("\n")[0]
+        reason = getattr(exc, "strerror", None) or db.error_reason(exc)
         raise SetupError(f"backup into {out} failed: {reason}; nothing of it is kept there") from exc
 
 

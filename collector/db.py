@@ -86,6 +86,14 @@ _SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IO
 _SQLITE_PERMISSION = ("unable to open database file", "attempt to write a readonly database")
 
 
+def error_reason(exc: BaseException) -> str:
+    """The first line of what a database error says (its driver's error, else its own; an empty one
+    by its type's name): the one line an operator is shown or a log keeps."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
 def sqlite_hint(url: str, reason: str) -> str:
     """What to look at when SQLite cannot open or write its file: the path and who must own it."""
     if not url.startswith("sqlite") or not reason.startswith(_SQLITE_PERMISSION):

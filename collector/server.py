@@ -237,9 +237,8 @@ def create_app(settings: Settings) -> FastAPI:
         # Any other database error stays what it was: a 500 with its traceback, to be fixed.
         if isinstance(exc, DBAPIError) and not db.unavailable(exc):
             raise exc
-        orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
         log.error("event=database_unavailable path=%s reason=%r", request.url.path,
-                  (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300])
+                  db.error_reason(exc)[:300])
         detail, headers = "the database is unavailable; retry later", {"Retry-After": str(DB_RETRY_AFTER)}
         if errorpage.wants_page(request):
             return errorpage.error_page(request, 503, detail, headers)
@@ -314,7 +313,7 @@ def _check_writable(settings: Settings) -> None:
     try:
         db.write_tx(settings.engine, stamp)
     except DBAPIError as exc:
-        reason = (str(exc.orig).strip().splitlines() or ["?"])[0] if exc.orig else str(exc)
+        reason = db.error_reason(exc)
         hint = db.sqlite_hint(settings.db_url, reason)
         raise SetupError(f"cannot write the database: {reason}{hint}") from exc
 
