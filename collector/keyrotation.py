@@ -103,22 +103,25 @@ def current_signer(conn: Connection, settings: Settings) -> NoteSigner:
     )
 
 
+def _owner_of(model: Path) -> tuple[int, int]:
+    """(uid, gid) of ``model``, or of its directory when it is gone (a key lost)."""
+    st = (model if model.exists() else model.parent).stat()
+    return st.st_uid, st.st_gid
+
+
 def _owned_like(path: Path, model: Path) -> None:
     """A file made by root (`sudo tr7-collector key rotate`) goes to the owner of ``model``: the
     packaged service runs as its own user, and a root-owned 0600 collector.key stopped it."""
     if os.geteuid() == 0:
-        st = (model if model.exists() else model.parent).stat()  # a key lost: its data directory
         # never through a link the service's user may have put there since (collector/lockfile.py)
-        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+        os.chown(path, *_owner_of(model), follow_symlinks=False)
 
 
 @contextmanager
 def _locked(data_dir: Path) -> Iterator[None]:
     """One rotation at a time in a data directory (the database's row lock covers other hosts).
     Read-only is enough for flock, so the service's user and root can share the file."""
-    model = data_dir / "collector.key"
-    st = (model if model.exists() else data_dir).stat()
-    fd = open_lock(data_dir / "collector.key.lock", (st.st_uid, st.st_gid))
+    fd = open_lock(data_dir / "collector.key.lock", _owner_of(data_dir / "collector.key"))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
