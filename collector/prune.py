@@ -143,9 +143,7 @@ def _archive(settings: Settings, engine: Engine, provider: str, month: str, out:
     from collector.export import export
 
     with db.read_conn(engine) as conn:
-        if accounting.closed(conn, provider, month) is None:
-            raise PruneRefused(f"{provider} {month} is not closed: close it first (tr7-collector close); "
-                               "only a closed month's evidence can leave the database")
+        _require_closed(conn, provider, month)
         size = tlog.log_size(conn, provider, month)
         if size == 0:
             raise PruneRefused(f"{provider} {month} holds no heartbeats: nothing to prune")
@@ -163,6 +161,12 @@ def _archive(settings: Settings, engine: Engine, provider: str, month: str, out:
     return size, hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest(), keep
 
 
+def _require_closed(conn: Connection, provider: str, month: str) -> None:
+    if accounting.closed(conn, provider, month) is None:
+        raise PruneRefused(f"{provider} {month} is not closed: close it first (tr7-collector close); "
+                           "only a closed month's evidence can leave the database")
+
+
 def _earlier(settings: Settings, engine: Engine, provider: str, month: str, path: Path,
              progress: Progress | None) -> tuple[int, str, frozenset[int]]:
     """_archive's answer for a bundle already at ``path``: taken when it verifies and its checkpoint
@@ -172,8 +176,7 @@ def _earlier(settings: Settings, engine: Engine, provider: str, month: str, path
     from audit.verify import verify_bundle
 
     with db.read_conn(engine) as conn:
-        if accounting.closed(conn, provider, month) is None:
-            raise PruneRefused(f"{provider} {month} is not closed: close it first (tr7-collector close)")
+        _require_closed(conn, provider, month)
         size = tlog.log_size(conn, provider, month)
         ours = tlog.checkpoint(conn, settings, provider, month, size)
         keep = kept(conn, provider, month)
