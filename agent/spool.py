@@ -143,9 +143,9 @@ class Spool:
         of an outage's backlog, at a start after it shipped."""
         if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL:
             return
-        if self.used_bytes() > CONVERT_BELOW:
-            log.info("event=spool_vacuum_deferred bytes=%d reason='a backlog: done at a later start'",
-                     self.used_bytes())
+        used = self.used_bytes()
+        if used > CONVERT_BELOW:
+            log.info("event=spool_vacuum_deferred bytes=%d reason='a backlog: done at a later start'", used)
             return
         try:
             self.db.execute("VACUUM")
