@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from protocol.heartbeat import Heartbeat
 
@@ -35,6 +35,20 @@ class ForkedAnchor(NamedTuple):
 
 
 Anchor = Heartbeat | ForkedAnchor
+LinkRow = tuple[str, int, str, int, str]  # (kid, seq, prev, time, digest), as a store's row reads
+
+
+class Beat(Protocol):
+    """What the general chain rules read of a heartbeat: a Heartbeat, or a Link of one."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def prev(self) -> str: ...
+    @property
+    def time(self) -> int: ...
+    @property
+    def digest(self) -> str: ...
 
 
 def anchor_digests(anchor: Anchor) -> frozenset[str]:
@@ -93,10 +107,10 @@ def _gaps(seqs: list[int], start: int) -> list[list[int]]:
 
 
 def analyze_key(
-    kid: str, beats: Iterable[Heartbeat], anchor: Anchor | None = None
+    kid: str, beats: Iterable[Beat], anchor: Anchor | None = None
 ) -> tuple[ChainReport, set[str]]:
     """Analyse one key's heartbeats of a month; return its report and the quarantined digests."""
-    by_seq: dict[int, dict[str, Heartbeat]] = defaultdict(dict)
+    by_seq: dict[int, dict[str, Beat]] = defaultdict(dict)
     for hb in beats:
         by_seq[hb.seq][hb.digest] = hb  # the exact same JWS twice is one heartbeat (rule 6)
     seqs = sorted(by_seq)
@@ -118,16 +132,16 @@ def analyze_key(
     start = anchor.seq if anchor is not None and anchor.seq < seqs[0] else seqs[0]
     report.gaps = _gaps(seqs, start)
 
-    single: dict[int, Heartbeat] = {s: next(iter(by_seq[s].values())) for s in seqs
+    single: dict[int, Beat] = {s: next(iter(by_seq[s].values())) for s in seqs
                                     if s not in forked and s != unlinked}
     if anchor is not None and anchor.seq not in by_seq and not isinstance(anchor, ForkedAnchor):
-        single.setdefault(anchor.seq, anchor)  # type: ignore[arg-type]
+        single.setdefault(anchor.seq, anchor)
     for s in seqs:
-        hb = single.get(s)
+        beat = single.get(s)
         before = single.get(s - 1)
-        if hb is not None and before is not None and hb.prev != before.digest:
+        if beat is not None and before is not None and beat.prev != before.digest:
             report.breaks.append(s)
-            quarantined.add(hb.digest)
+            quarantined.add(beat.digest)
     ordered = sorted(single)
     for a, b in pairwise(ordered):
         if single[b].time < single[a].time and b in by_seq:
@@ -146,7 +160,7 @@ class Link(NamedTuple):
 
 
 def _linear_key(
-    kid: str, chain: list[Link], anchor: Anchor | None
+    kid: str, chain: list[LinkRow], anchor: Anchor | None
 ) -> tuple[ChainReport, set[str]] | None:
     """analyze_key's result in one pass over the seq-sorted beats, or None when a seq repeats.
 
@@ -176,8 +190,8 @@ def _linear_key(
                 report.forks = [anchor.seq]
                 quarantined.add(chain[i][4])
                 chain = chain[:i] + chain[i + 1 :]
-        elif not forked_anchor:  # a forked one is no predecessor (rule 4: "neither is forked")
-            link = (kid, anchor.seq, anchor.prev, anchor.time, anchor.digest)  # type: ignore[union-attr]
+        elif not isinstance(anchor, ForkedAnchor):  # forked: no predecessor (rule 4: "neither is forked")
+            link = (kid, anchor.seq, anchor.prev, anchor.time, anchor.digest)
             chain = [*chain[:i], link, *chain[i:]]
             anchor_at = i  # the anchor is a predecessor only: never reported itself
     report.gaps = _gaps(seqs, start)
@@ -203,9 +217,9 @@ def analyze_links(
     links: Iterable[Link | tuple[str, int, str, int, str]], anchors: Mapping[str, Anchor] | None = None
 ) -> ChainAnalysis:
     """analyze() over (kid, seq, prev, time, digest) tuples, e.g. a store's rows read as they are."""
-    per_key: dict[str, list[Link]] = defaultdict(list)
+    per_key: dict[str, list[LinkRow]] = defaultdict(list)
     for link in links:
-        per_key[link[0]].append(link)  # type: ignore[arg-type]
+        per_key[link[0]].append(link)
     anchors = anchors or {}
     reports: dict[str, ChainReport] = {}
     quarantined: set[str] = set()
@@ -213,7 +227,7 @@ def analyze_links(
         anchor = anchors.get(kid)
         done = _linear_key(kid, chain, anchor)
         if done is None:
-            done = analyze_key(kid, [Link(*link) for link in chain], anchor)  # type: ignore[misc]
+            done = analyze_key(kid, [Link(*link) for link in chain], anchor)
         reports[kid], q = done
         quarantined |= q
     return ChainAnalysis(reports, quarantined)

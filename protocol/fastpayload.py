@@ -103,6 +103,7 @@ def decode_payload(raw: bytes, kid: str) -> tuple[dict[str, Any], int] | None:
     if not plain(raw):
         return None
     try:
+        # a _Payload TypedDict to mypy, which will not widen it to the plain dict it is at run time
         p: dict[str, Any] = _DECODER.decode(raw)  # type: ignore[assignment]
     except Exception:  # msgspec.DecodeError, UnicodeDecodeError, RecursionError: all decline
         return None

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeGuard
 
 import pybase64
 from cryptography.exceptions import InvalidSignature
@@ -131,7 +131,7 @@ def header_kid(token: str) -> str:
     return _check_header(token.split(".", 1)[0])
 
 
-def is_kid(value: object) -> bool:
+def is_kid(value: object) -> TypeGuard[str]:
     """Whether a header's `kid` has the form of one: 32 lowercase hex characters."""
     return isinstance(value, str) and len(value) == 32 and not value.strip("0123456789abcdef")
 

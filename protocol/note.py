@@ -204,10 +204,10 @@ def open_note(note: str | bytes, verifiers: Sequence[NoteVerifier]) -> tuple[str
     message = text.encode("utf-8")
     verified: list[str] = []
     for name, key_id, sig in sigs:
-        v = known.get((name, key_id))
-        if v is None:
+        verifier = known.get((name, key_id))
+        if verifier is None:
             continue
-        if not v.verify(message, sig):
+        if not verifier.verify(message, sig):
             raise NoteError(f"the signature by known key {name} does not verify")
         if name not in verified:
             verified.append(name)

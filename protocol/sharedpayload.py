@@ -216,7 +216,7 @@ def decode_payload_shared(raw: bytes, kid: str) -> tuple[dict[str, Any], int, Ob
     certainly holds every rule of §2, else None: accepts exactly what decode_payload accepts."""
     last = _last_array(raw)
     obs = None if last is None else _known(kid, last)
-    if obs is not None:
+    if last is not None and obs is not None:
         head = raw[: len(raw) - len(last) - 1]
         # Only the top level's text is searched: a known array is plain (it was found in a plain
         # text), and neither of its edges ('[' after ':', ']' before '}') can complete a '"' and

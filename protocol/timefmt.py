@@ -37,7 +37,7 @@ _RFC3339_RE = re.compile(
 )
 
 
-def parse_rfc3339(text: str, rule: str = "time", round_up: bool = False) -> int:
+def parse_rfc3339(text: object, rule: str = "time", round_up: bool = False) -> int:
     """Any RFC 3339 date-time as epoch seconds, a fraction dropped (``round_up``: counted as the
     next second, for the start of a window: a heartbeat's whole second is inside it only then)."""
     epoch, frac = _rfc3339(text, rule)
@@ -50,7 +50,7 @@ def rfc3339_instant(text: str, rule: str = "time") -> Decimal:
     return epoch + frac
 
 
-def _rfc3339(text: str, rule: str) -> tuple[int, Decimal]:
+def _rfc3339(text: object, rule: str) -> tuple[int, Decimal]:
     m = _RFC3339_RE.match(text) if isinstance(text, str) else None
     if m is None:
         raise ProtocolError(rule, f"not an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS[.f]Z or +hh:mm): {text!r}")
