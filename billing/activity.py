@@ -4,6 +4,7 @@ import hashlib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from typing import Any
 
 from protocol.heartbeat import Heartbeat
 
@@ -56,8 +57,8 @@ def stored_bundles(bundles: Sequence[str]) -> Callable[[str], str]:
     return resolve
 
 
-def capacity_key(cap: Mapping[str, object]) -> CapacityKey:
-    return (cap.get("bundle"), cap.get("bandwidth_mbps"), cap.get("vservices"))  # type: ignore[return-value]
+def capacity_key(cap: Mapping[str, Any]) -> CapacityKey:
+    return (cap.get("bundle"), cap.get("bandwidth_mbps"), cap.get("vservices"))
 
 
 @dataclass
@@ -96,7 +97,8 @@ class Activity:
         t = hb.time
         h = t - t % HOUR
         active, seen = self.active, self.seen
-        declared: dict = self.declared  # type: ignore[assignment]
+        # filled here only in the dict made by default: a lazy Mapping comes with aggregates, not heartbeats
+        declared: dict[str, dict[CapacityKey, list[int]]] = self.declared  # type: ignore[assignment]
         only = self.declared_for
         for o in hb.observations:
             inst = o["instance"]

@@ -12,8 +12,9 @@ LINE_ID = ("customer", "license", "instance", "bundle", "bandwidth_mbps", "vserv
 ROW_ID = ("customer", "pack", "price")
 
 
-def _index(items: Sequence[Mapping[str, Any]], ident: tuple[str, ...]) -> dict[tuple, Mapping[str, Any]]:
-    out: dict[tuple, Mapping[str, Any]] = {}
+def _index(items: Sequence[Mapping[str, Any]],
+           ident: tuple[str, ...]) -> dict[tuple[object, ...], Mapping[str, Any]]:
+    out: dict[tuple[object, ...], Mapping[str, Any]] = {}
     for item in items:
         if item.get("adjusts") is not None:
             continue  # a month's own result carries no adjustment lines; never re-adjust one

@@ -79,7 +79,8 @@ def _at(path: str, name: str | int) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _object(v: Any, path: str, required: set[str], optional: frozenset[str] = frozenset()) -> Mapping:
+def _object(v: Any, path: str, required: set[str],
+            optional: frozenset[str] = frozenset()) -> Mapping[str, Any]:
     # type() first: an ABC isinstance check costs more than the rest of this for a plain dict
     if type(v) is not dict and not isinstance(v, Mapping):
         raise CatalogError(path or "catalog", "must be an object")
@@ -93,7 +94,7 @@ def _object(v: Any, path: str, required: set[str], optional: frozenset[str] = fr
     return v
 
 
-def _list(v: Any, path: str) -> list:
+def _list(v: Any, path: str) -> list[Any]:
     if not isinstance(v, list):
         raise CatalogError(path, "must be an array")
     return v
@@ -111,7 +112,7 @@ def _int(v: Any, path: str, minimum: int = 0) -> int:
     return v
 
 
-def _opt_int(obj: Mapping, name: str, path: str) -> int | None:
+def _opt_int(obj: Mapping[str, Any], name: str, path: str) -> int | None:
     return _int(obj[name], _at(path, name)) if name in obj else None
 
 
@@ -148,7 +149,7 @@ def _money(v: Any, path: str) -> Decimal:
 
 
 def _enum(v: Any, path: str, allowed: tuple[str, ...]) -> str:
-    if v not in allowed:
+    if not isinstance(v, str) or v not in allowed:
         raise CatalogError(path, f"must be one of {', '.join(allowed)}")
     return v
 

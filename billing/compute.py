@@ -4,7 +4,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 from billing.activity import HOUR, Activity, MonthBits
 from billing.catalog import Catalog, License, Period, load_catalog
@@ -68,6 +68,24 @@ def _mask_of(periods: Iterable[Period], bits: MonthBits) -> int:
     return out
 
 
+class _Row(TypedDict):
+    """A license's row of the usage document as it is accumulated (flags a set until written)."""
+
+    instance: str
+    license: str
+    customer: str
+    active_hours: int
+    bridged_hours: int
+    unknown_hours: int
+    fixed_hours: int
+    payg_hours: int
+    flags: set[str]
+
+
+# (customer, license, instance, bundle, bandwidth_mbps, vservices, price text): an invoice line
+_LineKey = tuple[str, str, str, str | None, int, int, str]
+
+
 def _ordered(licenses: list[License]) -> list[License]:
     """Decision order (§3): fixed before payg; then latest start; ties the greatest id."""
     by_id = sorted(licenses, key=lambda lic: lic.id, reverse=True)
@@ -106,11 +124,12 @@ class _Month:
         self.by_inst: dict[str, list[License]] = defaultdict(list)
         for lic in self.licenses:
             self.by_inst[lic.instance].append(lic)
-        self.rows = {lic.id: {"instance": lic.instance, "license": lic.id, "customer": lic.customer,
-                              "active_hours": 0, "bridged_hours": 0, "unknown_hours": 0,
-                              "fixed_hours": 0, "payg_hours": 0, "flags": set()}
-                     for lic in self.licenses}
-        self.lines: dict[tuple, int] = defaultdict(int)
+        self.rows: dict[str, _Row] = {
+            lic.id: {"instance": lic.instance, "license": lic.id, "customer": lic.customer,
+                     "active_hours": 0, "bridged_hours": 0, "unknown_hours": 0,
+                     "fixed_hours": 0, "payg_hours": 0, "flags": set()}
+            for lic in self.licenses}
+        self.lines: dict[_LineKey, int] = defaultdict(int)
         self.active_days: dict[str, set[int]] = defaultdict(set)
         self.unlicensed: dict[str, int] = {}
         self.pricer = Pricer(catalog)

@@ -1,7 +1,7 @@
 """Capacity entries and rates (billing-v1.md §3-§4): entry of a PAYG hour, its price, fixed-term over-use."""
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from billing.activity import HOUR, CapacityKey
 from billing.catalog import CapacityEntry, Catalog, License, Rate
@@ -120,7 +120,8 @@ class OverUse:
             return True
         return vservices is not None and entry.vservices is not None and vservices > entry.vservices
 
-    def flagged(self, fixed_hours: dict[int, License], declared: dict | object) -> set[str]:
+    def flagged(self, fixed_hours: dict[int, License],
+                declared: Mapping[CapacityKey, Sequence[int]]) -> set[str]:
         """Ids of the fixed licenses over-used by the declarations of one instance."""
         out: set[str] = set()
         items = declared.items() if hasattr(declared, "items") else ()
@@ -128,7 +129,8 @@ class OverUse:
             self._scan(key, times, fixed_hours, out)
         return out
 
-    def flagged_bits(self, fixed: list[tuple[License, int]], declared: object, m0: int, n: int) -> set[str]:
+    def flagged_bits(self, fixed: list[tuple[License, int]], declared: Mapping[CapacityKey, Sequence[int]],
+                     m0: int, n: int) -> set[str]:
         """`flagged` with the fixed hours as disjoint bitsets per license (bit i = hour m0 + i*HOUR)."""
         out: set[str] = set()
         items = declared.items() if hasattr(declared, "items") else ()

@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeGuard
 
 from billing.activity import HOUR, Activity, capacity_key
 from billing.catalog import Catalog, load_catalog
@@ -25,7 +25,9 @@ from protocol.timefmt import month_bounds
 PARALLEL_MIN = 20_000  # below this, forking costs more than it saves
 
 Counts = dict[Any, dict[Any, int]]
-Hours = dict[int, Counter]  # hour -> Counter of (state, instance): counted in C, the hot loop
+# hour -> Counter of (state, instance): counted in C, the hot loop
+Hours = dict[int, Counter[tuple[str, str]]]
+Meta = tuple[int, str, int, str, int, int, str]  # (token index, kid, seq, prev, time, interval, digest)
 _STATE_INSTANCE = itemgetter("state", "instance")
 
 
@@ -55,7 +57,7 @@ def count_heartbeat(hb: Heartbeat, hours: Hours, decl: dict[str, Counts], only: 
 
 def _worker(tokens: list[str], lo: int, hi: int, m0: int, m1: int, only: Collection[str], conn: Any) -> None:
     try:
-        meta: list[tuple] = []
+        meta: list[Meta] = []
         hours: Hours = {}
         decl: dict[str, Counts] = {}
         kids: dict[str, str] = {}  # one object per kid, so the result pickles each kid once
@@ -120,7 +122,7 @@ def _parallel(tokens: list[str], workers: int, m0: int, m1: int, only: Collectio
         p.join()
     cells: Cells = {}
     decl: dict[str, Counts] = {}
-    meta: list[tuple] = []
+    meta: list[Meta] = []
     for res in results:
         if res[0] == "protocol":
             raise ProtocolError(res[1], res[2])
@@ -165,6 +167,10 @@ def _workers(requested: int | None, n: int) -> int:
     return min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def _all_tokens(items: list[Heartbeat | str]) -> TypeGuard[list[str]]:
+    return all(isinstance(x, str) for x in items)
+
+
 def bill(heartbeats: Iterable[Heartbeat | str], catalog: Catalog | Mapping[str, Any], month: str,
          anchors: Mapping[str, Anchor] | None = None, *, workers: int | None = None) -> BillingResult:
     """Bill a month from its heartbeats (Heartbeat objects or compact JWS strings, unverified here:
@@ -174,8 +180,8 @@ def bill(heartbeats: Iterable[Heartbeat | str], catalog: Catalog | Mapping[str, 
     only = frozenset(lic.instance for lic in cat.licenses if lic.model == "fixed")
     items = heartbeats if isinstance(heartbeats, list) else list(heartbeats)
     n = _workers(workers, len(items))
-    if n > 1 and items and all(isinstance(x, str) for x in items):
-        act, chains = _parallel(items, n, m0, m1, only, anchors)  # type: ignore[arg-type]
+    if n > 1 and items and _all_tokens(items):
+        act, chains = _parallel(items, n, m0, m1, only, anchors)
         return compute(act, cat, month, chains)
     beats = [x if isinstance(x, Heartbeat) else parse_unverified(x) for x in items]
     beats = [hb for hb in beats if m0 <= hb.time < m1]
