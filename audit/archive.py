@@ -18,7 +18,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -167,7 +167,7 @@ def _sha256(f: IO[bytes]) -> str:
     return h.hexdigest()
 
 
-def _members(path: Path) -> Iterator[tuple[list[str], IO[bytes]]]:
+def _members(path: Path) -> Generator[tuple[list[str], IO[bytes]], None, None]:
     """(name split at '/', stream) of each regular member, streamed: nothing is written to disk."""
     try:
         with tarfile.open(path, mode="r:*") as tar:

@@ -199,7 +199,7 @@ def _money(value: Any) -> Decimal:
     return _number(value, str)
 
 
-def _number(value: Any, kind: type) -> Decimal:
+def _number(value: Any, kind: type[str] | type[int]) -> Decimal:
     """``value`` as a Decimal when its JSON type is ``kind`` (str for money, int for a quantity).
 
     Decimal() alone took a JSON array as a (sign, digits, exponent) tuple: [0,[5,4,0],-2] read as

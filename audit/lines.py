@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from audit.recompute import Cells, Decl, Hours, Tally, cells_of, tally_heartbeat
+from audit.recompute import Cells, Decl, Tally, cells_of, tally_heartbeat
+from billing.recompute import Hours
 from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, check_key_window, verify_heartbeat
 from protocol.keys import load_public_key_b64
@@ -32,7 +33,7 @@ class Lines:
     hashes: list[bytes] = field(default_factory=list)
     findings: list[tuple[str, int, str, str]] = field(default_factory=list)  # of the lines, in order
     copies: list[tuple[int, str]] = field(default_factory=list)  # (index, digest) of repeated good lines
-    offsets: array = field(default_factory=lambda: array("q"))  # where each line starts (and the end)
+    offsets: "array[int]" = field(default_factory=lambda: array("q"))  # where each line starts (and the end)
     # Observations of the good lines per instance and hour, before and from ``split`` (closed/ size).
     split: int | None = None
     head: Tally | None = None
@@ -137,7 +138,7 @@ def _verify_chunk(job: tuple[int, int, int, int, tuple[tuple[int, int], ...]]) -
     return hashes, out, cells_of(hours), decl
 
 
-def _scan(add: Add, rel: str, path: Path) -> tuple[array, list[int]]:
+def _scan(add: Add, rel: str, path: Path) -> "tuple[array[int], list[int]]":
     """Start offsets of the lines and the end of the file, and the indexes of the lines longer than
     MAX_LINE; a last line without LF is one too. Read in blocks: a line is never held whole."""
     offsets = array("q", [0])

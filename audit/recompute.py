@@ -70,7 +70,7 @@ class Tally:
     def __init__(self, m0: int) -> None:
         self.m0 = m0
         self.n = 31 * 24  # hours of the longest month; a shorter one leaves the end at zero
-        self.cells: dict[str, tuple[array, array]] = {}
+        self.cells: dict[str, tuple[array[int], array[int]]] = {}
         self.decl: Decl = {}
 
     def merge(self, cells: Cells, decl: Decl) -> None:
@@ -90,7 +90,7 @@ class Tally:
                     into_t[t] = into_t.get(t, 0) + k
 
 
-def _bits(counts: list[array]) -> int:
+def _bits(counts: "list[array[int]]") -> int:
     """Bit i set where the counts at hour i add up to more than zero."""
     total = counts[0] if len(counts) == 1 else [sum(x) for x in zip(*counts, strict=True)]
     return int(bytes(c > 0 for c in total).translate(_BITS)[::-1], 2)
@@ -107,7 +107,7 @@ def tally_activity(tallies: Sequence[Tally], only: Collection[str]) -> Activity:
         active[inst] = _bits([p[1] for p in parts])
     declared: dict[str, dict[CapacityKey, list[int]]] = {}
     for inst in {i for t in tallies for i in t.decl}:
-        times: dict[CapacityKey, Counter] = {}
+        times: dict[CapacityKey, Counter[int]] = {}
         for t in tallies:
             for key, part in t.decl.get(inst, {}).items():
                 times.setdefault(key, Counter()).update(part)
@@ -119,7 +119,8 @@ def to_json_doc(doc: Any) -> dict[str, Any]:
     """A billing document as the JSON it is written as (round-trip: Decimals are already strings)."""
     if hasattr(doc, "to_json"):
         doc = doc.to_json()
-    return json.loads(json.dumps(doc))
+    out: dict[str, Any] = json.loads(json.dumps(doc))
+    return out
 
 
 def _canon(obj: Any) -> str:

@@ -105,7 +105,7 @@ def _summary(root: Path, shown: Path) -> str:
         out += ["", "month closed: " + _checkpoint_line(root, B.CLOSED_CHECKPOINT),
                 f"  frozen total {frozen.get('total')}; current total {invoice.get('total')}"]
         try:
-            adj = _as_list(adjustment_lines(invoice, frozen, manifest.get("month")))
+            adj = _as_list(adjustment_lines(invoice, frozen, manifest.get("month") or ""))
         except (KeyError, TypeError, ValueError) as exc:
             adj = []
             out.append(f"  adjustments: cannot compute ({exc})")

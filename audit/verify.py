@@ -12,8 +12,9 @@ from audit.archive import ArchiveError, is_archive, opened
 from audit.checks import Finding, Report
 from audit.lines import Lines, read_line, verify_lines
 from audit.manifest import check_manifest
-from audit.recompute import Tally, cells_of, tally_activity, tally_heartbeat
+from audit.recompute import Decl, Tally, cells_of, tally_activity, tally_heartbeat
 from billing import Activity, load_catalog
+from billing.recompute import Hours
 from protocol.chain import ChainAnalysis, analyze, anchor_map
 from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, parse_unverified
@@ -183,8 +184,9 @@ class _Billing:
     def __init__(self, ctx: _Ctx, lines: Lines, anchors: list[Heartbeat], only: frozenset[str]) -> None:
         self.ctx, self.lines, self.anchors, self.only = ctx, lines, anchors, only
 
-    def activity(self, analysis: ChainAnalysis, below: int | None) -> Callable[[], tuple[Activity, list]]:
-        def build() -> tuple[Activity, list]:
+    def activity(self, analysis: ChainAnalysis,
+                 below: int | None) -> Callable[[], tuple[Activity, list[dict[str, object]]]]:
+        def build() -> tuple[Activity, list[dict[str, object]]]:
             lines = self.lines
             assert lines.head is not None and lines.tail is not None
             tallies = [lines.head] if below is not None else [lines.head, lines.tail]
@@ -194,8 +196,8 @@ class _Billing:
             if taken:  # rare (forks, breaks): re-read those lines and take every copy back
                 minus = Tally(lines.head.m0)
                 for i in sorted(taken):
-                    hours: dict = {}
-                    decl: dict = {}
+                    hours: Hours = {}
+                    decl: Decl = {}
                     hb = parse_unverified(read_line(self.ctx.root / B.HEARTBEATS, lines, i))
                     tally_heartbeat(hb, hours, decl, self.only, -1)
                     minus.merge(cells_of(hours), decl)
