@@ -159,8 +159,9 @@ def state_problem(state_dir: Path) -> str | None:
     return None
 
 
-_EMPTY = {"last_poll": None, "last_shipped_seq": None, "spool_depth": 0, "oldest_unshipped_age_s": None,
-          "spool_bytes": 0, "rejected": {"count": 0, "reasons": {}}, "clock_events": []}
+_EMPTY: dict[str, Any] = {
+    "last_poll": None, "last_shipped_seq": None, "spool_depth": 0, "oldest_unshipped_age_s": None,
+    "spool_bytes": 0, "rejected": {"count": 0, "reasons": {}}, "clock_events": []}
 
 
 def status(config: Config, as_json: bool) -> int:

@@ -204,9 +204,9 @@ def load_config(path: Path) -> Config:
     unknown = set(doc) - {"agent", "adapters"}
     if unknown:
         key = sorted(unknown)[0]
-        line = next((n for n, ln in enumerate(text.splitlines(), 1)
-                     if re.match(rf"^\s*\[*\s*{re.escape(key)}\b", ln)), None)
-        raise ConfigError(f"{path}:{line or '?'}: unknown table or key {key!r} "
+        at = next((n for n, ln in enumerate(text.splitlines(), 1)
+                   if re.match(rf"^\s*\[*\s*{re.escape(key)}\b", ln)), None)
+        raise ConfigError(f"{path}:{at or '?'}: unknown table or key {key!r} "
                           "(only [agent] and [[adapters]])")
     agent_doc = doc.get("agent", {})
     if not isinstance(agent_doc, dict):

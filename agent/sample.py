@@ -55,6 +55,7 @@ def _fields(model: type[BaseModel], comment_all: bool, fixed: dict[str, Any],
         elif info.default is None:
             value, commented = examples.get(name, _placeholder(name, info.annotation)), True
         else:
+            # pydantic types a factory as maybe taking the validated data: the settings' factories take none
             value = info.default if info.default_factory is None else info.default_factory()  # type: ignore[call-arg]
             commented = True
         if name == "collector":

@@ -122,6 +122,7 @@ class Service:
         # max_instances=1: a slow poll pushes the next one to a later slot, never runs beside it;
         # coalesce: runs missed while suspended become one; a run late by up to one interval still
         # happens (it signs the slot it belongs to).
+        assert self.scheduler is not None  # started by start(), before anything schedules
         self.scheduler.add_job(self.poll_job, trigger, id="poll", replace_existing=True, max_instances=1,
                                coalesce=True, misfire_grace_time=interval)
 
@@ -207,7 +208,7 @@ class Service:
             # no collector confirms (our clock may be the one gone back: an RTC reset would sign
             # past hours with today's instances, billed), skips the slot as before.
             confirmed = ahead is not None and abs(ahead) <= AHEAD_LIMIT
-            if back and (head.time - when < back_limit(interval) or not confirmed):
+            if back and head.time is not None and (head.time - when < back_limit(interval) or not confirmed):
                 self._clock_event(when, head.time, "skip")
                 return
             try:

@@ -75,7 +75,7 @@ class Shipper:
         self.failures += 1
         if self.metrics:
             self.metrics.ship_failures.inc()
-        ceiling = min(self.max_backoff, self.base * 2 ** min(self.failures - 1, 16))
+        ceiling: float = min(self.max_backoff, self.base * 2 ** min(self.failures - 1, 16))
         # "Equal jitter": never hammer (at least half the step), yet agents spread out.
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
