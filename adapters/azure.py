@@ -177,9 +177,12 @@ class AzureAdapter(Adapter):
             sign_in = {"authority": cfg.authority_host, "disable_instance_discovery": True,
                        **self._transport_options()}
             try:
+                # a service principal: _one_way_to_sign_in made sure it names its tenant and client
                 if secret is not None:
+                    assert cfg.tenant_id is not None and cfg.client_id is not None
                     self._credential = ClientSecretCredential(cfg.tenant_id, cfg.client_id, secret, **sign_in)
                 elif cfg.certificate_file is not None:
+                    assert cfg.tenant_id is not None and cfg.client_id is not None
                     self._credential = CertificateCredential(
                         cfg.tenant_id, cfg.client_id, certificate_path=cfg.certificate_file, **sign_in)
                 elif cfg.identity == "managed":

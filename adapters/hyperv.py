@@ -237,7 +237,8 @@ class HyperVAdapter(Adapter):
             return Protocol(
                 c.url, transport=c.transport, username=c.username, password=password,
                 server_cert_validation="validate" if c.verify_tls else "ignore",
-                ca_trust_path=c.ca_file if c.ca_file else None,  # None: never from the environment
+                # None: never from the environment (pywinrm takes it, though its annotation leaves it out)
+                ca_trust_path=c.ca_file if c.ca_file else None,  # type: ignore[arg-type]
                 read_timeout_sec=read, operation_timeout_sec=max(1, min(20, read - 1)),
                 proxy=None,  # never an environment proxy for a hypervisor's management port
             )

@@ -88,7 +88,7 @@ class ProxmoxConfig(AdapterConfig):
         return self
 
 
-def _convert(exc: Exception, what: str) -> AdapterError:
+def _convert(exc: BaseException, what: str) -> AdapterError:
     """Vendor/transport exception -> AdapterError (the one place that knows requests/proxmoxer)."""
     if isinstance(exc, AdapterError):
         return exc

@@ -7,12 +7,14 @@ import ssl
 import time
 import xml.etree.ElementTree as ET
 import zlib
-from typing import Any, Literal
+from collections.abc import Iterator
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 from pydantic import Field, field_validator, model_validator
-from pyVmomi import SoapStubAdapter, vim, vmodl
+from pyVmomi import vim, vmodl
+from pyVmomi.SoapAdapter import SoapStubAdapter
 
 from adapters.base import (
     Adapter,
@@ -209,14 +211,19 @@ class VMwareAdapter(Adapter):
             password = cfg.secret(cfg.password, cfg.password_file, "password") or ""
         except SecretError as exc:
             raise ConfigError(str(exc)) from exc
-        stub = SoapStubAdapter(url=cfg.url, version=API_VERSION, sslContext=self._ssl_context(),
+        # pyVmomi's SoapAdapter and managed object constructors have no annotations
+        stub = SoapStubAdapter(url=cfg.url, version=API_VERSION,  # type: ignore[no-untyped-call]
+                               sslContext=self._ssl_context(),
                                httpConnectionTimeout=cfg.timeout, connectionPoolTimeout=-1)
         try:
-            content = vim.ServiceInstance("ServiceInstance", stub).RetrieveContent()
-            if getattr(content, "sessionManager", None) is None:  # a 200 that is no SOAP (a proxy's page)
+            instance = vim.ServiceInstance("ServiceInstance", stub)  # type: ignore[no-untyped-call]
+            content = instance.RetrieveContent()
+            manager: vim.SessionManager | None = getattr(content, "sessionManager", None)
+            if manager is None:  # a 200 that is no SOAP (a proxy's page)
                 raise AdapterError("malformed SOAP response",
                                    f"{cfg.url}: RetrieveContent's answer is no vSphere API answer")
-            content.sessionManager.Login(cfg.username, password)
+            # the API's locale is optional; pyVmomi's stub has it required
+            manager.Login(cfg.username, password)  # type: ignore[call-arg]
         except Exception as exc:
             raise _convert(exc, cfg.url) from exc
         return content, stub
@@ -324,12 +331,13 @@ class VMwareAdapter(Adapter):
             resp.read()
             raise UnreachableError(f"HTTP {resp.status}",
                                    f"{self.config.url}: HTTP {resp.status} {resp.reason}")
-        parser = ET.XMLPullParser(events=("end",))
-        root = None
+        parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("end",))
+        root: ET.Element | None = None
 
         def drain() -> None:
             nonlocal root
-            for _, el in parser.read_events():
+            # only "end" events were asked for: each comes with its element, none with a namespace
+            for _, el in cast(Iterator[tuple[str, ET.Element]], parser.read_events()):
                 root = el  # the last element to end is the envelope
                 if el.tag == V + "objects":
                     objects.append(_read_object(el))
