@@ -15,7 +15,9 @@ def run() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    assert url is not None  # collector.db.alembic_config sets it
+    engine = create_engine(url)
     with engine.connect() as c:
         context.configure(connection=c, target_metadata=metadata, render_as_batch=True)
         with context.begin_transaction():

@@ -14,7 +14,8 @@ PostgreSQL, with progress in the log every 5,000 rows written.
 
 import logging
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -30,7 +31,7 @@ BATCH = 5000
 
 
 def _table(name: str, hourly: bool) -> sa.Table:
-    cols = [
+    cols: list[sa.Column[Any]] = [
         sa.Column("provider", sa.String, primary_key=True),
         sa.Column("day", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("instance", sa.String, primary_key=True),
@@ -45,7 +46,7 @@ def _text(offsets: set[int]) -> str:
     return ",".join(map(str, sorted(offsets)))
 
 
-def split_by_hour(rows: Iterator[sa.Row]) -> Iterator[dict]:
+def split_by_hour(rows: Iterator[sa.Row[Any]]) -> Iterator[dict[str, Any]]:
     """Daily rows -> hourly rows (offsets distinct and ascending, as ingest writes them)."""
     for r in rows:
         key = {k: getattr(r, k) for k in KEY}
@@ -62,9 +63,9 @@ def split_by_hour(rows: Iterator[sa.Row]) -> Iterator[dict]:
             i = j
 
 
-def merge_hours(rows: Iterator[sa.Row]) -> Iterator[dict]:
+def merge_hours(rows: Iterator[sa.Row[Any]]) -> Iterator[dict[str, Any]]:
     """Hourly rows in key order -> one daily row per key."""
-    key: Sequence | None = None
+    key: tuple[Any, ...] | None = None
     offs: set[int] = set()
     for r in rows:
         k = tuple(getattr(r, c) for c in KEY)
@@ -77,7 +78,7 @@ def merge_hours(rows: Iterator[sa.Row]) -> Iterator[dict]:
         yield {**dict(zip(KEY, key, strict=True)), "offsets": _text(offs)}
 
 
-def _rebuild(hourly: bool, convert: Callable[[Iterator[sa.Row]], Iterator[dict]]) -> None:
+def _rebuild(hourly: bool, convert: Callable[[Iterator[sa.Row[Any]]], Iterator[dict[str, Any]]]) -> None:
     bind = op.get_bind()
     if ("hour" in {c["name"] for c in sa.inspect(bind).get_columns("capacities")}) == hourly:
         return  # a new database: revision 0001 created the schema module as it is now
@@ -89,10 +90,10 @@ def _rebuild(hourly: bool, convert: Callable[[Iterator[sa.Row]], Iterator[dict]]
     # Ordered by key: merge_hours relies on it, and both databases read it from the primary key.
     # (the option on the statement: on the connection it would stay for the inserts too)
     src = bind.execute(sa.select(old).order_by(*old.primary_key).execution_options(yield_per=BATCH))
-    batch: list[dict] = []
+    batch: list[dict[str, Any]] = []
     read = 0
 
-    def rows() -> Iterator[sa.Row]:
+    def rows() -> Iterator[sa.Row[Any]]:
         nonlocal read
         for r in src:
             read += 1
