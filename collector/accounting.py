@@ -169,7 +169,8 @@ def _doc(doc: Any) -> Any:
 
 
 def _plain(doc: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(_doc(doc)))
+    plain: dict[str, Any] = json.loads(json.dumps(_doc(doc)))
+    return plain
 
 
 def _closed_months(conn: Connection, provider: str) -> set[str]:

@@ -181,6 +181,7 @@ def append_rows(conn: Connection, table: str, rows: list[tuple[Any, ...]]) -> No
     quote = conn.dialect.identifier_preparer.quote
     cols = ", ".join(map(quote, _UPSERTS[table][1]))
     statement = f"COPY {quote(table)} ({cols}) FROM STDIN (FORMAT BINARY)"
+    # SQLAlchemy types a pooled connection's driver connection as optional: a live one has it
     cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         with cur.copy(statement) as copy:

@@ -12,13 +12,13 @@ finds each leaf's predecessor by a join, PostgreSQL by a window function (`_wind
 
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from collector import schema as s
-from protocol.chain import Anchor, ChainAnalysis, ChainReport, ForkedAnchor, Link, analyze_links
+from protocol.chain import Anchor, ChainAnalysis, ChainReport, ForkedAnchor, analyze_links
 
 _LV = s.leaves
 
@@ -77,6 +77,11 @@ def _exceptions_query(provider: str, month: str, size: int | None) -> sa.Select[
     )
 
 
+class _Window(TypedDict):
+    partition_by: sa.Column[Any]
+    order_by: sa.Column[Any]
+
+
 def _window_query(provider: str, month: str, size: int | None) -> sa.Select[Any]:
     """The same rows as `_exceptions_query`, by one ordered pass per key (PostgreSQL's form).
 
@@ -87,7 +92,7 @@ def _window_query(provider: str, month: str, size: int | None) -> sa.Select[Any]
     keeps the join, which is 2-4x faster there than its window functions.
     """
     L = _LV.c
-    w = {"partition_by": L.kid, "order_by": L.seq}
+    w: _Window = {"partition_by": L.kid, "order_by": L.seq}
     t = (
         sa.select(
             L.kid, L.seq, L.prev, L.time, L.digest,
@@ -185,10 +190,10 @@ def chain_analysis(
         quarantined |= q
     if general:
         L = _LV.c
-        q = sa.select(L.kid, L.seq, L.prev, L.time, L.digest).where(
+        whole = sa.select(L.kid, L.seq, L.prev, L.time, L.digest).where(
             *_scope(_LV, provider, month, size), L.kid.in_(general)
         )
-        rest = analyze_links(cast(list[Link], _tuples(conn, q.order_by(L.idx))), anchors)
+        rest = analyze_links(_tuples(conn, whole.order_by(L.idx)), anchors)
         reports.update(rest.reports)
         quarantined |= rest.quarantined
     return ChainAnalysis(reports, quarantined)

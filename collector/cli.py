@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from sqlalchemy.engine import Engine
+
 from collector import accounting, credentials, custody, db, registry
 from collector.cliargs import build_parser
 from collector.gctune import tune_gc
@@ -115,11 +117,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.cmd == "bill":
         return _bill(args, engine)
     if args.cmd == "close":
-        c = db.write_tx(
+        done = db.write_tx(
             engine, lambda conn: accounting.close(conn, settings, args.provider, args.month, args.force)
         )
-        print(f"closed {args.provider} {args.month} at log size {c.size}; total {c.billed.get('total')} "
-              f"{c.billed.get('currency', '')}".rstrip())
+        print(f"closed {args.provider} {args.month} at log size {done.size}; "
+              f"total {done.billed.get('total')} {done.billed.get('currency', '')}".rstrip())
         return 0
     if args.cmd == "export":
         from audit.progress import StderrProgress
@@ -143,7 +145,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(args.cmd)
 
 
-def _token(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[no-untyped-def]
+def _token(args: argparse.Namespace, engine: Engine, now: int) -> int:
     if args.token_cmd == "list":
         with db.read_conn(engine) as c:
             if args.provider:
@@ -169,12 +171,12 @@ def _token(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[n
     return 0
 
 
-def _known_provider(engine, provider: str) -> None:  # type: ignore[no-untyped-def]
+def _known_provider(engine: Engine, provider: str) -> None:
     with db.read_conn(engine) as c:
         registry.require_known_provider(c, provider)
 
 
-def _agent(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[no-untyped-def]
+def _agent(args: argparse.Namespace, engine: Engine, now: int) -> int:
     if args.agent_cmd == "add":
         at = args.enrolled_at if args.enrolled_at is not None else now
         kid = db.write_tx(
@@ -195,7 +197,7 @@ def _agent(args: argparse.Namespace, engine, now: int) -> int:  # type: ignore[n
     return 0
 
 
-def _bill(args: argparse.Namespace, engine) -> int:  # type: ignore[no-untyped-def]
+def _bill(args: argparse.Namespace, engine: Engine) -> int:
     if args.format == "pdf" and args.out is None and sys.stdout.isatty():
         raise registry.RegistryError("a PDF is not for the terminal: give --out FILE (or redirect it)")
     with db.read_conn(engine) as c:

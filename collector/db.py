@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -16,9 +16,12 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from collector.lockfile import open_lock
+
+if TYPE_CHECKING:
+    import sqlite3
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -46,7 +49,7 @@ def make_engine(url: str, pooled: bool = True) -> Engine:
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        def _on_connect(dbapi_conn: "sqlite3.Connection", _record: ConnectionPoolEntry) -> None:
             # Autocommit at the driver so that our own BEGIN below is the only one.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
@@ -66,7 +69,7 @@ def make_engine(url: str, pooled: bool = True) -> Engine:
         return engine
     from collector import pgsession
 
-    args = {"connect_args": pgsession.client_args(url)}
+    args: dict[str, Any] = {"connect_args": pgsession.client_args(url)}
     if pooled:
         args |= {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
     engine = sa.create_engine(url, **args, **pool)

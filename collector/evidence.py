@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from billing.activity import Activity, CapacityKey, capacity_key, stored_bundles
 from collector import chainsql
 from collector import schema as s
-from protocol.chain import Anchor, ChainAnalysis, Link, analyze_links, anchor_map
+from protocol.chain import Anchor, ChainAnalysis, LinkRow, analyze_links, anchor_map
 from protocol.heartbeat import parse_unverified
 from protocol.timefmt import month_bounds, previous_month
 
@@ -52,13 +52,13 @@ def _stream(conn: Connection, q: sa.Select[Any]) -> Iterator[tuple[Any, ...]]:
 _CHUNK = 4096
 
 
-def chain_rows(conn: Connection, provider: str, month: str, size: int | None = None) -> list[Link]:
+def chain_rows(conn: Connection, provider: str, month: str, size: int | None = None) -> list[LinkRow]:
     """The month's leaves as the chain rules read them: (kid, seq, prev, time, digest) tuples."""
     q = sa.select(_L.kid, _L.seq, _L.prev, _L.time, _L.digest)
     q = q.where(_L.provider == provider, _L.month == month)
     if size is not None:
         q = q.where(_L.idx < size)
-    return cast(list[Link], _tuples(conn, q.order_by(_L.idx)))
+    return cast(list[LinkRow], _tuples(conn, q.order_by(_L.idx)))
 
 
 def anchor_rows(conn: Connection, provider: str, month: str, latest: bool = False) -> list[Any]:

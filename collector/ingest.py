@@ -73,7 +73,7 @@ def _public_key(text: str) -> Ed25519PublicKey:
 
 # The statements every batch runs, built once: building a Core statement and its cache key again
 # for each batch was ~15% of a one-line request's CPU (cProfile), where the work is per request.
-_KIDS = sa.bindparam("kids", expanding=True)
+_KIDS: sa.BindParameter[str] = sa.bindparam("kids", expanding=True)
 _AGENTS = sa.select(s.agents).where(s.agents.c.kid.in_(_KIDS))
 _REVOKED = sa.select(s.agents.c.kid, s.agents.c.revoked_at).where(s.agents.c.kid.in_(_KIDS))
 _REVOKED_LOCKED = _REVOKED.with_for_update(read=True)

@@ -30,7 +30,8 @@ FRAME_MAGIC = b"\x04\x22\x4d\x18"  # an LZ4 frame's first four bytes (0x184D2204
 
 def pack(text: str, raw: bytes | None = None) -> bytes:
     """The stored form of one JWS line (``raw``: its ASCII bytes, if the caller has them already)."""
-    return lz4.frame.compress(text.encode("ascii") if raw is None else raw)
+    packed: bytes = lz4.frame.compress(text.encode("ascii") if raw is None else raw)  # lz4 has no types
+    return packed
 
 
 def unpack(value: str | bytes | memoryview) -> str:
@@ -39,7 +40,8 @@ def unpack(value: str | bytes | memoryview) -> str:
         return value
     value = bytes(value)
     if value[:4] == FRAME_MAGIC:
-        return lz4.frame.decompress(value).decode("ascii")
+        jws: bytes = lz4.frame.decompress(value)
+        return jws.decode("ascii")
     return value.decode("ascii")
 
 

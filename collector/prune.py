@@ -124,7 +124,12 @@ def prune(settings: Settings, engine: Engine, provider: str, month: str, out: Pa
     dropped = 0
     for lo in range(0, size, CHUNK):
         hi = min(size, lo + CHUNK)
-        dropped += db.write_tx(engine, lambda c, lo=lo, hi=hi: _drop(c, provider, month, lo, hi, keep))
+
+        # a def, not a lambda: mypy infers no type for a lambda whose defaults take the loop's values
+        def drop(c: Connection, lo: int = lo, hi: int = hi) -> int:
+            return _drop(c, provider, month, lo, hi, keep)
+
+        dropped += db.write_tx(engine, drop)
         if progress is not None:
             progress("dropping the month's heartbeats", hi, size)
     P = s.prunes.c
@@ -214,6 +219,7 @@ def _copy(command: str, archive: Path, provider: str, month: str, earlier: bool 
     command's does (the journal, under the timer). It failing leaves the month as it was: the
     archive is removed (the evidence is all still in the database), so the next run writes it
     again; a copy the tool left half-done remotely is the tool's to finish or overwrite."""
+    bad: ValueError | None
     try:
         words = shlex.split(command)
     except ValueError as exc:  # the CLI checks it first; a caller that did not gets the same outcome

@@ -8,6 +8,7 @@ the table of collector/roles.py, checked in `resolve_scope` for every route that
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.types import DecoratedCallable
 from sqlalchemy.engine import Connection
 from starlette.routing import compile_path
 
@@ -113,7 +115,7 @@ def _month(month: str | None) -> str:
     return month
 
 
-def _get(path: str) -> Any:
+def _get(path: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
     """A read route: its 200 body is plain JSON, documented by collector/apimodels.py's model."""
     return router.get(path, response_model=None, responses=apimodels.documented(path))
 
@@ -161,7 +163,9 @@ def customers(provider: str, request: Request, scope: ScopeDep) -> list[dict[str
 @_get("/providers/{provider}/licenses")
 def licenses(provider: str, request: Request, scope: ScopeDep) -> list[dict[str, Any]]:
     with _conn(request) as c:
-        return strip_money(list(_catalog(c, scope.require_provider(provider)).get("licenses", [])))
+        shown: list[dict[str, Any]] = strip_money(
+            list(_catalog(c, scope.require_provider(provider)).get("licenses", [])))
+        return shown
 
 
 @_get("/providers/{provider}/instances")

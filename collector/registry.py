@@ -117,7 +117,9 @@ def latest_catalog(conn: Connection, provider: str) -> tuple[int, dict[str, Any]
 
 
 def catalog_by_id(conn: Connection, cid: int) -> dict[str, Any]:
-    return json.loads(conn.execute(sa.select(s.catalogs.c.doc).where(s.catalogs.c.id == cid)).scalar_one())
+    doc: dict[str, Any] = json.loads(
+        conn.execute(sa.select(s.catalogs.c.doc).where(s.catalogs.c.id == cid)).scalar_one())
+    return doc
 
 
 class RetroactiveChange(RegistryError):

@@ -157,7 +157,7 @@ def _new_pdf() -> Any:
     first repeat who it is for and the table's headings (a 17-page customer read as bare rows)."""
     from fpdf import FPDF
 
-    class InvoicePdf(FPDF):  # type: ignore[misc]
+    class InvoicePdf(FPDF):
         text_family = "Helvetica"
         foot = ""  # the document, the period: on every page
         running = ""  # the head of a page that continues a customer (or the summary)

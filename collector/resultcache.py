@@ -7,7 +7,8 @@ it. Here, not in collector/web, because the read API (collector/readapi.py) serv
 
 import threading
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -17,6 +18,7 @@ from collector import schema as s
 from collector.accounts import store as acc_store
 from collector.singleflight import MISSING, Flights
 
+T = TypeVar("T")
 _cache: "OrderedDict[tuple[Any, ...], Any]" = OrderedDict()
 _lock = threading.Lock()
 
@@ -97,7 +99,9 @@ def _refresh(engine: Any, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Any
             _refreshing.discard(slot)
 
 
-def cached(conn: Connection, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Any) -> Any:
+def cached(
+    conn: Connection, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: Callable[[Connection], T]
+) -> T:
     """Stale-while-revalidate: agents ship every few minutes, so the store changes all the time and
     a month's bill takes seconds at 2,000 instances. A page gets the last result at once while one
     background thread per slot recomputes it; only the very first request of a slot waits."""
@@ -112,20 +116,22 @@ def cached(conn: Connection, slot: tuple[Any, ...], extra: tuple[Any, ...], fn: 
                     _refreshing.add(slot)
                     args = (conn.engine, slot, extra, fn)
                     threading.Thread(target=_refresh, args=args, daemon=True).start()
-            return entry.value
+            value: T = entry.value  # what ``fn`` made for this slot
+            return value
 
     def stored() -> Any:
         with _lock:
             got = _cache.get(slot)
         return MISSING if got is None else got.value
 
-    def make() -> Any:
-        value = fn(conn)
-        _store(slot, state, value)
-        return value
+    def make() -> T:
+        made = fn(conn)
+        _store(slot, state, made)
+        return made
 
     # The slot's first computation: another request (or the start-up warm-up) may be making it
-    return _flights.once(slot, stored, make)
+    first: T = _flights.once(slot, stored, make)
+    return first
 
 
 def outdated(slot: tuple[Any, ...]) -> bool:

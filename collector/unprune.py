@@ -51,8 +51,12 @@ def unprune(engine: Engine, provider: str, month: str, bundle: Path, progress: P
             for lo, chunk in _chunks(f):
                 if lo + len(chunk) > size:
                     raise PruneRefused(f"{path} holds more than the {size} lines of {provider} {month}'s log")
-                restored += db.write_tx(engine, lambda c, lo=lo, ch=chunk: _put(c, provider, month, lo, ch,
-                                                                                path))
+
+                # a def, not a lambda: mypy infers no type for a lambda whose defaults take the loop's values
+                def put(c: Connection, lo: int = lo, ch: list[bytes] = chunk) -> int:
+                    return _put(c, provider, month, lo, ch, path)
+
+                restored += db.write_tx(engine, put)
                 n = lo + len(chunk)
                 if progress is not None:
                     progress("putting the heartbeats back", n, size)

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import BaseModel, field_validator
+from sqlalchemy.engine import Connection
 
 from billing import load_catalog
 from collector import apimodels, db, periodic, registry
@@ -185,10 +186,12 @@ def tick_once(
         keys = store.overdue(c)
     done: list[tuple[str, str, m.Action]] = []
     for provider, customer in keys:
+        # a def, not a lambda: mypy infers no type for a lambda whose defaults take the loop's values
+        def tick(c: Connection, p: str = provider, cu: str = customer) -> list[m.Action]:
+            return store.tick_account(c, p, cu, now, send)
+
         try:
-            actions = db.write_tx(
-                engine, lambda c, p=provider, cu=customer: store.tick_account(c, p, cu, now, send)
-            )
+            actions = db.write_tx(engine, tick)
         except Exception as exc:
             log.exception("event=account_tick_failed provider=%s customer=%s", provider, customer)
             if failed is not None:

@@ -31,6 +31,7 @@ def register(app: FastAPI) -> None:
     app.include_router(accounts_api.router)
     app.mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="ui-static")
 
+    # Starlette types a handler as taking any Exception: each of these is only given its own class
     app.add_exception_handler(auth.LoginRequired, errorpage.sign_in_first)  # type: ignore[arg-type]
     # a browser's error under /ui is a page saying what to do; everything else keeps its JSON
     app.add_exception_handler(StarletteHTTPException, errorpage.http_error)  # type: ignore[arg-type]

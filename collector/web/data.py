@@ -43,7 +43,7 @@ def results(conn: Connection, provider: str, month: str) -> tuple[dict[str, Any]
     the month cannot be priced (billing-v1.md §4: no invoice rather than a wrong one; the
     pricing_error alert says why)."""
 
-    def compute(c: Connection) -> Any:
+    def compute(c: Connection) -> tuple[dict[str, Any], dict[str, Any]] | None:
         try:
             usage, _own = accounting.own_result(c, provider, month)
             return usage, accounting.invoice(c, provider, month)

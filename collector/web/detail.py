@@ -3,11 +3,13 @@
 import json
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
+from sqlalchemy.engine import Connection
 
 from collector import accounting, alerts, resultcache, tlog
 from collector import schema as s
@@ -101,7 +103,9 @@ def instance_page(
     )
 
 
-def _hour_leaves(c: Any, provider: str, t0: int, t1: int) -> list[Any]:
+def _hour_leaves(
+    c: Connection, provider: str, t0: int, t1: int
+) -> "Sequence[sa.Row[Any, Any, Any, Any, Any, Any]]":  # quoted: SQLAlchemy 2.0's Row takes one argument
     return c.execute(
         sa.select(L.kid, L.seq, L.time, L.received_at, L.jws, L.digest)
         .where(L.provider == provider, L.month == month_of(t0), L.time >= t0, L.time < t1)

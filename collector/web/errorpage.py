@@ -1,5 +1,6 @@
 """What a browser gets instead of a JSON error under /ui: a page that says what to do next."""
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,7 +25,9 @@ def wants_page(request: Request) -> bool:
             and "text/html" in request.headers.get("accept", ""))
 
 
-def error_page(request: Request, status: int, detail: Any, headers: dict[str, str] | None = None) -> Response:
+def error_page(
+    request: Request, status: int, detail: Any, headers: Mapping[str, str] | None = None
+) -> Response:
     hint = None
     if isinstance(detail, list) and all(isinstance(e, dict) for e in detail):  # a validation error's
         text = "; ".join(f"{'.'.join(map(str, list(e.get('loc') or ())[1:]))}: {e.get('msg')}"

@@ -34,16 +34,18 @@ def instances_page(
     rows = []
     for inst in sorted(set(hours) | set(licensed)):
         lics = licensed.get(inst, [])
+        licences = [f"{x['id']} ({x.get('model')}, {x.get('unit', 'hour')})" for x in lics]
+        customers = sorted({names.get(x["customer"], x["customer"]) for x in lics})
         row = {
             "instance": inst,
             "hours": hours.get(inst),
             "running": inst in running,
-            "licences": [f"{x['id']} ({x.get('model')}, {x.get('unit', 'hour')})" for x in lics],
-            "customers": sorted({names.get(x["customer"], x["customer"]) for x in lics}),
+            "licences": licences,
+            "customers": customers,
         }
         # one box finds an instance by its id, a licence or a customer (its name or its id)
         ids = [x["customer"] for x in lics]
-        text = " ".join([inst, *row["licences"], *row["customers"], *ids]).casefold()
+        text = " ".join([inst, *licences, *customers, *ids]).casefold()
         if q.casefold() in text:
             rows.append(row)
     # a start past the end (an old link, a hand-edited one) shows the last page, not "101–100 shown"

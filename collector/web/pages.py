@@ -1,5 +1,6 @@
 """Sign-in, overview and invoice downloads; a customer's own page is in customer.py."""
 
+import secrets
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ def login_form(
     request: Request, error: str | None = None, next: str | None = None, ended: str | None = None,
     lost: str | None = None,
 ) -> Response:
-    token = request.cookies.get(auth.LOGIN_COOKIE) or auth.secrets.token_urlsafe(24)
+    token = request.cookies.get(auth.LOGIN_COOKIE) or secrets.token_urlsafe(24)
     resp = page(request, "login.html", None, login_csrf=token, error=error, next=errorpage.safe_next(next),
                 ended=bool(ended), lost=bool(lost))
     resp.set_cookie(auth.LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=auth.secure(request))
@@ -74,16 +75,16 @@ def login(
     return resp
 
 
-def _refused(request: Request, message: str, retry_after: int, username: str, back: str) -> Response:
+def _refused(request: Request, message: str, retry_after: int, username: str, back: str | None) -> Response:
     """The sign-in form again, with why, as a 429 that says when to retry."""
     resp = _form_again(request, 429, refused=message, username=username, next=back)
     resp.headers["Retry-After"] = str(retry_after)
     return resp
 
 
-def _form_again(request: Request, status: int, **shown: str) -> Response:
+def _form_again(request: Request, status: int, **shown: str | None) -> Response:
     """The sign-in form answered to a refused POST: the same login cookie, the user name kept."""
-    token = request.cookies.get(auth.LOGIN_COOKIE) or auth.secrets.token_urlsafe(24)
+    token = request.cookies.get(auth.LOGIN_COOKIE) or secrets.token_urlsafe(24)
     resp = page(request, "login.html", None, login_csrf=token, **shown)
     resp.status_code = status
     resp.set_cookie(auth.LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=auth.secure(request))

@@ -38,7 +38,8 @@ def _money(text: str | None) -> Decimal | None:
             400, f"the fixed price {text!r} is not an amount (write it with a dot: 20.50)") from exc
     if not v.is_finite() or v <= 0:  # 0 read as "fixed is cheaper" at a break-even of 0 hours
         raise HTTPException(400, "the fixed price is a positive amount")
-    # 1e999999999 is finite, but dividing by a price overflowed the context: a 500
+    # 1e999999999 is finite, but dividing by a price overflowed the context: a 500 (the exponent of
+    # a finite Decimal is an int, never the 'n', 'N' or 'F' typeshed allows for)
     if v.adjusted() > 15 or v.as_tuple().exponent < -6:  # type: ignore[operator]
         raise HTTPException(400, "the fixed price is an amount below 10^16 with at most 6 decimals")
     return v
