@@ -9,10 +9,12 @@ setup:
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # pytest exits 5 when it collected no test: that is a failure here, as any non-zero exit.
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q -ra
 
 bench: setup
@@ -26,4 +28,4 @@ packages: setup
 	bash packaging/build.sh
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
