@@ -43,6 +43,7 @@ from collector.settings import (
     SetupError,
     body_min_rate,
     body_timeout,
+    header_timeout,
     setting,
 )
 from collector.web import errorpage
@@ -337,7 +338,7 @@ def serve(settings: Settings, listen: str | None, workers: int, proxies: str | N
     from collector.accounts.mail import SmtpSettings
 
     # the environment's values, refused here in one line
-    tick_seconds(), SmtpSettings.from_env(), body_timeout(), body_min_rate()
+    tick_seconds(), SmtpSettings.from_env(), body_timeout(), body_min_rate(), header_timeout()
     os.environ[ENV_DATA_DIR] = str(settings.data_dir.resolve())
     os.environ[ENV_DB] = settings.db_url
     os.environ[ENV_ORIGIN] = settings.origin
@@ -354,6 +355,7 @@ def serve(settings: Settings, listen: str | None, workers: int, proxies: str | N
         workers=max(1, workers),
         log_level="info",
         access_log=False,
+        http="collector.headerdeadline:HeaderDeadline",  # uvicorn's httptools, headers timed
         # The client's address (sign-in throttling) and scheme (the cookie's Secure) come from
         # X-Forwarded-For/-Proto of these proxies only; uvicorn trusts 127.0.0.1 by default, and a
         # load balancer on another machine made every user one address (one attacker locked all

@@ -24,6 +24,7 @@ ENV_PROXIES = "TR7_COLLECTOR_FORWARDED_ALLOW_IPS"  # uvicorn's forwarded_allow_i
 ENV_FILE = "TR7_COLLECTOR_ENV_FILE"
 ENV_BODY_TIMEOUT = "TR7_COLLECTOR_BODY_TIMEOUT"  # collector/requestguard.py BodyDeadline
 ENV_BODY_MIN_RATE = "TR7_COLLECTOR_BODY_MIN_RATE"
+ENV_HEADER_TIMEOUT = "TR7_COLLECTOR_HEADER_TIMEOUT"  # collector/headerdeadline.py
 DEFAULT_ENV_FILE = "/etc/tr7-collector/collector.env"  # the service's EnvironmentFile (packaged)
 DEFAULT_DATA_DIR = "/var/lib/tr7-collector"
 IDENTITY = "collector_verifier_key"  # meta row: name+keyid+key of the key signing checkpoints
@@ -71,13 +72,23 @@ def body_timeout() -> float:
     """TR7_COLLECTOR_BODY_TIMEOUT: the seconds a request body may go without a byte, and its grace
     before a minimum rate applies (collector/requestguard.py); default 60. `serve` checks it
     before any worker starts (SetupError: one line)."""
-    text = (setting(ENV_BODY_TIMEOUT) or "60").strip()
+    return _seconds(ENV_BODY_TIMEOUT, "60")
+
+
+def header_timeout() -> float:
+    """TR7_COLLECTOR_HEADER_TIMEOUT: the seconds a request's headers may take in all, from its
+    first byte (collector/headerdeadline.py); default 20. Checked by `serve` as the body's."""
+    return _seconds(ENV_HEADER_TIMEOUT, "20")
+
+
+def _seconds(name: str, default: str) -> float:
+    text = (setting(name) or default).strip()
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not 0 < value <= 3600:  # also refuses nan; inf is past 3600
-        raise SetupError(f"{ENV_BODY_TIMEOUT}={text!r} must be a number of seconds, over 0 and at most 3600")
+        raise SetupError(f"{name}={text!r} must be a number of seconds, over 0 and at most 3600")
     return value
 
 
