@@ -11,6 +11,9 @@ from typing import Any
 from protocol.timefmt import format_time, month_bounds
 
 log = logging.getLogger(__name__)
+# fontTools' subsetter logs ~37 INFO lines a PDF (its timings); in the service's journal any viewer
+# downloading invoices buried the event= lines under them
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 COLUMNS = (
     "kind",

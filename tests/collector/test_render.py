@@ -101,3 +101,14 @@ def test_a_device_day_adjustment_row_reads_as_a_change_not_as_arithmetic() -> No
     ]
     text = pdf_text(render.pdf_bytes(inv, {"c1": "One"}, None, estimate=False))
     assert "40 d = 2 months" in text and "+5 d, +0 months" in text and "5 d = 0" not in text
+
+
+def test_a_pdf_adds_no_info_lines_to_the_service_log(caplog: Any) -> None:
+    """fontTools' subsetter logged ~37 INFO lines a PDF into the collector's journal (any viewer
+    could flood it by downloading invoices, burying the event= lines). Found by an API review."""
+    import logging
+
+    assert render._font_file("") is not None  # the TTF path, the one that subsets (fonts-dejavu-core)
+    with caplog.at_level(logging.INFO):
+        render.pdf_bytes(_invoice(3), {"c1": "Zürich Ärzte"}, ["c1"], provider_name="Acme")
+    assert [r.name for r in caplog.records if r.name.startswith("fontTools")] == []
