@@ -8,9 +8,12 @@ model (tests/_seed.py), which fails on a member added, dropped or retyped on eit
 Times are RFC 3339 UTC text (`2026-11-01T00:00:00Z`), money is decimal text ("5.40").
 """
 
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from starlette.routing import BaseRoute
 
 
 def _open(schema: dict[str, Any]) -> None:
@@ -314,3 +317,15 @@ def documented(path: str) -> dict[int | str, dict[str, Any]]:
 def check(path: str, body: bytes) -> None:
     """Validate one 200 answer of a documented route (tests): raises pydantic.ValidationError."""
     TypeAdapter(RESPONSES[path]).validate_json(body, strict=True)
+
+
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every API route of an app (``app.routes``), those of included routers too: FastAPI 0.16x
+    keeps an included router as one entry (its `original_router`), where older ones copied its
+    routes in, and the guards' statuses were declared, and checked by the tests, on the app's own
+    ten routes only (an API review)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif (router := getattr(route, "original_router", None)) is not None:
+            yield from api_routes(router.routes)

@@ -266,8 +266,6 @@ def _declare_guards(app: FastAPI) -> None:
     """The guards before every route answer statuses of their own (collector/requestguard.py),
     and FastAPI a 400 for a body it cannot parse: /openapi.json lists them on every API route, as
     a client generated from it must expect them. A route's own, more precise text is kept."""
-    from fastapi.routing import APIRoute
-
     guards = apimodels.errors({
         400: "a NUL character in the path or query, or a body that cannot be parsed",
         408: "a request body that stalled (collector/requestguard.py BodyDeadline)",
@@ -275,8 +273,8 @@ def _declare_guards(app: FastAPI) -> None:
         415: "a Content-Encoding on a route other than POST /v1/heartbeats",
         503: "the database is unavailable (Retry-After says when to try again)",
     })
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.include_in_schema:
+    for route in apimodels.api_routes(app.routes):
+        if route.include_in_schema:
             for code, doc in guards.items():
                 route.responses.setdefault(code, doc)
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import compile_path
 
@@ -52,8 +51,8 @@ def _declared_statuses(app: Any) -> Callable[[httpx.Response], None]:
     """A response hook: every status an API route answers must be one /openapi.json declares
     for that route and method (a client generated from it would not expect any other)."""
     paths = app.openapi()["paths"]
-    routes = [(r.path_regex, m, r.path_format) for r in app.routes
-              if isinstance(r, APIRoute) and r.include_in_schema for m in r.methods]
+    routes = [(r.path_regex, m, r.path_format) for r in apimodels.api_routes(app.routes)
+              if r.include_in_schema for m in r.methods]
 
     def hook(response: httpx.Response) -> None:
         request = response.request

@@ -23,6 +23,8 @@ CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancest
 def register(app: FastAPI) -> None:
     """The one call in create_app: pages under /ui, static files, account and entitlement API."""
     app.state.signin_throttle = throttle.SignInThrottle(checks=os.cpu_count() or 1)
+    # The pages' routers are left out of /openapi.json (include_in_schema=False): HTML for a
+    # browser with a session cookie, redirects and forms, not an API a generated client calls.
     app.include_router(pages.router)
     app.include_router(customer.router)
     app.include_router(detail.router)

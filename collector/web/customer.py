@@ -18,7 +18,7 @@ from collector.web.common import SessionDep, conn, month_param, provider_page
 from collector.web.common import render as page
 from protocol.timefmt import month_bounds
 
-router = APIRouter(prefix="/ui")
+router = APIRouter(prefix="/ui", include_in_schema=False)  # pages: not in /openapi.json
 MAX_HEATMAPS = 50  # instances whose heatmap the page draws (a month is 744 cells each)
 
 

@@ -21,7 +21,7 @@ from protocol.errors import ProtocolError
 from protocol.heartbeat import b64url_decode, parse_unverified
 from protocol.timefmt import format_time, month_of, parse_time
 
-router = APIRouter(prefix="/ui")
+router = APIRouter(prefix="/ui", include_in_schema=False)  # pages: not in /openapi.json
 PICKER_HOURS = 48  # hours the evidence picker lists, the latest; the heatmap reaches every other
 L = s.leaves.c
 

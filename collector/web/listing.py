@@ -12,7 +12,7 @@ from collector.web import data
 from collector.web.common import SessionDep, conn, month_param, provider_page
 from collector.web.common import render as page
 
-router = APIRouter(prefix="/ui")
+router = APIRouter(prefix="/ui", include_in_schema=False)  # pages: not in /openapi.json
 PAGE = 500  # rows a page: 2,000 instances are four pages
 
 

@@ -18,7 +18,7 @@ from collector.web.common import render as page
 from collector.web.customer import known_customer
 from protocol.timefmt import month_bounds
 
-router = APIRouter(prefix="/ui")
+router = APIRouter(prefix="/ui", include_in_schema=False)  # pages: not in /openapi.json
 
 
 @router.get("/login")

@@ -25,7 +25,7 @@ from collector.web import auth, data
 from collector.web.common import SessionDep, attachment, conn, month_param, provider_page
 from collector.web.common import render as page
 
-router = APIRouter(prefix="/ui")
+router = APIRouter(prefix="/ui", include_in_schema=False)  # pages: not in /openapi.json
 
 
 def _money(text: str | None) -> Decimal | None:
