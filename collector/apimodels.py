@@ -257,6 +257,20 @@ class ErrorBody(_Shape):
     detail: str
 
 
+class InvalidItem(_Shape):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidBody(_Shape):
+    """A 422: the request's own validation (where and why, collector/server.py `_invalid`) or a
+    route's text for a value it refused. Declared as ErrorBody alone, a generated client failed
+    on the list (an API review)."""
+
+    detail: str | list[InvalidItem]
+
+
 class RetiredKey(_Shape):
     key: str  # verifier key, name+keyid+base64
     retired_at: str
@@ -293,8 +307,23 @@ _ERRORS = {
 
 
 def errors(why: dict[int, str]) -> dict[int | str, dict[str, Any]]:
-    """The `responses` of a route's error statuses, each a {"detail": text} body (for OpenAPI)."""
-    return {code: {"model": ErrorBody, "description": text} for code, text in sorted(why.items())}
+    """The `responses` of a route's error statuses, each a {"detail": text} body (for OpenAPI); a
+    422's detail may also be the validation's list."""
+    return {code: {"model": InvalidBody if code == 422 else ErrorBody, "description": text}
+            for code, text in sorted(why.items())}
+
+
+def json_errors(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """The error bodies of a route that answers another type (the checkpoint's text/plain) declared
+    as the JSON they are: FastAPI files a `model` under the route's own media type. Given to the
+    route's decorator (FastAPI reads its models there once), and to the guards added after."""
+    for code, response in responses.items():
+        model = response.get("model")
+        if model is not None and not str(code).startswith("2"):
+            del response["model"]
+            ref = {"$ref": f"#/components/schemas/{model.__name__}"}  # ErrorBody: other routes list it
+            response.setdefault("content", {})["application/json"] = {"schema": ref}
+    return responses
 
 
 # Every API route answers these (collector/readapi.py resolve_scope and roles).

@@ -10,8 +10,8 @@ from collector.settings import header_timeout
 
 log = logging.getLogger("collector.requestguard")  # beside event=body_timeout
 
-_WHY = b"the request headers did not end in time\n"
-_ANSWER = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+_WHY = b'{"detail":"the request headers did not end in time"}'  # JSON, as every error (/openapi.json)
+_ANSWER = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_WHY), _WHY))
 
 

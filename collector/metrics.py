@@ -113,7 +113,7 @@ class _Scrape(Collector):
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {TEXT_FORMAT: {}}, "description": "Prometheus text format"},
-                       **apimodels.errors(apimodels.AUTH_ERRORS)})
+                       **apimodels.json_errors(apimodels.errors(apimodels.AUTH_ERRORS))})
 def metrics(request: Request, scope: ScopeDep) -> Response:
     """The collector's state for Prometheus (a provider's admin token: its provider only)."""
     with db.read_conn(request.app.state.engine) as c:

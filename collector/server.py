@@ -179,8 +179,10 @@ def create_app(settings: Settings) -> FastAPI:
             return {"key": keyrotation.current_key(c), "retired": keyrotation.history(c)}
 
     @app.get("/v1/log/{provider}/{month}/checkpoint", response_class=PlainTextResponse,
-             responses=apimodels.errors({**_LOG_ERRORS, 503: "this host does not yet hold the collector's "
-                                         "rotated checkpoint key (`key rotate` ran on another host)"}))
+             responses=apimodels.json_errors(apimodels.errors({
+                 **_LOG_ERRORS,
+                 503: "this host does not yet hold the collector's rotated checkpoint key (`key rotate` ran "
+                      "on another host)"})))
     def checkpoint(provider: str, month: str, scope: readapi.ScopeDep) -> str:
         _log_access(engine, scope, provider, month)
         return db.write_tx(engine, lambda c: tlog.checkpoint(c, settings, provider, month))
@@ -266,17 +268,19 @@ def _declare_guards(app: FastAPI) -> None:
     """The guards before every route answer statuses of their own (collector/requestguard.py),
     and FastAPI a 400 for a body it cannot parse: /openapi.json lists them on every API route, as
     a client generated from it must expect them. A route's own, more precise text is kept."""
-    guards = apimodels.errors({
+    # as explicit JSON content: FastAPI reads a `model` of the app's own routes once, when the
+    # route is made, and these are added after (they were published with no body at all)
+    guards = apimodels.json_errors(apimodels.errors({
         400: "a NUL character in the path or query, or a body that cannot be parsed",
         408: "a request body that stalled (collector/requestguard.py BodyDeadline)",
         413: f"a body over {MAX_OTHER_BODY} bytes",
         415: "a Content-Encoding on a route other than POST /v1/heartbeats",
         503: "the database is unavailable (Retry-After says when to try again)",
-    })
+    }))
     for route in apimodels.api_routes(app.routes):
         if route.include_in_schema:
             for code, doc in guards.items():
-                route.responses.setdefault(code, doc)
+                route.responses.setdefault(code, dict(doc))
 
 
 def _log_access(engine: Any, scope: "readapi.Scope", provider: str, month: str) -> None:

@@ -7,6 +7,7 @@ to 1,559 file descriptors, and a few tens of thousands would run the workers out
 """
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -77,6 +78,7 @@ def test_headers_that_never_end_are_cut(served: tuple[int, Path], trickle: bytes
         data, took = _until_closed(sock, TIMEOUT + 20, trickle)
     assert data.startswith(b"HTTP/1.1 408 "), data
     assert b"connection: close" in data.lower()
+    assert "did not end" in json.loads(data.split(b"\r\n\r\n", 1)[1])["detail"]  # JSON, as declared
     assert TIMEOUT - 0.2 <= took < TIMEOUT + 10  # a fixed total: trickling does not stretch it
     assert "event=header_timeout" in log.read_text()
 
