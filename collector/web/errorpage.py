@@ -55,9 +55,13 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
 
 
 def safe_next(target: str | None) -> str | None:
-    """A page to return to after signing in: one of ours (no other host, no sign-in loop)."""
+    """A page to return to after signing in: one of ours (no other host, no sign-in loop, no dot
+    segment: `/ui/../v1/providers` left the pages, and `%2e` is a dot to a browser too)."""
     if (not target or not target.startswith("/ui/") or target.startswith("/ui/login") or "//" in target
             or "\\" in target or len(target) > 2000 or not target.isprintable()):
+        return None
+    path = target.split("?", 1)[0].split("#", 1)[0].lower().replace("%2e", ".")
+    if any(seg in (".", "..") for seg in path.split("/")):
         return None
     return target
 

@@ -592,8 +592,10 @@ def test_an_ended_session_says_so_and_returns_to_the_page_after_signing_in(
                     follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == path
     # never to another host, nor back to the sign-in form
-    for bad in ("https://evil.example/ui/", "//evil.example/ui/", "/ui/login?next=/ui/", "/ui/\\evil"):
+    for bad in ("https://evil.example/ui/", "//evil.example/ui/", "/ui/login?next=/ui/", "/ui/\\evil",
+                "/ui/../v1/providers", "/ui/%2E%2e/v1/providers", "/ui/p/./x", "/ui/p/.."):
         assert errorpage.safe_next(bad) is None, bad
+    assert errorpage.safe_next("/ui/p/acme?month=2026-10&x=../y") == "/ui/p/acme?month=2026-10&x=../y"
 
 
 def test_a_browser_gets_an_error_page_and_an_api_client_json(client: TestClient, world: Any) -> None:
