@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
+    for warning in config.warnings:  # what an earlier release took, read this one's way
+        if args.command == "run":
+            logging.getLogger("tr7.agent").warning("event=config_warning reason=%r", warning)
+        else:
+            print(f"configuration warning: {warning}", file=sys.stderr)
     from agent import commands
 
     if args.command == "config":

@@ -27,8 +27,8 @@ def read_token(token_file: str) -> str:
     anything else in the header with an error quoting the whole `Bearer <token>` value, which was
     printed and logged at every retry; a BOM or another non-ASCII character gave a traceback."""
     token = (read_secret(None, token_file, "agent.token_file") or "").strip()
-    if not token:
-        raise CollectorFileError("token_file", f"{token_file}: the token is empty")
+    if not token:  # no token: sent without one (config.py says so); earlier releases took the file
+        return ""
     if token.startswith("\ufeff"):
         raise CollectorFileError("token_file", f"{token_file}: the token starts with a byte-order mark "
                                  "(BOM): save the file as plain ASCII, without one")

@@ -135,6 +135,9 @@ class Config:
     path: Path
     agent: AgentSettings
     adapters: list[AdapterConfig] = field(default_factory=list)
+    # Values an earlier release accepted and this one reads its own way, each said where it is:
+    # refused, they stopped an upgraded agent at its next restart, and its hours went unsigned.
+    warnings: list[str] = field(default_factory=list)
 
 
 def _table_lines(text: str) -> list[tuple[str, int, int]]:
@@ -172,12 +175,16 @@ def find_line(text: str, table: str, index: int, key: str | None) -> int | None:
 
 
 def _fail(path: Path, text: str, table: str, index: int, loc: tuple[Any, ...], msg: str) -> ConfigError:
+    return ConfigError(_where(path, text, table, index, loc, msg))
+
+
+def _where(path: Path, text: str, table: str, index: int, loc: tuple[Any, ...], msg: str) -> str:
     key = str(loc[0]) if loc else None
     line = find_line(text, table, index, key)
     where = f"{path}:{line}" if line else str(path)
     name = f"[[{table}]] #{index + 1}" if table == "adapters" else f"[{table}]"
     dotted = ".".join(str(p) for p in loc) if loc else "(table)"
-    return ConfigError(f"{where}: {name} {dotted}: {msg}")
+    return f"{where}: {name} {dotted}: {msg}"
 
 
 def _errors(exc: ValidationError, path: Path, text: str, table: str, index: int) -> ConfigError:
@@ -215,7 +222,8 @@ def load_config(path: Path) -> Config:
         agent = AgentSettings.model_validate(agent_doc)
     except ValidationError as exc:
         raise _errors(exc, path, text, "agent", 0) from exc
-    _collector_files(agent, path, text)
+    warnings: list[str] = []
+    _collector_files(agent, path, text, warnings)
     tables = doc.get("adapters", [])
     if not isinstance(tables, list):
         raise ConfigError(f"{path}: adapters must be array tables [[adapters]]")
@@ -238,11 +246,11 @@ def load_config(path: Path) -> Config:
         if cfg.name in seen:
             raise _fail(path, text, "adapters", i, ("name",), f"adapter name {cfg.name!r} used twice")
         seen.add(cfg.name)
-        adapters.append(_timeout_within(cfg, agent.interval, path, text, i))
-    return Config(path=path, agent=agent, adapters=adapters)
+        adapters.append(_timeout_within(cfg, agent.interval, path, text, i, warnings))
+    return Config(path=path, agent=agent, adapters=adapters, warnings=warnings)
 
 
-def _collector_files(agent: AgentSettings, path: Path, text: str) -> None:
+def _collector_files(agent: AgentSettings, path: Path, text: str, warnings: list[str]) -> None:
     """The token and CA files' content, checked as the shipper will use them (`config validate` and
     a reload too): each passed validation, then gave a traceback, an OpenSSL error naming no file,
     or the token quoted in an httpx error. A token file this user cannot read (root's credentials,
@@ -256,7 +264,9 @@ def _collector_files(agent: AgentSettings, path: Path, text: str) -> None:
             raise _fail(path, text, "agent", 0, ("ca_file",), exc.detail) from None
     if agent.token_file:
         try:
-            read_token(agent.token_file)
+            if not read_token(agent.token_file):
+                warnings.append(_where(path, text, "agent", 0, ("token_file",), f"{agent.token_file}: the "
+                                       "token is empty: heartbeats are sent with no Authorization header"))
         except CollectorFileError as exc:
             raise _fail(path, text, "agent", 0, ("token_file",), exc.detail) from None
         except SecretError:
@@ -271,15 +281,19 @@ def require_adapters(config: Config) -> Config:
     return config
 
 
-def _timeout_within(cfg: AdapterConfig, interval: int, path: Path, text: str, i: int) -> AdapterConfig:
+def _timeout_within(cfg: AdapterConfig, interval: int, path: Path, text: str, i: int,
+                    warnings: list[str]) -> AdapterConfig:
     """A poll waits for every adapter and the next one starts only after it: an adapter allowed
     longer than the interval delayed every other adapter's heartbeats too (a healthy instance got
-    one heartbeat in four, gaps in its hours). A timeout given is below the interval; the default
-    (60 s) is at most 80% of a shorter interval."""
+    one heartbeat in four, gaps in its hours). A timeout given is used when below the interval;
+    one at or over it (earlier releases took it) is lowered as the default is, to 80% of the
+    interval, and said; the default (60 s) is at most 80% of a shorter interval."""
+    lowered = min(cfg.timeout, 0.8 * interval)
     if "timeout" in cfg.model_fields_set:
-        if cfg.timeout >= interval:
-            raise _fail(path, text, "adapters", i, ("timeout",),
-                        f"{cfg.timeout:g} s is not below [agent] interval {interval} s: every adapter is "
-                        "waited for before the next poll, so a slow one would delay the others' heartbeats")
-        return cfg
-    return cfg.model_copy(update={"timeout": min(cfg.timeout, 0.8 * interval)})
+        if cfg.timeout < interval:
+            return cfg
+        warnings.append(_where(path, text, "adapters", i, ("timeout",),
+                               f"{cfg.timeout:g} s is not below [agent] interval {interval} s: {lowered:g} s "
+                               "is used (every adapter is waited for before the next poll, so a slow one "
+                               "would delay the others' heartbeats)"))
+    return cfg.model_copy(update={"timeout": lowered})

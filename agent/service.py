@@ -275,6 +275,8 @@ class Service:
         except ConfigError as exc:
             log.error("event=reload_failed reason=%r action='keeping the running configuration'", str(exc))
             return
+        for warning in new.warnings:
+            log.warning("event=config_warning reason=%r", warning)
         old = self.config
         if new.agent.state_dir != old.agent.state_dir:
             log.error("event=reload_refused reason='state_dir cannot change without a restart'")

@@ -42,8 +42,9 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
 
 def make_client(settings: AgentSettings, timeout: float = 30.0) -> httpx.Client:
     headers = {"User-Agent": "tr7-agent"}
-    if settings.token_file:  # checked: httpx's error for a bad value quoted the whole header
-        headers["Authorization"] = f"Bearer {read_token(settings.token_file)}"
+    # checked: httpx's error for a bad value quoted the whole header; an empty file is no token
+    if settings.token_file and (token := read_token(settings.token_file)):
+        headers["Authorization"] = f"Bearer {token}"
     if settings.ca_file:
         # httpx's own errors named neither the key nor the file ("[Errno 2]", an OpenSSL reason)
         ca_bundle(settings.ca_file)

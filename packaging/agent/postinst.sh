@@ -19,9 +19,18 @@ if [ ! -e /etc/tr7-agent/agent.toml ]; then
 fi
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload || true
-    if /usr/bin/tr7-agent config validate --config /etc/tr7-agent/agent.toml >/dev/null 2>&1; then
+    if problem=$(/usr/bin/tr7-agent config validate --config /etc/tr7-agent/agent.toml 2>&1 >/dev/null); then
         # Upgrade of a configured agent: restart it on the new code (key and spool are kept).
+        [ -z "$problem" ] || echo "$problem" >&2  # warnings: values read this release's way
         systemctl try-restart tr7-agent.service || true
+    elif [ -e /etc/tr7-agent/agent.toml ] && systemctl is-active --quiet tr7-agent.service; then
+        # Said, not left to the next restart: `run` refuses it too (exit 2, not restarted), and an
+        # agent that does not run signs no heartbeat: those hours are lost for good.
+        echo "$problem" >&2
+        echo "tr7-agent: NOT restarted: this release refuses /etc/tr7-agent/agent.toml (above); the" \
+             "running agent keeps the previous version until it stops. Fix the file, check it with" \
+             "'tr7-agent config validate --config /etc/tr7-agent/agent.toml', then:" \
+             "systemctl restart tr7-agent" >&2
     fi
 fi
 exit 0

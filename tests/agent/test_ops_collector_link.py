@@ -96,12 +96,20 @@ def test_a_token_files_blanks_are_stripped_and_a_bad_token_is_named_never_shown(
     with make_client(cfg.agent) as client:
         assert client.headers["Authorization"] == f"Bearer {SECRET}"
     for content, why in ((f"{SECRET} x\n", "a blank or a control character at position 20"),
-                         ("\n", "the token is empty"), (f"{SECRET}\x07", "a blank or a control character")):
+                         (f"{SECRET}\x07", "a blank or a control character")):
         token.write_text(content)
         with pytest.raises(ConfigError) as err:
             load_config(cfg.path)
         assert f"{cfg.path}:6: [agent] token_file: {token}: " in str(err.value) and why in str(err.value)
         assert "S3CRET" not in str(err.value)
+    # An empty file is no token, said (earlier releases took it, and refusing it stopped an
+    # upgraded agent at its next restart: an upgrade review)
+    token.write_text("\n")
+    empty = load_config(cfg.path)
+    assert empty.warnings == [f"{cfg.path}:6: [agent] token_file: {token}: the token is empty: heartbeats "
+                              "are sent with no Authorization header"]
+    with make_client(empty.agent) as client:
+        assert "Authorization" not in client.headers
     # changed between the load and its use: enroll names the key, not "unreachable", and no token
     token.write_text(f"{SECRET} x\n")
     out = io.StringIO()

@@ -101,3 +101,36 @@ def test_install_upgrade_remove_purge(debs: dict[str, Path], root: Path) -> None
     assert conf.exists() and (state / "agent.key").exists()
     chroot(root, "dpkg", "-P", "tr7-agent")
     assert not conf.exists() and not state.exists()
+
+
+def test_an_upgrade_says_when_it_cannot_restart_the_agent(debs: dict[str, Path], root: Path) -> None:
+    """An upgrade whose release refused the running agent's configuration restarted nothing and
+    said nothing: the old process ran on until its next restart, where `run` refused the file
+    (exit 2, not restarted) and the agent signed no more heartbeats. Found by an upgrade review.
+    systemd is stood in for (the chroot has none): /run/systemd/system and a systemctl that logs."""
+    install(root, debs["tr7-agent"])
+    (root / "run/systemd/system").mkdir(parents=True, exist_ok=True)
+    calls = root / "tmp/systemctl.log"
+    fake = root / "usr/local/sbin/systemctl"
+    fake.write_text('#!/bin/sh\necho "$*" >> /tmp/systemctl.log\nexit 0\n')  # is-active: yes
+    fake.chmod(0o755)
+    conf = root / "etc/tr7-agent/agent.toml"
+    adapter = '[[adapters]]\nname = "lab"\nplatform = "kvm"\nuri = "test:///default"\n'
+    try:
+        # A value an earlier release took (a timeout not below the interval): restarted, and said.
+        conf.write_text(f'[agent]\ninterval = 60\n\n{adapter}timeout = 60\n')
+        calls.write_text("")
+        out = chroot(root, "dpkg", "-i", f"/tmp/{debs['tr7-agent'].name}")
+        assert "try-restart tr7-agent.service" in calls.read_text()
+        assert "timeout: 60 s is not below [agent] interval 60 s: 48 s is used" in out.stderr
+        # A file this release refuses: not restarted, and the upgrade says so and what to do.
+        conf.write_text(f'[agent]\ninterval = 60\nno_such_key = 1\n\n{adapter}')
+        calls.write_text("")
+        out = chroot(root, "dpkg", "-i", f"/tmp/{debs['tr7-agent'].name}")
+        assert "try-restart" not in calls.read_text()
+        assert "no_such_key" in out.stderr and "NOT restarted" in out.stderr
+        assert "systemctl restart tr7-agent" in out.stderr
+    finally:
+        fake.unlink()
+        shutil.rmtree(root / "run/systemd")
+        chroot(root, "dpkg", "-P", "tr7-agent")
