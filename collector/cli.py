@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from collector import accounting, credentials, custody, db, registry
 from collector.cliargs import build_parser
 from collector.gctune import tune_gc
-from collector.settings import Settings, SetupError
+from collector.settings import Settings, SetupError, schema_line
 from collector.tlog import EvidencePruned
 from protocol.timefmt import format_time
 
@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     engine = settings.open()
     now = int(time.time())
     if args.cmd == "migrate":
-        print(f"schema up to date on {engine.url.render_as_string(hide_password=True)}")
+        print(schema_line(settings.migrated, engine.url.render_as_string(hide_password=True)))
         return 0
     if args.cmd == "apply":
         doc = registry.read_catalog_file(args.file)

@@ -263,19 +263,24 @@ class UnknownRevision(Exception):
         self.revision = revision
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the latest Alembic revision (creates it on an empty database)."""
+def migrate(engine: Engine) -> tuple[str | None, str]:
+    """Bring the schema to the latest Alembic revision (creates it on an empty database): the
+    revisions before (None: no schema) and after, which `migrate` and `serve` say (an upgrade
+    printed only "schema up to date", as when nothing was done: an upgrade review)."""
+    from alembic.runtime.migration import MigrationContext
     from alembic.util.exc import CommandError
 
     with _migration_lock(engine):
         cfg = alembic_config(engine.url.render_as_string(hide_password=False))
         with engine.connect() as conn:
+            before = MigrationContext.configure(conn).get_current_revision()
             cfg.attributes["connection"] = conn
             try:
                 command.upgrade(cfg, "head")
             except CommandError as exc:
-                current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-                if current is not None and "Can't locate revision" in str(exc):
-                    raise UnknownRevision(str(current)) from exc
+                if before is not None and "Can't locate revision" in str(exc):
+                    raise UnknownRevision(before) from exc
                 raise
             conn.commit()
+            after = MigrationContext.configure(conn).get_current_revision()
+    return before, str(after)

@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,6 +45,7 @@ from collector.settings import (
     body_min_rate,
     body_timeout,
     header_timeout,
+    schema_line,
     setting,
 )
 from collector.web import errorpage
@@ -334,7 +336,10 @@ def serve(settings: Settings, listen: str | None, workers: int, proxies: str | N
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise SetupError(f"listen address {listen!r} (--listen or {ENV_LISTEN}) must be HOST:PORT, "
                          "e.g. 127.0.0.1:8080 or [::1]:8080")
-    settings.open()  # key, origin and migrations before any worker starts
+    engine = settings.open()  # key, origin and migrations before any worker starts
+    if settings.migrated and settings.migrated[0] != settings.migrated[1]:  # said, beside uvicorn's lines
+        where = engine.url.render_as_string(hide_password=True)
+        print(f"tr7-collector: {schema_line(settings.migrated, where)}", file=sys.stderr, flush=True)
     _check_writable(settings)
     from collector.accounts.api import tick_seconds
     from collector.accounts.mail import SmtpSettings

@@ -3,7 +3,7 @@
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -107,6 +107,8 @@ class Settings:
     db_url: str
     origin_override: str | None = None
     db_defaulted: bool = False  # no --db nor TR7_COLLECTOR_DB: the SQLite file in the data dir
+    # the schema's revisions before and after open()'s migration (None before: there was none)
+    migrated: tuple[str | None, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def resolve(cls, data_dir: str | None, db_url: str | None, origin: str | None = None) -> "Settings":
@@ -186,7 +188,7 @@ class Settings:
         _ = self.origin, self.key  # the origin first: a refused one leaves no key behind
         if migrate:
             try:
-                db.migrate(self.engine)
+                self.migrated = db.migrate(self.engine)
             except db.UnknownRevision as exc:
                 raise SetupError(
                     f"this database's schema is at revision {exc.revision!r}, which this tr7-collector "
@@ -300,3 +302,13 @@ class Settings:
                 "process on one database must share collector.key and origin (copy them from the "
                 "first host's data directory)"
             )
+
+
+def schema_line(migrated: tuple[str | None, str] | None, where: str) -> str:
+    """What `migrate` printed, and `serve` says at start: from which revision to which."""
+    before, after = migrated or (None, "?")
+    if before == after:
+        return f"schema up to date ({after}) on {where}"
+    if before is None:
+        return f"schema created ({after}) on {where}"
+    return f"schema upgraded from {before} to {after} on {where}"

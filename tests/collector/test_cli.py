@@ -198,3 +198,22 @@ def test_concurrent_first_start_migrates_once(tmp_path, db_url):
     with engine.connect() as c:
         assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
     engine.dispose()
+
+
+def test_migrate_says_from_which_revision_to_which(tmp_path, db_url, tools):
+    """An upgrade from 0001 to the last revision printed "schema up to date", as when nothing was
+    done, and `serve` said nothing of it. Found by an upgrade review."""
+    from alembic.script import ScriptDirectory
+
+    from collector.db import alembic_config
+    from collector.settings import Settings
+
+    head = ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()
+    data = tmp_path / "data"
+    assert run(data, db_url, "migrate").stdout.startswith(f"schema created ({head}) on ")
+    st = Settings(data, db_url, "cli.test")
+    tools.migrate_to(st, "0014_vacuum_after_inserts")
+    st.engine.dispose()
+    out = run(data, db_url, "migrate").stdout
+    assert out.startswith(f"schema upgraded from 0014_vacuum_after_inserts to {head} on "), out
+    assert run(data, db_url, "migrate").stdout.startswith(f"schema up to date ({head}) on ")

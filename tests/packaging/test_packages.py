@@ -134,3 +134,39 @@ def test_an_upgrade_says_when_it_cannot_restart_the_agent(debs: dict[str, Path],
         fake.unlink()
         shutil.rmtree(root / "run/systemd")
         chroot(root, "dpkg", "-P", "tr7-agent")
+
+
+def test_an_upgrade_does_not_move_the_collector_onto_another_data_directory(
+    debs: dict[str, Path], root: Path
+) -> None:
+    """Earlier builds' unit served /var/lib/tr7-collector whatever collector.env said, while shell
+    commands read its TR7_COLLECTOR_DATA_DIR; the unit now reads it too. Restarted by the upgrade,
+    the service moved onto the other directory (a second collector an `apply` had made), answered
+    the agents `kid.unknown` and they set those heartbeats aside. Found by an upgrade review."""
+    install(root, debs["tr7-collector"])
+    (root / "run/systemd/system").mkdir(parents=True, exist_ok=True)
+    calls = root / "tmp/systemctl.log"
+    fake = root / "usr/local/sbin/systemctl"
+    fake.write_text('#!/bin/sh\necho "$*" >> /tmp/systemctl.log\nexit 0\n')
+    fake.chmod(0o755)
+    env = root / "etc/tr7-collector/collector.env"
+    key = root / "var/lib/tr7-collector/collector.key"
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_text("the collector the agents know\n")
+    original = env.read_text()
+    try:
+        env.write_text(original + 'TR7_COLLECTOR_DATA_DIR="/srv/tr7-collector"\n')
+        calls.write_text("")
+        out = chroot(root, "dpkg", "-i", f"/tmp/{debs['tr7-collector'].name}")
+        assert "try-restart" not in calls.read_text() and "daemon-reload" in calls.read_text()
+        assert "NOT restarted" in out.stderr and "TR7_COLLECTOR_DATA_DIR=/srv/tr7-collector" in out.stderr
+        for line in ("TR7_COLLECTOR_DATA_DIR=/var/lib/tr7-collector/\n", "#TR7_COLLECTOR_DATA_DIR=/srv/x\n"):
+            env.write_text(original + line)  # the same directory, or a commented line: restarted
+            calls.write_text("")
+            out = chroot(root, "dpkg", "-i", f"/tmp/{debs['tr7-collector'].name}")
+            assert "try-restart tr7-collector.service" in calls.read_text() and "NOT" not in out.stderr
+    finally:
+        env.write_text(original)
+        fake.unlink()
+        shutil.rmtree(root / "run/systemd")
+        chroot(root, "dpkg", "-P", "tr7-collector")
