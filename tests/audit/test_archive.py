@@ -85,6 +85,16 @@ def test_a_damaged_or_hostile_archive_fails_by_name_and_writes_nothing_outside(
     res = cli("verify", str(linked))
     assert res.returncode == 1 and "not a regular file or a directory" in res.stdout, res.stdout
 
+    dirs = tmp_path / "dirs.tar.gz"  # the bundle, then directories that declare no size (a review)
+    with tarfile.open(dirs, "w:gz") as t:
+        t.add(pristine, arcname="b")
+        for i in range(archive.MAX_MEMBERS):
+            info = tarfile.TarInfo(f"b/d{i}")
+            info.type = tarfile.DIRTYPE
+            t.addfile(info)
+    res = cli("verify", str(dirs))
+    assert res.returncode == 1 and "archive.unreadable" in res.stdout and "more than 1,000 members" in res.stdout
+
     other = tmp_path / "notes.txt"
     other.write_text("not a bundle\n")
     res = cli("verify", str(other))
