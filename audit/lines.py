@@ -3,6 +3,8 @@
 import multiprocessing
 from array import array
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -247,10 +249,20 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
         finally:
             _FILE.pop().close()
     else:
-        with multiprocessing.get_context().Pool(count, _init, setup) as pool:
-            for result in pool.imap(_verify_chunk, jobs):
-                consume(result)
+        # concurrent.futures, not multiprocessing.Pool: a worker killed (the OOM killer, a hostile
+        # bundle) breaks the executor and raises, where Pool.imap waited for its chunk for ever
+        with ProcessPoolExecutor(count, multiprocessing.get_context(), _init, setup) as pool:
+            try:
+                for result in pool.map(_verify_chunk, jobs):
+                    consume(result)
+            except BrokenProcessPool as exc:
+                raise VerifyAborted(f"a signature worker of {rel} died (killed, or out of memory): "
+                                    "the lines were not all verified") from exc
     return res
+
+
+class VerifyAborted(Exception):
+    """The lines could not all be verified; the bundle fails by name (verify.internal)."""
 
 
 def read_line(path: Path, lines: Lines, i: int) -> str:

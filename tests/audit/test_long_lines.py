@@ -58,3 +58,30 @@ def test_a_document_bigger_than_any_bundles_is_refused_unread(bundle: Path, forg
     report = verify_bundle(bundle, workers=1)
     named = [f for f in report.errors if f.file == "catalog.json" and f.rule == "file.unreadable"]
     assert named and "more than any document of a bundle (100000 bytes): not read" in named[0].message
+
+
+def _killed_at_its_second_chunk(job: Any) -> Any:
+    import os
+    import signal
+
+    if job[0] > 0:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+    return audit.lines._REAL_CHUNK(job)
+
+
+def test_a_signature_worker_that_dies_fails_the_lines_instead_of_hanging(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """multiprocessing.Pool.imap waited for a killed worker's chunk for ever: `verify` hung (a
+    review sent SIGKILL to a worker of a 133k-line bundle). The workers are forked, so they run
+    the stand-in set here."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.fail("this test relies on forked workers (Linux's default)")
+    monkeypatch.setattr(audit.lines, "CHUNK", 3)
+    monkeypatch.setattr(audit.lines, "_REAL_CHUNK", audit.lines._verify_chunk, raising=False)
+    monkeypatch.setattr(audit.lines, "_verify_chunk", _killed_at_its_second_chunk)
+    path = tmp_path / "heartbeats.jws"
+    path.write_bytes(b"x.y.z\n" * 12)
+    with pytest.raises(audit.lines.VerifyAborted, match="a signature worker of heartbeats.jws died"):
+        verify_lines(lambda *a, **k: None, "heartbeats.jws", path, {}, "2026-10", None, 2)
