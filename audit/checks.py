@@ -1,6 +1,7 @@
 """The verifier's individual checks: findings, agents, chains, billing recomputation."""
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -41,11 +42,16 @@ class Finding:
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+# Format characters (Cf: the bidirectional overrides and isolates U+202A-202E and U+2066-2069, the
+# zero-width ones) and the line and paragraph separators: in a name they reorder or split a finding
+# in the terminal (a review), as a control sequence could hide one.
+_HIDDEN = re.compile(r"[\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]")
 
 
 def printable(text: str) -> str:
-    """``text`` with the C0 and C1 control characters and DEL written as \\xNN."""
-    return text.translate(_CONTROLS)
+    """``text`` with the C0 and C1 control characters and DEL written as \\xNN, and the format
+    characters and separators that reorder or split a line as \\uNNNN."""
+    return _HIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text.translate(_CONTROLS))
 
 
 @dataclass

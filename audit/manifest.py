@@ -8,7 +8,7 @@ from typing import Any
 from audit import bundle as B
 from protocol.errors import ProtocolError
 from protocol.strictjson import loads_strict
-from protocol.timefmt import month_bounds, parse_rfc3339
+from protocol.timefmt import month_bounds, parse_rfc3339, previous_month
 
 Add = Callable[..., None]
 
@@ -54,8 +54,11 @@ def _fields(add: Add, manifest: dict[str, Any], out: Manifest) -> None:
     out.month = manifest.get("month") or ""
     try:
         month_bounds(out.month)
+        # the anchors are of the month before (§6): 0001-01 has none, and ended in verify.internal
+        month_bounds(previous_month(out.month))
     except ValueError:
-        add(B.MANIFEST, None, "manifest.format", f"month {out.month!r} is not YYYY-MM")
+        add(B.MANIFEST, None, "manifest.format",
+            f"month {out.month!r} is not YYYY-MM from 0001-02 to 9999-11")
         out.month = ""
     try:
         parse_rfc3339(manifest.get("created"), "manifest.format")  # §6 fixes no form: any RFC 3339

@@ -93,7 +93,8 @@ def test_a_damaged_or_hostile_archive_fails_by_name_and_writes_nothing_outside(
             info.type = tarfile.DIRTYPE
             t.addfile(info)
     res = cli("verify", str(dirs))
-    assert res.returncode == 1 and "archive.unreadable" in res.stdout and "more than 1,000 members" in res.stdout
+    assert res.returncode == 1 and "archive.unreadable" in res.stdout
+    assert "more than 1,000 members" in res.stdout
 
     other = tmp_path / "notes.txt"
     other.write_text("not a bundle\n")

@@ -146,3 +146,22 @@ def test_a_malformed_pinned_key_is_a_usage_error(pristine: Path, cli, key: str) 
 def test_a_pinned_key_with_spaces_around_it_is_the_key(pristine: Path, cli) -> None:
     published = (pristine / "collector.pub").read_text().strip()
     assert cli("verify", "--quiet", "--collector-key", f" {published}\n", str(pristine)).returncode == 0
+
+
+@pytest.mark.parametrize("month", ["0001-01", "9999-12", "2026-13"])
+def test_a_manifest_month_without_a_month_before_is_named(bundle: Path, month: str) -> None:
+    """0001-01 has no month before for its anchors: it ended in verify.internal (a review)."""
+    doc = json.loads((bundle / "manifest.json").read_text())
+    doc["month"] = month
+    (bundle / "manifest.json").write_text(json.dumps(doc))
+    got = errors(bundle)
+    assert ("manifest.json", "manifest.format") in got and ("(verifier)", "verify.internal") not in got
+
+
+def test_characters_that_reorder_or_split_a_line_are_escaped_too() -> None:
+    """A right-to-left override (U+202E), an isolate (U+2066) or a line separator (U+2028) in an
+    agent's name reordered or split a finding in the terminal (a review); letters stay as they are."""
+    from audit.checks import printable
+
+    shown = printable("dc\u202eevil\u2066x\u2028y\u200bz é 日本")
+    assert shown == "dc\\u202eevil\\u2066x\\u2028y\\u200bz é 日本"

@@ -83,5 +83,5 @@ def test_a_signature_worker_that_dies_fails_the_lines_instead_of_hanging(
     monkeypatch.setattr(audit.lines, "_verify_chunk", _killed_at_its_second_chunk)
     path = tmp_path / "heartbeats.jws"
     path.write_bytes(b"x.y.z\n" * 12)
-    with pytest.raises(audit.lines.VerifyAborted, match="a signature worker of heartbeats.jws died"):
+    with pytest.raises(audit.lines.VerifyAborted, match=r"a signature worker of heartbeats\.jws died"):
         verify_lines(lambda *a, **k: None, "heartbeats.jws", path, {}, "2026-10", None, 2)
