@@ -1,7 +1,7 @@
 """A .jws file's lines verified in parallel chunks read from the file, reduced to what later checks need."""
 
 import multiprocessing
-from array import array
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -14,11 +14,17 @@ from billing.recompute import Hours
 from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, check_key_window, verify_heartbeat
 from protocol.keys import load_public_key_b64
-from protocol.merkle import leaf_hash, leaf_hasher
+from protocol.merkle import EMPTY_ROOT, MerkleAccumulator, leaf_hash, leaf_hasher
 from protocol.timefmt import month_bounds, previous_month
 
 Add = Callable[..., None]
 CHUNK = 2_000
+# A chunk also ends past this many bytes: lines under MAX_LINE were read 2,000 at a time whatever
+# their size, and 500 junk lines of 4 MiB (a 2 MB archive) took 4.1 GB (an auditor's review).
+CHUNK_BYTES = 32 * 1024 * 1024
+# The findings of one rule listed in full; the rest are counted, in one finding: 10 million empty
+# lines (a 14 kB archive) were 10 million findings, 4.5 GB and a line of output each (a review).
+FINDINGS_PER_RULE = 100
 # No line longer than a request can be a heartbeat (heartbeat-v1.md §4: 16 MiB a request): such a
 # line is hashed for the Merkle root in pieces and reported, never held whole nor decoded. A
 # 5 GB line of one repeated byte is a 5 MB archive, and decoding it took ~5x its size in memory.
@@ -28,14 +34,19 @@ _BLOCK = 1024 * 1024
 
 @dataclass
 class Lines:
-    """The verified lines of one file: light heartbeats by index, leaf hashes, hour tallies."""
+    """The verified lines of one file: light heartbeats by index, the Merkle roots, hour tallies.
+
+    What is kept grows with the good lines only (signed by an enrolled key): a bad line leaves its
+    leaf hash in the roots and at most a finding, so a hostile file of junk lines costs nothing."""
 
     count: int = 0
     good: dict[int, Heartbeat] = field(default_factory=dict)  # header fields only, no observations
-    hashes: list[bytes] = field(default_factory=list)
-    findings: list[tuple[str, int, str, str]] = field(default_factory=list)  # of the lines, in order
+    root: bytes = EMPTY_ROOT  # RFC 9162 root of all the lines
+    split_root: bytes | None = None  # and of the first ``split`` lines, when the file has that many
+    # of the lines, in order: at most FINDINGS_PER_RULE a rule, then one saying how many more
+    findings: list[tuple[str, int | None, str, str]] = field(default_factory=list)
     copies: list[tuple[int, str]] = field(default_factory=list)  # (index, digest) of repeated good lines
-    offsets: "array[int]" = field(default_factory=lambda: array("q"))  # where each line starts (and the end)
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # [start, end) of good lines, copies
     # Observations of the good lines per instance and hour, before and from ``split`` (closed/ size).
     split: int | None = None
     head: Tally | None = None
@@ -64,7 +75,9 @@ def _init(path: str, agents: dict[str, Any], window: tuple[int, int, bool],
 Problems = list[tuple[str, str]]
 # The light heartbeats' polls and observations: one shared empty list (never appended to).
 _NONE: list[Any] = []
-Result = tuple[list[bytes], list[tuple[int, Heartbeat | None, Problems]], Cells, Decl]
+# (leaf hashes, per line: (index, its light heartbeat or None, problems, [start, end)), tallies)
+Result = tuple[list[bytes], list[tuple[int, Heartbeat | None, Problems, tuple[int, int]]], Cells, Decl]
+Job = tuple[int, int, int, int, tuple[tuple[int, int], ...]]  # start, offset, end, count, long lines
 
 
 def _overlong(f: BinaryIO, offset: int, end: int) -> bytes:
@@ -80,42 +93,47 @@ def _overlong(f: BinaryIO, offset: int, end: int) -> bytes:
 
 
 def _read_chunk(f: BinaryIO, offset: int, end: int, count: int, long: tuple[tuple[int, int], ...]
-                ) -> tuple[list[bytes], dict[int, bytes]]:
+                ) -> tuple[list[bytes], dict[int, bytes], list[int]]:
     """The chunk's lines; an overlong one (its [start, end) in ``long``) is b"" with its leaf hash
-    in the second value, by its place in the chunk."""
-    if not long:
-        f.seek(offset)
-        return f.read(end - offset).split(b"\n")[:count], {}  # the last line may lack its LF
+    in the second value, by its place in the chunk; and where each line starts."""
     raws: list[bytes] = []
     hashed: dict[int, bytes] = {}
+    starts: list[int] = []
     at = offset
     for lo, hi in (*long, (end, end)):
         if lo > at:
             f.seek(at)
             parts = f.read(lo - at).split(b"\n")
-            raws += parts[:-1] if parts[-1] == b"" else parts  # the file's last line may lack its LF
+            if parts[-1] == b"":
+                parts.pop()  # the piece ended with its LF (the file's last line may lack one)
+            for part in parts:
+                starts.append(at)
+                at += len(part) + 1
+            raws += parts
         if lo < end:
             hashed[len(raws)] = _overlong(f, lo, hi)
             raws.append(b"")
+            starts.append(lo)
         at = hi
-    return raws[:count], hashed
+    return raws[:count], hashed, starts[:count]
 
 
-def _verify_chunk(job: tuple[int, int, int, int, tuple[tuple[int, int], ...]]) -> Result:
+def _verify_chunk(job: Job) -> Result:
     start, offset, end, count, long = job
     m0, m1, anchors = _SETUP["window"]
     only = _SETUP["only"]
-    raws, hashed = _read_chunk(_FILE[0], offset, end, count, long)
+    raws, hashed, starts = _read_chunk(_FILE[0], offset, end, count, long)
     hashes = [hashed.get(k) or leaf_hash(raw) for k, raw in enumerate(raws)]
-    out: list[tuple[int, Heartbeat | None, Problems]] = []
+    out: list[tuple[int, Heartbeat | None, Problems, tuple[int, int]]] = []
     hours: Hours = {}
     decl: Decl = {}
     kids: dict[str, str] = {}  # one string per kid, so a chunk's result pickles each kid once
     for i, raw in enumerate(raws, start):
         problems: Problems = []
+        span = (starts[i - start], starts[i - start] + len(raw))
         if i - start in hashed:
-            out.append((i, None, [("jws.format", f"the line is longer than any heartbeat can be (more than "
-                                                 f"{MAX_LINE} bytes, a request's bound): not decoded")]))
+            why = f"the line is longer than any heartbeat can be (more than {MAX_LINE} bytes, a request's"
+            out.append((i, None, [("jws.format", why + " bound): not decoded")], span))
             continue
         try:
             # Non-ASCII bytes become U+FFFD, which JWS verification then rejects on its line.
@@ -136,32 +154,47 @@ def _verify_chunk(job: tuple[int, int, int, int, tuple[tuple[int, int], ...]]) -
                 tally_heartbeat(hb, hours, decl, only, 1)
             hb = Heartbeat("", kids.setdefault(hb.kid, hb.kid), hb.seq, hb.prev, hb.time, hb.interval,
                            _NONE, _NONE, hb.digest)
-        out.append((i, hb, problems))
+        out.append((i, hb, problems, span))
     return hashes, out, cells_of(hours), decl
 
 
-def _scan(add: Add, rel: str, path: Path) -> "tuple[array[int], list[int]]":
-    """Start offsets of the lines and the end of the file, and the indexes of the lines longer than
-    MAX_LINE; a last line without LF is one too. Read in blocks: a line is never held whole."""
-    offsets = array("q", [0])
-    long: list[int] = []
+def _scan(path: Path, split: int | None) -> tuple[list[Job], int]:
+    """The chunks of the file's lines (at most CHUNK lines and about CHUNK_BYTES bytes each, one
+    ending at the line ``split``) and the number of lines; a line longer than MAX_LINE is noted in
+    its chunk, to be hashed in pieces; a last line without LF is one too. Read in blocks: a line
+    is never held whole, and nothing is kept a line (10 million empty lines were 80 MB here)."""
+    jobs: list[Job] = []
+    long: list[tuple[int, int]] = []
+    n = first = 0  # lines so far, and the first line of the chunk being made
+    begin = start = 0  # where that chunk begins, and where the current line does
+
+    def cut(at: int) -> None:
+        nonlocal first, begin, long
+        if n > first:
+            jobs.append((first, begin, at, n - first, tuple(long)))
+        first, begin, long = n, at, []
+
     pos = 0
     with path.open("rb") as f:  # streamed: a month's log can be hundreds of MB
         while block := f.read(_BLOCK):
             at = block.find(b"\n")
             while at >= 0:
-                if pos + at + 1 - offsets[-1] > MAX_LINE + 1:
-                    long.append(len(offsets) - 1)
-                offsets.append(pos + at + 1)
+                end = pos + at + 1
+                if end - start > MAX_LINE + 1:
+                    long.append((start, end))
+                n, start = n + 1, end
+                if n - first >= CHUNK or end - begin >= CHUNK_BYTES or n == split:
+                    cut(end)
                 at = block.find(b"\n", at + 1)
             pos += len(block)
-    if pos > offsets[-1]:
-        if pos - offsets[-1] > MAX_LINE:
-            long.append(len(offsets) - 1)
-        offsets.append(pos)
-    # A last line without its LF is a line all the same (§6: "one compact JWS a line"; many
-    # writers end a file without one): it is counted, hashed and checked like the others.
-    return offsets, long
+    if pos > start:
+        # A last line without its LF is a line all the same (§6: "one compact JWS a line"; many
+        # writers end a file without one): it is counted, hashed and checked like the others.
+        if pos - start > MAX_LINE:
+            long.append((start, pos))
+        n += 1
+    cut(pos)
+    return jobs, n
 
 
 def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], month: str,
@@ -180,15 +213,19 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
         res.head, res.tail = Tally(m0), Tally(m0)
     if path is None:
         return res
-    res.offsets, long = _scan(add, rel, path)
-    offsets = res.offsets
-    n = res.count = len(offsets) - 1
+    jobs, n = _scan(path, split)
+    res.count = n
     at = split
-    bounds = sorted({*range(0, n, CHUNK), *([at] if at is not None and 0 < at < n else [])})
-    ends = [*bounds[1:], n] if bounds else []
-    jobs = [(s, offsets[s], offsets[e], e - s,
-             tuple((offsets[i], offsets[i + 1]) for i in long if s <= i < e))
-            for s, e in zip(bounds, ends, strict=True)]
+    tree = MerkleAccumulator()
+    if at == 0:
+        res.split_root = EMPTY_ROOT
+    listed: Counter[str] = Counter()  # findings of each rule so far
+
+    def finding(line: int, rule: str, msg: str) -> None:
+        listed[rule] += 1
+        if listed[rule] <= FINDINGS_PER_RULE:
+            res.findings.append((rel, line, rule, msg))
+
     seen: dict[str, int] = {}
     anchor_seen: dict[str, tuple[int, set[str]]] = {}  # kid -> (its anchor seq, the digests given)
     kids: dict[str, str] = {}
@@ -198,14 +235,17 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
     def consume(result: Result) -> None:
         nonlocal done
         hashes, results, cells, decl = result
-        res.hashes += hashes
+        for h in hashes:
+            tree.append(h)
+            if tree.size == at:
+                res.split_root = tree.root()
         if res.head is not None and results:
             tally = res.head if at is None or results[0][0] < at else res.tail
             assert tally is not None
             tally.merge(cells, decl)
-        for i, hb, problems in results:
+        for i, hb, problems, span in results:
             for rule, msg in problems:
-                res.findings.append((rel, i + 1, rule, msg))
+                finding(i + 1, rule, msg)
             if hb is None or problems:
                 continue
             if anchors:
@@ -213,15 +253,14 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
                 # was forked there (collector/evidence.py anchor_rows): rule 4 then checks no link.
                 first = anchor_seen.get(hb.kid)
                 if first is not None and (first[0] != hb.seq or hb.digest in first[1]):
-                    res.findings.append((rel, i + 1, "anchor.duplicate", f"second anchor for key {hb.kid}"
-                                         + (f" (seq {hb.seq}, the first's is {first[0]})"
-                                            if first[0] != hb.seq else "")))
+                    finding(i + 1, "anchor.duplicate", f"second anchor for key {hb.kid}"
+                            + (f" (seq {hb.seq}, the first's is {first[0]})" if first[0] != hb.seq else ""))
                     continue
                 anchor_seen.setdefault(hb.kid, (hb.seq, set()))[1].add(hb.digest)
             elif hb.digest in seen:
-                res.findings.append((rel, i + 1, "leaf.duplicate",
-                                     f"the same JWS already on line {seen[hb.digest] + 1}"))
+                finding(i + 1, "leaf.duplicate", f"the same JWS already on line {seen[hb.digest] + 1}")
                 res.copies.append((i, hb.digest))  # tallied like the first copy: taken back alike
+                res.spans[i] = span
                 continue
             else:
                 seen[hb.digest] = i
@@ -231,6 +270,7 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
             prev = before if before == hb.prev else hb.prev
             res.good[i] = hb if kid is hb.kid and prev is hb.prev else Heartbeat(
                 "", kid, hb.seq, prev, hb.time, hb.interval, _NONE, _NONE, hb.digest)
+            res.spans[i] = span
             last[kid] = hb.digest
         done += len(results)
         if progress is not None:
@@ -258,6 +298,11 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
             except BrokenProcessPool as exc:
                 raise VerifyAborted(f"a signature worker of {rel} died (killed, or out of memory): "
                                     "the lines were not all verified") from exc
+    res.root = tree.root()
+    for rule, count in listed.items():
+        if count > FINDINGS_PER_RULE:
+            res.findings.append((rel, None, rule, f"{count - FINDINGS_PER_RULE:,} more lines fail {rule}; "
+                                 f"the first {FINDINGS_PER_RULE} are listed"))
     return res
 
 
@@ -266,8 +311,9 @@ class VerifyAborted(Exception):
 
 
 def read_line(path: Path, lines: Lines, i: int) -> str:
-    """Line i (0-based) of the file again, without its LF."""
+    """Good line i (0-based) of the file again (or a copy of one), without its LF."""
+    start, end = lines.spans[i]
     with path.open("rb") as f:
-        f.seek(lines.offsets[i])
-        raw = f.read(lines.offsets[i + 1] - lines.offsets[i])
-    return raw.removesuffix(b"\n").decode("ascii", "replace")
+        f.seek(start)
+        raw = f.read(end - start)
+    return raw.decode("ascii", "replace")

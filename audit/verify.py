@@ -18,7 +18,6 @@ from billing.recompute import Hours
 from protocol.chain import ChainAnalysis, analyze, anchor_map
 from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, parse_unverified
-from protocol.merkle import root_hash
 from protocol.note import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
 from protocol.strictjson import loads_strict
 from protocol.timefmt import month_bounds
@@ -141,13 +140,13 @@ def _collector(ctx: _Ctx, pinned: str | None) -> NoteVerifier | None:
     return verifier
 
 
-def _check_log(ctx: _Ctx, cp: Checkpoint | None, hashes: list[bytes]) -> None:
+def _check_log(ctx: _Ctx, cp: Checkpoint | None, lines: Lines) -> None:
     if cp is None:
         return
-    if cp.size != len(hashes):
+    if cp.size != lines.count:
         ctx.add(B.HEARTBEATS, None, "log.size",
-                f"{len(hashes)} lines but the checkpoint commits to {cp.size} leaves")
-    if root_hash(hashes) != cp.root:
+                f"{lines.count} lines but the checkpoint commits to {cp.size} leaves")
+    if lines.root != cp.root:
         ctx.add(B.HEARTBEATS, None, "log.root",
                 "Merkle root of the lines differs from the checkpoint's root")
 
@@ -211,18 +210,17 @@ def _check_closed(ctx: _Ctx, verifier: NoteVerifier | None, cp: Checkpoint | Non
     closed = _checkpoint(ctx, B.CLOSED_CHECKPOINT, verifier, "closed")
     if closed is None:
         return
-    hashes = lines.hashes
     if cp is not None and closed.origin != cp.origin:
         ctx.add(B.CLOSED_CHECKPOINT, None, "closed.origin", "origin differs from the current checkpoint's")
     s = closed.size
-    if s > len(hashes):
-        ctx.add(B.CLOSED_CHECKPOINT, None, "closed.size", f"size {s} exceeds the {len(hashes)} lines")
+    if s > lines.count:
+        ctx.add(B.CLOSED_CHECKPOINT, None, "closed.size", f"size {s} exceeds the {lines.count} lines")
         return
-    if root_hash(hashes[:s]) != closed.root:
+    assert s == lines.split and lines.split_root is not None, "the lines' root was taken at another size"
+    if lines.split_root != closed.root:
         ctx.add(B.CLOSED_CHECKPOINT, None, "closed.root",
                 f"root is not the Merkle root of the first {s} lines: the log was rewritten after close")
         return
-    assert s == lines.split, "the workers tallied the lines before another closed size"
     analysis = analyze([hb for i, hb in lines.good.items() if i < s], anchor_map(billing.anchors))
     _stage(ctx.progress, "recomputing closed/ billing", s, lambda: checks.compare_billing(
         ctx.add, ctx.root, billing.activity(analysis, s), catalog, ctx.month,
@@ -285,7 +283,7 @@ def _verify(ctx: _Ctx, collector_key: str | None) -> None:
     ctx.report.lines = lines.count
     if cp is not None:
         ctx.report.checkpoint = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex()}
-    _check_log(ctx, cp, lines.hashes)
+    _check_log(ctx, cp, lines)
     for finding in lines.findings:
         ctx.add(*finding)
     anchor_lines = verify_lines(ctx.add, B.ANCHORS, _path(ctx, B.ANCHORS), agents, ctx.month, None, 1,

@@ -8,7 +8,7 @@ import pytest
 import audit.lines
 from audit.lines import verify_lines
 from audit.verify import verify_bundle
-from protocol.merkle import leaf_hash
+from protocol.merkle import leaf_hash, root_hash
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_every_line_is_hashed_as_written_and_only_the_long_ones_are_reported(
     found: list[Any] = []
     res = verify_lines(lambda *a, **k: found.append(a), "heartbeats.jws", path, {}, "2026-10", None, 1)
     assert res.count == len(lines)
-    assert res.hashes == [leaf_hash(x) for x in lines]
+    assert res.root == root_hash([leaf_hash(x) for x in lines])
     long = [i + 1 for i, x in enumerate(lines) if len(x) > small_bounds]
     assert [ln for _f, ln, rule, msg in res.findings if "longer than any heartbeat" in msg] == long
     assert all(rule == "jws.format" for _f, ln, rule, _m in res.findings if ln in long)
@@ -85,3 +85,45 @@ def test_a_signature_worker_that_dies_fails_the_lines_instead_of_hanging(
     path.write_bytes(b"x.y.z\n" * 12)
     with pytest.raises(audit.lines.VerifyAborted, match=r"a signature worker of heartbeats\.jws died"):
         verify_lines(lambda *a, **k: None, "heartbeats.jws", path, {}, "2026-10", None, 2)
+
+
+def test_junk_lines_cost_no_memory_and_their_findings_are_counted_past_a_hundred(tmp_path: Path) -> None:
+    """10 million empty lines (a 14 kB archive) were 10 million findings and leaf hashes kept,
+    4.5 GB and a line of output each (an auditor's review). Bad lines now leave their hash in the
+    roots and at most 100 findings a rule, then one that counts the rest."""
+    import tracemalloc
+
+    n = 300_000
+    path = tmp_path / "heartbeats.jws"
+    path.write_bytes(b"\n" * n)
+    tracemalloc.start()
+    try:
+        res = verify_lines(lambda *a, **k: None, "heartbeats.jws", path, {}, "2026-10", None, 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert res.count == n and res.root == root_hash([leaf_hash(b"")] * n)
+    listed = [f for f in res.findings if f[1] is not None]
+    assert len(listed) == audit.lines.FINDINGS_PER_RULE and listed[0][1] == 1
+    assert res.findings[-1] == ("heartbeats.jws", None, "jws.format",
+                                f"{n - 100:,} more lines fail jws.format; the first 100 are listed")
+    assert peak < 16 * 1024 * 1024, peak  # was ~140 MB (465 bytes a line)
+
+
+def test_a_chunk_ends_past_its_byte_bound_as_well_as_its_line_count(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines under MAX_LINE were read 2,000 at a time whatever their size: 500 lines of 4 MiB (a
+    2 MB archive) took 4.1 GB (an auditor's review)."""
+    monkeypatch.setattr(audit.lines, "CHUNK_BYTES", 10_000)
+    sizes = [3000, 3000, 3000, 3000, 12_000, 10, 10, 5000, 5000, 7]
+    path = tmp_path / "heartbeats.jws"
+    path.write_bytes(b"".join(b"x" * k + b"\n" for k in sizes))
+    jobs, n = audit.lines._scan(path, split=7)
+    assert n == len(sizes)
+    assert [(first, count) for first, _o, _e, count, _l in jobs] == [(0, 4), (4, 1), (5, 2), (7, 2), (9, 1)]
+    # a chunk ends with the line that takes it to the bound (at most the bound and one line)
+    for first, offset, end, count, _long in jobs:
+        assert end - offset - (sizes[first + count - 1] + 1) < 10_000
+    res = verify_lines(lambda *a, **k: None, "heartbeats.jws", path, {}, "2026-10", None, 1, split=7)
+    assert res.root == root_hash([leaf_hash(b"x" * k) for k in sizes])
+    assert res.split_root == root_hash([leaf_hash(b"x" * k) for k in sizes[:7]])
