@@ -79,7 +79,17 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {"bundle": self.path, "ok": self.ok, "provider": self.provider, "month": self.month,
                 "lines": self.lines, "checkpoint": self.checkpoint, "chains": self.chains,
-                "findings": [f.to_json() for f in self.findings]}
+                "findings": [f.to_json() for f in self.findings], "unsigned": dict(UNSIGNED)}
+
+
+# What a verdict takes as given: signed by no one in v1 (heartbeat-v1.md §6 signs the log), so
+# whoever hands the bundle over may have changed it; said with every verdict (an auditor's review)
+UNSIGNED = (
+    ("agents.json", "which keys count and their enrolment windows"),
+    ("catalog.json", "customers, licenses and prices"),
+    ("anchors.jws", "which heartbeat of the month before anchors each key (each is signed)"),
+    ("manifest.json", "which files and checkpoint make up the bundle"),
+)
 
 
 @dataclass(frozen=True)
