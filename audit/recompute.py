@@ -87,16 +87,11 @@ class Tally:
             mine = self.cells.get(inst)
             if mine is None:
                 mine = self.cells[inst] = ({}, {})
-            for into, part in zip(mine, (seen_n, run_n), strict=True):
-                if isinstance(into, dict):
-                    for h, k in part.items():
-                        at = (h - m0) // HOUR
-                        into[at] = into.get(at, 0) + k
-                else:
-                    for h, k in part.items():
-                        into[(h - m0) // HOUR] += k
-            if isinstance(mine[0], dict) and len(mine[0]) > DENSE_AFTER:
-                self.cells[inst] = (self._dense(mine[0]), self._dense(mine[1]))
+            _add(mine[0], seen_n, m0)
+            _add(mine[1], run_n, m0)
+            seen = mine[0]
+            if isinstance(seen, dict) and len(seen) > DENSE_AFTER:
+                self.cells[inst] = (self._dense(seen), self._dense(mine[1]))
         for inst, caps in decl.items():
             mine_c = self.decl.setdefault(inst, {})
             for key, times in caps.items():
@@ -105,11 +100,23 @@ class Tally:
                     into_t[t] = into_t.get(t, 0) + k
 
 
-    def _dense(self, counts: dict[int, int]) -> "array[int]":
+    def _dense(self, counts: "dict[int, int] | array[int]") -> "array[int]":
         out = array("i", bytes(4 * self.n))
-        for at, k in counts.items():
-            out[at] += k
+        _add(out, counts, 0, 1)
         return out
+
+
+def _add(into: "dict[int, int] | array[int]", part: "Mapping[int, int] | array[int]", base: int,
+         step: int = HOUR) -> None:
+    """Counts by time (or, with step 1 and base 0, by hour of the month) added into ``into``."""
+    items = part.items() if isinstance(part, Mapping) else enumerate(part)
+    if isinstance(into, dict):
+        for t, k in items:
+            at = (t - base) // step
+            into[at] = into.get(at, 0) + k
+    else:
+        for t, k in items:
+            into[(t - base) // step] += k
 
 
 def _bits(counts: "list[array[int] | dict[int, int]]") -> int:
