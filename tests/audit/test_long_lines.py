@@ -90,7 +90,7 @@ def test_a_signature_worker_that_dies_fails_the_lines_instead_of_hanging(
 def test_junk_lines_cost_no_memory_and_their_findings_are_counted_past_a_hundred(tmp_path: Path) -> None:
     """10 million empty lines (a 14 kB archive) were 10 million findings and leaf hashes kept,
     4.5 GB and a line of output each (an auditor's review). Bad lines now leave their hash in the
-    roots and at most 100 findings a rule, then one that counts the rest."""
+    roots and at most FINDINGS_PER_RULE findings a rule, then one that counts the rest."""
     import tracemalloc
 
     n = 300_000
@@ -105,8 +105,9 @@ def test_junk_lines_cost_no_memory_and_their_findings_are_counted_past_a_hundred
     assert res.count == n and res.root == root_hash([leaf_hash(b"")] * n)
     listed = [f for f in res.findings if f[1] is not None]
     assert len(listed) == audit.lines.FINDINGS_PER_RULE and listed[0][1] == 1
+    cap = audit.lines.FINDINGS_PER_RULE
     assert res.findings[-1] == ("heartbeats.jws", None, "jws.format",
-                                f"{n - 100:,} more lines fail jws.format; the first 100 are listed")
+                                f"{n - cap:,} more lines fail jws.format; the first {cap:,} are listed")
     assert peak < 16 * 1024 * 1024, peak  # was ~140 MB (465 bytes a line)
 
 
