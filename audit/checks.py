@@ -1,7 +1,6 @@
 """The verifier's individual checks: findings, agents, chains, billing recomputation."""
 
 import math
-import re
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -41,17 +40,19 @@ class Finding:
                 "severity": self.severity}
 
 
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
-# Format characters (Cf: the bidirectional overrides and isolates U+202A-202E and U+2066-2069, the
-# zero-width ones) and the line and paragraph separators: in a name they reorder or split a finding
-# in the terminal (a review), as a control sequence could hide one.
-_HIDDEN = re.compile(r"[\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]")
-
-
 def printable(text: str) -> str:
-    """``text`` with the C0 and C1 control characters and DEL written as \\xNN, and the format
-    characters and separators that reorder or split a line as \\uNNNN."""
-    return _HIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text.translate(_CONTROLS))
+    """``text`` with every character Python does not print as itself escaped (\\xNN, \\uNNNN,
+    \\UNNNNNNNN), the space kept: control characters could erase the failures above a line, and
+    format characters (U+202E, U+2066, the invisible tags) and separators (U+2028) reorder, hide or
+    split it in a terminal (reviews)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 @dataclass

@@ -229,7 +229,7 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
     tally the good lines' observations, before and from the line index ``split``. A last line
     without LF is reported at once; the lines' own findings are returned, in line order.
     """
-    res = Lines(split=split)
+    res = Lines(split=split, split_root=EMPTY_ROOT if split == 0 else None)
     m0, m1 = month_bounds(month) if month else (0, 2**62)
     if only is not None:
         res.head, res.tail = Tally(m0), Tally(m0)
@@ -239,8 +239,6 @@ def verify_lines(add: Add, rel: str, path: Path | None, agents: dict[str, Any], 
     res.count = n
     at = split
     tree = MerkleAccumulator()
-    if at == 0:
-        res.split_root = EMPTY_ROOT
     listed: Counter[str] = Counter()  # findings of each rule so far
 
     def finding(line: int, rule: str, msg: str) -> None:

@@ -270,10 +270,16 @@ def migrate(engine: Engine) -> tuple[str | None, str]:
     from alembic.runtime.migration import MigrationContext
     from alembic.util.exc import CommandError
 
+    def revision() -> str | None:
+        # on a connection of its own: read on the upgrade's, it began the transaction that alembic
+        # then took for the caller's, and ran every migration in it (one commit, not one each)
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
     with _migration_lock(engine):
         cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+        before = revision()
         with engine.connect() as conn:
-            before = MigrationContext.configure(conn).get_current_revision()
             cfg.attributes["connection"] = conn
             try:
                 command.upgrade(cfg, "head")
@@ -282,5 +288,5 @@ def migrate(engine: Engine) -> tuple[str | None, str]:
                     raise UnknownRevision(before) from exc
                 raise
             conn.commit()
-            after = MigrationContext.configure(conn).get_current_revision()
+        after = revision()
     return before, str(after)

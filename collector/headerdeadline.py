@@ -1,6 +1,7 @@
 """uvicorn's httptools protocol with a deadline on a request's headers (408, connection closed)."""
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -27,7 +28,7 @@ class HeaderDeadline(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_timeout = header_timeout()
+        self._header_timeout = _timeout()
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -59,7 +60,19 @@ class HeaderDeadline(HttpToolsProtocol):
         self._header_timer = None
         if self.transport.is_closing():
             return
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            # Answers still owed to earlier requests (pipelined, or one being served): a 408 first
+            # on the wire would read as the answer to the first of them. Timed again from now.
+            self._arm()
+            return
         peer = self.client[0] if self.client else "-"
         log.warning("event=header_timeout peer=%s seconds=%g", peer, self._header_timeout)
         self.transport.write(_ANSWER)
         self.transport.close()
+
+
+@functools.cache
+def _timeout() -> float:
+    """Read once a process (serve checked it before any worker started): a connection read the
+    environment file in the event loop, and an edit to a refused value failed every connection."""
+    return header_timeout()

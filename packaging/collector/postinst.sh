@@ -13,8 +13,11 @@ chgrp tr7-collector /etc/tr7-collector/collector.env 2>/dev/null || true
 # second collector there). The unit now reads it too: restarted onto the other directory, the
 # service would answer the agents' keys `kid.unknown` and they set those heartbeats aside.
 default=/var/lib/tr7-collector
-dir=$(sed -n 's/^[[:space:]]*TR7_COLLECTOR_DATA_DIR=//p' /etc/tr7-collector/collector.env 2>/dev/null \
-      | tail -n 1 | tr -d "\"'")
+# read as systemd and the commands read it: blanks around the name, the `=` and the value (a CR
+# of a file saved on Windows too), then one pair of matching quotes
+dir=$(sed -n 's/^[[:space:]]*TR7_COLLECTOR_DATA_DIR[[:space:]]*=//p' /etc/tr7-collector/collector.env \
+      2>/dev/null | tail -n 1 | tr -d '\r' | sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' \
+      -e 's/^"\(.*\)"$/\1/' -e "s/^'\\(.*\\)'\$/\\1/")
 moved=""
 if [ -n "$dir" ] && [ "${dir%/}" != "$default" ] && [ -e "$default/collector.key" ]; then
     moved=yes

@@ -163,5 +163,5 @@ def test_characters_that_reorder_or_split_a_line_are_escaped_too() -> None:
     agent's name reordered or split a finding in the terminal (a review); letters stay as they are."""
     from audit.checks import printable
 
-    shown = printable("dc\u202eevil\u2066x\u2028y\u200bz é 日本")
-    assert shown == "dc\\u202eevil\\u2066x\\u2028y\\u200bz é 日本"
+    shown = printable("dc\u202eevil\u2066x\u2028y\u200bz\U000e0041 é 日本\x1b")
+    assert shown == "dc\\u202eevil\\u2066x\\u2028y\\u200bz\\U000e0041 é 日本\\x1b"  # a tag character too

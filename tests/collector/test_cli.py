@@ -217,3 +217,16 @@ def test_migrate_says_from_which_revision_to_which(tmp_path, db_url, tools):
     out = run(data, db_url, "migrate").stdout
     assert out.startswith(f"schema upgraded from 0014_vacuum_after_inserts to {head} on "), out
     assert run(data, db_url, "migrate").stdout.startswith(f"schema up to date ({head}) on ")
+    if db_url.startswith("sqlite"):
+        # On SQLite each migration commits on its own, as before the revision was read: reading it
+        # on the upgrade's connection made alembic run them all in one transaction (a review), so
+        # an interrupted long upgrade lost every step and the WAL held them all.
+        import sqlalchemy as sa
+
+        from collector import db
+
+        tools.migrate_to(st, "0014_vacuum_after_inserts")
+        commits: list[int] = []
+        sa.event.listen(st.engine, "commit", lambda conn: commits.append(1))
+        assert db.migrate(st.engine) == ("0014_vacuum_after_inserts", head)
+        assert len(commits) >= 3, commits  # 0015, 0016, 0017

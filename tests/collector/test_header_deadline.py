@@ -127,3 +127,57 @@ def test_the_header_timeout_is_a_checked_setting(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv(ENV_HEADER_TIMEOUT, bad)
         with pytest.raises(SetupError, match=ENV_HEADER_TIMEOUT):
             header_timeout()
+
+
+def test_pipelined_requests_get_their_answers_before_any_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline fired while earlier requests were still being answered and wrote its 408
+    first, which a client reads as the answer to its first request (a review of the change). An
+    in-process uvicorn with the protocol and an app whose /slow takes 2 s; the deadline is 0.5 s."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from collector import headerdeadline
+
+    monkeypatch.setenv(ENV_HEADER_TIMEOUT, "0.5")
+    monkeypatch.setenv("TR7_COLLECTOR_ENV_FILE", "/nonexistent")
+    headerdeadline._timeout.cache_clear()
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await asyncio.sleep(2)
+        body = scope["path"].encode()
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           http=headerdeadline.HeaderDeadline))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.05)
+
+        def get(path: str) -> bytes:
+            return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            third = get("/c")  # its headers end 0.2 s after the first two requests
+            sock.sendall(get("/slow") + get("/b") + third[:10])
+            time.sleep(0.2)
+            sock.sendall(third[10:] + b"GET /d HTTP/1.1\r\nHo")  # and a fourth that never ends
+            data, _ = _until_closed(sock, 30)
+        answers = data.split(b"HTTP/1.1 ")[1:]
+        assert [a[:3] for a in answers] == [b"200", b"200", b"200", b"408"], data
+        assert [a.rsplit(b"\r\n\r\n", 1)[1] for a in answers[:3]] == [b"/slow", b"/b", b"/c"]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        headerdeadline._timeout.cache_clear()

@@ -160,7 +160,13 @@ def test_an_upgrade_does_not_move_the_collector_onto_another_data_directory(
         out = chroot(root, "dpkg", "-i", f"/tmp/{debs['tr7-collector'].name}")
         assert "try-restart" not in calls.read_text() and "daemon-reload" in calls.read_text()
         assert "NOT restarted" in out.stderr and "TR7_COLLECTOR_DATA_DIR=/srv/tr7-collector" in out.stderr
-        for line in ("TR7_COLLECTOR_DATA_DIR=/var/lib/tr7-collector/\n", "#TR7_COLLECTOR_DATA_DIR=/srv/x\n"):
+        # read as systemd reads it: blanks around the `=` (the same directory elsewhere, else)
+        env.write_text(original + "TR7_COLLECTOR_DATA_DIR = /srv/tr7-collector\n")
+        calls.write_text("")
+        out = chroot(root, "dpkg", "-i", f"/tmp/{debs['tr7-collector'].name}")
+        assert "try-restart" not in calls.read_text() and "NOT restarted" in out.stderr
+        for line in ("TR7_COLLECTOR_DATA_DIR=/var/lib/tr7-collector/\n", "#TR7_COLLECTOR_DATA_DIR=/srv/x\n",
+                     "TR7_COLLECTOR_DATA_DIR='/var/lib/tr7-collector' \r\n"):
             env.write_text(original + line)  # the same directory, or a commented line: restarted
             calls.write_text("")
             out = chroot(root, "dpkg", "-i", f"/tmp/{debs['tr7-collector'].name}")
