@@ -337,15 +337,15 @@ def serve(settings: Settings, listen: str | None, workers: int, proxies: str | N
         raise SetupError(f"listen address {listen!r} (--listen or {ENV_LISTEN}) must be HOST:PORT, "
                          "e.g. 127.0.0.1:8080 or [::1]:8080")
     engine = settings.open()  # key, origin and migrations before any worker starts
-    if settings.migrated and settings.migrated[0] != settings.migrated[1]:  # said, beside uvicorn's lines
-        where = engine.url.render_as_string(hide_password=True)
-        print(f"tr7-collector: {schema_line(settings.migrated, where)}", file=sys.stderr, flush=True)
     _check_writable(settings)
     from collector.accounts.api import tick_seconds
     from collector.accounts.mail import SmtpSettings
 
-    # the environment's values, refused here in one line
+    # the environment's values, refused here in one line (and nothing said before it)
     tick_seconds(), SmtpSettings.from_env(), body_timeout(), body_min_rate(), header_timeout()
+    if settings.migrated and settings.migrated[0] != settings.migrated[1]:  # said, beside uvicorn's lines
+        where = engine.url.render_as_string(hide_password=True)
+        print(f"tr7-collector: {schema_line(settings.migrated, where)}", file=sys.stderr, flush=True)
     os.environ[ENV_DATA_DIR] = str(settings.data_dir.resolve())
     os.environ[ENV_DB] = settings.db_url
     os.environ[ENV_ORIGIN] = settings.origin
