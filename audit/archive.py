@@ -171,7 +171,10 @@ def _members(path: Path) -> Generator[tuple[list[str], IO[bytes]], None, None]:
     """(name split at '/', stream) of each regular member, streamed: nothing is written to disk."""
     try:
         with tarfile.open(path, mode="r:*") as tar:
-            for info in tar:
+            for count, info in enumerate(tar, 1):
+                if count > MAX_MEMBERS:  # tarfile keeps every member's header in memory as it reads
+                    raise ArchiveError(f"{path}: more than {MAX_MEMBERS:,} members; a bundle has about a "
+                                       "dozen files (heartbeat-v1.md §6)")
                 # a hard link reads as the file it names (tarfile finds it), as _extract does
                 try:
                     f = tar.extractfile(info) if info.isfile() or info.islnk() else None

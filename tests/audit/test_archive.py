@@ -177,3 +177,28 @@ def test_pack_on_storage_without_hard_links(pristine: Path, tmp_path: Path, monk
     assert verify_bundle(dest, workers=1).ok and sorted(p.name for p in tmp_path.iterdir()) == ["x.tar.gz"]
     with pytest.raises(BundleError, match="exists"):
         pack(pristine, dest)
+
+
+def test_a_streamed_member_is_refused_behind_too_many_members(tmp_path: Path) -> None:
+    """`unprune --from OUT.tar.gz` streams heartbeats.jws out of the archive; tarfile keeps every
+    header it reads, so members that declare no size before it are counted as extraction counts them."""
+    many = tmp_path / "many.tar.gz"
+    with tarfile.open(many, "w:gz") as t:
+        for i in range(archive.MAX_MEMBERS + 1):
+            info = tarfile.TarInfo(f"b/d{i}")
+            info.type = tarfile.DIRTYPE
+            t.addfile(info)
+        data = b"line\n"
+        info = tarfile.TarInfo("b/heartbeats.jws")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    with pytest.raises(archive.ArchiveError, match="more than 1,000 members"), \
+            archive.member(many, "heartbeats.jws") as f:
+        f.read()
+    few = tmp_path / "few.tar.gz"  # the same member behind fewer is read as it is
+    with tarfile.open(few, "w:gz") as t:
+        info = tarfile.TarInfo("b/heartbeats.jws")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    with archive.member(few, "heartbeats.jws") as f:
+        assert f.read() == data
