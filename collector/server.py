@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, StringConstraints
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -23,12 +23,12 @@ from collector import (
     highwater,
     ingestrequest,
     keyrotation,
+    logapi,
     metrics,
     periodic,
     readapi,
     registry,
     schema,
-    tlog,
     web,
 )
 from collector.gctune import tune_gc
@@ -50,8 +50,6 @@ from collector.settings import (
 )
 from collector.web import errorpage
 from protocol.heartbeat import MAX_REQUEST_BYTES, MAX_REQUEST_LINES
-from protocol.merkle import MerkleError
-from protocol.timefmt import parse_month
 
 log = logging.getLogger(__name__)
 MAX_LINES, MAX_BYTES = MAX_REQUEST_LINES, MAX_REQUEST_BYTES  # heartbeat-v1.md §4
@@ -96,7 +94,6 @@ class EnrollResponse(BaseModel):
     enrolled_at: str
 
 
-_LOG_ERRORS = {**apimodels.AUTH_ERRORS, 400: "the month is not YYYY-MM", 404: "no such provider"}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -172,57 +169,7 @@ def create_app(settings: Settings) -> FastAPI:
         except registry.RegistryError as exc:
             raise HTTPException(400, str(exc)) from exc
 
-    @app.get("/v1/log/key", response_model=apimodels.CollectorKey,
-             responses=apimodels.errors(apimodels.AUTH_ERRORS))
-    def log_key(scope: readapi.ScopeDep) -> dict[str, Any]:
-        """The key that signs checkpoints now, and the retired ones with their hand-over statements:
-        check those from the key you pinned (`tr7-audit handover`) rather than trust this answer."""
-        with db.read_conn(engine) as c:
-            return {"key": keyrotation.current_key(c), "retired": keyrotation.history(c)}
-
-    @app.get("/v1/log/{provider}/{month}/checkpoint", response_class=PlainTextResponse,
-             responses=apimodels.json_errors(apimodels.errors({
-                 **_LOG_ERRORS,
-                 503: "this host does not yet hold the collector's rotated checkpoint key (`key rotate` ran "
-                      "on another host)"})))
-    def checkpoint(provider: str, month: str, scope: readapi.ScopeDep) -> str:
-        _log_access(engine, scope, provider, month)
-        return db.write_tx(engine, lambda c: tlog.checkpoint(c, settings, provider, month))
-
-    @app.get("/v1/log/{provider}/{month}/inclusion",
-             responses=apimodels.errors({**_LOG_ERRORS, 400: _LOG_ERRORS[400] + ", or the index is not "
-                                         "below the size, or the size is beyond the log"}))
-    def inclusion(
-        provider: str, month: str, scope: readapi.ScopeDep, index: int = Query(ge=0), size: int = Query(ge=1)
-    ) -> dict[str, Any]:
-        _log_access(engine, scope, provider, month)
-        with db.read_conn(engine) as c:
-            try:
-                return {
-                    "index": index,
-                    "size": size,
-                    "hashes": tlog.inclusion(c, provider, month, index, size),
-                }
-            except MerkleError as exc:
-                raise HTTPException(400, str(exc)) from exc
-
-    @app.get("/v1/log/{provider}/{month}/consistency",
-             responses=apimodels.errors({**_LOG_ERRORS, 400: _LOG_ERRORS[400] + ", or from exceeds to, "
-                                         "or to is beyond the log"}))
-    def consistency(
-        provider: str,
-        month: str,
-        scope: readapi.ScopeDep,
-        from_: int = Query(ge=0, alias="from"),
-        to: int = Query(ge=0),
-    ) -> dict[str, Any]:
-        _log_access(engine, scope, provider, month)
-        with db.read_conn(engine) as c:
-            try:
-                return {"from": from_, "to": to, "hashes": tlog.consistency(c, provider, month, from_, to)}
-            except MerkleError as exc:
-                raise HTTPException(400, str(exc)) from exc
-
+    app.include_router(logapi.router)
     app.include_router(readapi.router)
     app.include_router(metrics.router)
     @app.exception_handler(keyrotation.StaleKey)
@@ -283,17 +230,6 @@ def _declare_guards(app: FastAPI) -> None:
         if route.include_in_schema:
             for code, doc in guards.items():
                 route.responses.setdefault(code, dict(doc))
-
-
-def _log_access(engine: Any, scope: "readapi.Scope", provider: str, month: str) -> None:
-    """The month is a month, the token may read the provider's logs, and the provider exists: a
-    checkpoint of an unknown provider's empty log is not signed (nor stored) for a plain GET."""
-    try:
-        parse_month(month)
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from exc
-    with db.read_conn(engine) as c:
-        readapi.known_provider(c, scope, provider)
 
 
 def app_from_env() -> FastAPI:
