@@ -5,8 +5,10 @@ import threading
 import time
 
 # heartbeat-v1.md §4: the collector rejects a heartbeat more than 300 s ahead of its clock
-# (time.future). A Date header is whole seconds and a little late: a few seconds of margin.
-AHEAD_LIMIT = 300 + 5
+# (time.future). No margin: a Date header is whole seconds rounded down and was sent before it is
+# read, so the collector's time is never over-estimated, nor is ours ahead under-estimated. With
+# 5 s of margin, a slot signed 301-305 s ahead was rejected and left a gap in the chain.
+AHEAD_LIMIT = 300
 
 
 class CollectorClock:

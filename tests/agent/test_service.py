@@ -265,6 +265,24 @@ def test_a_heartbeat_signed_far_ahead_does_not_silence_the_agent(in_process, fak
         ("clock_backwards", "signed"), ("clock_backwards", "skip")]
 
 
+def test_a_clock_just_over_300_s_ahead_signs_nothing_the_collector_would_refuse(
+        in_process, fake_registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Time-edge review: the limit was 305 s, so a slot signed 301-305 s ahead of the collector's
+    # clock came back time.future (heartbeat-v1.md §4: more than 300 s ahead), a gap in the chain.
+    # A Date header is whole seconds and sent before it is read, so the estimate is never short.
+    service, _cfg = in_process()
+    slot = 1_790_000_040.0
+    now = [slot]
+    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    service.collector_clock.saw(email.utils.formatdate(slot - 301, usegmt=True))
+    service.poll_job()
+    assert list(service.spool.unshipped()) == []
+    now[0] = slot + 60
+    service.collector_clock.saw(email.utils.formatdate(slot + 60 - 299, usegmt=True))
+    service.poll_job()
+    assert [parse_unverified(t).time for t in service.spool.unshipped()] == [1_790_000_100]
+
+
 def test_a_clock_gone_back_signs_no_past_slot(in_process, fake_registry: None,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # Diff review: our clock reset to a day ago (an RTC reset, a VM resumed with an old clock)
