@@ -56,11 +56,20 @@ def _rfc3339(text: object, rule: str) -> tuple[int, Decimal]:
         raise ProtocolError(rule, f"not an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS[.f]Z or +hh:mm): {text!r}")
     date, clock, frac, offset = m.groups()
     offset = "+00:00" if offset in ("Z", "z") else offset
+    leap = clock.endswith(":60")  # RFC 3339 §5.7 allows a leap second, which POSIX time has no second for
     try:
-        epoch = int(datetime.fromisoformat(f"{date}T{clock}{offset}").timestamp())
+        second = clock[:-2] + "59" if leap else clock
+        epoch = int(datetime.fromisoformat(f"{date}T{second}{offset}").timestamp())
     except ValueError as exc:
         raise ProtocolError(rule, f"not a valid calendar time: {text!r}") from exc
+    if leap:
+        # Read as the last instant of the second before it: a window that starts then starts at the
+        # next whole second (round_up), one that ends then still holds that second, not the next.
+        return epoch, LEAP_FRACTION
     return epoch, Decimal(f"0{frac}") if frac else Decimal(0)
+
+
+LEAP_FRACTION = Decimal("0.999999999")  # a leap second, whatever its own fraction (see _rfc3339)
 
 
 def format_time(epoch: int) -> str:

@@ -105,6 +105,13 @@ def test_agents_and_manifest_times_in_any_rfc3339_form_and_extra_agent_members(b
     rehash(bundle)
     report = verify_bundle(bundle, workers=1)
     assert report.ok, [str(f) for f in report.errors]
+    # a leap second there is read too (a time-edge review: it failed agents.format and every line)
+    rows[0]["enrolled_at"] = "2016-12-31T23:59:60Z"
+    path.write_text(json.dumps(rows))
+    edit_json(bundle, "manifest.json", lambda m: m.update(created=m["created"][:17] + "60Z"))
+    rehash(bundle)
+    report = verify_bundle(bundle, workers=1)
+    assert report.ok, [str(f) for f in report.errors]
     rows[0].pop("name")  # a member §6 names is still required
     path.write_text(json.dumps(rows))
     rehash(bundle)
@@ -121,7 +128,14 @@ def test_rfc3339_times_as_epoch_seconds() -> None:
     assert parse_rfc3339("2026-11-01T00:00:00.000Z", round_up=True) == z
     assert parse_rfc3339("2026-11-01T00:00:00.75Z") == z
     assert rfc3339_instant("2026-11-01T00:00:00.1Z") < rfc3339_instant("2026-11-01T01:00:00.9+01:00")
-    for bad in ("2026-11-01T00:00:60Z", "2026-11-01 00:00:00Z", "2026-11-01T00:00:00", "2026-02-30T00:00:00Z",
+    # a leap second (RFC 3339 §5.7; POSIX time has no second for it): the last instant of the one
+    # before, so a window starting then starts at the next second and one ending then holds :59
+    assert parse_rfc3339("2016-12-31T23:59:60Z") == parse_time("2016-12-31T23:59:59Z")
+    assert parse_rfc3339("2016-12-31T23:59:60.5Z", round_up=True) == parse_time("2017-01-01T00:00:00Z")
+    assert parse_rfc3339("2017-01-01T00:59:60+01:00", round_up=True) == parse_time("2017-01-01T00:00:00Z")
+    assert (rfc3339_instant("2016-12-31T23:59:59.9Z") < rfc3339_instant("2016-12-31T23:59:60Z")
+            < rfc3339_instant("2017-01-01T00:00:00Z"))
+    for bad in ("2026-11-01T00:00:61Z", "2026-11-01 00:00:00Z", "2026-11-01T00:00:00", "2026-02-30T00:00:00Z",
                 "2026-11-01T00:00:00+24:00", "2026-11-01T00:00:00.Z", 1_790_000_000):
         with pytest.raises(ProtocolError):
             parse_rfc3339(bad)  # type: ignore[arg-type]
