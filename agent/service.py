@@ -23,7 +23,7 @@ from agent.metrics import Metrics
 from agent.poller import Poller
 from agent.shipper import Shipper
 from agent.spool import ClockBehind, Spool, SpoolError
-from agent.startup import StartupError, aligned_start, check_state_dir, load_key
+from agent.startup import StartupError, aligned_start, check_state_dir, enrolled_at, load_key
 from agent.wakeup import Wakeup
 from protocol.errors import ProtocolError
 from protocol.timefmt import format_time
@@ -57,6 +57,7 @@ class Service:
         self.terminating = False
         self.clock_back = 0.0  # seconds the wall clock stepped back, for the next poll to record
         self.scheduler: BackgroundScheduler | None = None
+        self.enrolled_at: int | None = None  # the collector's enrolment instant of our key (enrollment.json)
 
     # ---- start-up -------------------------------------------------------------------------
     def start(self) -> None:
@@ -68,6 +69,7 @@ class Service:
             log.warning("event=not_enrolled kid=%s hint='no enrollment.json: unless this key was registered "
                         "with `tr7-collector agent add` (tr7-agent key), its heartbeats are rejected'",
                         self.key.kid)
+        self.enrolled_at = enrolled_at(settings.state_dir / "enrollment.json", self.key.kid)
         # The chain is checked before a missing spool.db is made: an empty one left behind by a
         # refused start read as a new agent to `status`.
         spool = self._open_spool() if settings.spool_path.exists() else None
@@ -171,6 +173,17 @@ class Service:
                   round(ahead))
         self.spool.record_event("clock_ahead", json.dumps(detail))
 
+    def _before_enrolment_event(self, when: int, enrolled: int) -> None:
+        # A slot before the collector's enrolment instant is rejected as key.window (§1), and a key
+        # whose seq 1 is rejected begins every month's chain unanchored: not signed, the seq kept.
+        self.metrics.clock_jumps.inc()
+        detail = {"now": format_time(int(time.time())), "poll": format_time(when),
+                  "enrolled_at": format_time(enrolled)}
+        log.warning("event=before_enrolment poll=%s enrolled_at=%s action='not signed: the collector would "
+                    "reject it as key.window (our clock is behind the collector's, or the key was enrolled "
+                    "for a later time)'", detail["poll"], detail["enrolled_at"])
+        self.spool.record_event("before_enrolment", json.dumps(detail))
+
     def watch_clock(self, wall: float, mono: float) -> tuple[float, float]:
         """Called by the main loop at each wake with the clocks read at the last one. A wall clock
         stepped back does not fire the scheduler at all (its next run is still in the future), so
@@ -199,6 +212,9 @@ class Service:
             ahead = self.collector_clock.ahead()
             if ahead is not None and ahead > AHEAD_LIMIT:
                 self._ahead_event(when, ahead)
+                return
+            if self.enrolled_at is not None and when < self.enrolled_at:
+                self._before_enrolment_event(when, self.enrolled_at)
                 return
             head = self.spool.head(self.key.kid)
             back = head.time is not None and when <= head.time

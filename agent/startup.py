@@ -1,5 +1,6 @@
 """What `run` checks before it starts, shared with the commands: the state directory, the key, the slot."""
 
+import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 from agent.config import Config
 from protocol.errors import ProtocolError
 from protocol.keys import AgentKey, load_private_key
+from protocol.timefmt import parse_rfc3339
 
 
 class StartupError(Exception):
@@ -49,3 +51,16 @@ def load_key(config: Config) -> AgentKey:
 def aligned_start(interval: int, now: float) -> datetime:
     """The next multiple of ``interval`` seconds since the epoch."""
     return datetime.fromtimestamp((int(now) // interval + 1) * interval, UTC)
+
+
+def enrolled_at(path: Path, kid: str) -> int | None:
+    """The collector's enrolment instant of ``kid`` from enrollment.json (`tr7-agent enroll`), or
+    None: no file, another key's, or a time that does not read (the collector then judges alone)."""
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or record.get("kid") != kid:
+            return None
+        # whole seconds inside the window: a fraction starts it at the next second (as tr7-audit)
+        return parse_rfc3339(record.get("enrolled_at"), "enrolled_at", round_up=True)
+    except (OSError, ValueError, ProtocolError):
+        return None

@@ -13,6 +13,7 @@ import pytest
 from conftest import AGENT, agent_env, enrolled_agent, run_cli, write_config
 
 from agent import service as service_mod
+from agent import startup
 from agent.poller import Poller
 from agent.service import Service
 from agent.spool import Spool
@@ -281,6 +282,36 @@ def test_a_clock_just_over_300_s_ahead_signs_nothing_the_collector_would_refuse(
     service.collector_clock.saw(email.utils.formatdate(slot + 60 - 299, usegmt=True))
     service.poll_job()
     assert [parse_unverified(t).time for t in service.spool.unshipped()] == [1_790_000_100]
+
+
+def test_no_slot_before_the_collectors_enrolment_instant_is_signed(in_process, fake_registry: None,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Time-edge review: with our clock behind the collector's, the first slot could come before
+    # the enrolment instant the collector recorded: rejected as key.window, and the key's seq 1
+    # gone for good (every month's chain then begins unanchored). Not signed; the seq is kept.
+    service, cfg_path = in_process()
+    state = service.config.agent.state_dir
+    record = {"kid": service.key.kid, "provider": "acme", "enrolled_at": "2026-09-21T14:14:30Z"}
+    (state / "enrollment.json").write_text(json.dumps(record))
+    service.enrolled_at = startup.enrolled_at(state / "enrollment.json", service.key.kid)  # as start() does
+    now = [1_790_000_045.0]  # the slot 14:14:00, before 14:14:30
+    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    service.poll_job()
+    assert list(service.spool.unshipped()) == []
+    now[0] += 60
+    service.poll_job()
+    beats = [parse_unverified(t) for t in service.spool.unshipped()]
+    assert [(b.seq, b.time) for b in beats] == [(1, 1_790_000_100)]
+    st = json.loads(run_cli("status", "--config", str(cfg_path), "--json").stdout)
+    assert [(e["kind"], e["detail"]["enrolled_at"]) for e in st["clock_events"]] == [
+        ("before_enrolment", "2026-09-21T14:14:30Z")]
+    # what does not name our key, or does not read, leaves the collector to judge
+    assert startup.enrolled_at(state / "enrollment.json", "another") is None
+    (state / "enrollment.json").write_text(json.dumps({**record, "enrolled_at": None}))
+    assert startup.enrolled_at(state / "enrollment.json", service.key.kid) is None
+    (state / "enrollment.json").write_text(json.dumps({**record, "enrolled_at": "2026-09-21T14:14:30.2Z"}))
+    assert startup.enrolled_at(state / "enrollment.json", service.key.kid) == 1_790_000_071
+    assert startup.enrolled_at(state / "gone.json", service.key.kid) is None
 
 
 def test_a_clock_gone_back_signs_no_past_slot(in_process, fake_registry: None,
