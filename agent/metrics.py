@@ -44,6 +44,8 @@ class Metrics:
         self.clock_jumps = Counter("tr7_agent_clock_backwards_total",
                                    "Polls skipped because the clock was behind the last heartbeat",
                                    registry=r)
+        self.disk_full = Gauge("tr7_agent_disk_full", "1 while polls cannot be signed for want of disk "
+                               "space (the spool still ships)", registry=r)
         self.fatal = Gauge("tr7_agent_fatal", "1 when the agent stopped on a fatal error (spool, disk)",
                            registry=r)
         self.last_poll = Gauge("tr7_agent_last_poll_timestamp_seconds", "Time of the last heartbeat",

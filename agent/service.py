@@ -15,7 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from adapters.credentials import SecretError
-from agent import sdnotify, signedkeys
+from agent import diskreserve, sdnotify, signedkeys
 from agent.collectorclock import AHEAD_LIMIT, CollectorClock
 from agent.collectorlink import shipping_identity
 from agent.config import Config, ConfigError, load_config, require_adapters
@@ -57,6 +57,7 @@ class Service:
         self.terminating = False
         self.clock_back = 0.0  # seconds the wall clock stepped back, for the next poll to record
         self.scheduler: BackgroundScheduler | None = None
+        self.disk_full = False  # the last poll could not commit for want of space (diskreserve)
         self.enrolled_at: int | None = None  # the collector's enrolment instant of our key (enrollment.json)
 
     # ---- start-up -------------------------------------------------------------------------
@@ -64,6 +65,7 @@ class Service:
         settings = self.config.agent
         check_state_dir(settings.state_dir)
         self._lock_state_dir(settings.state_dir)
+        diskreserve.release_if_low(settings.state_dir)  # a disk the spool filled: room to open and ship
         self.key = load_key(self.config)
         if not (settings.state_dir / "enrollment.json").exists():
             log.warning("event=not_enrolled kid=%s hint='no enrollment.json: unless this key was registered "
@@ -80,7 +82,12 @@ class Service:
             if spool is not None:
                 spool.close()
             raise StartupError(str(exc)) from exc
+        except OSError as exc:  # the check passed; recording the head found the disk full
+            if not diskreserve.is_full(exc):
+                raise
+            log.warning("event=disk_full at=signed_heads action='the record catches up at the next seq'")
         self.spool = spool or self._open_spool()
+        diskreserve.ensure(settings.state_dir)
         self.poller = Poller(self.config.adapters)
         if settings.metrics_listen:
             self.metrics.serve(settings.metrics_listen)
@@ -173,6 +180,17 @@ class Service:
                   round(ahead))
         self.spool.record_event("clock_ahead", json.dumps(detail))
 
+    def _disk_full(self, when: int, exc: SpoolError) -> None:
+        # Not fatal (it was): stopped, the agent could not ship the backlog that fills the disk,
+        # and every restart failed on it. The slot is lost, as it was; the shipper goes on, with
+        # the reserve's room to record what it ships, and signing resumes once there is room.
+        self.disk_full = True
+        self.metrics.disk_full.set(1)
+        if diskreserve.release(self.config.agent.state_dir):
+            self.spool.shrink()  # the WAL into the file while the reserve's room is there, and cut
+        log.critical("event=disk_full poll=%s reason=%r action='not signed; the spool ships on, which frees "
+                     "its space; free space on the file system of state_dir'", format_time(when), str(exc))
+
     def _before_enrolment_event(self, when: int, enrolled: int) -> None:
         # A slot before the collector's enrolment instant is rejected as key.window (§1), and a key
         # whose seq 1 is rejected begins every month's chain unanchored: not signed, the seq kept.
@@ -216,6 +234,14 @@ class Service:
             if self.enrolled_at is not None and when < self.enrolled_at:
                 self._before_enrolment_event(when, self.enrolled_at)
                 return
+            if self.disk_full and not diskreserve.ensure(self.config.agent.state_dir):
+                # the room the reserve gave back is the shipper's, to record what it ships: a
+                # heartbeat signed into it left the spool unable to delete a shipped row again.
+                # Signing resumes once the reserve is made again.
+                log.error("event=disk_full poll=%s action='not signed: waiting for %d KiB free on the file "
+                          "system of state_dir; the spool ships on'", format_time(when),
+                          (diskreserve.SIZE + diskreserve.HEADROOM) >> 10)
+                return
             head = self.spool.head(self.key.kid)
             back = head.time is not None and when <= head.time
             # A large step back is signed as it is only when the collector's clock says ours is
@@ -258,6 +284,16 @@ class Service:
             except ClockBehind as exc:
                 self._clock_event(exc.when, exc.last, "skip")
                 return
+            except SpoolError as exc:
+                if not diskreserve.is_full(exc):
+                    raise
+                self._disk_full(when, exc)
+                return
+            if self.disk_full:
+                self.disk_full = False
+                self.metrics.disk_full.set(0)
+                log.warning("event=disk_ok poll=%s action='signing again'", format_time(when))
+            diskreserve.ensure(self.config.agent.state_dir)  # again, once there is room for it
             if back and head.time is not None:
                 self._clock_event(when, head.time, "signed")
             if seq == 1:

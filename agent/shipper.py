@@ -12,16 +12,18 @@ from collections.abc import Callable
 
 import httpx
 
+from agent import diskreserve
 from agent.collectorclock import CollectorClock
 from agent.collectorlink import ca_bundle, read_token, redact, redirect_problem
 from agent.config import AgentSettings
 from agent.metrics import Metrics
-from agent.spool import Row, Spool
+from agent.spool import Row, Spool, SpoolError
 from protocol.heartbeat import MAX_REQUEST_LINES
 
 log = logging.getLogger("tr7.agent.shipper")
 MAX_LINES = MAX_REQUEST_LINES  # heartbeat-v1.md §4
 MAX_RETRY_AFTER = 3600.0
+SETTLE_STEP = 32  # rows a transaction when the disk is low (_settle)
 GROW_AFTER = 10  # full batches in a row that let a batch cut by a 408/413 double again
 STATUSES = frozenset({"accepted", "duplicate", "rejected"})
 
@@ -57,6 +59,7 @@ class Shipper:
                  client: httpx.Client | None = None, clock: CollectorClock | None = None) -> None:
         assert settings.collector, "a shipper needs a collector URL"
         self.collector = settings.collector
+        self.state_dir = settings.state_dir
         self.url = settings.collector + "/v1/heartbeats"
         self.clock = clock or CollectorClock()
         self.spool = spool
@@ -120,7 +123,8 @@ class Shipper:
             outcomes = self._outcomes(rows, resp)
             if outcomes is None:
                 return self._backoff()
-            self.spool.settle(outcomes)  # SpoolError propagates: the service stops loudly
+            if not self._settle(outcomes):
+                return self._backoff()
             self.failures = 0
             self._grow(len(rows))
             rejected = [(r.seq, reason) for r, status, reason in outcomes if status == "rejected"]
@@ -161,6 +165,34 @@ class Shipper:
             wait = max(wait, server)
         log.warning("event=ship_refused status=%d detail=%r retry_in=%.1f", resp.status_code, detail, wait)
         return wait
+
+    def _settle(self, outcomes: list[tuple[Row, str, str | None]]) -> bool:
+        """Record the answers; False when the disk is too full to (sent again later: duplicates).
+        Any other SpoolError propagates: the service stops loudly."""
+        if not diskreserve.low(self.state_dir):
+            try:
+                self.spool.settle(outcomes)
+                return True
+            except SpoolError as exc:
+                if not diskreserve.is_full(exc):
+                    raise
+                diskreserve.release(self.state_dir)  # the reserve's room: SQLite needs some to delete
+        # Low on space: SETTLE_STEP rows a transaction, the WAL cut after each, so that one step's
+        # pages are all the room it takes (a whole batch's deletions took more than the reserve)
+        try:
+            for i in range(0, len(outcomes), SETTLE_STEP):
+                self.spool.settle(outcomes[i:i + SETTLE_STEP], reclaim=False)
+                self.spool.checkpoint()
+        except SpoolError as exc:
+            if not diskreserve.is_full(exc):
+                raise
+            log.error("event=disk_full at=settle lines=%d action='shipped but not recorded: sent again later "
+                      "(answered duplicate); free space on the file system of state_dir'",
+                      len(outcomes) - i)
+            return False
+        finally:
+            self.spool.shrink()  # what was recorded is free again now, not after the next checkpoint
+        return True
 
     def _grow(self, lines: int) -> None:
         """A batch cut by a 408 (a slow link) or a 413 stayed small for the agent's life. After

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import signedkeys
+from agent import diskreserve, signedkeys
 from protocol.errors import ProtocolError
 from protocol.heartbeat import MAX_REQUEST_BYTES, ZERO_HASH, sign_heartbeat, token_digest
 from protocol.keys import AgentKey
@@ -27,6 +27,8 @@ from protocol.timefmt import format_time
 
 log = logging.getLogger("tr7.agent.spool")
 INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+WAL_PAGES = 256  # pages (1 MiB) the WAL holds before a checkpoint; SQLite's default is 1,000
+SHRINK_STEP = 64  # pages a step of Spool.shrink moves and gives back
 RECLAIM_PAGES = 256  # free pages (1 MiB of 4 KiB pages) before shipping hands them back
 CONVERT_BELOW = 64 * 1024 * 1024  # live bytes under which an older spool.db is VACUUMed at open
 
@@ -115,6 +117,9 @@ class Spool:
                 # The WAL file back to 4 MiB after each checkpoint: left alone it keeps its
                 # largest size (a backlog shipped after an outage) for good.
                 self.db.execute("PRAGMA journal_size_limit=4194304")
+                # Checkpoints every WAL_PAGES pages: the WAL's pages past the file's end need that much
+                # room again to be checkpointed, which a full disk has only from the reserve (diskreserve)
+                self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
             self.db.execute("PRAGMA busy_timeout=30000")
             check = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
@@ -124,9 +129,7 @@ class Spool:
                 # One real write now: SQLite opens a file it may not write read-only without a
                 # word, and an agent started on a spool.db left root's by a hand-run `run` said
                 # ready, then died at its first poll, restarted, and died again.
-                self.db.execute("BEGIN IMMEDIATE")
-                self._set("opened_at", str(int(time.time())))
-                self.db.execute("COMMIT")
+                self._opened()
                 self._convert()
         except sqlite3.Error as exc:
             unwritable = isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc)
@@ -134,8 +137,44 @@ class Spool:
                     "-wal and -shm files)") if unwritable else "cannot open"
             raise _wrap(exc, path, what) from exc
 
+    def _opened(self) -> None:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._set("opened_at", str(int(time.time())))
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if not diskreserve.is_full(exc):
+                raise
+            # A full disk is not an unwritable file: the spool is read and shipped as it is (what
+            # frees the disk), and `export` still writes its heartbeats elsewhere.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            log.warning("event=disk_full at=open path=%s", self.path)
+
     def close(self) -> None:
         self.db.close()
+
+    def checkpoint(self) -> None:
+        """The WAL into the file and cut to nothing (best effort): on a full disk, the room the WAL
+        took is free again for the next step."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("event=spool_not_checkpointed reason=%r", str(exc))
+
+    def shrink(self) -> None:
+        """Hand every free page back to the file system now, SHRINK_STEP pages at a time with the
+        WAL cut between steps: on a full disk, what shipping frees must be free at once, and the
+        vacuum needs room in the WAL for the pages it moves."""
+        self.checkpoint()
+        try:
+            for _ in range(1 + self.db.execute("PRAGMA freelist_count").fetchone()[0] // SHRINK_STEP):
+                if not self.db.execute("PRAGMA freelist_count").fetchone()[0]:
+                    break
+                self.db.executescript(f"PRAGMA incremental_vacuum({SHRINK_STEP});")
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("event=spool_not_shrunk reason=%r", str(exc))
 
     def _convert(self) -> None:
         """A spool.db made before incremental auto-vacuum (2026-12-06) takes it by one VACUUM, done
@@ -222,6 +261,11 @@ class Spool:
         try:
             signedkeys.signed(self.path.parent, key.kid, seq)
         except OSError as exc:
+            if diskreserve.is_full(exc):
+                # The record may lag the spool (never lead it): the next seq recorded catches up,
+                # and a start reads a lag as the crash window it is. The heartbeat is committed.
+                log.warning("event=disk_full at=signed_heads seq=%d", seq)
+                return seq, token
             raise SpoolError(f"spool {self.path}: seq {seq} is committed, but {signedkeys.HEADS} beside it "
                              f"cannot record it: {exc}") from exc
         return seq, token
@@ -283,9 +327,10 @@ class Spool:
                   "see a gap'", kid, seq, reason)
         self.settle([(Row(rid, kid, seq, base64.b64encode(packed).decode("ascii")), "rejected", reason)])
 
-    def settle(self, outcomes: list[tuple[Row, str, str | None]]) -> None:
+    def settle(self, outcomes: list[tuple[Row, str, str | None]], reclaim: bool = True) -> None:
         """Apply the collector's answers in one transaction: delete accepted/duplicate, set aside
-        rejected (a rejected heartbeat is never resent)."""
+        rejected (a rejected heartbeat is never resent). ``reclaim``: hand free pages back after
+        (_reclaim); the shipper on a full disk does that itself, in steps (shrink)."""
         with self._transaction("cannot record shipping outcomes"):
             shipped = 0
             for row, status, reason in outcomes:
@@ -298,7 +343,8 @@ class Spool:
                 self.db.execute("DELETE FROM spool WHERE id = ?", (row.id,))
             if shipped:
                 self._set("last_shipped_seq", str(shipped))
-        self._reclaim()
+        if reclaim:
+            self._reclaim()
 
     def rejected_rows(self) -> list[tuple[int, str, int, int, str, str]]:
         """(id, kid, seq, at, reason, token) of every heartbeat set aside, oldest first."""

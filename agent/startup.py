@@ -1,14 +1,18 @@
 """What `run` checks before it starts, shared with the commands: the state directory, the key, the slot."""
 
 import json
+import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent import diskreserve
 from agent.config import Config
 from protocol.errors import ProtocolError
 from protocol.keys import AgentKey, load_private_key
 from protocol.timefmt import parse_rfc3339
+
+log = logging.getLogger("tr7.agent")
 
 
 class StartupError(Exception):
@@ -30,6 +34,12 @@ def check_state_dir(state_dir: Path) -> None:
     except (FileExistsError, NotADirectoryError) as exc:
         raise StartupError(f"state directory {state_dir} is not a directory (a file is in its way)") from exc
     except OSError as exc:
+        if diskreserve.is_full(exc):
+            # A full disk is no unwritable directory: refused, the agent could never ship the spool
+            # that filled it (a review). Its reserve is given back, and the service ships.
+            diskreserve.release(state_dir)
+            log.warning("event=disk_full at=start state_dir=%s", state_dir)
+            return
         raise StartupError(f"state directory {state_dir} is not writable: {exc.strerror or exc}") from exc
 
 

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import AGENT, agent_env, run_cli, spooled_state, write_config
 
-from agent import signedkeys
+from agent import diskreserve, signedkeys
+from agent import service as service_mod
+from agent import spool as spool_mod
+from agent.config import load_config
+from agent.service import Service
+from agent.shipper import Shipper
 from agent.spool import Spool
 from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
 from protocol.keys import AgentKey, save_private_key
@@ -38,27 +43,90 @@ def _config(tmp_path: Path, state: Path, instances: int = 3) -> Path:
                         [{"name": "lab", "platform": "kvm", "instances": instances}])
 
 
-def test_disk_full_stops_loudly_and_loses_nothing(tmp_path: Path, mount) -> None:
-    state = mount("state", "size=512k,mode=0700")
-    save_private_key(AgentKey.generate(), state / "agent.key")
-    cfg = _config(tmp_path, state, instances=300)  # ~70 kB a heartbeat: full after a few polls
-    res = run_cli("run", "--config", str(cfg), timeout=120)
-    assert res.returncode == 1, res.stderr[-2000:]
-    assert "event=fatal" in res.stderr and "disk is full" in res.stderr
-    logged = [int(line.split("seq=")[1].split()[0]) for line in res.stderr.splitlines()
-              if "event=heartbeat " in line]
-    assert logged, "some heartbeats were committed before the disk filled"
-    spool = Spool(state / "spool.db", readonly=True)  # in place, on the still-full file system
-    tokens = list(spool.unshipped())
-    head = spool.db.execute("SELECT seq, digest FROM chain").fetchone()
-    spool.close()
-    prev = ZERO_HASH
-    for i, tok in enumerate(tokens, 1):
-        hb = parse_unverified(tok)
-        assert (hb.seq, hb.prev) == (i, prev)
-        prev = token_digest(tok)
-    # Every heartbeat reported as committed is still there, and the head is the last of them.
-    assert len(tokens) == max(logged) and head == (len(tokens), prev)
+def test_a_full_disk_skips_polls_ships_the_spool_and_signs_again(tmp_path: Path, mount, make_collector,
+                                                                 fake_registry: None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash-consistency review: the agent stopped at the first `disk full`, then every restart
+    was refused (the state directory's write probe), `export` could not open the spool, and what an
+    operator freed was eaten by failed writes: the backlog that filled the disk never shipped. Now
+    the slot is skipped, the reserve is given back, the spool ships, and signing resumes."""
+    monkeypatch.setattr(diskreserve, "SIZE", 128 << 10)  # the tmpfs is 1 MiB; the defaults are 8 MiB
+    monkeypatch.setattr(diskreserve, "HEADROOM", 64 << 10)  # and 1 MiB
+    monkeypatch.setattr(spool_mod, "WAL_PAGES", 16)  # and the WAL in proportion (the default is 1 MiB)
+    state = mount("state", "size=1m,mode=0700")
+    collector = make_collector()
+    cfg = write_config(tmp_path / "agent.toml",
+                       {"collector": collector.url, "state_dir": str(state), "interval": 1,
+                        "allow_short_interval": True},
+                       [{"name": "lab", "platform": "kvm", "instances": 300}])
+    assert run_cli("enroll", "--config", str(cfg), "--token", "tok-1").returncode == 0
+    collector.kill()  # down while the spool fills the disk
+    now = [float(int(time.time()))]
+    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    service = Service(load_config(cfg))
+    service.start()
+    try:
+        assert service.scheduler is not None
+        service.scheduler.pause()  # polled by hand below
+        service._stop_shipper(10)
+        assert (state / diskreserve.NAME).stat().st_size == 128 << 10  # made while there was room
+        polls = 0
+        # until the disk is full and the reserve cannot be made again: two polls in a row sign nothing
+        still = 0
+        while still < 2:
+            assert polls < 400, "the disk never filled"
+            before = service.spool.head(service.key.kid).seq
+            now[0] += 1
+            service.poll_job()
+            polls += 1
+            still = still + 1 if service.disk_full and service.spool.head(service.key.kid).seq == before else 0
+        assert service.fatal is None and not (state / diskreserve.NAME).exists()  # given back
+        assert service.metrics.registry.get_sample_value("tr7_agent_disk_full") == 1
+        signed = service.spool.head(service.key.kid).seq
+        for _ in range(5):  # while the disk is low nothing is signed: the reserve's room is the shipper's
+            now[0] += 1
+            service.poll_job()
+        assert service.fatal is None and service.spool.head(service.key.kid).seq == signed
+        # everything committed is intact, and `export` reads it on the full disk (it could not open it)
+        export = run_cli("export", "--config", str(cfg), "--out", str(tmp_path / "out.jws"))
+        assert export.returncode == 0, export.stderr
+        tokens = (tmp_path / "out.jws").read_text().split()
+        assert [parse_unverified(t).seq for t in tokens] == list(range(1, signed + 1))
+        prev = ZERO_HASH
+        for tok in tokens:
+            assert parse_unverified(tok).prev == prev
+            prev = token_digest(tok)
+
+        # a restart on the full disk (systemd's, after an upgrade): it was refused at every try
+        service.terminating = True
+        assert service.shutdown() == 0
+        service = Service(load_config(cfg))
+        service.start()
+        assert service.scheduler is not None
+        service.scheduler.pause()
+        service._stop_shipper(10)
+
+        collector.start()  # back: the shipper records its shipments in the reserve's room
+        shipper = Shipper(service.config.agent, Spool(state / "spool.db"), clock=service.collector_clock)
+        try:
+            for _ in range(50):  # a few requests; a settle the disk refuses came back as a wait
+                if shipper.ship_once() is None:
+                    break
+        finally:
+            shipper.client.close()
+            shipper.spool.close()
+        got = collector.query("SELECT seq FROM heartbeats ORDER BY seq")
+        assert [s for (s,) in got] == list(range(1, signed + 1))
+        assert service.spool.stats()["spool_depth"] == 0
+        now[0] += 1
+        service.poll_job()  # room again: signed, and the reserve made again
+        assert service.fatal is None and not service.disk_full
+        assert service.metrics.registry.get_sample_value("tr7_agent_disk_full") == 0
+        assert service.spool.head(service.key.kid).seq == signed + 1
+        assert (state / diskreserve.NAME).stat().st_size == 128 << 10
+    finally:
+        service.terminating = True
+        service.shutdown()
 
 
 def test_read_only_state_dir(tmp_path: Path, mount) -> None:

@@ -61,7 +61,8 @@ def test_metrics_endpoint(tmp_path: Path, make_collector) -> None:
     assert _value(text, "tr7_agent_heartbeats_signed_total") >= 2
     assert _value(text, "tr7_agent_heartbeats_rejected_total") == 0
     for name in ("tr7_agent_poll_duration_seconds_count", "tr7_agent_spool_depth",
-                 "tr7_agent_spool_oldest_age_seconds", "tr7_agent_spool_bytes", "tr7_agent_spool_over_limit"):
+                 "tr7_agent_spool_oldest_age_seconds", "tr7_agent_spool_bytes", "tr7_agent_spool_over_limit",
+                 "tr7_agent_disk_full"):
         _value(text, name)
 
 
