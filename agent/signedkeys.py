@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from protocol.keys import replace_file
+from protocol.keys import remove_stale_temps, replace_file
 
 log = logging.getLogger("tr7.agent")
 
@@ -119,6 +119,8 @@ def check(state_dir: Path, kid: str, head_seq: int, spool_path: Path) -> None:
     """At start: list a key whose chain the spool holds (one from before these files existed) and
     record its head; refuse a listed key whose chain the spool does not hold, or one whose head is
     below a seq already signed here (raises LostChain)."""
+    # a compaction cut short by a SIGKILL left its temporary file; nothing else would remove it
+    remove_stale_temps(state_dir / HEADS)
     older = behind(state_dir, kid, head_seq, spool_path)
     if older is not None:
         raise LostChain(older)

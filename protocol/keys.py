@@ -127,6 +127,35 @@ def _written(data: bytes, path: Path, owner: tuple[int, int] | None = None) -> P
     return tmp
 
 
+def remove_stale_temps(path: Path) -> int:
+    """Remove the files _written left beside ``path`` in processes that died before their rename
+    (a SIGKILL, the OOM killer): only names whose pid no longer runs, so that no live process loses
+    the file it is writing. Returns how many were removed."""
+    removed = 0
+    prefix = path.name + "."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return 0
+    for name in names:
+        parts = name[len(prefix):].split(".") if name.startswith(prefix) else []
+        if len(parts) != 3 or parts[2] != "tmp" or not parts[0].isdigit() or int(parts[0]) == os.getpid():
+            continue
+        try:
+            os.kill(int(parts[0]), 0)
+            continue  # alive (or the pid reused: left for a later pass)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue  # another user's live process, or no pid at all
+        try:
+            os.unlink(path.parent / name)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def create_file_once(data: bytes, path: Path) -> bool:
     """Write ``path`` whole unless it exists (then leave it): True if this call created it. The
     file appears complete or not at all, and of processes racing, exactly one wins."""

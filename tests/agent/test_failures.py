@@ -1,6 +1,7 @@
 """Loud failures: disk full, unwritable state dir, corrupt spool, missing key. Never healthy-but-idle."""
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -79,7 +80,8 @@ def test_a_full_disk_skips_polls_ships_the_spool_and_signs_again(tmp_path: Path,
             now[0] += 1
             service.poll_job()
             polls += 1
-            still = still + 1 if service.disk_full and service.spool.head(service.key.kid).seq == before else 0
+            unsigned = service.spool.head(service.key.kid).seq == before
+            still = still + 1 if service.disk_full and unsigned else 0
         assert service.fatal is None and not (state / diskreserve.NAME).exists()  # given back
         assert service.metrics.registry.get_sample_value("tr7_agent_disk_full") == 1
         signed = service.spool.head(service.key.kid).seq
@@ -234,6 +236,24 @@ def test_the_record_of_signed_heads_survives_a_cut_line_and_compacts(
         signedkeys.signed(tmp_path, kid, seq)
     assert (tmp_path / signedkeys.HEADS).stat().st_size <= 200 + 40
     assert signedkeys.heads(tmp_path) == {kid: 19}
+
+
+def test_a_compaction_killed_before_its_rename_leaves_no_file_for_good(tmp_path: Path) -> None:
+    """A crash-consistency review: 26 of 300 SIGKILLs during compaction left a
+    signed-heads.<pid>.<hex>.tmp of up to 64 kB, which nothing removed. The start removes those of
+    dead processes, and only those: a live process may be about to rename its own."""
+    state, key, spool = spooled_state(tmp_path, 2)
+    spool.close()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = state / f"{signedkeys.HEADS}.{dead.pid}.0badf00d.tmp"
+    live = state / f"{signedkeys.HEADS}.{os.getppid()}.0badf00d.tmp"
+    other = state / f"{signedkeys.HEADS}.notes.tmp"
+    for f in (stale, live, other):
+        f.write_text(f"{key.kid} 1\n")
+    signedkeys.check(state, key.kid, 2, state / "spool.db")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert signedkeys.heads(state) == {key.kid: 2}
 
 
 def test_a_chain_from_before_the_list_is_listed_at_start(tmp_path: Path) -> None:
