@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from protocol.keys import remove_stale_temps, replace_file
+from protocol.keys import remove_stale_temps, replace_file, sync_dir
 
 log = logging.getLogger("tr7.agent")
 
@@ -37,12 +37,15 @@ def listed(state_dir: Path) -> set[str]:
 
 
 def _append_line(path: Path, line: str) -> None:
+    created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line.encode("ascii"))
         os.fsync(fd)
     finally:
         os.close(fd)
+    if created:  # the new file's name, too, survives a power cut (a lost record reads as no record)
+        sync_dir(path.parent)
 
 
 def add(state_dir: Path, kid: str) -> None:
@@ -88,12 +91,8 @@ def signed(state_dir: Path, kid: str, seq: int) -> None:
 
 def _compact(state_dir: Path, path: Path) -> None:
     text = "".join(f"{k} {s}\n" for k, s in sorted(heads(state_dir).items()))
-    replace_file(text.encode("ascii"), path)  # whole, synced, 0600, through a name of its own
-    dfd = os.open(state_dir, os.O_RDONLY)
-    try:
-        os.fsync(dfd)  # the rename itself, before the next append goes to the new file
-    finally:
-        os.close(dfd)
+    # whole, synced, 0600, through a name of its own; the rename synced before the next append
+    replace_file(text.encode("ascii"), path)
 
 
 class LostChain(Exception):

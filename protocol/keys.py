@@ -108,6 +108,23 @@ def replace_file(data: bytes, path: Path, owner: tuple[int, int] | None = None) 
     never written through a link someone planted at ``path`` or beside it. ``owner``: (uid, gid)
     the file gets before it appears (root writing a file a service must read and write again)."""
     os.replace(_written(data, path, owner), path)
+    sync_dir(path.parent)
+
+
+def sync_dir(directory: Path) -> None:
+    """fsync a directory: a file created or renamed in it is there after a power cut (POSIX asks
+    for it; ext4 and XFS mostly do it anyway, other file systems may not). Best effort where a
+    directory cannot be opened for it (some network file systems)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _written(data: bytes, path: Path, owner: tuple[int, int] | None = None) -> Path:
@@ -162,11 +179,12 @@ def create_file_once(data: bytes, path: Path) -> bool:
     tmp = _written(data, path)
     try:
         os.link(tmp, path)  # fails if another process got there first
-        return True
     except FileExistsError:
         return False
     finally:
         tmp.unlink()
+    sync_dir(path.parent)
+    return True
 
 
 def load_private_key(path: Path) -> AgentKey:
