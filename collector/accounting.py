@@ -184,17 +184,20 @@ def first_open_after(month: str, closed_months: set[str]) -> str:
     return m
 
 
+def adjusted_months(conn: Connection, provider: str, month: str) -> list[str]:
+    """The closed months whose adjustments are billed on open ``month``, oldest first."""
+    done = _closed_months(conn, provider)
+    return [m for m in sorted(done) if m < month and first_open_after(m, done) == month]
+
+
 def adjustments_for(
     conn: Connection, provider: str, month: str
 ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(closed month M, its current invoice, adjustment lines) for each M billed on open ``month``."""
     from billing import PricingError, adjustment_lines
 
-    done = _closed_months(conn, provider)
     out = []
-    for m in sorted(done):
-        if m >= month or first_open_after(m, done) != month:
-            continue
+    for m in adjusted_months(conn, provider, month):
         base = conn.execute(
             sa.select(s.baselines.c.invoice).where(
                 s.baselines.c.provider == provider, s.baselines.c.month == m
@@ -257,6 +260,12 @@ def close(
     # lock_log, not a plain SELECT ... FOR UPDATE: with no row yet for the month before, that
     # locked nothing, and an ingest creating it could commit anchors this close then computed
     # with but recorded as size 0 (a closed bundle that never verifies). The row is made empty.
+    # And first, oldest first too, the logs of the closed months whose adjustments this close
+    # freezes, and of the months before them (their anchors): a late heartbeat of one of them
+    # committed between the statements that compute its adjustment (its chain rules, then its
+    # hours) could be half seen, frozen lines matching no state of its log (a review's reading).
+    older = {x for m in adjusted_months(conn, provider, month) for x in (previous_month(m), m)}
+    tlog.lock_existing_logs(conn, provider, sorted(older - {previous_month(month), month}))
     anchor_size = tlog.lock_log(conn, provider, previous_month(month))
     size = tlog.lock_log(conn, provider, month)
     usage, own = own_result(conn, provider, month, now)

@@ -53,6 +53,15 @@ _LOG_STATE = sa.select(s.logs.c.size, s.logs.c.tile_peaks, s.logs.c.pruned_at).w
 _LOCKED_STATE = {"sqlite": _LOG_STATE, "postgresql": _LOG_STATE.with_for_update()}
 
 
+def lock_existing_logs(conn: Connection, provider: str, months: list[str]) -> None:
+    """Lock the counter rows these months' logs have, in month order (ingest's lock order), for
+    this transaction; a month with no log yet has nothing to lock. SQLite: BEGIN IMMEDIATE has."""
+    if months and conn.dialect.name == "postgresql":
+        L = s.logs.c
+        conn.execute(sa.select(L.month).where(L.provider == provider, L.month.in_(months))
+                     .order_by(L.month).with_for_update()).all()
+
+
 def lock_log_state(conn: Connection, provider: str, month: str) -> tuple[int, bytes | None, int | None]:
     """lock_log, the state of the log's partial tile (collector/tiles.py write_tiles), and when
     `prune` dropped the month's evidence (None: it has not)."""

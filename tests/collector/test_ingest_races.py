@@ -93,3 +93,53 @@ def test_a_unique_key_clash_while_appending_redoes_the_batch_and_answers_duplica
     assert [x["status"] for x in res] == ["accepted"] * 2 + ["duplicate"] * 2 + ["accepted"] * 2
     assert attempts[-1] == 2
     assert [seq for _, seq, _ in _leaves(settings)] == [3, 4, 1, 2, 5, 6]
+
+
+def test_a_close_holds_back_late_heartbeats_of_the_closed_months_it_adjusts(settings, tools) -> None:
+    """A concurrency review's reading: closing N froze the adjustments of K (closed, as was M)
+    over several statements while a late heartbeat of K could commit between them. The close now
+    locks K's log too, so the heartbeat waits and is adjusted, whole, on the next open month."""
+    import threading
+
+    from collector import accounting, registry
+    from protocol.timefmt import month_bounds, month_of, previous_month
+
+    n = previous_month(month_of(int(time.time())))
+    m = previous_month(n)
+    k = previous_month(m)
+    k0 = month_bounds(k)[0]
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a = tools.Agent()
+    tools.enrol(settings, "acme", a, k0 - 30 * 86400)
+    beats = [a.beat(k0 + i * 1800, {"TR7-0001": "running"}) for i in range(8)]
+    assert {r["status"] for r in ingest.ingest_lines(settings.engine, beats[:4])} == {"accepted"}
+    for month in (k, m):
+        db.write_tx(settings.engine, lambda c, month=month: accounting.close(c, settings, "acme", month))
+
+    closing, release, results = threading.Event(), threading.Event(), []
+
+    def close_n(c):
+        done = accounting.close(c, settings, "acme", n)
+        closing.set()
+        release.wait(30)  # the close's transaction stays open while the late heartbeats come
+        return done
+
+    closer = threading.Thread(target=lambda: results.append(db.write_tx(settings.engine, close_n)))
+    closer.start()
+    assert closing.wait(30)
+    late = threading.Thread(target=lambda: results.append(ingest.ingest_lines(settings.engine, beats[4:])))
+    late.start()
+    late.join(2.0)
+    waited = late.is_alive()
+    release.set()
+    closer.join(60)
+    late.join(60)
+    assert waited, "the late heartbeats of K committed while N's close was computing K's adjustments"
+    closed_n, answers = results
+    assert {r["status"] for r in answers} == {"accepted"}
+    # N froze K's adjustment without them (none: K's first two hours were closed with K); the
+    # next open month carries them, whole
+    assert not [x for x in closed_n.billed["lines"] if x["adjusts"] == k]
+    with db.read_conn(settings.engine) as c:
+        now = accounting.invoice(c, "acme", month_of(int(time.time())))
+    assert [(x["quantity"], x["adjusts"]) for x in now["lines"]] == [(2, k)]
