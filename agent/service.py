@@ -97,6 +97,8 @@ class Service(SlotEvents):
         try:
             return Spool(self.config.agent.spool_path)
         except SpoolError as exc:
+            if diskreserve.is_full(exc, self.config.agent.spool_path.parent):
+                raise StartupError(str(exc)) from exc  # said in the error: nothing to move aside
             raise StartupError(f"{exc} (a new spool.db would restart this key's chain at seq 1, which "
                                "the agent refuses: mend what the error names, or move agent.key aside and "
                                "enrol a new key)") from exc
@@ -174,14 +176,17 @@ class Service(SlotEvents):
             if self.enrolled_at is not None and when < self.enrolled_at:
                 self._before_enrolment_event(when, self.enrolled_at)
                 return
-            if self.disk_full and not diskreserve.ensure(self.config.agent.state_dir):
-                # the room the reserve gave back is the shipper's, to record what it ships: a
-                # heartbeat signed into it left the spool unable to delete a shipped row again.
-                # Signing resumes once the reserve is made again.
-                log.error("event=disk_full poll=%s action='not signed: waiting for %d KiB free on the file "
-                          "system of state_dir; the spool ships on'", format_time(when),
-                          (diskreserve.SIZE + diskreserve.HEADROOM) >> 10)
+            # Signed only with the reserve whole (or none to be had on this file system): the room
+            # it gave back is the shipper's, to record what it ships, whoever gave it back (this
+            # poll, the shipper, a start); a heartbeat signed into it left the spool unable to
+            # delete a shipped row again.
+            if diskreserve.ensure(self.config.agent.state_dir) is False:
+                self._disk_low(when)
                 return
+            if self.disk_full:
+                self.disk_full = False
+                self.metrics.disk_full.set(0)
+                log.warning("event=disk_ok poll=%s action='signing again'", format_time(when))
             head = self.spool.head(self.key.kid)
             back = head.time is not None and when <= head.time
             # A large step back is signed as it is only when the collector's clock says ours is
@@ -225,19 +230,19 @@ class Service(SlotEvents):
                 self._clock_event(exc.when, exc.last, "skip")
                 return
             except SpoolError as exc:
-                if not diskreserve.is_full(exc):
+                if not diskreserve.is_full(exc, self.config.agent.state_dir):
                     raise
                 self._disk_full(when, exc)
                 return
-            if self.disk_full:
-                self.disk_full = False
-                self.metrics.disk_full.set(0)
-                log.warning("event=disk_ok poll=%s action='signing again'", format_time(when))
-            diskreserve.ensure(self.config.agent.state_dir)  # again, once there is room for it
             if back and head.time is not None:
                 self._clock_event(when, head.time, "signed")
             if seq == 1:
-                signedkeys.add(self.config.agent.state_dir, self.key.kid)
+                try:
+                    signedkeys.add(self.config.agent.state_dir, self.key.kid)
+                except OSError as exc:  # listed again at the next start (signedkeys.check)
+                    if not diskreserve.is_full(exc):
+                        raise
+                    log.warning("event=disk_full at=signed_keys action='listed at the next start'")
             self.metrics.signed.inc()
             self.metrics.last_poll.set(when)
             self.wake.set()
@@ -273,6 +278,7 @@ class Service(SlotEvents):
         if new.agent.state_dir != old.agent.state_dir:
             log.error("event=reload_refused reason='state_dir cannot change without a restart'")
             return
+        self.enrolled_at = enrolled_at(new.agent.state_dir / "enrollment.json", self.key.kid)  # since
         try:  # by content, read now (not in a shipper thread that dies): a token or CA bundle
             # replaced at the same path was never used, as only the names were compared
             ship_changed = shipping_identity(new.agent) != self.ship_id

@@ -174,21 +174,32 @@ class Shipper:
                 self.spool.settle(outcomes)
                 return True
             except SpoolError as exc:
-                if not diskreserve.is_full(exc):
+                if not diskreserve.is_full(exc, self.state_dir):
                     raise
                 diskreserve.release(self.state_dir)  # the reserve's room: SQLite needs some to delete
         # Low on space: SETTLE_STEP rows a transaction, the WAL cut after each, so that one step's
-        # pages are all the room it takes (a whole batch's deletions took more than the reserve)
+        # pages are all the room it takes (a whole batch's deletions took more than the reserve);
+        # a step the disk refuses is halved, down to one row.
+        i, step = 0, SETTLE_STEP
         try:
-            for i in range(0, len(outcomes), SETTLE_STEP):
-                self.spool.settle(outcomes[i:i + SETTLE_STEP], reclaim=False)
+            while i < len(outcomes):
+                try:
+                    self.spool.settle(outcomes[i:i + step], reclaim=False)
+                except SpoolError as exc:
+                    if not diskreserve.is_full(exc, self.state_dir) or step == 1:
+                        raise
+                    step //= 2
+                    self.spool.checkpoint()  # the refused step's WAL frames, cut
+                    continue
+                i += step
                 self.spool.checkpoint()
         except SpoolError as exc:
-            if not diskreserve.is_full(exc):
+            if not diskreserve.is_full(exc, self.state_dir):
                 raise
             log.error("event=disk_full at=settle lines=%d action='shipped but not recorded: sent again later "
-                      "(answered duplicate); free space on the file system of state_dir'",
-                      len(outcomes) - i)
+                      "(answered duplicate); free space on the file system of state_dir'", len(outcomes) - i)
+            # what is resent is what waits: a whole batch (up to 16 MiB) each time was a waste
+            self.batch_lines, self.full_batches = SETTLE_STEP, 0
             return False
         finally:
             self.spool.shrink()  # what was recorded is free again now, not after the next checkpoint

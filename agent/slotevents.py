@@ -66,6 +66,13 @@ class SlotEvents:
         log.critical("event=disk_full poll=%s reason=%r action='not signed; the spool ships on, which frees "
                      "its space; free space on the file system of state_dir'", format_time(when), str(exc))
 
+    def _disk_low(self, when: int) -> None:
+        self.disk_full = True
+        self.metrics.disk_full.set(1)
+        log.error("event=disk_full poll=%s action='not signed: waiting for %d KiB free on the file system of "
+                  "state_dir (the reserve made again); the spool ships on'", format_time(when),
+                  (diskreserve.SIZE + diskreserve.HEADROOM) >> 10)
+
     def _before_enrolment_event(self, when: int, enrolled: int) -> None:
         # A slot before the collector's enrolment instant is rejected as key.window (§1), and a key
         # whose seq 1 is rejected begins every month's chain unanchored: not signed, the seq kept.

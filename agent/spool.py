@@ -29,6 +29,7 @@ log = logging.getLogger("tr7.agent.spool")
 INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 WAL_PAGES = 256  # pages (1 MiB) the WAL holds before a checkpoint; SQLite's default is 1,000
 SHRINK_STEP = 64  # pages a step of Spool.shrink moves and gives back
+CHECKPOINT_WAIT_MS = 200  # how long Spool.checkpoint waits for readers before giving up for now
 RECLAIM_PAGES = 256  # free pages (1 MiB of 4 KiB pages) before shipping hands them back
 CONVERT_BELOW = 64 * 1024 * 1024  # live bytes under which an older spool.db is VACUUMed at open
 
@@ -135,6 +136,9 @@ class Spool:
             unwritable = isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc)
             what = ("cannot write it (its owner or mode: the service's user must own spool.db and its "
                     "-wal and -shm files)") if unwritable else "cannot open"
+            if diskreserve.is_full(exc, path.parent):  # its -shm file cannot be made: not a damaged spool
+                what = (f"cannot open it: the file system of {path.parent} is full (the spool is not "
+                        "damaged: free some space, and it opens and ships)")
             raise _wrap(exc, path, what) from exc
 
     def _opened(self) -> None:
@@ -143,7 +147,7 @@ class Spool:
             self._set("opened_at", str(int(time.time())))
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if not diskreserve.is_full(exc):
+            if not diskreserve.is_full(exc, self.path.parent):
                 raise
             # A full disk is not an unwritable file: the spool is read and shipped as it is (what
             # frees the disk), and `export` still writes its heartbeats elsewhere.
@@ -154,25 +158,35 @@ class Spool:
     def close(self) -> None:
         self.db.close()
 
-    def checkpoint(self) -> None:
-        """The WAL into the file and cut to nothing (best effort): on a full disk, the room the WAL
-        took is free again for the next step."""
+    def checkpoint(self) -> bool:
+        """The WAL into the file and cut to nothing, if that can be done at once (best effort): on a
+        full disk, the room the WAL took is free again for the next step. Waited for at most
+        CHECKPOINT_WAIT_MS: a TRUNCATE checkpoint that waits for a reader (an `export`) holds off
+        the other thread's writes meanwhile, and a heartbeat's commit waiting 30 s for it failed."""
         try:
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            self.db.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+            try:
+                busy = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                self.db.execute("PRAGMA busy_timeout=30000")
         except sqlite3.Error as exc:
             log.warning("event=spool_not_checkpointed reason=%r", str(exc))
+            return False
+        return not busy
 
-    def shrink(self) -> None:
-        """Hand every free page back to the file system now, SHRINK_STEP pages at a time with the
-        WAL cut between steps: on a full disk, what shipping frees must be free at once, and the
-        vacuum needs room in the WAL for the pages it moves."""
-        self.checkpoint()
+    def shrink(self, seconds: float = 10.0) -> None:
+        """Hand the free pages back to the file system now, SHRINK_STEP pages at a time with the
+        WAL cut between steps, for at most ``seconds``: on a full disk, what shipping frees must be
+        free at once, and the vacuum needs room in the WAL for the pages it moves. What is left is
+        given back by the next call, or by _reclaim."""
+        deadline = time.monotonic() + seconds
+        if not self.checkpoint():
+            return
         try:
-            for _ in range(1 + self.db.execute("PRAGMA freelist_count").fetchone()[0] // SHRINK_STEP):
-                if not self.db.execute("PRAGMA freelist_count").fetchone()[0]:
-                    break
+            while time.monotonic() < deadline and self.db.execute("PRAGMA freelist_count").fetchone()[0]:
                 self.db.executescript(f"PRAGMA incremental_vacuum({SHRINK_STEP});")
-                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not self.checkpoint():
+                    return
         except sqlite3.Error as exc:
             log.warning("event=spool_not_shrunk reason=%r", str(exc))
 
@@ -283,6 +297,9 @@ class Spool:
             self.db.execute("INSERT INTO events (at, kind, detail) VALUES (?,?,?)",
                             (int(time.time()), kind, detail))
         except sqlite3.Error as exc:
+            if diskreserve.is_full(exc, self.path.parent):  # said in the log; not worth stopping for
+                log.warning("event=disk_full at=record_event kind=%s detail=%s", kind, detail)
+                return
             raise _wrap(exc, self.path, "cannot record an event") from exc
 
     def batch(self, limit: int = 5000, max_bytes: int = MAX_REQUEST_BYTES, after: int = 0) -> list[Row]:

@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import errno
 import hashlib
 import os
 import secrets
@@ -121,8 +122,9 @@ def sync_dir(directory: Path) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):  # a directory it cannot fsync
+            raise
     finally:
         os.close(fd)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,6 @@ from agent import service as service_mod
 from agent import spool as spool_mod
 from agent.config import load_config
 from agent.service import Service
-from agent.shipper import Shipper
 from agent.spool import Spool
 from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
 from protocol.keys import AgentKey, save_private_key
@@ -44,6 +44,35 @@ def _config(tmp_path: Path, state: Path, instances: int = 3) -> Path:
                         [{"name": "lab", "platform": "kvm", "instances": instances}])
 
 
+def _poll_until_unsigned(service: Service, now: list[float]) -> int:
+    """Poll until the disk is full and the reserve cannot be made again: two polls in a row that
+    sign nothing. Returns the polls made."""
+    polls = still = 0
+    while still < 2:
+        assert polls < 400, "the disk never filled"
+        before = service.spool.head(service.key.kid).seq
+        now[0] += 1
+        service.poll_job()
+        polls += 1
+        unsigned = service.spool.head(service.key.kid).seq == before
+        still = still + 1 if service.disk_full and unsigned else 0
+    return polls
+
+
+def _fill(directory: Path) -> Path:
+    """Another program takes every byte left (the agent's spool files keep theirs)."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"x" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
 def test_a_full_disk_skips_polls_ships_the_spool_and_signs_again(tmp_path: Path, mount, make_collector,
                                                                  fake_registry: None,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,10 +80,12 @@ def test_a_full_disk_skips_polls_ships_the_spool_and_signs_again(tmp_path: Path,
     was refused (the state directory's write probe), `export` could not open the spool, and what an
     operator freed was eaten by failed writes: the backlog that filled the disk never shipped. Now
     the slot is skipped, the reserve is given back, the spool ships, and signing resumes."""
-    monkeypatch.setattr(diskreserve, "SIZE", 128 << 10)  # the tmpfs is 1 MiB; the defaults are 8 MiB
+    monkeypatch.setattr(diskreserve, "SIZE", 128 << 10)  # the tmpfs is 1 MiB; the defaults are 8 MiB,
+    monkeypatch.setattr(diskreserve, "START_SIZE", 48 << 10)  # 256 KiB
     monkeypatch.setattr(diskreserve, "HEADROOM", 64 << 10)  # and 1 MiB
     monkeypatch.setattr(spool_mod, "WAL_PAGES", 16)  # and the WAL in proportion (the default is 1 MiB)
     state = mount("state", "size=1m,mode=0700")
+    reserve = state / diskreserve.NAME
     collector = make_collector()
     cfg = write_config(tmp_path / "agent.toml",
                        {"collector": collector.url, "state_dir": str(state), "interval": 1,
@@ -68,21 +99,11 @@ def test_a_full_disk_skips_polls_ships_the_spool_and_signs_again(tmp_path: Path,
     service.start()
     try:
         assert service.scheduler is not None
-        service.scheduler.pause()  # polled by hand below
-        service._stop_shipper(10)
-        assert (state / diskreserve.NAME).stat().st_size == 128 << 10  # made while there was room
-        polls = 0
-        # until the disk is full and the reserve cannot be made again: two polls in a row sign nothing
-        still = 0
-        while still < 2:
-            assert polls < 400, "the disk never filled"
-            before = service.spool.head(service.key.kid).seq
-            now[0] += 1
-            service.poll_job()
-            polls += 1
-            unsigned = service.spool.head(service.key.kid).seq == before
-            still = still + 1 if service.disk_full and unsigned else 0
-        assert service.fatal is None and not (state / diskreserve.NAME).exists()  # given back
+        service.scheduler.pause()  # polled by hand below; the shipper thread runs as in service
+        assert reserve.stat().st_size == 128 << 10  # made while there was room
+        _poll_until_unsigned(service, now)
+        assert service.fatal is None
+        assert reserve.stat().st_size == 48 << 10  # given back but for a start's room
         assert service.metrics.registry.get_sample_value("tr7_agent_disk_full") == 1
         signed = service.spool.head(service.key.kid).seq
         for _ in range(5):  # while the disk is low nothing is signed: the reserve's room is the shipper's
@@ -99,33 +120,39 @@ def test_a_full_disk_skips_polls_ships_the_spool_and_signs_again(tmp_path: Path,
             assert parse_unverified(tok).prev == prev
             prev = token_digest(tok)
 
-        # a restart on the full disk (systemd's, after an upgrade): it was refused at every try
+        collector.start()  # back: the shipper thread records its shipments in the reserve's room
+        deadline = time.monotonic() + 60
+        while service.spool.stats()["spool_depth"]:
+            assert time.monotonic() < deadline and service.fatal is None, f"not shipped: {service.fatal!r}"
+            time.sleep(0.2)
+        got = collector.query("SELECT seq FROM heartbeats ORDER BY seq")
+        assert [s for (s,) in got] == list(range(1, signed + 1))
+        now[0] += 1
+        service.poll_job()  # room again: the reserve made again, and signed
+        assert service.fatal is None and not service.disk_full
+        assert service.metrics.registry.get_sample_value("tr7_agent_disk_full") == 0
+        assert service.spool.head(service.key.kid).seq == signed + 1
+        assert reserve.stat().st_size == 128 << 10
+
+        # A restart on a disk filled to its last byte by another program (a diff review: the spool's
+        # -shm file could not be made, read as a damaged spool): the reserve makes the room.
         service.terminating = True
         assert service.shutdown() == 0
+        filler = _fill(state)
+        assert shutil.disk_usage(state).free < 4096
         service = Service(load_config(cfg))
         service.start()
         assert service.scheduler is not None
         service.scheduler.pause()
-        service._stop_shipper(10)
-
-        collector.start()  # back: the shipper records its shipments in the reserve's room
-        shipper = Shipper(service.config.agent, Spool(state / "spool.db"), clock=service.collector_clock)
-        try:
-            for _ in range(50):  # a few requests; a settle the disk refuses came back as a wait
-                if shipper.ship_once() is None:
-                    break
-        finally:
-            shipper.client.close()
-            shipper.spool.close()
-        got = collector.query("SELECT seq FROM heartbeats ORDER BY seq")
-        assert [s for (s,) in got] == list(range(1, signed + 1))
-        assert service.spool.stats()["spool_depth"] == 0
+        assert not reserve.exists()  # given back whole
         now[0] += 1
-        service.poll_job()  # room again: signed, and the reserve made again
-        assert service.fatal is None and not service.disk_full
-        assert service.metrics.registry.get_sample_value("tr7_agent_disk_full") == 0
-        assert service.spool.head(service.key.kid).seq == signed + 1
-        assert (state / diskreserve.NAME).stat().st_size == 128 << 10
+        service.poll_job()  # no room for the reserve: not signed
+        assert service.disk_full and service.spool.head(service.key.kid).seq == signed + 1
+        filler.unlink()  # the operator frees the disk
+        now[0] += 1
+        service.poll_job()
+        assert not service.disk_full and service.spool.head(service.key.kid).seq == signed + 2
+        assert service.fatal is None and reserve.stat().st_size == 128 << 10
     finally:
         service.terminating = True
         service.shutdown()
