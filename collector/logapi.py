@@ -1,10 +1,11 @@
 """The log's read routes (heartbeat-v1.md §5): its key, checkpoints, inclusion and consistency proofs."""
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from collector import apimodels, db, keyrotation, readapi, tlog
 from protocol.merkle import MerkleError
@@ -40,13 +41,8 @@ def inclusion(
     request: Request, provider: str, month: str, scope: readapi.ScopeDep,
     index: int = Query(ge=0), size: int = Query(ge=1),
 ) -> dict[str, Any]:
-    engine = request.app.state.engine
-    _log_access(engine, scope, provider, month)
-    with db.read_conn(engine) as c:
-        try:
-            return {"index": index, "size": size, "hashes": tlog.inclusion(c, provider, month, index, size)}
-        except MerkleError as exc:
-            raise HTTPException(400, str(exc)) from exc
+    return _proof(request, scope, provider, month, lambda c: {
+        "index": index, "size": size, "hashes": tlog.inclusion(c, provider, month, index, size)})
 
 
 @router.get("/{provider}/{month}/consistency",
@@ -60,11 +56,18 @@ def consistency(
     from_: int = Query(ge=0, alias="from"),
     to: int = Query(ge=0),
 ) -> dict[str, Any]:
+    return _proof(request, scope, provider, month, lambda c: {
+        "from": from_, "to": to, "hashes": tlog.consistency(c, provider, month, from_, to)})
+
+
+def _proof(request: Request, scope: readapi.Scope, provider: str, month: str,
+           make: Callable[[Connection], dict[str, Any]]) -> dict[str, Any]:
+    """A proof of the month's log the token may read; a size beyond the log is the client's 400."""
     engine = request.app.state.engine
     _log_access(engine, scope, provider, month)
     with db.read_conn(engine) as c:
         try:
-            return {"from": from_, "to": to, "hashes": tlog.consistency(c, provider, month, from_, to)}
+            return make(c)
         except MerkleError as exc:
             raise HTTPException(400, str(exc)) from exc
 
