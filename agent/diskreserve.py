@@ -127,10 +127,11 @@ def release(state_dir: Path, keep: int | None = None) -> bool:
 
 
 def release_if_low(state_dir: Path) -> bool:
-    """At start: give all of the reserve back when less than its size is free (a disk the spool
-    filled before a restart), so that the spool can be opened, written and shipped."""
+    """At start: give all of the reserve back when less than START_SIZE is free (a disk filled
+    before a restart), so that the spool can be opened (its -shm file), written and shipped. Not
+    more often: a reserve given back at every start on a disk with a few MiB free was made again."""
     try:
-        is_low = shutil.disk_usage(state_dir).free < SIZE
+        is_low = shutil.disk_usage(state_dir).free < START_SIZE
     except OSError:
         return False
     return is_low and release(state_dir, keep=0)

@@ -144,7 +144,7 @@ def test_a_full_disk_skips_polls_ships_the_spool_and_signs_again(tmp_path: Path,
         service.start()
         assert service.scheduler is not None
         service.scheduler.pause()
-        assert not reserve.exists()  # given back whole
+        assert not reserve.exists() or reserve.stat().st_size < 128 << 10  # given back for the start
         now[0] += 1
         service.poll_job()  # no room for the reserve: not signed
         assert service.disk_full and service.spool.head(service.key.kid).seq == signed + 1
