@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from audit import bundle as B
+from protocol.keys import sync_dir
 
 SUFFIX = ".tar.gz"
 LEVEL = 6  # gzip's default: 1/42 of a steady month at ~270 MB/s; 9: 1/44, 7% slower; 1: 1/25, 2x faster
@@ -95,11 +96,7 @@ def pack(src: Path, dest: Path, top: str | None = None, replace: bool = False) -
     finally:
         part.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # the name too, not only the bytes
-        fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_dir(dest.parent)
     return dest
 
 
@@ -167,14 +164,25 @@ def _sha256(f: IO[bytes]) -> str:
     return h.hexdigest()
 
 
+MAX_MEMBERS = 1_000  # members of any kind; a bundle holds about a dozen files and two directories
+
+
+def _capped(tar: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
+    """The archive's members, refused past MAX_MEMBERS: tarfile keeps every header it reads, and
+    directories and empty files declare no size (200,000 of them, a 1 MB archive, took 800 MB of
+    disk and as many inodes to extract before they were refused: a review)."""
+    for count, info in enumerate(tar, 1):
+        if count > MAX_MEMBERS:
+            raise ArchiveError(f"{path}: more than {MAX_MEMBERS:,} members; a bundle has about a "
+                               "dozen files (heartbeat-v1.md §6)")
+        yield info
+
+
 def _members(path: Path) -> Generator[tuple[list[str], IO[bytes]], None, None]:
     """(name split at '/', stream) of each regular member, streamed: nothing is written to disk."""
     try:
         with tarfile.open(path, mode="r:*") as tar:
-            for count, info in enumerate(tar, 1):
-                if count > MAX_MEMBERS:  # tarfile keeps every member's header in memory as it reads
-                    raise ArchiveError(f"{path}: more than {MAX_MEMBERS:,} members; a bundle has about a "
-                                       "dozen files (heartbeat-v1.md §6)")
+            for info in _capped(tar, path):
                 # a hard link reads as the file it names (tarfile finds it), as _extract does
                 try:
                     f = tar.extractfile(info) if info.isfile() or info.islnk() else None
@@ -218,7 +226,6 @@ def opened(path: Path) -> Iterator[Path]:
 
 
 SPARE = 64 << 20  # bytes left free in $TMPDIR beyond what an extraction needs
-MAX_MEMBERS = 1_000  # members of any kind; a bundle holds about a dozen files and two directories
 
 
 def _extract(path: Path, tmp: Path) -> None:
@@ -234,12 +241,7 @@ def _extract(path: Path, tmp: Path) -> None:
     files: dict[tuple[str, ...], Path] = {}  # the regular files written, by their parts
     try:
         with tarfile.open(path, mode="r:*") as tar:
-            for count, info in enumerate(tar, 1):
-                if count > MAX_MEMBERS:
-                    # Directories and empty files declare no size: 200,000 of them, a 1 MB archive,
-                    # took 800 MB of disk and as many inodes before it was refused (a review).
-                    raise ArchiveError(f"{path}: more than {MAX_MEMBERS:,} members; a bundle has about a "
-                                       "dozen files (heartbeat-v1.md §6)")
+            for info in _capped(tar, path):
                 parts = _parts(info.name)
                 if info.name.startswith("/") or ".." in parts:
                     raise ArchiveError(f"{path}: member {info.name!r} would land outside the bundle")
