@@ -63,6 +63,10 @@ def _rfc3339(text: object, rule: str) -> tuple[int, Decimal]:
     except ValueError as exc:
         raise ProtocolError(rule, f"not a valid calendar time: {text!r}") from exc
     if leap:
+        # §5.7: a leap second is only ever 23:59:60 UTC on a month's last day (ITU-R TF.460 puts
+        # them there); any other :60 names no instant, and one read as :59 would move a window.
+        if (epoch + 1) % 86400 or datetime.fromtimestamp(epoch + 1, UTC).day != 1:
+            raise ProtocolError(rule, f"not a leap second (only 23:59:60 UTC ends a month): {text!r}")
         # Read as the last instant of the second before it: a window that starts then starts at the
         # next whole second (round_up), one that ends then still holds that second, not the next.
         return epoch, LEAP_FRACTION

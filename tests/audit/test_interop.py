@@ -108,10 +108,15 @@ def test_agents_and_manifest_times_in_any_rfc3339_form_and_extra_agent_members(b
     # a leap second there is read too (a time-edge review: it failed agents.format and every line)
     rows[0]["enrolled_at"] = "2016-12-31T23:59:60Z"
     path.write_text(json.dumps(rows))
-    edit_json(bundle, "manifest.json", lambda m: m.update(created=m["created"][:17] + "60Z"))
+    edit_json(bundle, "manifest.json", lambda m: m.update(created="2016-12-31T23:59:60Z"))
     rehash(bundle)
     report = verify_bundle(bundle, workers=1)
     assert report.ok, [str(f) for f in report.errors]
+    # a :60 where no leap second can be (not 23:59:60 UTC on a month's last day) names no instant
+    edit_json(bundle, "manifest.json", lambda m: m.update(created="2016-12-31T12:59:60Z"))
+    rehash(bundle)
+    assert "manifest.format" in _rules(verify_bundle(bundle, workers=1))
+    edit_json(bundle, "manifest.json", lambda m: m.update(created="2016-12-31T23:59:59Z"))
     rows[0].pop("name")  # a member §6 names is still required
     path.write_text(json.dumps(rows))
     rehash(bundle)
@@ -135,7 +140,10 @@ def test_rfc3339_times_as_epoch_seconds() -> None:
     assert parse_rfc3339("2017-01-01T00:59:60+01:00", round_up=True) == parse_time("2017-01-01T00:00:00Z")
     assert (rfc3339_instant("2016-12-31T23:59:59.9Z") < rfc3339_instant("2016-12-31T23:59:60Z")
             < rfc3339_instant("2017-01-01T00:00:00Z"))
-    for bad in ("2026-11-01T00:00:61Z", "2026-11-01 00:00:00Z", "2026-11-01T00:00:00", "2026-02-30T00:00:00Z",
+    assert parse_rfc3339("2015-06-30T23:59:60Z") == parse_time("2015-06-30T23:59:59Z")
+    for bad in ("2026-11-01T00:00:60Z", "2016-12-30T23:59:60Z", "2016-12-31T23:58:60Z",
+                "2016-12-31T23:59:60+01:00", "2026-11-01T00:00:61Z", "2026-11-01 00:00:00Z",
+                "2026-11-01T00:00:00", "2026-02-30T00:00:00Z",
                 "2026-11-01T00:00:00+24:00", "2026-11-01T00:00:00.Z", 1_790_000_000):
         with pytest.raises(ProtocolError):
             parse_rfc3339(bad)  # type: ignore[arg-type]
