@@ -7,15 +7,32 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.engine import Connection, Engine
 
-from collector import apimodels, db, keyrotation, readapi, tlog
+from collector import apidoc, db, keyrotation, readapi, tlog
 from protocol.merkle import MerkleError
 from protocol.timefmt import parse_month
 
 router = APIRouter(prefix="/v1/log")
-_ERRORS = {**apimodels.AUTH_ERRORS, 400: "the month is not YYYY-MM", 404: "no such provider"}
 
 
-@router.get("/key", response_model=apimodels.CollectorKey, responses=apimodels.errors(apimodels.AUTH_ERRORS))
+class RetiredKey(apidoc.Shape):
+    key: str  # verifier key, name+keyid+base64
+    retired_at: str
+    # the hand-over signed note (protocol/keyhandover.py); null for a key replaced without one
+    statement: str | None
+    replaced: str | None = None  # `tr7-collector key replace`: why (the old key lost or untrusted)
+
+
+class CollectorKey(apidoc.Shape):
+    """GET /v1/log/key: the checkpoint key now, and every retired one, oldest first."""
+
+    key: str
+    retired: list[RetiredKey]
+
+
+_ERRORS = {**apidoc.AUTH_ERRORS, 400: "the month is not YYYY-MM", 404: "no such provider"}
+
+
+@router.get("/key", response_model=CollectorKey, responses=apidoc.errors(apidoc.AUTH_ERRORS))
 def log_key(request: Request, scope: readapi.ScopeDep) -> dict[str, Any]:
     """The key that signs checkpoints now, and the retired ones with their hand-over statements:
     check those from the key you pinned (`tr7-audit handover`) rather than trust this answer."""
@@ -24,7 +41,7 @@ def log_key(request: Request, scope: readapi.ScopeDep) -> dict[str, Any]:
 
 
 @router.get("/{provider}/{month}/checkpoint", response_class=PlainTextResponse,
-            responses=apimodels.json_errors(apimodels.errors({
+            responses=apidoc.json_errors(apidoc.errors({
                 **_ERRORS,
                 503: "this host does not yet hold the collector's rotated checkpoint key (`key rotate` ran "
                      "on another host)"})))
@@ -35,7 +52,7 @@ def checkpoint(request: Request, provider: str, month: str, scope: readapi.Scope
 
 
 @router.get("/{provider}/{month}/inclusion",
-            responses=apimodels.errors({**_ERRORS, 400: _ERRORS[400] + ", or the index is not "
+            responses=apidoc.errors({**_ERRORS, 400: _ERRORS[400] + ", or the index is not "
                                         "below the size, or the size is beyond the log"}))
 def inclusion(
     request: Request, provider: str, month: str, scope: readapi.ScopeDep,
@@ -46,7 +63,7 @@ def inclusion(
 
 
 @router.get("/{provider}/{month}/consistency",
-            responses=apimodels.errors({**_ERRORS, 400: _ERRORS[400] + ", or from exceeds to, "
+            responses=apidoc.errors({**_ERRORS, 400: _ERRORS[400] + ", or from exceeds to, "
                                         "or to is beyond the log"}))
 def consistency(
     request: Request,

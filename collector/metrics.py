@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Connection
 
-from collector import alerts, apimodels, db, resultcache
+from collector import alerts, apidoc, db, resultcache
 from collector import schema as s
 from collector.readapi import ScopeDep
 from protocol.timefmt import month_of, previous_month
@@ -113,7 +113,7 @@ class _Scrape(Collector):
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {TEXT_FORMAT: {}}, "description": "Prometheus text format"},
-                       **apimodels.json_errors(apimodels.errors(apimodels.AUTH_ERRORS))})
+                       **apidoc.json_errors(apidoc.errors(apidoc.AUTH_ERRORS))})
 def metrics(request: Request, scope: ScopeDep) -> Response:
     """The collector's state for Prometheus (a provider's admin token: its provider only)."""
     with db.read_conn(request.app.state.engine) as c:

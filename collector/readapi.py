@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from starlette.routing import compile_path
 
 from billing import PricingError
-from collector import accounting, alerts, apimodels, db, evidence, registry, resultcache, roles
+from collector import accounting, alerts, db, evidence, readmodels, registry, resultcache, roles
 from collector import schema as s
 from collector.accounts.store import overlay
 from collector.paging import After, Limit, page
@@ -116,8 +116,8 @@ def _month(month: str | None) -> str:
 
 
 def _get(path: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
-    """A read route: its 200 body is plain JSON, documented by collector/apimodels.py's model."""
-    return router.get(path, response_model=None, responses=apimodels.documented(path))
+    """A read route: its 200 body is plain JSON, documented by collector/readmodels.py's model."""
+    return router.get(path, response_model=None, responses=readmodels.documented(path))
 
 
 def _conn(request: Request) -> Any:

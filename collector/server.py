@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from collector import (
-    apimodels,
+    apidoc,
     credentials,
     db,
     highwater,
@@ -94,8 +94,6 @@ class EnrollResponse(BaseModel):
     enrolled_at: str
 
 
-
-
 def create_app(settings: Settings) -> FastAPI:
     engine = settings.open(migrate=False)
     # No /docs nor /redoc: FastAPI's pages load Swagger UI and ReDoc from cdn.jsdelivr.net, so a
@@ -116,7 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Liveness: the process answers (the agents also read the collector's clock here)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses=apimodels.errors({503: "the database does not answer"}))
+    @app.get("/readyz", responses=apidoc.errors({503: "the database does not answer"}))
     def readyz() -> dict[str, str]:
         """Readiness, for a load balancer: this host reaches its database (a host cut off from it
         answered every ingest with an error while /healthz said ok)."""
@@ -134,7 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
         response_model=IngestResponse,
         response_model_exclude_none=True,
         openapi_extra=_JWS_BODY,
-        responses=apimodels.errors({
+        responses=apidoc.errors({
             400: "an empty body, a body that is not US-ASCII, or a damaged gzip stream",
             413: f"more than {MAX_LINES} lines, or a body over {MAX_BYTES} bytes sent or inflated",
             415: "a Content-Type other than text/plain (charset us-ascii or utf-8), or a Content-Encoding "
@@ -154,7 +152,7 @@ def create_app(settings: Settings) -> FastAPI:
         # validating then encoding 5,000 models costs more than the HTTP layer itself.
         return JSONResponse({"results": results})
 
-    @app.post("/v1/agents/enroll", response_model=EnrollResponse, responses=apimodels.errors({
+    @app.post("/v1/agents/enroll", response_model=EnrollResponse, responses=apidoc.errors({
         400: "the public key or the agent's name is refused (the token is not used up)",
         403: "the token is unknown, expired, or was used for another key",
         413: f"a body over {MAX_OTHER_BODY} bytes",
@@ -172,6 +170,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(logapi.router)
     app.include_router(readapi.router)
     app.include_router(metrics.router)
+
     @app.exception_handler(keyrotation.StaleKey)
     def _stale_key(_request: Request, exc: keyrotation.StaleKey) -> JSONResponse:
         # `key rotate` ran on another host: this process still ingests (nothing it stores is
@@ -219,14 +218,14 @@ def _declare_guards(app: FastAPI) -> None:
     a client generated from it must expect them. A route's own, more precise text is kept."""
     # as explicit JSON content: FastAPI reads a `model` of the app's own routes once, when the
     # route is made, and these are added after (they were published with no body at all)
-    guards = apimodels.json_errors(apimodels.errors({
+    guards = apidoc.json_errors(apidoc.errors({
         400: "a NUL character in the path or query, or a body that cannot be parsed",
         408: "a request body that stalled (collector/requestguard.py BodyDeadline)",
         413: f"a body over {MAX_OTHER_BODY} bytes",
         415: "a Content-Encoding on a route other than POST /v1/heartbeats",
         503: "the database is unavailable (Retry-After says when to try again)",
     }))
-    for route in apimodels.api_routes(app.routes):
+    for route in apidoc.api_routes(app.routes):
         if route.include_in_schema:
             for code, doc in guards.items():
                 route.responses.setdefault(code, dict(doc))

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.routing import compile_path
 
-from collector import apimodels, credentials, db, registry
+from collector import apidoc, credentials, db, readmodels, registry
 from collector.server import create_app
 from collector.settings import Settings
 from protocol.heartbeat import ZERO_HASH, sign_heartbeat, token_digest
@@ -31,8 +31,8 @@ def opened(tmp: Path, db_url: str | None = None) -> Iterator[Settings]:
 
 
 # The read routes' templates as patterns: every 200 answer a test receives from one of them is
-# checked against the model /openapi.json publishes for it (collector/apimodels.py).
-_DOCUMENTED = [(compile_path(path)[0], path) for path in apimodels.RESPONSES]
+# checked against the model /openapi.json publishes for it (collector/readmodels.py).
+_DOCUMENTED = [(compile_path(path)[0], path) for path in readmodels.RESPONSES]
 checked: Counter[str] = Counter()  # answers checked per route, for the test that all were
 
 
@@ -42,7 +42,7 @@ def _check_documented(response: httpx.Response) -> None:
         return
     for pattern, path in _DOCUMENTED:
         if pattern.match(request.url.path):
-            apimodels.check(path, response.read())
+            readmodels.check(path, response.read())
             checked[path] += 1
             return
 
@@ -51,7 +51,7 @@ def _declared_statuses(app: Any) -> Callable[[httpx.Response], None]:
     """A response hook: every status an API route answers must be one /openapi.json declares
     for that route and method (a client generated from it would not expect any other)."""
     paths = app.openapi()["paths"]
-    routes = [(r.path_regex, m, r.path_format) for r in apimodels.api_routes(app.routes)
+    routes = [(r.path_regex, m, r.path_format) for r in apidoc.api_routes(app.routes)
               if r.include_in_schema for m in r.methods]
 
     def hook(response: httpx.Response) -> None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, field_validator
 from sqlalchemy.engine import Connection
 
 from billing import load_catalog
-from collector import apimodels, db, periodic, registry
+from collector import apidoc, db, periodic, registry
 from collector import schema as s
 from collector.accounts import address, entitlement, mail, store
 from collector.accounts import machine as m
@@ -93,8 +93,8 @@ def record(engine: Any, provider: str, customer: str, kind: str, email: str | No
         raise HTTPException(409, str(exc)) from exc
 
 
-_ACCOUNT_ERRORS = {**apimodels.AUTH_ERRORS, 404: "no such customer in the provider's catalog or accounts"}
-_RECORD_ERRORS = apimodels.errors({
+_ACCOUNT_ERRORS = {**apidoc.AUTH_ERRORS, 404: "no such customer in the provider's catalog or accounts"}
+_RECORD_ERRORS = apidoc.errors({
     **_ACCOUNT_ERRORS, 403: "only the provider's admin token records payments",
     409: "dated before the account's last change: nothing was recorded",
     413: "a body over 1 MiB",
@@ -122,7 +122,7 @@ def paid(provider: str, customer: str, request: Request, scope: ScopeDep) -> dic
 
 
 @router.get("/providers/{provider}/customers/{customer:path}/account",
-            responses=apimodels.errors(_ACCOUNT_ERRORS))
+            responses=apidoc.errors(_ACCOUNT_ERRORS))
 def account(provider: str, customer: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
     scope.require_provider(provider)
     now = int(time.time())
@@ -149,7 +149,7 @@ def _catalog(c: Any, provider: str) -> Any:
     return _loaded[key]
 
 
-@router.get("/entitlements/{instance}", responses=apimodels.errors(apimodels.AUTH_ERRORS))
+@router.get("/entitlements/{instance}", responses=apidoc.errors(apidoc.AUTH_ERRORS))
 def entitlements(instance: str, request: Request, scope: ScopeDep) -> dict[str, Any]:
     """Any API token: a provider's token answers from its own catalog only, so an instance of
     another provider reads as `no_license` and nothing leaks across tenants."""

@@ -1,4 +1,4 @@
-"""/openapi.json types every read route's answer, and the answers hold to it (collector/apimodels.py).
+"""/openapi.json types every read route's answer, and the answers hold to it (collector/readmodels.py).
 
 Every 200 answer of a read route that any test receives is validated against the published model
 (the shared client fixture, tests/_seed.py); this module makes sure each route is reached, with a
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from collector import accounting, apimodels, credentials, db, registry
+from collector import accounting, apidoc, credentials, db, readmodels, registry
 from collector.ingest import ingest_lines
 from protocol.timefmt import month_bounds, month_of, previous_month
 from tests import _seed
@@ -40,7 +40,7 @@ def _catalog(tools: Any) -> dict[str, Any]:
 def test_every_read_route_publishes_its_model_and_its_errors(client) -> None:
     spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
-    for path, model in apimodels.RESPONSES.items():
+    for path, model in readmodels.RESPONSES.items():
         responses = spec["paths"][path]["get"]["responses"]
         body = responses["200"]["content"]["application/json"]["schema"]
         ref = body.get("items", body)["$ref"]  # lists are arrays of the model
@@ -90,7 +90,7 @@ def test_the_answers_of_every_read_route_hold_to_the_published_models(client, se
     customers = client.get("/v1/providers/acme/customers", headers=auth).json()
     assert customers[1]["downgraded"] == [["2026-01-10T00:00:00Z", None]]
     grew = _seed.checked - before
-    assert set(grew) == set(apimodels.RESPONSES), set(apimodels.RESPONSES) - set(grew)
+    assert set(grew) == set(readmodels.RESPONSES), set(readmodels.RESPONSES) - set(grew)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,7 @@ def test_the_answers_of_every_read_route_hold_to_the_published_models(client, se
 )
 def test_the_check_refuses_a_member_added_dropped_or_retyped(path: str, body: bytes) -> None:
     with pytest.raises(ValidationError):
-        apimodels.check(path, body)
+        readmodels.check(path, body)
 
 
 def _refs(node: Any) -> set[str]:
@@ -139,4 +139,4 @@ def test_the_published_document_is_whole_and_its_errors_are_json(client) -> None
     assert model == "InvalidBody"
     for detail in ("not an e-mail address", [{"loc": ["body"], "msg": "Input should be a valid dictionary",
                                               "type": "dict_type"}]):
-        apimodels.InvalidBody.model_validate({"detail": detail})
+        apidoc.InvalidBody.model_validate({"detail": detail})

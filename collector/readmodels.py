@@ -1,38 +1,28 @@
-"""The read API's response shapes as pydantic models: what /openapi.json publishes for each route.
+"""The read API's 200 bodies as pydantic models: what /openapi.json publishes for each read route.
 
 They document; they do not serialise. The routes still return plain JSON built where the data
 is (validating 2,000 instances' days through pydantic on every request would cost more than the
 query), so the published schema could drift from what is sent: every model forbids unknown
-members when it checks, and every answer the test suite receives is checked against its route's
-model (tests/_seed.py), which fails on a member added, dropped or retyped on either side.
-Times are RFC 3339 UTC text (`2026-11-01T00:00:00Z`), money is decimal text ("5.40").
+members when it checks (collector/apidoc.py Shape), and every answer the test suite receives is
+checked against its route's model (tests/_seed.py), which fails on a member added, dropped or
+retyped on either side. Times are RFC 3339 UTC text (`2026-11-01T00:00:00Z`), money is decimal
+text ("5.40").
 """
 
-from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
-from starlette.routing import BaseRoute
+from pydantic import ConfigDict, Field, TypeAdapter
+
+from collector.apidoc import READ_ERRORS, ErrorBody, Shape
 
 
-def _open(schema: dict[str, Any]) -> None:
-    # Published without additionalProperties: false: v1 may add members, and a client ignores
-    # those it does not know; the tests' check still forbids any the model does not name.
-    schema.pop("additionalProperties", None)
-
-
-class _Shape(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_open)
-
-
-class Provider(_Shape):
+class Provider(Shape):
     id: str
     name: str | None
     currency: str | None
 
 
-class Customer(_Shape):
+class Customer(Shape):
     """billing-v1.md §7 catalog customer, with the downgraded periods billing applies (§8; not for
     the vendor's token)."""
 
@@ -43,15 +33,15 @@ class Customer(_Shape):
     )
 
 
-class CapacityEntry(_Shape):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_open, populate_by_name=True)
+class CapacityEntry(Shape):
+    model_config = ConfigDict(populate_by_name=True)  # Shape's config too: pydantic merges them
     from_: str = Field(alias="from")
     bundle: str | None = None
     bandwidth_mbps: int | None = None
     vservices: int | None = None
 
 
-class License(_Shape):
+class License(Shape):
     """billing-v1.md §7 catalog license."""
 
     id: str
@@ -66,12 +56,12 @@ class License(_Shape):
     day_counts: Literal["assigned", "active"] | None = Field(None, description="device_day licenses only")
 
 
-class DayHours(_Shape):
+class DayHours(Shape):
     active_hours: int
     seen_hours: int
 
 
-class InstanceDays(_Shape):
+class InstanceDays(Shape):
     instance: str
     days: dict[str, DayHours] = Field(
         description="UTC day (YYYY-MM-DD) -> hours; days without any hour are left out"
@@ -81,14 +71,14 @@ class InstanceDays(_Shape):
 _NEXT = "pass it as `after` for the next page; null when nothing follows (always null without `limit`)"
 
 
-class Instances(_Shape):
+class Instances(Shape):
     provider: str
     month: str
     instances: list[InstanceDays] = Field(description="by instance id")
     next_after: str | None = Field(description=f"the last instance id of this page: {_NEXT}")
 
 
-class Chain(_Shape):
+class Chain(Shape):
     """A key's chain report for the month (billing-v1.md §7 `chains`), with clock_back seqs."""
 
     agent: str
@@ -100,7 +90,7 @@ class Chain(_Shape):
     clock_back: list[int]
 
 
-class AgentHealth(_Shape):
+class AgentHealth(Shape):
     kid: str
     name: str
     enrolled_at: str
@@ -112,14 +102,14 @@ class AgentHealth(_Shape):
     healthy: bool
 
 
-class Agents(_Shape):
+class Agents(Shape):
     provider: str
     month: str
     agents: list[AgentHealth] = Field(description="by kid")
     next_after: str | None = Field(description=f"the last kid of this page: {_NEXT}")
 
 
-class _SeqAlert(_Shape):
+class _SeqAlert(Shape):
     agent: str
     name: str
     seq: int
@@ -137,21 +127,21 @@ class ClockBackAlert(_SeqAlert):
     type: Literal["clock_back"]
 
 
-class SilentAgentAlert(_Shape):
+class SilentAgentAlert(Shape):
     type: Literal["silent_agent"]
     agent: str
     name: str
     last_heartbeat: str | None
 
 
-class AcrossMonthsAlert(_Shape):
+class AcrossMonthsAlert(Shape):
     type: Literal["fork_across_months", "clock_back_across_months", "break_across_months"]
     agent: str
     month_before: str
     seqs: list[int]
 
 
-class CloneAlert(_Shape):
+class CloneAlert(Shape):
     type: Literal["clone"]
     instance: str
     hour: str = Field(description="the run's first hour")
@@ -160,27 +150,27 @@ class CloneAlert(_Shape):
     vms: tuple[str, str]
 
 
-class PricingErrorAlert(_Shape):
+class PricingErrorAlert(Shape):
     type: Literal["pricing_error"]
     license: str | None
     capacity: Any = Field(description="the capacity no rate prices, as the catalog wrote it")
     detail: str
 
 
-class UnlicensedAlert(_Shape):
+class UnlicensedAlert(Shape):
     type: Literal["unlicensed"]
     instance: str
     hours: int
 
 
-class OverCapacityAlert(_Shape):
+class OverCapacityAlert(Shape):
     type: Literal["over_capacity"]
     instance: str
     license: str
     customer: str
 
 
-class NoPlatformLicenseAlert(_Shape):
+class NoPlatformLicenseAlert(Shape):
     """PAYG hours of the license outside every platform license of the provider (billed, flagged)."""
 
     type: Literal["no_platform_license"]
@@ -189,7 +179,7 @@ class NoPlatformLicenseAlert(_Shape):
     customer: str
 
 
-class AccountAlert(_Shape):
+class AccountAlert(Shape):
     """A customer's account overdue or downgraded now (billing-v1.md §8), whatever the month."""
 
     type: Literal["account_overdue", "account_downgraded"]
@@ -204,19 +194,19 @@ Alert = Annotated[
 ]
 
 
-class Alerts(_Shape):
+class Alerts(Shape):
     provider: str
     month: str
     alerts: list[Alert] = Field(description="with `limit` or `after`: by type, then paging key")
     next_after: str | None = Field(description=f"the paging key of this page's last alert: {_NEXT}")
 
 
-class InvoiceMonth(_Shape):
+class InvoiceMonth(Shape):
     month: str
     closed: bool
 
 
-class InvoiceLine(_Shape):
+class InvoiceLine(Shape):
     """billing-v1.md §7 invoice line; `adjusts` names the closed month an adjustment line corrects."""
 
     customer: str
@@ -231,7 +221,7 @@ class InvoiceLine(_Shape):
     adjusts: str | None
 
 
-class DeviceDayRow(_Shape):
+class DeviceDayRow(Shape):
     customer: str
     pack: str
     device_days: int
@@ -241,7 +231,7 @@ class DeviceDayRow(_Shape):
     adjusts: str | None = Field(None, description="on adjustment rows: the closed month corrected")
 
 
-class Invoice(_Shape):
+class Invoice(Shape):
     """billing-v1.md §7 `invoice.json`: a closed month's billed invoice, else the estimate."""
 
     provider: str
@@ -251,39 +241,6 @@ class Invoice(_Shape):
     device_days: list[DeviceDayRow]
     totals: dict[str, str]
     total: str
-
-
-class ErrorBody(_Shape):
-    detail: str
-
-
-class InvalidItem(_Shape):
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
-class InvalidBody(_Shape):
-    """A 422: the request's own validation (where and why, collector/server.py `_invalid`) or a
-    route's text for a value it refused. Declared as ErrorBody alone, a generated client failed
-    on the list (an API review)."""
-
-    detail: str | list[InvalidItem]
-
-
-class RetiredKey(_Shape):
-    key: str  # verifier key, name+keyid+base64
-    retired_at: str
-    # the hand-over signed note (protocol/keyhandover.py); null for a key replaced without one
-    statement: str | None
-    replaced: str | None = None  # `tr7-collector key replace`: why (the old key lost or untrusted)
-
-
-class CollectorKey(_Shape):
-    """GET /v1/log/key: the checkpoint key now, and every retired one, oldest first."""
-
-    key: str
-    retired: list[RetiredKey]
 
 
 # Each read route's 200 body: the routes declare it, the tests check every answer against it.
@@ -299,41 +256,10 @@ RESPONSES: dict[str, Any] = {
 }
 
 
-_ERRORS = {
-    401: "no API token, or an unknown one",
-    403: "the token may not read this provider, or this route",
-    404: "no such provider (or nothing of it to show)",
-}
-
-
-def errors(why: dict[int, str]) -> dict[int | str, dict[str, Any]]:
-    """The `responses` of a route's error statuses, each a {"detail": text} body (for OpenAPI); a
-    422's detail may also be the validation's list."""
-    return {code: {"model": InvalidBody if code == 422 else ErrorBody, "description": text}
-            for code, text in sorted(why.items())}
-
-
-def json_errors(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
-    """The error bodies of a route that answers another type (the checkpoint's text/plain) declared
-    as the JSON they are: FastAPI files a `model` under the route's own media type. Given to the
-    route's decorator (FastAPI reads its models there once), and to the guards added after."""
-    for code, response in responses.items():
-        model = response.get("model")
-        if model is not None and not str(code).startswith("2"):
-            del response["model"]
-            ref = {"$ref": f"#/components/schemas/{model.__name__}"}  # ErrorBody: other routes list it
-            response.setdefault("content", {})["application/json"] = {"schema": ref}
-    return responses
-
-
-# Every API route answers these (collector/readapi.py resolve_scope and roles).
-AUTH_ERRORS = {401: _ERRORS[401], 403: "the token's role or provider may not use this route"}
-
-
 def documented(path: str) -> dict[int | str, dict[str, Any]]:
     """The `responses` argument of a route: its 200 body's model and its errors, for OpenAPI only."""
     out: dict[int | str, dict[str, Any]] = {200: {"model": RESPONSES["/v1" + path]}}
-    errors = dict(_ERRORS)
+    errors = dict(READ_ERRORS)
     if path.endswith(("/instances", "/agents", "/alerts", "/{month}")):
         errors[400] = "the month is not YYYY-MM"
     if path.endswith("/{month}"):
@@ -346,15 +272,3 @@ def documented(path: str) -> dict[int | str, dict[str, Any]]:
 def check(path: str, body: bytes) -> None:
     """Validate one 200 answer of a documented route (tests): raises pydantic.ValidationError."""
     TypeAdapter(RESPONSES[path]).validate_json(body, strict=True)
-
-
-def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
-    """Every API route of an app (``app.routes``), those of included routers too: FastAPI 0.16x
-    keeps an included router as one entry (its `original_router`), where older ones copied its
-    routes in, and the guards' statuses were declared, and checked by the tests, on the app's own
-    ten routes only (an API review)."""
-    for route in routes:
-        if isinstance(route, APIRoute):
-            yield route
-        elif (router := getattr(route, "original_router", None)) is not None:
-            yield from api_routes(router.routes)
