@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from collector import beside, billcache, evidence, registry, tlog
+from collector import beside, billcache, db, evidence, registry, tlog
 from collector import schema as s
 from collector.accounts.store import overlay, periods
 from collector.settings import Settings
@@ -191,13 +191,14 @@ def adjusted_months(conn: Connection, provider: str, month: str) -> list[str]:
 
 
 def adjustments_for(
-    conn: Connection, provider: str, month: str
+    conn: Connection, provider: str, month: str, months: list[str] | None = None
 ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(closed month M, its current invoice, adjustment lines) for each M billed on open ``month``."""
+    """(closed month M, its current invoice, adjustment lines) for each M billed on open ``month``
+    (``months``: adjusted_months as the caller read it, under its locks)."""
     from billing import PricingError, adjustment_lines
 
     out = []
-    for m in adjusted_months(conn, provider, month):
+    for m in adjusted_months(conn, provider, month) if months is None else months:
         base = conn.execute(
             sa.select(s.baselines.c.invoice).where(
                 s.baselines.c.provider == provider, s.baselines.c.month == m
@@ -264,12 +265,19 @@ def close(
     # freezes, and of the months before them (their anchors): a late heartbeat of one of them
     # committed between the statements that compute its adjustment (its chain rules, then its
     # hours) could be half seen, frozen lines matching no state of its log (a review's reading).
-    older = {x for m in adjusted_months(conn, provider, month) for x in (previous_month(m), m)}
+    adjusted = adjusted_months(conn, provider, month)
+    older = {x for m in adjusted for x in (previous_month(m), m)}
     tlog.lock_existing_logs(conn, provider, sorted(older - {previous_month(month), month}))
     anchor_size = tlog.lock_log(conn, provider, previous_month(month))
     size = tlog.lock_log(conn, provider, month)
+    # PostgreSQL (READ COMMITTED): a close of the month before, committed while this one waited
+    # for its log, adds months to adjust whose logs were not locked above (a review reproduced it:
+    # they were adjusted unlocked). Taken now, those locks would break the oldest-first order:
+    # the transaction starts again instead, and its first read sees them. SQLite: never differs.
+    if adjusted_months(conn, provider, month) != adjusted:
+        raise db.Retry(f"closed months of {provider} changed while {month}'s close waited for its logs")
     usage, own = own_result(conn, provider, month, now)
-    adjs = adjustments_for(conn, provider, month)
+    adjs = adjustments_for(conn, provider, month, adjusted)
     if not adjs:  # the first open month after closed ones carries their adjustments: no typo
         _refuse_before_the_catalog(provider, month, end, size, doc)
     billed = _plain(with_adjustments(own, [a for _m, _c, a in adjs])) if adjs else own

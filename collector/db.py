@@ -122,7 +122,14 @@ def unavailable(exc: DBAPIError) -> bool:
     return type(orig).__name__ == "OperationalError" and type(orig).__module__.startswith("psycopg")
 
 
+class Retry(Exception):
+    """What a write transaction read before taking its locks changed before it held them: run it
+    again (write_tx does), when its first read sees the change."""
+
+
 def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, Retry):
+        return True
     if isinstance(exc, IntegrityError):
         return True  # a concurrent writer inserted the same unique row first: redo, it is now a duplicate
     if isinstance(exc, OperationalError | DBAPIError):

@@ -95,6 +95,62 @@ def test_a_unique_key_clash_while_appending_redoes_the_batch_and_answers_duplica
     assert [seq for _, seq, _ in _leaves(settings)] == [3, 4, 1, 2, 5, 6]
 
 
+def test_a_close_that_waited_for_the_close_before_it_locks_the_months_that_close_adds(
+    settings, tools
+) -> None:
+    """A review reproduced it on PostgreSQL: closing N read the months it adjusts (none: M was
+    open), then waited for M's log held by M's close; once that committed, N adjusted K and M
+    without K's log locked, so late heartbeats of K committed while N froze K's adjustment.
+    N's close now starts again when that list changed, and holds K's log."""
+    import threading
+
+    from collector import accounting, registry
+    from protocol.timefmt import month_bounds, month_of, previous_month
+
+    n = previous_month(month_of(int(time.time())))
+    m = previous_month(n)
+    k = previous_month(m)
+    k0 = month_bounds(k)[0]
+    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
+    a = tools.Agent()
+    tools.enrol(settings, "acme", a, k0 - 30 * 86400)
+    beats = [a.beat(k0 + i * 1800, {"TR7-0001": "running"}) for i in range(8)]
+    assert {r["status"] for r in ingest.ingest_lines(settings.engine, beats[:4])} == {"accepted"}
+    db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", k))
+    m_held, m_release, n_held, n_release = (threading.Event() for _ in range(4))
+    results: dict[str, object] = {}
+
+    def held(month: str, reached: threading.Event, release: threading.Event):
+        def run(c):
+            done = accounting.close(c, settings, "acme", month)
+            reached.set()
+            release.wait(30)  # the close's transaction stays open
+            return done
+        return run
+
+    closers = [threading.Thread(target=lambda: results.update(
+        m=db.write_tx(settings.engine, held(m, m_held, m_release))))]
+    closers[0].start()
+    assert m_held.wait(30)
+    closers.append(threading.Thread(target=lambda: results.update(
+        n=db.write_tx(settings.engine, held(n, n_held, n_release)))))
+    closers[1].start()
+    time.sleep(1.0)  # N's close reads its months, then waits for M's log
+    m_release.set()
+    assert n_held.wait(30)
+    late = threading.Thread(
+        target=lambda: results.update(late=ingest.ingest_lines(settings.engine, beats[4:])))
+    late.start()
+    late.join(2.0)
+    waited = late.is_alive()
+    n_release.set()
+    for t in (*closers, late):
+        t.join(60)
+    assert waited, "late heartbeats of K committed while N's close was freezing K's adjustment"
+    assert {r["status"] for r in results["late"]} == {"accepted"}  # type: ignore[union-attr]
+    assert [x["adjusts"] for x in results["n"].billed["lines"] if x["adjusts"]] == []  # type: ignore[attr-defined]
+
+
 def test_a_close_holds_back_late_heartbeats_of_the_closed_months_it_adjusts(settings, tools) -> None:
     """A concurrency review's reading: closing N froze the adjustments of K (closed, as was M)
     over several statements while a late heartbeat of K could commit between them. The close now
