@@ -1,5 +1,6 @@
 """What `run` checks before it starts, shared with the commands: the state directory, the key, the slot."""
 
+import contextlib
 import json
 import logging
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 from agent import diskreserve
 from agent.config import Config
 from protocol.errors import ProtocolError
-from protocol.keys import AgentKey, load_private_key
+from protocol.keys import AgentKey, load_private_key, remove_stale_temps
 from protocol.timefmt import parse_rfc3339
 
 log = logging.getLogger("tr7.agent")
@@ -31,6 +32,7 @@ def check_state_dir(state_dir: Path) -> None:
         finally:
             os.close(fd)
             probe.unlink(missing_ok=True)  # also when the write failed (a full disk): leave nothing
+        _remove_stale_temps(state_dir)
     except (FileExistsError, NotADirectoryError) as exc:
         raise StartupError(f"state directory {state_dir} is not a directory (a file is in its way)") from exc
     except OSError as exc:
@@ -38,9 +40,23 @@ def check_state_dir(state_dir: Path) -> None:
             # A full disk is no unwritable directory: refused, the agent could never ship the spool
             # that filled it (a review). Its reserve is given back, and the service ships.
             diskreserve.release(state_dir)
+            _remove_stale_temps(state_dir)  # room too: a key's temporary file is a few hundred bytes
             log.warning("event=disk_full at=start state_dir=%s", state_dir)
             return
         raise StartupError(f"state directory {state_dir} is not writable: {exc.strerror or exc}") from exc
+
+
+# Written whole through a temporary file of their writer's own (protocol.keys.replace_file): one
+# killed before its rename leaves that file, which nothing else removes. signed-heads' own are
+# removed by signedkeys.check.
+_WHOLE_FILES = ("agent.key", "enrollment.json")
+
+
+def _remove_stale_temps(state_dir: Path) -> None:
+    for name in _WHOLE_FILES:
+        with contextlib.suppress(OSError):
+            if removed := remove_stale_temps(state_dir / name):
+                log.info("event=stale_temps_removed file=%s count=%d", name, removed)
 
 
 def load_key(config: Config) -> AgentKey:

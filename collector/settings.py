@@ -1,5 +1,6 @@
 """Where the collector keeps its key and database: --data-dir / --db and their environment twins."""
 
+import contextlib
 import os
 import re
 import socket
@@ -13,7 +14,7 @@ from sqlalchemy.exc import ArgumentError
 
 from collector import db
 from collector import schema as s
-from protocol.keys import AgentKey, create_file_once, load_or_create_private_key
+from protocol.keys import AgentKey, create_file_once, load_or_create_private_key, remove_stale_temps
 from protocol.timefmt import format_time
 
 ENV_DATA_DIR = "TR7_COLLECTOR_DATA_DIR"
@@ -29,6 +30,9 @@ DEFAULT_ENV_FILE = "/etc/tr7-collector/collector.env"  # the service's Environme
 DEFAULT_DATA_DIR = "/var/lib/tr7-collector"
 IDENTITY = "collector_verifier_key"  # meta row: name+keyid+key of the key signing checkpoints
 IDENTITY_ROW = sa.select(s.meta.c.value).where(s.meta.c.key == IDENTITY)  # .scalar(): None before a claim
+# The data directory's files written whole (protocol.keys.replace_file, create_file_once): the key,
+# the next key of a rotation (keyrotation.NEXT_KEY), the origin, the marks (highwater.FILE).
+_WHOLE_FILES = ("collector.key", "collector.key.next", "origin", "highwater.json")
 _ORIGIN_RE = re.compile(r"^[A-Za-z0-9._-]+\Z")  # \Z, not $: a final newline would end the note line
 
 
@@ -109,6 +113,7 @@ class Settings:
     db_defaulted: bool = False  # no --db nor TR7_COLLECTOR_DB: the SQLite file in the data dir
     # the schema's revisions before and after open()'s migration (None before: there was none)
     migrated: tuple[str | None, str] | None = field(default=None, init=False, repr=False, compare=False)
+    _temps_checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     @classmethod
     def resolve(cls, data_dir: str | None, db_url: str | None, origin: str | None = None) -> "Settings":
@@ -119,6 +124,13 @@ class Settings:
 
     def ensure_dir(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self._temps_checked:
+            self._temps_checked = True
+            # Files written whole through a temporary one of their writer's (protocol.keys): one
+            # killed before its rename left its file (a key's copy, even) that nothing removed.
+            for name in _WHOLE_FILES:
+                with contextlib.suppress(OSError):
+                    remove_stale_temps(self.data_dir / name)
 
     @cached_property
     def origin(self) -> str:

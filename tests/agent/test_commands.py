@@ -55,6 +55,26 @@ def test_enroll_idempotent_and_reused_token_refused(tmp_path: Path, make_collect
     assert res.returncode == 1 and "unknown or expired" in res.stderr
 
 
+def test_a_key_or_enrolment_write_killed_before_its_rename_leaves_no_file_for_good(
+    tmp_path: Path, make_collector
+) -> None:
+    """agent.key and enrollment.json are written through a temporary file of the writer's own; one
+    killed before its rename left agent.key.<pid>.<hex>.tmp (a private key's copy) for good. A
+    start removes those of dead processes only: a live one may be about to rename its own."""
+    collector = make_collector(tokens=["tok-1"])
+    cfg = enrolled_agent(tmp_path, collector, token="tok-1")
+    state = tmp_path / "state-a"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [state / f"{name}.{dead.pid}.0badf00d.tmp" for name in ("agent.key", "enrollment.json")]
+    kept = [state / f"agent.key.{os.getppid()}.0badf00d.tmp", state / "enrollment.json.notes.tmp"]
+    for f in stale + kept:
+        f.write_text("x")
+    again = run_cli("enroll", "--config", str(cfg), "--token", "tok-1")
+    assert again.returncode == 0, again.stderr
+    assert [f.exists() for f in stale + kept] == [False, False, True, True]
+
+
 def test_status_and_export_without_collector(tmp_path: Path, make_collector) -> None:
     collector = make_collector()
     cfg = enrolled_agent(tmp_path, collector)

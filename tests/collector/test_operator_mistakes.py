@@ -41,6 +41,25 @@ def test_damaged_key_origin_and_database_files_are_named(tmp_path: Path) -> None
         assert out.returncode == 1 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
+def test_a_key_or_marks_write_killed_before_its_rename_leaves_no_file_for_good(tmp_path: Path) -> None:
+    """The key, the next key, the origin and the marks are written through a temporary file of the
+    writer's own; one killed before its rename left it (a private key's copy) for good. Any
+    command removes those of dead processes, and only those."""
+    from collector import highwater, keyrotation, settings
+
+    assert {"collector.key", keyrotation.NEXT_KEY, "origin", highwater.FILE} == set(settings._WHOLE_FILES)
+    data = tmp_path / "d"
+    assert _cli("migrate", "--data-dir", str(data), "--origin", "c.test").returncode == 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [data / f"{name}.{dead.pid}.0badf00d.tmp" for name in settings._WHOLE_FILES]
+    kept = [data / f"collector.key.{os.getpid()}.0badf00d.tmp", data / "origin.notes.tmp"]
+    for f in stale + kept:
+        f.write_text("x")
+    assert _cli("agent", "list", "--data-dir", str(data)).returncode == 0
+    assert [f.exists() for f in stale] == [False] * 4 and all(f.exists() for f in kept)
+
+
 def test_an_unbalanced_copy_command_is_refused_before_any_work(tmp_path: Path) -> None:
     out = _cli("prune", "--data-dir", str(tmp_path / "d"), "--provider", "p", "--month", "2026-11",
                "--out", str(tmp_path / "a"), "--copy-with", "cp '{archive}")
