@@ -1,7 +1,6 @@
 """AWS EC2 adapter: TR7 instances are EC2 instances tagged `tr7.instance`, polled per region."""
 
 import re
-import time
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -35,7 +34,7 @@ from adapters.base import (
     ThrottledError,
     UnreachableError,
 )
-from adapters.fanout import SetupLock, Turns, forgetting, poll_scopes, within
+from adapters.fanout import SetupLock, Turns, forgetting, poll_deadline, poll_scopes, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # EC2 state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/aws.md.
@@ -53,7 +52,6 @@ AUTH_CODES = {"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "S
 THROTTLE_CODES = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
                   "RequestThrottled", "SlowDown"}
 MAX_ATTEMPTS = 5
-DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the partial result
 PAGE_SIZE = 1000  # the largest page EC2 allows: 5,000 instances in 5 requests per region
 TAG_FILTER = [{"Name": "tag-key", "Values": ["tr7.instance"]}]
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+\Z")  # eu-west-1, us-gov-west-1, ap-southeast-3
@@ -314,7 +312,7 @@ class AwsAdapter(Adapter):
 
     def _poll(self) -> PollResult:
         # the agent abandons a poll at `timeout`: answer before it, with the late regions named
-        deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
+        deadline = poll_deadline(self.config.timeout)
         regions = within(deadline, self._set_up, what="AWS credentials and regions", lock=self._setup_lock,
                          thread_name=f"aws-{self.name}-setup")
         if not regions:  # "all" in an account where DescribeRegions lists none

@@ -1,6 +1,5 @@
 """Azure adapter: TR7 instances are VMs tagged `tr7.instance`, listed with power state per subscription."""
 
-import time
 from typing import Annotated, Any, ClassVar, Literal
 
 from azure.core.credentials import TokenCredential
@@ -32,7 +31,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError, readable_file
-from adapters.fanout import SetupLock, Turns, forgetting, poll_scopes, within
+from adapters.fanout import SetupLock, Turns, forgetting, poll_deadline, poll_scopes, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # Azure power state -> heartbeat state. Only a settled `running` is billed; see docs/adapters/azure.md.
@@ -49,7 +48,6 @@ TRANSPORT_FAILURES = ("SSL", "CERTIFICATE_VERIFY_FAILED", "Connection refused", 
                       "Max retries exceeded", "timed out", "Name or service not known", "Connection aborted")
 RETRIES = 4  # per request; 429 answers are retried after their Retry-After
 RECHECK_MAX = 50  # instance-view calls per subscription and poll when the list lacks a power state
-DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the partial result
 
 
 class AzureConfig(AdapterConfig):
@@ -289,7 +287,7 @@ class AzureAdapter(Adapter):
 
     def _poll(self) -> PollResult:
         # the agent abandons a poll at `timeout`: answer before it, with the late subscriptions named
-        deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
+        deadline = poll_deadline(self.config.timeout)
         # ARM ids are case-insensitive: one subscription written twice in two cases was polled
         # twice, and each of its VMs observed twice
         subscriptions = list(dict.fromkeys(x.lower() for x in self.config.subscriptions))

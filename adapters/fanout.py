@@ -12,6 +12,13 @@ from adapters.base import AdapterError, Observation, PollResult, UnreachableErro
 
 T = TypeVar("T")
 
+DEADLINE_SHARE = 0.9  # of an adapter's `timeout`: a poll ends with its own reason before the agent's
+
+
+def poll_deadline(timeout: float) -> float:
+    """The time.monotonic() instant by which a poll of ``timeout`` seconds answers."""
+    return time.monotonic() + timeout * DEADLINE_SHARE
+
 
 class Turns:
     """The order an adapter's polls ask their scopes in: the scopes that answered go to the back,

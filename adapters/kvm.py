@@ -3,7 +3,6 @@
 import contextlib
 import errno
 import threading
-import time
 import xml.etree.ElementTree as ET
 from typing import Any, Literal
 
@@ -21,7 +20,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import SetupLock, within
+from adapters.fanout import SetupLock, poll_deadline, within
 from adapters.tr7meta import KEYS, ProblemLog, recognise
 
 NAMESPACE = "urn:tr7:metering:1"
@@ -47,7 +46,6 @@ GONE_CODES = {libvirt.VIR_ERR_NO_DOMAIN}  # undefined between listAllDomains and
 # Remote connections: a probe every 5 s, closed after 3 unanswered ones. Without keepalive a call
 # to a frozen daemon or across a dead network path blocks until TCP gives up (many minutes).
 KEEPALIVE = (5, 3)
-DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the result (as aws, proxmox)
 _loop_lock = threading.Lock()
 _loop_started = False
 
@@ -208,7 +206,7 @@ class KVMAdapter(Adapter):
         self._drop()
 
     def poll(self) -> PollResult:
-        deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
+        deadline = poll_deadline(self.config.timeout)
         conn = self._connected(deadline)
         try:
             return self._collect(conn)

@@ -23,10 +23,9 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError, readable_file
-from adapters.fanout import SetupLock, Turns, within
+from adapters.fanout import SetupLock, Turns, poll_deadline, within
 from adapters.tr7meta import ProblemLog, parse_notes, recognise
 
-DEADLINE_SHARE = 0.9  # of `timeout`, leaving the agent time to take the partial result (as aws, azure)
 log = logging.getLogger("tr7.adapters.proxmox")
 
 # QMP run states (qmpstatus of status/current) of a VM whose QEMU process runs. States where the
@@ -167,7 +166,7 @@ class ProxmoxAdapter(Adapter):
         return api
 
     def poll(self) -> PollResult:
-        deadline = time.monotonic() + self.config.timeout * DEADLINE_SHARE
+        deadline = poll_deadline(self.config.timeout)
         # The login and the cluster's list within the deadline: requests' timeout bounds each
         # read, not the answer, and an API that drips its bytes held a poll ~50x its timeout.
         api = within(deadline, self._connect, what="login", lock=self._setup_lock,

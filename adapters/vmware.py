@@ -3,10 +3,8 @@
 import contextlib
 import http.client
 import re
-import ssl
 import time
 import xml.etree.ElementTree as ET
-import zlib
 from collections.abc import Iterator
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
@@ -16,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapStubAdapter
 
+from adapters import net
 from adapters.base import (
     Adapter,
     AdapterConfig,
@@ -27,7 +26,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import SetupLock, within
+from adapters.fanout import SetupLock, poll_deadline, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # vim25/6.5: every property read here exists since vSphere 4, and vCenter 6.5 .. 8.x accept it.
@@ -43,6 +42,10 @@ ENVELOPE = (('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
             'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
             'xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
             '<soapenv:Body>'), '</soapenv:Body></soapenv:Envelope>')
+# How long the Login's answer is awaited once its poll gave up (see _login): vCenter's default idle
+# timeout of a session. Until then no other login starts (fanout.SetupLock); keepalive probes end
+# the wait sooner when the path is dead (net.patient).
+LOGIN_WAIT = 1800.0
 
 
 class VMwareConfig(AdapterConfig):
@@ -92,17 +95,11 @@ def _convert(exc: BaseException, url: str) -> AdapterError:
         return AuthError("login refused", f"{url}: login refused (wrong user name or password)")
     if isinstance(exc, vim.fault.NoPermission):  # NotAuthenticated is a NoPermission too
         return AuthError("permission denied", f"{url}: permission denied ({exc.privilegeId or '?'})")
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return UnreachableError("TLS certificate not trusted",
-                                f"{url}: {exc.verify_message}; set ca_file to the vCenter CA (VMCA) "
-                                "root or verify_tls = false")
-    if isinstance(exc, TimeoutError):
-        return UnreachableError("timeout", f"{url}: no answer within the timeout")
     status = _HTTP_STATUS.match(str(exc)) if isinstance(exc, http.client.HTTPException) else None
     if status is not None:  # pyVmomi's "503 Service Unavailable": the proxy answered, vpxd did not
         return UnreachableError(f"HTTP {status.group(1)}", f"{url}: HTTP {exc}")
-    if isinstance(exc, OSError | http.client.HTTPException):
-        return UnreachableError("unreachable", f"{url}: {type(exc).__name__}: {exc}")
+    if failed := net.unreachable(exc, url, "set ca_file to the vCenter CA (VMCA) root or verify_tls = false"):
+        return failed
     if isinstance(exc, vmodl.MethodFault):
         name = type(exc).__name__.rsplit(".", 1)[-1]
         return AdapterError(f"vSphere fault {name}", f"{url}: {name} {getattr(exc, 'msg', '') or ''}")
@@ -192,29 +189,24 @@ class VMwareAdapter(Adapter):
         self._setup_lock = SetupLock()  # one login at a time (fanout.within)
 
     # -- connection -------------------------------------------------------------------------
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if urlsplit(self.config.url).scheme == "http":
-            return None
-        if not self.config.verify_tls:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            return ctx
-        try:
-            return ssl.create_default_context(cafile=self.config.ca_file)
-        except OSError as exc:
-            raise ConfigError(f"cannot read ca_file {self.config.ca_file}: {exc.strerror}") from exc
-
     def _login(self) -> tuple[Any, Any]:
+        """A new session (RetrieveContent, Login), in a thread of its own (fanout.within)."""
         cfg = self.config
         try:
             password = cfg.secret(cfg.password, cfg.password_file, "password") or ""
         except SecretError as exc:
             raise ConfigError(str(exc)) from exc
+        context = net.ssl_context(cfg.url, cfg.verify_tls, cfg.ca_file)
         # pyVmomi's SoapAdapter and managed object constructors have no annotations
-        stub = SoapStubAdapter(url=cfg.url, version=API_VERSION,  # type: ignore[no-untyped-call]
-                               sslContext=self._ssl_context(),
-                               httpConnectionTimeout=cfg.timeout, connectionPoolTimeout=-1)
+        stub, login = (SoapStubAdapter(url=cfg.url, version=API_VERSION,  # type: ignore[no-untyped-call]
+                                       sslContext=context, httpConnectionTimeout=cfg.timeout,
+                                       connectionPoolTimeout=-1) for _ in range(2))
+        # The Login alone is sent on a connection that waits for its answer past `timeout`: vCenter
+        # makes the session before it answers, and its cookie comes only in that answer. Cut off by
+        # the socket's timeout, the session could be neither used nor logged out: a vCenter slower
+        # to log in than `timeout` gathered one a poll until its idle timeout (30 min), up to its
+        # session limit. Waited for, a late answer goes to `abandoned` (poll), which logs it out.
+        login.scheme = net.patient(login.scheme, LOGIN_WAIT)
         try:
             instance = vim.ServiceInstance("ServiceInstance", stub)  # type: ignore[no-untyped-call]
             content = instance.RetrieveContent()
@@ -222,22 +214,16 @@ class VMwareAdapter(Adapter):
             if manager is None:  # a 200 that is no SOAP (a proxy's page)
                 raise AdapterError("malformed SOAP response",
                                    f"{cfg.url}: RetrieveContent's answer is no vSphere API answer")
+            login.cookie = stub.cookie  # the same session, should RetrieveContent have opened one
             # the API's locale is optional; pyVmomi's stub has it required
-            manager.Login(cfg.username, password)  # type: ignore[call-arg]
+            vim.SessionManager(manager._moId, login).Login(  # type: ignore[no-untyped-call, call-arg]
+                cfg.username, password)
+            stub.cookie = login.cookie
         except Exception as exc:
             raise _convert(exc, cfg.url) from exc
+        finally:
+            login.DropConnections()  # type: ignore[no-untyped-call]
         return content, stub
-
-    def _login_within(self, deadline: float) -> None:
-        """_login by ``deadline``: pyVmomi's timeout is per socket read, and a server dripping its
-        answer held a poll of timeout 2 s for 19 s while the agent said "previous poll still
-        running" (fanout.within, as the other adapters' sign-in)."""
-        # Set here, in the poll's thread, both at once: a login that ends after its poll gave up
-        # (or after close()) puts no session back on the adapter, and is logged out at once: left
-        # to vCenter's idle timeout (30 min), a vCenter slow to log in piled up a session a poll.
-        self._content, self._stub = within(deadline, self._login, what="login", lock=self._setup_lock,
-                                           thread_name=f"vc-login-{self.name}",
-                                           abandoned=lambda late: late[0].sessionManager.Logout())
 
     def close(self) -> None:
         content, self._content = self._content, None
@@ -247,26 +233,30 @@ class VMwareAdapter(Adapter):
 
     # -- poll -------------------------------------------------------------------------------
     def poll(self) -> PollResult:
-        fresh = self._content is None
-        deadline = time.monotonic() + self.config.timeout * 0.9  # its own reason before the agent's
+        deadline = poll_deadline(self.config.timeout)  # its own reason before the agent's
         try:
-            if fresh:
-                self._login_within(deadline)
-            try:
-                return self._collect(deadline)
-            except (vim.fault.NotAuthenticated, _SessionExpired):
-                if fresh:
-                    raise
-                # the session expired between polls (idle timeout, admin, vpxd restart): log in
-                # again, once per poll
-                self._content = None
-                self._login_within(deadline)
-                return self._collect(deadline)
+            if self._content is not None:
+                try:
+                    return self._collect(deadline)
+                except (vim.fault.NotAuthenticated, _SessionExpired):
+                    # the session expired between polls (idle timeout, admin, vpxd restart): log in
+                    # again, once per poll
+                    self._content = None
+            # By the deadline: pyVmomi's timeout is per socket read, and a server dripping its answer
+            # held a poll of timeout 2 s for 19 s while the agent said "previous poll still running"
+            # (fanout.within, as the other adapters' sign-in). Set here, in the poll's thread, both
+            # at once: a login that ends after its poll gave up (or after close()) puts no session
+            # back on the adapter, and is logged out at once: left to vCenter's idle timeout
+            # (30 min), a vCenter slow to log in piled up a session a poll.
+            self._content, self._stub = within(deadline, self._login, what="login", lock=self._setup_lock,
+                                               thread_name=f"vc-login-{self.name}",
+                                               abandoned=lambda late: late[0].sessionManager.Logout())
+            return self._collect(deadline)
+        except (vim.fault.NotAuthenticated, _SessionExpired) as exc:
+            self._content = None
+            raise AuthError("session refused right after login",
+                            f"{self.config.url}: NotAuthenticated right after a fresh login") from exc
         except Exception as exc:
-            if isinstance(exc, vim.fault.NotAuthenticated | _SessionExpired):
-                self._content = None
-                raise AuthError("session refused right after login",
-                                f"{self.config.url}: NotAuthenticated right after a fresh login") from exc
             if not isinstance(exc, AdapterError | vmodl.MethodFault):
                 self._content = None  # transport broke: start a new session next time
             raise _convert(exc, self.config.url) from exc
@@ -292,12 +282,9 @@ class VMwareAdapter(Adapter):
         this = f'<_this type="PropertyCollector">{escape(self._content.propertyCollector._moId)}</_this>'
         # the poll's deadline: the login's time is not given again to the retrieval
         deadline = time.monotonic() + self.config.timeout if deadline is None else deadline
-        parts = urlsplit(self.config.url)
-        conn = (http.client.HTTPSConnection(parts.netloc, timeout=self.config.timeout,
-                                            context=self._ssl_context())
-                if parts.scheme == "https" else
-                http.client.HTTPConnection(parts.netloc, timeout=self.config.timeout))
-        path = parts.path or "/sdk"
+        cfg = self.config
+        conn = net.connection(cfg.url, cfg.timeout, net.ssl_context(cfg.url, cfg.verify_tls, cfg.ca_file))
+        path = urlsplit(cfg.url).path or "/sdk"
         objects: list[Obj] = []
         try:
             body = (f'<RetrievePropertiesEx xmlns="urn:vim25">{this}{spec}'
@@ -326,7 +313,6 @@ class VMwareAdapter(Adapter):
             "Cookie": self._stub.cookie, "SOAPAction": self._stub.versionId, "Accept-Encoding": "gzip",
             "Content-Type": "text/xml; charset=utf-8"})
         resp = conn.getresponse()
-        gunzip = zlib.decompressobj(wbits=31) if resp.getheader("Content-Encoding") == "gzip" else None
         if resp.status not in (200, 500):
             resp.read()
             raise UnreachableError(f"HTTP {resp.status}",
@@ -343,13 +329,12 @@ class VMwareAdapter(Adapter):
                     objects.append(_read_object(el))
                     el.clear()  # memory bounded by one object, not by the page
 
-        while chunk := resp.read1(1 << 16):  # what has arrived: read() waits for all 64 KiB
-            parser.feed(gunzip.decompress(chunk) if gunzip else chunk)
+        for chunk in net.arriving(resp):
+            parser.feed(chunk)
             drain()
             if deadline is not None and time.monotonic() > deadline:
                 raise UnreachableError("timeout", f"{self.config.url}: the answer was still arriving after "
                                                   f"{self.config.timeout:g}s ({len(objects)} objects read)")
-        resp.read()  # read1 leaves a Content-Length answer open at its end: done, for the next call
         parser.close()
         drain()
         if root is None:

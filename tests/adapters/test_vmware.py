@@ -427,3 +427,41 @@ def test_a_login_answered_after_the_poll_gave_up_is_logged_out() -> None:
         vcsim.disconnect(watcher)
         proxy.close()
         server.stop()
+
+
+def test_a_login_answered_after_the_socket_timeout_is_logged_out() -> None:
+    """A Login answered after the socket's own timeout (``timeout``) was cut off unread: vCenter had
+    made the session, whose cookie comes only in that answer, so nobody could log it out until the
+    idle timeout (30 minutes), and a vCenter slower to log in than ``timeout`` gathered one a poll,
+    up to its session limit. The login now waits for that answer, and logs it out."""
+    server = vcsim.start(vms=1, hosts=1)
+    release = threading.Event()
+    proxy = vcsim.DripProxy(server.url, trigger=b"<Login ", hold=release)
+    watcher = vcsim.connect(server.url)
+    try:
+        manager = watcher.content.sessionManager
+
+        def sessions() -> set[str]:
+            return {s.key for s in manager.sessionList}
+
+        before = sessions()
+        adapter = make(proxy.url, name="vc-later", timeout=2)
+        started = time.monotonic()
+        with pytest.raises(UnreachableError, match=r"^login: no answer within the poll timeout$"):
+            adapter.poll()
+        time.sleep(max(0.0, started + 5 - time.monotonic()))  # well past the 2 s socket timeout
+        assert len(sessions() - before) == 1  # vCenter made the session; its answer is still held
+        release.set()
+        end = time.monotonic() + 15
+        while sessions() != before and time.monotonic() < end:
+            time.sleep(0.05)
+        assert sessions() == before, "the session answered after the socket timeout was never logged out"
+        result = adapter.poll()  # the next Login is answered at once: a session as usual
+        assert result.error is None and len(sessions() - before) == 1
+        adapter.close()
+        assert sessions() == before
+    finally:
+        release.set()
+        vcsim.disconnect(watcher)
+        proxy.close()
+        server.stop()
