@@ -187,6 +187,7 @@ class VMwareAdapter(Adapter):
         self._content: Any = None  # vim.ServiceInstanceContent of the logged-in session
         self._stub: Any = None  # its SoapStubAdapter: holds the session cookie
         self._setup_lock = SetupLock()  # one login at a time (fanout.within)
+        self._closed = False
 
     # -- connection -------------------------------------------------------------------------
     def _login(self) -> tuple[Any, Any]:
@@ -226,6 +227,7 @@ class VMwareAdapter(Adapter):
         return content, stub
 
     def close(self) -> None:
+        self._closed = True
         content, self._content = self._content, None
         if content is not None:
             with contextlib.suppress(Exception):  # a dead session needs no logout
@@ -251,6 +253,9 @@ class VMwareAdapter(Adapter):
             self._content, self._stub = within(deadline, self._login, what="login", lock=self._setup_lock,
                                                thread_name=f"vc-login-{self.name}",
                                                abandoned=lambda late: late[0].sessionManager.Logout())
+            if self._closed:  # closed (a reload) while this poll logged in: the session is no one's
+                self.close()
+                raise UnreachableError("closed", f"{self.config.url}: closed during its login")
             return self._collect(deadline)
         except (vim.fault.NotAuthenticated, _SessionExpired) as exc:
             self._content = None

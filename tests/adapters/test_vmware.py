@@ -6,7 +6,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -427,6 +427,43 @@ def test_a_login_answered_after_the_poll_gave_up_is_logged_out() -> None:
         vcsim.disconnect(watcher)
         proxy.close()
         server.stop()
+
+
+def test_a_login_answered_after_the_adapter_was_closed_is_logged_out() -> None:
+    """A reload closes the adapters while a poll may be logging in: the session its login then
+    brought back was kept on the closed adapter, open on vCenter until its idle timeout."""
+    server = vcsim.start(vms=1, hosts=1)
+    release = threading.Event()
+    proxy = vcsim.DripProxy(server.url, trigger=b"<Login ", hold=release)
+    watcher = vcsim.connect(server.url)
+    try:
+        manager = watcher.content.sessionManager
+        before = {s.key for s in manager.sessionList}
+        adapter = make(proxy.url, name="vc-reload", timeout=20)
+        outcome: list[BaseException] = []
+        poll = threading.Thread(target=lambda: outcome.extend(_raised(adapter.poll)))
+        poll.start()
+        end = time.monotonic() + 15
+        while len({s.key for s in manager.sessionList} - before) != 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        adapter.close()  # the poll's login is made, its answer held
+        release.set()
+        poll.join(30)
+        assert [type(e) for e in outcome] == [UnreachableError]
+        assert {s.key for s in manager.sessionList} == before, "the closed adapter's session was left open"
+    finally:
+        release.set()
+        vcsim.disconnect(watcher)
+        proxy.close()
+        server.stop()
+
+
+def _raised(call: Callable[[], object]) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as exc:  # handed to the test's thread
+        return [exc]
+    return []
 
 
 def test_a_login_answered_after_the_socket_timeout_is_logged_out() -> None:
