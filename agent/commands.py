@@ -15,7 +15,8 @@ from agent.collectorlink import redact, redirect_problem
 from agent.config import Config
 from agent.poller import Poller
 from agent.shipper import make_client
-from agent.spool import Spool, SpoolError
+from agent.spool import Spool
+from agent.spooltypes import SpoolError
 from agent.startup import StartupError, check_state_dir
 from protocol.errors import ProtocolError
 from protocol.keys import load_or_create_private_key, load_private_key, replace_file

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agent.commands import existing_spool, give_to_state_owner
 from agent.config import Config
-from agent.spool import SpoolError
+from agent.spooltypes import SpoolError
 from agent.startup import StartupError, check_state_dir
 from protocol.errors import ProtocolError
 from protocol.heartbeat import token_digest

@@ -8,7 +8,7 @@ from typing import IO
 
 from agent.commands import existing_spool, give_to_state_owner
 from agent.config import Config
-from agent.spool import SpoolError
+from agent.spooltypes import SpoolError
 from protocol.timefmt import format_time
 
 

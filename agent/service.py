@@ -23,7 +23,8 @@ from agent.metrics import Metrics
 from agent.poller import Poller
 from agent.shipper import Shipper
 from agent.slotevents import SlotEvents, back_limit
-from agent.spool import ClockBehind, Spool, SpoolError
+from agent.spool import Spool
+from agent.spooltypes import ClockBehind, SpoolError
 from agent.startup import StartupError, aligned_start, check_state_dir, enrolled_at, load_key
 from agent.wakeup import Wakeup
 from protocol.errors import ProtocolError

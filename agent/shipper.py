@@ -17,7 +17,8 @@ from agent.collectorclock import CollectorClock
 from agent.collectorlink import ca_bundle, read_token, redact, redirect_problem
 from agent.config import AgentSettings
 from agent.metrics import Metrics
-from agent.spool import Row, Spool, SpoolError
+from agent.spool import Spool
+from agent.spooltypes import Row, SpoolError
 from protocol.heartbeat import MAX_REQUEST_LINES
 
 log = logging.getLogger("tr7.agent.shipper")

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from agent import diskreserve
 from agent.config import Config
 from agent.metrics import Metrics
-from agent.spool import Spool, SpoolError
+from agent.spool import Spool
+from agent.spooltypes import SpoolError
 from protocol.timefmt import format_time
 
 if TYPE_CHECKING:

@@ -10,28 +10,22 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent import diskreserve, signedkeys
+from agent.spoolspace import SpoolSpace
+from agent.spooltypes import DAMAGE, ClockBehind, Head, Row, SpoolError, pack, spool_error, unpack
 from protocol.errors import ProtocolError
 from protocol.heartbeat import MAX_REQUEST_BYTES, ZERO_HASH, sign_heartbeat, token_digest
 from protocol.keys import AgentKey
 from protocol.timefmt import format_time
 
 log = logging.getLogger("tr7.agent.spool")
-INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 WAL_PAGES = 256  # pages (1 MiB) the WAL holds before a checkpoint; SQLite's default is 1,000
-SHRINK_STEP = 64  # pages a step of Spool.shrink moves and gives back
-CHECKPOINT_WAIT_MS = 200  # how long Spool.checkpoint waits for readers before giving up for now
-RECLAIM_PAGES = 256  # free pages (1 MiB of 4 KiB pages) before shipping hands them back
-CONVERT_BELOW = 64 * 1024 * 1024  # live bytes under which an older spool.db is VACUUMed at open
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chain (kid TEXT PRIMARY KEY, seq INTEGER NOT NULL, digest TEXT NOT NULL,
@@ -47,55 +41,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class SpoolError(Exception):
-    """The spool cannot be used (corrupt, unwritable, disk full): the agent must stop loudly."""
-
-
-class ClockBehind(Exception):
-    """The poll instant is not after the previous heartbeat's time: nothing was signed."""
-
-    def __init__(self, when: int, last: int) -> None:
-        super().__init__(f"poll instant {format_time(when)} is not after the last heartbeat's "
-                         f"{format_time(last)}")
-        self.when, self.last = when, last
-
-
-@dataclass(frozen=True)
-class Head:
-    seq: int
-    digest: str
-    time: int | None
-
-
-@dataclass(frozen=True)
-class Row:
-    id: int
-    kid: str
-    seq: int
-    token: str
-
-
-def _pack(token: str) -> bytes:
-    # zlib: a heartbeat of 500 real-looking instances goes from ~140 kB to ~25 kB, so a month-long
-    # outage fits in a few hundred MiB; the JWS comes back byte for byte (its digest is the chain).
-    return zlib.compress(token.encode("ascii"), 6)
-
-
-def _unpack(packed: bytes) -> str:
-    return zlib.decompress(packed).decode("ascii")
-
-
-# A row whose bytes no longer inflate to ASCII (a bad sector, a bit flipped under SQLite's page):
-# PRAGMA quick_check does not look inside values.
-_DAMAGE = (zlib.error, UnicodeDecodeError)
-
-
-def _wrap(exc: sqlite3.Error, path: Path, what: str) -> SpoolError:
-    return SpoolError(f"spool {path}: {what}: {exc}")
-
-
-class Spool:
-    """One connection to spool.db; use one instance per thread."""
+class Spool(SpoolSpace):
+    """One connection to spool.db; use one instance per thread (its room on disk: SpoolSpace)."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
@@ -139,7 +86,7 @@ class Spool:
             if diskreserve.is_full(exc, path.parent):  # its -shm file cannot be made: not a damaged spool
                 what = (f"cannot open it: the file system of {path.parent} is full (the spool is not "
                         "damaged: free some space, and it opens and ships)")
-            raise _wrap(exc, path, what) from exc
+            raise spool_error(exc, path, what) from exc
 
     def _opened(self) -> None:
         try:
@@ -157,66 +104,6 @@ class Spool:
 
     def close(self) -> None:
         self.db.close()
-
-    def checkpoint(self) -> bool:
-        """The WAL into the file and cut to nothing, if that can be done at once (best effort): on a
-        full disk, the room the WAL took is free again for the next step. Waited for at most
-        CHECKPOINT_WAIT_MS: a TRUNCATE checkpoint that waits for a reader (an `export`) holds off
-        the other thread's writes meanwhile, and a heartbeat's commit waiting 30 s for it failed."""
-        try:
-            self.db.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
-            try:
-                busy = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-            finally:
-                self.db.execute("PRAGMA busy_timeout=30000")
-        except sqlite3.Error as exc:
-            log.warning("event=spool_not_checkpointed reason=%r", str(exc))
-            return False
-        return not busy
-
-    def shrink(self, seconds: float = 10.0) -> None:
-        """Hand the free pages back to the file system now, SHRINK_STEP pages at a time with the
-        WAL cut between steps, for at most ``seconds``: on a full disk, what shipping frees must be
-        free at once, and the vacuum needs room in the WAL for the pages it moves. What is left is
-        given back by the next call, or by _reclaim."""
-        deadline = time.monotonic() + seconds
-        if not self.checkpoint():
-            return
-        try:
-            while time.monotonic() < deadline and self.db.execute("PRAGMA freelist_count").fetchone()[0]:
-                self.db.executescript(f"PRAGMA incremental_vacuum({SHRINK_STEP});")
-                if not self.checkpoint():
-                    return
-        except sqlite3.Error as exc:
-            log.warning("event=spool_not_shrunk reason=%r", str(exc))
-
-    def _convert(self) -> None:
-        """A spool.db made before incremental auto-vacuum (2026-12-06) takes it by one VACUUM, done
-        when the spool is small (it rewrites the whole file under an exclusive lock): not in the middle
-        of an outage's backlog, at a start after it shipped."""
-        if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL:
-            return
-        used = self.used_bytes()
-        if used > CONVERT_BELOW:
-            log.info("event=spool_vacuum_deferred bytes=%d reason='a backlog: done at a later start'", used)
-            return
-        try:
-            self.db.execute("VACUUM")
-        except sqlite3.Error as exc:  # busy (a `status` reading it), no room for its copy: next start
-            log.warning("event=spool_vacuum_deferred reason=%r", str(exc))
-            return
-        log.info("event=spool_vacuumed auto_vacuum=incremental bytes=%d", self.size_bytes())
-
-    def _reclaim(self) -> None:
-        """Hand the pages of shipped rows back to the file system once there are RECLAIM_PAGES of them:
-        after an outage the files kept the backlog's size for good (a disk filled by a week of spool
-        stayed full). Best effort: a spool that cannot shrink now still works, and tries again."""
-        try:
-            if self.db.execute("PRAGMA freelist_count").fetchone()[0] >= RECLAIM_PAGES:
-                # executescript steps it to its end (sqlite3_exec): execute() frees a single page
-                self.db.executescript("PRAGMA incremental_vacuum;")
-        except sqlite3.Error as exc:
-            log.warning("event=spool_not_shrunk reason=%r", str(exc))
 
     def _stage(self, name: str) -> None:
         if self.fault is not None:
@@ -236,7 +123,7 @@ class Spool:
                     self.db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise _wrap(exc, self.path, what) from exc
+            raise spool_error(exc, self.path, what) from exc
 
     def head(self, kid: str) -> Head:
         row = self.db.execute("SELECT seq, digest, time FROM chain WHERE kid = ?", (kid,)).fetchone()
@@ -263,7 +150,7 @@ class Spool:
                                     f"heartbeat-v1.md §4 takes at most {MAX_REQUEST_BYTES} a request")
             self._stage("signed")
             self.db.execute("INSERT INTO spool (kid, seq, time, signed_at, jws_z) VALUES (?,?,?,?,?)",
-                            (key.kid, seq, when, time.time(), _pack(token)))
+                            (key.kid, seq, when, time.time(), pack(token)))
             self.db.execute(
                 "INSERT INTO chain (kid, seq, digest, time) VALUES (?,?,?,?) ON CONFLICT (kid) "
                 "DO UPDATE SET seq = excluded.seq, digest = excluded.digest, time = excluded.time",
@@ -300,7 +187,7 @@ class Spool:
             if diskreserve.is_full(exc, self.path.parent):  # said in the log; not worth stopping for
                 log.warning("event=disk_full at=record_event kind=%s detail=%s", kind, detail)
                 return
-            raise _wrap(exc, self.path, "cannot record an event") from exc
+            raise spool_error(exc, self.path, "cannot record an event") from exc
 
     def batch(self, limit: int = 5000, max_bytes: int = MAX_REQUEST_BYTES, after: int = 0) -> list[Row]:
         """The oldest unshipped rows (with an id above ``after``), at most ``limit`` lines and
@@ -311,8 +198,8 @@ class Spool:
         for rid, kid, seq, packed in self.db.execute("SELECT id, kid, seq, jws_z FROM spool WHERE id > ? "
                                                      "ORDER BY id LIMIT ?", (after, limit)):
             try:
-                token = _unpack(packed)
-            except _DAMAGE as exc:
+                token = unpack(packed)
+            except DAMAGE as exc:
                 damaged.append((rid, kid, seq, packed, exc))
                 continue
             size += len(token) + 1
@@ -332,8 +219,8 @@ class Spool:
         self.damaged = []
         for seq, packed in self.db.execute("SELECT seq, jws_z FROM spool ORDER BY id"):
             try:
-                yield _unpack(packed)
-            except _DAMAGE:
+                yield unpack(packed)
+            except DAMAGE:
                 self.damaged.append(seq)
 
     def _set_aside_damaged(self, rid: int, kid: str, seq: int, packed: bytes, exc: Exception) -> None:
@@ -371,25 +258,6 @@ class Spool:
         """Delete these set-aside heartbeats (only these: the service may set more aside meanwhile)."""
         with self._transaction("cannot clear rejected heartbeats"):
             return sum(self.db.execute("DELETE FROM rejected WHERE id = ?", (i,)).rowcount for i in ids)
-
-    def used_bytes(self) -> int:
-        """Bytes of the spool's live pages (its rows, not the pages freed by shipping that SQLite has
-        not yet handed back, see _reclaim): what `spool_limit_mb` is about. The size of the files
-        stayed above the limit after an outage's backlog had shipped, and the alarm with it."""
-        try:
-            pages, free, size = (self.db.execute(f"PRAGMA {p}").fetchone()[0]
-                                 for p in ("page_count", "freelist_count", "page_size"))
-        except sqlite3.Error as exc:
-            raise _wrap(exc, self.path, "cannot read its size") from exc
-        return int((pages - free) * size)
-
-    def size_bytes(self) -> int:
-        """Bytes of the spool's files on disk (spool.db and its WAL)."""
-        total = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(f"{self.path}{suffix}")
-        return total
 
     def stats(self) -> dict[str, Any]:
         depth, oldest = self.db.execute("SELECT count(*), min(signed_at) FROM spool").fetchone()

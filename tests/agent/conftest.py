@@ -176,6 +176,41 @@ def in_process(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, Path]]]:
         service.spool.close()
 
 
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """A real tmpfs of its own under tmp_path (needs root): a disk the tests can fill to its last byte."""
+    mounted: list[Path] = []
+
+    def do(name: str, options: str) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)], check=True)
+        mounted.append(d)
+        return d
+
+    yield do
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def fill_disk(directory: Path, leave: int = 0) -> Path:
+    """Another program takes every byte left but ``leave`` (whole 4 KiB pages; the agent's spool
+    files keep theirs); unlink the file returned to free the disk again."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"x" * 4096):
+            pass
+    except OSError:
+        pass
+    try:
+        if leave:
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
+    finally:
+        os.close(fd)
+    return filler
+
+
 def spooled_state(tmp_path: Path, heartbeats: int, step: int = 60) -> tuple[Path, AgentKey, Spool]:
     """A state directory with a saved key and its open spool, holding ``heartbeats`` signed ``step``
     seconds apart (as `run` left them), for the tests that then damage or lose part of it."""

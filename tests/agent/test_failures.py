@@ -5,11 +5,10 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AGENT, agent_env, run_cli, spooled_state, write_config
+from conftest import AGENT, agent_env, fill_disk, run_cli, spooled_state, write_config
 
 from agent import diskreserve, signedkeys
 from agent import service as service_mod
@@ -19,22 +18,6 @@ from agent.service import Service
 from agent.spool import Spool
 from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
 from protocol.keys import AgentKey, save_private_key
-
-
-@pytest.fixture
-def mount(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
-    mounted: list[Path] = []
-
-    def do(name: str, options: str) -> Path:
-        d = tmp_path / name
-        d.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)], check=True)
-        mounted.append(d)
-        return d
-
-    yield do
-    for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], check=False)
 
 
 def _config(tmp_path: Path, state: Path, instances: int = 3) -> Path:
@@ -57,20 +40,6 @@ def _poll_until_unsigned(service: Service, now: list[float]) -> int:
         unsigned = service.spool.head(service.key.kid).seq == before
         still = still + 1 if service.disk_full and unsigned else 0
     return polls
-
-
-def _fill(directory: Path) -> Path:
-    """Another program takes every byte left (the agent's spool files keep theirs)."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while os.write(fd, b"x" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_full_disk_skips_polls_ships_the_spool_and_signs_again(tmp_path: Path, mount, make_collector,
@@ -138,7 +107,7 @@ def test_a_full_disk_skips_polls_ships_the_spool_and_signs_again(tmp_path: Path,
         # -shm file could not be made, read as a damaged spool): the reserve makes the room.
         service.terminating = True
         assert service.shutdown() == 0
-        filler = _fill(state)
+        filler = fill_disk(state)
         assert shutil.disk_usage(state).free < 4096
         service = Service(load_config(cfg))
         service.start()

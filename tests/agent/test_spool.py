@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli, spooled_state, write_config
 
-from agent.spool import ClockBehind, Row, Spool
+from agent.spool import Spool
+from agent.spooltypes import ClockBehind, Row
 from protocol.errors import ProtocolError
 from protocol.heartbeat import ZERO_HASH, parse_unverified, token_digest
 from protocol.keys import AgentKey, save_private_key
@@ -215,9 +216,9 @@ def _file_size(spool: Spool) -> int:
 def test_the_spool_files_shrink_once_a_backlog_ships(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The files kept an outage's size for good: a disk that a week of spool had filled stayed full
     after the backlog shipped. The pages of shipped rows now go back to the file system."""
-    import agent.spool as spool_mod
+    import agent.spoolspace as space_mod
 
-    monkeypatch.setattr(spool_mod, "RECLAIM_PAGES", 16)  # this backlog is ~220 pages, not a week's
+    monkeypatch.setattr(space_mod, "RECLAIM_PAGES", 16)  # this backlog is ~220 pages, not a week's
     _state, key, spool = spooled_state(tmp_path, 1)
     assert spool.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental, from the start
     _backlog(spool, key)
@@ -235,7 +236,7 @@ def test_the_spool_files_shrink_once_a_backlog_ships(tmp_path: Path, monkeypatch
 def test_an_older_spool_takes_incremental_vacuum_when_small_and_not_in_a_backlog(tmp_path: Path) -> None:
     """A spool.db made before: converted by one VACUUM at open while small, its rows kept; in the middle
     of a backlog (over CONVERT_BELOW) left for a later start."""
-    import agent.spool as spool_mod
+    import agent.spoolspace as space_mod
 
     _state, key, spool = spooled_state(tmp_path, 1)
     path = spool.path
@@ -244,13 +245,13 @@ def test_an_older_spool_takes_incremental_vacuum_when_small_and_not_in_a_backlog
     spool.db.execute("VACUUM")  # as the agent made it before 2026-12-06
     assert spool.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
     spool.close()
-    low, spool_mod.CONVERT_BELOW = spool_mod.CONVERT_BELOW, 1000
+    low, space_mod.CONVERT_BELOW = space_mod.CONVERT_BELOW, 1000
     try:
         again = Spool(path)
         assert again.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0  # a backlog: later
         again.close()
     finally:
-        spool_mod.CONVERT_BELOW = low
+        space_mod.CONVERT_BELOW = low
     again = Spool(path)
     assert again.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     assert [parse_unverified(t).seq for t in again.unshipped()] == list(range(1, 41))
@@ -275,7 +276,8 @@ def test_a_spool_the_agent_cannot_write_is_refused_when_opened(tmp_path: Path) -
         os.chown(db, 65534, 65534)
         run = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable]
     db.chmod(0o444)
-    code = ("from pathlib import Path\nfrom agent.spool import Spool, SpoolError\n"
+    code = ("from pathlib import Path\nfrom agent.spool import Spool\n"
+            "from agent.spooltypes import SpoolError\n"
             f"try:\n    Spool(Path({str(db)!r}))\nexcept SpoolError as exc:\n    print(exc)\n")
     res = subprocess.run([*run, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "cannot write it (its owner or mode" in res.stdout, res.stdout + res.stderr
