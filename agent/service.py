@@ -119,8 +119,13 @@ class Service(SlotEvents):
                                "one agent per state directory") from exc
         self._lock_file.seek(0)
         self._lock_file.truncate()
-        self._lock_file.write(f"{os.getpid()}\n")
-        self._lock_file.flush()
+        try:  # unbuffered: a write the disk refused must not be retried by a later flush or close
+            os.write(self._lock_file.fileno(), f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            if not diskreserve.is_full(exc):
+                raise
+            # the lock is held all the same; the pid only names the holder to a second agent
+            log.warning("event=disk_full at=lock path=%s (the lock is held; its pid is not written)", path)
 
     def _schedule(self, interval: int) -> None:
         trigger = IntervalTrigger(seconds=interval, start_date=aligned_start(interval, time.time()),

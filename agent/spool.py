@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import diskreserve, signedkeys
-from agent.spoolspace import SpoolSpace
+from agent.spoolspace import INCREMENTAL, SpoolSpace
 from agent.spooltypes import DAMAGE, ClockBehind, Head, Row, SpoolError, pack, spool_error, unpack
 from protocol.errors import ProtocolError
 from protocol.heartbeat import MAX_REQUEST_BYTES, ZERO_HASH, sign_heartbeat, token_digest
@@ -57,7 +57,10 @@ class Spool(SpoolSpace):
                 self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
                 # Before anything is written: a new spool.db gives the pages its shipped rows free back
                 # to the file system (_reclaim). An older one takes it at its next VACUUM (_convert).
-                self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                # Only when it differs: setting it writes page 1 even when unchanged, and a spool on a
+                # disk with room for its -shm but not for that write could not open (a review).
+                if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
+                    self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode != "wal":
                     raise SpoolError(f"spool {path}: cannot use WAL journal mode (got {mode})")

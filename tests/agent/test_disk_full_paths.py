@@ -212,8 +212,7 @@ def test_a_spool_on_a_disk_filled_to_its_last_byte_is_said_full_not_damaged(tmp_
         spool.append(key, 1_790_000_000 + 60 * i, 60, POLLS, [])
     spool.close()  # the last connection: its -wal and -shm files go with it
     assert not (state / "spool.db-shm").exists()
-    (state / "agent.lock").write_text("4242\n")  # as a run before left it (the pid it rewrites)
-    filler = fill_disk(state)
+    filler = fill_disk(state)  # no agent.lock either: its pid could not be written (a review)
     full = f"the file system of {state} is full (the spool is not damaged: free some space, and it opens"
     with pytest.raises(SpoolError, match="cannot open it") as err:
         Spool(state / "spool.db")
@@ -227,3 +226,22 @@ def test_a_spool_on_a_disk_filled_to_its_last_byte_is_said_full_not_damaged(tmp_
     again = Spool(state / "spool.db")
     assert again.head(key.kid).seq == 3 and len(list(again.unshipped())) == 3
     again.close()
+
+
+def test_a_spool_with_room_for_its_shm_but_not_one_page_more_opens_and_reads(tmp_path: Path, mount) -> None:
+    """Every writable open set auto_vacuum again, and SQLite writes page 1 for it even unchanged:
+    with room for the -shm file but not for that page's WAL frame, the spool could not open, so
+    `status` and the shipper could not read it. It is set only when it differs now."""
+    state = mount("state", "size=1m,mode=0700")
+    key = AgentKey.generate()
+    spool = Spool(state / "spool.db")
+    for i in range(3):
+        spool.append(key, 1_790_000_000 + 60 * i, 60, POLLS, [])
+    spool.close()
+    filler = fill_disk(state, leave=8 * 4096)  # the -shm file's 32 KiB, and nothing more
+    try:
+        again = Spool(state / "spool.db")
+        assert again.head(key.kid).seq == 3 and len(list(again.unshipped())) == 3
+        again.close()
+    finally:
+        filler.unlink()
