@@ -6,6 +6,7 @@ import sqlalchemy as sa
 
 from collector import db, ingest
 from collector import schema as s
+from protocol.timefmt import next_month
 
 H = 3600
 
@@ -95,16 +96,10 @@ def test_a_unique_key_clash_while_appending_redoes_the_batch_and_answers_duplica
     assert [seq for _, seq, _ in _leaves(settings)] == [3, 4, 1, 2, 5, 6]
 
 
-def test_a_close_that_waited_for_the_close_before_it_locks_the_months_that_close_adds(
-    settings, tools
-) -> None:
-    """A review reproduced it on PostgreSQL: closing N read the months it adjusts (none: M was
-    open), then waited for M's log held by M's close; once that committed, N adjusted K and M
-    without K's log locked, so late heartbeats of K committed while N froze K's adjustment.
-    N's close now starts again when that list changed, and holds K's log."""
-    import threading
-
-    from collector import accounting, registry
+def _three_months_back(settings, tools) -> tuple[str, str, str, list[str]]:
+    """Months K, M, N before the current one; an agent with 4 heartbeats in K logged and 4 more
+    of K's signed, for the close races."""
+    from collector import registry
     from protocol.timefmt import month_bounds, month_of, previous_month
 
     n = previous_month(month_of(int(time.time())))
@@ -116,6 +111,21 @@ def test_a_close_that_waited_for_the_close_before_it_locks_the_months_that_close
     tools.enrol(settings, "acme", a, k0 - 30 * 86400)
     beats = [a.beat(k0 + i * 1800, {"TR7-0001": "running"}) for i in range(8)]
     assert {r["status"] for r in ingest.ingest_lines(settings.engine, beats[:4])} == {"accepted"}
+    return k, m, n, beats
+
+
+def test_a_close_that_waited_for_the_close_before_it_locks_the_months_that_close_adds(
+    settings, tools
+) -> None:
+    """A review reproduced it on PostgreSQL: closing N read the months it adjusts (none: M was
+    open), then waited for M's log held by M's close; once that committed, N adjusted K and M
+    without K's log locked, so late heartbeats of K committed while N froze K's adjustment.
+    N's close now starts again when that list changed, and holds K's log."""
+    import threading
+
+    from collector import accounting
+
+    k, m, n, beats = _three_months_back(settings, tools)
     db.write_tx(settings.engine, lambda c: accounting.close(c, settings, "acme", k))
     m_held, m_release, n_held, n_release = (threading.Event() for _ in range(4))
     results: dict[str, object] = {}
@@ -157,18 +167,9 @@ def test_a_close_holds_back_late_heartbeats_of_the_closed_months_it_adjusts(sett
     locks K's log too, so the heartbeat waits and is adjusted, whole, on the next open month."""
     import threading
 
-    from collector import accounting, registry
-    from protocol.timefmt import month_bounds, month_of, previous_month
+    from collector import accounting
 
-    n = previous_month(month_of(int(time.time())))
-    m = previous_month(n)
-    k = previous_month(m)
-    k0 = month_bounds(k)[0]
-    db.write_tx(settings.engine, lambda c: registry.apply_catalog(c, tools.catalog()))
-    a = tools.Agent()
-    tools.enrol(settings, "acme", a, k0 - 30 * 86400)
-    beats = [a.beat(k0 + i * 1800, {"TR7-0001": "running"}) for i in range(8)]
-    assert {r["status"] for r in ingest.ingest_lines(settings.engine, beats[:4])} == {"accepted"}
+    k, m, n, beats = _three_months_back(settings, tools)
     for month in (k, m):
         db.write_tx(settings.engine, lambda c, month=month: accounting.close(c, settings, "acme", month))
 
@@ -197,5 +198,5 @@ def test_a_close_holds_back_late_heartbeats_of_the_closed_months_it_adjusts(sett
     # next open month carries them, whole
     assert not [x for x in closed_n.billed["lines"] if x["adjusts"] == k]
     with db.read_conn(settings.engine) as c:
-        now = accounting.invoice(c, "acme", month_of(int(time.time())))
+        now = accounting.invoice(c, "acme", next_month(n))
     assert [(x["quantity"], x["adjusts"]) for x in now["lines"]] == [(2, k)]
