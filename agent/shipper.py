@@ -190,7 +190,9 @@ class Shipper:
                     if not diskreserve.is_full(exc, self.state_dir) or step == 1:
                         raise
                     step //= 2
-                    self.spool.checkpoint()  # the refused step's WAL frames, cut
+                    # not for the refused step's frames (the next one writes over them): for the
+                    # committed ones a reader held a checkpoint off for, whose room the next step needs
+                    self.spool.checkpoint()
                     continue
                 i += step
                 self.spool.checkpoint()

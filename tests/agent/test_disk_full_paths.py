@@ -16,7 +16,7 @@ from conftest import enrolled_agent, fill_disk, run_cli, write_config
 from agent.config import AgentSettings, load_config
 from agent.poller import Poller
 from agent.service import Service
-from agent.shipper import SETTLE_STEP, Shipper
+from agent.shipper import MAX_LINES, SETTLE_STEP, Shipper
 from agent.spool import Spool
 from agent.spooltypes import Row, SpoolError
 from agent.startup import load_key
@@ -147,6 +147,34 @@ def test_answers_a_low_disk_refuses_in_one_step_are_recorded_in_smaller_ones(
     # sent once, each answer recorded: nothing comes back to the collector as a duplicate
     assert collector.query("SELECT status, count(*) FROM received GROUP BY status") == [("accepted", ROWS)]
     assert shutil.disk_usage(state).free > free + 100 * 1024  # the shipped rows' pages, given back
+    spool.close()
+
+
+def test_a_step_refused_behind_a_wal_a_reader_kept_is_recorded_once_the_wal_is_cut(
+        tmp_path: Path, mount, make_collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader of the spool (`status`, `export`) held off the checkpoints of the last batch's steps,
+    so the WAL kept their pages. With the disk then full, the first step is refused, and every
+    smaller one after it went on the end of that WAL, refused down to one row: the batch was sent
+    again. The checkpoint after a refused step cuts that WAL (the reader gone) for the next one."""
+    collector = make_collector()
+    state, spool, shipper = _low_disk_shipper(tmp_path, mount, collector)
+    reader = Spool(state / "spool.db", readonly=True)
+    tokens = reader.unshipped()
+    next(tokens)  # half way through: its read transaction holds the WAL
+    shipper.batch_lines = SETTLE_STEP
+    assert shipper.ship_once() == 0.0
+    assert len(list(tokens)) == ROWS - 1
+    reader.close()
+    assert (state / "spool.db-wal").stat().st_size > 16 * PAGE  # the recorded step's pages, not checkpointed
+    fill_disk(state)
+    assert shutil.disk_usage(state).free == 0
+    steps = _steps(spool, monkeypatch)
+    shipper.batch_lines = MAX_LINES
+    assert shipper.ship_once() == 0.0
+    assert steps[0] == (SETTLE_STEP, False), steps  # the disk's own refusal, no fault injected
+    assert sum(n for n, ok in steps if ok) == ROWS - SETTLE_STEP, steps
+    assert spool.stats()["spool_depth"] == 0
+    assert collector.query("SELECT status, count(*) FROM received GROUP BY status") == [("accepted", ROWS)]
     spool.close()
 
 

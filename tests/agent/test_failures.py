@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import AGENT, agent_env, fill_disk, run_cli, spooled_state, write_config
 
-from agent import diskreserve, signedkeys
-from agent import service as service_mod
+from agent import diskreserve, polljob, signedkeys
 from agent import spool as spool_mod
 from agent.config import load_config
 from agent.service import Service
@@ -63,7 +62,7 @@ def test_a_full_disk_skips_polls_ships_the_spool_and_signs_again(tmp_path: Path,
     assert run_cli("enroll", "--config", str(cfg), "--token", "tok-1").returncode == 0
     collector.kill()  # down while the spool fills the disk
     now = [float(int(time.time()))]
-    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    monkeypatch.setattr(polljob.time, "time", lambda: now[0])
     service = Service(load_config(cfg))
     service.start()
     try:

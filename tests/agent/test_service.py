@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import AGENT, agent_env, enrolled_agent, run_cli, write_config
 
-from agent import service as service_mod
-from agent import startup
+from agent import polljob, startup
 from agent.poller import Poller
 from agent.service import Service
+from agent.slotevents import back_limit
 from agent.spool import Spool
 from agent.startup import aligned_start
 from protocol.chain import analyze
@@ -221,10 +221,10 @@ def test_clock_backwards_skips_and_shows_in_status(in_process, fake_registry: No
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     service, cfg_path = in_process()
     now = [1_790_000_030.0]
-    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    monkeypatch.setattr(polljob.time, "time", lambda: now[0])
     service.poll_job()
     now[0] -= 300  # the clock steps 5 minutes back: less than back_limit, it catches up soon
-    assert service_mod.back_limit(service.config.agent.interval) > 300
+    assert back_limit(service.config.agent.interval) > 300
     service.poll_job()
     now[0] += 300 + 60
     service.poll_job()
@@ -244,7 +244,7 @@ def test_a_heartbeat_signed_far_ahead_does_not_silence_the_agent(in_process, fak
     # the collector, heartbeat-v1.md §3 rule 5), where it used to sign nothing for a day.
     service, cfg_path = in_process()
     now = [1_790_000_030.0 + 86400]
-    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    monkeypatch.setattr(polljob.time, "time", lambda: now[0])
     service.poll_job()
     now[0] -= 86400  # NTP puts it right
     service.poll_job()  # no collector has confirmed our clock yet: skipped, as before
@@ -274,7 +274,7 @@ def test_a_clock_just_over_300_s_ahead_signs_nothing_the_collector_would_refuse(
     service, _cfg = in_process()
     slot = 1_790_000_040.0
     now = [slot]
-    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    monkeypatch.setattr(polljob.time, "time", lambda: now[0])
     service.collector_clock.saw(email.utils.formatdate(slot - 301, usegmt=True))
     service.poll_job()
     assert list(service.spool.unshipped()) == []
@@ -295,7 +295,7 @@ def test_no_slot_before_the_collectors_enrolment_instant_is_signed(in_process, f
     (state / "enrollment.json").write_text(json.dumps(record))
     service.enrolled_at = startup.enrolled_at(state / "enrollment.json", service.key.kid)  # as start() does
     now = [1_790_000_045.0]  # the slot 14:14:00, before 14:14:30
-    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    monkeypatch.setattr(polljob.time, "time", lambda: now[0])
     service.poll_job()
     assert list(service.spool.unshipped()) == []
     now[0] += 60
@@ -321,7 +321,7 @@ def test_a_clock_gone_back_signs_no_past_slot(in_process, fake_registry: None,
     # collector's clock says ours is the wrong one: nothing is signed until it is right again.
     service, _cfg = in_process()
     now = [1_790_000_030.0]
-    monkeypatch.setattr(service_mod.time, "time", lambda: now[0])
+    monkeypatch.setattr(polljob.time, "time", lambda: now[0])
     service.poll_job()
     service.collector_clock.saw(email.utils.formatdate(now[0], usegmt=True))
     now[0] -= 86400  # our clock jumps a day back; the collector's does not
@@ -335,8 +335,8 @@ def test_a_clock_stepped_back_between_polls_is_reported(in_process, fake_registr
     # A real step back leaves the scheduler's next run in the future: no poll ran to notice it
     service, cfg_path = in_process()
     wall, mono = [1_790_000_030.0], [500.0]
-    monkeypatch.setattr(service_mod.time, "time", lambda: wall[0])
-    monkeypatch.setattr(service_mod.time, "monotonic", lambda: mono[0])
+    monkeypatch.setattr(polljob.time, "time", lambda: wall[0])
+    monkeypatch.setattr(polljob.time, "monotonic", lambda: mono[0])
     clocks = service.watch_clock(wall[0], mono[0])
     wall[0] += 5.5
     mono[0] += 5  # a wake 5 s later; the wall clock may drift a little: not a step
@@ -362,7 +362,7 @@ def test_heartbeat_written_with_no_instances_and_failed_adapter(in_process, fake
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     service, _cfg = in_process(300, [{"name": "empty", "platform": "kvm", "instances": 0},
                                      {"name": "down", "platform": "kvm", "fail": "host unreachable"}])
-    monkeypatch.setattr(service_mod.time, "time", lambda: 1_790_000_123.9)
+    monkeypatch.setattr(polljob.time, "time", lambda: 1_790_000_123.9)
     service.poll_job()
     [token] = list(service.spool.unshipped())
     hb = parse_unverified(token)
