@@ -5,8 +5,8 @@ import http.client
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from typing import Any, Literal, cast
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
@@ -46,6 +46,7 @@ ENVELOPE = (('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
 # timeout of a session. Until then no other login starts (fanout.SetupLock); keepalive probes end
 # the wait sooner when the path is dead (net.patient).
 LOGIN_WAIT = 1800.0
+T = TypeVar("T")
 
 
 class VMwareConfig(AdapterConfig):
@@ -230,8 +231,11 @@ class VMwareAdapter(Adapter):
         self._closed = True
         content, self._content = self._content, None
         if content is not None:
+            # By a deadline as a poll's calls (the agent closes its adapters one by one); its own lock:
+            # a call in flight of a poll (close comes from another thread) holds the set-up lock
             with contextlib.suppress(Exception):  # a dead session needs no logout
-                content.sessionManager.Logout()
+                within(poll_deadline(self.config.timeout), content.sessionManager.Logout, what="logout",
+                       lock=SetupLock(), thread_name=f"vc-logout-{self.name}")
 
     # -- poll -------------------------------------------------------------------------------
     def poll(self) -> PollResult:
@@ -244,12 +248,10 @@ class VMwareAdapter(Adapter):
                     # the session expired between polls (idle timeout, admin, vpxd restart): log in
                     # again, once per poll
                     self._content = None
-            # By the deadline: pyVmomi's timeout is per socket read, and a server dripping its answer
-            # held a poll of timeout 2 s for 19 s while the agent said "previous poll still running"
-            # (fanout.within, as the other adapters' sign-in). Set here, in the poll's thread, both
-            # at once: a login that ends after its poll gave up (or after close()) puts no session
-            # back on the adapter, and is logged out at once: left to vCenter's idle timeout
-            # (30 min), a vCenter slow to log in piled up a session a poll.
+            # By the deadline, as the session's calls (_on_session). Set here, in the poll's thread,
+            # both at once: a login that ends after its poll gave up (or after close()) puts no session
+            # back on the adapter, and is logged out at once: left to vCenter's idle timeout (30 min),
+            # a vCenter slow to log in piled up a session a poll.
             self._content, self._stub = within(deadline, self._login, what="login", lock=self._setup_lock,
                                                thread_name=f"vc-login-{self.name}",
                                                abandoned=lambda late: late[0].sessionManager.Logout())
@@ -268,16 +270,45 @@ class VMwareAdapter(Adapter):
 
     def _collect(self, deadline: float) -> PollResult:
         content = self._content
-        view = content.viewManager.CreateContainerView(
-            content.rootFolder, [vim.VirtualMachine, vim.HostSystem], True)
+        folder, kinds = content.rootFolder, [vim.VirtualMachine, vim.HostSystem]
+        view = self._on_session(deadline, "CreateContainerView",
+                                lambda: content.viewManager.CreateContainerView(folder, kinds, True))
         try:
-            cfm = getattr(content.customFieldsManager, "_moId", None)
-            return self._observe(self._retrieve(_spec_xml(view._moId, cfm), deadline))
+            spec = _spec_xml(view._moId, getattr(content.customFieldsManager, "_moId", None))
+            # in a thread too: its pages stop at the deadline, their headers did not (3 s took 6.5 s)
+            found = self._on_session(deadline, "RetrievePropertiesEx", lambda: self._retrieve(spec, deadline))
         finally:
-            with contextlib.suppress(Exception):  # views die with the session anyway
-                view.DestroyView()
+            if self._content is content:  # else the session was dropped: its logout ends the view
+                with contextlib.suppress(Exception):  # views die with the session anyway
+                    self._on_session(deadline, "DestroyView", view.DestroyView)
+        return self._observe(found)
 
-    def _retrieve(self, spec: str, deadline: float | None = None) -> list[Obj]:
+    def _on_session(self, deadline: float, what: str, call: Callable[[], T]) -> T:
+        """``call`` on the session by ``deadline`` (fanout.within): pyVmomi's timeout is per socket read,
+        and a server dripping its answer held a poll of timeout 2 s for 19 s while the agent said only
+        "previous poll still running". Given up on, the call leaves its connection mid-answer: the
+        session is dropped (the next poll logs in anew once the call ended: its thread holds the
+        set-up lock), and logged out when the call ends, however it ends."""
+        content = self._content
+
+        def settled() -> tuple[T | None, Exception | None]:  # a late failure goes to `abandoned` too
+            try:
+                return call(), None
+            except Exception as exc:
+                return None, exc
+
+        try:
+            result, failed = within(deadline, settled, what=what, lock=self._setup_lock,
+                                    thread_name=f"vc-{what}-{self.name}",
+                                    abandoned=lambda _: content.sessionManager.Logout())
+        except UnreachableError:
+            self._content = None
+            raise
+        if failed is not None:
+            raise failed
+        return cast(T, result)
+
+    def _retrieve(self, spec: str, deadline: float) -> list[Obj]:
         """All pages of RetrievePropertiesEx over the view (and the custom field names).
 
         pyVmomi's generic deserializer needs ~25 Python objects per VM; on 5,000 VMs that dominates
@@ -285,8 +316,6 @@ class VMwareAdapter(Adapter):
         and the answer is read with ElementTree, page by page (memory bounded by PAGE_SIZE).
         """
         this = f'<_this type="PropertyCollector">{escape(self._content.propertyCollector._moId)}</_this>'
-        # the poll's deadline: the login's time is not given again to the retrieval
-        deadline = time.monotonic() + self.config.timeout if deadline is None else deadline
         cfg = self.config
         conn = net.connection(cfg.url, cfg.timeout, net.ssl_context(cfg.url, cfg.verify_tls, cfg.ca_file))
         path = urlsplit(cfg.url).path or "/sdk"
@@ -299,9 +328,10 @@ class VMwareAdapter(Adapter):
                 if token is None:
                     return objects
                 if time.monotonic() > deadline:
-                    with contextlib.suppress(Exception):
-                        self._call(conn, path, f'<CancelRetrievePropertiesEx xmlns="urn:vim25">{this}'
-                                   f"<token>{escape(token)}</token></CancelRetrievePropertiesEx>", [])
+                    cancel = (f'<CancelRetrievePropertiesEx xmlns="urn:vim25">{this}'
+                              f"<token>{escape(token)}</token></CancelRetrievePropertiesEx>")
+                    with contextlib.suppress(Exception):  # sent is enough: its answer is not awaited
+                        self._call(conn, path, cancel, [], deadline)
                     raise UnreachableError("timeout", f"{self.config.url}: retrieval exceeded "
                                                       f"{self.config.timeout}s after {len(objects)} objects")
                 body = (f'<ContinueRetrievePropertiesEx xmlns="urn:vim25">{this}'
@@ -310,7 +340,7 @@ class VMwareAdapter(Adapter):
             conn.close()
 
     def _call(self, conn: http.client.HTTPConnection, path: str, body: str, objects: list[Obj],
-              deadline: float | None = None) -> str | None:
+              deadline: float) -> str | None:
         """POST one PropertyCollector call; append its objects, return the paging token. The answer
         must have arrived by ``deadline``: the socket's timeout bounds each read, not the answer,
         and a vCenter that sent a byte every 50 ms held a 5 s poll for minutes."""
@@ -337,7 +367,7 @@ class VMwareAdapter(Adapter):
         for chunk in net.arriving(resp):
             parser.feed(chunk)
             drain()
-            if deadline is not None and time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 raise UnreachableError("timeout", f"{self.config.url}: the answer was still arriving after "
                                                   f"{self.config.timeout:g}s ({len(objects)} objects read)")
         parser.close()

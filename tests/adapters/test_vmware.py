@@ -180,7 +180,7 @@ def test_soap_fault_of_the_retrieval_is_an_adapter_error(sim: Any, inv: dict[str
     adapter = make(sim.url, name="vc-fault")
     adapter.poll()
     with pytest.raises(AdapterError) as err:
-        adapter._retrieve(vmware._spec_xml("no-such-view", None))
+        adapter._retrieve(vmware._spec_xml("no-such-view", None), time.monotonic() + 5)
     assert err.value.reason == "vSphere fault ManagedObjectNotFound"
     assert "deleted" in err.value.diagnostic  # vcsim's faultstring
     adapter.close()
@@ -298,36 +298,106 @@ def test_a_vm_whose_host_stopped_answering_is_not_reported() -> None:
         server.stop()
 
 
+def _sessions(manager: Any) -> set[str]:
+    return {s.key for s in manager.sessionList}
+
+
+def _until(check: Callable[[], bool], seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while not check() and time.monotonic() < end:
+        time.sleep(0.05)
+    return check()
+
+
 def test_a_vcenter_that_drips_its_answer_is_cut_off_near_the_timeout() -> None:
     """The socket's timeout bounds each read, not the answer: a byte every 50 ms held a 5 s poll
-    for minutes (and the agent said "previous poll still running"). Found by a review."""
-    import threading
-    import time
-
+    for minutes (and the agent said "previous poll still running"). Found by a review. The pages
+    were then read by the deadline, but not their headers: a poll of timeout 3 s took 6.5 s."""
     server = vcsim.start(vms=4, hosts=1)
     proxy = vcsim.DripProxy(server.url)
+    watcher = vcsim.connect(server.url)
     try:
-        si = vcsim.connect(server.url)
-        vcsim.tag(vcsim.all_vms(si)[0], instance="tr7-x")
-        vcsim.disconnect(si)
+        vcsim.tag(vcsim.all_vms(watcher)[0], instance="tr7-x")
+        manager = watcher.content.sessionManager
+        before = _sessions(manager)
         adapter = make(proxy.url, name="vc-drip", timeout=3)
-        out: dict[str, Any] = {}
-
-        def run() -> None:
-            started = time.monotonic()
-            try:
-                adapter.poll()
-            except AdapterError as exc:
-                out["error"] = exc
-            out["took"] = time.monotonic() - started
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        worker.join(60)
-        assert not worker.is_alive(), "the poll was still reading after 60 s"
-        assert isinstance(out.get("error"), UnreachableError) and out["error"].reason == "timeout"
-        assert out["took"] < 20  # the headers may drip too; the body is cut at the deadline
+        started = time.monotonic()
+        with pytest.raises(UnreachableError) as err:
+            adapter.poll()
+        assert time.monotonic() - started < 4  # 0.9 x timeout, and some slack
+        assert err.value.reason == "RetrievePropertiesEx: no answer within the poll timeout"
+        # the late retrieval ends in a failure (its pages stop at the deadline): logged out all the same
+        assert _until(lambda: _sessions(manager) == before, 30), "the dropped session was never logged out"
+        proxy.calm.set()
+        result = adapter.poll()
+        assert result.error is None and "tr7-x" in by_instance(result)
+        adapter.close()
     finally:
+        proxy.calm.set()
+        vcsim.disconnect(watcher)
+        proxy.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("call", ["CreateContainerView", "DestroyView"])
+def test_a_session_call_that_drips_ends_by_the_deadline_and_its_session_is_logged_out(call: str) -> None:
+    """CreateContainerView and DestroyView were bounded only per socket read (pyVmomi's timeout): a
+    vCenter answering them a few bytes at a time held a poll far past its timeout, and the agent
+    said only "previous poll still running". Found by a review."""
+    server = vcsim.start(vms=2, hosts=1)
+    proxy = vcsim.DripProxy(server.url, trigger=f"<{call} ".encode())
+    watcher = vcsim.connect(server.url)
+    try:
+        vcsim.tag(vcsim.all_vms(watcher)[0], instance="tr7-drip")
+        manager = watcher.content.sessionManager
+        before = _sessions(manager)
+        adapter = make(proxy.url, name=f"vc-{call}", timeout=3)
+        seen: dict[str, Any] = {}
+        started = time.monotonic()
+        outcome = _raised(lambda: seen.update(by_instance(adapter.poll())))
+        assert time.monotonic() - started < 4  # 0.9 x timeout, and some slack
+        if call == "DestroyView":  # the retrieval has answered: the poll keeps what it read
+            assert outcome == [] and "tr7-drip" in seen
+        else:
+            assert [(type(e), str(e)) for e in outcome] == [
+                (UnreachableError, f"{call}: no answer within the poll timeout")]
+        assert adapter._content is None  # its connection is mid-answer: the session is dropped
+        # the late call holds the set-up lock: no login, and no call on its stub, beside it
+        waiting = rf"^{call}: no answer within the poll timeout \(the previous poll's attempt is still"
+        with pytest.raises(UnreachableError, match=waiting):
+            adapter.poll()
+        assert len(_sessions(manager) - before) == 1
+        proxy.calm.set()
+        assert _until(lambda: _sessions(manager) == before, 15), "the dropped session was never logged out"
+        result = adapter.poll()  # a new session
+        assert result.error is None and "tr7-drip" in by_instance(result)
+        adapter.close()
+        assert _sessions(manager) == before
+    finally:
+        proxy.calm.set()
+        vcsim.disconnect(watcher)
+        proxy.close()
+        server.stop()
+
+
+def test_a_logout_that_drips_holds_close_no_longer_than_the_timeout() -> None:
+    """close() (the agent closes its adapters one by one on a reload or stop) logged out bounded only
+    per socket read: a Logout answered a few bytes at a time held the reload as long."""
+    server = vcsim.start(vms=1, hosts=1)
+    proxy = vcsim.DripProxy(server.url, trigger=b"<Logout ")
+    watcher = vcsim.connect(server.url)
+    try:
+        manager = watcher.content.sessionManager
+        before = _sessions(manager)
+        adapter = make(proxy.url, name="vc-close", timeout=3)
+        assert adapter.poll().error is None and len(_sessions(manager) - before) == 1
+        started = time.monotonic()
+        adapter.close()
+        assert time.monotonic() - started < 4
+        assert _sessions(manager) == before  # vCenter ended the session; only its answer drips
+    finally:
+        proxy.calm.set()
+        vcsim.disconnect(watcher)
         proxy.close()
         server.stop()
 

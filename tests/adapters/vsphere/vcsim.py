@@ -121,12 +121,14 @@ def disconnect(si: Any) -> None:
 class DripProxy:
     """A TCP proxy in front of vcsim that, once a request naming ``trigger`` has gone through,
     sends the answers on a byte every ``pause`` seconds: a vCenter answering slowly but steadily.
-    With ``hold`` (an Event), the answer to that request is held back until it is set, then sent whole."""
+    With ``hold`` (an Event), the answer to that request is held back until it is set, then sent whole.
+    Once ``calm`` is set, answers go whole again, the rest of one being dripped included."""
 
     def __init__(self, upstream_url: str, pause: float = 0.05, trigger: bytes = b"RetrievePropertiesEx",
                  hold: threading.Event | None = None) -> None:
         host, port = upstream_url.split("://")[1].split("/")[0].rsplit(":", 1)
         self.upstream, self.pause, self.trigger, self.hold = (host, int(port)), pause, trigger, hold
+        self.calm = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/sdk"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -145,7 +147,7 @@ class DripProxy:
     def _pump(self, src: Any, dst: Any, dripping: dict[str, bool], requests: bool) -> None:
         try:
             while data := src.recv(65536):
-                if requests and self.trigger in data:
+                if requests and self.trigger in data and not self.calm.is_set():
                     dripping["on"] = True
                 if not requests and dripping["on"] and self.hold is not None:
                     self.hold.wait(120)
@@ -153,6 +155,10 @@ class DripProxy:
                     dst.sendall(data)
                 elif not requests and dripping["on"]:
                     for i in range(len(data)):
+                        if self.calm.is_set():
+                            dripping["on"] = False
+                            dst.sendall(data[i:])
+                            break
                         dst.sendall(data[i:i + 1])
                         time.sleep(self.pause)
                 else:
