@@ -3,8 +3,7 @@
 import gzip
 import http.client
 import socket
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -29,12 +28,8 @@ class _Gzipped(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server() -> Iterator[ThreadingHTTPServer]:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Gzipped)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
+def server(serve_http: Callable[[type[BaseHTTPRequestHandler]], ThreadingHTTPServer]) -> ThreadingHTTPServer:
+    return serve_http(_Gzipped)
 
 
 def test_a_patient_connection_waits_long_for_answers_with_keepalive(server: ThreadingHTTPServer) -> None:

@@ -1,5 +1,6 @@
 """The vSphere adapter against a real govmomi simulator (vcsim) driven through pyvmomi."""
 
+import contextlib
 import importlib.util
 import logging
 import socket
@@ -431,12 +432,8 @@ class _Login(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def front() -> Iterator[ThreadingHTTPServer]:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Login)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
+def front(serve_http: Callable[[type[BaseHTTPRequestHandler]], ThreadingHTTPServer]) -> ThreadingHTTPServer:
+    return serve_http(_Login)
 
 
 def _front_adapter(srv: ThreadingHTTPServer) -> Any:
@@ -468,64 +465,63 @@ def test_a_login_that_drips_is_bounded_by_the_poll_timeout(front: ThreadingHTTPS
         adapter.poll()  # one thread waits on the dripping answer, not one more a poll
 
 
-def test_a_login_answered_after_the_poll_gave_up_is_logged_out() -> None:
-    """A login that answered after its poll had given up was dropped with its session still open on
-    vCenter until the idle timeout (30 minutes): a vCenter slow to log in gathered one a poll, up
-    to its session limit. Found by a review."""
+@contextlib.contextmanager
+def _held_login() -> Iterator[tuple[str, threading.Event, Callable[[], set[str]]]]:
+    """vcsim behind a proxy that holds the Login's answer until the event is set: the proxy's URL,
+    the event, and the session keys vcsim holds (read through a session of its own)."""
     server = vcsim.start(vms=1, hosts=1)
     release = threading.Event()
-    # The Login's answer is held until the poll gave up (0.9 x timeout = 10.8 s), then sent at once,
-    # before the socket's own timeout (12 s): the SDK gets its session, which nobody will use.
     proxy = vcsim.DripProxy(server.url, trigger=b"<Login ", hold=release)
     watcher = vcsim.connect(server.url)
+    manager = watcher.content.sessionManager
     try:
-        manager = watcher.content.sessionManager
-        before = {s.key for s in manager.sessionList}
-        adapter = make(proxy.url, name="vc-late", timeout=12)
-        with pytest.raises(UnreachableError, match=r"^login: no answer within the poll timeout$"):
-            adapter.poll()
-        opened = {s.key for s in manager.sessionList} - before
-        assert len(opened) == 1  # vCenter made the session; its answer is still held
-        release.set()
-        end = time.monotonic() + 30
-        while {s.key for s in manager.sessionList} != before and time.monotonic() < end:
-            time.sleep(0.05)
-        assert {s.key for s in manager.sessionList} == before, "the late session was never logged out"
-        assert adapter._content is None
+        yield proxy.url, release, lambda: {s.key for s in manager.sessionList}
     finally:
         release.set()
         vcsim.disconnect(watcher)
         proxy.close()
         server.stop()
+
+
+def _until(condition: Callable[[], bool], seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_login_answered_after_the_poll_gave_up_is_logged_out() -> None:
+    """A login that answered after its poll had given up was dropped with its session still open on
+    vCenter until the idle timeout (30 minutes): a vCenter slow to log in gathered one a poll, up
+    to its session limit. Found by a review."""
+    # The Login's answer is held until the poll gave up (0.9 x timeout = 10.8 s), then sent at once,
+    # before the socket's own timeout (12 s): the SDK gets its session, which nobody will use.
+    with _held_login() as (url, release, sessions):
+        before = sessions()
+        adapter = make(url, name="vc-late", timeout=12)
+        with pytest.raises(UnreachableError, match=r"^login: no answer within the poll timeout$"):
+            adapter.poll()
+        assert len(sessions() - before) == 1  # vCenter made the session; its answer is still held
+        release.set()
+        assert _until(lambda: sessions() == before, 30), "the late session was never logged out"
+        assert adapter._content is None
 
 
 def test_a_login_answered_after_the_adapter_was_closed_is_logged_out() -> None:
     """A reload closes the adapters while a poll may be logging in: the session its login then
     brought back was kept on the closed adapter, open on vCenter until its idle timeout."""
-    server = vcsim.start(vms=1, hosts=1)
-    release = threading.Event()
-    proxy = vcsim.DripProxy(server.url, trigger=b"<Login ", hold=release)
-    watcher = vcsim.connect(server.url)
-    try:
-        manager = watcher.content.sessionManager
-        before = {s.key for s in manager.sessionList}
-        adapter = make(proxy.url, name="vc-reload", timeout=20)
+    with _held_login() as (url, release, sessions):
+        before = sessions()
+        adapter = make(url, name="vc-reload", timeout=20)
         outcome: list[BaseException] = []
         poll = threading.Thread(target=lambda: outcome.extend(_raised(adapter.poll)))
         poll.start()
-        end = time.monotonic() + 15
-        while len({s.key for s in manager.sessionList} - before) != 1 and time.monotonic() < end:
-            time.sleep(0.05)
+        assert _until(lambda: len(sessions() - before) == 1, 15)
         adapter.close()  # the poll's login is made, its answer held
         release.set()
         poll.join(30)
         assert [type(e) for e in outcome] == [UnreachableError]
-        assert {s.key for s in manager.sessionList} == before, "the closed adapter's session was left open"
-    finally:
-        release.set()
-        vcsim.disconnect(watcher)
-        proxy.close()
-        server.stop()
+        assert sessions() == before, "the closed adapter's session was left open"
 
 
 def _raised(call: Callable[[], object]) -> list[BaseException]:
@@ -541,34 +537,18 @@ def test_a_login_answered_after_the_socket_timeout_is_logged_out() -> None:
     made the session, whose cookie comes only in that answer, so nobody could log it out until the
     idle timeout (30 minutes), and a vCenter slower to log in than ``timeout`` gathered one a poll,
     up to its session limit. The login now waits for that answer, and logs it out."""
-    server = vcsim.start(vms=1, hosts=1)
-    release = threading.Event()
-    proxy = vcsim.DripProxy(server.url, trigger=b"<Login ", hold=release)
-    watcher = vcsim.connect(server.url)
-    try:
-        manager = watcher.content.sessionManager
-
-        def sessions() -> set[str]:
-            return {s.key for s in manager.sessionList}
-
+    with _held_login() as (url, release, sessions):
         before = sessions()
-        adapter = make(proxy.url, name="vc-later", timeout=2)
+        adapter = make(url, name="vc-later", timeout=2)
         started = time.monotonic()
         with pytest.raises(UnreachableError, match=r"^login: no answer within the poll timeout$"):
             adapter.poll()
         time.sleep(max(0.0, started + 5 - time.monotonic()))  # well past the 2 s socket timeout
         assert len(sessions() - before) == 1  # vCenter made the session; its answer is still held
         release.set()
-        end = time.monotonic() + 15
-        while sessions() != before and time.monotonic() < end:
-            time.sleep(0.05)
-        assert sessions() == before, "the session answered after the socket timeout was never logged out"
+        assert _until(lambda: sessions() == before, 15), \
+            "the session answered after the socket timeout was never logged out"
         result = adapter.poll()  # the next Login is answered at once: a session as usual
         assert result.error is None and len(sessions() - before) == 1
         adapter.close()
         assert sessions() == before
-    finally:
-        release.set()
-        vcsim.disconnect(watcher)
-        proxy.close()
-        server.stop()
