@@ -2,8 +2,9 @@
 
 import json
 import logging
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,11 +157,27 @@ class Poller:
                                                diagnostic))
         return out
 
-    def close(self) -> None:
+    def close(self, linger: bool = False) -> None:
+        """Close the adapters. ``linger`` (a reload): those of polls still running once they end (at
+        most their timeout), in a thread of its own: closed under a poll, an adapter's session went
+        (vSphere's logout), and the slot was signed with that adapter failed, its instances unseen."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        running = [f for f in self.pending.values() if not f.done()]
+        if not (linger and running):
+            self._close_adapters()
+            return
+        longest = max((c.timeout for c in self.configs), default=0.0)
+
+        def after() -> None:
+            wait(running, timeout=longest)
+            self._close_adapters()
+
+        threading.Thread(target=after, name="poller-close", daemon=True).start()
+
+    def _close_adapters(self) -> None:
         for adapter in self.adapters.values():
             if adapter is not None:
                 try:
                     adapter.close()
                 except Exception:
                     log.exception("event=adapter_close_failed")
-        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -185,7 +185,7 @@ class Service(PollJob):
         poller = Poller(new.adapters)
         with self.lock:
             old_poller, self.poller, self.config = self.poller, poller, new
-        old_poller.close()
+        old_poller.close(linger=True)  # a poll of the old one under way ends as it began
         if new.agent.interval != old.agent.interval:
             self._schedule(new.agent.interval)
         if ship_changed:

@@ -30,6 +30,8 @@ class FakeAdapter(Adapter):
                    lock=lock, thread_name=f"fake-setup-{cfg.name}")
         if cfg.delay:
             time.sleep(cfg.delay)
+            if self.__dict__.get("closed"):  # as a real adapter's session, gone under its poll
+                raise AdapterError("closed during the poll")
         if cfg.fail:
             raise AdapterError(cfg.fail, f"diagnostic: {cfg.fail}")
         return PollResult([
@@ -37,6 +39,10 @@ class FakeAdapter(Adapter):
                         host="host-a", state="running",
                         capacity=Capacity(bundle="standard", bandwidth_mbps=1000, vservices=4))
             for i in range(cfg.instances)])
+
+
+    def close(self) -> None:
+        self.__dict__["closed"] = True
 
 
 ADAPTER = FakeAdapter

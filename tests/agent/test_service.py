@@ -431,6 +431,27 @@ def test_a_reload_that_closes_the_poller_as_a_slot_begins_is_not_fatal(
     assert died == [] and len(list(service.spool.unshipped())) == 1
 
 
+def test_a_reload_during_a_poll_closes_the_old_adapters_once_their_poll_ended(
+    in_process, fake_registry: None
+) -> None:
+    """A reload closed the old poller's adapters under a poll still running: a vSphere session was
+    logged out mid-poll, and the slot was signed with that adapter failed, its instances unseen."""
+    import threading
+
+    service, _cfg = in_process(adapters=[{"name": "l", "platform": "kvm", "delay": 1.0}])
+    old = service.poller
+    outcome = []
+    poll = threading.Thread(target=lambda: outcome.append(old.poll_all()))
+    poll.start()
+    time.sleep(0.3)  # the poll is under way
+    service.reload()  # the same configuration: a new poller all the same
+    assert service.poller is not old
+    poll.join(10)
+    assert [(a.ok, a.error, len(a.observations)) for a in outcome[0].adapters] == [(True, None, 2)]
+    adapter = old.adapters["l"]
+    _wait(lambda: adapter.__dict__.get("closed", False))  # and closed once it ended
+
+
 def test_a_second_agent_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "s"
     state.mkdir()
