@@ -5,7 +5,9 @@ import binascii
 import errno
 import hashlib
 import os
+import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,33 +148,48 @@ def _written(data: bytes, path: Path, owner: tuple[int, int] | None = None) -> P
     return tmp
 
 
-def remove_stale_temps(path: Path) -> int:
+# Ages past which a temporary file of _written is taken as left behind: a writer renames its file
+# milliseconds after making it. DEAD_AGE for a pid that no longer runs here: a writer in another pid
+# namespace (a container sharing the volume) may show a pid dead here while it writes. ANY_AGE
+# whatever the pid: one that looks alive here may be a reused pid, or pid 1 of a container.
+DEAD_AGE, ANY_AGE = 60.0, 3600.0
+
+
+def remove_stale_temps(path: Path, now: float | None = None) -> int:
     """Remove the files _written left beside ``path`` in processes that died before their rename
-    (a SIGKILL, the OOM killer): only names whose pid no longer runs, so that no live process loses
-    the file it is writing. Returns how many were removed."""
+    (a SIGKILL, the OOM killer): only names _written makes (``NAME.<pid>.<8 hex>.tmp``), of a pid
+    that no longer runs and older than DEAD_AGE, or older than ANY_AGE, so that no live process
+    loses the file it is writing. Returns how many were removed."""
     removed = 0
-    prefix = path.name + "."
+    now = time.time() if now is None else now
+    pattern = re.compile(re.escape(path.name) + r"\.([0-9]{1,10})\.[0-9a-f]{8}\.tmp\Z")
     try:
         names = os.listdir(path.parent)
     except OSError:
         return 0
     for name in names:
-        parts = name[len(prefix):].split(".") if name.startswith(prefix) else []
-        if len(parts) != 3 or parts[2] != "tmp" or not parts[0].isdigit() or int(parts[0]) == os.getpid():
+        m = pattern.match(name)
+        if m is None or int(m.group(1)) == os.getpid():
             continue
         try:
-            os.kill(int(parts[0]), 0)
-            continue  # alive (or the pid reused: left for a later pass)
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):
-            continue  # another user's live process, or no pid at all
-        try:
+            age = now - os.lstat(path.parent / name).st_mtime
+            if age < ANY_AGE and (age < DEAD_AGE or _alive(int(m.group(1)))):
+                continue
             os.unlink(path.parent / name)
             removed += 1
         except FileNotFoundError:
             pass
     return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        pass  # another user's live process, or no pid at all: left to ANY_AGE
+    return True
 
 
 def create_file_once(data: bytes, path: Path) -> bool:

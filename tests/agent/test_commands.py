@@ -70,6 +70,7 @@ def test_a_key_or_enrolment_write_killed_before_its_rename_leaves_no_file_for_go
     kept = [state / f"agent.key.{os.getppid()}.0badf00d.tmp", state / "enrollment.json.notes.tmp"]
     for f in stale + kept:
         f.write_text("x")
+        os.utime(f, (time.time() - 120, time.time() - 120))  # older than a rename takes (DEAD_AGE)
     again = run_cli("enroll", "--config", str(cfg), "--token", "tok-1")
     assert again.returncode == 0, again.stderr
     assert [f.exists() for f in stale + kept] == [False, False, True, True]

@@ -246,6 +246,7 @@ def test_a_compaction_killed_before_its_rename_leaves_no_file_for_good(tmp_path:
     other = state / f"{signedkeys.HEADS}.notes.tmp"
     for f in (stale, live, other):
         f.write_text(f"{key.kid} 1\n")
+        os.utime(f, (time.time() - 120, time.time() - 120))  # older than a rename takes (DEAD_AGE)
     signedkeys.check(state, key.kid, 2, state / "spool.db")
     assert not stale.exists() and live.exists() and other.exists()
     assert signedkeys.heads(state) == {key.kid: 2}

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from collector import render
@@ -56,6 +57,7 @@ def test_a_key_or_marks_write_killed_before_its_rename_leaves_no_file_for_good(t
     kept = [data / f"collector.key.{os.getpid()}.0badf00d.tmp", data / "origin.notes.tmp"]
     for f in stale + kept:
         f.write_text("x")
+        os.utime(f, (time.time() - 120, time.time() - 120))  # older than a rename takes (DEAD_AGE)
     assert _cli("agent", "list", "--data-dir", str(data)).returncode == 0
     assert [f.exists() for f in stale] == [False] * 4 and all(f.exists() for f in kept)
 

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -115,3 +116,30 @@ def test_a_stale_world_readable_temp_file_does_not_leak_its_mode(tmp_path):
     save_private_key(AgentKey.generate(), path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     load_private_key(path)
+
+
+def test_only_temporary_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    """remove_stale_temps: the names replace_file makes, of a pid that no longer runs and older than
+    a minute, or of any pid past an hour. A fresh one of a pid dead here may be a writer's in another
+    pid namespace; pid 1 or a reused pid looks alive for ever; other names are the operator's."""
+    import subprocess
+
+    from protocol.keys import ANY_AGE, DEAD_AGE, remove_stale_temps
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    now = 1_800_000_000.0
+    files = {
+        f"agent.key.{dead.pid}.0badf00d.tmp": (DEAD_AGE + 1, False),  # dead and old: removed
+        f"agent.key.{dead.pid}.0badf00e.tmp": (DEAD_AGE - 5, True),  # dead but fresh: kept
+        f"agent.key.{os.getppid()}.0badf00d.tmp": (ANY_AGE - 5, True),  # alive: kept
+        "agent.key.1.0badf00d.tmp": (ANY_AGE + 1, False),  # alive (pid 1) but an hour old: removed
+        "agent.key.\u00b3.0badf00d.tmp": (ANY_AGE + 1, True),  # not an ASCII pid: no int(), kept
+        "agent.key.20261201.bak.tmp": (ANY_AGE + 1, True),  # the operator's: kept
+        f"agent.key.next.{dead.pid}.0badf00d.tmp": (ANY_AGE + 1, True),  # another file's
+    }
+    for name, (age, _kept) in files.items():
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (now - age, now - age))
+    assert remove_stale_temps(tmp_path / "agent.key", now) == 2
+    assert {n: (tmp_path / n).exists() for n in files} == {n: kept for n, (_a, kept) in files.items()}
