@@ -65,7 +65,9 @@ def _rfc3339(text: object, rule: str) -> tuple[int, Decimal]:
     if leap:
         # §5.7: a leap second is only ever 23:59:60 UTC on a month's last day (ITU-R TF.460 puts
         # them there); any other :60 names no instant, and one read as :59 would move a window.
-        if (epoch + 1) % 86400 or datetime.fromtimestamp(epoch + 1, UTC).day != 1:
+        # Judged on its :59 (the next second is in year 10000 after 9999-12-31, which no datetime holds).
+        t = datetime.fromtimestamp(epoch, UTC)
+        if (t.hour, t.minute, t.second) != (23, 59, 59) or t.day != calendar.monthrange(t.year, t.month)[1]:
             raise ProtocolError(rule, f"not a leap second (only 23:59:60 UTC ends a month): {text!r}")
         # Read as the last instant of the second before it: a window that starts then starts at the
         # next whole second (round_up), one that ends then still holds that second, not the next.
