@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SetupError, registry.RegistryError, accounting.AccountingError, EvidencePruned) as exc:
         print(f"tr7-collector: {exc}", file=sys.stderr)
         return 1
+    except db.Retry as exc:  # another process's commits changed what it read, attempt after attempt
+        print(f"tr7-collector: {exc}; nothing was changed: run it again", file=sys.stderr)
+        return 1
     except OSError as exc:  # a file named on the command line: missing, unreadable, a directory
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"tr7-collector: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -33,21 +33,21 @@ def _observations(n: int, salt: int) -> list[dict[str, Any]]:
              "state": "running", "capacity": None} for i in range(n)]
 
 
-def _wait_for_write_lock(path: Path, timeout: float = 5.0) -> None:
-    """Until another connection holds the spool's write lock (a TRUNCATE checkpoint takes it, then
-    waits for the readers with it held)."""
+def _wait_for_write_lock(path: Path, thread: threading.Thread) -> bool:
+    """Whether another connection took the spool's write lock while ``thread`` ran (a TRUNCATE
+    checkpoint takes it, then waits for the readers with it held, 200 ms at most: a test thread
+    starved that long misses it, and the caller tries again)."""
     probe = sqlite3.connect(path, isolation_level=None, timeout=0)
-    deadline = time.monotonic() + timeout
     try:
-        while True:
+        while thread.is_alive():
             try:
                 probe.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 assert "locked" in str(exc), exc
-                return
+                return True
             probe.execute("ROLLBACK")
-            assert time.monotonic() < deadline, "the checkpoint never took the write lock"
             time.sleep(0.001)
+        return False
     finally:
         probe.close()
 
@@ -75,9 +75,14 @@ def test_a_checkpoint_a_reader_holds_off_gives_up_and_the_heartbeat_commits(tmp_
     def commit() -> None:
         committed.append(poll.append(key, 1_790_000_000 + 60 * 6, 60, POLLS, [])[0])
 
-    waiting = threading.Thread(target=checkpoint)
-    waiting.start()
-    _wait_for_write_lock(path)
+    for _attempt in range(5):
+        waiting = threading.Thread(target=checkpoint)
+        waiting.start()
+        if _wait_for_write_lock(path, waiting):
+            break
+        checkpointed.clear()
+    else:
+        pytest.fail("the checkpoint never held the write lock")
     heartbeat = threading.Thread(target=commit)
     heartbeat.start()
     try:

@@ -533,3 +533,24 @@ def test_a_backup_that_runs_out_of_room_says_so_and_leaves_nothing(tmp_path: Pat
     assert not out.exists()
     assert _cli("backup", "--data-dir", str(data), "--out", str(out)).returncode == 0  # with room: done
     assert (out / "backup.json").exists()
+
+
+def test_a_close_outrun_by_other_closes_at_every_attempt_is_one_line(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """write_tx gives up after its attempts when other processes' closes keep changing what a
+    close read before its locks (db.Retry): a traceback; now one line, and nothing changed."""
+    from collector import accounting, cli
+
+    def outrun(*_a: object, **_k: object) -> None:
+        raise db.Retry("closed months of acme changed while 2026-10's close waited for its logs")
+
+    monkeypatch.setattr(accounting, "close", outrun)
+    monkeypatch.setattr(db.time, "sleep", lambda _s: None)
+    data = str(tmp_path / "d")
+    assert cli.main(["migrate", "--data-dir", data, "--origin", "c.test"]) == 0
+    capsys.readouterr()
+    assert cli.main(["close", "--data-dir", data, "--provider", "acme", "--month", "2026-10"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("tr7-collector: closed months of acme changed while 2026-10's close waited for its logs; "
+                   "nothing was changed: run it again\n")

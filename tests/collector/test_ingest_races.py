@@ -96,6 +96,26 @@ def test_a_unique_key_clash_while_appending_redoes_the_batch_and_answers_duplica
     assert [seq for _, seq, _ in _leaves(settings)] == [3, 4, 1, 2, 5, 6]
 
 
+def _waits_for_a_lock(settings, thread) -> bool:
+    """Whether ``thread``'s transaction waits for a lock: on PostgreSQL, until a backend of the test
+    database waits on one (a sleep was no proof: a slow start passed for a wait); on SQLite, where
+    the whole write transaction is the lock, whether it is still running 2 s on."""
+    if settings.engine.dialect.name != "postgresql":
+        thread.join(2.0)
+        return thread.is_alive()
+    deadline = time.monotonic() + 30
+    with settings.engine.connect() as conn:
+        while thread.is_alive() and time.monotonic() < deadline:
+            waiting = conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database() AND pid <> pg_backend_pid()")).scalar_one()
+            conn.rollback()
+            if waiting:
+                return True
+            time.sleep(0.02)
+    return False
+
+
 def _three_months_back(settings, tools) -> tuple[str, str, str, list[str]]:
     """Months K, M, N before the current one; an agent with 4 heartbeats in K logged and 4 more
     of K's signed, for the close races."""
@@ -145,14 +165,14 @@ def test_a_close_that_waited_for_the_close_before_it_locks_the_months_that_close
     closers.append(threading.Thread(target=lambda: results.update(
         n=db.write_tx(settings.engine, held(n, n_held, n_release)))))
     closers[1].start()
-    time.sleep(1.0)  # N's close reads its months, then waits for M's log
+    # N's close reads its months, then waits for M's log
+    assert _waits_for_a_lock(settings, closers[1]), "N's close did not wait for M's"
     m_release.set()
     assert n_held.wait(30)
     late = threading.Thread(
         target=lambda: results.update(late=ingest.ingest_lines(settings.engine, beats[4:])))
     late.start()
-    late.join(2.0)
-    waited = late.is_alive()
+    waited = _waits_for_a_lock(settings, late)
     n_release.set()
     for t in (*closers, late):
         t.join(60)
@@ -186,8 +206,7 @@ def test_a_close_holds_back_late_heartbeats_of_the_closed_months_it_adjusts(sett
     assert closing.wait(30)
     late = threading.Thread(target=lambda: results.append(ingest.ingest_lines(settings.engine, beats[4:])))
     late.start()
-    late.join(2.0)
-    waited = late.is_alive()
+    waited = _waits_for_a_lock(settings, late)
     release.set()
     closer.join(60)
     late.join(60)
