@@ -1,6 +1,7 @@
 """Hyper-V adapter: one PowerShell run over WinRM (pywinrm) lists every VM of a host or cluster."""
 
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
+from adapters.fanout import SetupLock, poll_deadline, within
 from adapters.tr7meta import ProblemLog, parse_notes, recognise
 
 log = logging.getLogger("tr7.adapters.hyperv")
@@ -221,6 +223,7 @@ class HyperVAdapter(Adapter):
         super().__init__(config)
         self.problems = ProblemLog(config.name)
         self.script = build_script(self.config.cluster)
+        self._lock = SetupLock()  # fanout.within: one script run at a time, a late one included
         if self.config.cluster and self.config.transport == "ntlm":
             log.warning("adapter %s: cluster = true with NTLM: other nodes refuse the second hop unless "
                         "credentials can be delegated (credssp, or Kerberos delegation)", self.name)
@@ -245,14 +248,38 @@ class HyperVAdapter(Adapter):
         except Exception as exc:
             raise _convert(exc) from exc
 
-    def run(self) -> tuple[bytes, bytes, int]:
-        """Run the script once: open shell, command, receive until done, signal, delete shell."""
-        deadline = time.monotonic() + self.config.timeout
+    def run(self, deadline: float) -> tuple[bytes, bytes, int]:
+        """Run the script once by ``deadline``: open shell, command, receive until done, signal,
+        delete shell. Every call is an HTTP request whose timeout bounds each read, not the answer: a
+        listener (or a proxy before it) dripping its answer held a poll of 2 s for 70 s while the agent
+        said only "previous poll still running". So the script runs in its own thread (fanout.within):
+        late, the poll fails, and that thread deletes the shell once its call ends, holding the lock
+        that keeps the next poll's script from starting beside it."""
         proto = self._protocol()
-        shell_id = command_id = None
+        opened: list[str | None] = [None, None]  # shell id, command id: what the cleanup ends
+
+        def script() -> tuple[bytes, bytes, int]:
+            try:
+                return self._script(proto, opened, deadline)
+            except BaseException:
+                self._cleanup(proto, *opened)  # in this thread: however late, the shell is deleted
+                raise
+
+        output = within(deadline, script, what="WinRM script", lock=self._lock,
+                        thread_name=f"hv-script-{self.name}",
+                        abandoned=lambda _: self._cleanup(proto, *opened))
+        # The output is read: the shell is deleted by the deadline, or behind the poll (best effort)
+        with contextlib.suppress(UnreachableError):
+            within(deadline, lambda: self._cleanup(proto, *opened), what="WinRM shell deletion",
+                   lock=SetupLock(), thread_name=f"hv-cleanup-{self.name}")
+        return output
+
+    def _script(self, proto: Protocol, opened: list[str | None], deadline: float) -> tuple[bytes, bytes, int]:
         try:
-            shell_id = proto.open_shell(noprofile=True)
-            command_id = proto.run_command(shell_id, powershell_command(self.script))
+            opened[0] = shell_id = proto.open_shell(noprofile=True)
+            if time.monotonic() > deadline:  # its poll gave up on it: no script for nobody
+                raise UnreachableError("timeout", f"no shell within {self.config.timeout:g}s")
+            opened[1] = command_id = proto.run_command(shell_id, powershell_command(self.script))
             out: list[bytes] = []
             err: list[bytes] = []
             longest = proto.operation_timeout_sec
@@ -275,8 +302,6 @@ class HyperVAdapter(Adapter):
                     raise UnreachableError("timeout", f"script unfinished after {self.config.timeout:g}s")
         except Exception as exc:
             raise _convert(exc, self.config.transport) from exc
-        finally:
-            self._cleanup(proto, shell_id, command_id)
 
     def _cleanup(self, proto: Protocol, shell_id: str | None, command_id: str | None) -> None:
         # best effort: a failure here must not hide the poll's own outcome
@@ -291,7 +316,7 @@ class HyperVAdapter(Adapter):
             proto.transport.close_session()
 
     def poll(self) -> PollResult:
-        stdout, stderr, code = self.run()
+        stdout, stderr, code = self.run(poll_deadline(self.config.timeout))
         message = decode_clixml(stderr) if stderr else ""
         if code != 0 or message:
             first = message.splitlines()[0] if message else f"PowerShell exited with code {code}"

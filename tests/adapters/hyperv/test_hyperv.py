@@ -242,6 +242,55 @@ def test_a_listener_holding_each_receive_does_not_stretch_the_timeout(wsman: Any
     assert time.monotonic() - started < 8.5  # the last Receive asked for what was left, not 5 s more
 
 
+def settled(wsman: Any, shells: int = 0) -> None:
+    """Wait until the simulator has no more than ``shells`` open (a poll's shell deleted behind it)."""
+    for _ in range(200):
+        if len(wsman.state.open_shells) <= shells:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"shells still open: {wsman.state.open_shells}")
+
+
+@pytest.mark.parametrize("action", ["Create", "Command", "Receive"])
+def test_a_listener_dripping_its_answer_is_cut_off_at_the_timeout(wsman: Any, make_adapter: Any,
+                                                                   action: str) -> None:
+    """requests' timeout bounds each read, not the answer: a listener (or a proxy before it) sending a
+    byte every 20 ms held a 2 s poll for 30 s and more, while the agent said only "previous poll still
+    running". Cut off at the deadline; the shell is deleted once the call ends, and the next poll works."""
+    wsman.state.vms = host_vms()
+    wsman.state.drip, wsman.state.drip_actions = 0.02, {action}
+    adapter = make_adapter(timeout=2)
+    started = time.monotonic()
+    with pytest.raises(UnreachableError, match="no answer within the poll timeout"):
+        adapter.poll()
+    assert time.monotonic() - started < 3
+    with pytest.raises(UnreachableError, match="the previous poll's attempt is still waiting"):
+        adapter.poll()  # one call left waiting on the listener, not one more per poll
+    wsman.state.calm.set()  # the listener is well again: the late call ends, its shell is deleted
+    settled(wsman)
+    for _ in range(100):
+        try:
+            assert len(adapter.poll().observations) == 2
+            break
+        except UnreachableError:  # the late call's thread still ending
+            time.sleep(0.05)
+    else:
+        raise AssertionError("no poll succeeded once the listener was well")
+    settled(wsman)
+
+
+def test_a_dripping_shell_deletion_does_not_hold_the_poll(wsman: Any, make_adapter: Any) -> None:
+    """The output was read: the deletion of the shell goes on behind the poll, which answers by its
+    deadline."""
+    wsman.state.vms = host_vms()
+    wsman.state.drip, wsman.state.drip_actions = 0.02, {"Signal", "Delete"}
+    started = time.monotonic()
+    assert len(make_adapter(timeout=2).poll().observations) == 2
+    assert time.monotonic() - started < 3
+    wsman.state.calm.set()
+    settled(wsman)
+
+
 def test_tls_verified_by_default(wsman: Any, make_adapter: Any) -> None:
     with pytest.raises(UnreachableError, match="TLS"):
         make_adapter(ca_file=None).poll()

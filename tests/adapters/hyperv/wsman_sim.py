@@ -60,6 +60,11 @@ class WsmanState:
     receive_timeouts: int = 0  # OperationTimeout faults before the output
     hang: bool = False  # the command never finishes
     hold: bool = False  # a hanging Receive waits the client's OperationTimeout out, as WinRM does
+    # a listener (or a proxy before it) that drips its answers: seconds between the bytes of the body
+    # of these actions' answers (Create, Command, Receive, Signal, Delete), until calm is set
+    drip: float = 0.0
+    drip_actions: set[str] = field(default_factory=set)
+    calm: threading.Event = field(default_factory=threading.Event)
     auth: str = "basic"  # "basic", "negotiate" (NTLM inside Negotiate, as a domain listener), "credssp"
     channel_bindings: GssChannelBindings | None = None  # tls-server-end-point of the server certificate
     # what the client did
@@ -136,7 +141,17 @@ class WsmanHandler(BaseHTTPRequestHandler):
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(body)
+        st = self.state
+        if not (st.drip and getattr(self, "action", "") in st.drip_actions):
+            self.wfile.write(body)
+            return
+        for i in range(len(body)):  # a steady trickle: every read gets a byte within its timeout
+            if st.calm.is_set():
+                self.wfile.write(body[i:])
+                return
+            self.wfile.write(body[i:i + 1])
+            self.wfile.flush()
+            time.sleep(st.drip)
 
     def _authorised(self) -> bool:
         """Basic per request; NTLM per connection (this handler object lives as long as the connection)."""
@@ -188,6 +203,7 @@ class WsmanHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.action = ""  # this request's, once read (a 401 answer is never dripped)
         if self.path != "/wsman":
             return self._send(404, b"")
         self.challenge = ""
@@ -203,8 +219,9 @@ class WsmanHandler(BaseHTTPRequestHandler):
         body = root.find("s:Body", NS)
         assert body is not None
         st = self.state
+        self.action = action.rsplit("/", 1)[-1]
         with st.lock:
-            st.actions.append(action.rsplit("/", 1)[-1])
+            st.actions.append(self.action)
         if action == f"{TRANSFER}/Create":
             if st.fault:
                 status, subcode, reason, code = st.fault
