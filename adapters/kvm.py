@@ -3,6 +3,7 @@
 import contextlib
 import errno
 import threading
+import time
 import xml.etree.ElementTree as ET
 from typing import Any, Literal
 
@@ -194,13 +195,24 @@ class KVMAdapter(Adapter):
     def _closed(self, _conn: Any, reason: int, _opaque: Any) -> None:
         self._close_reason = reason
 
-    def _drop(self) -> None:
+    def _drop(self, deadline: float | None = None) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is None:
+            return
+
+        def close() -> None:
             with contextlib.suppress(libvirt.libvirtError):  # local driver, or already dead
                 conn.unregisterCloseCallback()
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
+
+        # Both are calls to a remote daemon on a connection alive (its answer dripped held close() as
+        # long): by a deadline, as a poll's calls; its own lock, as a listing left running may hold the
+        # connect lock. Late, they end in their thread.
+        with contextlib.suppress(UnreachableError):
+            within(poll_deadline(self.config.timeout) if deadline is None else deadline, close,
+                   what="closing the libvirt connection", lock=SetupLock(),
+                   thread_name=f"kvm-close-{self.name}")
 
     def close(self) -> None:
         self._drop()
@@ -209,7 +221,7 @@ class KVMAdapter(Adapter):
         deadline = poll_deadline(self.config.timeout)
         conn = self._connected(deadline)
         try:
-            return self._collect(conn)
+            return self._listed(conn, deadline)
         except libvirt.libvirtError as exc:
             try:
                 alive = bool(conn.isAlive())
@@ -219,22 +231,33 @@ class KVMAdapter(Adapter):
                 raise _convert(exc, self.config.uri, "poll failed") from exc
             if self._close_reason == libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE:
                 # the daemon (or the path to it) is hung: reconnecting now would block on it
-                self._drop()
+                self._drop(deadline)
                 raise UnreachableError("no answer", f"{self.config.uri}: libvirtd stopped answering "
                                        "(keepalive timeout); reconnecting at the next poll") from exc
         # the connection died under us (libvirtd restart, ssh drop): reconnect once
-        self._drop()
+        self._drop(deadline)
         conn = self._connected(deadline)
         try:
-            return self._collect(conn)
+            return self._listed(conn, deadline)
         except libvirt.libvirtError as exc:
-            self._drop()
+            self._drop(deadline)
             raise _convert(exc, self.config.uri, "poll failed after reconnecting") from exc
 
-    def _collect(self, conn: libvirt.virConnect) -> PollResult:
+    def _listed(self, conn: libvirt.virConnect, deadline: float) -> PollResult:
+        """_collect by ``deadline``: a call has no timeout of its own, and keepalive ends only a daemon
+        (or path) that stopped answering: one answering a byte at a time, or slowly for its thousands of
+        domains (a call or two each), held a poll of 2 s for 25 s and more while the agent said only
+        "previous poll still running". Late: UnreachableError; the listing goes on in its thread
+        (stopping at its next domain), holding the lock, so the next poll waits for it."""
+        return within(deadline, lambda: self._collect(conn, deadline), what="listing the domains",
+                      lock=self._connect_lock, thread_name=f"kvm-list-{self.name}")
+
+    def _collect(self, conn: libvirt.virConnect, deadline: float) -> PollResult:
         host = conn.getHostname()
         observations = []
         for dom in conn.listAllDomains(0):
+            if time.monotonic() > deadline:  # its poll gave up on it: no more calls for nobody
+                raise UnreachableError("timeout", f"{self.config.uri}: domains unread at the deadline")
             obs = self._observation(dom, host)
             if obs is not None:
                 observations.append(obs)

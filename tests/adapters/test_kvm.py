@@ -241,6 +241,47 @@ def test_connecting_to_a_frozen_daemon_fails_the_poll_by_its_timeout(tmp_path: P
     kvm.close()
 
 
+@pytest.mark.timeout(120)
+def test_a_daemon_dripping_its_answers_is_cut_off_at_the_timeout(tmp_path: Path, libvirtd: Any) -> None:
+    """A remote libvirtd (or the ssh/TLS path to it) answering a byte every 10 ms: keepalive is
+    answered in time, so only the poll's deadline ends the listing, which had none (each domain is
+    a call or two). A 2 s poll of 20 domains took 25 s; close()'s own call (CONNECT_CLOSE)
+    waited for its whole answer too. Once the daemon is well, the next poll works."""
+    import time
+
+    nodexml.write_node(tmp_path / "node.xml", [Dom(f"d{i}", license={"instance": f"tr7-{i}"})
+                                               for i in range(20)])
+    proxy = daemon.DripProxy(libvirtd.socket, libvirtd.root / "drip-sock")
+    uri = f"test+unix://{(tmp_path / 'node.xml').resolve()}?socket={proxy.path}"
+    kvm = ADAPTER(ADAPTER.Config(name="kvm", platform="kvm", uri=uri, timeout=2))
+    try:
+        assert len(kvm.poll().observations) == 20
+        proxy.dripping.set()
+        started = time.monotonic()
+        with pytest.raises(UnreachableError, match="no answer within the poll timeout"):
+            kvm.poll()
+        assert time.monotonic() - started < 3
+        with pytest.raises(UnreachableError, match="still waiting"):
+            kvm.poll()  # the listing left running is not doubled
+        proxy.dripping.clear()
+        for _ in range(100):  # the listing left running ends once the daemon answers
+            try:
+                assert len(kvm.poll().observations) == 20
+                break
+            except UnreachableError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("no poll succeeded once the daemon was well")
+        proxy.pause = 0.2  # its answer is short: 28 bytes
+        proxy.dripping.set()
+        started = time.monotonic()
+        kvm.close()
+        assert time.monotonic() - started < 3
+    finally:
+        proxy.dripping.clear()
+        proxy.close()
+
+
 def test_a_socket_the_agent_user_may_not_open_is_access_denied(tmp_path: Path) -> None:
     """unix_sock_ro_perms "0770" and an agent user outside the libvirt group: the fix is the
     group (access denied), not starting libvirtd (unreachable, as it was reported)."""
