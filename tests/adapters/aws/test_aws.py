@@ -375,3 +375,32 @@ def test_an_opt_in_region_listed_first_fails_alone_with_a_role(moto: Any, thrott
                      endpoint_url=throttle_proxy.url).poll()
     assert set(by_vm(result)) == {theirs}
     assert (result.error or "").startswith("region ap-east-1: EC2 AuthFailure")
+
+
+def test_an_endpoint_dripping_its_answers_is_cut_off_at_the_timeout(moto: Any) -> None:
+    """botocore's read_timeout bounds each read, not the answer: the regions' calls are bounded by the
+    poll's deadline (fanout.poll_scopes), and the next poll works once the endpoint is well."""
+    import importlib.util
+    import time
+
+    from adapters.base import UnreachableError
+
+    spec = importlib.util.spec_from_file_location("tr7_tests_vcsim", Path(__file__).parents[1] / "vsphere"
+                                                  / "vcsim.py")
+    assert spec and spec.loader
+    vcsim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vcsim)
+    [vm] = moto.launch(moto.ec2("eu-west-1"), 1, {"tr7.instance": "fw-drip"})
+    proxy = vcsim.DripProxy(moto.url, pause=0.05, trigger=b"DescribeInstances")
+    try:
+        ad = AwsAdapter(AwsConfig(name="aws-test", platform="aws", timeout=2, regions=["eu-west-1"],
+                                  endpoint_url=proxy.url.removesuffix("/sdk")))
+        started = time.monotonic()
+        with pytest.raises(UnreachableError, match="EC2 gave no answer within the 2s poll timeout"):
+            ad.poll()
+        assert time.monotonic() - started < 3
+        proxy.calm.set()
+        assert set(by_vm(ad.poll())) == {vm}
+    finally:
+        proxy.calm.set()
+        proxy.close()

@@ -72,6 +72,7 @@ class PveState:
     resources_delay: float = 0.0
     resources_drip: float = 0.0  # seconds between the bytes of cluster/resources' body
     node_delay: dict[str, float] = field(default_factory=dict)
+    node_drip: dict[str, float] = field(default_factory=dict)  # node -> seconds between its answers' bytes
     latency: float = 0.0  # seconds added to every per-VM call, as a real pveproxy round trip (bench)
     status_errors: set[str] = field(default_factory=set)  # "node/vmid" whose status/current fails
     requests: list[tuple[str, str]] = field(default_factory=list)
@@ -182,8 +183,9 @@ class PveHandler(BaseHTTPRequestHandler):
         if vm is None:
             return self._send(500, None, f"Configuration file 'nodes/{node}/qemu-server/{vmid}.conf' "
                                          "does not exist")
+        drip = st.node_drip.get(node, 0.0)
         if rest == "config":
-            return self._send(200, vm.config())
+            return self._send(200, vm.config(), drip=drip)
         if rest == "status/current":
             if f"{node}/{vmid}" in st.status_errors:
                 return self._send(500, None, "VM is locked (migrate)")

@@ -360,3 +360,21 @@ def test_a_missing_ca_file_is_a_config_error_naming_it(make_adapter: Any, tmp_pa
     missing = tmp_path / "gone-ca.pem"
     with pytest.raises(ConfigError, match=f"ca_file: cannot read {missing}: No such file"):
         make_adapter(ca_file=str(missing)).poll()
+
+
+def test_a_node_that_drips_its_vms_answers_leaves_the_poll_bounded_and_the_others_read(
+    pve: Any, make_adapter: Any
+) -> None:
+    """The per-VM reads are bounded by the poll's deadline too (their pool is not waited for): a node
+    answering a byte every 50 ms costs its own VMs, not the poll's timeout; the next poll works."""
+    pve.state.vms = cluster()
+    pve.state.node_drip["pve2"] = 0.05
+    adapter = make_adapter(timeout=2)
+    started = time.monotonic()
+    result = adapter.poll()
+    assert time.monotonic() - started < 3
+    assert result.error is not None
+    assert "node pve2:" in result.error and "unread within the 2s" in result.error
+    assert seen(result) == {e for e in EXPECTED if e[2] != "pve2"}
+    pve.state.node_drip.clear()
+    assert seen(make_adapter(timeout=2).poll()) == EXPECTED
