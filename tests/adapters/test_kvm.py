@@ -256,14 +256,14 @@ def test_a_daemon_dripping_its_answers_is_cut_off_at_the_timeout(tmp_path: Path,
     kvm = ADAPTER(ADAPTER.Config(name="kvm", platform="kvm", uri=uri, timeout=2))
     try:
         assert len(kvm.poll().observations) == 20
-        proxy.dripping.set()
+        proxy.calm.clear()
         started = time.monotonic()
         with pytest.raises(UnreachableError, match="no answer within the poll timeout"):
             kvm.poll()
         assert time.monotonic() - started < 3
         with pytest.raises(UnreachableError, match="still waiting"):
             kvm.poll()  # the listing left running is not doubled
-        proxy.dripping.clear()
+        proxy.calm.set()
         for _ in range(100):  # the listing left running ends once the daemon answers
             try:
                 assert len(kvm.poll().observations) == 20
@@ -273,12 +273,12 @@ def test_a_daemon_dripping_its_answers_is_cut_off_at_the_timeout(tmp_path: Path,
         else:
             raise AssertionError("no poll succeeded once the daemon was well")
         proxy.pause = 0.2  # its answer is short: 28 bytes
-        proxy.dripping.set()
+        proxy.calm.clear()
         started = time.monotonic()
         kvm.close()
         assert time.monotonic() - started < 3
     finally:
-        proxy.dripping.clear()
+        proxy.calm.set()
         proxy.close()
 
 

@@ -380,21 +380,15 @@ def test_an_opt_in_region_listed_first_fails_alone_with_a_role(moto: Any, thrott
 def test_an_endpoint_dripping_its_answers_is_cut_off_at_the_timeout(moto: Any) -> None:
     """botocore's read_timeout bounds each read, not the answer: the regions' calls are bounded by the
     poll's deadline (fanout.poll_scopes), and the next poll works once the endpoint is well."""
-    import importlib.util
     import time
 
     from adapters.base import UnreachableError
-
-    spec = importlib.util.spec_from_file_location("tr7_tests_vcsim", Path(__file__).parents[1] / "vsphere"
-                                                  / "vcsim.py")
-    assert spec and spec.loader
-    vcsim = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vcsim)
+    from tests._dripproxy import DripProxy
     [vm] = moto.launch(moto.ec2("eu-west-1"), 1, {"tr7.instance": "fw-drip"})
-    proxy = vcsim.DripProxy(moto.url, pause=0.05, trigger=b"DescribeInstances")
+    proxy = DripProxy.tcp(moto.url, pause=0.05, trigger=b"DescribeInstances")
     try:
         ad = AwsAdapter(AwsConfig(name="aws-test", platform="aws", timeout=2, regions=["eu-west-1"],
-                                  endpoint_url=proxy.url.removesuffix("/sdk")))
+                                  endpoint_url=proxy.url))
         started = time.monotonic()
         with pytest.raises(UnreachableError, match="EC2 gave no answer within the 2s poll timeout"):
             ad.poll()

@@ -1,13 +1,13 @@
 """A private libvirtd (Debian's libvirt-daemon) serving libvirt's test driver on a unix socket or TCP."""
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
+
+from tests import _dripproxy
 
 
 class Libvirtd:
@@ -106,46 +106,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class DripProxy:
-    """A unix-socket proxy in front of libvirtd's socket that, while ``dripping`` is set, sends the
+def DripProxy(upstream: Path, path: Path, pause: float = 0.01) -> _dripproxy.DripProxy:
+    """A unix-socket proxy in front of libvirtd's socket that, while its ``calm`` is clear, sends the
     daemon's answers a byte every ``pause`` seconds: a daemon (or an ssh/TLS path) answering slowly
     but steadily, its keepalive answers included (each arrives well within the keepalive interval).
-    Cleared, answers go whole again, the rest of one being dripped included."""
-
-    def __init__(self, upstream: Path, path: Path, pause: float = 0.01) -> None:
-        self.upstream, self.path, self.pause = upstream, path, pause
-        self.dripping = threading.Event()
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.listener.bind(str(path))
-        self.listener.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            up = socket.socket(socket.AF_UNIX)
-            up.connect(str(self.upstream))
-            threading.Thread(target=self._pump, args=(client, up, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, client, True), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                for i in range(len(data)):
-                    if not (answers and self.dripping.is_set()):
-                        dst.sendall(data[i:])
-                        break
-                    dst.sendall(data[i:i + 1])
-                    time.sleep(self.pause)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
+    Made calm (answers whole); clear ``calm`` to drip (tests/_dripproxy.py)."""
+    proxy = _dripproxy.DripProxy.unix(upstream, path, pause=pause)
+    proxy.calm.set()
+    return proxy

@@ -1,11 +1,9 @@
 """Build and run the govmomi simulator (tests/vcsim/main.go), and drive it through pyvmomi."""
 
-import contextlib
 import fcntl
 import json
 import os
 import selectors
-import socket
 import subprocess
 import threading
 import time
@@ -15,6 +13,8 @@ from typing import Any
 
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
+
+from tests import _dripproxy
 
 ROOT = Path(__file__).resolve().parents[3]
 SRC = ROOT / "tests" / "vcsim"
@@ -118,57 +118,8 @@ def disconnect(si: Any) -> None:
     Disconnect(si)
 
 
-class DripProxy:
-    """A TCP proxy in front of vcsim that, once a request naming ``trigger`` has gone through,
-    sends the answers on a byte every ``pause`` seconds: a vCenter answering slowly but steadily.
-    With ``hold`` (an Event), the answer to that request is held back until it is set, then sent whole.
-    Once ``calm`` is set, answers go whole again, the rest of one being dripped included."""
-
-    def __init__(self, upstream_url: str, pause: float = 0.05, trigger: bytes = b"RetrievePropertiesEx",
-                 hold: threading.Event | None = None) -> None:
-        host, port = upstream_url.split("://")[1].split("/")[0].rsplit(":", 1)
-        self.upstream, self.pause, self.trigger, self.hold = (host, int(port)), pause, trigger, hold
-        self.calm = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/sdk"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            up = socket.create_connection(self.upstream)
-            dripping = {"on": False}
-            threading.Thread(target=self._pump, args=(client, up, dripping, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, client, dripping, False), daemon=True).start()
-
-    def _pump(self, src: Any, dst: Any, dripping: dict[str, bool], requests: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if requests and self.trigger in data and not self.calm.is_set():
-                    dripping["on"] = True
-                if not requests and dripping["on"] and self.hold is not None:
-                    self.hold.wait(120)
-                    dripping["on"] = False
-                    dst.sendall(data)
-                elif not requests and dripping["on"]:
-                    for i in range(len(data)):
-                        if self.calm.is_set():
-                            dripping["on"] = False
-                            dst.sendall(data[i:])
-                            break
-                        dst.sendall(data[i:i + 1])
-                        time.sleep(self.pause)
-                else:
-                    dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
+def DripProxy(upstream_url: str, pause: float = 0.05, trigger: bytes = b"RetrievePropertiesEx",
+              hold: threading.Event | None = None) -> _dripproxy.DripProxy:
+    """A proxy in front of vcsim that drips (or, with ``hold``, holds) the answers once a request
+    naming ``trigger`` went through (tests/_dripproxy.py); ``proxy.url`` is vcsim's URL through it."""
+    return _dripproxy.DripProxy.tcp(upstream_url, pause=pause, trigger=trigger, hold=hold)
