@@ -13,6 +13,9 @@ from adapters.base import AdapterError, Observation, PollResult, UnreachableErro
 T = TypeVar("T")
 
 DEADLINE_SHARE = 0.9  # of an adapter's `timeout`: a poll ends with its own reason before the agent's
+# Seconds before a poll's deadline that the checks inside a step run by `within` end: theirs is then
+# the reason said ("N objects read", "script unfinished"), not the bare "no answer" of the step.
+INNER_MARGIN = 0.25
 
 
 def poll_deadline(timeout: float) -> float:

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 import xml.etree.ElementTree as ET
 from typing import Any, Literal
@@ -27,7 +28,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import SetupLock, poll_deadline, within
+from adapters.fanout import INNER_MARGIN, SetupLock, poll_deadline, within
 from adapters.tr7meta import ProblemLog, parse_notes, recognise
 
 log = logging.getLogger("tr7.adapters.hyperv")
@@ -260,9 +261,13 @@ class HyperVAdapter(Adapter):
 
         def script() -> tuple[bytes, bytes, int]:
             try:
-                return self._script(proto, opened, deadline)
+                return self._script(proto, opened, deadline - INNER_MARGIN)
             except BaseException:
-                self._cleanup(proto, *opened)  # in this thread: however late, the shell is deleted
+                # The shell is deleted however late, but after the error is given: a deletion slow to
+                # answer turned "script unfinished" into "no answer" (a diff review). Its own Protocol:
+                # nothing is shared with the next poll's script.
+                threading.Thread(target=self._cleanup, args=(proto, *opened), daemon=True,
+                                 name=f"hv-cleanup-{self.name}").start()
                 raise
 
         output = within(deadline, script, what="WinRM script", lock=self._lock,

@@ -21,7 +21,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import SetupLock, poll_deadline, within
+from adapters.fanout import INNER_MARGIN, SetupLock, poll_deadline, within
 from adapters.tr7meta import KEYS, ProblemLog, recognise
 
 NAMESPACE = "urn:tr7:metering:1"
@@ -249,15 +249,17 @@ class KVMAdapter(Adapter):
         domains (a call or two each), held a poll of 2 s for 25 s and more while the agent said only
         "previous poll still running". Late: UnreachableError; the listing goes on in its thread
         (stopping at its next domain), holding the lock, so the next poll waits for it."""
-        return within(deadline, lambda: self._collect(conn, deadline), what="listing the domains",
-                      lock=self._connect_lock, thread_name=f"kvm-list-{self.name}")
+        return within(deadline, lambda: self._collect(conn, deadline - INNER_MARGIN),
+                      what="listing the domains", lock=self._connect_lock,
+                      thread_name=f"kvm-list-{self.name}")
 
     def _collect(self, conn: libvirt.virConnect, deadline: float) -> PollResult:
         host = conn.getHostname()
-        observations = []
+        observations: list[Observation] = []
         for dom in conn.listAllDomains(0):
-            if time.monotonic() > deadline:  # its poll gave up on it: no more calls for nobody
-                raise UnreachableError("timeout", f"{self.config.uri}: domains unread at the deadline")
+            if time.monotonic() > deadline:  # its poll gives up on it now: no more calls for nobody
+                raise UnreachableError("timeout", f"{self.config.uri}: listing unfinished after "
+                                       f"{self.config.timeout:g}s ({len(observations)} TR7 instances read)")
             obs = self._observation(dom, host)
             if obs is not None:
                 observations.append(obs)

@@ -26,7 +26,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import SetupLock, poll_deadline, within
+from adapters.fanout import INNER_MARGIN, SetupLock, poll_deadline, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # vim25/6.5: every property read here exists since vSphere 4, and vCenter 6.5 .. 8.x accept it.
@@ -275,20 +275,28 @@ class VMwareAdapter(Adapter):
                                 lambda: content.viewManager.CreateContainerView(folder, kinds, True))
         try:
             spec = _spec_xml(view._moId, getattr(content.customFieldsManager, "_moId", None))
-            # in a thread too: its pages stop at the deadline, their headers did not (3 s took 6.5 s)
-            found = self._on_session(deadline, "RetrievePropertiesEx", lambda: self._retrieve(spec, deadline))
+            # In a thread too: its pages stopped at the deadline, their headers did not (3 s took
+            # 6.5 s). On a connection of its own, so a retrieval given up on leaves the session as it
+            # is (a vCenter merely slow for its inventory logged in anew each poll). Its own checks end
+            # a moment before the thread is given up on: theirs is the diagnostic said ("N objects").
+            found = within(deadline, lambda: self._retrieve(content, spec, deadline - INNER_MARGIN),
+                           what="RetrievePropertiesEx", lock=self._setup_lock,
+                           thread_name=f"vc-retrieve-{self.name}")
         finally:
             if self._content is content:  # else the session was dropped: its logout ends the view
                 with contextlib.suppress(Exception):  # views die with the session anyway
-                    self._on_session(deadline, "DestroyView", view.DestroyView)
+                    # late only when the retrieval used up the deadline: it ends behind the lock, and
+                    # the session is kept (a healthy vCenter's next poll needs no login)
+                    within(deadline, view.DestroyView, what="DestroyView", lock=self._setup_lock,
+                           thread_name=f"vc-DestroyView-{self.name}")
         return self._observe(found)
 
     def _on_session(self, deadline: float, what: str, call: Callable[[], T]) -> T:
-        """``call`` on the session by ``deadline`` (fanout.within): pyVmomi's timeout is per socket read,
-        and a server dripping its answer held a poll of timeout 2 s for 19 s while the agent said only
-        "previous poll still running". Given up on, the call leaves its connection mid-answer: the
-        session is dropped (the next poll logs in anew once the call ended: its thread holds the
-        set-up lock), and logged out when the call ends, however it ends."""
+        """``call`` on the session's own connection by ``deadline`` (fanout.within): pyVmomi's timeout
+        is per socket read, and a server dripping its answer held a poll of timeout 2 s for 19 s while
+        the agent said only "previous poll still running". Given up on, the call leaves that connection
+        mid-answer: the session is dropped (the next poll logs in anew once the call ended: its thread
+        holds the set-up lock), and logged out when the call ends, however it ends."""
         content = self._content
 
         def settled() -> tuple[T | None, Exception | None]:  # a late failure goes to `abandoned` too
@@ -297,25 +305,28 @@ class VMwareAdapter(Adapter):
             except Exception as exc:
                 return None, exc
 
+        waiting = self._setup_lock.locked()  # a late call of an earlier poll: none is made now
         try:
             result, failed = within(deadline, settled, what=what, lock=self._setup_lock,
                                     thread_name=f"vc-{what}-{self.name}",
                                     abandoned=lambda _: content.sessionManager.Logout())
         except UnreachableError:
-            self._content = None
+            if not waiting:  # not after a call that was never made: that session was no one's to end
+                self._content = None
             raise
         if failed is not None:
             raise failed
         return cast(T, result)
 
-    def _retrieve(self, spec: str, deadline: float) -> list[Obj]:
+    def _retrieve(self, content: Any, spec: str, deadline: float) -> list[Obj]:
         """All pages of RetrievePropertiesEx over the view (and the custom field names).
 
         pyVmomi's generic deserializer needs ~25 Python objects per VM; on 5,000 VMs that dominates
         the poll. The request is the same PropertyCollector call, sent on the logged-in session,
         and the answer is read with ElementTree, page by page (memory bounded by PAGE_SIZE).
         """
-        this = f'<_this type="PropertyCollector">{escape(self._content.propertyCollector._moId)}</_this>'
+        # the session's content as the poll read it: a close() meanwhile sets the adapter's to None
+        this = f'<_this type="PropertyCollector">{escape(content.propertyCollector._moId)}</_this>'
         cfg = self.config
         conn = net.connection(cfg.url, cfg.timeout, net.ssl_context(cfg.url, cfg.verify_tls, cfg.ca_file))
         path = urlsplit(cfg.url).path or "/sdk"

@@ -162,7 +162,8 @@ class Poller:
         most their timeout), in a thread of its own: closed under a poll, an adapter's session went
         (vSphere's logout), and the slot was signed with that adapter failed, its instances unseen."""
         self.pool.shutdown(wait=False, cancel_futures=True)
-        running = [f for f in self.pending.values() if not f.done()]
+        # list() copies the dict whole under the GIL: poll_all may be adding to it in its thread
+        running = [f for f in list(self.pending.values()) if not f.done()]
         if not (linger and running):
             self._close_adapters()
             return

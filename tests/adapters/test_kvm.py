@@ -260,7 +260,7 @@ def test_a_daemon_dripping_its_answers_is_cut_off_at_the_timeout(tmp_path: Path,
         started = time.monotonic()
         with pytest.raises(UnreachableError, match="no answer within the poll timeout"):
             kvm.poll()
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 5  # 0.9 x timeout 2 s, and slack for a loaded machine
         with pytest.raises(UnreachableError, match="still waiting"):
             kvm.poll()  # the listing left running is not doubled
         proxy.calm.set()
@@ -276,7 +276,7 @@ def test_a_daemon_dripping_its_answers_is_cut_off_at_the_timeout(tmp_path: Path,
         proxy.calm.clear()
         started = time.monotonic()
         kvm.close()
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 5  # 0.9 x timeout 2 s, and slack for a loaded machine
     finally:
         proxy.calm.set()
         proxy.close()

@@ -29,6 +29,7 @@ class FakeAdapter(Adapter):
             within(time.monotonic() + cfg.timeout * 0.9, threading.Event().wait, what="signing in",
                    lock=lock, thread_name=f"fake-setup-{cfg.name}")
         if cfg.delay:
+            self.__dict__["polling"] = True  # under way: a test may act now
             time.sleep(cfg.delay)
             if self.__dict__.get("closed"):  # as a real adapter's session, gone under its poll
                 raise AdapterError("closed during the poll")

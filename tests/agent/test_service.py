@@ -443,7 +443,7 @@ def test_a_reload_during_a_poll_closes_the_old_adapters_once_their_poll_ended(
     outcome = []
     poll = threading.Thread(target=lambda: outcome.append(old.poll_all()))
     poll.start()
-    time.sleep(0.3)  # the poll is under way
+    _wait(lambda: old.adapters["l"].__dict__.get("polling", False))  # the poll is under way
     service.reload()  # the same configuration: a new poller all the same
     assert service.poller is not old
     poll.join(10)

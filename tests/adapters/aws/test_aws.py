@@ -392,7 +392,7 @@ def test_an_endpoint_dripping_its_answers_is_cut_off_at_the_timeout(moto: Any) -
         started = time.monotonic()
         with pytest.raises(UnreachableError, match="EC2 gave no answer within the 2s poll timeout"):
             ad.poll()
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 5  # 0.9 x timeout 2 s, and slack for a loaded machine
         proxy.calm.set()
         assert set(by_vm(ad.poll())) == {vm}
     finally:

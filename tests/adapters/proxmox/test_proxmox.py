@@ -372,7 +372,7 @@ def test_a_node_that_drips_its_vms_answers_leaves_the_poll_bounded_and_the_other
     adapter = make_adapter(timeout=2)
     started = time.monotonic()
     result = adapter.poll()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 5  # 0.9 x timeout 2 s, and slack for a loaded machine
     assert result.error is not None
     assert "node pve2:" in result.error and "unread within the 2s" in result.error
     assert seen(result) == {e for e in EXPECTED if e[2] != "pve2"}
