@@ -310,6 +310,17 @@ def _until(check: Callable[[], bool], seconds: float) -> bool:
     return check()
 
 
+def _polls_again_then_logs_out(adapter: Any, manager: Any, before: set[str], instance: str) -> None:
+    """Once the late call of a poll has ended: a poll reads ``instance`` on one session, which close()
+    logs out."""
+    assert _until(lambda: not adapter._setup_lock.locked(), 15)
+    result = adapter.poll()
+    assert result.error is None and instance in by_instance(result)
+    assert len(_sessions(manager) - before) == 1
+    adapter.close()
+    assert _sessions(manager) == before
+
+
 def test_a_vcenter_that_drips_its_answer_is_cut_off_near_the_timeout() -> None:
     """The socket's timeout bounds each read, not the answer: a byte every 50 ms held a 5 s poll
     for minutes (and the agent said "previous poll still running"). Found by a review. The pages
@@ -333,12 +344,7 @@ def test_a_vcenter_that_drips_its_answer_is_cut_off_near_the_timeout() -> None:
         # logged in anew at every poll)
         assert adapter._content is not None and len(_sessions(manager) - before) == 1
         proxy.calm.set()
-        assert _until(lambda: not adapter._setup_lock.locked(), 15)
-        result = adapter.poll()
-        assert result.error is None and "tr7-x" in by_instance(result)
-        assert len(_sessions(manager) - before) == 1  # the same session, no new login
-        adapter.close()
-        assert _sessions(manager) == before
+        _polls_again_then_logs_out(adapter, manager, before, "tr7-x")  # the same session, no new login
     finally:
         proxy.calm.set()
         vcsim.disconnect(watcher)
@@ -406,12 +412,7 @@ def test_a_session_call_that_drips_ends_by_the_deadline(call: str) -> None:
         proxy.calm.set()
         if call == "CreateContainerView":
             assert _until(lambda: _sessions(manager) == before, 15), "the dropped session stayed"
-        assert _until(lambda: not adapter._setup_lock.locked(), 15)
-        result = adapter.poll()  # a new session, or (DestroyView) the same
-        assert result.error is None and "tr7-drip" in by_instance(result)
-        assert len(_sessions(manager) - before) == 1
-        adapter.close()
-        assert _sessions(manager) == before
+        _polls_again_then_logs_out(adapter, manager, before, "tr7-drip")  # a new session, or the same
     finally:
         proxy.calm.set()
         vcsim.disconnect(watcher)
