@@ -91,6 +91,7 @@ class Poller:
         self.build_errors: dict[str, str] = {}
         self.pending: dict[str, Future[PollResult]] = {}
         self.durations: dict[str, float] = {}
+        self.closing: threading.Thread | None = None  # close(linger=True)'s, while it waits
         self.pool = ThreadPoolExecutor(max_workers=max(2, 2 * len(configs)), thread_name_prefix="poll")
         for cfg in configs:
             self._build(cfg)
@@ -173,7 +174,14 @@ class Poller:
             wait(running, timeout=longest)
             self._close_adapters()
 
-        threading.Thread(target=after, name="poller-close", daemon=True).start()
+        self.closing = threading.Thread(target=after, name="poller-close", daemon=True)
+        self.closing.start()
+
+    def closed(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a lingering close (a stop soon after a reload: the old
+        adapters' sessions are logged out before the process ends, not left to their idle timeout)."""
+        if self.closing is not None:
+            self.closing.join(timeout)
 
     def _close_adapters(self) -> None:
         for adapter in self.adapters.values():

@@ -43,6 +43,7 @@ class Service(PollJob):
         self.wake = threading.Event()
         self.ship_stop = threading.Event()
         self.ship_thread: threading.Thread | None = None
+        self.retired: list[Poller] = []  # pollers a reload replaced, closing once their polls end
         self.ship_id = ""  # what the running shipper was built from (collectorlink.shipping_identity)
         self.collector_clock = CollectorClock()  # never set without a collector: nothing to agree with
         self.last_activity = time.monotonic()
@@ -186,6 +187,8 @@ class Service(PollJob):
         with self.lock:
             old_poller, self.poller, self.config = self.poller, poller, new
         old_poller.close(linger=True)  # a poll of the old one under way ends as it began
+        self.retired = [p for p in self.retired if p.closing is not None and p.closing.is_alive()]
+        self.retired.append(old_poller)
         if new.agent.interval != old.agent.interval:
             self._schedule(new.agent.interval)
         if ship_changed:
@@ -252,6 +255,8 @@ class Service(PollJob):
             self.scheduler.shutdown(wait=True)
         self._stop_shipper(10)
         self.poller.close()
+        for poller in self.retired:  # closing behind a reload: their polls end by their timeout
+            poller.closed(max((a.timeout for a in poller.configs), default=0.0))
         self.spool.close()
         self.wakeup.close()
         if self.fatal is not None:

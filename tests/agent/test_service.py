@@ -452,6 +452,24 @@ def test_a_reload_during_a_poll_closes_the_old_adapters_once_their_poll_ended(
     _wait(lambda: adapter.__dict__.get("closed", False))  # and closed once it ended
 
 
+def test_a_stop_right_after_a_reload_during_a_poll_still_closes_the_old_adapters(
+    in_process, fake_registry: None
+) -> None:
+    """The old adapters are closed in a daemon thread once their poll ends: a stop right after the
+    reload ended the process first, and their sessions (vSphere's) were left to the idle timeout."""
+    import threading
+
+    service, _cfg = in_process(adapters=[{"name": "l", "platform": "kvm", "delay": 1.0}])
+    old = service.poller
+    poll = threading.Thread(target=old.poll_all)
+    poll.start()
+    _wait(lambda: old.adapters["l"].__dict__.get("polling", False))
+    service.reload()
+    assert service.shutdown() == 0
+    assert old.adapters["l"].__dict__.get("closed", False), "the old adapter was left open at the stop"
+    poll.join(10)
+
+
 def test_a_second_agent_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "s"
     state.mkdir()
