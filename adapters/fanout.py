@@ -1,6 +1,7 @@
 """Polling several scopes of one endpoint (regions, subscriptions) so one failure hides no other."""
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from typing import TypeVar
 from adapters.base import AdapterError, Observation, PollResult, UnreachableError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEADLINE_SHARE = 0.9  # of an adapter's `timeout`: a poll ends with its own reason before the agent's
 # Seconds before a poll's deadline that the checks inside a step run by `within` end: theirs is then
@@ -32,6 +34,14 @@ class Turns:
     def __init__(self) -> None:
         self.queue: list[str] = []
         self.unasked: list[str] = []  # of the last poll
+        # Calls of earlier polls given up on and still running, by scope: a scope is not asked again
+        # beside its own (a region dripping its answer forever added a thread at every poll).
+        self.waiting: dict[str, Future[list[Observation]]] = {}
+
+    def still_waiting(self, scopes: Sequence[str]) -> set[str]:
+        """The scopes whose call of an earlier poll has not ended yet (the others are forgotten)."""
+        self.waiting = {s: f for s, f in self.waiting.items() if not f.done()}
+        return set(scopes) & set(self.waiting)
 
     def order(self, scopes: Sequence[str]) -> list[str]:
         wanted = set(scopes)  # sets built once: Proxmox passes every VM (20,000 took ~25 s)
@@ -61,15 +71,22 @@ def poll_scopes(
     Observations of the scopes that answered are kept; the others are named in
     ``PollResult.error`` as "<label> <scope>: <reason>" (a scope never asked says so: ``late``
     is for those asked). Only when every scope failed does the poll raise: the common error type
-    (or AdapterError when they differ). ``turns``: the adapter's, so every scope gets its turn.
+    (or AdapterError when they differ). ``turns``: the adapter's, so every scope gets its turn, and
+    a scope whose call of an earlier poll is still running is not asked again beside it (one thread
+    a scope, not one more a poll, against an endpoint that never finishes its answer).
     """
     failures: dict[str, AdapterError] = {}
     observations: list[Observation] = []
     scopes = turns.order(scopes) if turns is not None else list(scopes)
-    size = max(1, min(len(scopes), workers))
+    held = turns.still_waiting(scopes) if turns is not None else set()
+    for scope in held:
+        earlier = late(scope)
+        failures[scope] = type(earlier)(f"{earlier.reason} (the previous poll's request is still waiting: "
+                                        "not asked again)", earlier.diagnostic)
+    size = max(1, min(len(scopes) - len(held), workers))
     pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=thread_name)
     try:
-        futures = {pool.submit(poll_one, s): s for s in scopes}
+        futures = {pool.submit(poll_one, s): s for s in scopes if s not in held}
         done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
         unasked = [futures[f] for f in futures if f in pending and f.cancel()]  # never started
         for fut in pending:
@@ -79,6 +96,7 @@ def poll_scopes(
                 "asked first at the next poll") if scope in unasked else late(scope)
         if turns is not None:
             turns.finished(scopes, {futures[f] for f in done}, unasked)
+            turns.waiting.update((futures[f], f) for f in pending if futures[f] not in unasked)
         for fut in done:
             try:
                 observations.extend(fut.result())
@@ -176,6 +194,55 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: SetupLock
         if not gave_up:  # it answered as the clock ran out, and is ours: delivered in a moment
             return answer.result()
         raise UnreachableError(f"{what}: no answer within the poll timeout") from None
+
+
+class Behind:
+    """An adapter's best-effort calls (logging out, deleting a shell, closing a connection): each runs
+    in a daemon thread and may outlive its poll, at most ``limit`` at a time. Such a call against a
+    server dripping its answers ran a thread at every poll, without end, in four hand-written copies.
+
+    A call is skipped, with a warning, while ``limit`` are still running: what it would end (a
+    session, a shell) the server ends later by its own idle timeout."""
+
+    def __init__(self, name: str, limit: int = 2) -> None:
+        self.name = name
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return self._running
+
+    def start(self, call: Callable[[], object], *, what: str, thread_name: str) -> threading.Event | None:
+        """Start ``call`` in its own thread; the Event is set once it ended, however. None: skipped."""
+        with self._lock:
+            if self._running >= self.limit:
+                log.warning("adapter %s: %s skipped: %d earlier ones are still waiting for the server",
+                            self.name, what, self._running)
+                return None
+            self._running += 1
+        ended = threading.Event()
+
+        def body() -> None:
+            try:
+                call()
+            except Exception as exc:  # best effort: the server ends it later anyway
+                log.debug("adapter %s: %s failed: %s", self.name, what, exc)
+            finally:
+                with self._lock:
+                    self._running -= 1
+                ended.set()
+
+        threading.Thread(target=body, name=thread_name, daemon=True).start()
+        return ended
+
+    def run(self, deadline: float, call: Callable[[], object], *, what: str, thread_name: str) -> bool:
+        """``start`` it and wait for it until ``deadline`` (a time.monotonic() instant): True if it
+        ended by then; late, it ends in its thread."""
+        ended = self.start(call, what=what, thread_name=thread_name)
+        return ended is not None and ended.wait(max(0.0, deadline - time.monotonic()))
 
 
 def forgetting(poll: Callable[[], PollResult], forget: Callable[[], None]) -> PollResult:

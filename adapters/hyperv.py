@@ -1,12 +1,10 @@
 """Hyper-V adapter: one PowerShell run over WinRM (pywinrm) lists every VM of a host or cluster."""
 
 import base64
-import contextlib
 import json
 import logging
 import math
 import re
-import threading
 import time
 import xml.etree.ElementTree as ET
 from typing import Any, Literal
@@ -28,7 +26,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import INNER_MARGIN, SetupLock, poll_deadline, within
+from adapters.fanout import INNER_MARGIN, Behind, SetupLock, poll_deadline, within
 from adapters.tr7meta import ProblemLog, parse_notes, recognise
 
 log = logging.getLogger("tr7.adapters.hyperv")
@@ -225,6 +223,7 @@ class HyperVAdapter(Adapter):
         self.problems = ProblemLog(config.name)
         self.script = build_script(self.config.cluster)
         self._lock = SetupLock()  # fanout.within: one script run at a time, a late one included
+        self._behind = Behind(self.name)  # shell deletions left running behind their polls
         if self.config.cluster and self.config.transport == "ntlm":
             log.warning("adapter %s: cluster = true with NTLM: other nodes refuse the second hop unless "
                         "credentials can be delegated (credssp, or Kerberos delegation)", self.name)
@@ -259,6 +258,12 @@ class HyperVAdapter(Adapter):
         proto = self._protocol()
         opened: list[str | None] = [None, None]  # shell id, command id: what the cleanup ends
 
+        def cleanup() -> None:
+            self._cleanup(proto, *opened)
+
+        def delete_later() -> None:
+            self._behind.start(cleanup, what="WinRM shell deletion", thread_name=f"hv-cleanup-{self.name}")
+
         def script() -> tuple[bytes, bytes, int]:
             try:
                 return self._script(proto, opened, deadline - INNER_MARGIN)
@@ -266,17 +271,14 @@ class HyperVAdapter(Adapter):
                 # The shell is deleted however late, but after the error is given: a deletion slow to
                 # answer turned "script unfinished" into "no answer" (a diff review). Its own Protocol:
                 # nothing is shared with the next poll's script.
-                threading.Thread(target=self._cleanup, args=(proto, *opened), daemon=True,
-                                 name=f"hv-cleanup-{self.name}").start()
+                delete_later()
                 raise
 
         output = within(deadline, script, what="WinRM script", lock=self._lock,
-                        thread_name=f"hv-script-{self.name}",
-                        abandoned=lambda _: self._cleanup(proto, *opened))
+                        thread_name=f"hv-script-{self.name}", abandoned=lambda _: delete_later())
         # The output is read: the shell is deleted by the deadline, or behind the poll (best effort)
-        with contextlib.suppress(UnreachableError):
-            within(deadline, lambda: self._cleanup(proto, *opened), what="WinRM shell deletion",
-                   lock=SetupLock(), thread_name=f"hv-cleanup-{self.name}")
+        self._behind.run(deadline, cleanup, what="WinRM shell deletion",
+                         thread_name=f"hv-cleanup-{self.name}")
         return output
 
     def _script(self, proto: Protocol, opened: list[str | None], deadline: float) -> tuple[bytes, bytes, int]:

@@ -21,7 +21,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import INNER_MARGIN, SetupLock, poll_deadline, within
+from adapters.fanout import INNER_MARGIN, Behind, SetupLock, poll_deadline, within
 from adapters.tr7meta import KEYS, ProblemLog, recognise
 
 NAMESPACE = "urn:tr7:metering:1"
@@ -138,6 +138,7 @@ class KVMAdapter(Adapter):
         self._conn: libvirt.virConnect | None = None
         self._close_reason: int | None = None  # set by libvirt when it closes the connection
         self._connect_lock = SetupLock()  # fanout.within: one connection attempt at a time
+        self._behind = Behind(self.name)  # connections closing behind their polls
 
     def _connected(self, deadline: float) -> libvirt.virConnect:
         """_connection by ``deadline``: openAuth has no timeout of its own, and keepalive starts
@@ -207,12 +208,10 @@ class KVMAdapter(Adapter):
                 conn.close()
 
         # Both are calls to a remote daemon on a connection alive (its answer dripped held close() as
-        # long): by a deadline, as a poll's calls; its own lock, as a listing left running may hold the
-        # connect lock. Late, they end in their thread.
-        with contextlib.suppress(UnreachableError):
-            within(poll_deadline(self.config.timeout) if deadline is None else deadline, close,
-                   what="closing the libvirt connection", lock=SetupLock(),
-                   thread_name=f"kvm-close-{self.name}")
+        # long): by a deadline, as a poll's calls, not under the connect lock (a listing left running
+        # may hold it). Late, they end in their thread.
+        self._behind.run(poll_deadline(self.config.timeout) if deadline is None else deadline, close,
+                         what="closing the libvirt connection", thread_name=f"kvm-close-{self.name}")
 
     def close(self) -> None:
         self._drop()

@@ -128,6 +128,9 @@ class ProxmoxAdapter(Adapter):
         # The VMs a poll left unread are read first at the next one (fanout.Turns, by node/vmid):
         # queued in the API's order, the same ~80 of 120 VMs were left unread at every poll.
         self._turns = Turns()
+        # Reads of earlier polls given up on and still running, with their node: they count against
+        # their node's share (a node dripping its answers forever added `workers` threads a poll).
+        self._earlier: dict[Future[tuple[Observation | None, str | None]], str] = {}
 
     def _connect(self) -> Any:
         if self._api is not None:
@@ -208,6 +211,10 @@ class ProxmoxAdapter(Adapter):
         inflight: dict[str, int] = defaultdict(int)
         futures: dict[Future[tuple[Observation | None, str | None]], dict[str, Any]] = {}
         done: dict[Future[tuple[Observation | None, str | None]], dict[str, Any]] = {}
+        earlier = self._earlier = {f: n for f, n in self._earlier.items() if not f.done()}
+        for node in earlier.values():
+            inflight[node] += 1
+        held = dict(inflight)  # by node, at the start: said with the node's unread VMs
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"pve-{self.name}")
 
         def fill() -> None:
@@ -219,16 +226,21 @@ class ProxmoxAdapter(Adapter):
 
         try:
             fill()
-            while futures and (left := deadline - time.monotonic()) > 0:
-                finished, _ = wait(futures, timeout=left, return_when=FIRST_COMPLETED)
+            while (futures or earlier) and (left := deadline - time.monotonic()) > 0:
+                finished, _ = wait([*futures, *earlier], timeout=left, return_when=FIRST_COMPLETED)
                 for fut in finished:
+                    if fut in earlier:
+                        inflight[earlier.pop(fut)] -= 1
+                        continue
                     r = done[fut] = futures.pop(fut)
                     inflight[str(r["node"])] -= 1
                 fill()
         finally:
             # requests still in flight end within their own timeout; nobody waits for them
             pool.shutdown(wait=False, cancel_futures=True)
-        late: dict[str, int] = {node: len(q) + inflight[node] for node, q in queues.items()}
+        late: dict[str, int] = {node: len(q) + sum(str(r["node"]) == node for r in futures.values())
+                                for node, q in queues.items()}
+        self._earlier = {**earlier, **{f: str(r["node"]) for f, r in futures.items() if not f.cancelled()}}
         self._turns.finished(order, {_vm_key(r) for r in done.values()}, [])
         failed: dict[str, list[str]] = {}  # node -> reasons, one error line per node
         for fut, r in done.items():
@@ -247,8 +259,10 @@ class ProxmoxAdapter(Adapter):
             errors.append(f"node {node}: {len(reasons)} VM config(s) unread: {reasons[0]}")
         for node, n in sorted(late.items()):
             if n:
+                why = (f" ({held[node]} read(s) of earlier polls still waiting for the node)"
+                       if held.get(node) else "")
                 errors.append(f"node {node}: {n} VM config(s) unread within the "
-                              f"{self.config.timeout:g}s timeout")
+                              f"{self.config.timeout:g}s timeout{why}")
 
     def _read_vm(self, api: Any, r: dict[str, Any]) -> tuple[Observation | None, str | None]:
         node, vmid = str(r["node"]), str(r["vmid"])

@@ -26,7 +26,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import INNER_MARGIN, SetupLock, poll_deadline, within
+from adapters.fanout import INNER_MARGIN, Behind, SetupLock, poll_deadline, within
 from adapters.tr7meta import ProblemLog, recognise
 
 # vim25/6.5: every property read here exists since vSphere 4, and vCenter 6.5 .. 8.x accept it.
@@ -188,6 +188,7 @@ class VMwareAdapter(Adapter):
         self._content: Any = None  # vim.ServiceInstanceContent of the logged-in session
         self._stub: Any = None  # its SoapStubAdapter: holds the session cookie
         self._setup_lock = SetupLock()  # one login at a time (fanout.within)
+        self._behind = Behind(self.name)  # logouts left running behind their polls
         self._closed = False
 
     # -- connection -------------------------------------------------------------------------
@@ -231,11 +232,15 @@ class VMwareAdapter(Adapter):
         self._closed = True
         content, self._content = self._content, None
         if content is not None:
-            # By a deadline as a poll's calls (the agent closes its adapters one by one); its own lock:
-            # a call in flight of a poll (close comes from another thread) holds the set-up lock
-            with contextlib.suppress(Exception):  # a dead session needs no logout
-                within(poll_deadline(self.config.timeout), content.sessionManager.Logout, what="logout",
-                       lock=SetupLock(), thread_name=f"vc-logout-{self.name}")
+            # By a deadline as a poll's calls (the agent closes its adapters one by one), not under the
+            # set-up lock: a call in flight of a poll (close comes from another thread) holds it
+            self._behind.run(poll_deadline(self.config.timeout), content.sessionManager.Logout,
+                             what="logout", thread_name=f"vc-logout-{self.name}")
+
+    def _logout_later(self, content: Any) -> None:
+        """Log out a session no poll will use, in a thread of its own: a Logout dripping its answer
+        kept the late call's thread, one more at every poll."""
+        self._behind.start(content.sessionManager.Logout, what="logout", thread_name=f"vc-logout-{self.name}")
 
     # -- poll -------------------------------------------------------------------------------
     def poll(self) -> PollResult:
@@ -254,7 +259,7 @@ class VMwareAdapter(Adapter):
             # a vCenter slow to log in piled up a session a poll.
             self._content, self._stub = within(deadline, self._login, what="login", lock=self._setup_lock,
                                                thread_name=f"vc-login-{self.name}",
-                                               abandoned=lambda late: late[0].sessionManager.Logout())
+                                               abandoned=lambda late: self._logout_later(late[0]))
             if self._closed:  # closed (a reload) while this poll logged in: the session is no one's
                 self.close()
                 raise UnreachableError("closed", f"{self.config.url}: closed during its login")
@@ -309,7 +314,7 @@ class VMwareAdapter(Adapter):
         try:
             result, failed = within(deadline, settled, what=what, lock=self._setup_lock,
                                     thread_name=f"vc-{what}-{self.name}",
-                                    abandoned=lambda _: content.sessionManager.Logout())
+                                    abandoned=lambda _: self._logout_later(content))
         except UnreachableError:
             if not waiting:  # not after a call that was never made: that session was no one's to end
                 self._content = None

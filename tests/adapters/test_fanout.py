@@ -2,11 +2,12 @@
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
 from adapters.base import AdapterError, Observation, UnreachableError
-from adapters.fanout import SetupLock, Turns, poll_scopes, within
+from adapters.fanout import Behind, SetupLock, Turns, poll_scopes, within
 
 
 def _threads(name: str) -> list[threading.Thread]:
@@ -127,3 +128,71 @@ def test_a_step_still_waiting_is_named_by_the_next_poll() -> None:
             within(time.monotonic() + 0.05, lambda: "api", what="login", lock=lock, thread_name="t-st")
     finally:
         frozen.set()
+
+
+def test_a_scope_still_answering_an_earlier_poll_is_not_asked_again_beside_it() -> None:
+    """A region dripping its answer forever added a thread at every poll (each call given up on kept
+    its thread until the SDK's timeouts). Now one thread a scope; the others are asked as usual."""
+    turns, frozen = Turns(), threading.Event()
+    calls: list[str] = []
+
+    def poll_one(scope: str) -> list[Observation]:
+        calls.append(scope)
+        if scope == "eu-south-9":
+            frozen.wait(30)
+        return [Observation(f"fw-{scope}", f"vm-{scope}", None, "running", None)]
+
+    def poll() -> Any:
+        return poll_scopes(["eu-west-1", "eu-south-9"], poll_one, label="region",
+                           deadline=time.monotonic() + 0.3, workers=4, thread_name="t-held",
+                           convert=AdapterError, late=lambda s: UnreachableError("EC2 gave no answer"),
+                           turns=turns)
+
+    try:
+        first = poll()
+        assert first.error == "region eu-south-9: EC2 gave no answer"
+        for _ in range(4):
+            later = poll()
+            assert [o.instance for o in later.observations] == ["fw-eu-west-1"]
+            assert later.error == ("region eu-south-9: EC2 gave no answer (the previous poll's request is "
+                                   "still waiting: not asked again)")
+        assert calls.count("eu-south-9") == 1 and calls.count("eu-west-1") == 5
+        for _ in range(100):  # the last pool's idle thread is ending; the frozen call's stays
+            held = [t for t in threading.enumerate() if t.name.startswith("t-held") and t.is_alive()]
+            if len(held) == 1:
+                break
+            time.sleep(0.02)
+        assert len(held) == 1
+    finally:
+        frozen.set()
+    for _ in range(100):  # the late call ends: the scope is asked again
+        if not poll().error:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the scope was not asked again once its call ended")
+    assert calls.count("eu-south-9") == 2
+
+
+def test_best_effort_calls_left_behind_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    """Behind: a logout or a shell deletion against a server that drips its answer ran a thread at
+    every poll; at most ``limit`` now, the others skipped with a warning."""
+    behind, frozen, done = Behind("hv1", limit=2), threading.Event(), []
+    try:
+        for _ in range(5):
+            assert behind.run(time.monotonic() + 0.05, frozen.wait, what="WinRM shell deletion",
+                              thread_name="t-behind") is False
+        assert behind.running == 2 and len(_threads("t-behind")) == 2
+        assert "adapter hv1: WinRM shell deletion skipped: 2 earlier ones are still waiting" in caplog.text
+    finally:
+        frozen.set()
+    for t in _threads("t-behind"):
+        t.join(5)
+    assert behind.running == 0
+    assert behind.run(time.monotonic() + 5, lambda: done.append(1), what="logout", thread_name="t-behind")
+
+    def refused() -> None:
+        raise OSError("connection reset")
+
+    assert behind.run(time.monotonic() + 5, refused, what="logout", thread_name="t-behind")  # ended, quietly
+    assert done == [1] and behind.running == 0

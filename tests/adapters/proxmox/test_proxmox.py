@@ -2,6 +2,7 @@
 
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -378,3 +379,36 @@ def test_a_node_that_drips_its_vms_answers_leaves_the_poll_bounded_and_the_other
     assert seen(result) == {e for e in EXPECTED if e[2] != "pve2"}
     pve.state.node_drip.clear()
     assert seen(make_adapter(timeout=2).poll()) == EXPECTED
+
+
+def test_reads_left_on_a_dripping_node_are_not_added_to_at_every_poll(pve: Any, make_adapter: Any) -> None:
+    """A review: each poll started its node's share of reads again beside the earlier polls' reads
+    still dripping, a share more threads a poll without end. They count against the node's share now."""
+    pve.state.vms = cluster()
+    pve.state.node_drip["pve2"] = 0.05
+    before = set(threading.enumerate())  # an earlier test's dripped reads may still be ending
+    adapter = make_adapter(timeout=1.5, workers=8)  # 3 nodes: 2 reads at a time a node
+    first = adapter.poll()
+    assert first.error is not None
+    assert "node pve2: 4 VM config(s) unread within the 1.5s timeout" in first.error
+    for _ in range(3):
+        result = adapter.poll()
+        assert result.error is not None
+        assert ("node pve2: 4 VM config(s) unread within the 1.5s timeout (2 read(s) of earlier polls still "
+                "waiting for the node)") in result.error
+        assert seen(result) == {e for e in EXPECTED if e[2] != "pve2"}
+    assert len([r for r in pve.state.requests if "/nodes/pve2/" in r[1]]) == 2
+    for _ in range(100):  # the last pools' idle threads are ending; the dripped reads' stay
+        reads = [t for t in set(threading.enumerate()) - before
+                 if t.name.startswith(f"pve-{adapter.name}") and t.is_alive()]
+        if len(reads) <= 2:
+            break
+        time.sleep(0.02)
+    assert len(reads) == 2
+    pve.state.node_drip.clear()
+    for _ in range(200):  # the dripped answers end; then the node's VMs are read again
+        result = adapter.poll()
+        if seen(result) == EXPECTED:
+            break
+        time.sleep(0.1)
+    assert seen(result) == EXPECTED and result.error is None
