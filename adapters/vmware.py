@@ -3,18 +3,16 @@
 import contextlib
 import http.client
 import re
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
-from xml.sax.saxutils import escape
 
 from pydantic import Field, field_validator, model_validator
 from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapStubAdapter
 
-from adapters import net
+from adapters import net, vsphere_pc
 from adapters.base import (
     Adapter,
     AdapterConfig,
@@ -28,20 +26,12 @@ from adapters.base import (
 from adapters.credentials import SecretError
 from adapters.fanout import INNER_MARGIN, Behind, SetupLock, poll_deadline, within
 from adapters.tr7meta import ProblemLog, recognise
+from adapters.vsphere_pc import Obj, SessionExpired, fault_names, refusals, spec_xml
 
 # vim25/6.5: every property read here exists since vSphere 4, and vCenter 6.5 .. 8.x accept it.
 # Pinned (no vimServiceVersions.xml negotiation) because pyVmomi's negotiation has no timeout.
 API_VERSION = "vim.version.version11"
-PAGE_SIZE = 1000  # objects per RetrievePropertiesEx page; vCenter may return fewer
 STATES = {"poweredOn": "running", "poweredOff": "stopped", "suspended": "suspended"}
-VM_PROPS = ("config.instanceUuid", "config.template", "config.extraConfig", "customValue",
-            "runtime.powerState", "runtime.connectionState", "runtime.host")
-V = "{urn:vim25}"
-XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
-ENVELOPE = (('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
-            'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
-            'xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-            '<soapenv:Body>'), '</soapenv:Body></soapenv:Envelope>')
 # How long the Login's answer is awaited once its poll gave up (see _login): vCenter's default idle
 # timeout of a session. Until then no other login starts (fanout.SetupLock); keepalive probes end
 # the wait sooner when the path is dead (net.patient).
@@ -81,10 +71,6 @@ class VMwareConfig(AdapterConfig):
         return self
 
 
-class _SessionExpired(Exception):
-    """The server no longer knows our session (timed out, terminated, vpxd restarted)."""
-
-
 _HTTP_STATUS = re.compile(r"([1-5][0-9][0-9]) ")
 
 
@@ -107,72 +93,6 @@ def _convert(exc: BaseException, url: str) -> AdapterError:
     if isinstance(exc, ET.ParseError):
         return AdapterError("malformed SOAP response", f"{url}: {exc}")
     return AdapterError(f"unexpected {type(exc).__name__}", f"{url}: {type(exc).__name__}: {exc}")
-
-
-Fault = tuple[str, str, str | None]  # missingSet entry: property path, fault type, privilegeId
-Obj = tuple[str | None, str, dict[str, Any], list[Fault]]  # type, moid, properties, missing properties
-_OBJ, _PROPSET, _MISSING, _NAME, _VAL = (V + t for t in ("obj", "propSet", "missingSet", "name", "val"))
-_PATH, _FAULT, _PRIVILEGE = V + "path", f"{V}fault/{V}fault", V + "privilegeId"
-_ARRAYS = {"config.extraConfig": "value", "customValue": "value", "field": "name"}  # -> (key, X) pairs
-
-
-def _read_object(oc: ET.Element) -> Obj:
-    """One <objects> element -> (type, moid, {property: python value}, [(path, fault, privilege)]).
-
-    Children are walked directly (no ElementPath): this runs once per VM on every poll."""
-    kind: str | None = None
-    moid = ""
-    props: dict[str, Any] = {}
-    faults: list[Fault] = []
-    for child in oc:
-        if child.tag == _PROPSET:
-            name = val = None
-            for c in child:
-                if c.tag == _NAME:
-                    name = c.text
-                elif c.tag == _VAL:
-                    val = c
-            if name is None or val is None:
-                continue
-            second = _ARRAYS.get(name)
-            props[name] = ([(item.findtext(V + "key"), item.findtext(V + second)) for item in val]
-                           if second else val.text)
-        elif child.tag == _OBJ:
-            kind, moid = child.get("type"), child.text or ""
-        elif child.tag == _MISSING:
-            fault = child.find(_FAULT)
-            name = ((fault.get(XSI_TYPE) if fault is not None else None) or "?").rsplit(":", 1)[-1]
-            privilege = fault.findtext(_PRIVILEGE) if fault is not None else None
-            faults.append((child.findtext(_PATH) or "?", name, privilege))
-    return kind, moid, props, faults
-
-
-def _spec_xml(view: str, cfm: str | None) -> str:
-    """PropertyFilterSpec: VMs and hosts of the view (one traversal), plus custom field names."""
-    paths = "".join(f"<pathSet>{p}</pathSet>" for p in VM_PROPS)
-    spec = (f"<specSet><propSet><type>VirtualMachine</type>{paths}</propSet>"
-            "<propSet><type>HostSystem</type><pathSet>name</pathSet></propSet>")
-    if cfm:  # absent on a standalone ESXi host
-        spec += "<propSet><type>CustomFieldsManager</type><pathSet>field</pathSet></propSet>"
-    spec += (f'<objectSet><obj type="ContainerView">{escape(view)}</obj><skip>true</skip>'
-             '<selectSet xsi:type="TraversalSpec"><name>view</name><type>ContainerView</type>'
-             "<path>view</path><skip>false</skip></selectSet></objectSet>")
-    if cfm:
-        spec += f'<objectSet><obj type="CustomFieldsManager">{escape(cfm)}</obj></objectSet>'
-    return spec + "</specSet>"
-
-
-def _fault_names(faults: list[Fault]) -> list[str]:
-    """Distinct "NoPermission System.Read" texts of missingSet faults, in order."""
-    return list(dict.fromkeys(f"{name} {priv}" if priv else name for _, name, priv in faults))
-
-
-def _refusals(faults: list[Fault]) -> str:
-    """"NoPermission System.Read on config.template, customValue": which fault refused which paths."""
-    paths: dict[str, list[str]] = {}
-    for path, name, priv in faults:
-        paths.setdefault(f"{name} {priv}" if priv else name, []).append(path)
-    return "; ".join(f"{fault} on {', '.join(p)}" for fault, p in paths.items())
 
 
 class VMwareAdapter(Adapter):
@@ -249,7 +169,7 @@ class VMwareAdapter(Adapter):
             if self._content is not None:
                 try:
                     return self._collect(deadline)
-                except (vim.fault.NotAuthenticated, _SessionExpired):
+                except (vim.fault.NotAuthenticated, SessionExpired):
                     # the session expired between polls (idle timeout, admin, vpxd restart): log in
                     # again, once per poll
                     self._content = None
@@ -264,7 +184,7 @@ class VMwareAdapter(Adapter):
                 self.close()
                 raise UnreachableError("closed", f"{self.config.url}: closed during its login")
             return self._collect(deadline)
-        except (vim.fault.NotAuthenticated, _SessionExpired) as exc:
+        except (vim.fault.NotAuthenticated, SessionExpired) as exc:
             self._content = None
             raise AuthError("session refused right after login",
                             f"{self.config.url}: NotAuthenticated right after a fresh login") from exc
@@ -279,7 +199,7 @@ class VMwareAdapter(Adapter):
         view = self._on_session(deadline, "CreateContainerView",
                                 lambda: content.viewManager.CreateContainerView(folder, kinds, True))
         try:
-            spec = _spec_xml(view._moId, getattr(content.customFieldsManager, "_moId", None))
+            spec = spec_xml(view._moId, getattr(content.customFieldsManager, "_moId", None))
             # In a thread too: its pages stopped at the deadline, their headers did not (3 s took
             # 6.5 s). On a connection of its own, so a retrieval given up on leaves the session as it
             # is (a vCenter merely slow for its inventory logged in anew each poll). Its own checks end
@@ -324,81 +244,12 @@ class VMwareAdapter(Adapter):
         return cast(T, result)
 
     def _retrieve(self, content: Any, spec: str, deadline: float) -> list[Obj]:
-        """All pages of RetrievePropertiesEx over the view (and the custom field names).
-
-        pyVmomi's generic deserializer needs ~25 Python objects per VM; on 5,000 VMs that dominates
-        the poll. The request is the same PropertyCollector call, sent on the logged-in session,
-        and the answer is read with ElementTree, page by page (memory bounded by PAGE_SIZE).
-        """
-        # the session's content as the poll read it: a close() meanwhile sets the adapter's to None
-        this = f'<_this type="PropertyCollector">{escape(content.propertyCollector._moId)}</_this>'
+        """All pages of the retrieval (vsphere_pc.retrieve) on the poll's session: ``content`` as the
+        poll read it, since a close() meanwhile sets the adapter's to None."""
         cfg = self.config
-        conn = net.connection(cfg.url, cfg.timeout, net.ssl_context(cfg.url, cfg.verify_tls, cfg.ca_file))
-        path = urlsplit(cfg.url).path or "/sdk"
-        objects: list[Obj] = []
-        try:
-            body = (f'<RetrievePropertiesEx xmlns="urn:vim25">{this}{spec}'
-                    f"<options><maxObjects>{PAGE_SIZE}</maxObjects></options></RetrievePropertiesEx>")
-            while True:
-                token = self._call(conn, path, body, objects, deadline)
-                if token is None:
-                    return objects
-                if time.monotonic() > deadline:
-                    cancel = (f'<CancelRetrievePropertiesEx xmlns="urn:vim25">{this}'
-                              f"<token>{escape(token)}</token></CancelRetrievePropertiesEx>")
-                    with contextlib.suppress(Exception):  # sent is enough: its answer is not awaited
-                        self._call(conn, path, cancel, [], deadline)
-                    raise UnreachableError("timeout", f"{self.config.url}: retrieval exceeded "
-                                                      f"{self.config.timeout}s after {len(objects)} objects")
-                body = (f'<ContinueRetrievePropertiesEx xmlns="urn:vim25">{this}'
-                        f"<token>{escape(token)}</token></ContinueRetrievePropertiesEx>")
-        finally:
-            conn.close()
-
-    def _call(self, conn: http.client.HTTPConnection, path: str, body: str, objects: list[Obj],
-              deadline: float) -> str | None:
-        """POST one PropertyCollector call; append its objects, return the paging token. The answer
-        must have arrived by ``deadline``: the socket's timeout bounds each read, not the answer,
-        and a vCenter that sent a byte every 50 ms held a 5 s poll for minutes."""
-        conn.request("POST", path, (ENVELOPE[0] + body + ENVELOPE[1]).encode(), {
-            "Cookie": self._stub.cookie, "SOAPAction": self._stub.versionId, "Accept-Encoding": "gzip",
-            "Content-Type": "text/xml; charset=utf-8"})
-        resp = conn.getresponse()
-        if resp.status not in (200, 500):
-            resp.read()
-            raise UnreachableError(f"HTTP {resp.status}",
-                                   f"{self.config.url}: HTTP {resp.status} {resp.reason}")
-        parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("end",))
-        root: ET.Element | None = None
-
-        def drain() -> None:
-            nonlocal root
-            # only "end" events were asked for: each comes with its element, none with a namespace
-            for _, el in cast(Iterator[tuple[str, ET.Element]], parser.read_events()):
-                root = el  # the last element to end is the envelope
-                if el.tag == V + "objects":
-                    objects.append(_read_object(el))
-                    el.clear()  # memory bounded by one object, not by the page
-
-        for chunk in net.arriving(resp):
-            parser.feed(chunk)
-            drain()
-            if time.monotonic() > deadline:
-                raise UnreachableError("timeout", f"{self.config.url}: the answer was still arriving after "
-                                                  f"{self.config.timeout:g}s ({len(objects)} objects read)")
-        parser.close()
-        drain()
-        if root is None:
-            raise AdapterError("malformed SOAP response", f"{self.config.url}: empty answer")
-        fault = root.find(".//detail/*")
-        if resp.status == 500 or fault is not None:
-            name = (fault.get(XSI_TYPE) or fault.tag) if fault is not None else "unknown"
-            name = name.rsplit("}", 1)[-1].rsplit(":", 1)[-1].removesuffix("Fault")
-            if name == "NotAuthenticated":
-                raise _SessionExpired()
-            raise AdapterError(f"vSphere fault {name}",
-                               f"{self.config.url}: {name}: {root.findtext('.//faultstring')}")
-        return root.findtext(f".//{V}returnval/{V}token")
+        return vsphere_pc.retrieve(vsphere_pc.Session(
+            cfg.url, cfg.timeout, net.ssl_context(cfg.url, cfg.verify_tls, cfg.ca_file), self._stub.cookie,
+            self._stub.versionId, content.propertyCollector._moId), spec, deadline)
 
     def _observe(self, objects: list[Obj]) -> PollResult:
         hosts: dict[str, str] = {}
@@ -409,14 +260,14 @@ class VMwareAdapter(Adapter):
         partial: list[str] = []
         for kind, moid, props, faults in objects:
             if faults and any(f[1] == "NotAuthenticated" for f in faults):
-                raise _SessionExpired()
+                raise SessionExpired()
             if kind == "VirtualMachine":
                 if faults:
                     # a VM with any property refused is not reported at all: its id, tags or power
                     # state may be the missing part, and a guess would bill or drop the wrong hours
                     unreadable += 1
-                    refused.update(dict.fromkeys(_fault_names(faults)))
-                    self.problems.warn(moid, f"{_refusals(faults)}; not reported while refused")
+                    refused.update(dict.fromkeys(fault_names(faults)))
+                    self.problems.warn(moid, f"{refusals(faults)}; not reported while refused")
                     continue
                 vms.append((moid, props))
             elif kind == "HostSystem":
@@ -424,7 +275,7 @@ class VMwareAdapter(Adapter):
             elif kind == "CustomFieldsManager":
                 fields = dict(props.get("field") or [])
                 if faults:  # without the names, VMs tagged by custom attribute would vanish silently
-                    partial.append(f"custom attribute names could not be read: {_refusals(faults)}")
+                    partial.append(f"custom attribute names could not be read: {refusals(faults)}")
         observations = []
         cut_off: dict[str, int] = {}  # TR7 VMs left out, by connection state, in order
         for moid, props in vms:

@@ -17,7 +17,7 @@ import trustme
 from pydantic import ValidationError
 from pyVmomi import vim, vmodl
 
-import adapters.vmware as vmware
+import adapters.vsphere_pc as vsphere_pc
 from adapters.base import AdapterError, AuthError, Capacity, ConfigError, UnreachableError
 from adapters.registry import adapter_class
 from adapters.vmware import ADAPTER, VMwareConfig
@@ -181,7 +181,7 @@ def test_soap_fault_of_the_retrieval_is_an_adapter_error(sim: Any, inv: dict[str
     adapter = make(sim.url, name="vc-fault")
     adapter.poll()
     with pytest.raises(AdapterError) as err:
-        adapter._retrieve(adapter._content, vmware._spec_xml("no-such-view", None), time.monotonic() + 5)
+        adapter._retrieve(adapter._content, vsphere_pc.spec_xml("no-such-view", None), time.monotonic() + 5)
     assert err.value.reason == "vSphere fault ManagedObjectNotFound"
     assert "deleted" in err.value.diagnostic  # vcsim's faultstring
     adapter.close()
@@ -352,21 +352,23 @@ def test_a_vcenter_that_drips_its_answer_is_cut_off_near_the_timeout() -> None:
         server.stop()
 
 
-def test_an_inventory_too_slow_for_the_timeout_keeps_its_session_and_says_how_far_it_read() -> None:
+def test_an_inventory_too_slow_for_the_timeout_keeps_its_session_and_says_how_far_it_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A diff review: a healthy vCenter whose pages come steadily but too slowly for the timeout lost
     its session at every poll (a login each time), and was said "no answer", as if it were down.
     The retrieval has a connection of its own: the session stays, and its own checks say how far."""
     server = vcsim.start(vms=40, hosts=1, page=2)
     try:
         adapter = make(server.url, name="vc-slow", timeout=2)
-        logins, login, call = [], adapter._login, adapter._call
+        logins, login, call = [], adapter._login, vsphere_pc._call
         adapter._login = lambda: logins.append(1) or login()
 
         def slow(*a: Any, **k: Any) -> Any:
             time.sleep(0.15)  # 20 pages of 2 VMs: ~3 s, for a 2 s timeout
             return call(*a, **k)
 
-        adapter._call = slow
+        monkeypatch.setattr(vsphere_pc, "_call", slow)
         for _ in range(2):
             with pytest.raises(UnreachableError) as err:
                 adapter.poll()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pyVmomi import vim, vmodl
 
-import adapters.vmware as vmware
+import adapters.vsphere_pc as vsphere_pc
 from adapters.vmware import ADAPTER
 
 DENY = "denied-"
@@ -71,13 +71,14 @@ def test_simulator_refuses_like_vcenter(sim: Any, inv: dict[str, Any]) -> None:
     pc = vmodl.query.PropertyCollector
     content = inv["si"].content
     refused, readable = inv["refused"][0], inv["vms"][0]
-    spec = pc.FilterSpec(propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=list(vmware.VM_PROPS))],
+    props = pc.PropertySpec(type=vim.VirtualMachine, pathSet=list(vsphere_pc.VM_PROPS))
+    spec = pc.FilterSpec(propSet=[props],
                          objectSet=[pc.ObjectSpec(obj=refused), pc.ObjectSpec(obj=readable)])
     objects = {o.obj._moId: o for o in content.propertyCollector.RetrievePropertiesEx(
         [spec], pc.RetrieveOptions()).objects}
     denied = objects[refused._moId]
     assert not denied.propSet
-    assert sorted(m.path for m in denied.missingSet) == sorted(vmware.VM_PROPS)
+    assert sorted(m.path for m in denied.missingSet) == sorted(vsphere_pc.VM_PROPS)
     for missing in denied.missingSet:  # pyVmomi unwraps the LocalizedMethodFault
         assert isinstance(missing.fault, vim.fault.NoPermission)
         assert missing.fault.privilegeId == "System.Read"
@@ -173,7 +174,7 @@ def test_refused_custom_attribute_names_make_the_poll_partial() -> None:
            '<obj type="CustomFieldsManager">CustomFieldsManager</obj><missingSet><path>field</path>'
            '<fault><fault xsi:type="NoPermission"><object type="CustomFieldsManager">CustomFieldsManager'
            '</object><privilegeId>System.View</privilegeId></fault></fault></missingSet></objects>')
-    obj = vmware._read_object(ET.fromstring(xml))
+    obj = vsphere_pc.read_object(ET.fromstring(xml))
     assert obj == ("CustomFieldsManager", "CustomFieldsManager", {},
                    [("field", "NoPermission", "System.View")])
     result = make("http://127.0.0.1:1/sdk")._observe([obj])
