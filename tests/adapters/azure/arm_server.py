@@ -31,6 +31,7 @@ class Subscription:
     throttle: int = 0  # answer the next N list calls 429 with Retry-After
     retry_after: int = 1  # the Retry-After of those answers, seconds
     delay: float = 0.0  # seconds before answering a list call (a slow or hung region of ARM)
+    drip: float = 0.0  # seconds between the bytes of a list answer's body (each read gets a byte in time)
 
 
 def vm(name: str, *, tags: dict[str, str] | None = None, power: str | None = "running",
@@ -64,6 +65,7 @@ class ArmServer:
         self.requests: list[tuple[str, str]] = []
         self.versions: list[tuple[str, str]] = []  # (path, api-version) of each GET
         self.lock = threading.Lock()
+        self.calm = threading.Event()  # set: dripping answers send the rest at once
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -122,7 +124,8 @@ class ArmServer:
             def log_message(self, *_: object) -> None:
                 pass
 
-            def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
+                      drip: float = 0.0) -> None:
                 payload = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -130,7 +133,16 @@ class ArmServer:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(payload)
+                if not drip:
+                    self.wfile.write(payload)
+                    return
+                for i in range(len(payload)):
+                    if arm.calm.is_set():  # the test is over: the rest at once
+                        self.wfile.write(payload[i:])
+                        return
+                    self.wfile.write(payload[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(drip)
 
             def do_GET(self) -> None:
                 url = urlparse(self.path)
@@ -235,7 +247,7 @@ class ArmServer:
                 if start + sub.page_size < len(sub.vms):
                     next_query = {**query, "$skiptoken": str(start + sub.page_size)}
                     body["nextLink"] = f"{arm.url}/subscriptions/{sub_id}{LIST_PATH}?{urlencode(next_query)}"
-                self._send(200, body)
+                self._send(200, body, drip=sub.drip)
 
         return Handler
 

@@ -40,6 +40,7 @@ def arm(arm_session: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     arm_session.clients.clear()
+    arm_session.calm.clear()
     arm_session.subscriptions.clear()
     with arm_session.lock:
         arm_session.requests.clear()

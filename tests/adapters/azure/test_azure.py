@@ -2,6 +2,7 @@
 
 import logging
 import re
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,36 @@ def test_a_hung_subscription_is_reported_before_the_agent_gives_up(sp: Any) -> N
     result = ad.poll()
     assert set(by_vm(result)) == {vm}
     assert result.error == f"subscription {SUB_A}: ARM gave no answer within the 5s poll timeout"
+
+
+def test_a_subscription_dripping_its_answer_is_cut_off_and_not_asked_again_beside_itself(sp: Any) -> None:
+    """The SDK's read timeout bounds each read, not the answer: ARM (or a proxy before it) sending a byte
+    every 20 ms is cut off at the poll's deadline, the other subscription read. A review: each poll asked
+    it again beside the call still dripping, a thread more a poll; it is not asked again until that ends."""
+    vm_b = sp.add_vm(SUB_B, "fw", tags={"tr7.instance": "fw-b"})
+    vm_a = sp.add_vm(SUB_A, "fw-a", tags={"tr7.instance": "fw-a"})
+    sp.subscriptions[SUB_A].drip = 0.02  # a ~1.5 kB answer: ~30 s
+    ad = AzureAdapter(adapter(sp).config.model_copy(update={"timeout": 2.0}))
+    try:
+        started = time.monotonic()
+        result = ad.poll()
+        assert time.monotonic() - started < 5  # 0.9 x timeout 2 s, and slack for a loaded machine
+        assert set(by_vm(result)) == {vm_b}
+        assert result.error == f"subscription {SUB_A}: ARM gave no answer within the 2s poll timeout"
+        lists = sp.count(LIST.format(SUB_A))
+        result = ad.poll()
+        assert set(by_vm(result)) == {vm_b}
+        assert result.error == (f"subscription {SUB_A}: ARM gave no answer within the 2s poll timeout (the "
+                                "previous poll's request is still waiting: not asked again)")
+        assert sp.count(LIST.format(SUB_A)) == lists
+    finally:
+        sp.calm.set()  # the rest of the answer at once: the late call ends
+    for _ in range(100):
+        result = ad.poll()
+        if result.error is None:
+            break
+        time.sleep(0.05)
+    assert set(by_vm(result)) == {vm_a, vm_b}
 
 
 def test_unknown_subscription_and_server_errors(sp: Any) -> None:
