@@ -3,6 +3,7 @@
 import importlib.util
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -280,6 +281,32 @@ def test_a_daemon_dripping_its_answers_is_cut_off_at_the_timeout(tmp_path: Path,
     finally:
         proxy.calm.set()
         proxy.close()
+
+
+def test_a_listing_too_slow_for_the_timeout_says_how_far_it_read(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host answering steadily but too slowly for its domains: the listing's own check, between
+    domains, ends 0.25 s before the poll gives up on it, so its reason is said (how many were read),
+    not the bare "no answer" of a listing that never came back."""
+    import time
+
+    uri = nodexml.write_node(tmp_path / "node.xml", [Dom(f"d{i}", license={"instance": f"tr7-{i}"})
+                                                      for i in range(40)])
+    kvm = ADAPTER(ADAPTER.Config(name="kvm", platform="kvm", uri=uri, timeout=2))
+    observe = kvm._observation
+
+    def slow(dom: Any, host: str) -> Any:
+        time.sleep(0.1)  # a round trip or two to a busy daemon: 40 domains take ~4 s
+        return observe(dom, host)
+
+    monkeypatch.setattr(kvm, "_observation", slow)
+    started = time.monotonic()
+    with pytest.raises(UnreachableError) as err:
+        kvm.poll()
+    assert time.monotonic() - started < 5  # 0.9 x timeout 2 s, and slack for a loaded machine
+    assert err.value.reason == "timeout", err.value
+    assert re.search(r"listing unfinished after 2s \(\d+ TR7 instances read\)", err.value.diagnostic)
+    kvm.close()
 
 
 def test_a_socket_the_agent_user_may_not_open_is_access_denied(tmp_path: Path) -> None:
