@@ -9,7 +9,7 @@ import fake_adapter
 import pytest
 
 from adapters.base import AdapterConfig, AdapterError, Observation, PollResult
-from adapters.hyperv import decode_clixml
+from adapters.hyperv_ps import decode_clixml
 from agent.poller import Poller, _checked
 from protocol.heartbeat import parse_unverified, sign_heartbeat
 from protocol.keys import AgentKey

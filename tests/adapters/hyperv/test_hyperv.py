@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from spnego.channel_bindings import GssChannelBindings
 
 from adapters.base import AdapterError, AuthError, Capacity, ConfigError, UnreachableError
-from adapters.hyperv import HyperVAdapter, HyperVConfig, decode_clixml
+from adapters.hyperv import HyperVAdapter, HyperVConfig
+from adapters.hyperv_ps import decode_clixml
 from adapters.registry import adapter_class
 
 wsman_sim: Any = sys.modules["wsman_sim"]  # loaded by conftest.py
@@ -404,7 +405,7 @@ def test_unreadable_password_file_is_a_config_error(wsman: Any, make_adapter: An
 def test_docs_show_the_script_the_adapter_runs() -> None:
     from pathlib import Path
 
-    from adapters.hyperv import build_script
+    from adapters.hyperv_ps import build_script
     page = (Path(__file__).parents[3] / "docs/adapters/hyperv.md").read_text()
     assert build_script(True) in page and "$vms=@(Get-VM)" in page
 
