@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sqlalchemy as sa
-from bench_ingest import BATCH, OBS, _cpu_seconds, make_heartbeats
+from _ingestload import BATCH, OBS, cpu_seconds, make_heartbeats
 
 from collector import credentials, db, highwater, tiles, tlog
 from collector import schema as s
@@ -58,12 +58,12 @@ def run(
     out = []
     for p in range(PARTS):
         part = lines[p * per : (p + 1) * per]
-        c0, s0 = time.process_time(), None if db_pid is None else _cpu_seconds(db_pid)
+        c0, s0 = time.process_time(), None if db_pid is None else cpu_seconds(db_pid)
         for i in range(0, len(part), BATCH):
             results = ingest_lines(engine, part[i : i + BATCH])
             assert all(r["status"] == "accepted" for r in results), results[:3]
         cpu = time.process_time() - c0
-        server = 0.0 if s0 is None else (_cpu_seconds(db_pid) or s0) - s0  # type: ignore[arg-type]
+        server = 0.0 if s0 is None else (cpu_seconds(db_pid) or s0) - s0  # type: ignore[arg-type]
         out.append((cpu / len(part), server / len(part)))
     with db.read_conn(engine) as c:
         month, size = c.execute(sa.select(s.logs.c.month, s.logs.c.size)).one()

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ingest import BATCH, _cpu_seconds, make_heartbeats
+from _ingestload import BATCH, cpu_seconds, make_heartbeats
 
 from collector import credentials, db
 from collector.gctune import tune_gc
@@ -33,13 +33,13 @@ def run(url: str, data_dir: Path, keys: list, lines: list[str], per_request: int
         db.write_tx(engine, lambda c, k=k, i=i: credentials.add_agent(c, "acme", f"a{i}", k.public_b64, 0))
     ingest_lines(engine, lines[:1])  # statements compiled, keys loaded: not what is measured
     todo = lines[1:]
-    server0 = None if db_pid is None else _cpu_seconds(db_pid)
+    server0 = None if db_pid is None else cpu_seconds(db_pid)
     cpu0 = time.process_time()
     for i in range(0, len(todo), per_request):
         results = ingest_lines(engine, todo[i : i + per_request])
         assert all(r["status"] == "accepted" for r in results), results[:2]
     cpu = (time.process_time() - cpu0) / len(todo)
-    server = None if server0 is None else (_cpu_seconds(db_pid) - server0) / len(todo)  # type: ignore[arg-type, operator]
+    server = None if server0 is None else (cpu_seconds(db_pid) - server0) / len(todo)  # type: ignore[arg-type, operator]
     engine.dispose()
     return cpu, server
 
