@@ -139,6 +139,7 @@ class KVMAdapter(Adapter):
         self._close_reason: int | None = None  # set by libvirt when it closes the connection
         self._connect_lock = SetupLock()  # fanout.within: one connection attempt at a time
         self._behind = Behind(self.name)  # connections closing behind their polls
+        self._shut = False  # close() was called: a connection opened after it is closed at once
 
     def _connected(self, deadline: float) -> libvirt.virConnect:
         """_connection by ``deadline``: openAuth has no timeout of its own, and keepalive starts
@@ -191,6 +192,12 @@ class KVMAdapter(Adapter):
         with contextlib.suppress(libvirt.libvirtError):
             conn.registerCloseCallback(self._closed, None)
         self._conn = conn
+        if self._shut:
+            # Opened after close() (a reload gave up on this adapter while its connect waited): nobody
+            # would close it, and each reload during an outage left one to the process's end. Set
+            # first, checked after: close() either sees it or is seen (close sets, then drops).
+            self._drop()
+            raise UnreachableError("closed", f"{cfg.uri}: the adapter was closed while it connected")
         return conn
 
     def _closed(self, _conn: Any, reason: int, _opaque: Any) -> None:
@@ -214,6 +221,7 @@ class KVMAdapter(Adapter):
                          what="closing the libvirt connection", thread_name=f"kvm-close-{self.name}")
 
     def close(self) -> None:
+        self._shut = True
         self._drop()
 
     def poll(self) -> PollResult:

@@ -283,6 +283,32 @@ def test_a_daemon_dripping_its_answers_is_cut_off_at_the_timeout(tmp_path: Path,
         proxy.close()
 
 
+def test_a_connection_that_opens_after_close_is_closed(tmp_path: Path, libvirtd: Any) -> None:
+    """A reload closes the old adapter while its connect still waits on a frozen libvirtd: once the
+    daemon answered, the connection was kept by the closed adapter, one more each such reload, until
+    the process ended. Found by a review."""
+    import threading
+
+    from tests._dripproxy import DripProxy
+
+    nodexml.write_node(tmp_path / "node.xml", [Dom("d0", license={"instance": "tr7-0"})])
+    held = threading.Event()
+    proxy = DripProxy.unix(libvirtd.socket, libvirtd.root / "hold-sock", hold=held)
+    uri = f"test+unix://{(tmp_path / 'node.xml').resolve()}?socket={proxy.path}"
+    kvm = ADAPTER(ADAPTER.Config(name="kvm-late", platform="kvm", uri=uri, timeout=1))
+    try:
+        with pytest.raises(UnreachableError, match="connecting to libvirtd: no answer"):
+            kvm.poll()
+        kvm.close()  # a reload, while the connect waits
+        held.set()
+        for t in [t for t in threading.enumerate() if t.name == "kvm-connect-kvm-late"]:
+            t.join(30)
+        assert kvm._conn is None
+    finally:
+        held.set()
+        proxy.close()
+
+
 def test_a_listing_too_slow_for_the_timeout_says_how_far_it_read(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A host answering steadily but too slowly for its domains: the listing's own check, between
