@@ -92,6 +92,9 @@ class Poller:
         self.pending: dict[str, Future[PollResult]] = {}
         self.durations: dict[str, float] = {}
         self.closing: threading.Thread | None = None  # close(linger=True)'s, while it waits
+        # poll_all's submit-and-store and close()'s shutdown-and-look, one at a time: a close between
+        # a submit and its store saw no poll running and closed the adapters under it (a review)
+        self._submitting = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=max(2, 2 * len(configs)), thread_name_prefix="poll")
         for cfg in configs:
             self._build(cfg)
@@ -120,13 +123,14 @@ class Poller:
         start = time.monotonic()
         futures: dict[str, Future[PollResult] | None] = {}
         self.durations.clear()
-        for cfg in self.configs:
-            old = self.pending.get(cfg.name)
-            # A hung poll cannot be killed (threads); never start a second one beside it.
-            if old is not None and not old.done():
-                futures[cfg.name] = None
-            else:
-                futures[cfg.name] = self.pending[cfg.name] = self.pool.submit(self._run, cfg)
+        with self._submitting:
+            for cfg in self.configs:
+                old = self.pending.get(cfg.name)
+                # A hung poll cannot be killed (threads); never start a second one beside it.
+                if old is not None and not old.done():
+                    futures[cfg.name] = None
+                else:
+                    futures[cfg.name] = self.pending[cfg.name] = self.pool.submit(self._run, cfg)
         out = PollOutcome()
         for cfg in self.configs:
             fut = futures[cfg.name]
@@ -162,9 +166,11 @@ class Poller:
         """Close the adapters. ``linger`` (a reload): those of polls still running once they end (at
         most their timeout), in a thread of its own: closed under a poll, an adapter's session went
         (vSphere's logout), and the slot was signed with that adapter failed, its instances unseen."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        # list() copies the dict whole under the GIL: poll_all may be adding to it in its thread
-        running = [f for f in list(self.pending.values()) if not f.done()]
+        with self._submitting:
+            # A reload lets the polls already asked for run, queued ones too: cancelled, the slot was
+            # signed with "internal error: CancelledError" for them. A stop cancels them.
+            self.pool.shutdown(wait=False, cancel_futures=not linger)
+            running = [f for f in self.pending.values() if not f.done()]
         if not (linger and running):
             self._close_adapters()
             return

@@ -255,8 +255,11 @@ class Service(PollJob):
             self.scheduler.shutdown(wait=True)
         self._stop_shipper(10)
         self.poller.close()
-        for poller in self.retired:  # closing behind a reload: their polls end by their timeout
-            poller.closed(max((a.timeout for a in poller.configs), default=0.0))
+        # closing behind a reload: their polls end by their timeout; one wait for all of them, not
+        # one after another (a review: each reload's adapters added their longest timeout)
+        end = time.monotonic() + max((a.timeout for p in self.retired for a in p.configs), default=0.0)
+        for poller in self.retired:
+            poller.closed(max(0.0, end - time.monotonic()))
         self.spool.close()
         self.wakeup.close()
         if self.fatal is not None:
