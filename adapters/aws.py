@@ -256,6 +256,9 @@ class AwsAdapter(Adapter):
     # -- polling
 
     def poll_region(self, region: str) -> list[Observation]:
+        # this call's throttling from now on; a call of an earlier poll still retrying keeps its
+        # entry (fanout.poll_scopes does not ask its scope again, and says it is throttled)
+        self._throttled.pop(region, None)
         out = []
         pages = self.client(region).get_paginator("describe_instances").paginate(
             Filters=TAG_FILTER, PaginationConfig={"PageSize": PAGE_SIZE})
@@ -317,7 +320,6 @@ class AwsAdapter(Adapter):
                          thread_name=f"aws-{self.name}-setup")
         if not regions:  # "all" in an account where DescribeRegions lists none
             return PollResult()
-        self._throttled.clear()
         limit = f"the {self.config.timeout:g}s poll timeout"
 
         def late(region: str) -> AdapterError:

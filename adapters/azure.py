@@ -150,7 +150,7 @@ class AzureAdapter(Adapter):
         self._setup_lock = SetupLock()  # one poll's set-up at a time (fanout.within)
         self._turns = Turns()  # the scopes a late poll never asked go first next time
         self._credential: TokenCredential | None = None
-        self._throttled: dict[str, str] = {}  # subscription -> Retry-After of its last 429, this poll
+        self._throttled: dict[str, str] = {}  # subscription -> Retry-After of its current call's last 429
         self._clients: dict[str, ComputeManagementClient] = {}
 
     def _transport_options(self) -> dict[str, Any]:
@@ -217,6 +217,9 @@ class AzureAdapter(Adapter):
         return self._clients[subscription]
 
     def poll_subscription(self, subscription: str) -> list[Observation]:
+        # this call's throttling from now on; a call of an earlier poll still retrying keeps its
+        # entry (fanout.poll_scopes does not ask its scope again, and says it is throttled)
+        self._throttled.pop(subscription, None)
         client = self.client(subscription)
         # Two lists, joined on the resource id (which ARM compares case-insensitively): the model
         # (tags, vmId, location) and, with statusOnly=true, the instanceView statuses (power
@@ -300,7 +303,6 @@ class AzureAdapter(Adapter):
         within(deadline, set_up, what="Azure sign-in", lock=self._setup_lock,
                thread_name=f"azure-{self.name}-setup")
         limit = f"the {self.config.timeout:g}s poll timeout"
-        self._throttled.clear()
 
         def late(sub: str) -> AdapterError:
             if sub in self._throttled:

@@ -4,6 +4,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -120,6 +121,11 @@ def poll_scopes(
     raise kind(reasons.pop() if len(reasons) == 1 else per_scope, per_scope)
 
 
+class StillWaiting(UnreachableError):
+    """A step ``within`` did not start: the previous poll's step still waits for its answer. Nothing
+    was sent, so nothing of this poll's (a session, a connection) is left mid-answer."""
+
+
 class SetupLock:
     """An adapter's set-up lock (one login or list at a time, see within), with the step that took
     it last: the one a later poll names when it finds the lock still held."""
@@ -154,8 +160,8 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: SetupLock
         # not one more per poll (a thread a poll piled up on the lock, 288 a day at 300 s). Named
         # by the step that waits: a hung list read as "login" with a token that logs in nowhere.
         waiting = lock.step or what
-        raise UnreachableError(f"{waiting}: no answer within the poll timeout (the previous poll's "
-                               "attempt is still waiting)")
+        raise StillWaiting(f"{waiting}: no answer within the poll timeout (the previous poll's "
+                           "attempt is still waiting)")
     answer: Future[T] = Future()
     handover = threading.Lock()  # the result goes to the waiting poll or to ``abandoned``, never both
     gave_up = claimed = False
@@ -198,51 +204,66 @@ def within(deadline: float, step: Callable[[], T], *, what: str, lock: SetupLock
 
 class Behind:
     """An adapter's best-effort calls (logging out, deleting a shell, closing a connection): each runs
-    in a daemon thread and may outlive its poll, at most ``limit`` at a time. Such a call against a
-    server dripping its answers ran a thread at every poll, without end, in four hand-written copies.
+    in a daemon thread and may outlive its poll. At most ``limit`` threads at a time; a call made
+    while they are all busy waits its turn and runs in the first one that frees. Against a server
+    dripping its answers such calls ran a thread each, one more at every poll, in four hand-written
+    copies; skipped instead, a WinRM shell of every poll stayed on the host until its idle timeout
+    (and the shell quota, 30 by default, was reached in half an hour), a closed libvirt connection
+    for the process's life (a review). Beyond ``queue`` waiting calls, the oldest is dropped with a
+    warning: what it would end, the server ends later by its own timeout, if it has one."""
 
-    A call is skipped, with a warning, while ``limit`` are still running: what it would end (a
-    session, a shell) the server ends later by its own idle timeout."""
-
-    def __init__(self, name: str, limit: int = 2) -> None:
+    def __init__(self, name: str, limit: int = 2, queue: int = 64) -> None:
         self.name = name
         self.limit = limit
+        self.queue = queue
         self._lock = threading.Lock()
         self._running = 0
+        self._waiting: deque[tuple[Callable[[], object], str, threading.Event]] = deque()
 
     @property
     def running(self) -> int:
+        """Calls running or waiting their turn."""
         with self._lock:
-            return self._running
+            return self._running + len(self._waiting)
 
-    def start(self, call: Callable[[], object], *, what: str, thread_name: str) -> threading.Event | None:
-        """Start ``call`` in its own thread; the Event is set once it ended, however. None: skipped."""
+    def start(self, call: Callable[[], object], *, what: str, thread_name: str) -> threading.Event:
+        """Run ``call`` in a thread of its own, or after the calls before it; the Event is set once it
+        ended, however (or was dropped)."""
+        ended = threading.Event()
         with self._lock:
             if self._running >= self.limit:
-                log.warning("adapter %s: %s skipped: %d earlier ones are still waiting for the server",
-                            self.name, what, self._running)
-                return None
+                if len(self._waiting) >= self.queue:
+                    _, dropped, gone = self._waiting.popleft()
+                    gone.set()
+                    log.warning("adapter %s: %s dropped: %d calls wait for the server already", self.name,
+                                dropped, len(self._waiting) + 1)
+                self._waiting.append((call, what, ended))
+                log.warning("adapter %s: %s waits its turn: %d earlier ones are still waiting for the "
+                            "server", self.name, what, self._running)
+                return ended
             self._running += 1
-        ended = threading.Event()
+        threading.Thread(target=self._work, args=(call, what, ended), name=thread_name, daemon=True).start()
+        return ended
 
-        def body() -> None:
+    def _work(self, call: Callable[[], object], what: str, ended: threading.Event) -> None:
+        while True:
             try:
                 call()
             except Exception as exc:  # best effort: the server ends it later anyway
                 log.debug("adapter %s: %s failed: %s", self.name, what, exc)
             finally:
-                with self._lock:
-                    self._running -= 1
                 ended.set()
-
-        threading.Thread(target=body, name=thread_name, daemon=True).start()
-        return ended
+            with self._lock:
+                if not self._waiting:
+                    self._running -= 1
+                    return
+                call, what, ended = self._waiting.popleft()
 
     def run(self, deadline: float, call: Callable[[], object], *, what: str, thread_name: str) -> bool:
         """``start`` it and wait for it until ``deadline`` (a time.monotonic() instant): True if it
         ended by then; late, it ends in its thread."""
         ended = self.start(call, what=what, thread_name=thread_name)
-        return ended is not None and ended.wait(max(0.0, deadline - time.monotonic()))
+        return ended.wait(max(0.0, deadline - time.monotonic()))
 
 
 def forgetting(poll: Callable[[], PollResult], forget: Callable[[], None]) -> PollResult:

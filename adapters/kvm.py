@@ -21,7 +21,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import INNER_MARGIN, Behind, SetupLock, poll_deadline, within
+from adapters.fanout import INNER_MARGIN, Behind, SetupLock, StillWaiting, poll_deadline, within
 from adapters.tr7meta import KEYS, ProblemLog, recognise
 
 NAMESPACE = "urn:tr7:metering:1"
@@ -256,21 +256,38 @@ class KVMAdapter(Adapter):
         domains (a call or two each), held a poll of 2 s for 25 s and more while the agent said only
         "previous poll still running". Late: UnreachableError; the listing goes on in its thread
         (stopping at its next domain), holding the lock, so the next poll waits for it."""
-        return within(deadline, lambda: self._collect(conn, deadline - INNER_MARGIN),
-                      what="listing the domains", lock=self._connect_lock,
-                      thread_name=f"kvm-list-{self.name}")
-
-    def _collect(self, conn: libvirt.virConnect, deadline: float) -> PollResult:
-        host = conn.getHostname()
         observations: list[Observation] = []
-        for dom in conn.listAllDomains(0):
+        listed: list[bool] = []  # the domains' list came: the poll then says how far it got
+        try:
+            return within(deadline,
+                          lambda: self._collect(conn, deadline - INNER_MARGIN, observations, listed),
+                          what="listing the domains", lock=self._connect_lock,
+                          thread_name=f"kvm-list-{self.name}")
+        except StillWaiting:
+            raise
+        except UnreachableError as exc:
+            if not listed:
+                raise
+            # whatever call the listing is blocked in (a domain's answer slower than the margin of
+            # its own check): said from how far it got, not as a daemon that never answered
+            raise self._unfinished(observations) from exc
+
+    def _unfinished(self, observations: list[Observation]) -> UnreachableError:
+        return UnreachableError("timeout", f"{self.config.uri}: listing unfinished after "
+                                f"{self.config.timeout:g}s ({len(observations)} TR7 instances read)")
+
+    def _collect(self, conn: libvirt.virConnect, deadline: float, observations: list[Observation],
+                 listed: list[bool]) -> PollResult:
+        host = conn.getHostname()
+        domains = conn.listAllDomains(0)
+        listed.append(True)
+        for dom in domains:
             if time.monotonic() > deadline:  # its poll gives up on it now: no more calls for nobody
-                raise UnreachableError("timeout", f"{self.config.uri}: listing unfinished after "
-                                       f"{self.config.timeout:g}s ({len(observations)} TR7 instances read)")
+                raise self._unfinished(observations)
             obs = self._observation(dom, host)
             if obs is not None:
                 observations.append(obs)
-        return PollResult(observations=observations)
+        return PollResult(observations=list(observations))
 
     def _observation(self, dom: libvirt.virDomain, host: str) -> Observation | None:
         uuid = dom.UUIDString()

@@ -214,7 +214,6 @@ class ProxmoxAdapter(Adapter):
         earlier = self._earlier = {f: n for f, n in self._earlier.items() if not f.done()}
         for node in earlier.values():
             inflight[node] += 1
-        held = dict(inflight)  # by node, at the start: said with the node's unread VMs
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"pve-{self.name}")
 
         def fill() -> None:
@@ -226,7 +225,10 @@ class ProxmoxAdapter(Adapter):
 
         try:
             fill()
-            while (futures or earlier) and (left := deadline - time.monotonic()) > 0:
+            # An earlier read is waited for only while its node has VMs queued behind it: a poll that
+            # read every VM waited for it until the deadline (a review)
+            while ((futures or any(queues[n] for n in set(earlier.values())))
+                   and (left := deadline - time.monotonic()) > 0):
                 finished, _ = wait([*futures, *earlier], timeout=left, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     if fut in earlier:
@@ -240,6 +242,9 @@ class ProxmoxAdapter(Adapter):
             pool.shutdown(wait=False, cancel_futures=True)
         late: dict[str, int] = {node: len(q) + sum(str(r["node"]) == node for r in futures.values())
                                 for node, q in queues.items()}
+        held: dict[str, int] = defaultdict(int)  # earlier reads still running: said with their node
+        for fut, node in earlier.items():
+            held[node] += not fut.done()
         self._earlier = {**earlier, **{f: str(r["node"]) for f, r in futures.items() if not f.cancelled()}}
         self._turns.finished(order, {_vm_key(r) for r in done.values()}, [])
         failed: dict[str, list[str]] = {}  # node -> reasons, one error line per node

@@ -24,7 +24,7 @@ from adapters.base import (
     UnreachableError,
 )
 from adapters.credentials import SecretError
-from adapters.fanout import INNER_MARGIN, Behind, SetupLock, poll_deadline, within
+from adapters.fanout import INNER_MARGIN, Behind, SetupLock, StillWaiting, poll_deadline, within
 from adapters.tr7meta import ProblemLog, recognise
 from adapters.vsphere_pc import Obj, SessionExpired, fault_names, refusals, spec_xml
 
@@ -198,23 +198,49 @@ class VMwareAdapter(Adapter):
         folder, kinds = content.rootFolder, [vim.VirtualMachine, vim.HostSystem]
         view = self._on_session(deadline, "CreateContainerView",
                                 lambda: content.viewManager.CreateContainerView(folder, kinds, True))
+        progress = vsphere_pc.Progress()
+
+        def retrieval() -> tuple[list[Obj] | None, Exception | None]:  # a late failure: `abandoned` too
+            try:
+                return self._retrieve(content, spec, deadline - INNER_MARGIN, progress), None
+            except Exception as exc:
+                return None, exc
+
+        def destroy_later(_: object) -> None:
+            # The late retrieval ended (its thread, the lock free): the view goes now. A kept session
+            # gathered one view per late poll, never destroyed (a review).
+            self._behind.start(view.DestroyView, what="DestroyView",
+                               thread_name=f"vc-DestroyView-{self.name}")
+
+        late = False
         try:
             spec = spec_xml(view._moId, getattr(content.customFieldsManager, "_moId", None))
             # In a thread too: its pages stopped at the deadline, their headers did not (3 s took
             # 6.5 s). On a connection of its own, so a retrieval given up on leaves the session as it
-            # is (a vCenter merely slow for its inventory logged in anew each poll). Its own checks end
-            # a moment before the thread is given up on: theirs is the diagnostic said ("N objects").
-            found = within(deadline, lambda: self._retrieve(content, spec, deadline - INNER_MARGIN),
-                           what="RetrievePropertiesEx", lock=self._setup_lock,
-                           thread_name=f"vc-retrieve-{self.name}")
+            # is (a vCenter merely slow for its inventory logged in anew each poll).
+            try:
+                found, failed = within(deadline, retrieval, what="RetrievePropertiesEx",
+                                       lock=self._setup_lock, thread_name=f"vc-retrieve-{self.name}",
+                                       abandoned=destroy_later)
+            except StillWaiting:
+                raise
+            except UnreachableError as exc:
+                late = True
+                if progress.arriving:  # said from how far it got, whatever its thread is blocked in
+                    raise UnreachableError("timeout", f"{self.config.url}: the answer was still arriving "
+                                           f"after {self.config.timeout:g}s ({len(progress.objects)} objects "
+                                           "read)") from exc
+                raise
+            if failed is not None:
+                raise failed
         finally:
-            if self._content is content:  # else the session was dropped: its logout ends the view
+            if not late and self._content is content:  # else its logout, or destroy_later, ends the view
                 with contextlib.suppress(Exception):  # views die with the session anyway
                     # late only when the retrieval used up the deadline: it ends behind the lock, and
                     # the session is kept (a healthy vCenter's next poll needs no login)
                     within(deadline, view.DestroyView, what="DestroyView", lock=self._setup_lock,
                            thread_name=f"vc-DestroyView-{self.name}")
-        return self._observe(found)
+        return self._observe(cast(list[Obj], found))
 
     def _on_session(self, deadline: float, what: str, call: Callable[[], T]) -> T:
         """``call`` on the session's own connection by ``deadline`` (fanout.within): pyVmomi's timeout
@@ -230,26 +256,27 @@ class VMwareAdapter(Adapter):
             except Exception as exc:
                 return None, exc
 
-        waiting = self._setup_lock.locked()  # a late call of an earlier poll: none is made now
         try:
             result, failed = within(deadline, settled, what=what, lock=self._setup_lock,
                                     thread_name=f"vc-{what}-{self.name}",
                                     abandoned=lambda _: self._logout_later(content))
+        except StillWaiting:  # a late call of an earlier poll: none was made now, the session is intact
+            raise
         except UnreachableError:
-            if not waiting:  # not after a call that was never made: that session was no one's to end
-                self._content = None
+            self._content = None
             raise
         if failed is not None:
             raise failed
         return cast(T, result)
 
-    def _retrieve(self, content: Any, spec: str, deadline: float) -> list[Obj]:
+    def _retrieve(self, content: Any, spec: str, deadline: float,
+                  progress: vsphere_pc.Progress | None = None) -> list[Obj]:
         """All pages of the retrieval (vsphere_pc.retrieve) on the poll's session: ``content`` as the
         poll read it, since a close() meanwhile sets the adapter's to None."""
         cfg = self.config
         return vsphere_pc.retrieve(vsphere_pc.Session(
             cfg.url, cfg.timeout, net.ssl_context(cfg.url, cfg.verify_tls, cfg.ca_file), self._stub.cookie,
-            self._stub.versionId, content.propertyCollector._moId), spec, deadline)
+            self._stub.versionId, content.propertyCollector._moId), spec, deadline, progress)
 
     def _observe(self, objects: list[Obj]) -> PollResult:
         hosts: dict[str, str] = {}

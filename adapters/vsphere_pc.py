@@ -6,7 +6,7 @@ import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
@@ -107,46 +107,62 @@ class Session:
     collector: str  # the PropertyCollector's moid
 
 
-def retrieve(session: Session, spec: str, deadline: float) -> list[Obj]:
+@dataclass
+class Progress:
+    """How far a retrieval got: its objects so far, and whether an answer had begun to arrive. The
+    poll that gives up on the retrieval says so from here, whatever the thread is blocked in."""
+
+    objects: list[Obj] = field(default_factory=list)
+    arriving: bool = False
+
+
+def retrieve(session: Session, spec: str, deadline: float, progress: Progress | None = None) -> list[Obj]:
     """All pages of RetrievePropertiesEx over the view (and the custom field names).
 
     pyVmomi's generic deserializer needs ~25 Python objects per VM; on 5,000 VMs that dominates
     the poll. The request is the same PropertyCollector call, sent on the logged-in session,
     and the answer is read with ElementTree, page by page (memory bounded by PAGE_SIZE).
+
+    Past ``deadline``, no page is asked for: the one arriving is read to its end (its token is at
+    its end) and the rest of the result is cancelled, so that a session kept for the next poll
+    holds no retrieval's results. Cut off mid-page, they were left on the session until it ended.
     """
     this = f'<_this type="PropertyCollector">{escape(session.collector)}</_this>'
     conn = net.connection(session.url, session.timeout, session.context)
     path = urlsplit(session.url).path or "/sdk"
-    objects: list[Obj] = []
+    progress = Progress() if progress is None else progress
+    objects = progress.objects
     try:
         body = (f'<RetrievePropertiesEx xmlns="urn:vim25">{this}{spec}'
                 f"<options><maxObjects>{PAGE_SIZE}</maxObjects></options></RetrievePropertiesEx>")
         while True:
-            token = _call(session, conn, path, body, objects, deadline)
+            token = _call(session, conn, path, body, progress)
             if token is None:
                 return objects
             if time.monotonic() > deadline:
                 cancel = (f'<CancelRetrievePropertiesEx xmlns="urn:vim25">{this}'
                           f"<token>{escape(token)}</token></CancelRetrievePropertiesEx>")
                 with contextlib.suppress(Exception):  # sent is enough: its answer is not awaited
-                    _call(session, conn, path, cancel, [], deadline)
-                raise UnreachableError("timeout", f"{session.url}: retrieval exceeded "
-                                                  f"{session.timeout}s after {len(objects)} objects")
+                    _call(session, conn, path, cancel, Progress())
+                raise UnreachableError("timeout", f"{session.url}: the retrieval was unfinished after "
+                                                  f"{session.timeout:g}s ({len(objects)} objects read)")
             body = (f'<ContinueRetrievePropertiesEx xmlns="urn:vim25">{this}'
                     f"<token>{escape(token)}</token></ContinueRetrievePropertiesEx>")
     finally:
         conn.close()
 
 
-def _call(session: Session, conn: http.client.HTTPConnection, path: str, body: str, objects: list[Obj],
-          deadline: float) -> str | None:
-    """POST one PropertyCollector call; append its objects, return the paging token. The answer
-    must have arrived by ``deadline``: the socket's timeout bounds each read, not the answer,
-    and a vCenter that sent a byte every 50 ms held a 5 s poll for minutes."""
+def _call(session: Session, conn: http.client.HTTPConnection, path: str, body: str,
+          progress: Progress) -> str | None:
+    """POST one PropertyCollector call; append its objects, return the paging token. The answer is
+    read to its end: the socket's timeout bounds each read, and the poll's deadline the thread that
+    runs this (a vCenter sending a byte every 50 ms held a 5 s poll for minutes)."""
+    objects = progress.objects
     conn.request("POST", path, (ENVELOPE[0] + body + ENVELOPE[1]).encode(), {
         "Cookie": session.cookie, "SOAPAction": session.version, "Accept-Encoding": "gzip",
         "Content-Type": "text/xml; charset=utf-8"})
     resp = conn.getresponse()
+    progress.arriving = True
     if resp.status not in (200, 500):
         resp.read()
         raise UnreachableError(f"HTTP {resp.status}",
@@ -166,9 +182,6 @@ def _call(session: Session, conn: http.client.HTTPConnection, path: str, body: s
     for chunk in net.arriving(resp):
         parser.feed(chunk)
         drain()
-        if time.monotonic() > deadline:
-            raise UnreachableError("timeout", f"{session.url}: the answer was still arriving after "
-                                              f"{session.timeout:g}s ({len(objects)} objects read)")
     parser.close()
     drain()
     if root is None:

@@ -174,25 +174,28 @@ def test_a_scope_still_answering_an_earlier_poll_is_not_asked_again_beside_it() 
     assert calls.count("eu-south-9") == 2
 
 
-def test_best_effort_calls_left_behind_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+def test_best_effort_calls_left_behind_are_bounded_and_none_is_lost(caplog: pytest.LogCaptureFixture) -> None:
     """Behind: a logout or a shell deletion against a server that drips its answer ran a thread at
-    every poll; at most ``limit`` now, the others skipped with a warning."""
-    behind, frozen, done = Behind("hv1", limit=2), threading.Event(), []
+    every poll; at most ``limit`` threads now, and the calls made meanwhile wait their turn (a review:
+    skipped, each poll's WinRM shell stayed on the host until the shell quota was reached)."""
+    behind, frozen, done = Behind("hv1", limit=2, queue=3), threading.Event(), []
     try:
-        for _ in range(5):
-            assert behind.run(time.monotonic() + 0.05, frozen.wait, what="WinRM shell deletion",
-                              thread_name="t-behind") is False
-        assert behind.running == 2 and len(_threads("t-behind")) == 2
-        assert "adapter hv1: WinRM shell deletion skipped: 2 earlier ones are still waiting" in caplog.text
+        for i in range(6):
+            assert behind.run(time.monotonic() + 0.05, lambda i=i: (frozen.wait(30), done.append(i)),
+                              what="WinRM shell deletion", thread_name="t-behind") is False
+        assert len(_threads("t-behind")) == 2 and behind.running == 5  # 2 running, 3 waiting, 1 dropped
+        said = caplog.text
+        assert "adapter hv1: WinRM shell deletion waits its turn: 2 earlier ones are still waiting" in said
+        assert "adapter hv1: WinRM shell deletion dropped: 3 calls wait for the server already" in said
     finally:
         frozen.set()
     for t in _threads("t-behind"):
         t.join(5)
-    assert behind.running == 0
-    assert behind.run(time.monotonic() + 5, lambda: done.append(1), what="logout", thread_name="t-behind")
+    assert sorted(done) == [0, 1, 3, 4, 5] and behind.running == 0  # the oldest waiting one, 2, dropped
+    assert behind.run(time.monotonic() + 5, lambda: done.append(6), what="logout", thread_name="t-behind")
 
     def refused() -> None:
         raise OSError("connection reset")
 
     assert behind.run(time.monotonic() + 5, refused, what="logout", thread_name="t-behind")  # ended, quietly
-    assert done == [1] and behind.running == 0
+    assert done[-1] == 6 and behind.running == 0

@@ -17,6 +17,7 @@ import trustme
 from pydantic import ValidationError
 from pyVmomi import vim, vmodl
 
+import adapters.vmware as vmware
 import adapters.vsphere_pc as vsphere_pc
 from adapters.base import AdapterError, AuthError, Capacity, ConfigError, UnreachableError
 from adapters.registry import adapter_class
@@ -352,12 +353,37 @@ def test_a_vcenter_that_drips_its_answer_is_cut_off_near_the_timeout() -> None:
         server.stop()
 
 
+def _views(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ContainerViews the adapter's polls make, as they make them."""
+    made: list[str] = []
+    spec = vmware.spec_xml
+    monkeypatch.setattr(vmware, "spec_xml", lambda view, cfm: made.append(view) or spec(view, cfm))
+    return made
+
+
+def _alive(adapter: Any, views: list[str]) -> list[str]:
+    """Those of ``views`` that the adapter's session still has."""
+    alive = []
+    for moid in views:
+        try:
+            _ = vim.view.ContainerView(moid, adapter._stub).container
+        except vmodl.fault.ManagedObjectNotFound:
+            continue
+        alive.append(moid)
+    return alive
+
+
+@pytest.mark.parametrize("pause", [0.15, 0.7])
 def test_an_inventory_too_slow_for_the_timeout_keeps_its_session_and_says_how_far_it_read(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, pause: float,
 ) -> None:
     """A diff review: a healthy vCenter whose pages come steadily but too slowly for the timeout lost
     its session at every poll (a login each time), and was said "no answer", as if it were down.
-    The retrieval has a connection of its own: the session stays, and its own checks say how far."""
+    The retrieval has a connection of its own: the session stays, and the poll says how far it read,
+    also when a page takes longer than the margin its own checks have (0.7 s: a second review found
+    those said "no answer"). Its views are destroyed once it ended: the kept session gathered one a
+    late poll (the second review)."""
+    views = _views(monkeypatch)
     server = vcsim.start(vms=40, hosts=1, page=2)
     try:
         adapter = make(server.url, name="vc-slow", timeout=2)
@@ -365,19 +391,45 @@ def test_an_inventory_too_slow_for_the_timeout_keeps_its_session_and_says_how_fa
         adapter._login = lambda: logins.append(1) or login()
 
         def slow(*a: Any, **k: Any) -> Any:
-            time.sleep(0.15)  # 20 pages of 2 VMs: ~3 s, for a 2 s timeout
+            time.sleep(pause)  # 20 pages of 2 VMs: 3 s or 14 s, for a 2 s timeout
             return call(*a, **k)
 
         monkeypatch.setattr(vsphere_pc, "_call", slow)
         for _ in range(2):
             with pytest.raises(UnreachableError) as err:
                 adapter.poll()
-            assert err.value.reason == "timeout" and "objects read)" in (err.value.diagnostic or "")
+            assert err.value.reason == "timeout", err.value
+            assert "objects read)" in (err.value.diagnostic or "")
             assert adapter._content is not None
-            assert _until(lambda: not adapter._setup_lock.locked(), 15)
-        assert len(logins) == 1
+            assert _until(lambda: not adapter._setup_lock.locked() and not adapter._behind.running, 15)
+        assert len(logins) == 1 and len(views) == 2
+        assert _alive(adapter, views) == []
         adapter.close()
     finally:
+        server.stop()
+
+
+def test_a_retrieval_given_up_on_leaves_no_view_on_the_kept_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second review: a retrieval late at the deadline kept the set-up lock, so the poll's
+    DestroyView was never sent, and the session, now kept, gathered a ContainerView a late poll."""
+    views = _views(monkeypatch)
+    server = vcsim.start(vms=4, hosts=1)
+    proxy = vcsim.DripProxy(server.url)
+    try:
+        adapter = make(proxy.url, name="vc-views", timeout=3)
+        for _ in range(3):
+            with pytest.raises(UnreachableError, match="RetrievePropertiesEx: no answer"):
+                adapter.poll()
+            proxy.calm.set()
+            assert _until(lambda: not adapter._setup_lock.locked() and not adapter._behind.running, 15)
+            proxy.calm.clear()
+        proxy.calm.set()
+        assert adapter._content is not None and len(views) == 3
+        assert _alive(adapter, views) == []
+        adapter.close()
+    finally:
+        proxy.calm.set()
+        proxy.close()
         server.stop()
 
 

@@ -406,9 +406,35 @@ def test_reads_left_on_a_dripping_node_are_not_added_to_at_every_poll(pve: Any, 
         time.sleep(0.02)
     assert len(reads) == 2
     pve.state.node_drip.clear()
-    for _ in range(200):  # the dripped answers end; then the node's VMs are read again
+    pve.state.calm.set()  # the dripped answers end at once; then the node's VMs are read again
+    for _ in range(200):
         result = adapter.poll()
         if seen(result) == EXPECTED:
             break
         time.sleep(0.1)
     assert seen(result) == EXPECTED and result.error is None
+
+
+def test_a_poll_that_read_every_vm_does_not_wait_for_an_earlier_polls_read(pve: Any,
+                                                                          make_adapter: Any) -> None:
+    """A review: a read of an earlier poll still running (one VM's, slow once) was waited for by the
+    next poll until its deadline, though that poll had read every VM: 0.9 x timeout a poll."""
+    pve.state.vms = cluster()
+    adapter = make_adapter(timeout=2, workers=8)  # 3 nodes: 2 reads at a time a node
+    read, release, first = adapter._read_vm, threading.Event(), []
+
+    def read_vm(api: Any, r: dict[str, Any]) -> Any:
+        if str(r["vmid"]) == "101" and not first:  # web01 on pve1: slow once
+            first.append(1)
+            release.wait(20)
+        return read(api, r)
+
+    adapter._read_vm = read_vm
+    try:
+        assert "node pve1: 1 VM config(s) unread" in (adapter.poll().error or "")
+        started = time.monotonic()
+        result = adapter.poll()
+        assert time.monotonic() - started < 1.5  # not the 1.8 s deadline
+        assert result.error is None and seen(result) == EXPECTED
+    finally:
+        release.set()
