@@ -283,7 +283,8 @@ def test_a_daemon_dripping_its_answers_is_cut_off_at_the_timeout(tmp_path: Path,
         proxy.close()
 
 
-def test_a_connection_that_opens_after_close_is_closed(tmp_path: Path, libvirtd: Any) -> None:
+def test_a_connection_that_opens_after_close_is_closed(tmp_path: Path, libvirtd: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A reload closes the old adapter while its connect still waits on a frozen libvirtd: once the
     daemon answered, the connection was kept by the closed adapter, one more each such reload, until
     the process ended. Found by a review."""
@@ -292,6 +293,9 @@ def test_a_connection_that_opens_after_close_is_closed(tmp_path: Path, libvirtd:
     from tests._dripproxy import DripProxy
 
     nodexml.write_node(tmp_path / "node.xml", [Dom("d0", license={"instance": "tr7-0"})])
+    opened: list[Any] = []
+    open_auth = libvirt.openAuth
+    monkeypatch.setattr(libvirt, "openAuth", lambda *a: opened.append(open_auth(*a)) or opened[-1])
     held = threading.Event()
     proxy = DripProxy.unix(libvirtd.socket, libvirtd.root / "hold-sock", hold=held)
     uri = f"test+unix://{(tmp_path / 'node.xml').resolve()}?socket={proxy.path}"
@@ -303,7 +307,9 @@ def test_a_connection_that_opens_after_close_is_closed(tmp_path: Path, libvirtd:
         held.set()
         for t in [t for t in threading.enumerate() if t.name == "kvm-connect-kvm-late"]:
             t.join(30)
-        assert kvm._conn is None
+        assert kvm._conn is None and len(opened) == 1
+        with pytest.raises(libvirt.libvirtError):  # closed: libvirt refuses calls on it
+            opened[0].getHostname()
     finally:
         held.set()
         proxy.close()
