@@ -287,9 +287,6 @@ def _write_backup(settings: Settings, engine: Any, out: Path) -> list[str]:
     for name in ("collector.key", "origin"):
         shutil.copy2(settings.data_dir / name, out / name)
     os.chmod(out / "collector.key", 0o600)
-    with db.read_conn(engine) as conn:
-        logs = {f"{r.provider}/{r.month}": int(r.size) for r in conn.execute(sa.select(s.logs))}
-        revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
     if db.is_sqlite(engine):
         # SQLite's online backup: one read transaction, so a snapshot of every committed
         # heartbeat, those still in the -wal file included (a copy of collector.db missed them).
@@ -298,12 +295,20 @@ def _write_backup(settings: Settings, engine: Any, out: Path) -> list[str]:
         try:
             with dst:
                 src.backup(dst)
+            # backup.json describes the copy itself: read from the live database before it, the
+            # sizes missed what the service appended meanwhile
+            rows = dst.execute(f"SELECT provider, month, size FROM {s.logs.name}")
+            logs = {f"{provider}/{month}": int(size) for provider, month, size in rows}
+            revision = dst.execute("SELECT version_num FROM alembic_version").fetchone()[0]
         finally:
             dst.close()
             src.close()
         os.chmod(out / "collector.db", 0o600)
         notes.append(f"database: {out / 'collector.db'} (restore: docs/collector.md, Backup and restore)")
     else:
+        with db.read_conn(engine) as conn:  # the dump, taken after, holds at least these
+            logs = {f"{r.provider}/{r.month}": int(r.size) for r in conn.execute(sa.select(s.logs))}
+            revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=True)
         notes.append(f"database: PostgreSQL is not copied by this command; run: pg_dump -Fc '{url}' "
                      f"> {out / 'collector.pgdump'}")

@@ -1,5 +1,6 @@
 """Operator errors of `tr7-collector` are one clear line and exit 1, never a traceback."""
 
+import json
 import shutil
 import socket
 import sqlite3
@@ -554,3 +555,39 @@ def test_a_close_outrun_by_other_closes_at_every_attempt_is_one_line(
     err = capsys.readouterr().err
     assert err == ("tr7-collector: closed months of acme changed while 2026-10's close waited for its logs; "
                    "nothing was changed: run it again\n")
+
+
+def test_backup_json_describes_the_copy_while_the_service_appends(tmp_path: Path) -> None:
+    """backup.json's log sizes were read from the live database before the copy was taken: with the
+    service appending meanwhile, they described less than the copy held. Read from the copy now."""
+    import threading
+
+    from collector.custody import backup
+
+    data, _url, st = _opened(tmp_path)
+    with sqlite3.connect(data / "collector.db") as conn:
+        conn.execute(f"INSERT INTO {s.logs.name} (provider, month, size) VALUES ('acme', '2026-11', 0)")
+    stop, started = threading.Event(), threading.Event()
+
+    def appending() -> None:  # the service, as far as the sizes go: one commit after another
+        with sqlite3.connect(data / "collector.db", timeout=30) as conn:
+            while not stop.is_set():
+                conn.execute(f"UPDATE {s.logs.name} SET size = size + 1")
+                conn.commit()
+                started.set()
+
+    writer = threading.Thread(target=appending)
+    writer.start()
+    try:
+        assert started.wait(10)
+        for i in range(20):
+            out = tmp_path / f"bk{i}"
+            backup(st, out)
+            said = json.loads((out / "backup.json").read_text())["logs"]
+            with sqlite3.connect(out / "collector.db") as copy:
+                rows = copy.execute(f"SELECT provider, month, size FROM {s.logs.name}")
+                held = {f"{p}/{m}": n for p, m, n in rows}
+            assert said == held and held["acme/2026-11"] > 0
+    finally:
+        stop.set()
+        writer.join(10)
