@@ -33,7 +33,7 @@ from collector import schema as s
 from collector.lockfile import open_lock
 from collector.settings import IDENTITY, IDENTITY_ROW, Settings, SetupError
 from protocol.keyhandover import sign_handover
-from protocol.keys import AgentKey, create_file_once, load_private_key, save_private_key
+from protocol.keys import AgentKey, create_file_once, load_private_key, save_private_key, sync_dir
 from protocol.note import NoteError, NoteSigner, NoteVerifier
 from protocol.timefmt import format_time
 
@@ -129,17 +129,9 @@ def _locked(data_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself survives a crash
-    finally:
-        os.close(fd)
-
-
 def _install(settings: Settings) -> None:
     os.replace(settings.data_dir / NEXT_KEY, settings.data_dir / "collector.key")
-    _sync_dir(settings.data_dir)
+    sync_dir(settings.data_dir)  # the rename itself survives a crash
     settings.__dict__.pop("key", None)  # the cached_property reads the new file
 
 
