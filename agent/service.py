@@ -28,6 +28,9 @@ from agent.startup import StartupError, aligned_start, check_state_dir, enrolled
 from agent.wakeup import Wakeup
 
 log = logging.getLogger("tr7.agent")
+# Seconds a stop spends closing the adapters' sessions, after the poll in flight and the shipper: with
+# the default timeout (60 s) the whole stop stays within the unit's TimeoutStopSec (2 min).
+CLOSE_BUDGET = 30.0
 
 
 class Service(PollJob):
@@ -254,10 +257,11 @@ class Service(PollJob):
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         self._stop_shipper(10)
-        self.poller.close()
-        # closing behind a reload: their polls end by their timeout; one wait for all of them, not
-        # one after another (a review: each reload's adapters added their longest timeout)
-        end = time.monotonic() + max((a.timeout for p in self.retired for a in p.configs), default=0.0)
+        # The sessions are closed (a vSphere logout) within one budget, the pollers a reload retired
+        # included (their polls end by their timeout): one after another, a stop ran past systemd's
+        # TimeoutStopSec (a review). What is left then is ended by the servers' idle timeouts.
+        end = time.monotonic() + CLOSE_BUDGET
+        self.poller.close(budget=CLOSE_BUDGET)
         for poller in self.retired:
             poller.closed(max(0.0, end - time.monotonic()))
         self.spool.close()

@@ -15,6 +15,7 @@ class FakeConfig(AdapterConfig):
     fail: str | None = Field(default=None, description="Raise AdapterError with this reason")
     prefix: str = Field(default="tr7-", description="Instance id prefix")
     hang: bool = Field(default=False, description="Set-up never answers, as a frozen endpoint's SDK call")
+    close_delay: float = Field(default=0.0, ge=0, description="Seconds close() takes (a logout's answer)")
 
 
 class FakeAdapter(Adapter):
@@ -43,6 +44,9 @@ class FakeAdapter(Adapter):
 
 
     def close(self) -> None:
+        cfg = self.config
+        assert isinstance(cfg, FakeConfig)
+        time.sleep(cfg.close_delay)
         self.__dict__["closed"] = True
 
 
