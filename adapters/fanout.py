@@ -229,6 +229,11 @@ class Behind:
     def start(self, call: Callable[[], object], *, what: str, thread_name: str) -> threading.Event:
         """Run ``call`` in a thread of its own, or after the calls before it; the Event is set once it
         ended, however (or was dropped)."""
+        return self._submit(call, what, thread_name)[0]
+
+    def _submit(self, call: Callable[[], object], what: str,
+                thread_name: str) -> tuple[threading.Event, bool]:
+        """``start``; and whether it started now (False: it waits its turn)."""
         ended = threading.Event()
         with self._lock:
             if self._running >= self.limit:
@@ -240,10 +245,10 @@ class Behind:
                 self._waiting.append((call, what, ended))
                 log.warning("adapter %s: %s waits its turn: %d earlier ones are still waiting for the "
                             "server", self.name, what, self._running)
-                return ended
+                return ended, False
             self._running += 1
         threading.Thread(target=self._work, args=(call, what, ended), name=thread_name, daemon=True).start()
-        return ended
+        return ended, True
 
     def _work(self, call: Callable[[], object], what: str, ended: threading.Event) -> None:
         while True:
@@ -261,9 +266,10 @@ class Behind:
 
     def run(self, deadline: float, call: Callable[[], object], *, what: str, thread_name: str) -> bool:
         """``start`` it and wait for it until ``deadline`` (a time.monotonic() instant): True if it
-        ended by then; late, it ends in its thread."""
-        ended = self.start(call, what=what, thread_name=thread_name)
-        return ended.wait(max(0.0, deadline - time.monotonic()))
+        ended by then; late, it ends in its thread. A call that waits its turn is not waited for: a
+        poll that had its answer waited out its deadline behind two stuck deletions (a review)."""
+        ended, started = self._submit(call, what, thread_name)
+        return started and ended.wait(max(0.0, deadline - time.monotonic()))
 
 
 def forgetting(poll: Callable[[], PollResult], forget: Callable[[], None]) -> PollResult:

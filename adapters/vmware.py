@@ -227,7 +227,7 @@ class VMwareAdapter(Adapter):
             except UnreachableError as exc:
                 late = True
                 if progress.arriving:  # said from how far it got, whatever its thread is blocked in
-                    raise UnreachableError("timeout", f"{self.config.url}: the answer was still arriving "
+                    raise UnreachableError("timeout", f"{self.config.url}: the retrieval was unfinished "
                                            f"after {self.config.timeout:g}s ({len(progress.objects)} objects "
                                            "read)") from exc
                 raise

@@ -126,6 +126,8 @@ def retrieve(session: Session, spec: str, deadline: float, progress: Progress | 
     Past ``deadline``, no page is asked for: the one arriving is read to its end (its token is at
     its end) and the rest of the result is cancelled, so that a session kept for the next poll
     holds no retrieval's results. Cut off mid-page, they were left on the session until it ended.
+    A page is read past ``deadline`` for at most the session's timeout more, then dropped as before:
+    the thread holds the adapter's set-up lock, and the next polls wait for it.
     """
     this = f'<_this type="PropertyCollector">{escape(session.collector)}</_this>'
     conn = net.connection(session.url, session.timeout, session.context)
@@ -136,14 +138,14 @@ def retrieve(session: Session, spec: str, deadline: float, progress: Progress | 
         body = (f'<RetrievePropertiesEx xmlns="urn:vim25">{this}{spec}'
                 f"<options><maxObjects>{PAGE_SIZE}</maxObjects></options></RetrievePropertiesEx>")
         while True:
-            token = _call(session, conn, path, body, progress)
+            token = _call(session, conn, path, body, progress, deadline + session.timeout)
             if token is None:
                 return objects
             if time.monotonic() > deadline:
                 cancel = (f'<CancelRetrievePropertiesEx xmlns="urn:vim25">{this}'
                           f"<token>{escape(token)}</token></CancelRetrievePropertiesEx>")
-                with contextlib.suppress(Exception):  # sent is enough: its answer is not awaited
-                    _call(session, conn, path, cancel, Progress())
+                with contextlib.suppress(Exception):  # best effort: the session's end drops them too
+                    _call(session, conn, path, cancel, Progress(), deadline + session.timeout)
                 raise UnreachableError("timeout", f"{session.url}: the retrieval was unfinished after "
                                                   f"{session.timeout:g}s ({len(objects)} objects read)")
             body = (f'<ContinueRetrievePropertiesEx xmlns="urn:vim25">{this}'
@@ -153,10 +155,11 @@ def retrieve(session: Session, spec: str, deadline: float, progress: Progress | 
 
 
 def _call(session: Session, conn: http.client.HTTPConnection, path: str, body: str,
-          progress: Progress) -> str | None:
-    """POST one PropertyCollector call; append its objects, return the paging token. The answer is
-    read to its end: the socket's timeout bounds each read, and the poll's deadline the thread that
-    runs this (a vCenter sending a byte every 50 ms held a 5 s poll for minutes)."""
+          progress: Progress, last: float) -> str | None:
+    """POST one PropertyCollector call; append its objects, return the paging token. The socket's
+    timeout bounds each read, not the answer (a vCenter sending a byte every 50 ms held a 5 s poll
+    for minutes): the poll's deadline bounds the thread that runs this, and ``last`` (a
+    time.monotonic() instant) the answer itself."""
     objects = progress.objects
     conn.request("POST", path, (ENVELOPE[0] + body + ENVELOPE[1]).encode(), {
         "Cookie": session.cookie, "SOAPAction": session.version, "Accept-Encoding": "gzip",
@@ -182,6 +185,9 @@ def _call(session: Session, conn: http.client.HTTPConnection, path: str, body: s
     for chunk in net.arriving(resp):
         parser.feed(chunk)
         drain()
+        if time.monotonic() > last:
+            raise UnreachableError("timeout", f"{session.url}: the retrieval was unfinished long after "
+                                              f"{session.timeout:g}s ({len(objects)} objects read)")
     parser.close()
     drain()
     if root is None:

@@ -299,7 +299,8 @@ def _write_backup(settings: Settings, engine: Any, out: Path) -> list[str]:
             # sizes missed what the service appended meanwhile
             rows = dst.execute(f"SELECT provider, month, size FROM {s.logs.name}")
             logs = {f"{provider}/{month}": int(size) for provider, month, size in rows}
-            revision = dst.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+            row = dst.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
         finally:
             dst.close()
             src.close()

@@ -433,6 +433,27 @@ def test_a_retrieval_given_up_on_leaves_no_view_on_the_kept_session(monkeypatch:
         server.stop()
 
 
+def test_a_page_dripping_without_end_is_dropped_a_timeout_after_the_deadline() -> None:
+    """Given up on, the retrieval reads the page under way to its end (its token, to cancel the rest,
+    is at its end), but not for ever: a third review found a page dripping without end held the
+    set-up lock, and every later poll said "still waiting", for as long as it dripped."""
+    server = vcsim.start(vms=4, hosts=1)
+    proxy = vcsim.DripProxy(server.url, pause=0.005)  # headers in ~1 s, the page in ~30 s
+    try:
+        adapter = make(proxy.url, name="vc-forever", timeout=2)
+        started = time.monotonic()
+        with pytest.raises(UnreachableError):
+            adapter.poll()
+        # the deadline (1.8 s), the page's own bound (2 s more), and slack for a loaded machine
+        assert _until(lambda: not adapter._setup_lock.locked(), 10)
+        assert time.monotonic() - started < 10
+        adapter.close()
+    finally:
+        proxy.calm.set()
+        proxy.close()
+        server.stop()
+
+
 @pytest.mark.parametrize("call", ["CreateContainerView", "DestroyView"])
 def test_a_session_call_that_drips_ends_by_the_deadline(call: str) -> None:
     """CreateContainerView and DestroyView were bounded only per socket read (pyVmomi's timeout): a
