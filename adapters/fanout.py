@@ -264,12 +264,14 @@ class Behind:
                     return
                 call, what, ended = self._waiting.popleft()
 
-    def run(self, deadline: float, call: Callable[[], object], *, what: str, thread_name: str) -> bool:
+    def run(self, deadline: float, call: Callable[[], object], *, what: str, thread_name: str,
+            wait_turn: bool = False) -> bool:
         """``start`` it and wait for it until ``deadline`` (a time.monotonic() instant): True if it
-        ended by then; late, it ends in its thread. A call that waits its turn is not waited for: a
-        poll that had its answer waited out its deadline behind two stuck deletions (a review)."""
+        ended by then; late, it ends in its thread. A call that waits its turn is waited for only with
+        ``wait_turn`` (an adapter's close: a stop's budget is there to log out; a poll that had its
+        answer waited out its deadline behind two stuck deletions, a review)."""
         ended, started = self._submit(call, what, thread_name)
-        return started and ended.wait(max(0.0, deadline - time.monotonic()))
+        return (started or wait_turn) and ended.wait(max(0.0, deadline - time.monotonic()))
 
 
 def forgetting(poll: Callable[[], PollResult], forget: Callable[[], None]) -> PollResult:

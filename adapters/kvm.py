@@ -218,7 +218,8 @@ class KVMAdapter(Adapter):
         # long): by a deadline, as a poll's calls, not under the connect lock (a listing left running
         # may hold it). Late, they end in their thread.
         self._behind.run(poll_deadline(self.config.timeout) if deadline is None else deadline, close,
-                         what="closing the libvirt connection", thread_name=f"kvm-close-{self.name}")
+                         what="closing the libvirt connection", thread_name=f"kvm-close-{self.name}",
+                         wait_turn=deadline is None)  # close(): waited for, also behind stuck ones
 
     def close(self) -> None:
         self._shut = True

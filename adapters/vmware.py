@@ -152,10 +152,10 @@ class VMwareAdapter(Adapter):
         self._closed = True
         content, self._content = self._content, None
         if content is not None:
-            # By a deadline as a poll's calls (the agent closes its adapters one by one), not under the
-            # set-up lock: a call in flight of a poll (close comes from another thread) holds it
+            # By a deadline as a poll's calls, not under the set-up lock: a call in flight of a poll
+            # (close comes from another thread) holds it. Behind two stuck calls, it waits its turn.
             self._behind.run(poll_deadline(self.config.timeout), content.sessionManager.Logout,
-                             what="logout", thread_name=f"vc-logout-{self.name}")
+                             what="logout", thread_name=f"vc-logout-{self.name}", wait_turn=True)
 
     def _logout_later(self, content: Any) -> None:
         """Log out a session no poll will use, in a thread of its own: a Logout dripping its answer

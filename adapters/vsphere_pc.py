@@ -2,7 +2,9 @@
 
 import contextlib
 import http.client
+import socket
 import ssl
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -159,7 +161,39 @@ def _call(session: Session, conn: http.client.HTTPConnection, path: str, body: s
     """POST one PropertyCollector call; append its objects, return the paging token. The socket's
     timeout bounds each read, not the answer (a vCenter sending a byte every 50 ms held a 5 s poll
     for minutes): the poll's deadline bounds the thread that runs this, and ``last`` (a
-    time.monotonic() instant) the answer itself."""
+    time.monotonic() instant) the answer itself. At ``last`` the socket is shut, whatever read the
+    call is in: checked between the body's chunks only, headers dripping without end held it for
+    ever (a review)."""
+    cut = threading.Event()
+
+    def shut() -> None:
+        cut.set()
+        if conn.sock is not None:
+            with contextlib.suppress(OSError):
+                # the descriptor's shutdown, not the TLS layer's: that belongs to the reading thread
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, last - time.monotonic()), shut)
+    timer.daemon = True
+    timer.start()
+    try:
+        return _exchange(session, conn, path, body, progress, last)
+    except Exception as exc:
+        if cut.is_set():
+            raise _unfinished(session, progress) from exc
+        raise
+    finally:
+        timer.cancel()
+
+
+def _unfinished(session: Session, progress: Progress) -> UnreachableError:
+    return UnreachableError("timeout", f"{session.url}: the retrieval was unfinished long after "
+                                       f"{session.timeout:g}s ({len(progress.objects)} objects read)")
+
+
+def _exchange(session: Session, conn: http.client.HTTPConnection, path: str, body: str,
+              progress: Progress, last: float) -> str | None:
+    """_call's request and answer."""
     objects = progress.objects
     conn.request("POST", path, (ENVELOPE[0] + body + ENVELOPE[1]).encode(), {
         "Cookie": session.cookie, "SOAPAction": session.version, "Accept-Encoding": "gzip",
@@ -186,8 +220,7 @@ def _call(session: Session, conn: http.client.HTTPConnection, path: str, body: s
         parser.feed(chunk)
         drain()
         if time.monotonic() > last:
-            raise UnreachableError("timeout", f"{session.url}: the retrieval was unfinished long after "
-                                              f"{session.timeout:g}s ({len(objects)} objects read)")
+            raise _unfinished(session, progress)
     parser.close()
     drain()
     if root is None:

@@ -208,3 +208,6 @@ class Poller:
         end = time.monotonic() + budget
         for t in closing:
             t.join(max(0.0, end - time.monotonic()))
+            if t.is_alive():  # its session is left to the server's idle timeout
+                log.warning("adapter=%s event=close_unfinished budget=%g", t.name.removeprefix("close-"),
+                            budget)

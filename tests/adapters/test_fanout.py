@@ -199,3 +199,19 @@ def test_best_effort_calls_left_behind_are_bounded_and_none_is_lost(caplog: pyte
 
     assert behind.run(time.monotonic() + 5, refused, what="logout", thread_name="t-behind")  # ended, quietly
     assert done[-1] == 6 and behind.running == 0
+
+
+def test_a_close_waits_its_turn_behind_stuck_calls_and_a_poll_does_not() -> None:
+    """A review: with both threads taken by late calls, close()'s logout was queued and not waited
+    for, so a stop ended before it was sent. A poll's best-effort call still does not wait."""
+    behind, release, done = Behind("vc1", limit=2), threading.Event(), []
+    for _ in range(2):
+        behind.start(lambda: release.wait(30), what="DestroyView", thread_name="t-turn")
+    threading.Timer(0.5, release.set).start()
+    started = time.monotonic()
+    assert behind.run(time.monotonic() + 0.1, lambda: done.append("delete"), what="WinRM shell deletion",
+                      thread_name="t-turn") is False
+    assert time.monotonic() - started < 0.1  # queued: not waited for
+    assert behind.run(time.monotonic() + 10, lambda: done.append("logout"), what="logout",
+                      thread_name="t-turn", wait_turn=True) is True
+    assert done[-1] == "logout" and time.monotonic() - started >= 0.4

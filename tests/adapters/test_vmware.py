@@ -442,8 +442,9 @@ def test_a_page_dripping_without_end_is_dropped_a_timeout_after_the_deadline() -
     try:
         adapter = make(proxy.url, name="vc-forever", timeout=2)
         started = time.monotonic()
-        with pytest.raises(UnreachableError):
+        with pytest.raises(UnreachableError) as err:
             adapter.poll()
+        assert "the retrieval was unfinished after 2s" in (err.value.diagnostic or ""), err.value
         # the deadline (1.8 s), the page's own bound (2 s more), and slack for a loaded machine
         assert _until(lambda: not adapter._setup_lock.locked(), 10)
         assert time.monotonic() - started < 10
@@ -452,6 +453,32 @@ def test_a_page_dripping_without_end_is_dropped_a_timeout_after_the_deadline() -
         proxy.calm.set()
         proxy.close()
         server.stop()
+
+
+def test_headers_dripping_without_end_are_cut_off_a_timeout_after_the_deadline() -> None:
+    """A review: the page's bound was checked between its body's chunks only, and a status line
+    followed by a header dripping a byte every 0.1 s held the retrieval's thread for ever."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+        with contextlib.suppress(OSError):
+            for _ in range(300):
+                conn.sendall(b"a")
+                time.sleep(0.1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/sdk"
+    session = vsphere_pc.Session(url, 1.0, None, "c", "v", "pc")
+    started = time.monotonic()
+    with pytest.raises(UnreachableError) as err:
+        vsphere_pc.retrieve(session, "<specSet/>", time.monotonic() + 0.5)
+    assert time.monotonic() - started < 5  # 0.5 s and 1 s more, and slack for a loaded machine
+    assert err.value.reason == "timeout"
+    assert "unfinished long after 1s (0 objects read)" in err.value.diagnostic
+    listener.close()
 
 
 @pytest.mark.parametrize("call", ["CreateContainerView", "DestroyView"])

@@ -55,7 +55,7 @@ def test_a_reload_lets_queued_polls_run(fake_registry: None) -> None:
     poller.closed(10)
 
 
-def test_a_stop_closes_the_adapters_at_once_within_its_budget(fake_registry: None) -> None:
+def test_a_stop_closes_the_adapters_at_once_within_its_budget(fake_registry: None, caplog: Any) -> None:
     """A review: the adapters were closed one after another, each vSphere logout that dripped taking
     up to 0.9 x its timeout, and a stop ran past systemd's TimeoutStopSec. All at once now, within
     the budget the stop gives them."""
@@ -70,3 +70,4 @@ def test_a_stop_closes_the_adapters_at_once_within_its_budget(fake_registry: Non
     started = time.monotonic()
     slow.close(budget=0.5)
     assert time.monotonic() - started < 3  # the budget, not the close's 30 s
+    assert "adapter=s event=close_unfinished budget=0.5" in caplog.text
