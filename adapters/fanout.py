@@ -13,7 +13,7 @@ from typing import TypeVar
 from adapters.base import AdapterError, Observation, PollResult, UnreachableError
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
+log = logging.getLogger("tr7.adapters.fanout")
 
 DEADLINE_SHARE = 0.9  # of an adapter's `timeout`: a poll ends with its own reason before the agent's
 # Seconds before a poll's deadline that the checks inside a step run by `within` end: theirs is then
