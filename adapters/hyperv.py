@@ -145,8 +145,9 @@ class HyperVAdapter(Adapter):
         delete shell. Every call is an HTTP request whose timeout bounds each read, not the answer: a
         listener (or a proxy before it) dripping its answer held a poll of 2 s for 70 s while the agent
         said only "previous poll still running". So the script runs in its own thread (fanout.within):
-        late, the poll fails, and that thread deletes the shell once its call ends, holding the lock
-        that keeps the next poll's script from starting beside it."""
+        late, the poll fails; the next poll's script does not start beside it while it runs (the
+        lock), and once its call ends its shell is deleted behind the polls (``fanout.Behind``,
+        outside that lock)."""
         proto = self._protocol()
         opened: list[str | None] = [None, None]  # shell id, command id: what the cleanup ends
 

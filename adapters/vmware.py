@@ -215,9 +215,10 @@ class VMwareAdapter(Adapter):
         late = False
         try:
             spec = spec_xml(view._moId, getattr(content.customFieldsManager, "_moId", None))
-            # In a thread too: its pages stopped at the deadline, their headers did not (3 s took
-            # 6.5 s). On a connection of its own, so a retrieval given up on leaves the session as it
-            # is (a vCenter merely slow for its inventory logged in anew each poll).
+            # In a thread too: a page is read to its end (bounded by vsphere_pc's cut of the socket),
+            # so a dripping one would hold the poll past its deadline. On a connection of its own,
+            # so a retrieval given up on leaves the session as it is (a vCenter merely slow for its
+            # inventory logged in anew each poll).
             try:
                 found, failed = within(deadline, retrieval, what="RetrievePropertiesEx",
                                        lock=self._setup_lock, thread_name=f"vc-retrieve-{self.name}",
