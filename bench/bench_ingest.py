@@ -187,8 +187,10 @@ def main() -> int:
         if raw_m < 0.75 * cores * raw1:
             # Seen once while another job wound down: the 2-core rate came out at 1.05x one core,
             # and every ratio below read ~0.7, against 0.42 a minute later on a quiet machine.
-            print(f"WARNING: {cores} cores verify only {raw_m / raw1:.2f}x what one does: something "
-                  "else is using the machine, and the ratios below overstate ingest; run it again")
+            # Each ratio below is taken against the higher of the readings either side of its run,
+            # so a low first reading alone does not carry into them (each says if its own do).
+            print(f"note: {cores} cores verify only {raw_m / raw1:.2f}x what one does in this reading: "
+                  "something else is using the machine")
 
         def raw_rate(cpus: set[int]) -> float:
             # on those cores (its processes inherit this one's affinity), whatever this one is
@@ -252,6 +254,10 @@ def main() -> int:
                     if cpu is not None:
                         cost = f"; collector CPU {cpu * 1e6:,.0f} us/heartbeat = {cpu * raw1:.1f} x raw{cost}"
                     one = "" if n_cores == 1 else f", {rate / raw1:.2f} of raw on 1 core"
+                    if n_cores > 1 and base < 0.75 * n_cores * raw1:
+                        one += (f" (WARNING: {n_cores} cores verified only {base / raw1:.2f}x what one "
+                                "does either side of this run: the machine was busy, the ratio "
+                                "overstates ingest; run it again)")
                     print(
                         f"ingest over HTTP, {name}, {workload}, {layout}: {rate:,.0f}/s = {rate / base:.2f} "
                         f"of raw on {n_cores} core{'s' if n_cores > 1 else ''} (goal >= 0.5; raw "
