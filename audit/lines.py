@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from audit.recompute import Cells, Decl, Tally, cells_of, tally_heartbeat
-from billing.recompute import Hours
+from audit.recompute import Decl, Tally, cells_of, tally_heartbeat
+from billing.recompute import Cells, Hours
 from protocol.errors import ProtocolError
 from protocol.heartbeat import Heartbeat, check_key_window, verify_heartbeat
 from protocol.keys import load_public_key_b64

@@ -8,7 +8,7 @@ from typing import Any
 
 from billing import Activity, bill, load_catalog
 from billing.activity import HOUR, CapacityKey
-from billing.recompute import Hours, count_heartbeat
+from billing.recompute import Cells, by_instance, count_heartbeat
 from protocol.chain import anchor_map
 from protocol.heartbeat import Heartbeat, parse_unverified
 from protocol.merkle import leaf_hash, root_hash
@@ -40,25 +40,11 @@ def bill_lines(
     return bill_heartbeats(list(leaves), [parse_unverified(t) for t in anchors], catalog, month)
 
 
-Cells = dict[str, tuple[dict[int, int], dict[int, int]]]  # instance -> hour -> (seen, running) counts
 Decl = dict[str, dict[CapacityKey, dict[int, int]]]  # instance -> capacity -> time -> count
 
 
 tally_heartbeat = count_heartbeat  # the billing's own count: one rule for the collector and the auditor
-
-
-def cells_of(hours: Hours) -> Cells:
-    """The counts regrouped per instance (what Tally.merge takes): fewer, bigger pieces to send and merge."""
-    out: Cells = {}
-    for h, c in hours.items():
-        for (state, inst), n in c.items():
-            cell = out.get(inst)
-            if cell is None:
-                cell = out[inst] = ({}, {})
-            cell[0][h] = cell[0].get(h, 0) + n
-            if state == "running":
-                cell[1][h] = cell[1].get(h, 0) + n
-    return out
+cells_of = by_instance  # and its regrouping per instance (what Tally.merge takes)
 
 
 _BITS = bytes.maketrans(b"\x00\x01", b"01")

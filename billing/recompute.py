@@ -67,7 +67,7 @@ def _worker(tokens: list[str], lo: int, hi: int, m0: int, m1: int, only: Collect
                 kid = kids.setdefault(hb.kid, hb.kid)
                 meta.append((i, kid, hb.seq, hb.prev, hb.time, hb.interval, hb.digest))
                 count_heartbeat(hb, hours, decl, only, 1)
-        conn.send(("ok", meta, _by_instance(hours), decl))
+        conn.send(("ok", meta, by_instance(hours), decl))
     except ProtocolError as exc:
         conn.send(("protocol", exc.rule, exc.detail))
     except BaseException as exc:  # the parent must hear of any failure, or it would wait forever
@@ -76,12 +76,13 @@ def _worker(tokens: list[str], lo: int, hi: int, m0: int, m1: int, only: Collect
         conn.close()
 
 
-Cells = dict[str, tuple[dict[int, int], dict[int, int]]]  # instance -> (seen counts, running counts)
+Cells = dict[str, tuple[dict[int, int], dict[int, int]]]  # instance -> (seen, running) counts per hour
 
 
-def _by_instance(hours: Hours) -> Cells:
-    """Regroup per instance: an instance is usually watched by one agent, so one worker, and the
-    parent then merges whole instances instead of every (hour, instance) cell."""
+def by_instance(hours: Hours) -> Cells:
+    """The counts regrouped per instance (also the auditor's, audit.recompute): an instance is
+    usually watched by one agent, so one worker, and the parent then merges whole instances
+    instead of every (hour, instance) cell."""
     out: Cells = {}
     for h, c in hours.items():
         for (state, inst), n in c.items():
