@@ -9,7 +9,7 @@ What is compared, all measured in this run on this machine:
 - ingest: heartbeats accepted per second (wall clock) by a collector with --workers processes
   (by default one more than the cores, as docs/collector.md advises: a worker waiting on the
   database's lock or its fsync leaves its core to the others), posted by --clients concurrent
-  clients running on the same machine, for two workloads:
+  clients running on the same machine, for two workloads (--workloads):
   steady (each agent's consecutive heartbeats carry byte-identical observations, as real
   agents send) and varying (every heartbeat's observations differ); its ratio is printed
   against the raw rate on the collector's cores (the goal, >= 0.5: against the higher of two
@@ -29,7 +29,7 @@ Both databases are durable, as the collector promises before its 200: SQLite wit
 synchronous=FULL, the throwaway PostgreSQL with fsync on.
 Never asserts a time. Usage:
     .venv/bin/python bench/bench_ingest.py [--heartbeats 24000] [--clients 4] [--workers N]
-        [--backends sqlite,postgresql] [--layouts shared,apart]
+        [--backends sqlite,postgresql] [--layouts shared,apart] [--workloads steady,varying]
 """
 
 import argparse
@@ -163,12 +163,19 @@ def main() -> int:
         help="shared: the collector, the clients and the database on all the cores; apart: the "
         "collector alone on all but one, the clients and PostgreSQL on that one",
     )
+    ap.add_argument("--workloads", default="steady,varying", help="which of steady,varying to run")
     args = ap.parse_args()
+    for option, value, known in (("--backends", args.backends, {"sqlite", "postgresql"}),
+                                 ("--layouts", args.layouts, {"shared", "apart"}),
+                                 ("--workloads", args.workloads, {"steady", "varying"})):
+        if not set(value.split(",")) <= known:  # a typo ran nothing, and said nothing of it
+            ap.error(f"{option}: {value!r}: a comma-separated list of {', '.join(sorted(known))}")
     tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-ingest-"))
     cluster = None
     try:
         keys, lines = make_heartbeats(args.heartbeats, args.agents)
-        _, varying = make_heartbeats(args.heartbeats, args.agents, keys, varying=True)
+        varying = (make_heartbeats(args.heartbeats, args.agents, keys, varying=True)[1]
+                   if "varying" in args.workloads.split(",") else [])
         cores = os.cpu_count() or 1
         layouts = args.layouts.split(",")
         if "apart" in layouts and cores < 2:
@@ -234,6 +241,8 @@ def main() -> int:
                 if name not in args.backends.split(","):
                     continue
                 for workload, batch in (("steady", lines), ("varying", varying)):
+                    if workload not in args.workloads.split(","):
+                        continue
                     rate, cpu, client_cpu, db_cpu = run_backend(
                         f"{name}-{layout}-{workload}", url_of(workload), tmp, keys, batch, args.clients,
                         workers, db_pid, theirs,
