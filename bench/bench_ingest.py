@@ -185,11 +185,12 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs of each (a fresh database each), then their median ratio")
     args = ap.parse_args()
-    for option, value, known in (("--backends", args.backends, {"sqlite", "postgresql"}),
-                                 ("--layouts", args.layouts, {"shared", "apart"}),
-                                 ("--workloads", args.workloads, {"steady", "varying"})):
-        if not set(value.split(",")) <= known:  # a typo ran nothing, and said nothing of it
-            ap.error(f"{option}: {value!r}: a comma-separated list of {', '.join(sorted(known))}")
+    backends, layouts, workloads = (v.split(",") for v in (args.backends, args.layouts, args.workloads))
+    for option, chosen, known in (("--backends", backends, {"sqlite", "postgresql"}),
+                                  ("--layouts", layouts, {"shared", "apart"}),
+                                  ("--workloads", workloads, {"steady", "varying"})):
+        if not set(chosen) <= known:  # a typo ran nothing, and said nothing of it
+            ap.error(f"{option}: {','.join(chosen)!r}: a comma-separated list of {', '.join(sorted(known))}")
     if args.repeat < 1:
         ap.error("--repeat: at least 1")
     tmp = Path(tempfile.mkdtemp(prefix="tr7-bench-ingest-"))
@@ -197,9 +198,8 @@ def main() -> int:
     try:
         keys, lines = make_heartbeats(args.heartbeats, args.agents)
         varying = (make_heartbeats(args.heartbeats, args.agents, keys, varying=True)[1]
-                   if "varying" in args.workloads.split(",") else [])
+                   if "varying" in workloads else [])
         cores = os.cpu_count() or 1
-        layouts = args.layouts.split(",")
         if "apart" in layouts and cores < 2:
             print("layout apart needs 2 cores or more: skipped")
             layouts.remove("apart")
@@ -237,7 +237,7 @@ def main() -> int:
         cluster = PgCluster(durable=True)  # fsync on: durable, as SQLite (synchronous=FULL)
         pg_pid = int((cluster.dir / "data" / "postmaster.pid").read_text().split()[0])
         everything = os.sched_getaffinity(0)
-        runs: dict[tuple[str, str, str], list[tuple[float, bool]]] = {}
+        cases = [(w, batch) for w, batch in (("steady", lines), ("varying", varying)) if w in workloads]
         for layout in layouts:
             mine, theirs, raw = everything, None, raw_m
             if layout == "apart":
@@ -261,13 +261,11 @@ def main() -> int:
                 ("sqlite", lambda w, la=layout: f"sqlite:///{tmp / f'collector-{la}-{w}.db'}", None),
                 ("postgresql", lambda w: new_database(cluster.admin_url), pg_pid),
             ):
-                if name not in args.backends.split(","):
+                if name not in backends:
                     continue
-                for (workload, batch), attempt in itertools.product(
-                    (("steady", lines), ("varying", varying)), range(args.repeat)
-                ):
-                    if workload not in args.workloads.split(","):
-                        continue
+                for (workload, batch), attempt in itertools.product(cases, range(args.repeat)):
+                    if attempt == 0:
+                        ratios: list[tuple[float, bool]] = []  # this case's runs: (ratio, flagged busy)
                     run = f"{workload}-{attempt}"  # a fresh database and data directory each
                     rate, cpu, client_cpu, db_cpu = run_backend(
                         f"{name}-{layout}-{run}", url_of(run), tmp, keys, batch, args.clients, workers,
@@ -299,9 +297,9 @@ def main() -> int:
                         f"of raw on {n_cores} core{'s' if n_cores > 1 else ''} (goal >= 0.5; raw "
                         f"{before:,.0f}/s before the run, {raw:,.0f}/s after){one}{cost}"
                     )
-                    runs.setdefault((name, workload, layout), []).append((rate / base, busy))
+                    ratios.append((rate / base, busy))
                     if args.repeat > 1 and attempt == args.repeat - 1:
-                        print_median(name, workload, layout, runs[(name, workload, layout)])
+                        print_median(name, workload, layout, ratios)
             os.sched_setaffinity(0, everything)
             pin_tree(pg_pid, everything)
         return 0
