@@ -1,6 +1,7 @@
 """POST /v1/heartbeats: per-line outcomes, 4xx for bad requests, idempotency, nothing stored wrongly."""
 
 import gzip
+import json
 import time
 
 import lz4.frame
@@ -85,6 +86,10 @@ def test_rejections_name_the_rule_and_store_nothing(client, settings, tools):
     assert reasons[4].startswith("key.window") and "revocation" in reasons[4]
     assert reasons[5].startswith("jws.format")
     assert "seq" not in res[6] and res[1]["seq"] == 2 and res[3]["seq"] == 1
+    # The body is written by msgspec (collector/server.py): byte for byte the compact UTF-8 JSON
+    # that Starlette's JSONResponse wrote before, which agents and scripts already read.
+    assert r.headers["content-type"] == "application/json"
+    assert r.content == json.dumps(r.json(), separators=(",", ":"), ensure_ascii=False).encode()
     assert _count(settings) == 1
     with settings.engine.connect() as c:
         assert set(c.execute(sa.select(s.days.c.instance)).scalars()) == {"TR7-1"}
