@@ -34,7 +34,6 @@ Never asserts a time. Usage:
 """
 
 import argparse
-import itertools
 import os
 import shutil
 import socket
@@ -263,42 +262,44 @@ def main() -> int:
             ):
                 if name not in backends:
                     continue
-                for (workload, batch), attempt in itertools.product(cases, range(args.repeat)):
-                    if attempt == 0:
-                        ratios: list[tuple[float, bool]] = []  # this case's runs: (ratio, flagged busy)
-                    run = f"{workload}-{attempt}"  # a fresh database and data directory each
-                    rate, cpu, client_cpu, db_cpu = run_backend(
-                        f"{name}-{layout}-{run}", url_of(run), tmp, keys, batch, args.clients, workers,
-                        db_pid, theirs,
-                    )
-                    # The raw rate read again at once, and the run compared with the higher of the
-                    # readings either side of it: on a shared VM the N-core rate moved by 20-40%
-                    # within minutes (9,000-16,000/s on 2 cores; the first reading of a run was
-                    # the lowest in most runs), and one low reading at the start overstated every
-                    # ratio after it. What another tenant takes only lowers a reading: the
-                    # higher is the nearer to what the cores can do, and never flatters ingest.
-                    before = raw
-                    raw = raw_rate(theirs or everything)
-                    base = max(before, raw)
-                    same = "same cores" if theirs is None else "not the collector's core"
-                    cost = f"; clients' CPU {client_cpu * 1e6:,.0f} us/heartbeat ({same})"
-                    if db_cpu is not None:
-                        cost += f"; PostgreSQL server's CPU {db_cpu * 1e6:,.0f} us/heartbeat ({same})"
-                    if cpu is not None:
-                        cost = f"; collector CPU {cpu * 1e6:,.0f} us/heartbeat = {cpu * raw1:.1f} x raw{cost}"
-                    one = "" if n_cores == 1 else f", {rate / raw1:.2f} of raw on 1 core"
-                    busy = n_cores > 1 and base < 0.75 * n_cores * raw1
-                    if busy:
-                        one += (f" (WARNING: {n_cores} cores verified only {base / raw1:.2f}x what one "
-                                "does either side of this run: the machine was busy, the ratio "
-                                "overstates ingest; run it again)")
-                    print(
-                        f"ingest over HTTP, {name}, {workload}, {layout}: {rate:,.0f}/s = {rate / base:.2f} "
-                        f"of raw on {n_cores} core{'s' if n_cores > 1 else ''} (goal >= 0.5; raw "
-                        f"{before:,.0f}/s before the run, {raw:,.0f}/s after){one}{cost}"
-                    )
-                    ratios.append((rate / base, busy))
-                    if args.repeat > 1 and attempt == args.repeat - 1:
+                for workload, batch in cases:
+                    ratios: list[tuple[float, bool]] = []  # this case's runs: (ratio, flagged busy)
+                    for attempt in range(args.repeat):
+                        run = f"{workload}-{attempt}"  # a fresh database and data directory each
+                        rate, cpu, client_cpu, db_cpu = run_backend(
+                            f"{name}-{layout}-{run}", url_of(run), tmp, keys, batch, args.clients, workers,
+                            db_pid, theirs,
+                        )
+                        # The raw rate read again at once, and the run compared with the higher of the
+                        # readings either side of it: on a shared VM the N-core rate moved by 20-40%
+                        # within minutes (9,000-16,000/s on 2 cores; the first reading of a run was
+                        # the lowest in most runs), and one low reading at the start overstated every
+                        # ratio after it. What another tenant takes only lowers a reading: the
+                        # higher is the nearer to what the cores can do, and never flatters ingest.
+                        before = raw
+                        raw = raw_rate(theirs or everything)
+                        base = max(before, raw)
+                        same = "same cores" if theirs is None else "not the collector's core"
+                        cost = f"; clients' CPU {client_cpu * 1e6:,.0f} us/heartbeat ({same})"
+                        if db_cpu is not None:
+                            cost += f"; PostgreSQL server's CPU {db_cpu * 1e6:,.0f} us/heartbeat ({same})"
+                        if cpu is not None:
+                            cost = (f"; collector CPU {cpu * 1e6:,.0f} us/heartbeat = {cpu * raw1:.1f} x raw"
+                                    f"{cost}")
+                        one = "" if n_cores == 1 else f", {rate / raw1:.2f} of raw on 1 core"
+                        busy = n_cores > 1 and base < 0.75 * n_cores * raw1
+                        if busy:
+                            one += (f" (WARNING: {n_cores} cores verified only {base / raw1:.2f}x what one "
+                                    "does either side of this run: the machine was busy, the ratio "
+                                    "overstates ingest; run it again)")
+                        print(
+                            f"ingest over HTTP, {name}, {workload}, {layout}: {rate:,.0f}/s = "
+                            f"{rate / base:.2f} of raw on {n_cores} core{'s' if n_cores > 1 else ''} "
+                            f"(goal >= 0.5; raw {before:,.0f}/s before the run, {raw:,.0f}/s after)"
+                            f"{one}{cost}"
+                        )
+                        ratios.append((rate / base, busy))
+                    if args.repeat > 1:
                         print_median(name, workload, layout, ratios)
             os.sched_setaffinity(0, everything)
             pin_tree(pg_pid, everything)
