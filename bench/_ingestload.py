@@ -1,5 +1,5 @@
 """The ingest benchmarks' load and yardsticks: signed heartbeats, the raw Ed25519 rate on 1 and N
-cores, the strict verifier's rate, and a process tree's CPU (bench_ingest.py says what each means)."""
+cores, the strict verifier's rate, a process tree's CPU, the ratio a run's costs allow."""
 
 import base64
 import contextlib
@@ -158,3 +158,15 @@ def strict_verify_rate(keys: list[AgentKey], lines: list[str]) -> float:
     for line in lines:
         verify_heartbeat(line, by_kid)
     return len(lines) / (time.perf_counter() - t)
+
+
+def ceiling(rate: float, base: float, n_cores: int, costs: list[float | None]) -> str:
+    """How busy a run kept its cores, and the highest ratio its costs allow: ``costs`` are the CPU
+    seconds a heartbeat of every process on those cores (None: not read), so at most
+    n_cores / sum(costs) heartbeats a second fit on them, whatever the scheduling. A ratio under
+    the goal with the cores near 100% busy is bound by the costs, not by idle time."""
+    if any(c is None for c in costs):
+        return ""
+    per = sum(c for c in costs if c is not None)
+    return (f"; its {n_cores} core{'s' if n_cores > 1 else ''} {rate * per / n_cores:.0%} busy with the "
+            f"costs above, which allow at most {n_cores / per / base:.2f} of raw")

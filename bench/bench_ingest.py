@@ -25,6 +25,9 @@ What is compared, all measured in this run on this machine:
   and, on the same cores but not the raw rate's, the clients' CPU per heartbeat (one client
   made before the clock, a new connection per batch) and PostgreSQL's (its postmaster and
   backends).
+- per run, how busy its cores were (the rate times the CPU a heartbeat of every process on them)
+  and the highest ratio those costs allow with them 100% busy: under the goal with the cores
+  near 100%, a heartbeat costs too much; with them idle, the schedule or a lock is to blame.
 Both databases are durable, as the collector promises before its 200: SQLite with
 synchronous=FULL, the throwaway PostgreSQL with fsync on.
 Never asserts a time. Usage:
@@ -58,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _ingestload import (
     BATCH,
     OBS,
+    ceiling,
     cpu_seconds,
     make_heartbeats,
     pin_tree,
@@ -297,6 +301,10 @@ def main() -> int:
                             f"{rate / base:.2f} of raw on {n_cores} core{'s' if n_cores > 1 else ''} "
                             f"(goal >= 0.5; raw {before:,.0f}/s before the run, {raw:,.0f}/s after)"
                             f"{one}{cost}"
+                            # the collector alone where the clients and the database have a core of
+                            # their own; all of them where they share (SQLite: in the collector's)
+                            + ceiling(rate, base, n_cores, [cpu] if theirs is not None else [
+                                cpu, client_cpu, db_cpu if name == "postgresql" else 0.0])
                         )
                         ratios.append((rate / base, busy))
                     if args.repeat > 1:
