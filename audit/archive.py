@@ -1,6 +1,6 @@
 """An audit bundle as one `.tar.gz` file: written byte-for-byte reproducibly and checked, read back safely.
 
-Why (docs/protocol-decisions.md, "The bundle as one .tar.gz"): heartbeat-v1.md §6 defines the
+Why (docs/protocol-decisions.md, "The bundle as one `.tar.gz`"): heartbeat-v1.md §6 defines the
 bundle as a directory of files and is silent on how it travels or is kept. A month of one agent
 polling 50 instances is ~400 MB of JWS text, and consecutive heartbeats repeat most of their
 bytes, so gzip keeps ~1/40 of it (bench/bench_prune.py). The archive holds the directory's files

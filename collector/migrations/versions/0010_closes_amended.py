@@ -1,6 +1,6 @@
 """closes: a closed month's catalog as amended for its late heartbeats (`tr7-collector amend`).
 
-Why (also in docs/collector.md, "Month close"): a closed month keeps the catalog it was closed
+Why (also in docs/collector.md, "Guarantees"): a closed month keeps the catalog it was closed
 with, also for the adjustment lines of its late heartbeats; one late heartbeat in an hour that
 catalog could not price (a capacity without a rate) blocked the next month's invoice and close,
 and the month's export, for good: no apply could reach the frozen catalog. The amendment may

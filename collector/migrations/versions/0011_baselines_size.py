@@ -1,6 +1,6 @@
 """baselines: the month's log size each invoiced baseline was computed over.
 
-Why (also in docs/collector.md, "Month close"): `tr7-collector amend` refuses a catalog that
+Why (also in docs/collector.md, "Guarantees"): `tr7-collector amend` refuses a catalog that
 reprices anything already invoiced for a closed month, by recomputing the month with it and
 comparing the invoiced lines. Recomputed over the current log, a fork logged after the invoice
 had quarantined invoiced hours and removed their line whatever the catalog: the amendment was
