@@ -157,8 +157,8 @@ def run_backend(
 
 
 def print_median(name: str, workload: str, layout: str, runs: list[tuple[float, bool]]) -> None:
-    """The median ratio of --repeat runs: on a shared VM one run moved by +-10% (docs/protocol-
-    decisions.md, "Twenty-fourth pass"), so a goal is judged on several. Runs flagged as taken on
+    """The median ratio of --repeat runs: on a shared VM one run moved by +-10%
+    (docs/performance.md, "Twenty-fourth pass"), so a goal is judged on several. Runs flagged as taken on
     a busy machine are left out of it, and counted."""
     kept = sorted(r for r, busy in runs if not busy)
     left = len(runs) - len(kept)

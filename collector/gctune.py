@@ -4,7 +4,7 @@ import gc
 
 
 def tune_gc() -> None:
-    """Fewer, cheaper cyclic-GC passes (docs/protocol-decisions.md, "Verification and ingest performance").
+    """Fewer, cheaper cyclic-GC passes (docs/performance.md, "Verification and ingest performance").
 
     The collector's work makes and frees objects by the hundred thousand (a batch of 500 heartbeats
     decodes ~75,000 dicts; a month's bill reads ~200,000 rows), nearly all freed by reference

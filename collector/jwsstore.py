@@ -1,6 +1,6 @@
 """How `leaves.jws` is stored: an LZ4 frame of the exact text (SQLite: in a TEXT column, PostgreSQL: bytea).
 
-Why (docs/protocol-decisions.md, "Verification and ingest performance" and "Ninth pass"): a
+Why (docs/performance.md, "Verification and ingest performance" and "Ninth pass"): a
 heartbeat of 50 observations is ~10 kB of JWS text. SQLite does not compress: writing the text
 cost ~44 us of CPU a row (overflow pages, WAL frames, checkpoint copies), its 1.6 kB LZ4 frame
 ~12 us plus ~4 us to compress. PostgreSQL compressed the text itself (TOAST, lz4), in its own

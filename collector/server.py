@@ -155,7 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Rendered directly: results already have IngestResponse's shape (no None members), and
         # validating then encoding 5,000 models costs more than the HTTP layer itself. msgspec
         # writes the same compact UTF-8 JSON as Starlette's JSONResponse (json.dumps) in 0.04
-        # instead of 0.52 us a line (docs/protocol-decisions.md, "Twenty-fifth pass").
+        # instead of 0.52 us a line (docs/performance.md, "Twenty-fifth pass").
         return Response(_RESULTS.encode({"results": results}), media_type="application/json")
 
     @app.post("/v1/agents/enroll", response_model=EnrollResponse, responses=apidoc.errors({

@@ -1,6 +1,6 @@
 """PostgreSQL: the stored JWS text is TOAST-compressed with lz4 instead of pglz.
 
-Why (also in docs/protocol-decisions.md, "Verification and ingest performance"): measured on
+Why (also in docs/performance.md, "Verification and ingest performance"): measured on
 3,000 heartbeats of 50 observations (9.4 kB of JWS each), pglz took 61 us per inserted row
 and stored 1,541 bytes, lz4 16 us and 1,693 bytes, no compression 39 us and 9,403 bytes. The
 server's CPU is shared with the collector processes, so this is ingest throughput. Values already

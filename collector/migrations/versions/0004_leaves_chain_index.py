@@ -1,6 +1,6 @@
 """leaves: an index covering the chain columns in (provider, month, kid, seq) order.
 
-Why (also in docs/protocol-decisions.md, "Bill-from-aggregates speed"): the chain rules run in
+Why (also in docs/performance.md, "Bill-from-aggregates speed"): the chain rules run in
 the database (collector/chainsql.py) as a scan of a month's leaves joined to each leaf's seq - 1;
 from this index both are read without touching the rows, which hold the JWS. On SQLite, 2,000
 instances x 1 month, that is ~0.05 s instead of ~0.18 s through the table.

@@ -1,6 +1,6 @@
 """capacities: a row per (provider, day, instance, capacity, hour) instead of per day.
 
-Why (also in docs/protocol-decisions.md, "Fifth pass"): each ingest appends its offsets to the
+Why (also in docs/performance.md, "Fifth pass"): each ingest appends its offsets to the
 capacity rows it touches. With a row per day, an instance polled every minute holds 1,440 offsets
 (~8.6 kB) by midnight, and each heartbeat of its agent rewrote the whole row of every one of its
 instances: the work per heartbeat grew through the day. An hour's row holds at most one hour's

@@ -1,6 +1,6 @@
 """leaves: the dedup key is unique (kid, month, seq, digest), not a unique digest.
 
-Why (also in docs/protocol-decisions.md, "Eighth pass"): a digest is random, so every leaf
+Why (also in docs/performance.md, "Eighth pass"): a digest is random, so every leaf
 appended went to a random page of the digest's unique index: one page written a leaf (~10 us a
 heartbeat of the collector's CPU on SQLite, and random I/O once the index outgrows memory),
 where a key's leaves sit side by side in (kid, month, seq, digest). One JWS has one kid, seq and

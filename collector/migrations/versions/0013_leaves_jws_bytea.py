@@ -1,6 +1,6 @@
 """PostgreSQL: `leaves.jws` is bytea, and new rows hold the LZ4 frame of the JWS, as on SQLite.
 
-Why (also in collector/jwsstore.py and docs/protocol-decisions.md, "Ninth pass"): PostgreSQL
+Why (also in collector/jwsstore.py and docs/performance.md, "Ninth pass"): PostgreSQL
 compressed each ~10 kB JWS text itself (TOAST, lz4), in its own process on the cores the
 collector shares: sending it the 1.6 kB frame took ~9 us a heartbeat off the server's CPU and
 added none to the collector's. A text column cannot hold the frame's bytes.

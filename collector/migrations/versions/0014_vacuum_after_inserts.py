@@ -1,6 +1,6 @@
 """PostgreSQL: autovacuum `leaves`, `days` and `capacities` after every 10,000 inserted rows.
 
-Why (collector/schema.py, VACUUM_AFTER_INSERTS; docs/protocol-decisions.md, "Tenth pass"): by
+Why (collector/schema.py, VACUUM_AFTER_INSERTS; docs/performance.md, "Tenth pass"): by
 default an insert-only table is vacuumed after 20% of its size is inserted again, so with a few
 months stored most of the current month's pages lack their visibility-map bit, and billing's
 index-only scans fetch every such row from the table as well. Storage parameters only: nothing is
