@@ -1,6 +1,7 @@
 """Every pointer into the docs resolves: links between pages, their anchors, and the
 `docs/<page>.md, "<section>"` references that code comments and migrations give as their why."""
 
+import functools
 import re
 from pathlib import Path
 
@@ -21,6 +22,12 @@ def _sources() -> list[Path]:
                   and p.is_file() and not SKIP.intersection(p.relative_to(REPO).parts))
 
 
+@functools.cache
+def _text(page: Path) -> str:
+    """A page's text, read once however many links and references point into it."""
+    return page.read_text()
+
+
 def _slug(heading: str) -> str:
     """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
@@ -28,7 +35,7 @@ def _slug(heading: str) -> str:
 
 def _anchors(page: Path) -> set[str]:
     # a '#' comment in a code block is no heading
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    text = re.sub(r"```.*?```", "", _text(page), flags=re.S)
     return {_slug(m.group(1)) for m in re.finditer(r"^#+\s+(.+)$", text, flags=re.M)}
 
 
@@ -61,7 +68,7 @@ def test_references_name_a_page_and_a_section_that_exist() -> None:
             where = f"{source.relative_to(REPO)}: {m.group(0)}"
             if not page.exists():
                 broken.append(f"{where}: no such page")
-            elif section and section not in page.read_text():
+            elif section and section not in _text(page):
                 broken.append(f"{where}: the page has no such section")
     assert seen > 50  # the pattern still finds the references the code is full of
     assert not broken, "\n".join(broken)
